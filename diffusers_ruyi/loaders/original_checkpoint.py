@@ -93,16 +93,604 @@ def find_original_subfolder(root: str, candidates: Iterable[str]) -> Optional[st
 # Transformer (HunyuanTransformer3DModel -> RuyiTransformer3DModel)
 # ----------------------------------------------------------------------------------------------------------------
 
-# TRANSFORMER-SECTION
+TRANSFORMER_ORIGINAL_CLASS_NAME = "HunyuanTransformer3DModel"
+
+# Ruyi's `config/default.yaml` applies these on top of `config.json`; the port implements exactly these values.
+TRANSFORMER_RUYI_EXTRAS = {"basic_block_type": "basic", "after_norm": False, "time_position_encoding": True}
+
+# Original key (regex, full match) -> diffusers-ruyi key (`re.sub` template), or None when the key is dropped.
+# Every other key keeps its original name, so original LoRA module paths (`lora_unet__blocks_0_attn1_to_q`) resolve
+# unchanged. The only entry: the per-block temporal encoding `t_embed.pe` is a fixed sin/cos table (a buffer of
+# shape (1, 512, dim)); RuyiTransformer3DModel computes it on the fly instead of storing 40 copies.
+TRANSFORMER_KEY_RENAMES: Dict[str, Optional[str]] = {
+    r"blocks\.(\d+)\.t_embed\.pe": None,
+}
+
+# Original config keys carried over as-is (same meaning in RuyiTransformer3DModel).
+_TRANSFORMER_CONFIG_KEYS = (
+    "num_attention_heads",
+    "attention_head_dim",
+    "in_channels",
+    "out_channels",
+    "patch_size",
+    "n_query",
+    "projection_dim",
+    "activation_fn",
+    "sample_size",
+    "num_layers",
+    "mlp_ratio",
+    "cross_attention_dim",
+    "cross_attention_dim_t5",
+    "pooled_projection_dim",
+    "text_len",
+    "text_len_t5",
+)
+# Keys that only matter for block types or options Ruyi does not use, or that are checked and then dropped.
+_TRANSFORMER_IGNORED_KEYS = (
+    "_class_name",
+    "_diffusers_version",
+    "_name_or_path",
+    "hidden_size",
+    "learn_sigma",
+    "norm_type",
+    "motion_module_type",
+    "motion_module_kwargs",
+    "motion_module_kwargs_odd",
+    "motion_module_kwargs_even",
+    *TRANSFORMER_RUYI_EXTRAS,
+)
+
+
+def is_original_transformer_config(config: Dict[str, Any]) -> bool:
+    """Whether ``config`` is the original ``HunyuanTransformer3DModel`` config (the original hub layout)."""
+    return config.get("_class_name") == TRANSFORMER_ORIGINAL_CLASS_NAME
+
+
+def convert_transformer_config(original_config: Dict[str, Any]) -> Dict[str, Any]:
+    """Maps an original ``HunyuanTransformer3DModel`` config to ``RuyiTransformer3DModel`` init arguments.
+
+    Ruyi's yaml extras are applied first (explicit values in the config win, as in the original loader) and must be
+    the values Ruyi uses; ``hidden_size`` must equal ``num_attention_heads * attention_head_dim`` and
+    ``out_channels`` is resolved from ``learn_sigma`` when missing, as the original does.
+    """
+    config = {**TRANSFORMER_RUYI_EXTRAS, **original_config}
+    for key, expected in TRANSFORMER_RUYI_EXTRAS.items():
+        if config[key] != expected:
+            raise ValueError(
+                f"The original transformer config sets {key}={config[key]!r}; diffusers-ruyi only implements Ruyi's "
+                f"{key}={expected!r}."
+            )
+    if config.get("norm_type", "layer_norm") != "layer_norm":
+        raise ValueError(f"Unsupported norm_type={config['norm_type']!r}; Ruyi uses 'layer_norm'.")
+
+    required = ("num_attention_heads", "attention_head_dim", "in_channels", "patch_size")
+    missing = [key for key in required if key not in config]
+    if missing:
+        raise ValueError(f"The original transformer config lacks required keys: {missing}.")
+    inner_dim = config["num_attention_heads"] * config["attention_head_dim"]
+    if config.get("hidden_size", inner_dim) != inner_dim:
+        raise ValueError(
+            f"hidden_size={config['hidden_size']} differs from num_attention_heads * attention_head_dim = {inner_dim}; "
+            "the original model only works when they are equal."
+        )
+    if config.get("out_channels") is None:
+        in_channels = config["in_channels"]
+        config["out_channels"] = in_channels * 2 if config.get("learn_sigma", True) else in_channels
+    sigma_channels = 2 if config.get("learn_sigma", True) else 1
+    if config["in_channels"] * sigma_channels == config["out_channels"]:
+        raise ValueError(
+            "This is a non-inpainting (text-to-video) variant of the original transformer; diffusers-ruyi only "
+            "implements the image-to-video (inpainting) model Ruyi uses."
+        )
+
+    unknown = sorted(set(config) - set(_TRANSFORMER_CONFIG_KEYS) - set(_TRANSFORMER_IGNORED_KEYS))
+    if unknown:
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.get_logger(__name__).warning(
+            f"Ignoring unknown keys of the original transformer config: {unknown}"
+        )
+    return {key: config[key] for key in _TRANSFORMER_CONFIG_KEYS if key in config}
+
+
+def convert_transformer_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Renames original transformer keys per ``TRANSFORMER_KEY_RENAMES`` (drops the fixed ``t_embed.pe`` tables)."""
+    import re
+
+    patterns = [(re.compile(pattern), target) for pattern, target in TRANSFORMER_KEY_RENAMES.items()]
+    converted = {}
+    for key, value in state_dict.items():
+        for pattern, target in patterns:
+            if pattern.fullmatch(key):
+                key = None if target is None else pattern.sub(target, key)
+                break
+        if key is not None:
+            converted[key] = value
+    return converted
+
+
+def read_original_transformer_weights(folder: str) -> Dict[str, torch.Tensor]:
+    """Reads ``diffusion_pytorch_model.safetensors`` from ``folder``, or all shards listed by its ``.index.json``."""
+    index_path = os.path.join(folder, "diffusion_pytorch_model.safetensors.index.json")
+    if os.path.isfile(index_path):
+        shards = sorted(set(read_json(index_path).get("weight_map", {}).values()))
+        state_dict = {}
+        for shard in shards:
+            state_dict.update(read_safetensors(weights_file(folder, shard)))
+        return state_dict
+    return read_safetensors(weights_file(folder))
+
+
+def load_original_transformer(
+    model_cls, folder: str, original_config: Dict[str, Any], dtype: Optional[torch.dtype] = None
+) -> torch.nn.Module:
+    """Builds ``model_cls`` (``RuyiTransformer3DModel``) from an original-layout folder, all or nothing.
+
+    The model is created on the meta device (no random init of billions of weights) and the converted tensors are
+    assigned after checking every key and shape; floating tensors are cast to ``dtype`` when given.
+    """
+    config = convert_transformer_config(original_config)
+    state_dict = convert_transformer_state_dict(read_original_transformer_weights(folder))
+    if dtype is not None:
+        state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
+
+    with torch.device("meta"):
+        model = model_cls.from_config(config)
+    expected = model.state_dict()
+    check_state_dict_keys(expected.keys(), state_dict, "transformer")
+    bad_shapes = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+        for k, v in state_dict.items()
+        if tuple(v.shape) != tuple(expected[k].shape)
+    ]
+    if bad_shapes:
+        raise ValueError(f"The transformer checkpoint has tensors of the wrong shape: {bad_shapes}")
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    return model
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # VAE (AutoencoderKLMagvit -> AutoencoderKLRuyiCausal3D)
 # ----------------------------------------------------------------------------------------------------------------
 
-# VAE-SECTION
+ORIGINAL_VAE_CLASS_NAME = "AutoencoderKLMagvit"
+
+# Defaults of the original `AutoencoderKLMagvit.__init__`: a key missing from an original config.json means this value.
+_ORIGINAL_VAE_DEFAULTS: Dict[str, Any] = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "ch": 128,
+    "ch_mult": [1, 2, 4, 4],
+    "use_gc_blocks": None,
+    "down_block_types": None,
+    "up_block_types": None,
+    "mid_block_type": "MidBlock3D",
+    "mid_block_use_attention": True,
+    "mid_block_attention_type": "3d",
+    "mid_block_num_attention_heads": 1,
+    "layers_per_block": 2,
+    "act_fn": "silu",
+    "latent_channels": 4,
+    "norm_num_groups": 32,
+    "scaling_factor": 0.1825,
+    "slice_mag_vae": True,
+    "slice_compression_vae": False,
+    "cache_compression_vae": False,
+    "mini_batch_encoder": 9,
+    "mini_batch_decoder": 3,
+    "upcast_vae": False,
+    "spatial_group_norm": False,
+}
+
+_SUPPORTED_VAE_DOWN_BLOCKS = ("SpatialDownBlock3D", "SpatialTemporalDownBlock3D")
+_SUPPORTED_VAE_UP_BLOCKS = ("SpatialUpBlock3D", "SpatialTemporalUpBlock3D")
+
+
+def is_original_vae_config(config: Dict[str, Any]) -> bool:
+    """Whether ``config`` (a loaded ``vae/config.json``) is the original Ruyi ``AutoencoderKLMagvit`` layout."""
+    return config.get("_class_name") == ORIGINAL_VAE_CLASS_NAME
+
+
+def _as_list(value: Any, key: str) -> Any:
+    # The original evaluates string-valued block lists (e.g. "['SpatialDownBlock3D', ...]"); parse them safely.
+    if isinstance(value, str):
+        import ast
+
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError) as e:
+            raise ValueError(f"Original VAE config key {key!r} is not a valid list: {value!r}") from e
+    return list(value) if value is not None else None
+
+
+def convert_vae_config(original_config: Dict[str, Any]) -> Dict[str, Any]:
+    """Converts an original Ruyi ``AutoencoderKLMagvit`` config into `AutoencoderKLRuyiCausal3D` init arguments.
+
+    Only the variant that Ruyi-Mini-7B ships is supported (``cache_compression_vae=True``, spatial mid-block attention,
+    no slice modes, no global-context blocks, no per-frame group norm); anything else raises a `ValueError` naming the
+    key. Runtime switches of the original (``use_tiling*``, ``tile_sample_min_size``, ``tile_overlap_factor``) are not
+    model config here: use ``enable_tiling(...)``.
+    """
+    cfg = dict(_ORIGINAL_VAE_DEFAULTS)
+    cfg.update({k: v for k, v in original_config.items() if not k.startswith("_")})
+    if "ch_mult" not in original_config and "block_out_channels" in original_config:
+        raise ValueError(
+            "This config looks like diffusers' own `AutoencoderKLMagvit` (EasyAnimate), not the original Ruyi VAE "
+            "(it has no `ch`/`ch_mult`); load it with `diffusers.AutoencoderKLMagvit` instead."
+        )
+
+    unsupported = {
+        "cache_compression_vae": (True,),
+        "slice_compression_vae": (False,),
+        "spatial_group_norm": (False,),
+        "mid_block_type": ("MidBlock3D",),
+    }
+    for key, allowed in unsupported.items():
+        if cfg[key] not in allowed:
+            raise ValueError(
+                f"Original VAE config has {key}={cfg[key]!r}; only {allowed} is supported (the Ruyi-Mini-7B variant)."
+            )
+    # With `cache_compression_vae=True` the original never reaches the slice_mag path, so that flag is irrelevant.
+    gc_blocks = cfg["use_gc_blocks"]
+    if gc_blocks is not None and any(_as_list(gc_blocks, "use_gc_blocks")):
+        raise ValueError(
+            "Original VAE config enables global-context blocks (`use_gc_blocks`); they are not supported."
+        )
+    if cfg["mid_block_use_attention"] and cfg["mid_block_attention_type"] != "spatial":
+        raise ValueError(
+            f"Original VAE config has mid_block_attention_type={cfg['mid_block_attention_type']!r}; only 'spatial' "
+            "is supported."
+        )
+
+    down_block_types = _as_list(cfg["down_block_types"], "down_block_types")
+    up_block_types = _as_list(cfg["up_block_types"], "up_block_types")
+    if not down_block_types or not up_block_types:
+        raise ValueError("Original VAE config must list `down_block_types` and `up_block_types`.")
+    bad = [t for t in down_block_types if t not in _SUPPORTED_VAE_DOWN_BLOCKS]
+    bad += [t for t in up_block_types if t not in _SUPPORTED_VAE_UP_BLOCKS]
+    if bad:
+        raise ValueError(
+            f"Unsupported VAE block types {bad}; supported: {_SUPPORTED_VAE_DOWN_BLOCKS + _SUPPORTED_VAE_UP_BLOCKS}."
+        )
+
+    # The original builds its widths from `ch * ch_mult` and ignores any `block_out_channels` key.
+    block_out_channels = [int(cfg["ch"]) * int(m) for m in _as_list(cfg["ch_mult"], "ch_mult")]
+    return {
+        "in_channels": cfg["in_channels"],
+        "out_channels": cfg["out_channels"],
+        "latent_channels": cfg["latent_channels"],
+        "block_out_channels": block_out_channels,
+        "down_block_types": down_block_types,
+        "up_block_types": up_block_types,
+        "layers_per_block": cfg["layers_per_block"],
+        "act_fn": cfg["act_fn"],
+        "norm_num_groups": cfg["norm_num_groups"],
+        "mid_block_add_attention": bool(cfg["mid_block_use_attention"]),
+        "mid_block_num_attention_heads": cfg["mid_block_num_attention_heads"],
+        "scaling_factor": cfg["scaling_factor"],
+        "num_sample_frames_batch_size": cfg["mini_batch_encoder"],
+        "num_latent_frames_batch_size": cfg["mini_batch_decoder"],
+        "force_upcast": bool(cfg["upcast_vae"]),
+    }
+
+
+def convert_vae_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Renames original VAE keys to `AutoencoderKLRuyiCausal3D` keys.
+
+    The module tree keeps the original names (``convs``, ``downsampler``, ``upsampler``, ``mid_block.attentions``),
+    so the only difference is the attention output projection: a bare ``nn.Linear`` (``to_out``) in the original,
+    ``to_out.0`` in diffusers' ``Attention``.
+    """
+    converted = {}
+    for key, value in state_dict.items():
+        if ".attentions." in key and ".to_out." in key and ".to_out.0." not in key:
+            key = key.replace(".to_out.", ".to_out.0.")
+        converted[key] = value
+    return converted
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # Pipeline (embeddings.safetensors, folder layout)
 # ----------------------------------------------------------------------------------------------------------------
 
-# PIPELINE-SECTION
+TRANSFORMER_SUBFOLDERS = ("transformer", "transformers")
+ORIGINAL_PIPELINE_ENTRIES = ("vae", "image_encoder", "scheduler", "embeddings.safetensors")
+# Schedulers the original offers; any other diffusers scheduler class named in scheduler_config.json is refused.
+ORIGINAL_SCHEDULERS = (
+    "DDIMScheduler",
+    "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "DPMSolverMultistepScheduler",
+    "PNDMScheduler",
+)
+_PIPELINE_COMPONENTS = ("vae", "transformer", "scheduler", "image_encoder", "image_processor", "control_embeddings")
+
+
+def is_original_pipeline_folder(folder: str) -> bool:
+    """True when ``folder`` looks like the original hub snapshot (and not a diffusers pipeline folder)."""
+    if os.path.isfile(os.path.join(folder, "model_index.json")):
+        return False
+    has_transformer = find_original_subfolder(folder, TRANSFORMER_SUBFOLDERS) is not None
+    return has_transformer and all(os.path.exists(os.path.join(folder, e)) for e in ORIGINAL_PIPELINE_ENTRIES)
+
+
+def _component_dtype(dtype, name: str):
+    if isinstance(dtype, dict):
+        return dtype.get(name, dtype.get("default"))
+    return dtype
+
+
+def load_control_embeddings(path: str):
+    """Reads the original ``embeddings.safetensors`` into a [`RuyiControlEmbeddings`] component."""
+    from ..pipelines.controls import RuyiControlEmbeddings
+
+    return RuyiControlEmbeddings.from_flat_dict(read_safetensors(path))
+
+
+def clip_image_processor_class():
+    """The PIL-based CLIP processor: the one the original ran with (transformers >= 5 defaults to torchvision)."""
+    try:
+        from transformers import CLIPImageProcessorPil as processor_cls
+    except ImportError:  # transformers < 5: CLIPImageProcessor is the PIL implementation
+        from transformers import CLIPImageProcessor as processor_cls
+    return processor_cls
+
+
+def load_clip_image_processor(folder: str):
+    return clip_image_processor_class().from_pretrained(folder)
+
+
+def load_original_pipeline_components(folder: str, **kwargs) -> Dict[str, Any]:
+    """Loads every pipeline component from a folder in the original Ruyi hub layout.
+
+    Args:
+        folder (`str`): The local snapshot (``transformer/`` or ``transformers/``, ``vae/``, ``image_encoder/``,
+            ``scheduler/``, ``embeddings.safetensors``).
+        kwargs: ``dtype`` (a ``torch.dtype`` or a dict per component with a ``"default"``), the deprecated
+            ``torch_dtype``, and already-built components to use instead of loading them (``vae=...``).
+
+    Returns:
+        `Dict[str, Any]`: the keyword arguments of ``RuyiImageToVideoPipeline(...)``.
+    """
+    import diffusers
+    from transformers import CLIPVisionModelWithProjection
+
+    from ..models.autoencoder_kl_ruyi import AutoencoderKLRuyiCausal3D
+    from ..models.transformer_ruyi import RuyiTransformer3DModel
+
+    dtype = kwargs.pop("dtype", None)
+    torch_dtype = kwargs.pop("torch_dtype", None)
+    if torch_dtype is not None:
+        if dtype is not None:
+            raise ValueError("Pass only `dtype`; `torch_dtype` is its deprecated alias.")
+        dtype = torch_dtype
+    given = {name: kwargs.pop(name) for name in _PIPELINE_COMPONENTS if name in kwargs}
+    for harmless in ("use_safetensors", "low_cpu_mem_usage"):
+        kwargs.pop(harmless, None)
+    if kwargs:
+        raise TypeError(
+            f"Unsupported argument(s) for loading the original Ruyi layout: {sorted(kwargs)}. Supported: `dtype`, "
+            f"and components to use as they are: {list(_PIPELINE_COMPONENTS)}. Convert the folder with "
+            "scripts/convert_ruyi_to_diffusers.py to use every option of DiffusionPipeline.from_pretrained."
+        )
+
+    components = dict(given)
+    if "transformer" not in components:
+        sub = find_original_subfolder(folder, TRANSFORMER_SUBFOLDERS)
+        components["transformer"] = RuyiTransformer3DModel.from_pretrained(
+            folder, subfolder=sub, dtype=_component_dtype(dtype, "transformer")
+        )
+    if "vae" not in components:
+        components["vae"] = AutoencoderKLRuyiCausal3D.from_pretrained(
+            folder, subfolder="vae", dtype=_component_dtype(dtype, "vae")
+        )
+    if "image_encoder" not in components:
+        encoder_dtype = _component_dtype(dtype, "image_encoder")
+        encoder = CLIPVisionModelWithProjection.from_pretrained(os.path.join(folder, "image_encoder"))
+        components["image_encoder"] = encoder.to(encoder_dtype) if encoder_dtype is not None else encoder
+    if "image_processor" not in components:
+        components["image_processor"] = load_clip_image_processor(os.path.join(folder, "image_encoder"))
+    if "scheduler" not in components:
+        config = read_json(os.path.join(folder, "scheduler", "scheduler_config.json"))
+        name = config.get("_class_name", "DDIMScheduler")
+        if name not in ORIGINAL_SCHEDULERS:
+            raise ValueError(f"Unknown scheduler {name!r} in scheduler_config.json; expected one of {ORIGINAL_SCHEDULERS}.")
+        components["scheduler"] = getattr(diffusers, name).from_config(config)
+    if "control_embeddings" not in components:
+        components["control_embeddings"] = load_control_embeddings(os.path.join(folder, "embeddings.safetensors"))
+    return components
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# LoRA (original kohya-style files -> PEFT)
+# ----------------------------------------------------------------------------------------------------------------
+
+# Original Ruyi/EasyAnimate LoRA files name each adapted module `lora_unet_` + "_" + its dotted path with every "."
+# turned into "_" (`lora_unet__blocks_0_attn1_to_q`) and store `<name>.lora_down.weight` (rank, in),
+# `<name>.lora_up.weight` (out, rank) and optionally `<name>.alpha`. Inference merges them as
+# `W += multiplier * alpha / rank * up @ down` (a missing alpha means a factor of 1).
+ORIGINAL_LORA_PREFIX = "lora_unet"
+ORIGINAL_LORA_TEXT_ENCODER_PREFIX = "lora_te"
+_ORIGINAL_LORA_ELEMENTS = ("lora_down.weight", "lora_up.weight", "alpha")
+
+# diffusers-ruyi module path (regex, full match) -> original module path (`re.sub` template): the inverse of the
+# module renames in `TRANSFORMER_KEY_RENAMES`. Empty while the transformer keeps every original module name; a rename
+# of a module that holds a Linear/Conv2d weight needs its inverse here (`original_lora_module_map` checks this).
+LORA_MODULE_PATHS_TO_ORIGINAL: Dict[str, str] = {}
+
+
+def is_original_lora_state_dict(state_dict: Dict[str, Any]) -> bool:
+    """Whether ``state_dict`` holds original (kohya-style, ``lora_unet_*``/``lora_te*``) Ruyi LoRA keys."""
+    return any(
+        key.startswith(ORIGINAL_LORA_PREFIX + "_") or key.startswith(ORIGINAL_LORA_TEXT_ENCODER_PREFIX)
+        for key in state_dict
+    )
+
+
+def _original_module_path(path: str) -> str:
+    import re
+
+    for pattern, template in LORA_MODULE_PATHS_TO_ORIGINAL.items():
+        if re.fullmatch(pattern, path):
+            return re.sub(pattern, template, path)
+    return path
+
+
+def _lora_target_modules(model: torch.nn.Module, types: tuple = (torch.nn.Linear, torch.nn.Conv2d)) -> Dict[str, Any]:
+    """Every module of ``types`` in ``model`` by path; a module already wrapped by PEFT counts as its base layer."""
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError:  # pragma: no cover - peft is required for LoRA anyway
+        BaseTunerLayer = ()
+
+    targets: Dict[str, torch.nn.Module] = {}
+    wrapped: list = []
+    for name, module in model.named_modules():
+        if any(name.startswith(prefix + ".") for prefix in wrapped):
+            continue  # the base layer and the adapters inside a PEFT layer
+        if BaseTunerLayer and isinstance(module, BaseTunerLayer):
+            wrapped.append(name)
+            module = module.get_base_layer()
+        if isinstance(module, types):
+            targets[name] = module
+    return targets
+
+
+def original_lora_module_map(model: torch.nn.Module) -> Dict[str, str]:
+    """Maps each flattened original LoRA module name to the path of the module in ``model``.
+
+    For every ``nn.Linear``/``nn.Conv2d`` of ``model`` (``RuyiTransformer3DModel``) the original dotted path is
+    recovered (``LORA_MODULE_PATHS_TO_ORIGINAL``; identity while no module was renamed) and flattened the way the
+    original ``LoRANetwork`` names it: ``lora_unet__blocks_0_attn1_to_q`` -> ``blocks.0.attn1.to_q``.
+
+    Raises:
+        `ValueError`: when two modules flatten to the same name (the "_" joining would be ambiguous), or when a module
+            was renamed in `TRANSFORMER_KEY_RENAMES` without an inverse in `LORA_MODULE_PATHS_TO_ORIGINAL`.
+    """
+    mapping: Dict[str, str] = {}
+    inconsistent = []
+    for path in _lora_target_modules(model):
+        original = _original_module_path(path)
+        # The checkpoint converter must turn the original weight key into this module's weight key.
+        if list(convert_transformer_state_dict({original + ".weight": None})) != [path + ".weight"]:
+            inconsistent.append(f"{original} -> {path}")
+        flat = f"{ORIGINAL_LORA_PREFIX}__{original.replace('.', '_')}"
+        if flat in mapping:
+            raise ValueError(f"Modules {mapping[flat]!r} and {path!r} both flatten to the LoRA name {flat!r}.")
+        mapping[flat] = path
+    if inconsistent:
+        raise ValueError(
+            "These module paths do not round-trip through TRANSFORMER_KEY_RENAMES; add their inverse to "
+            f"LORA_MODULE_PATHS_TO_ORIGINAL: {inconsistent}"
+        )
+    return mapping
+
+
+def _lora_alpha_scales(scale: float):
+    # Splits `scale` between down (A) and up (B) so neither factor gets tiny, as diffusers does for kohya files.
+    scale_down, scale_up = scale, 1.0
+    while scale_down * 2 < scale_up:
+        scale_down *= 2
+        scale_up /= 2
+    return scale_down, scale_up
+
+
+def convert_original_lora_state_dict(
+    state_dict: Dict[str, torch.Tensor], model: torch.nn.Module, prefix: Optional[str] = "transformer"
+) -> Dict[str, torch.Tensor]:
+    """Converts an original Ruyi LoRA (``lora_unet_*`` keys) into PEFT keys for ``model``, all or nothing.
+
+    Each ``<name>.lora_down.weight`` / ``<name>.lora_up.weight`` pair becomes ``<prefix>.<module path>.lora_A.weight``
+    / ``.lora_B.weight``. The factor ``alpha / rank`` of the original merge rule (1 without ``alpha``) is folded into
+    the two matrices, so the adapter loads with PEFT's default ``lora_alpha = rank`` (scaling 1) and
+    ``lora_B @ lora_A`` equals ``alpha / rank * up @ down``; an adapter weight (``set_adapters(name, w)``) or
+    ``fuse_lora(lora_scale=w)`` then plays the role of the original ``multiplier``.
+
+    Args:
+        state_dict (`Dict[str, torch.Tensor]`): The original LoRA tensors.
+        model (`torch.nn.Module`): The `RuyiTransformer3DModel` the LoRA is for (module names are resolved on it).
+        prefix (`str`, *optional*, defaults to `"transformer"`): Prefix of the returned keys (`None` for none).
+
+    Returns:
+        `Dict[str, torch.Tensor]`: PEFT/diffusers LoRA tensors, in the dtype of the file.
+
+    Raises:
+        `ValueError`: listing every key that cannot be used: text-encoder entries (Ruyi has no text encoder), names
+            that match no Linear/Conv2d module, malformed keys, modules without both `lora_down` and `lora_up`, shapes
+            that do not fit the module, and convolutions other than 1x1 (the original cannot merge those either).
+    """
+    module_map = original_lora_module_map(model)
+    modules = _lora_target_modules(model)
+
+    grouped: Dict[str, Dict[str, torch.Tensor]] = {}
+    malformed, text_encoder, unknown = [], [], []
+    for key, value in state_dict.items():
+        name, _, element = key.partition(".")
+        if name.startswith(ORIGINAL_LORA_TEXT_ENCODER_PREFIX):
+            text_encoder.append(key)
+        elif not name.startswith(ORIGINAL_LORA_PREFIX + "_") or element not in _ORIGINAL_LORA_ELEMENTS:
+            malformed.append(key)
+        elif name not in module_map:
+            unknown.append(key)
+        else:
+            grouped.setdefault(name, {})[element] = value
+
+    incomplete, bad_shapes, zero_alpha = [], [], []
+    converted: Dict[str, torch.Tensor] = {}
+    key_prefix = f"{prefix}." if prefix else ""
+    for name, elements in sorted(grouped.items()):
+        if "lora_down.weight" not in elements or "lora_up.weight" not in elements:
+            missing = [e for e in ("lora_down.weight", "lora_up.weight") if e not in elements]
+            incomplete.append(f"{name} (missing {', '.join(missing)})")
+            continue
+        path = module_map[name]
+        module = modules[path]
+        down, up = elements["lora_down.weight"], elements["lora_up.weight"]
+        rank = down.shape[0]
+        if isinstance(module, torch.nn.Conv2d):
+            expected_down = (rank, module.in_channels, 1, 1)
+            expected_up = (module.out_channels, rank, 1, 1)
+            if tuple(module.kernel_size) != (1, 1):
+                bad_shapes.append(f"{name}: LoRA on a {tuple(module.kernel_size)} convolution (only 1x1 is supported)")
+                continue
+        else:
+            expected_down = (rank, module.in_features)
+            expected_up = (module.out_features, rank)
+        if tuple(down.shape) != expected_down or tuple(up.shape) != expected_up:
+            bad_shapes.append(
+                f"{name}: lora_down {tuple(down.shape)}, lora_up {tuple(up.shape)}; {path} needs {expected_down} "
+                f"and {expected_up}"
+            )
+            continue
+        alpha = elements.get("alpha")
+        scale = float(alpha.float().item()) / rank if alpha is not None else 1.0
+        if scale == 0.0:
+            zero_alpha.append(name)
+        scale_down, scale_up = _lora_alpha_scales(scale)
+        converted[f"{key_prefix}{path}.lora_A.weight"] = (down.float() * scale_down).to(down.dtype)
+        converted[f"{key_prefix}{path}.lora_B.weight"] = (up.float() * scale_up).to(up.dtype)
+
+    problems = []
+    if text_encoder:
+        problems.append(f"text-encoder entries (Ruyi has no text encoder to apply them to): {sorted(text_encoder)}")
+    if unknown:
+        problems.append(f"names that match no Linear/Conv2d module of the transformer: {sorted(unknown)}")
+    if malformed:
+        problems.append(
+            f"keys that are not `lora_unet_<module>.{{lora_down.weight,lora_up.weight,alpha}}`: {sorted(malformed)}"
+        )
+    if incomplete:
+        problems.append(f"modules without both lora_down and lora_up: {incomplete}")
+    if bad_shapes:
+        problems.append(f"tensors of the wrong shape: {bad_shapes}")
+    if problems:
+        raise ValueError("Cannot load this original-format Ruyi LoRA:\n- " + "\n- ".join(problems))
+    if not converted:
+        raise ValueError("The original-format Ruyi LoRA holds no `lora_down`/`lora_up` weights.")
+    if zero_alpha:
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.get_logger(__name__).warning(
+            f"These LoRA modules have alpha=0, so (as in the original merge) they change nothing: {zero_alpha}"
+        )
+    return converted

@@ -1,0 +1,978 @@
+# Copyright 2025 The diffusers-ruyi authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""The Ruyi-Mini-7B denoiser: a HunyuanDiT-style video transformer with CLIP image conditioning.
+
+Numerically equivalent to ``HunyuanTransformer3DModel`` of the original Ruyi code as Ruyi configures it
+(``basic_block_type="basic"``, ``time_position_encoding=True``, ``after_norm=False``). Parameter names follow the
+original checkpoint, so converting the original weights is (almost) the identity, see
+``diffusers_ruyi.loaders.original_checkpoint``.
+"""
+
+import functools
+import math
+import os
+from typing import Any, Dict, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders import PeftAdapterMixin
+from diffusers.models.attention import AttentionMixin, AttentionModuleMixin, FeedForward
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.cache_utils import CacheMixin
+from diffusers.models.embeddings import (
+    PixArtAlphaTextProjection,
+    TimestepEmbedding,
+    Timesteps,
+    apply_rotary_emb,
+    get_2d_rotary_pos_embed_from_grid,
+    get_timestep_embedding,
+)
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.normalization import AdaLayerNormContinuous, FP32LayerNorm
+from diffusers.utils import logging
+from diffusers.utils.peft_utils import apply_lora_scale
+from diffusers.utils.torch_utils import maybe_allow_in_graph
+from torch import nn
+
+from ..loaders.original_checkpoint import is_original_transformer_config, load_original_transformer
+
+
+logger = logging.get_logger(__name__)  # pylint: disable=invalid-name
+
+# The original pipeline builds the RoPE grid relative to a 512x512 image with an 8x VAE, whatever the model size.
+_ROPE_BASE_IMAGE_SIZE = 512
+_ROPE_VAE_SCALE = 8
+_ROPE_CACHE_SIZE = 8
+
+
+def _hunyuan_crop_region(grid_size: Tuple[int, int], base_size: int) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+    """Fits ``grid_size`` into a ``base_size`` square (keeping the aspect ratio), centred; HunyuanDiT's RoPE region."""
+    grid_height, grid_width = grid_size
+    if grid_height > grid_width:
+        height, width = base_size, int(round(base_size / grid_height * grid_width))
+    else:
+        height, width = int(round(base_size / grid_width * grid_height)), base_size
+    top = int(round((base_size - height) / 2.0))
+    left = int(round((base_size - width) / 2.0))
+    return (top, left), (top + height, left + width)
+
+
+def _positions_without_endpoint(start: int, stop: int, num: int) -> torch.Tensor:
+    # Same values as `np.linspace(start, stop, num, endpoint=False, dtype=np.float32)`, which the original pipeline
+    # used (diffusers 0.31). Newer diffusers scales `stop` instead, which differs whenever `start != 0`. The float64
+    # step is computed on the CPU only, so this is safe on devices without float64.
+    step = (stop - start) / num
+    return (start + torch.arange(num, dtype=torch.float64) * step).to(torch.float32)
+
+
+def _temporal_sincos_embedding(num_frames: int, dim: int, device: torch.device) -> torch.Tensor:
+    """Transformer-style sin/cos encoding of the frame index, shape ``(num_frames, dim)``, in float32."""
+    position = torch.arange(num_frames, device=device).unsqueeze(1)
+    inv_freq = torch.exp(torch.arange(0, dim, 2, device=device) * (-math.log(10000.0) / dim))
+    angles = position * inv_freq
+    # Interleave: even channels carry sin, odd channels carry cos.
+    return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1)[:, :dim]
+
+
+def _sincos_2d_grid_embedding(embed_dim: int, grid_size: int) -> torch.Tensor:
+    """MAE-style 2D sin/cos table of shape ``(grid_size**2, embed_dim)``; initial value of the resampler positions."""
+    coords = torch.arange(grid_size, dtype=torch.float32)
+    # The first half of the channels encodes the column index, the second half the row index (as the original).
+    rows, cols = torch.meshgrid(coords, coords, indexing="ij")
+    omega = torch.arange(embed_dim // 4, dtype=torch.float32) / (embed_dim / 4.0)
+    omega = 1.0 / 10000**omega
+
+    def encode(pos: torch.Tensor) -> torch.Tensor:
+        angles = pos.reshape(-1, 1) * omega
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    return torch.cat([encode(cols), encode(rows)], dim=1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Attention
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class RuyiAttnProcessor:
+    """Attention with LayerNorm QK-norm and HunyuanDiT 2D RoPE, dispatched through `dispatch_attention_fn`.
+
+    RoPE rotates the queries always and the keys only in self-attention (the keys of the text and CLIP
+    cross-attentions carry no positions), exactly as HunyuanDiT does.
+    """
+
+    _attention_backend = None
+    _parallel_config = None
+
+    def __init__(self):
+        if not hasattr(F, "scaled_dot_product_attention"):
+            raise ImportError("RuyiAttnProcessor requires PyTorch 2.0 or newer.")
+
+    def __call__(
+        self,
+        attn: "RuyiAttention",
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: Optional[torch.Tensor] = None,
+        image_rotary_emb: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+    ) -> torch.Tensor:
+        # A cross-attention called without a context attends to `hidden_states` (original behaviour for the CLIP
+        # branch when no image features are given); it still skips RoPE on the keys.
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        if attn.fused_projections and not attn.is_cross_attention:
+            query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
+        elif attn.fused_projections:
+            query = attn.to_q(hidden_states)
+            key, value = attn.to_kv(context).chunk(2, dim=-1)
+        else:
+            query = attn.to_q(hidden_states)
+            key = attn.to_k(context)
+            value = attn.to_v(context)
+
+        # (batch, seq, heads, head_dim): the layout `dispatch_attention_fn` expects.
+        query = attn.norm_q(query.unflatten(2, (attn.heads, -1)))
+        key = attn.norm_k(key.unflatten(2, (attn.heads, -1)))
+        value = value.unflatten(2, (attn.heads, -1))
+
+        if image_rotary_emb is not None:
+            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+            if not attn.is_cross_attention:
+                key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+
+        hidden_states = dispatch_attention_fn(
+            query,
+            key,
+            value,
+            dropout_p=0.0,
+            is_causal=False,
+            backend=self._attention_backend,
+            # Context parallelism only splits the video tokens, never a text/CLIP context.
+            parallel_config=self._parallel_config if not attn.is_cross_attention else None,
+        )
+        hidden_states = hidden_states.flatten(2, 3).type_as(query)
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        return hidden_states
+
+
+class RuyiAttention(nn.Module, AttentionModuleMixin):
+    """Multi-head attention with per-head LayerNorm on queries and keys (HunyuanDiT's QK-norm).
+
+    Args:
+        query_dim (`int`): Channels of the queries (and of the output).
+        heads (`int`): Number of attention heads.
+        dim_head (`int`): Channels per head.
+        cross_attention_dim (`int`, *optional*): Channels of the context; `None` makes it a self-attention.
+        bias (`bool`, defaults to `True`): Whether the projections have a bias.
+        eps (`float`, defaults to `1e-6`): Epsilon of the QK LayerNorms.
+        processor (`RuyiAttnProcessor`, *optional*): The attention processor; a new `RuyiAttnProcessor` by default.
+    """
+
+    _default_processor_cls = RuyiAttnProcessor
+    _available_processors = [RuyiAttnProcessor]
+
+    def __init__(
+        self,
+        query_dim: int,
+        heads: int,
+        dim_head: int,
+        cross_attention_dim: Optional[int] = None,
+        bias: bool = True,
+        eps: float = 1e-6,
+        processor: Optional[RuyiAttnProcessor] = None,
+    ):
+        super().__init__()
+        self.heads = heads
+        self.inner_dim = heads * dim_head
+        self.use_bias = bias
+        self.is_cross_attention = cross_attention_dim is not None
+        kv_dim = cross_attention_dim if cross_attention_dim is not None else query_dim
+
+        self.to_q = nn.Linear(query_dim, self.inner_dim, bias=bias)
+        self.to_k = nn.Linear(kv_dim, self.inner_dim, bias=bias)
+        self.to_v = nn.Linear(kv_dim, self.inner_dim, bias=bias)
+        self.norm_q = nn.LayerNorm(dim_head, eps=eps)
+        self.norm_k = nn.LayerNorm(dim_head, eps=eps)
+        self.to_out = nn.ModuleList([nn.Linear(self.inner_dim, query_dim, bias=bias), nn.Dropout(0.0)])
+
+        self.set_processor(processor if processor is not None else self._default_processor_cls())
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: Optional[torch.Tensor] = None,
+        image_rotary_emb: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        return self.processor(self, hidden_states, encoder_hidden_states, image_rotary_emb, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Transformer block
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class RuyiAdaLayerNormShift(nn.Module):
+    """LayerNorm (computed in float32) followed by a timestep-dependent shift."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.silu = nn.SiLU()
+        self.linear = nn.Linear(dim, dim)
+        self.norm = FP32LayerNorm(dim, eps=eps, elementwise_affine=True)
+
+    def forward(self, hidden_states: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        shift = self.linear(self.silu(temb.float()).to(temb.dtype))
+        return self.norm(hidden_states) + shift.unsqueeze(1)
+
+
+class RuyiClipGate(nn.Module):
+    """GELU-gated projection applied to the CLIP cross-attention output before it joins the residual stream."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        # The original passes the channel count where LayerNorm expects `eps`, so the epsilon really is `dim`. It is
+        # part of the trained model's math, so it is kept.
+        self.norm = FP32LayerNorm(dim, eps=float(dim), elementwise_affine=True)
+        self.proj = nn.Linear(dim, 2 * dim)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states, gate = self.proj(self.norm(hidden_states)).chunk(2, dim=-1)
+        return hidden_states * F.gelu(gate)
+
+
+@maybe_allow_in_graph
+class RuyiTransformerBlock(nn.Module):
+    """One Ruyi DiT block: temporal encoding, self-attention, text and CLIP cross-attention, feed-forward.
+
+    Args:
+        dim (`int`): Channels of the video tokens.
+        num_attention_heads (`int`): Number of heads in every attention.
+        cross_attention_dim (`int`): Channels of the text and (resampled) CLIP tokens.
+        ff_inner_dim (`int`): Hidden size of the feed-forward network.
+        activation_fn (`str`, defaults to `"gelu-approximate"`): Activation of the feed-forward network.
+        skip (`bool`, defaults to `False`): Whether the block merges a long skip connection from an earlier block.
+        norm_eps (`float`, defaults to `1e-6`): Epsilon of the LayerNorms.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_attention_heads: int,
+        cross_attention_dim: int,
+        ff_inner_dim: int,
+        activation_fn: str = "gelu-approximate",
+        skip: bool = False,
+        norm_eps: float = 1e-6,
+    ):
+        super().__init__()
+        head_dim = dim // num_attention_heads
+
+        self.norm1 = RuyiAdaLayerNormShift(dim, eps=norm_eps)
+        self.attn1 = RuyiAttention(dim, heads=num_attention_heads, dim_head=head_dim)
+
+        self.norm2 = FP32LayerNorm(dim, eps=norm_eps, elementwise_affine=True)
+        self.attn2 = RuyiAttention(
+            dim, heads=num_attention_heads, dim_head=head_dim, cross_attention_dim=cross_attention_dim
+        )
+
+        self.norm_clip = FP32LayerNorm(dim, eps=norm_eps, elementwise_affine=True)
+        self.attn_clip = RuyiAttention(
+            dim, heads=num_attention_heads, dim_head=head_dim, cross_attention_dim=cross_attention_dim
+        )
+        self.gate_clip = RuyiClipGate(dim)
+        self.norm_clip_out = FP32LayerNorm(dim, eps=norm_eps, elementwise_affine=True)
+
+        self.norm3 = FP32LayerNorm(dim, eps=norm_eps, elementwise_affine=True)
+        self.ff = FeedForward(dim, activation_fn=activation_fn, inner_dim=ff_inner_dim, bias=True)
+
+        if skip:
+            self.skip_norm = FP32LayerNorm(2 * dim, eps=norm_eps, elementwise_affine=True)
+            self.skip_linear = nn.Linear(2 * dim, dim)
+        else:
+            self.skip_norm = None
+            self.skip_linear = None
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        temb: torch.Tensor,
+        image_rotary_emb: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+        clip_encoder_hidden_states: Optional[torch.Tensor] = None,
+        temporal_embedding: Optional[torch.Tensor] = None,
+        skip: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Runs the block.
+
+        Args:
+            hidden_states (`torch.Tensor`): Video tokens `(batch, frames * height * width, dim)`, frame-major.
+            encoder_hidden_states (`torch.Tensor`): Text tokens `(batch, text_tokens, cross_attention_dim)`.
+            temb (`torch.Tensor`): Conditioning vector `(batch, dim)`.
+            image_rotary_emb (`Tuple[torch.Tensor, torch.Tensor]`, *optional*):
+                RoPE `(cos, sin)`, each `(frames * height * width, head_dim)`.
+            clip_encoder_hidden_states (`torch.Tensor`, *optional*): Resampled CLIP tokens.
+            temporal_embedding (`torch.Tensor`, *optional*):
+                `(frames, dim)` encoding added per frame; `None` for single-frame inputs (as the original).
+            skip (`torch.Tensor`, *optional*): Long-skip input; required exactly when the block has `skip_linear`.
+
+        Returns:
+            `torch.Tensor`: The updated video tokens, same shape as `hidden_states`.
+        """
+        if self.skip_linear is not None:
+            if skip is None:
+                raise ValueError("This block merges a long skip connection, but `skip` is None.")
+            hidden_states = self.skip_linear(self.skip_norm(torch.cat([hidden_states, skip], dim=-1)))
+
+        if temporal_embedding is not None:
+            batch_size, seq_len, dim = hidden_states.shape
+            num_frames = temporal_embedding.shape[0]
+            hidden_states = hidden_states.view(batch_size, num_frames, seq_len // num_frames, dim)
+            hidden_states = (hidden_states + temporal_embedding[:, None, :]).view(batch_size, seq_len, dim)
+
+        hidden_states = hidden_states + self.attn1(self.norm1(hidden_states, temb), image_rotary_emb=image_rotary_emb)
+        hidden_states = hidden_states + self.attn2(
+            self.norm2(hidden_states), encoder_hidden_states=encoder_hidden_states, image_rotary_emb=image_rotary_emb
+        )
+        clip_output = self.attn_clip(
+            self.norm_clip(hidden_states),
+            encoder_hidden_states=clip_encoder_hidden_states,
+            image_rotary_emb=image_rotary_emb,
+        )
+        hidden_states = hidden_states + self.norm_clip_out(self.gate_clip(clip_output))
+        hidden_states = hidden_states + self.ff(self.norm3(hidden_states))
+        return hidden_states
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Conditioning embeddings
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class RuyiTextAttentionPool(nn.Module):
+    """Pools the T5 tokens into one vector: the token mean attends over all tokens (HunyuanDiT's pooler).
+
+    Calls its `nn.Linear` children (instead of reading their weights) so LoRA layers and casting hooks apply.
+    """
+
+    def __init__(self, seq_len: int, embed_dim: int, num_heads: int, output_dim: int):
+        super().__init__()
+        self.positional_embedding = nn.Parameter(torch.randn(seq_len + 1, embed_dim) / embed_dim**0.5)
+        self.k_proj = nn.Linear(embed_dim, embed_dim)
+        self.q_proj = nn.Linear(embed_dim, embed_dim)
+        self.v_proj = nn.Linear(embed_dim, embed_dim)
+        self.c_proj = nn.Linear(embed_dim, output_dim)
+        self.num_heads = num_heads
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = torch.cat([hidden_states.mean(dim=1, keepdim=True), hidden_states], dim=1)
+        hidden_states = hidden_states + self.positional_embedding.to(hidden_states.dtype)
+        query = self.q_proj(hidden_states[:, :1]).unflatten(2, (self.num_heads, -1)).transpose(1, 2)
+        key = self.k_proj(hidden_states).unflatten(2, (self.num_heads, -1)).transpose(1, 2)
+        value = self.v_proj(hidden_states).unflatten(2, (self.num_heads, -1)).transpose(1, 2)
+        pooled = F.scaled_dot_product_attention(query, key, value)
+        return self.c_proj(pooled.transpose(1, 2).flatten(2)).squeeze(1)
+
+
+class RuyiTimestepTextSizeStyleEmbedding(nn.Module):
+    """HunyuanDiT conditioning: timestep + MLP(pooled T5 text, image size/crop, style)."""
+
+    def __init__(self, embedding_dim: int, pooled_projection_dim: int, seq_len: int, cross_attention_dim: int):
+        super().__init__()
+        self.time_proj = Timesteps(num_channels=256, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.timestep_embedder = TimestepEmbedding(in_channels=256, time_embed_dim=embedding_dim)
+        self.pooler = RuyiTextAttentionPool(
+            seq_len, cross_attention_dim, num_heads=8, output_dim=pooled_projection_dim
+        )
+        self.style_embedder = nn.Embedding(1, embedding_dim)
+        self.extra_embedder = PixArtAlphaTextProjection(
+            in_features=256 * 6 + embedding_dim + pooled_projection_dim,
+            hidden_size=embedding_dim * 4,
+            out_features=embedding_dim,
+            act_fn="silu_fp32",
+        )
+
+    def forward(
+        self,
+        timestep: torch.Tensor,
+        encoder_hidden_states_t5: torch.Tensor,
+        image_meta_size: torch.Tensor,
+        style: torch.Tensor,
+        hidden_dtype: torch.dtype,
+    ) -> torch.Tensor:
+        timestep_emb = self.timestep_embedder(self.time_proj(timestep).to(hidden_dtype))
+        pooled = self.pooler(encoder_hidden_states_t5)
+        # Six numbers per sample (original size, target size, crop top-left), 256 sin/cos channels each.
+        size_emb = get_timestep_embedding(
+            image_meta_size.reshape(-1), 256, flip_sin_to_cos=True, downscale_freq_shift=0
+        )
+        size_emb = size_emb.to(hidden_dtype).reshape(-1, 6 * 256)
+        extra = torch.cat([pooled, size_emb, self.style_embedder(style)], dim=1)
+        return timestep_emb + self.extra_embedder(extra)
+
+
+class RuyiResamplerAttention(nn.Module):
+    """Multi-head attention with the parameter layout of `nn.MultiheadAttention` (`in_proj_*`, `out_proj`).
+
+    Keeps the original checkpoint keys while running batch-first SDPA and calling `out_proj` as a module.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * embed_dim))
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        weight = self.in_proj_weight.to(query.dtype)
+        bias = self.in_proj_bias.to(query.dtype)
+        w_q, w_k, w_v = weight.chunk(3)
+        b_q, b_k, b_v = bias.chunk(3)
+        query = F.linear(query, w_q, b_q).unflatten(2, (self.num_heads, -1)).transpose(1, 2)
+        key = F.linear(key, w_k, b_k).unflatten(2, (self.num_heads, -1)).transpose(1, 2)
+        value = F.linear(value, w_v, b_v).unflatten(2, (self.num_heads, -1)).transpose(1, 2)
+        hidden_states = F.scaled_dot_product_attention(query, key, value)
+        return self.out_proj(hidden_states.transpose(1, 2).flatten(2))
+
+
+class RuyiImageResampler(nn.Module):
+    """Perceiver resampler: `n_query` learned queries attend once over the CLIP patch tokens.
+
+    Args:
+        num_queries (`int`): Number of output tokens; a perfect square.
+        embed_dim (`int`): Output channels (the cross-attention width).
+        num_heads (`int`): Number of attention heads.
+        kv_dim (`int`): Channels of the CLIP tokens; projected to `embed_dim` without bias when they differ.
+    """
+
+    def __init__(self, num_queries: int, embed_dim: int, num_heads: int, kv_dim: int):
+        super().__init__()
+        grid_size = int(math.isqrt(num_queries))
+        # A frozen parameter (not a buffer) because the original checkpoint stores it under `pos_embed`.
+        self.pos_embed = nn.Parameter(_sincos_2d_grid_embedding(embed_dim, grid_size), requires_grad=False)
+        self.query = nn.Parameter(torch.randn(num_queries, embed_dim) * 0.02)
+        self.kv_proj = nn.Linear(kv_dim, embed_dim, bias=False) if kv_dim != embed_dim else nn.Identity()
+        self.attn = RuyiResamplerAttention(embed_dim, num_heads)
+        self.ln_q = nn.LayerNorm(embed_dim)
+        self.ln_kv = nn.LayerNorm(embed_dim)
+
+    def _key_positions(self, num_tokens: int) -> torch.Tensor:
+        # The learned grid is resized (bicubic) to the CLIP patch grid; Ruyi's 16 queries meet 16x16 CLIP patches.
+        source = math.isqrt(self.pos_embed.shape[0])
+        target = math.isqrt(num_tokens)
+        if source == target:
+            return self.pos_embed
+        grid = self.pos_embed.float().reshape(1, source, source, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=(target, target), mode="bicubic", align_corners=False)
+        return grid.permute(0, 2, 3, 1).flatten(0, 2).to(self.pos_embed.dtype)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        key_positions = self._key_positions(hidden_states.shape[1])
+        hidden_states = self.ln_kv(self.kv_proj(hidden_states))
+        query = (self.ln_q(self.query) + self.pos_embed).unsqueeze(0).expand(hidden_states.shape[0], -1, -1)
+        return self.attn(query, hidden_states + key_positions, hidden_states)
+
+
+class RuyiPatchEmbed(nn.Module):
+    """Per-frame 2D patchify: `(B, C, F, H, W)` -> `(B, F * H/p * W/p, dim)`, frame-major token order."""
+
+    def __init__(self, patch_size: int, in_channels: int, embed_dim: int):
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_channels, embed_dim, kernel_size=patch_size, stride=patch_size, bias=True)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        batch_size, channels, num_frames, height, width = hidden_states.shape
+        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size * num_frames, channels, height, width)
+        hidden_states = self.proj(hidden_states).flatten(2).transpose(1, 2)
+        return hidden_states.reshape(batch_size, -1, hidden_states.shape[-1])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class RuyiTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, AttentionMixin):
+    r"""
+    The Ruyi-Mini-7B image-to-video denoiser (HunyuanDiT blocks over space-time tokens, CLIP image conditioning).
+
+    The input latents are concatenated with the inpainting latents (mask + masked video), patchified per frame and run
+    through `num_layers` blocks with U-Net-like long skips (block `i > num_layers // 2` merges the output of block
+    `num_layers - 2 - i`). Each block adds a sin/cos frame-index encoding, applies self-attention with 2D RoPE over
+    space, cross-attention to the two text streams, gated cross-attention to resampled CLIP image tokens and a
+    feed-forward network. The output has `out_channels` channels, the noise prediction followed by the learned sigma.
+
+    The defaults describe the full-size model with HunyuanDiT-v1.x geometry (16 heads x 88 = 1408 channels, 40 layers,
+    MLP ratio 4.3637, text streams of 77 x 1024 and 256 x 2048). They were not checked against the published
+    `IamCreateAI/Ruyi-Mini-7B` config, which is not available offline; checkpoints always carry their own config.
+
+    Args:
+        num_attention_heads (`int`, defaults to 16): Number of attention heads.
+        attention_head_dim (`int`, defaults to 88): Channels per head (a multiple of 4, for 2D RoPE).
+        in_channels (`int`, defaults to 48): Channels of `hidden_states` plus `inpaint_latents`.
+        out_channels (`int`, defaults to 32): Output channels (the prediction followed by the learned sigma).
+        patch_size (`int`, defaults to 2): Spatial patch size.
+        n_query (`int`, defaults to 16): Number of resampled CLIP tokens (a perfect square).
+        projection_dim (`int`, defaults to 768): Channels of the CLIP image tokens fed to the resampler.
+        activation_fn (`str`, defaults to `"gelu-approximate"`): Feed-forward activation.
+        sample_size (`int`, defaults to 128): Default latent height/width (used by pipelines; no learned positions).
+        num_layers (`int`, defaults to 40): Number of blocks (even, because of the long skips).
+        mlp_ratio (`float`, defaults to 4.3637): Feed-forward hidden size as a multiple of the model width.
+        cross_attention_dim (`int`, defaults to 1024): Channels of the first text stream and of the CLIP tokens.
+        cross_attention_dim_t5 (`int`, defaults to 2048): Channels of the second (T5) text stream.
+        pooled_projection_dim (`int`, defaults to 1024): Size of the pooled T5 vector in the conditioning MLP.
+        text_len (`int`, defaults to 77): Tokens of the first text stream.
+        text_len_t5 (`int`, defaults to 256): Tokens of the second text stream.
+    """
+
+    _supports_gradient_checkpointing = True
+    _no_split_modules = ["RuyiTransformerBlock"]
+    _repeated_blocks = ["RuyiTransformerBlock"]
+    # Small, precision-sensitive or hook-unfriendly modules stay in the model dtype under layerwise casting; the
+    # default patterns already cover `pos_embed`, every `norm*` and `proj_out`.
+    _skip_layerwise_casting_patterns = ["pos_embed", "time_extra_emb", "text_embedder", "clip_projection", "norm"]
+    # Nothing is forced to float32: the original runs every weight in the compute dtype and upcasts only inside its
+    # FP32 LayerNorms / SiLUs, which these modules reproduce.
+    _keep_in_fp32_modules = []
+
+    @register_to_config
+    def __init__(
+        self,
+        num_attention_heads: int = 16,
+        attention_head_dim: int = 88,
+        in_channels: int = 48,
+        out_channels: int = 32,
+        patch_size: int = 2,
+        n_query: int = 16,
+        projection_dim: int = 768,
+        activation_fn: str = "gelu-approximate",
+        sample_size: int = 128,
+        num_layers: int = 40,
+        mlp_ratio: float = 4.3637,
+        cross_attention_dim: int = 1024,
+        cross_attention_dim_t5: int = 2048,
+        pooled_projection_dim: int = 1024,
+        text_len: int = 77,
+        text_len_t5: int = 256,
+    ):
+        super().__init__()
+        if num_layers < 2 or num_layers % 2 != 0:
+            raise ValueError(
+                f"`num_layers` must be an even number >= 2 (long skips pair the blocks), got {num_layers}."
+            )
+        if attention_head_dim % 4 != 0:
+            raise ValueError(f"`attention_head_dim` must be a multiple of 4 for 2D RoPE, got {attention_head_dim}.")
+        if math.isqrt(n_query) ** 2 != n_query:
+            raise ValueError(f"`n_query` must be a perfect square (the resampler uses a square grid), got {n_query}.")
+        if cross_attention_dim_t5 % 8 != 0:
+            raise ValueError(
+                f"`cross_attention_dim_t5` must be divisible by 8 (pooler heads), got {cross_attention_dim_t5}."
+            )
+
+        inner_dim = num_attention_heads * attention_head_dim
+        self.inner_dim = inner_dim
+
+        self.text_embedder = PixArtAlphaTextProjection(
+            in_features=cross_attention_dim_t5,
+            hidden_size=cross_attention_dim_t5 * 4,
+            out_features=cross_attention_dim,
+            act_fn="silu_fp32",
+        )
+        # Replaces the embeddings of masked-out text tokens.
+        self.text_embedding_padding = nn.Parameter(torch.randn(text_len + text_len_t5, cross_attention_dim))
+
+        self.pos_embed = RuyiPatchEmbed(patch_size, in_channels, inner_dim)
+        self.time_extra_emb = RuyiTimestepTextSizeStyleEmbedding(
+            inner_dim,
+            pooled_projection_dim=pooled_projection_dim,
+            seq_len=text_len_t5,
+            cross_attention_dim=cross_attention_dim_t5,
+        )
+
+        self.blocks = nn.ModuleList(
+            [
+                RuyiTransformerBlock(
+                    dim=inner_dim,
+                    num_attention_heads=num_attention_heads,
+                    cross_attention_dim=cross_attention_dim,
+                    ff_inner_dim=int(inner_dim * mlp_ratio),
+                    activation_fn=activation_fn,
+                    skip=index > num_layers // 2,
+                )
+                for index in range(num_layers)
+            ]
+        )
+
+        # Replaces the resampled CLIP tokens of samples whose `clip_attention_mask` is 0.
+        self.clip_padding = nn.Parameter(torch.randn(n_query, cross_attention_dim) * 0.02)
+        self.clip_projection = RuyiImageResampler(
+            n_query, embed_dim=cross_attention_dim, num_heads=num_attention_heads, kv_dim=projection_dim
+        )
+
+        self.norm_out = AdaLayerNormContinuous(inner_dim, inner_dim, elementwise_affine=False, eps=1e-6)
+        self.proj_out = nn.Linear(inner_dim, patch_size * patch_size * out_channels, bias=True)
+
+        self.gradient_checkpointing = False
+        self._rotary_cache: Dict[Tuple[int, int, str], Tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Loading
+    # ------------------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: Union[str, os.PathLike], **kwargs
+    ) -> "RuyiTransformer3DModel":
+        """Loads a diffusers-format checkpoint, or transparently converts the ORIGINAL Ruyi layout.
+
+        A folder whose `config.json` names `HunyuanTransformer3DModel` (the original hub layout, e.g.
+        `IamCreateAI/Ruyi-Mini-7B` with `subfolder="transformers"`) is converted in memory: config and weights are
+        mapped by `diffusers_ruyi.loaders.original_checkpoint`, the weights are cast to `dtype` (or `torch_dtype`;
+        float32 by default, as diffusers does) and loaded strictly (missing or unexpected keys raise a `ValueError`
+        listing them). Everything else goes to [`~diffusers.ModelMixin.from_pretrained`] unchanged.
+
+        Args:
+            pretrained_model_name_or_path (`str` or `os.PathLike`): A local folder or a hub repository id.
+            kwargs: The usual [`~diffusers.ModelMixin.from_pretrained`] arguments (`subfolder`, `dtype`, `revision`,
+                `cache_dir`, `token`, `local_files_only`, ...).
+
+        Returns:
+            [`RuyiTransformer3DModel`]: The model, in eval mode.
+        """
+        hub_keys = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "subfolder")
+        hub_kwargs = {key: kwargs[key] for key in hub_keys if kwargs.get(key) is not None}
+        config = cls.load_config(pretrained_model_name_or_path, **hub_kwargs)
+        if not is_original_transformer_config(config):
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+        unsupported = [
+            key
+            for key in ("device_map", "quantization_config", "variant", "output_loading_info")
+            if kwargs.get(key) not in (None, False)
+        ]
+        if unsupported:
+            raise ValueError(
+                f"{unsupported} are not supported when loading the original Ruyi layout; convert the checkpoint with "
+                "`scripts/convert_ruyi_to_diffusers.py` first."
+            )
+        dtype, torch_dtype = kwargs.get("dtype"), kwargs.get("torch_dtype")
+        if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
+            raise ValueError(f"Got both `dtype={dtype}` and `torch_dtype={torch_dtype}`; pass only `dtype`.")
+        # Like diffusers' loader: float32 unless a dtype is requested, whatever the file stores.
+        dtype = dtype if dtype is not None else (torch_dtype if torch_dtype is not None else torch.float32)
+
+        folder = _resolve_folder(pretrained_model_name_or_path, hub_kwargs)
+        model = load_original_transformer(cls, folder, config, dtype=dtype)
+        model.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
+        return model.eval()
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Rotary embedding
+    # ------------------------------------------------------------------------------------------------------------
+
+    def get_rotary_embedding(
+        self, latent_height: int, latent_width: int, device: Optional[torch.device] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The 2D RoPE table of one frame, as the original Ruyi pipeline computes it.
+
+        Positions come from HunyuanDiT's crop region of the patch grid inside a `512 // 8 // patch_size` square.
+
+        Args:
+            latent_height (`int`): Latent height (before patchify), divisible by `patch_size`.
+            latent_width (`int`): Latent width (before patchify), divisible by `patch_size`.
+            device (`torch.device`, *optional*): Where to put the tables.
+
+        Returns:
+            `Tuple[torch.Tensor, torch.Tensor]`: float32 `(cos, sin)`, each `(grid_height * grid_width, head_dim)`.
+            Cached per size and device.
+        """
+        patch_size = self.config.patch_size
+        grid_height, grid_width = latent_height // patch_size, latent_width // patch_size
+        key = (grid_height, grid_width, str(device))
+        cached = self._rotary_cache.get(key)
+        if cached is not None:
+            return cached
+
+        base_size = _ROPE_BASE_IMAGE_SIZE // _ROPE_VAE_SCALE // patch_size
+        (top, left), (bottom, right) = _hunyuan_crop_region((grid_height, grid_width), base_size)
+        rows = _positions_without_endpoint(top, bottom, grid_height)
+        cols = _positions_without_endpoint(left, right, grid_width)
+        grid = torch.stack(torch.meshgrid(cols, rows, indexing="xy"), dim=0).reshape(2, 1, grid_height, grid_width)
+        cos, sin = get_2d_rotary_pos_embed_from_grid(self.config.attention_head_dim, grid, use_real=True)
+        rope = (cos.to(device), sin.to(device))
+
+        if len(self._rotary_cache) >= _ROPE_CACHE_SIZE:
+            self._rotary_cache.pop(next(iter(self._rotary_cache)))
+        self._rotary_cache[key] = rope
+        return rope
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Forward
+    # ------------------------------------------------------------------------------------------------------------
+
+    def _check_inputs(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        batched: Dict[str, Optional[torch.Tensor]],
+        encoder_hidden_states: torch.Tensor,
+        encoder_hidden_states_t5: torch.Tensor,
+        inpaint_latents: Optional[torch.Tensor],
+        clip_encoder_hidden_states: Optional[torch.Tensor],
+    ) -> None:
+        config = self.config
+        if hidden_states.ndim != 5:
+            raise ValueError(
+                f"`hidden_states` must be 5D (batch, channels, frames, height, width), got shape "
+                f"{tuple(hidden_states.shape)}."
+            )
+        batch_size, channels, _, height, width = hidden_states.shape
+        if inpaint_latents is not None:
+            if inpaint_latents.ndim != 5 or inpaint_latents.shape[2:] != hidden_states.shape[2:]:
+                frames_height_width = ", ".join(map(str, hidden_states.shape[2:]))
+                raise ValueError(
+                    f"`inpaint_latents` must have shape (batch, channels, {frames_height_width}) like `hidden_states`, "
+                    f"got {tuple(inpaint_latents.shape)}."
+                )
+            channels += inpaint_latents.shape[1]
+        if channels != config.in_channels:
+            raise ValueError(
+                f"`hidden_states` + `inpaint_latents` have {channels} channels, but the model expects "
+                f"in_channels={config.in_channels}."
+            )
+        if height % config.patch_size or width % config.patch_size:
+            raise ValueError(
+                f"The latent height and width of `hidden_states` ({height}x{width}) must be divisible by "
+                f"patch_size={config.patch_size}."
+            )
+        if timestep.ndim > 1 or (timestep.ndim == 1 and timestep.shape[0] not in (1, batch_size)):
+            raise ValueError(
+                f"`timestep` must be a scalar or have shape ({batch_size},) to match `hidden_states`, got "
+                f"{tuple(timestep.shape)}."
+            )
+        for name, tensor in batched.items():
+            if tensor is not None and tensor.shape[0] != batch_size:
+                raise ValueError(
+                    f"`{name}` has batch size {tensor.shape[0]}, but `hidden_states` has batch size {batch_size}."
+                )
+        if encoder_hidden_states.shape[1] != config.text_len:
+            raise ValueError(
+                f"`encoder_hidden_states` must have text_len={config.text_len} tokens, got "
+                f"{encoder_hidden_states.shape[1]}."
+            )
+        if encoder_hidden_states_t5.shape[1] != config.text_len_t5:
+            raise ValueError(
+                f"`encoder_hidden_states_t5` must have text_len_t5={config.text_len_t5} tokens, got "
+                f"{encoder_hidden_states_t5.shape[1]}."
+            )
+        if clip_encoder_hidden_states is not None:
+            num_tokens = clip_encoder_hidden_states.shape[1]
+            if math.isqrt(num_tokens) ** 2 != num_tokens:
+                raise ValueError(
+                    f"`clip_encoder_hidden_states` must hold a square grid of patch tokens (no class token), got "
+                    f"{num_tokens} tokens."
+                )
+
+    def _expand_rotary_embedding(
+        self,
+        image_rotary_emb: Tuple[torch.Tensor, torch.Tensor],
+        num_frames: int,
+        num_patches: int,
+        device: torch.device,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        cos, sin = image_rotary_emb
+        if cos.shape[0] == num_patches:
+            # Every frame shares the spatial table (tokens are frame-major).
+            cos, sin = cos.repeat(num_frames, 1), sin.repeat(num_frames, 1)
+        elif cos.shape[0] != num_frames * num_patches:
+            raise ValueError(
+                f"`image_rotary_emb` must have {num_patches} (one frame) or {num_frames * num_patches} rows, got "
+                f"{cos.shape[0]}."
+            )
+        return cos.to(device), sin.to(device)
+
+    @apply_lora_scale("attention_kwargs")
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        text_embedding_mask: torch.Tensor,
+        encoder_hidden_states_t5: torch.Tensor,
+        text_embedding_mask_t5: torch.Tensor,
+        image_meta_size: torch.Tensor,
+        style: torch.Tensor,
+        inpaint_latents: Optional[torch.Tensor],
+        clip_encoder_hidden_states: Optional[torch.Tensor] = None,
+        clip_attention_mask: Optional[torch.Tensor] = None,
+        image_rotary_emb: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+        attention_kwargs: Optional[Dict[str, Any]] = None,
+        return_dict: bool = True,
+    ) -> Union[Transformer2DModelOutput, Tuple[torch.Tensor]]:
+        """The denoiser forward pass.
+
+        Args:
+            hidden_states (`torch.Tensor`): Noisy latents `(batch, channels, frames, height, width)`.
+            timestep (`torch.Tensor`): Diffusion timesteps `(batch,)` (or a scalar), in the latents' dtype.
+            encoder_hidden_states (`torch.Tensor`): First text stream `(batch, text_len, cross_attention_dim)`.
+            text_embedding_mask (`torch.Tensor`): `(batch, text_len)`, 1 for real tokens and 0 for padding.
+            encoder_hidden_states_t5 (`torch.Tensor`):
+                Second text stream `(batch, text_len_t5, cross_attention_dim_t5)`.
+            text_embedding_mask_t5 (`torch.Tensor`): `(batch, text_len_t5)`, 1 for real tokens and 0 for padding.
+            image_meta_size (`torch.Tensor`): `(batch, 6)`: original height/width, target height/width, crop top/left.
+            style (`torch.Tensor`): `(batch,)` style ids (Ruyi always uses 0).
+            inpaint_latents (`torch.Tensor`): Mask and masked-video latents, concatenated to `hidden_states` along
+                channels; `None` only if `hidden_states` already has `in_channels` channels.
+            clip_encoder_hidden_states (`torch.Tensor`, *optional*): CLIP patch tokens `(batch, tokens,
+                projection_dim)`, a square grid without the class token. When `None`, the CLIP cross-attention
+                attends to the video tokens themselves, as the original does.
+            clip_attention_mask (`torch.Tensor`, *optional*): `(batch, n_query)`; where 0 the resampled CLIP tokens
+                are replaced by the learned `clip_padding`. `None` keeps them all.
+            image_rotary_emb (`Tuple[torch.Tensor, torch.Tensor]`, *optional*): `(cos, sin)` for one frame
+                `(height/p * width/p, head_dim)` or for all frames. Computed by `get_rotary_embedding` when `None`.
+            attention_kwargs (`dict`, *optional*): Only `"scale"` is read: the LoRA scale (PEFT backend).
+            return_dict (`bool`, defaults to `True`): Return a `Transformer2DModelOutput` instead of a tuple.
+
+        Returns:
+            [`~models.modeling_outputs.Transformer2DModelOutput`] or `tuple`: `sample` of shape `(batch,
+            out_channels, frames, height, width)`: the prediction followed by the learned sigma channels.
+        """
+        self._check_inputs(
+            hidden_states,
+            timestep,
+            {
+                "encoder_hidden_states": encoder_hidden_states,
+                "text_embedding_mask": text_embedding_mask,
+                "encoder_hidden_states_t5": encoder_hidden_states_t5,
+                "text_embedding_mask_t5": text_embedding_mask_t5,
+                "image_meta_size": image_meta_size,
+                "style": style,
+                "inpaint_latents": inpaint_latents,
+                "clip_encoder_hidden_states": clip_encoder_hidden_states,
+                "clip_attention_mask": clip_attention_mask,
+            },
+            encoder_hidden_states,
+            encoder_hidden_states_t5,
+            inpaint_latents,
+            clip_encoder_hidden_states,
+        )
+        batch_size, _, num_frames, height, width = hidden_states.shape
+        patch_size = self.config.patch_size
+        grid_height, grid_width = height // patch_size, width // patch_size
+        device = hidden_states.device
+
+        if inpaint_latents is not None:
+            hidden_states = torch.cat([hidden_states, inpaint_latents], dim=1)
+        timestep = timestep.reshape(-1).expand(batch_size)
+
+        if image_rotary_emb is None:
+            image_rotary_emb = self.get_rotary_embedding(height, width, device)
+        image_rotary_emb = self._expand_rotary_embedding(
+            image_rotary_emb, num_frames, grid_height * grid_width, device
+        )
+
+        hidden_states = self.pos_embed(hidden_states)
+        temb = self.time_extra_emb(
+            timestep, encoder_hidden_states_t5, image_meta_size, style, hidden_dtype=hidden_states.dtype
+        )
+
+        # Both text streams, with learned embeddings in place of padded tokens.
+        encoder_hidden_states = torch.cat([encoder_hidden_states, self.text_embedder(encoder_hidden_states_t5)], dim=1)
+        text_mask = torch.cat([text_embedding_mask, text_embedding_mask_t5], dim=-1).unsqueeze(2).bool()
+        encoder_hidden_states = torch.where(text_mask, encoder_hidden_states, self.text_embedding_padding)
+
+        if clip_encoder_hidden_states is not None:
+            clip_encoder_hidden_states = self.clip_projection(clip_encoder_hidden_states)
+            if clip_attention_mask is not None:
+                clip_mask = clip_attention_mask.unsqueeze(2).bool()
+                clip_encoder_hidden_states = torch.where(clip_mask, clip_encoder_hidden_states, self.clip_padding)
+
+        temporal_embedding = None
+        if num_frames != 1:
+            temporal_embedding = _temporal_sincos_embedding(num_frames, self.inner_dim, device).to(hidden_states.dtype)
+
+        # Long skips: blocks 0 .. L/2-2 push their outputs, blocks L/2+1 .. L-1 pop them (last in, first out).
+        half = self.config.num_layers // 2
+        skips = []
+        for index, block in enumerate(self.blocks):
+            skip = skips.pop() if index > half else None
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                # diffusers' checkpoint function forwards positional arguments only; bind `skip` by keyword.
+                hidden_states = self._gradient_checkpointing_func(
+                    functools.partial(block, skip=skip),
+                    hidden_states,
+                    encoder_hidden_states,
+                    temb,
+                    image_rotary_emb,
+                    clip_encoder_hidden_states,
+                    temporal_embedding,
+                )
+            else:
+                hidden_states = block(
+                    hidden_states,
+                    encoder_hidden_states,
+                    temb,
+                    image_rotary_emb,
+                    clip_encoder_hidden_states,
+                    temporal_embedding,
+                    skip=skip,
+                )
+            if index < half - 1:
+                skips.append(hidden_states)
+
+        hidden_states = self.norm_out(hidden_states, temb.float())
+        hidden_states = self.proj_out(hidden_states)
+
+        # Unpatchify: (B, F*h*w, p*p*C) -> (B, C, F, h*p, w*p).
+        out_channels = self.config.out_channels
+        hidden_states = hidden_states.reshape(
+            batch_size, num_frames, grid_height, grid_width, patch_size, patch_size, out_channels
+        )
+        output = hidden_states.permute(0, 6, 1, 2, 4, 3, 5).reshape(
+            batch_size, out_channels, num_frames, height, width
+        )
+
+        if not return_dict:
+            return (output,)
+        return Transformer2DModelOutput(sample=output)
+
+
+def _resolve_folder(pretrained_model_name_or_path: Union[str, os.PathLike], hub_kwargs: Dict[str, Any]) -> str:
+    """The local folder holding the (sub)folder's files, downloading them from the hub if needed."""
+    subfolder = hub_kwargs.get("subfolder") or ""
+    path = str(pretrained_model_name_or_path)
+    if os.path.isdir(path):
+        return os.path.join(path, subfolder)
+    from huggingface_hub import snapshot_download
+
+    download_kwargs = {k: v for k, v in hub_kwargs.items() if k != "subfolder"}
+    root = snapshot_download(path, allow_patterns=[f"{subfolder}/*"] if subfolder else None, **download_kwargs)
+    return os.path.join(root, subfolder)
+
+
+# First-block caches (FirstBlockCache, MagCache) need to know what a block returns. The registry is private diffusers
+# API, so a moved or renamed registry only disables those caches instead of breaking the import.
+try:
+    from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
+
+    TransformerBlockRegistry.register(
+        RuyiTransformerBlock,
+        TransformerBlockMetadata(return_hidden_states_index=0, return_encoder_hidden_states_index=None),
+    )
+except Exception as e:  # pragma: no cover - depends on the diffusers version
+    logger.debug(f"Could not register RuyiTransformerBlock with diffusers' block registry: {e}")
