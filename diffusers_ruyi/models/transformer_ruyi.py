@@ -517,12 +517,13 @@ class RuyiTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMix
     space, cross-attention to the two text streams, gated cross-attention to resampled CLIP image tokens and a
     feed-forward network. The output has `out_channels` channels, the noise prediction followed by the learned sigma.
 
-    The defaults describe the full-size model with HunyuanDiT-v1.x geometry (16 heads x 88 = 1408 channels, 40 layers,
-    MLP ratio 4.3637, text streams of 77 x 1024 and 256 x 2048). They were not checked against the published
-    `IamCreateAI/Ruyi-Mini-7B` config, which is not available offline; checkpoints always carry their own config.
+    The defaults describe the full-size model: 32 heads x 88 = 2816 channels (the width implied by the original's fp8
+    "lite" threshold of 2816^2 weights per Linear; with 40 layers this gives 7.19B parameters, the model card's "about
+    7.1 billion"), MLP ratio 4.3637 and text streams of 77 x 1024 and 256 x 2048 as in HunyuanDiT. The published
+    config was not available offline to check them; checkpoints always carry their own config.
 
     Args:
-        num_attention_heads (`int`, defaults to 16): Number of attention heads.
+        num_attention_heads (`int`, defaults to 32): Number of attention heads.
         attention_head_dim (`int`, defaults to 88): Channels per head (a multiple of 4, for 2D RoPE).
         in_channels (`int`, defaults to 48): Channels of `hidden_states` plus `inpaint_latents`.
         out_channels (`int`, defaults to 32): Output channels (the prediction followed by the learned sigma).
@@ -553,7 +554,7 @@ class RuyiTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMix
     @register_to_config
     def __init__(
         self,
-        num_attention_heads: int = 16,
+        num_attention_heads: int = 32,
         attention_head_dim: int = 88,
         in_channels: int = 48,
         out_channels: int = 32,
