@@ -1,0 +1,2 @@
+from .autoencoder_kl_ruyi import AutoencoderKLRuyiCausal3D
+from .transformer_ruyi import RuyiTransformer3DModel

@@ -1,0 +1,2 @@
+from .controls import RuyiControlEmbeddings
+from .pipeline_ruyi_i2v import RuyiImageToVideoPipeline, RuyiPipelineOutput

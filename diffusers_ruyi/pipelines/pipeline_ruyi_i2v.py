@@ -1,0 +1,700 @@
+# Copyright 2026 The diffusers-ruyi authors. Ruyi-Mini-7B is by CreateAI (Apache-2.0).
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+import inspect
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+from diffusers.schedulers import KarrasDiffusionSchedulers
+from diffusers.utils import BaseOutput, logging, replace_example_docstring
+from diffusers.utils.torch_utils import randn_tensor
+from diffusers.video_processor import VideoProcessor
+from transformers import CLIPVisionModelWithProjection
+
+from ..loaders.lora import RuyiLoraLoaderMixin
+from ..models.autoencoder_kl_ruyi import AutoencoderKLRuyiCausal3D
+from ..models.transformer_ruyi import RuyiTransformer3DModel
+from .controls import RuyiControlEmbeddings, control_name, get_bucket_size
+
+
+logger = logging.get_logger(__name__)
+
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> import torch
+        >>> from diffusers.utils import export_to_video, load_image
+        >>> from diffusers_ruyi import RuyiImageToVideoPipeline
+
+        >>> # A folder in the original hub layout is converted on the fly; so is a hub id.
+        >>> pipe = RuyiImageToVideoPipeline.from_pretrained("IamCreateAI/Ruyi-Mini-7B", dtype=torch.bfloat16)
+        >>> pipe.enable_model_cpu_offload()
+        >>> pipe.vae.enable_tiling()
+
+        >>> image = load_image("start.jpg")
+        >>> video = pipe(image=image, num_frames=48, motion="2", camera_direction="left").frames[0]
+        >>> export_to_video(video, "ruyi.mp4", fps=24)
+        ```
+"""
+
+
+@dataclass
+class RuyiPipelineOutput(BaseOutput):
+    r"""
+    Output of [`RuyiImageToVideoPipeline`].
+
+    Args:
+        frames (`torch.Tensor`, `np.ndarray`, or `List[List[PIL.Image.Image]]`):
+            The videos: a list (batch) of lists of PIL frames, a `np.ndarray` of shape `(batch, frames, height,
+            width, 3)`, a `torch.Tensor` of shape `(batch, frames, 3, height, width)` with values in [0, 1], or the
+            denoised latents `(batch, 16, latent_frames, height // 8, width // 8)` for `output_type="latent"`.
+    """
+
+    frames: Union[torch.Tensor, np.ndarray, List[List[PIL.Image.Image]]]
+
+
+class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
+    r"""
+    Image-to-video generation with Ruyi-Mini-7B: a start frame (and optionally an end frame) becomes a video, with
+    motion-amplitude and camera-direction control.
+
+    The start (and end) frame is kept as known content of a masked video; its VAE latents and the mask's latents are
+    given to the transformer as `inpaint_latents`, CLIP image features of the start frame go to per-block
+    cross-attention, and precomputed control embeddings replace the text encoders.
+
+    This model inherits from [`DiffusionPipeline`]. Check the superclass documentation for the generic methods
+    (downloading, saving, running on a particular device, offloading, ...).
+
+    Args:
+        vae ([`AutoencoderKLRuyiCausal3D`]):
+            The causal 3D VAE that encodes the conditioning video and decodes latents into frames.
+        transformer ([`RuyiTransformer3DModel`]):
+            The diffusion transformer that predicts the velocity (v-prediction) of the video latents.
+        scheduler ([`SchedulerMixin`]):
+            A scheduler to denoise the latents; Ruyi ships a v-prediction [`DDIMScheduler`]. Euler, Euler
+            ancestral, DPM++ and PNDM can be swapped in with `from_config(pipe.scheduler.config)`.
+        image_encoder ([`~transformers.CLIPVisionModelWithProjection`]):
+            CLIP vision encoder for the start frame.
+        image_processor ([`~transformers.CLIPImageProcessor`]):
+            Preprocessing for `image_encoder`.
+        control_embeddings ([`RuyiControlEmbeddings`]):
+            The precomputed motion / camera embeddings.
+    """
+
+    model_cpu_offload_seq = "image_encoder->transformer->vae"
+    _optional_components = []
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "prompt_embeds_2", "inpaint_latents"]
+    # The container is tiny and read on the execution device every call; offload hooks would only add copies.
+    _exclude_from_cpu_offload = ["control_embeddings"]
+
+    def __init__(
+        self,
+        vae: AutoencoderKLRuyiCausal3D,
+        transformer: RuyiTransformer3DModel,
+        scheduler: KarrasDiffusionSchedulers,
+        image_encoder: CLIPVisionModelWithProjection,
+        image_processor,
+        control_embeddings: RuyiControlEmbeddings,
+    ):
+        super().__init__()
+        self.register_modules(
+            vae=vae,
+            transformer=transformer,
+            scheduler=scheduler,
+            image_encoder=image_encoder,
+            image_processor=image_processor,
+            control_embeddings=control_embeddings,
+        )
+        self.vae_scale_factor_spatial = self.vae.spatial_compression_ratio if getattr(self, "vae", None) else 8
+        self.vae_scale_factor_temporal = self.vae.temporal_compression_ratio if getattr(self, "vae", None) else 4
+        self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor_spatial)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Loading and saving
+    # ------------------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Union[str, os.PathLike], **kwargs):
+        r"""
+        Loads the pipeline from a diffusers-format folder, a folder in the ORIGINAL Ruyi hub layout, or a hub id.
+
+        A folder in the original layout (`transformer/` or `transformers/`, `vae/`, `image_encoder/`, `scheduler/`,
+        `embeddings.safetensors`, no `model_index.json`) is converted in memory. A hub id is downloaded with
+        `huggingface_hub.snapshot_download` first (honouring `HF_HUB_OFFLINE`, `cache_dir`, `revision`, `token`)
+        and then loaded the same way. All other keyword arguments are those of
+        [`~DiffusionPipeline.from_pretrained`] (`dtype`, components passed explicitly, ...).
+        """
+        from ..loaders.original_checkpoint import is_original_pipeline_folder, load_original_pipeline_components
+
+        path = str(pretrained_model_name_or_path)
+        if not os.path.isdir(path):
+            from huggingface_hub import snapshot_download
+
+            hub_kwargs = {
+                k: kwargs.pop(k) for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs
+            }
+            if hub_kwargs.pop("local_files_only", False):
+                hub_kwargs["local_files_only"] = True
+            path = snapshot_download(path, **hub_kwargs)
+
+        if os.path.isfile(os.path.join(path, "model_index.json")):
+            return super().from_pretrained(path, **kwargs)
+        if not is_original_pipeline_folder(path):
+            raise ValueError(
+                f"{pretrained_model_name_or_path!r} is neither a diffusers pipeline folder (no model_index.json) nor "
+                "a Ruyi checkpoint in the original layout (transformer/ or transformers/, vae/, image_encoder/, "
+                "scheduler/ and embeddings.safetensors)."
+            )
+        components = load_original_pipeline_components(path, **kwargs)
+        return cls(**components)
+
+    def save_pretrained(self, save_directory: Union[str, os.PathLike], **kwargs):
+        r"""
+        Saves the pipeline in diffusers format (see [`~DiffusionPipeline.save_pretrained`]).
+
+        `model_index.json` names this package's components as `["diffusers_ruyi", "<Class>"]` rather than by their
+        module path, so saved folders keep loading if the package's files are reorganised.
+        """
+        super().save_pretrained(save_directory, **kwargs)
+        index_path = os.path.join(save_directory, "model_index.json")
+        with open(index_path, encoding="utf-8") as f:
+            index = json.load(f)
+        for key, value in index.items():
+            if isinstance(value, list) and len(value) == 2 and str(value[0]).startswith("diffusers_ruyi."):
+                index[key] = ["diffusers_ruyi", value[1]]
+        tmp_path = index_path + ".tmp"
+        with open(tmp_path, "w", encoding="utf-8") as f:
+            json.dump(index, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp_path, index_path)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Properties (per-call state)
+    # ------------------------------------------------------------------------------------------------------------
+
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale > 1
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def current_timestep(self):
+        return self._current_timestep
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
+    @property
+    def attention_kwargs(self) -> Optional[Dict[str, Any]]:
+        return self._attention_kwargs
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Input checking
+    # ------------------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _as_image_list(images, name: str) -> List[PIL.Image.Image]:
+        if isinstance(images, PIL.Image.Image):
+            return [images]
+        if (
+            isinstance(images, (list, tuple))
+            and len(images) > 0
+            and all(isinstance(i, PIL.Image.Image) for i in images)
+        ):
+            return list(images)
+        raise TypeError(
+            f"`{name}` must be a PIL.Image.Image or a non-empty list of them, got {type(images).__name__}. "
+            "Load files or URLs with `diffusers.utils.load_image`."
+        )
+
+    def check_inputs(
+        self,
+        images: List[PIL.Image.Image],
+        last_images: Optional[List[PIL.Image.Image]],
+        num_frames: int,
+        height: int,
+        width: int,
+        num_inference_steps: int,
+        guidance_scale: float,
+        clip_apply_ratio: float,
+        num_videos_per_prompt: int,
+        generator,
+        latents: Optional[torch.Tensor],
+        output_type: str,
+        custom_embeds: Dict[str, Optional[torch.Tensor]],
+        callback_on_step_end_tensor_inputs: Optional[List[str]],
+    ) -> None:
+        """Validates every argument before any model runs; raises `ValueError`/`TypeError` naming the argument."""
+        if last_images is not None and len(last_images) != len(images):
+            raise ValueError(
+                f"`last_image` must have as many images as `image` ({len(images)}), got {len(last_images)}."
+            )
+        for name, value in (("height", height), ("width", width)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or value % 16 != 0:
+                raise ValueError(f"`{name}` must be a positive multiple of 16, got {value!r}.")
+        if not isinstance(num_frames, int) or isinstance(num_frames, bool):
+            raise TypeError(f"`num_frames` must be an integer, got {type(num_frames).__name__}.")
+        try:
+            self.vae.num_latent_frames(num_frames)
+        except ValueError as e:
+            raise ValueError(f"`num_frames`={num_frames} is not supported by the VAE: {e}") from None
+        if last_images is not None and num_frames < 2:
+            raise ValueError("`last_image` needs `num_frames` >= 2: the last frame would overwrite the first.")
+        if (
+            not isinstance(num_inference_steps, int)
+            or isinstance(num_inference_steps, bool)
+            or num_inference_steps < 1
+        ):
+            raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}.")
+        if not isinstance(guidance_scale, (int, float)) or isinstance(guidance_scale, bool):
+            raise TypeError(f"`guidance_scale` must be a number, got {type(guidance_scale).__name__}.")
+        if not isinstance(clip_apply_ratio, (int, float)) or not 0.0 <= clip_apply_ratio <= 1.0:
+            raise ValueError(f"`clip_apply_ratio` must be a number in [0, 1], got {clip_apply_ratio!r}.")
+        if (
+            not isinstance(num_videos_per_prompt, int)
+            or isinstance(num_videos_per_prompt, bool)
+            or num_videos_per_prompt < 1
+        ):
+            raise ValueError(f"`num_videos_per_prompt` must be a positive integer, got {num_videos_per_prompt!r}.")
+        batch = len(images) * num_videos_per_prompt
+        if isinstance(generator, list):
+            if len(generator) != batch:
+                raise ValueError(
+                    f"You passed a list of {len(generator)} generators, but the effective batch size is {batch} "
+                    f"({len(images)} image(s) x num_videos_per_prompt={num_videos_per_prompt}); they must match."
+                )
+        elif generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(
+                f"`generator` must be a torch.Generator or a list of them, got {type(generator).__name__}."
+            )
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise ValueError(f"`output_type` must be one of 'pil', 'np', 'pt', 'latent', got {output_type!r}.")
+        if latents is not None:
+            expected = self._latent_shape(batch, num_frames, height, width)
+            if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != expected:
+                got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+                raise ValueError(f"`latents` must be a tensor of shape {expected}, got {got}.")
+        given = {k for k, v in custom_embeds.items() if v is not None}
+        if given and given != set(custom_embeds):
+            raise ValueError(
+                f"Custom embeddings must be passed all together ({sorted(custom_embeds)}); missing {sorted(set(custom_embeds) - given)}."
+            )
+        for k, v in custom_embeds.items():
+            if v is not None and (not isinstance(v, torch.Tensor) or v.ndim not in (2, 3)):
+                raise ValueError(f"`{k}` must be a 3D tensor (embeddings) or 2D tensor (mask), got {v!r:.80}.")
+        if callback_on_step_end_tensor_inputs is not None and not all(
+            k in self._callback_tensor_inputs for k in callback_on_step_end_tensor_inputs
+        ):
+            raise ValueError(
+                f"`callback_on_step_end_tensor_inputs` must be a subset of {self._callback_tensor_inputs}, got "
+                f"{callback_on_step_end_tensor_inputs}."
+            )
+
+    def _latent_shape(self, batch: int, num_frames: int, height: int, width: int) -> Tuple[int, ...]:
+        return (
+            batch,
+            self.vae.config.latent_channels,
+            self.vae.num_latent_frames(num_frames),
+            height // self.vae_scale_factor_spatial,
+            width // self.vae_scale_factor_spatial,
+        )
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Conditioning
+    # ------------------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _to_tensor(image: PIL.Image.Image) -> torch.Tensor:
+        return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
+
+    def prepare_conditioning_video(
+        self,
+        images: List[PIL.Image.Image],
+        last_images: Optional[List[PIL.Image.Image]],
+        num_frames: int,
+        height: int,
+        width: int,
+    ) -> Tuple[torch.Tensor, torch.Tensor, List[PIL.Image.Image]]:
+        r"""
+        Builds the known-content video and its mask, as the original `get_image_to_video_latent` does.
+
+        Every frame starts as the resized start image; the last frame is the end image when given. The mask is 1
+        where the model must generate (all frames but the first, and but the last with an end image).
+
+        Returns:
+            `Tuple`: the video `(B, 3, F, H, W)` in [-1, 1], the mask `(B, 1, F, H, W)` in {0, 1}, and the resized
+            start images (for CLIP).
+        """
+        resized = [image.convert("RGB").resize((width, height)) for image in images]
+        videos, masks = [], []
+        for i, start in enumerate(resized):
+            video = self._to_tensor(start)[:, None].repeat(1, num_frames, 1, 1)
+            mask = torch.ones(1, num_frames, height, width)
+            mask[:, 0] = 0
+            if last_images is not None:
+                video[:, -1] = self._to_tensor(last_images[i].convert("RGB").resize((width, height)))
+                mask[:, -1] = 0
+            videos.append(video)
+            masks.append(mask)
+        video = torch.stack(videos) / 255
+        video = 2.0 * video - 1.0
+        return video, torch.stack(masks), resized
+
+    def encode_conditioning(
+        self, video: torch.Tensor, mask: torch.Tensor, generator, device: torch.device
+    ) -> torch.Tensor:
+        r"""
+        Encodes the mask and the masked video with the VAE into `inpaint_latents` `(B, 2 * 16, f, h, w)`.
+
+        Masked pixels are set to -1 before encoding; the mask itself is encoded as a 3-channel video in {0, 1}.
+        Posterior samples use the first of `generator` (the original drew them from the global RNG).
+        """
+        vae_dtype = self.vae.dtype
+        mask_video = mask.repeat(1, 3, 1, 1, 1)
+        masked_video = video * (mask_video < 0.5) + torch.ones_like(video) * (mask_video > 0.5) * -1
+        sample_generator = generator[0] if isinstance(generator, list) else generator
+        latents = []
+        for pixels in (mask_video, masked_video):
+            posterior = self.vae.encode(pixels.to(device=device, dtype=vae_dtype)).latent_dist
+            latents.append(posterior.sample(generator=sample_generator) * self.vae.config.scaling_factor)
+        return torch.cat(latents, dim=1)
+
+    def encode_image(self, images: List[PIL.Image.Image], device: torch.device) -> torch.Tensor:
+        """CLIP features of the start frames: the encoder's last hidden state without the class token."""
+        pixel_values = self.image_processor(images=images, return_tensors="pt").pixel_values
+        pixel_values = pixel_values.to(device=device, dtype=self.image_encoder.dtype)
+        return self.image_encoder(pixel_values=pixel_values).last_hidden_state[:, 1:]
+
+    def prepare_latents(
+        self, shape: Tuple[int, ...], dtype: torch.dtype, device: torch.device, generator, latents=None
+    ) -> torch.Tensor:
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        else:
+            latents = latents.to(device=device, dtype=dtype)
+        return latents * self.scheduler.init_noise_sigma
+
+    def prepare_extra_step_kwargs(self, generator, eta: float) -> Dict[str, Any]:
+        params = set(inspect.signature(self.scheduler.step).parameters)
+        kwargs = {}
+        if "eta" in params:
+            kwargs["eta"] = eta
+        if "generator" in params:
+            kwargs["generator"] = generator
+        return kwargs
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Call
+    # ------------------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
+    def __call__(
+        self,
+        image: Union[PIL.Image.Image, List[PIL.Image.Image]],
+        last_image: Optional[Union[PIL.Image.Image, List[PIL.Image.Image]]] = None,
+        num_frames: int = 120,
+        height: Optional[int] = None,
+        width: Optional[int] = None,
+        base_resolution: int = 512,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 7.0,
+        motion: Union[int, str] = "auto",
+        camera_direction: str = "auto",
+        aspect_ratio: str = "16:9",
+        num_videos_per_prompt: int = 1,
+        eta: float = 0.0,
+        generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
+        latents: Optional[torch.Tensor] = None,
+        prompt_embeds: Optional[torch.Tensor] = None,
+        prompt_attention_mask: Optional[torch.Tensor] = None,
+        prompt_embeds_2: Optional[torch.Tensor] = None,
+        prompt_attention_mask_2: Optional[torch.Tensor] = None,
+        negative_prompt_embeds: Optional[torch.Tensor] = None,
+        negative_prompt_attention_mask: Optional[torch.Tensor] = None,
+        negative_prompt_embeds_2: Optional[torch.Tensor] = None,
+        negative_prompt_attention_mask_2: Optional[torch.Tensor] = None,
+        clip_apply_ratio: float = 0.4,
+        guidance_rescale: float = 0.0,
+        original_size: Tuple[int, int] = (1024, 1024),
+        crops_coords_top_left: Tuple[int, int] = (0, 0),
+        output_type: str = "pil",
+        return_dict: bool = True,
+        attention_kwargs: Optional[Dict[str, Any]] = None,
+        callback_on_step_end: Optional[
+            Union[Callable[[int, int, Dict], None], PipelineCallback, MultiPipelineCallbacks]
+        ] = None,
+        callback_on_step_end_tensor_inputs: List[str] = ["latents"],
+    ):
+        r"""
+        Generates a video from a start frame (and optionally an end frame).
+
+        Args:
+            image (`PIL.Image.Image` or `List[PIL.Image.Image]`):
+                The start frame; a list generates one video per image.
+            last_image (`PIL.Image.Image` or `List[PIL.Image.Image]`, *optional*):
+                The end frame (one per start frame). The video then moves from `image` to `last_image`.
+            num_frames (`int`, defaults to 120):
+                Frames to generate: 1 or a multiple of the VAE's encoder chunk (8 for Ruyi), at most 120 as trained.
+            height (`int`, *optional*):
+                Height in pixels, a multiple of 16. With `width`, overrides `base_resolution`.
+            width (`int`, *optional*):
+                Width in pixels, a multiple of 16.
+            base_resolution (`int`, defaults to 512):
+                When `height`/`width` are omitted, the size is the training bucket closest to the image's aspect
+                ratio with about `base_resolution ** 2` pixels (384 to 896 work well).
+            num_inference_steps (`int`, defaults to 25):
+                Denoising steps.
+            guidance_scale (`float`, defaults to 7.0):
+                Classifier-free guidance scale; guidance is off at 1 or below.
+            motion (`int` or `str`, defaults to `"auto"`):
+                Motion amplitude, 1 (least) to 4 (most), or `"auto"`.
+            camera_direction (`str`, defaults to `"auto"`):
+                One of `"static"`, `"left"`, `"right"`, `"up"`, `"down"`, `"auto"`.
+            aspect_ratio (`str`, defaults to `"16:9"`):
+                The aspect-ratio tag of the control embeddings (Ruyi ships `"16:9"` only; it is a conditioning
+                tag, not the output size).
+            num_videos_per_prompt (`int`, defaults to 1):
+                Videos per input image.
+            eta (`float`, defaults to 0.0):
+                DDIM's eta; ignored by other schedulers.
+            generator (`torch.Generator` or `List[torch.Generator]`, *optional*):
+                Generator(s) for the initial noise (one per video when a list) and the VAE posterior samples.
+            latents (`torch.Tensor`, *optional*):
+                Initial noise of shape `(batch, 16, latent_frames, height // 8, width // 8)`.
+            prompt_embeds, prompt_attention_mask, prompt_embeds_2, prompt_attention_mask_2 (`torch.Tensor`, *optional*):
+                Your own positive control embeddings (shapes as in `pipe.control_embeddings.get(...)`); replaces
+                `motion`/`camera_direction`. All eight custom tensors (with the negatives) must be given together.
+            negative_prompt_embeds, negative_prompt_attention_mask, negative_prompt_embeds_2, negative_prompt_attention_mask_2 (`torch.Tensor`, *optional*):
+                Your own negative embeddings.
+            clip_apply_ratio (`float`, defaults to 0.4):
+                CLIP image features are used only in the last `clip_apply_ratio` fraction of the steps (zeroed before).
+            guidance_rescale (`float`, defaults to 0.0):
+                Guidance rescale factor from "Common Diffusion Noise Schedules and Sample Steps are Flawed".
+            original_size (`Tuple[int, int]`, defaults to `(1024, 1024)`):
+                HunyuanDiT size conditioning.
+            crops_coords_top_left (`Tuple[int, int]`, defaults to `(0, 0)`):
+                HunyuanDiT crop conditioning.
+            output_type (`str`, defaults to `"pil"`):
+                `"pil"`, `"np"`, `"pt"` or `"latent"`.
+            return_dict (`bool`, defaults to `True`):
+                Return a [`RuyiPipelineOutput`] instead of a tuple.
+            attention_kwargs (`dict`, *optional*):
+                Passed to the transformer's attention processors; `{"scale": s}` scales loaded LoRAs.
+            callback_on_step_end (`Callable`, `PipelineCallback`, or `MultiPipelineCallbacks`, *optional*):
+                Called at the end of each step as `callback_on_step_end(self, step, timestep, callback_kwargs)`;
+                may return replaced tensors (e.g. `{"latents": ...}`).
+            callback_on_step_end_tensor_inputs (`List[str]`, defaults to `["latents"]`):
+                Tensors passed to the callback, a subset of `_callback_tensor_inputs`.
+
+        Examples:
+
+        Returns:
+            [`RuyiPipelineOutput`] or `tuple`: the generated frames.
+        """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+
+        # 1. Validate everything before touching a model.
+        images = self._as_image_list(image, "image")
+        last_images = None if last_image is None else self._as_image_list(last_image, "last_image")
+        custom_embeds = {
+            "prompt_embeds": prompt_embeds,
+            "prompt_attention_mask": prompt_attention_mask,
+            "prompt_embeds_2": prompt_embeds_2,
+            "prompt_attention_mask_2": prompt_attention_mask_2,
+            "negative_prompt_embeds": negative_prompt_embeds,
+            "negative_prompt_attention_mask": negative_prompt_attention_mask,
+            "negative_prompt_embeds_2": negative_prompt_embeds_2,
+            "negative_prompt_attention_mask_2": negative_prompt_attention_mask_2,
+        }
+        if prompt_embeds is None:
+            control_name(motion, camera_direction, aspect_ratio)  # validates the control values early
+        if (height is None) != (width is None):
+            raise ValueError("Pass both `height` and `width`, or neither (then `base_resolution` picks them).")
+        if height is None:
+            height, width = get_bucket_size(images[0].height, images[0].width, base_resolution)
+        self.check_inputs(
+            images,
+            last_images,
+            num_frames,
+            height,
+            width,
+            num_inference_steps,
+            guidance_scale,
+            clip_apply_ratio,
+            num_videos_per_prompt,
+            generator,
+            latents,
+            output_type,
+            custom_embeds,
+            callback_on_step_end_tensor_inputs,
+        )
+
+        self._guidance_scale = guidance_scale
+        self._attention_kwargs = attention_kwargs
+        self._current_timestep = None
+        self._interrupt = False
+
+        device = self._execution_device
+        transformer_dtype = self.transformer.dtype
+        batch = len(images) * num_videos_per_prompt
+
+        # 2. Control embeddings (they replace the text encoders).
+        if prompt_embeds is None:
+            positive, negative = self.control_embeddings.get_controls(motion, camera_direction, aspect_ratio)
+        else:
+            positive = (prompt_embeds, prompt_attention_mask, prompt_embeds_2, prompt_attention_mask_2)
+            negative = (
+                negative_prompt_embeds,
+                negative_prompt_attention_mask,
+                negative_prompt_embeds_2,
+                negative_prompt_attention_mask_2,
+            )
+
+        def expand(t: torch.Tensor) -> torch.Tensor:
+            t = t.to(device)
+            return t.repeat(batch // t.shape[0], *([1] * (t.ndim - 1))) if t.shape[0] != batch else t
+
+        positive = [expand(t) for t in positive]
+        negative = [expand(t) for t in negative]
+        if self.do_classifier_free_guidance:
+            text = [torch.cat([n, p]) for n, p in zip(negative, positive)]
+        else:
+            text = positive
+        prompt_embeds, prompt_attention_mask, prompt_embeds_2, prompt_attention_mask_2 = text
+        prompt_embeds = prompt_embeds.to(transformer_dtype)
+        prompt_embeds_2 = prompt_embeds_2.to(transformer_dtype)
+
+        # 3. Timesteps.
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        self._num_timesteps = len(timesteps)
+
+        # 4. Initial noise (drawn first, as in the original, so seeds give the same videos).
+        shape = self._latent_shape(batch, num_frames, height, width)
+        latents = self.prepare_latents(
+            shape, torch.float32 if latents is None else latents.dtype, device, generator, latents
+        )
+        latents = latents.to(transformer_dtype)
+
+        # 5. Conditioning: CLIP features of the start frames, and mask + masked-video latents.
+        video, mask, clip_images = self.prepare_conditioning_video(images, last_images, num_frames, height, width)
+        clip_embeds = self.encode_image(clip_images, device).to(transformer_dtype)
+        clip_embeds = clip_embeds.repeat_interleave(num_videos_per_prompt, dim=0)
+        clip_mask = torch.ones(batch, self.transformer.config.n_query, device=device, dtype=transformer_dtype)
+        inpaint_latents = self.encode_conditioning(video, mask, generator, device).to(transformer_dtype)
+        inpaint_latents = inpaint_latents.repeat_interleave(num_videos_per_prompt, dim=0)
+        if self.do_classifier_free_guidance:
+            # The negative branch sees no image: zero features and a zero mask.
+            clip_embeds = torch.cat([torch.zeros_like(clip_embeds), clip_embeds])
+            clip_mask = torch.cat([torch.zeros_like(clip_mask), clip_mask])
+            inpaint_latents = torch.cat([inpaint_latents] * 2)
+        no_clip_embeds, no_clip_mask = torch.zeros_like(clip_embeds), torch.zeros_like(clip_mask)
+
+        n_cond = inpaint_latents.shape[0]
+        image_meta_size = torch.tensor(
+            [list(original_size) + [height, width] + list(crops_coords_top_left)],
+            device=device,
+            dtype=transformer_dtype,
+        ).repeat(n_cond, 1)
+        style = torch.zeros(n_cond, device=device, dtype=torch.long)
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
+        num_channels_latents = self.vae.config.latent_channels
+
+        # 6. Denoising loop.
+        with self.progress_bar(total=num_inference_steps) as progress_bar:
+            for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    continue
+                self._current_timestep = t
+                latent_model_input = torch.cat([latents] * 2) if self.do_classifier_free_guidance else latents
+                latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
+                # CLIP guidance only in the last `clip_apply_ratio` of the steps (layout first, detail later).
+                use_clip = i >= len(timesteps) * (1 - clip_apply_ratio)
+                timestep = t.expand(latent_model_input.shape[0]).to(latent_model_input.dtype)
+
+                with self.transformer.cache_context("cond_uncond", step_index=i, num_inference_steps=len(timesteps)):
+                    noise_pred = self.transformer(
+                        latent_model_input,
+                        timestep,
+                        encoder_hidden_states=prompt_embeds,
+                        text_embedding_mask=prompt_attention_mask,
+                        encoder_hidden_states_t5=prompt_embeds_2,
+                        text_embedding_mask_t5=prompt_attention_mask_2,
+                        image_meta_size=image_meta_size,
+                        style=style,
+                        inpaint_latents=inpaint_latents,
+                        clip_encoder_hidden_states=clip_embeds if use_clip else no_clip_embeds,
+                        clip_attention_mask=clip_mask if use_clip else no_clip_mask,
+                        attention_kwargs=attention_kwargs,
+                        return_dict=False,
+                    )[0]
+                # The second half of the channels is the learned variance, unused by these samplers.
+                noise_pred = noise_pred[:, :num_channels_latents]
+
+                if self.do_classifier_free_guidance:
+                    noise_pred_uncond, noise_pred_cond = noise_pred.chunk(2)
+                    noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_cond - noise_pred_uncond)
+                    if guidance_rescale > 0.0:
+                        dims = list(range(1, noise_pred.ndim))
+                        std_cond = noise_pred_cond.std(dim=dims, keepdim=True)
+                        std_cfg = noise_pred.std(dim=dims, keepdim=True)
+                        rescaled = noise_pred * (std_cond / std_cfg)
+                        noise_pred = guidance_rescale * rescaled + (1 - guidance_rescale) * noise_pred
+
+                latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
+
+                if callback_on_step_end is not None:
+                    callback_kwargs = {}
+                    for k in callback_on_step_end_tensor_inputs:
+                        callback_kwargs[k] = locals()[k]
+                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
+                    latents = callback_outputs.pop("latents", latents)
+                    prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
+                    prompt_embeds_2 = callback_outputs.pop("prompt_embeds_2", prompt_embeds_2)
+                    inpaint_latents = callback_outputs.pop("inpaint_latents", inpaint_latents)
+
+                progress_bar.update()
+
+        self._current_timestep = None
+
+        # 7. Decode.
+        if output_type == "latent":
+            frames = latents
+        else:
+            latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
+            video = self.vae.decode(latents, return_dict=False)[0].clamp(-1, 1)
+            frames = self.video_processor.postprocess_video(video.float(), output_type=output_type)
+
+        self.maybe_free_model_hooks()
+
+        if not return_dict:
+            return (frames,)
+        return RuyiPipelineOutput(frames=frames)

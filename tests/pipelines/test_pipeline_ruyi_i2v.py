@@ -1,0 +1,263 @@
+import json
+import shutil
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    PNDMScheduler,
+)
+from safetensors.torch import load_file, save_file
+
+from diffusers_ruyi import RuyiImageToVideoPipeline, RuyiPipelineOutput
+from diffusers_ruyi.pipelines.controls import get_bucket_size
+
+
+def _load_case(golden_dir, name):
+    cases = {c["name"]: c for c in json.loads((golden_dir / "cases.json").read_text())["cases"]}
+    case = cases[name]
+    start = PIL.Image.open(golden_dir / f"{name}_start.png").convert("RGB")
+    end = PIL.Image.open(golden_dir / f"{name}_end.png").convert("RGB") if case["end"] else None
+    expected = load_file(str(golden_dir / f"{name}_video.safetensors"))["video"]
+    return case, start, end, expected
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_checkpoint):
+    pipe = RuyiImageToVideoPipeline.from_pretrained(tiny_checkpoint, dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _call(pipe, image, **kwargs):
+    args = dict(
+        image=image,
+        num_frames=8,
+        height=32,
+        width=48,
+        num_inference_steps=2,
+        generator=torch.Generator("cpu").manual_seed(0),
+        output_type="pt",
+    )
+    args.update(kwargs)
+    return pipe(**args)
+
+
+@pytest.fixture(scope="module")
+def start_image(golden_dir):
+    return PIL.Image.open(golden_dir / "start_only_start.png").convert("RGB")
+
+
+@pytest.mark.parametrize("case_name", ["start_only", "start_end"])
+def test_end_to_end_matches_original(pipe, golden_dir, case_name):
+    case, start, end, expected = _load_case(golden_dir, case_name)
+    out = pipe(
+        image=start,
+        last_image=end,
+        num_frames=case["frames"],
+        height=case["h"],
+        width=case["w"],
+        num_inference_steps=case["steps"],
+        guidance_scale=case["cfg"],
+        motion=case["motion"],
+        camera_direction=case["cam"],
+        generator=torch.Generator("cpu").manual_seed(case["seed"]),
+        output_type="pt",
+    )
+    video = out.frames.permute(0, 2, 1, 3, 4)  # (B, F, C, H, W) -> the original's (B, C, F, H, W)
+    assert tuple(video.shape) == tuple(case["video_shape"])
+    assert (video - expected).abs().max().item() <= 1e-4
+
+
+def test_save_pretrained_round_trip(pipe, start_image, tmp_path):
+    expected = _call(pipe, start_image).frames
+    pipe.save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["transformer"] == ["diffusers_ruyi", "RuyiTransformer3DModel"]
+    assert index["control_embeddings"] == ["diffusers_ruyi", "RuyiControlEmbeddings"]
+    reloaded = RuyiImageToVideoPipeline.from_pretrained(tmp_path, dtype=torch.float32)
+    reloaded.set_progress_bar_config(disable=True)
+    assert torch.equal(_call(reloaded, start_image).frames, expected)
+
+
+def test_output_types(pipe, start_image):
+    pt = _call(pipe, start_image).frames
+    assert pt.shape == (1, 8, 3, 32, 48) and 0.0 <= pt.min() and pt.max() <= 1.0
+    np_frames = _call(pipe, start_image, output_type="np").frames
+    assert isinstance(np_frames, np.ndarray) and np_frames.shape == (1, 8, 32, 48, 3)
+    np.testing.assert_allclose(np_frames, pt.permute(0, 1, 3, 4, 2).numpy(), atol=1e-6)
+    pil = _call(pipe, start_image, output_type="pil").frames
+    assert len(pil) == 1 and len(pil[0]) == 8 and pil[0][0].size == (48, 32)
+    latent = _call(pipe, start_image, output_type="latent").frames
+    assert latent.shape == (1, 16, 2, 4, 6)
+    as_tuple = _call(pipe, start_image, return_dict=False)
+    assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], pt)
+
+
+def test_num_videos_per_prompt_and_generator_list(pipe, start_image):
+    out = _call(pipe, start_image, num_videos_per_prompt=2, generator=None).frames
+    assert out.shape == (2, 8, 3, 32, 48)
+    gens = [torch.Generator("cpu").manual_seed(0), torch.Generator("cpu").manual_seed(1)]
+    out = _call(pipe, start_image, num_videos_per_prompt=2, generator=gens).frames
+    single = _call(pipe, start_image).frames
+    # The first video of the batch uses the same seed as the single call.
+    assert (out[0] - single[0]).abs().max() < 1e-4
+    assert (out[0] - out[1]).abs().max() > 1e-3
+
+
+def test_callback_on_step_end_and_interrupt(pipe, start_image):
+    seen = []
+
+    def callback(p, i, t, kwargs):
+        seen.append((i, int(t), tuple(kwargs["latents"].shape), tuple(kwargs["inpaint_latents"].shape)))
+        return {"latents": torch.zeros_like(kwargs["latents"])}
+
+    out = _call(pipe, start_image, callback_on_step_end=callback, output_type="latent",
+                callback_on_step_end_tensor_inputs=["latents", "inpaint_latents"])  # fmt: skip
+    assert [s[0] for s in seen] == [0, 1]
+    assert seen[0][2] == (1, 16, 2, 4, 6) and seen[0][3] == (2, 32, 2, 4, 6)
+    assert torch.count_nonzero(out.frames) == 0  # the callback's replacement was used
+
+    steps = []
+
+    def stop(p, i, t, kwargs):
+        steps.append(i)
+        p._interrupt = True
+        return {}
+
+    _call(pipe, start_image, num_inference_steps=4, callback_on_step_end=stop, output_type="latent")
+    assert steps == [0]
+
+
+@pytest.mark.parametrize(
+    "scheduler_cls",
+    [EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, DPMSolverMultistepScheduler, PNDMScheduler],
+)
+def test_scheduler_swap(pipe, start_image, scheduler_cls):
+    original = pipe.scheduler
+    # PNDM's Runge-Kutta warm-up needs a few steps.
+    base = _call(pipe, start_image, num_inference_steps=5).frames
+    try:
+        pipe.scheduler = scheduler_cls.from_config(original.config)
+        out = _call(pipe, start_image, num_inference_steps=5).frames
+    finally:
+        pipe.scheduler = original
+    assert out.shape == base.shape and torch.isfinite(out).all()
+    assert not torch.equal(out, base)
+    assert isinstance(pipe.scheduler, DDIMScheduler)
+
+
+def test_size_from_base_resolution(pipe):
+    wide = PIL.Image.new("RGB", (160, 90), (10, 120, 200))
+    assert get_bucket_size(90, 160, 512) == (384, 672)
+    assert get_bucket_size(90, 160, 256) == (192, 336)
+    out = pipe(image=wide, num_frames=1, base_resolution=128, num_inference_steps=1, output_type="latent")
+    assert out.frames.shape[-2:] == (96 // 8, 160 // 8)
+
+
+def test_custom_embeddings(pipe, start_image):
+    positive, negative = pipe.control_embeddings.get_controls(motion=2, camera_direction="left")
+    names = ["prompt_embeds", "prompt_attention_mask", "prompt_embeds_2", "prompt_attention_mask_2"]
+    kwargs = dict(zip(names, positive))
+    kwargs.update({f"negative_{k}": v for k, v in zip(names, negative)})
+    by_controls = _call(pipe, start_image, motion=2, camera_direction="left").frames
+    by_embeds = _call(pipe, start_image, **kwargs).frames
+    assert torch.equal(by_controls, by_embeds)
+    other = _call(pipe, start_image, motion=4, camera_direction="up").frames
+    assert not torch.equal(by_controls, other)
+
+
+class _Boom(RuntimeError):
+    pass
+
+
+@pytest.fixture
+def guarded_pipe(pipe, monkeypatch):
+    """The pipe, with every model call raising: bad input must be refused before any heavy work."""
+
+    def boom(*args, **kwargs):
+        raise _Boom("a model ran before the input was validated")
+
+    monkeypatch.setattr(pipe.transformer, "forward", boom)
+    monkeypatch.setattr(pipe.image_encoder, "forward", boom)
+    monkeypatch.setattr(pipe.vae, "encode", boom)
+    return pipe
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(image="start.png"), TypeError, "`image` must be a PIL.Image"),
+        (dict(image=np.zeros((32, 32, 3), dtype=np.uint8)), TypeError, "`image` must be a PIL.Image"),
+        (dict(last_image=[1, 2]), TypeError, "`last_image` must be a PIL.Image"),
+        (dict(motion=5), ValueError, "`motion` must be one of 1, 2, 3, 4 or 'auto'"),
+        (dict(motion="fast"), ValueError, "`motion` must be one of"),
+        (dict(camera_direction="diagonal"), ValueError, "`camera_direction` must be one of"),
+        (dict(aspect_ratio="4:3"), ValueError, "`aspect_ratio` must be one of"),
+        (dict(height=40), ValueError, "`height` must be a positive multiple of 16"),
+        (dict(width=50), ValueError, "`width` must be a positive multiple of 16"),
+        (dict(height=None), ValueError, "Pass both `height` and `width`"),
+        (dict(num_frames=10), ValueError, "`num_frames`=10 is not supported by the VAE.*valid frame counts are 1"),
+        (dict(num_frames=0), ValueError, "`num_frames`=0"),
+        (dict(num_frames=8.0), TypeError, "`num_frames` must be an integer"),
+        (dict(num_inference_steps=0), ValueError, "`num_inference_steps` must be a positive integer"),
+        (dict(output_type="gif"), ValueError, "`output_type` must be one of"),
+        (dict(clip_apply_ratio=1.5), ValueError, "`clip_apply_ratio` must be a number in"),
+        (dict(num_videos_per_prompt=0), ValueError, "`num_videos_per_prompt` must be a positive integer"),
+        (
+            dict(generator=[torch.Generator()] * 3),
+            ValueError,
+            "list of 3 generators, but the effective batch size is 1",
+        ),
+        (dict(generator=42), TypeError, "`generator` must be a torch.Generator"),
+        (dict(latents=torch.zeros(1, 16, 3, 4, 6)), ValueError, "`latents` must be a tensor of shape"),
+        (dict(prompt_embeds=torch.zeros(1, 8, 32)), ValueError, "Custom embeddings must be passed all together"),
+        (dict(callback_on_step_end_tensor_inputs=["noise"]), ValueError, "must be a subset of"),
+    ],
+)
+def test_bad_inputs_fail_early(guarded_pipe, start_image, kwargs, error, match):
+    args = dict(image=start_image)
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        _call(guarded_pipe, **args)
+
+
+def test_last_image_count_must_match(guarded_pipe, start_image):
+    with pytest.raises(ValueError, match="`last_image` must have as many images as `image`"):
+        _call(guarded_pipe, [start_image, start_image], last_image=start_image)
+
+
+def test_original_layout_missing_embeddings_key(tiny_checkpoint, tmp_path):
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, folder)
+    flat = load_file(str(folder / "embeddings.safetensors"))
+    del flat["n.default.emb1"]
+    save_file(flat, str(folder / "embeddings.safetensors"))
+    with pytest.raises(ValueError, match="n.default"):
+        RuyiImageToVideoPipeline.from_pretrained(folder)
+
+
+def test_original_layout_transformers_spelling_and_bad_folder(tiny_checkpoint, tmp_path):
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, folder)
+    (folder / "transformer").rename(folder / "transformers")
+    pipe = RuyiImageToVideoPipeline.from_pretrained(folder)
+    assert pipe.transformer.config.num_layers == 4
+    shutil.rmtree(folder / "vae")
+    with pytest.raises(ValueError, match="neither a diffusers pipeline folder"):
+        RuyiImageToVideoPipeline.from_pretrained(folder)
+
+
+def test_unknown_kwarg_for_original_layout(tiny_checkpoint):
+    with pytest.raises(TypeError, match="Unsupported argument"):
+        RuyiImageToVideoPipeline.from_pretrained(tiny_checkpoint, device_map="auto")
+
+
+def test_output_dataclass():
+    out = RuyiPipelineOutput(frames=torch.zeros(1))
+    assert out.frames.shape == (1,)
