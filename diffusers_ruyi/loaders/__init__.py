@@ -1,0 +1,1 @@
+from .lora import RuyiLoraLoaderMixin

@@ -1,0 +1,406 @@
+"""LoRA loading and saving for [`RuyiImageToVideoPipeline`] (diffusers/PEFT files and original Ruyi files)."""
+
+import os
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+import torch
+from diffusers.loaders.lora_base import LORA_WEIGHT_NAME_SAFE, LoraBaseMixin, _fetch_state_dict
+from diffusers.utils import convert_unet_state_dict_to_peft, logging
+from diffusers.utils.peft_utils import require_peft_backend
+from huggingface_hub.utils import validate_hf_hub_args
+from safetensors import SafetensorError
+
+from .original_checkpoint import (
+    _lora_target_modules,
+    convert_original_lora_state_dict,
+    is_original_lora_state_dict,
+)
+
+
+logger = logging.get_logger(__name__)
+
+TRANSFORMER_NAME = "transformer"
+
+# File endings of pickle-based checkpoints, which are never unpickled here.
+_PICKLE_EXTENSIONS = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+# Keys of one adapted module in the diffusers/PEFT format (after the module path).
+_PEFT_LORA_SUFFIXES = ("lora_A.weight", "lora_B.weight", "lora_B.bias")
+# Module types PEFT can wrap with LoRA layers.
+_PEFT_LORA_TYPES = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Embedding)
+
+try:  # the default diffusers' own mixins use (skips random init of the adapter weights when accelerate/peft allow)
+    from diffusers.loaders.lora_pipeline import _LOW_CPU_MEM_USAGE_DEFAULT_LORA
+except ImportError:  # pragma: no cover - older diffusers
+    _LOW_CPU_MEM_USAGE_DEFAULT_LORA = False
+
+
+def _describe(source: Any, weight_name: Optional[str], subfolder: Optional[str]) -> str:
+    parts = [str(source)]
+    if subfolder:
+        parts.append(f"subfolder={subfolder!r}")
+    if weight_name:
+        parts.append(f"weight_name={weight_name!r}")
+    return ", ".join(parts)
+
+
+def _check_no_pickle(source: str, weight_name: Optional[str], subfolder: Optional[str]) -> None:
+    """Refuses pickle checkpoints up front, with a message that says what to do instead."""
+    candidates = [weight_name] if weight_name else []
+    if os.path.isfile(source):
+        candidates.append(source)
+    for name in candidates:
+        if not str(name).endswith(".safetensors"):
+            kind = "a pickle checkpoint" if str(name).endswith(_PICKLE_EXTENSIONS) else "not a .safetensors file"
+            raise ValueError(
+                f"{name!r} is {kind}. diffusers-ruyi loads LoRA weights from safetensors files only (pickle files can "
+                "run arbitrary code). Convert it once with `safetensors.torch.save_file(torch.load(path, "
+                "weights_only=True), 'lora.safetensors')` if you trust it."
+            )
+    folder = os.path.join(source, subfolder) if subfolder else source
+    if weight_name is None and os.path.isdir(folder):
+        files = os.listdir(folder)
+        if not any(f.endswith(".safetensors") for f in files):
+            pickles = sorted(f for f in files if f.endswith(_PICKLE_EXTENSIONS))
+            if pickles:
+                raise ValueError(
+                    f"{folder!r} holds only pickle checkpoints {pickles}; diffusers-ruyi loads LoRA weights from "
+                    "safetensors files only."
+                )
+
+
+def _check_peft_lora_state_dict(
+    state_dict: Dict[str, torch.Tensor], transformer: torch.nn.Module, prefix: str
+) -> Dict[str, torch.Tensor]:
+    """Validates a diffusers/PEFT LoRA state dict against ``transformer``; returns it with ``prefix.`` on every key.
+
+    Keys without any prefix (what `peft.get_peft_model_state_dict` returns) get ``prefix.`` added. Raises a
+    `ValueError` listing keys of other components, malformed keys, names that match no module PEFT can adapt, and
+    modules that do not have both `lora_A` and `lora_B`: nothing is silently skipped.
+    """
+    if not any(key.startswith(f"{prefix}.") for key in state_dict):
+        state_dict = {f"{prefix}.{key}": value for key, value in state_dict.items()}
+    foreign = sorted(key for key in state_dict if not key.startswith(f"{prefix}."))
+    state_dict = {key[len(prefix) + 1 :]: value for key, value in state_dict.items() if key.startswith(f"{prefix}.")}
+    if state_dict and not any("lora_A" in key for key in state_dict):
+        # Older diffusers naming (`.lora.down.weight`, `.lora_linear_layer.up.weight`, ...).
+        state_dict = convert_unet_state_dict_to_peft(state_dict)
+
+    modules = _lora_target_modules(transformer, _PEFT_LORA_TYPES)
+    malformed, unknown = [], []
+    parts: Dict[str, set] = {}
+    for key in state_dict:
+        suffix = next((s for s in _PEFT_LORA_SUFFIXES if key.endswith("." + s)), None)
+        if suffix is None:
+            malformed.append(key)
+            continue
+        path = key[: -len(suffix) - 1]
+        if path not in modules:
+            unknown.append(key)
+            continue
+        parts.setdefault(path, set()).add(suffix.split(".")[0])
+    incomplete = sorted(path for path, found in parts.items() if found != {"lora_A", "lora_B"})
+
+    problems = []
+    if foreign:
+        problems.append(
+            f"keys of components other than `{prefix}` (Ruyi only takes LoRAs for the transformer): {foreign}"
+        )
+    if malformed:
+        problems.append(
+            f"keys that are not `<module>.{{lora_A.weight,lora_B.weight,lora_B.bias}}`: {sorted(malformed)}"
+        )
+    if unknown:
+        problems.append(f"names that match no Linear/Conv/Embedding module of the transformer: {sorted(unknown)}")
+    if incomplete:
+        problems.append(f"modules without both lora_A and lora_B: {incomplete}")
+    if problems:
+        raise ValueError("Cannot load this LoRA:\n- " + "\n- ".join(problems))
+    if not state_dict:
+        raise ValueError("The LoRA state dict is empty.")
+    return {f"{prefix}.{key}": value for key, value in state_dict.items()}
+
+
+class RuyiLoraLoaderMixin(LoraBaseMixin):
+    r"""
+    Loads LoRA layers into [`RuyiTransformer3DModel`]. Specific to [`RuyiImageToVideoPipeline`].
+
+    Two file formats are read (safetensors only):
+
+    - the diffusers/PEFT format that [`~RuyiLoraLoaderMixin.save_lora_weights`] and `examples/train_ruyi_lora.py`
+      write (`transformer.<module>.lora_A.weight` / `.lora_B.weight`, with the `LoraConfig` in the file's metadata);
+    - the original Ruyi/EasyAnimate format (`lora_unet__<module>.lora_down.weight` / `.lora_up.weight` / `.alpha`),
+      converted on load so that the adapter reproduces the original `merge_lora` rule
+      `W + multiplier * alpha / rank * up @ down` (the adapter weight plays the multiplier).
+
+    Everything else (`set_adapters`, `fuse_lora`, `unfuse_lora`, `unload_lora_weights`, `disable_lora`,
+    `delete_adapters`, `get_list_adapters`, ...) comes from [`~loaders.lora_base.LoraBaseMixin`].
+    """
+
+    _lora_loadable_modules = ["transformer"]
+    transformer_name = TRANSFORMER_NAME
+
+    @classmethod
+    @validate_hf_hub_args
+    def lora_state_dict(
+        cls,
+        pretrained_model_name_or_path_or_dict: Union[str, os.PathLike, Dict[str, torch.Tensor]],
+        **kwargs,
+    ) -> Union[Dict[str, torch.Tensor], Tuple[Dict[str, torch.Tensor], Optional[Dict[str, Any]]]]:
+        r"""
+        Returns the LoRA tensors of a file, folder, hub repository or dict, without loading them into a model.
+
+        Original-format files are returned with their own keys (`lora_unet_*`): mapping them onto modules needs the
+        transformer, which [`~RuyiLoraLoaderMixin.load_lora_into_transformer`] does.
+
+        Args:
+            pretrained_model_name_or_path_or_dict (`str`, `os.PathLike` or `dict`):
+                A hub repository id, a local folder, a `.safetensors` file, or a state dict.
+            weight_name (`str`, *optional*):
+                The file inside the folder/repository; defaults to the only `.safetensors` file or
+                `pytorch_lora_weights.safetensors`.
+            subfolder (`str`, *optional*):
+                The sub-folder of the repository/folder holding the file.
+            cache_dir, force_download, proxies, local_files_only, token, revision:
+                Hub download options, as in [`~DiffusionPipeline.from_pretrained`].
+            return_lora_metadata (`bool`, defaults to `False`):
+                Also return the adapter metadata (the saved `LoraConfig` values, `None` when absent).
+
+        Returns:
+            `Dict[str, torch.Tensor]`, or `(state_dict, metadata)` with `return_lora_metadata=True`.
+
+        Raises:
+            `ValueError`: for pickle checkpoints (`.bin`, `.pt`, ...), unreadable/truncated safetensors files, DoRA
+                files and empty or non-tensor state dicts.
+        """
+        cache_dir = kwargs.pop("cache_dir", None)
+        force_download = kwargs.pop("force_download", False)
+        proxies = kwargs.pop("proxies", None)
+        local_files_only = kwargs.pop("local_files_only", None)
+        token = kwargs.pop("token", None)
+        revision = kwargs.pop("revision", None)
+        subfolder = kwargs.pop("subfolder", None)
+        weight_name = kwargs.pop("weight_name", None)
+        use_safetensors = kwargs.pop("use_safetensors", None)
+        return_lora_metadata = kwargs.pop("return_lora_metadata", False)
+        if kwargs:
+            raise TypeError(f"Unexpected argument(s) for loading LoRA weights: {sorted(kwargs)}.")
+        if use_safetensors is False:
+            raise ValueError(
+                "diffusers-ruyi loads LoRA weights from safetensors files only (`use_safetensors=False`)."
+            )
+
+        source = pretrained_model_name_or_path_or_dict
+        if isinstance(source, dict):
+            state_dict, metadata = dict(source), None
+        else:
+            source = str(source)
+            _check_no_pickle(source, weight_name, subfolder)
+            try:
+                state_dict, metadata = _fetch_state_dict(
+                    pretrained_model_name_or_path_or_dict=source,
+                    weight_name=weight_name,
+                    use_safetensors=True,
+                    local_files_only=local_files_only,
+                    cache_dir=cache_dir,
+                    force_download=force_download,
+                    proxies=proxies,
+                    token=token,
+                    revision=revision,
+                    subfolder=subfolder,
+                    user_agent={"file_type": "attn_procs_weights", "framework": "pytorch"},
+                    allow_pickle=False,
+                )
+            except SafetensorError as e:
+                raise ValueError(
+                    f"Could not read the LoRA weights ({_describe(source, weight_name, subfolder)}) as a safetensors "
+                    f"file; it may be truncated, corrupted or not a safetensors file at all: {e}"
+                ) from e
+
+        not_tensors = sorted(k for k, v in state_dict.items() if not isinstance(v, torch.Tensor))
+        if not_tensors:
+            raise ValueError(f"LoRA state dict values must be tensors; these are not: {not_tensors}")
+        if not state_dict:
+            raise ValueError("The LoRA state dict is empty.")
+        dora = sorted(k for k in state_dict if "dora_scale" in k or "lora_magnitude_vector" in k)
+        if dora:
+            raise ValueError(f"DoRA LoRAs are not supported for Ruyi; the file has DoRA keys: {dora[:5]}...")
+
+        return (state_dict, metadata) if return_lora_metadata else state_dict
+
+    @require_peft_backend
+    def load_lora_weights(
+        self,
+        pretrained_model_name_or_path_or_dict: Union[str, os.PathLike, Dict[str, torch.Tensor]],
+        adapter_name: Optional[str] = None,
+        hotswap: bool = False,
+        **kwargs,
+    ) -> None:
+        r"""
+        Loads a LoRA into `self.transformer` as a PEFT adapter and activates it.
+
+        Both the diffusers/PEFT format and the original Ruyi format (`lora_unet_*` keys) are accepted. An original
+        LoRA loaded with weight 1 equals the original `merge_lora(..., multiplier=1)`; use `set_adapters(name, w)`
+        (or `fuse_lora(lora_scale=w)`) for another multiplier, or `attention_kwargs={"scale": w}` per call.
+
+        Args:
+            pretrained_model_name_or_path_or_dict (`str`, `os.PathLike` or `dict`):
+                See [`~RuyiLoraLoaderMixin.lora_state_dict`].
+            adapter_name (`str`, *optional*):
+                The adapter's name (to refer to it in `set_adapters`, `delete_adapters`, ...); `default_{i}` if
+                omitted.
+            hotswap (`bool`, defaults to `False`):
+                Replace the weights of the already loaded adapter `adapter_name` in place (no recompilation with
+                `torch.compile`); see [`~loaders.peft.PeftAdapterMixin.load_lora_adapter`].
+            low_cpu_mem_usage (`bool`, *optional*):
+                Skip the random initialisation of the adapter weights before loading them.
+            kwargs:
+                The other arguments of [`~RuyiLoraLoaderMixin.lora_state_dict`] (`weight_name`, `subfolder`, ...).
+
+        Raises:
+            `ValueError`: when the file cannot be read or any key does not map onto the transformer (the message
+                lists the keys); nothing is loaded then.
+        """
+        low_cpu_mem_usage = kwargs.pop("low_cpu_mem_usage", _LOW_CPU_MEM_USAGE_DEFAULT_LORA)
+        if isinstance(pretrained_model_name_or_path_or_dict, dict):
+            pretrained_model_name_or_path_or_dict = pretrained_model_name_or_path_or_dict.copy()
+
+        kwargs["return_lora_metadata"] = True
+        state_dict, metadata = self.lora_state_dict(pretrained_model_name_or_path_or_dict, **kwargs)
+        self.load_lora_into_transformer(
+            state_dict,
+            transformer=getattr(self, self.transformer_name),
+            adapter_name=adapter_name,
+            metadata=metadata,
+            _pipeline=self,
+            low_cpu_mem_usage=low_cpu_mem_usage,
+            hotswap=hotswap,
+        )
+
+    @classmethod
+    def load_lora_into_transformer(
+        cls,
+        state_dict: Dict[str, torch.Tensor],
+        transformer: torch.nn.Module,
+        adapter_name: Optional[str] = None,
+        _pipeline=None,
+        low_cpu_mem_usage: bool = False,
+        hotswap: bool = False,
+        metadata: Optional[Dict[str, Any]] = None,
+    ) -> None:
+        r"""
+        Loads LoRA tensors (either format) into `transformer` as a PEFT adapter.
+
+        Args:
+            state_dict (`Dict[str, torch.Tensor]`):
+                Original-format keys (`lora_unet_*`), or diffusers/PEFT keys with or without the `transformer.` prefix.
+            transformer ([`RuyiTransformer3DModel`]):
+                The model to add the adapter to.
+            adapter_name (`str`, *optional*):
+                The adapter's name; `default_{i}` if omitted.
+            low_cpu_mem_usage (`bool`, defaults to `False`):
+                Skip the random initialisation of the adapter weights.
+            hotswap (`bool`, defaults to `False`):
+                Replace an existing adapter's weights in place.
+            metadata (`dict`, *optional*):
+                The adapter's saved `LoraConfig` values (`lora_alpha`, `r`, patterns...). Ignored for original-format
+                LoRAs, whose alpha is folded into the weights.
+        """
+        if is_original_lora_state_dict(state_dict):
+            state_dict = convert_original_lora_state_dict(state_dict, transformer, prefix=cls.transformer_name)
+            metadata = None
+        else:
+            state_dict = _check_peft_lora_state_dict(state_dict, transformer, cls.transformer_name)
+
+        logger.info(f"Loading {cls.transformer_name}.")
+        transformer.load_lora_adapter(
+            state_dict,
+            prefix=cls.transformer_name,
+            network_alphas=None,
+            adapter_name=adapter_name,
+            metadata=metadata,
+            _pipeline=_pipeline,
+            low_cpu_mem_usage=low_cpu_mem_usage,
+            hotswap=hotswap,
+        )
+
+    @classmethod
+    def save_lora_weights(
+        cls,
+        save_directory: Union[str, os.PathLike],
+        transformer_lora_layers: Optional[Dict[str, Union[torch.nn.Module, torch.Tensor]]] = None,
+        is_main_process: bool = True,
+        weight_name: Optional[str] = None,
+        save_function: Optional[Callable] = None,
+        safe_serialization: bool = True,
+        transformer_lora_adapter_metadata: Optional[Dict[str, Any]] = None,
+    ) -> None:
+        r"""
+        Saves transformer LoRA weights as `save_directory/pytorch_lora_weights.safetensors` (diffusers format).
+
+        Args:
+            save_directory (`str` or `os.PathLike`):
+                The folder to write (created if needed).
+            transformer_lora_layers (`Dict[str, torch.Tensor]` or `torch.nn.Module`):
+                The adapter's tensors, e.g. `peft.get_peft_model_state_dict(pipe.transformer)`; keys are written with
+                the `transformer.` prefix.
+            is_main_process (`bool`, defaults to `True`):
+                Whether this process writes the file (kept for API parity; pass `accelerator.is_main_process`).
+            weight_name (`str`, *optional*):
+                The file name, `pytorch_lora_weights.safetensors` by default.
+            save_function (`Callable`, *optional*):
+                Replaces `safetensors.torch.save_file` (called as `save_function(state_dict, path)`).
+            safe_serialization (`bool`, defaults to `True`):
+                Must be `True`: LoRA weights are always written as safetensors.
+            transformer_lora_adapter_metadata (`dict`, *optional*):
+                The adapter's `LoraConfig` as a dict (`pipe.transformer.peft_config[name].to_dict()`), stored in the
+                file's metadata so that loading restores `lora_alpha` (otherwise alpha defaults to the rank).
+        """
+        if not safe_serialization:
+            raise ValueError("diffusers-ruyi writes LoRA weights as safetensors only (`safe_serialization=True`).")
+        if not transformer_lora_layers:
+            raise ValueError("You must pass `transformer_lora_layers`.")
+        if weight_name is not None and not weight_name.endswith(".safetensors"):
+            raise ValueError(f"`weight_name` must end with .safetensors, got {weight_name!r}.")
+        cls._save_lora_weights(
+            save_directory=save_directory,
+            lora_layers={cls.transformer_name: transformer_lora_layers},
+            lora_metadata={cls.transformer_name: transformer_lora_adapter_metadata},
+            is_main_process=is_main_process,
+            weight_name=weight_name or LORA_WEIGHT_NAME_SAFE,
+            save_function=save_function,
+            safe_serialization=True,
+        )
+
+    def fuse_lora(
+        self,
+        components: List[str] = ["transformer"],
+        lora_scale: float = 1.0,
+        safe_fusing: bool = False,
+        adapter_names: Optional[List[str]] = None,
+        **kwargs,
+    ) -> None:
+        r"""
+        Merges the active LoRA deltas into the transformer's weights (faster inference; undo with `unfuse_lora`).
+
+        Args:
+            components (`List[str]`, defaults to `["transformer"]`): The components to fuse.
+            lora_scale (`float`, defaults to 1.0): Multiplies the deltas (the original `merge_lora` multiplier).
+            safe_fusing (`bool`, defaults to `False`): Check the fused weights for NaNs first and refuse if any.
+            adapter_names (`List[str]`, *optional*): The adapters to fuse; all active ones by default.
+        """
+        super().fuse_lora(
+            components=components,
+            lora_scale=lora_scale,
+            safe_fusing=safe_fusing,
+            adapter_names=adapter_names,
+            **kwargs,
+        )
+
+    def unfuse_lora(self, components: List[str] = ["transformer"], **kwargs) -> None:
+        r"""
+        Reverses [`~RuyiLoraLoaderMixin.fuse_lora`]: subtracts the fused LoRA deltas from the transformer's weights.
+
+        Args:
+            components (`List[str]`, defaults to `["transformer"]`): The components to unfuse.
+        """
+        super().unfuse_lora(components=components, **kwargs)

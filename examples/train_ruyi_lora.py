@@ -1,0 +1,570 @@
+#!/usr/bin/env python
+"""LoRA fine-tuning of the Ruyi-Mini-7B transformer (image-to-video) with accelerate + PEFT.
+
+The objective is the one Ruyi's image-to-video model was trained with: the first frame of each clip is kept as known
+content of a masked video (mask latents + masked-video latents go to the transformer as `inpaint_latents`, built by
+the pipeline's own helpers), CLIP features of that frame go to the per-block image cross-attention, noise is added at
+a uniformly sampled DDPM timestep and the transformer learns the v-prediction target (`scheduler.get_velocity`).
+
+Single process:
+
+    python examples/train_ruyi_lora.py --pretrained_model_name_or_path IamCreateAI/Ruyi-Mini-7B \
+        --data_dir my_videos --output_dir ruyi-lora --num_frames 24 --height 512 --width 512 \
+        --gradient_checkpointing --mixed_precision bf16
+
+Several GPUs (DDP): `accelerate launch --num_processes 8 examples/train_ruyi_lora.py ...`. See docs/lora.md for the
+dataset layout, FSDP/DeepSpeed configurations and memory tips.
+"""
+
+import argparse
+import json
+import logging
+import os
+import random
+import shutil
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+from diffusers import DDPMScheduler
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import cast_training_params
+from diffusers.utils import export_to_video, load_image
+from peft import LoraConfig, set_peft_model_state_dict
+from peft.utils import get_peft_model_state_dict
+from tqdm.auto import tqdm
+
+from diffusers_ruyi.pipelines.pipeline_ruyi_i2v import RuyiImageToVideoPipeline
+
+
+logger = get_logger(__name__)
+
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+DEFAULT_TARGET_MODULES = "to_q,to_k,to_v,to_out.0"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Arguments
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parses the command line (or `argv`)."""
+    parser = argparse.ArgumentParser(description="LoRA fine-tuning of Ruyi-Mini-7B (image-to-video).")
+    # Model and data.
+    parser.add_argument(
+        "--pretrained_model_name_or_path", required=True, help="Hub id or folder (original or diffusers layout)."
+    )
+    parser.add_argument("--data_dir", required=True, help="Folder of videos; see docs/lora.md for the layout.")
+    parser.add_argument(
+        "--output_dir", default="ruyi-lora", help="Where checkpoints, validation videos and the LoRA go."
+    )
+    parser.add_argument("--num_frames", type=int, default=24, help="Frames per training clip (1 or a multiple of 8).")
+    parser.add_argument("--height", type=int, default=512, help="Training height in pixels (multiple of 16).")
+    parser.add_argument("--width", type=int, default=512, help="Training width in pixels (multiple of 16).")
+    parser.add_argument("--frame_stride", type=int, default=1, help="Take every n-th frame of the source video.")
+    parser.add_argument("--motion", default="auto", help="Default motion control (1-4 or auto) when a clip has none.")
+    parser.add_argument("--camera_direction", default="auto", help="Default camera control when a clip has none.")
+    parser.add_argument(
+        "--uncond_prob",
+        type=float,
+        default=0.1,
+        help="Probability of training a sample with the negative controls and no CLIP features (keeps CFG working).",
+    )
+    parser.add_argument(
+        "--last_frame_prob", type=float, default=0.0, help="Probability of also keeping the last frame."
+    )
+    # LoRA.
+    parser.add_argument("--rank", type=int, default=64, help="LoRA rank.")
+    parser.add_argument(
+        "--lora_alpha", type=float, default=64, help="LoRA alpha (the update is scaled by alpha/rank)."
+    )
+    parser.add_argument(
+        "--target_modules",
+        default=DEFAULT_TARGET_MODULES,
+        help="Comma-separated module names to adapt (suffixes such as to_q, ff.net.2, proj_out), or 'all-linear'.",
+    )
+    # Optimisation.
+    parser.add_argument("--learning_rate", type=float, default=1e-4)
+    parser.add_argument("--max_train_steps", type=int, default=1000)
+    parser.add_argument("--train_batch_size", type=int, default=1)
+    parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    parser.add_argument(
+        "--lr_scheduler", default="constant", help="constant, linear, cosine, constant_with_warmup, ..."
+    )
+    parser.add_argument("--lr_warmup_steps", type=int, default=0)
+    parser.add_argument("--adam_beta1", type=float, default=0.9)
+    parser.add_argument("--adam_beta2", type=float, default=0.999)
+    parser.add_argument("--adam_weight_decay", type=float, default=1e-2)
+    parser.add_argument("--adam_epsilon", type=float, default=1e-8)
+    parser.add_argument("--max_grad_norm", type=float, default=1.0)
+    parser.add_argument(
+        "--gradient_checkpointing", action="store_true", help="Recompute block activations (saves memory)."
+    )
+    parser.add_argument(
+        "--mixed_precision",
+        choices=["no", "fp16", "bf16"],
+        default=None,
+        help="Defaults to the accelerate config. The frozen transformer and CLIP are stored in this dtype; the VAE stays fp32.",
+    )
+    parser.add_argument("--allow_tf32", action="store_true", help="Allow TF32 matmuls on Ampere+ GPUs.")
+    parser.add_argument("--dataloader_num_workers", type=int, default=0)
+    parser.add_argument("--ddp_find_unused_parameters", action="store_true")
+    parser.add_argument("--seed", type=int, default=None)
+    # Checkpoints and validation.
+    parser.add_argument(
+        "--checkpointing_steps", type=int, default=500, help="Save a resumable checkpoint every N steps."
+    )
+    parser.add_argument(
+        "--checkpoints_total_limit", type=int, default=None, help="Keep at most this many checkpoints."
+    )
+    parser.add_argument(
+        "--resume_from_checkpoint", default=None, help="A checkpoint folder, or 'latest' (in --output_dir)."
+    )
+    parser.add_argument(
+        "--validation_steps", type=int, default=None, help="Generate a validation video every N steps."
+    )
+    parser.add_argument(
+        "--validation_image", default=None, help="Start frame for validation (default: a training clip's)."
+    )
+    parser.add_argument("--validation_num_inference_steps", type=int, default=25)
+    parser.add_argument("--validation_guidance_scale", type=float, default=7.0)
+    parser.add_argument("--validation_fps", type=int, default=24)
+    parser.add_argument("--report_to", default=None, help="An accelerate tracker (tensorboard, wandb, ...), or none.")
+    args = parser.parse_args(argv)
+
+    if args.num_frames < 1 or (args.num_frames != 1 and args.num_frames % 8 != 0):
+        parser.error(f"--num_frames must be 1 or a multiple of 8, got {args.num_frames}.")
+    for name in ("height", "width"):
+        if getattr(args, name) <= 0 or getattr(args, name) % 16 != 0:
+            parser.error(f"--{name} must be a positive multiple of 16.")
+    if args.rank < 1:
+        parser.error("--rank must be positive.")
+    if not os.path.isdir(args.data_dir):
+        parser.error(f"--data_dir {args.data_dir!r} is not a folder.")
+    return args
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _resize_and_center_crop(image: PIL.Image.Image, width: int, height: int) -> PIL.Image.Image:
+    scale = max(width / image.width, height / image.height)
+    size = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
+    image = image.convert("RGB").resize(size, PIL.Image.BICUBIC)
+    left, top = (size[0] - width) // 2, (size[1] - height) // 2
+    return image.crop((left, top, left + width, top + height))
+
+
+def read_video_frames(path: str, num_frames: int, stride: int, start: Optional[int] = None) -> List[np.ndarray]:
+    """Reads `num_frames` frames (every `stride`-th) from a random (or given) start; pads short clips with the last."""
+    import imageio.v2 as imageio
+
+    reader = imageio.get_reader(path)
+    try:
+        frames = [np.asarray(frame)[..., :3] for frame in reader]
+    finally:
+        reader.close()
+    if not frames:
+        raise ValueError(f"{path!r} has no frames.")
+    span = (num_frames - 1) * stride + 1
+    if start is None:
+        start = random.randint(0, max(0, len(frames) - span))
+    picked = frames[start : start + span : stride]
+    picked += [picked[-1]] * (num_frames - len(picked))
+    return picked
+
+
+class VideoFolderDataset(torch.utils.data.Dataset):
+    """Training clips from a folder of videos (searched recursively).
+
+    Every video (`.mp4`, `.webm`, `.mov`, `.mkv`, `.avi`, `.gif`) is one sample. An image with the same stem next to a
+    video (`clip.mp4` + `clip.png`) is used as the kept start frame instead of the video's first frame (image/video
+    pairs). An optional `metadata.jsonl` in `data_dir` gives per-clip controls, one JSON object per line:
+    `{"file_name": "clip.mp4", "motion": 2, "camera_direction": "left"}`.
+    """
+
+    def __init__(self, data_dir: str, num_frames: int, height: int, width: int, frame_stride: int = 1):
+        self.data_dir = data_dir
+        self.num_frames, self.height, self.width, self.frame_stride = num_frames, height, width, frame_stride
+        self.videos = sorted(
+            os.path.join(root, name)
+            for root, _, names in os.walk(data_dir)
+            for name in names
+            if name.lower().endswith(VIDEO_EXTENSIONS)
+        )
+        if not self.videos:
+            raise ValueError(f"No videos ({', '.join(VIDEO_EXTENSIONS)}) found under {data_dir!r}.")
+        self.controls: Dict[str, Dict[str, Any]] = {}
+        metadata_path = os.path.join(data_dir, "metadata.jsonl")
+        if os.path.isfile(metadata_path):
+            with open(metadata_path, encoding="utf-8") as f:
+                for line_number, line in enumerate(f, 1):
+                    if line.strip():
+                        try:
+                            entry = json.loads(line)
+                            self.controls[os.path.normpath(entry.pop("file_name"))] = entry
+                        except (json.JSONDecodeError, KeyError) as e:
+                            raise ValueError(f"{metadata_path}:{line_number} is not a valid entry: {e}") from e
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def _start_image(self, video_path: str) -> Optional[PIL.Image.Image]:
+        stem = os.path.splitext(video_path)[0]
+        for ext in IMAGE_EXTENSIONS:
+            if os.path.isfile(stem + ext):
+                return _resize_and_center_crop(PIL.Image.open(stem + ext), self.width, self.height)
+        return None
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        path = self.videos[index]
+        frames = read_video_frames(path, self.num_frames, self.frame_stride)
+        frames = [_resize_and_center_crop(PIL.Image.fromarray(f), self.width, self.height) for f in frames]
+        video = torch.from_numpy(np.stack([np.asarray(f) for f in frames])).permute(3, 0, 1, 2)  # (3, F, H, W)
+        controls = self.controls.get(os.path.normpath(os.path.relpath(path, self.data_dir)), {})
+        return {
+            "video": video.float() / 127.5 - 1.0,
+            "start_image": self._start_image(path) or frames[0],
+            "last_image": frames[-1],
+            "motion": controls.get("motion"),
+            "camera_direction": controls.get("camera_direction"),
+        }
+
+
+def collate(examples: List[Dict[str, Any]]) -> Dict[str, Any]:
+    return {
+        "video": torch.stack([e["video"] for e in examples]),
+        "start_image": [e["start_image"] for e in examples],
+        "last_image": [e["last_image"] for e in examples],
+        "motion": [e["motion"] for e in examples],
+        "camera_direction": [e["camera_direction"] for e in examples],
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def resolve_target_modules(transformer: torch.nn.Module, spec: str) -> List[str]:
+    """Turns `--target_modules` into PEFT target names, checking that each one matches a module."""
+    linear_names = [name for name, module in transformer.named_modules() if isinstance(module, torch.nn.Linear)]
+    if spec.strip() == "all-linear":
+        return linear_names
+    targets = [t.strip() for t in spec.split(",") if t.strip()]
+    unmatched = [t for t in targets if not any(n == t or n.endswith("." + t) for n in linear_names)]
+    if unmatched or not targets:
+        raise ValueError(f"--target_modules {unmatched or spec!r} match no nn.Linear of the transformer.")
+    return targets
+
+
+def control_embeddings(pipe, batch: Dict[str, Any], args, device, dtype) -> List[torch.Tensor]:
+    """Per-sample positive (or, with probability `uncond_prob`, negative) control embeddings, batched."""
+    per_sample, unconditional = [], []
+    for motion, camera in zip(batch["motion"], batch["camera_direction"]):
+        positive, negative = pipe.control_embeddings.get_controls(
+            motion if motion is not None else args.motion,
+            camera if camera is not None else args.camera_direction,
+            "16:9",
+        )
+        drop = random.random() < args.uncond_prob
+        per_sample.append(negative if drop else positive)
+        unconditional.append(drop)
+    tensors = [torch.cat([sample[i] for sample in per_sample]).to(device) for i in range(4)]
+    tensors[0], tensors[2] = tensors[0].to(dtype), tensors[2].to(dtype)
+    return tensors + [torch.tensor(unconditional, device=device)]
+
+
+def compute_loss(pipe, transformer, noise_scheduler, batch, args, generator, device, weight_dtype) -> torch.Tensor:
+    """One image-to-video training loss: v-prediction MSE with the pipeline's inpainting conditioning."""
+    vae = pipe.vae
+    videos = batch["video"].to(device=device, dtype=vae.dtype)
+    batch_size = videos.shape[0]
+    with torch.no_grad():
+        latents = vae.encode(videos).latent_dist.sample(generator=generator) * vae.config.scaling_factor
+        last_images = batch["last_image"] if random.random() < args.last_frame_prob else None
+        cond_video, mask, clip_images = pipe.prepare_conditioning_video(
+            batch["start_image"], last_images, args.num_frames, args.height, args.width
+        )
+        inpaint_latents = pipe.encode_conditioning(cond_video, mask, generator, device).to(weight_dtype)
+        clip_embeds = pipe.encode_image(clip_images, device).to(weight_dtype)
+        embeds, embeds_mask, embeds_2, embeds_mask_2, unconditional = control_embeddings(
+            pipe, batch, args, device, weight_dtype
+        )
+        clip_mask = torch.ones(batch_size, clip_embeds.shape[1], device=device, dtype=weight_dtype)
+        keep = (~unconditional).to(weight_dtype)
+        clip_embeds, clip_mask = clip_embeds * keep[:, None, None], clip_mask * keep[:, None]
+        image_meta_size = torch.tensor(
+            [[1024, 1024, args.height, args.width, 0, 0]], device=device, dtype=weight_dtype
+        ).repeat(batch_size, 1)
+        style = torch.zeros(batch_size, device=device, dtype=torch.long)
+
+    latents = latents.float()
+    noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
+    timesteps = torch.randint(
+        0, noise_scheduler.config.num_train_timesteps, (batch_size,), device=device, generator=generator
+    )
+    noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
+    target = noise_scheduler.get_velocity(latents, noise, timesteps)
+
+    prediction = transformer(
+        noisy_latents.to(weight_dtype),
+        timesteps.to(weight_dtype),
+        encoder_hidden_states=embeds,
+        text_embedding_mask=embeds_mask,
+        encoder_hidden_states_t5=embeds_2,
+        text_embedding_mask_t5=embeds_mask_2,
+        image_meta_size=image_meta_size,
+        style=style,
+        inpaint_latents=inpaint_latents,
+        clip_encoder_hidden_states=clip_embeds,
+        clip_attention_mask=clip_mask,
+        return_dict=False,
+    )[0]
+    # The second half of the output channels is the learned variance, which the samplers do not use.
+    prediction = prediction[:, : latents.shape[1]]
+    return F.mse_loss(prediction.float(), target.float(), reduction="mean")
+
+
+def lora_metadata(transformer) -> Dict[str, Any]:
+    """The adapter's `LoraConfig` as a dict, stored in the file so that loading restores `lora_alpha`."""
+    return transformer.peft_config["default"].to_dict()
+
+
+def run_validation(pipe, args, accelerator, step: int, image: PIL.Image.Image) -> str:
+    """Generates one video with the current LoRA and writes it to `output_dir/validation/step-<step>.mp4`."""
+    transformer = pipe.transformer
+    was_training = transformer.training
+    transformer.eval()
+    generator = torch.Generator(device=accelerator.device).manual_seed(args.seed or 0)
+    with torch.autocast(accelerator.device.type, enabled=accelerator.mixed_precision != "no"):
+        frames = pipe(
+            image=image,
+            num_frames=args.num_frames,
+            height=args.height,
+            width=args.width,
+            num_inference_steps=args.validation_num_inference_steps,
+            guidance_scale=args.validation_guidance_scale,
+            motion=args.motion,
+            camera_direction=args.camera_direction,
+            generator=generator,
+            output_type="np",
+        ).frames[0]
+    transformer.train(was_training)
+    path = os.path.join(args.output_dir, "validation", f"step-{step}.mp4")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    export_to_video(list(frames), path, fps=args.validation_fps)
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_video("validation", torch.from_numpy(frames).permute(0, 3, 1, 2)[None], step)
+    logger.info(f"Validation video written to {path}")
+    return path
+
+
+def _checkpoints(output_dir: str) -> List[str]:
+    names = [d for d in os.listdir(output_dir) if d.startswith("checkpoint-")] if os.path.isdir(output_dir) else []
+    return sorted(names, key=lambda d: int(d.split("-")[1]))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> str:
+    """Trains a LoRA; returns the folder holding the final `pytorch_lora_weights.safetensors`."""
+    args = parse_args(argv)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=args.report_to,
+        project_config=ProjectConfiguration(
+            project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")
+        ),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=args.ddp_find_unused_parameters)],
+    )
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    if args.seed is not None:
+        set_seed(args.seed + accelerator.process_index)
+    if accelerator.is_main_process:
+        os.makedirs(args.output_dir, exist_ok=True)
+    if args.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+
+    # Models: everything frozen; the VAE stays fp32 (it is small and sensitive), the rest in the training dtype.
+    pipe = RuyiImageToVideoPipeline.from_pretrained(
+        args.pretrained_model_name_or_path,
+        dtype={"transformer": weight_dtype, "image_encoder": weight_dtype, "default": torch.float32},
+    )
+    pipe.set_progress_bar_config(disable=True)
+    transformer = pipe.transformer
+    for model in (pipe.vae, pipe.image_encoder, transformer):
+        model.requires_grad_(False)
+    pipe.vae.eval()
+    pipe.image_encoder.eval()
+    pipe.to(accelerator.device)
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    if noise_scheduler.config.prediction_type != "v_prediction":
+        logger.warning(f"The scheduler predicts {noise_scheduler.config.prediction_type!r}; Ruyi uses v_prediction.")
+
+    if args.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    target_modules = resolve_target_modules(transformer, args.target_modules)
+    transformer.add_adapter(
+        LoraConfig(r=args.rank, lora_alpha=args.lora_alpha, init_lora_weights=True, target_modules=target_modules)
+    )
+    if weight_dtype == torch.float16:
+        cast_training_params(transformer, dtype=torch.float32)  # fp16 master weights would not train
+    trainable = [p for p in transformer.parameters() if p.requires_grad]
+    logger.info(f"Training {sum(p.numel() for p in trainable):,} LoRA parameters in {len(target_modules)} target(s).")
+
+    def unwrap(model):
+        model = accelerator.unwrap_model(model)
+        return model._orig_mod if hasattr(model, "_orig_mod") else model
+
+    # Checkpoints hold the LoRA weights (not the frozen transformer) plus optimizer/scheduler/RNG state.
+    def save_model_hook(models, weights, output_dir):
+        if accelerator.is_main_process:
+            for model in models:
+                if isinstance(unwrap(model), type(unwrap(transformer))):
+                    RuyiImageToVideoPipeline.save_lora_weights(
+                        output_dir,
+                        transformer_lora_layers=get_peft_model_state_dict(unwrap(model)),
+                        transformer_lora_adapter_metadata=lora_metadata(unwrap(model)),
+                    )
+                else:
+                    raise ValueError(f"Unexpected model to save: {model.__class__}")
+                if weights:
+                    weights.pop()
+
+    def load_model_hook(models, input_dir):
+        model = None
+        while models:
+            candidate = models.pop()
+            if isinstance(unwrap(candidate), type(unwrap(transformer))):
+                model = unwrap(candidate)
+        if model is None:
+            raise ValueError("The checkpoint has no transformer LoRA to restore.")
+        state_dict = RuyiImageToVideoPipeline.lora_state_dict(input_dir)
+        state_dict = {k.removeprefix("transformer."): v for k, v in state_dict.items()}
+        incompatible = set_peft_model_state_dict(model, state_dict, adapter_name="default")
+        unexpected = getattr(incompatible, "unexpected_keys", None)
+        if unexpected:
+            raise ValueError(f"The checkpoint's LoRA has keys this model does not: {unexpected}")
+        if weight_dtype == torch.float16:
+            cast_training_params(model, dtype=torch.float32)
+
+    accelerator.register_save_state_pre_hook(save_model_hook)
+    accelerator.register_load_state_pre_hook(load_model_hook)
+
+    dataset = VideoFolderDataset(args.data_dir, args.num_frames, args.height, args.width, args.frame_stride)
+    dataloader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=args.train_batch_size,
+        shuffle=True,
+        collate_fn=collate,
+        num_workers=args.dataloader_num_workers,
+        drop_last=len(dataset) >= args.train_batch_size,
+    )
+    optimizer = torch.optim.AdamW(
+        trainable,
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay,
+        eps=args.adam_epsilon,
+    )
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=args.max_train_steps * accelerator.num_processes,
+    )
+    transformer, optimizer, dataloader, lr_scheduler = accelerator.prepare(
+        transformer, optimizer, dataloader, lr_scheduler
+    )
+    if accelerator.is_main_process:
+        accelerator.init_trackers("ruyi-lora", config={k: v for k, v in vars(args).items() if v is not None})
+
+    global_step = 0
+    if args.resume_from_checkpoint:
+        if args.resume_from_checkpoint == "latest":
+            found = _checkpoints(args.output_dir)
+            if not found:
+                raise ValueError(f"--resume_from_checkpoint latest: no checkpoint-* folder in {args.output_dir!r}.")
+            path = os.path.join(args.output_dir, found[-1])
+        else:
+            path = args.resume_from_checkpoint
+        if not os.path.isdir(path):
+            raise ValueError(f"Checkpoint folder {path!r} does not exist.")
+        accelerator.load_state(path)
+        global_step = int(os.path.basename(os.path.normpath(path)).split("-")[1])
+        logger.info(f"Resumed from {path} at step {global_step}.")
+
+    validation_image = None
+    if args.validation_steps:
+        validation_image = load_image(args.validation_image) if args.validation_image else dataset[0]["start_image"]
+
+    generator = torch.Generator(device=accelerator.device)
+    generator.manual_seed((args.seed or 0) * 1000 + accelerator.process_index + global_step)
+    progress = tqdm(
+        range(args.max_train_steps),
+        initial=global_step,
+        desc="Steps",
+        disable=not accelerator.is_local_main_process,
+    )
+    transformer.train()
+    while global_step < args.max_train_steps:
+        for batch in dataloader:
+            with accelerator.accumulate(transformer):
+                loss = compute_loss(
+                    pipe, transformer, noise_scheduler, batch, args, generator, accelerator.device, weight_dtype
+                )
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(trainable, args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+
+            if accelerator.sync_gradients:
+                global_step += 1
+                progress.update(1)
+                logs = {"loss": loss.detach().item(), "lr": lr_scheduler.get_last_lr()[0]}
+                progress.set_postfix(**logs)
+                accelerator.log(logs, step=global_step)
+
+                if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
+                    if accelerator.is_main_process and args.checkpoints_total_limit is not None:
+                        existing = _checkpoints(args.output_dir)
+                        for old in existing[: max(0, len(existing) - args.checkpoints_total_limit + 1)]:
+                            shutil.rmtree(os.path.join(args.output_dir, old))
+                    accelerator.save_state(os.path.join(args.output_dir, f"checkpoint-{global_step}"))
+                if args.validation_steps and global_step % args.validation_steps == 0 and accelerator.is_main_process:
+                    run_validation(pipe, args, accelerator, global_step, validation_image)
+            if global_step >= args.max_train_steps:
+                break
+
+    progress.close()
+    accelerator.wait_for_everyone()
+    # Every process takes part: under FSDP/DeepSpeed this gathers the sharded parameters.
+    full_state_dict = accelerator.get_state_dict(transformer)
+    if accelerator.is_main_process:
+        final = unwrap(transformer)
+        RuyiImageToVideoPipeline.save_lora_weights(
+            args.output_dir,
+            transformer_lora_layers=get_peft_model_state_dict(final, state_dict=full_state_dict),
+            transformer_lora_adapter_metadata=lora_metadata(final),
+        )
+        logger.info(f"LoRA saved to {os.path.join(args.output_dir, 'pytorch_lora_weights.safetensors')}")
+    accelerator.end_training()
+    return args.output_dir
+
+
+if __name__ == "__main__":
+    main()

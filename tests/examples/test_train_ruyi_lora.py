@@ -1,0 +1,136 @@
+"""examples/train_ruyi_lora.py: a few CPU steps on the tiny checkpoint, resume, and loading the result."""
+
+import importlib.util
+import json
+import os
+import pathlib
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from diffusers_ruyi.pipelines.pipeline_ruyi_i2v import RuyiImageToVideoPipeline
+
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+TINY = ROOT / "tests" / "fixtures" / "golden" / "Ruyi-tiny-random"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("train_ruyi_lora", ROOT / "examples" / "train_ruyi_lora.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def script():
+    return _load_script()
+
+
+@pytest.fixture(scope="module")
+def video_dir(tmp_path_factory):
+    import imageio.v2 as imageio
+
+    folder = tmp_path_factory.mktemp("videos")
+    rng = np.random.RandomState(0)
+    for i in range(3):
+        base = rng.randint(0, 255, size=(1, 32, 48, 3))
+        # A moving gradient so that frames differ; 10 frames > 8 exercises the random start.
+        frames = [np.clip(base + 8 * t, 0, 255).astype(np.uint8)[0] for t in range(10)]
+        imageio.mimwrite(folder / f"clip_{i}.mp4", frames, fps=8, macro_block_size=16)
+    (folder / "metadata.jsonl").write_text('{"file_name": "clip_1.mp4", "motion": 2, "camera_direction": "left"}\n')
+    # An image/video pair: clip_2.png replaces the first frame as the kept start frame.
+    PIL.Image.fromarray(rng.randint(0, 255, size=(32, 48, 3)).astype(np.uint8)).save(folder / "clip_2.png")
+    return folder
+
+
+def _args(video_dir, output_dir, *extra):
+    return [
+        "--pretrained_model_name_or_path", str(TINY),
+        "--data_dir", str(video_dir),
+        "--output_dir", str(output_dir),
+        "--num_frames", "8",
+        "--height", "32",
+        "--width", "48",
+        "--rank", "4",
+        "--lora_alpha", "8",
+        "--learning_rate", "1e-2",
+        "--target_modules", "to_q,to_k,to_v,to_out.0,ff.net.2,proj_out",
+        "--mixed_precision", "no",
+        "--seed", "0",
+        "--gradient_checkpointing",
+        *extra,
+    ]  # fmt: skip
+
+
+def test_dataset_reads_videos_pairs_and_controls(script, video_dir):
+    dataset = script.VideoFolderDataset(str(video_dir), num_frames=8, height=32, width=48)
+    assert len(dataset) == 3
+    sample = dataset[1]
+    assert sample["video"].shape == (3, 8, 32, 48)
+    assert -1.0 <= sample["video"].min() and sample["video"].max() <= 1.0
+    assert (sample["motion"], sample["camera_direction"]) == (2, "left")
+    pair = dataset[2]
+    expected = np.asarray(PIL.Image.open(video_dir / "clip_2.png").convert("RGB"))
+    np.testing.assert_array_equal(np.asarray(pair["start_image"]), expected)
+    with pytest.raises(SystemExit):
+        script.parse_args(_args(video_dir, "out", "--num_frames", "7"))
+
+
+def test_train_resume_and_load(script, video_dir, tmp_path):
+    output_dir = tmp_path / "run"
+    out = script.main(_args(video_dir, output_dir, "--max_train_steps", "2", "--checkpointing_steps", "1",
+                            "--checkpoints_total_limit", "2", "--validation_steps", "2",
+                            "--validation_num_inference_steps", "1"))  # fmt: skip
+    assert out == str(output_dir)
+    assert sorted(d for d in os.listdir(output_dir) if d.startswith("checkpoint-")) == ["checkpoint-1", "checkpoint-2"]
+    assert os.path.isfile(output_dir / "checkpoint-2" / "pytorch_lora_weights.safetensors")
+    assert os.path.isfile(output_dir / "validation" / "step-2.mp4")
+    lora_file = output_dir / "pytorch_lora_weights.safetensors"
+    with safe_open(lora_file, "pt") as f:
+        keys = list(f.keys())
+        b_norm = sum(f.get_tensor(k).abs().sum().item() for k in keys if "lora_B" in k)
+        metadata = json.loads(f.metadata()["lora_adapter_metadata"])
+    assert metadata["transformer.lora_alpha"] == 8 and metadata["transformer.r"] == 4
+    assert keys and all(k.startswith("transformer.") and ("lora_A" in k or "lora_B" in k) for k in keys)
+    assert any(".ff.net.2." in k for k in keys) and any(k.startswith("transformer.proj_out.") for k in keys)
+    assert b_norm > 0  # lora_B starts at zero: two steps moved it
+
+    # Resuming restores the checkpoint's LoRA: with nothing left to train, the saved LoRA is checkpoint-2's.
+    script.main(_args(video_dir, output_dir, "--max_train_steps", "2", "--resume_from_checkpoint", "latest"))
+    resumed = load_file(lora_file)
+    checkpoint = load_file(output_dir / "checkpoint-2" / "pytorch_lora_weights.safetensors")
+    assert resumed.keys() == checkpoint.keys()
+    assert all(torch.equal(resumed[k], checkpoint[k]) for k in resumed)
+
+    # Resume from the latest checkpoint and train one more step.
+    script.main(_args(video_dir, output_dir, "--max_train_steps", "3", "--checkpointing_steps", "1",
+                      "--checkpoints_total_limit", "2", "--resume_from_checkpoint", "latest"))  # fmt: skip
+    assert sorted(d for d in os.listdir(output_dir) if d.startswith("checkpoint-")) == ["checkpoint-2", "checkpoint-3"]
+
+    # The result loads into the pipeline and changes the generated video.
+    pipe = RuyiImageToVideoPipeline.from_pretrained(TINY, dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    image = PIL.Image.fromarray((np.random.RandomState(1).rand(32, 48, 3) * 255).astype("uint8"))
+
+    def generate():
+        return pipe(
+            image=image,
+            num_frames=8,
+            height=32,
+            width=48,
+            num_inference_steps=2,
+            generator=torch.Generator().manual_seed(0),
+            output_type="latent",  # decoding is covered by the validation video above and the pipeline tests
+        ).frames
+
+    base = generate()
+    pipe.load_lora_weights(output_dir, adapter_name="trained")
+    assert pipe.transformer.peft_config["trained"].lora_alpha == 8
+    with_lora = generate()
+    assert with_lora.shape == base.shape == (1, 16, 2, 4, 6)
+    assert not torch.allclose(with_lora, base, atol=1e-6)

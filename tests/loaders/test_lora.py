@@ -1,0 +1,471 @@
+"""LoRA loading, saving, fusing and adapters for RuyiImageToVideoPipeline (diffusers/PEFT and original Ruyi files)."""
+
+import os
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from peft import LoraConfig
+from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils import get_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+
+from diffusers_ruyi.loaders.lora import RuyiLoraLoaderMixin
+from diffusers_ruyi.loaders.original_checkpoint import convert_original_lora_state_dict, original_lora_module_map
+from diffusers_ruyi.pipelines.pipeline_ruyi_i2v import RuyiImageToVideoPipeline
+
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FIXTURES = os.path.join(HERE, "..", "fixtures")
+TINY = os.path.join(FIXTURES, "golden", "Ruyi-tiny-random")
+ORIGINAL_LORA = os.path.join(FIXTURES, "lora", "ruyi_lora_original.safetensors")
+ORIGINAL_MERGED = os.path.join(FIXTURES, "lora", "ruyi_lora_merged_output.safetensors")
+
+_COND_KEYS = (
+    "encoder_hidden_states",
+    "text_embedding_mask",
+    "encoder_hidden_states_t5",
+    "text_embedding_mask_t5",
+    "image_meta_size",
+    "style",
+    "clip_encoder_hidden_states",
+    "clip_attention_mask",
+)
+
+
+@pytest.fixture(scope="module")
+def golden_inputs():
+    return load_file(os.path.join(FIXTURES, "golden", "transformer_forward.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def small_inputs(golden_inputs):
+    """One sample, two latent frames of the golden inputs: fast enough to run many times."""
+    inputs = {k: golden_inputs[k][1:] for k in _COND_KEYS}
+    inputs["hidden_states"] = golden_inputs["hidden_states"][1:, :, :2]
+    inputs["inpaint_latents"] = golden_inputs["inpaint_latents"][1:, :, :2]
+    inputs["timestep"] = golden_inputs["timestep"][1:]
+    return inputs
+
+
+def run(transformer, inputs, **kwargs):
+    kw = {k: inputs[k] for k in _COND_KEYS}
+    with torch.no_grad():
+        return transformer(
+            inputs["hidden_states"],
+            inputs["timestep"],
+            inpaint_latents=inputs["inpaint_latents"],
+            return_dict=False,
+            **kw,
+            **kwargs,
+        )[0]
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    pipe = RuyiImageToVideoPipeline.from_pretrained(TINY, dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture
+def clean_pipe(pipe):
+    """The shared pipeline, restored to its base weights (no adapters) after each test."""
+    base = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
+    yield pipe
+    pipe.unload_lora_weights()
+    pipe.transformer.load_state_dict(base)
+
+
+@pytest.fixture(scope="module")
+def base_small_output(pipe, small_inputs):
+    return run(pipe.transformer, small_inputs)
+
+
+def linear_paths(transformer):
+    return {name: m for name, m in transformer.named_modules() if isinstance(m, torch.nn.Linear)}
+
+
+def make_original_lora(transformer, paths, seed=0, rank=4, with_alpha=True):
+    """An original-format (kohya-style) LoRA for `paths`, and the expected delta per module path."""
+    gen = torch.Generator().manual_seed(seed)
+    modules = linear_paths(transformer)
+    lora, deltas = {}, {}
+    for i, path in enumerate(paths):
+        module = modules[path]
+        r = rank + (i % 2)  # mixed ranks
+        name = "lora_unet__" + path.replace(".", "_")
+        down = torch.randn(r, module.in_features, generator=gen) * 0.1
+        up = torch.randn(module.out_features, r, generator=gen) * 0.1
+        lora[f"{name}.lora_down.weight"] = down
+        lora[f"{name}.lora_up.weight"] = up
+        if with_alpha and i % 3 != 2:  # some modules without alpha: factor 1
+            alpha = float(1 + i % 5)
+            lora[f"{name}.alpha"] = torch.tensor(alpha)
+            scale = alpha / r
+        else:
+            scale = 1.0
+        deltas[path] = scale * up @ down
+    return lora, deltas
+
+
+# A mix of attention, feed-forward, norm, conditioning and final layers.
+ORIGINAL_PATHS = [
+    "blocks.0.attn1.to_q",
+    "blocks.1.attn2.to_out.0",
+    "blocks.2.attn_clip.to_v",
+    "blocks.0.ff.net.0.proj",
+    "blocks.3.ff.net.2",
+    "blocks.1.norm1.linear",
+    "blocks.3.skip_linear",
+    "blocks.2.gate_clip.proj",
+    "time_extra_emb.pooler.q_proj",
+    "time_extra_emb.extra_embedder.linear_1",
+    "text_embedder.linear_2",
+    "norm_out.linear",
+    "proj_out",
+]
+
+
+def add_random_adapter(
+    transformer, name, seed, rank=4, alpha=8, targets=("to_q", "to_k", "to_v", "to_out.0", "proj_out")
+):
+    transformer.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets)), adapter_name=name)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for pname, param in transformer.named_parameters():
+            if f"lora_B.{name}." in pname or f"lora_A.{name}." in pname:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.05)
+
+
+def save_adapter(transformer, name, directory):
+    RuyiImageToVideoPipeline.save_lora_weights(
+        directory,
+        transformer_lora_layers=get_peft_model_state_dict(transformer, adapter_name=name),
+        transformer_lora_adapter_metadata=transformer.peft_config[name].to_dict(),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Original-format LoRA files
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_original_lora_file_matches_original_merge(clean_pipe, golden_inputs):
+    """A LoRA written by the original LoRANetwork reproduces the original merge_lora outputs (multipliers 1, 0.5)."""
+    pipe = clean_pipe
+    merged = load_file(ORIGINAL_MERGED)
+    pipe.load_lora_weights(ORIGINAL_LORA, adapter_name="orig")
+    assert pipe.get_list_adapters() == {"transformer": ["orig"]}
+    # Every entry of the file (77 modules, all over the transformer) became a LoRA layer.
+    n_modules = len({k.split(".")[0] for k in load_file(ORIGINAL_LORA)})
+    assert sum(isinstance(m, BaseTunerLayer) for m in pipe.transformer.modules()) == n_modules
+
+    out = run(pipe.transformer, golden_inputs)
+    assert (out - merged["merged_output_1.0"]).abs().max() < 1e-4
+    pipe.set_adapters("orig", 0.5)
+    out_half = run(pipe.transformer, golden_inputs)
+    assert (out_half - merged["merged_output_0.5"]).abs().max() < 1e-4
+
+
+def test_original_lora_fuse_equals_merge_rule(clean_pipe, small_inputs, base_small_output):
+    pipe = clean_pipe
+    transformer = pipe.transformer
+    base = {k: v.clone() for k, v in transformer.state_dict().items()}
+    lora, deltas = make_original_lora(transformer, ORIGINAL_PATHS, seed=1)
+    pipe.load_lora_weights(lora, adapter_name="synthetic")
+    unfused = run(transformer, small_inputs)
+    assert (unfused - base_small_output).abs().max() > 1e-3
+
+    pipe.fuse_lora()
+    fused_state = transformer.state_dict()
+    for path, delta in deltas.items():
+        fused = fused_state[f"{path}.base_layer.weight"]
+        torch.testing.assert_close(fused, base[f"{path}.weight"] + delta, atol=1e-6, rtol=0)
+    fused_out = run(transformer, small_inputs)
+    torch.testing.assert_close(fused_out, unfused, atol=1e-5, rtol=0)
+
+    pipe.unfuse_lora()
+    for path in deltas:
+        torch.testing.assert_close(
+            transformer.state_dict()[f"{path}.base_layer.weight"], base[f"{path}.weight"], atol=1e-6, rtol=0
+        )
+
+
+def test_original_lora_multiplier_via_set_adapters(clean_pipe, small_inputs):
+    """`set_adapters(name, 0.5)` equals the original merge with multiplier 0.5 (W + 0.5 * alpha/rank * up @ down)."""
+    pipe = clean_pipe
+    transformer = pipe.transformer
+    base = {k: v.clone() for k, v in transformer.state_dict().items()}
+    lora, deltas = make_original_lora(transformer, ORIGINAL_PATHS, seed=2)
+    pipe.load_lora_weights(lora, adapter_name="times_half")
+    pipe.set_adapters("times_half", 0.5)
+    adapter_out = run(transformer, small_inputs)
+
+    pipe.unload_lora_weights()
+    merged = {k: v.clone() for k, v in base.items()}
+    for path, delta in deltas.items():
+        merged[f"{path}.weight"] += 0.5 * delta
+    transformer.load_state_dict(merged)
+    torch.testing.assert_close(adapter_out, run(transformer, small_inputs), atol=1e-5, rtol=0)
+
+
+def test_original_lora_conversion_keys(pipe):
+    lora, deltas = make_original_lora(pipe.transformer, ["blocks.0.attn1.to_q", "proj_out"], seed=3)
+    converted = convert_original_lora_state_dict(lora, pipe.transformer)
+    assert sorted(converted) == sorted(f"transformer.{p}.lora_{ab}.weight" for p in deltas for ab in ("A", "B"))
+    for path, delta in deltas.items():
+        product = converted[f"transformer.{path}.lora_B.weight"] @ converted[f"transformer.{path}.lora_A.weight"]
+        torch.testing.assert_close(product, delta, atol=1e-6, rtol=0)
+    # Every Linear of the model has a name; names are unique.
+    mapping = original_lora_module_map(pipe.transformer)
+    assert mapping["lora_unet__blocks_0_attn1_to_q"] == "blocks.0.attn1.to_q"
+    assert mapping["lora_unet__time_extra_emb_pooler_q_proj"] == "time_extra_emb.pooler.q_proj"
+    assert set(mapping.values()) >= set(ORIGINAL_PATHS)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# diffusers/PEFT format: save, load, fuse, adapters, scale
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_save_load_round_trip(clean_pipe, small_inputs, base_small_output, tmp_path):
+    pipe = clean_pipe
+    transformer = pipe.transformer
+    add_random_adapter(transformer, "trained", seed=0, rank=4, alpha=8)
+    expected = run(transformer, small_inputs)
+    assert (expected - base_small_output).abs().max() > 1e-3
+    save_adapter(transformer, "trained", tmp_path)
+    assert os.listdir(tmp_path) == ["pytorch_lora_weights.safetensors"]
+
+    state_dict, metadata = RuyiImageToVideoPipeline.lora_state_dict(tmp_path, return_lora_metadata=True)
+    assert all(k.startswith("transformer.") for k in state_dict)
+    assert metadata["transformer.lora_alpha"] == 8 and metadata["transformer.r"] == 4
+
+    pipe.unload_lora_weights()
+    torch.testing.assert_close(run(transformer, small_inputs), base_small_output, atol=0, rtol=0)
+    pipe.load_lora_weights(tmp_path, adapter_name="reloaded")
+    assert transformer.peft_config["reloaded"].lora_alpha == 8  # alpha restored from the metadata
+    torch.testing.assert_close(run(transformer, small_inputs), expected, atol=0, rtol=0)
+
+
+def test_fuse_unfuse_restores_weights(clean_pipe, small_inputs):
+    pipe = clean_pipe
+    transformer = pipe.transformer
+    add_random_adapter(transformer, "a", seed=1)
+    before = {k: v.clone() for k, v in transformer.state_dict().items()}
+    unfused = run(transformer, small_inputs)
+    pipe.fuse_lora()
+    assert pipe.num_fused_loras == 1
+    assert not torch.equal(
+        transformer.state_dict()["blocks.0.attn1.to_q.base_layer.weight"],
+        before["blocks.0.attn1.to_q.base_layer.weight"],
+    )
+    torch.testing.assert_close(run(transformer, small_inputs), unfused, atol=1e-5, rtol=0)
+    pipe.unfuse_lora()
+    after = transformer.state_dict()
+    for key, value in before.items():
+        torch.testing.assert_close(after[key], value, atol=1e-6, rtol=0)
+
+
+def test_scale_zero_and_unload_restore_base(clean_pipe, small_inputs, base_small_output):
+    pipe = clean_pipe
+    transformer = pipe.transformer
+    pipe.load_lora_weights(make_original_lora(transformer, ORIGINAL_PATHS, seed=4)[0], adapter_name="x")
+    full = run(transformer, small_inputs)
+    assert (full - base_small_output).abs().max() > 1e-3
+    torch.testing.assert_close(run(transformer, small_inputs, attention_kwargs={"scale": 0.0}), base_small_output)
+    # The per-call scale is undone after the call.
+    torch.testing.assert_close(run(transformer, small_inputs), full, atol=0, rtol=0)
+    pipe.disable_lora()
+    torch.testing.assert_close(run(transformer, small_inputs), base_small_output, atol=0, rtol=0)
+    pipe.enable_lora()
+    pipe.unload_lora_weights()
+    assert not any(isinstance(m, BaseTunerLayer) for m in transformer.modules())
+    torch.testing.assert_close(run(transformer, small_inputs), base_small_output, atol=0, rtol=0)
+
+
+def test_two_adapters_with_weights(clean_pipe, small_inputs):
+    pipe = clean_pipe
+    transformer = pipe.transformer
+    base = {k: v.clone() for k, v in transformer.state_dict().items()}
+    lora_a, deltas_a = make_original_lora(transformer, ORIGINAL_PATHS[:7], seed=5)
+    lora_b, deltas_b = make_original_lora(transformer, ORIGINAL_PATHS[4:], seed=6)
+    pipe.load_lora_weights(lora_a, adapter_name="a")
+    pipe.load_lora_weights(lora_b, adapter_name="b")
+    assert pipe.get_list_adapters() == {"transformer": ["a", "b"]}
+    pipe.set_adapters(["a", "b"], adapter_weights=[0.7, -0.4])
+    assert sorted(pipe.get_active_adapters()) == ["a", "b"]
+    combined = run(transformer, small_inputs)
+    pipe.set_adapters("a")
+    only_a = run(transformer, small_inputs)
+
+    pipe.unload_lora_weights()
+    expected = {k: v.clone() for k, v in base.items()}
+    for weight, deltas in ((0.7, deltas_a), (-0.4, deltas_b)):
+        for path, delta in deltas.items():
+            expected[f"{path}.weight"] += weight * delta
+    transformer.load_state_dict(expected)
+    torch.testing.assert_close(combined, run(transformer, small_inputs), atol=1e-5, rtol=0)
+
+    expected = {k: v.clone() for k, v in base.items()}
+    for path, delta in deltas_a.items():
+        expected[f"{path}.weight"] += delta
+    transformer.load_state_dict(expected)
+    torch.testing.assert_close(only_a, run(transformer, small_inputs), atol=1e-5, rtol=0)
+
+
+def test_delete_adapter_and_hotswap(clean_pipe, small_inputs, tmp_path):
+    pipe = clean_pipe
+    transformer = pipe.transformer
+    paths = ORIGINAL_PATHS[:5]
+    lora_a, _ = make_original_lora(transformer, paths, seed=7)
+    lora_b, _ = make_original_lora(transformer, paths, seed=8)
+    pipe.load_lora_weights(lora_b, adapter_name="b")
+    expected_b = run(transformer, small_inputs)
+    pipe.delete_adapters("b")
+    assert pipe.get_list_adapters() == {}
+
+    pipe.load_lora_weights(lora_a, adapter_name="slot")
+    pipe.load_lora_weights(lora_b, adapter_name="slot", hotswap=True)
+    torch.testing.assert_close(run(transformer, small_inputs), expected_b, atol=1e-6, rtol=0)
+
+
+def test_unprefixed_peft_state_dict_loads(clean_pipe, small_inputs):
+    pipe = clean_pipe
+    transformer = pipe.transformer
+    add_random_adapter(transformer, "raw", seed=3, alpha=4)
+    expected = run(transformer, small_inputs)
+    raw = get_peft_model_state_dict(transformer, adapter_name="raw")
+    assert not any(k.startswith("transformer.") for k in raw)
+    pipe.unload_lora_weights()
+    pipe.load_lora_weights(raw, adapter_name="again")  # no metadata: alpha defaults to the rank (4 here)
+    torch.testing.assert_close(run(transformer, small_inputs), expected, atol=0, rtol=0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Bad files: clear errors, nothing loaded
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _assert_nothing_loaded(pipe):
+    assert not any(isinstance(m, BaseTunerLayer) for m in pipe.transformer.modules())
+
+
+def test_error_unknown_original_module(clean_pipe):
+    lora, _ = make_original_lora(clean_pipe.transformer, ["proj_out"], seed=9)
+    lora["lora_unet__blocks_0_attn9_to_q.lora_down.weight"] = torch.zeros(4, 32)
+    lora["lora_unet__blocks_0_attn9_to_q.lora_up.weight"] = torch.zeros(32, 4)
+    with pytest.raises(ValueError, match="lora_unet__blocks_0_attn9_to_q"):
+        clean_pipe.load_lora_weights(lora)
+    _assert_nothing_loaded(clean_pipe)
+
+
+def test_error_missing_lora_up(clean_pipe):
+    lora, _ = make_original_lora(clean_pipe.transformer, ["proj_out", "blocks.0.attn1.to_k"], seed=10)
+    del lora["lora_unet__blocks_0_attn1_to_k.lora_up.weight"]
+    with pytest.raises(ValueError, match=r"lora_unet__blocks_0_attn1_to_k \(missing lora_up.weight\)"):
+        clean_pipe.load_lora_weights(lora)
+    _assert_nothing_loaded(clean_pipe)
+
+
+def test_error_stray_and_text_encoder_keys(clean_pipe):
+    lora, _ = make_original_lora(clean_pipe.transformer, ["proj_out"], seed=11)
+    bad = dict(lora)
+    bad["lora_te_encoder_layer_0_q.lora_down.weight"] = torch.zeros(4, 8)
+    with pytest.raises(ValueError, match="text-encoder"):
+        clean_pipe.load_lora_weights(bad)
+    bad = dict(lora)
+    bad["lora_unet__proj_out.bogus_element"] = torch.zeros(1)
+    with pytest.raises(ValueError, match="bogus_element"):
+        clean_pipe.load_lora_weights(bad)
+    bad = dict(lora)
+    bad["lora_unet__proj_out.lora_down.weight"] = torch.zeros(4, 31)
+    with pytest.raises(ValueError, match="wrong shape"):
+        clean_pipe.load_lora_weights(bad)
+    _assert_nothing_loaded(clean_pipe)
+
+
+def test_error_bad_peft_keys(clean_pipe):
+    good = {
+        "transformer.proj_out.lora_A.weight": torch.zeros(4, 32),
+        "transformer.proj_out.lora_B.weight": torch.zeros(128, 4),
+    }
+    for extra, message in (
+        ({"transformer.blocks.0.attn7.to_q.lora_A.weight": torch.zeros(4, 32)}, "attn7"),
+        ({"text_encoder.layer.lora_A.weight": torch.zeros(4, 32)}, "other than `transformer`"),
+        ({"transformer.blocks.0.attn1.to_q.lora_A.weight": torch.zeros(4, 32)}, "without both lora_A and lora_B"),
+        ({"transformer.proj_out.something": torch.zeros(1)}, "proj_out.something"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            clean_pipe.load_lora_weights({**good, **extra})
+    _assert_nothing_loaded(clean_pipe)
+
+
+def test_error_pickle_and_corrupted_files(clean_pipe, tmp_path):
+    lora, _ = make_original_lora(clean_pipe.transformer, ["proj_out"], seed=12)
+    bin_path = tmp_path / "lora.bin"
+    torch.save(lora, bin_path)
+    with pytest.raises(ValueError, match="pickle"):
+        clean_pipe.load_lora_weights(str(bin_path))
+    only_bin = tmp_path / "only_bin"
+    only_bin.mkdir()
+    torch.save(lora, only_bin / "pytorch_lora_weights.bin")
+    with pytest.raises(ValueError, match="only pickle checkpoints"):
+        clean_pipe.load_lora_weights(str(only_bin))
+    with pytest.raises(ValueError, match="safetensors"):
+        clean_pipe.load_lora_weights(str(tmp_path), weight_name="lora.bin")
+
+    good = tmp_path / "good.safetensors"
+    save_file(lora, good)
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(ValueError, match="truncated"):
+        clean_pipe.load_lora_weights(str(truncated))
+    disguised = tmp_path / "pickle.safetensors"
+    torch.save(lora, disguised)
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        clean_pipe.load_lora_weights(str(disguised))
+    with pytest.raises(ValueError, match="safetensors"):
+        RuyiLoraLoaderMixin.save_lora_weights(tmp_path, transformer_lora_layers=lora, safe_serialization=False)
+    _assert_nothing_loaded(clean_pipe)
+
+    # The good file loads.
+    clean_pipe.load_lora_weights(str(good))
+    assert clean_pipe.get_list_adapters() == {"transformer": ["default_0"]}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Through the pipeline
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _generate(pipe, **kwargs):
+    # Latents: the LoRA only touches the transformer, and decoding is covered by the pipeline tests.
+    image = PIL.Image.fromarray((np.random.RandomState(0).rand(32, 48, 3) * 255).astype("uint8"))
+    return pipe(
+        image=image,
+        num_frames=8,
+        height=32,
+        width=48,
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+        output_type="latent",
+        **kwargs,
+    ).frames
+
+
+def test_pipeline_round_trip_and_scale(clean_pipe, tmp_path):
+    pipe = clean_pipe
+    base = _generate(pipe)
+    add_random_adapter(pipe.transformer, "trained", seed=4, alpha=8)
+    with_lora = _generate(pipe)
+    assert with_lora.shape == base.shape == (1, 16, 2, 4, 6)
+    assert (with_lora - base).abs().max() > 1e-4
+    torch.testing.assert_close(_generate(pipe, attention_kwargs={"scale": 0.0}), base, atol=1e-6, rtol=0)
+
+    save_adapter(pipe.transformer, "trained", tmp_path)
+    pipe.unload_lora_weights()
+    pipe.load_lora_weights(tmp_path / "pytorch_lora_weights.safetensors", adapter_name="reloaded")
+    torch.testing.assert_close(_generate(pipe), with_lora, atol=0, rtol=0)
