@@ -19,10 +19,13 @@ original checkpoint, so converting the original weights is (almost) the identity
 ``diffusers_ruyi.loaders.original_checkpoint``.
 """
 
+import contextlib
 import functools
+import inspect
 import math
 import os
-from typing import Any, Dict, Optional, Tuple, Union
+import weakref
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -47,10 +50,42 @@ from diffusers.utils.peft_utils import apply_lora_scale
 from diffusers.utils.torch_utils import maybe_allow_in_graph
 from torch import nn
 
+from ..hooks.enhance_a_video import (
+    RuyiEnhanceAVideoConfig,
+    apply_ruyi_enhance_a_video,
+    is_ruyi_enhance_a_video_enabled,
+    remove_ruyi_enhance_a_video,
+)
+from ..hooks.teacache import RuyiTeaCacheConfig, apply_ruyi_teacache, remove_ruyi_teacache
 from ..loaders.original_checkpoint import is_original_transformer_config, load_original_transformer
 
 
 logger = logging.get_logger(__name__)  # pylint: disable=invalid-name
+
+# diffusers >= 0.42 lets `cache_context` carry the step index and step count; older versions take only a name.
+_CACHE_CONTEXT_TAKES_KWARGS = "kwargs" in inspect.signature(CacheMixin.cache_context).parameters
+
+try:  # Context parallelism (diffusers >= 0.36); private module, so a missing one only disables the plan.
+    from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+
+    _RUYI_CP_PLAN = {
+        # The video tokens are split once, before the first block, along the (frame-major) sequence ...
+        "blocks.0": {
+            "hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, split_output=False),
+        },
+        # ... and every block gets the matching rows of the per-token RoPE table and the per-frame encoding, so
+        # each rank must hold whole frames: the context-parallel degree has to divide the number of latent frames.
+        "blocks.*": {
+            "image_rotary_emb": (
+                ContextParallelInput(split_dim=0, expected_dims=2, split_output=False),
+                ContextParallelInput(split_dim=0, expected_dims=2, split_output=False),
+            ),
+            "temporal_embedding": ContextParallelInput(split_dim=0, expected_dims=2, split_output=False),
+        },
+        "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
+    }
+except ImportError:  # pragma: no cover - depends on the diffusers version
+    _RUYI_CP_PLAN = None
 
 # The original pipeline builds the RoPE grid relative to a 512x512 image with an 8x VAE, whatever the model size.
 _ROPE_BASE_IMAGE_SIZE = 512
@@ -502,6 +537,44 @@ class RuyiPatchEmbed(nn.Module):
         return hidden_states.reshape(batch_size, -1, hidden_states.shape[-1])
 
 
+class _LongSkipStack:
+    """Last-in-first-out store of the long-skip activations, optionally parked on another device.
+
+    With `group_size > 0` the activations are moved to `offload_device` in groups of `group_size` as they are pushed,
+    and a whole group comes back when the device-side list runs empty (the original's `gpu_offload_steps` /
+    `hidden_cache_size`; 1 moves each activation on its own). A tensor pushed again unchanged (blocks skipped by a
+    cache pass their input through) reuses the copy already made instead of transferring it again.
+    """
+
+    def __init__(self, group_size: int = 0, offload_device: Optional[torch.device] = None):
+        self.group_size = group_size if offload_device is not None else 0
+        self.offload_device = offload_device
+        self._on_device: List[torch.Tensor] = []
+        self._offloaded: List[List[torch.Tensor]] = []
+        self._last_offload: Optional[Tuple[weakref.ref, torch.Tensor]] = None
+        self._last_onload: Optional[Tuple[weakref.ref, torch.Tensor]] = None
+
+    def push(self, tensor: torch.Tensor) -> None:
+        self._on_device.append(tensor)
+        if self.group_size > 0 and len(self._on_device) >= self.group_size:
+            self._offloaded.append([self._move(t, self.offload_device, "_last_offload") for t in self._on_device])
+            self._on_device = []
+
+    def pop(self, device: torch.device) -> torch.Tensor:
+        if not self._on_device and self._offloaded:
+            self._on_device = [self._move(t, device, "_last_onload") for t in self._offloaded.pop()]
+        return self._on_device.pop()
+
+    def _move(self, tensor: torch.Tensor, device: torch.device, memo: str) -> torch.Tensor:
+        last = getattr(self, memo)
+        if last is not None and last[0]() is tensor:
+            return last[1]
+        moved = tensor.to(device)
+        # The source is held weakly so that the memo never keeps an activation alive on the device.
+        setattr(self, memo, (weakref.ref(tensor), moved))
+        return moved
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Model
 # ----------------------------------------------------------------------------------------------------------------
@@ -544,6 +617,7 @@ class RuyiTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMix
     _supports_gradient_checkpointing = True
     _no_split_modules = ["RuyiTransformerBlock"]
     _repeated_blocks = ["RuyiTransformerBlock"]
+    _cp_plan = _RUYI_CP_PLAN
     # Small, precision-sensitive or hook-unfriendly modules stay in the model dtype under layerwise casting; the
     # default patterns already cover `pos_embed`, every `norm*` and `proj_out`.
     _skip_layerwise_casting_patterns = ["pos_embed", "time_extra_emb", "text_embedder", "clip_projection", "norm"]
@@ -630,6 +704,8 @@ class RuyiTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMix
 
         self.gradient_checkpointing = False
         self._rotary_cache: Dict[Tuple[int, int, str], Tuple[torch.Tensor, torch.Tensor]] = {}
+        self._skip_offload_group_size = 0
+        self._skip_offload_device: Optional[torch.device] = None
 
     # ------------------------------------------------------------------------------------------------------------
     # Loading
@@ -721,6 +797,112 @@ class RuyiTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMix
             self._rotary_cache.pop(next(iter(self._rotary_cache)))
         self._rotary_cache[key] = rope
         return rope
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Speed and memory
+    # ------------------------------------------------------------------------------------------------------------
+
+    def enable_cache(self, config) -> None:
+        r"""
+        Enables a caching technique: Ruyi's TeaCache or any diffusers cache.
+
+        Args:
+            config ([`~diffusers_ruyi.hooks.RuyiTeaCacheConfig`] or a diffusers cache config):
+                `RuyiTeaCacheConfig` applies the original Ruyi TeaCache; `FirstBlockCacheConfig`,
+                `PyramidAttentionBroadcastConfig`, `MagCacheConfig`, `TaylorSeerCacheConfig`, ... go to
+                [`~diffusers.models.cache_utils.CacheMixin.enable_cache`].
+
+        Example:
+
+        ```py
+        >>> from diffusers_ruyi.hooks import RuyiTeaCacheConfig
+
+        >>> pipe.transformer.enable_cache(RuyiTeaCacheConfig(threshold=0.10, skip_start_steps=3, skip_end_steps=1))
+        ```
+        """
+        if not isinstance(config, RuyiTeaCacheConfig):
+            super().enable_cache(config)
+            return
+        if self.is_cache_enabled:
+            raise ValueError(
+                f"Caching has already been enabled with {type(self._cache_config)}. To apply a new caching technique, "
+                "please disable the existing one first."
+            )
+        apply_ruyi_teacache(self, config)
+        self._cache_config = config
+
+    def disable_cache(self) -> None:
+        """Removes the cache enabled with [`enable_cache`] (TeaCache or a diffusers cache)."""
+        if isinstance(self._cache_config, RuyiTeaCacheConfig):
+            remove_ruyi_teacache(self)
+            self._cache_config = None
+            return
+        super().disable_cache()
+
+    @contextlib.contextmanager
+    def cache_context(self, name: str, **kwargs):
+        r"""Like [`~diffusers.models.cache_utils.CacheMixin.cache_context`], on every diffusers version.
+
+        Step information (`step_index`, `num_inference_steps`, `timestep`, `sigma`) reaches the cache hooks on
+        diffusers >= 0.42 and is dropped on older versions, whose `cache_context` takes only a name; the Ruyi hooks then
+        count the calls themselves.
+        """
+        if not _CACHE_CONTEXT_TAKES_KWARGS:
+            kwargs = {}
+        with super().cache_context(name, **kwargs):
+            yield
+
+    def enable_enhance_a_video(self, config: Optional[RuyiEnhanceAVideoConfig] = None, **kwargs) -> None:
+        r"""
+        Enables Enhance-A-Video (the original Ruyi implementation's formula) on every self-attention.
+
+        Args:
+            config ([`~diffusers_ruyi.hooks.RuyiEnhanceAVideoConfig`], *optional*):
+                The settings; built from `kwargs` (`weight`, `skip_start_steps`, `skip_end_steps`,
+                `num_inference_steps`) when not given.
+
+        Example:
+
+        ```py
+        >>> pipe.transformer.enable_enhance_a_video(weight=1.0)
+        >>> video = pipe(image).frames[0]
+        >>> pipe.transformer.disable_enhance_a_video()
+        ```
+        """
+        if config is None:
+            config = RuyiEnhanceAVideoConfig(**kwargs)
+        elif kwargs:
+            raise ValueError("Pass either `config` or keyword arguments, not both.")
+        if is_ruyi_enhance_a_video_enabled(self):
+            raise ValueError("Enhance-A-Video is already enabled; call `disable_enhance_a_video()` first.")
+        apply_ruyi_enhance_a_video(self, config)
+
+    def disable_enhance_a_video(self) -> None:
+        """Removes Enhance-A-Video."""
+        remove_ruyi_enhance_a_video(self)
+
+    def enable_skip_offload(self, group_size: int = 1, offload_device: Union[str, torch.device] = "cpu") -> None:
+        r"""
+        Keeps the long-skip activations on `offload_device` while they wait for their block (the original's
+        `gpu_offload_steps`). Outputs are unchanged; device memory drops by up to `num_layers / 2 - 1` activations at
+        the cost of transfers.
+
+        Args:
+            group_size (`int`, defaults to 1):
+                Activations are moved in groups of this size as they are produced, and a group is brought back when the
+                blocks need it. 1 keeps at most one activation on the device; larger groups make fewer, bigger
+                transfers and keep up to `group_size` on the device. The original offered 10, 7, 5 and 1.
+            offload_device (`str` or `torch.device`, defaults to `"cpu"`): Where the activations wait.
+        """
+        if group_size < 1:
+            raise ValueError(f"`group_size` must be >= 1, got {group_size}; use `disable_skip_offload()` to turn off.")
+        self._skip_offload_group_size = group_size
+        self._skip_offload_device = torch.device(offload_device)
+
+    def disable_skip_offload(self) -> None:
+        """Keeps the long-skip activations on the compute device again (the default)."""
+        self._skip_offload_group_size = 0
+        self._skip_offload_device = None
 
     # ------------------------------------------------------------------------------------------------------------
     # Forward
@@ -909,9 +1091,11 @@ class RuyiTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMix
 
         # Long skips: blocks 0 .. L/2-2 push their outputs, blocks L/2+1 .. L-1 pop them (last in, first out).
         half = self.config.num_layers // 2
-        skips = []
+        skips = _LongSkipStack(
+            getattr(self, "_skip_offload_group_size", 0), getattr(self, "_skip_offload_device", None)
+        )
         for index, block in enumerate(self.blocks):
-            skip = skips.pop() if index > half else None
+            skip = skips.pop(hidden_states.device) if index > half else None
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 # diffusers' checkpoint function forwards positional arguments only; bind `skip` by keyword.
                 hidden_states = self._gradient_checkpointing_func(
@@ -934,7 +1118,7 @@ class RuyiTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMix
                     skip=skip,
                 )
             if index < half - 1:
-                skips.append(hidden_states)
+                skips.push(hidden_states)
 
         hidden_states = self.norm_out(hidden_states, temb.float())
         hidden_states = self.proj_out(hidden_states)

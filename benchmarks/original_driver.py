@@ -1,0 +1,234 @@
+"""Runs the ORIGINAL Ruyi implementation for side-by-side benchmarks. Never imported by the package.
+
+It imports the original code from a checkout the user gives (``--reference``) and must run with that checkout's
+own interpreter (its venv: diffusers 0.31, see tests/fixtures/README.md). Nothing of the original is copied here.
+
+    <ref-venv>/bin/python benchmarks/original_driver.py --reference /path/to/Ruyi-Models make-checkpoint ...
+    <ref-venv>/bin/python benchmarks/original_driver.py --reference /path/to/Ruyi-Models run-pipeline ...
+
+Each command prints one JSON line: seconds, peak memory, and where outputs were written.
+"""
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import sys
+import time
+
+
+# The yaml extras Ruyi's predict script applies on top of config.json.
+TRANSFORMER_EXTRAS = {"basic_block_type": "basic", "after_norm": False, "time_position_encoding": True}
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _import_original(path: str):
+    sys.path.insert(0, os.path.abspath(path))
+    import ruyi.models.autoencoder_magvit as vae_mod  # noqa: F401
+    import ruyi.models.transformer3d as tr_mod  # noqa: F401
+    import ruyi.pipeline.pipeline_ruyi_inpaint as pipe_mod  # noqa: F401
+
+    return vae_mod, tr_mod, pipe_mod
+
+
+def make_checkpoint(args) -> dict:
+    """Writes a random checkpoint in the original layout: transformer and VAE from the given configs (built by the
+    original classes, so the layout is the original's own), other components copied from ``--template``."""
+    import torch
+
+    vae_mod, tr_mod, _ = _import_original(args.reference)
+    with open(args.transformer_config) as f:
+        tconfig = json.load(f)
+    with open(args.vae_config) as f:
+        vconfig = json.load(f)
+    os.makedirs(args.out, exist_ok=True)
+    torch.manual_seed(args.seed)
+    transformer = tr_mod.HunyuanTransformer3DModel.from_config(tconfig, **TRANSFORMER_EXTRAS)
+    with torch.no_grad():
+        for p in transformer.parameters():  # zero-initialised layers would make the benchmark trivial
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.02)
+    transformer.save_pretrained(os.path.join(args.out, "transformer"), safe_serialization=True)
+    # The hub config carries no yaml extras; remove the ones save_pretrained recorded.
+    cfg_path = os.path.join(args.out, "transformer", "config.json")
+    with open(cfg_path) as f:
+        saved = json.load(f)
+    for k in TRANSFORMER_EXTRAS:
+        saved.pop(k, None)
+    with open(cfg_path, "w") as f:
+        json.dump(saved, f, indent=2)
+    vae = vae_mod.AutoencoderKLMagvit.from_config(vconfig)
+    vae.save_pretrained(os.path.join(args.out, "vae"), safe_serialization=True)
+    for entry in ("image_encoder", "scheduler", "embeddings.safetensors"):
+        src = os.path.join(args.template, entry)
+        dst = os.path.join(args.out, entry)
+        if os.path.isdir(src):
+            shutil.copytree(src, dst, dirs_exist_ok=True)
+        else:
+            shutil.copy(src, dst)
+    return {"checkpoint": args.out}
+
+
+def run_pipeline(args) -> dict:
+    import numpy as np
+    import torch
+    from diffusers import DDIMScheduler
+    from PIL import Image
+    from safetensors.torch import load_file, save_file
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
+    vae_mod, tr_mod, pipe_mod = _import_original(args.reference)
+    dtype = getattr(torch, args.dtype)
+    device = torch.device(args.device)
+    path = args.checkpoint
+    vae = vae_mod.AutoencoderKLMagvit.from_pretrained(path, subfolder="vae").to(dtype)
+    transformer = tr_mod.HunyuanTransformer3DModel.from_pretrained_2d(
+        path, subfolder="transformer", transformer_additional_kwargs=TRANSFORMER_EXTRAS
+    ).to(dtype)
+    encoder = CLIPVisionModelWithProjection.from_pretrained(path, subfolder="image_encoder").to(dtype)
+    processor = CLIPImageProcessor.from_pretrained(path, subfolder="image_encoder")
+    scheduler = DDIMScheduler.from_pretrained(path, subfolder="scheduler")
+    pipe = pipe_mod.RuyiInpaintPipeline(
+        vae=vae,
+        transformer=transformer,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+        clip_image_encoder=encoder,
+        clip_image_processor=processor,
+    ).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    if args.offload_steps is not None:
+        pipe.transformer.hidden_cache_size = args.offload_steps
+    emb = load_file(os.path.join(path, "embeddings.safetensors"))
+    motion = "0" if args.motion == "auto" else args.motion
+    key = f"p.16x9movie{motion}{args.cam}"
+
+    def pick(field, prefix=key):
+        return emb.get(f"{prefix}.{field}", emb[f"p.default.{field}"]).to(device)
+
+    def neg(field):
+        return emb[f"n.default.{field}"].to(device)
+
+    from ruyi.utils.utils import get_image_to_video_latent
+
+    start = [Image.open(args.image).convert("RGB")]
+    end = [Image.open(args.end_image).convert("RGB")] if args.end_image else None
+    video, mask, clip_image = get_image_to_video_latent(
+        start, end, video_length=args.frames, sample_size=(args.h, args.w)
+    )
+    pipe.transformer.tea_cache.initialize(args.teacache, args.teacache_threshold, 3, 1, args.steps, False)
+    pipe.transformer.enhance_a_video.initialize(
+        args.enhance_a_video, args.enhance_weight, args.enhance_skip_start, args.enhance_skip_end, args.steps
+    )
+
+    denoise_times = []
+    if args.time_denoiser:
+        # Wall time of every transformer call (the denoising steps), synchronised on CUDA.
+        untimed_forward = pipe.transformer.forward
+
+        def timed_forward(*f_args, **f_kwargs):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            output = untimed_forward(*f_args, **f_kwargs)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            denoise_times.append(time.perf_counter() - start)
+            return output
+
+        pipe.transformer.forward = timed_forward
+
+    timings = []
+    for _ in range(args.repeats):
+        denoise_times.clear()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        with torch.no_grad(), torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32):
+            out = pipe(
+                prompt_embeds=pick("emb1"),
+                prompt_attention_mask=pick("mask1"),
+                prompt_embeds_2=pick("emb2"),
+                prompt_attention_mask_2=pick("mask2"),
+                negative_prompt_embeds=neg("emb1"),
+                negative_prompt_attention_mask=neg("mask1"),
+                negative_prompt_embeds_2=neg("emb2"),
+                negative_prompt_attention_mask_2=neg("mask2"),
+                video_length=args.frames,
+                height=args.h,
+                width=args.w,
+                generator=torch.Generator(device).manual_seed(args.seed),
+                guidance_scale=args.cfg,
+                num_inference_steps=args.steps,
+                video=video,
+                mask_video=mask,
+                clip_image=clip_image,
+            ).videos
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        timings.append(time.perf_counter() - t0)
+    result = {
+        "seconds": sorted(timings)[len(timings) // 2],
+        "peak_rss_mb": _peak_rss_mb(),
+        "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
+    }
+    if args.time_denoiser:
+        result["denoise_seconds_per_step"] = sum(denoise_times) / max(1, len(denoise_times))
+    if args.teacache:
+        # Counted over all repeats; the original never resets it.
+        result["teacache_skip_count"] = pipe.transformer.tea_cache.skip_count
+    if args.save:
+        video = torch.from_numpy(np.asarray(out)) if not isinstance(out, torch.Tensor) else out
+        save_file({"video": video.float().contiguous()}, args.save)
+        result["saved"] = args.save
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reference", required=True, help="Path to an IamCreateAI/Ruyi-Models checkout.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    mk = sub.add_parser("make-checkpoint")
+    mk.add_argument("--out", required=True)
+    mk.add_argument("--transformer-config", required=True)
+    mk.add_argument("--vae-config", required=True)
+    mk.add_argument("--template", required=True, help="Folder to copy image_encoder/, scheduler/, embeddings from.")
+    mk.add_argument("--seed", type=int, default=0)
+    run = sub.add_parser("run-pipeline")
+    run.add_argument("--checkpoint", required=True)
+    run.add_argument("--image", required=True)
+    run.add_argument("--end-image")
+    run.add_argument("--frames", type=int, default=16)
+    run.add_argument("--h", type=int, default=64)
+    run.add_argument("--w", type=int, default=64)
+    run.add_argument("--steps", type=int, default=3)
+    run.add_argument("--cfg", type=float, default=7.0)
+    run.add_argument("--motion", default="auto")
+    run.add_argument("--cam", default="auto")
+    run.add_argument("--seed", type=int, default=42)
+    run.add_argument("--dtype", default="float32")
+    run.add_argument("--device", default="cpu")
+    run.add_argument("--repeats", type=int, default=1)
+    run.add_argument("--teacache", action="store_true")
+    run.add_argument("--teacache-threshold", type=float, default=0.1)
+    run.add_argument("--offload-steps", type=int, default=None)
+    run.add_argument("--time-denoiser", action="store_true", help="Also report the mean transformer call time.")
+    run.add_argument("--enhance-a-video", action="store_true")
+    run.add_argument("--enhance-weight", type=float, default=1.0)
+    run.add_argument("--enhance-skip-start", type=int, default=0)
+    run.add_argument("--enhance-skip-end", type=int, default=0)
+    run.add_argument("--save")
+    args = parser.parse_args()
+    result = make_checkpoint(args) if args.command == "make-checkpoint" else run_pipeline(args)
+    print("RESULT " + json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+# Copyright 2025 The diffusers-ruyi authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Helpers shared by the Ruyi hooks: per-context state and the denoising-step bookkeeping."""
+
+import inspect
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import torch
+from diffusers.hooks.hooks import BaseState, StateManager
+
+
+_DEFAULT_CONTEXT = "default"
+
+
+class RuyiStateManager(StateManager):
+    """A diffusers `StateManager` that also works when the model is called outside `cache_context(...)`.
+
+    Inside `model.cache_context(name, ...)` the state is keyed by `name`, as for diffusers' own caches. Outside, a single
+    `"default"` state is used instead of raising, so a bare `transformer(...)` call works too.
+    """
+
+    def get_state(self):
+        try:
+            return super().get_state()
+        except ValueError:
+            if _DEFAULT_CONTEXT not in self._state_cache:
+                self._state_cache[_DEFAULT_CONTEXT] = self._state_cls(*self._init_args, **self._init_kwargs)
+            return self._state_cache[_DEFAULT_CONTEXT]
+
+    @property
+    def context_name(self) -> str:
+        """Name of the active cache context, or `"default"`."""
+        context = getattr(self, "_context", None)
+        if context is None:
+            context = getattr(self, "_current_context", None)  # diffusers < 0.42 stores only the name
+        if context is None:
+            return _DEFAULT_CONTEXT
+        return context if isinstance(context, str) else context.name
+
+    def step_info(self) -> Tuple[Optional[int], Optional[int]]:
+        """`(step_index, num_inference_steps)` from the active cache context; `None` where the pipeline gave none."""
+        context = getattr(self, "_context", None)
+        return getattr(context, "step_index", None), getattr(context, "num_inference_steps", None)
+
+
+class StepCounterState(BaseState):
+    """Counts denoiser calls of one cache context, so hooks know the step when the pipeline does not tell them."""
+
+    def __init__(self) -> None:
+        self.call_count = 0
+
+    def reset(self) -> None:
+        self.call_count = 0
+
+
+def resolve_step(
+    state: StepCounterState, state_manager: RuyiStateManager, num_inference_steps: Optional[int]
+) -> Tuple[int, Optional[int]]:
+    """The current step and the number of steps, then advances the call counter.
+
+    The pipeline's `cache_context(..., step_index=i, num_inference_steps=n)` wins; otherwise the step is the number of
+    calls made in this context so far (one call per step, as Ruyi batches the guidance branches), wrapping around
+    after `num_inference_steps` calls like the original implementation.
+    """
+    context_step, context_num_steps = state_manager.step_info()
+    num_steps = context_num_steps if context_num_steps is not None else num_inference_steps
+    step = context_step if context_step is not None else state.call_count
+    state.call_count = step + 1
+    if num_steps is not None and state.call_count >= num_steps:
+        state.call_count = 0
+    return step, num_steps
+
+
+class ArgumentReader:
+    """Reads named arguments of a module's `forward` from a call's `args`/`kwargs` (signature looked up once)."""
+
+    def __init__(self, forward: Callable) -> None:
+        parameters = list(inspect.signature(forward).parameters)
+        if parameters and parameters[0] == "self":
+            parameters = parameters[1:]
+        self._index = {name: index for index, name in enumerate(parameters)}
+
+    def get(self, name: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+        if name in kwargs:
+            return kwargs[name]
+        index = self._index[name]
+        return args[index] if index < len(args) else None
+
+
+def move_to(tensor: Optional[torch.Tensor], device: Optional[torch.device]) -> Optional[torch.Tensor]:
+    """`tensor.to(device)`, passing `None` (tensor or device) through."""
+    if tensor is None or device is None:
+        return tensor
+    return tensor.to(device)

@@ -1,0 +1,233 @@
+# Copyright 2025 The diffusers-ruyi authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Enhance-A-Video for [`RuyiTransformer3DModel`], as in the original Ruyi implementation.
+
+[Enhance-A-Video](https://huggingface.co/papers/2502.07508) scales the output of every self-attention by a
+"cross-frame intensity": for each spatial token and head, the softmax attention between the frames is computed from the
+(QK-normed, not yet rotated) queries and keys; the mean of its off-diagonal entries times `num_frames + weight`,
+clamped to at least 1, multiplies the attention output.
+
+Hooks only, no change to the model or its attention processor: a hook on the transformer reads the number of frames
+from the input and counts the denoising steps, hooks on `attn1.norm_q` / `attn1.norm_k` of every block keep the
+normalised queries and keys of the current call, and a hook on `attn1` rescales its output.
+"""
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from diffusers.hooks.hooks import HookRegistry, ModelHook
+
+from ._common import ArgumentReader, RuyiStateManager, StepCounterState, resolve_step
+
+
+_EAV_ROOT_HOOK = "ruyi_enhance_a_video_root_hook"
+_EAV_CAPTURE_HOOK = "ruyi_enhance_a_video_capture_hook"
+_EAV_ATTENTION_HOOK = "ruyi_enhance_a_video_attention_hook"
+
+
+@dataclass
+class RuyiEnhanceAVideoConfig:
+    r"""
+    Configuration of Enhance-A-Video for [`RuyiTransformer3DModel`] (`transformer.enable_enhance_a_video(config)`).
+
+    The defaults are those of the original Ruyi `predict_i2v.py`.
+
+    Args:
+        weight (`float`, defaults to `1.0`):
+            Enhancement strength added to the number of (latent) frames in the scale. The original recommends values
+            below 10, and below 5 for short or low-resolution videos.
+        skip_start_steps (`int`, defaults to `0`): The first steps without enhancement.
+        skip_end_steps (`int`, defaults to `0`): The last steps without enhancement.
+        num_inference_steps (`int`, *optional*):
+            Number of denoising steps. Only needed with `skip_end_steps > 0` when the pipeline does not pass
+            `num_inference_steps` to `cache_context` (`RuyiImageToVideoPipeline` does).
+    """
+
+    weight: float = 1.0
+    skip_start_steps: int = 0
+    skip_end_steps: int = 0
+    num_inference_steps: Optional[int] = None
+
+    def __post_init__(self):
+        self.skip_start_steps = max(0, self.skip_start_steps)
+        self.skip_end_steps = max(0, self.skip_end_steps)
+
+
+def enhance_a_video_score(
+    query: torch.Tensor, key: torch.Tensor, num_frames: int, weight: float
+) -> Optional[torch.Tensor]:
+    """The Enhance-A-Video scale of one self-attention.
+
+    Args:
+        query (`torch.Tensor`): QK-normed queries `(batch, frames * tokens, heads, head_dim)`, frame-major.
+        key (`torch.Tensor`): QK-normed keys, same shape.
+        num_frames (`int`): Number of (latent) frames.
+        weight (`float`): Enhancement weight.
+
+    Returns:
+        `torch.Tensor` or `None`: A float32 scalar >= 1, or `None` for a single frame (there is no cross-frame
+        attention; the original would produce NaN there).
+    """
+    if num_frames < 2:
+        return None
+    batch_size, seq_len, heads, head_dim = query.shape
+    tokens = seq_len // num_frames
+
+    def per_token(x: torch.Tensor) -> torch.Tensor:
+        # (B, T*S, N, C) -> (B*S, N, T, C): the frames of one spatial token and head.
+        x = x.reshape(batch_size, num_frames, tokens, heads, head_dim).permute(0, 2, 3, 1, 4)
+        return x.reshape(batch_size * tokens, heads, num_frames, head_dim)
+
+    scores = (per_token(query) * head_dim**-0.5) @ per_token(key).transpose(-2, -1)
+    probs = scores.to(torch.float32).softmax(dim=-1).reshape(-1, num_frames, num_frames)
+    off_diagonal = ~torch.eye(num_frames, dtype=torch.bool, device=probs.device)
+    mean_cross_frame = (probs * off_diagonal).sum(dim=(1, 2)) / (num_frames * num_frames - num_frames)
+    return (mean_cross_frame.mean() * (num_frames + weight)).clamp(min=1)
+
+
+class _EnhanceAVideoRuntime:
+    """What the attention hooks need to know during the current forward call."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self.num_frames = 1
+
+
+class RuyiEnhanceAVideoRootHook(ModelHook):
+    """On the transformer: reads the number of frames and decides whether this step is enhanced."""
+
+    _is_stateful = True
+
+    def __init__(
+        self, state_manager: RuyiStateManager, config: RuyiEnhanceAVideoConfig, runtime: _EnhanceAVideoRuntime
+    ) -> None:
+        super().__init__()
+        self.state_manager = state_manager
+        self.config = config
+        self.runtime = runtime
+        self._reader: Optional[ArgumentReader] = None
+
+    def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
+        self._reader = ArgumentReader(type(module).forward)
+        return module
+
+    def pre_forward(self, module: torch.nn.Module, *args, **kwargs):
+        hidden_states = self._reader.get("hidden_states", args, kwargs)
+        step, num_steps = resolve_step(
+            self.state_manager.get_state(), self.state_manager, self.config.num_inference_steps
+        )
+        if num_steps is None and self.config.skip_end_steps > 0:
+            raise ValueError(
+                "Enhance-A-Video with `skip_end_steps > 0` needs the number of denoising steps: set "
+                "`RuyiEnhanceAVideoConfig(num_inference_steps=...)` or call the transformer inside "
+                "`cache_context(name, num_inference_steps=...)`."
+            )
+        last = num_steps - self.config.skip_end_steps if num_steps is not None else float("inf")
+        self.runtime.num_frames = hidden_states.shape[2]
+        self.runtime.active = self.config.skip_start_steps <= step < last and self.runtime.num_frames > 1
+        return args, kwargs
+
+    def post_forward(self, module: torch.nn.Module, output):
+        self.runtime.active = False
+        return output
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        self.state_manager.reset()
+        self.runtime.active = False
+        return module
+
+
+class _QueryKeySlot:
+    def __init__(self) -> None:
+        self.query: Optional[torch.Tensor] = None
+        self.key: Optional[torch.Tensor] = None
+
+
+class RuyiEnhanceAVideoCaptureHook(ModelHook):
+    """On `attn1.norm_q` / `attn1.norm_k`: keeps the normalised queries or keys while enhancement is active."""
+
+    def __init__(self, runtime: _EnhanceAVideoRuntime, slot: _QueryKeySlot, field: str) -> None:
+        super().__init__()
+        self.runtime = runtime
+        self.slot = slot
+        self.field = field
+
+    def post_forward(self, module: torch.nn.Module, output):
+        if self.runtime.active:
+            setattr(self.slot, self.field, output)
+        return output
+
+
+class RuyiEnhanceAVideoAttentionHook(ModelHook):
+    """On `attn1`: multiplies the self-attention output by the Enhance-A-Video scale."""
+
+    def __init__(self, runtime: _EnhanceAVideoRuntime, slot: _QueryKeySlot, config: RuyiEnhanceAVideoConfig) -> None:
+        super().__init__()
+        self.runtime = runtime
+        self.slot = slot
+        self.config = config
+
+    def post_forward(self, module: torch.nn.Module, output: torch.Tensor):
+        query, key = self.slot.query, self.slot.key
+        self.slot.query = self.slot.key = None
+        if not self.runtime.active or query is None or key is None:
+            return output
+        score = enhance_a_video_score(query, key, self.runtime.num_frames, self.config.weight)
+        return output if score is None else output * score
+
+
+def apply_ruyi_enhance_a_video(module: torch.nn.Module, config: RuyiEnhanceAVideoConfig) -> None:
+    r"""
+    Applies Enhance-A-Video to a [`RuyiTransformer3DModel`] (prefer `transformer.enable_enhance_a_video(config)`).
+
+    Args:
+        module (`torch.nn.Module`): The transformer; each of its `blocks` needs a self-attention `attn1` with
+            `norm_q` and `norm_k`.
+        config ([`RuyiEnhanceAVideoConfig`]): The settings.
+    """
+    blocks = getattr(module, "blocks", None)
+    if not isinstance(blocks, torch.nn.ModuleList):
+        raise ValueError("Enhance-A-Video needs a Ruyi transformer with `blocks` (a ModuleList).")
+    runtime = _EnhanceAVideoRuntime()
+    state_manager = RuyiStateManager(StepCounterState)
+    for block in blocks:
+        attention = block.attn1
+        slot = _QueryKeySlot()
+        HookRegistry.check_if_exists_or_initialize(attention.norm_q).register_hook(
+            RuyiEnhanceAVideoCaptureHook(runtime, slot, "query"), _EAV_CAPTURE_HOOK
+        )
+        HookRegistry.check_if_exists_or_initialize(attention.norm_k).register_hook(
+            RuyiEnhanceAVideoCaptureHook(runtime, slot, "key"), _EAV_CAPTURE_HOOK
+        )
+        HookRegistry.check_if_exists_or_initialize(attention).register_hook(
+            RuyiEnhanceAVideoAttentionHook(runtime, slot, config), _EAV_ATTENTION_HOOK
+        )
+    registry = HookRegistry.check_if_exists_or_initialize(module)
+    registry.register_hook(RuyiEnhanceAVideoRootHook(state_manager, config, runtime), _EAV_ROOT_HOOK)
+    registry.invalidate_child_registries_cache()
+
+
+def remove_ruyi_enhance_a_video(module: torch.nn.Module) -> None:
+    """Removes the hooks added by [`apply_ruyi_enhance_a_video`]."""
+    registry = HookRegistry.check_if_exists_or_initialize(module)
+    for name in (_EAV_ROOT_HOOK, _EAV_ATTENTION_HOOK, _EAV_CAPTURE_HOOK):
+        registry.remove_hook(name, recurse=True)
+    registry.invalidate_child_registries_cache()
+
+
+def is_ruyi_enhance_a_video_enabled(module: torch.nn.Module) -> bool:
+    """Whether [`apply_ruyi_enhance_a_video`] hooks are attached to `module`."""
+    registry = getattr(module, "_diffusers_hook", None)
+    return registry is not None and registry.get_hook(_EAV_ROOT_HOOK) is not None
