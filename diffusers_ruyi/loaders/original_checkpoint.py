@@ -494,7 +494,9 @@ def load_original_pipeline_components(folder: str, **kwargs) -> Dict[str, Any]:
         config = read_json(os.path.join(folder, "scheduler", "scheduler_config.json"))
         name = config.get("_class_name", "DDIMScheduler")
         if name not in ORIGINAL_SCHEDULERS:
-            raise ValueError(f"Unknown scheduler {name!r} in scheduler_config.json; expected one of {ORIGINAL_SCHEDULERS}.")
+            raise ValueError(
+                f"Unknown scheduler {name!r} in scheduler_config.json; expected one of {ORIGINAL_SCHEDULERS}."
+            )
         components["scheduler"] = getattr(diffusers, name).from_config(config)
     if "control_embeddings" not in components:
         components["control_embeddings"] = load_control_embeddings(os.path.join(folder, "embeddings.safetensors"))

@@ -1,0 +1,49 @@
+"""LoRA inference: load one or more LoRAs (diffusers or original Ruyi format) and generate.
+
+python examples/lora_inference.py --model IamCreateAI/Ruyi-Mini-7B --lora my_lora.safetensors --lora-weight 0.8
+"""
+
+import argparse
+
+import torch
+from diffusers.utils import export_to_video, load_image
+
+from diffusers_ruyi.tiny import load_pipeline
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="IamCreateAI/Ruyi-Mini-7B")
+    parser.add_argument("--lora", required=True, help="A LoRA file: diffusers/PEFT or the original Ruyi format.")
+    parser.add_argument("--lora-weight", type=float, default=1.0)
+    parser.add_argument("--fuse", action="store_true", help="Merge the LoRA into the weights (faster inference).")
+    parser.add_argument("--image", default="examples/assets/start.png")
+    parser.add_argument("--output", default="outputs/lora.mp4")
+    parser.add_argument("--num-frames", type=int, default=48)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--base-resolution", type=int, default=512)
+    args = parser.parse_args(argv)
+
+    on_gpu = torch.cuda.is_available()
+    pipe = load_pipeline(args.model, dtype=torch.bfloat16 if on_gpu else torch.float32)
+    pipe.load_lora_weights(args.lora, adapter_name="style")
+    if args.fuse:
+        pipe.fuse_lora(lora_scale=args.lora_weight)
+    else:
+        pipe.set_adapters(["style"], [args.lora_weight])
+    if on_gpu:
+        pipe.enable_model_cpu_offload()
+
+    video = pipe(
+        image=load_image(args.image),
+        num_frames=args.num_frames,
+        base_resolution=args.base_resolution,
+        num_inference_steps=args.steps,
+        generator=torch.Generator("cpu").manual_seed(42),
+    ).frames[0]
+    export_to_video(video, args.output, fps=24)
+    return args.output
+
+
+if __name__ == "__main__":
+    print(main())

@@ -1,0 +1,55 @@
+"""Low-memory generation: CPU offload, VAE tiling, and fp8 weight storage for the transformer.
+
+    python examples/low_memory.py --model IamCreateAI/Ruyi-Mini-7B --image start.jpg --offload model --fp8
+    python examples/low_memory.py --model IamCreateAI/Ruyi-Mini-7B --image start.jpg --offload sequential
+
+See docs/memory_and_speed.md for the measured effect of each setting.
+"""
+
+import argparse
+
+import torch
+from diffusers.utils import export_to_video, load_image
+
+from diffusers_ruyi.tiny import load_pipeline
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="IamCreateAI/Ruyi-Mini-7B")
+    parser.add_argument("--image", default="examples/assets/start.png")
+    parser.add_argument("--output", default="outputs/low_memory.mp4")
+    parser.add_argument("--num-frames", type=int, default=72)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--base-resolution", type=int, default=512)
+    parser.add_argument("--offload", choices=["none", "model", "sequential"], default="model")
+    parser.add_argument("--fp8", action="store_true", help="Store transformer weights in float8 (computes in bf16).")
+    parser.add_argument("--tile", type=int, default=256, help="VAE tile size in pixels.")
+    args = parser.parse_args(argv)
+
+    on_gpu = torch.cuda.is_available()
+    compute_dtype = torch.bfloat16 if on_gpu else torch.float32
+    pipe = load_pipeline(args.model, dtype=compute_dtype)
+    # Decode (and encode) in overlapping spatial tiles: the VAE's activation memory no longer grows with the size.
+    pipe.vae.enable_tiling(tile_sample_min_height=args.tile, tile_sample_min_width=args.tile)
+    if args.fp8:
+        # Weights of Linear/Conv layers are stored in fp8 and up-cast layer by layer during the forward pass.
+        pipe.transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=compute_dtype)
+    if on_gpu and args.offload == "model":
+        pipe.enable_model_cpu_offload()  # one whole model on the GPU at a time
+    elif on_gpu and args.offload == "sequential":
+        pipe.enable_sequential_cpu_offload()  # one layer at a time: least memory, slowest
+
+    video = pipe(
+        image=load_image(args.image),
+        num_frames=args.num_frames,
+        base_resolution=args.base_resolution,
+        num_inference_steps=args.steps,
+        generator=torch.Generator("cpu").manual_seed(42),
+    ).frames[0]
+    export_to_video(video, args.output, fps=24)
+    return args.output
+
+
+if __name__ == "__main__":
+    print(main())

@@ -1,0 +1,54 @@
+"""Converts a Ruyi checkpoint in the ORIGINAL hub layout into a diffusers-format pipeline folder.
+
+    python scripts/convert_ruyi_to_diffusers.py --checkpoint models/Ruyi-Mini-7B --output Ruyi-Mini-7B-diffusers
+
+The conversion rules live in `diffusers_ruyi/loaders/original_checkpoint.py` (shared with `from_pretrained`);
+this script only loads and saves. The output is written to a temporary folder and renamed when complete, so an
+interrupted run never leaves a half-written pipeline.
+"""
+
+import argparse
+import os
+import shutil
+import tempfile
+
+import torch
+
+from diffusers_ruyi import RuyiImageToVideoPipeline
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, help="Folder in the original layout, or a hub id.")
+    parser.add_argument("--output", required=True, help="Folder to write (must not exist unless --overwrite).")
+    parser.add_argument(
+        "--dtype", choices=sorted(DTYPES), default="float32", help="Weights dtype (VAE stays float32)."
+    )
+    parser.add_argument("--max-shard-size", default="5GB", help="Shard size of the saved weights.")
+    parser.add_argument("--overwrite", action="store_true", help="Replace an existing output folder.")
+    args = parser.parse_args(argv)
+
+    if os.path.exists(args.output) and not args.overwrite:
+        parser.error(f"--output {args.output!r} exists; pass --overwrite to replace it.")
+    dtype = {"default": DTYPES[args.dtype], "vae": torch.float32}
+    pipe = RuyiImageToVideoPipeline.from_pretrained(args.checkpoint, dtype=dtype)
+
+    parent = os.path.dirname(os.path.abspath(args.output))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".ruyi-convert-", dir=parent)
+    try:
+        pipe.save_pretrained(tmp, max_shard_size=args.max_shard_size)
+        if os.path.exists(args.output):
+            shutil.rmtree(args.output)
+        os.replace(tmp, args.output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(f"Wrote a diffusers-format Ruyi pipeline to {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+import os
+import pathlib
+import shutil
+import string
+
+import imageio
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from diffusers_ruyi import RuyiImageToVideoPipeline
+from diffusers_ruyi.cli import main
+
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+START = str(ROOT / "examples" / "assets" / "start.png")
+END = str(ROOT / "examples" / "assets" / "end.png")
+FAST = ["--model", "tiny-random", "--num-frames", "8", "--height", "32", "--width", "48", "--steps", "1"]
+
+
+def _read_video(path):
+    reader = imageio.get_reader(str(path))
+    try:
+        frames = list(reader.iter_data())  # len(reader) is inf for ffmpeg streams
+        fps = reader.get_meta_data()["fps"]
+    finally:
+        reader.close()
+    return frames, fps
+
+
+def test_cli_writes_a_playable_mp4(tmp_path):
+    out = tmp_path / "video.mp4"
+    assert main(["--image", START, "--last-image", END, "--output", str(out), "--fps", "12", *FAST]) == 0
+    frames, fps = _read_video(out)
+    assert len(frames) == 8
+    assert frames[0].shape == (32, 48, 3)
+    assert fps == pytest.approx(12)
+    assert [p.name for p in tmp_path.iterdir()] == ["video.mp4"]  # no temporary file left behind
+
+
+def test_cli_speed_and_memory_options(tmp_path):
+    out = tmp_path / "fast.mp4"
+    args = [
+        "--image",
+        START,
+        "--output",
+        str(out),
+        *FAST,
+        "--steps",
+        "5",
+        "--cache",
+        "teacache",
+        "--cache-threshold",
+        "0.2",
+    ]
+    assert main(args + ["--fp8", "extreme", "--enhance-a-video", "1.0", "--vae-tiling", "--scheduler", "euler"]) == 0
+    frames, _ = _read_video(out)
+    assert len(frames) == 8 and frames[0].shape == (32, 48, 3)
+
+
+def test_module_entry_point_and_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    help_text = capsys.readouterr().out
+    for flag in (
+        "--last-image",
+        "--motion",
+        "--camera",
+        "--scheduler",
+        "--lora",
+        "--offload",
+        "--vae-tiling",
+        "--cache",
+    ):
+        assert flag in help_text
+
+
+def test_refuses_to_overwrite(tmp_path, capsys):
+    out = tmp_path / "video.mp4"
+    out.write_bytes(b"keep me")
+    with pytest.raises(SystemExit) as e:
+        main(["--image", START, "--output", str(out), *FAST])
+    assert e.value.code == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert out.read_bytes() == b"keep me"
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--image", "missing.png"], "--image 'missing.png' does not exist"),
+        (["--image", __file__], "is not a readable image"),
+        (["--last-image", "missing.png"], "--last-image 'missing.png' does not exist"),
+        (["--height", "40", "--width", "48"], "--height must be a multiple of 16"),
+        (["--num-frames", "10"], "--num-frames must be 1 or a multiple of 8"),
+        (["--num-frames", "0"], "expected a positive integer"),
+        (["--steps", "two"], "expected a positive integer"),
+        (["--guidance-scale", "-1"], "expected a number >= 0"),
+        (["--motion", "9"], "invalid choice"),
+        (["--camera", "diagonal"], "invalid choice"),
+        (["--scheduler", "lms"], "invalid choice"),
+        (["--dtype", "int8"], "invalid choice"),
+        (["--lora", "missing.safetensors"], "--lora 'missing.safetensors' does not exist"),
+        (["--lora-weight", "0.5"], "more --lora-weight values than --lora files"),
+        (["--device", "cuda"], "no CUDA GPU is available"),
+        (["--offload", "model"], "needs a CUDA GPU"),
+    ],
+)
+def test_bad_arguments_exit_2_without_output(tmp_path, capsys, extra, message):
+    if "cuda" in " ".join(extra) or "offload" in extra:
+        if torch.cuda.is_available():
+            pytest.skip("checks the no-GPU message")
+    out = tmp_path / "video.mp4"
+    args = ["--image", START, "--output", str(out), *FAST]
+    # later flags override earlier ones in argparse
+    with pytest.raises(SystemExit) as e:
+        main(args + extra)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_height_needs_width(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--image", START, "--output", str(tmp_path / "v.mp4"), "--model", "tiny-random", "--height", "32"])
+    assert "pass both --height and --width" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_must_be_mp4(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--image", START, "--output", str(tmp_path / "video.gif"), *FAST])
+    assert "--output must end with .mp4" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_run_leaves_no_file(tmp_path, monkeypatch):
+    out = tmp_path / "video.mp4"
+
+    def broken_export(frames, path, fps):
+        with open(path, "wb") as f:
+            f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr("diffusers.utils.export_to_video", broken_export)
+    with pytest.raises(OSError, match="disk full"):
+        main(["--image", START, "--output", str(out), *FAST])
+    assert list(tmp_path.iterdir()) == []
+
+
+_flags = st.sampled_from(
+    ["--num-frames", "--height", "--width", "--steps", "--guidance-scale", "--motion", "--camera", "--scheduler",
+     "--fps", "--base-resolution", "--dtype", "--offload", "--cache", "--fp8", "--enhance-a-video"]
+)  # fmt: skip
+_VALID_WORDS = {"auto", "static", "left", "right", "up", "down", "ddim", "euler", "euler-a", "dpm++", "pndm",
+                "float32", "bfloat16", "float16", "none", "model", "sequential", "first-block", "teacache",
+                "lite", "strong", "extreme"}  # fmt: skip
+_junk = st.one_of(
+    st.text(alphabet=string.ascii_letters + string.punctuation, min_size=1, max_size=6).filter(
+        lambda s: not s.startswith("-") and s.lower() not in _VALID_WORDS
+    ),
+    st.integers(-1000, -1).map(str),
+    st.sampled_from(["nan", "-inf", "1e9x", "7.5.1", ""]),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(flag=_flags, value=_junk)
+def test_random_invalid_arguments_never_write(tmp_path, flag, value):
+    out = tmp_path / "fuzz.mp4"
+    with pytest.raises(SystemExit) as e:
+        main(["--image", START, "--output", str(out), *FAST, flag, value])
+    assert e.value.code == 2
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "remove"])
+def test_corrupted_checkpoint_never_loads(tiny_checkpoint, tmp_path, damage):
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, folder)
+    weights = folder / "transformer" / "diffusion_pytorch_model.safetensors"
+    if damage == "truncate":
+        data = weights.read_bytes()
+        weights.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        weights.write_bytes(os.urandom(1024))
+    else:
+        weights.unlink()
+    with pytest.raises((ValueError, OSError)) as e:
+        RuyiImageToVideoPipeline.from_pretrained(folder)
+    assert "diffusion_pytorch_model" in str(e.value)
