@@ -134,10 +134,13 @@ def make_medium_checkpoint(args, out: str) -> str:
     from diffusers_ruyi.loaders.original_checkpoint import convert_transformer_config, convert_vae_config
 
     torch.manual_seed(0)
+    vae = AutoencoderKLRuyiCausal3D.from_config(convert_vae_config(vae_config))
+    with torch.no_grad():  # ~0 posterior variance, as in the original-layout path (see original_driver.py)
+        half = vae.quant_conv.weight.shape[0] // 2
+        vae.quant_conv.weight[half:] = 0
+        vae.quant_conv.bias[half:] = -30
     pipe = RuyiImageToVideoPipeline.from_pretrained(
-        TINY,
-        transformer=RuyiTransformer3DModel.from_config(convert_transformer_config(MEDIUM_TRANSFORMER)),
-        vae=AutoencoderKLRuyiCausal3D.from_config(convert_vae_config(vae_config)),
+        TINY, transformer=RuyiTransformer3DModel.from_config(convert_transformer_config(MEDIUM_TRANSFORMER)), vae=vae
     )
     ckpt = os.path.join(out, "medium-diffusers")
     pipe.save_pretrained(ckpt)
