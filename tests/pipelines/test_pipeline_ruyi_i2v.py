@@ -261,3 +261,46 @@ def test_unknown_kwarg_for_original_layout(tiny_checkpoint):
 def test_output_dataclass():
     out = RuyiPipelineOutput(frames=torch.zeros(1))
     assert out.frames.shape == (1,)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_runs(tiny_checkpoint, start_image, dtype):
+    pipe = RuyiImageToVideoPipeline.from_pretrained(tiny_checkpoint, dtype={"default": dtype, "vae": torch.float32})
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.transformer.dtype == dtype and pipe.image_encoder.dtype == dtype
+    assert pipe.vae.dtype == torch.float32
+    out = _call(pipe, start_image).frames
+    assert out.shape == (1, 8, 3, 32, 48) and torch.isfinite(out).all()
+
+
+def test_hub_id_is_downloaded_then_converted(tiny_checkpoint, monkeypatch):
+    calls = []
+
+    def fake_snapshot_download(repo_id, **kwargs):
+        calls.append((repo_id, kwargs))
+        return str(tiny_checkpoint)
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot_download)
+    pipe = RuyiImageToVideoPipeline.from_pretrained("IamCreateAI/Ruyi-Mini-7B", revision="main")
+    assert calls == [("IamCreateAI/Ruyi-Mini-7B", {"revision": "main"})]
+    assert pipe.transformer.config.num_layers == 4
+
+
+def test_hub_id_offline_without_cache_fails_clearly(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    # conftest sets HF_HUB_OFFLINE=1: nothing is fetched, and the error says why.
+    with pytest.raises(LocalEntryNotFoundError, match="outgoing traffic has been disabled"):
+        RuyiImageToVideoPipeline.from_pretrained("IamCreateAI/Ruyi-Mini-7B", cache_dir=str(tmp_path))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CPU offload needs an accelerator")
+@pytest.mark.parametrize("mode", ["model", "sequential"])
+def test_cpu_offload_matches(tiny_checkpoint, start_image, mode):
+    pipe = RuyiImageToVideoPipeline.from_pretrained(tiny_checkpoint)
+    pipe.set_progress_bar_config(disable=True)
+    expected = _call(pipe.to("cuda"), start_image).frames
+    pipe.to("cpu")
+    getattr(pipe, f"enable_{mode}_cpu_offload")()
+    assert (_call(pipe, start_image).frames - expected).abs().max() < 1e-4

@@ -1,0 +1,67 @@
+import importlib.util
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from diffusers_ruyi import RuyiTransformer3DModel
+
+
+SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "convert_ruyi_to_diffusers.py"
+
+
+def _converter():
+    spec = importlib.util.spec_from_file_location("convert_ruyi_to_diffusers", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_converts_original_layout(tiny_checkpoint, golden_dir, tmp_path):
+    out = tmp_path / "ruyi-diffusers"
+    _converter().main(["--checkpoint", str(tiny_checkpoint), "--output", str(out)])
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["_class_name"] == "RuyiImageToVideoPipeline"
+    assert index["vae"] == ["diffusers_ruyi", "AutoencoderKLRuyiCausal3D"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [
+            "control_embeddings",
+            "image_encoder",
+            "image_processor",
+            "model_index.json",
+            "scheduler",
+            "transformer",
+            "vae",
+        ]
+    )
+    assert not list(tmp_path.glob(".ruyi-convert-*"))  # the temporary folder was renamed, not left behind
+
+    # The converted transformer is a plain diffusers checkpoint that reproduces the golden forward pass.
+    transformer = RuyiTransformer3DModel.from_pretrained(out, subfolder="transformer")
+    assert json.loads((out / "transformer" / "config.json").read_text())["_class_name"] == "RuyiTransformer3DModel"
+    golden = load_file(str(golden_dir / "transformer_forward.safetensors"))
+    expected = golden.pop("output")
+    rope = (golden.pop("rope_cos"), golden.pop("rope_sin"))
+    with torch.no_grad():
+        out_t = transformer(**golden, image_rotary_emb=rope).sample
+    assert (out_t - expected).abs().max() <= 1e-4
+
+
+def test_refuses_existing_output(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "exists"
+    out.mkdir()
+    with pytest.raises(SystemExit) as e:
+        _converter().main(["--checkpoint", str(tiny_checkpoint), "--output", str(out)])
+    assert e.value.code == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert list(out.iterdir()) == []
+
+
+def test_python_m_entry_point():
+    proc = subprocess.run([sys.executable, "-m", "diffusers_ruyi", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0
+    assert "ruyi-i2v" in proc.stdout and "--last-image" in proc.stdout
