@@ -191,3 +191,21 @@ def test_corrupted_checkpoint_never_loads(tiny_checkpoint, tmp_path, damage):
     with pytest.raises((ValueError, OSError)) as e:
         RuyiImageToVideoPipeline.from_pretrained(folder)
     assert "diffusion_pytorch_model" in str(e.value)
+
+
+@pytest.mark.parametrize("damage", ["truncated-vae", "no-embeddings", "wrong-layout"])
+def test_cli_bad_checkpoint_fails_without_output(tiny_checkpoint, tmp_path, damage):
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, folder)
+    if damage == "truncated-vae":
+        weights = folder / "vae" / "diffusion_pytorch_model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif damage == "no-embeddings":
+        (folder / "embeddings.safetensors").unlink()
+    else:
+        shutil.rmtree(folder / "scheduler")
+    out = tmp_path / "video.mp4"
+    with pytest.raises((ValueError, OSError)):
+        main(["--model", str(folder), "--image", START, "--output", str(out), *FAST[2:]])
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]

@@ -12,10 +12,12 @@ from diffusers import (
     EulerDiscreteScheduler,
     PNDMScheduler,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from diffusers_ruyi import RuyiImageToVideoPipeline, RuyiPipelineOutput
-from diffusers_ruyi.pipelines.controls import get_bucket_size
+from diffusers_ruyi.pipelines.controls import CAMERA_DIRECTIONS, MOTION_VALUES, get_bucket_size
 
 
 def _load_case(golden_dir, name):
@@ -304,3 +306,29 @@ def test_cpu_offload_matches(tiny_checkpoint, start_image, mode):
     pipe.to("cpu")
     getattr(pipe, f"enable_{mode}_cpu_offload")()
     assert (_call(pipe, start_image).frames - expected).abs().max() < 1e-4
+
+
+_bad_values = {
+    "num_frames": st.one_of(
+        st.integers(-50, 0), st.integers(2, 7), st.integers(9, 15), st.floats(), st.text(max_size=3)
+    ),
+    "height": st.one_of(st.integers(-64, 0), st.integers(1, 200).filter(lambda v: v % 16), st.floats(), st.text()),
+    "width": st.one_of(st.integers(-64, 0), st.integers(1, 200).filter(lambda v: v % 16), st.floats(), st.text()),
+    "motion": st.one_of(st.integers(5, 100), st.integers(-100, 0), st.text().filter(lambda v: v not in MOTION_VALUES)),
+    "camera_direction": st.text().filter(lambda v: v not in CAMERA_DIRECTIONS),
+    "num_inference_steps": st.one_of(st.integers(-10, 0), st.floats(), st.text(max_size=3)),
+    "output_type": st.text().filter(lambda v: v not in ("pil", "np", "pt", "latent")),
+    "clip_apply_ratio": st.one_of(st.floats(min_value=1.01), st.floats(max_value=-0.01), st.text(max_size=2)),
+    "num_videos_per_prompt": st.one_of(st.integers(-5, 0), st.floats(), st.text(max_size=2)),
+    "guidance_scale": st.one_of(st.text(max_size=2), st.none(), st.lists(st.integers(), max_size=2)),
+}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_random_invalid_arguments_fail_early(guarded_pipe, start_image, data):
+    name = data.draw(st.sampled_from(sorted(_bad_values)))
+    value = data.draw(_bad_values[name])
+    with pytest.raises((ValueError, TypeError)) as e:
+        _call(guarded_pipe, start_image, **{name: value})
+    assert f"`{name}`" in str(e.value)
