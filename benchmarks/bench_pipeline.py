@@ -19,33 +19,22 @@ import sys
 import tempfile
 import time
 
+from diffusers_ruyi.tiny import TINY_TRANSFORMER_CONFIG
+
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 GOLDEN = os.path.join(ROOT, "tests", "fixtures", "golden")
 TINY = os.path.join(GOLDEN, "Ruyi-tiny-random")
 
+# The golden tiny geometry, widened and deepened to a size where the transformer dominates (CPU scale).
 MEDIUM_TRANSFORMER = {
-    "_class_name": "HunyuanTransformer3DModel",
+    **TINY_TRANSFORMER_CONFIG,
     "num_attention_heads": 8,
     "attention_head_dim": 64,
-    "in_channels": 48,
-    "out_channels": 32,
-    "patch_size": 2,
-    "n_query": 16,
-    "projection_dim": 32,
-    "activation_fn": "gelu-approximate",
-    "sample_size": 16,
     "hidden_size": 512,
     "num_layers": 8,
     "mlp_ratio": 4.0,
-    "learn_sigma": True,
-    "cross_attention_dim": 32,
-    "norm_type": "layer_norm",
-    "cross_attention_dim_t5": 24,
-    "pooled_projection_dim": 16,
-    "text_len": 8,
-    "text_len_t5": 12,
 }
 MEDIUM_VAE_OVERRIDES = {
     "ch": 32,
