@@ -14,10 +14,11 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
+
+from _worker_protocol import print_result, run_worker
 
 from diffusers_ruyi.tiny import TINY_TRANSFORMER_CONFIG
 
@@ -48,14 +49,6 @@ CASES = {
     "tiny": ("tiny", 16, 64, 64, 3),
     "medium": ("medium", 16, 128, 128, 4),
 }
-
-
-def _run(cmd, env=None) -> dict:
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def worker(args) -> None:
@@ -98,7 +91,7 @@ def worker(args) -> None:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
     }
-    print("RESULT " + json.dumps(result))
+    print_result(result)
 
 
 def make_medium_checkpoint(args, out: str) -> str:
@@ -112,7 +105,7 @@ def make_medium_checkpoint(args, out: str) -> str:
         with open(vcfg, "w") as f:
             json.dump(vae_config, f)
         ckpt = os.path.join(out, "medium-original")
-        _run([
+        run_worker([
             args.reference_python, os.path.join(HERE, "original_driver.py"), "--reference", args.reference,
             "make-checkpoint", "--out", ckpt, "--transformer-config", tcfg, "--vae-config", vcfg, "--template", TINY,
         ])  # fmt: skip
@@ -181,11 +174,13 @@ def main() -> None:
             ]
             common += ["--device", args.device, "--dtype", args.dtype, "--repeats", str(args.repeats)]
             ours_out = os.path.join(tmp, f"{case}-ours.safetensors")
-            ours = _run([sys.executable, __file__, "--worker", "--checkpoint", ckpt, "--save", ours_out, *common])
+            ours = run_worker(
+                [sys.executable, __file__, "--worker", "--checkpoint", ckpt, "--save", ours_out, *common]
+            )
             rows.append((case, f"{frames}x{h}x{w}, {steps} steps", "diffusers-ruyi", ours, None))
             if args.reference:
                 ref_out = os.path.join(tmp, f"{case}-original.safetensors")
-                ref = _run([
+                ref = run_worker([
                     args.reference_python, os.path.join(HERE, "original_driver.py"), "--reference", args.reference,
                     "run-pipeline", "--checkpoint", ckpt, "--motion", "2", "--cam", "left", "--save", ref_out, *common,
                 ])  # fmt: skip

@@ -33,10 +33,11 @@ import json
 import os
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
+
+from _worker_protocol import print_result, run_worker
 
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -84,14 +85,6 @@ PRESETS = {
 }
 OURS = ("baseline", "teacache", "fbc", "fp8", "compile", "skip_offload")
 ORIGINAL = ("original", "original_teacache")
-
-
-def _run(cmd) -> dict:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT ") :])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -181,7 +174,7 @@ def worker(args) -> None:
     }
     if args.variant == "teacache":
         result["skipped_steps"] = len(get_ruyi_teacache_skipped_steps(transformer))
-    print("RESULT " + json.dumps(result))
+    print_result(result)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -267,7 +260,7 @@ def make_checkpoint(args, kind: str, workdir: str) -> str:
             json.dump(transformer_config, f)
         with open(vcfg, "w") as f:
             json.dump(vae_config, f)
-        _run([
+        run_worker([
             args.reference_python, os.path.join(HERE, "original_driver.py"), "--reference", args.reference,
             "make-checkpoint", "--out", folder, "--transformer-config", tcfg, "--vae-config", vcfg,
             "--template", template,
@@ -340,7 +333,7 @@ def main() -> None:
             for variant in variants:
                 out = os.path.join(tmp, f"{variant}-{frames}x{h}x{w}.safetensors")
                 if variant in OURS:
-                    result = _run([
+                    result = run_worker([
                         sys.executable, __file__, "--worker", "--variant", variant, "--checkpoint", checkpoint,
                         "--save", out, "--teacache-threshold", str(args.teacache_threshold),
                         "--fbc-threshold", str(args.fbc_threshold), "--fp8-mode", args.fp8_mode,
@@ -348,7 +341,7 @@ def main() -> None:
                     ])  # fmt: skip
                 else:
                     extra = ["--teacache", "--teacache-threshold", str(args.teacache_threshold)]
-                    result = _run([
+                    result = run_worker([
                         args.reference_python, os.path.join(HERE, "original_driver.py"), "--reference",
                         args.reference, "run-pipeline", "--checkpoint", checkpoint, "--motion", "2", "--cam", "left",
                         "--time-denoiser", "--save", out, *common,

@@ -19,10 +19,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+
+import _worker_protocol
 
 
 CONFIGS = {
@@ -216,7 +217,7 @@ def run_worker(args) -> None:
                 output = model(**kwargs, return_dict=False)[0]
                 result.update(peak_forward_mb=float("nan"), peak_total_mb=_max_rss_mb())
     save_file({"output": output.contiguous()}, args.output)
-    print("RESULT " + json.dumps(result))
+    _worker_protocol.print_result(result)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -309,14 +310,7 @@ def _run_one(python: str, impl: str, mode: str, folder: str, inputs: str, output
         # Our worker must import this checkout, whatever the current directory is.
         repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = os.pathsep.join([repo_root] + [p for p in [env.get("PYTHONPATH")] if p])
-    completed = subprocess.run(command, capture_output=True, text=True, env=env)
-    result_lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
-    if completed.returncode != 0 or not result_lines:
-        raise RuntimeError(
-            f"The {impl} worker failed (exit code {completed.returncode}).\n"
-            f"stdout:\n{completed.stdout[-4000:]}\nstderr:\n{completed.stderr[-4000:]}"
-        )
-    return json.loads(result_lines[-1][len("RESULT ") :])
+    return _worker_protocol.run_worker(command, env=env, what=f"{impl} worker")
 
 
 def main() -> None:

@@ -21,10 +21,11 @@ that path only; nothing of it lives in this project.
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
+
+from _worker_protocol import print_result, run_worker
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -107,7 +108,7 @@ def _worker(args) -> None:
         result["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     if args.save_output:
         save_file({"video": video.float().cpu().contiguous()}, args.save_output)
-    print("RESULT " + json.dumps(result), flush=True)
+    print_result(result)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -183,15 +184,6 @@ def _init_random_(model, seed: int) -> None:
                 param.copy_(torch.randn(param.shape, generator=generator) / fan_in**0.5)
 
 
-def _run(cmd, env) -> dict:
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout)[-3000:]
-        raise RuntimeError(f"worker failed ({proc.returncode}): {' '.join(cmd)}\n{tail}")
-    return json.loads(lines[-1][len("RESULT ") :])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=24, help="Video frames to decode (a multiple of 8).")
@@ -255,7 +247,7 @@ def main() -> None:
             out_path = os.path.join(workdir, f"out_{impl}_{mode}.safetensors")
             cmd = [python, script, *common, *tiling, "--impl", impl, "--save-output", out_path]
             print(f"running {impl} {mode} ...", file=sys.stderr, flush=True)
-            result = _run(cmd, env)
+            result = run_worker(cmd, env)
             result.update(impl=impl, mode=mode, out=out_path)
             runs.append(result)
             print(f"  {json.dumps(result)}", file=sys.stderr, flush=True)
