@@ -12,6 +12,7 @@ from typing import Any, Dict, Iterable, Optional
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
+from tqdm.auto import tqdm
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -474,32 +475,41 @@ def load_original_pipeline_components(folder: str, **kwargs) -> Dict[str, Any]:
             "scripts/convert_ruyi_to_diffusers.py to use every option of DiffusionPipeline.from_pretrained."
         )
 
-    components = dict(given)
-    if "transformer" not in components:
+    def load_transformer():
         sub = find_original_subfolder(folder, TRANSFORMER_SUBFOLDERS)
-        components["transformer"] = RuyiTransformer3DModel.from_pretrained(
+        return RuyiTransformer3DModel.from_pretrained(
             folder, subfolder=sub, dtype=_component_dtype(dtype, "transformer")
         )
-    if "vae" not in components:
-        components["vae"] = AutoencoderKLRuyiCausal3D.from_pretrained(
-            folder, subfolder="vae", dtype=_component_dtype(dtype, "vae")
-        )
-    if "image_encoder" not in components:
+
+    def load_image_encoder():
         encoder_dtype = _component_dtype(dtype, "image_encoder")
         encoder = CLIPVisionModelWithProjection.from_pretrained(os.path.join(folder, "image_encoder"))
-        components["image_encoder"] = encoder.to(encoder_dtype) if encoder_dtype is not None else encoder
-    if "image_processor" not in components:
-        components["image_processor"] = load_clip_image_processor(os.path.join(folder, "image_encoder"))
-    if "scheduler" not in components:
+        return encoder.to(encoder_dtype) if encoder_dtype is not None else encoder
+
+    def load_scheduler():
         config = read_json(os.path.join(folder, "scheduler", "scheduler_config.json"))
         name = config.get("_class_name", "DDIMScheduler")
         if name not in ORIGINAL_SCHEDULERS:
             raise ValueError(
                 f"Unknown scheduler {name!r} in scheduler_config.json; expected one of {ORIGINAL_SCHEDULERS}."
             )
-        components["scheduler"] = getattr(diffusers, name).from_config(config)
-    if "control_embeddings" not in components:
-        components["control_embeddings"] = load_control_embeddings(os.path.join(folder, "embeddings.safetensors"))
+        return getattr(diffusers, name).from_config(config)
+
+    # Cheap components first, so a broken small file fails before gigabytes of weights are read.
+    loaders = {
+        "control_embeddings": lambda: load_control_embeddings(os.path.join(folder, "embeddings.safetensors")),
+        "scheduler": load_scheduler,
+        "image_processor": lambda: load_clip_image_processor(os.path.join(folder, "image_encoder")),
+        "vae": lambda: AutoencoderKLRuyiCausal3D.from_pretrained(
+            folder, subfolder="vae", dtype=_component_dtype(dtype, "vae")
+        ),
+        "image_encoder": load_image_encoder,
+        "transformer": load_transformer,
+    }
+    components = dict(given)
+    todo = [name for name in loaders if name not in components]
+    for name in tqdm(todo, desc="Loading Ruyi (original layout)", disable=not todo):
+        components[name] = loaders[name]()
     return components
 
 
