@@ -209,3 +209,21 @@ def test_cli_bad_checkpoint_fails_without_output(tiny_checkpoint, tmp_path, dama
         main(["--model", str(folder), "--image", START, "--output", str(out), *FAST[2:]])
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_cli_with_original_lora_on_converted_checkpoint(tiny_checkpoint, tmp_path):
+    from diffusers_ruyi import RuyiImageToVideoPipeline
+
+    converted = tmp_path / "converted"
+    RuyiImageToVideoPipeline.from_pretrained(tiny_checkpoint).save_pretrained(converted)
+    lora = ROOT / "tests" / "fixtures" / "lora" / "ruyi_lora_original.safetensors"
+    base, with_lora = tmp_path / "base.mp4", tmp_path / "lora.mp4"
+    common = ["--model", str(converted), "--image", START, "--num-frames", "8", "--height", "32", "--width", "48"]
+    common += ["--steps", "2", "--seed", "3"]
+    assert main([*common, "--output", str(base)]) == 0
+    assert main([*common, "--output", str(with_lora), "--lora", str(lora), "--lora-weight", "0.5"]) == 0
+    base_frames, _ = _read_video(base)
+    lora_frames, _ = _read_video(with_lora)
+    assert len(lora_frames) == 8
+    diff = max(abs(a.astype(int) - b.astype(int)).max() for a, b in zip(base_frames, lora_frames))
+    assert diff > 0  # the LoRA changed the video
