@@ -7,7 +7,7 @@ transformer, the VAE, the control embeddings and LoRA files. ``from_pretrained``
 
 import json
 import os
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, Optional, Union
 
 import torch
 from safetensors import SafetensorError
@@ -56,8 +56,13 @@ def check_state_dict_keys(expected: Iterable[str], state_dict: Dict[str, Any], w
         raise ValueError("\n".join(lines))
 
 
-def load_converted_state_dict(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], what: str) -> None:
-    """Checks the keys and shapes of a converted state dict before copying it into ``model`` (never partially)."""
+def load_converted_state_dict(
+    model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], what: str, assign: bool = False
+) -> None:
+    """Checks the keys and shapes of a converted state dict before loading it into ``model`` (never partially).
+
+    With ``assign=True`` the tensors replace the model's (for a model built on the meta device).
+    """
     own = model.state_dict()
     check_state_dict_keys(own.keys(), state_dict, what)
     bad_shapes = [
@@ -67,7 +72,7 @@ def load_converted_state_dict(model: torch.nn.Module, state_dict: Dict[str, torc
     ]
     if bad_shapes:
         raise ValueError(f"The {what} checkpoint has tensors of the wrong shape: {bad_shapes}")
-    model.load_state_dict(state_dict, strict=True)
+    model.load_state_dict(state_dict, strict=True, assign=assign)
 
 
 def weights_file(folder: str, name: str = "diffusion_pytorch_model.safetensors") -> str:
@@ -80,6 +85,25 @@ def weights_file(folder: str, name: str = "diffusion_pytorch_model.safetensors")
             )
         raise FileNotFoundError(f"Expected the weights file {path!r}, but it does not exist.")
     return path
+
+
+# `from_pretrained` arguments that say where files come from.
+HUB_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "subfolder")
+
+
+def local_folder(path_or_repo_id: Union[str, os.PathLike], hub_kwargs: Dict[str, Any]) -> str:
+    """The local folder of ``path_or_repo_id`` (joined with ``hub_kwargs["subfolder"]``); a hub id is downloaded
+    first with ``snapshot_download`` (only that subfolder, honouring ``HF_HUB_OFFLINE``)."""
+    subfolder = hub_kwargs.get("subfolder") or ""
+    path = str(path_or_repo_id)
+    if os.path.isdir(path):
+        return os.path.join(path, subfolder)
+    from huggingface_hub import snapshot_download
+
+    download_kwargs = {k: v for k, v in hub_kwargs.items() if k != "subfolder"}
+    if subfolder:
+        download_kwargs["allow_patterns"] = [f"{subfolder}/*"]
+    return os.path.join(snapshot_download(path, **download_kwargs), subfolder)
 
 
 def find_original_subfolder(root: str, candidates: Iterable[str]) -> Optional[str]:
@@ -237,16 +261,7 @@ def load_original_transformer(
 
     with torch.device("meta"):
         model = model_cls.from_config(config)
-    expected = model.state_dict()
-    check_state_dict_keys(expected.keys(), state_dict, "transformer")
-    bad_shapes = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-        for k, v in state_dict.items()
-        if tuple(v.shape) != tuple(expected[k].shape)
-    ]
-    if bad_shapes:
-        raise ValueError(f"The transformer checkpoint has tensors of the wrong shape: {bad_shapes}")
-    model.load_state_dict(state_dict, strict=True, assign=True)
+    load_converted_state_dict(model, state_dict, "transformer", assign=True)
     return model
 
 

@@ -34,10 +34,12 @@ from diffusers.utils import logging
 from diffusers.utils.accelerate_utils import apply_forward_hook
 
 from ..loaders.original_checkpoint import (
+    HUB_KWARGS,
     convert_vae_config,
     convert_vae_state_dict,
     is_original_vae_config,
     load_converted_state_dict,
+    local_folder,
     read_safetensors,
     weights_file,
 )
@@ -47,10 +49,9 @@ logger = logging.get_logger(__name__)
 
 _DOWN_BLOCK_TYPES = ("SpatialDownBlock3D", "SpatialTemporalDownBlock3D")
 _UP_BLOCK_TYPES = ("SpatialUpBlock3D", "SpatialTemporalUpBlock3D")
+
+
 # Keyword arguments of `from_pretrained` that locate files (forwarded to `load_config` / the hub download).
-_HUB_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "subfolder")
-
-
 class RuyiCausalCache:
     """The last input frames of every causal convolution, carried from one decoded chunk to the next.
 
@@ -810,7 +811,7 @@ class AutoencoderKLRuyiCausal3D(ModelMixin, AutoencoderMixin, ConfigMixin):
         >>> vae = AutoencoderKLRuyiCausal3D.from_pretrained("IamCreateAI/Ruyi-Mini-7B", subfolder="vae")
         ```
         """
-        hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
+        hub_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
         config = cls.load_config(pretrained_model_name_or_path, **hub_kwargs)
         if not is_original_vae_config(config):
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
@@ -825,18 +826,11 @@ class AutoencoderKLRuyiCausal3D(ModelMixin, AutoencoderMixin, ConfigMixin):
             raise ValueError("Pass only one of `dtype` and `torch_dtype`.")
         dtype = dtype if dtype is not None else torch_dtype
         device_map = kwargs.get("device_map")
-        ignored = sorted(k for k in kwargs if k not in (*_HUB_KWARGS, "dtype", "torch_dtype", "device_map"))
+        ignored = sorted(k for k in kwargs if k not in (*HUB_KWARGS, "dtype", "torch_dtype", "device_map"))
         if ignored:
             logger.warning(f"Loading an original Ruyi VAE checkpoint: ignoring {ignored}.")
 
-        folder = os.path.join(str(path), hub_kwargs.get("subfolder") or "")
-        if os.path.isdir(folder):
-            weights_path = weights_file(folder)
-        else:
-            from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
-            from diffusers.utils.hub_utils import _get_model_file
-
-            weights_path = _get_model_file(str(path), weights_name=SAFETENSORS_WEIGHTS_NAME, **hub_kwargs)
+        weights_path = weights_file(local_folder(path, hub_kwargs))
 
         model = cls.from_config(convert_vae_config(config))
         load_converted_state_dict(model, convert_vae_state_dict(read_safetensors(weights_path)), "VAE")

@@ -57,7 +57,12 @@ from ..hooks.enhance_a_video import (
     remove_ruyi_enhance_a_video,
 )
 from ..hooks.teacache import RuyiTeaCacheConfig, apply_ruyi_teacache, remove_ruyi_teacache
-from ..loaders.original_checkpoint import is_original_transformer_config, load_original_transformer
+from ..loaders.original_checkpoint import (
+    HUB_KWARGS,
+    is_original_transformer_config,
+    load_original_transformer,
+    local_folder,
+)
 
 
 logger = logging.get_logger(__name__)  # pylint: disable=invalid-name
@@ -731,8 +736,7 @@ class RuyiTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMix
         Returns:
             [`RuyiTransformer3DModel`]: The model, in eval mode.
         """
-        hub_keys = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "subfolder")
-        hub_kwargs = {key: kwargs[key] for key in hub_keys if kwargs.get(key) is not None}
+        hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if kwargs.get(key) is not None}
         config = cls.load_config(pretrained_model_name_or_path, **hub_kwargs)
         if not is_original_transformer_config(config):
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
@@ -753,7 +757,7 @@ class RuyiTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMix
         # Like diffusers' loader: float32 unless a dtype is requested, whatever the file stores.
         dtype = dtype if dtype is not None else (torch_dtype if torch_dtype is not None else torch.float32)
 
-        folder = _resolve_folder(pretrained_model_name_or_path, hub_kwargs)
+        folder = local_folder(pretrained_model_name_or_path, hub_kwargs)
         model = load_original_transformer(cls, folder, config, dtype=dtype)
         model.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
         return model.eval()
@@ -1135,19 +1139,6 @@ class RuyiTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMix
         if not return_dict:
             return (output,)
         return Transformer2DModelOutput(sample=output)
-
-
-def _resolve_folder(pretrained_model_name_or_path: Union[str, os.PathLike], hub_kwargs: Dict[str, Any]) -> str:
-    """The local folder holding the (sub)folder's files, downloading them from the hub if needed."""
-    subfolder = hub_kwargs.get("subfolder") or ""
-    path = str(pretrained_model_name_or_path)
-    if os.path.isdir(path):
-        return os.path.join(path, subfolder)
-    from huggingface_hub import snapshot_download
-
-    download_kwargs = {k: v for k, v in hub_kwargs.items() if k != "subfolder"}
-    root = snapshot_download(path, allow_patterns=[f"{subfolder}/*"] if subfolder else None, **download_kwargs)
-    return os.path.join(root, subfolder)
 
 
 # First-block caches (FirstBlockCache, MagCache) need to know what a block returns. The registry is private diffusers

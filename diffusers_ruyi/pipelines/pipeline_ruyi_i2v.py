@@ -142,18 +142,18 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         and then loaded the same way. All other keyword arguments are those of
         [`~DiffusionPipeline.from_pretrained`] (`dtype`, components passed explicitly, ...).
         """
-        from ..loaders.original_checkpoint import is_original_pipeline_folder, load_original_pipeline_components
+        from ..loaders.original_checkpoint import (
+            HUB_KWARGS,
+            is_original_pipeline_folder,
+            load_original_pipeline_components,
+            local_folder,
+        )
 
         path = str(pretrained_model_name_or_path)
         if not os.path.isdir(path):
-            from huggingface_hub import snapshot_download
-
-            hub_kwargs = {
-                k: kwargs.pop(k) for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs
-            }
-            if hub_kwargs.pop("local_files_only", False):
-                hub_kwargs["local_files_only"] = True
-            path = snapshot_download(path, **hub_kwargs)
+            # Where the files come from is settled here; what remains in kwargs is for loading the components.
+            hub_kwargs = {k: kwargs.pop(k) for k in HUB_KWARGS if k != "subfolder" and k in kwargs}
+            path = local_folder(path, {k: v for k, v in hub_kwargs.items() if v not in (None, False)})
 
         if os.path.isfile(os.path.join(path, "model_index.json")):
             return super().from_pretrained(path, **kwargs)
