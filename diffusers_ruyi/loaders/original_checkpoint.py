@@ -10,8 +10,6 @@ import os
 from typing import Any, Dict, Iterable, Optional, Union
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 
@@ -31,14 +29,70 @@ def read_json(path: str) -> Dict[str, Any]:
         raise ValueError(f"{path!r} is not valid JSON: {e}") from e
 
 
-def read_safetensors(path: str) -> Dict[str, torch.Tensor]:
-    """Loads a safetensors file on CPU (never pickle), with a clear error for a missing or corrupted file."""
+# safetensors dtype names (the file format's header) -> torch dtypes.
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def read_safetensors(path: str, dtype: Optional[torch.dtype] = None) -> Dict[str, torch.Tensor]:
+    """Reads a safetensors file on CPU (never pickle), one tensor at a time, casting floating tensors to ``dtype``.
+
+    Tensors are read with plain file reads into their own memory instead of through a memory map: a map keeps
+    every page it touched resident until it is closed, so mapping the file and then copying or casting from it
+    holds the file twice (1.5x the float32 size for a bfloat16 file loaded in float32). Here the peak is the
+    result plus one tensor being cast.
+
+    Raises:
+        `FileNotFoundError`: no file at ``path``.
+        `ValueError`: the file is truncated or not a safetensors file (the message says which).
+    """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Expected a safetensors file at {path!r}, but it does not exist.")
-    try:
-        return load_file(path, device="cpu")
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ValueError(f"Could not read {path!r} as a safetensors file (truncated or corrupted?): {e}") from e
+    file_size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        try:
+            header_size = int.from_bytes(f.read(8), "little")
+            if not 0 < header_size <= file_size - 8:
+                raise ValueError(f"its header claims {header_size} bytes")
+            header = json.loads(f.read(header_size))
+            header.pop("__metadata__", None)
+            base = 8 + header_size
+            entries = sorted(header.items(), key=lambda item: item[1]["data_offsets"][0])
+            end = max((info["data_offsets"][1] for _, info in entries), default=0)
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path!r} is not a valid safetensors file: {e}") from None
+        if base + end > file_size:
+            raise ValueError(
+                f"{path!r} is truncated: its header describes {base + end} bytes but the file has {file_size}. "
+                "Download it again."
+            )
+        state_dict = {}
+        for name, info in entries:
+            if info["dtype"] not in _SAFETENSORS_DTYPES:
+                raise ValueError(f"{path!r}: tensor {name!r} has an unsupported dtype {info['dtype']!r}.")
+            tensor = torch.empty(info["shape"], dtype=_SAFETENSORS_DTYPES[info["dtype"]])
+            start, stop = info["data_offsets"]
+            if stop - start != tensor.numel() * tensor.element_size():
+                raise ValueError(f"{path!r}: tensor {name!r} has {stop - start} bytes for shape {info['shape']}.")
+            if tensor.numel():
+                f.seek(base + start)
+                f.readinto(memoryview(tensor.view(-1).view(torch.uint8).numpy()))
+            if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
+                tensor = tensor.to(dtype)
+            state_dict[name] = tensor
+    return state_dict
 
 
 def check_state_dict_keys(expected: Iterable[str], state_dict: Dict[str, Any], what: str) -> None:
@@ -87,23 +141,82 @@ def weights_file(folder: str, name: str = "diffusion_pytorch_model.safetensors")
     return path
 
 
+# Floating dtypes the models run in; float8 is a storage format here (see `hooks.fp8`), not a load dtype.
+SUPPORTED_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _one_dtype(value: Any, name: str) -> Optional[torch.dtype]:
+    if value is None or value in ("auto", "default"):
+        return None
+    if isinstance(value, str):
+        key = value[len("torch.") :] if value.startswith("torch.") else value
+        key = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}.get(key, key)
+        if key in SUPPORTED_DTYPES:
+            return SUPPORTED_DTYPES[key]
+    elif value in SUPPORTED_DTYPES.values():
+        return value
+    raise ValueError(
+        f"`{name}` must be one of {list(SUPPORTED_DTYPES)} (a torch.dtype or its name), got {value!r}. "
+        "For float8 weight storage load in bfloat16, then call `diffusers_ruyi.hooks.apply_fp8_mode(model, mode)`."
+    )
+
+
+def resolve_dtype(dtype: Any = None, torch_dtype: Any = None) -> Union[None, torch.dtype, Dict[str, torch.dtype]]:
+    """The one place that reconciles ``dtype`` with its alias ``torch_dtype`` and validates it.
+
+    Accepts a ``torch.dtype``, its name (``"bfloat16"``, ``"torch.float16"``, ``"bf16"``...), or a dict of those per
+    component with an optional ``"default"`` entry. Returns ``None`` when neither is given.
+
+    Raises:
+        `ValueError`: both arguments are given and differ, or a dtype is not float32 / float16 / bfloat16.
+    """
+    if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
+        raise ValueError(f"Got both `dtype={dtype!r}` and `torch_dtype={torch_dtype!r}`; pass only `dtype`.")
+    value = dtype if dtype is not None else torch_dtype
+    name = "dtype" if dtype is not None else "torch_dtype"
+    if isinstance(value, dict):
+        return {key: _one_dtype(v, f"{name}[{key!r}]") for key, v in value.items()}
+    return _one_dtype(value, name)
+
+
 # `from_pretrained` arguments that say where files come from.
 HUB_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "subfolder")
 
 
 def local_folder(path_or_repo_id: Union[str, os.PathLike], hub_kwargs: Dict[str, Any]) -> str:
     """The local folder of ``path_or_repo_id`` (joined with ``hub_kwargs["subfolder"]``); a hub id is downloaded
-    first with ``snapshot_download`` (only that subfolder, honouring ``HF_HUB_OFFLINE``)."""
+    first with ``snapshot_download`` (only that subfolder, honouring ``HF_HUB_OFFLINE``).
+
+    Raises:
+        `FileNotFoundError`: a local path that does not exist (a mistyped path is never sent to the hub), or a hub id
+            that is not in the local cache while offline.
+    """
     subfolder = hub_kwargs.get("subfolder") or ""
     path = str(path_or_repo_id)
     if os.path.isdir(path):
         return os.path.join(path, subfolder)
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+    from huggingface_hub.utils import validate_repo_id
 
+    # A hub id is exactly "owner/name"; anything else that is not a folder is a mistyped local path.
+    looks_local = path.startswith((".", "/", "~")) or path.count("/") != 1 or (os.sep != "/" and os.sep in path)
+    try:
+        validate_repo_id(path)
+    except HFValidationError:
+        looks_local = True
+    if looks_local:
+        raise FileNotFoundError(f"{path!r} is not an existing folder (nor a hub repository id like 'owner/name').")
     download_kwargs = {k: v for k, v in hub_kwargs.items() if k != "subfolder"}
     if subfolder:
         download_kwargs["allow_patterns"] = [f"{subfolder}/*"]
-    return os.path.join(snapshot_download(path, **download_kwargs), subfolder)
+    try:
+        return os.path.join(snapshot_download(path, **download_kwargs), subfolder)
+    except LocalEntryNotFoundError as e:
+        raise FileNotFoundError(
+            f"{path!r} is not in the local Hugging Face cache and downloading is off (HF_HUB_OFFLINE=1 or "
+            "local_files_only): download it once online, or pass a local folder."
+        ) from e
 
 
 def find_original_subfolder(root: str, candidates: Iterable[str]) -> Optional[str]:
@@ -234,16 +347,17 @@ def convert_transformer_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[
     return converted
 
 
-def read_original_transformer_weights(folder: str) -> Dict[str, torch.Tensor]:
-    """Reads ``diffusion_pytorch_model.safetensors`` from ``folder``, or all shards listed by its ``.index.json``."""
+def read_original_transformer_weights(folder: str, dtype: Optional[torch.dtype] = None) -> Dict[str, torch.Tensor]:
+    """Reads ``diffusion_pytorch_model.safetensors`` from ``folder``, or all shards listed by its ``.index.json``,
+    casting floating tensors to ``dtype`` one at a time (see `read_safetensors`)."""
     index_path = os.path.join(folder, "diffusion_pytorch_model.safetensors.index.json")
     if os.path.isfile(index_path):
         shards = sorted(set(read_json(index_path).get("weight_map", {}).values()))
         state_dict = {}
         for shard in shards:
-            state_dict.update(read_safetensors(weights_file(folder, shard)))
+            state_dict.update(read_safetensors(weights_file(folder, shard), dtype))
         return state_dict
-    return read_safetensors(weights_file(folder))
+    return read_safetensors(weights_file(folder), dtype)
 
 
 def load_original_transformer(
@@ -252,13 +366,11 @@ def load_original_transformer(
     """Builds ``model_cls`` (``RuyiTransformer3DModel``) from an original-layout folder, all or nothing.
 
     The model is created on the meta device (no random init of billions of weights) and the converted tensors are
-    assigned after checking every key and shape; floating tensors are cast to ``dtype`` when given.
+    assigned after checking every key and shape, so the weights exist once in memory: peak RSS is the weights in
+    ``dtype`` plus one tensor (``benchmarks/bench_loading.py``).
     """
     config = convert_transformer_config(original_config)
-    state_dict = convert_transformer_state_dict(read_original_transformer_weights(folder))
-    if dtype is not None:
-        state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
-
+    state_dict = convert_transformer_state_dict(read_original_transformer_weights(folder, dtype))
     with torch.device("meta"):
         model = model_cls.from_config(config)
     load_converted_state_dict(model, state_dict, "transformer", assign=True)
@@ -410,24 +522,32 @@ def convert_vae_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str, tor
 # ----------------------------------------------------------------------------------------------------------------
 
 TRANSFORMER_SUBFOLDERS = ("transformer", "transformers")
+# `model_index.json` of the published checkpoint names the original pipeline class; its component entries name
+# stock diffusers classes (`HunyuanDiT2DModel`, `AutoencoderKL`) that cannot load these files.
+ORIGINAL_PIPELINE_CLASS_NAME = "RuyiInpaintPipeline"
+# What the original `predict_i2v.py` reads from the snapshot, besides the transformer folder.
 ORIGINAL_PIPELINE_ENTRIES = ("vae", "image_encoder", "scheduler", "embeddings.safetensors")
-# Schedulers the original offers; any other diffusers scheduler class named in scheduler_config.json is refused.
-ORIGINAL_SCHEDULERS = (
-    "DDIMScheduler",
-    "EulerDiscreteScheduler",
-    "EulerAncestralDiscreteScheduler",
-    "DPMSolverMultistepScheduler",
-    "PNDMScheduler",
-)
 _PIPELINE_COMPONENTS = ("vae", "transformer", "scheduler", "image_encoder", "image_processor", "control_embeddings")
+# Weights of a full `CLIPModel` that the vision tower does not use.
+_CLIP_TEXT_TOWER_PREFIXES = ("text_model.", "text_projection.", "logit_scale")
 
 
 def is_original_pipeline_folder(folder: str) -> bool:
-    """True when ``folder`` looks like the original hub snapshot (and not a diffusers pipeline folder)."""
-    if os.path.isfile(os.path.join(folder, "model_index.json")):
-        return False
+    """Whether ``folder`` is a Ruyi checkpoint in the ORIGINAL layout (and not a diffusers pipeline folder).
+
+    That is a folder whose ``model_index.json`` names ``RuyiInpaintPipeline`` (whatever its component entries say),
+    or one without ``model_index.json`` that has a ``transformer/`` (or ``transformers/``) and a ``vae/`` folder and
+    ``embeddings.safetensors``.
+    """
+    index = os.path.join(folder, "model_index.json")
+    if os.path.isfile(index):
+        return read_json(index).get("_class_name") == ORIGINAL_PIPELINE_CLASS_NAME
     has_transformer = find_original_subfolder(folder, TRANSFORMER_SUBFOLDERS) is not None
-    return has_transformer and all(os.path.exists(os.path.join(folder, e)) for e in ORIGINAL_PIPELINE_ENTRIES)
+    return (
+        has_transformer
+        and os.path.isdir(os.path.join(folder, "vae"))
+        and os.path.isfile(os.path.join(folder, "embeddings.safetensors"))
+    )
 
 
 def _component_dtype(dtype, name: str):
@@ -437,7 +557,8 @@ def _component_dtype(dtype, name: str):
 
 
 def load_control_embeddings(path: str):
-    """Reads the original ``embeddings.safetensors`` into a [`RuyiControlEmbeddings`] component."""
+    """Reads the original ``embeddings.safetensors`` (bfloat16 in the published file) into a
+    [`RuyiControlEmbeddings`] component (float32 buffers; the pipeline casts them to the transformer's dtype)."""
     from ..pipelines.controls import RuyiControlEmbeddings
 
     return RuyiControlEmbeddings.from_flat_dict(read_safetensors(path))
@@ -453,7 +574,59 @@ def clip_image_processor_class():
 
 
 def load_clip_image_processor(folder: str):
+    """The CLIP preprocessing of ``image_encoder/``; the published old-style ``CLIPFeatureExtractor`` config (integer
+    ``size`` / ``crop_size``) reads as a shortest-edge resize and a square centre crop, as in the original."""
     return clip_image_processor_class().from_pretrained(folder)
+
+
+def load_clip_image_encoder(folder: str, dtype: Optional[torch.dtype] = None):
+    """Loads the CLIP vision tower with its projection from ``image_encoder/``, as the original does.
+
+    The published folder holds a FULL ``CLIPModel`` (text and vision towers) as ``pytorch_model.bin``: that official
+    pickle file is the one exception to safetensors-only loading, and transformers reads it with
+    ``torch.load(weights_only=True)``, which refuses anything but tensors. A ``model.safetensors`` is preferred when
+    present (the converter writes one). Weights of the text tower are skipped; a missing vision weight is an error.
+    """
+    from transformers import CLIPVisionModelWithProjection
+    from transformers.utils import logging as transformers_logging
+
+    names = ("model.safetensors", "pytorch_model.bin")
+    if not any(os.path.isfile(os.path.join(folder, n)) for n in names):
+        raise FileNotFoundError(f"{folder!r} has no CLIP weights (expected one of {list(names)}).")
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # its load report would list every (expected) text-tower key
+    try:
+        encoder, info = CLIPVisionModelWithProjection.from_pretrained(folder, output_loading_info=True)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    missing = sorted(info.get("missing_keys", []))
+    mismatched = sorted(info.get("mismatched_keys", []))
+    unexpected = sorted(k for k in info.get("unexpected_keys", []) if not k.startswith(_CLIP_TEXT_TOWER_PREFIXES))
+    if missing or mismatched or unexpected:
+        raise ValueError(
+            f"The CLIP image encoder in {folder!r} does not match its config. Missing keys: {missing}; keys of the "
+            f"wrong shape: {mismatched}; unexpected keys: {unexpected}."
+        )
+    encoder = encoder.eval()
+    return encoder.to(dtype) if dtype is not None else encoder
+
+
+def load_original_scheduler(folder: str):
+    """`DDIMScheduler` from ``scheduler/scheduler_config.json``, whatever class the file names: the original always
+    builds DDIM from it (the published file names HunyuanDiT's ``DDPMScheduler``). Every key is kept in the config, so
+    ``EulerDiscreteScheduler.from_config(pipe.scheduler.config)`` and the other samplers swap in as in the original."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler.from_config(read_json(os.path.join(folder, "scheduler_config.json")))
+
+
+def _disk_size(path: str) -> str:
+    """Size of a file or folder, for progress messages."""
+    if os.path.isfile(path):
+        total = os.path.getsize(path)
+    else:
+        total = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
+    return f"{total / 2**20:.0f} MB" if total < 2**30 else f"{total / 2**30:.1f} GB"
 
 
 def load_original_pipeline_components(folder: str, **kwargs) -> Dict[str, Any]:
@@ -461,25 +634,20 @@ def load_original_pipeline_components(folder: str, **kwargs) -> Dict[str, Any]:
 
     Args:
         folder (`str`): The local snapshot (``transformer/`` or ``transformers/``, ``vae/``, ``image_encoder/``,
-            ``scheduler/``, ``embeddings.safetensors``).
-        kwargs: ``dtype`` (a ``torch.dtype`` or a dict per component with a ``"default"``), the deprecated
-            ``torch_dtype``, and already-built components to use instead of loading them (``vae=...``).
+            ``scheduler/``, ``embeddings.safetensors``, and optionally the original ``model_index.json``).
+        kwargs: ``dtype`` (a ``torch.dtype``, its name, or a dict per component with a ``"default"``), the
+            deprecated ``torch_dtype``, and already-built components to use instead of loading them (``vae=...``).
 
     Returns:
         `Dict[str, Any]`: the keyword arguments of ``RuyiImageToVideoPipeline(...)``.
     """
-    import diffusers
-    from transformers import CLIPVisionModelWithProjection
+    from diffusers.utils import logging as diffusers_logging
 
     from ..models.autoencoder_kl_ruyi import AutoencoderKLRuyiCausal3D
     from ..models.transformer_ruyi import RuyiTransformer3DModel
 
-    dtype = kwargs.pop("dtype", None)
-    torch_dtype = kwargs.pop("torch_dtype", None)
-    if torch_dtype is not None:
-        if dtype is not None:
-            raise ValueError("Pass only `dtype`; `torch_dtype` is its deprecated alias.")
-        dtype = torch_dtype
+    logger = diffusers_logging.get_logger(__name__)
+    dtype = resolve_dtype(kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None))
     given = {name: kwargs.pop(name) for name in _PIPELINE_COMPONENTS if name in kwargs}
     for harmless in ("use_safetensors", "low_cpu_mem_usage"):
         kwargs.pop(harmless, None)
@@ -490,41 +658,44 @@ def load_original_pipeline_components(folder: str, **kwargs) -> Dict[str, Any]:
             "scripts/convert_ruyi_to_diffusers.py to use every option of DiffusionPipeline.from_pretrained."
         )
 
-    def load_transformer():
-        sub = find_original_subfolder(folder, TRANSFORMER_SUBFOLDERS)
-        return RuyiTransformer3DModel.from_pretrained(
-            folder, subfolder=sub, dtype=_component_dtype(dtype, "transformer")
+    # Where each component is read from; cheap ones first, so a broken small file fails before the big weights.
+    sources = {
+        "control_embeddings": "embeddings.safetensors",
+        "scheduler": "scheduler",
+        "image_processor": "image_encoder",
+        "vae": "vae",
+        "image_encoder": "image_encoder",
+        "transformer": find_original_subfolder(folder, TRANSFORMER_SUBFOLDERS) or "transformer",
+    }
+    missing = sorted({s for n, s in sources.items() if n not in given and not os.path.exists(os.path.join(folder, s))})
+    if missing:
+        raise FileNotFoundError(
+            f"{folder!r} is a Ruyi checkpoint in the original layout but lacks {missing}; it needs transformer/, vae/, "
+            "image_encoder/, scheduler/ and embeddings.safetensors (download the whole IamCreateAI/Ruyi-Mini-7B "
+            "snapshot)."
         )
 
-    def load_image_encoder():
-        encoder_dtype = _component_dtype(dtype, "image_encoder")
-        encoder = CLIPVisionModelWithProjection.from_pretrained(os.path.join(folder, "image_encoder"))
-        return encoder.to(encoder_dtype) if encoder_dtype is not None else encoder
+    def load(name: str, source: str) -> Any:
+        path = os.path.join(folder, source)
+        if name == "control_embeddings":
+            return load_control_embeddings(path)
+        if name == "scheduler":
+            return load_original_scheduler(path)
+        if name == "image_processor":
+            return load_clip_image_processor(path)
+        if name == "image_encoder":
+            return load_clip_image_encoder(path, _component_dtype(dtype, name))
+        model_cls = AutoencoderKLRuyiCausal3D if name == "vae" else RuyiTransformer3DModel
+        return model_cls.from_pretrained(folder, subfolder=source, dtype=_component_dtype(dtype, name))
 
-    def load_scheduler():
-        config = read_json(os.path.join(folder, "scheduler", "scheduler_config.json"))
-        name = config.get("_class_name", "DDIMScheduler")
-        if name not in ORIGINAL_SCHEDULERS:
-            raise ValueError(
-                f"Unknown scheduler {name!r} in scheduler_config.json; expected one of {ORIGINAL_SCHEDULERS}."
-            )
-        return getattr(diffusers, name).from_config(config)
-
-    # Cheap components first, so a broken small file fails before gigabytes of weights are read.
-    loaders = {
-        "control_embeddings": lambda: load_control_embeddings(os.path.join(folder, "embeddings.safetensors")),
-        "scheduler": load_scheduler,
-        "image_processor": lambda: load_clip_image_processor(os.path.join(folder, "image_encoder")),
-        "vae": lambda: AutoencoderKLRuyiCausal3D.from_pretrained(
-            folder, subfolder="vae", dtype=_component_dtype(dtype, "vae")
-        ),
-        "image_encoder": load_image_encoder,
-        "transformer": load_transformer,
-    }
     components = dict(given)
-    todo = [name for name in loaders if name not in components]
-    for name in tqdm(todo, desc="Loading Ruyi (original layout)", disable=not todo):
-        components[name] = loaders[name]()
+    todo = [name for name in sources if name not in components]
+    bar = tqdm(todo, desc="Loading Ruyi (original layout)", disable=not diffusers_logging.is_progress_bar_enabled())
+    for name in bar:
+        size = _disk_size(os.path.join(folder, sources[name]))
+        bar.set_postfix_str(f"{name} ({size})")
+        logger.info(f"Loading {name} from {sources[name]} ({size})")
+        components[name] = load(name, sources[name])
     return components
 
 

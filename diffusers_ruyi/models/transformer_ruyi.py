@@ -62,6 +62,7 @@ from ..loaders.original_checkpoint import (
     is_original_transformer_config,
     load_original_transformer,
     local_folder,
+    resolve_dtype,
 )
 
 
@@ -595,19 +596,19 @@ class RuyiTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMix
     space, cross-attention to the two text streams, gated cross-attention to resampled CLIP image tokens and a
     feed-forward network. The output has `out_channels` channels, the noise prediction followed by the learned sigma.
 
-    The defaults describe the full-size model: 32 heads x 88 = 2816 channels (the width implied by the original's fp8
-    "lite" threshold of 2816^2 weights per Linear; with 40 layers this gives 7.19B parameters, the model card's "about
-    7.1 billion"), MLP ratio 4.3637 and text streams of 77 x 1024 and 256 x 2048 as in HunyuanDiT. The published
-    config was not available offline to check them; checkpoints always carry their own config.
+    The defaults are the published Ruyi-Mini-7B transformer (`transformer/config.json` of `IamCreateAI/Ruyi-Mini-7B`):
+    16 heads x 176 = 2816 channels, 40 layers, MLP ratio 4.3637 (12288 hidden channels), CLIP tokens of 1024 channels
+    and text streams of 77 x 1024 and 256 x 2048 as in HunyuanDiT: 7,186,781,312 parameters. Checkpoints always carry
+    their own config.
 
     Args:
-        num_attention_heads (`int`, defaults to 32): Number of attention heads.
-        attention_head_dim (`int`, defaults to 88): Channels per head (a multiple of 4, for 2D RoPE).
+        num_attention_heads (`int`, defaults to 16): Number of attention heads.
+        attention_head_dim (`int`, defaults to 176): Channels per head (a multiple of 4, for 2D RoPE).
         in_channels (`int`, defaults to 48): Channels of `hidden_states` plus `inpaint_latents`.
         out_channels (`int`, defaults to 32): Output channels (the prediction followed by the learned sigma).
         patch_size (`int`, defaults to 2): Spatial patch size.
         n_query (`int`, defaults to 16): Number of resampled CLIP tokens (a perfect square).
-        projection_dim (`int`, defaults to 768): Channels of the CLIP image tokens fed to the resampler.
+        projection_dim (`int`, defaults to 1024): Channels of the CLIP image tokens fed to the resampler.
         activation_fn (`str`, defaults to `"gelu-approximate"`): Feed-forward activation.
         sample_size (`int`, defaults to 128): Default latent height/width (used by pipelines; no learned positions).
         num_layers (`int`, defaults to 40): Number of blocks (even, because of the long skips).
@@ -633,13 +634,13 @@ class RuyiTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMix
     @register_to_config
     def __init__(
         self,
-        num_attention_heads: int = 32,
-        attention_head_dim: int = 88,
+        num_attention_heads: int = 16,
+        attention_head_dim: int = 176,
         in_channels: int = 48,
         out_channels: int = 32,
         patch_size: int = 2,
         n_query: int = 16,
-        projection_dim: int = 768,
+        projection_dim: int = 1024,
         activation_fn: str = "gelu-approximate",
         sample_size: int = 128,
         num_layers: int = 40,
@@ -736,9 +737,12 @@ class RuyiTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMix
         Returns:
             [`RuyiTransformer3DModel`]: The model, in eval mode.
         """
+        dtype = resolve_dtype(kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None))
         hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if kwargs.get(key) is not None}
         config = cls.load_config(pretrained_model_name_or_path, **hub_kwargs)
         if not is_original_transformer_config(config):
+            if dtype is not None:
+                kwargs["dtype"] = dtype
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
         unsupported = [
@@ -751,11 +755,8 @@ class RuyiTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMix
                 f"{unsupported} are not supported when loading the original Ruyi layout; convert the checkpoint with "
                 "`scripts/convert_ruyi_to_diffusers.py` first."
             )
-        dtype, torch_dtype = kwargs.get("dtype"), kwargs.get("torch_dtype")
-        if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
-            raise ValueError(f"Got both `dtype={dtype}` and `torch_dtype={torch_dtype}`; pass only `dtype`.")
         # Like diffusers' loader: float32 unless a dtype is requested, whatever the file stores.
-        dtype = dtype if dtype is not None else (torch_dtype if torch_dtype is not None else torch.float32)
+        dtype = dtype or torch.float32
 
         folder = local_folder(pretrained_model_name_or_path, hub_kwargs)
         model = load_original_transformer(cls, folder, config, dtype=dtype)

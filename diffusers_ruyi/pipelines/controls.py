@@ -17,7 +17,8 @@ logger = logging.get_logger(__name__)
 
 MOTION_VALUES = ("1", "2", "3", "4", "auto")
 CAMERA_DIRECTIONS = ("static", "left", "right", "up", "down", "auto")
-ASPECT_RATIOS = ("16:9",)
+# The tags of the published embeddings file (`p.16x9movie...`, `p.9x16movie...`); any "W:H" tag a file holds works.
+ASPECT_RATIOS = ("16:9", "9:16")
 DEFAULT_POSITIVE = "p.default"
 DEFAULT_NEGATIVE = "n.default"
 _FIELDS = ("emb1", "mask1", "emb2", "mask2")
@@ -64,13 +65,22 @@ def normalize_motion(motion: Union[int, str]) -> str:
     return "0" if str(motion) == "auto" else str(motion)
 
 
+def _aspect_ratio_tag(aspect_ratio: str) -> str:
+    """``"16:9"`` -> ``"16x9"``, the tag used in the embeddings file's names."""
+    width, sep, height = aspect_ratio.partition(":") if isinstance(aspect_ratio, str) else ("", "", "")
+    if not (sep and width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):
+        raise ValueError(
+            f"`aspect_ratio` must be a tag like {' or '.join(repr(a) for a in ASPECT_RATIOS)} ('W:H' with positive "
+            f"integers), got {aspect_ratio!r}."
+        )
+    return f"{int(width)}x{int(height)}"
+
+
 def control_name(motion: Union[int, str], camera_direction: str, aspect_ratio: str = "16:9") -> str:
     """The name of the positive embedding for a control combination, e.g. ``p.16x9movie2left``."""
     if camera_direction not in CAMERA_DIRECTIONS:
         raise ValueError(f"`camera_direction` must be one of {list(CAMERA_DIRECTIONS)}, got {camera_direction!r}.")
-    if aspect_ratio not in ASPECT_RATIOS:
-        raise ValueError(f"`aspect_ratio` must be one of {list(ASPECT_RATIOS)}, got {aspect_ratio!r}.")
-    return f"p.{aspect_ratio.replace(':', 'x')}movie{normalize_motion(motion)}{camera_direction}"
+    return f"p.{_aspect_ratio_tag(aspect_ratio)}movie{normalize_motion(motion)}{camera_direction}"
 
 
 class RuyiControlEmbeddings(ModelMixin, ConfigMixin):
@@ -160,6 +170,12 @@ class RuyiControlEmbeddings(ModelMixin, ConfigMixin):
     def names(self) -> List[str]:
         return list(self.config.names)
 
+    @property
+    def aspect_ratios(self) -> List[str]:
+        """The aspect-ratio tags the file holds embeddings for, e.g. ``["16:9", "9:16"]``."""
+        tags = {name[2:].split("movie")[0] for name in self.names if name.startswith("p.") and "movie" in name}
+        return sorted(tag.replace("x", ":") for tag in tags)
+
     def get(self, name: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns ``(emb1, mask1, emb2, mask2)`` for ``name``, each with a leading batch dimension of 1."""
         if name not in self._index:
@@ -172,7 +188,8 @@ class RuyiControlEmbeddings(ModelMixin, ConfigMixin):
     ) -> Tuple[Tuple[torch.Tensor, ...], Tuple[torch.Tensor, ...]]:
         """Positive and negative embeddings for a control combination.
 
-        A combination that the file does not hold falls back to ``p.default`` with a warning, as the original does.
+        A combination that the file does not hold (motion, camera or aspect-ratio tag) falls back to ``p.default``
+        with a warning, as the original does; `aspect_ratios` lists the tags the file has.
 
         Returns:
             `Tuple`: ``(positive, negative)``, each ``(emb1, mask1, emb2, mask2)``.

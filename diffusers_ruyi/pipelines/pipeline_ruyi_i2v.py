@@ -12,6 +12,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
+import contextlib
 import inspect
 import json
 import os
@@ -134,37 +135,48 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Union[str, os.PathLike], **kwargs):
         r"""
-        Loads the pipeline from a diffusers-format folder, a folder in the ORIGINAL Ruyi hub layout, or a hub id.
+        Loads the pipeline from the PUBLISHED Ruyi checkpoint (original layout), a diffusers-format folder, or a hub id.
 
-        A folder in the original layout (`transformer/` or `transformers/`, `vae/`, `image_encoder/`, `scheduler/`,
-        `embeddings.safetensors`, no `model_index.json`) is converted in memory. A hub id is downloaded with
+        A folder in the original layout (its `model_index.json` names `RuyiInpaintPipeline`, or it has no
+        `model_index.json` but `transformer/` + `vae/` + `embeddings.safetensors`) is converted in memory, reading
+        the files as the original `predict_i2v.py` does (see the loading docs). A hub id is downloaded with
         `huggingface_hub.snapshot_download` first (honouring `HF_HUB_OFFLINE`, `cache_dir`, `revision`, `token`)
-        and then loaded the same way. All other keyword arguments are those of
-        [`~DiffusionPipeline.from_pretrained`] (`dtype`, components passed explicitly, ...).
+        and then loaded the same way. A folder written by `save_pretrained` loads through
+        [`~DiffusionPipeline.from_pretrained`] with all its arguments.
+
+        Args:
+            pretrained_model_name_or_path (`str` or `os.PathLike`): A local folder or a hub repository id.
+            dtype (`torch.dtype`, `str` or `dict`, *optional*): The weights' dtype (float32, float16 or bfloat16,
+                or their names; a dict per component with a `"default"` entry). `torch_dtype` is its alias.
+            kwargs: Components to use as they are (`vae=...`) and, for diffusers-format folders, every argument of
+                [`~DiffusionPipeline.from_pretrained`].
         """
         from ..loaders.original_checkpoint import (
             HUB_KWARGS,
             is_original_pipeline_folder,
             load_original_pipeline_components,
             local_folder,
+            resolve_dtype,
         )
 
+        dtype = resolve_dtype(kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None))
         path = str(pretrained_model_name_or_path)
         if not os.path.isdir(path):
             # Where the files come from is settled here; what remains in kwargs is for loading the components.
             hub_kwargs = {k: kwargs.pop(k) for k in HUB_KWARGS if k != "subfolder" and k in kwargs}
             path = local_folder(path, {k: v for k, v in hub_kwargs.items() if v not in (None, False)})
 
-        if os.path.isfile(os.path.join(path, "model_index.json")):
-            return super().from_pretrained(path, **kwargs)
-        if not is_original_pipeline_folder(path):
+        if is_original_pipeline_folder(path):
+            return cls(**load_original_pipeline_components(path, dtype=dtype, **kwargs))
+        if not os.path.isfile(os.path.join(path, "model_index.json")):
             raise ValueError(
                 f"{pretrained_model_name_or_path!r} is neither a diffusers pipeline folder (no model_index.json) nor "
-                "a Ruyi checkpoint in the original layout (transformer/ or transformers/, vae/, image_encoder/, "
-                "scheduler/ and embeddings.safetensors)."
+                "a Ruyi checkpoint in the original layout (transformer/, vae/, image_encoder/, scheduler/ and "
+                "embeddings.safetensors)."
             )
-        components = load_original_pipeline_components(path, **kwargs)
-        return cls(**components)
+        if dtype is not None:
+            kwargs["dtype"] = dtype
+        return super().from_pretrained(path, **kwargs)
 
     def save_pretrained(self, save_directory: Union[str, os.PathLike], **kwargs):
         r"""
@@ -372,17 +384,22 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         r"""
         Encodes the mask and the masked video with the VAE into `inpaint_latents` `(B, 2 * 16, f, h, w)`.
 
-        Masked pixels are set to -1 before encoding; the mask itself is encoded as a 3-channel video in {0, 1}.
-        Posterior samples use the first of `generator` (the original drew them from the global RNG).
+        Masked pixels are set to -1 before encoding; the mask itself is encoded as a 3-channel video in {0, 1}. As in
+        the original, each video goes through the VAE on its own (the mask latents of every video first, then the
+        masked videos'). Posterior samples come from `generator` (per video when it is a list); the original drew
+        them from the global RNG.
         """
-        vae_dtype = self.vae.dtype
         mask_video = mask.repeat(1, 3, 1, 1, 1)
         masked_video = video * (mask_video < 0.5) + torch.ones_like(video) * (mask_video > 0.5) * -1
-        sample_generator = generator[0] if isinstance(generator, list) else generator
         latents = []
-        for pixels in (mask_video, masked_video):
-            posterior = self.vae.encode(pixels.to(device=device, dtype=vae_dtype)).latent_dist
-            latents.append(posterior.sample(generator=sample_generator) * self.vae.config.scaling_factor)
+        with self._vae_upcast():
+            for pixels in (mask_video, masked_video):
+                per_video = []
+                for i, one in enumerate(pixels.split(1)):
+                    sample_generator = generator[i] if isinstance(generator, list) else generator
+                    posterior = self.vae.encode(one.to(device=device, dtype=self.vae.dtype)).latent_dist
+                    per_video.append(posterior.sample(generator=sample_generator))
+                latents.append(torch.cat(per_video) * self.vae.config.scaling_factor)
         return torch.cat(latents, dim=1)
 
     def encode_image(self, images: List[PIL.Image.Image], device: torch.device) -> torch.Tensor:
@@ -390,6 +407,51 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         pixel_values = self.image_processor(images=images, return_tensors="pt").pixel_values
         pixel_values = pixel_values.to(device=device, dtype=self.image_encoder.dtype)
         return self.image_encoder(pixel_values=pixel_values).last_hidden_state[:, 1:]
+
+    @contextlib.contextmanager
+    def _vae_upcast(self):
+        # As diffusers' pipelines do: only float16 overflows in this VAE (`force_upcast`), so it runs in float32 then;
+        # bfloat16 runs as is, as the original ran the published VAE in the pipeline's dtype.
+        upcast = self.vae.dtype == torch.float16 and bool(self.vae.config.force_upcast)
+        if upcast:
+            self.vae.to(torch.float32)
+        try:
+            yield
+        finally:
+            if upcast:
+                self.vae.to(torch.float16)
+
+    def smooth_output(self, video: torch.Tensor) -> torch.Tensor:
+        r"""
+        Blends the seams between the slice VAE's independently encoded 8-frame slices, as the original does.
+
+        The middle of the decoded video, shifted by half a slice (`video[:, :, s // 2 : -(s - s // 2)]` for slices
+        of `s` frames), is encoded (posterior mode) and decoded again, and averaged with the first decode there, so
+        every seam of the first pass falls inside a slice of the second. Videos of at most one slice are returned
+        unchanged. `video` is modified in place and returned, clamped to [-1, 1].
+        """
+        frames_per_slice = self.vae.config.get("mini_batch_encoder", 8)  # TODO(lead)
+        if video.shape[2] <= frames_per_slice:
+            return video
+        before = frames_per_slice // 2
+        after = frames_per_slice - before
+        middle = video[:, :, before:-after]
+        latents = self.vae.encode(middle).latent_dist.mode()
+        redecoded = self.vae.decode(latents, return_dict=False)[0]
+        video[:, :, before:-after] = (middle + redecoded) / 2
+        return video.clamp(-1, 1)
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        r"""
+        Decodes denoised latents into a video `(B, 3, F, H, W)` in [-1, 1], as the original `decode_latents`: the
+        VAE decode clamped, then, unless the VAE is the cache variant, `smooth_output`.
+        """
+        with self._vae_upcast():
+            latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
+            video = self.vae.decode(latents, return_dict=False)[0].clamp(-1, 1)
+            if not self.vae.config.get("cache_compression_vae", True):  # TODO(lead): VAE attribute
+                video = self.smooth_output(video)
+        return video
 
     def prepare_latents(
         self, shape: Tuple[int, ...], dtype: torch.dtype, device: torch.device, generator, latents=None
@@ -478,8 +540,10 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             camera_direction (`str`, defaults to `"auto"`):
                 One of `"static"`, `"left"`, `"right"`, `"up"`, `"down"`, `"auto"`.
             aspect_ratio (`str`, defaults to `"16:9"`):
-                The aspect-ratio tag of the control embeddings (Ruyi ships `"16:9"` only; it is a conditioning
-                tag, not the output size).
+                The aspect-ratio tag of the control embeddings, a conditioning tag and not the output size: the
+                published file has `"16:9"` (what the original uses: "works better") and `"9:16"`; see
+                `pipe.control_embeddings.aspect_ratios`. A tag the file lacks falls back to `p.default` with a
+                warning, as in the original.
             num_videos_per_prompt (`int`, defaults to 1):
                 Videos per input image.
             eta (`float`, defaults to 0.0):
@@ -689,8 +753,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         if output_type == "latent":
             frames = latents
         else:
-            latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
-            video = self.vae.decode(latents, return_dict=False)[0].clamp(-1, 1)
+            video = self.decode_latents(latents)
             frames = self.video_processor.postprocess_video(video.float(), output_type=output_type)
 
         self.maybe_free_model_hooks()

@@ -200,7 +200,7 @@ def guarded_pipe(pipe, monkeypatch):
         (dict(motion=5), ValueError, "`motion` must be one of 1, 2, 3, 4 or 'auto'"),
         (dict(motion="fast"), ValueError, "`motion` must be one of"),
         (dict(camera_direction="diagonal"), ValueError, "`camera_direction` must be one of"),
-        (dict(aspect_ratio="4:3"), ValueError, "`aspect_ratio` must be one of"),
+        (dict(aspect_ratio="4x3"), ValueError, "`aspect_ratio` must be a tag like"),
         (dict(height=40), ValueError, "`height` must be a positive multiple of 16"),
         (dict(width=50), ValueError, "`width` must be a positive multiple of 16"),
         (dict(height=None), ValueError, "Pass both `height` and `width`"),
@@ -290,11 +290,15 @@ def test_hub_id_is_downloaded_then_converted(tiny_checkpoint, monkeypatch):
 
 def test_hub_id_offline_without_cache_fails_clearly(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    # conftest sets HF_HUB_OFFLINE=1: nothing is fetched, and the error says why.
-    with pytest.raises(LocalEntryNotFoundError, match="outgoing traffic has been disabled"):
+    # conftest sets HF_HUB_OFFLINE=1: nothing is fetched, and one clear error says why and what to do.
+    with pytest.raises(FileNotFoundError, match="not in the local Hugging Face cache and downloading is off"):
         RuyiImageToVideoPipeline.from_pretrained("IamCreateAI/Ruyi-Mini-7B", cache_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize("path", ["./no/such/folder", "no-such-folder", "/tmp/does/not/exist", "a/b/c"])
+def test_mistyped_local_path_is_not_sent_to_the_hub(path):
+    with pytest.raises(FileNotFoundError, match="is not an existing folder"):
+        RuyiImageToVideoPipeline.from_pretrained(path)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CPU offload needs an accelerator")

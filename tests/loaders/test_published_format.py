@@ -1,0 +1,184 @@
+"""Loading the PUBLISHED Ruyi-Mini-7B layout: layout recognition, configs, scheduler, CLIP, embeddings, dtypes.
+
+The end-to-end and VAE parity tests on the same folder live in tests/pipelines and tests/models.
+"""
+
+import json
+import logging
+import shutil
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, EulerDiscreteScheduler, PNDMScheduler
+from safetensors.torch import save_file
+
+from diffusers_ruyi import RuyiTransformer3DModel
+from diffusers_ruyi.loaders.original_checkpoint import (
+    convert_transformer_config,
+    convert_transformer_state_dict,
+    is_original_pipeline_folder,
+    load_clip_image_encoder,
+    load_clip_image_processor,
+    load_control_embeddings,
+    load_original_scheduler,
+    read_safetensors,
+    resolve_dtype,
+)
+
+
+def _published_transformer_on_meta(real_checkpoint_dir):
+    config = json.loads((real_checkpoint_dir / "transformer_config.json").read_text())
+    with torch.device("meta"):
+        return RuyiTransformer3DModel.from_config(convert_transformer_config(config))
+
+
+@pytest.mark.parametrize("with_pe", [True, False], ids=["file-with-t_embed.pe", "file-without-t_embed.pe"])
+def test_published_transformer_config_matches_original_keys_and_shapes(real_checkpoint_dir, with_pe):
+    reference = json.loads((real_checkpoint_dir / "original_transformer_keys.json").read_text())
+    original = {k: tuple(v) for k, v in reference["state_dict"].items()}
+    if not with_pe:
+        original = {k: v for k, v in original.items() if not k.endswith("t_embed.pe")}
+    model = _published_transformer_on_meta(real_checkpoint_dir)
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    converted = convert_transformer_state_dict({k: torch.empty(0) for k in original})
+    assert set(converted) == set(ours)
+    assert {k: original[k] for k in converted} == {k: ours[k] for k in converted}
+    assert sum(p.numel() for p in model.parameters()) == reference["num_params"] == 7_186_781_312
+
+
+def test_transformer_defaults_are_the_published_model(real_checkpoint_dir):
+    published = _published_transformer_on_meta(real_checkpoint_dir).config
+    with torch.device("meta"):
+        default_model = RuyiTransformer3DModel()
+    for key in ("num_attention_heads", "attention_head_dim", "projection_dim", "num_layers", "mlp_ratio"):
+        assert default_model.config[key] == published[key], key
+    assert (default_model.config.num_attention_heads, default_model.config.attention_head_dim) == (16, 176)
+
+
+def test_layout_recognition(tiny_realfmt_checkpoint, tiny_checkpoint, tmp_path):
+    # Published layout: model_index.json names RuyiInpaintPipeline with stock diffusers component entries.
+    assert is_original_pipeline_folder(str(tiny_realfmt_checkpoint))
+    # First goldens: no model_index.json, transformer/ + vae/ + embeddings.safetensors.
+    assert is_original_pipeline_folder(str(tiny_checkpoint))
+    # A diffusers-format folder (what save_pretrained writes) is not the original layout.
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "RuyiImageToVideoPipeline"}))
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "transformer").mkdir()
+    (tmp_path / "embeddings.safetensors").write_bytes(b"")
+    assert not is_original_pipeline_folder(str(tmp_path))
+    (tmp_path / "model_index.json").unlink()
+    assert is_original_pipeline_folder(str(tmp_path))
+    shutil.rmtree(tmp_path / "vae")
+    assert not is_original_pipeline_folder(str(tmp_path))
+
+
+def test_scheduler_is_ddim_built_from_the_ddpm_config(tiny_realfmt_checkpoint):
+    scheduler = load_original_scheduler(str(tiny_realfmt_checkpoint / "scheduler"))
+    assert type(scheduler) is DDIMScheduler
+    assert scheduler.config.prediction_type == "v_prediction"
+    assert scheduler.config.set_alpha_to_one is False
+    assert scheduler.config.timestep_spacing == "leading"
+    scheduler.set_timesteps(5)
+    assert scheduler.timesteps.tolist() == [801, 601, 401, 201, 1]
+    # Other samplers swap in with from_config and keep the file's keys (PNDM's skip_prk_steps), as the original's
+    # `<Sampler>.from_pretrained(root, subfolder="scheduler")` would.
+    assert PNDMScheduler.from_config(scheduler.config).config.skip_prk_steps is True
+    assert EulerDiscreteScheduler.from_config(scheduler.config).config.prediction_type == "v_prediction"
+
+
+def test_full_clip_bin_loads_the_vision_tower(tiny_realfmt_checkpoint):
+    folder = tiny_realfmt_checkpoint / "image_encoder"
+    encoder = load_clip_image_encoder(str(folder), torch.bfloat16)
+    assert type(encoder).__name__ == "CLIPVisionModelWithProjection"
+    assert encoder.dtype == torch.bfloat16
+    state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    ours = encoder.state_dict()
+    for key, value in state.items():
+        if key in ours:
+            assert torch.equal(ours[key].float(), value.to(torch.bfloat16).float()), key
+    assert any(k.startswith("text_model.") for k in state)  # the file really is a full CLIPModel
+    processor = load_clip_image_processor(str(folder))
+    assert processor.crop_size == {"height": 32, "width": 32}
+    assert processor.size == {"shortest_edge": 32}
+
+
+def test_clip_missing_vision_weight_is_an_error(tiny_realfmt_checkpoint, tmp_path):
+    folder = tmp_path / "image_encoder"
+    shutil.copytree(tiny_realfmt_checkpoint / "image_encoder", folder)
+    state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    del state["visual_projection.weight"]
+    torch.save(state, folder / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="visual_projection.weight"):
+        load_clip_image_encoder(str(folder))
+
+
+def test_bf16_embeddings_with_every_aspect_ratio_tag(tiny_realfmt_checkpoint, caplog):
+    path = tiny_realfmt_checkpoint / "embeddings.safetensors"
+    flat = read_safetensors(str(path))
+    assert flat["p.default.emb1"].dtype == torch.bfloat16
+    embeddings = load_control_embeddings(str(path))
+    assert embeddings.aspect_ratios == ["16:9", "9:16"]
+    positive, negative = embeddings.get_controls(motion=3, camera_direction="up", aspect_ratio="9:16")
+    assert torch.equal(positive[0], flat["p.9x16movie3up.emb1"].float())
+    assert torch.equal(negative[0], flat["n.default.emb1"].float())
+    # A combination the file lacks falls back to p.default with a warning, as the original does.
+    with caplog.at_level(logging.WARNING):
+        positive, _ = embeddings.get_controls(motion=3, camera_direction="up", aspect_ratio="4:3")
+    assert torch.equal(positive[0], flat["p.default.emb1"].float())
+    assert "p.4x3movie3up" in caplog.text
+
+
+def test_read_safetensors_truncated_and_garbage(tmp_path):
+    path = tmp_path / "w.safetensors"
+    save_file({"a": torch.randn(64, 64), "b": torch.arange(10)}, str(path))
+    full = read_safetensors(str(path))
+    assert full["b"].tolist() == list(range(10))
+    assert read_safetensors(str(path), torch.bfloat16)["a"].dtype == torch.bfloat16
+    assert read_safetensors(str(path), torch.bfloat16)["b"].dtype == torch.int64  # only floating tensors cast
+    data = path.read_bytes()
+    path.write_bytes(data[:-100])
+    with pytest.raises(ValueError, match="truncated"):
+        read_safetensors(str(path))
+    path.write_bytes(b"not a safetensors file at all")
+    with pytest.raises(ValueError, match="not a valid safetensors file"):
+        read_safetensors(str(path))
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("bfloat16", torch.bfloat16),
+        ("torch.float16", torch.float16),
+        ("bf16", torch.bfloat16),
+        (torch.float32, torch.float32),
+        (None, None),
+        ({"default": "bfloat16", "vae": "float32"}, {"default": torch.bfloat16, "vae": torch.float32}),
+    ],
+)
+def test_resolve_dtype(value, expected):
+    assert resolve_dtype(value) == expected
+    assert resolve_dtype(torch_dtype=value) == expected
+
+
+@pytest.mark.parametrize("value", [torch.float8_e4m3fn, "float8", torch.int8, "bfloat17", 3])
+def test_resolve_dtype_refuses(value):
+    with pytest.raises(ValueError, match="must be one of"):
+        resolve_dtype(value)
+
+
+def test_resolve_dtype_conflict():
+    with pytest.raises(ValueError, match="pass only `dtype`"):
+        resolve_dtype(torch.float16, torch.bfloat16)
+
+
+@pytest.mark.parametrize("layout", ["original", "diffusers"])
+def test_transformer_dtype_string_on_both_layouts(tiny_realfmt_checkpoint, tmp_path, layout):
+    folder = tiny_realfmt_checkpoint
+    if layout == "diffusers":
+        RuyiTransformer3DModel.from_pretrained(folder, subfolder="transformer").save_pretrained(tmp_path / "t")
+        model = RuyiTransformer3DModel.from_pretrained(tmp_path / "t", dtype="bfloat16")
+    else:
+        model = RuyiTransformer3DModel.from_pretrained(folder, subfolder="transformer", dtype="bfloat16")
+    assert model.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="must be one of"):
+        RuyiTransformer3DModel.from_pretrained(folder, subfolder="transformer", dtype=torch.float8_e4m3fn)
