@@ -176,6 +176,8 @@ def run_pipeline(args) -> dict:
                 video=video,
                 mask_video=mask,
                 clip_image=clip_image,
+                clip_apply_ratio=args.clip_apply_ratio,
+                guidance_rescale=args.guidance_rescale,
             ).videos
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -195,6 +197,26 @@ def run_pipeline(args) -> dict:
         save_file({"video": video.float().contiguous()}, args.save)
         result["saved"] = args.save
     return result
+
+
+def load_transformer(args) -> dict:
+    """Times the original's transformer loader as `predict_i2v.py` uses it: `from_pretrained_2d`, then `.to(dtype)`.
+
+    Peak memory is reported above the RSS before loading (imports excluded), like `benchmarks/bench_loading.py`.
+    """
+    import torch
+
+    _, tr_mod, _ = _import_original(args.reference)
+    with open("/proc/self/status") as f:
+        before = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+    start = time.perf_counter()
+    model = tr_mod.HunyuanTransformer3DModel.from_pretrained_2d(
+        args.root, subfolder="transformer", transformer_additional_kwargs=TRANSFORMER_EXTRAS
+    ).to(getattr(torch, args.dtype))
+    seconds = time.perf_counter() - start
+    # Only what a loaded model holds, like ours (the original also keeps 40 fixed `t_embed.pe` tables).
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**20
+    return {"seconds": seconds, "peak_mb": _peak_rss_mb() - before, "weights_mb": weights}
 
 
 def main() -> None:
@@ -230,9 +252,15 @@ def main() -> None:
     run.add_argument("--enhance-weight", type=float, default=1.0)
     run.add_argument("--enhance-skip-start", type=int, default=0)
     run.add_argument("--enhance-skip-end", type=int, default=0)
+    run.add_argument("--clip-apply-ratio", type=float, default=0.4)
+    run.add_argument("--guidance-rescale", type=float, default=0.0)
     run.add_argument("--save")
+    load = sub.add_parser("load-transformer")
+    load.add_argument("--root", required=True)
+    load.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     args = parser.parse_args()
-    result = make_checkpoint(args) if args.command == "make-checkpoint" else run_pipeline(args)
+    commands = {"make-checkpoint": make_checkpoint, "run-pipeline": run_pipeline, "load-transformer": load_transformer}
+    result = commands[args.command](args)
     print("RESULT " + json.dumps(result))
 
 

@@ -128,11 +128,17 @@ def test_bf16_embeddings_with_every_aspect_ratio_tag(tiny_realfmt_checkpoint, ca
     assert "p.4x3movie3up" in caplog.text
 
 
-def test_read_safetensors_truncated_and_garbage(tmp_path):
+def test_read_safetensors_truncated_and_garbage(tmp_path, monkeypatch):
     path = tmp_path / "w.safetensors"
-    save_file({"a": torch.randn(64, 64), "b": torch.arange(10)}, str(path))
+    tensors = {"a": torch.randn(64, 64), "b": torch.arange(10), "c": torch.randn(3, 5).to(torch.bfloat16)}
+    save_file(tensors, str(path))
     full = read_safetensors(str(path))
     assert full["b"].tolist() == list(range(10))
+    # Casting streams through a small reused buffer: force many chunks, with a last partial one.
+    monkeypatch.setattr("diffusers_ruyi.loaders.original_checkpoint._CAST_CHUNK_BYTES", 60)
+    cast = read_safetensors(str(path), torch.float64)
+    assert all(torch.equal(cast[k], v.to(cast[k].dtype)) for k, v in tensors.items())
+    assert cast["c"].dtype == torch.float64
     assert read_safetensors(str(path), torch.bfloat16)["a"].dtype == torch.bfloat16
     assert read_safetensors(str(path), torch.bfloat16)["b"].dtype == torch.int64  # only floating tensors cast
     data = path.read_bytes()
