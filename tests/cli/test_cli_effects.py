@@ -1,0 +1,122 @@
+"""`ruyi-i2v` flags checked by their effect on the video, not only by parsing: each run of the CLI must give the
+frames of the pipeline called directly with the matching arguments (the mp4 writer is replaced by a capture, so the
+comparison is on the float frames, not on lossy video)."""
+
+import pathlib
+
+import diffusers.utils
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from diffusers_ruyi import RuyiImageToVideoPipeline
+from diffusers_ruyi.cli import main
+
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+START = str(ROOT / "examples" / "assets" / "start.png")
+END = str(ROOT / "examples" / "assets" / "end.png")
+LORA = ROOT / "tests" / "fixtures" / "lora" / "ruyi_lora_original.safetensors"
+TOL = 1e-4
+
+
+def _cli(monkeypatch, tmp_path, tiny_checkpoint, *extra):
+    captured = []
+    monkeypatch.setattr(diffusers.utils, "export_to_video", lambda frames, path, fps: captured.append(frames))
+    argv = [
+        "--model",
+        str(tiny_checkpoint),
+        "--image",
+        START,
+        "--output",
+        str(tmp_path / "v.mp4"),
+        "--quiet",
+        "--overwrite",
+    ]
+    argv += ["--num-frames", "8", "--height", "32", "--width", "48", "--steps", "2", *extra]
+    assert main(argv) == 0
+    return torch.from_numpy(np.stack(captured[0]))
+
+
+def _direct(tiny_checkpoint, configure=None, **kwargs):
+    pipe = RuyiImageToVideoPipeline.from_pretrained(tiny_checkpoint, dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    if configure is not None:
+        configure(pipe)
+    args = dict(num_frames=8, height=32, width=48, num_inference_steps=2, guidance_scale=7.0, seed=42)
+    args.update(kwargs)
+    seed = args.pop("seed")
+    frames = pipe(
+        image=PIL.Image.open(START), generator=torch.Generator("cpu").manual_seed(seed), output_type="np", **args
+    ).frames[0]
+    return torch.from_numpy(frames)
+
+
+def _lora(weight):
+    def configure(pipe):
+        pipe.load_lora_weights(str(LORA), adapter_name="lora_0")
+        pipe.set_adapters(["lora_0"], [weight])
+
+    return configure
+
+
+def _enhance(pipe):
+    pipe.transformer.enable_enhance_a_video(weight=3.0)
+
+
+CASES = {
+    "seed": (["--seed", "5"], dict(seed=5), None),
+    "guidance": (["--guidance-scale", "3"], dict(guidance_scale=3.0), None),
+    "motion_camera": (["--motion", "4", "--camera", "right"], dict(motion="4", camera_direction="right"), None),
+    "steps": (["--steps", "3"], dict(num_inference_steps=3), None),
+    "last_image": (["--last-image", END], dict(last_image=PIL.Image.open(END)), None),
+    "lora_weight": (["--lora", str(LORA), "--lora-weight", "0.3"], {}, _lora(0.3)),
+    "enhance": (["--enhance-a-video", "3"], {}, _enhance),
+}
+
+
+@pytest.fixture(scope="module")
+def default_frames(tiny_checkpoint):
+    return _direct(tiny_checkpoint)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_flag_has_its_effect(monkeypatch, tmp_path, tiny_checkpoint, default_frames, name):
+    flags, kwargs, configure = CASES[name]
+    got = _cli(monkeypatch, tmp_path, tiny_checkpoint, *flags)
+    expected = _direct(tiny_checkpoint, configure, **kwargs)
+    assert (got - expected).abs().max().item() <= TOL
+    assert (got - default_frames).abs().max().item() > 1e-3  # the flag did change the video
+
+
+def test_defaults_match_the_pipeline(monkeypatch, tmp_path, tiny_checkpoint, default_frames):
+    got = _cli(monkeypatch, tmp_path, tiny_checkpoint)
+    assert (got - default_frames).abs().max().item() <= TOL
+
+
+def test_lora_weight_is_not_the_default(monkeypatch, tmp_path, tiny_checkpoint):
+    half = _cli(monkeypatch, tmp_path, tiny_checkpoint, "--lora", str(LORA), "--lora-weight", "0.3")
+    full = _cli(monkeypatch, tmp_path, tiny_checkpoint, "--lora", str(LORA))
+    assert (half - full).abs().max().item() > 1e-3
+    assert (full - _direct(tiny_checkpoint, _lora(1.0))).abs().max().item() <= TOL
+
+
+def test_base_resolution_sets_the_size(monkeypatch, tmp_path, tiny_checkpoint):
+    captured = []
+    monkeypatch.setattr(diffusers.utils, "export_to_video", lambda frames, path, fps: captured.append(frames))
+    argv = [
+        "--model",
+        str(tiny_checkpoint),
+        "--image",
+        START,
+        "--output",
+        str(tmp_path / "v.mp4"),
+        "--quiet",
+        "--overwrite",
+    ]
+    assert main([*argv, "--num-frames", "1", "--steps", "1", "--base-resolution", "64"]) == 0
+    from diffusers_ruyi.pipelines.controls import get_bucket_size
+
+    image = PIL.Image.open(START)
+    assert captured[0][0].shape[:2] == get_bucket_size(image.height, image.width, 64)

@@ -1,0 +1,186 @@
+"""Pipeline behaviours the 3-step goldens cannot see: timing branches (CLIP apply ratio, guidance rescale,
+Enhance-A-Video weight) against goldens of the original with more steps, and batches of different images against
+single runs.
+
+The goldens are `tests/fixtures/golden_extra/behaviour_*` (made by `make_behaviour_goldens.py` there).
+"""
+
+import json
+
+import PIL.Image
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from diffusers_ruyi import RuyiImageToVideoPipeline
+from diffusers_ruyi.hooks import RuyiEnhanceAVideoConfig
+
+
+GOLDEN_TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_checkpoint):
+    pipe = RuyiImageToVideoPipeline.from_pretrained(tiny_checkpoint, dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def behaviour_cases(golden_dir):
+    return json.loads((golden_dir.parent / "golden_extra" / "behaviour_cases.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def images(golden_dir):
+    """Three different pictures: the two start images and the end image of the goldens."""
+    names = ["start_only_start.png", "start_end_start.png", "start_end_end.png"]
+    return [PIL.Image.open(golden_dir / n).convert("RGB") for n in names]
+
+
+def _golden_call(pipe, golden_dir, case, **kwargs):
+    image = PIL.Image.open(golden_dir / case["image"]).convert("RGB")
+    frames = pipe(
+        image=image,
+        num_frames=case["frames"],
+        height=case["h"],
+        width=case["w"],
+        num_inference_steps=case["steps"],
+        guidance_scale=case["cfg"],
+        motion=case["motion"],
+        camera_direction=case["cam"],
+        generator=torch.Generator("cpu").manual_seed(case["seed"]),
+        output_type="pt",
+        **kwargs,
+    ).frames
+    return frames.permute(0, 2, 1, 3, 4)  # (B, F, C, H, W) -> the original's (B, C, F, H, W)
+
+
+def _expected(golden_dir, case):
+    return load_file(str(golden_dir.parent / "golden_extra" / case["file"]))["video"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Timing branches against the original (6 steps: a branch taken one step early or late changes the video)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["clip_ratio", "clip_ratio_07"])
+def test_clip_apply_ratio_matches_original(pipe, golden_dir, behaviour_cases, name):
+    case = behaviour_cases[name]
+    video = _golden_call(pipe, golden_dir, case, clip_apply_ratio=case["clip_apply_ratio"])
+    assert (video - _expected(golden_dir, case)).abs().max().item() <= GOLDEN_TOL
+
+
+def test_clip_apply_ratio_uses_the_last_steps(pipe, images):
+    """CLIP features go to the transformer in exactly the last `ratio` fraction of the steps."""
+    seen = []
+    forward = pipe.transformer.forward
+
+    def spy(*args, **kwargs):
+        seen.append(bool(kwargs["clip_attention_mask"].any()))
+        return forward(*args, **kwargs)
+
+    pipe.transformer.forward = spy
+    try:
+        for ratio, expected in ((0.4, [False] * 6 + [True] * 4), (0.0, [False] * 10), (1.0, [True] * 10)):
+            seen.clear()
+            pipe(image=images[0], num_frames=1, height=16, width=16, num_inference_steps=10,
+                 clip_apply_ratio=ratio, output_type="latent")  # fmt: skip
+            assert seen == expected, ratio
+    finally:
+        del pipe.transformer.forward
+
+
+def test_guidance_rescale_matches_original(pipe, golden_dir, behaviour_cases):
+    case = behaviour_cases["guidance_rescale"]
+    video = _golden_call(pipe, golden_dir, case, guidance_rescale=case["guidance_rescale"])
+    assert (video - _expected(golden_dir, case)).abs().max().item() <= GOLDEN_TOL
+
+
+def test_enhance_a_video_weight_matches_original(pipe, golden_dir, behaviour_cases):
+    case = behaviour_cases["enhance_weight"]
+    pipe.transformer.enable_enhance_a_video(
+        RuyiEnhanceAVideoConfig(
+            weight=case["enhance_weight"],
+            skip_start_steps=case["enhance_skip_start"],
+            skip_end_steps=case["enhance_skip_end"],
+        )
+    )
+    try:
+        video = _golden_call(pipe, golden_dir, case)
+    finally:
+        pipe.transformer.disable_enhance_a_video()
+    assert (video - _expected(golden_dir, case)).abs().max().item() <= GOLDEN_TOL
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Batches: each video of a batch equals its own single run
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _run(pipe, image, seeds, **kwargs):
+    args = dict(num_frames=8, height=32, width=48, num_inference_steps=2, output_type="pt")
+    args.update(kwargs)
+    generator = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+    return pipe(image=image, generator=generator, **args).frames
+
+
+def test_batch_of_different_images_equals_single_runs(pipe, images):
+    batch = _run(pipe, images[:2], [0, 1], last_image=[images[2], images[0]])
+    first = _run(pipe, images[0], [0], last_image=images[2])
+    second = _run(pipe, images[1], [1], last_image=images[0])
+    assert (batch[0] - first[0]).abs().max().item() <= GOLDEN_TOL
+    assert (batch[1] - second[0]).abs().max().item() <= GOLDEN_TOL
+    assert (first[0] - second[0]).abs().max().item() > 1e-2  # the two videos do differ
+
+
+def test_batch_with_several_videos_per_image_keeps_their_order(pipe, images):
+    """`[a, b]` with two videos each gives `a, a, b, b`: conditioning is interleaved, not tiled."""
+    batch = _run(pipe, images[:2], [0, 1, 2, 3], num_videos_per_prompt=2)
+    first = _run(pipe, images[0], [0, 1], num_videos_per_prompt=2)
+    second = _run(pipe, images[1], [2, 3], num_videos_per_prompt=2)
+    assert (batch[:2] - first).abs().max().item() <= GOLDEN_TOL
+    assert (batch[2:] - second).abs().max().item() <= GOLDEN_TOL
+
+
+def test_batch_without_guidance_equals_single_runs(pipe, images):
+    batch = _run(pipe, images[:2], [0, 1], guidance_scale=1.0)
+    second = _run(pipe, images[1], [1], guidance_scale=1.0)
+    assert (batch[1] - second[0]).abs().max().item() <= GOLDEN_TOL
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Arguments
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_last_image_needs_two_frames(pipe, images):
+    with pytest.raises(ValueError, match="last_image"):
+        pipe(image=images[0], last_image=images[1], num_frames=1, height=16, width=16, num_inference_steps=1)
+    # One frame without an end image is fine.
+    out = pipe(image=images[0], num_frames=1, height=16, width=16, num_inference_steps=1, output_type="latent")
+    assert out.frames.shape[2] == 1
+
+
+def test_end_image_is_the_last_frame_condition(pipe, images):
+    """The end image changes the video, and only through the last frame's conditioning."""
+    video, mask, _ = pipe.prepare_conditioning_video([images[0]], [images[1]], 8, 32, 48)
+    assert mask[0, 0, 0].max() == 0 and mask[0, 0, -1].max() == 0 and mask[0, 0, 1:-1].min() == 1
+    plain, plain_mask, _ = pipe.prepare_conditioning_video([images[0]], None, 8, 32, 48)
+    assert torch.equal(video[:, :, :-1], plain[:, :, :-1]) and not torch.equal(video[:, :, -1], plain[:, :, -1])
+    assert plain_mask[0, 0, -1].min() == 1
+
+
+def test_bucket_sizes_match_the_original(golden_dir):
+    """`get_bucket_size` picks what the original `predict_i2v.py` picks, for every bucket of the table (exact, just
+    above and below, between neighbours) at several base resolutions."""
+    from diffusers_ruyi.pipelines.controls import get_bucket_size
+
+    cases = json.loads((golden_dir.parent / "golden_extra" / "buckets.json").read_text())["cases"]
+    wrong = [
+        (h, w, base, (eh, ew), get_bucket_size(h, w, base))
+        for h, w, base, eh, ew in cases
+        if get_bucket_size(h, w, base) != (eh, ew)
+    ]
+    assert wrong == []
