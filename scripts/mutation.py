@@ -72,6 +72,7 @@ MODULE_TESTS: dict[str, list[str]] = {
     "hooks/enhance_a_video.py": [
         "tests/hooks/test_speed_features.py",
         "tests/hooks/test_hook_behaviours.py",
+        "tests/pipelines/test_pipeline_behaviours.py",
         "-k",
         "enhance",
     ],
@@ -85,7 +86,7 @@ MODULE_TESTS: dict[str, list[str]] = {
         "tests/hooks/test_speed_features.py",
         "tests/hooks/test_hook_behaviours.py",
         "-k",
-        "teacache or enhance or skip_offload",
+        "teacache or enhance or skip_offload or argument_reader or move_to",
     ],
     "loaders/lora.py": ["tests/loaders/test_lora.py", "tests/loaders/test_lora_coverage.py"],
     "loaders/original_checkpoint.py": [

@@ -184,3 +184,11 @@ def test_bucket_sizes_match_the_original(golden_dir):
         if get_bucket_size(h, w, base) != (eh, ew)
     ]
     assert wrong == []
+
+
+def test_guidance_rescale_per_video_in_a_batch(pipe, images):
+    """The std ratio of guidance rescale is taken per video, so a batch equals its single runs."""
+    batch = _run(pipe, images[:2], [0, 1], guidance_rescale=0.7)
+    second = _run(pipe, images[1], [1], guidance_rescale=0.7)
+    assert (batch[1] - second[0]).abs().max().item() <= GOLDEN_TOL
+    assert (batch[1] - _run(pipe, images[1], [1])[0]).abs().max().item() > 1e-3

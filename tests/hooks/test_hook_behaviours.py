@@ -1,0 +1,50 @@
+"""Hook behaviours the parity goldens do not pin: the original's defaults, the frame-count edge of Enhance-A-Video,
+and the small helpers every hook relies on."""
+
+import pytest
+import torch
+
+from diffusers_ruyi.hooks import RuyiEnhanceAVideoConfig, enhance_a_video_score
+from diffusers_ruyi.hooks._common import ArgumentReader, move_to
+
+
+def test_enhance_a_video_defaults_are_the_originals():
+    # predict_i2v.py: enhance_a_video weight 1.0, no skipped steps.
+    config = RuyiEnhanceAVideoConfig()
+    assert (config.weight, config.skip_start_steps, config.skip_end_steps) == (1.0, 0, 0)
+    assert config.num_inference_steps is None
+    clamped = RuyiEnhanceAVideoConfig(skip_start_steps=-2, skip_end_steps=-1)
+    assert (clamped.skip_start_steps, clamped.skip_end_steps) == (0, 0)
+
+
+def test_enhance_a_video_two_frames_are_enhanced():
+    """Two latent frames already have cross-frame attention: a score, which grows with the weight."""
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(1, 2 * 3, 2, 8, generator=generator)
+    key = torch.randn(1, 2 * 3, 2, 8, generator=generator)
+    low, high = enhance_a_video_score(query, key, 2, 1.0), enhance_a_video_score(query, key, 2, 8.0)
+    assert low is not None and high is not None and high > low >= 1
+
+
+def test_argument_reader_positional_keyword_and_missing():
+    def forward(self, hidden_states, timestep=None, extra=None):
+        return hidden_states
+
+    reader = ArgumentReader(forward)
+    assert reader.get("hidden_states", ("h",), {}) == "h"
+    assert reader.get("timestep", ("h", "t"), {}) == "t"
+    assert reader.get("timestep", ("h",), {"timestep": "kw"}) == "kw"
+    assert reader.get("extra", ("h", "t"), {}) is None  # not passed: None, not an IndexError
+
+    def free(hidden_states, timestep):  # no `self`: nothing is dropped
+        return hidden_states
+
+    assert ArgumentReader(free).get("timestep", ("h", "t"), {}) == "t"
+
+
+@pytest.mark.parametrize("device", [None, torch.device("cpu")])
+def test_move_to_passes_none_through(device):
+    assert move_to(None, device) is None
+    tensor = torch.ones(2)
+    assert torch.equal(move_to(tensor, device), tensor)
+    assert move_to(tensor, None) is tensor
