@@ -48,3 +48,15 @@ def test_move_to_passes_none_through(device):
     tensor = torch.ones(2)
     assert torch.equal(move_to(tensor, device), tensor)
     assert move_to(tensor, None) is tensor
+
+
+def test_fp8_default_size_rule_is_the_originals():
+    """Ruyi's rule at the published size: more than (lite) / at least (strong) 2816 * 2816 weight elements."""
+    from diffusers_ruyi.hooks import select_fp8_modules
+
+    model = torch.nn.Module()
+    model.square = torch.nn.Linear(2816, 2816, bias=False, device="meta")
+    model.larger = torch.nn.Linear(2816, 2817, bias=False, device="meta")
+    model.smaller = torch.nn.Linear(2815, 2816, bias=False, device="meta")
+    assert select_fp8_modules(model, "lite") == ["larger"]
+    assert select_fp8_modules(model, "strong") == ["square", "larger"]

@@ -135,3 +135,21 @@ def test_resampler_lora_changes_the_output(clean_pipe, inputs):
     torch.testing.assert_close(fused_weight, base_weight + deltas[path], atol=1e-6, rtol=0)
     torch.testing.assert_close(_run(transformer, inputs), adapter_out, atol=1e-5, rtol=0)
     pipe.unfuse_lora()
+
+
+def test_fuse_only_the_named_adapter(clean_pipe, inputs):
+    pipe = clean_pipe
+    transformer = pipe.transformer
+    path = "blocks.0.attn1.to_q"
+    module = _linears(transformer)[path]
+    base_weight = module.weight.detach().clone()
+    for seed, name in ((2, "a"), (3, "b")):
+        lora, deltas = _original_lora({path: module}, seed=seed)
+        pipe.load_lora_weights(lora, adapter_name=name)
+        if name == "a":
+            delta_a = deltas[path]
+    pipe.set_adapters(["a", "b"], [1.0, 1.0])
+    pipe.fuse_lora(adapter_names=["a"])
+    fused = transformer.state_dict()[f"{path}.base_layer.weight"]
+    torch.testing.assert_close(fused, base_weight + delta_a, atol=1e-6, rtol=0)
+    pipe.unfuse_lora()

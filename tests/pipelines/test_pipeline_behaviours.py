@@ -192,3 +192,11 @@ def test_guidance_rescale_per_video_in_a_batch(pipe, images):
     second = _run(pipe, images[1], [1], guidance_rescale=0.7)
     assert (batch[1] - second[0]).abs().max().item() <= GOLDEN_TOL
     assert (batch[1] - _run(pipe, images[1], [1])[0]).abs().max().item() > 1e-3
+
+
+def test_properties_after_a_call(pipe, images):
+    kwargs = {"scale": 1.0}
+    pipe(image=images[0], num_frames=1, height=16, width=16, num_inference_steps=3, guidance_scale=2.5,
+         attention_kwargs=kwargs, output_type="latent")  # fmt: skip
+    assert pipe.num_timesteps == 3 and pipe.guidance_scale == 2.5 and pipe.attention_kwargs is kwargs
+    assert pipe.do_classifier_free_guidance and pipe.current_timestep is None
