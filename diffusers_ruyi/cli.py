@@ -1,21 +1,30 @@
 """``ruyi-i2v``: image in, mp4 out, with every option of [`RuyiImageToVideoPipeline`].
 
-    ruyi-i2v --model tiny-random --image start.png --output out.mp4          # offline smoke run, seconds
+    ruyi-i2v --model tiny-random --image start.png --output out.mp4          # offline smoke run
     ruyi-i2v --model IamCreateAI/Ruyi-Mini-7B --image start.png --output out.mp4 --dtype bfloat16 --offload model
 
-Arguments are checked before any model is loaded; the video is written to a temporary file next to the output
-and renamed when complete, so a failed or interrupted run never leaves a partial mp4.
+Every argument (paths, the output, numbers, choices) is checked before torch, diffusers or transformers is even
+imported, so ``--help`` and argument errors answer at once. Failures print one line naming what to fix (exit code 2
+for bad input, 1 for a broken checkpoint or an unexpected error, 130 for Ctrl-C; ``--verbose`` adds the traceback).
+The video is written to a temporary file next to the output and renamed when complete, so a failed or interrupted
+run never leaves a partial mp4.
 """
 
 import argparse
+import contextlib
+import functools
 import os
+import re
 import sys
 import tempfile
-from typing import List, Optional
+import time
+import traceback
+from typing import Any, Callable, Iterator, List, NoReturn, Optional, Tuple
 
-import torch
 
-
+PROG = "ruyi-i2v"
+DEFAULT_MODEL = "IamCreateAI/Ruyi-Mini-7B"
+TINY_RANDOM = "tiny-random"
 SCHEDULERS = {
     "ddim": "DDIMScheduler",
     "euler": "EulerDiscreteScheduler",
@@ -23,10 +32,36 @@ SCHEDULERS = {
     "dpm++": "DPMSolverMultistepScheduler",
     "pndm": "PNDMScheduler",
 }
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_NAMES = ("bfloat16", "float16", "float32")
 OFFLOAD_MODES = ("none", "model", "sequential")
 CACHE_MODES = ("none", "teacache", "first-block")
 FP8_MODES = ("none", "lite", "strong", "extreme")
+# Copies of `pipelines.controls.MOTION_VALUES` / `CAMERA_DIRECTIONS` (importing that module imports torch);
+# tests/cli/test_cli.py checks that they agree.
+MOTION_VALUES = ("1", "2", "3", "4", "auto")
+CAMERA_DIRECTIONS = ("static", "left", "right", "up", "down", "auto")
+MAX_FRAMES = 120  # the longest videos Ruyi-Mini-7B was trained on
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130
+
+_DEVICE_PATTERN = re.compile(r"^(cpu|mps|meta|(cuda|xpu|npu)(:\d+)?)$")
+_HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class CLIError(Exception):
+    """A failure explained in one line, with the exit code to return."""
+
+    def __init__(self, message: str, code: int = EXIT_BAD_INPUT):
+        super().__init__(message)
+        self.code = code
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line instead of argparse's multi-line usage dump; `--help` still shows the usage.
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _positive_int(value: str) -> int:
@@ -44,33 +79,38 @@ def _non_negative_float(value: str) -> float:
         number = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {value!r}")
-    if not number >= 0:  # also rejects nan
+    if not 0 <= number < float("inf"):  # also rejects nan
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}")
     return number
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .pipelines.controls import CAMERA_DIRECTIONS, MOTION_VALUES
+def _guidance_scale(value: str) -> float:
+    number = _non_negative_float(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1 (1 turns guidance off), got {value!r}")
+    return number
 
-    parser = argparse.ArgumentParser(
-        prog="ruyi-i2v", description="Ruyi-Mini-7B image-to-video: a start frame (and an end frame) to an mp4."
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _ArgumentParser(
+        prog=PROG, description="Ruyi-Mini-7B image-to-video: a start frame (and an end frame) to an mp4."
     )
     io = parser.add_argument_group("input and output")
     io.add_argument("--image", required=True, help="Start frame (any image PIL can read).")
     io.add_argument("--last-image", help="Optional end frame.")
-    io.add_argument("--output", required=True, help="The .mp4 to write.")
+    io.add_argument("--output", required=True, help="The .mp4 to write (missing parent folders are created).")
     io.add_argument("--overwrite", action="store_true", help="Replace --output if it exists.")
     io.add_argument("--fps", type=_positive_int, default=24, help="Frames per second of the mp4 (default 24).")
 
     model = parser.add_argument_group("model")
     model.add_argument(
         "--model",
-        default="IamCreateAI/Ruyi-Mini-7B",
+        default=DEFAULT_MODEL,
         help="A hub id, a local folder (original or diffusers layout), or 'tiny-random' for a tiny random model "
-        "built locally (no download; the video is noise).",
+        f"built locally (no download; the video is noise). Default {DEFAULT_MODEL}.",
     )
     model.add_argument(
-        "--dtype", choices=sorted(DTYPES), default=None, help="bfloat16 on GPU, float32 on CPU by default."
+        "--dtype", choices=DTYPE_NAMES, default=None, help="bfloat16 on GPU, float32 on CPU by default."
     )
     model.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available).")
     model.add_argument(
@@ -81,18 +121,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     video = parser.add_argument_group("video")
-    video.add_argument("--num-frames", type=_positive_int, default=24, help="Frames: 1 or a multiple of 8, up to 120.")
+    video.add_argument(
+        "--num-frames", type=_positive_int, default=24, help=f"Frames: 1 or a multiple of 8, up to {MAX_FRAMES}."
+    )
     video.add_argument("--height", type=_positive_int, help="Height in pixels (multiple of 16); with --width.")
     video.add_argument("--width", type=_positive_int, help="Width in pixels (multiple of 16); with --height.")
     video.add_argument(
         "--base-resolution", type=_positive_int, default=512, help="Size when --height/--width are omitted."
     )
-    video.add_argument("--motion", choices=list(MOTION_VALUES), default="auto", help="Motion amplitude.")
-    video.add_argument("--camera", choices=list(CAMERA_DIRECTIONS), default="auto", help="Camera direction.")
+    video.add_argument("--motion", choices=MOTION_VALUES, default="auto", help="Motion amplitude.")
+    video.add_argument("--camera", choices=CAMERA_DIRECTIONS, default="auto", help="Camera direction.")
 
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--steps", type=_positive_int, default=25, help="Denoising steps (default 25).")
-    sampling.add_argument("--guidance-scale", type=_non_negative_float, default=7.0, help="CFG scale (default 7).")
+    sampling.add_argument(
+        "--guidance-scale", type=_guidance_scale, default=7.0, help="CFG scale, >= 1 (default 7; 1 = off)."
+    )
     sampling.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="ddim", help="Sampler (default ddim).")
     sampling.add_argument("--seed", type=int, default=42, help="Random seed (default 42).")
 
@@ -109,74 +153,373 @@ def build_parser() -> argparse.ArgumentParser:
     memory.add_argument(
         "--enhance-a-video", type=_non_negative_float, default=0.0, help="Enhance-A-Video weight (0 = off; ~1)."
     )
+
+    messages = parser.add_argument_group("messages")
+    shown = messages.add_mutually_exclusive_group()
+    shown.add_argument("--quiet", "-q", action="store_true", help="No progress display (errors are still printed).")
+    shown.add_argument("--verbose", "-v", action="store_true", help="Tracebacks on errors, and library logging.")
     return parser
 
 
-def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Everything that can be checked without loading a model."""
-    from PIL import Image, UnidentifiedImageError
+# ----------------------------------------------------------------------------------------------------------------
+# Checks that need no model (and no torch)
+# ----------------------------------------------------------------------------------------------------------------
 
-    if not args.output.lower().endswith(".mp4"):
-        parser.error(f"--output must end with .mp4, got {args.output!r}")
-    if os.path.exists(args.output) and not args.overwrite:
-        parser.error(f"--output {args.output!r} exists; pass --overwrite to replace it")
-    if os.path.isdir(args.output):
-        parser.error(f"--output {args.output!r} is a folder")
+
+def _nearest_existing(path: str) -> str:
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+
+def check_output_path(flag: str, path: str, overwrite: bool, suffix: Optional[str] = None) -> None:
+    """Raises `CLIError` unless `path` can be written: a new file (or an existing one with `overwrite`) whose parent
+    is, or can be created as, a writable folder."""
+    if suffix and not path.lower().endswith(suffix):
+        raise CLIError(f"{flag} must end with {suffix}, got {path!r}")
+    if os.path.isdir(path):
+        raise CLIError(f"{flag} {path!r} is a folder; give a file name")
+    if os.path.lexists(path) and not overwrite:
+        raise CLIError(f"{flag} {path!r} exists; pass --overwrite to replace it")
+    ancestor = _nearest_existing(os.path.dirname(os.path.abspath(path)))
+    if not os.path.isdir(ancestor):
+        raise CLIError(f"{flag} {path!r} cannot be created: {ancestor!r} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise CLIError(f"{flag} {path!r} cannot be written: no write permission in {ancestor!r}")
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _hub_cache_dir() -> str:
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface"
+    )
+    return os.path.join(home, "hub")
+
+
+def cached_snapshot(repo_id: str) -> Optional[str]:
+    """The newest locally cached snapshot folder of a hub model repository, or None (no import of the hub client)."""
+    snapshots = os.path.join(_hub_cache_dir(), "models--" + repo_id.replace("/", "--"), "snapshots")
+    try:
+        found = [os.path.join(snapshots, d) for d in os.listdir(snapshots)]
+    except OSError:
+        return None
+    found = [d for d in found if os.path.isdir(d) and os.listdir(d)]
+    return max(found, key=os.path.getmtime) if found else None
+
+
+def check_model(model: str) -> None:
+    """`--model` is 'tiny-random', an existing folder, or a hub id (in the cache when offline)."""
+    if model == TINY_RANDOM:
+        return
+    if os.path.isdir(model):
+        return
+    if os.path.exists(model):
+        raise CLIError(f"--model {model!r} is a file; pass the checkpoint's folder (or a hub id like 'owner/name')")
+    looks_local = model.startswith((".", "/", "~")) or model.endswith("/") or (os.sep != "/" and os.sep in model)
+    if looks_local or not _HUB_ID_PATTERN.match(model) or "--" in model or ".." in model:
+        raise CLIError(
+            f"--model {model!r} does not exist (it is neither a local folder nor a hub id like 'owner/name')"
+        )
+    if (_env_flag("HF_HUB_OFFLINE") or _env_flag("TRANSFORMERS_OFFLINE")) and cached_snapshot(model) is None:
+        raise CLIError(
+            f"--model {model!r} is no local folder, and not in the Hugging Face cache ({_hub_cache_dir()}) while "
+            "HF_HUB_OFFLINE is set: run `huggingface-cli download {model}` once online, pass a local folder, or use --model "
+            f"{TINY_RANDOM}"
+        )
+
+
+def _no_gpu_device_nodes() -> bool:
+    """True when this machine certainly has no CUDA/ROCm GPU (no device nodes), decided without importing torch."""
+    if not sys.platform.startswith("linux"):
+        return False
+    return not any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg"))
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Everything that can be checked without loading a model (or importing torch); raises `CLIError`."""
+    check_output_path("--output", args.output, args.overwrite, suffix=".mp4")
     for flag, path in (("--image", args.image), ("--last-image", args.last_image)):
         if path is None:
             continue
         if not os.path.isfile(path):
-            parser.error(f"{flag} {path!r} does not exist")
+            raise CLIError(
+                f"{flag} {path!r} does not exist" if not os.path.exists(path) else f"{flag} {path!r} is a folder"
+            )
+        from PIL import Image, UnidentifiedImageError
+
         try:
             with Image.open(path) as im:
                 im.verify()
-        except (UnidentifiedImageError, OSError) as e:
-            parser.error(f"{flag} {path!r} is not a readable image: {e}")
+        except (UnidentifiedImageError, OSError, SyntaxError) as e:
+            raise CLIError(f"{flag} {path!r} is not a readable image: {e}")
     if (args.height is None) != (args.width is None):
-        parser.error("pass both --height and --width, or neither")
+        raise CLIError("pass both --height and --width, or neither")
     for flag, value in (("--height", args.height), ("--width", args.width)):
         if value is not None and value % 16:
-            parser.error(f"{flag} must be a multiple of 16, got {value}")
+            raise CLIError(f"{flag} must be a multiple of 16, got {value}")
     if args.num_frames != 1 and args.num_frames % 8:
-        parser.error(f"--num-frames must be 1 or a multiple of 8, got {args.num_frames}")
+        raise CLIError(f"--num-frames must be 1 or a multiple of 8, got {args.num_frames}")
+    if args.num_frames > MAX_FRAMES:
+        raise CLIError(
+            f"--num-frames must be at most {MAX_FRAMES} (the longest videos Ruyi was trained on), got {args.num_frames}"
+        )
     if len(args.lora_weight) > len(args.lora):
-        parser.error("more --lora-weight values than --lora files")
+        raise CLIError("more --lora-weight values than --lora files")
     for path in args.lora:
-        if not os.path.isfile(path):
-            parser.error(f"--lora {path!r} does not exist")
-    if args.offload != "none" and not torch.cuda.is_available():
-        parser.error(f"--offload {args.offload} needs a CUDA GPU, and none is available")
-    if args.device is not None:
+        if not (os.path.isfile(path) or os.path.isdir(path)):
+            raise CLIError(f"--lora {path!r} does not exist")
+    check_model(args.model)
+    if args.device is not None and not _DEVICE_PATTERN.match(args.device):
+        raise CLIError(f"--device {args.device!r} is not a device; use cpu, cuda, cuda:N, mps or xpu")
+    wants_gpu = args.offload != "none" or (args.device or "").startswith("cuda")
+    if wants_gpu and _no_gpu_device_nodes():
+        raise CLIError(_no_gpu_message(args))
+
+
+def _no_gpu_message(args: argparse.Namespace) -> str:
+    if args.offload != "none":
+        return f"--offload {args.offload} needs a CUDA GPU, and none is available (drop --offload on a CPU)"
+    return "--device cuda was asked for, but no CUDA GPU is available (use --device cpu)"
+
+
+def check_args_with_torch(args: argparse.Namespace) -> None:
+    """The checks that need torch (a GPU is really there), done once the cheap ones passed."""
+    import torch
+
+    wants_gpu = args.offload != "none" or (args.device or "").startswith("cuda")
+    if wants_gpu and not torch.cuda.is_available():
+        raise CLIError(_no_gpu_message(args))
+    if args.device and args.device.startswith("cuda:"):
+        index = int(args.device.split(":")[1])
+        if index >= torch.cuda.device_count():
+            raise CLIError(f"--device {args.device} does not exist: {torch.cuda.device_count()} CUDA GPU(s) found")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Progress display
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _format_size(num_bytes: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if num_bytes < 1024 or unit == "GB":
+            return f"{num_bytes:.0f} {unit}" if unit in ("B", "KB") else f"{num_bytes:.1f} {unit}"
+        num_bytes /= 1024
+    return f"{num_bytes:.1f} TB"
+
+
+def component_sizes(folder: str) -> List[Tuple[str, int]]:
+    """(name, bytes) of each top-level component of a checkpoint folder (sub-folders and weight files)."""
+    sizes = []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if name.startswith("."):
+            continue
+        if os.path.isdir(path):
+            total = sum(os.path.getsize(os.path.join(r, f)) for r, _, files in os.walk(path) for f in files)
+            sizes.append((name, total))
+        elif name.endswith((".safetensors", ".bin", ".pt", ".pth")):
+            sizes.append((name, os.path.getsize(path)))
+    return sizes
+
+
+class Progress:
+    """One line per phase on stderr (start, then the time it took); silent with ``--quiet``."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.start_time = time.perf_counter()
+
+    def say(self, message: str) -> None:
+        if not self.quiet:
+            print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        self.say(f"{name} ...")
+        start = time.perf_counter()
+        yield
+        self.say(f"{name}: {time.perf_counter() - start:.1f} s")
+
+    def wrap(self, obj: Any, method: str, name: str) -> None:
+        """Reports every call of ``obj.method`` as the phase ``name`` (an instance attribute shadows the method)."""
+        original = getattr(obj, method, None)
+        if original is None:
+            return
+
+        @functools.wraps(original)
+        def reported(*args, **kwargs):
+            with self.phase(name):
+                return original(*args, **kwargs)
+
+        setattr(obj, method, reported)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start_time
+
+
+def peak_memory(device) -> str:
+    """Peak memory of this run: CUDA's max_memory_allocated on a GPU, the process's peak RSS on a CPU."""
+    import torch
+
+    if device.type == "cuda":
+        return f"peak GPU memory {_format_size(torch.cuda.max_memory_allocated(device))} (max_memory_allocated)"
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss *= 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    return f"peak memory {_format_size(rss)} (RSS)"
+
+
+def _configure_messages(args: argparse.Namespace) -> None:
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    if args.quiet:
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()
         try:
-            device = torch.device(args.device)
-        except RuntimeError as e:
-            parser.error(f"--device {args.device!r} is not a device: {e}")
-        if device.type == "cuda" and not torch.cuda.is_available():
-            parser.error("--device cuda was asked for, but no CUDA GPU is available")
+            from huggingface_hub.utils import disable_progress_bars
+
+            disable_progress_bars()
+        except ImportError:  # pragma: no cover - older huggingface_hub
+            pass
+    if args.verbose:
+        diffusers_logging.set_verbosity_info()
+        import logging
+
+        logger = logging.getLogger("diffusers_ruyi")
+        logger.setLevel(logging.INFO)
+        if not logger.handlers:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
+            logger.addHandler(handler)
+    else:
+        diffusers_logging.set_verbosity_warning()
+        transformers_logging.set_verbosity_error()
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _check_args(parser, args)
+# ----------------------------------------------------------------------------------------------------------------
+# Errors
+# ----------------------------------------------------------------------------------------------------------------
 
+
+def _one_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    text = lines[0].rstrip(":")
+    if len(lines) > 1:
+        text += f" (and {len(lines) - 1} more line(s); --verbose shows them)"
+    return text
+
+
+def _is_hub_error(error: BaseException) -> bool:
+    module = type(error).__module__ or ""
+    return module.startswith("huggingface_hub")
+
+
+def explain(error: BaseException, stage: str, args: argparse.Namespace) -> CLIError:
+    """Turns an exception of a stage ("load", "generate", "write") into one line and an exit code."""
+    if isinstance(error, CLIError):
+        return error
+    name = type(error).__name__
+    if stage == "load":
+        if _is_hub_error(error):
+            if name in ("RepositoryNotFoundError", "HFValidationError", "GatedRepoError", "LocalEntryNotFoundError"):
+                return CLIError(f"--model {args.model!r}: {_one_line(error)}", EXIT_BAD_INPUT)
+            return CLIError(f"--model {args.model!r} could not be downloaded: {_one_line(error)}", EXIT_FAILURE)
+        if isinstance(error, FileNotFoundError) and not os.path.exists(args.model) and args.model != TINY_RANDOM:
+            return CLIError(f"--model {args.model!r}: {_one_line(error)}", EXIT_BAD_INPUT)
+        if isinstance(error, (ValueError, OSError, KeyError, RuntimeError, TypeError)):
+            return CLIError(
+                f"--model {args.model!r} could not be loaded (broken or incomplete checkpoint?): {_one_line(error)}",
+                EXIT_FAILURE,
+            )
+    if stage == "lora" and isinstance(error, (ValueError, OSError, KeyError, RuntimeError)):
+        return CLIError(f"--lora could not be loaded: {_one_line(error)}", EXIT_BAD_INPUT)
+    if isinstance(error, MemoryError) or "OutOfMemoryError" in name:
+        return CLIError(
+            f"out of memory while {_Stage.WORDS.get(stage, stage)} ({_one_line(error)}): try --offload model, --vae-tiling, --fp8 lite, "
+            "fewer --num-frames or a smaller size",
+            EXIT_FAILURE,
+        )
+    if stage == "generate" and isinstance(error, (ValueError, TypeError)):
+        return CLIError(_one_line(error), EXIT_BAD_INPUT)
+    if stage == "write" and isinstance(error, OSError):
+        return CLIError(f"--output {args.output!r} could not be written: {_one_line(error)}", EXIT_FAILURE)
+    return CLIError(f"{stage} failed: {name}: {_one_line(error)} (--verbose shows the traceback)", EXIT_FAILURE)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class _Stage:
+    """What the run is doing, for error messages."""
+
+    name = "load"
+    WORDS = {"load": "loading", "lora": "loading a LoRA", "generate": "generating", "write": "writing"}
+
+    @property
+    def doing(self) -> str:
+        return self.WORDS.get(self.name, self.name)
+
+
+def _load(args: argparse.Namespace, dtype, progress: Progress):
+    from .tiny import build_tiny_random_pipeline
+
+    if args.model == TINY_RANDOM:
+        with progress.phase("building the tiny random model"):
+            pipe = build_tiny_random_pipeline()
+            pipe.transformer.to(dtype)
+            pipe.image_encoder.to(dtype)
+        return pipe
+
+    from .pipelines.pipeline_ruyi_i2v import RuyiImageToVideoPipeline
+
+    source = args.model
+    if not os.path.isdir(source):
+        source = cached_snapshot(args.model) or args.model  # a cached hub snapshot loads without the network
+    if os.path.isdir(source):
+        sizes = component_sizes(source)
+        listed = ", ".join(f"{name} {_format_size(size)}" for name, size in sizes)
+        progress.say(f"loading {args.model} ({_format_size(sum(s for _, s in sizes))}): {listed}")
+    else:
+        progress.say(f"downloading {args.model} from the Hugging Face Hub (once; then it is cached)")
+    with progress.phase("loading"):
+        return RuyiImageToVideoPipeline.from_pretrained(source, dtype={"default": dtype, "vae": _float32()})
+
+
+def _float32():
+    import torch
+
+    return torch.float32
+
+
+def _configure(pipe, args: argparse.Namespace, device, dtype, stage: _Stage) -> None:
     import diffusers
-    from diffusers.utils import export_to_video, load_image
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-
-    from .tiny import load_pipeline
-
-    pipe = load_pipeline(args.model, dtype)
     if args.scheduler != "ddim":
         pipe.scheduler = getattr(diffusers, SCHEDULERS[args.scheduler]).from_config(pipe.scheduler.config)
+    stage.name = "lora"
     adapters = [f"lora_{i}" for i in range(len(args.lora))]
     for name, path in zip(adapters, args.lora):
         pipe.load_lora_weights(path, adapter_name=name)
     if adapters:
         weights = args.lora_weight + [1.0] * (len(adapters) - len(args.lora_weight))
         pipe.set_adapters(adapters, weights)
+    stage.name = "load"
     if args.cache == "first-block":
         from diffusers import FirstBlockCacheConfig
 
@@ -200,6 +543,50 @@ def main(argv: Optional[List[str]] = None) -> int:
     else:
         pipe.to(device)
 
+
+def write_video_atomically(frames, path: str, fps: int, export: Callable) -> None:
+    """Writes ``frames`` to a temporary file next to ``path`` and renames it; nothing is left on failure."""
+    out_dir = os.path.dirname(os.path.abspath(path))
+    os.makedirs(out_dir, exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(prefix=".ruyi-", suffix=".mp4", dir=out_dir)
+    os.close(fd)
+    try:
+        export(list(frames), tmp_path, fps=fps)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp creates 0600; give the video the usual permissions
+        os.replace(tmp_path, path)
+    finally:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+
+
+def _run(args: argparse.Namespace, progress: Progress, stage: _Stage) -> None:
+    stage.name = "load"
+    with progress.phase("importing torch, diffusers and transformers"):
+        check_args_with_torch(args)
+        import torch
+        from diffusers.utils import load_image
+
+        _configure_messages(args)
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    pipe = _load(args, dtype, progress)
+    _configure(pipe, args, device, dtype, stage)
+    if args.quiet:
+        pipe.set_progress_bar_config(disable=True)
+    else:
+        pipe.set_progress_bar_config(desc="denoising")
+        # The pipeline's own steps between which no progress bar runs.
+        progress.wrap(pipe, "encode_image", "CLIP image features")
+        progress.wrap(pipe, "encode_conditioning", "VAE encode (conditioning frames)")
+        progress.wrap(pipe, "decode_latents", "VAE decode")
+
+    stage.name = "generate"
     image = load_image(args.image)
     last_image = load_image(args.last_image) if args.last_image else None
     frames = pipe(
@@ -217,20 +604,44 @@ def main(argv: Optional[List[str]] = None) -> int:
         output_type="np",
     ).frames[0]
 
-    out_dir = os.path.dirname(os.path.abspath(args.output))
-    os.makedirs(out_dir, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=".ruyi-", suffix=".mp4", dir=out_dir)
-    os.close(fd)
+    stage.name = "write"
+    # Looked up at call time, so that tests can replace it.
+    import diffusers.utils
+
+    with progress.phase(f"writing {args.output}"):
+        check_output_path("--output", args.output, args.overwrite)  # nothing appeared there meanwhile
+        write_video_atomically(frames, args.output, args.fps, diffusers.utils.export_to_video)
+    progress.say(
+        f"wrote {args.output} ({len(frames)} frames, {frames.shape[2]}x{frames.shape[1]}, {args.fps} fps) in "
+        f"{progress.elapsed():.1f} s total, {peak_memory(device)}"
+    )
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Runs ``ruyi-i2v``; returns the exit code (argument errors exit with 2 through ``SystemExit``)."""
+    progress = Progress(quiet=True)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    progress.quiet = args.quiet
     try:
-        export_to_video(list(frames), tmp_path, fps=args.fps)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp creates 0600; give the video the usual permissions
-        os.replace(tmp_path, args.output)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-    print(f"Wrote {args.output} ({len(frames)} frames, {frames.shape[2]}x{frames.shape[1]}, {args.fps} fps)")
+        check_args(args)
+    except CLIError as e:
+        parser.error(str(e))
+
+    stage = _Stage()
+    try:
+        _run(args, progress, stage)
+    except KeyboardInterrupt:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"{PROG}: interrupted while {stage.doing}; no output was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        if args.verbose:
+            traceback.print_exc()
+        failure = explain(e, stage.name, args)
+        print(f"{PROG}: error: {failure}", file=sys.stderr)
+        return failure.code
     return 0
 
 

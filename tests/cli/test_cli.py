@@ -136,7 +136,7 @@ def test_output_must_be_mp4(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_failed_run_leaves_no_file(tmp_path, monkeypatch):
+def test_failed_run_leaves_no_file(tmp_path, monkeypatch, capsys):
     out = tmp_path / "video.mp4"
 
     def broken_export(frames, path, fps):
@@ -145,8 +145,9 @@ def test_failed_run_leaves_no_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr("diffusers.utils.export_to_video", broken_export)
-    with pytest.raises(OSError, match="disk full"):
-        main(["--image", START, "--output", str(out), *FAST])
+    assert main(["--image", START, "--output", str(out), *FAST]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--output" in last and "could not be written: disk full" in last
     assert list(tmp_path.iterdir()) == []
 
 
@@ -194,7 +195,7 @@ def test_corrupted_checkpoint_never_loads(tiny_checkpoint, tmp_path, damage):
 
 
 @pytest.mark.parametrize("damage", ["truncated-vae", "no-embeddings", "wrong-layout"])
-def test_cli_bad_checkpoint_fails_without_output(tiny_checkpoint, tmp_path, damage):
+def test_cli_bad_checkpoint_fails_without_output(tiny_checkpoint, tmp_path, damage, capsys):
     folder = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, folder)
     if damage == "truncated-vae":
@@ -205,8 +206,10 @@ def test_cli_bad_checkpoint_fails_without_output(tiny_checkpoint, tmp_path, dama
     else:
         shutil.rmtree(folder / "scheduler")
     out = tmp_path / "video.mp4"
-    with pytest.raises((ValueError, OSError)):
-        main(["--model", str(folder), "--image", START, "--output", str(out), *FAST[2:]])
+    assert main(["--model", str(folder), "--image", START, "--output", str(out), *FAST[2:]]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("ruyi-i2v: error: --model") and "could not be loaded" in last
+    assert "Traceback" not in last
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 
