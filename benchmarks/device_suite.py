@@ -1,0 +1,1002 @@
+"""One command, one table: the full-size Ruyi-Mini-7B generation on one GPU, every speed/memory variant same-run.
+
+    python benchmarks/device_suite.py --preset full --out OUT_DIR [--reference CHECKOUT --reference-python PY]
+    python benchmarks/device_suite.py --preset tiny        # the same code on the CPU in seconds (run by a test)
+    python benchmarks/device_suite.py --preset medium      # CPU scale: FLOP count vs measured step time
+
+Everything is built from the published configs (``tests/fixtures/real_checkpoint``) with random weights made where
+they run (``--preset full``: bf16, directly on the GPU, nothing downloaded or read from disk). The transformer is built
+once and every variant runs on it, then undoes itself (hooks removed, weights re-made), so all rows share the same
+weights, image, seed and settings:
+
+* ``baseline``: the pipeline as is, attention through SDPA with the fastest backend measured here (cuDNN / flash /
+  efficient on CUDA).
+* ``compile``: ``transformer.compile_repeated_blocks(fullgraph=True)`` (compiled during an untimed warm-up call).
+* ``teacache``: ``RuyiTeaCacheConfig(threshold=0.10)`` with the original's other defaults (its quality setting).
+* ``fbc``: diffusers' ``FirstBlockCacheConfig(threshold=--fbc-threshold)``.
+* ``fp8_lite`` / ``fp8_strong``: the original's fp8 modes (``apply_fp8_mode``; weights stored in float8_e4m3fn and
+  computed in bf16).
+* ``group_offload``: diffusers group offloading of the transformer (block level, one block per group, CUDA streams)
+  plus VAE tiling: the low-memory setting.
+* ``vae_decode``: the VAE alone, decoding random latents, at 512x512x24 untiled and 768x768x120 tiled.
+* ``original``: the original implementation (``--reference``), built the same way in its own interpreter, with its
+  ``predict_i2v.py`` settings (bf16, ``enable_model_cpu_offload``, ``gpu_offload_steps=5``, autocast).
+
+Columns: "s/step" = denoising-loop time / steps; "end-to-end s" = the whole pipeline call (CLIP, VAE encode, loop, VAE
+decode); "peak GB" = ``torch.cuda.max_memory_allocated`` during the call; "TFLOP/s" and "MFU" = transformer matmul
+FLOPs (`transformer_flops`, from the config and the token count) over the time spent inside the transformer calls,
+against the GPU's dense bf16 peak (``--peak-tflops``; 989 for H100/H200) and against a bf16 matmul measured in the
+same run; "max abs diff" = largest difference of the frames (in [0, 1]) from ``baseline``.
+"""
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+import zlib
+from typing import Any, Dict, List, Optional, Tuple
+
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+REAL = os.path.join(ROOT, "tests", "fixtures", "real_checkpoint")
+IMAGE = os.path.join(ROOT, "tests", "fixtures", "golden", "start_only_start.png")
+
+from _worker_protocol import print_result, run_worker  # noqa: E402
+
+
+# CLIP ViT-L/14 vision tower: its 1024-wide patch tokens are what the published transformer's resampler expects
+# (`projection_dim=1024`, 16 queries over 16x16 patches). The published image_encoder config is not in the fixtures.
+FULL_CLIP_CONFIG = dict(
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    image_size=224,
+    patch_size=14,
+    projection_dim=768,
+)
+# The golden tiny transformer at CPU scale (as benchmarks/bench_pipeline.py's medium case).
+MEDIUM_TRANSFORMER_OVERRIDES = {
+    "num_attention_heads": 8,
+    "attention_head_dim": 64,
+    "hidden_size": 512,
+    "num_layers": 8,
+    "mlp_ratio": 4.0,
+}
+MEDIUM_VAE_OVERRIDES = {"ch": 32, "ch_mult": [1, 2, 4, 4], "block_out_channels": [32, 64, 128, 128]}
+# The full-size VAE in the layout this package implements today (the layout of the golden tiny VAE with the
+# published widths); the pipeline uses it when the published VAE config cannot be built yet.
+FALLBACK_FULL_VAE_OVERRIDES = {
+    "ch": 128,
+    "ch_mult": [1, 2, 4, 4],
+    "block_out_channels": [128, 256, 512, 512],
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+}
+
+PRESETS: Dict[str, Dict[str, Any]] = {
+    "tiny": dict(
+        device="cpu", dtype="float32", frames=8, height=64, width=64, steps=6, warmup_steps=1,
+        vae_cases=[(8, 64, 64, False), (8, 64, 64, True)], tile=32, compile_backend="eager",
+    ),
+    "medium": dict(
+        device="cpu", dtype="float32", frames=16, height=128, width=128, steps=6, warmup_steps=1,
+        vae_cases=[(16, 128, 128, False), (16, 192, 192, True)], tile=128, compile_backend="eager",
+    ),
+    "full": dict(
+        device="cuda", dtype="bfloat16", frames=24, height=512, width=512, steps=25, warmup_steps=2,
+        vae_cases=[(24, 512, 512, False), (120, 768, 768, True)], tile=256, compile_backend="inductor",
+    ),
+}  # fmt: skip
+VARIANTS = ("baseline", "compile", "teacache", "fbc", "fp8_lite", "fp8_strong", "group_offload")
+# Everything the suite can run, in its default order: the rows the targets are about come first, so a tight time
+# budget cuts the least important ones.
+DEFAULT_ORDER = (
+    "baseline", "profile", "teacache", "fbc", "group_offload", "original", "compile", "vae_decode", "fp8_lite",
+    "fp8_strong",
+)  # fmt: skip
+COLUMNS = (
+    "variant", "s/step", "end-to-end s", "peak GB", "TFLOP/s", "MFU", "MFU vs matmul", "computed steps",
+    "max abs diff", "notes",
+)  # fmt: skip
+# Dense bf16 tensor-core peaks (no sparsity), TFLOP/s, by device-name fragment.
+SPEC_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "H800": 989.4, "A100": 312.0, "L40S": 362.0, "4090": 165.2}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# FLOPs
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def transformer_flops(config: Dict[str, Any], latent_frames: int, latent_height: int, latent_width: int,
+                      batch: int = 2, clip_tokens: Optional[int] = None) -> Dict[str, float]:  # fmt: skip
+    """Matmul FLOPs (2 per multiply-add) of one `RuyiTransformer3DModel` forward, by part.
+
+    ``config`` is the diffusers-ruyi transformer config (`convert_transformer_config` of the published one). With
+    ``N`` video tokens ``latent_frames * (latent_height / p) * (latent_width / p)``, width ``D``, feed-forward width
+    ``F = int(D * mlp_ratio)``, ``T = text_len + text_len_t5`` text tokens of width ``C = cross_attention_dim`` and
+    ``Q = n_query`` CLIP tokens, per sample and block:
+
+    * self-attention: ``8 N D^2`` (q, k, v, out) + ``4 N^2 D`` (scores and values over all ``N`` tokens);
+    * text cross-attention: ``4 N D^2`` (q, out) + ``4 T C D`` (k, v) + ``4 N T D``;
+    * CLIP cross-attention: ``4 N D^2`` + ``4 Q C D`` + ``4 N Q D``, and its gate ``4 N D^2`` (D -> 2D);
+    * feed-forward: ``4 N D F``; the long-skip merge ``4 N D^2`` in the ``L/2 - 1`` blocks that have one;
+    * timestep shift of norm1: ``2 D^2``.
+
+    Outside the blocks: patch embedding ``2 N (c p^2) D``, output projection ``2 N D (p^2 c_out)``, the T5 text
+    projection, the CLIP resampler and the conditioning MLPs. Element-wise work (norms, RoPE, GELU, softmax) is not
+    counted. Everything is multiplied by ``batch`` (2 with classifier-free guidance: both branches in one call).
+
+    Returns:
+        `Dict[str, float]`: FLOPs per part and ``"total"``.
+    """
+    p = config["patch_size"]
+    heads, head_dim = config["num_attention_heads"], config["attention_head_dim"]
+    D = heads * head_dim
+    F = int(D * config["mlp_ratio"])
+    L = config["num_layers"]
+    C = config["cross_attention_dim"]
+    C5 = config["cross_attention_dim_t5"]
+    T = config["text_len"] + config["text_len_t5"]
+    T5 = config["text_len_t5"]
+    Q = config["n_query"]
+    K = clip_tokens if clip_tokens is not None else 256  # CLIP patch tokens entering the resampler
+    N = latent_frames * (latent_height // p) * (latent_width // p)
+    skip_blocks = L - (L // 2 + 1)
+    parts = {
+        "self_attention_projections": L * 8 * N * D * D,
+        "self_attention_scores_values": L * 4 * N * N * D,
+        "text_cross_attention": L * (4 * N * D * D + 4 * T * C * D + 4 * N * T * D),
+        "clip_cross_attention": L * (4 * N * D * D + 4 * Q * C * D + 4 * N * Q * D + 4 * N * D * D),
+        "feed_forward": L * 4 * N * D * F,
+        "long_skips": skip_blocks * 4 * N * D * D,
+        "timestep_shift": L * 2 * D * D,
+        "patch_embed_and_proj_out": 2 * N * config["in_channels"] * p * p * D
+        + 2 * N * D * p * p * config["out_channels"],
+        # T5 projection (C5 -> 4 C5 -> C), resampler (kv projection if needed, q/k/v/out, scores/values).
+        "conditioning": 2 * T5 * (C5 * 4 * C5 + 4 * C5 * C)
+        + (2 * K * config["projection_dim"] * C if config["projection_dim"] != C else 0)
+        + 2 * (Q * C * C + 2 * K * C * C + Q * C * C)
+        + 4 * Q * K * C
+        # Timestep MLP (256 -> D -> D), pooled-text/size MLP (in -> 4D -> D), pooler, norm_out's modulation.
+        + 2 * (256 * D + D * D)
+        + 2 * ((256 * 6 + D + config["pooled_projection_dim"]) * 4 * D + 4 * D * D)
+        + 2 * ((T5 + 1) * 2 * C5 * C5 + C5 * C5 + C5 * config["pooled_projection_dim"])
+        + 2 * D * 2 * D,
+    }
+    flops = {name: float(batch * value) for name, value in parts.items()}
+    flops["total"] = sum(flops.values())
+    return flops
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Random weights made where they run
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def init_random_(module, names=None, base_seed: int = 0) -> None:
+    """Deterministic random weights, each parameter seeded by its name (so a re-made parameter, or the same name in
+    the original implementation, gets the same values on the same device): weights ``N(0, 1/fan_in)``, biases
+    ``N(0, 0.02)``, 1-D weights (norms) 1."""
+    import torch
+
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if names is not None and name not in names:
+                continue
+            generator = torch.Generator(device=param.device).manual_seed(base_seed + zlib.crc32(name.encode()))
+            if param.ndim >= 2:
+                fan_in = math.prod(param.shape[1:])
+                param.normal_(0.0, fan_in**-0.5, generator=generator)
+            elif name.endswith("bias"):
+                param.normal_(0.0, 0.02, generator=generator)
+            else:
+                param.fill_(1.0)
+
+
+@contextlib.contextmanager
+def default_dtype_and_device(dtype, device):
+    import torch
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def read_config(name: str) -> Dict[str, Any]:
+    with open(os.path.join(REAL, name)) as f:
+        return json.load(f)
+
+
+def preset_original_configs(preset: str) -> Tuple[Dict[str, Any], Dict[str, Any], Dict[str, Any]]:
+    """(transformer, pipeline VAE, CLIP) configs in the ORIGINAL layout; the VAE is the one this package can build
+    today for the pipeline (see `build_vae_or_reason` for the published one)."""
+    from diffusers_ruyi.tiny import TINY_CLIP_CONFIG, TINY_TRANSFORMER_CONFIG, TINY_VAE_CONFIG
+
+    if preset == "tiny":
+        return dict(TINY_TRANSFORMER_CONFIG), dict(TINY_VAE_CONFIG), dict(TINY_CLIP_CONFIG)
+    if preset == "medium":
+        vae = {**TINY_VAE_CONFIG, **MEDIUM_VAE_OVERRIDES}
+        return {**TINY_TRANSFORMER_CONFIG, **MEDIUM_TRANSFORMER_OVERRIDES}, vae, dict(TINY_CLIP_CONFIG)
+    return read_config("transformer_config.json"), {**TINY_VAE_CONFIG, **FALLBACK_FULL_VAE_OVERRIDES}, FULL_CLIP_CONFIG
+
+
+def build_vae_or_reason(original_config: Dict[str, Any], dtype, device):
+    """``AutoencoderKLRuyiCausal3D.from_config(convert_vae_config(original_config))`` with random weights, or the
+    reason it cannot be built (a string), never an exception."""
+    from diffusers_ruyi import AutoencoderKLRuyiCausal3D
+    from diffusers_ruyi.loaders.original_checkpoint import convert_vae_config
+
+    try:
+        with default_dtype_and_device(dtype, device):
+            vae = AutoencoderKLRuyiCausal3D.from_config(convert_vae_config(original_config))
+        init_random_(vae)
+        return vae.eval()
+    except Exception as e:  # the published variant may not be implemented yet
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+
+
+def build_pipeline(preset: str, dtype, device, vae_dtype):
+    """The whole pipeline with random weights, built on ``device`` in ``dtype`` (the VAE in ``vae_dtype``)."""
+    import torch
+    from diffusers import DDIMScheduler
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from diffusers_ruyi import RuyiImageToVideoPipeline, RuyiTransformer3DModel
+    from diffusers_ruyi.loaders.original_checkpoint import clip_image_processor_class, convert_transformer_config
+    from diffusers_ruyi.pipelines.controls import CAMERA_DIRECTIONS, RuyiControlEmbeddings
+
+    transformer_config, vae_config, clip_config = preset_original_configs(preset)
+    notes = []
+    with default_dtype_and_device(dtype, device):
+        transformer = RuyiTransformer3DModel.from_config(convert_transformer_config(transformer_config))
+        image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**clip_config))
+    init_random_(transformer)
+    init_random_(image_encoder)
+    vae = None
+    if preset == "full":
+        vae = build_vae_or_reason(read_config("vae_config.json"), vae_dtype, device)
+        if isinstance(vae, str):
+            notes.append(f"pipeline VAE: fallback full-width cache-compression VAE (published one: {vae})")
+            vae = None
+    if vae is None:
+        vae = build_vae_or_reason(vae_config, vae_dtype, device)
+        if isinstance(vae, str):
+            raise RuntimeError(f"Could not build the pipeline VAE: {vae}")
+    size = clip_config["image_size"]
+    processor = clip_image_processor_class()(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    scheduler = DDIMScheduler.from_config(read_config("scheduler_config.json"))
+    generator = torch.Generator().manual_seed(0)
+    flat = {}
+    names = ["p.default", "n.default"] + [f"p.16x9movie{m}{c}" for m in range(5) for c in CAMERA_DIRECTIONS]
+    for name in names:
+        for suffix, length, width in (("1", "text_len", "cross_attention_dim"), ("2", "text_len_t5", "cross_attention_dim_t5")):  # fmt: skip
+            shape = (1, transformer_config[length], transformer_config[width])
+            flat[f"{name}.emb{suffix}"] = torch.randn(shape, generator=generator)
+            flat[f"{name}.mask{suffix}"] = torch.ones(1, transformer_config[length], dtype=torch.long)
+    pipe = RuyiImageToVideoPipeline(
+        vae=vae,
+        transformer=transformer.eval(),
+        scheduler=scheduler,
+        image_encoder=image_encoder.eval(),
+        image_processor=processor,
+        control_embeddings=RuyiControlEmbeddings.from_flat_dict(flat),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, transformer_config, notes
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Timing
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class Timer:
+    """Device-side intervals: CUDA events on CUDA (read once at the end, no sync in the loop), wall clock on CPU."""
+
+    def __init__(self, device):
+        import torch
+
+        self.cuda = device.type == "cuda"
+        self.torch = torch
+
+    def mark(self):
+        if self.cuda:
+            event = self.torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def seconds(self, start, end) -> float:
+        if self.cuda:
+            return start.elapsed_time(end) / 1000.0
+        return end - start
+
+    def sync(self):
+        if self.cuda:
+            self.torch.cuda.synchronize()
+
+
+class Probe:
+    """Hooks that time every transformer call, count the steps where the last block really ran, and mark the end of
+    the denoising loop (the pipeline's step-end callback)."""
+
+    def __init__(self, transformer, timer: Timer):
+        self.timer = timer
+        self.calls: List[Tuple[Any, Any]] = []
+        self.computed = 0
+        self.loop_end = None
+        self.handles = [
+            transformer.register_forward_pre_hook(self._before),
+            transformer.register_forward_hook(self._after),
+            # Caches replace a skipped block's forward; its feed-forward only runs when the block is computed.
+            transformer.blocks[-1].ff.register_forward_pre_hook(self._computed),
+        ]
+
+    def reset(self):
+        self.calls, self.computed, self.loop_end = [], 0, None
+
+    def _before(self, module, args):
+        self.calls.append((self.timer.mark(), None))
+
+    def _after(self, module, args, output):
+        self.calls[-1] = (self.calls[-1][0], self.timer.mark())
+
+    def _computed(self, module, args):
+        self.computed += 1
+
+    def callback(self, pipe, step, timestep, kwargs):
+        self.loop_end = self.timer.mark()
+        return kwargs
+
+    def summary(self, steps: int) -> Dict[str, float]:
+        transformer_s = sum(self.timer.seconds(a, b) for a, b in self.calls)
+        loop_s = self.timer.seconds(self.calls[0][0], self.loop_end)
+        return {
+            "transformer_s": transformer_s,
+            "loop_s": loop_s,
+            "s_per_step": loop_s / steps,
+            "calls": len(self.calls),
+        }
+
+    def remove(self):
+        for handle in self.handles:
+            handle.remove()
+
+
+def measure_matmul_tflops(device, dtype) -> float:
+    import torch
+
+    n = 8192 if device.type == "cuda" else 1024
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    timer = Timer(device)
+    for _ in range(3):
+        a @ b
+    timer.sync()
+    start = timer.mark()
+    reps = 10 if device.type == "cuda" else 3
+    for _ in range(reps):
+        a @ b
+    end = timer.mark()
+    timer.sync()
+    return 2 * n**3 * reps / timer.seconds(start, end) / 1e12
+
+
+def pick_sdpa_backend(device, dtype, config, tokens: int) -> Tuple[Any, str]:
+    """The fastest SDPA backend for the self-attention shape (CUDA); ``None`` (PyTorch's choice) elsewhere."""
+    import torch
+
+    if device.type != "cuda":
+        return None, "PyTorch default (CPU)"
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    shape = (2, config["num_attention_heads"], tokens, config["attention_head_dim"])
+    q, k, v = (torch.randn(shape, device=device, dtype=dtype) for _ in range(3))
+    timer = Timer(device)
+    times = {}
+    for backend in (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION):
+        try:
+            with sdpa_kernel([backend]):
+                for _ in range(2):
+                    torch.nn.functional.scaled_dot_product_attention(q, k, v)
+                timer.sync()
+                start = timer.mark()
+                for _ in range(5):
+                    torch.nn.functional.scaled_dot_product_attention(q, k, v)
+                end = timer.mark()
+                timer.sync()
+            times[backend] = timer.seconds(start, end) / 5
+        except RuntimeError:
+            continue
+    if not times:
+        return None, "PyTorch default (no backend ran alone)"
+    best = min(times, key=times.get)
+    text = ", ".join(f"{b.name.lower()} {t * 1e3:.2f} ms" for b, t in sorted(times.items(), key=lambda kv: kv[1]))
+    return best, f"SDPA {best.name} (self-attention: {text})"
+
+
+@contextlib.contextmanager
+def sdpa_context(backend):
+    if backend is None:
+        yield
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    order = [backend] + [b for b in (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
+                                     SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH) if b != backend]  # fmt: skip
+    try:
+        context = sdpa_kernel(order, set_priority=True)
+    except TypeError:  # torch < 2.6: no priorities; the small cross-attentions may need another backend
+        context = sdpa_kernel(order)
+    with context:
+        yield
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Variants: each applies itself and returns the function that undoes it
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def apply_variant(name: str, pipe, args, device, dtype, inner_dim: int):
+    import torch
+
+    transformer = pipe.transformer
+    notes: List[str] = []
+    if name == "baseline":
+        return (lambda: None), notes
+    if name == "compile":
+        transformer.compile_repeated_blocks(fullgraph=True, backend=args.compile_backend)
+        notes.append(f"backend {args.compile_backend}")
+
+        def undo():
+            for block in transformer.blocks:
+                block._compiled_call_impl = None
+            torch._dynamo.reset()
+
+        return undo, notes
+    if name == "teacache":
+        from diffusers_ruyi.hooks import RuyiTeaCacheConfig
+
+        transformer.enable_cache(RuyiTeaCacheConfig(threshold=args.teacache_threshold))
+        notes.append(f"threshold {args.teacache_threshold}, skip 3 first / 1 last, cache on CPU (original's)")
+        return transformer.disable_cache, notes
+    if name == "fbc":
+        from diffusers import FirstBlockCacheConfig
+
+        transformer.enable_cache(FirstBlockCacheConfig(threshold=args.fbc_threshold))
+        notes.append(f"threshold {args.fbc_threshold}")
+        return transformer.disable_cache, notes
+    if name in ("fp8_lite", "fp8_strong"):
+        from diffusers.hooks import HookRegistry
+
+        from diffusers_ruyi.hooks import apply_fp8_mode
+
+        # The size rule scaled to the model width, so small presets convert the same layers as the full model.
+        converted = apply_fp8_mode(
+            transformer, name[4:], torch.float8_e4m3fn, compute_dtype=dtype, min_numel=inner_dim**2
+        )
+        notes.append(f"{len(converted)} Linear layers stored in float8_e4m3fn")
+
+        def undo():
+            modules = dict(transformer.named_modules())
+            for module_name in converted:
+                module = modules[module_name]
+                registry = HookRegistry.check_if_exists_or_initialize(module)
+                # diffusers refuses to undo the cast (precision loss); the weights are re-made below, so skip that.
+                registry.get_hook("layerwise_casting").deinitalize_hook = lambda m: m
+                registry.remove_hook("layerwise_casting", recurse=False)
+                module.to(dtype)
+            init_random_(transformer, names={f"{m}.{p}" for m in converted for p, _ in modules[m].named_parameters()})
+
+        return undo, notes
+    if name == "group_offload":
+        from diffusers.hooks import HookRegistry
+
+        use_stream = device.type == "cuda"
+        offload = torch.device("cpu")
+        transformer.enable_group_offload(
+            onload_device=device,
+            offload_device=offload,
+            offload_type="block_level",
+            num_blocks_per_group=1,
+            use_stream=use_stream,
+        )
+        pipe.vae.enable_tiling(tile_sample_min_height=args.tile, tile_sample_min_width=args.tile)
+        notes.append(
+            f"block level, 1 block/group, streams {'on' if use_stream else 'off (CPU)'}, VAE tiled {args.tile}px"
+        )
+
+        def undo():
+            registry = HookRegistry.check_if_exists_or_initialize(transformer)
+            for hook in ("group_offloading", "layer_execution_tracker", "lazy_prefetch_group_offloading"):
+                registry.remove_hook(hook, recurse=True)
+            transformer.to(device)
+            pipe.vae.disable_tiling()
+
+        return undo, notes
+    raise ValueError(f"Unknown variant {name!r}; choose from {VARIANTS}.")
+
+
+def run_pipeline(pipe, image, args, steps: int, probe: Optional[Probe]):
+    import torch
+
+    return pipe(
+        image=image,
+        num_frames=args.frames,
+        height=args.height,
+        width=args.width,
+        num_inference_steps=steps,
+        guidance_scale=7.0,
+        motion="2",
+        camera_direction="left",
+        generator=torch.Generator("cpu").manual_seed(42),
+        output_type="pt",
+        callback_on_step_end=probe.callback if probe is not None else None,
+    ).frames
+
+
+def measure_variant(name, pipe, image, args, device, dtype, flops_per_call, peaks, baseline_frames):
+    """Applies ``name``, runs one untimed short call (warm-up, compilation) and one timed full call, undoes it."""
+    import torch
+
+    timer = Timer(device)
+    undo, notes = apply_variant(name, pipe, args, device, dtype, pipe.transformer.inner_dim)
+    probe = Probe(pipe.transformer, timer)
+    try:
+        t0 = time.perf_counter()
+        run_pipeline(pipe, image, args, args.warmup_steps, probe)
+        timer.sync()
+        warmup_s = time.perf_counter() - t0
+        probe.reset()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        frames = run_pipeline(pipe, image, args, args.steps, probe)
+        timer.sync()
+        e2e = time.perf_counter() - t0
+        summary = probe.summary(args.steps)
+    finally:
+        probe.remove()
+        undo()
+    frames = frames.float().cpu()
+    row = {
+        "variant": name,
+        "s/step": summary["s_per_step"],
+        "end-to-end s": e2e,
+        "peak GB": torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None,
+        "computed steps": f"{probe.computed}/{args.steps}",
+        "warmup_s": warmup_s,
+        "transformer_s": summary["transformer_s"],
+        "notes": notes,
+    }
+    if name not in ("teacache", "fbc"):  # with a cache, blocks are skipped: full-model FLOPs would overstate
+        tflops = flops_per_call * summary["calls"] / summary["transformer_s"] / 1e12
+        row["TFLOP/s"] = tflops
+        row["MFU"] = tflops / peaks["spec"] if peaks.get("spec") else None
+        row["MFU vs matmul"] = tflops / peaks["matmul"]
+    if baseline_frames is not None:
+        row["max abs diff"] = (frames - baseline_frames).abs().max().item()
+    if name == "compile":
+        notes.append(f"warm-up incl. compile {warmup_s:.1f} s")
+    return row, frames
+
+
+def measure_vae_decode(vae, cases, tile: int, device, dtype) -> List[Dict[str, Any]]:
+    import torch
+
+    rows = []
+    timer = Timer(device)
+    for frames, height, width, tiled in cases:
+        label = f"vae_decode {width}x{height}x{frames}" + (f" tiled {tile}px" if tiled else "")
+        if isinstance(vae, str):
+            rows.append({"variant": label, "notes": [f"n/a ({vae})"]})
+            continue
+        try:
+            if tiled:
+                vae.enable_tiling(tile_sample_min_height=tile, tile_sample_min_width=tile)
+            ratio = vae.spatial_compression_ratio
+            shape = (1, vae.config.latent_channels, vae.num_latent_frames(frames), height // ratio, width // ratio)
+            latents = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+            with torch.no_grad():
+                vae.decode(latents[:, :, :1])  # warm-up (kernels, allocator)
+                timer.sync()
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                t0 = time.perf_counter()
+                video = vae.decode(latents).sample
+                timer.sync()
+            rows.append({
+                "variant": label, "end-to-end s": time.perf_counter() - t0,
+                "peak GB": torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None,
+                "notes": [f"{tuple(video.shape)} from latents {tuple(shape)}, {str(dtype).replace('torch.', '')}"],
+            })  # fmt: skip
+            del video, latents
+        except Exception as e:
+            rows.append({"variant": label, "notes": [f"error: {type(e).__name__}: {str(e)[:200]}"]})
+        finally:
+            vae.disable_tiling()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return rows
+
+
+def _kernel_kind(name: str) -> str:
+    lowered = name.lower()
+    if any(k in lowered for k in ("flash", "fmha", "attention", "attn", "sdpa")):
+        return "attention"
+    if any(k in lowered for k in ("gemm", "cutlass", "xmma", "nvjet", "matmul", "cublas", "addmm", "aten::mm", "bmm")):
+        return "matmul"
+    return "other"
+
+
+def profile_transformer(pipe, image, args, device, out_dir: Optional[str]) -> Dict[str, Any]:
+    """Where one baseline transformer call spends its time: the inputs of a real call are captured during a 1-step
+    run, then two calls run under `torch.profiler`; kernels are grouped into attention / matmul / other. The whole
+    kernel table goes to ``OUT/profile.txt``."""
+    import torch
+
+    captured = {}
+
+    def capture(module, f_args, f_kwargs):
+        captured.setdefault("call", (f_args, f_kwargs))
+
+    handle = pipe.transformer.register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        run_pipeline(pipe, image, args, 1, None)
+    finally:
+        handle.remove()
+    f_args, f_kwargs = captured["call"]
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.no_grad():
+        pipe.transformer(*f_args, **f_kwargs)  # warm
+        Timer(device).sync()
+        with torch.profiler.profile(activities=activities) as prof:
+            for _ in range(2):
+                pipe.transformer(*f_args, **f_kwargs)
+            Timer(device).sync()
+    events = prof.key_averages()
+    use_cuda = device.type == "cuda"
+
+    def self_time(event) -> float:
+        return (event.self_device_time_total if use_cuda else event.self_cpu_time_total) or 0.0
+
+    kernels = [e for e in events if self_time(e) > 0 and (not use_cuda or e.device_type.name == "CUDA")]
+    total = sum(self_time(e) for e in kernels) or 1.0
+    by_kind: Dict[str, float] = {}
+    for event in kernels:
+        by_kind[_kernel_kind(event.key)] = by_kind.get(_kernel_kind(event.key), 0.0) + self_time(event)
+    top = sorted(kernels, key=self_time, reverse=True)[:5]
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+        sort_by = "self_cuda_time_total" if use_cuda else "self_cpu_time_total"
+        with open(os.path.join(out_dir, "profile.txt"), "w") as f:
+            f.write(events.table(sort_by=sort_by, row_limit=40, max_name_column_width=90))
+    notes = [
+        "per call: " + ", ".join(f"{kind} {100 * t / total:.0f}%" for kind, t in sorted(by_kind.items())),
+        f"{total / 2 / 1e3:.1f} ms of kernels per call",
+    ]
+    notes += [f"{e.key[:60]} {100 * self_time(e) / total:.0f}%" for e in top]
+    return {"variant": "profile (1 baseline call)", "notes": notes}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The original implementation, in its own interpreter
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def original_worker(args) -> None:
+    """Builds the original pipeline with the same random weights (same parameter names, same seeds) on the device
+    and runs it with predict_i2v.py's settings. Runs under the original's interpreter (its diffusers 0.31)."""
+    import torch
+    from diffusers import DDIMScheduler
+    from original_driver import TRANSFORMER_EXTRAS, _import_original
+    from PIL import Image
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    vae_mod, tr_mod, pipe_mod = _import_original(args.reference)
+    from ruyi.utils.utils import get_image_to_video_latent
+
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    with open(args.configs) as f:
+        configs = json.load(f)
+    with default_dtype_and_device(dtype, device):
+        transformer = tr_mod.HunyuanTransformer3DModel.from_config(configs["transformer"], **TRANSFORMER_EXTRAS)
+        vae = vae_mod.AutoencoderKLMagvit.from_config(configs["vae"])
+        encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**configs["clip"]))
+    for model in (transformer, vae, encoder):
+        init_random_(model)
+    size = configs["clip"]["image_size"]
+    processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    pipe = pipe_mod.RuyiInpaintPipeline(
+        vae=vae, transformer=transformer, scheduler=DDIMScheduler.from_config(configs["scheduler"]),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        clip_image_encoder=encoder, clip_image_processor=processor,
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    if device.type == "cuda":
+        pipe.enable_model_cpu_offload()  # predict_i2v.py with low_gpu_memory_mode=False
+    pipe.transformer.hidden_cache_size = 5  # gpu_offload_steps = 5
+    tc = configs["transformer"]
+    generator = torch.Generator().manual_seed(0)
+    emb = {
+        "prompt_embeds": torch.randn(1, tc["text_len"], tc["cross_attention_dim"], generator=generator),
+        "prompt_embeds_2": torch.randn(1, tc["text_len_t5"], tc["cross_attention_dim_t5"], generator=generator),
+    }
+    emb["negative_prompt_embeds"] = torch.randn(emb["prompt_embeds"].shape, generator=generator)
+    emb["negative_prompt_embeds_2"] = torch.randn(emb["prompt_embeds_2"].shape, generator=generator)
+    for prefix in ("", "negative_"):
+        emb[f"{prefix}prompt_attention_mask"] = torch.ones(1, tc["text_len"], dtype=torch.long)
+        emb[f"{prefix}prompt_attention_mask_2"] = torch.ones(1, tc["text_len_t5"], dtype=torch.long)
+    emb = {k: v.to(device) for k, v in emb.items()}
+    video, mask, clip_image = get_image_to_video_latent(
+        [Image.open(IMAGE).convert("RGB")], None, video_length=args.frames, sample_size=(args.height, args.width)
+    )
+    pipe.transformer.tea_cache.initialize(False, 0.1, 3, 1, args.steps, True)
+    pipe.transformer.enhance_a_video.initialize(False, 1.0, 0, 0, args.steps)
+
+    timer = Timer(device)
+    calls = []
+    untimed_forward = pipe.transformer.forward
+
+    def timed_forward(*f_args, **f_kwargs):
+        start = timer.mark()
+        output = untimed_forward(*f_args, **f_kwargs)
+        calls.append((start, timer.mark()))
+        return output
+
+    pipe.transformer.forward = timed_forward
+
+    def call(steps):
+        with torch.no_grad(), torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32):
+            return pipe(
+                **emb, video_length=args.frames, height=args.height, width=args.width,
+                generator=torch.Generator(device).manual_seed(42), guidance_scale=7.0, num_inference_steps=steps,
+                video=video, mask_video=mask, clip_image=clip_image,
+            ).videos  # fmt: skip
+
+    call(args.warmup_steps)
+    timer.sync()
+    calls.clear()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    call(args.steps)
+    timer.sync()
+    e2e = time.perf_counter() - t0
+    transformer_s = sum(timer.seconds(a, b) for a, b in calls)
+    print_result({
+        "e2e": e2e, "transformer_s": transformer_s, "calls": len(calls),
+        "s_per_step": timer.seconds(calls[0][0], calls[-1][1]) / args.steps,
+        "peak_gb": torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None,
+    })  # fmt: skip
+
+
+def measure_original(args, configs: Dict[str, Any], flops_per_call: float, peaks, workdir: str) -> Dict[str, Any]:
+    path = os.path.join(workdir, "original_configs.json")
+    with open(path, "w") as f:
+        json.dump(configs, f)
+    env = dict(os.environ)
+    if args.reference_pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [args.reference_pythonpath, env.get("PYTHONPATH")]))
+    cmd = [
+        args.reference_python, os.path.abspath(__file__), "--original-worker", "--reference", args.reference,
+        "--configs", path, "--device", args.device, "--dtype", args.dtype, "--frames", str(args.frames),
+        "--height", str(args.height), "--width", str(args.width), "--steps", str(args.steps),
+        "--warmup-steps", str(args.warmup_steps),
+    ]  # fmt: skip
+    result = run_worker(cmd, env=env, what="original implementation")
+    tflops = flops_per_call * result["calls"] / result["transformer_s"] / 1e12
+    notes = ["its own interpreter; bf16 autocast, enable_model_cpu_offload, gpu_offload_steps=5"]
+    if configs.get("vae_note"):
+        notes.append(configs["vae_note"])
+    return {
+        "variant": "original", "s/step": result["s_per_step"], "end-to-end s": result["e2e"],
+        "peak GB": result["peak_gb"], "TFLOP/s": tflops, "MFU": tflops / peaks["spec"] if peaks.get("spec") else None,
+        "MFU vs matmul": tflops / peaks["matmul"], "computed steps": f"{args.steps}/{args.steps}", "notes": notes,
+    }  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Table
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def format_cell(column: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if column == "notes":
+        return "; ".join(value) if value else "-"
+    if isinstance(value, str):
+        return value
+    if column in ("MFU", "MFU vs matmul"):
+        return f"{100 * value:.1f}%"
+    if column == "max abs diff":
+        return f"{value:.2e}"
+    if column == "s/step":
+        return f"{value:.4f}"
+    return f"{value:.2f}"
+
+
+def format_table(header: str, rows: List[Dict[str, Any]]) -> str:
+    lines = [header, "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for row in rows:
+        lines.append("| " + " | ".join(format_cell(c, row.get(c)) for c in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def add_speedups(rows: List[Dict[str, Any]]) -> None:
+    base = next((r for r in rows if r["variant"] == "baseline" and "s/step" in r), None)
+    if base is None:
+        return
+    for row in rows:
+        if row is not base and row.get("s/step"):
+            row.setdefault("notes", []).insert(0, f"{base['s/step'] / row['s/step']:.2f}x baseline per step")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Driver
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def run_suite(args) -> Tuple[str, List[Dict[str, Any]]]:
+    import tempfile
+
+    import torch
+    from PIL import Image
+
+    from diffusers_ruyi.loaders.original_checkpoint import convert_transformer_config
+
+    started = time.perf_counter()
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    vae_dtype = getattr(torch, args.vae_dtype) if args.vae_dtype else dtype
+    torch.manual_seed(0)
+    pipe, original_transformer_config, build_notes = build_pipeline(args.preset, dtype, device, vae_dtype)
+    pipe.to(device)
+    build_s = time.perf_counter() - started
+    config = convert_transformer_config(original_transformer_config)
+    vae = pipe.vae
+    ratio = vae.spatial_compression_ratio
+    latent = (vae.num_latent_frames(args.frames), args.height // ratio, args.width // ratio)
+    tokens = latent[0] * (latent[1] // config["patch_size"]) * (latent[2] // config["patch_size"])
+    flops_per_call = transformer_flops(config, *latent, batch=2)["total"]
+    peaks = {"matmul": measure_matmul_tflops(device, dtype)}
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name()
+        peaks["spec"] = args.peak_tflops or next((v for k, v in SPEC_PEAK_TFLOPS.items() if k in name), None)
+    else:
+        name = "CPU"
+        peaks["spec"] = args.peak_tflops
+    backend, backend_note = pick_sdpa_backend(device, dtype, config, tokens)
+    image = Image.open(IMAGE).convert("RGB")
+    n_params = sum(p.numel() for p in pipe.transformer.parameters())
+
+    rows: List[Dict[str, Any]] = []
+    baseline_frames = None
+    base_config = {
+        "transformer": original_transformer_config,
+        # The original builds the published VAE itself; the small presets use their own VAE config.
+        "vae": read_config("vae_config.json") if args.preset == "full" else preset_original_configs(args.preset)[1],
+        "clip": preset_original_configs(args.preset)[2],
+        "scheduler": read_config("scheduler_config.json"),
+    }
+
+    def over_budget(name_: str) -> bool:
+        elapsed = time.perf_counter() - started
+        base = next((r for r in rows if r["variant"] == "baseline" and "end-to-end s" in r), None)
+        estimate = 2 * base["end-to-end s"] if base else 0.0
+        if elapsed + estimate > args.budget_s:
+            rows.append({"variant": name_, "notes": [f"skipped: time budget ({elapsed:.0f} s used)"]})
+            return True
+        return False
+
+    # In the order asked for (the default puts what the issue's targets need first), each guarded by the budget.
+    with sdpa_context(backend):
+        for name_ in args.variants:
+            if over_budget(name_):
+                continue
+            if name_ == "vae_decode":
+                vae_for_rows = pipe.vae
+                rows += measure_vae_decode(vae_for_rows, args.vae_cases, args.tile, device, vae_dtype)
+                continue
+            if name_ == "profile":
+                rows.append(profile_transformer(pipe, image, args, device, args.out))
+                continue
+            if name_ == "original":
+                if not args.reference:
+                    continue
+                try:
+                    with tempfile.TemporaryDirectory() as tmp:
+                        rows.append(measure_original(args, base_config, flops_per_call, peaks, tmp))
+                except Exception as e:
+                    rows.append({"variant": "original", "notes": [f"error: {str(e)[-600:]}"]})
+                base = next((r for r in rows if r["variant"] == "baseline" and "s/step" in r), None)
+                orig = rows[-1]
+                if base and orig.get("s/step"):
+                    orig["notes"].insert(0, f"baseline is {orig['s/step'] / base['s/step']:.2f}x faster per step, "
+                                            f"{orig['end-to-end s'] / base['end-to-end s']:.2f}x end to end")  # fmt: skip
+                continue
+            try:
+                row, frames = measure_variant(
+                    name_, pipe, image, args, device, dtype, flops_per_call, peaks, baseline_frames
+                )
+                if name_ == "baseline":
+                    baseline_frames = frames
+                    row["notes"].insert(0, backend_note)
+                rows.append(row)
+            except Exception as e:
+                rows.append({"variant": name_, "notes": [f"error: {type(e).__name__}: {str(e)[:300]}"]})
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    add_speedups(rows)
+
+    header = (
+        f"device suite, preset {args.preset}: {name}, torch {torch.__version__}, {args.dtype} (VAE "
+        f"{str(vae_dtype).replace('torch.', '')}), {args.frames}x{args.height}x{args.width}, {args.steps} steps, "
+        f"CFG 7 (batch 2), {tokens} video tokens, transformer {n_params / 1e9:.3f} B parameters, "
+        f"{flops_per_call / 1e12:.3f} TFLOP per transformer call ({flops_per_call * args.steps / 1e15:.3f} PFLOP "
+        f"per generation), measured bf16/fp32 matmul {peaks['matmul']:.1f} TFLOP/s, spec peak "
+        f"{peaks['spec'] if peaks.get('spec') else 'unknown'} TFLOP/s, built in {build_s:.1f} s, suite "
+        f"{time.perf_counter() - started:.0f} s" + "".join(f"\n\n{note}" for note in build_notes)
+    )
+    return format_table(header, rows), rows
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="tiny", choices=list(PRESETS))
+    parser.add_argument("--device", help="Default: the preset's (cuda for full, cpu otherwise).")
+    parser.add_argument("--dtype", help="Default: the preset's (bfloat16 for full, float32 otherwise).")
+    parser.add_argument("--vae-dtype", help="Default: --dtype (the original runs its VAE in bf16 too).")
+    parser.add_argument("--variants", nargs="+", default=list(DEFAULT_ORDER), choices=list(DEFAULT_ORDER),
+                        help="What to run, in this order (default: all, the issue's targets first).")  # fmt: skip
+    parser.add_argument("--teacache-threshold", type=float, default=0.10)
+    parser.add_argument("--fbc-threshold", type=float, default=0.05)
+    parser.add_argument("--compile-backend", help="Default: inductor on CUDA, eager (tracing only) on the CPU.")
+    parser.add_argument("--peak-tflops", type=float, help="Dense bf16 peak for MFU (default: by GPU name).")
+    parser.add_argument("--budget-s", type=float, default=420.0, help="Skip what would not finish by then.")
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--out", help="Folder for table.md and results.json.")
+    parser.add_argument("--reference", help="A checkout of the original Ruyi-Models: adds the 'original' row.")
+    parser.add_argument("--reference-python", default=sys.executable, help="The original's interpreter.")
+    parser.add_argument("--reference-pythonpath", help="Prepended to PYTHONPATH for the original's interpreter.")
+    parser.add_argument("--original-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--configs", help=argparse.SUPPRESS)
+    for name in ("frames", "height", "width", "warmup-steps"):
+        parser.add_argument(f"--{name}", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    preset = PRESETS[args.preset]
+    for key in ("device", "dtype", "frames", "height", "width", "steps", "warmup_steps", "compile_backend"):
+        if getattr(args, key) is None:
+            setattr(args, key, preset[key])
+    args.vae_cases, args.tile = preset["vae_cases"], preset["tile"]
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.original_worker:
+        return original_worker(args)
+    table, rows = run_suite(args)
+    print(table, flush=True)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "table.md"), "w") as f:
+            f.write(table + "\n")
+        with open(os.path.join(args.out, "results.json"), "w") as f:
+            json.dump(rows, f, indent=1, default=str)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""The GPU suite (benchmarks/device_suite.py) runs the same code on the CPU with `--preset tiny`, so it cannot rot
+between the rare runs on a GPU machine."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import device_suite  # noqa: E402
+
+
+def test_tiny_preset_prints_one_table(tmp_path):
+    variants = ["baseline", "profile", "teacache", "fbc", "group_offload", "vae_decode", "fp8_lite"]
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "device_suite.py"), "--preset", "tiny", "--steps", "4"]
+    cmd += ["--out", str(tmp_path), "--variants", *variants]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads((tmp_path / "results.json").read_text())
+    by_name = {row["variant"]: row for row in rows}
+    assert [r["variant"].split(" ")[0] for r in rows][:5] == [
+        "baseline",
+        "profile",
+        "teacache",
+        "fbc",
+        "group_offload",
+    ]
+    for name in ("baseline", "teacache", "fbc", "group_offload", "fp8_lite"):
+        assert by_name[name]["s/step"] > 0, by_name[name]
+        assert not any(note.startswith("error") for note in by_name[name]["notes"])
+    assert by_name["fbc"]["max abs diff"] >= 0
+    assert (tmp_path / "profile.txt").read_text().strip()
+    assert "| baseline |" in (tmp_path / "table.md").read_text()
+
+
+def test_flop_count_matches_a_hand_count():
+    # One block of a 1-layer model, no skips: every term of the docstring, counted by hand.
+    config = dict(
+        patch_size=2, num_attention_heads=2, attention_head_dim=4, num_layers=1, mlp_ratio=2.0,
+        cross_attention_dim=8, cross_attention_dim_t5=6, text_len=3, text_len_t5=2, n_query=4, projection_dim=8,
+        in_channels=5, out_channels=7, pooled_projection_dim=3,
+    )  # fmt: skip
+    flops = device_suite.transformer_flops(config, 1, 4, 4, batch=1, clip_tokens=9)
+    n, d, f, t, c, q = 4, 8, 16, 5, 8, 4
+    assert flops["self_attention_projections"] == 8 * n * d * d
+    assert flops["self_attention_scores_values"] == 4 * n * n * d
+    assert flops["text_cross_attention"] == 4 * n * d * d + 4 * t * c * d + 4 * n * t * d
+    assert flops["clip_cross_attention"] == 4 * n * d * d + 4 * q * c * d + 4 * n * q * d + 4 * n * d * d
+    assert flops["feed_forward"] == 4 * n * d * f
+    assert flops["long_skips"] == 0
+    assert flops["patch_embed_and_proj_out"] == 2 * n * 5 * 4 * d + 2 * n * d * 4 * 7
+    assert flops["total"] == pytest.approx(sum(v for k, v in flops.items() if k != "total"))
+    # Doubling the batch doubles everything.
+    assert device_suite.transformer_flops(config, 1, 4, 4, batch=2, clip_tokens=9)["total"] == 2 * flops["total"]
+
+
+def test_published_config_flops_are_the_issue_figure():
+    # 512x512x24: 6 latent frames of 64x64 -> 6,144 tokens; ~5.3e15 FLOP for 25 CFG steps (the issue's estimate).
+    from diffusers_ruyi.loaders.original_checkpoint import convert_transformer_config
+
+    config = convert_transformer_config(device_suite.read_config("transformer_config.json"))
+    per_call = device_suite.transformer_flops(config, 6, 64, 64, batch=2)["total"]
+    assert 4.5e15 < 25 * per_call < 6.5e15
