@@ -19,9 +19,7 @@ original checkpoint, so converting the original weights is (almost) the identity
 ``diffusers_ruyi.loaders.original_checkpoint``.
 """
 
-import contextlib
 import functools
-import inspect
 import math
 import os
 import weakref
@@ -30,7 +28,9 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
 from diffusers.loaders import PeftAdapterMixin
+from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
 from diffusers.models.attention import AttentionMixin, AttentionModuleMixin, FeedForward
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.cache_utils import CacheMixin
@@ -68,30 +68,22 @@ from ..loaders.original_checkpoint import (
 
 logger = logging.get_logger(__name__)  # pylint: disable=invalid-name
 
-# diffusers >= 0.42 lets `cache_context` carry the step index and step count; older versions take only a name.
-_CACHE_CONTEXT_TAKES_KWARGS = "kwargs" in inspect.signature(CacheMixin.cache_context).parameters
-
-try:  # Context parallelism (diffusers >= 0.36); private module, so a missing one only disables the plan.
-    from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
-
-    _RUYI_CP_PLAN = {
-        # The video tokens are split once, before the first block, along the (frame-major) sequence ...
-        "blocks.0": {
-            "hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, split_output=False),
-        },
-        # ... and every block gets the matching rows of the per-token RoPE table and the per-frame encoding, so
-        # each rank must hold whole frames: the context-parallel degree has to divide the number of latent frames.
-        "blocks.*": {
-            "image_rotary_emb": (
-                ContextParallelInput(split_dim=0, expected_dims=2, split_output=False),
-                ContextParallelInput(split_dim=0, expected_dims=2, split_output=False),
-            ),
-            "temporal_embedding": ContextParallelInput(split_dim=0, expected_dims=2, split_output=False),
-        },
-        "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
-    }
-except ImportError:  # pragma: no cover - depends on the diffusers version
-    _RUYI_CP_PLAN = None
+# Context parallelism: the video tokens are split once, before the first block, along the (frame-major) sequence, and
+# every block gets the matching rows of the per-token RoPE table and the per-frame encoding, so each rank must hold
+# whole frames (the context-parallel degree has to divide the number of latent frames).
+_RUYI_CP_PLAN = {
+    "blocks.0": {
+        "hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, split_output=False),
+    },
+    "blocks.*": {
+        "image_rotary_emb": (
+            ContextParallelInput(split_dim=0, expected_dims=2, split_output=False),
+            ContextParallelInput(split_dim=0, expected_dims=2, split_output=False),
+        ),
+        "temporal_embedding": ContextParallelInput(split_dim=0, expected_dims=2, split_output=False),
+    },
+    "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
+}
 
 # The original pipeline builds the RoPE grid relative to a 512x512 image with an 8x VAE, whatever the model size.
 _ROPE_BASE_IMAGE_SIZE = 512
@@ -157,10 +149,6 @@ class RuyiAttnProcessor:
 
     _attention_backend = None
     _parallel_config = None
-
-    def __init__(self):
-        if not hasattr(F, "scaled_dot_product_attention"):
-            raise ImportError("RuyiAttnProcessor requires PyTorch 2.0 or newer.")
 
     def __call__(
         self,
@@ -844,19 +832,6 @@ class RuyiTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMix
             return
         super().disable_cache()
 
-    @contextlib.contextmanager
-    def cache_context(self, name: str, **kwargs):
-        r"""Like [`~diffusers.models.cache_utils.CacheMixin.cache_context`], on every diffusers version.
-
-        Step information (`step_index`, `num_inference_steps`, `timestep`, `sigma`) reaches the cache hooks on
-        diffusers >= 0.42 and is dropped on older versions, whose `cache_context` takes only a name; the Ruyi hooks then
-        count the calls themselves.
-        """
-        if not _CACHE_CONTEXT_TAKES_KWARGS:
-            kwargs = {}
-        with super().cache_context(name, **kwargs):
-            yield
-
     def enable_enhance_a_video(self, config: Optional[RuyiEnhanceAVideoConfig] = None, **kwargs) -> None:
         r"""
         Enables Enhance-A-Video (the original Ruyi implementation's formula) on every self-attention.
@@ -1142,14 +1117,8 @@ class RuyiTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMix
         return Transformer2DModelOutput(sample=output)
 
 
-# First-block caches (FirstBlockCache, MagCache) need to know what a block returns. The registry is private diffusers
-# API, so a moved or renamed registry only disables those caches instead of breaking the import.
-try:
-    from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
-
-    TransformerBlockRegistry.register(
-        RuyiTransformerBlock,
-        TransformerBlockMetadata(return_hidden_states_index=0, return_encoder_hidden_states_index=None),
-    )
-except Exception as e:  # pragma: no cover - depends on the diffusers version
-    logger.debug(f"Could not register RuyiTransformerBlock with diffusers' block registry: {e}")
+# Block-level caches (FirstBlockCache, MagCache, TeaCache) read a block's arguments and outputs through this metadata.
+TransformerBlockRegistry.register(
+    RuyiTransformerBlock,
+    TransformerBlockMetadata(return_hidden_states_index=0, return_encoder_hidden_states_index=None),
+)
