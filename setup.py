@@ -6,7 +6,7 @@ from setuptools import find_packages, setup
 _deps_core = [
     # torch is deliberately not pinned above what the local CPU wheel offers; install it first.
     "torch>=2.4",
-    "diffusers>=0.40",
+    "diffusers>=0.42",
     "transformers>=4.46",
     "accelerate>=1.1",
     "peft>=0.17",

@@ -41,17 +41,13 @@ class RuyiStateManager(StateManager):
     @property
     def context_name(self) -> str:
         """Name of the active cache context, or `"default"`."""
-        context = getattr(self, "_context", None)
-        if context is None:
-            context = getattr(self, "_current_context", None)  # diffusers < 0.42 stores only the name
-        if context is None:
-            return _DEFAULT_CONTEXT
-        return context if isinstance(context, str) else context.name
+        return _DEFAULT_CONTEXT if self._context is None else self._context.name
 
     def step_info(self) -> Tuple[Optional[int], Optional[int]]:
         """`(step_index, num_inference_steps)` from the active cache context; `None` where the pipeline gave none."""
-        context = getattr(self, "_context", None)
-        return getattr(context, "step_index", None), getattr(context, "num_inference_steps", None)
+        if self._context is None:
+            return None, None
+        return self._context.step_index, self._context.num_inference_steps
 
 
 class StepCounterState(BaseState):

@@ -32,10 +32,8 @@ RUYI_FP8_MIN_NUMEL = 2816**2
 
 
 def _is_peft_layer(module: nn.Module) -> bool:
-    try:
-        from peft.tuners.tuners_utils import BaseTunerLayer
-    except ImportError:  # pragma: no cover - peft is a dependency
-        return False
+    from peft.tuners.tuners_utils import BaseTunerLayer  # imported here: peft is slow to import and rarely needed
+
     return isinstance(module, BaseTunerLayer)
 
 

@@ -5,6 +5,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from diffusers.loaders.lora_base import LORA_WEIGHT_NAME_SAFE, LoraBaseMixin, _fetch_state_dict
+from diffusers.loaders.lora_pipeline import _LOW_CPU_MEM_USAGE_DEFAULT_LORA
 from diffusers.utils import convert_unet_state_dict_to_peft, logging
 from diffusers.utils.peft_utils import require_peft_backend
 from huggingface_hub.utils import validate_hf_hub_args
@@ -27,11 +28,6 @@ _PICKLE_EXTENSIONS = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _PEFT_LORA_SUFFIXES = ("lora_A.weight", "lora_B.weight", "lora_B.bias")
 # Module types PEFT can wrap with LoRA layers.
 _PEFT_LORA_TYPES = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Embedding)
-
-try:  # the default diffusers' own mixins use (skips random init of the adapter weights when accelerate/peft allow)
-    from diffusers.loaders.lora_pipeline import _LOW_CPU_MEM_USAGE_DEFAULT_LORA
-except ImportError:  # pragma: no cover - older diffusers
-    _LOW_CPU_MEM_USAGE_DEFAULT_LORA = False
 
 
 def _describe(source: Any, weight_name: Optional[str], subfolder: Optional[str]) -> str:

@@ -19,9 +19,7 @@ original checkpoint, so converting the original weights is (almost) the identity
 ``diffusers_ruyi.loaders.original_checkpoint``.
 """
 
-import contextlib
 import functools
-import inspect
 import math
 import os
 import weakref
@@ -30,21 +28,27 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
 from diffusers.loaders import PeftAdapterMixin
+from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
+from diffusers.models.activations import GEGLU
 from diffusers.models.attention import AttentionMixin, AttentionModuleMixin, FeedForward
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.cache_utils import CacheMixin
 from diffusers.models.embeddings import (
+    HunyuanCombinedTimestepTextSizeStyleEmbedding,
+    HunyuanDiTAttentionPool,
+    PatchEmbed,
     PixArtAlphaTextProjection,
-    TimestepEmbedding,
-    Timesteps,
     apply_rotary_emb,
     get_2d_rotary_pos_embed_from_grid,
-    get_timestep_embedding,
+    get_2d_sincos_pos_embed,
 )
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.normalization import AdaLayerNormContinuous, FP32LayerNorm
+from diffusers.models.transformers.hunyuan_transformer_2d import AdaLayerNormShift
+from diffusers.pipelines.hunyuandit.pipeline_hunyuandit import get_resize_crop_region_for_grid
 from diffusers.utils import logging
 from diffusers.utils.peft_utils import apply_lora_scale
 from diffusers.utils.torch_utils import maybe_allow_in_graph
@@ -68,59 +72,29 @@ from ..loaders.original_checkpoint import (
 
 logger = logging.get_logger(__name__)  # pylint: disable=invalid-name
 
-# diffusers >= 0.42 lets `cache_context` carry the step index and step count; older versions take only a name.
-_CACHE_CONTEXT_TAKES_KWARGS = "kwargs" in inspect.signature(CacheMixin.cache_context).parameters
-
-try:  # Context parallelism (diffusers >= 0.36); private module, so a missing one only disables the plan.
-    from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
-
-    _RUYI_CP_PLAN = {
-        # The video tokens are split once, before the first block, along the (frame-major) sequence ...
-        "blocks.0": {
-            "hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, split_output=False),
-        },
-        # ... and every block gets the matching rows of the per-token RoPE table and the per-frame encoding, so
-        # each rank must hold whole frames: the context-parallel degree has to divide the number of latent frames.
-        "blocks.*": {
-            "image_rotary_emb": (
-                ContextParallelInput(split_dim=0, expected_dims=2, split_output=False),
-                ContextParallelInput(split_dim=0, expected_dims=2, split_output=False),
-            ),
-            "temporal_embedding": ContextParallelInput(split_dim=0, expected_dims=2, split_output=False),
-        },
-        "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
-    }
-except ImportError:  # pragma: no cover - depends on the diffusers version
-    _RUYI_CP_PLAN = None
-
-# The original pipeline builds the RoPE grid relative to a 512x512 image with an 8x VAE, whatever the model size.
-_ROPE_BASE_IMAGE_SIZE = 512
-_ROPE_VAE_SCALE = 8
-_ROPE_CACHE_SIZE = 8
-
-
-def _hunyuan_crop_region(grid_size: Tuple[int, int], base_size: int) -> Tuple[Tuple[int, int], Tuple[int, int]]:
-    """Fits ``grid_size`` into a ``base_size`` square (keeping the aspect ratio), centred; HunyuanDiT's RoPE region."""
-    grid_height, grid_width = grid_size
-    if grid_height > grid_width:
-        height, width = base_size, int(round(base_size / grid_height * grid_width))
-    else:
-        height, width = int(round(base_size / grid_width * grid_height)), base_size
-    top = int(round((base_size - height) / 2.0))
-    left = int(round((base_size - width) / 2.0))
-    return (top, left), (top + height, left + width)
-
-
-def _positions_without_endpoint(start: int, stop: int, num: int) -> torch.Tensor:
-    # Same values as `np.linspace(start, stop, num, endpoint=False, dtype=np.float32)`, which the original pipeline
-    # used (diffusers 0.31). Newer diffusers scales `stop` instead, which differs whenever `start != 0`. The float64
-    # step is computed on the CPU only, so this is safe on devices without float64.
-    step = (stop - start) / num
-    return (start + torch.arange(num, dtype=torch.float64) * step).to(torch.float32)
+# Context parallelism: the video tokens are split once, before the first block, along the (frame-major) sequence, and
+# every block gets the matching rows of the per-token RoPE table and the per-frame encoding, so each rank must hold
+# whole frames (the context-parallel degree has to divide the number of latent frames).
+_RUYI_CP_PLAN = {
+    "blocks.0": {
+        "hidden_states": ContextParallelInput(split_dim=1, expected_dims=3, split_output=False),
+    },
+    "blocks.*": {
+        "image_rotary_emb": (
+            ContextParallelInput(split_dim=0, expected_dims=2, split_output=False),
+            ContextParallelInput(split_dim=0, expected_dims=2, split_output=False),
+        ),
+        "temporal_embedding": ContextParallelInput(split_dim=0, expected_dims=2, split_output=False),
+    },
+    "proj_out": ContextParallelOutput(gather_dim=1, expected_dims=3),
+}
 
 
 def _temporal_sincos_embedding(num_frames: int, dim: int, device: torch.device) -> torch.Tensor:
-    """Transformer-style sin/cos encoding of the frame index, shape ``(num_frames, dim)``, in float32."""
+    """Transformer-style sin/cos encoding of the frame index, shape ``(num_frames, dim)``, in float32.
+
+    Kept here because diffusers' sin/cos helpers concatenate the sines and cosines, while Ruyi interleaves them.
+    """
     position = torch.arange(num_frames, device=device).unsqueeze(1)
     inv_freq = torch.exp(torch.arange(0, dim, 2, device=device) * (-math.log(10000.0) / dim))
     angles = position * inv_freq
@@ -128,19 +102,66 @@ def _temporal_sincos_embedding(num_frames: int, dim: int, device: torch.device) 
     return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1)[:, :dim]
 
 
-def _sincos_2d_grid_embedding(embed_dim: int, grid_size: int) -> torch.Tensor:
-    """MAE-style 2D sin/cos table of shape ``(grid_size**2, embed_dim)``; initial value of the resampler positions."""
-    coords = torch.arange(grid_size, dtype=torch.float32)
-    # The first half of the channels encodes the column index, the second half the row index (as the original).
-    rows, cols = torch.meshgrid(coords, coords, indexing="ij")
-    omega = torch.arange(embed_dim // 4, dtype=torch.float32) / (embed_dim / 4.0)
-    omega = 1.0 / 10000**omega
+class RuyiRotaryPosEmbed(nn.Module):
+    r"""
+    HunyuanDiT's 2D rotary embedding of the patch grid, the same for every frame, as the original Ruyi pipeline built it.
 
-    def encode(pos: torch.Tensor) -> torch.Tensor:
-        angles = pos.reshape(-1, 1) * omega
-        return torch.cat([angles.sin(), angles.cos()], dim=1)
+    The positions are the crop region of the `height/p x width/p` grid inside a `base_size / p` square
+    ([`get_resize_crop_region_for_grid`]), sampled without the end point. Adapted from
+    `diffusers.models.embeddings.get_2d_rotary_pos_embed` of diffusers 0.31, which the original used: newer versions
+    sample `linspace(start, stop * (n - 1) / n, n)`, which differs whenever the region does not start at 0 (every
+    non-square Ruyi size), so only the grid is built here and the table comes from diffusers'
+    `get_2d_rotary_pos_embed_from_grid`.
 
-    return torch.cat([encode(cols), encode(rows)], dim=1)
+    Args:
+        attention_head_dim (`int`): Channels per head (a multiple of 4).
+        patch_size (`int`): Spatial patch size.
+        base_size (`int`, defaults to 64): The reference latent size: 512 pixels with an 8x VAE, whatever the model.
+        cache_size (`int`, defaults to 8): How many (grid size, device) tables are kept.
+    """
+
+    def __init__(self, attention_head_dim: int, patch_size: int, base_size: int = 512 // 8, cache_size: int = 8):
+        super().__init__()
+        self.attention_head_dim = attention_head_dim
+        self.patch_size = patch_size
+        self.base_size = base_size // patch_size
+        self.cache_size = cache_size
+        self._cache: Dict[Tuple[int, int, str], Tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @staticmethod
+    def _positions(start: int, stop: int, num: int) -> torch.Tensor:
+        # `np.linspace(start, stop, num, endpoint=False, dtype=np.float32)`, as diffusers 0.31; the float64 step is
+        # computed on the CPU only, so devices without float64 are fine.
+        step = (stop - start) / num
+        return (start + torch.arange(num, dtype=torch.float64) * step).to(torch.float32)
+
+    def frame_embedding(
+        self, latent_height: int, latent_width: int, device: Optional[torch.device] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The float32 `(cos, sin)` tables of one frame, each `(height/p * width/p, head_dim)`; cached."""
+        grid_height, grid_width = latent_height // self.patch_size, latent_width // self.patch_size
+        key = (grid_height, grid_width, str(device))
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+
+        (top, left), (bottom, right) = get_resize_crop_region_for_grid((grid_height, grid_width), self.base_size)
+        rows = self._positions(top, bottom, grid_height)
+        cols = self._positions(left, right, grid_width)
+        grid = torch.stack(torch.meshgrid(cols, rows, indexing="xy"), dim=0).reshape(2, 1, grid_height, grid_width)
+        cos, sin = get_2d_rotary_pos_embed_from_grid(self.attention_head_dim, grid, use_real=True)
+        rope = (cos.to(device), sin.to(device))
+
+        if len(self._cache) >= self.cache_size:
+            self._cache.pop(next(iter(self._cache)))
+        self._cache[key] = rope
+        return rope
+
+    def forward(self, hidden_states: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """`(cos, sin)` for every token of `hidden_states` `(batch, channels, frames, height, width)`, frame-major."""
+        _, _, num_frames, height, width = hidden_states.shape
+        cos, sin = self.frame_embedding(height, width, hidden_states.device)
+        return cos.repeat(num_frames, 1), sin.repeat(num_frames, 1)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -157,10 +178,6 @@ class RuyiAttnProcessor:
 
     _attention_backend = None
     _parallel_config = None
-
-    def __init__(self):
-        if not hasattr(F, "scaled_dot_product_attention"):
-            raise ImportError("RuyiAttnProcessor requires PyTorch 2.0 or newer.")
 
     def __call__(
         self,
@@ -265,33 +282,19 @@ class RuyiAttention(nn.Module, AttentionModuleMixin):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class RuyiAdaLayerNormShift(nn.Module):
-    """LayerNorm (computed in float32) followed by a timestep-dependent shift."""
+class RuyiClipGate(GEGLU):
+    """GELU-gated projection applied to the CLIP cross-attention output before it joins the residual stream.
 
-    def __init__(self, dim: int, eps: float = 1e-6):
-        super().__init__()
-        self.silu = nn.SiLU()
-        self.linear = nn.Linear(dim, dim)
-        self.norm = FP32LayerNorm(dim, eps=eps, elementwise_affine=True)
-
-    def forward(self, hidden_states: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        shift = self.linear(self.silu(temb.float()).to(temb.dtype))
-        return self.norm(hidden_states) + shift.unsqueeze(1)
-
-
-class RuyiClipGate(nn.Module):
-    """GELU-gated projection applied to the CLIP cross-attention output before it joins the residual stream."""
+    diffusers' `GEGLU` after a LayerNorm whose epsilon is the channel count: the original passes `dim` where LayerNorm
+    expects `eps`. That is part of the trained model's math, so it is kept.
+    """
 
     def __init__(self, dim: int):
-        super().__init__()
-        # The original passes the channel count where LayerNorm expects `eps`, so the epsilon really is `dim`. It is
-        # part of the trained model's math, so it is kept.
+        super().__init__(dim, dim)
         self.norm = FP32LayerNorm(dim, eps=float(dim), elementwise_affine=True)
-        self.proj = nn.Linear(dim, 2 * dim)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden_states, gate = self.proj(self.norm(hidden_states)).chunk(2, dim=-1)
-        return hidden_states * F.gelu(gate)
+        return super().forward(self.norm(hidden_states))
 
 
 @maybe_allow_in_graph
@@ -321,7 +324,7 @@ class RuyiTransformerBlock(nn.Module):
         super().__init__()
         head_dim = dim // num_attention_heads
 
-        self.norm1 = RuyiAdaLayerNormShift(dim, eps=norm_eps)
+        self.norm1 = AdaLayerNormShift(dim, eps=norm_eps)
         self.attn1 = RuyiAttention(dim, heads=num_attention_heads, dim_head=head_dim)
 
         self.norm2 = FP32LayerNorm(dim, eps=norm_eps, elementwise_affine=True)
@@ -402,20 +405,13 @@ class RuyiTransformerBlock(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class RuyiTextAttentionPool(nn.Module):
-    """Pools the T5 tokens into one vector: the token mean attends over all tokens (HunyuanDiT's pooler).
+class RuyiTextAttentionPool(HunyuanDiTAttentionPool):
+    """HunyuanDiT's T5 pooler (the token mean attends over all tokens), calling its `nn.Linear` children.
 
-    Calls its `nn.Linear` children (instead of reading their weights) so LoRA layers and casting hooks apply.
+    Adapted from `diffusers.models.embeddings.HunyuanDiTAttentionPool`, whose forward hands the projection weights to
+    `F.multi_head_attention_forward`: LoRA layers and fp8/layerwise-casting hooks only take effect when the `Linear`
+    modules are called. Same parameters, same math.
     """
-
-    def __init__(self, seq_len: int, embed_dim: int, num_heads: int, output_dim: int):
-        super().__init__()
-        self.positional_embedding = nn.Parameter(torch.randn(seq_len + 1, embed_dim) / embed_dim**0.5)
-        self.k_proj = nn.Linear(embed_dim, embed_dim)
-        self.q_proj = nn.Linear(embed_dim, embed_dim)
-        self.v_proj = nn.Linear(embed_dim, embed_dim)
-        self.c_proj = nn.Linear(embed_dim, output_dim)
-        self.num_heads = num_heads
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         hidden_states = torch.cat([hidden_states.mean(dim=1, keepdim=True), hidden_states], dim=1)
@@ -425,43 +421,6 @@ class RuyiTextAttentionPool(nn.Module):
         value = self.v_proj(hidden_states).unflatten(2, (self.num_heads, -1)).transpose(1, 2)
         pooled = F.scaled_dot_product_attention(query, key, value)
         return self.c_proj(pooled.transpose(1, 2).flatten(2)).squeeze(1)
-
-
-class RuyiTimestepTextSizeStyleEmbedding(nn.Module):
-    """HunyuanDiT conditioning: timestep + MLP(pooled T5 text, image size/crop, style)."""
-
-    def __init__(self, embedding_dim: int, pooled_projection_dim: int, seq_len: int, cross_attention_dim: int):
-        super().__init__()
-        self.time_proj = Timesteps(num_channels=256, flip_sin_to_cos=True, downscale_freq_shift=0)
-        self.timestep_embedder = TimestepEmbedding(in_channels=256, time_embed_dim=embedding_dim)
-        self.pooler = RuyiTextAttentionPool(
-            seq_len, cross_attention_dim, num_heads=8, output_dim=pooled_projection_dim
-        )
-        self.style_embedder = nn.Embedding(1, embedding_dim)
-        self.extra_embedder = PixArtAlphaTextProjection(
-            in_features=256 * 6 + embedding_dim + pooled_projection_dim,
-            hidden_size=embedding_dim * 4,
-            out_features=embedding_dim,
-            act_fn="silu_fp32",
-        )
-
-    def forward(
-        self,
-        timestep: torch.Tensor,
-        encoder_hidden_states_t5: torch.Tensor,
-        image_meta_size: torch.Tensor,
-        style: torch.Tensor,
-        hidden_dtype: torch.dtype,
-    ) -> torch.Tensor:
-        timestep_emb = self.timestep_embedder(self.time_proj(timestep).to(hidden_dtype))
-        pooled = self.pooler(encoder_hidden_states_t5)
-        # Six numbers per sample (original size, target size, crop top-left), 256 sin/cos channels each.
-        size_emb = get_timestep_embedding(
-            image_meta_size.reshape(-1), 256, flip_sin_to_cos=True, downscale_freq_shift=0
-        )
-        size_emb = size_emb.to(hidden_dtype).reshape(-1, 6 * 256)
-        extra = torch.cat([pooled, size_emb, self.style_embedder(style)], dim=1)
-        return timestep_emb + self.extra_embedder(extra)
 
 
 class RuyiResamplerAttention(nn.Module):
@@ -504,7 +463,9 @@ class RuyiImageResampler(nn.Module):
         super().__init__()
         grid_size = int(math.isqrt(num_queries))
         # A frozen parameter (not a buffer) because the original checkpoint stores it under `pos_embed`.
-        self.pos_embed = nn.Parameter(_sincos_2d_grid_embedding(embed_dim, grid_size), requires_grad=False)
+        self.pos_embed = nn.Parameter(
+            get_2d_sincos_pos_embed(embed_dim, grid_size, base_size=grid_size).float(), requires_grad=False
+        )
         self.query = nn.Parameter(torch.randn(num_queries, embed_dim) * 0.02)
         self.kv_proj = nn.Linear(kv_dim, embed_dim, bias=False) if kv_dim != embed_dim else nn.Identity()
         self.attn = RuyiResamplerAttention(embed_dim, num_heads)
@@ -526,21 +487,6 @@ class RuyiImageResampler(nn.Module):
         hidden_states = self.ln_kv(self.kv_proj(hidden_states))
         query = (self.ln_q(self.query) + self.pos_embed).unsqueeze(0).expand(hidden_states.shape[0], -1, -1)
         return self.attn(query, hidden_states + key_positions, hidden_states)
-
-
-class RuyiPatchEmbed(nn.Module):
-    """Per-frame 2D patchify: `(B, C, F, H, W)` -> `(B, F * H/p * W/p, dim)`, frame-major token order."""
-
-    def __init__(self, patch_size: int, in_channels: int, embed_dim: int):
-        super().__init__()
-        self.patch_size = patch_size
-        self.proj = nn.Conv2d(in_channels, embed_dim, kernel_size=patch_size, stride=patch_size, bias=True)
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        batch_size, channels, num_frames, height, width = hidden_states.shape
-        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size * num_frames, channels, height, width)
-        hidden_states = self.proj(hidden_states).flatten(2).transpose(1, 2)
-        return hidden_states.reshape(batch_size, -1, hidden_states.shape[-1])
 
 
 class _LongSkipStack:
@@ -677,12 +623,20 @@ class RuyiTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMix
         # Replaces the embeddings of masked-out text tokens.
         self.text_embedding_padding = nn.Parameter(torch.randn(text_len + text_len_t5, cross_attention_dim))
 
-        self.pos_embed = RuyiPatchEmbed(patch_size, in_channels, inner_dim)
-        self.time_extra_emb = RuyiTimestepTextSizeStyleEmbedding(
+        # Applied to every frame on its own (frames are folded into the batch); no learned positions.
+        self.pos_embed = PatchEmbed(
+            patch_size=patch_size, in_channels=in_channels, embed_dim=inner_dim, pos_embed_type=None
+        )
+        self.rope = RuyiRotaryPosEmbed(attention_head_dim, patch_size)
+        self.time_extra_emb = HunyuanCombinedTimestepTextSizeStyleEmbedding(
             inner_dim,
             pooled_projection_dim=pooled_projection_dim,
             seq_len=text_len_t5,
             cross_attention_dim=cross_attention_dim_t5,
+        )
+        # Same parameters as diffusers' pooler, but calling its Linear layers (see `RuyiTextAttentionPool`).
+        self.time_extra_emb.pooler = RuyiTextAttentionPool(
+            text_len_t5, cross_attention_dim_t5, num_heads=8, output_dim=pooled_projection_dim
         )
 
         self.blocks = nn.ModuleList(
@@ -709,7 +663,6 @@ class RuyiTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMix
         self.proj_out = nn.Linear(inner_dim, patch_size * patch_size * out_channels, bias=True)
 
         self.gradient_checkpointing = False
-        self._rotary_cache: Dict[Tuple[int, int, str], Tuple[torch.Tensor, torch.Tensor]] = {}
         self._skip_offload_group_size = 0
         self._skip_offload_device: Optional[torch.device] = None
 
@@ -764,46 +717,6 @@ class RuyiTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMix
         return model.eval()
 
     # ------------------------------------------------------------------------------------------------------------
-    # Rotary embedding
-    # ------------------------------------------------------------------------------------------------------------
-
-    def get_rotary_embedding(
-        self, latent_height: int, latent_width: int, device: Optional[torch.device] = None
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The 2D RoPE table of one frame, as the original Ruyi pipeline computes it.
-
-        Positions come from HunyuanDiT's crop region of the patch grid inside a `512 // 8 // patch_size` square.
-
-        Args:
-            latent_height (`int`): Latent height (before patchify), divisible by `patch_size`.
-            latent_width (`int`): Latent width (before patchify), divisible by `patch_size`.
-            device (`torch.device`, *optional*): Where to put the tables.
-
-        Returns:
-            `Tuple[torch.Tensor, torch.Tensor]`: float32 `(cos, sin)`, each `(grid_height * grid_width, head_dim)`.
-            Cached per size and device.
-        """
-        patch_size = self.config.patch_size
-        grid_height, grid_width = latent_height // patch_size, latent_width // patch_size
-        key = (grid_height, grid_width, str(device))
-        cached = self._rotary_cache.get(key)
-        if cached is not None:
-            return cached
-
-        base_size = _ROPE_BASE_IMAGE_SIZE // _ROPE_VAE_SCALE // patch_size
-        (top, left), (bottom, right) = _hunyuan_crop_region((grid_height, grid_width), base_size)
-        rows = _positions_without_endpoint(top, bottom, grid_height)
-        cols = _positions_without_endpoint(left, right, grid_width)
-        grid = torch.stack(torch.meshgrid(cols, rows, indexing="xy"), dim=0).reshape(2, 1, grid_height, grid_width)
-        cos, sin = get_2d_rotary_pos_embed_from_grid(self.config.attention_head_dim, grid, use_real=True)
-        rope = (cos.to(device), sin.to(device))
-
-        if len(self._rotary_cache) >= _ROPE_CACHE_SIZE:
-            self._rotary_cache.pop(next(iter(self._rotary_cache)))
-        self._rotary_cache[key] = rope
-        return rope
-
-    # ------------------------------------------------------------------------------------------------------------
     # Speed and memory
     # ------------------------------------------------------------------------------------------------------------
 
@@ -843,19 +756,6 @@ class RuyiTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMix
             self._cache_config = None
             return
         super().disable_cache()
-
-    @contextlib.contextmanager
-    def cache_context(self, name: str, **kwargs):
-        r"""Like [`~diffusers.models.cache_utils.CacheMixin.cache_context`], on every diffusers version.
-
-        Step information (`step_index`, `num_inference_steps`, `timestep`, `sigma`) reaches the cache hooks on
-        diffusers >= 0.42 and is dropped on older versions, whose `cache_context` takes only a name; the Ruyi hooks then
-        count the calls themselves.
-        """
-        if not _CACHE_CONTEXT_TAKES_KWARGS:
-            kwargs = {}
-        with super().cache_context(name, **kwargs):
-            yield
 
     def enable_enhance_a_video(self, config: Optional[RuyiEnhanceAVideoConfig] = None, **kwargs) -> None:
         r"""
@@ -1032,7 +932,7 @@ class RuyiTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMix
             clip_attention_mask (`torch.Tensor`, *optional*): `(batch, n_query)`; where 0 the resampled CLIP tokens
                 are replaced by the learned `clip_padding`. `None` keeps them all.
             image_rotary_emb (`Tuple[torch.Tensor, torch.Tensor]`, *optional*): `(cos, sin)` for one frame
-                `(height/p * width/p, head_dim)` or for all frames. Computed by `get_rotary_embedding` when `None`.
+                `(height/p * width/p, head_dim)` or for all frames. Computed by `self.rope` when `None`.
             attention_kwargs (`dict`, *optional*): Only `"scale"` is read: the LoRA scale (PEFT backend).
             return_dict (`bool`, defaults to `True`): Return a `Transformer2DModelOutput` instead of a tuple.
 
@@ -1069,12 +969,15 @@ class RuyiTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMix
         timestep = timestep.reshape(-1).expand(batch_size)
 
         if image_rotary_emb is None:
-            image_rotary_emb = self.get_rotary_embedding(height, width, device)
-        image_rotary_emb = self._expand_rotary_embedding(
-            image_rotary_emb, num_frames, grid_height * grid_width, device
-        )
+            image_rotary_emb = self.rope(hidden_states)
+        else:
+            image_rotary_emb = self._expand_rotary_embedding(
+                image_rotary_emb, num_frames, grid_height * grid_width, device
+            )
 
-        hidden_states = self.pos_embed(hidden_states)
+        # Patchify every frame: (B, C, F, H, W) -> (B * F, C, H, W) -> (B, F * h * w, D), frame-major.
+        hidden_states = self.pos_embed(hidden_states.transpose(1, 2).flatten(0, 1))
+        hidden_states = hidden_states.unflatten(0, (batch_size, num_frames)).flatten(1, 2)
         temb = self.time_extra_emb(
             timestep, encoder_hidden_states_t5, image_meta_size, style, hidden_dtype=hidden_states.dtype
         )
@@ -1142,14 +1045,8 @@ class RuyiTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMix
         return Transformer2DModelOutput(sample=output)
 
 
-# First-block caches (FirstBlockCache, MagCache) need to know what a block returns. The registry is private diffusers
-# API, so a moved or renamed registry only disables those caches instead of breaking the import.
-try:
-    from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
-
-    TransformerBlockRegistry.register(
-        RuyiTransformerBlock,
-        TransformerBlockMetadata(return_hidden_states_index=0, return_encoder_hidden_states_index=None),
-    )
-except Exception as e:  # pragma: no cover - depends on the diffusers version
-    logger.debug(f"Could not register RuyiTransformerBlock with diffusers' block registry: {e}")
+# Block-level caches (FirstBlockCache, MagCache, TeaCache) read a block's arguments and outputs through this metadata.
+TransformerBlockRegistry.register(
+    RuyiTransformerBlock,
+    TransformerBlockMetadata(return_hidden_states_index=0, return_encoder_hidden_states_index=None),
+)

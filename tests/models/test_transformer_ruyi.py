@@ -89,12 +89,12 @@ def test_golden_forward_computes_rope(model, golden, golden_inputs):
 
 def test_rope_helper_matches_golden(model, golden):
     height, width = golden["hidden_states"].shape[-2:]
-    cos, sin = model.get_rotary_embedding(height, width)
+    cos, sin = model.rope.frame_embedding(height, width)
     assert cos.dtype == sin.dtype == torch.float32
     torch.testing.assert_close(cos, golden["rope_cos"], rtol=0, atol=1e-6)
     torch.testing.assert_close(sin, golden["rope_sin"], rtol=0, atol=1e-6)
     # Cached per size and device.
-    assert model.get_rotary_embedding(height, width)[0] is cos
+    assert model.rope.frame_embedding(height, width)[0] is cos
 
 
 # ----------------------------------------------------------------------------------------------------------------
