@@ -82,23 +82,23 @@ FALLBACK_FULL_VAE_OVERRIDES = {
 PRESETS: Dict[str, Dict[str, Any]] = {
     "tiny": dict(
         device="cpu", dtype="float32", frames=8, height=64, width=64, steps=6, warmup_steps=1,
-        vae_cases=[(8, 64, 64, False), (8, 64, 64, True)], tile=32, compile_backend="eager",
+        vae_cases=[(8, 64, 64, "untiled"), (8, 64, 64, "tiled")], tile=32, compile_backend="eager",
     ),
     "medium": dict(
         device="cpu", dtype="float32", frames=16, height=128, width=128, steps=6, warmup_steps=1,
-        vae_cases=[(16, 128, 128, False), (16, 192, 192, True)], tile=128, compile_backend="eager",
+        vae_cases=[(16, 128, 128, "untiled"), (16, 192, 192, "tiled")], tile=128, compile_backend="eager",
     ),
     "full": dict(
         device="cuda", dtype="bfloat16", frames=24, height=512, width=512, steps=25, warmup_steps=2,
-        vae_cases=[(24, 512, 512, False), (120, 768, 768, True)], tile=256, compile_backend="inductor",
+        vae_cases=[(24, 512, 512, "untiled"), (24, 512, 512, "original"), (120, 768, 768, "tiled")], tile=256, compile_backend="inductor",
     ),
 }  # fmt: skip
-VARIANTS = ("baseline", "compile", "teacache", "fbc", "fp8_lite", "fp8_strong", "group_offload")
+VARIANTS = ("baseline", "compile", "teacache", "fbc", "fp8_lite", "fp8_strong", "group_offload", "model_offload")
 # Everything the suite can run, in its default order: the rows the targets are about come first, so a tight time
 # budget cuts the least important ones.
 DEFAULT_ORDER = (
-    "baseline", "profile", "teacache", "fbc", "group_offload", "original", "compile", "vae_decode", "fp8_lite",
-    "fp8_strong",
+    "baseline", "profile", "teacache", "fbc", "group_offload", "model_offload", "original", "compile", "vae_decode",
+    "fp8_lite", "fp8_strong",
 )  # fmt: skip
 COLUMNS = (
     "variant", "s/step", "end-to-end s", "peak GB", "TFLOP/s", "MFU", "MFU vs matmul", "computed steps",
@@ -511,6 +511,7 @@ def apply_variant(name: str, pipe, args, device, dtype, inner_dim: int):
             num_blocks_per_group=1,
             use_stream=use_stream,
         )
+        saved_tiling = {k: getattr(pipe.vae, k) for k in ("use_tiling", "tiling_mode") if hasattr(pipe.vae, k)}
         pipe.vae.enable_tiling(tile_sample_min_height=args.tile, tile_sample_min_width=args.tile)
         notes.append(
             f"block level, 1 block/group, streams {'on' if use_stream else 'off (CPU)'}, VAE tiled {args.tile}px"
@@ -522,6 +523,19 @@ def apply_variant(name: str, pipe, args, device, dtype, inner_dim: int):
                 registry.remove_hook(hook, recurse=True)
             transformer.to(device)
             pipe.vae.disable_tiling()
+            for key, value in saved_tiling.items():  # back to the published config's own tiling
+                setattr(pipe.vae, key, value)
+
+        return undo, notes
+    if name == "model_offload":
+        # The original's predict_i2v.py setting: each model moves to the GPU when used, so the peak is the
+        # transformer plus its activations, never the transformer and the VAE together.
+        pipe.enable_model_cpu_offload(device=device)
+        notes.append("enable_model_cpu_offload (the original's own setting)")
+
+        def undo():
+            pipe.remove_all_hooks()
+            pipe.to(device)
 
         return undo, notes
     raise ValueError(f"Unknown variant {name!r}; choose from {VARIANTS}.")
@@ -592,18 +606,26 @@ def measure_variant(name, pipe, image, args, device, dtype, flops_per_call, peak
 
 
 def measure_vae_decode(vae, cases, tile: int, device, dtype) -> List[Dict[str, Any]]:
+    """Decodes random latents per case ``(frames, height, width, mode)``; mode is ``"untiled"``, ``"tiled"`` (the
+    package's tiler at ``tile`` px) or ``"original"`` (the original's own tiling, as the published config switches
+    it on). The VAE's tiling state is restored afterwards."""
     import torch
 
     rows = []
     timer = Timer(device)
-    for frames, height, width, tiled in cases:
-        label = f"vae_decode {width}x{height}x{frames}" + (f" tiled {tile}px" if tiled else "")
-        if isinstance(vae, str):
-            rows.append({"variant": label, "notes": [f"n/a ({vae})"]})
-            continue
+    saved = {k: getattr(vae, k) for k in ("use_tiling", "tiling_mode") if hasattr(vae, k)}
+    for frames, height, width, mode in cases:
+        label = f"vae_decode {width}x{height}x{frames} " + {"tiled": f"tiled {tile}px"}.get(mode, mode)
         try:
-            if tiled:
+            if mode == "tiled":
                 vae.enable_tiling(tile_sample_min_height=tile, tile_sample_min_width=tile)
+            elif mode == "original":
+                if not hasattr(vae, "enable_original_tiling"):
+                    rows.append({"variant": label, "notes": ["n/a: this VAE has no original tiling"]})
+                    continue
+                vae.enable_original_tiling()
+            else:
+                vae.disable_tiling()
             ratio = vae.spatial_compression_ratio
             shape = (1, vae.config.latent_channels, vae.num_latent_frames(frames), height // ratio, width // ratio)
             latents = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device, dtype)
@@ -624,9 +646,11 @@ def measure_vae_decode(vae, cases, tile: int, device, dtype) -> List[Dict[str, A
         except Exception as e:
             rows.append({"variant": label, "notes": [f"error: {type(e).__name__}: {str(e)[:200]}"]})
         finally:
-            vae.disable_tiling()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+    vae.disable_tiling()
+    for key, value in saved.items():
+        setattr(vae, key, value)
     return rows
 
 
@@ -850,6 +874,28 @@ def add_speedups(rows: List[Dict[str, Any]]) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+class _ReportedRows(list):
+    """The table's rows, each also printed (and saved to ``OUT/partial.json``) as soon as it is measured, so a run
+    stopped by its time limit still reports what it had."""
+
+    def __init__(self, out_dir: Optional[str]):
+        super().__init__()
+        self.out_dir = out_dir
+
+    def append(self, row: Dict[str, Any]) -> None:
+        super().append(row)
+        print("ROW " + json.dumps(row, default=str), flush=True)
+        if self.out_dir:
+            os.makedirs(self.out_dir, exist_ok=True)
+            with open(os.path.join(self.out_dir, "partial.json"), "w") as f:
+                json.dump(list(self), f, indent=1, default=str)
+
+    def __iadd__(self, more):
+        for row in more:
+            self.append(row)
+        return self
+
+
 def run_suite(args) -> Tuple[str, List[Dict[str, Any]]]:
     import tempfile
 
@@ -882,7 +928,7 @@ def run_suite(args) -> Tuple[str, List[Dict[str, Any]]]:
     image = Image.open(IMAGE).convert("RGB")
     n_params = sum(p.numel() for p in pipe.transformer.parameters())
 
-    rows: List[Dict[str, Any]] = []
+    rows: List[Dict[str, Any]] = _ReportedRows(args.out)
     baseline_frames = None
     base_config = {
         "transformer": original_transformer_config,
@@ -912,6 +958,9 @@ def run_suite(args) -> Tuple[str, List[Dict[str, Any]]]:
                 continue
             if name_ == "profile":
                 rows.append(profile_transformer(pipe, image, args, device, args.out))
+                continue
+            if name_ == "model_offload" and device.type != "cuda":
+                rows.append({"variant": name_, "notes": ["skipped: needs a GPU"]})
                 continue
             if name_ == "original":
                 if not args.reference:
