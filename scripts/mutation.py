@@ -197,7 +197,11 @@ def _sample(work: pathlib.Path, module: str, db_path: pathlib.Path, args: argpar
     with use_db(str(db_path), WorkDB.Mode.open) as db:
         seen: dict[tuple[str, str, str], int] = {}
         keyed = []
-        for item in db.pending_work_items:
+        # Within one operator, `occurrence` follows the source; the database's own order does not.
+        items = sorted(
+            db.pending_work_items, key=lambda it: (it.mutations[0].operator_name, it.mutations[0].occurrence)
+        )
+        for item in items:
             spec = item.mutations[0]
             key = (spec.operator_name, spec.definition_name or "", text(spec))
             seen[key] = seen.get(key, 0) + 1
