@@ -71,6 +71,7 @@ MODULE_TESTS: dict[str, list[str]] = {
     "pipelines/controls.py": _PIPELINE_TESTS,
     "models/transformer_ruyi.py": [
         "tests/models/test_transformer_ruyi.py",
+        "tests/models/test_transformer_mutants.py",
         "-k",
         "not layerwise_casting and not bf16 and not gradient_checkpointing",
     ],
