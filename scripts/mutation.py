@@ -88,8 +88,8 @@ MODULE_TESTS: dict[str, list[str]] = {
         "-k",
         "original or conversion or missing or unexpected or wrong_shape or lora or matches",
     ],
-    "cli.py": ["tests/cli/test_cli.py", "tests/cli/test_cli_effects.py"],
-    "tiny.py": ["tests/cli/test_cli.py", "-k", "playable"],
+    "cli.py": ["tests/cli/test_cli.py", "tests/cli/test_cli_effects.py", "tests/cli/test_cli_mutants.py"],
+    "tiny.py": ["tests/cli/test_cli.py", "tests/cli/test_cli_mutants.py", "-k", "playable or tiny_random"],
     "models/autoencoder_kl_ruyi.py": ["tests/models/test_autoencoder_kl_ruyi.py"],
 }
 # The VAE is being rewritten; mutate it only when asked by name.
