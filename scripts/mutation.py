@@ -328,13 +328,14 @@ def _run_module(module: str, args: argparse.Namespace, deadline: float | None) -
         _ROOTS.discard(root)
 
 
-def run(args: argparse.Namespace) -> list[Mutant]:
+def run(args: argparse.Namespace, done: list[Mutant]) -> None:
+    """Mutates every module; ``done`` grows as modules finish (so an interrupted run still reports them)."""
     modules = args.modules or [m for m in MODULE_TESTS if m not in DEFAULT_SKIP]
     deadline = time.monotonic() + args.budget if args.budget else None
     with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = [pool.submit(_run_module, module, args, deadline) for module in modules]
-        per_module = [f.result() for f in futures]
-    return [m for ms in per_module for m in ms]
+        for future in concurrent.futures.as_completed(futures):
+            done.extend(future.result())
 
 
 STATUSES = ("killed", "survived", "timeout", "incompetent", "skipped")
@@ -390,17 +391,27 @@ def main(argv: list[str] | None = None) -> int:
         for module in args.modules or [m for m in MODULE_TESTS if m not in DEFAULT_SKIP]:
             print(f"# {module}\n{cosmic_ray_config(module, test_command(module, REPO), args.min_timeout)}")
         return 0
+    results: list[Mutant] = []
     try:
-        results = run(args)
+        run(args, results)
     except (KeyboardInterrupt, SystemExit):
         for root in list(_ROOTS):
             _kill_under(root)
             shutil.rmtree(root, ignore_errors=True)
+        print("\ninterrupted: the modules that finished", file=sys.stderr)
+        report(results, args)
         os._exit(130)  # the module threads are still waiting on processes that are gone
     if args.list_only:
         for m in results:
             print(f"{m.id} {m.module}:{m.line} {m.operator} in {m.definition or '<module>'}: {m.text}")
         return 0
+    report(results, args)
+    return 0
+
+
+def report(results: list[Mutant], args: argparse.Namespace) -> None:
+    order = list(args.modules or MODULE_TESTS)
+    results.sort(key=lambda m: (order.index(m.module) if m.module in order else len(order), m.line))
     print()
     print(table(results))
     survivors = [m for m in results if m.status == "survived"]
@@ -411,7 +422,6 @@ def main(argv: list[str] | None = None) -> int:
             print("    " + m.diff.replace("\n", "\n    "))
     if args.json:
         args.json.write_text(json.dumps([asdict(m) for m in results], indent=1), encoding="utf-8")
-    return 0
 
 
 if __name__ == "__main__":
