@@ -1,5 +1,6 @@
 """CLI behaviours that survived mutation testing (scripts/mutation.py); each test names the mutant it kills."""
 
+import pytest
 import torch
 
 from diffusers_ruyi import cli
@@ -30,3 +31,19 @@ def test_tiny_random_pipeline_takes_the_dtype():
     assert pipe.image_encoder.dtype == torch.bfloat16
     assert pipe.vae.dtype == torch.float32
     assert load_pipeline("tiny-random").transformer.dtype == torch.float32
+
+
+def test_uncached_hub_id_fails_only_when_offline(monkeypatch, tmp_path):
+    # Kills `(offline) and cached_snapshot(model) is None` -> `not (offline) and ...` in check_model (cli.py): the
+    # clear "not in the cache" error is for offline runs; online, a hub id is left to the download.
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(cli.CLIError, match="not in the Hugging Face cache") as error:
+        cli.check_model("someone/not-cached")
+    assert "huggingface-cli download someone/not-cached" in str(error.value)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "0")
+    cli.check_model("someone/not-cached")  # no error, no network: the download happens later
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "yes")
+    with pytest.raises(cli.CLIError, match="not in the Hugging Face cache"):
+        cli.check_model("someone/not-cached")
