@@ -81,6 +81,7 @@ MODULE_TESTS: dict[str, list[str]] = {
     "hooks/_common.py": [*_HOOK_TESTS, "-k", "teacache or enhance or skip_offload or argument_reader or move_to"],
     "loaders/lora.py": ["tests/loaders/test_lora.py", "tests/loaders/test_lora_coverage.py"],
     "loaders/original_checkpoint.py": [
+        "tests/loaders/test_loader_mutants.py",
         "tests/models/test_transformer_ruyi.py",
         "tests/loaders/test_lora.py",
         "tests/loaders/test_lora_coverage.py",
