@@ -21,6 +21,8 @@ _deps_core = [
 _deps_test = ["pytest>=8", "hypothesis>=6", "ruff>=0.9"]
 _deps_train = ["datasets", "tensorboard"]
 _deps_docs = ["mkdocs>=1.6"]
+# Mutation testing (scripts/mutation.py): a developer tool, not installed by CI.
+_deps_mutation = ["cosmic-ray>=8.4"]
 
 setup(
     name="diffusers-ruyi",
@@ -36,7 +38,7 @@ setup(
         "test": _deps_test + _deps_docs,
         "train": _deps_train,
         "docs": _deps_docs,
-        "dev": _deps_test + _deps_train + _deps_docs,
+        "dev": _deps_test + _deps_train + _deps_docs + _deps_mutation,
     },
     entry_points={"console_scripts": ["ruyi-i2v=diffusers_ruyi.cli:main"]},
     classifiers=[

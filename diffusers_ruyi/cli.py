@@ -232,7 +232,7 @@ def check_model(model: str) -> None:
     if (_env_flag("HF_HUB_OFFLINE") or _env_flag("TRANSFORMERS_OFFLINE")) and cached_snapshot(model) is None:
         raise CLIError(
             f"--model {model!r} is no local folder, and not in the Hugging Face cache ({_hub_cache_dir()}) while "
-            "HF_HUB_OFFLINE is set: run `huggingface-cli download {model}` once online, pass a local folder, or use --model "
+            f"HF_HUB_OFFLINE is set: run `huggingface-cli download {model}` once online, pass a local folder, or use --model "
             f"{TINY_RANDOM}"
         )
 

@@ -1,95 +1,87 @@
-"""Mutation testing for diffusers_ruyi: break the package one small bug at a time and see whether the tests notice.
+"""Mutation testing for diffusers_ruyi with cosmic-ray: break the package one small bug at a time and see whether the
+tests notice.
 
-A small self-contained AST mutator (no third-party tool: mutmut and cosmic-ray both fight torch's import time and
-the package's editable install). For every module of ``diffusers_ruyi/`` listed in ``MODULE_TESTS`` it
+A thin driver around `cosmic-ray <https://cosmic-ray.readthedocs.io>`_ (``pip install -e ".[dev]"``). For every module
+of ``diffusers_ruyi/`` listed in ``MODULE_TESTS`` it
 
 1. copies the repository (package, tests, scripts, examples, benchmarks; the fixtures are symlinked) into a scratch
-   folder, so the working tree is never touched,
-2. lists every mutation point of the module (comparison, arithmetic, boolean, unary, constant and keyword-argument
-   mutations; docstrings and error messages are left alone),
-3. samples ``--sample`` of them (seeded, so two runs mutate the same points), writes each mutant into the copy and
-   runs the module's fast tests with ``pytest -x`` against it (``PYTHONPATH`` points at the copy),
-4. prints one table: module, mutants, killed, survived, timeout, score (killed + timeout over mutants).
-
-Survivors are listed with their line and the mutated expression; ``--json`` writes everything to a file.
+   folder: cosmic-ray rewrites the mutated file in place, so it never runs in a working tree,
+2. writes that module's cosmic-ray config there (``--print-config`` shows it): ``module-path`` = the module,
+   ``test-command`` = ``python -m pytest -x -q`` over the module's fast tests, ``timeout`` = ``--timeout-factor``
+   times the unmutated run, the ``local`` distributor, and an operator filter (``EXCLUDED_OPERATORS``),
+3. runs ``cosmic-ray init`` and ``cr-filter-operators``, then keeps a seeded sample of ``--sample`` mutants and marks
+   the others skipped in the session database (the sample is chosen by a hash of what each mutant changes, not by
+   its position, so an edit elsewhere in the module leaves the choice of the other mutants alone and runs before and
+   after a change compare),
+4. runs ``cosmic-ray exec`` with ``PYTHONPATH`` on the scratch copy (one pytest process per mutant) and stops it at
+   ``--budget``,
+5. prints one table: module, mutants, killed, survived, timeout, incompetent, score = (killed + timeout) / (killed +
+   timeout + survived), and every survivor with its id and diff.
 
 Examples:
 
-    python scripts/mutation.py --sample 30 --budget 1800
-    python scripts/mutation.py --modules hooks/teacache.py --sample 0       # every mutant of one module
-    python scripts/mutation.py --list-only --modules pipelines/controls.py  # show the mutation points
+    python scripts/mutation.py --sample 15 --budget 3600
+    python scripts/mutation.py --modules hooks/teacache.py --sample 0             # every mutant of one module
+    python scripts/mutation.py --modules hooks/teacache.py --mutant 3fa2c1d0       # re-run one mutant by its id
+    python scripts/mutation.py --modules pipelines/controls.py --list-only         # the sampled mutants, not run
+    python scripts/mutation.py --modules cli.py --print-config                    # the cosmic-ray config
+    python scripts/mutation.py --tests-dir /tmp/old-tests --sample 15              # score another tests/ folder
 
-It is slow (one pytest process per mutant) and is not part of CI; see CONTRIBUTING.md, "Mutation testing".
+It is slow and is not part of CI; see CONTRIBUTING.md, "Mutation testing".
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import concurrent.futures
-import copy
 import hashlib
 import json
 import os
 import pathlib
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = "diffusers_ruyi"
 
-# module (relative to diffusers_ruyi/) -> the fast tests that should catch a bug in it (pytest arguments).
+_PIPELINE_TESTS = [
+    "tests/pipelines/test_pipeline_ruyi_i2v.py",
+    "tests/pipelines/test_pipeline_behaviours.py",
+    "tests/pipelines/test_pipeline_mutants.py",
+    "-k",
+    "not hub_id and not half_precision and not random_invalid",
+]
+_HOOK_TESTS = [
+    "tests/hooks/test_speed_features.py",
+    "tests/hooks/test_hook_behaviours.py",
+    "tests/hooks/test_hook_mutants.py",
+]
+
+# module (relative to diffusers_ruyi/) -> the fast tests that should catch a bug in it (pytest arguments; files
+# that do not exist in the scratch copy are dropped, so an older tests/ folder can be scored with the same map).
 MODULE_TESTS: dict[str, list[str]] = {
-    "pipelines/pipeline_ruyi_i2v.py": [
-        "tests/pipelines/test_pipeline_ruyi_i2v.py",
-        "tests/pipelines/test_pipeline_behaviours.py",
-        "-k",
-        "not hub_id and not half_precision and not random_invalid",
-    ],
-    "pipelines/controls.py": [
-        "tests/pipelines/test_pipeline_ruyi_i2v.py",
-        "tests/pipelines/test_pipeline_behaviours.py",
-        "-k",
-        "not hub_id and not half_precision and not random_invalid",
-    ],
+    "pipelines/pipeline_ruyi_i2v.py": _PIPELINE_TESTS,
+    "pipelines/controls.py": _PIPELINE_TESTS,
     "models/transformer_ruyi.py": [
         "tests/models/test_transformer_ruyi.py",
-        "tests/models/test_transformer_behaviours.py",
+        "tests/models/test_transformer_mutants.py",
         "-k",
         "not layerwise_casting and not bf16 and not gradient_checkpointing",
     ],
-    "hooks/teacache.py": [
-        "tests/hooks/test_speed_features.py",
-        "tests/hooks/test_hook_behaviours.py",
-        "-k",
-        "teacache",
-    ],
-    "hooks/enhance_a_video.py": [
-        "tests/hooks/test_speed_features.py",
-        "tests/hooks/test_hook_behaviours.py",
-        "tests/pipelines/test_pipeline_behaviours.py",
-        "-k",
-        "enhance",
-    ],
-    "hooks/fp8.py": [
-        "tests/hooks/test_speed_features.py",
-        "tests/hooks/test_hook_behaviours.py",
-        "-k",
-        "fp8",
-    ],
-    "hooks/_common.py": [
-        "tests/hooks/test_speed_features.py",
-        "tests/hooks/test_hook_behaviours.py",
-        "-k",
-        "teacache or enhance or skip_offload or argument_reader or move_to",
-    ],
+    "hooks/teacache.py": [*_HOOK_TESTS, "-k", "teacache"],
+    "hooks/enhance_a_video.py": [*_HOOK_TESTS, "tests/pipelines/test_pipeline_behaviours.py", "-k", "enhance"],
+    "hooks/fp8.py": [*_HOOK_TESTS, "-k", "fp8"],
+    "hooks/_common.py": [*_HOOK_TESTS, "-k", "teacache or enhance or skip_offload or argument_reader or move_to"],
     "loaders/lora.py": ["tests/loaders/test_lora.py", "tests/loaders/test_lora_coverage.py"],
     "loaders/original_checkpoint.py": [
+        "tests/loaders/test_loader_mutants.py",
         "tests/models/test_transformer_ruyi.py",
         "tests/loaders/test_lora.py",
         "tests/loaders/test_lora_coverage.py",
@@ -97,180 +89,49 @@ MODULE_TESTS: dict[str, list[str]] = {
         "-k",
         "original or conversion or missing or unexpected or wrong_shape or lora or matches",
     ],
-    "cli.py": ["tests/cli/test_cli.py", "tests/cli/test_cli_effects.py"],
-    "tiny.py": ["tests/cli/test_cli.py", "-k", "playable"],
+    "cli.py": ["tests/cli/test_cli.py", "tests/cli/test_cli_effects.py", "tests/cli/test_cli_mutants.py"],
+    "tiny.py": ["tests/cli/test_cli.py", "tests/cli/test_cli_mutants.py", "-k", "playable or tiny_random"],
     "models/autoencoder_kl_ruyi.py": ["tests/models/test_autoencoder_kl_ruyi.py"],
 }
 # The VAE is being rewritten; mutate it only when asked by name.
 DEFAULT_SKIP = {"models/autoencoder_kl_ruyi.py"}
 
-_CMP_SWAP = {
-    ast.Lt: ast.LtE,
-    ast.LtE: ast.Lt,
-    ast.Gt: ast.GtE,
-    ast.GtE: ast.Gt,
-    ast.Eq: ast.NotEq,
-    ast.NotEq: ast.Eq,
-    ast.Is: ast.IsNot,
-    ast.IsNot: ast.Is,
-    ast.In: ast.NotIn,
-    ast.NotIn: ast.In,
-}
-_BIN_SWAP = {
-    ast.Add: ast.Sub,
-    ast.Sub: ast.Add,
-    ast.Mult: ast.Div,
-    ast.Div: ast.Mult,
-    ast.FloorDiv: ast.Mult,
-    ast.Mod: ast.FloorDiv,
-    ast.Pow: ast.Mult,
-    ast.MatMult: ast.Mult,
-}
+# cosmic-ray operators left out (regular expressions on the operator name): replacements nobody would write by
+# mistake and that the interpreter rejects at once (``a + b`` -> ``a >> b``, ``x < 1`` -> ``x is 1``), and ``|``
+# as a source, which is nearly always a type union in an annotation that ``from __future__ import annotations``
+# never evaluates. What is left: + - * / swapped among themselves, every comparison among == != < <= > >=, is/is
+# not, in/not in, and/or, not added or removed, True/False, numbers +-1, break/continue, zero-iteration loops,
+# exception types and removed decorators.
+EXCLUDED_OPERATORS = [
+    r"core/ReplaceBinaryOperator_\w+_(FloorDiv|Mod|Pow|RShift|LShift|BitOr|BitAnd|BitXor)$",
+    r"core/ReplaceBinaryOperator_(Mod|Pow|RShift|LShift|BitOr|BitAnd|BitXor)_",
+    r"core/ReplaceComparisonOperator_(Eq|NotEq|Lt|LtE|Gt|GtE)_(Is|IsNot)$",
+    r"core/ReplaceComparisonOperator_(Is|IsNot)_(Eq|NotEq|Lt|LtE|Gt|GtE)$",
+    r"core/ReplaceUnaryOperator_\w+_(Invert|UAdd)$",
+]
 
 
 @dataclass
 class Mutant:
     module: str
-    index: int
+    id: str
+    operator: str
     line: int
-    kind: str
-    before: str
-    after: str
+    definition: str
+    text: str
     status: str = "pending"
-    seconds: float = 0.0
-    detail: str = field(default="", repr=False)
+    killed_by: str = ""
+    diff: str = ""
 
 
-def _is_docstring_or_message(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
-    parent = parents.get(node)
-    if isinstance(parent, ast.Expr):
-        return True
-    while parent is not None:
-        if isinstance(parent, (ast.Raise, ast.JoinedStr)):
-            return True
-        if isinstance(parent, ast.Call) and isinstance(parent.func, ast.Attribute):
-            if parent.func.attr in {"warning", "warn", "info", "debug", "error"}:
-                return True
-        parent = parents.get(parent)
-    return False
-
-
-def _mutations(tree: ast.Module) -> list[tuple[ast.AST, str, object]]:
-    """Every (node, kind, payload) mutation point, in source order."""
-    parents: dict[ast.AST, ast.AST] = {}
-    for node in ast.walk(tree):
-        for child in ast.iter_child_nodes(node):
-            parents[child] = node
-    points: list[tuple[ast.AST, str, object]] = []
-    for node in ast.walk(tree):
-        if _is_docstring_or_message(node, parents):
-            continue
-        if isinstance(node, ast.Compare):
-            for i, op in enumerate(node.ops):
-                if type(op) in _CMP_SWAP:
-                    points.append((node, "compare", i))
-        elif isinstance(node, ast.BinOp) and type(node.op) in _BIN_SWAP:
-            points.append((node, "binop", None))
-        elif isinstance(node, ast.AugAssign) and type(node.op) in _BIN_SWAP:
-            points.append((node, "augassign", None))
-        elif isinstance(node, ast.BoolOp):
-            points.append((node, "boolop", None))
-        elif isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.Not, ast.USub)):
-            points.append((node, "unary", None))
-        elif isinstance(node, ast.Constant) and type(node.value) in (int, float, bool):
-            points.append((node, "constant", None))
-        elif isinstance(node, ast.keyword) and node.arg is not None and isinstance(parents.get(node), ast.Call):
-            points.append((node, "drop_keyword", None))
-        elif isinstance(node, ast.Return) and node.value is not None and not isinstance(node.value, ast.Constant):
-            points.append((node, "return_none", None))
-    points.sort(key=lambda p: (getattr(p[0], "lineno", 0), getattr(p[0], "col_offset", 0), p[1]))
-    return points
-
-
-def _apply(node: ast.AST, kind: str, payload: object) -> ast.AST:
-    """The replacement node for one mutation point."""
-    new = copy.deepcopy(node)
-    if kind == "compare":
-        new.ops[payload] = _CMP_SWAP[type(new.ops[payload])]()
-    elif kind in {"binop", "augassign"}:
-        new.op = _BIN_SWAP[type(new.op)]()
-    elif kind == "boolop":
-        new.op = ast.Or() if isinstance(new.op, ast.And) else ast.And()
-    elif kind == "unary":
-        return new.operand
-    elif kind == "constant":
-        value = new.value
-        if isinstance(value, bool):
-            new.value = not value
-        elif isinstance(value, int):
-            new.value = value + 1
-        else:
-            new.value = value * 1.5 if value else 1.0
-    elif kind == "drop_keyword":
-        return None
-    elif kind == "return_none":
-        new.value = ast.Constant(None)
-    return new
-
-
-class _Replace(ast.NodeTransformer):
-    def __init__(self, target: ast.AST, replacement: ast.AST | None):
-        self.target, self.replacement = target, replacement
-
-    def visit(self, node):
-        if node is self.target:
-            return self.replacement
-        return self.generic_visit(node)
-
-
-def _describe(source: str, node: ast.AST, replacement: ast.AST | None) -> tuple[str, str]:
-    before = ast.get_source_segment(source, node) or ast.unparse(node)
-    after = "<dropped>" if replacement is None else ast.unparse(replacement)
-    if isinstance(node, ast.keyword):
-        before = f"{node.arg}={ast.unparse(node.value)}"
-    return " ".join(before.split())[:140], " ".join(after.split())[:140]
-
-
-def _render(source: str, index: int) -> str:
-    """The mutated ``source`` of mutant ``index`` (re-parsed each time, so mutants never accumulate)."""
-    tree = ast.parse(source)
-    node, kind, payload = _mutations(tree)[index]
-    mutated = _Replace(node, _apply(node, kind, payload)).visit(tree)
-    ast.fix_missing_locations(mutated)
-    return ast.unparse(mutated)
-
-
-def list_mutants(module: str, source: str | None = None) -> list[Mutant]:
-    if source is None:
-        source = (REPO / PACKAGE / module).read_text(encoding="utf-8")
-    tree = ast.parse(source)
-    mutants = []
-    for index, (node, kind, payload) in enumerate(_mutations(tree)):
-        before, after = _describe(source, node, _apply(node, kind, payload))
-        mutants.append(Mutant(module, index, node.lineno, kind, before, after))
-    return mutants
-
-
-def _stable_sample(mutants: list[Mutant], n: int, seed: int) -> list[Mutant]:
-    """``n`` mutants chosen by a hash of what they change, not their index: an edit elsewhere in the module (a new
-    check, a fixed bug) leaves the choice of the other mutants alone, so before/after scores compare."""
-    seen: dict[tuple[str, str, str], int] = {}
-    keyed = []
-    for m in mutants:
-        key = (m.kind, m.before, m.after)
-        seen[key] = seen.get(key, 0) + 1
-        digest = hashlib.sha256(f"{seed}|{m.module}|{key}|{seen[key]}".encode()).hexdigest()
-        keyed.append((digest, m))
-    return [m for _, m in sorted(keyed, key=lambda t: t[0])[:n]]
-
-
-def make_workspace(root: pathlib.Path) -> pathlib.Path:
+def make_workspace(root: pathlib.Path, tests_dir: pathlib.Path) -> pathlib.Path:
+    """A copy of the repository to mutate; ``tests_dir`` replaces ``tests/`` (its fixtures come from this tree)."""
     work = root / "repo"
     work.mkdir(parents=True)
     for name in (PACKAGE, "scripts", "examples", "benchmarks", "docs"):
         if (REPO / name).exists():
             shutil.copytree(REPO / name, work / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    shutil.copytree(REPO / "tests", work / "tests", ignore=shutil.ignore_patterns("__pycache__", "fixtures"))
+    shutil.copytree(tests_dir, work / "tests", ignore=shutil.ignore_patterns("__pycache__", "fixtures"))
     (work / "tests" / "fixtures").symlink_to(REPO / "tests" / "fixtures")
     for name in ("pytest.ini", "setup.py", "README.md", "ruff.toml", "mkdocs.yml", "CONTRIBUTING.md"):
         if (REPO / name).exists():
@@ -282,103 +143,223 @@ def _env(work: pathlib.Path, threads: int) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(work) + os.pathsep + env.get("PYTHONPATH", "")
     env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env["HF_HUB_OFFLINE"] = "1"
     env["OMP_NUM_THREADS"] = str(threads)
     env["MKL_NUM_THREADS"] = str(threads)
     return env
 
 
-def _pytest(work: pathlib.Path, args: list[str], timeout: float, threads: int) -> tuple[str, float, str]:
-    existing = [a for a in args if not a.startswith("tests/") or (work / a.split("::")[0]).exists()]
-    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", *existing]
-    start = time.monotonic()
-    try:
-        proc = subprocess.run(
-            cmd, cwd=work, env=_env(work, threads), capture_output=True, text=True, timeout=timeout, check=False
+def test_command(module: str, work: pathlib.Path) -> str:
+    args = [a for a in MODULE_TESTS[module] if not a.startswith("tests/") or (work / a.split("::")[0]).exists()]
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", *args]
+    return shlex.join(cmd)
+
+
+def cosmic_ray_config(module: str, command: str, timeout: float) -> str:
+    """The cosmic-ray TOML for one module (paths relative to the scratch copy, where cosmic-ray runs)."""
+    excluded = ", ".join(json.dumps(e) for e in EXCLUDED_OPERATORS)
+    return (
+        "[cosmic-ray]\n"
+        f'module-path = "{PACKAGE}/{module}"\n'
+        f"timeout = {timeout:.1f}\n"
+        "excluded-modules = []\n"
+        f"test-command = {json.dumps(command)}\n"
+        "\n[cosmic-ray.distributor]\n"
+        'name = "local"\n'
+        "\n[cosmic-ray.filters.operators-filter]\n"
+        f"exclude-operators = [{excluded}]\n"
+    )
+
+
+def _cosmic_ray(*args: str, cwd: pathlib.Path, env: dict[str, str]) -> None:
+    subprocess.run(list(args), cwd=cwd, env=env, check=True, capture_output=True, text=True)
+
+
+def _tool(name: str) -> str:
+    """A cosmic-ray console script next to this Python (``cosmic-ray``, ``cr-filter-operators``)."""
+    local = pathlib.Path(sys.executable).with_name(name)
+    found = str(local) if local.exists() else shutil.which(name)
+    if not found:
+        raise SystemExit(f"{name} not found: install the dev extra (pip install -e '.[dev]')")
+    return found
+
+
+def _sample(work: pathlib.Path, module: str, db_path: pathlib.Path, args: argparse.Namespace) -> dict[str, Mutant]:
+    """Keep ``args.sample`` mutants (or those named by ``--mutant``), mark the others skipped in the session
+    database; return the kept ones by job id, in source order."""
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import WorkerOutcome, WorkResult
+
+    lines = (work / PACKAGE / module).read_text(encoding="utf-8").splitlines()
+
+    def text(spec) -> str:
+        """The source lines the mutation touches, whitespace collapsed (its identity, with the operator)."""
+        return " ".join(" ".join(lines[spec.start_pos[0] - 1 : spec.end_pos[0]]).split())
+
+    with use_db(str(db_path), WorkDB.Mode.open) as db:
+        seen: dict[tuple[str, str, str], int] = {}
+        keyed = []
+        # Within one operator, `occurrence` follows the source; the database's own order does not.
+        items = sorted(
+            db.pending_work_items, key=lambda it: (it.mutations[0].operator_name, it.mutations[0].occurrence)
         )
-    except subprocess.TimeoutExpired:
-        return "timeout", time.monotonic() - start, ""
-    tail = (proc.stdout + proc.stderr)[-2000:]
-    # 0: all passed, 5: nothing collected (treated as survived: no test ran against it).
-    return ("survived" if proc.returncode in (0, 5) else "killed"), time.monotonic() - start, tail
+        for item in items:
+            spec = item.mutations[0]
+            key = (spec.operator_name, spec.definition_name or "", text(spec))
+            seen[key] = seen.get(key, 0) + 1
+            digest = hashlib.sha256(f"{args.seed}|{module}|{key}|{seen[key]}".encode()).hexdigest()
+            mutant = Mutant(module, digest[:8], spec.operator_name.removeprefix("core/"), spec.start_pos[0], *key[1:])
+            keyed.append((digest, item.job_id, mutant))
+        keyed.sort(key=lambda t: t[0])
+        if args.mutant:
+            kept = [t for t in keyed if t[2].id in args.mutant]
+        elif args.sample:
+            kept = keyed[: args.sample]
+        else:
+            kept = keyed
+        kept_jobs = {job for _, job, _ in kept}
+        skip = WorkResult(output="not in the sample", worker_outcome=WorkerOutcome.SKIPPED)
+        db.set_multiple_results([job for _, job, _ in keyed if job not in kept_jobs], skip)
+    return {job: m for _, job, m in sorted(kept, key=lambda t: (t[2].line, t[2].operator))}
+
+
+def _results(db_path: pathlib.Path, mutants: dict[str, Mutant]) -> None:
+    """Fill each mutant's status and diff from the session database (``mutants`` is keyed by job id)."""
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import TestOutcome, WorkerOutcome
+
+    with use_db(str(db_path), WorkDB.Mode.open) as db:
+        for job_id, result in db.results:
+            mutant = mutants.get(job_id)
+            if mutant is None or result.worker_outcome == WorkerOutcome.SKIPPED:
+                continue
+            if result.worker_outcome in (WorkerOutcome.EXCEPTION, WorkerOutcome.ABNORMAL, WorkerOutcome.NO_TEST):
+                mutant.status = "incompetent"
+            elif result.test_outcome == TestOutcome.SURVIVED:
+                mutant.status = "survived"
+            elif result.test_outcome == TestOutcome.INCOMPETENT:
+                mutant.status = "incompetent"
+            else:
+                mutant.status = "timeout" if result.output == "timeout" else "killed"
+            failed = [
+                line.split(" - ")[0]
+                for line in (result.output or "").splitlines()
+                if line.startswith(("FAILED", "ERROR"))
+            ]
+            mutant.killed_by = failed[0] if failed else ("timeout" if result.output == "timeout" else "")
+            mutant.diff = "\n".join(
+                line
+                for line in (result.diff or "").splitlines()
+                if line[:1] in "+-" and line[:3] not in ("+++", "---")
+            )
+
+
+_ROOTS: set[pathlib.Path] = set()  # the scratch copies in use, cleaned up on Ctrl-C / SIGTERM
+
+
+def _kill_under(root: pathlib.Path) -> None:
+    """Kill what still runs in the scratch copy: cosmic-ray and the pytest it started in a session of its own."""
+    for proc in pathlib.Path("/proc").glob("[0-9]*"):
+        try:
+            inside = pathlib.Path(os.readlink(proc / "cwd")).is_relative_to(root)
+        except OSError:
+            continue
+        if inside and int(proc.name) != os.getpid():
+            try:
+                os.kill(int(proc.name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def _run_module(module: str, args: argparse.Namespace, deadline: float | None) -> list[Mutant]:
-    """Every sampled mutant of one module, in its own scratch copy of the repository (a snapshot: edits made to
-    the working tree meanwhile do not leak into the run)."""
+    """The sampled mutants of one module, in its own scratch copy of the repository."""
     root = pathlib.Path(tempfile.mkdtemp(prefix="ruyi-mutation-"))
+    _ROOTS.add(root)
     try:
-        work = make_workspace(root)
+        work = make_workspace(root, args.tests_dir)
+        env = _env(work, args.threads)
         imported = subprocess.run(
             [sys.executable, "-c", f"import {PACKAGE}; print({PACKAGE}.__file__)"],
             cwd=root,
-            env=_env(work, 1),
+            env=env,
             capture_output=True,
             text=True,
             check=True,
         ).stdout.strip()
         if not imported.startswith(str(work)):
             raise RuntimeError(f"the scratch copy is not the one imported ({imported}); is PYTHONPATH overridden?")
-        tests = MODULE_TESTS[module]
-        target = work / PACKAGE / module
-        pristine = target.read_text(encoding="utf-8")
-        mutants = list_mutants(module, pristine)
-        if args.sample and len(mutants) > args.sample:
-            mutants = sorted(_stable_sample(mutants, args.sample, args.seed), key=lambda m: m.index)
-        status, base_seconds, tail = _pytest(work, tests, args.max_timeout, args.threads)
-        if status != "survived":
+        command = test_command(module, work)
+        config, db_path = work / "mutation.toml", root / "session.sqlite"
+        config.write_text(cosmic_ray_config(module, command, args.max_timeout), encoding="utf-8")
+        _cosmic_ray(_tool("cosmic-ray"), "init", str(config), str(db_path), cwd=work, env=env)
+        _cosmic_ray(_tool("cr-filter-operators"), str(db_path), str(config), cwd=work, env=env)
+        mutants = _sample(work, module, db_path, args)
+        if args.list_only or not mutants:
+            return list(mutants.values())
+
+        start = time.monotonic()
+        base = subprocess.run(
+            shlex.split(command), cwd=work, env=env, capture_output=True, text=True, timeout=args.max_timeout
+        )
+        base_seconds = time.monotonic() - start
+        if base.returncode != 0:
+            tail = (base.stdout + base.stderr)[-2000:]
             print(f"[{module}] the unmutated tests do not pass; skipping\n{tail}", file=sys.stderr, flush=True)
             return []
         timeout = max(args.min_timeout, args.timeout_factor * base_seconds)
+        config.write_text(cosmic_ray_config(module, command, timeout), encoding="utf-8")
         print(f"[{module}] {len(mutants)} mutants, baseline {base_seconds:.0f}s, timeout {timeout:.0f}s", flush=True)
-        for mutant in mutants:
-            if deadline and time.monotonic() > deadline:
+
+        exec_cmd = [_tool("cosmic-ray"), "exec", str(config), str(db_path)]
+        proc = subprocess.Popen(exec_cmd, cwd=work, env=env, start_new_session=True)
+        try:
+            proc.wait(timeout=None if deadline is None else max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass  # out of budget: what is not done stays "pending" and is reported as skipped
+        finally:
+            _kill_under(root)
+        _results(db_path, mutants)
+        for mutant in mutants.values():
+            if mutant.status == "pending":
                 mutant.status = "skipped"
-                continue
-            target.write_text(_render(pristine, mutant.index), encoding="utf-8")
-            try:
-                mutant.status, mutant.seconds, mutant.detail = _pytest(work, tests, timeout, args.threads)
-            finally:
-                target.write_text(pristine, encoding="utf-8")
-            print(
-                f"  {mutant.status:8s} {module}:{mutant.line} #{mutant.index} [{mutant.kind}] "
-                f"{mutant.before} -> {mutant.after}",
-                flush=True,
-            )
-        return mutants
+        return list(mutants.values())
     finally:
+        _kill_under(root)
         shutil.rmtree(root, ignore_errors=True)
+        _ROOTS.discard(root)
 
 
-def run(args: argparse.Namespace) -> list[Mutant]:
+def run(args: argparse.Namespace, done: list[Mutant]) -> None:
+    """Mutates every module; ``done`` grows as modules finish (so an interrupted run still reports them)."""
     modules = args.modules or [m for m in MODULE_TESTS if m not in DEFAULT_SKIP]
     deadline = time.monotonic() + args.budget if args.budget else None
     with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = [pool.submit(_run_module, module, args, deadline) for module in modules]
-        per_module = [f.result() for f in futures]
-    return [m for ms in per_module for m in ms]
+        for future in concurrent.futures.as_completed(futures):
+            done.extend(future.result())
+
+
+STATUSES = ("killed", "survived", "timeout", "incompetent", "skipped")
 
 
 def table(results: list[Mutant]) -> str:
-    rows = ["| module | mutants | killed | survived | timeout | skipped | score |", "|---|---|---|---|---|---|---|"]
-    modules = list(dict.fromkeys(m.module for m in results))
-    totals = {"n": 0, "killed": 0, "survived": 0, "timeout": 0, "skipped": 0}
-    for module in modules:
-        ms = [m for m in results if m.module == module]
-        counts = {s: sum(m.status == s for m in ms) for s in ("killed", "survived", "timeout", "skipped")}
-        ran = len(ms) - counts["skipped"]
-        score = (counts["killed"] + counts["timeout"]) / ran if ran else float("nan")
+    """One markdown row per module and a total: score = (killed + timeout) / (killed + timeout + survived)."""
+    rows = [
+        "| module | mutants | killed | survived | timeout | incompetent | skipped | score |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    groups = {
+        module: [m for m in results if m.module == module] for module in dict.fromkeys(m.module for m in results)
+    }
+    if len(groups) > 1:
+        groups["**all**"] = results
+    for module, ms in groups.items():
+        n = {s: sum(m.status == s for m in ms) for s in STATUSES}
+        ran = n["killed"] + n["timeout"] + n["survived"]
+        score = f"{(n['killed'] + n['timeout']) / ran:.0%}" if ran else "-"
         rows.append(
-            f"| {module} | {ran} | {counts['killed']} | {counts['survived']} | {counts['timeout']} | "
-            f"{counts['skipped']} | {score:.0%} |"
-        )
-        totals["n"] += ran
-        for key in counts:
-            totals[key] += counts[key]
-    if totals["n"]:
-        score = (totals["killed"] + totals["timeout"]) / totals["n"]
-        rows.append(
-            f"| **all** | {totals['n']} | {totals['killed']} | {totals['survived']} | {totals['timeout']} | "
-            f"{totals['skipped']} | {score:.0%} |"
+            f"| {module} | {len(ms) - n['skipped']} | {n['killed']} | {n['survived']} | {n['timeout']} | "
+            f"{n['incompetent']} | {n['skipped']} | {score} |"
         )
     return "\n".join(rows)
 
@@ -386,38 +367,62 @@ def table(results: list[Mutant]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--modules", nargs="*", help=f"modules under {PACKAGE}/ (default: all but the VAE)")
-    parser.add_argument("--sample", type=int, default=30, help="mutants per module, 0 = all (default 30)")
+    parser.add_argument("--sample", type=int, default=15, help="mutants per module, 0 = all (default 15)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (same seed = same mutants)")
-    parser.add_argument(
-        "--budget", type=float, default=0, help="total seconds; mutants not started by then are 'skipped'"
-    )
+    parser.add_argument("--mutant", nargs="*", default=[], help="run only these mutant ids (from a previous table)")
+    parser.add_argument("--budget", type=float, default=0, help="total seconds; mutants not run by then: skipped")
     parser.add_argument("--jobs", type=int, default=1, help="modules mutated in parallel (default 1)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per test run (default 1)")
     parser.add_argument("--timeout-factor", type=float, default=3.0, help="mutant timeout = factor x baseline")
     parser.add_argument("--min-timeout", type=float, default=60.0)
     parser.add_argument("--max-timeout", type=float, default=900.0, help="limit for the unmutated baseline run")
-    parser.add_argument("--list-only", action="store_true", help="print the mutation points and exit")
+    parser.add_argument(
+        "--tests-dir", type=pathlib.Path, default=REPO / "tests", help="the tests/ folder to score (default: this one)"
+    )
+    parser.add_argument("--list-only", action="store_true", help="print the sampled mutants, run nothing")
+    parser.add_argument("--print-config", action="store_true", help="print each module's cosmic-ray config")
     parser.add_argument("--json", type=pathlib.Path, help="write every mutant and its status here")
     args = parser.parse_args(argv)
     for module in args.modules or []:
         if module not in MODULE_TESTS:
             parser.error(f"--modules: unknown module {module!r}; choose from {sorted(MODULE_TESTS)}")
-    if args.list_only:
+    args.tests_dir = args.tests_dir.resolve()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so each module's cleanup runs
+    if args.print_config:
         for module in args.modules or [m for m in MODULE_TESTS if m not in DEFAULT_SKIP]:
-            for m in list_mutants(module):
-                print(f"{module}:{m.line} #{m.index} [{m.kind}] {m.before} -> {m.after}")
+            print(f"# {module}\n{cosmic_ray_config(module, test_command(module, REPO), args.min_timeout)}")
         return 0
-    results = run(args)
+    results: list[Mutant] = []
+    try:
+        run(args, results)
+    except (KeyboardInterrupt, SystemExit):
+        for root in list(_ROOTS):
+            _kill_under(root)
+            shutil.rmtree(root, ignore_errors=True)
+        print("\ninterrupted: the modules that finished", file=sys.stderr)
+        report(results, args)
+        os._exit(130)  # the module threads are still waiting on processes that are gone
+    if args.list_only:
+        for m in results:
+            print(f"{m.id} {m.module}:{m.line} {m.operator} in {m.definition or '<module>'}: {m.text}")
+        return 0
+    report(results, args)
+    return 0
+
+
+def report(results: list[Mutant], args: argparse.Namespace) -> None:
+    order = list(args.modules or MODULE_TESTS)
+    results.sort(key=lambda m: (order.index(m.module) if m.module in order else len(order), m.line))
     print()
     print(table(results))
     survivors = [m for m in results if m.status == "survived"]
     if survivors:
         print("\nSurvivors:")
         for m in survivors:
-            print(f"- {m.module}:{m.line} #{m.index} [{m.kind}] `{m.before}` -> `{m.after}`")
+            print(f"- {m.id} {m.module}:{m.line} {m.operator} in {m.definition or '<module>'}")
+            print("    " + m.diff.replace("\n", "\n    "))
     if args.json:
         args.json.write_text(json.dumps([asdict(m) for m in results], indent=1), encoding="utf-8")
-    return 0
 
 
 if __name__ == "__main__":

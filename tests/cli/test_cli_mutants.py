@@ -1,0 +1,49 @@
+"""CLI behaviours that survived mutation testing (scripts/mutation.py); each test names the mutant it kills."""
+
+import pytest
+import torch
+
+from diffusers_ruyi import cli
+from diffusers_ruyi.tiny import load_pipeline
+
+
+def test_phase_lines_report_the_time_taken(monkeypatch, capsys):
+    # Kills `time.perf_counter() - start` -> `/ start` in Progress.phase (cli.py): the per-phase line says how long
+    # the phase took.
+    now = {"t": 100.0}
+    monkeypatch.setattr(cli.time, "perf_counter", lambda: now["t"])
+    progress = cli.Progress(quiet=False)
+    now["t"] = 1000.0
+    with progress.phase("load"):
+        now["t"] = 1002.5
+    assert capsys.readouterr().err.splitlines() == ["ruyi-i2v: load ...", "ruyi-i2v: load: 2.5 s"]
+    assert progress.elapsed() == 902.5
+    with cli.Progress(quiet=True).phase("load"):
+        pass
+    assert capsys.readouterr().err == ""
+
+
+def test_tiny_random_pipeline_takes_the_dtype():
+    # Kills `if dtype != torch.float32` -> `if not ...` in load_pipeline (tiny.py): `--model tiny-random --dtype
+    # bfloat16` ran in float32. The VAE stays float32, as for real checkpoints.
+    pipe = load_pipeline("tiny-random", torch.bfloat16)
+    assert pipe.transformer.dtype == torch.bfloat16
+    assert pipe.image_encoder.dtype == torch.bfloat16
+    assert pipe.vae.dtype == torch.float32
+    assert load_pipeline("tiny-random").transformer.dtype == torch.float32
+
+
+def test_uncached_hub_id_fails_only_when_offline(monkeypatch, tmp_path):
+    # Kills `(offline) and cached_snapshot(model) is None` -> `not (offline) and ...` in check_model (cli.py): the
+    # clear "not in the cache" error is for offline runs; online, a hub id is left to the download.
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(cli.CLIError, match="not in the Hugging Face cache") as error:
+        cli.check_model("someone/not-cached")
+    assert "huggingface-cli download someone/not-cached" in str(error.value)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "0")
+    cli.check_model("someone/not-cached")  # no error, no network: the download happens later
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "yes")
+    with pytest.raises(cli.CLIError, match="not in the Hugging Face cache"):
+        cli.check_model("someone/not-cached")

@@ -1,0 +1,35 @@
+"""Transformer behaviours that survived mutation testing (scripts/mutation.py): each test kills a mutant that the
+golden forward passes cannot see."""
+
+import math
+
+import numpy as np
+
+from diffusers_ruyi.models.transformer_ruyi import _sincos_2d_grid_embedding
+
+
+def _mae_sincos_table(embed_dim: int, grid_size: int) -> np.ndarray:
+    """The MAE 2D sin/cos table written out position by position in float64: for the token at (row, col), the
+    column's sin and cos over ``embed_dim / 4`` frequencies ``10000 ** (-k / (embed_dim / 4))``, then the row's."""
+    quarter = embed_dim // 4
+    omega = np.array([10000.0 ** (-k / quarter) for k in range(quarter)])
+    rows = []
+    for row in range(grid_size):
+        for col in range(grid_size):
+            rows.append(
+                np.concatenate([np.sin(col * omega), np.cos(col * omega), np.sin(row * omega), np.cos(row * omega)])
+            )
+    return np.stack(rows)
+
+
+def test_resampler_position_table_is_the_mae_one():
+    # The checkpoint stores this table (`clip_projection.pos_embed`), but a model built from a config (training from
+    # scratch, the tiny test checkpoints) starts from it. 8 channels: the frequencies are 1 and 1/100, and a 128-wide
+    # grid makes a wrong base (9999 instead of 10000) move the second frequency's angles by ~6e-5.
+    table = _sincos_2d_grid_embedding(8, 128).double().numpy()
+    assert table.shape == (128 * 128, 8)
+    np.testing.assert_allclose(table, _mae_sincos_table(8, 128), atol=3e-5, rtol=0)
+    # The slow frequency at the last column, where float32 rounding is far below a wrong base's error.
+    last_col = 127
+    assert math.isclose(table[last_col, 1], math.sin(last_col / 100.0), abs_tol=2e-6)
+    assert math.isclose(table[last_col * 128, 5], math.sin(last_col / 100.0), abs_tol=2e-6)

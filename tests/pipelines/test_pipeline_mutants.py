@@ -1,0 +1,27 @@
+"""Pipeline behaviours that survived mutation testing (scripts/mutation.py); each test names the mutant it kills."""
+
+import pytest
+
+from diffusers_ruyi.pipelines.controls import _BUCKETS_512, get_bucket_size
+
+
+def test_bucket_table_is_consistent():
+    # Kills a changed bucket such as `1.07: (512, 480)` -> `(512, 481)` (pipelines/controls.py), which the rounding
+    # down to 16 hides at most base resolutions (it shows at 528). The original's 512 table: every side a multiple of
+    # 32, keyed by its height / width rounded to two decimals, about 512 x 512 pixels, sorted by ratio.
+    assert len(_BUCKETS_512) == 40
+    for ratio, (height, width) in _BUCKETS_512.items():
+        assert height % 32 == 0 and width % 32 == 0, ratio
+        assert round(height / width, 2) == ratio
+        assert 0.85 * 512**2 <= height * width <= 1.15 * 512**2, ratio
+    ratios = list(_BUCKETS_512)
+    assert ratios == sorted(ratios)
+    assert [h for h, _ in _BUCKETS_512.values()] == sorted(h for h, _ in _BUCKETS_512.values())
+
+
+@pytest.mark.parametrize("base_resolution", [384, 528, 640, 1024])
+def test_bucket_sizes_scale_every_bucket(base_resolution):
+    # Every bucket is reachable (its own ratio picks it) and scales as floor16(side * base / 512).
+    for ratio, (height, width) in _BUCKETS_512.items():
+        expected = (height * base_resolution // 512 // 16 * 16, width * base_resolution // 512 // 16 * 16)
+        assert get_bucket_size(round(ratio * 10000), 10000, base_resolution) == expected, ratio
