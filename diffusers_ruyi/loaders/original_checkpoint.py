@@ -8,7 +8,7 @@ transformer, the VAE, the control embeddings and LoRA files. ``from_pretrained``
 import json
 import math
 import os
-from typing import Any, Dict, Iterable, Optional, Union
+from typing import Any, Dict, Iterable, List, Optional, Union
 
 import torch
 from tqdm.auto import tqdm
@@ -111,30 +111,48 @@ def read_safetensors(path: str, dtype: Optional[torch.dtype] = None) -> Dict[str
     return state_dict
 
 
-def check_state_dict_keys(expected: Iterable[str], state_dict: Dict[str, Any], what: str) -> None:
-    """Raises a `ValueError` listing every missing and unexpected key; loading is all or nothing."""
+def check_state_dict_keys(
+    expected: Iterable[str], state_dict: Dict[str, Any], what: str, allow_unexpected: bool = False
+) -> List[str]:
+    """Raises a `ValueError` listing every missing (and, unless ``allow_unexpected``, unexpected) key; loading is all or
+    nothing. Returns the unexpected keys, sorted."""
     expected = set(expected)
     given = set(state_dict)
     missing = sorted(expected - given)
     unexpected = sorted(given - expected)
-    if missing or unexpected:
+    if missing or (unexpected and not allow_unexpected):
         lines = [f"The {what} checkpoint does not match the model."]
         if missing:
             lines.append(f"Missing keys ({len(missing)}): {missing}")
         if unexpected:
             lines.append(f"Unexpected keys ({len(unexpected)}): {unexpected}")
         raise ValueError("\n".join(lines))
+    return unexpected
 
 
 def load_converted_state_dict(
-    model: torch.nn.Module, state_dict: Dict[str, torch.Tensor], what: str, assign: bool = False
+    model: torch.nn.Module,
+    state_dict: Dict[str, torch.Tensor],
+    what: str,
+    assign: bool = False,
+    ignore_unexpected: bool = False,
 ) -> None:
     """Checks the keys and shapes of a converted state dict before loading it into ``model`` (never partially).
 
-    With ``assign=True`` the tensors replace the model's (for a model built on the meta device).
+    With ``assign=True`` the tensors replace the model's (for a model built on the meta device). With
+    ``ignore_unexpected=True`` tensors the model does not have are left out with one warning that lists them (the
+    original VAE loader uses ``strict=False``); a missing key is an error either way.
     """
     own = model.state_dict()
-    check_state_dict_keys(own.keys(), state_dict, what)
+    unexpected = check_state_dict_keys(own.keys(), state_dict, what, allow_unexpected=ignore_unexpected)
+    if unexpected:
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.get_logger(__name__).warning(
+            f"The {what} checkpoint has {len(unexpected)} tensor(s) the model does not use; ignoring them, as the "
+            f"original does: {unexpected}"
+        )
+        state_dict = {k: v for k, v in state_dict.items() if k in own}
     bad_shapes = [
         f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
         for k, v in state_dict.items()
@@ -398,6 +416,9 @@ def load_original_transformer(
 # ----------------------------------------------------------------------------------------------------------------
 
 ORIGINAL_VAE_CLASS_NAME = "AutoencoderKLMagvit"
+# The published `vae/config.json` names diffusers' stock `AutoencoderKL` (the original ignores `_class_name`); the
+# original's variant switches tell it apart from a real 2D `AutoencoderKL` config.
+_ORIGINAL_VAE_VARIANT_KEYS = ("slice_compression_vae", "cache_compression_vae", "slice_mag_vae")
 
 # Defaults of the original `AutoencoderKLMagvit.__init__`: a key missing from an original config.json means this value.
 _ORIGINAL_VAE_DEFAULTS: Dict[str, Any] = {
@@ -420,19 +441,29 @@ _ORIGINAL_VAE_DEFAULTS: Dict[str, Any] = {
     "slice_mag_vae": True,
     "slice_compression_vae": False,
     "cache_compression_vae": False,
+    "use_tiling": False,
+    "use_tiling_encoder": False,
+    "use_tiling_decoder": False,
     "mini_batch_encoder": 9,
     "mini_batch_decoder": 3,
     "upcast_vae": False,
     "spatial_group_norm": False,
+    "tile_sample_min_size": 384,
+    "tile_overlap_factor": 0.25,
 }
 
 _SUPPORTED_VAE_DOWN_BLOCKS = ("SpatialDownBlock3D", "SpatialTemporalDownBlock3D")
 _SUPPORTED_VAE_UP_BLOCKS = ("SpatialUpBlock3D", "SpatialTemporalUpBlock3D")
+_SUPPORTED_VAE_ATTENTION_TYPES = ("spatial", "3d")
 
 
 def is_original_vae_config(config: Dict[str, Any]) -> bool:
-    """Whether ``config`` (a loaded ``vae/config.json``) is the original Ruyi ``AutoencoderKLMagvit`` layout."""
-    return config.get("_class_name") == ORIGINAL_VAE_CLASS_NAME
+    """Whether ``config`` (a loaded ``vae/config.json``) is the original Ruyi ``AutoencoderKLMagvit`` layout: its own
+    class name, or ``AutoencoderKL`` (what the published file says) with the original's variant switches."""
+    name = config.get("_class_name")
+    if name == ORIGINAL_VAE_CLASS_NAME:
+        return True
+    return name == "AutoencoderKL" and any(key in config for key in _ORIGINAL_VAE_VARIANT_KEYS)
 
 
 def _as_list(value: Any, key: str) -> Any:
@@ -450,41 +481,45 @@ def _as_list(value: Any, key: str) -> Any:
 def convert_vae_config(original_config: Dict[str, Any]) -> Dict[str, Any]:
     """Converts an original Ruyi ``AutoencoderKLMagvit`` config into `AutoencoderKLRuyiCausal3D` init arguments.
 
-    Only the variant that Ruyi-Mini-7B ships is supported (``cache_compression_vae=True``, spatial mid-block attention,
-    no slice modes, no global-context blocks, no per-frame group norm); anything else raises a `ValueError` naming the
-    key. Runtime switches of the original (``use_tiling*``, ``tile_sample_min_size``, ``tile_overlap_factor``) are not
-    model config here: use ``enable_tiling(...)``.
+    Keys the file lacks take the original's defaults (so the published file, which has ``block_out_channels`` but no
+    ``ch``/``ch_mult``, gets ``ch=128, ch_mult=[1, 2, 4, 4]``). Both variants Ruyi uses are supported:
+    ``cache_compression_vae`` (checked first, as the original does) and ``slice_compression_vae``, with spatial or 3D
+    mid-block attention, and the original's tiling (``use_tiling``, ``tile_sample_min_size``,
+    ``tile_overlap_factor``). Anything else (``slice_mag_vae`` or whole-video mode, global-context blocks, per-frame
+    group norm, other block or attention types, encoder- or decoder-only tiling) raises a `ValueError` naming the
+    key. ``force_upcast`` is true when the file says ``force_upcast`` or ``upcast_vae``.
     """
     cfg = dict(_ORIGINAL_VAE_DEFAULTS)
     cfg.update({k: v for k, v in original_config.items() if not k.startswith("_")})
-    if "ch_mult" not in original_config and "block_out_channels" in original_config:
-        raise ValueError(
-            "This config looks like diffusers' own `AutoencoderKLMagvit` (EasyAnimate), not the original Ruyi VAE "
-            "(it has no `ch`/`ch_mult`); load it with `diffusers.AutoencoderKLMagvit` instead."
-        )
 
-    unsupported = {
-        "cache_compression_vae": (True,),
-        "slice_compression_vae": (False,),
-        "spatial_group_norm": (False,),
-        "mid_block_type": ("MidBlock3D",),
-    }
+    if cfg["cache_compression_vae"]:
+        compression_mode = "cache"
+    elif cfg["slice_compression_vae"]:
+        compression_mode = "slice"
+    else:
+        raise ValueError(
+            "Original VAE config enables neither cache_compression_vae nor slice_compression_vae (it would run the "
+            f"slice_mag_vae={cfg['slice_mag_vae']!r} or whole-video path); only those two variants are supported."
+        )
+    unsupported = {"spatial_group_norm": (False,), "mid_block_type": ("MidBlock3D",)}
     for key, allowed in unsupported.items():
         if cfg[key] not in allowed:
-            raise ValueError(
-                f"Original VAE config has {key}={cfg[key]!r}; only {allowed} is supported (the Ruyi-Mini-7B variant)."
-            )
-    # With `cache_compression_vae=True` the original never reaches the slice_mag path, so that flag is irrelevant.
+            raise ValueError(f"Original VAE config has {key}={cfg[key]!r}; only {allowed} is supported.")
     gc_blocks = cfg["use_gc_blocks"]
     if gc_blocks is not None and any(_as_list(gc_blocks, "use_gc_blocks")):
         raise ValueError(
             "Original VAE config enables global-context blocks (`use_gc_blocks`); they are not supported."
         )
-    if cfg["mid_block_use_attention"] and cfg["mid_block_attention_type"] != "spatial":
+    if cfg["mid_block_attention_type"] not in _SUPPORTED_VAE_ATTENTION_TYPES:
         raise ValueError(
-            f"Original VAE config has mid_block_attention_type={cfg['mid_block_attention_type']!r}; only 'spatial' "
-            "is supported."
+            f"Original VAE config has mid_block_attention_type={cfg['mid_block_attention_type']!r}; supported: "
+            f"{_SUPPORTED_VAE_ATTENTION_TYPES}."
         )
+    for key in ("use_tiling_encoder", "use_tiling_decoder"):
+        if cfg[key] and not cfg["use_tiling"]:
+            raise ValueError(
+                f"Original VAE config has {key}=True without use_tiling; tiling only one side is not supported."
+            )
 
     down_block_types = _as_list(cfg["down_block_types"], "down_block_types")
     up_block_types = _as_list(cfg["up_block_types"], "up_block_types")
@@ -499,6 +534,14 @@ def convert_vae_config(original_config: Dict[str, Any]) -> Dict[str, Any]:
 
     # The original builds its widths from `ch * ch_mult` and ignores any `block_out_channels` key.
     block_out_channels = [int(cfg["ch"]) * int(m) for m in _as_list(cfg["ch_mult"], "ch_mult")]
+    listed = original_config.get("block_out_channels")
+    if listed is not None and list(listed) != block_out_channels:
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.get_logger(__name__).warning(
+            f"The VAE config lists block_out_channels={list(listed)}, but the original builds the model from "
+            f"ch * ch_mult = {block_out_channels}; using the latter, as the original does."
+        )
     return {
         "in_channels": cfg["in_channels"],
         "out_channels": cfg["out_channels"],
@@ -514,7 +557,12 @@ def convert_vae_config(original_config: Dict[str, Any]) -> Dict[str, Any]:
         "scaling_factor": cfg["scaling_factor"],
         "num_sample_frames_batch_size": cfg["mini_batch_encoder"],
         "num_latent_frames_batch_size": cfg["mini_batch_decoder"],
-        "force_upcast": bool(cfg["upcast_vae"]),
+        "force_upcast": bool(cfg["upcast_vae"]) or bool(original_config.get("force_upcast", False)),
+        "mid_block_attention_type": cfg["mid_block_attention_type"],
+        "compression_mode": compression_mode,
+        "use_tiling": bool(cfg["use_tiling"]),
+        "tile_sample_min_size": cfg["tile_sample_min_size"],
+        "tile_overlap_factor": cfg["tile_overlap_factor"],
     }
 
 

@@ -1,25 +1,27 @@
 """`AutoencoderKLRuyiCausal3D`: the causal 3D video VAE of Ruyi-Mini-7B (8x spatial, 4x temporal, 16 latent channels).
 
-The network is a Magvit-style VAE (the ``AutoencoderKLMagvit`` of the original Ruyi code, in its
-``cache_compression_vae`` mode). Its numerics depend on how frames are grouped, so this port reproduces the
-original's grouping exactly:
+The network is the Magvit-style ``AutoencoderKLMagvit`` of the original Ruyi code. Its numerics depend on how frames
+are grouped, so this port reproduces the original's grouping exactly, in both of the original's variants
+(``compression_mode`` in the config):
 
-* **Encoding** runs on independent chunks of ``num_sample_frames_batch_size`` (8) frames. Inside a chunk every 3D
-  convolution pads time with one zero frame on each side (not causally), and group norms pool statistics over the
-  chunk's frames. A single frame (an image) is encoded alone the same way. No state crosses chunk boundaries.
-* **Decoding** runs on chunks of ``num_latent_frames_batch_size`` (2) latent frames. Every temporal convolution is
-  causal: the first chunk replicates its first frame as padding, later chunks are prefixed with the last frames the
-  same convolution saw in the previous chunk (the *causal cache*, `RuyiCausalCache`). Each spatio-temporal upsampler
-  doubles the chunk's frames with trilinear interpolation. A single latent frame is decoded alone with zero temporal
-  padding and no temporal upsampling (one image out).
-
-The cache is explicit: it is created per decode call (and per tile), passed down as ``causal_cache`` and cleared
-before the call returns.
+* ``"slice"`` (``slice_compression_vae``, the published Ruyi-Mini-7B VAE). **Encoding** runs on independent slices
+  of ``num_sample_frames_batch_size`` (8) frames, after the first frame alone when the frame count is odd. Inside a
+  slice every 3D convolution pads time with one zero frame on each side and group norms pool statistics over the
+  slice's frames. **Decoding** runs on chunks of ``num_latent_frames_batch_size`` (2) latent frames (after the
+  first latent frame alone when the count is odd); ``conv_in`` and the mid block of a chunk also see the previous
+  and the next chunk as context, and their output is cropped back to the chunk before the up blocks. Convolutions
+  pad with zeros and each spatio-temporal upsampler doubles the chunk's frames (trilinear). A lone latent frame
+  decodes to one image (no temporal upsampling).
+* ``"cache"`` (``cache_compression_vae``). **Encoding** as above, in chunks of 8 frames (an image alone).
+  **Decoding** runs on chunks of 2 latent frames with causal temporal convolutions: the first chunk replicates its
+  first frame as padding, later chunks are prefixed with the last frames the same convolution saw in the previous
+  chunk (the *causal cache*, `RuyiCausalCache`, created per decode call and per tile, passed down as
+  ``causal_cache`` and cleared before the call returns).
 """
 
 import math
 import os
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -41,6 +43,7 @@ from ..loaders.original_checkpoint import (
     load_converted_state_dict,
     local_folder,
     read_safetensors,
+    resolve_dtype,
     weights_file,
 )
 
@@ -49,6 +52,8 @@ logger = logging.get_logger(__name__)
 
 _DOWN_BLOCK_TYPES = ("SpatialDownBlock3D", "SpatialTemporalDownBlock3D")
 _UP_BLOCK_TYPES = ("SpatialUpBlock3D", "SpatialTemporalUpBlock3D")
+_MID_BLOCK_ATTENTION_TYPES = ("spatial", "3d")
+_COMPRESSION_MODES = ("cache", "slice")
 
 
 # Keyword arguments of `from_pretrained` that locate files (forwarded to `load_config` / the hub download).
@@ -171,11 +176,16 @@ class RuyiUpsampler3D(nn.Module):
         self.conv = RuyiCausalConv3d(channels, channels)
         self.temporal = temporal
 
-    def forward(self, hidden_states: torch.Tensor, causal_cache: Optional[RuyiCausalCache] = None) -> torch.Tensor:
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        causal_cache: Optional[RuyiCausalCache] = None,
+        temporal_upsample: bool = True,
+    ) -> torch.Tensor:
         hidden_states = F.interpolate(hidden_states, scale_factor=(1, 2, 2), mode="nearest")
         hidden_states = self.conv(hidden_states, causal_cache)
-        # A lone latent frame (no cache) decodes to a single image: the original skips the temporal doubling there.
-        if self.temporal and causal_cache is not None:
+        # A lone latent frame decodes to a single image: the original skips the temporal doubling there.
+        if self.temporal and temporal_upsample:
             hidden_states = F.interpolate(hidden_states, scale_factor=(2, 1, 1), mode="trilinear")
         return hidden_states
 
@@ -224,16 +234,22 @@ class RuyiUpBlock3D(nn.Module):
         )
         self.upsampler = RuyiUpsampler3D(out_channels, temporal_upsample) if add_upsample else None
 
-    def forward(self, hidden_states: torch.Tensor, causal_cache: Optional[RuyiCausalCache] = None) -> torch.Tensor:
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        causal_cache: Optional[RuyiCausalCache] = None,
+        temporal_upsample: bool = True,
+    ) -> torch.Tensor:
         for conv in self.convs:
             hidden_states = conv(hidden_states, causal_cache)
         if self.upsampler is not None:
-            hidden_states = self.upsampler(hidden_states, causal_cache)
+            hidden_states = self.upsampler(hidden_states, causal_cache, temporal_upsample)
         return hidden_states
 
 
 class RuyiMidBlock3D(nn.Module):
-    """Residual blocks interleaved with per-frame spatial self-attention (diffusers' `Attention`, one frame at a time)."""
+    """Residual blocks interleaved with self-attention (diffusers' `Attention`): per frame (``attention_type="spatial"``)
+    or over all the frames of the chunk at once (``"3d"``, tokens ``t x h x w``, one group norm over them all)."""
 
     def __init__(
         self,
@@ -243,8 +259,14 @@ class RuyiMidBlock3D(nn.Module):
         norm_num_groups: int,
         add_attention: bool,
         num_attention_heads: int,
+        attention_type: str = "spatial",
     ):
         super().__init__()
+        if attention_type not in _MID_BLOCK_ATTENTION_TYPES:
+            raise ValueError(
+                f"Unsupported mid-block attention type {attention_type!r}; use {_MID_BLOCK_ATTENTION_TYPES}."
+            )
+        self.attention_type = attention_type
         self.convs = nn.ModuleList(
             RuyiResidualBlock3D(channels, channels, act_fn, norm_num_groups, 1e-6) for _ in range(num_layers)
         )
@@ -272,11 +294,20 @@ class RuyiMidBlock3D(nn.Module):
         frames = attention(frames)
         return frames.reshape(batch_size, num_frames, channels, height, width).permute(0, 2, 1, 3, 4).contiguous()
 
+    @staticmethod
+    def _attend_volume(attention: Attention, hidden_states: torch.Tensor) -> torch.Tensor:
+        # `Attention` flattens a 4D input's last two dims into tokens, so (t * h, w) gives the t-h-w token order and
+        # its group norm pools over every frame, as the original `Attention3D`; both reshapes are views.
+        batch_size, channels, num_frames, height, width = hidden_states.shape
+        volume = attention(hidden_states.reshape(batch_size, channels, num_frames * height, width))
+        return volume.reshape(batch_size, channels, num_frames, height, width)
+
     def forward(self, hidden_states: torch.Tensor, causal_cache: Optional[RuyiCausalCache] = None) -> torch.Tensor:
+        attend = self._attend_volume if self.attention_type == "3d" else self._attend_per_frame
         hidden_states = self.convs[0](hidden_states, causal_cache)
         for i, conv in enumerate(self.convs[1:]):
             if i < len(self.attentions):
-                hidden_states = self._attend_per_frame(self.attentions[i], hidden_states)
+                hidden_states = attend(self.attentions[i], hidden_states)
             hidden_states = conv(hidden_states, causal_cache)
         return hidden_states
 
@@ -295,6 +326,7 @@ class RuyiEncoder3D(nn.Module):
         norm_num_groups: int,
         mid_block_add_attention: bool,
         mid_block_num_attention_heads: int,
+        mid_block_attention_type: str = "spatial",
     ):
         super().__init__()
         self.conv_in = RuyiCausalConv3d(in_channels, block_out_channels[0])
@@ -314,7 +346,13 @@ class RuyiEncoder3D(nn.Module):
             )
             channels = block_out_channels[i]
         self.mid_block = RuyiMidBlock3D(
-            channels, layers_per_block, act_fn, norm_num_groups, mid_block_add_attention, mid_block_num_attention_heads
+            channels,
+            layers_per_block,
+            act_fn,
+            norm_num_groups,
+            mid_block_add_attention,
+            mid_block_num_attention_heads,
+            mid_block_attention_type,
         )
         self.conv_norm_out = nn.GroupNorm(norm_num_groups, channels, eps=1e-6)
         self.conv_act = get_activation(act_fn)
@@ -334,7 +372,7 @@ class RuyiEncoder3D(nn.Module):
 
 
 class RuyiDecoder3D(nn.Module):
-    """Maps one chunk of latents to frames. ``causal_cache=None`` selects the lone-latent-frame (image) path."""
+    """Maps one chunk of latents (after ``post_quant_conv``) to frames."""
 
     def __init__(
         self,
@@ -347,6 +385,7 @@ class RuyiDecoder3D(nn.Module):
         norm_num_groups: int,
         mid_block_add_attention: bool,
         mid_block_num_attention_heads: int,
+        mid_block_attention_type: str = "spatial",
     ):
         super().__init__()
         reversed_channels = list(reversed(block_out_channels))
@@ -358,6 +397,7 @@ class RuyiDecoder3D(nn.Module):
             norm_num_groups,
             mid_block_add_attention,
             mid_block_num_attention_heads,
+            mid_block_attention_type,
         )
         self.up_blocks = nn.ModuleList()
         channels = reversed_channels[0]
@@ -378,11 +418,29 @@ class RuyiDecoder3D(nn.Module):
         self.conv_act = get_activation(act_fn)
         self.conv_out = RuyiCausalConv3d(channels, out_channels)
 
-    def forward(self, hidden_states: torch.Tensor, causal_cache: Optional[RuyiCausalCache] = None) -> torch.Tensor:
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        causal_cache: Optional[RuyiCausalCache] = None,
+        temporal_upsample: bool = True,
+        keep_frames: Optional[Tuple[int, int]] = None,
+    ) -> torch.Tensor:
+        """
+        Args:
+            hidden_states (`torch.Tensor`): Latent frames ``(B, C, L, h, w)``.
+            causal_cache (`RuyiCausalCache`, *optional*): Causal temporal padding carried across chunks (cache
+                variant); without it every convolution pads time with one zero frame on each side.
+            temporal_upsample (`bool`, defaults to `True`): Double the frames in each spatio-temporal upsampler;
+                `False` decodes a lone latent frame to one image.
+            keep_frames (`Tuple[int, int]`, *optional*): ``(start, end)``: the frames of ``hidden_states`` that are
+                decoded; the others are context for ``conv_in`` and the mid block only (slice variant).
+        """
         hidden_states = self.conv_in(hidden_states, causal_cache)
         hidden_states = self.mid_block(hidden_states, causal_cache)
+        if keep_frames is not None:
+            hidden_states = hidden_states[:, :, keep_frames[0] : keep_frames[1]]
         for block in self.up_blocks:
-            hidden_states = block(hidden_states, causal_cache)
+            hidden_states = block(hidden_states, causal_cache, temporal_upsample)
         hidden_states = _silu_(self.conv_norm_out(hidden_states), self.conv_act)
         return self.conv_out(hidden_states, causal_cache)
 
@@ -415,18 +473,37 @@ def _blend_weights(spans: List[Tuple[int, int]], index: int, scale: int, device,
     return weight.to(dtype)
 
 
+def _blend_into(a_strip: torch.Tensor, b: torch.Tensor, dim: int, extent: int) -> None:
+    """The original's ``blend_v`` (``dim=-2``) / ``blend_h`` (``dim=-1``), in place on ``b``: its first ``n`` rows
+    (columns) fade linearly from the last ``n`` of ``a`` (weight ``1 - k / n``) to its own (``k / n``), where ``n`` is
+    the smallest of ``extent`` and both sizes. ``a_strip`` may be only the last ``extent`` rows (columns) of ``a``."""
+    n = min(a_strip.shape[dim], b.shape[dim], extent)
+    if n == 0:
+        return
+    # Weights as the original's Python scalars become: computed in float64, applied in float32; rounding each product
+    # to the tensor dtype as its per-row scalar products did keeps bfloat16 identical too.
+    own = torch.arange(n, dtype=torch.float64) / n
+    shape = (n, 1) if dim == -2 else (n,)
+    w_b = own.to(device=b.device, dtype=torch.float32).reshape(shape)
+    w_a = (1 - own).to(device=b.device, dtype=torch.float32).reshape(shape)
+    a_part = a_strip.narrow(dim, a_strip.shape[dim] - n, n)
+    b_part = b.narrow(dim, 0, n)
+    b_part.copy_((a_part * w_a).to(b.dtype) + (b_part * w_b).to(b.dtype))
+
+
 class AutoencoderKLRuyiCausal3D(ModelMixin, AutoencoderMixin, ConfigMixin):
     r"""
     The causal 3D VAE of Ruyi-Mini-7B: videos ``(B, 3, F, H, W)`` in ``[-1, 1]`` to latents ``(B, 16, F / 4, H / 8,
     W / 8)`` and back.
 
     It loads the original ``vae/`` folder of ``IamCreateAI/Ruyi-Mini-7B`` directly (see `from_pretrained`) and
-    reproduces the original's numerics, including its frame chunking (see the module docstring). Defaults are the
-    Ruyi-Mini-7B VAE.
+    reproduces the original's numerics, including its frame chunking in both of its variants and its own tiling (see
+    the module docstring). The architecture defaults are the Ruyi VAE's sizes; the variant keys default to the cache
+    variant without tiling, which is what configs saved before those keys existed mean.
 
-    Valid frame counts: encode takes ``1`` or a multiple of ``num_sample_frames_batch_size`` (8: 8, 16, ..., 120)
-    frames; decode takes ``1`` or a multiple of ``num_latent_frames_batch_size`` (2) latent frames and returns ``1``
-    or ``4 * latent_frames`` frames.
+    Frame counts: the cache variant encodes ``1`` or a multiple of ``num_sample_frames_batch_size`` (8) frames and
+    decodes ``1`` or a multiple of ``num_latent_frames_batch_size`` (2) latent frames (``4 * L`` frames out). The
+    slice variant takes any count, as the original does (`num_latent_frames` / `num_sample_frames` give the sizes).
 
     Parameters:
         in_channels (`int`, defaults to 3): Channels of the input video.
@@ -437,18 +514,27 @@ class AutoencoderKLRuyiCausal3D(ModelMixin, AutoencoderMixin, ConfigMixin):
             `"SpatialTemporalDownBlock3D"` (2x spatial and temporal); the last stage does not downsample.
         up_block_types (`Tuple[str]`): Decoder stages, `"SpatialUpBlock3D"` or `"SpatialTemporalUpBlock3D"`.
         layers_per_block (`int`, defaults to 2): Residual blocks per encoder stage (decoder stages have one more) and
-            in the mid blocks.
+            in the mid blocks, which have ``layers_per_block - 1`` attention layers.
         act_fn (`str`, defaults to `"silu"`): Activation function.
         norm_num_groups (`int`, defaults to 32): Groups of every group norm.
-        mid_block_add_attention (`bool`, defaults to `True`): Per-frame spatial self-attention in the mid blocks.
+        mid_block_add_attention (`bool`, defaults to `True`): Self-attention in the mid blocks.
         mid_block_num_attention_heads (`int`, defaults to 1): Heads of that attention.
         scaling_factor (`float`, defaults to 0.7125): Latents are multiplied by this before the transformer and
-            divided by it before `decode`.
-        num_sample_frames_batch_size (`int`, defaults to 8): Frames per encoder chunk. Changes the numerics (group
-            norm statistics, temporal padding at chunk edges): keep the checkpoint's value.
-        num_latent_frames_batch_size (`int`, defaults to 2): Latent frames per decoder chunk; same remark.
-        force_upcast (`bool`, defaults to `True`): The original always ran this VAE in float32 (``upcast_vae``);
-            pipelines should do the same for half-precision models.
+            divided by it before `decode` (the published checkpoint's config says 0.18215).
+        num_sample_frames_batch_size (`int`, defaults to 8): Frames per encoder slice (the original's
+            ``mini_batch_encoder``). Changes the numerics: keep the checkpoint's value.
+        num_latent_frames_batch_size (`int`, defaults to 2): Latent frames per decoder chunk (``mini_batch_decoder``).
+        force_upcast (`bool`, defaults to `True`): Pipelines run the VAE in float32 when it is float16 (diffusers'
+            convention); bfloat16 runs as it is, as the original ran the published VAE in the pipeline's dtype.
+        mid_block_attention_type (`str`, defaults to `"spatial"`): `"spatial"` (per frame) or `"3d"` (over all the
+            frames of a chunk, as the published checkpoint).
+        compression_mode (`str`, defaults to `"cache"`): `"cache"` (``cache_compression_vae``) or `"slice"`
+            (``slice_compression_vae``, the published checkpoint): how frames are chunked, see the module docstring.
+        use_tiling (`bool`, defaults to `False`): The original's ``use_tiling``: encode and decode inputs larger than
+            ``tile_sample_min_size`` in square tiles with the original's blending (see `enable_original_tiling`).
+            `enable_tiling` / `disable_tiling` change this at run time.
+        tile_sample_min_size (`int`, defaults to 384): Tile size in pixels of the original's tiling.
+        tile_overlap_factor (`float`, defaults to 0.25): Overlap of the original's tiling, as a fraction of a tile.
     """
 
     _supports_gradient_checkpointing = True
@@ -483,6 +569,11 @@ class AutoencoderKLRuyiCausal3D(ModelMixin, AutoencoderMixin, ConfigMixin):
         num_sample_frames_batch_size: int = 8,
         num_latent_frames_batch_size: int = 2,
         force_upcast: bool = True,
+        mid_block_attention_type: str = "spatial",
+        compression_mode: str = "cache",
+        use_tiling: bool = False,
+        tile_sample_min_size: int = 384,
+        tile_overlap_factor: float = 0.25,
     ):
         super().__init__()
         if not (len(block_out_channels) == len(down_block_types) == len(up_block_types)):
@@ -493,6 +584,10 @@ class AutoencoderKLRuyiCausal3D(ModelMixin, AutoencoderMixin, ConfigMixin):
         unknown += [t for t in up_block_types if t not in _UP_BLOCK_TYPES]
         if unknown:
             raise ValueError(f"Unsupported block types {unknown}; use {_DOWN_BLOCK_TYPES} / {_UP_BLOCK_TYPES}.")
+        if compression_mode not in _COMPRESSION_MODES:
+            raise ValueError(f"`compression_mode` must be one of {_COMPRESSION_MODES}, got {compression_mode!r}.")
+        if num_sample_frames_batch_size < 1 or num_latent_frames_batch_size < 1:
+            raise ValueError("`num_sample_frames_batch_size` and `num_latent_frames_batch_size` must be positive.")
 
         self.encoder = RuyiEncoder3D(
             in_channels,
@@ -504,6 +599,7 @@ class AutoencoderKLRuyiCausal3D(ModelMixin, AutoencoderMixin, ConfigMixin):
             norm_num_groups,
             mid_block_add_attention,
             mid_block_num_attention_heads,
+            mid_block_attention_type,
         )
         self.decoder = RuyiDecoder3D(
             latent_channels,
@@ -515,23 +611,31 @@ class AutoencoderKLRuyiCausal3D(ModelMixin, AutoencoderMixin, ConfigMixin):
             norm_num_groups,
             mid_block_add_attention,
             mid_block_num_attention_heads,
+            mid_block_attention_type,
         )
         self.quant_conv = nn.Conv3d(2 * latent_channels, 2 * latent_channels, kernel_size=1)
         self.post_quant_conv = nn.Conv3d(latent_channels, latent_channels, kernel_size=1)
 
         self.spatial_compression_ratio = 2 ** (len(block_out_channels) - 1)
-        self.temporal_compression_ratio = 2 ** sum(t == "SpatialTemporalDownBlock3D" for t in down_block_types[:-1])
+        self._temporal_stages = sum(t == "SpatialTemporalDownBlock3D" for t in down_block_types[:-1])
+        self.temporal_compression_ratio = 2**self._temporal_stages
         decoder_temporal_ratio = 2 ** sum(t == "SpatialTemporalUpBlock3D" for t in up_block_types[:-1])
         if decoder_temporal_ratio != self.temporal_compression_ratio:
             raise ValueError("Encoder and decoder must have the same number of temporal (SpatialTemporal*) stages.")
-        if num_sample_frames_batch_size % self.temporal_compression_ratio != 0:
+        if compression_mode == "cache" and num_sample_frames_batch_size % self.temporal_compression_ratio != 0:
             raise ValueError(
                 f"`num_sample_frames_batch_size` ({num_sample_frames_batch_size}) must be a multiple of the temporal "
                 f"compression ratio ({self.temporal_compression_ratio})."
             )
 
         self.use_slicing = False
-        self.use_tiling = False
+        # Tiling: `use_tiling` switches it on; `tiling_mode` says which tiler runs, "original" (the original's square
+        # tiles, configured by `tile_sample_min_size`) or "package" (`enable_tiling`'s balanced tiles).
+        self.use_tiling = bool(use_tiling)
+        self.tiling_mode = "original" if use_tiling else "package"
+        self._check_original_tiling(tile_sample_min_size, tile_overlap_factor)
+        self.tile_sample_min_size = tile_sample_min_size
+        self._original_tile_overlap_factor = tile_overlap_factor
         # Tiles are square by default; 256 px tiles keep decode memory at 512x512 well under a third of untiled.
         self.tile_sample_min_height = 256
         self.tile_sample_min_width = 256
@@ -548,10 +652,13 @@ class AutoencoderKLRuyiCausal3D(ModelMixin, AutoencoderMixin, ConfigMixin):
         tile_overlap_factor: Optional[float] = None,
     ) -> None:
         r"""
-        Enables spatial tiling: encode/decode overlapping tiles one at a time (each with its own frame loop and
-        causal cache), accumulating them with linear blending ramps into one preallocated output. The tiler uses as
-        few equal tiles as satisfy the size and overlap limits below, spread evenly. Inputs no larger than one tile
-        are not tiled. Tiling approximates: each tile computes its own group-norm statistics and sees less context.
+        Enables this package's spatial tiling: encode/decode overlapping tiles one at a time (each with its own frame
+        loop), accumulating them with linear blending ramps into one preallocated output. The tiler uses as few equal
+        tiles as satisfy the size and overlap limits below, spread evenly. Inputs no larger than one tile are not
+        tiled. Tiling approximates: each tile computes its own group-norm statistics and sees less context.
+
+        This replaces the original's tiling of a checkpoint whose config says ``use_tiling: true`` (use
+        `enable_original_tiling` to go back to it); `disable_tiling` turns off either.
 
         Args:
             tile_sample_min_height (`int`, *optional*, defaults to 256):
@@ -572,9 +679,52 @@ class AutoencoderKLRuyiCausal3D(ModelMixin, AutoencoderMixin, ConfigMixin):
         if not 0 < overlap <= 0.5:
             raise ValueError(f"`tile_overlap_factor` must be in (0, 0.5], got {overlap}.")
         self.use_tiling = True
+        self.tiling_mode = "package"
         self.tile_sample_min_height = height
         self.tile_sample_min_width = width
         self.tile_overlap_factor = overlap
+
+    def enable_original_tiling(
+        self, tile_sample_min_size: Optional[int] = None, tile_overlap_factor: Optional[float] = None
+    ) -> None:
+        r"""
+        Enables the original's tiling (what ``use_tiling: true`` in the config means): an input wider or taller than
+        ``tile_sample_min_size`` pixels (decode: ``tile_sample_min_size // 8`` latents) is cut into square tiles that
+        start every ``tile - overlap`` latents; each tile is encoded/decoded whole, its first rows and columns are
+        faded linearly into the tile above and to the left (the original's ``blend_v`` / ``blend_h``), it is cropped to
+        ``tile - overlap`` and placed. Decoding then decodes the lower-right corner tile once more and blends it in
+        with weights rising from 0 at its top/left edges to 1 at the corner, as the original does.
+
+        Identical to the original when ``tile_sample_min_size`` is a multiple of 8 and ``tile_sample_min_size / 8 *
+        tile_overlap_factor`` is an integer (384 and 0.25, or any multiple of 32 with 0.25). For other sizes the
+        original's tiles drift against its crops (outputs of the wrong size or shifted content); here tiles stay on
+        the latent grid, so the output always has the untiled size.
+
+        Args:
+            tile_sample_min_size (`int`, *optional*): Tile size in pixels; defaults to the config's (384).
+            tile_overlap_factor (`float`, *optional*): Overlap as a fraction of a tile, in `[0, 1)`; defaults to the
+                config's (0.25).
+        """
+        size = self.config.tile_sample_min_size if tile_sample_min_size is None else tile_sample_min_size
+        overlap = self.config.tile_overlap_factor if tile_overlap_factor is None else tile_overlap_factor
+        self._check_original_tiling(size, overlap)
+        self.use_tiling = True
+        self.tiling_mode = "original"
+        self.tile_sample_min_size = size
+        self._original_tile_overlap_factor = overlap
+
+    def _check_original_tiling(self, size: int, overlap: float) -> None:
+        if size < self.spatial_compression_ratio:
+            raise ValueError(f"`tile_sample_min_size` must be at least {self.spatial_compression_ratio}, got {size}.")
+        if not 0 <= overlap < 1:
+            raise ValueError(f"`tile_overlap_factor` must be in [0, 1), got {overlap}.")
+
+    def _original_tile_geometry(self) -> Tuple[int, int, int]:
+        """Tile size, overlap and step in latents: the original's ``tile_latent_min_size``, ``blend_extent`` (of
+        encode) and ``row_limit``; its decode values are these times the spatial ratio when it is aligned."""
+        tile = int(self.tile_sample_min_size / self.spatial_compression_ratio)
+        overlap = int(tile * self._original_tile_overlap_factor)
+        return tile, overlap, tile - overlap
 
     def _latent_tile_geometry(self) -> Tuple[int, int, int, int]:
         ratio = self.spatial_compression_ratio
@@ -588,62 +738,153 @@ class AutoencoderKLRuyiCausal3D(ModelMixin, AutoencoderMixin, ConfigMixin):
     # Frame-count rules
     # ------------------------------------------------------------------------------------------------------------
 
+    def _lone_first(self, num_frames: int) -> bool:
+        """Whether the first (latent) frame is encoded / decoded on its own: always for a single frame, and for every
+        odd count in the slice variant (decoded alone it gives one image: no temporal upsampling)."""
+        return num_frames == 1 or (self.config.compression_mode == "slice" and num_frames % 2 == 1)
+
+    def _chunks(self, num_frames: int, step: int) -> List[Tuple[int, int]]:
+        lone = self._lone_first(num_frames)
+        return [(0, 1)] * lone + [(s, min(s + step, num_frames)) for s in range(int(lone), num_frames, step)]
+
+    def _encoder_chunks(self, num_frames: int) -> List[Tuple[int, int, int, int]]:
+        """``(frame_start, frame_end, latent_start, latent_end)`` of every slice the encoder runs on its own."""
+        chunks, latent = [], 0
+        for start, end in self._chunks(num_frames, self.config.num_sample_frames_batch_size):
+            length = end - start
+            for _ in range(self._temporal_stages):
+                length = (length - 1) // 2 + 1  # stride-2 conv, one zero frame of padding on each side
+            chunks.append((start, end, latent, latent + length))
+            latent += length
+        return chunks
+
     def num_latent_frames(self, num_frames: int) -> int:
         """Latent frames produced by `encode` for ``num_frames`` video frames (raises if the count is invalid)."""
         chunk = self.config.num_sample_frames_batch_size
-        if num_frames != 1 and (num_frames <= 0 or num_frames % chunk != 0):
-            raise ValueError(
-                f"AutoencoderKLRuyiCausal3D.encode got {num_frames} frames; valid frame counts are 1 (an image) or a "
-                f"multiple of num_sample_frames_batch_size={chunk} ({chunk}, {2 * chunk}, {3 * chunk}, ...), "
-                "as in the original Ruyi pipeline, which floors video_length to a multiple of 8."
-            )
-        return 1 if num_frames == 1 else num_frames // self.temporal_compression_ratio
+        if self.config.compression_mode == "cache":
+            if num_frames != 1 and (num_frames <= 0 or num_frames % chunk != 0):
+                raise ValueError(
+                    f"AutoencoderKLRuyiCausal3D.encode got {num_frames} frames; valid frame counts are 1 (an image) or "
+                    f"a multiple of num_sample_frames_batch_size={chunk} ({chunk}, {2 * chunk}, {3 * chunk}, ...), "
+                    "as in the original Ruyi pipeline, which floors video_length to a multiple of 8."
+                )
+        elif num_frames < 1:
+            raise ValueError(f"AutoencoderKLRuyiCausal3D.encode needs at least one frame, got {num_frames}.")
+        return self._encoder_chunks(num_frames)[-1][3]
 
     def num_sample_frames(self, num_latent_frames: int) -> int:
         """Frames produced by `decode` for ``num_latent_frames`` latent frames (raises if the count is invalid)."""
         chunk = self.config.num_latent_frames_batch_size
-        if num_latent_frames != 1 and (num_latent_frames <= 0 or num_latent_frames % chunk != 0):
+        if self.config.compression_mode == "cache":
+            if num_latent_frames != 1 and (num_latent_frames <= 0 or num_latent_frames % chunk != 0):
+                raise ValueError(
+                    f"AutoencoderKLRuyiCausal3D.decode got {num_latent_frames} latent frames; valid latent frame "
+                    f"counts are 1 (decodes to one image) or a multiple of num_latent_frames_batch_size={chunk} "
+                    f"({chunk}, {2 * chunk}, ...; decodes to {self.temporal_compression_ratio}x as many frames)."
+                )
+        elif num_latent_frames < 1:
             raise ValueError(
-                f"AutoencoderKLRuyiCausal3D.decode got {num_latent_frames} latent frames; valid latent frame counts "
-                f"are 1 (decodes to one image) or a multiple of num_latent_frames_batch_size={chunk} ({chunk}, "
-                f"{2 * chunk}, ...; decodes to {self.temporal_compression_ratio}x as many frames)."
+                f"AutoencoderKLRuyiCausal3D.decode needs at least one latent frame, got {num_latent_frames}."
             )
-        return 1 if num_latent_frames == 1 else num_latent_frames * self.temporal_compression_ratio
+        lone = self._lone_first(num_latent_frames)
+        return int(lone) + (num_latent_frames - lone) * self.temporal_compression_ratio
+
+    def _latent_size(self, pixels: int) -> int:
+        # Each downsampler pads one row/column at the end and convolves with stride 2: floor(size / 2).
+        for _ in range(len(self.config.block_out_channels) - 1):
+            pixels //= 2
+        return pixels
+
+    def _moments_shape(self, x: torch.Tensor) -> Tuple[int, ...]:
+        batch_size, _, num_frames, height, width = x.shape
+        latent_frames = self.num_latent_frames(num_frames)
+        return (
+            batch_size,
+            2 * self.config.latent_channels,
+            latent_frames,
+            self._latent_size(height),
+            self._latent_size(width),
+        )
+
+    def _video_shape(self, z: torch.Tensor) -> Tuple[int, ...]:
+        batch_size, _, num_latent, height, width = z.shape
+        ratio = self.spatial_compression_ratio
+        return batch_size, self.config.out_channels, self.num_sample_frames(num_latent), height * ratio, width * ratio
+
+    def _tile_like_original(
+        self,
+        source: torch.Tensor,
+        tile: int,
+        step: int,
+        run,
+        out: torch.Tensor,
+        overlap: int,
+        keep: int,
+    ) -> None:
+        """The original's tiling loop, streamed: square ``tile``s of ``source`` every ``step`` (input units) go through
+        ``run``; each result is faded into the tile above and the one to its left over ``overlap`` (output units),
+        cropped to ``keep`` and written into ``out``. Only the strips that later tiles blend with are kept, not every
+        tile as in the original."""
+        height, width = source.shape[-2:]
+        above: Dict[int, torch.Tensor] = {}
+        out_top = 0
+        for top in range(0, height, step):
+            below: Dict[int, torch.Tensor] = {}
+            left_strip = None
+            out_left = 0
+            for column, left in enumerate(range(0, width, step)):
+                result = run(source[..., top : top + tile, left : left + tile])
+                if overlap:
+                    if column in above:
+                        _blend_into(above.pop(column), result, -2, overlap)
+                    if left_strip is not None:
+                        _blend_into(left_strip, result, -1, overlap)
+                kept = result[..., :keep, :keep]
+                rows, columns = kept.shape[-2:]
+                out[..., out_top : out_top + rows, out_left : out_left + columns].copy_(kept)
+                out_left += columns
+                if overlap:
+                    # Copies, so that only the strips stay alive, not the tiles.
+                    left_strip = result[..., -overlap:].clone()
+                    if top + step < height:
+                        below[column] = result[..., -overlap:, :].clone()
+                del result, kept
+            out_top += rows
+            above = below
+        if (out_top, out_left) != tuple(out.shape[-2:]):
+            raise RuntimeError(f"Tiling covered {out_top}x{out_left} of {tuple(out.shape[-2:])}.")
 
     # ------------------------------------------------------------------------------------------------------------
     # Encoding
     # ------------------------------------------------------------------------------------------------------------
 
-    def _sample_chunks(self, num_frames: int) -> Iterator[Tuple[int, int]]:
-        chunk = 1 if num_frames == 1 else self.config.num_sample_frames_batch_size
-        for start in range(0, num_frames, chunk):
-            yield start, start + chunk
-
     def _encode_frames(self, x: torch.Tensor, out: torch.Tensor, weight: Optional[torch.Tensor] = None) -> None:
-        """Encodes ``x`` chunk by chunk into ``out`` (moments), adding ``weight * moments`` when blending tiles."""
-        ratio = self.temporal_compression_ratio
-        for start, end in self._sample_chunks(x.shape[2]):
+        """Encodes ``x`` slice by slice into ``out`` (moments), adding ``weight * moments`` when blending tiles."""
+        for start, end, latent_start, latent_end in self._encoder_chunks(x.shape[2]):
             moments = self.quant_conv(self.encoder(x[:, :, start:end]))
-            latent_start = start // ratio if x.shape[2] > 1 else 0
-            target = out[:, :, latent_start : latent_start + moments.shape[2]]
+            target = out[:, :, latent_start:latent_end]
             if weight is None:
                 target.copy_(moments)
             else:
                 target.add_(moments * weight)
 
-    def _encode(self, x: torch.Tensor) -> torch.Tensor:
-        batch_size, _, num_frames, height, width = x.shape
+    def _encode_untiled(self, x: torch.Tensor) -> torch.Tensor:
+        out = x.new_empty(self._moments_shape(x))
+        self._encode_frames(x, out)
+        return out
+
+    def _encode_original_tiled(self, x: torch.Tensor) -> torch.Tensor:
+        tile, overlap, step = self._original_tile_geometry()
+        out = x.new_empty(self._moments_shape(x))
         ratio = self.spatial_compression_ratio
-        latent_h, latent_w = -(-height // ratio), -(-width // ratio)
-        out = x.new_zeros(
-            batch_size, 2 * self.config.latent_channels, self.num_latent_frames(num_frames), latent_h, latent_w
-        )
+        self._tile_like_original(x, self.tile_sample_min_size, step * ratio, self._encode_untiled, out, overlap, step)
+        return out
 
+    def _encode_package_tiled(self, x: torch.Tensor) -> torch.Tensor:
+        out = x.new_zeros(self._moments_shape(x))
+        latent_h, latent_w = out.shape[-2:]
+        ratio = self.spatial_compression_ratio
         tile_h, tile_w, overlap_h, overlap_w = self._latent_tile_geometry()
-        if not self.use_tiling or (latent_h <= tile_h and latent_w <= tile_w):
-            self._encode_frames(x, out)
-            return out
-
         rows, cols = _tile_spans(latent_h, tile_h, overlap_h), _tile_spans(latent_w, tile_w, overlap_w)
         weight_sum = x.new_zeros(latent_h, latent_w)
         for i, (top, bottom) in enumerate(rows):
@@ -655,6 +896,16 @@ class AutoencoderKLRuyiCausal3D(ModelMixin, AutoencoderMixin, ConfigMixin):
                 weight_sum[top:bottom, left:right] += weight
         return out.div_(weight_sum)
 
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_tiling and self.tiling_mode == "original":
+            if x.shape[-1] > self.tile_sample_min_size or x.shape[-2] > self.tile_sample_min_size:
+                return self._encode_original_tiled(x)
+        elif self.use_tiling:
+            tile_h, tile_w, _, _ = self._latent_tile_geometry()
+            if self._latent_size(x.shape[-2]) > tile_h or self._latent_size(x.shape[-1]) > tile_w:
+                return self._encode_package_tiled(x)
+        return self._encode_untiled(x)
+
     @apply_forward_hook
     def encode(
         self, x: torch.Tensor, return_dict: bool = True
@@ -663,14 +914,14 @@ class AutoencoderKLRuyiCausal3D(ModelMixin, AutoencoderMixin, ConfigMixin):
         Encodes a batch of videos into latent distributions.
 
         Args:
-            x (`torch.Tensor`): Videos ``(B, C, F, H, W)`` in ``[-1, 1]``; ``F`` is 1 or a multiple of
-                ``num_sample_frames_batch_size`` (8).
+            x (`torch.Tensor`): Videos ``(B, C, F, H, W)`` in ``[-1, 1]``; for the cache variant ``F`` is 1 or a
+                multiple of ``num_sample_frames_batch_size`` (8).
             return_dict (`bool`, *optional*, defaults to `True`):
                 Whether to return an [`~models.modeling_outputs.AutoencoderKLOutput`] instead of a tuple.
 
         Returns:
             [`~models.modeling_outputs.AutoencoderKLOutput`] or `tuple`: the posterior, a
-            `DiagonalGaussianDistribution` over latents ``(B, latent_channels, 1 or F / 4, H / 8, W / 8)``.
+            `DiagonalGaussianDistribution` over latents ``(B, latent_channels, num_latent_frames(F), H / 8, W / 8)``.
         """
         if x.ndim != 5:
             raise ValueError(f"Expected a video tensor (B, C, F, H, W), got shape {tuple(x.shape)}.")
@@ -689,7 +940,37 @@ class AutoencoderKLRuyiCausal3D(ModelMixin, AutoencoderMixin, ConfigMixin):
     # ------------------------------------------------------------------------------------------------------------
 
     def _decode_frames(self, z: torch.Tensor, out: torch.Tensor, weight: Optional[torch.Tensor] = None) -> None:
-        """Decodes ``z`` chunk by chunk (causal cache carried across chunks) into ``out``, or adds ``weight * x``."""
+        """Decodes ``z`` chunk by chunk into ``out``, or adds ``weight * frames`` when blending tiles."""
+        if self.config.compression_mode == "slice":
+            self._decode_slices(z, out, weight)
+        else:
+            self._decode_cached(z, out, weight)
+
+    def _decode_slices(self, z: torch.Tensor, out: torch.Tensor, weight: Optional[torch.Tensor]) -> None:
+        # post_quant_conv is pointwise and every latent frame is also context of its neighbours: run it once.
+        z = self.post_quant_conv(z)
+        chunks = self._chunks(z.shape[2], self.config.num_latent_frames_batch_size)
+        lone = self._lone_first(z.shape[2])
+        position = 0
+        for index, (start, end) in enumerate(chunks):
+            if lone and index == 0:
+                frames = self.decoder(z[:, :, :1], temporal_upsample=False)
+            else:
+                # The previous and the next chunk (not the lone first frame) are context for conv_in and the mid block;
+                # they are contiguous in `z`, so the window is a view, not a concatenation.
+                context_start = chunks[index - 1][0] if index > int(lone) else start
+                context_end = chunks[index + 1][1] if index + 1 < len(chunks) else end
+                window = z[:, :, context_start:context_end]
+                frames = self.decoder(window, keep_frames=(start - context_start, end - context_start))
+            target = out[:, :, position : position + frames.shape[2]]
+            if weight is None:
+                target.copy_(frames)
+            else:
+                target.add_(frames.mul_(weight))
+            position += frames.shape[2]
+            del frames
+
+    def _decode_cached(self, z: torch.Tensor, out: torch.Tensor, weight: Optional[torch.Tensor]) -> None:
         num_latent = z.shape[2]
         if num_latent == 1:
             chunks, causal_cache = [(0, 1)], None
@@ -701,7 +982,8 @@ class AutoencoderKLRuyiCausal3D(ModelMixin, AutoencoderMixin, ConfigMixin):
             for start, end in chunks:
                 if causal_cache is not None:
                     causal_cache.begin_chunk()
-                frames = self.decoder(self.post_quant_conv(z[:, :, start:end]), causal_cache)
+                latents = self.post_quant_conv(z[:, :, start:end])
+                frames = self.decoder(latents, causal_cache, temporal_upsample=causal_cache is not None)
                 target = out[:, :, start * ratio : start * ratio + frames.shape[2]]
                 if weight is None:
                     target.copy_(frames)
@@ -712,19 +994,32 @@ class AutoencoderKLRuyiCausal3D(ModelMixin, AutoencoderMixin, ConfigMixin):
             if causal_cache is not None:
                 causal_cache.clear()
 
-    def _decode(self, z: torch.Tensor) -> torch.Tensor:
-        batch_size, _, num_latent, latent_h, latent_w = z.shape
+    def _decode_untiled(self, z: torch.Tensor) -> torch.Tensor:
+        out = z.new_empty(self._video_shape(z))
+        self._decode_frames(z, out)
+        return out
+
+    def _decode_original_tiled(self, z: torch.Tensor) -> torch.Tensor:
+        tile, overlap, step = self._original_tile_geometry()
         ratio = self.spatial_compression_ratio
-        height, width = latent_h * ratio, latent_w * ratio
-        out = z.new_zeros(batch_size, self.config.out_channels, self.num_sample_frames(num_latent), height, width)
+        out = z.new_empty(self._video_shape(z))
+        self._tile_like_original(z, tile, step, self._decode_untiled, out, overlap * ratio, step * ratio)
+        # The original decodes the lower-right corner tile once more and fades it in towards the corner.
+        corner = self._decode_untiled(z[..., -tile:, -tile:])
+        height, width = corner.shape[-2:]
+        weights = torch.minimum(torch.linspace(0, 1, width)[None, :], torch.linspace(0, 1, height)[:, None])
+        weights = weights.to(out.device)
+        area = out[..., -height:, -width:]
+        area.copy_(weights * corner + (1 - weights) * area)
+        return out
 
+    def _decode_package_tiled(self, z: torch.Tensor) -> torch.Tensor:
+        out = z.new_zeros(self._video_shape(z))
+        latent_h, latent_w = z.shape[-2:]
+        ratio = self.spatial_compression_ratio
         tile_h, tile_w, overlap_h, overlap_w = self._latent_tile_geometry()
-        if not self.use_tiling or (latent_h <= tile_h and latent_w <= tile_w):
-            self._decode_frames(z, out)
-            return out
-
         rows, cols = _tile_spans(latent_h, tile_h, overlap_h), _tile_spans(latent_w, tile_w, overlap_w)
-        weight_sum = z.new_zeros(height, width)
+        weight_sum = z.new_zeros(out.shape[-2:])
         for i, (top, bottom) in enumerate(rows):
             weight_h = _blend_weights(rows, i, ratio, z.device, z.dtype)
             for j, (left, right) in enumerate(cols):
@@ -734,20 +1029,31 @@ class AutoencoderKLRuyiCausal3D(ModelMixin, AutoencoderMixin, ConfigMixin):
                 weight_sum[top * ratio : bottom * ratio, left * ratio : right * ratio] += weight
         return out.div_(weight_sum)
 
+    def _decode(self, z: torch.Tensor) -> torch.Tensor:
+        if self.use_tiling and self.tiling_mode == "original":
+            tile = self._original_tile_geometry()[0]
+            if z.shape[-1] > tile or z.shape[-2] > tile:
+                return self._decode_original_tiled(z)
+        elif self.use_tiling:
+            tile_h, tile_w, _, _ = self._latent_tile_geometry()
+            if z.shape[-2] > tile_h or z.shape[-1] > tile_w:
+                return self._decode_package_tiled(z)
+        return self._decode_untiled(z)
+
     @apply_forward_hook
     def decode(self, z: torch.Tensor, return_dict: bool = True) -> Union[DecoderOutput, Tuple[torch.Tensor]]:
         """
         Decodes a batch of latents (already divided by ``scaling_factor``) into videos.
 
         Args:
-            z (`torch.Tensor`): Latents ``(B, latent_channels, L, h, w)``; ``L`` is 1 or a multiple of
-                ``num_latent_frames_batch_size`` (2).
+            z (`torch.Tensor`): Latents ``(B, latent_channels, L, h, w)``; for the cache variant ``L`` is 1 or a
+                multiple of ``num_latent_frames_batch_size`` (2).
             return_dict (`bool`, *optional*, defaults to `True`):
                 Whether to return a [`~models.autoencoders.vae.DecoderOutput`] instead of a tuple.
 
         Returns:
-            [`~models.autoencoders.vae.DecoderOutput`] or `tuple`: videos ``(B, out_channels, 1 or 4 * L, 8 * h,
-            8 * w)``, not clamped.
+            [`~models.autoencoders.vae.DecoderOutput`] or `tuple`: videos ``(B, out_channels, num_sample_frames(L),
+            8 * h, 8 * w)``, not clamped.
         """
         if z.ndim != 5:
             raise ValueError(f"Expected latents (B, C, F, H, W), got shape {tuple(z.shape)}.")
@@ -794,10 +1100,14 @@ class AutoencoderKLRuyiCausal3D(ModelMixin, AutoencoderMixin, ConfigMixin):
         r"""
         Loads the VAE from a diffusers-format folder/repo or from the ORIGINAL Ruyi ``vae/`` folder.
 
-        The config is read with the same hub arguments (``subfolder``, ``revision``, ``cache_dir``, ...). When its
-        ``_class_name`` is the original ``AutoencoderKLMagvit``, the config and the safetensors weights are converted
-        in memory (`diffusers_ruyi.loaders.original_checkpoint`) and loaded strictly: missing or unexpected keys raise
-        a `ValueError` listing them. Otherwise this is `ModelMixin.from_pretrained`.
+        The config is read with the same hub arguments (``subfolder``, ``revision``, ``cache_dir``, ...). When it is
+        the original's (``_class_name`` ``AutoencoderKLMagvit``, or ``AutoencoderKL`` with the original's
+        ``slice_compression_vae`` / ``cache_compression_vae`` keys, as the published file), the config and the
+        safetensors weights are converted in memory (`diffusers_ruyi.loaders.original_checkpoint`): the model is
+        built on the meta device and takes the file's tensors, cast to ``dtype`` while they are read. A missing
+        weight raises a `ValueError` listing every missing key, before anything is loaded; tensors the model does
+        not have are left out with one warning that lists them (the original loads with ``strict=False``).
+        Otherwise this is `ModelMixin.from_pretrained`.
 
         Args:
             pretrained_model_name_or_path (`str` or `os.PathLike`): A local folder or a hub repo id.
@@ -814,6 +1124,11 @@ class AutoencoderKLRuyiCausal3D(ModelMixin, AutoencoderMixin, ConfigMixin):
         hub_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
         config = cls.load_config(pretrained_model_name_or_path, **hub_kwargs)
         if not is_original_vae_config(config):
+            if config.get("_class_name") == "AutoencoderKL":
+                raise ValueError(
+                    f"{pretrained_model_name_or_path!r} holds a 2D diffusers `AutoencoderKL` config without the original "
+                    "Ruyi VAE keys (`slice_compression_vae` / `cache_compression_vae`); it is not a Ruyi VAE."
+                )
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         return cls._from_original(pretrained_model_name_or_path, config, hub_kwargs, kwargs)
 
@@ -821,10 +1136,9 @@ class AutoencoderKLRuyiCausal3D(ModelMixin, AutoencoderMixin, ConfigMixin):
     def _from_original(
         cls, path: Union[str, os.PathLike], config: Dict[str, Any], hub_kwargs: Dict[str, Any], kwargs: Dict[str, Any]
     ) -> "AutoencoderKLRuyiCausal3D":
-        dtype, torch_dtype = kwargs.get("dtype"), kwargs.get("torch_dtype")
-        if dtype is not None and torch_dtype is not None:
-            raise ValueError("Pass only one of `dtype` and `torch_dtype`.")
-        dtype = dtype if dtype is not None else torch_dtype
+        dtype = resolve_dtype(kwargs.get("dtype"), kwargs.get("torch_dtype"))
+        if isinstance(dtype, dict):
+            raise ValueError("A VAE loads in one dtype; pass a torch.dtype (or its name), not a dict.")
         device_map = kwargs.get("device_map")
         ignored = sorted(k for k in kwargs if k not in (*HUB_KWARGS, "dtype", "torch_dtype", "device_map"))
         if ignored:
@@ -832,12 +1146,11 @@ class AutoencoderKLRuyiCausal3D(ModelMixin, AutoencoderMixin, ConfigMixin):
 
         weights_path = weights_file(local_folder(path, hub_kwargs))
 
-        model = cls.from_config(convert_vae_config(config))
-        load_converted_state_dict(model, convert_vae_state_dict(read_safetensors(weights_path)), "VAE")
+        with torch.device("meta"):
+            model = cls.from_config(convert_vae_config(config))
+        state_dict = convert_vae_state_dict(read_safetensors(weights_path, dtype or torch.float32))
+        load_converted_state_dict(model, state_dict, "VAE", assign=True, ignore_unexpected=True)
         model.register_to_config(_name_or_path=str(path))
-        if dtype is not None:
-            # nn.Module.to: ModelMixin.to warns about `_keep_in_fp32_modules`, which this VAE does not use.
-            nn.Module.to(model, dtype)
         if device_map is not None:
             if not isinstance(device_map, (str, torch.device, int)) or device_map in ("auto", "balanced"):
                 raise ValueError("Original Ruyi VAE checkpoints only support a single-device `device_map`.")

@@ -272,10 +272,14 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                 raise ValueError(f"`{name}` must be a positive multiple of 16, got {value!r}.")
         if not isinstance(num_frames, int) or isinstance(num_frames, bool):
             raise TypeError(f"`num_frames` must be an integer, got {type(num_frames).__name__}.")
-        try:
-            self.vae.num_latent_frames(num_frames)
-        except ValueError as e:
-            raise ValueError(f"`num_frames`={num_frames} is not supported by the VAE: {e}") from None
+        frames_per_slice = self.vae.config.num_sample_frames_batch_size
+        if num_frames != 1 and (num_frames <= 0 or num_frames % frames_per_slice):
+            # The slice VAE would encode other counts, but they do not decode back to as many frames, and the
+            # original pipeline sizes its latents as `num_frames // 8 * 2`.
+            raise ValueError(
+                f"`num_frames`={num_frames} is not supported by the VAE: valid frame counts are 1 (an image) or a "
+                f"multiple of num_sample_frames_batch_size={frames_per_slice}, as in the original pipeline."
+            )
         if last_images is not None and num_frames < 2:
             raise ValueError("`last_image` needs `num_frames` >= 2: the last frame would overwrite the first.")
         if (
@@ -430,7 +434,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         every seam of the first pass falls inside a slice of the second. Videos of at most one slice are returned
         unchanged. `video` is modified in place and returned, clamped to [-1, 1].
         """
-        frames_per_slice = self.vae.config.get("mini_batch_encoder", 8)  # TODO(lead)
+        frames_per_slice = self.vae.config.num_sample_frames_batch_size
         if video.shape[2] <= frames_per_slice:
             return video
         before = frames_per_slice // 2
@@ -447,9 +451,9 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         VAE decode clamped, then, unless the VAE is the cache variant, `smooth_output`.
         """
         with self._vae_upcast():
-            latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
+            latents = 1 / self.vae.config.scaling_factor * latents.to(self.vae.dtype)
             video = self.vae.decode(latents, return_dict=False)[0].clamp(-1, 1)
-            if not self.vae.config.get("cache_compression_vae", True):  # TODO(lead): VAE attribute
+            if self.vae.config.compression_mode != "cache":
                 video = self.smooth_output(video)
         return video
 

@@ -1,0 +1,263 @@
+"""The published VAE format: the slice variant, 3D mid-block attention, the original's tiling, loading as it is.
+
+Goldens: `golden_realfmt/realfmt_vae.safetensors` (the published-format tiny VAE, its config unchanged) and
+`golden_realfmt/vae_variants.*` (other frame counts, slice/chunk sizes, attention type, layer counts, block layouts
+and tile sizes), all computed by the original (`make_vae_variant_goldens.py`).
+"""
+
+import json
+import logging
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from diffusers_ruyi import AutoencoderKLRuyiCausal3D
+from diffusers_ruyi.loaders.original_checkpoint import (
+    convert_vae_config,
+    convert_vae_state_dict,
+    is_original_vae_config,
+)
+
+
+TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def golden(golden_realfmt_dir):
+    return load_file(str(golden_realfmt_dir / "realfmt_vae.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def vae(tiny_realfmt_checkpoint):
+    # The published layout as it is: `_class_name: AutoencoderKL`, slice variant, `use_tiling: true`.
+    return AutoencoderKLRuyiCausal3D.from_pretrained(tiny_realfmt_checkpoint, subfolder="vae")
+
+
+@pytest.fixture
+def vae_folder_copy(tiny_realfmt_checkpoint, tmp_path):
+    folder = tmp_path / "vae"
+    shutil.copytree(tiny_realfmt_checkpoint / "vae", folder)
+    return folder
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return (a - b).abs().max().item()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The published-format goldens
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_loads_the_published_config_as_it_is(vae):
+    assert vae.config.compression_mode == "slice"
+    assert vae.config.mid_block_attention_type == "3d"
+    assert vae.config.layers_per_block == 2 and len(vae.encoder.mid_block.attentions) == 1
+    assert vae.config.scaling_factor == 0.18215 and vae.config.force_upcast
+    assert vae.use_tiling and vae.tiling_mode == "original" and vae.tile_sample_min_size == 32
+    assert vae.spatial_compression_ratio == 8 and vae.temporal_compression_ratio == 4
+    assert vae.dtype == torch.float32 and not vae.training
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("name", ["video", "small_video", "image"])
+def test_encode_matches_original(vae, golden, name):
+    # `video` and `image` (64x48) are larger than a 32 px tile: the original's tiled encode; `small_video` is not.
+    mean = vae.encode(golden[name]).latent_dist.mean
+    assert _max_diff(mean, golden[f"{name}_latent_mean"]) <= TOLERANCE
+
+
+@torch.no_grad()
+def test_tiled_decode_matches_original(vae, golden):
+    video = vae.decode(golden["decode_input"]).sample
+    assert _max_diff(video, golden["decode_output"]) <= TOLERANCE
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The original's general rules (frame counts, slice sizes, layouts, tile sizes)
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _variant_cases(golden_realfmt_dir):
+    return json.loads((golden_realfmt_dir / "vae_variants.json").read_text())
+
+
+VARIANTS = [
+    "odd_17_frames",
+    "uneven_12_frames",
+    "five_frames_batch2",
+    "one_latent",
+    "slices_4_chunks_3",
+    "spatial_attention",
+    "tiles_48_overlap_third",
+    "tiles_32_overlap_half",
+    "layers_1",
+    "layers_3",
+    "three_stages",
+]
+
+
+def _variant_vae(golden_realfmt_dir, tmp_path, case) -> AutoencoderKLRuyiCausal3D:
+    if case["checkpoint"] == "realfmt":
+        folder = tmp_path / "vae"
+        shutil.copytree(golden_realfmt_dir / "Ruyi-tiny-realfmt" / "vae", folder)
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, **case["config"]}))
+    else:
+        folder = golden_realfmt_dir / "vae_variants" / case["checkpoint"]
+    return AutoencoderKLRuyiCausal3D.from_pretrained(folder)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("name", VARIANTS)
+def test_variant_matches_original(golden_realfmt_dir, tmp_path, name):
+    case = _variant_cases(golden_realfmt_dir)[name]
+    tensors = load_file(str(golden_realfmt_dir / "vae_variants.safetensors"))
+    vae = _variant_vae(golden_realfmt_dir, tmp_path, case)
+    for operation in case["operations"]:
+        source = tensors[f"{operation['key']}.input"]
+        if operation["op"] == "encode":
+            result = vae.encode(source).latent_dist.mean
+            assert vae.num_latent_frames(source.shape[2]) == result.shape[2]
+        else:
+            result = vae.decode(source).sample
+            assert vae.num_sample_frames(source.shape[2]) == result.shape[2]
+        assert _max_diff(result, tensors[f"{operation['key']}.output"]) <= TOLERANCE, operation
+
+
+def test_frame_counts_of_the_slice_variant(vae):
+    # Encode: the first frame alone when the count is odd, then 8-frame slices (a slice of n frames gives
+    # ceil(ceil(n / 2) / 2) latents); decode: the first latent alone when odd, 4 frames per other latent.
+    assert [vae.num_latent_frames(f) for f in (1, 2, 5, 8, 9, 12, 16, 17, 24)] == [1, 1, 2, 2, 3, 3, 4, 5, 6]
+    assert [vae.num_sample_frames(n) for n in (1, 2, 3, 4, 5, 6)] == [1, 8, 9, 16, 17, 24]
+    with pytest.raises(ValueError, match="at least one frame"):
+        vae.num_latent_frames(0)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Tiling switches
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def test_tiling_switches(tiny_realfmt_checkpoint, golden):
+    vae = AutoencoderKLRuyiCausal3D.from_pretrained(tiny_realfmt_checkpoint, subfolder="vae")
+    latents = golden["decode_input"][:, :, :2, :5, :4]  # 40x32 px: 2x1 tiles of 32 px (4 latents)
+    original_tiled = vae.decode(latents).sample
+    vae.disable_tiling()  # off entirely: the untiled decode
+    untiled = vae.decode(latents).sample
+    assert not vae.use_tiling and _max_diff(untiled, original_tiled) > 1e-2
+    vae.enable_tiling(tile_sample_min_height=32, tile_sample_min_width=32, tile_overlap_factor=0.5)  # the package's
+    assert vae.tiling_mode == "package"
+    package_tiled = vae.decode(latents).sample
+    assert _max_diff(package_tiled, original_tiled) > 1e-3 and _max_diff(package_tiled, untiled) > 1e-3
+    vae.enable_original_tiling()  # back to the config's tiling, exactly
+    assert torch.equal(vae.decode(latents).sample, original_tiled)
+    vae.enable_original_tiling(tile_sample_min_size=40)  # fits in one 40 px tile: not tiled
+    assert torch.equal(vae.decode(latents).sample, untiled)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("size, overlap", [(40, 0.25), (36, 0.25), (24, 0.4)])
+def test_original_tiling_keeps_the_size_where_the_original_does_not(vae, size, overlap):
+    # With 40 px tiles the original steps 30 px but keeps 32 (4 latents): its tiles drift and its output is too
+    # large; here tiles stay on the latent grid, so sizes are the untiled ones and a single-tile input is untouched.
+    torch.manual_seed(0)
+    video = torch.rand(1, 3, 1, 72, 56) * 2 - 1
+    latents = torch.randn(1, 16, 1, 9, 7)
+    vae.enable_original_tiling(size, overlap)
+    try:
+        encoded = vae.encode(video).latent_dist.mean
+        decoded = vae.decode(latents).sample
+    finally:
+        vae.enable_original_tiling()
+    assert encoded.shape == (1, 16, 1, 9, 7) and decoded.shape == (1, 3, 1, 72, 56)
+    assert torch.isfinite(encoded).all() and torch.isfinite(decoded).all()
+
+
+def test_original_tiling_validates_arguments(vae):
+    with pytest.raises(ValueError, match="tile_sample_min_size"):
+        vae.enable_original_tiling(4)
+    with pytest.raises(ValueError, match="tile_overlap_factor"):
+        vae.enable_original_tiling(32, 1.0)
+    assert vae.tiling_mode == "original" and vae.tile_sample_min_size == 32
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Configs and loading
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_published_config_matches_original_keys_and_shapes(real_checkpoint_dir):
+    config = json.loads((real_checkpoint_dir / "vae_config.json").read_text())
+    assert is_original_vae_config(config) and "ch" not in config and "ch_mult" not in config
+    converted_config = convert_vae_config(config)
+    assert converted_config["block_out_channels"] == [128, 256, 512, 512]  # the original's ch/ch_mult defaults
+    assert converted_config["compression_mode"] == "slice" and converted_config["use_tiling"]
+    assert converted_config["tile_sample_min_size"] == 384 and converted_config["tile_overlap_factor"] == 0.25
+    with torch.device("meta"):
+        model = AutoencoderKLRuyiCausal3D.from_config(converted_config)
+    reference = json.loads((real_checkpoint_dir / "original_vae_keys.json").read_text())
+    original = {k: tuple(v) for k, v in reference["state_dict"].items()}
+    converted = convert_vae_state_dict({k: torch.empty(0) for k in original})
+    assert len(converted) == len(original)  # 1:1
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert set(converted) == set(ours)
+    renamed = dict(zip(original, converted))
+    assert {renamed[k]: v for k, v in original.items()} == ours
+    assert sum(p.numel() for p in model.parameters()) == reference["num_params"] == 246_478_803
+
+
+def test_autoencoder_kl_config_without_the_original_keys_is_refused(vae_folder_copy):
+    config = json.loads((vae_folder_copy / "config.json").read_text())
+    for key in ("slice_compression_vae", "mini_batch_encoder", "mini_batch_decoder", "ch", "ch_mult"):
+        config.pop(key)
+    (vae_folder_copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="not a Ruyi VAE"):
+        AutoencoderKLRuyiCausal3D.from_pretrained(vae_folder_copy)
+
+
+def test_unexpected_tensors_are_ignored_with_one_warning(vae_folder_copy, golden, caplog):
+    weights = vae_folder_copy / "diffusion_pytorch_model.safetensors"
+    state_dict = load_file(str(weights))
+    state_dict["loss.discriminator.weight"] = torch.zeros(3)
+    state_dict["decoder.extra.bias"] = torch.zeros(1)
+    save_file(state_dict, str(weights))
+    with caplog.at_level(logging.WARNING):
+        vae = AutoencoderKLRuyiCausal3D.from_pretrained(vae_folder_copy)
+    warnings = [r for r in caplog.records if "does not use" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "['decoder.extra.bias', 'loss.discriminator.weight']" in warnings[0].getMessage()
+    with torch.no_grad():
+        assert _max_diff(vae.decode(golden["decode_input"]).sample, golden["decode_output"]) <= TOLERANCE
+
+
+def test_missing_tensor_is_an_error_that_lists_them(vae_folder_copy):
+    weights = vae_folder_copy / "diffusion_pytorch_model.safetensors"
+    state_dict = load_file(str(weights))
+    del state_dict["decoder.conv_out.weight"]
+    del state_dict["encoder.mid_block.attentions.0.to_out.weight"]
+    state_dict["loss.discriminator.weight"] = torch.zeros(3)
+    save_file(state_dict, str(weights))
+    with pytest.raises(ValueError, match=r"Missing keys \(2\)") as error:
+        AutoencoderKLRuyiCausal3D.from_pretrained(vae_folder_copy)
+    assert "'decoder.conv_out.weight'" in str(error.value)
+    assert "'encoder.mid_block.attentions.0.to_out.0.weight'" in str(error.value)
+
+
+def test_dtype_is_applied_while_reading(tiny_realfmt_checkpoint):
+    vae = AutoencoderKLRuyiCausal3D.from_pretrained(tiny_realfmt_checkpoint, subfolder="vae", dtype="bfloat16")
+    assert {p.dtype for p in vae.parameters()} == {torch.bfloat16}
+    assert not any(p.is_meta for p in vae.parameters())
+
+
+@torch.no_grad()
+def test_save_load_round_trip_keeps_the_variant(vae, golden, tmp_path):
+    vae.save_pretrained(tmp_path / "saved")
+    reloaded = AutoencoderKLRuyiCausal3D.from_pretrained(tmp_path / "saved")
+    assert reloaded.config.compression_mode == "slice" and reloaded.tiling_mode == "original"
+    latents = golden["decode_input"][:, :, :3, :5, :4]  # tiled, with a lone first latent and one chunk
+    assert torch.equal(reloaded.decode(latents).sample, vae.decode(latents).sample)
