@@ -550,9 +550,9 @@ class RuyiTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMix
     # Small, precision-sensitive or hook-unfriendly modules stay in the model dtype under layerwise casting; the
     # default patterns already cover `pos_embed`, every `norm*` and `proj_out`.
     _skip_layerwise_casting_patterns = ["pos_embed", "time_extra_emb", "text_embedder", "clip_projection", "norm"]
-    # Nothing is forced to float32: the original runs every weight in the compute dtype and upcasts only inside its
-    # FP32 LayerNorms / SiLUs, which these modules reproduce.
-    _keep_in_fp32_modules = []
+    # `_keep_in_fp32_modules` stays None (an empty list would make diffusers refuse `low_cpu_mem_usage=False`): nothing
+    # is forced to float32, as the original runs every weight in the compute dtype and upcasts only inside its FP32
+    # LayerNorms / SiLUs, which these modules reproduce.
 
     @register_to_config
     def __init__(
