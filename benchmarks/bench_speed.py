@@ -8,7 +8,8 @@ fresh subprocess (peak RSS is per process):
 * `fbc`: diffusers' `FirstBlockCacheConfig(threshold=--fbc-threshold)`.
 * `fp8`: `apply_fp8_mode(transformer, --fp8-mode, torch.float8_e4m3fn)` (weights stored in fp8, computed in --dtype).
 * `compile`: `transformer.compile_repeated_blocks(fullgraph=True, backend=--compile-backend)`, after one warm-up call.
-* `skip_offload`: `transformer.enable_skip_offload(group_size=5)` (the original's `gpu_offload_steps=5`).
+* `skip_offload`: `apply_ruyi_skip_offload(transformer, RuyiSkipOffloadConfig(group_size=5))` (the original's
+  `gpu_offload_steps=5`).
 * `original`, `original_teacache`: the original pipeline through `benchmarks/original_driver.py` (needs
   `--reference PATH --reference-python PY`), without / with its TeaCache at the same threshold.
 
@@ -119,7 +120,9 @@ def worker(args) -> None:
         transformer.compile_repeated_blocks(fullgraph=True, backend=args.compile_backend)
         warmup = max(1, warmup)
     elif args.variant == "skip_offload":
-        transformer.enable_skip_offload(group_size=5)
+        from diffusers_ruyi.hooks import RuyiSkipOffloadConfig, apply_ruyi_skip_offload
+
+        apply_ruyi_skip_offload(transformer, RuyiSkipOffloadConfig(group_size=5))
     elif args.variant != "baseline":
         raise ValueError(f"Unknown variant {args.variant!r}.")
 

@@ -1,6 +1,8 @@
 """diffusers-ruyi: the Ruyi-Mini-7B image-to-video model (CreateAI) as a Hugging Face diffusers plugin.
 
-Import this package before loading: ``from diffusers_ruyi import RuyiImageToVideoPipeline``.
+Import this package before loading: ``from diffusers_ruyi import RuyiImageToVideoPipeline``. After ``import
+diffusers_ruyi``, diffusers also finds the classes by name, so ``DiffusionPipeline.from_pretrained`` loads a folder saved
+by ``RuyiImageToVideoPipeline.save_pretrained`` and ``AutoModel.from_pretrained`` a saved transformer or VAE.
 
 The public names are imported lazily, on first access (PEP 562 module ``__getattr__``): ``import diffusers_ruyi``
 and the ``ruyi-i2v`` argument parser then cost milliseconds instead of the seconds that importing torch, diffusers
@@ -9,6 +11,8 @@ and transformers takes.
 
 import importlib
 from typing import TYPE_CHECKING, Any, Dict, List
+
+from ._registration import register_with_diffusers
 
 
 __version__ = "0.1.0"
@@ -35,6 +39,9 @@ __all__ = [
     "RuyiPipelineOutput",
     "RuyiTransformer3DModel",
 ]
+
+
+register_with_diffusers()
 
 
 def __getattr__(name: str) -> Any:

@@ -529,7 +529,9 @@ def _configure(pipe, args: argparse.Namespace, device, dtype, stage: _Stage) -> 
 
         pipe.transformer.enable_cache(RuyiTeaCacheConfig(threshold=args.cache_threshold))
     if args.enhance_a_video > 0:
-        pipe.transformer.enable_enhance_a_video(weight=args.enhance_a_video)
+        from .hooks import RuyiEnhanceAVideoConfig, apply_ruyi_enhance_a_video
+
+        apply_ruyi_enhance_a_video(pipe.transformer, RuyiEnhanceAVideoConfig(weight=args.enhance_a_video))
     if args.fp8 != "none":
         from .hooks import apply_fp8_mode
 

@@ -13,8 +13,7 @@
 # limitations under the License.
 """Helpers shared by the Ruyi hooks: per-context state and the denoising-step bookkeeping."""
 
-import inspect
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 from diffusers.hooks.hooks import BaseState, StateManager
@@ -76,22 +75,6 @@ def resolve_step(
     if num_steps is not None and state.call_count >= num_steps:
         state.call_count = 0
     return step, num_steps
-
-
-class ArgumentReader:
-    """Reads named arguments of a module's `forward` from a call's `args`/`kwargs` (signature looked up once)."""
-
-    def __init__(self, forward: Callable) -> None:
-        parameters = list(inspect.signature(forward).parameters)
-        if parameters and parameters[0] == "self":
-            parameters = parameters[1:]
-        self._index = {name: index for index, name in enumerate(parameters)}
-
-    def get(self, name: str, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
-        if name in kwargs:
-            return kwargs[name]
-        index = self._index[name]
-        return args[index] if index < len(args) else None
 
 
 def move_to(tensor: Optional[torch.Tensor], device: Optional[torch.device]) -> Optional[torch.Tensor]:

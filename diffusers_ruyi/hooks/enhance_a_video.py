@@ -29,7 +29,7 @@ from typing import Optional
 import torch
 from diffusers.hooks.hooks import HookRegistry, ModelHook
 
-from ._common import ArgumentReader, RuyiStateManager, StepCounterState, resolve_step
+from ._common import RuyiStateManager, StepCounterState, resolve_step
 
 
 _EAV_ROOT_HOOK = "ruyi_enhance_a_video_root_hook"
@@ -40,7 +40,7 @@ _EAV_ATTENTION_HOOK = "ruyi_enhance_a_video_attention_hook"
 @dataclass
 class RuyiEnhanceAVideoConfig:
     r"""
-    Configuration of Enhance-A-Video for [`RuyiTransformer3DModel`] (`transformer.enable_enhance_a_video(config)`).
+    Configuration of Enhance-A-Video for [`RuyiTransformer3DModel`] (`apply_ruyi_enhance_a_video(transformer, config)`).
 
     The defaults are those of the original Ruyi `predict_i2v.py`.
 
@@ -117,14 +117,10 @@ class RuyiEnhanceAVideoRootHook(ModelHook):
         self.state_manager = state_manager
         self.config = config
         self.runtime = runtime
-        self._reader: Optional[ArgumentReader] = None
-
-    def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
-        self._reader = ArgumentReader(type(module).forward)
-        return module
 
     def pre_forward(self, module: torch.nn.Module, *args, **kwargs):
-        hidden_states = self._reader.get("hidden_states", args, kwargs)
+        # The transformer's first argument: the latents (batch, channels, frames, height, width).
+        hidden_states = args[0] if args else kwargs["hidden_states"]
         step, num_steps = resolve_step(
             self.state_manager.get_state(), self.state_manager, self.config.num_inference_steps
         )
@@ -190,16 +186,28 @@ class RuyiEnhanceAVideoAttentionHook(ModelHook):
 
 def apply_ruyi_enhance_a_video(module: torch.nn.Module, config: RuyiEnhanceAVideoConfig) -> None:
     r"""
-    Applies Enhance-A-Video to a [`RuyiTransformer3DModel`] (prefer `transformer.enable_enhance_a_video(config)`).
+    Applies Enhance-A-Video to a [`RuyiTransformer3DModel`]; [`remove_ruyi_enhance_a_video`] takes it off again.
 
     Args:
         module (`torch.nn.Module`): The transformer; each of its `blocks` needs a self-attention `attn1` with
             `norm_q` and `norm_k`.
         config ([`RuyiEnhanceAVideoConfig`]): The settings.
+
+    Example:
+
+    ```py
+    >>> from diffusers_ruyi.hooks import RuyiEnhanceAVideoConfig, apply_ruyi_enhance_a_video, remove_ruyi_enhance_a_video
+
+    >>> apply_ruyi_enhance_a_video(pipe.transformer, RuyiEnhanceAVideoConfig(weight=1.0))
+    >>> video = pipe(image).frames[0]
+    >>> remove_ruyi_enhance_a_video(pipe.transformer)
+    ```
     """
     blocks = getattr(module, "blocks", None)
     if not isinstance(blocks, torch.nn.ModuleList):
         raise ValueError("Enhance-A-Video needs a Ruyi transformer with `blocks` (a ModuleList).")
+    if is_ruyi_enhance_a_video_enabled(module):
+        raise ValueError("Enhance-A-Video is already applied; call `remove_ruyi_enhance_a_video` first.")
     runtime = _EnhanceAVideoRuntime()
     state_manager = RuyiStateManager(StepCounterState)
     for block in blocks:

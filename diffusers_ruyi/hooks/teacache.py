@@ -27,10 +27,12 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import torch
+from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
 from diffusers.hooks.hooks import HookRegistry, ModelHook
 from diffusers.utils import logging
+from diffusers.utils.torch_utils import unwrap_module
 
-from ._common import ArgumentReader, RuyiStateManager, StepCounterState, move_to, resolve_step
+from ._common import RuyiStateManager, StepCounterState, move_to, resolve_step
 
 
 logger = logging.get_logger(__name__)  # pylint: disable=invalid-name
@@ -130,7 +132,20 @@ def _rescale(coefficients: Tuple[float, ...], value: float) -> float:
     return result
 
 
-class RuyiTeaCacheHeadHook(ModelHook):
+class _BlockHook(ModelHook):
+    """A hook on a transformer block that reads the block's arguments through diffusers' block registry."""
+
+    _metadata: Optional[TransformerBlockMetadata] = None
+
+    def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
+        self._metadata = TransformerBlockRegistry.get(unwrap_module(module).__class__)
+        return module
+
+    def _argument(self, name: str, args: tuple, kwargs: dict):
+        return self._metadata._get_parameter_from_args_kwargs(name, args, kwargs)
+
+
+class RuyiTeaCacheHeadHook(_BlockHook):
     """On `blocks[0]`: decides whether this step runs the blocks and records the block input when it does."""
 
     _is_stateful = True
@@ -140,14 +155,9 @@ class RuyiTeaCacheHeadHook(ModelHook):
         self.state_manager = state_manager
         self.config = config
         self.stats = stats
-        self._reader: Optional[ArgumentReader] = None
-
-    def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
-        self._reader = ArgumentReader(type(module).forward)
-        return module
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
-        hidden_states = self._reader.get("hidden_states", args, kwargs)
+        hidden_states = self._argument("hidden_states", args, kwargs)
         state: RuyiTeaCacheState = self.state_manager.get_state()
         step, num_steps = resolve_step(state, self.state_manager, self.config.num_inference_steps)
         if num_steps is None:
@@ -191,8 +201,8 @@ class RuyiTeaCacheHeadHook(ModelHook):
         return True
 
     def _modulated_input(self, module, args, kwargs, hidden_states: torch.Tensor) -> torch.Tensor:
-        temb = self._reader.get("temb", args, kwargs)
-        temporal_embedding = self._reader.get("temporal_embedding", args, kwargs)
+        temb = self._argument("temb", args, kwargs)
+        temporal_embedding = self._argument("temporal_embedding", args, kwargs)
         inputs = hidden_states
         if temporal_embedding is not None:
             batch_size, seq_len, dim = inputs.shape
@@ -211,22 +221,17 @@ class RuyiTeaCacheHeadHook(ModelHook):
         return module
 
 
-class RuyiTeaCacheBlockHook(ModelHook):
+class RuyiTeaCacheBlockHook(_BlockHook):
     """On `blocks[1:]`: passes `hidden_states` through on skipped steps."""
 
     def __init__(self, state_manager: RuyiStateManager) -> None:
         super().__init__()
         self.state_manager = state_manager
-        self._reader: Optional[ArgumentReader] = None
-
-    def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
-        self._reader = ArgumentReader(type(module).forward)
-        return module
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         if self.state_manager.get_state().should_compute:
             return self.fn_ref.original_forward(*args, **kwargs)
-        return self._reader.get("hidden_states", args, kwargs)
+        return self._argument("hidden_states", args, kwargs)
 
 
 class RuyiTeaCacheOutputHook(ModelHook):

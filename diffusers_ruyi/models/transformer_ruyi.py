@@ -22,8 +22,7 @@ original checkpoint, so converting the original weights is (almost) the identity
 import functools
 import math
 import os
-import weakref
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -54,12 +53,13 @@ from diffusers.utils.peft_utils import apply_lora_scale
 from diffusers.utils.torch_utils import maybe_allow_in_graph
 from torch import nn
 
-from ..hooks.enhance_a_video import (
-    RuyiEnhanceAVideoConfig,
-    apply_ruyi_enhance_a_video,
-    is_ruyi_enhance_a_video_enabled,
-    remove_ruyi_enhance_a_video,
+from ..hooks.diffusers_caches import (
+    fill_cache_defaults,
+    hooked_layers,
+    register_current_timestep_hook,
+    remove_current_timestep_hook,
 )
+from ..hooks.skip_offload import LongSkipStack, RuyiSkipOffloadConfig
 from ..hooks.teacache import RuyiTeaCacheConfig, apply_ruyi_teacache, remove_ruyi_teacache
 from ..loaders.original_checkpoint import (
     HUB_KWARGS,
@@ -489,44 +489,6 @@ class RuyiImageResampler(nn.Module):
         return self.attn(query, hidden_states + key_positions, hidden_states)
 
 
-class _LongSkipStack:
-    """Last-in-first-out store of the long-skip activations, optionally parked on another device.
-
-    With `group_size > 0` the activations are moved to `offload_device` in groups of `group_size` as they are pushed,
-    and a whole group comes back when the device-side list runs empty (the original's `gpu_offload_steps` /
-    `hidden_cache_size`; 1 moves each activation on its own). A tensor pushed again unchanged (blocks skipped by a
-    cache pass their input through) reuses the copy already made instead of transferring it again.
-    """
-
-    def __init__(self, group_size: int = 0, offload_device: Optional[torch.device] = None):
-        self.group_size = group_size if offload_device is not None else 0
-        self.offload_device = offload_device
-        self._on_device: List[torch.Tensor] = []
-        self._offloaded: List[List[torch.Tensor]] = []
-        self._last_offload: Optional[Tuple[weakref.ref, torch.Tensor]] = None
-        self._last_onload: Optional[Tuple[weakref.ref, torch.Tensor]] = None
-
-    def push(self, tensor: torch.Tensor) -> None:
-        self._on_device.append(tensor)
-        if self.group_size > 0 and len(self._on_device) >= self.group_size:
-            self._offloaded.append([self._move(t, self.offload_device, "_last_offload") for t in self._on_device])
-            self._on_device = []
-
-    def pop(self, device: torch.device) -> torch.Tensor:
-        if not self._on_device and self._offloaded:
-            self._on_device = [self._move(t, device, "_last_onload") for t in self._offloaded.pop()]
-        return self._on_device.pop()
-
-    def _move(self, tensor: torch.Tensor, device: torch.device, memo: str) -> torch.Tensor:
-        last = getattr(self, memo)
-        if last is not None and last[0]() is tensor:
-            return last[1]
-        moved = tensor.to(device)
-        # The source is held weakly so that the memo never keeps an activation alive on the device.
-        setattr(self, memo, (weakref.ref(tensor), moved))
-        return moved
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Model
 # ----------------------------------------------------------------------------------------------------------------
@@ -569,13 +531,28 @@ class RuyiTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMix
     _supports_gradient_checkpointing = True
     _no_split_modules = ["RuyiTransformerBlock"]
     _repeated_blocks = ["RuyiTransformerBlock"]
+    # The inputs that hold the unconditional and the conditional batch, concatenated in that order, under
+    # classifier-free guidance (FasterCache splits them to compute the conditional half only).
+    _cfg_batched_input_names = (
+        "hidden_states",
+        "timestep",
+        "encoder_hidden_states",
+        "text_embedding_mask",
+        "encoder_hidden_states_t5",
+        "text_embedding_mask_t5",
+        "image_meta_size",
+        "style",
+        "inpaint_latents",
+        "clip_encoder_hidden_states",
+        "clip_attention_mask",
+    )
     _cp_plan = _RUYI_CP_PLAN
     # Small, precision-sensitive or hook-unfriendly modules stay in the model dtype under layerwise casting; the
     # default patterns already cover `pos_embed`, every `norm*` and `proj_out`.
     _skip_layerwise_casting_patterns = ["pos_embed", "time_extra_emb", "text_embedder", "clip_projection", "norm"]
-    # Nothing is forced to float32: the original runs every weight in the compute dtype and upcasts only inside its
-    # FP32 LayerNorms / SiLUs, which these modules reproduce.
-    _keep_in_fp32_modules = []
+    # `_keep_in_fp32_modules` stays None (an empty list would make diffusers refuse `low_cpu_mem_usage=False`): nothing
+    # is forced to float32, as the original runs every weight in the compute dtype and upcasts only inside its FP32
+    # LayerNorms / SiLUs, which these modules reproduce.
 
     @register_to_config
     def __init__(
@@ -663,8 +640,8 @@ class RuyiTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMix
         self.proj_out = nn.Linear(inner_dim, patch_size * patch_size * out_channels, bias=True)
 
         self.gradient_checkpointing = False
-        self._skip_offload_group_size = 0
-        self._skip_offload_device: Optional[torch.device] = None
+        # Set by `diffusers_ruyi.hooks.apply_ruyi_skip_offload`.
+        self._skip_offload_config: Optional[RuyiSkipOffloadConfig] = None
 
     # ------------------------------------------------------------------------------------------------------------
     # Loading
@@ -722,32 +699,49 @@ class RuyiTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMix
 
     def enable_cache(self, config) -> None:
         r"""
-        Enables a caching technique: Ruyi's TeaCache or any diffusers cache.
+        Enables a caching technique: Ruyi's TeaCache or one of diffusers' caches.
+
+        `RuyiTeaCacheConfig` applies the original Ruyi TeaCache; every other config goes to
+        [`~diffusers.models.cache_utils.CacheMixin.enable_cache`], with what this model can tell filled in: a
+        `current_timestep_callback` for FasterCache and Pyramid Attention Broadcast (the timestep of the call in
+        progress) and FasterCache's classifier-free-guidance inputs (`_cfg_batched_input_names`). A cache that finds
+        nothing to hook in this model raises a `ValueError` instead of silently doing nothing.
 
         Args:
-            config ([`~diffusers_ruyi.hooks.RuyiTeaCacheConfig`] or a diffusers cache config):
-                `RuyiTeaCacheConfig` applies the original Ruyi TeaCache; `FirstBlockCacheConfig`,
-                `PyramidAttentionBroadcastConfig`, `MagCacheConfig`, `TaylorSeerCacheConfig`, ... go to
-                [`~diffusers.models.cache_utils.CacheMixin.enable_cache`].
+            config ([`~diffusers_ruyi.hooks.RuyiTeaCacheConfig`] or a diffusers cache config): The cache to enable.
 
         Example:
 
         ```py
+        >>> from diffusers import FasterCacheConfig
         >>> from diffusers_ruyi.hooks import RuyiTeaCacheConfig
 
         >>> pipe.transformer.enable_cache(RuyiTeaCacheConfig(threshold=0.10, skip_start_steps=3, skip_end_steps=1))
+        >>> pipe.transformer.disable_cache()
+        >>> pipe.transformer.enable_cache(FasterCacheConfig())
         ```
         """
-        if not isinstance(config, RuyiTeaCacheConfig):
-            super().enable_cache(config)
+        if isinstance(config, RuyiTeaCacheConfig):
+            if self.is_cache_enabled:
+                raise ValueError(
+                    f"Caching has already been enabled with {type(self._cache_config)}. To apply a new caching "
+                    "technique, please disable the existing one first."
+                )
+            apply_ruyi_teacache(self, config)
+            self._cache_config = config
             return
-        if self.is_cache_enabled:
+
+        config, timestep_hook = fill_cache_defaults(self, config)
+        hooked_before = hooked_layers(self)
+        super().enable_cache(config)
+        if timestep_hook is not None:
+            register_current_timestep_hook(self, timestep_hook)
+        if not hooked_layers(self) - hooked_before:
+            self.disable_cache()
             raise ValueError(
-                f"Caching has already been enabled with {type(self._cache_config)}. To apply a new caching technique, "
-                "please disable the existing one first."
+                f"{type(config).__name__} found no layer of {type(self).__name__} to apply to, so it would do nothing; "
+                "it was not enabled."
             )
-        apply_ruyi_teacache(self, config)
-        self._cache_config = config
 
     def disable_cache(self) -> None:
         """Removes the cache enabled with [`enable_cache`] (TeaCache or a diffusers cache)."""
@@ -756,58 +750,7 @@ class RuyiTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMix
             self._cache_config = None
             return
         super().disable_cache()
-
-    def enable_enhance_a_video(self, config: Optional[RuyiEnhanceAVideoConfig] = None, **kwargs) -> None:
-        r"""
-        Enables Enhance-A-Video (the original Ruyi implementation's formula) on every self-attention.
-
-        Args:
-            config ([`~diffusers_ruyi.hooks.RuyiEnhanceAVideoConfig`], *optional*):
-                The settings; built from `kwargs` (`weight`, `skip_start_steps`, `skip_end_steps`,
-                `num_inference_steps`) when not given.
-
-        Example:
-
-        ```py
-        >>> pipe.transformer.enable_enhance_a_video(weight=1.0)
-        >>> video = pipe(image).frames[0]
-        >>> pipe.transformer.disable_enhance_a_video()
-        ```
-        """
-        if config is None:
-            config = RuyiEnhanceAVideoConfig(**kwargs)
-        elif kwargs:
-            raise ValueError("Pass either `config` or keyword arguments, not both.")
-        if is_ruyi_enhance_a_video_enabled(self):
-            raise ValueError("Enhance-A-Video is already enabled; call `disable_enhance_a_video()` first.")
-        apply_ruyi_enhance_a_video(self, config)
-
-    def disable_enhance_a_video(self) -> None:
-        """Removes Enhance-A-Video."""
-        remove_ruyi_enhance_a_video(self)
-
-    def enable_skip_offload(self, group_size: int = 1, offload_device: Union[str, torch.device] = "cpu") -> None:
-        r"""
-        Keeps the long-skip activations on `offload_device` while they wait for their block (the original's
-        `gpu_offload_steps`). Outputs are unchanged; device memory drops by up to `num_layers / 2 - 1` activations at
-        the cost of transfers.
-
-        Args:
-            group_size (`int`, defaults to 1):
-                Activations are moved in groups of this size as they are produced, and a group is brought back when the
-                blocks need it. 1 keeps at most one activation on the device; larger groups make fewer, bigger
-                transfers and keep up to `group_size` on the device. The original offered 10, 7, 5 and 1.
-            offload_device (`str` or `torch.device`, defaults to `"cpu"`): Where the activations wait.
-        """
-        if group_size < 1:
-            raise ValueError(f"`group_size` must be >= 1, got {group_size}; use `disable_skip_offload()` to turn off.")
-        self._skip_offload_group_size = group_size
-        self._skip_offload_device = torch.device(offload_device)
-
-    def disable_skip_offload(self) -> None:
-        """Keeps the long-skip activations on the compute device again (the default)."""
-        self._skip_offload_group_size = 0
-        self._skip_offload_device = None
+        remove_current_timestep_hook(self)
 
     # ------------------------------------------------------------------------------------------------------------
     # Forward
@@ -999,9 +942,7 @@ class RuyiTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMix
 
         # Long skips: blocks 0 .. L/2-2 push their outputs, blocks L/2+1 .. L-1 pop them (last in, first out).
         half = self.config.num_layers // 2
-        skips = _LongSkipStack(
-            getattr(self, "_skip_offload_group_size", 0), getattr(self, "_skip_offload_device", None)
-        )
+        skips = LongSkipStack(self._skip_offload_config)
         for index, block in enumerate(self.blocks):
             skip = skips.pop(hidden_states.device) if index > half else None
             if torch.is_grad_enabled() and self.gradient_checkpointing:

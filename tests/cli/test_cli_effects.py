@@ -12,6 +12,7 @@ import torch
 
 from diffusers_ruyi import RuyiImageToVideoPipeline
 from diffusers_ruyi.cli import main
+from diffusers_ruyi.hooks import RuyiEnhanceAVideoConfig, apply_ruyi_enhance_a_video
 
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -62,7 +63,7 @@ def _lora(weight):
 
 
 def _enhance(pipe):
-    pipe.transformer.enable_enhance_a_video(weight=3.0)
+    apply_ruyi_enhance_a_video(pipe.transformer, RuyiEnhanceAVideoConfig(weight=3.0))
 
 
 CASES = {

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from diffusers_ruyi.hooks import RuyiEnhanceAVideoConfig, enhance_a_video_score
-from diffusers_ruyi.hooks._common import ArgumentReader, move_to
+from diffusers_ruyi.hooks._common import move_to
 
 
 def test_enhance_a_video_defaults_are_the_originals():
@@ -24,22 +24,6 @@ def test_enhance_a_video_two_frames_are_enhanced():
     key = torch.randn(1, 2 * 3, 2, 8, generator=generator)
     low, high = enhance_a_video_score(query, key, 2, 1.0), enhance_a_video_score(query, key, 2, 8.0)
     assert low is not None and high is not None and high > low >= 1
-
-
-def test_argument_reader_positional_keyword_and_missing():
-    def forward(self, hidden_states, timestep=None, extra=None):
-        return hidden_states
-
-    reader = ArgumentReader(forward)
-    assert reader.get("hidden_states", ("h",), {}) == "h"
-    assert reader.get("timestep", ("h", "t"), {}) == "t"
-    assert reader.get("timestep", ("h",), {"timestep": "kw"}) == "kw"
-    assert reader.get("extra", ("h", "t"), {}) is None  # not passed: None, not an IndexError
-
-    def free(hidden_states, timestep):  # no `self`: nothing is dropped
-        return hidden_states
-
-    assert ArgumentReader(free).get("timestep", ("h", "t"), {}) == "t"
 
 
 @pytest.mark.parametrize("device", [None, torch.device("cpu")])

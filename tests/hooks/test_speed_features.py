@@ -3,6 +3,7 @@
 Parity with the original implementation uses the goldens in `tests/fixtures/golden_extra/` (see its README).
 """
 
+import inspect
 import json
 import os
 import socket
@@ -10,18 +11,31 @@ import socket
 import PIL.Image
 import pytest
 import torch
-from diffusers import FirstBlockCacheConfig, MagCacheConfig, PyramidAttentionBroadcastConfig
+from diffusers import (
+    FasterCacheConfig,
+    FirstBlockCacheConfig,
+    MagCacheConfig,
+    PyramidAttentionBroadcastConfig,
+    TaylorSeerCacheConfig,
+    TextKVCacheConfig,
+)
 from safetensors.torch import load_file
 
 from diffusers_ruyi import RuyiImageToVideoPipeline, RuyiTransformer3DModel
 from diffusers_ruyi.hooks import (
     RuyiEnhanceAVideoConfig,
+    RuyiSkipOffloadConfig,
     RuyiTeaCacheConfig,
     apply_fp8_mode,
+    apply_ruyi_enhance_a_video,
+    apply_ruyi_skip_offload,
     enhance_a_video_score,
     get_ruyi_teacache_skipped_steps,
+    remove_ruyi_enhance_a_video,
+    remove_ruyi_skip_offload,
     select_fp8_modules,
 )
+from diffusers_ruyi.hooks.skip_offload import LongSkipStack
 from diffusers_ruyi.loaders.original_checkpoint import convert_transformer_config
 from diffusers_ruyi.models import transformer_ruyi
 from diffusers_ruyi.tiny import TINY_TRANSFORMER_CONFIG
@@ -154,13 +168,14 @@ def test_teacache_matches_original(golden_pipe, golden_dir, golden_meta):
 def test_enhance_a_video_matches_original(golden_pipe, golden_dir, golden_meta):
     case = golden_meta["enhance_a_video"]
     expected = load_file(os.path.join(GOLDEN_EXTRA, case["file"]))["video"]
-    golden_pipe.transformer.enable_enhance_a_video(
+    config = RuyiEnhanceAVideoConfig(
         weight=case["weight"], skip_start_steps=case["skip_start_steps"], skip_end_steps=case["skip_end_steps"]
     )
+    apply_ruyi_enhance_a_video(golden_pipe.transformer, config)
     try:
         video = _golden_call(golden_pipe, golden_dir, case)
     finally:
-        golden_pipe.transformer.disable_enhance_a_video()
+        remove_ruyi_enhance_a_video(golden_pipe.transformer)
     assert (video - expected).abs().max().item() <= GOLDEN_TOL
 
 
@@ -297,6 +312,62 @@ def test_pyramid_attention_broadcast_skips_processor_calls(monkeypatch):
     model.disable_cache()
 
 
+def test_pyramid_attention_broadcast_defaults_to_the_models_timestep(monkeypatch):
+    model, inputs = _tiny_model(), _inputs()
+    calls = {"self": 0}
+    original_call = transformer_ruyi.RuyiAttnProcessor.__call__
+
+    def counting_call(self, attn, *args, **kwargs):
+        if not attn.is_cross_attention:
+            calls["self"] += 1
+        return original_call(self, attn, *args, **kwargs)
+
+    monkeypatch.setattr(transformer_ruyi.RuyiAttnProcessor, "__call__", counting_call)
+    model.enable_cache(
+        PyramidAttentionBroadcastConfig(
+            spatial_attention_block_skip_range=2, spatial_attention_timestep_skip_range=(100, 800)
+        )
+    )
+    _denoise(model, inputs, [999, 700, 400, 100])
+    # 999 and 100 are outside (100, 800) and compute; inside, iteration 1 reuses and iteration 2 computes.
+    assert calls["self"] == 3 * len(model.blocks)
+    model.disable_cache()
+
+
+def test_faster_cache_with_its_defaults():
+    model, inputs = _tiny_model(), _inputs()
+    timesteps = [999, 800, 600, 400, 200, 1]
+    baseline = _denoise(model, inputs, timesteps)
+    assert set(RuyiTransformer3DModel._cfg_batched_input_names) <= set(inspect.signature(model.forward).parameters)
+
+    model.enable_cache(FasterCacheConfig())
+    batch_sizes = []
+    handle = model.blocks[0].register_forward_pre_hook(lambda module, args: batch_sizes.append(args[0].shape[0]))
+    cached = _denoise(model, inputs, timesteps)
+    handle.remove()
+    # The unconditional half is skipped below timestep 641, except every 5th iteration: only the conditional half
+    # (every batched input split, not just diffusers' default names) runs the blocks then.
+    assert batch_sizes == [2, 2, 1, 1, 1, 2]
+    assert all(out.shape == base.shape and torch.isfinite(out).all() for out, base in zip(cached, baseline))
+    assert torch.equal(cached[0], baseline[0]) and torch.equal(cached[1], baseline[1])
+    assert not torch.equal(cached[2], baseline[2])
+
+    model.disable_cache()
+    assert not model._diffusers_hook.hooks
+    assert all(torch.equal(a, b) for a, b in zip(baseline, _denoise(model, inputs, timesteps)))
+
+
+@pytest.mark.parametrize("config", [TextKVCacheConfig(), TaylorSeerCacheConfig()], ids=lambda c: type(c).__name__)
+def test_cache_that_cannot_apply_raises(config):
+    model = _tiny_model()
+    with pytest.raises(ValueError, match="found no layer of RuyiTransformer3DModel"):
+        model.enable_cache(config)
+    assert not model.is_cache_enabled
+    assert not any(getattr(m, "_diffusers_hook", None) and m._diffusers_hook.hooks for m in model.modules())
+    model.enable_cache(FirstBlockCacheConfig(threshold=0.1))
+    model.disable_cache()
+
+
 def test_mag_cache():
     model, inputs = _tiny_model(), _inputs()
     timesteps = [999, 800, 600, 400, 200, 1]
@@ -347,24 +418,24 @@ def test_enhance_a_video_steps_and_removal():
     model, inputs = _tiny_model(), _inputs()
     timesteps = [999, 700, 400, 100]
     baseline = _denoise(model, inputs, timesteps)
-    model.enable_enhance_a_video(RuyiEnhanceAVideoConfig(weight=2.0, skip_start_steps=1, skip_end_steps=1))
-    with pytest.raises(ValueError, match="already enabled"):
-        model.enable_enhance_a_video(weight=1.0)
+    apply_ruyi_enhance_a_video(model, RuyiEnhanceAVideoConfig(weight=2.0, skip_start_steps=1, skip_end_steps=1))
+    with pytest.raises(ValueError, match="already applied"):
+        apply_ruyi_enhance_a_video(model, RuyiEnhanceAVideoConfig(weight=1.0))
     enhanced = _denoise(model, inputs, timesteps)
     assert torch.equal(enhanced[0], baseline[0]) and torch.equal(enhanced[3], baseline[3])
     assert not torch.equal(enhanced[1], baseline[1]) and not torch.equal(enhanced[2], baseline[2])
     # Runs again identically after the pipeline-style reset, and combines with TeaCache.
     model._reset_stateful_cache()
     assert all(torch.equal(a, b) for a, b in zip(enhanced, _denoise(model, inputs, timesteps)))
-    model.disable_enhance_a_video()
+    remove_ruyi_enhance_a_video(model)
     assert all(torch.equal(a, b) for a, b in zip(baseline, _denoise(model, inputs, timesteps)))
     # A single frame has no cross-frame attention: unchanged.
     single = _inputs(frames=1)
-    model.enable_enhance_a_video(weight=2.0)
+    apply_ruyi_enhance_a_video(model, RuyiEnhanceAVideoConfig(weight=2.0))
     with torch.no_grad():
         other = {k: v for k, v in single.items() if k != "hidden_states"}
         out = model(single["hidden_states"], torch.full((2,), 500.0), **other).sample
-    model.disable_enhance_a_video()
+    remove_ruyi_enhance_a_video(model)
     with torch.no_grad():
         assert torch.equal(out, model(single["hidden_states"], torch.full((2,), 500.0), **other).sample)
 
@@ -413,24 +484,24 @@ def test_skip_offload_identical(monkeypatch, group_size):
     model, inputs = _tiny_model(num_layers=8), _inputs()
     baseline = _denoise(model, inputs, [500])[0]
     moves = []
-    original_move = transformer_ruyi._LongSkipStack._move
+    original_move = LongSkipStack._move
 
     def counting_move(self, tensor, device, memo):
         moves.append(device)
         return original_move(self, tensor, device, memo)
 
-    monkeypatch.setattr(transformer_ruyi._LongSkipStack, "_move", counting_move)
-    model.enable_skip_offload(group_size=group_size)
+    monkeypatch.setattr(LongSkipStack, "_move", counting_move)
+    apply_ruyi_skip_offload(model, RuyiSkipOffloadConfig(group_size=group_size))
     out = _denoise(model, inputs, [500])[0]
     assert torch.equal(out, baseline)
     # 8 layers: blocks 0-2 push a skip; every one is parked only when a full group was collected.
     parked = 3 - 3 % group_size
     assert len(moves) == 2 * parked
-    model.disable_skip_offload()
+    remove_ruyi_skip_offload(model)
     moves.clear()
     assert torch.equal(_denoise(model, inputs, [500])[0], baseline) and not moves
     with pytest.raises(ValueError):
-        model.enable_skip_offload(group_size=0)
+        RuyiSkipOffloadConfig(group_size=0)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from diffusers_ruyi import RuyiImageToVideoPipeline
-from diffusers_ruyi.hooks import RuyiEnhanceAVideoConfig
+from diffusers_ruyi.hooks import RuyiEnhanceAVideoConfig, apply_ruyi_enhance_a_video, remove_ruyi_enhance_a_video
 
 
 GOLDEN_TOL = 1e-4
@@ -100,17 +100,18 @@ def test_guidance_rescale_matches_original(pipe, golden_dir, behaviour_cases):
 
 def test_enhance_a_video_weight_matches_original(pipe, golden_dir, behaviour_cases):
     case = behaviour_cases["enhance_weight"]
-    pipe.transformer.enable_enhance_a_video(
+    apply_ruyi_enhance_a_video(
+        pipe.transformer,
         RuyiEnhanceAVideoConfig(
             weight=case["enhance_weight"],
             skip_start_steps=case["enhance_skip_start"],
             skip_end_steps=case["enhance_skip_end"],
-        )
+        ),
     )
     try:
         video = _golden_call(pipe, golden_dir, case)
     finally:
-        pipe.transformer.disable_enhance_a_video()
+        remove_ruyi_enhance_a_video(pipe.transformer)
     assert (video - _expected(golden_dir, case)).abs().max().item() <= GOLDEN_TOL
 
 

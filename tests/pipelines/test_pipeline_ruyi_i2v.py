@@ -1,12 +1,18 @@
 import json
+import os
+import pathlib
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import PIL.Image
 import pytest
 import torch
 from diffusers import (
+    AutoModel,
     DDIMScheduler,
+    DiffusionPipeline,
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
@@ -16,7 +22,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from diffusers_ruyi import RuyiImageToVideoPipeline, RuyiPipelineOutput
+from diffusers_ruyi import (
+    AutoencoderKLRuyiCausal3D,
+    RuyiImageToVideoPipeline,
+    RuyiPipelineOutput,
+    RuyiTransformer3DModel,
+)
 from diffusers_ruyi.pipelines.controls import CAMERA_DIRECTIONS, MOTION_VALUES, get_bucket_size
 
 
@@ -85,6 +96,40 @@ def test_save_pretrained_round_trip(pipe, start_image, tmp_path):
     reloaded = RuyiImageToVideoPipeline.from_pretrained(tmp_path, dtype=torch.float32)
     reloaded.set_progress_bar_config(disable=True)
     assert torch.equal(_call(reloaded, start_image).frames, expected)
+
+
+def test_saved_folder_loads_like_any_diffusers_pipeline(pipe, start_image, tmp_path):
+    expected = _call(pipe, start_image).frames
+    pipe.save_pretrained(tmp_path)
+    loaded = DiffusionPipeline.from_pretrained(tmp_path, torch_dtype=torch.float32)
+    assert type(loaded) is RuyiImageToVideoPipeline
+    loaded.set_progress_bar_config(disable=True)
+    assert torch.equal(_call(loaded, start_image).frames, expected)
+    # diffusers' loading options on a saved folder (an empty `_keep_in_fp32_modules` used to refuse the first).
+    for kwargs in ({"low_cpu_mem_usage": False}, {"device_map": "cpu"}):
+        other = RuyiImageToVideoPipeline.from_pretrained(tmp_path, **kwargs)
+        other.set_progress_bar_config(disable=True)
+        assert torch.equal(_call(other, start_image).frames, expected), kwargs
+    # (diffusers' AutoModel takes the path as a string.)
+    assert type(AutoModel.from_pretrained(str(tmp_path), subfolder="transformer")) is RuyiTransformer3DModel
+    assert type(AutoModel.from_pretrained(str(tmp_path / "transformer"))) is RuyiTransformer3DModel
+    assert type(AutoModel.from_pretrained(str(tmp_path / "vae"))) is AutoencoderKLRuyiCausal3D
+
+
+def test_diffusers_finds_the_pipeline_whatever_the_import_order(pipe, tmp_path):
+    """In a fresh interpreter `import diffusers_ruyi` comes before diffusers is imported, unlike in this test session."""
+    pipe.save_pretrained(tmp_path)
+    code = (
+        "import sys, diffusers_ruyi\n"
+        "assert 'diffusers' not in sys.modules\n"
+        "from diffusers import DiffusionPipeline\n"
+        f"print(type(DiffusionPipeline.from_pretrained({str(tmp_path)!r})).__name__)\n"
+    )
+    root = str(pathlib.Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "RuyiImageToVideoPipeline"
 
 
 def test_output_types(pipe, start_image):
