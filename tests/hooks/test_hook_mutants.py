@@ -107,16 +107,3 @@ def test_fp8_passes_its_casting_options_to_every_layer(monkeypatch):
     calls.clear()
     apply_fp8_mode(_two_linears(), "extreme", non_blocking=True)
     assert calls == [(torch.float8_e4m3fn, torch.float32, True)] * 2
-
-
-def test_argument_reader_drops_only_a_self_parameter():
-    # Kills `parameters[0] == "self"` -> `>= "self"` (hooks/_common.py, used by teacache and enhance): a free
-    # function whose first parameter sorts after "self" keeps it.
-    from diffusers_ruyi.hooks._common import ArgumentReader
-
-    def free(timestep, hidden_states):
-        return hidden_states
-
-    reader = ArgumentReader(free)
-    assert reader.get("timestep", ("t", "h"), {}) == "t"
-    assert reader.get("hidden_states", ("t", "h"), {}) == "h"

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from diffusers_ruyi.models.transformer_ruyi import _sincos_2d_grid_embedding
+from diffusers_ruyi.models.transformer_ruyi import RuyiImageResampler
 
 
 def _mae_sincos_table(embed_dim: int, grid_size: int) -> np.ndarray:
@@ -26,7 +26,8 @@ def test_resampler_position_table_is_the_mae_one():
     # The checkpoint stores this table (`clip_projection.pos_embed`), but a model built from a config (training from
     # scratch, the tiny test checkpoints) starts from it. 8 channels: the frequencies are 1 and 1/100, and a 128-wide
     # grid makes a wrong base (9999 instead of 10000) move the second frequency's angles by ~6e-5.
-    table = _sincos_2d_grid_embedding(8, 128).double().numpy()
+    table = RuyiImageResampler(num_queries=128 * 128, embed_dim=8, num_heads=1, kv_dim=8).pos_embed
+    table = table.detach().double().numpy()
     assert table.shape == (128 * 128, 8)
     np.testing.assert_allclose(table, _mae_sincos_table(8, 128), atol=3e-5, rtol=0)
     # The slow frequency at the last column, where float32 rounding is far below a wrong base's error.
