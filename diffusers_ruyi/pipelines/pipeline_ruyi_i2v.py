@@ -24,6 +24,7 @@ import PIL.Image
 import torch
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import BaseOutput, logging, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
@@ -127,6 +128,24 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         self.vae_scale_factor_spatial = self.vae.spatial_compression_ratio if getattr(self, "vae", None) else 8
         self.vae_scale_factor_temporal = self.vae.temporal_compression_ratio if getattr(self, "vae", None) else 4
         self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor_spatial)
+
+    def __setattr__(self, name: str, value: Any):
+        if name == "scheduler" and value is not None:
+            self._check_scheduler(value)
+        super().__setattr__(name, value)
+
+    @staticmethod
+    def _check_scheduler(scheduler) -> None:
+        # Ruyi predicts the velocity of a DDPM-style (alphas_cumprod) noise schedule. Flow-matching schedulers and
+        # epsilon/sample predictions would run without error and return noise.
+        prediction_type = getattr(getattr(scheduler, "config", None), "prediction_type", None)
+        if not hasattr(scheduler, "alphas_cumprod") or prediction_type != "v_prediction":
+            raise ValueError(
+                f"{type(scheduler).__name__} (prediction_type={prediction_type!r}) cannot run Ruyi, which predicts the "
+                "velocity (v-prediction) of a DDPM noise schedule: use a DDPM-family scheduler with "
+                "prediction_type='v_prediction', e.g. `EulerDiscreteScheduler.from_config(pipe.scheduler.config)`. "
+                "Flow-matching schedulers do not apply."
+            )
 
     # ------------------------------------------------------------------------------------------------------------
     # Loading and saving
@@ -383,27 +402,37 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         return video, torch.stack(masks), resized
 
     def encode_conditioning(
-        self, video: torch.Tensor, mask: torch.Tensor, generator, device: torch.device
+        self,
+        video: torch.Tensor,
+        mask: torch.Tensor,
+        generator,
+        device: torch.device,
+        num_videos_per_prompt: int = 1,
     ) -> torch.Tensor:
         r"""
-        Encodes the mask and the masked video with the VAE into `inpaint_latents` `(B, 2 * 16, f, h, w)`.
+        Encodes the mask and the masked video with the VAE into `inpaint_latents` `(B * num_videos_per_prompt, 2 * 16,
+        f, h, w)`, the videos of one input next to each other.
 
         Masked pixels are set to -1 before encoding; the mask itself is encoded as a 3-channel video in {0, 1}. As in
         the original, each video goes through the VAE on its own (the mask latents of every video first, then the
-        masked videos'). Posterior samples come from `generator` (per video when it is a list); the original drew
-        them from the global RNG.
+        masked videos'). Posterior samples come from `generator`: with a list, every output video draws its own from
+        its own generator, so it gets the samples of its single run; with one generator (or none; the original drew
+        from the global RNG) the videos of one input share one sample.
         """
         mask_video = mask.repeat(1, 3, 1, 1, 1)
         masked_video = video * (mask_video < 0.5) + torch.ones_like(video) * (mask_video > 0.5) * -1
         latents = []
         with self._vae_upcast():
             for pixels in (mask_video, masked_video):
-                per_video = []
+                samples = []
                 for i, one in enumerate(pixels.split(1)):
-                    sample_generator = generator[i] if isinstance(generator, list) else generator
                     posterior = self.vae.encode(one.to(device=device, dtype=self.vae.dtype)).latent_dist
-                    per_video.append(posterior.sample(generator=sample_generator))
-                latents.append(torch.cat(per_video) * self.vae.config.scaling_factor)
+                    if isinstance(generator, list):
+                        video_generators = generator[i * num_videos_per_prompt : (i + 1) * num_videos_per_prompt]
+                        samples += [posterior.sample(generator=g) for g in video_generators]
+                    else:
+                        samples += [posterior.sample(generator=generator)] * num_videos_per_prompt
+                latents.append(torch.cat(samples) * self.vae.config.scaling_factor)
         return torch.cat(latents, dim=1)
 
     def encode_image(self, images: List[PIL.Image.Image], device: torch.device) -> torch.Tensor:
@@ -677,8 +706,8 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         clip_embeds = self.encode_image(clip_images, device).to(transformer_dtype)
         clip_embeds = clip_embeds.repeat_interleave(num_videos_per_prompt, dim=0)
         clip_mask = torch.ones(batch, self.transformer.config.n_query, device=device, dtype=transformer_dtype)
-        inpaint_latents = self.encode_conditioning(video, mask, generator, device).to(transformer_dtype)
-        inpaint_latents = inpaint_latents.repeat_interleave(num_videos_per_prompt, dim=0)
+        inpaint_latents = self.encode_conditioning(video, mask, generator, device, num_videos_per_prompt)
+        inpaint_latents = inpaint_latents.to(transformer_dtype)
         if self.do_classifier_free_guidance:
             # The negative branch sees no image: zero features and a zero mask.
             clip_embeds = torch.cat([torch.zeros_like(clip_embeds), clip_embeds])
@@ -697,7 +726,8 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         num_channels_latents = self.vae.config.latent_channels
 
         # 6. Denoising loop.
-        with self.progress_bar(total=num_inference_steps) as progress_bar:
+        # Samplers such as PNDM or Heun take more timesteps than `num_inference_steps`; the bar counts every call.
+        with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue
@@ -731,11 +761,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                     noise_pred_uncond, noise_pred_cond = noise_pred.chunk(2)
                     noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_cond - noise_pred_uncond)
                     if guidance_rescale > 0.0:
-                        dims = list(range(1, noise_pred.ndim))
-                        std_cond = noise_pred_cond.std(dim=dims, keepdim=True)
-                        std_cfg = noise_pred.std(dim=dims, keepdim=True)
-                        rescaled = noise_pred * (std_cond / std_cfg)
-                        noise_pred = guidance_rescale * rescaled + (1 - guidance_rescale) * noise_pred
+                        noise_pred = rescale_noise_cfg(noise_pred, noise_pred_cond, guidance_rescale=guidance_rescale)
 
                 latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
 

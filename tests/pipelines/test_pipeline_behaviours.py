@@ -145,6 +145,29 @@ def test_batch_with_several_videos_per_image_keeps_their_order(pipe, images):
     assert (batch[2:] - second).abs().max().item() <= GOLDEN_TOL
 
 
+def test_generator_list_drives_each_videos_vae_samples(pipe, images):
+    """Video k of a batch draws its VAE posterior samples from generator k, exactly as in its own single run.
+
+    (The tiny VAE's posterior std is ~3e-7, far below the video tolerance, so the `inpaint_latents` are compared.)
+    """
+
+    def inpaint_latents(image, seeds, **kwargs):
+        seen = {}
+
+        def grab(p, i, t, callback_kwargs):
+            seen["latents"] = callback_kwargs["inpaint_latents"]
+            return {}
+
+        _run(pipe, image, seeds, num_inference_steps=1, output_type="latent", callback_on_step_end=grab,
+             callback_on_step_end_tensor_inputs=["inpaint_latents"], **kwargs)  # fmt: skip
+        return seen["latents"].chunk(2)[1]  # the conditional half of the guidance batch
+
+    batch = inpaint_latents(images[:2], [0, 1, 2, 3], num_videos_per_prompt=2)
+    for k, seed in enumerate([0, 1, 2, 3]):
+        assert torch.equal(batch[k], inpaint_latents(images[k // 2], [seed])[0]), k
+    assert not torch.equal(batch[0], batch[1])
+
+
 def test_batch_without_guidance_equals_single_runs(pipe, images):
     batch = _run(pipe, images[:2], [0, 1], guidance_scale=1.0)
     second = _run(pipe, images[1], [1], guidance_scale=1.0)

@@ -16,6 +16,7 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
     PNDMScheduler,
 )
 from hypothesis import HealthCheck, given, settings
@@ -197,6 +198,47 @@ def test_scheduler_swap(pipe, start_image, scheduler_cls):
     assert out.shape == base.shape and torch.isfinite(out).all()
     assert not torch.equal(out, base)
     assert isinstance(pipe.scheduler, DDIMScheduler)
+
+
+@pytest.mark.parametrize(
+    "scheduler",
+    [FlowMatchEulerDiscreteScheduler(), DDIMScheduler(prediction_type="epsilon")],
+    ids=["flow_matching", "epsilon"],
+)
+def test_schedulers_that_cannot_run_ruyi_are_refused(pipe, tiny_checkpoint, scheduler):
+    original = pipe.scheduler
+    with pytest.raises(ValueError, match="v-prediction"):
+        pipe.scheduler = scheduler
+    assert pipe.scheduler is original
+    with pytest.raises(ValueError, match="v-prediction"):
+        RuyiImageToVideoPipeline.from_pretrained(tiny_checkpoint, scheduler=scheduler)
+
+
+def test_progress_bar_counts_every_timestep(pipe, start_image, monkeypatch):
+    class Bar:
+        def __init__(self, total):
+            self.total, self.n = total, 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, n=1):
+            self.n += n
+
+    bars = []
+    monkeypatch.setattr(pipe, "progress_bar", lambda iterable=None, total=None: bars.append(Bar(total)) or bars[-1])
+    original = pipe.scheduler
+    try:
+        pipe.scheduler = PNDMScheduler.from_config(original.config)
+        _call(pipe, start_image, num_inference_steps=5, output_type="latent")
+        timesteps = len(pipe.scheduler.timesteps)
+    finally:
+        pipe.scheduler = original
+    assert timesteps > 5  # PNDM adds a step
+    assert bars[0].total == bars[0].n == timesteps == pipe.num_timesteps
 
 
 def test_size_from_base_resolution(pipe):
