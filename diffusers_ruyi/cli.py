@@ -232,7 +232,7 @@ def check_model(model: str) -> None:
     if (_env_flag("HF_HUB_OFFLINE") or _env_flag("TRANSFORMERS_OFFLINE")) and cached_snapshot(model) is None:
         raise CLIError(
             f"--model {model!r} is no local folder, and not in the Hugging Face cache ({_hub_cache_dir()}) while "
-            f"HF_HUB_OFFLINE is set: run `huggingface-cli download {model}` once online, pass a local folder, or use --model "
+            f"HF_HUB_OFFLINE is set: run `hf download {model}` once online, pass a local folder, or use --model "
             f"{TINY_RANDOM}"
         )
 
@@ -338,6 +338,15 @@ class Progress:
     def __init__(self, quiet: bool):
         self.quiet = quiet
         self.start_time = time.perf_counter()
+        self._at_close: List[Callable[[], Any]] = []
+
+    def at_close(self, undo: Callable[[], Any]) -> None:
+        """Registers ``undo`` (a global setting changed for this run) to be called by `close`."""
+        self._at_close.append(undo)
+
+    def close(self) -> None:
+        while self._at_close:
+            self._at_close.pop()()
 
     def say(self, message: str) -> None:
         if not self.quiet:
@@ -380,29 +389,38 @@ def peak_memory(device) -> str:
     return f"peak memory {_format_size(rss)} (RSS)"
 
 
-def _configure_messages(args: argparse.Namespace) -> None:
+def _configure_messages(args: argparse.Namespace, progress: Progress) -> None:
+    """Library logging and progress bars for ``--quiet`` / ``--verbose``. The settings are global to the process, so
+    each one is put back when the run ends (`Progress.close`): `main` may run more than once in a process."""
+    import logging
+
     import diffusers.utils.logging as diffusers_logging
     import transformers.utils.logging as transformers_logging
 
+    for library in (diffusers_logging, transformers_logging):
+        progress.at_close(functools.partial(library.set_verbosity, library.get_verbosity()))
+        if library.is_progress_bar_enabled():
+            progress.at_close(library.enable_progress_bar)
     if args.quiet:
         diffusers_logging.disable_progress_bar()
         transformers_logging.disable_progress_bar()
         try:
-            from huggingface_hub.utils import disable_progress_bars
+            from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
+            if not are_progress_bars_disabled():
+                progress.at_close(enable_progress_bars)
             disable_progress_bars()
         except ImportError:  # pragma: no cover - older huggingface_hub
             pass
     if args.verbose:
         diffusers_logging.set_verbosity_info()
-        import logging
-
         logger = logging.getLogger("diffusers_ruyi")
+        progress.at_close(functools.partial(logger.setLevel, logger.level))
         logger.setLevel(logging.INFO)
-        if not logger.handlers:
-            handler = logging.StreamHandler(sys.stderr)
-            handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
-            logger.addHandler(handler)
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
+        logger.addHandler(handler)
+        progress.at_close(functools.partial(logger.removeHandler, handler))
     else:
         diffusers_logging.set_verbosity_warning()
         transformers_logging.set_verbosity_error()
@@ -438,6 +456,8 @@ def explain(error: BaseException, stage: str, args: argparse.Namespace) -> CLIEr
             if name in ("RepositoryNotFoundError", "HFValidationError", "GatedRepoError", "LocalEntryNotFoundError"):
                 return CLIError(f"--model {args.model!r}: {_one_line(error)}", EXIT_BAD_INPUT)
             return CLIError(f"--model {args.model!r} could not be downloaded: {_one_line(error)}", EXIT_FAILURE)
+        if isinstance(error, ConnectionError):  # the Hub could not be reached: not the checkpoint's fault
+            return CLIError(f"--model {args.model!r}: {_one_line(error)}", EXIT_FAILURE)
         if isinstance(error, FileNotFoundError) and not os.path.exists(args.model) and args.model != TINY_RANDOM:
             return CLIError(f"--model {args.model!r}: {_one_line(error)}", EXIT_BAD_INPUT)
         if isinstance(error, (ValueError, OSError, KeyError, RuntimeError, TypeError)):
@@ -469,7 +489,13 @@ class _Stage:
     """What the run is doing, for error messages."""
 
     name = "load"
-    WORDS = {"load": "loading", "lora": "loading a LoRA", "generate": "generating", "write": "writing"}
+    WORDS = {
+        "check": "checking the arguments",
+        "load": "loading",
+        "lora": "loading a LoRA",
+        "generate": "generating",
+        "write": "writing",
+    }
 
     @property
     def doing(self) -> str:
@@ -482,8 +508,9 @@ def _load(args: argparse.Namespace, dtype, progress: Progress):
     if args.model == TINY_RANDOM:
         with progress.phase("building the tiny random model"):
             pipe = build_tiny_random_pipeline()
-            pipe.transformer.to(dtype)
-            pipe.image_encoder.to(dtype)
+            if dtype != pipe.transformer.dtype:  # a no-op cast would still make diffusers warn
+                pipe.transformer.to(dtype)
+                pipe.image_encoder.to(dtype)
         return pipe
 
     from .pipelines.pipeline_ruyi_i2v import RuyiImageToVideoPipeline
@@ -570,7 +597,7 @@ def _run(args: argparse.Namespace, progress: Progress, stage: _Stage) -> None:
         import torch
         from diffusers.utils import load_image
 
-        _configure_messages(args)
+        _configure_messages(args, progress)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
@@ -625,13 +652,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     progress.quiet = args.quiet
-    try:
-        check_args(args)
-    except CLIError as e:
-        parser.error(str(e))
-
     stage = _Stage()
+    stage.name = "check"
     try:
+        try:
+            check_args(args)
+        except CLIError as e:
+            parser.error(str(e))
         _run(args, progress, stage)
     except KeyboardInterrupt:
         if args.verbose:
@@ -644,6 +671,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         failure = explain(e, stage.name, args)
         print(f"{PROG}: error: {failure}", file=sys.stderr)
         return failure.code
+    finally:
+        progress.close()
     return 0
 
 

@@ -4,6 +4,7 @@ python examples/camera_control_grid.py --model IamCreateAI/Ruyi-Mini-7B --image 
 """
 
 import argparse
+import os
 
 import numpy as np
 import torch
@@ -24,6 +25,8 @@ def main(argv=None):
     parser.add_argument("--height", type=int, default=256)
     parser.add_argument("--width", type=int, default=448)
     args = parser.parse_args(argv)
+    # Create the output folder now: a bad --output then fails before the model is loaded, not after generating.
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
 
     on_gpu = torch.cuda.is_available()
     pipe = load_pipeline(args.model, dtype=torch.bfloat16 if on_gpu else torch.float32)

@@ -5,6 +5,7 @@ python examples/image_to_video.py --model tiny-random --num-frames 8 --steps 2  
 """
 
 import argparse
+import os
 
 import torch
 from diffusers.utils import export_to_video, load_image
@@ -21,6 +22,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--base-resolution", type=int, default=512)
     args = parser.parse_args(argv)
+    # Create the output folder now: a bad --output then fails before the model is loaded, not after generating.
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
 
     on_gpu = torch.cuda.is_available()
     pipe = load_pipeline(args.model, dtype=torch.bfloat16 if on_gpu else torch.float32)

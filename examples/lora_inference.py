@@ -1,9 +1,15 @@
 """LoRA inference: load one or more LoRAs (diffusers or original Ruyi format) and generate.
 
 python examples/lora_inference.py --model IamCreateAI/Ruyi-Mini-7B --lora my_lora.safetensors --lora-weight 0.8
+
+Offline smoke run: the test suite's original-format LoRA was made for the tiny random model's architecture.
+
+python examples/lora_inference.py --model tiny-random --lora tests/fixtures/lora/ruyi_lora_original.safetensors \
+    --num-frames 8 --steps 2 --base-resolution 128
 """
 
 import argparse
+import os
 
 import torch
 from diffusers.utils import export_to_video, load_image
@@ -23,6 +29,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--base-resolution", type=int, default=512)
     args = parser.parse_args(argv)
+    # Create the output folder now: a bad --output then fails before the model is loaded, not after generating.
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
 
     on_gpu = torch.cuda.is_available()
     pipe = load_pipeline(args.model, dtype=torch.bfloat16 if on_gpu else torch.float32)

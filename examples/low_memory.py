@@ -7,6 +7,7 @@ See docs/memory_and_speed.md for the measured effect of each setting.
 """
 
 import argparse
+import os
 
 import torch
 from diffusers.utils import export_to_video, load_image
@@ -26,6 +27,8 @@ def main(argv=None):
     parser.add_argument("--fp8", action="store_true", help="Store transformer weights in float8 (computes in bf16).")
     parser.add_argument("--tile", type=int, default=256, help="VAE tile size in pixels.")
     args = parser.parse_args(argv)
+    # Create the output folder now: a bad --output then fails before the model is loaded, not after generating.
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
 
     on_gpu = torch.cuda.is_available()
     compute_dtype = torch.bfloat16 if on_gpu else torch.float32

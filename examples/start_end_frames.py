@@ -4,6 +4,7 @@ python examples/start_end_frames.py --model IamCreateAI/Ruyi-Mini-7B --image a.j
 """
 
 import argparse
+import os
 
 import torch
 from diffusers.utils import export_to_video, load_image
@@ -22,6 +23,8 @@ def main(argv=None):
     parser.add_argument("--height", type=int, default=384)
     parser.add_argument("--width", type=int, default=672)
     args = parser.parse_args(argv)
+    # Create the output folder now: a bad --output then fails before the model is loaded, not after generating.
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
 
     on_gpu = torch.cuda.is_available()
     pipe = load_pipeline(args.model, dtype=torch.bfloat16 if on_gpu else torch.float32)

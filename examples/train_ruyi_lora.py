@@ -40,6 +40,7 @@ from peft.utils import get_peft_model_state_dict
 from tqdm.auto import tqdm
 
 from diffusers_ruyi.pipelines.pipeline_ruyi_i2v import RuyiImageToVideoPipeline
+from diffusers_ruyi.tiny import build_tiny_random_pipeline
 
 
 logger = get_logger(__name__)
@@ -59,7 +60,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="LoRA fine-tuning of Ruyi-Mini-7B (image-to-video).")
     # Model and data.
     parser.add_argument(
-        "--pretrained_model_name_or_path", required=True, help="Hub id or folder (original or diffusers layout)."
+        "--pretrained_model_name_or_path",
+        required=True,
+        help="Hub id, folder (original or diffusers layout), or 'tiny-random' (a tiny random model built locally).",
     )
     parser.add_argument("--data_dir", required=True, help="Folder of videos; see docs/lora.md for the layout.")
     parser.add_argument(
@@ -398,10 +401,15 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
 
     # Models: everything frozen; the VAE stays fp32 (it is small and sensitive), the rest in the training dtype.
-    pipe = RuyiImageToVideoPipeline.from_pretrained(
-        args.pretrained_model_name_or_path,
-        dtype={"transformer": weight_dtype, "image_encoder": weight_dtype, "default": torch.float32},
-    )
+    if args.pretrained_model_name_or_path == "tiny-random":  # a tiny random model built locally: a smoke run
+        pipe = build_tiny_random_pipeline()
+        pipe.transformer.to(weight_dtype)
+        pipe.image_encoder.to(weight_dtype)
+    else:
+        pipe = RuyiImageToVideoPipeline.from_pretrained(
+            args.pretrained_model_name_or_path,
+            dtype={"transformer": weight_dtype, "image_encoder": weight_dtype, "default": torch.float32},
+        )
     pipe.set_progress_bar_config(disable=True)
     transformer = pipe.transformer
     for model in (pipe.vae, pipe.image_encoder, transformer):

@@ -33,13 +33,22 @@ def main(argv=None) -> None:
 
     if os.path.exists(args.output) and not args.overwrite:
         parser.error(f"--output {args.output!r} exists; pass --overwrite to replace it.")
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        parser.error(f"--output {args.output!r} is a file; give a folder name.")
+    parent = os.path.dirname(os.path.abspath(args.output))
+    try:  # before loading: a bad --output must not cost a load of the whole checkpoint
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        parser.error(f"--output {args.output!r} cannot be created: {e}")
     dtype = {"default": DTYPES[args.dtype], "vae": torch.float32}
     pipe = RuyiImageToVideoPipeline.from_pretrained(args.checkpoint, dtype=dtype)
 
-    parent = os.path.dirname(os.path.abspath(args.output))
-    os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".ruyi-convert-", dir=parent)
     try:
+        # mkdtemp creates the folder 0700; give the result the permissions a plain `mkdir` would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
         pipe.save_pretrained(tmp, max_shard_size=args.max_shard_size)
         if os.path.exists(args.output):
             shutil.rmtree(args.output)

@@ -50,6 +50,60 @@ _SAFETENSORS_DTYPES = {
 _CAST_CHUNK_BYTES = 16 * 2**20
 
 
+def _safetensors_size(path: str) -> int:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Expected a safetensors file at {path!r}, but it does not exist.")
+    return os.path.getsize(path)
+
+
+def _read_safetensors_header(f, path: str, file_size: int):
+    """Parses the header of an open safetensors file: (offset of the data, entries sorted by offset).
+
+    Raises `ValueError` when the file is not a safetensors file or is shorter than its header says (truncated)."""
+    try:
+        header_size = int.from_bytes(f.read(8), "little")
+        if not 0 < header_size <= file_size - 8:
+            raise ValueError(f"its header claims {header_size} bytes")
+        header = json.loads(f.read(header_size))
+        header.pop("__metadata__", None)
+        base = 8 + header_size
+        entries = sorted(header.items(), key=lambda item: item[1]["data_offsets"][0])
+        end = max((info["data_offsets"][1] for _, info in entries), default=0)
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path!r} is not a valid safetensors file: {e}") from None
+    if base + end > file_size:
+        raise ValueError(
+            f"{path!r} is truncated: its header describes {base + end} bytes but the file has {file_size}. "
+            "Download it again."
+        )
+    return base, entries
+
+
+def check_safetensors_file(path: str) -> None:
+    """Reads only the header of a safetensors file and raises a `ValueError` that says "truncated" or "not a valid
+    safetensors file" when the file is broken (diffusers' own loader reports either as a chain of generic errors).
+
+    Raises:
+        `FileNotFoundError`: no file at ``path``.
+        `ValueError`: the file is truncated or not a safetensors file.
+    """
+    with open(path, "rb") as f:
+        _read_safetensors_header(f, path, _safetensors_size(path))
+
+
+def check_weight_files(folder: str) -> None:
+    """Checks the header of every ``*.safetensors`` file in the component sub-folders of a diffusers-format pipeline
+    folder, so that a truncated download is reported as such before anything is loaded (see
+    `check_safetensors_file`)."""
+    for name in sorted(os.listdir(folder)):
+        component = os.path.join(folder, name)
+        if not os.path.isdir(component):
+            continue
+        for file_name in sorted(os.listdir(component)):
+            if file_name.endswith(".safetensors"):
+                check_safetensors_file(os.path.join(component, file_name))
+
+
 def read_safetensors(path: str, dtype: Optional[torch.dtype] = None) -> Dict[str, torch.Tensor]:
     """Reads a safetensors file on CPU (never pickle), one tensor at a time, casting floating tensors to ``dtype``.
 
@@ -62,26 +116,9 @@ def read_safetensors(path: str, dtype: Optional[torch.dtype] = None) -> Dict[str
         `FileNotFoundError`: no file at ``path``.
         `ValueError`: the file is truncated or not a safetensors file (the message says which).
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Expected a safetensors file at {path!r}, but it does not exist.")
-    file_size = os.path.getsize(path)
+    file_size = _safetensors_size(path)
     with open(path, "rb") as f:
-        try:
-            header_size = int.from_bytes(f.read(8), "little")
-            if not 0 < header_size <= file_size - 8:
-                raise ValueError(f"its header claims {header_size} bytes")
-            header = json.loads(f.read(header_size))
-            header.pop("__metadata__", None)
-            base = 8 + header_size
-            entries = sorted(header.items(), key=lambda item: item[1]["data_offsets"][0])
-            end = max((info["data_offsets"][1] for _, info in entries), default=0)
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path!r} is not a valid safetensors file: {e}") from None
-        if base + end > file_size:
-            raise ValueError(
-                f"{path!r} is truncated: its header describes {base + end} bytes but the file has {file_size}. "
-                "Download it again."
-            )
+        base, entries = _read_safetensors_header(f, path, file_size)
         state_dict = {}
         staging = None  # reused buffer for casting: a cast then costs no second copy of any tensor
         for name, info in entries:
@@ -224,6 +261,7 @@ def local_folder(path_or_repo_id: Union[str, os.PathLike], hub_kwargs: Dict[str,
     Raises:
         `FileNotFoundError`: a local path that does not exist (a mistyped path is never sent to the hub), or a hub id
             that is not in the local cache while offline.
+        `ConnectionError`: a hub id that is not cached while the Hub cannot be reached.
     """
     subfolder = hub_kwargs.get("subfolder") or ""
     path = str(path_or_repo_id)
@@ -240,17 +278,33 @@ def local_folder(path_or_repo_id: Union[str, os.PathLike], hub_kwargs: Dict[str,
     except HFValidationError:
         looks_local = True
     if looks_local:
-        raise FileNotFoundError(f"{path!r} is not an existing folder (nor a hub repository id like 'owner/name').")
+        raise FileNotFoundError(
+            f"{path!r} is not an existing folder (nor a hub repository id like 'owner/name'); check the path."
+        )
     download_kwargs = {k: v for k, v in hub_kwargs.items() if k != "subfolder"}
     if subfolder:
         download_kwargs["allow_patterns"] = [f"{subfolder}/*"]
     try:
         return os.path.join(snapshot_download(path, **download_kwargs), subfolder)
     except LocalEntryNotFoundError as e:
-        raise FileNotFoundError(
-            f"{path!r} is not in the local Hugging Face cache and downloading is off (HF_HUB_OFFLINE=1 or "
-            "local_files_only): download it once online, or pass a local folder."
-        ) from e
+        # `from None`: the hub client's own chain adds ~50 lines that say the same thing less clearly.
+        if hub_kwargs.get("local_files_only") or _hub_offline():
+            raise FileNotFoundError(
+                f"{path!r} is not in the local Hugging Face cache and downloading is off (HF_HUB_OFFLINE=1 or "
+                f"local_files_only): download it once online (`hf download {path}`), or pass a local folder."
+            ) from None
+        cause = e.__cause__ or e.__context__
+        reason = f"{type(cause).__name__}: {cause}" if cause is not None else str(e).splitlines()[0]
+        raise ConnectionError(
+            f"{path!r} could not be downloaded and is not in the local Hugging Face cache: the Hub could not be "
+            f"reached ({reason}). Check the network connection, or pass a local folder."
+        ) from None
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
 
 
 def find_original_subfolder(root: str, candidates: Iterable[str]) -> Optional[str]:

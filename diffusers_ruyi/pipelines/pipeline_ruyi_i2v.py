@@ -15,6 +15,7 @@
 import contextlib
 import inspect
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
@@ -38,6 +39,9 @@ from .controls import RuyiControlEmbeddings, control_name, get_bucket_size
 
 
 logger = logging.get_logger(__name__)
+
+# The longest videos Ruyi-Mini-7B was trained on; longer ones run, with a warning.
+MAX_TRAINED_FRAMES = 120
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -172,6 +176,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         """
         from ..loaders.original_checkpoint import (
             HUB_KWARGS,
+            check_weight_files,
             is_original_pipeline_folder,
             load_original_pipeline_components,
             local_folder,
@@ -193,6 +198,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                 "a Ruyi checkpoint in the original layout (transformer/, vae/, image_encoder/, scheduler/ and "
                 "embeddings.safetensors)."
             )
+        check_weight_files(path)
         if dtype is not None:
             kwargs["dtype"] = dtype
         return super().from_pretrained(path, **kwargs)
@@ -301,6 +307,11 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             )
         if last_images is not None and num_frames < 2:
             raise ValueError("`last_image` needs `num_frames` >= 2: the last frame would overwrite the first.")
+        if num_frames > MAX_TRAINED_FRAMES:
+            logger.warning(
+                f"`num_frames`={num_frames} is more than the {MAX_TRAINED_FRAMES} frames Ruyi-Mini-7B was trained on; "
+                "the video may lose coherence towards its end."
+            )
         if (
             not isinstance(num_inference_steps, int)
             or isinstance(num_inference_steps, bool)
@@ -309,6 +320,10 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}.")
         if not isinstance(guidance_scale, (int, float)) or isinstance(guidance_scale, bool):
             raise TypeError(f"`guidance_scale` must be a number, got {type(guidance_scale).__name__}.")
+        if not math.isfinite(guidance_scale) or guidance_scale < 0:
+            raise ValueError(
+                f"`guidance_scale` must be a finite number >= 0 (1 or below turns guidance off), got {guidance_scale!r}."
+            )
         if not isinstance(clip_apply_ratio, (int, float)) or not 0.0 <= clip_apply_ratio <= 1.0:
             raise ValueError(f"`clip_apply_ratio` must be a number in [0, 1], got {clip_apply_ratio!r}.")
         if (
@@ -422,7 +437,11 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         mask_video = mask.repeat(1, 3, 1, 1, 1)
         masked_video = video * (mask_video < 0.5) + torch.ones_like(video) * (mask_video > 0.5) * -1
         latents = []
-        with self._vae_upcast():
+        batch, _, num_frames, height, width = video.shape
+        chunk = self.vae.config.get("num_sample_frames_batch_size", 8)
+        calls = 2 * batch * self._vae_calls(num_frames, chunk, height, width)
+        logger.info(f"Encoding {2 * batch} conditioning video(s) of {num_frames} frames with the VAE")
+        with self._vae_upcast(), self._module_progress(getattr(self.vae, "encoder", None), calls, "VAE encode"):
             for pixels in (mask_video, masked_video):
                 samples = []
                 for i, one in enumerate(pixels.split(1)):
@@ -437,9 +456,48 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
 
     def encode_image(self, images: List[PIL.Image.Image], device: torch.device) -> torch.Tensor:
         """CLIP features of the start frames: the encoder's last hidden state without the class token."""
+        logger.info(f"Encoding {len(images)} start frame(s) with CLIP")
         pixel_values = self.image_processor(images=images, return_tensors="pt").pixel_values
         pixel_values = pixel_values.to(device=device, dtype=self.image_encoder.dtype)
         return self.image_encoder(pixel_values=pixel_values).last_hidden_state[:, 1:]
+
+    def _vae_calls(self, frames: int, chunk: int, height: int, width: int) -> int:
+        """How often the VAE runs its encoder (or decoder) on one video of `frames` (latent) frames of `height` x
+        `width` pixels: once per chunk of `chunk` frames, for each tile when tiling is on. Sizes the progress bars."""
+        # TODO(vae): ask the VAE for this count once it exposes one; this mirrors its tile layout (as few equal tiles
+        # of at most `tile_sample_min_*` as keep an overlap of `tile_overlap_factor`). A wrong count only mis-sizes a bar.
+        calls = 1 if frames == 1 else math.ceil(frames / chunk)
+        if getattr(self.vae, "use_tiling", False):
+            ratio = self.vae_scale_factor_spatial
+            for size, max_tile in ((height, self.vae.tile_sample_min_height), (width, self.vae.tile_sample_min_width)):
+                size, tile = math.ceil(size / ratio), max_tile // ratio
+                overlap = max(1, int(tile * self.vae.tile_overlap_factor))
+                calls *= 1 if size <= tile else math.ceil((size - overlap) / (tile - overlap))
+        return calls
+
+    @contextlib.contextmanager
+    def _module_progress(self, module: Optional[torch.nn.Module], total: int, desc: str):
+        """A progress bar (diffusers' `progress_bar`, so `set_progress_bar_config` applies) that advances after every
+        forward pass of `module`: the VAE runs its encoder and decoder once per chunk of frames and per tile."""
+        if module is None:
+            yield
+            return
+        config = getattr(self, "_progress_bar_config", {})
+        self._progress_bar_config = {**config, "desc": desc}  # this bar's name, whatever `desc` the config sets
+        try:
+            bar = self.progress_bar(total=total)
+        finally:
+            self._progress_bar_config = config
+
+        def advance(*_):
+            bar.update()  # returns nothing: a forward hook's return value would replace the module's output
+
+        handle = module.register_forward_hook(advance)
+        try:
+            with bar:
+                yield
+        finally:
+            handle.remove()
 
     @contextlib.contextmanager
     def _vae_upcast(self):
@@ -479,9 +537,16 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         Decodes denoised latents into a video `(B, 3, F, H, W)` in [-1, 1], as the original `decode_latents`: the
         VAE decode clamped, then, unless the VAE is the cache variant, `smooth_output`.
         """
+        batch, _, num_latent_frames, latent_height, latent_width = latents.shape
+        chunk = self.vae.config.get("num_latent_frames_batch_size", 2)
+        ratio = self.vae_scale_factor_spatial
+        calls = self._vae_calls(num_latent_frames, chunk, latent_height * ratio, latent_width * ratio)
+        calls *= batch if getattr(self.vae, "use_slicing", False) else 1
+        logger.info(f"Decoding {num_latent_frames} latent frame(s) with the VAE")
         with self._vae_upcast():
             latents = 1 / self.vae.config.scaling_factor * latents.to(self.vae.dtype)
-            video = self.vae.decode(latents, return_dict=False)[0].clamp(-1, 1)
+            with self._module_progress(getattr(self.vae, "decoder", None), calls, "VAE decode"):
+                video = self.vae.decode(latents, return_dict=False)[0].clamp(-1, 1)
             if self.vae.config.compression_mode != "cache":
                 video = self.smooth_output(video)
         return video

@@ -40,7 +40,7 @@ def test_uncached_hub_id_fails_only_when_offline(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(cli.CLIError, match="not in the Hugging Face cache") as error:
         cli.check_model("someone/not-cached")
-    assert "huggingface-cli download someone/not-cached" in str(error.value)
+    assert "hf download someone/not-cached" in str(error.value)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "0")
     cli.check_model("someone/not-cached")  # no error, no network: the download happens later

@@ -134,3 +134,11 @@ def test_train_resume_and_load(script, video_dir, tmp_path):
     with_lora = generate()
     assert with_lora.shape == base.shape == (1, 16, 2, 4, 6)
     assert not torch.allclose(with_lora, base, atol=1e-6)
+
+
+def test_trains_on_the_tiny_random_model(script, video_dir, tmp_path):
+    # examples/README.md: every script takes `tiny-random`, this one as --pretrained_model_name_or_path.
+    args = _args(video_dir, tmp_path / "run", "--max_train_steps", "1")
+    args[args.index(str(TINY))] = "tiny-random"
+    assert script.main(args) == str(tmp_path / "run")
+    assert (tmp_path / "run" / "pytorch_lora_weights.safetensors").is_file()
