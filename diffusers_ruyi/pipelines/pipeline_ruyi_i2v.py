@@ -513,6 +513,31 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         return kwargs
 
     # ------------------------------------------------------------------------------------------------------------
+    # Long videos and continuation (segments of ordinary calls; see `diffusers_ruyi.long_video`)
+    # ------------------------------------------------------------------------------------------------------------
+
+    def generate_long_video(self, image: PIL.Image.Image, num_frames: int, **kwargs) -> RuyiPipelineOutput:
+        r"""
+        Generates a video of any length from a start frame, in segments of at most `segment_frames` (120) frames,
+        each continuing the last `context_frames` (5) frames of the one before. See
+        [`~diffusers_ruyi.long_video.generate_long_video`] for every argument (per-segment `motion` and
+        `camera_direction`, an end frame for the last segment, ...).
+        """
+        from ..long_video import generate_long_video
+
+        return generate_long_video(self, image, num_frames, **kwargs)
+
+    def extend_video(self, video, num_frames: int, **kwargs) -> RuyiPipelineOutput:
+        r"""
+        Continues `video` (PIL frames, or an array `(frames, H, W, 3)`) by `num_frames` new frames conditioned on its
+        last `context_frames` (5) frames; the result is the input, unchanged, followed by the new frames. See
+        [`~diffusers_ruyi.long_video.extend_video`] for every argument.
+        """
+        from ..long_video import extend_video
+
+        return extend_video(self, video, num_frames, **kwargs)
+
+    # ------------------------------------------------------------------------------------------------------------
     # Call
     # ------------------------------------------------------------------------------------------------------------
 
@@ -563,7 +588,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                 The start frame. A flat list is a batch: one video per image. A list of lists gives each video
                 several first frames, kept as they are (`image=[[f0, f1, f2]]`: one video whose first three frames
                 are `f0, f1, f2`), as the original does with a list of start images; this is how a video is
-                continued. The first frame of each video is also its
+                continued (see [`~RuyiImageToVideoPipeline.extend_video`]). The first frame of each video is also its
                 CLIP image. Ruyi's authors state that up to 5 frames are supported.
             last_image (`PIL.Image.Image`, `List[PIL.Image.Image]` or `List[List[PIL.Image.Image]]`, *optional*):
                 The end frame, in the same form: one per video in a flat list, or several last frames per video in a
