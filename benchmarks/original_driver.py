@@ -123,8 +123,9 @@ def run_pipeline(args) -> dict:
 
     from ruyi.utils.utils import get_image_to_video_latent
 
-    start = [Image.open(args.image).convert("RGB")]
-    end = [Image.open(args.end_image).convert("RGB")] if args.end_image else None
+    # Lists, as predict_i2v.py passes them; several --image flags are several start frames of one video.
+    start = [Image.open(path).convert("RGB") for path in args.image]
+    end = [Image.open(path).convert("RGB") for path in args.end_image] if args.end_image else None
     video, mask, clip_image = get_image_to_video_latent(
         start, end, video_length=args.frames, sample_size=(args.h, args.w)
     )
@@ -231,8 +232,8 @@ def main() -> None:
     mk.add_argument("--seed", type=int, default=0)
     run = sub.add_parser("run-pipeline")
     run.add_argument("--checkpoint", required=True)
-    run.add_argument("--image", required=True)
-    run.add_argument("--end-image")
+    run.add_argument("--image", required=True, action="append", help="Start frame; repeat for several.")
+    run.add_argument("--end-image", action="append", help="End frame; the original handles only one.")
     run.add_argument("--frames", type=int, default=16)
     run.add_argument("--h", type=int, default=64)
     run.add_argument("--w", type=int, default=64)

@@ -2,6 +2,8 @@
 
     ruyi-i2v --model tiny-random --image start.png --output out.mp4          # offline smoke run
     ruyi-i2v --model IamCreateAI/Ruyi-Mini-7B --image start.png --output out.mp4 --dtype bfloat16 --offload model
+    ruyi-i2v --image start.png --num-frames 350 --camera left,static,right --output long.mp4   # 3 segments
+    ruyi-i2v --extend in.mp4 --num-frames 96 --output longer.mp4           # in.mp4 plus 96 new frames
 
 Every argument (paths, the output, numbers, choices) is checked before torch, diffusers or transformers is even
 imported, so ``--help`` and argument errors answer at once. Failures print one line naming what to fix (exit code 2
@@ -19,7 +21,7 @@ import sys
 import tempfile
 import time
 import traceback
-from typing import Any, Callable, Iterator, List, NoReturn, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NoReturn, Optional, Tuple
 
 
 PROG = "ruyi-i2v"
@@ -40,7 +42,7 @@ FP8_MODES = ("none", "lite", "strong", "extreme")
 # tests/cli/test_cli.py checks that they agree.
 MOTION_VALUES = ("1", "2", "3", "4", "auto")
 CAMERA_DIRECTIONS = ("static", "left", "right", "up", "down", "auto")
-MAX_FRAMES = 120  # the longest videos Ruyi-Mini-7B was trained on
+MAX_FRAMES = 120  # the longest videos Ruyi-Mini-7B was trained on: the most frames of one segment
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1
@@ -84,6 +86,22 @@ def _non_negative_float(value: str) -> float:
     return number
 
 
+def _choice_list(choices: Tuple[str, ...]) -> Callable[[str], List[str]]:
+    """A value of ``choices``, or a comma-separated list of them (one per segment of a long video)."""
+
+    def parse(value: str) -> List[str]:
+        items = [item.strip() for item in value.split(",")]
+        for item in items:
+            if item not in choices:
+                raise argparse.ArgumentTypeError(
+                    f"invalid choice: {item!r} (choose from {', '.join(choices)}; a comma-separated list gives one "
+                    "per segment)"
+                )
+        return items
+
+    return parse
+
+
 def _guidance_scale(value: str) -> float:
     number = _non_negative_float(value)
     if number < 1:
@@ -96,11 +114,22 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description="Ruyi-Mini-7B image-to-video: a start frame (and an end frame) to an mp4."
     )
     io = parser.add_argument_group("input and output")
-    io.add_argument("--image", required=True, help="Start frame (any image PIL can read).")
-    io.add_argument("--last-image", help="Optional end frame.")
+    io.add_argument("--image", help="Start frame (any image PIL can read). Give --image or --extend.")
+    io.add_argument(
+        "--extend",
+        metavar="VIDEO",
+        help="A video to continue instead of --image: the output is this video followed by --num-frames new frames, "
+        "conditioned on its last --context-frames frames.",
+    )
+    io.add_argument("--last-image", help="Optional end frame (of the last segment).")
     io.add_argument("--output", required=True, help="The .mp4 to write (missing parent folders are created).")
     io.add_argument("--overwrite", action="store_true", help="Replace --output if it exists.")
-    io.add_argument("--fps", type=_positive_int, default=24, help="Frames per second of the mp4 (default 24).")
+    io.add_argument(
+        "--fps",
+        type=_positive_int,
+        default=None,
+        help="Frames per second of the mp4 (default 24; --extend: the video's).",
+    )
 
     model = parser.add_argument_group("model")
     model.add_argument(
@@ -122,15 +151,45 @@ def build_parser() -> argparse.ArgumentParser:
 
     video = parser.add_argument_group("video")
     video.add_argument(
-        "--num-frames", type=_positive_int, default=24, help=f"Frames: 1 or a multiple of 8, up to {MAX_FRAMES}."
+        "--num-frames",
+        type=_positive_int,
+        default=24,
+        help="Frames: 1 or a multiple of 8 up to --segment-frames; any number beyond, made in segments. With --extend: "
+        "the frames to append (any number).",
     )
     video.add_argument("--height", type=_positive_int, help="Height in pixels (multiple of 16); with --width.")
     video.add_argument("--width", type=_positive_int, help="Width in pixels (multiple of 16); with --height.")
     video.add_argument(
         "--base-resolution", type=_positive_int, default=512, help="Size when --height/--width are omitted."
     )
-    video.add_argument("--motion", choices=MOTION_VALUES, default="auto", help="Motion amplitude.")
-    video.add_argument("--camera", choices=CAMERA_DIRECTIONS, default="auto", help="Camera direction.")
+    video.add_argument(
+        "--motion",
+        type=_choice_list(MOTION_VALUES),
+        default=["auto"],
+        help=f"Motion amplitude: {', '.join(MOTION_VALUES)}; or one per segment, e.g. 1,3,2.",
+    )
+    video.add_argument(
+        "--camera",
+        type=_choice_list(CAMERA_DIRECTIONS),
+        default=["auto"],
+        help=f"Camera direction: {', '.join(CAMERA_DIRECTIONS)}; or one per segment, e.g. left,static,right.",
+    )
+
+    long = parser.add_argument_group("long videos and continuation")
+    long.add_argument(
+        "--segment-frames",
+        type=_positive_int,
+        default=MAX_FRAMES,
+        help=f"Most frames of one segment, a multiple of 8 up to {MAX_FRAMES} (default {MAX_FRAMES}). Longer videos "
+        "are made of segments, each continuing the last --context-frames frames of the one before.",
+    )
+    long.add_argument(
+        "--context-frames",
+        type=_positive_int,
+        default=5,
+        help="Frames each segment (or --extend) continues from (default 5, the most Ruyi's authors state it "
+        "supports; more frames carry the motion across the seam better).",
+    )
 
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--steps", type=_positive_int, default=25, help="Denoising steps (default 25).")
@@ -246,7 +305,15 @@ def _no_gpu_device_nodes() -> bool:
 
 def check_args(args: argparse.Namespace) -> None:
     """Everything that can be checked without loading a model (or importing torch); raises `CLIError`."""
+    if (args.image is None) == (args.extend is None):
+        raise CLIError(
+            "pass --image (a start frame) or --extend (a video to continue)"
+            if args.image is None
+            else "pass either --image or --extend, not both (--extend continues the video's last frames)"
+        )
     check_output_path("--output", args.output, args.overwrite, suffix=".mp4")
+    if args.extend is not None:
+        args.extend_info = check_video(args.extend)
     for flag, path in (("--image", args.image), ("--last-image", args.last_image)):
         if path is None:
             continue
@@ -266,12 +333,7 @@ def check_args(args: argparse.Namespace) -> None:
     for flag, value in (("--height", args.height), ("--width", args.width)):
         if value is not None and value % 16:
             raise CLIError(f"{flag} must be a multiple of 16, got {value}")
-    if args.num_frames != 1 and args.num_frames % 8:
-        raise CLIError(f"--num-frames must be 1 or a multiple of 8, got {args.num_frames}")
-    if args.num_frames > MAX_FRAMES:
-        raise CLIError(
-            f"--num-frames must be at most {MAX_FRAMES} (the longest videos Ruyi was trained on), got {args.num_frames}"
-        )
+    args.plan = plan_video(args)
     if len(args.lora_weight) > len(args.lora):
         raise CLIError("more --lora-weight values than --lora files")
     for path in args.lora:
@@ -283,6 +345,72 @@ def check_args(args: argparse.Namespace) -> None:
     wants_gpu = args.offload != "none" or (args.device or "").startswith("cuda")
     if wants_gpu and _no_gpu_device_nodes():
         raise CLIError(_no_gpu_message(args))
+
+
+def check_video(path: str) -> Dict[str, Any]:
+    """`--extend`: an existing, readable video; returns its frame count, size and frame rate (ffmpeg, no torch)."""
+    if not os.path.isfile(path):
+        raise CLIError(
+            f"--extend {path!r} does not exist" if not os.path.exists(path) else f"--extend {path!r} is a folder"
+        )
+    import imageio_ffmpeg
+
+    frames_reader = imageio_ffmpeg.read_frames(path)
+    try:
+        meta = next(frames_reader)
+        num_frames, _ = imageio_ffmpeg.count_frames_and_secs(path)
+    except (OSError, RuntimeError, StopIteration) as e:
+        raise CLIError(f"--extend {path!r} is not a readable video: {_one_line(e)}")
+    finally:
+        frames_reader.close()
+    if num_frames < 1:
+        raise CLIError(f"--extend {path!r} has no frames")
+    width, height = meta["size"]
+    return {"frames": num_frames, "height": height, "width": width, "fps": meta.get("fps") or 24}
+
+
+def plan_video(args: argparse.Namespace) -> list:
+    """The segments of the run (`long_video.plan_segments`); checks the frame counts and per-segment lists."""
+    from .long_video import plan_segments
+
+    if args.segment_frames % 8 or args.segment_frames > MAX_FRAMES:
+        raise CLIError(
+            f"--segment-frames must be a multiple of 8 up to {MAX_FRAMES} (the longest videos Ruyi was trained on), "
+            f"got {args.segment_frames}"
+        )
+    if args.extend is None and args.num_frames <= args.segment_frames and args.num_frames != 1 and args.num_frames % 8:
+        raise CLIError(
+            f"--num-frames must be 1 or a multiple of 8, got {args.num_frames} (videos longer than --segment-frames "
+            f"{args.segment_frames} may have any length)"
+        )
+    try:
+        plan = plan_segments(
+            args.num_frames,
+            context_frames=args.context_frames,
+            segment_frames=args.segment_frames,
+            continuation=args.extend is not None,
+            end_frames=1 if args.last_image else 0,
+            available_context=args.extend_info["frames"] if args.extend is not None else None,
+        )
+    except ValueError as e:
+        message = str(e)
+        for name, flag in (
+            ("`context_frames`", "--context-frames"),
+            ("`segment_frames`", "--segment-frames"),
+            ("`num_frames`", "--num-frames"),
+        ):
+            message = message.replace(name, flag)
+        raise CLIError(message.rstrip("."))
+    step = args.segment_frames - args.context_frames
+    for flag, values in (("--motion", args.motion), ("--camera", args.camera)):
+        if len(values) not in (1, len(plan)):
+            most = len(values) * step if args.extend else args.segment_frames + (len(values) - 1) * step
+            raise CLIError(
+                f"{flag} has {len(values)} values, but the video has {len(plan)} segment(s) of at most "
+                f"{args.segment_frames} frames: give one value, or one per segment ({len(values)} segments make "
+                f"at most {most} {'new ' if args.extend else ''}frames)"
+            )
+    return plan
 
 
 def _no_gpu_message(args: argparse.Namespace) -> str:
@@ -493,6 +621,7 @@ class _Stage:
         "check": "checking the arguments",
         "load": "loading",
         "lora": "loading a LoRA",
+        "read": "reading --extend",
         "generate": "generating",
         "write": "writing",
     }
@@ -615,6 +744,10 @@ def _run(args: argparse.Namespace, progress: Progress, stage: _Stage) -> None:
         progress.wrap(pipe, "encode_conditioning", "VAE encode (conditioning frames)")
         progress.wrap(pipe, "decode_latents", "VAE decode")
 
+    if args.extend is not None or len(args.plan) > 1:
+        _run_segments(args, pipe, device, progress, stage)
+        return
+
     stage.name = "generate"
     image = load_image(args.image)
     last_image = load_image(args.last_image) if args.last_image else None
@@ -627,11 +760,12 @@ def _run(args: argparse.Namespace, progress: Progress, stage: _Stage) -> None:
         base_resolution=args.base_resolution,
         num_inference_steps=args.steps,
         guidance_scale=args.guidance_scale,
-        motion=args.motion,
-        camera_direction=args.camera,
+        motion=args.motion[0],
+        camera_direction=args.camera[0],
         generator=torch.Generator("cpu").manual_seed(args.seed),
         output_type="np",
     ).frames[0]
+    fps = args.fps or 24
 
     stage.name = "write"
     # Looked up at call time, so that tests can replace it.
@@ -639,9 +773,141 @@ def _run(args: argparse.Namespace, progress: Progress, stage: _Stage) -> None:
 
     with progress.phase(f"writing {args.output}"):
         check_output_path("--output", args.output, args.overwrite)  # nothing appeared there meanwhile
-        write_video_atomically(frames, args.output, args.fps, diffusers.utils.export_to_video)
+        write_video_atomically(frames, args.output, fps, diffusers.utils.export_to_video)
     progress.say(
-        f"wrote {args.output} ({len(frames)} frames, {frames.shape[2]}x{frames.shape[1]}, {args.fps} fps) in "
+        f"wrote {args.output} ({len(frames)} frames, {frames.shape[2]}x{frames.shape[1]}, {fps} fps) in "
+        f"{progress.elapsed():.1f} s total, {peak_memory(device)}"
+    )
+
+
+@contextlib.contextmanager
+def open_video_atomically(path: str, fps: float, before_replace: Optional[Callable[[], None]] = None):
+    """Yields ``append(frames)`` writing frames (uint8, or float in [0, 1]) to a temporary mp4 next to ``path`` as
+    they come; renamed to ``path`` when the block ends without error, removed otherwise."""
+    import imageio
+    import numpy as np
+
+    out_dir = os.path.dirname(os.path.abspath(path))
+    os.makedirs(out_dir, exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(prefix=".ruyi-", suffix=".mp4", dir=out_dir)
+    os.close(fd)
+    try:
+        # The settings of diffusers' export_to_video, so both ways of writing give the same file.
+        writer = imageio.get_writer(tmp_path, fps=fps, quality=5.0, macro_block_size=16)
+        try:
+
+            def append(frames) -> None:
+                for frame in frames:
+                    writer.append_data(frame if frame.dtype == np.uint8 else (frame * 255).astype(np.uint8))
+
+            yield append
+        finally:
+            writer.close()
+        if before_replace is not None:
+            before_replace()
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)
+        os.replace(tmp_path, path)
+    finally:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+
+
+def _run_segments(args: argparse.Namespace, pipe, device, progress: Progress, stage: _Stage) -> None:
+    """A long video or a continuation: each segment's frames go to the mp4 as soon as they exist, so memory is
+    that of one segment whatever the length."""
+    import collections
+
+    import imageio
+    import torch
+    from diffusers.utils import load_image
+
+    from .long_video import iter_video_segments, resize_frames
+    from .pipelines.controls import get_bucket_size
+
+    plan = args.plan
+    image = context = None
+    last_image = load_image(args.last_image) if args.last_image else None
+    if args.extend is not None:
+        info = args.extend_info
+        out_size = (info["height"], info["width"])
+        if args.height is not None:
+            size = (args.height, args.width)
+        elif info["height"] % 16 == 0 and info["width"] % 16 == 0:
+            size = out_size
+        else:
+            size = get_bucket_size(info["height"], info["width"], args.base_resolution)
+        fps = args.fps or info["fps"]
+        context = collections.deque(maxlen=max(p.context_frames for p in plan))
+    else:
+        image = load_image(args.image)
+        size = (
+            (args.height, args.width)
+            if args.height
+            else get_bucket_size(image.height, image.width, args.base_resolution)
+        )
+        out_size = size
+        fps = args.fps or 24
+    if size != out_size:
+        progress.say(
+            f"generating at {size[1]}x{size[0]}; new frames are resized to the video's {out_size[1]}x{out_size[0]}"
+        )
+    new_total = sum(p.new_frames for p in plan)
+    written = 0
+
+    def still_writable() -> None:
+        check_output_path("--output", args.output, args.overwrite)  # nothing appeared there meanwhile
+
+    stage.name = "write"
+    with open_video_atomically(args.output, fps, before_replace=still_writable) as append:
+        if args.extend is not None:
+            stage.name = "read"
+            with progress.phase(f"copying the {args.extend_info['frames']} frames of {args.extend}"):
+                reader = imageio.get_reader(args.extend)
+                try:
+                    for frame in reader.iter_data():
+                        append([frame])
+                        context.append(frame)
+                        written += 1
+                finally:
+                    reader.close()
+        segments = iter_video_segments(
+            pipe,
+            plan,
+            size[0],
+            size[1],
+            image=image,
+            context=context,
+            last_image=last_image,
+            motion=args.motion,
+            camera_direction=args.camera,
+            generator=torch.Generator("cpu").manual_seed(args.seed),
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance_scale,
+        )
+        for segment in plan:
+            motion = args.motion[segment.index if len(args.motion) > 1 else 0]
+            camera = args.camera[segment.index if len(args.camera) > 1 else 0]
+            source = f"continuing {segment.context_frames} frames" if segment.context_frames else "from --image"
+            progress.say(
+                f"segment {segment.index + 1}/{len(plan)}: {segment.num_frames} frames {source}, "
+                f"{segment.new_frames} new (camera {camera}, motion {motion})"
+            )
+            stage.name = "generate"
+            start = time.perf_counter()
+            _, new = next(segments)
+            stage.name = "write"
+            if size != out_size:
+                new = resize_frames(new, *out_size)
+            append(new)
+            written += len(new)
+            progress.say(
+                f"segment {segment.index + 1}/{len(plan)} done in {time.perf_counter() - start:.1f} s "
+                f"({written} frames written, {new_total} new in all)"
+            )
+    progress.say(
+        f"wrote {args.output} ({written} frames, {out_size[1]}x{out_size[0]}, {fps:g} fps) in "
         f"{progress.elapsed():.1f} s total, {peak_memory(device)}"
     )
 

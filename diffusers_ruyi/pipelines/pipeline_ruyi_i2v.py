@@ -42,6 +42,8 @@ logger = logging.get_logger(__name__)
 
 # The longest videos Ruyi-Mini-7B was trained on; longer ones run, with a warning.
 MAX_TRAINED_FRAMES = 120
+# Start (or end) frames per video that Ruyi supports, per its authors (IamCreateAI/Ruyi-Models issue 15).
+MAX_KNOWN_FRAMES = 5
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -256,24 +258,38 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
     # ------------------------------------------------------------------------------------------------------------
 
     @staticmethod
-    def _as_image_list(images, name: str) -> List[PIL.Image.Image]:
+    def _as_frame_lists(images, name: str) -> List[List[PIL.Image.Image]]:
+        """`image`/`last_image` as one list of frames per video: an image is one video, a flat list one video per
+        image (a batch), a list of lists the frames of each video."""
         if isinstance(images, PIL.Image.Image):
-            return [images]
-        if (
-            isinstance(images, (list, tuple))
-            and len(images) > 0
-            and all(isinstance(i, PIL.Image.Image) for i in images)
-        ):
-            return list(images)
+            return [[images]]
+        if isinstance(images, (list, tuple)) and len(images) > 0:
+            if all(isinstance(i, PIL.Image.Image) for i in images):
+                return [[i] for i in images]
+            if all(isinstance(i, (list, tuple)) for i in images):
+                for k, frames in enumerate(images):
+                    if len(frames) == 0 or not all(isinstance(f, PIL.Image.Image) for f in frames):
+                        raise TypeError(
+                            f"`{name}[{k}]` must be a non-empty list of PIL.Image.Image (the frames of video {k}), "
+                            f"got {[type(f).__name__ for f in frames] or 'an empty list'}."
+                        )
+                return [list(frames) for frames in images]
+            if any(isinstance(i, (list, tuple)) for i in images):
+                raise TypeError(
+                    f"`{name}` mixes images and lists of images. Give a list of images for a batch (one video each) "
+                    f"or a list of lists for several frames per video, e.g. `{name}=[[frame_0, frame_1]]` for one "
+                    "video."
+                )
         raise TypeError(
-            f"`{name}` must be a PIL.Image.Image or a non-empty list of them, got {type(images).__name__}. "
-            "Load files or URLs with `diffusers.utils.load_image`."
+            f"`{name}` must be a PIL.Image.Image, a non-empty list of them (one video each), or a list of lists of "
+            f"them (several frames per video), got {type(images).__name__}. Load files or URLs with "
+            "`diffusers.utils.load_image`."
         )
 
     def check_inputs(
         self,
-        images: List[PIL.Image.Image],
-        last_images: Optional[List[PIL.Image.Image]],
+        images: List[List[PIL.Image.Image]],
+        last_images: Optional[List[List[PIL.Image.Image]]],
         num_frames: int,
         height: int,
         width: int,
@@ -290,7 +306,9 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         """Validates every argument before any model runs; raises `ValueError`/`TypeError` naming the argument."""
         if last_images is not None and len(last_images) != len(images):
             raise ValueError(
-                f"`last_image` must have as many images as `image` ({len(images)}), got {len(last_images)}."
+                f"`last_image` must have as many images as `image` has videos ({len(images)}), got {len(last_images)}. A flat "
+                "list is one image per video; give several end frames of one video as a nested list, "
+                "`last_image=[[frame_0, frame_1]]`."
             )
         for name, value in (("height", height), ("width", width)):
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or value % 16 != 0:
@@ -312,6 +330,20 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                 f"`num_frames`={num_frames} is more than the {MAX_TRAINED_FRAMES} frames Ruyi-Mini-7B was trained on; "
                 "the video may lose coherence towards its end."
             )
+        for k, starts in enumerate(images):
+            ends = last_images[k] if last_images is not None else []
+            if len(starts) + len(ends) > num_frames:
+                what = f"{len(starts)} start frame(s) (`image`)"
+                what += f" and {len(ends)} end frame(s) (`last_image`)" if ends else ""
+                raise ValueError(
+                    f"`num_frames`={num_frames} is too short for video {k}'s {what}: the end frames would overwrite "
+                    f"start frames. Use `num_frames` >= {len(starts) + len(ends)}."
+                )
+            if len(starts) > MAX_KNOWN_FRAMES or len(ends) > MAX_KNOWN_FRAMES:
+                logger.warning(
+                    f"Video {k} has {len(starts)} start and {len(ends)} end frame(s); Ruyi's authors state at most "
+                    f"{MAX_KNOWN_FRAMES} of each are supported, so more may give worse results."
+                )
         if (
             not isinstance(num_inference_steps, int)
             or isinstance(num_inference_steps, bool)
@@ -337,7 +369,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             if len(generator) != batch:
                 raise ValueError(
                     f"You passed a list of {len(generator)} generators, but the effective batch size is {batch} "
-                    f"({len(images)} image(s) x num_videos_per_prompt={num_videos_per_prompt}); they must match."
+                    f"({len(images)} video(s) in `image` x num_videos_per_prompt={num_videos_per_prompt}); they must match."
                 )
         elif generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(
@@ -385,36 +417,46 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
 
     def prepare_conditioning_video(
         self,
-        images: List[PIL.Image.Image],
-        last_images: Optional[List[PIL.Image.Image]],
+        images: List[Union[PIL.Image.Image, List[PIL.Image.Image]]],
+        last_images: Optional[List[Union[PIL.Image.Image, List[PIL.Image.Image]]]],
         num_frames: int,
         height: int,
         width: int,
     ) -> Tuple[torch.Tensor, torch.Tensor, List[PIL.Image.Image]]:
         r"""
-        Builds the known-content video and its mask, as the original `get_image_to_video_latent` does.
+        Builds the known-content video and its mask, as the original `get_image_to_video_latent` does with lists.
 
-        Every frame starts as the resized start image; the last frame is the end image when given. The mask is 1
-        where the model must generate (all frames but the first, and but the last with an end image).
+        Each video's start frames (an image, or a list of its first frames) become its first frames, and every later
+        frame starts as a copy of the first start frame; with end frames, they become the last frames. Every frame is
+        resized to `(width, height)`. The mask is 0 on the given frames and 1 on the frames the model generates.
 
         Returns:
-            `Tuple`: the video `(B, 3, F, H, W)` in [-1, 1], the mask `(B, 1, F, H, W)` in {0, 1}, and the resized
-            start images (for CLIP).
+            `Tuple`: the video `(B, 3, F, H, W)` in [-1, 1], the mask `(B, 1, F, H, W)` in {0, 1}, and each video's
+            first start frame, resized (the CLIP image).
         """
-        resized = [image.convert("RGB").resize((width, height)) for image in images]
-        videos, masks = [], []
-        for i, start in enumerate(resized):
-            video = self._to_tensor(start)[:, None].repeat(1, num_frames, 1, 1)
+
+        def frames_of(entry) -> List[torch.Tensor]:
+            entry = [entry] if isinstance(entry, PIL.Image.Image) else entry
+            return [self._to_tensor(frame.convert("RGB").resize((width, height))) for frame in entry]
+
+        videos, masks, clip_images = [], [], []
+        for i, entry in enumerate(images):
+            starts = frames_of(entry)
+            video = starts[0][:, None].repeat(1, num_frames, 1, 1)
+            video[:, : len(starts)] = torch.stack(starts, dim=1)
             mask = torch.ones(1, num_frames, height, width)
-            mask[:, 0] = 0
+            mask[:, : len(starts)] = 0
             if last_images is not None:
-                video[:, -1] = self._to_tensor(last_images[i].convert("RGB").resize((width, height)))
-                mask[:, -1] = 0
+                ends = frames_of(last_images[i])
+                video[:, num_frames - len(ends) :] = torch.stack(ends, dim=1)
+                mask[:, num_frames - len(ends) :] = 0
             videos.append(video)
             masks.append(mask)
+            first = entry if isinstance(entry, PIL.Image.Image) else entry[0]
+            clip_images.append(first.convert("RGB").resize((width, height)))
         video = torch.stack(videos) / 255
         video = 2.0 * video - 1.0
-        return video, torch.stack(masks), resized
+        return video, torch.stack(masks), clip_images
 
     def encode_conditioning(
         self,
@@ -570,6 +612,31 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         return kwargs
 
     # ------------------------------------------------------------------------------------------------------------
+    # Long videos and continuation (segments of ordinary calls; see `diffusers_ruyi.long_video`)
+    # ------------------------------------------------------------------------------------------------------------
+
+    def generate_long_video(self, image: PIL.Image.Image, num_frames: int, **kwargs) -> RuyiPipelineOutput:
+        r"""
+        Generates a video of any length from a start frame, in segments of at most `segment_frames` (120) frames,
+        each continuing the last `context_frames` (5) frames of the one before. See
+        [`~diffusers_ruyi.long_video.generate_long_video`] for every argument (per-segment `motion` and
+        `camera_direction`, an end frame for the last segment, ...).
+        """
+        from ..long_video import generate_long_video
+
+        return generate_long_video(self, image, num_frames, **kwargs)
+
+    def extend_video(self, video, num_frames: int, **kwargs) -> RuyiPipelineOutput:
+        r"""
+        Continues `video` (PIL frames, or an array `(frames, H, W, 3)`) by `num_frames` new frames conditioned on its
+        last `context_frames` (5) frames; the result is the input, unchanged, followed by the new frames. See
+        [`~diffusers_ruyi.long_video.extend_video`] for every argument.
+        """
+        from ..long_video import extend_video
+
+        return extend_video(self, video, num_frames, **kwargs)
+
+    # ------------------------------------------------------------------------------------------------------------
     # Call
     # ------------------------------------------------------------------------------------------------------------
 
@@ -577,8 +644,8 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
     @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,
-        image: Union[PIL.Image.Image, List[PIL.Image.Image]],
-        last_image: Optional[Union[PIL.Image.Image, List[PIL.Image.Image]]] = None,
+        image: Union[PIL.Image.Image, List[PIL.Image.Image], List[List[PIL.Image.Image]]],
+        last_image: Optional[Union[PIL.Image.Image, List[PIL.Image.Image], List[List[PIL.Image.Image]]]] = None,
         num_frames: int = 120,
         height: Optional[int] = None,
         width: Optional[int] = None,
@@ -613,13 +680,19 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         callback_on_step_end_tensor_inputs: List[str] = ["latents"],
     ):
         r"""
-        Generates a video from a start frame (and optionally an end frame).
+        Generates a video from a start frame (and optionally an end frame), or from several first (and last) frames.
 
         Args:
-            image (`PIL.Image.Image` or `List[PIL.Image.Image]`):
-                The start frame; a list generates one video per image.
-            last_image (`PIL.Image.Image` or `List[PIL.Image.Image]`, *optional*):
-                The end frame (one per start frame). The video then moves from `image` to `last_image`.
+            image (`PIL.Image.Image`, `List[PIL.Image.Image]` or `List[List[PIL.Image.Image]]`):
+                The start frame. A flat list is a batch: one video per image. A list of lists gives each video
+                several first frames, kept as they are (`image=[[f0, f1, f2]]`: one video whose first three frames
+                are `f0, f1, f2`), as the original does with a list of start images; this is how a video is
+                continued (see [`~RuyiImageToVideoPipeline.extend_video`]). The first frame of each video is also its
+                CLIP image. Ruyi's authors state that up to 5 frames are supported.
+            last_image (`PIL.Image.Image`, `List[PIL.Image.Image]` or `List[List[PIL.Image.Image]]`, *optional*):
+                The end frame, in the same form: one per video in a flat list, or several last frames per video in a
+                list of lists (`last_image=[[e0, e1]]`: the video ends with `e0, e1`). The video then moves from the
+                start frames to the end frames.
             num_frames (`int`, defaults to 120):
                 Frames to generate: 1 or a multiple of the VAE's encoder chunk (8 for Ruyi), at most 120 as trained.
             height (`int`, *optional*):
@@ -684,8 +757,8 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
 
         # 1. Validate everything before touching a model.
-        images = self._as_image_list(image, "image")
-        last_images = None if last_image is None else self._as_image_list(last_image, "last_image")
+        images = self._as_frame_lists(image, "image")
+        last_images = None if last_image is None else self._as_frame_lists(last_image, "last_image")
         custom_embeds = {
             "prompt_embeds": prompt_embeds,
             "prompt_attention_mask": prompt_attention_mask,
@@ -701,7 +774,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         if (height is None) != (width is None):
             raise ValueError("Pass both `height` and `width`, or neither (then `base_resolution` picks them).")
         if height is None:
-            height, width = get_bucket_size(images[0].height, images[0].width, base_resolution)
+            height, width = get_bucket_size(images[0][0].height, images[0][0].width, base_resolution)
         self.check_inputs(
             images,
             last_images,

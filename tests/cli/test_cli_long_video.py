@@ -1,0 +1,205 @@
+"""`ruyi-i2v` long videos (`--num-frames` beyond `--segment-frames`) and continuation (`--extend`)."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import imageio
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from diffusers_ruyi import long_video
+from diffusers_ruyi.cli import main
+from diffusers_ruyi.tiny import build_tiny_random_pipeline
+
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+START = str(ROOT / "examples" / "assets" / "start.png")
+END = str(ROOT / "examples" / "assets" / "end.png")
+FAST = ["--model", "tiny-random", "--height", "32", "--width", "48", "--steps", "1", "--quiet"]
+
+
+def _read(path):
+    reader = imageio.get_reader(str(path))
+    try:
+        return list(reader.iter_data()), reader.get_meta_data()["fps"]
+    finally:
+        reader.close()
+
+
+def _write(path, frames, fps=12):
+    with imageio.get_writer(str(path), fps=fps, macro_block_size=16) as writer:
+        for frame in frames:
+            writer.append_data(frame)
+
+
+@pytest.fixture
+def input_video(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "in.mp4"
+    _write(path, [rng.integers(0, 255, (32, 48, 3), dtype=np.uint8) for _ in range(9)])
+    return path
+
+
+class _CaptureWriter:
+    """Replaces imageio's mp4 writer: keeps the uint8 frames given to it."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def append_data(self, frame):
+        self.store.append(np.array(frame))
+
+    def close(self):
+        pass
+
+
+def _capture(monkeypatch):
+    frames = []
+    real = imageio.get_writer
+
+    def get_writer(path, **kwargs):
+        if str(path).endswith(".mp4") and os.path.basename(str(path)).startswith(".ruyi-"):
+            return _CaptureWriter(frames)
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(imageio, "get_writer", get_writer)
+    return frames
+
+
+def test_long_video_in_three_segments(tmp_path, capsys):
+    out = tmp_path / "long.mp4"
+    argv = ["--image", START, "--output", str(out), "--num-frames", "32", "--segment-frames", "16"]
+    assert main([*argv, *FAST[:-1], "--camera", "left,static,right"]) == 0
+    frames, fps = _read(out)
+    assert len(frames) == 32 and frames[0].shape == (32, 48, 3) and fps == pytest.approx(24)
+    err = capsys.readouterr().err
+    for line in (
+        "segment 1/3: 16 frames from --image, 16 new (camera left, motion auto)",
+        "segment 2/3: 16 frames continuing 5 frames, 11 new (camera static, motion auto)",
+        "segment 3/3: 16 frames continuing 5 frames, 5 new (camera right, motion auto)",
+        "wrote " + str(out) + " (32 frames, 48x32, 24 fps)",
+    ):
+        assert line in err
+    assert [p.name for p in tmp_path.iterdir()] == ["long.mp4"]
+
+
+def test_long_video_frames_are_those_of_the_python_api(tmp_path, monkeypatch):
+    written = _capture(monkeypatch)
+    argv = ["--image", START, "--output", str(tmp_path / "v.mp4"), "--num-frames", "24", "--segment-frames", "16"]
+    assert main([*argv, *FAST, "--motion", "1,3", "--seed", "3", "--last-image", END]) == 0
+    pipe = build_tiny_random_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    expected = long_video.generate_long_video(
+        pipe,
+        PIL.Image.open(START).convert("RGB"),
+        24,
+        segment_frames=16,
+        last_image=PIL.Image.open(END).convert("RGB"),
+        motion=["1", "3"],
+        height=32,
+        width=48,
+        num_inference_steps=1,
+        generator=torch.Generator("cpu").manual_seed(3),
+    ).frames[0]
+    assert np.array_equal(np.stack(written), (expected * 255).astype(np.uint8))
+
+
+def test_extend_appends_frames_after_the_input(tmp_path, input_video, monkeypatch):
+    written = _capture(monkeypatch)
+    out = tmp_path / "out.mp4"
+    assert main(["--extend", str(input_video), "--output", str(out), "--num-frames", "11", *FAST]) == 0
+    original, _ = _read(input_video)
+    assert len(written) == 9 + 11
+    assert all(np.array_equal(a, b) for a, b in zip(written[:9], original))  # decoded input frames, unchanged
+
+
+def test_extend_writes_a_playable_mp4_with_the_input_fps(tmp_path, input_video):
+    out = tmp_path / "out.mp4"
+    assert main(["--extend", str(input_video), "--output", str(out), "--num-frames", "3", *FAST]) == 0
+    frames, fps = _read(out)
+    assert len(frames) == 12 and frames[0].shape == (32, 48, 3) and fps == pytest.approx(12)
+
+
+def test_extend_in_place_with_overwrite(tmp_path, input_video):
+    with pytest.raises(SystemExit) as e:
+        main(["--extend", str(input_video), "--output", str(input_video), "--num-frames", "3", *FAST])
+    assert e.value.code == 2
+    assert (
+        main([*FAST, "--extend", str(input_video), "--output", str(input_video), "--num-frames", "3", "--overwrite"])
+        == 0
+    )
+    frames, _ = _read(input_video)
+    assert len(frames) == 12
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
+
+
+def test_failure_in_a_later_segment_leaves_no_file(tmp_path, monkeypatch, capsys):
+    calls = []
+    real_iter = long_video.iter_video_segments
+
+    def failing(*args, **kwargs):
+        for i, item in enumerate(real_iter(*args, **kwargs)):
+            calls.append(i)
+            if i == 1:
+                raise RuntimeError("boom in segment 2")
+            yield item
+
+    monkeypatch.setattr(long_video, "iter_video_segments", failing)
+    out = tmp_path / "long.mp4"
+    argv = ["--image", START, "--output", str(out), "--num-frames", "24", "--segment-frames", "16", *FAST]
+    assert main(argv) == 1
+    assert "boom in segment 2" in capsys.readouterr().err
+    assert calls == [0, 1] and list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Argument errors: exit code 2, one line on stderr, nothing written, torch never imported
+# ------------------------------------------------------------------------------------------------------------
+
+
+_PROBE = """
+import sys
+from diffusers_ruyi.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as e:
+    print("exit", e.code, "torch" in sys.modules)
+"""
+
+
+def _cli(*argv):
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-c", _PROBE, *argv], capture_output=True, text=True, env=env, cwd=ROOT)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--num-frames", "8"], "pass --image (a start frame) or --extend (a video to continue)"),
+        (["--image", START, "--extend", "{video}"], "pass either --image or --extend, not both"),
+        (["--extend", "missing.mp4"], "--extend 'missing.mp4' does not exist"),
+        (["--extend", str(ROOT / "README.md")], "is not a readable video"),
+        (
+            ["--extend", "{video}", "--context-frames", "12"],
+            "--context-frames=12, but the video to continue has only 9",
+        ),
+        (["--image", START, "--num-frames", "50"], "--num-frames must be 1 or a multiple of 8, got 50"),
+        (["--image", START, "--num-frames", "200", "--segment-frames", "100"], "--segment-frames must be a multiple"),
+        (["--image", START, "--num-frames", "200", "--segment-frames", "128"], "up to 120"),
+        (["--image", START, "--num-frames", "300", "--camera", "left,right"], "--camera has 2 values, but the video"),
+        (["--image", START, "--num-frames", "8", "--motion", "1,2"], "--motion has 2 values, but the video has 1"),
+        (["--image", START, "--camera", "left,diagonal"], "invalid choice: 'diagonal'"),
+        (["--image", START, "--num-frames", "200", "--context-frames", "113"], "use at most 112 context frames"),
+    ],
+)
+def test_bad_long_video_arguments(tmp_path, input_video, argv, message):
+    out = tmp_path / "out.mp4"
+    argv = [a.replace("{video}", str(input_video)) for a in argv]
+    result = _cli(*argv, "--output", str(out), "--model", "tiny-random")
+    assert result.stdout.strip() == "exit 2 False"  # refused before torch was imported
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists()

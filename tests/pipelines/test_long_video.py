@@ -1,0 +1,299 @@
+"""Long videos in segments and video continuation (`diffusers_ruyi.long_video`)."""
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from diffusers_ruyi import RuyiImageToVideoPipeline
+from diffusers_ruyi.long_video import (
+    DEFAULT_CONTEXT_FRAMES,
+    SegmentPlan,
+    extend_video,
+    generate_long_video,
+    iter_video_segments,
+    plan_segments,
+)
+
+
+SIZE = dict(height=32, width=48)
+FAST = dict(num_inference_steps=1, **SIZE)
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_checkpoint):
+    pipe = RuyiImageToVideoPipeline.from_pretrained(tiny_checkpoint, dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def start_image(golden_dir):
+    return PIL.Image.open(golden_dir / "start_only_start.png").convert("RGB")
+
+
+def _seed(seed=0):
+    return torch.Generator("cpu").manual_seed(seed)
+
+
+class _Recorder:
+    """Stands in for the pipeline and records every call's arguments (then runs the real pipeline)."""
+
+    def __init__(self, pipe):
+        self.pipe, self.calls = pipe, []
+
+    def __call__(self, **kwargs):
+        self.calls.append(kwargs)
+        return self.pipe(**kwargs)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Planning
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_plan_of_a_long_video():
+    plan = plan_segments(360)
+    assert [p.num_frames for p in plan] == [120, 120, 120, 16]
+    assert [p.context_frames for p in plan] == [0, 5, 5, 5]
+    assert [p.new_frames for p in plan] == [120, 115, 115, 10]  # the last one generates 16 and keeps 15
+    assert sum(p.new_frames for p in plan) == 360
+
+
+def test_short_videos_are_one_plain_call():
+    assert plan_segments(48) == [SegmentPlan(0, 48, 0, 48, 0)]
+    assert plan_segments(1) == [SegmentPlan(0, 1, 0, 1, 0)]
+    with pytest.raises(ValueError, match="1 or a multiple of 8 frames \\(longer videos may have any length\\)"):
+        plan_segments(50)
+
+
+def test_end_frame_makes_the_last_segment_exact():
+    plan = plan_segments(32, segment_frames=16, end_frames=1)
+    assert plan[-1] == SegmentPlan(2, 16, 5, 11, 1)  # ends on the end frame
+    assert plan[1].new_frames == 5  # the segment before hands over the extra frames
+    assert sum(p.new_frames for p in plan) == 32
+
+
+def test_one_segment_continuation_with_an_end_frame_picks_the_nearest_context():
+    assert plan_segments(13, continuation=True, end_frames=1) == [SegmentPlan(0, 16, 3, 13, 1)]
+    assert plan_segments(16, continuation=True, end_frames=1) == [SegmentPlan(0, 24, 8, 16, 1)]
+    with pytest.raises(ValueError, match="needs 8 frames of context.*only 5. Append 19 frames"):
+        plan_segments(16, continuation=True, end_frames=1, available_context=5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(num_frames=0), "`num_frames` must be an integer >= 1"),
+        (dict(num_frames=200, segment_frames=100), "`segment_frames` must be a multiple of 8"),
+        (dict(num_frames=200, context_frames=0), "`context_frames` must be an integer >= 1"),
+        (dict(num_frames=200, context_frames=115), "use at most 112 context frames"),
+        (dict(num_frames=10, continuation=True, available_context=3), "but the video to continue has only 3"),
+        (dict(num_frames=2, continuation=True, end_frames=3), "leave no room for 3 end frame"),
+    ],
+)
+def test_plan_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        plan_segments(**kwargs)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    num_frames=st.integers(1, 400),
+    context=st.integers(1, 12),
+    segment=st.sampled_from([16, 24, 40, 120]),
+    end_frames=st.integers(0, 3),
+    continuation=st.booleans(),
+)
+def test_plans_always_add_up(num_frames, context, segment, end_frames, continuation):
+    try:
+        plan = plan_segments(num_frames, context, segment, continuation=continuation, end_frames=end_frames)
+    except ValueError:
+        return
+    assert sum(p.new_frames for p in plan) == num_frames
+    for p in plan:
+        assert p.num_frames <= segment and (p.num_frames == 1 or p.num_frames % 8 == 0)
+        assert p.new_frames >= 1 and p.context_frames + p.new_frames <= p.num_frames
+        assert p.num_frames - p.context_frames - p.new_frames < 8  # at most 7 frames are generated for nothing
+        assert (p.context_frames == 0) == (p.index == 0 and not continuation)
+    assert plan[-1].end_frames == end_frames and all(p.end_frames == 0 for p in plan[:-1])
+    if end_frames:
+        assert plan[-1].context_frames + plan[-1].new_frames == plan[-1].num_frames  # ends on the end frames
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Long videos
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_three_segments_give_the_frames_asked_and_start_as_a_plain_run(pipe, start_image):
+    recorder = _Recorder(pipe)
+    video = generate_long_video(recorder, start_image, 40, segment_frames=16, generator=_seed(7), **FAST).frames[0]
+    assert video.shape == (40, 32, 48, 3) and video.dtype == np.float32
+    assert [c["num_frames"] for c in recorder.calls] == [16, 16, 16, 8]
+    plain = pipe(image=start_image, num_frames=16, generator=_seed(7), output_type="np", **FAST).frames[0]
+    assert np.array_equal(video[:16], plain)  # the first segment is the plain single-segment run
+
+
+def test_each_segment_continues_the_last_frames(pipe, start_image):
+    recorder = _Recorder(pipe)
+    segments = list(iter_video_segments(recorder, plan_segments(27, segment_frames=16), image=start_image, **FAST))
+    first, second = segments[0][1], segments[1][1]
+    context = recorder.calls[1]["image"][0]  # one video, given its first frames
+    assert len(context) == DEFAULT_CONTEXT_FRAMES
+    for frame, expected in zip(context, first[-DEFAULT_CONTEXT_FRAMES:]):
+        assert np.array_equal(np.asarray(frame), (expected * 255).round().astype(np.uint8))
+    assert second.shape == (11, 32, 48, 3)
+
+
+def test_per_segment_camera_and_end_frame(pipe, start_image, golden_dir):
+    end = PIL.Image.open(golden_dir / "start_end_end.png")
+    recorder = _Recorder(pipe)
+    cameras = ["left", "static", "right"]
+    out = generate_long_video(
+        recorder,
+        start_image,
+        32,
+        segment_frames=16,
+        last_image=end,
+        camera_direction=cameras,
+        motion=2,
+        generator=_seed(1),
+        **FAST,
+    ).frames[0]
+    assert out.shape[0] == 32
+    assert [c["camera_direction"] for c in recorder.calls] == cameras
+    assert [c["last_image"] is not None for c in recorder.calls] == [False, False, True]
+    assert recorder.calls[-1]["last_image"] == [[end]]
+    same = generate_long_video(pipe, start_image, 32, segment_frames=16, last_image=end, motion=2,
+                               camera_direction="left", generator=_seed(1), **FAST).frames[0]  # fmt: skip
+    assert np.array_equal(out[:16], same[:16]) and np.abs(out[16:] - same[16:]).max() > 1e-3
+
+
+def test_output_type_pil(pipe, start_image):
+    frames = generate_long_video(pipe, start_image, 8, output_type="pil", **FAST).frames[0]
+    assert len(frames) == 8 and frames[0].size == (48, 32)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Continuation
+# ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clip(pipe, start_image):
+    return pipe(image=start_image, num_frames=16, generator=_seed(2), output_type="np", **FAST).frames[0]
+
+
+def test_extend_keeps_the_input_bit_exact(pipe, clip):
+    recorder = _Recorder(pipe)
+    out = extend_video(recorder, clip, 11, generator=_seed(5), **FAST).frames[0]
+    assert out.shape == (27, 32, 48, 3)
+    assert np.array_equal(out[:16], clip)  # unchanged, before any video encoding
+    # The seam: the new frames are exactly the frames after the context, none repeated or dropped.
+    call = recorder.calls[0]
+    assert call["num_frames"] == 16 and len(call["image"][0]) == 5
+    again = pipe(**{**call, "generator": _seed(5)}).frames[0]
+    assert np.array_equal(out[16:], again[5:16])
+
+
+def test_extend_accepts_uint8_and_pil_frames(pipe, clip):
+    as_uint8 = (clip * 255).round().astype(np.uint8)
+    from_uint8 = extend_video(pipe, as_uint8, 3, generator=_seed(5), **FAST).frames[0]
+    from_pil = extend_video(pipe, [PIL.Image.fromarray(f) for f in as_uint8], 3, generator=_seed(5), **FAST)
+    assert np.array_equal(from_uint8[:16], as_uint8 / np.float32(255))
+    assert np.array_equal(from_uint8, from_pil.frames[0])
+
+
+def test_extend_in_several_segments_with_per_segment_motion(pipe, clip):
+    recorder = _Recorder(pipe)
+    out = extend_video(recorder, clip, 30, segment_frames=16, context_frames=4, motion=[1, 2, 3], **FAST)
+    assert out.frames[0].shape[0] == 46
+    assert [(len(c["image"][0]), c["num_frames"], c["motion"]) for c in recorder.calls] == [
+        (4, 16, 1),
+        (4, 16, 2),
+        (4, 16, 3),
+    ]
+
+
+def test_extend_a_video_of_another_size(pipe):
+    video = np.random.default_rng(0).random((9, 36, 40, 3), dtype=np.float32)  # not multiples of 16
+    out = extend_video(pipe, video, 3, base_resolution=64, num_inference_steps=1).frames[0]
+    assert out.shape == (12, 36, 40, 3)
+    assert np.array_equal(out[:9], video) and 0 <= out.min() and out.max() <= 1
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Errors before any compute
+# ------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def guarded_pipe(pipe, monkeypatch):
+    def boom(*args, **kwargs):
+        raise AssertionError("a model ran before the input was validated")
+
+    monkeypatch.setattr(pipe.transformer, "forward", boom)
+    monkeypatch.setattr(pipe.vae, "encode", boom)
+    return pipe
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(camera_direction=["left", "right"]), ValueError, "has 2 entries, but the video has 3 segment"),
+        (dict(camera_direction=["left", "right", "diagonal"]), ValueError, "`camera_direction` must be one of"),
+        (dict(motion=[1, 2, 9]), ValueError, "`motion` must be one of"),
+        (dict(generator=[_seed(), _seed()]), TypeError, "`generator` must be one torch.Generator"),
+        (dict(latents=torch.zeros(1)), TypeError, "\\['latents'\\] cannot be passed here"),
+        (dict(output_type="pt"), ValueError, "`output_type` must be 'np' or 'pil'"),
+        (dict(last_image="end.png"), TypeError, "`last_image` must be a PIL.Image.Image"),
+        (dict(height=32), ValueError, "Pass both `height` and `width`"),
+        (dict(num_inference_steps=0), ValueError, "`num_inference_steps` must be a positive integer"),
+    ],
+)
+def test_long_video_bad_arguments(guarded_pipe, start_image, kwargs, error, match):
+    args = dict(segment_frames=16, **SIZE)
+    args.update(kwargs)
+    if "height" in kwargs:
+        args.pop("width")
+    with pytest.raises(error, match=match):
+        generate_long_video(guarded_pipe, start_image, 32, **args)
+
+
+def test_long_video_needs_one_start_image(guarded_pipe, start_image):
+    with pytest.raises(TypeError, match="`image` must be a PIL.Image.Image \\(the start frame\\).*extend_video"):
+        generate_long_video(guarded_pipe, [start_image, start_image], 200)
+
+
+@pytest.mark.parametrize(
+    "video, error, match",
+    [
+        (np.zeros((4, 32, 48), dtype=np.uint8), ValueError, "shape \\(frames, height, width, 3\\)"),
+        (np.full((8, 32, 48, 3), 2.0, dtype=np.float32), ValueError, "values in \\[0, 1\\]"),
+        (np.zeros((8, 32, 48, 3), dtype=np.int32), TypeError, "uint8 or float"),
+        ("video.mp4", TypeError, "`video` must be a list of PIL images or a numpy array"),
+        ([], TypeError, "non-empty list of PIL images"),
+        (np.zeros((3, 32, 48, 3), dtype=np.uint8), ValueError, "the video to continue has only 3 frame"),
+    ],
+)
+def test_extend_bad_video(guarded_pipe, video, error, match):
+    with pytest.raises(error, match=match):
+        extend_video(guarded_pipe, video, 8, **SIZE)
+
+
+def test_pipeline_methods_delegate(pipe, start_image, clip):
+    long = pipe.generate_long_video(start_image, 8, generator=_seed(4), **FAST).frames[0]
+    direct = generate_long_video(pipe, start_image, 8, generator=_seed(4), **FAST).frames[0]
+    assert np.array_equal(long, direct)
+    assert pipe.extend_video(clip, 3, **FAST).frames[0].shape == (19, 32, 48, 3)
+
+
+def test_iter_needs_the_frames_it_continues(guarded_pipe):
+    plan = plan_segments(8, continuation=True)
+    with pytest.raises(ValueError, match="continues 5 frames, but `context` has 2"):
+        next(iter_video_segments(guarded_pipe, plan, 32, 48, context=[PIL.Image.new("RGB", (48, 32))] * 2))
+    with pytest.raises(ValueError, match="pass `image`, the start frame"):
+        next(iter_video_segments(guarded_pipe, plan_segments(8), 32, 48))
