@@ -3,7 +3,11 @@
 Every measurement runs in a fresh subprocess and reports its peak resident memory (``ru_maxrss``) minus the resident
 memory just before decoding, so numbers from different implementations/interpreters are comparable and independent of
 allocator caches left by earlier runs. Weights are random (seeded) at the full Ruyi-Mini-7B VAE size unless
-``--config`` points at another diffusers-format config.json.
+``--config`` points at another diffusers-format config.json; ``--published`` builds the published checkpoint's VAE
+(slice variant, 3D mid-block attention) from ``tests/fixtures/real_checkpoint/vae_config.json``.
+
+Modes: ``untiled``; ``tiled`` (this package's tiler, `enable_tiling`, against the original's own tiling);
+``original-tiled`` (this package running the original's tiling, `enable_original_tiling`, against the original's).
 
 Examples::
 
@@ -79,7 +83,9 @@ def _worker(args) -> None:
     latents = load_file(os.path.join(args.workdir, "latents.safetensors"))["latents"].to(device)
 
     if args.tiling:
-        if args.impl == "ours":
+        if args.impl == "ours" and args.original_tiling:
+            model.enable_original_tiling(args.tile, args.overlap)
+        elif args.impl == "ours":
             model.enable_tiling(args.tile, args.tile, args.overlap)
         else:
             # The original reads these attributes; its tiling is switched on by `use_tiling`.
@@ -135,13 +141,13 @@ def to_original_config(config: dict) -> dict:
         "scaling_factor": config["scaling_factor"],
         "mid_block_type": "MidBlock3D",
         "mid_block_use_attention": config["mid_block_add_attention"],
-        "mid_block_attention_type": "spatial",
+        "mid_block_attention_type": config.get("mid_block_attention_type", "spatial"),
         "mid_block_num_attention_heads": config["mid_block_num_attention_heads"],
         "num_attention_heads": 1,
         "use_gc_blocks": None,
         "slice_mag_vae": False,
-        "slice_compression_vae": False,
-        "cache_compression_vae": True,
+        "slice_compression_vae": config.get("compression_mode", "cache") == "slice",
+        "cache_compression_vae": config.get("compression_mode", "cache") == "cache",
         "mini_batch_encoder": config["num_sample_frames_batch_size"],
         "mini_batch_decoder": config["num_latent_frames_batch_size"],
         "upcast_vae": config["force_upcast"],
@@ -194,16 +200,18 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: torch default).")
     parser.add_argument("--config", default=None, help="A diffusers-format config.json (default: full Ruyi VAE).")
+    parser.add_argument("--published", action="store_true", help="The published VAE config (slice variant).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reference", default=None, help="Path of an original Ruyi-Models checkout.")
     parser.add_argument("--reference-python", default=None, help="Interpreter that can import the original.")
-    parser.add_argument("--modes", default="untiled,tiled", help="Comma list of untiled/tiled.")
+    parser.add_argument("--modes", default="untiled,tiled", help="Comma list of untiled/tiled/original-tiled.")
     parser.add_argument("--reference-modes", default="untiled,tiled", help="Modes also run with the original.")
     parser.add_argument("--keep", default=None, help="Keep the temporary folder at this path.")
     # Internal: worker mode.
     parser.add_argument("--_worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--impl", default="ours", help=argparse.SUPPRESS)
     parser.add_argument("--tiling", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--original-tiling", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--save-output", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -222,6 +230,12 @@ def main() -> None:
     if args.config:
         with open(args.config) as f:
             model = AutoencoderKLRuyiCausal3D.from_config(json.load(f))
+    elif args.published:
+        from diffusers_ruyi.loaders.original_checkpoint import convert_vae_config
+
+        published = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "real_checkpoint")
+        with open(os.path.join(published, "vae_config.json")) as f:
+            model = AutoencoderKLRuyiCausal3D.from_config(convert_vae_config(json.load(f)))
     else:
         model = AutoencoderKLRuyiCausal3D()
     _init_random_(model, args.seed)
@@ -238,7 +252,7 @@ def main() -> None:
     common += ["--tile", str(args.tile), "--overlap", str(args.overlap)]
     runs = []
     for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
-        tiling = ["--tiling"] if mode == "tiled" else []
+        tiling = {"tiled": ["--tiling"], "original-tiled": ["--tiling", "--original-tiling"]}.get(mode, [])
         impls = [("ours", sys.executable, dict(os.environ))]
         if args.reference and mode in args.reference_modes.split(","):
             env = dict(os.environ, PYTHONPATH=os.path.abspath(args.reference))
@@ -253,6 +267,7 @@ def main() -> None:
             print(f"  {json.dumps(result)}", file=sys.stderr, flush=True)
 
     what = f"config {args.config}" if args.config else "full-size Ruyi-Mini-7B VAE"
+    what += " (published config)" if args.published else ""
     print(f"\nDecode, {what} (random weights), device={args.device}, tile={args.tile}, overlap={args.overlap}\n")
     gpu = args.device == "cuda"
     header = "| impl | tiling | frames | HxW | seconds | peak MB (decode) | peak RSS MB (process) |"

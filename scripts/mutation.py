@@ -85,6 +85,7 @@ MODULE_TESTS: dict[str, list[str]] = {
     "loaders/original_checkpoint.py": [
         "tests/loaders/test_loader_mutants.py",
         "tests/models/test_transformer_ruyi.py",
+        "tests/models/test_autoencoder_kl_ruyi_slice.py",
         "tests/loaders/test_lora.py",
         "tests/loaders/test_lora_coverage.py",
         "tests/pipelines/test_pipeline_ruyi_i2v.py",
@@ -96,14 +97,16 @@ MODULE_TESTS: dict[str, list[str]] = {
     "models/autoencoder_kl_ruyi.py": [
         "tests/models/test_autoencoder_kl_ruyi.py",
         "tests/models/test_autoencoder_kl_ruyi_slice.py",
+        "-k",
+        "not gradient_checkpointing",
     ],
     "_registration.py": [
         "tests/pipelines/test_pipeline_ruyi_i2v.py",
         "-k",
-        "diffusion_pipeline or auto_model or automodel",
+        "loads_like_any_diffusers or whatever_the_import_order",
     ],
 }
-# Modules left out unless asked for by name.
+# Modules mutated only when asked by name.
 DEFAULT_SKIP: set = set()
 
 # cosmic-ray operators left out (regular expressions on the operator name): replacements nobody would write by

@@ -163,8 +163,9 @@ def test_tiling_switches(tiny_realfmt_checkpoint, golden):
 @torch.no_grad()
 @pytest.mark.parametrize("size, overlap", [(40, 0.25), (36, 0.25), (24, 0.4)])
 def test_original_tiling_keeps_the_size_where_the_original_does_not(vae, size, overlap):
-    # With 40 px tiles the original steps 30 px but keeps 32 (4 latents): its tiles drift and its output is too
-    # large; here tiles stay on the latent grid, so sizes are the untiled ones and a single-tile input is untouched.
+    # With 40 px tiles the original's encode steps 30 px but keeps 4 latents (32 px), so its tiles drift against the
+    # grid, and its decode steps 3 latents but keeps 30 px, so its 9x7-latent output is 84 px tall. Here tiles start
+    # every 4 latents (32 px) in both: the sizes are the untiled ones and each tile sits where its pixels are.
     torch.manual_seed(0)
     video = torch.rand(1, 3, 1, 72, 56) * 2 - 1
     latents = torch.randn(1, 16, 1, 9, 7)
@@ -172,10 +173,38 @@ def test_original_tiling_keeps_the_size_where_the_original_does_not(vae, size, o
     try:
         encoded = vae.encode(video).latent_dist.mean
         decoded = vae.decode(latents).sample
+        vae.disable_tiling()
+        tile = size // 8
+        blend = int(tile * overlap)
+        step = tile - blend
+        # The second tile of the first row starts `step` latents in: past its blended columns it is that tile alone.
+        second_encoded = vae.encode(video[..., :size, 8 * step : 8 * step + size]).latent_dist.mean
+        second_decoded = vae.decode(latents[..., :tile, step : step + tile]).sample
     finally:
         vae.enable_original_tiling()
     assert encoded.shape == (1, 16, 1, 9, 7) and decoded.shape == (1, 3, 1, 72, 56)
-    assert torch.isfinite(encoded).all() and torch.isfinite(decoded).all()
+    assert _max_diff(encoded[..., :step, step + blend : 2 * step], second_encoded[..., :step, blend:step]) <= 1e-6
+    rows, columns = slice(0, 8 * step), slice(8 * (step + blend), 16 * step)
+    assert _max_diff(decoded[..., rows, columns], second_decoded[..., rows, 8 * blend : 8 * step]) <= 1e-6
+
+
+@torch.no_grad()
+def test_original_tiling_starts_above_the_tile_size(vae):
+    # As the original: tiled only when wider or taller than the tile (pixels for encode, latents for decode).
+    torch.manual_seed(0)
+    image = torch.rand(1, 3, 1, 32, 40) * 2 - 1
+    latents = torch.randn(1, 16, 1, 4, 5)
+    vae.disable_tiling()
+    untiled = [vae.encode(image[..., :32]).latent_dist.mean, vae.decode(latents[..., :4]).sample]
+    untiled += [vae.encode(image).latent_dist.mean, vae.decode(latents).sample]
+    vae.enable_original_tiling(32, 0.5)
+    try:
+        assert torch.equal(vae.encode(image[..., :32]).latent_dist.mean, untiled[0])
+        assert torch.equal(vae.decode(latents[..., :4]).sample, untiled[1])
+        assert _max_diff(vae.encode(image).latent_dist.mean, untiled[2]) > 1e-3
+        assert _max_diff(vae.decode(latents).sample, untiled[3]) > 1e-3
+    finally:
+        vae.enable_original_tiling()
 
 
 def test_original_tiling_validates_arguments(vae):
