@@ -100,6 +100,7 @@ MODULE_TESTS: dict[str, list[str]] = {
         "-k",
         "not gradient_checkpointing",
     ],
+    "long_video.py": ["tests/pipelines/test_long_video.py", "tests/cli/test_cli_long_video.py"],
     "_registration.py": [
         "tests/pipelines/test_pipeline_ruyi_i2v.py",
         "-k",

@@ -109,7 +109,7 @@ def _existing(tmp_path):
         (None, ["--model", "./no/such/checkpoint"], ["--model './no/such/checkpoint' does not exist"]),
         (None, ["--model", "models/Ruyi-typo"], ["--model 'models/Ruyi-typo'", "hf download models/Ruyi-typo"]),
         (None, ["--model", str(ROOT / "README.md")], ["is a file; pass the checkpoint's folder"]),
-        (None, ["--num-frames", "128"], ["--num-frames must be at most 120"]),
+        (None, ["--num-frames", "13"], ["--num-frames must be 1 or a multiple of 8"]),
         (None, ["--guidance-scale", "-1"], ["--guidance-scale"]),
         (None, ["--image", "missing.png"], ["--image 'missing.png' does not exist"]),
     ],
