@@ -47,3 +47,16 @@ def test_camera_grid(tmp_path):
     )
     frames = _frames(out)
     assert len(frames) == 8 and frames[0].shape[:2] == (64, 96)  # 2 motions x 2 cameras
+
+
+def test_long_video_strip(tmp_path):
+    import PIL.Image
+
+    out, video = tmp_path / "strip.png", tmp_path / "long.mp4"
+    args = ["--num-frames", "27", "--steps", "1", "--cameras", "left,right"]
+    args += ["--output", str(out), "--video", str(video)]
+    assert _load("long_video_strip").main(["--model", "tiny-random", *args]) == str(out)
+    strip = PIL.Image.open(out)
+    assert strip.height == 2 * (32 + 4)  # one row per segment
+    assert len(_frames(video)) == 27
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["long.mp4", "strip.png"]
