@@ -90,11 +90,9 @@ _RUYI_CP_PLAN = {
 }
 
 
+# Ruyi's own (the original's PositionalEncoding): diffusers' sin/cos helpers concatenate instead of interleaving.
 def _temporal_sincos_embedding(num_frames: int, dim: int, device: torch.device) -> torch.Tensor:
-    """Transformer-style sin/cos encoding of the frame index, shape ``(num_frames, dim)``, in float32.
-
-    Kept here because diffusers' sin/cos helpers concatenate the sines and cosines, while Ruyi interleaves them.
-    """
+    """Transformer-style sin/cos encoding of the frame index, shape ``(num_frames, dim)``, in float32."""
     position = torch.arange(num_frames, device=device).unsqueeze(1)
     inv_freq = torch.exp(torch.arange(0, dim, 2, device=device) * (-math.log(10000.0) / dim))
     angles = position * inv_freq
@@ -102,16 +100,16 @@ def _temporal_sincos_embedding(num_frames: int, dim: int, device: torch.device) 
     return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1)[:, :dim]
 
 
+# Adapted from diffusers.models.embeddings.get_2d_rotary_pos_embed (diffusers 0.31): its grid, which later versions
+# changed, is what Ruyi was trained with; the table itself comes from diffusers' get_2d_rotary_pos_embed_from_grid.
 class RuyiRotaryPosEmbed(nn.Module):
     r"""
     HunyuanDiT's 2D rotary embedding of the patch grid, the same for every frame, as the original Ruyi pipeline built it.
 
     The positions are the crop region of the `height/p x width/p` grid inside a `base_size / p` square
-    ([`get_resize_crop_region_for_grid`]), sampled without the end point. Adapted from
-    `diffusers.models.embeddings.get_2d_rotary_pos_embed` of diffusers 0.31, which the original used: newer versions
-    sample `linspace(start, stop * (n - 1) / n, n)`, which differs whenever the region does not start at 0 (every
-    non-square Ruyi size), so only the grid is built here and the table comes from diffusers'
-    `get_2d_rotary_pos_embed_from_grid`.
+    ([`get_resize_crop_region_for_grid`]), sampled without the end point as diffusers 0.31 did; newer versions sample
+    `linspace(start, stop * (n - 1) / n, n)`, which differs whenever the region does not start at 0 (every non-square
+    Ruyi size).
 
     Args:
         attention_head_dim (`int`): Channels per head (a multiple of 4).
@@ -405,6 +403,8 @@ class RuyiTransformerBlock(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+# Adapted from diffusers.models.embeddings.HunyuanDiTAttentionPool: the forward calls the Linear layers, so LoRA and
+# fp8/layerwise-casting hooks reach them.
 class RuyiTextAttentionPool(HunyuanDiTAttentionPool):
     """HunyuanDiT's T5 pooler (the token mean attends over all tokens), calling its `nn.Linear` children.
 
