@@ -1,4 +1,4 @@
-"""A tiny, randomly initialised Ruyi pipeline built locally: the whole data path runs in seconds, offline.
+"""A tiny, randomly initialised Ruyi pipeline built locally: the whole data path runs offline, on a CPU.
 
 It has the real architecture at toy sizes (the sizes of the golden test checkpoint), so it is what the CLI's
 ``--model tiny-random`` and the examples use when no real checkpoint is at hand. Its videos are noise.

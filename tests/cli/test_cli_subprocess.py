@@ -280,6 +280,9 @@ def test_ctrl_c_exit_130_one_line_and_no_file(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         env=_env(),
+        # As in a terminal's foreground: a test run started in the background (`pytest &`) ignores SIGINT, and the
+        # child would inherit that.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     seen = []
     try:

@@ -1,0 +1,194 @@
+"""The Python snippets of README.md and docs/ run, page by page, on the tiny model: a wrong snippet fails CI.
+
+How a page runs:
+
+* its ```python / ```py blocks run in order in one namespace (a page reads like a notebook: later snippets use the
+  `pipe` of earlier ones), in a temporary folder that holds `start.jpg`, `start.png` and `end.jpg`;
+* the hub id `IamCreateAI/Ruyi-Mini-7B` is replaced by the tiny checkpoint in the original layout
+  (`tests/fixtures/golden/Ruyi-tiny-random`, which has the same sub-folders as the real one);
+* pipeline calls keep their arguments but are shrunk after checking them (8 frames or 1, at most 2 steps, 32 x 48
+  pixels or `base_resolution=64`), so a page takes seconds;
+* without a GPU, `.to("cuda")` becomes `.to("cpu")` and the CPU-offload methods only check their arguments;
+* `PRELUDES` define the placeholders that the prose introduces (`image`, the LoRA files a snippet names, ...) and
+  `SUBSTITUTIONS` shrink sizes written in the code; each substitution must still match the page;
+* a block preceded by `<!-- doc-test: skip REASON -->` does not run (multi-process launches), and one preceded by
+  `<!-- doc-test: needs-gpu -->` runs only where CUDA is available. Both comments are invisible in the rendered docs.
+"""
+
+import inspect
+import pathlib
+import re
+import shutil
+
+import pytest
+import torch
+
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+TINY = ROOT / "tests" / "fixtures" / "golden" / "Ruyi-tiny-random"
+LORA = ROOT / "tests" / "fixtures" / "lora" / "ruyi_lora_original.safetensors"
+HUB_ID = "IamCreateAI/Ruyi-Mini-7B"
+PAGES = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").rglob("*.md"))]
+
+_FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<lang>[\w+-]*)[ \t]*\n(?P<body>.*?)^(?P=indent)```[ \t]*$", re.S | re.M)
+_MARKER = re.compile(r"<!--\s*doc-test:\s*(?P<kind>[\w-]+)(?P<reason>.*?)-->")
+_HAS_GPU = torch.cuda.is_available()
+
+
+def python_blocks(page: str):
+    """(line of the first code line, code, marker kind or None) of each Python block of ``page``."""
+    text = (ROOT / page).read_text(encoding="utf-8")
+    blocks = []
+    for match in _FENCE.finditer(text):
+        if match.group("lang") not in ("python", "py"):
+            continue
+        before = [line for line in text[: match.start()].splitlines() if line.strip()]
+        marker = _MARKER.search(before[-1]) if before else None
+        indent = match.group("indent")
+        code = "\n".join(line[len(indent) :] for line in match.group("body").splitlines())
+        first_line = text[: match.start("body")].count("\n") + 1
+        blocks.append((first_line, code, marker.group("kind") if marker else None))
+    return blocks
+
+
+def _lora_files():
+    """Every LoRA file name the LoRA page uses, as copies of the test LoRA (made for the tiny architecture)."""
+    for name in (
+        "path/to/lora_folder/pytorch_lora_weights.safetensors",
+        "path/to/my_lora.safetensors",
+        "motion_lora.safetensors",
+        "style_lora.safetensors",
+        "a.safetensors",
+        "b.safetensors",
+    ):
+        pathlib.Path(name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(LORA, name)
+
+
+def _hub_lora(cache: pathlib.Path):
+    """A Hugging Face cache that holds the LoRA page's example repository `user/ruyi-lora` (read offline)."""
+    repo = cache / "models--user--ruyi-lora"
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    shutil.copy(LORA, repo / "snapshots" / commit / "x.safetensors")
+
+
+_IMAGE = "import PIL.Image\nimage = PIL.Image.open('start.jpg')\n"
+
+# Code run before a page's first block: the placeholders its prose introduces.
+PRELUDES = {
+    "docs/pipeline.md": _IMAGE
+    + f"path_or_repo_id = {str(TINY)!r}\nstart_pil = image\nend_pil_or_None = PIL.Image.open('end.jpg')\n",
+    "docs/lora.md": _IMAGE,
+    "docs/memory_and_speed.md": _IMAGE,
+    "docs/conversion.md": "from diffusers_ruyi import RuyiImageToVideoPipeline as _P\n"
+    f"_P.from_pretrained({str(TINY)!r}).save_pretrained('Ruyi-Mini-7B-diffusers')\n",
+    # The forward pass's inputs: the golden test inputs of the tiny transformer, in the dtype the page loads it in.
+    "docs/api/transformer_ruyi.md": "from safetensors.torch import load_file as _load\n"
+    f"_inputs = _load({str(ROOT / 'tests' / 'fixtures' / 'golden' / 'transformer_forward.safetensors')!r})\n"
+    "for _name, _value in _inputs.items():\n"
+    "    globals()[_name] = _value.to(torch.bfloat16) if _value.is_floating_point() else _value\n",
+}
+
+# (page, text in a block, replacement): sizes that are right for the real model but slow on a CPU.
+SUBSTITUTIONS = [
+    ("docs/api/autoencoder_kl_ruyi.md", "torch.rand(1, 3, 24, 512, 512)", "torch.rand(1, 3, 8, 32, 32)"),
+]
+
+
+@pytest.fixture
+def doc_env(tmp_path, monkeypatch):
+    from diffusers import DiffusionPipeline
+
+    from diffusers_ruyi import RuyiImageToVideoPipeline
+
+    monkeypatch.chdir(tmp_path)
+    for name, asset in (("start.jpg", "start.png"), ("start.png", "start.png"), ("end.jpg", "end.png")):
+        shutil.copy(ROOT / "examples" / "assets" / asset, tmp_path / name)
+
+    original_call = RuyiImageToVideoPipeline.__call__
+
+    def small_call(self, *args, **kwargs):
+        num_frames = kwargs.get("num_frames", 120)
+        self.vae.num_latent_frames(num_frames)  # the page's own values must be valid before they are shrunk
+        height, width = kwargs.get("height"), kwargs.get("width")
+        if height is not None and width is not None:
+            if height % 16 or width % 16:
+                raise ValueError(f"height and width must be multiples of 16, got {height} x {width}")
+            kwargs.update(height=32, width=48)
+        elif height is None and width is None:
+            kwargs["base_resolution"] = 64
+        kwargs["num_frames"] = 1 if num_frames == 1 else 8
+        kwargs["num_inference_steps"] = min(kwargs.get("num_inference_steps", 25), 2)
+        return original_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(RuyiImageToVideoPipeline, "__call__", small_call)
+
+    if not _HAS_GPU:
+        for method in ("enable_model_cpu_offload", "enable_sequential_cpu_offload"):
+            signature = inspect.signature(getattr(DiffusionPipeline, method))
+
+            def check_only(self, *args, _signature=signature, **kwargs):
+                _signature.bind(self, *args, **kwargs)  # a wrong argument still fails
+
+            monkeypatch.setattr(DiffusionPipeline, method, check_only)
+
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hf-cache"
+    _hub_lora(cache)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    _lora_files()
+    return tmp_path
+
+
+def _prepare(page: str, code: str) -> str:
+    code = code.replace(f'"{HUB_ID}"', repr(str(TINY)))
+    if not _HAS_GPU:
+        code = code.replace('.to("cuda")', '.to("cpu")')
+    for where, old, new in SUBSTITUTIONS:
+        if where == page:
+            code = code.replace(old, new)
+    return code
+
+
+def test_every_substitution_still_matches():
+    for page, old, _ in SUBSTITUTIONS:
+        assert any(old in code for _, code, _ in python_blocks(page)), f"{page} no longer contains {old!r}"
+
+
+def test_mkdocs_links_no_other_repository():
+    config = (ROOT / "mkdocs.yml").read_text()
+    assert "IamCreateAI/Ruyi-Models" not in config  # the original implementation is not this project's repository
+
+
+def test_readme_says_which_torch_to_install():
+    readme = (ROOT / "README.md").read_text()
+    assert "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in readme  # CPU only
+    assert "is the CPU build" not in readme  # plain PyPI gives the CUDA build on Linux
+    assert "pytorch.org/get-started/locally" in readme  # GPU users
+
+
+def test_markers_are_known():
+    for page in PAGES:
+        for line, _, kind in python_blocks(page):
+            assert kind in (None, "skip", "needs-gpu"), f"{page}:{line}: unknown doc-test marker {kind!r}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", [p for p in PAGES if python_blocks(p)])
+def test_page_snippets_run(page, doc_env):
+    namespace = {"__name__": "__doc_snippets__"}
+    if page in PRELUDES:
+        exec(compile("import torch\n" + PRELUDES[page], f"<prelude of {page}>", "exec"), namespace)
+    ran = 0
+    for line, code, marker in python_blocks(page):
+        if marker == "skip" or (marker == "needs-gpu" and not _HAS_GPU):
+            continue
+        # Padding with newlines makes tracebacks point at the page's own line numbers.
+        source = "\n" * (line - 1) + _prepare(page, code)
+        exec(compile(source, str(ROOT / page), "exec"), namespace)
+        ran += 1
+    assert ran, f"{page}: every block is skipped"
