@@ -6,8 +6,8 @@ How a page runs:
   `pipe` of earlier ones), in a temporary folder that holds `start.jpg`, `start.png` and `end.jpg`;
 * the hub id `IamCreateAI/Ruyi-Mini-7B` is replaced by the tiny checkpoint in the original layout
   (`tests/fixtures/golden/Ruyi-tiny-random`, which has the same sub-folders as the real one);
-* pipeline calls keep their arguments but are shrunk after checking them (8 frames or 1, at most 2 steps, 32 x 48
-  pixels or `base_resolution=64`), so a page takes seconds;
+* pipeline calls keep their arguments but are shrunk after checking them (8 frames, or the count itself up to 16; at
+  most 2 steps; 32 x 48 pixels above 64 x 64, or `base_resolution=64`), so a page takes seconds;
 * without a GPU, `.to("cuda")` becomes `.to("cpu")` and the CPU-offload methods only check their arguments;
 * `PRELUDES` define the placeholders that the prose introduces (`image`, the LoRA files a snippet names, ...) and
   `SUBSTITUTIONS` shrink sizes written in the code; each substitution must still match the page;
@@ -82,6 +82,12 @@ PRELUDES = {
     "docs/pipeline.md": _IMAGE
     + f"path_or_repo_id = {str(TINY)!r}\nstart_pil = image\nend_pil_or_None = PIL.Image.open('end.jpg')\n",
     "docs/lora.md": _IMAGE,
+    # The frames and generators the page's prose names, and the pipeline its first block calls.
+    "docs/long_video.md": _IMAGE
+    + "from diffusers_ruyi import RuyiImageToVideoPipeline\n"
+    + f"pipe = RuyiImageToVideoPipeline.from_pretrained({str(TINY)!r})\n"
+    + "start = f0 = f1 = f2 = g0 = image\nend = e0 = e1 = PIL.Image.open('end.jpg')\n"
+    + "gen_a, gen_b = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)\n",
     "docs/memory_and_speed.md": _IMAGE,
     "docs/conversion.md": "from diffusers_ruyi import RuyiImageToVideoPipeline as _P\n"
     f"_P.from_pretrained({str(TINY)!r}).save_pretrained('Ruyi-Mini-7B-diffusers')\n",
@@ -95,6 +101,11 @@ PRELUDES = {
 # (page, text in a block, replacement): sizes that are right for the real model but slow on a CPU.
 SUBSTITUTIONS = [
     ("docs/api/autoencoder_kl_ruyi.md", "torch.rand(1, 3, 24, 512, 512)", "torch.rand(1, 3, 8, 32, 32)"),
+    # Segments of 16 frames with 5 of context instead of 120: a 16-frame video continued by 11, three segments.
+    ("docs/long_video.md", "num_frames=120, output_type", "num_frames=16, output_type"),
+    ("docs/long_video.md", "extend_video(video, 96,", "extend_video(video, 11,"),
+    ("docs/long_video.md", "assert (longer[:120] == video)", "assert (longer[:16] == video)"),
+    ("docs/long_video.md", "350,  # 120 + 115 + 115", "38, segment_frames=16,  # 16 + 11 + 11"),
 ]
 
 
@@ -117,10 +128,12 @@ def doc_env(tmp_path, monkeypatch):
         if height is not None and width is not None:
             if height % 16 or width % 16:
                 raise ValueError(f"height and width must be multiples of 16, got {height} x {width}")
-            kwargs.update(height=32, width=48)
+            if height * width > 64 * 64:  # sizes chosen by the long-video helpers from a shrunk video stay
+                kwargs.update(height=32, width=48)
         elif height is None and width is None:
             kwargs["base_resolution"] = 64
-        kwargs["num_frames"] = 1 if num_frames == 1 else 8
+        # Counts up to 16 are the long-video page's shrunk segments: the helpers check the frames they get back.
+        kwargs["num_frames"] = num_frames if num_frames <= 16 else 8
         kwargs["num_inference_steps"] = min(kwargs.get("num_inference_steps", 25), 2)
         return original_call(self, *args, **kwargs)
 
