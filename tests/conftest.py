@@ -9,15 +9,15 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-
-
-FIXTURES = pathlib.Path(__file__).parent / "fixtures"
-GOLDEN = FIXTURES / "golden"
-TINY_CHECKPOINT = GOLDEN / "Ruyi-tiny-random"
-# The published checkpoint's format (slice VAE, model_index.json, DDPM config, CLIP .bin, bf16 embeddings).
-GOLDEN_REALFMT = FIXTURES / "golden_realfmt"
-TINY_REALFMT_CHECKPOINT = GOLDEN_REALFMT / "Ruyi-tiny-realfmt"
-REAL_CHECKPOINT = FIXTURES / "real_checkpoint"
+from _helpers import (  # noqa: E402
+    GOLDEN,
+    GOLDEN_REALFMT,
+    REAL_CHECKPOINT,
+    TINY_CHECKPOINT,
+    TINY_REALFMT_CHECKPOINT,
+    load_pipe,
+    open_rgb,
+)
 
 
 @pytest.fixture(scope="session")
@@ -46,6 +46,44 @@ def tiny_realfmt_checkpoint() -> pathlib.Path:
 def real_checkpoint_dir() -> pathlib.Path:
     """The published configs and the original classes' key -> shape maps (no weights)."""
     return REAL_CHECKPOINT
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    """The tiny checkpoint's pipeline in float32, one per test module (a module may change it for its tests)."""
+    return load_pipe(TINY_CHECKPOINT, dtype=torch.float32)
+
+
+@pytest.fixture
+def clean_pipe(pipe):
+    """The module's pipeline, restored to its base weights (no adapters) after each test."""
+    base = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
+    yield pipe
+    pipe.unload_lora_weights()
+    pipe.transformer.load_state_dict(base)
+
+
+class ModelRanError(AssertionError):
+    """Raised by ``guarded_pipe``'s models: a model ran before the input was validated."""
+
+
+@pytest.fixture
+def guarded_pipe(pipe, monkeypatch):
+    """The module's pipeline, with every model call raising: bad input must be refused before any heavy work."""
+
+    def boom(*args, **kwargs):
+        raise ModelRanError("a model ran before the input was validated")
+
+    monkeypatch.setattr(pipe.transformer, "forward", boom)
+    monkeypatch.setattr(pipe.image_encoder, "forward", boom)
+    monkeypatch.setattr(pipe.vae, "encode", boom)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def start_image():
+    """The start image of the golden ``start_only`` case."""
+    return open_rgb(GOLDEN / "start_only_start.png")
 
 
 @pytest.fixture(autouse=True)

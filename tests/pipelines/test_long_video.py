@@ -7,7 +7,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from diffusers_ruyi import RuyiImageToVideoPipeline
 from diffusers_ruyi.long_video import (
     DEFAULT_CONTEXT_FRAMES,
     SegmentPlan,
@@ -20,18 +19,6 @@ from diffusers_ruyi.long_video import (
 
 SIZE = dict(height=32, width=48)
 FAST = dict(num_inference_steps=1, **SIZE)
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny_checkpoint):
-    pipe = RuyiImageToVideoPipeline.from_pretrained(tiny_checkpoint, dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-@pytest.fixture(scope="module")
-def start_image(golden_dir):
-    return PIL.Image.open(golden_dir / "start_only_start.png").convert("RGB")
 
 
 def _seed(seed=0):
@@ -228,16 +215,6 @@ def test_extend_a_video_of_another_size(pipe):
 # ------------------------------------------------------------------------------------------------------------
 # Errors before any compute
 # ------------------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def guarded_pipe(pipe, monkeypatch):
-    def boom(*args, **kwargs):
-        raise AssertionError("a model ran before the input was validated")
-
-    monkeypatch.setattr(pipe.transformer, "forward", boom)
-    monkeypatch.setattr(pipe.vae, "encode", boom)
-    return pipe
 
 
 @pytest.mark.parametrize(

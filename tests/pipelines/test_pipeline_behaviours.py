@@ -7,23 +7,14 @@ The goldens are `tests/fixtures/golden_extra/behaviour_*` (made by `make_behavio
 
 import json
 
-import PIL.Image
 import pytest
 import torch
-from safetensors.torch import load_file
+from _helpers import extra_expected, open_rgb, run_extra_case
 
-from diffusers_ruyi import RuyiImageToVideoPipeline
 from diffusers_ruyi.hooks import RuyiEnhanceAVideoConfig, apply_ruyi_enhance_a_video, remove_ruyi_enhance_a_video
 
 
 GOLDEN_TOL = 1e-4
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny_checkpoint):
-    pipe = RuyiImageToVideoPipeline.from_pretrained(tiny_checkpoint, dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 @pytest.fixture(scope="module")
@@ -35,29 +26,7 @@ def behaviour_cases(golden_dir):
 def images(golden_dir):
     """Three different pictures: the two start images and the end image of the goldens."""
     names = ["start_only_start.png", "start_end_start.png", "start_end_end.png"]
-    return [PIL.Image.open(golden_dir / n).convert("RGB") for n in names]
-
-
-def _golden_call(pipe, golden_dir, case, **kwargs):
-    image = PIL.Image.open(golden_dir / case["image"]).convert("RGB")
-    frames = pipe(
-        image=image,
-        num_frames=case["frames"],
-        height=case["h"],
-        width=case["w"],
-        num_inference_steps=case["steps"],
-        guidance_scale=case["cfg"],
-        motion=case["motion"],
-        camera_direction=case["cam"],
-        generator=torch.Generator("cpu").manual_seed(case["seed"]),
-        output_type="pt",
-        **kwargs,
-    ).frames
-    return frames.permute(0, 2, 1, 3, 4)  # (B, F, C, H, W) -> the original's (B, C, F, H, W)
-
-
-def _expected(golden_dir, case):
-    return load_file(str(golden_dir.parent / "golden_extra" / case["file"]))["video"]
+    return [open_rgb(golden_dir / n) for n in names]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -66,10 +35,10 @@ def _expected(golden_dir, case):
 
 
 @pytest.mark.parametrize("name", ["clip_ratio", "clip_ratio_07"])
-def test_clip_apply_ratio_matches_original(pipe, golden_dir, behaviour_cases, name):
+def test_clip_apply_ratio_matches_original(pipe, behaviour_cases, name):
     case = behaviour_cases[name]
-    video = _golden_call(pipe, golden_dir, case, clip_apply_ratio=case["clip_apply_ratio"])
-    assert (video - _expected(golden_dir, case)).abs().max().item() <= GOLDEN_TOL
+    video = run_extra_case(pipe, case, clip_apply_ratio=case["clip_apply_ratio"])
+    assert (video - extra_expected(case)).abs().max().item() <= GOLDEN_TOL
 
 
 def test_clip_apply_ratio_uses_the_last_steps(pipe, images):
@@ -92,13 +61,13 @@ def test_clip_apply_ratio_uses_the_last_steps(pipe, images):
         del pipe.transformer.forward
 
 
-def test_guidance_rescale_matches_original(pipe, golden_dir, behaviour_cases):
+def test_guidance_rescale_matches_original(pipe, behaviour_cases):
     case = behaviour_cases["guidance_rescale"]
-    video = _golden_call(pipe, golden_dir, case, guidance_rescale=case["guidance_rescale"])
-    assert (video - _expected(golden_dir, case)).abs().max().item() <= GOLDEN_TOL
+    video = run_extra_case(pipe, case, guidance_rescale=case["guidance_rescale"])
+    assert (video - extra_expected(case)).abs().max().item() <= GOLDEN_TOL
 
 
-def test_enhance_a_video_weight_matches_original(pipe, golden_dir, behaviour_cases):
+def test_enhance_a_video_weight_matches_original(pipe, behaviour_cases):
     case = behaviour_cases["enhance_weight"]
     apply_ruyi_enhance_a_video(
         pipe.transformer,
@@ -109,10 +78,10 @@ def test_enhance_a_video_weight_matches_original(pipe, golden_dir, behaviour_cas
         ),
     )
     try:
-        video = _golden_call(pipe, golden_dir, case)
+        video = run_extra_case(pipe, case)
     finally:
         remove_ruyi_enhance_a_video(pipe.transformer)
-    assert (video - _expected(golden_dir, case)).abs().max().item() <= GOLDEN_TOL
+    assert (video - extra_expected(case)).abs().max().item() <= GOLDEN_TOL
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -6,19 +6,13 @@ slice VAE). Every case listed in those files is run, so added cases are picked u
 """
 
 import json
-import pathlib
 
 import PIL.Image
 import pytest
 import torch
-from safetensors.torch import load_file
-
-from diffusers_ruyi import RuyiImageToVideoPipeline
+from _helpers import FIXTURES, GOLDEN_EXTRA, GOLDEN_REALFMT, extra_expected, load_pipe, load_video, open_rgb, run_case
 
 
-FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "fixtures"
-EXTRA = FIXTURES / "golden_extra"
-REALFMT = FIXTURES / "golden_realfmt"
 TOL = 1e-4
 
 
@@ -26,71 +20,46 @@ def _cases(path):
     return json.loads(path.read_text())["cases"] if path.exists() else []
 
 
-def _image(path):
-    return PIL.Image.open(path).convert("RGB")
-
-
-def _run_case(pipe, case, starts, ends):
-    return pipe(
-        image=[starts],
-        last_image=[ends] if ends else None,
-        num_frames=case["frames"],
-        height=case["h"],
-        width=case["w"],
-        num_inference_steps=case["steps"],
-        guidance_scale=case["cfg"],
-        motion=case["motion"],
-        camera_direction=case["cam"],
-        generator=torch.Generator("cpu").manual_seed(case["seed"]),
-        output_type="pt",
-    ).frames.permute(0, 2, 1, 3, 4)  # (B, F, C, H, W) -> the original's (B, C, F, H, W)
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny_checkpoint):
-    pipe = RuyiImageToVideoPipeline.from_pretrained(tiny_checkpoint, dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 @pytest.fixture(scope="module")
 def realfmt_pipe(tiny_realfmt_checkpoint):
-    pipe = RuyiImageToVideoPipeline.from_pretrained(tiny_realfmt_checkpoint, dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return load_pipe(tiny_realfmt_checkpoint, dtype=torch.float32)
+
+
+def _run_multiframe(pipe, case, starts, ends):
+    return run_case(pipe, case, [starts], [ends] if ends else None)
 
 
 def _extra_inputs(case):
-    return [_image(FIXTURES / p) for p in case["start"]], [_image(FIXTURES / p) for p in case["end"]]
+    return [open_rgb(FIXTURES / p) for p in case["start"]], [open_rgb(FIXTURES / p) for p in case["end"]]
 
 
-@pytest.mark.parametrize("case", _cases(EXTRA / "multiframe_cases.json"), ids=lambda c: c["name"])
+@pytest.mark.parametrize("case", _cases(GOLDEN_EXTRA / "multiframe_cases.json"), ids=lambda c: c["name"])
 def test_multiframe_matches_original(pipe, case):
     starts, ends = _extra_inputs(case)
-    video = _run_case(pipe, case, starts, ends)
-    expected = load_file(str(EXTRA / case["file"]))["video"]
+    video = _run_multiframe(pipe, case, starts, ends)
+    expected = extra_expected(case)
     assert video.shape == expected.shape
     assert (video - expected).abs().max().item() <= TOL
 
 
 def test_the_goldens_see_every_start_frame(pipe):
     # Keeping only the first start frame must change the video: the golden pins the extra frames.
-    case = next(c for c in _cases(EXTRA / "multiframe_cases.json") if c["name"] == "mf_start3_end1")
+    case = next(c for c in _cases(GOLDEN_EXTRA / "multiframe_cases.json") if c["name"] == "mf_start3_end1")
     starts, ends = _extra_inputs(case)
-    video = _run_case(pipe, case, starts[:1], ends)
-    expected = load_file(str(EXTRA / case["file"]))["video"]
+    video = _run_multiframe(pipe, case, starts[:1], ends)
+    expected = extra_expected(case)
     assert (video - expected).abs().max().item() > 1e-2
 
 
-@pytest.mark.parametrize("case", _cases(REALFMT / "multiframe_cases.json"), ids=lambda c: c["name"])
+@pytest.mark.parametrize("case", _cases(GOLDEN_REALFMT / "multiframe_cases.json"), ids=lambda c: c["name"])
 def test_multiframe_matches_original_published_format(realfmt_pipe, case):
     if any(p.is_meta for p in realfmt_pipe.vae.parameters()):
         pytest.xfail("the slice-compression VAE of the published format is not loaded yet (branch vae-slice)")
     name = case["name"]
-    starts = [_image(REALFMT / f"{name}_start{i}.png") for i in range(case["n_start"])]
-    ends = [_image(REALFMT / f"{name}_end{i}.png") for i in range(case["n_end"])]
-    video = _run_case(realfmt_pipe, case, starts, ends)
-    expected = load_file(str(REALFMT / f"{name}_video.safetensors"))["video"]
+    starts = [open_rgb(GOLDEN_REALFMT / f"{name}_start{i}.png") for i in range(case["n_start"])]
+    ends = [open_rgb(GOLDEN_REALFMT / f"{name}_end{i}.png") for i in range(case["n_end"])]
+    video = _run_multiframe(realfmt_pipe, case, starts, ends)
+    expected = load_video(GOLDEN_REALFMT / f"{name}_video.safetensors")
     assert tuple(video.shape) == tuple(case["video_shape"])
     assert (video - expected).abs().max().item() <= TOL
 
@@ -137,8 +106,8 @@ def _call(pipe, **kwargs):
 
 
 def test_several_end_frames_end_to_end(pipe, golden_dir):
-    start = _image(golden_dir / "start_only_start.png")
-    ends = [_image(golden_dir / "start_end_end.png"), _image(golden_dir / "start_end_start.png")]
+    start = open_rgb(golden_dir / "start_only_start.png")
+    ends = [open_rgb(golden_dir / "start_end_end.png"), open_rgb(golden_dir / "start_end_start.png")]
     seed = 3
     two = _call(pipe, image=[[start]], last_image=[ends], generator=torch.Generator().manual_seed(seed))
     one = _call(pipe, image=start, last_image=ends[-1], generator=torch.Generator().manual_seed(seed))
@@ -147,8 +116,8 @@ def test_several_end_frames_end_to_end(pipe, golden_dir):
 
 
 def test_batch_of_videos_with_different_start_frame_counts(pipe, golden_dir):
-    a = [_image(golden_dir / "start_only_start.png"), _image(golden_dir / "start_end_end.png")]
-    b = [_image(golden_dir / "start_end_start.png")]
+    a = [open_rgb(golden_dir / "start_only_start.png"), open_rgb(golden_dir / "start_end_end.png")]
+    b = [open_rgb(golden_dir / "start_end_start.png")]
     batch = _call(pipe, image=[a, b], generator=[torch.Generator().manual_seed(s) for s in (1, 2)])
     first = _call(pipe, image=[a], generator=torch.Generator().manual_seed(1))
     second = _call(pipe, image=b[0], generator=torch.Generator().manual_seed(2))
@@ -159,17 +128,6 @@ def test_batch_of_videos_with_different_start_frame_counts(pipe, golden_dir):
 # ------------------------------------------------------------------------------------------------------------
 # Ambiguous or impossible input fails before any model runs
 # ------------------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def guarded_pipe(pipe, monkeypatch):
-    def boom(*args, **kwargs):
-        raise AssertionError("a model ran before the input was validated")
-
-    monkeypatch.setattr(pipe.transformer, "forward", boom)
-    monkeypatch.setattr(pipe.image_encoder, "forward", boom)
-    monkeypatch.setattr(pipe.vae, "encode", boom)
-    return pipe
 
 
 def test_bad_multiframe_inputs_fail_early(guarded_pipe):

@@ -5,45 +5,18 @@ config, the slice VAE with the original's tiling switched on, a full-CLIP `.bin`
 went through the original's `decode_latents`, so `smooth_output` included.
 """
 
-import json
-
 import PIL.Image
 import pytest
 import torch
+from _helpers import load_golden_case, load_pipe, run_case
 from diffusers import DDIMScheduler
-from safetensors.torch import load_file
 
 from diffusers_ruyi import RuyiImageToVideoPipeline
 
 
-def _cases(golden_realfmt_dir):
-    return {c["name"]: c for c in json.loads((golden_realfmt_dir / "realfmt_cases.json").read_text())["cases"]}
-
-
 @pytest.fixture(scope="module")
 def realfmt_pipe(tiny_realfmt_checkpoint):
-    pipe = RuyiImageToVideoPipeline.from_pretrained(tiny_realfmt_checkpoint)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def _run_case(pipe, golden_dir, case):
-    name = case["name"]
-    start = PIL.Image.open(golden_dir / f"{name}_start.png").convert("RGB")
-    end = PIL.Image.open(golden_dir / f"{name}_end.png").convert("RGB") if case["end"] else None
-    return pipe(
-        image=start,
-        last_image=end,
-        num_frames=case["frames"],
-        height=case["h"],
-        width=case["w"],
-        num_inference_steps=case["steps"],
-        guidance_scale=case["cfg"],
-        motion=case["motion"],
-        camera_direction=case["cam"],
-        generator=torch.Generator("cpu").manual_seed(case["seed"]),
-        output_type="pt",
-    ).frames.permute(0, 2, 1, 3, 4)  # (B, F, C, H, W) -> the original's (B, C, F, H, W)
+    return load_pipe(tiny_realfmt_checkpoint)
 
 
 def test_loads_the_published_layout_as_it_is(realfmt_pipe):
@@ -56,19 +29,17 @@ def test_loads_the_published_layout_as_it_is(realfmt_pipe):
 
 @pytest.mark.parametrize("case_name", ["rf_start_only", "rf_start_end_24f"])
 def test_end_to_end_matches_original(realfmt_pipe, golden_realfmt_dir, case_name):
-    case = _cases(golden_realfmt_dir)[case_name]
-    video = _run_case(realfmt_pipe, golden_realfmt_dir, case)
-    expected = load_file(str(golden_realfmt_dir / f"{case_name}_video.safetensors"))["video"]
+    case, start, end, expected = load_golden_case(golden_realfmt_dir, "realfmt_cases.json", case_name)
+    video = run_case(realfmt_pipe, case, start, end)
     assert tuple(video.shape) == tuple(case["video_shape"])
     assert (video - expected).abs().max().item() <= 1e-4
 
 
 def test_smooth_output_is_applied(realfmt_pipe, golden_realfmt_dir, monkeypatch):
     # Without `smooth_output` the 16-frame case no longer matches the original: the branch is pinned.
-    case = _cases(golden_realfmt_dir)["rf_start_only"]
+    case, start, end, expected = load_golden_case(golden_realfmt_dir, "realfmt_cases.json", "rf_start_only")
     monkeypatch.setattr(type(realfmt_pipe), "smooth_output", lambda self, video: video)
-    video = _run_case(realfmt_pipe, golden_realfmt_dir, case)
-    expected = load_file(str(golden_realfmt_dir / "rf_start_only_video.safetensors"))["video"]
+    video = run_case(realfmt_pipe, case, start, end)
     assert (video - expected).abs().max().item() > 1e-3
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from _helpers import load_golden_case, run_case
 from diffusers import (
     AutoModel,
     DDIMScheduler,
@@ -32,22 +33,6 @@ from diffusers_ruyi import (
 from diffusers_ruyi.pipelines.controls import CAMERA_DIRECTIONS, MOTION_VALUES, get_bucket_size
 
 
-def _load_case(golden_dir, name):
-    cases = {c["name"]: c for c in json.loads((golden_dir / "cases.json").read_text())["cases"]}
-    case = cases[name]
-    start = PIL.Image.open(golden_dir / f"{name}_start.png").convert("RGB")
-    end = PIL.Image.open(golden_dir / f"{name}_end.png").convert("RGB") if case["end"] else None
-    expected = load_file(str(golden_dir / f"{name}_video.safetensors"))["video"]
-    return case, start, end, expected
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny_checkpoint):
-    pipe = RuyiImageToVideoPipeline.from_pretrained(tiny_checkpoint, dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def _call(pipe, image, **kwargs):
     args = dict(
         image=image,
@@ -62,28 +47,10 @@ def _call(pipe, image, **kwargs):
     return pipe(**args)
 
 
-@pytest.fixture(scope="module")
-def start_image(golden_dir):
-    return PIL.Image.open(golden_dir / "start_only_start.png").convert("RGB")
-
-
 @pytest.mark.parametrize("case_name", ["start_only", "start_end"])
 def test_end_to_end_matches_original(pipe, golden_dir, case_name):
-    case, start, end, expected = _load_case(golden_dir, case_name)
-    out = pipe(
-        image=start,
-        last_image=end,
-        num_frames=case["frames"],
-        height=case["h"],
-        width=case["w"],
-        num_inference_steps=case["steps"],
-        guidance_scale=case["cfg"],
-        motion=case["motion"],
-        camera_direction=case["cam"],
-        generator=torch.Generator("cpu").manual_seed(case["seed"]),
-        output_type="pt",
-    )
-    video = out.frames.permute(0, 2, 1, 3, 4)  # (B, F, C, H, W) -> the original's (B, C, F, H, W)
+    case, start, end, expected = load_golden_case(golden_dir, "cases.json", case_name)
+    video = run_case(pipe, case, start, end)
     assert tuple(video.shape) == tuple(case["video_shape"])
     assert (video - expected).abs().max().item() <= 1e-4
 
@@ -261,23 +228,6 @@ def test_custom_embeddings(pipe, start_image):
     assert torch.equal(by_controls, by_embeds)
     other = _call(pipe, start_image, motion=4, camera_direction="up").frames
     assert not torch.equal(by_controls, other)
-
-
-class _Boom(RuntimeError):
-    pass
-
-
-@pytest.fixture
-def guarded_pipe(pipe, monkeypatch):
-    """The pipe, with every model call raising: bad input must be refused before any heavy work."""
-
-    def boom(*args, **kwargs):
-        raise _Boom("a model ran before the input was validated")
-
-    monkeypatch.setattr(pipe.transformer, "forward", boom)
-    monkeypatch.setattr(pipe.image_encoder, "forward", boom)
-    monkeypatch.setattr(pipe.vae, "encode", boom)
-    return pipe
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,155 @@
+"""Setup the test modules share: loading the tiny checkpoints and goldens, running a golden case, transformer inputs.
+
+The fixtures that wrap these (``pipe``, ``start_image``, ...) are in ``conftest.py``; import the plain functions
+with ``from _helpers import ...`` (pytest puts this folder on ``sys.path`` through ``conftest.py``).
+"""
+
+import json
+import pathlib
+
+import PIL.Image
+import torch
+from safetensors.torch import load_file
+
+from diffusers_ruyi import RuyiImageToVideoPipeline, RuyiTransformer3DModel
+from diffusers_ruyi.loaders.original_checkpoint import convert_transformer_config
+from diffusers_ruyi.tiny import TINY_TRANSFORMER_CONFIG
+
+
+FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
+GOLDEN = FIXTURES / "golden"
+GOLDEN_EXTRA = FIXTURES / "golden_extra"
+TINY_CHECKPOINT = GOLDEN / "Ruyi-tiny-random"
+# The published checkpoint's format (slice VAE, model_index.json, DDPM config, CLIP .bin, bf16 embeddings).
+GOLDEN_REALFMT = FIXTURES / "golden_realfmt"
+TINY_REALFMT_CHECKPOINT = GOLDEN_REALFMT / "Ruyi-tiny-realfmt"
+REAL_CHECKPOINT = FIXTURES / "real_checkpoint"
+ORIGINAL_LORA = FIXTURES / "lora" / "ruyi_lora_original.safetensors"
+
+# The transformer's conditioning inputs (all but the latents, the timestep and the inpaint latents).
+COND_KEYS = (
+    "encoder_hidden_states",
+    "text_embedding_mask",
+    "encoder_hidden_states_t5",
+    "text_embedding_mask_t5",
+    "image_meta_size",
+    "style",
+    "clip_encoder_hidden_states",
+    "clip_attention_mask",
+)
+
+
+def load_pipe(checkpoint, **kwargs) -> RuyiImageToVideoPipeline:
+    """``RuyiImageToVideoPipeline.from_pretrained(checkpoint, **kwargs)`` with the progress bar off."""
+    pipe = RuyiImageToVideoPipeline.from_pretrained(checkpoint, **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def open_rgb(path) -> PIL.Image.Image:
+    return PIL.Image.open(path).convert("RGB")
+
+
+def load_video(path) -> torch.Tensor:
+    """The ``video`` tensor of a golden ``.safetensors`` file."""
+    return load_file(str(path))["video"]
+
+
+def load_golden_case(folder, cases_file, name):
+    """A case of ``folder/cases_file`` (``{"cases": [{"name": ..., "end": ...}, ...]}``), its start and end images
+    (``<name>_start.png``, ``<name>_end.png`` when the case has one) and the original's video
+    (``<name>_video.safetensors``)."""
+    cases = {c["name"]: c for c in json.loads((folder / cases_file).read_text())["cases"]}
+    case = cases[name]
+    start = open_rgb(folder / f"{name}_start.png")
+    end = open_rgb(folder / f"{name}_end.png") if case["end"] else None
+    return case, start, end, load_video(folder / f"{name}_video.safetensors")
+
+
+def run_case(pipe, case, image, last_image=None, **kwargs) -> torch.Tensor:
+    """Runs a golden case (a dict with frames, h, w, steps, cfg, motion, cam, seed) and returns the video in the
+    original's layout (B, C, F, H, W)."""
+    frames = pipe(
+        image=image,
+        last_image=last_image,
+        num_frames=case["frames"],
+        height=case["h"],
+        width=case["w"],
+        num_inference_steps=case["steps"],
+        guidance_scale=case["cfg"],
+        motion=case["motion"],
+        camera_direction=case["cam"],
+        generator=torch.Generator("cpu").manual_seed(case["seed"]),
+        output_type="pt",
+        **kwargs,
+    ).frames
+    return frames.permute(0, 2, 1, 3, 4)  # (B, F, C, H, W) -> the original's (B, C, F, H, W)
+
+
+def run_extra_case(pipe, case, **kwargs) -> torch.Tensor:
+    """A ``golden_extra`` case: its start image is named relative to ``tests/fixtures/golden``."""
+    return run_case(pipe, case, open_rgb(GOLDEN / case["image"]), **kwargs)
+
+
+def extra_expected(case) -> torch.Tensor:
+    """The original's video of a ``golden_extra`` case."""
+    return load_video(GOLDEN_EXTRA / case["file"])
+
+
+def tiny_transformer(**overrides) -> RuyiTransformer3DModel:
+    """The tiny golden transformer's architecture with fresh random weights (seed 0), in eval mode."""
+    torch.manual_seed(0)
+    config = convert_transformer_config(TINY_TRANSFORMER_CONFIG)
+    config.update(overrides)
+    return RuyiTransformer3DModel.from_config(config).eval()
+
+
+def transformer_inputs(config=None, batch=2, frames=4, height=4, width=6, clip_tokens=16, generator=None):
+    """Random forward inputs of a transformer with ``config`` (default: the tiny one), without the timestep."""
+    cfg = TINY_TRANSFORMER_CONFIG if config is None else config
+    generator = generator or torch.Generator().manual_seed(0)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator)
+
+    return {
+        "hidden_states": randn(batch, 16, frames, height, width),
+        "encoder_hidden_states": randn(batch, cfg["text_len"], cfg["cross_attention_dim"]),
+        "text_embedding_mask": torch.ones(batch, cfg["text_len"], dtype=torch.int64),
+        "encoder_hidden_states_t5": randn(batch, cfg["text_len_t5"], cfg["cross_attention_dim_t5"]),
+        "text_embedding_mask_t5": torch.ones(batch, cfg["text_len_t5"], dtype=torch.int64),
+        "image_meta_size": torch.tensor([[1024.0, 1024.0, height * 8.0, width * 8.0, 0.0, 0.0]] * batch),
+        "style": torch.zeros(batch, dtype=torch.int64),
+        "inpaint_latents": randn(batch, cfg["in_channels"] - 16, frames, height, width),
+        "clip_encoder_hidden_states": randn(batch, clip_tokens, cfg["projection_dim"]),
+        "clip_attention_mask": torch.ones(batch, cfg["n_query"]),
+    }
+
+
+def golden_transformer_inputs() -> dict:
+    """The golden transformer forward: its inputs (both CFG samples) and its ``output``."""
+    return load_file(str(GOLDEN / "transformer_forward.safetensors"))
+
+
+def small_golden_inputs(golden=None) -> dict:
+    """The conditional sample (its CLIP mask is ones) of the golden transformer forward, two latent frames: fast
+    enough to run many times."""
+    golden = golden_transformer_inputs() if golden is None else golden
+    inputs = {k: golden[k][1:] for k in COND_KEYS}
+    inputs["hidden_states"] = golden["hidden_states"][1:, :, :2]
+    inputs["inpaint_latents"] = golden["inpaint_latents"][1:, :, :2]
+    inputs["timestep"] = golden["timestep"][1:]
+    return inputs
+
+
+def run_transformer(transformer, inputs, **kwargs) -> torch.Tensor:
+    """One forward of ``transformer`` on ``small_golden_inputs``-like inputs (no grad), its output sample."""
+    with torch.no_grad():
+        return transformer(
+            inputs["hidden_states"],
+            inputs["timestep"],
+            inpaint_latents=inputs["inpaint_latents"],
+            return_dict=False,
+            **{k: inputs[k] for k in COND_KEYS},
+            **kwargs,
+        )[0]
