@@ -4,8 +4,10 @@ The fixtures that wrap these (``pipe``, ``start_image``, ...) are in ``conftest.
 with ``from _helpers import ...`` (pytest puts this folder on ``sys.path`` through ``conftest.py``).
 """
 
+import importlib.util
 import json
 import pathlib
+import sys
 
 import PIL.Image
 import torch
@@ -16,7 +18,9 @@ from diffusers_ruyi.loaders.original_checkpoint import convert_transformer_confi
 from diffusers_ruyi.tiny import TINY_TRANSFORMER_CONFIG
 
 
-FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+FIXTURES = ROOT / "tests" / "fixtures"
 GOLDEN = FIXTURES / "golden"
 GOLDEN_EXTRA = FIXTURES / "golden_extra"
 TINY_CHECKPOINT = GOLDEN / "Ruyi-tiny-random"
@@ -37,6 +41,34 @@ COND_KEYS = (
     "clip_encoder_hidden_states",
     "clip_attention_mask",
 )
+
+
+def load_script(path, name=None):
+    """Imports the script at ``path`` as a module (named ``name``, by default its file name)."""
+    path = pathlib.Path(path)
+    spec = importlib.util.spec_from_file_location(name or path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_example(name):
+    """``examples/<name>.py`` as a module; ``examples/`` goes on ``sys.path`` first, as when a script is run, so that
+    the examples find their ``_common.py``."""
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))
+    return load_script(EXAMPLES / f"{name}.py")
+
+
+def read_frames(path) -> list:
+    """Every frame of a video file, as arrays."""
+    import imageio
+
+    reader = imageio.get_reader(str(path))
+    try:
+        return list(reader.iter_data())  # len(reader) is inf for ffmpeg streams
+    finally:
+        reader.close()
 
 
 def load_pipe(checkpoint, **kwargs) -> RuyiImageToVideoPipeline:
@@ -94,6 +126,21 @@ def run_extra_case(pipe, case, **kwargs) -> torch.Tensor:
 def extra_expected(case) -> torch.Tensor:
     """The original's video of a ``golden_extra`` case."""
     return load_video(GOLDEN_EXTRA / case["file"])
+
+
+def quick_latents(pipe, image, **kwargs) -> torch.Tensor:
+    """A quick run of the tiny pipeline (8 frames at 32x48, 2 steps, seed 0) that stops at the latents: for what
+    only touches the transformer, such as a LoRA (decoding is covered by the pipeline tests)."""
+    return pipe(
+        image=image,
+        num_frames=8,
+        height=32,
+        width=48,
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+        output_type="latent",
+        **kwargs,
+    ).frames
 
 
 def tiny_transformer(**overrides) -> RuyiTransformer3DModel:

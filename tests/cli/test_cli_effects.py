@@ -9,8 +9,8 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from _helpers import ORIGINAL_LORA, load_pipe
 
-from diffusers_ruyi import RuyiImageToVideoPipeline
 from diffusers_ruyi.cli import main
 from diffusers_ruyi.hooks import RuyiEnhanceAVideoConfig, apply_ruyi_enhance_a_video
 
@@ -18,14 +18,19 @@ from diffusers_ruyi.hooks import RuyiEnhanceAVideoConfig, apply_ruyi_enhance_a_v
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 START = str(ROOT / "examples" / "assets" / "start.png")
 END = str(ROOT / "examples" / "assets" / "end.png")
-LORA = ROOT / "tests" / "fixtures" / "lora" / "ruyi_lora_original.safetensors"
+LORA = ORIGINAL_LORA
 TOL = 1e-4
 
 
-def _cli(monkeypatch, tmp_path, tiny_checkpoint, *extra):
+def _capture_videos(monkeypatch):
+    """Replaces the mp4 writer: the frames of each video the CLI writes are appended to the returned list."""
     captured = []
     monkeypatch.setattr(diffusers.utils, "export_to_video", lambda frames, path, fps: captured.append(frames))
-    argv = [
+    return captured
+
+
+def _base_argv(tmp_path, tiny_checkpoint):
+    return [
         "--model",
         str(tiny_checkpoint),
         "--image",
@@ -35,14 +40,18 @@ def _cli(monkeypatch, tmp_path, tiny_checkpoint, *extra):
         "--quiet",
         "--overwrite",
     ]
+
+
+def _cli(monkeypatch, tmp_path, tiny_checkpoint, *extra):
+    captured = _capture_videos(monkeypatch)
+    argv = _base_argv(tmp_path, tiny_checkpoint)
     argv += ["--num-frames", "8", "--height", "32", "--width", "48", "--steps", "2", *extra]
     assert main(argv) == 0
     return torch.from_numpy(np.stack(captured[0]))
 
 
 def _direct(tiny_checkpoint, configure=None, **kwargs):
-    pipe = RuyiImageToVideoPipeline.from_pretrained(tiny_checkpoint, dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = load_pipe(tiny_checkpoint, dtype=torch.float32)
     if configure is not None:
         configure(pipe)
     args = dict(num_frames=8, height=32, width=48, num_inference_steps=2, guidance_scale=7.0, seed=42)
@@ -104,18 +113,8 @@ def test_lora_weight_is_not_the_default(monkeypatch, tmp_path, tiny_checkpoint):
 
 
 def test_base_resolution_sets_the_size(monkeypatch, tmp_path, tiny_checkpoint):
-    captured = []
-    monkeypatch.setattr(diffusers.utils, "export_to_video", lambda frames, path, fps: captured.append(frames))
-    argv = [
-        "--model",
-        str(tiny_checkpoint),
-        "--image",
-        START,
-        "--output",
-        str(tmp_path / "v.mp4"),
-        "--quiet",
-        "--overwrite",
-    ]
+    captured = _capture_videos(monkeypatch)
+    argv = _base_argv(tmp_path, tiny_checkpoint)
     assert main([*argv, "--num-frames", "1", "--steps", "1", "--base-resolution", "64"]) == 0
     from diffusers_ruyi.pipelines.controls import get_bucket_size
 

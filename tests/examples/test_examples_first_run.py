@@ -1,18 +1,14 @@
 """The examples as a first-time user runs them: a missing output folder is created, a bad one fails before the model
 is loaded, and every script (the LoRA ones included) runs with `tiny-random`."""
 
-import importlib.util
-import pathlib
 import stat
 
-import imageio
 import pytest
+from _helpers import EXAMPLES, ORIGINAL_LORA, ROOT, load_example, load_script, read_frames
 
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-EXAMPLES = ROOT / "examples"
 START = str(EXAMPLES / "assets" / "start.png")
-LORA = ROOT / "tests" / "fixtures" / "lora" / "ruyi_lora_original.safetensors"
+LORA = ORIGINAL_LORA
 SMALL = ["--model", "tiny-random", "--num-frames", "8", "--steps", "1", "--image", START]
 SCRIPTS = {
     "image_to_video": ["--base-resolution", "64"],
@@ -23,31 +19,16 @@ SCRIPTS = {
 }
 
 
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _frames(path):
-    reader = imageio.get_reader(str(path))
-    try:
-        return list(reader.iter_data())
-    finally:
-        reader.close()
-
-
 @pytest.mark.parametrize("name", ["image_to_video", "lora_inference"])
 def test_missing_output_folders_are_created(tmp_path, name):
     out = tmp_path / "outputs" / "nested" / f"{name}.mp4"
-    assert _load(name).main([*SMALL, *SCRIPTS[name], "--output", str(out)]) == str(out)
-    assert len(_frames(out)) == 8
+    assert load_example(name).main([*SMALL, *SCRIPTS[name], "--output", str(out)]) == str(out)
+    assert len(read_frames(out)) == 8
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
 def test_bad_output_folder_fails_before_loading(tmp_path, monkeypatch, name):
-    module = _load(name)
+    module = load_example(name)
 
     def must_not_load(*args, **kwargs):
         raise AssertionError("the model was loaded before the output folder was checked")
@@ -59,14 +40,12 @@ def test_bad_output_folder_fails_before_loading(tmp_path, monkeypatch, name):
 
 
 def test_lora_inference_docstring_names_a_lora_that_fits_tiny_random():
-    doc = _load("lora_inference").__doc__
+    doc = load_example("lora_inference").__doc__
     assert "--model tiny-random" in doc and str(LORA.relative_to(ROOT)) in doc
 
 
 def test_converter_output_gets_the_usual_permissions(tiny_checkpoint, tmp_path):
-    spec = importlib.util.spec_from_file_location("convert", ROOT / "scripts" / "convert_ruyi_to_diffusers.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(ROOT / "scripts" / "convert_ruyi_to_diffusers.py", "convert")
     out = tmp_path / "converted"
     module.main(["--checkpoint", str(tiny_checkpoint), "--output", str(out)])
     (tmp_path / "reference").mkdir()  # what a plain mkdir gives under this umask
@@ -74,9 +53,7 @@ def test_converter_output_gets_the_usual_permissions(tiny_checkpoint, tmp_path):
 
 
 def test_converter_bad_output_fails_before_loading(tiny_checkpoint, tmp_path, monkeypatch, capsys):
-    spec = importlib.util.spec_from_file_location("convert", ROOT / "scripts" / "convert_ruyi_to_diffusers.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(ROOT / "scripts" / "convert_ruyi_to_diffusers.py", "convert")
 
     def must_not_load(*args, **kwargs):
         raise AssertionError("the checkpoint was loaded before the output was checked")

@@ -2,44 +2,16 @@
 
 import pytest
 import torch
+from _helpers import tiny_transformer, transformer_inputs
 
-from diffusers_ruyi import RuyiTransformer3DModel
 from diffusers_ruyi.hooks import RuyiTeaCacheConfig, get_ruyi_teacache_skipped_steps
 from diffusers_ruyi.hooks.teacache import _get_head_hook
-from diffusers_ruyi.loaders.original_checkpoint import convert_transformer_config
-from diffusers_ruyi.tiny import TINY_TRANSFORMER_CONFIG
-
-
-def _tiny_model() -> RuyiTransformer3DModel:
-    torch.manual_seed(0)
-    return RuyiTransformer3DModel.from_config(convert_transformer_config(TINY_TRANSFORMER_CONFIG)).eval()
-
-
-def _inputs(batch=1, frames=2, height=4, width=4):
-    cfg = TINY_TRANSFORMER_CONFIG
-    generator = torch.Generator().manual_seed(0)
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=generator)
-
-    return {
-        "hidden_states": randn(batch, 16, frames, height, width),
-        "encoder_hidden_states": randn(batch, cfg["text_len"], cfg["cross_attention_dim"]),
-        "text_embedding_mask": torch.ones(batch, cfg["text_len"], dtype=torch.int64),
-        "encoder_hidden_states_t5": randn(batch, cfg["text_len_t5"], cfg["cross_attention_dim_t5"]),
-        "text_embedding_mask_t5": torch.ones(batch, cfg["text_len_t5"], dtype=torch.int64),
-        "image_meta_size": torch.tensor([[1024.0, 1024.0, height * 8.0, width * 8.0, 0.0, 0.0]] * batch),
-        "style": torch.zeros(batch, dtype=torch.int64),
-        "inpaint_latents": randn(batch, cfg["in_channels"] - 16, frames, height, width),
-        "clip_encoder_hidden_states": randn(batch, 16, cfg["projection_dim"]),
-        "clip_attention_mask": torch.ones(batch, cfg["n_query"]),
-    }
 
 
 def test_teacache_frees_its_tensors_after_the_last_step():
     # Kills `step >= num_steps - 1` -> `step >= num_steps - 0` (hooks/teacache.py): the cached block input, residual
     # and modulated input are released after the last step, as the original does, not kept until the next run.
-    model, inputs = _tiny_model(), _inputs()
+    model, inputs = tiny_transformer(), transformer_inputs(batch=1, frames=2, height=4, width=4)
     model.enable_cache(RuyiTeaCacheConfig(threshold=0.1, skip_start_steps=1, skip_end_steps=1))
     hook = _get_head_hook(model)
     hidden_states = inputs.pop("hidden_states")
@@ -69,7 +41,7 @@ def test_teacache_skipped_steps_on_a_model_without_it(module):
     with pytest.raises(ValueError, match="TeaCache is not enabled"):
         get_ruyi_teacache_skipped_steps(module)
     with pytest.raises(ValueError, match="TeaCache is not enabled"):
-        get_ruyi_teacache_skipped_steps(_tiny_model())
+        get_ruyi_teacache_skipped_steps(tiny_transformer())
 
 
 def _two_linears() -> torch.nn.Module:

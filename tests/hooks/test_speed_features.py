@@ -8,9 +8,9 @@ import json
 import os
 import socket
 
-import PIL.Image
 import pytest
 import torch
+from _helpers import GOLDEN_EXTRA, extra_expected, run_extra_case, tiny_transformer, transformer_inputs
 from diffusers import (
     FasterCacheConfig,
     FirstBlockCacheConfig,
@@ -19,9 +19,8 @@ from diffusers import (
     TaylorSeerCacheConfig,
     TextKVCacheConfig,
 )
-from safetensors.torch import load_file
 
-from diffusers_ruyi import RuyiImageToVideoPipeline, RuyiTransformer3DModel
+from diffusers_ruyi import RuyiTransformer3DModel
 from diffusers_ruyi.hooks import (
     RuyiEnhanceAVideoConfig,
     RuyiSkipOffloadConfig,
@@ -36,46 +35,15 @@ from diffusers_ruyi.hooks import (
     select_fp8_modules,
 )
 from diffusers_ruyi.hooks.skip_offload import LongSkipStack
-from diffusers_ruyi.loaders.original_checkpoint import convert_transformer_config
 from diffusers_ruyi.models import transformer_ruyi
-from diffusers_ruyi.tiny import TINY_TRANSFORMER_CONFIG
 
 
-GOLDEN_EXTRA = os.path.join(os.path.dirname(__file__), "..", "fixtures", "golden_extra")
 GOLDEN_TOL = 1e-4
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def _tiny_model(**overrides) -> RuyiTransformer3DModel:
-    torch.manual_seed(0)
-    config = convert_transformer_config(TINY_TRANSFORMER_CONFIG)
-    config.update(overrides)
-    return RuyiTransformer3DModel.from_config(config).eval()
-
-
-def _inputs(batch=2, frames=4, height=4, width=6, seed=0):
-    cfg = TINY_TRANSFORMER_CONFIG
-    generator = torch.Generator().manual_seed(seed)
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=generator)
-
-    return {
-        "hidden_states": randn(batch, 16, frames, height, width),
-        "encoder_hidden_states": randn(batch, cfg["text_len"], cfg["cross_attention_dim"]),
-        "text_embedding_mask": torch.ones(batch, cfg["text_len"], dtype=torch.int64),
-        "encoder_hidden_states_t5": randn(batch, cfg["text_len_t5"], cfg["cross_attention_dim_t5"]),
-        "text_embedding_mask_t5": torch.ones(batch, cfg["text_len_t5"], dtype=torch.int64),
-        "image_meta_size": torch.tensor([[1024.0, 1024.0, height * 8.0, width * 8.0, 0.0, 0.0]] * batch),
-        "style": torch.zeros(batch, dtype=torch.int64),
-        "inpaint_latents": randn(batch, cfg["in_channels"] - 16, frames, height, width),
-        "clip_encoder_hidden_states": randn(batch, 16, cfg["projection_dim"]),
-        "clip_attention_mask": torch.ones(batch, cfg["n_query"]),
-    }
 
 
 def _denoise(model, inputs, timesteps, latent_drift=0.0, with_step_info=True):
@@ -118,45 +86,21 @@ def _self_attentions(model):
 
 
 @pytest.fixture(scope="module")
-def golden_pipe(tiny_checkpoint):
-    pipe = RuyiImageToVideoPipeline.from_pretrained(tiny_checkpoint, dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-@pytest.fixture(scope="module")
 def golden_meta():
-    with open(os.path.join(GOLDEN_EXTRA, "cases.json")) as f:
+    with open(GOLDEN_EXTRA / "cases.json") as f:
         return json.load(f)
 
 
-def _golden_call(pipe, golden_dir, case):
-    image = PIL.Image.open(golden_dir / case["image"]).convert("RGB")
-    frames = pipe(
-        image=image,
-        num_frames=case["frames"],
-        height=case["h"],
-        width=case["w"],
-        num_inference_steps=case["steps"],
-        guidance_scale=case["cfg"],
-        motion=case["motion"],
-        camera_direction=case["cam"],
-        generator=torch.Generator("cpu").manual_seed(case["seed"]),
-        output_type="pt",
-    ).frames
-    return frames.permute(0, 2, 1, 3, 4)  # (B, F, C, H, W) -> the original's (B, C, F, H, W)
-
-
-def test_teacache_matches_original(golden_pipe, golden_dir, golden_meta):
+def test_teacache_matches_original(pipe, golden_meta):
     case = golden_meta["teacache"]
-    expected = load_file(os.path.join(GOLDEN_EXTRA, case["file"]))["video"]
-    transformer = golden_pipe.transformer
+    expected = extra_expected(case)
+    transformer = pipe.transformer
     transformer.enable_cache(RuyiTeaCacheConfig(threshold=case["teacache_threshold"]))
     try:
-        video = _golden_call(golden_pipe, golden_dir, case)
+        video = run_extra_case(pipe, case)
         skipped = get_ruyi_teacache_skipped_steps(transformer)
         # Same again: the state is reset between pipeline calls.
-        again = _golden_call(golden_pipe, golden_dir, case)
+        again = run_extra_case(pipe, case)
     finally:
         transformer.disable_cache()
     assert (video - expected).abs().max().item() <= GOLDEN_TOL
@@ -165,24 +109,24 @@ def test_teacache_matches_original(golden_pipe, golden_dir, golden_meta):
     assert not any(hasattr(m, "_diffusers_hook") and m._diffusers_hook.hooks for m in transformer.blocks)
 
 
-def test_enhance_a_video_matches_original(golden_pipe, golden_dir, golden_meta):
+def test_enhance_a_video_matches_original(pipe, golden_meta):
     case = golden_meta["enhance_a_video"]
-    expected = load_file(os.path.join(GOLDEN_EXTRA, case["file"]))["video"]
+    expected = extra_expected(case)
     config = RuyiEnhanceAVideoConfig(
         weight=case["weight"], skip_start_steps=case["skip_start_steps"], skip_end_steps=case["skip_end_steps"]
     )
-    apply_ruyi_enhance_a_video(golden_pipe.transformer, config)
+    apply_ruyi_enhance_a_video(pipe.transformer, config)
     try:
-        video = _golden_call(golden_pipe, golden_dir, case)
+        video = run_extra_case(pipe, case)
     finally:
-        remove_ruyi_enhance_a_video(golden_pipe.transformer)
+        remove_ruyi_enhance_a_video(pipe.transformer)
     assert (video - expected).abs().max().item() <= GOLDEN_TOL
 
 
 def test_fp8_modes_select_the_original_layers():
-    with open(os.path.join(GOLDEN_EXTRA, "fp8_modules_min_numel_2048.json")) as f:
+    with open(GOLDEN_EXTRA / "fp8_modules_min_numel_2048.json") as f:
         original = json.load(f)
-    model = _tiny_model()
+    model = tiny_transformer()
     for mode in ("lite", "strong", "extreme"):
         assert sorted(select_fp8_modules(model, mode, min_numel=2048)) == sorted(original[mode]), mode
     assert select_fp8_modules(model, "none") == []
@@ -196,7 +140,7 @@ def test_fp8_modes_select_the_original_layers():
 
 
 def test_teacache_threshold_zero_computes_everything():
-    model, inputs = _tiny_model(), _inputs()
+    model, inputs = tiny_transformer(), transformer_inputs()
     timesteps = [999, 800, 600, 400, 200, 1]
     baseline = _denoise(model, inputs, timesteps)
     model.enable_cache(RuyiTeaCacheConfig(threshold=0.0))
@@ -209,7 +153,7 @@ def test_teacache_threshold_zero_computes_everything():
 
 
 def test_teacache_skips_blocks_and_stays_close():
-    model, inputs = _tiny_model(), _inputs()
+    model, inputs = tiny_transformer(), transformer_inputs()
     # Nearly identical steps: the rescaled distance stays below the threshold, so every eligible step is skipped.
     timesteps = [500, 499, 498, 497, 496, 495]
     baseline = _denoise(model, inputs, timesteps, latent_drift=1e-4)
@@ -234,7 +178,7 @@ def test_teacache_skips_blocks_and_stays_close():
 
 
 def test_teacache_without_step_info_counts_calls_and_resets():
-    model, inputs = _tiny_model(), _inputs()
+    model, inputs = tiny_transformer(), transformer_inputs()
     timesteps = [500, 499, 498, 497, 496, 495]
     model.enable_cache(RuyiTeaCacheConfig(threshold=0.1))
     with pytest.raises(ValueError, match="num_inference_steps"):
@@ -258,7 +202,7 @@ def test_teacache_without_step_info_counts_calls_and_resets():
 
 
 def test_teacache_cannot_stack_with_another_cache():
-    model = _tiny_model()
+    model = tiny_transformer()
     model.enable_cache(RuyiTeaCacheConfig())
     with pytest.raises(ValueError, match="already been enabled"):
         model.enable_cache(FirstBlockCacheConfig(threshold=0.1))
@@ -273,7 +217,7 @@ def test_teacache_cannot_stack_with_another_cache():
 
 
 def test_first_block_cache():
-    model, inputs = _tiny_model(), _inputs()
+    model, inputs = tiny_transformer(), transformer_inputs()
     timesteps = [999, 700, 400, 100]
     baseline = _denoise(model, inputs, timesteps)
     model.enable_cache(FirstBlockCacheConfig(threshold=0.0))
@@ -290,7 +234,7 @@ def test_first_block_cache():
 
 
 def test_pyramid_attention_broadcast_skips_processor_calls(monkeypatch):
-    model, inputs = _tiny_model(), _inputs()
+    model, inputs = tiny_transformer(), transformer_inputs()
     calls = {"self": 0}
     original_call = transformer_ruyi.RuyiAttnProcessor.__call__
 
@@ -313,7 +257,7 @@ def test_pyramid_attention_broadcast_skips_processor_calls(monkeypatch):
 
 
 def test_pyramid_attention_broadcast_defaults_to_the_models_timestep(monkeypatch):
-    model, inputs = _tiny_model(), _inputs()
+    model, inputs = tiny_transformer(), transformer_inputs()
     calls = {"self": 0}
     original_call = transformer_ruyi.RuyiAttnProcessor.__call__
 
@@ -335,7 +279,7 @@ def test_pyramid_attention_broadcast_defaults_to_the_models_timestep(monkeypatch
 
 
 def test_faster_cache_with_its_defaults():
-    model, inputs = _tiny_model(), _inputs()
+    model, inputs = tiny_transformer(), transformer_inputs()
     timesteps = [999, 800, 600, 400, 200, 1]
     baseline = _denoise(model, inputs, timesteps)
     assert set(RuyiTransformer3DModel._cfg_batched_input_names) <= set(inspect.signature(model.forward).parameters)
@@ -359,7 +303,7 @@ def test_faster_cache_with_its_defaults():
 
 @pytest.mark.parametrize("config", [TextKVCacheConfig(), TaylorSeerCacheConfig()], ids=lambda c: type(c).__name__)
 def test_cache_that_cannot_apply_raises(config):
-    model = _tiny_model()
+    model = tiny_transformer()
     with pytest.raises(ValueError, match="found no layer of RuyiTransformer3DModel"):
         model.enable_cache(config)
     assert not model.is_cache_enabled
@@ -369,7 +313,7 @@ def test_cache_that_cannot_apply_raises(config):
 
 
 def test_mag_cache():
-    model, inputs = _tiny_model(), _inputs()
+    model, inputs = tiny_transformer(), transformer_inputs()
     timesteps = [999, 800, 600, 400, 200, 1]
     config = MagCacheConfig(
         threshold=10.0, max_skip_steps=2, retention_ratio=0.2, num_inference_steps=6, mag_ratios=[1.0] * 6
@@ -415,7 +359,7 @@ def test_enhance_a_video_score_formula():
 
 
 def test_enhance_a_video_steps_and_removal():
-    model, inputs = _tiny_model(), _inputs()
+    model, inputs = tiny_transformer(), transformer_inputs()
     timesteps = [999, 700, 400, 100]
     baseline = _denoise(model, inputs, timesteps)
     apply_ruyi_enhance_a_video(model, RuyiEnhanceAVideoConfig(weight=2.0, skip_start_steps=1, skip_end_steps=1))
@@ -430,7 +374,7 @@ def test_enhance_a_video_steps_and_removal():
     remove_ruyi_enhance_a_video(model)
     assert all(torch.equal(a, b) for a, b in zip(baseline, _denoise(model, inputs, timesteps)))
     # A single frame has no cross-frame attention: unchanged.
-    single = _inputs(frames=1)
+    single = transformer_inputs(frames=1)
     apply_ruyi_enhance_a_video(model, RuyiEnhanceAVideoConfig(weight=2.0))
     with torch.no_grad():
         other = {k: v for k, v in single.items() if k != "hidden_states"}
@@ -447,7 +391,7 @@ def test_enhance_a_video_steps_and_removal():
 
 @pytest.mark.parametrize("fp8_dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
 def test_fp8_mode_stores_selected_layers(fp8_dtype):
-    model, inputs = _tiny_model(), _inputs()
+    model, inputs = tiny_transformer(), transformer_inputs()
     baseline = _denoise(model, inputs, [500])[0]
     converted = apply_fp8_mode(model, "extreme", fp8_dtype, compute_dtype=torch.float32)
     modules = dict(model.named_modules())
@@ -461,7 +405,7 @@ def test_fp8_mode_stores_selected_layers(fp8_dtype):
 
 
 def test_fp8_lite_is_a_subset_of_strong():
-    model = _tiny_model()
+    model = tiny_transformer()
     lite, strong = select_fp8_modules(model, "lite", 2048), select_fp8_modules(model, "strong", 2048)
     assert set(lite) < set(strong)
     assert apply_fp8_mode(model, "none") == []
@@ -469,7 +413,7 @@ def test_fp8_lite_is_a_subset_of_strong():
 
 @pytest.mark.parametrize("offload_type", ["block_level", "leaf_level"])
 def test_group_offload_identical(offload_type):
-    model, inputs = _tiny_model(), _inputs()
+    model, inputs = tiny_transformer(), transformer_inputs()
     baseline = _denoise(model, inputs, [999, 500])
     kwargs = {"num_blocks_per_group": 1} if offload_type == "block_level" else {}
     model.enable_group_offload(
@@ -481,7 +425,7 @@ def test_group_offload_identical(offload_type):
 
 @pytest.mark.parametrize("group_size", [1, 2, 5])
 def test_skip_offload_identical(monkeypatch, group_size):
-    model, inputs = _tiny_model(num_layers=8), _inputs()
+    model, inputs = tiny_transformer(num_layers=8), transformer_inputs()
     baseline = _denoise(model, inputs, [500])[0]
     moves = []
     original_move = LongSkipStack._move
@@ -512,7 +456,7 @@ def test_skip_offload_identical(monkeypatch, group_size):
 def test_block_has_no_graph_breaks():
     import torch._dynamo
 
-    model, inputs = _tiny_model(), _inputs()
+    model, inputs = tiny_transformer(), transformer_inputs()
     captured = {}
 
     def grab(module, args, kwargs):
@@ -531,7 +475,7 @@ def test_block_has_no_graph_breaks():
 def test_compile_repeated_blocks_fullgraph():
     import torch._dynamo
 
-    model, inputs = _tiny_model(), _inputs()
+    model, inputs = tiny_transformer(), transformer_inputs()
     baseline = _denoise(model, inputs, [500])[0]
     torch._dynamo.reset()
     model.compile_repeated_blocks(fullgraph=True, backend="eager")
@@ -553,7 +497,7 @@ def _cp_worker(rank, world_size, port, queue):
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
-        model, inputs = _tiny_model(), _inputs(frames=4)
+        model, inputs = tiny_transformer(), transformer_inputs(frames=4)
         other = {k: v for k, v in inputs.items() if k != "hidden_states"}
         with torch.no_grad():
             expected = model(inputs["hidden_states"], torch.full((2,), 500.0), **other).sample

@@ -6,6 +6,14 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from _helpers import (
+    FIXTURES,
+    ORIGINAL_LORA,
+    golden_transformer_inputs,
+    quick_latents,
+    run_transformer,
+    small_golden_inputs,
+)
 from peft import LoraConfig
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import get_peft_model_state_dict
@@ -16,71 +24,22 @@ from diffusers_ruyi.loaders.original_checkpoint import convert_original_lora_sta
 from diffusers_ruyi.pipelines.pipeline_ruyi_i2v import RuyiImageToVideoPipeline
 
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-FIXTURES = os.path.join(HERE, "..", "fixtures")
-TINY = os.path.join(FIXTURES, "golden", "Ruyi-tiny-random")
-ORIGINAL_LORA = os.path.join(FIXTURES, "lora", "ruyi_lora_original.safetensors")
-ORIGINAL_MERGED = os.path.join(FIXTURES, "lora", "ruyi_lora_merged_output.safetensors")
-
-_COND_KEYS = (
-    "encoder_hidden_states",
-    "text_embedding_mask",
-    "encoder_hidden_states_t5",
-    "text_embedding_mask_t5",
-    "image_meta_size",
-    "style",
-    "clip_encoder_hidden_states",
-    "clip_attention_mask",
-)
+ORIGINAL_MERGED = FIXTURES / "lora" / "ruyi_lora_merged_output.safetensors"
 
 
 @pytest.fixture(scope="module")
 def golden_inputs():
-    return load_file(os.path.join(FIXTURES, "golden", "transformer_forward.safetensors"))
+    return golden_transformer_inputs()
 
 
 @pytest.fixture(scope="module")
 def small_inputs(golden_inputs):
-    """One sample, two latent frames of the golden inputs: fast enough to run many times."""
-    inputs = {k: golden_inputs[k][1:] for k in _COND_KEYS}
-    inputs["hidden_states"] = golden_inputs["hidden_states"][1:, :, :2]
-    inputs["inpaint_latents"] = golden_inputs["inpaint_latents"][1:, :, :2]
-    inputs["timestep"] = golden_inputs["timestep"][1:]
-    return inputs
-
-
-def run(transformer, inputs, **kwargs):
-    kw = {k: inputs[k] for k in _COND_KEYS}
-    with torch.no_grad():
-        return transformer(
-            inputs["hidden_states"],
-            inputs["timestep"],
-            inpaint_latents=inputs["inpaint_latents"],
-            return_dict=False,
-            **kw,
-            **kwargs,
-        )[0]
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    pipe = RuyiImageToVideoPipeline.from_pretrained(TINY, dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-@pytest.fixture
-def clean_pipe(pipe):
-    """The shared pipeline, restored to its base weights (no adapters) after each test."""
-    base = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
-    yield pipe
-    pipe.unload_lora_weights()
-    pipe.transformer.load_state_dict(base)
+    return small_golden_inputs(golden_inputs)
 
 
 @pytest.fixture(scope="module")
 def base_small_output(pipe, small_inputs):
-    return run(pipe.transformer, small_inputs)
+    return run_transformer(pipe.transformer, small_inputs)
 
 
 def linear_paths(transformer):
@@ -162,10 +121,10 @@ def test_original_lora_file_matches_original_merge(clean_pipe, golden_inputs):
     n_modules = len({k.split(".")[0] for k in load_file(ORIGINAL_LORA)})
     assert sum(isinstance(m, BaseTunerLayer) for m in pipe.transformer.modules()) == n_modules
 
-    out = run(pipe.transformer, golden_inputs)
+    out = run_transformer(pipe.transformer, golden_inputs)
     assert (out - merged["merged_output_1.0"]).abs().max() < 1e-4
     pipe.set_adapters("orig", 0.5)
-    out_half = run(pipe.transformer, golden_inputs)
+    out_half = run_transformer(pipe.transformer, golden_inputs)
     assert (out_half - merged["merged_output_0.5"]).abs().max() < 1e-4
 
 
@@ -175,7 +134,7 @@ def test_original_lora_fuse_equals_merge_rule(clean_pipe, small_inputs, base_sma
     base = {k: v.clone() for k, v in transformer.state_dict().items()}
     lora, deltas = make_original_lora(transformer, ORIGINAL_PATHS, seed=1)
     pipe.load_lora_weights(lora, adapter_name="synthetic")
-    unfused = run(transformer, small_inputs)
+    unfused = run_transformer(transformer, small_inputs)
     assert (unfused - base_small_output).abs().max() > 1e-3
 
     pipe.fuse_lora()
@@ -183,7 +142,7 @@ def test_original_lora_fuse_equals_merge_rule(clean_pipe, small_inputs, base_sma
     for path, delta in deltas.items():
         fused = fused_state[f"{path}.base_layer.weight"]
         torch.testing.assert_close(fused, base[f"{path}.weight"] + delta, atol=1e-6, rtol=0)
-    fused_out = run(transformer, small_inputs)
+    fused_out = run_transformer(transformer, small_inputs)
     torch.testing.assert_close(fused_out, unfused, atol=1e-5, rtol=0)
 
     pipe.unfuse_lora()
@@ -201,14 +160,14 @@ def test_original_lora_multiplier_via_set_adapters(clean_pipe, small_inputs):
     lora, deltas = make_original_lora(transformer, ORIGINAL_PATHS, seed=2)
     pipe.load_lora_weights(lora, adapter_name="times_half")
     pipe.set_adapters("times_half", 0.5)
-    adapter_out = run(transformer, small_inputs)
+    adapter_out = run_transformer(transformer, small_inputs)
 
     pipe.unload_lora_weights()
     merged = {k: v.clone() for k, v in base.items()}
     for path, delta in deltas.items():
         merged[f"{path}.weight"] += 0.5 * delta
     transformer.load_state_dict(merged)
-    torch.testing.assert_close(adapter_out, run(transformer, small_inputs), atol=1e-5, rtol=0)
+    torch.testing.assert_close(adapter_out, run_transformer(transformer, small_inputs), atol=1e-5, rtol=0)
 
 
 def test_original_lora_conversion_keys(pipe):
@@ -234,7 +193,7 @@ def test_save_load_round_trip(clean_pipe, small_inputs, base_small_output, tmp_p
     pipe = clean_pipe
     transformer = pipe.transformer
     add_random_adapter(transformer, "trained", seed=0, rank=4, alpha=8)
-    expected = run(transformer, small_inputs)
+    expected = run_transformer(transformer, small_inputs)
     assert (expected - base_small_output).abs().max() > 1e-3
     save_adapter(transformer, "trained", tmp_path)
     assert os.listdir(tmp_path) == ["pytorch_lora_weights.safetensors"]
@@ -244,10 +203,10 @@ def test_save_load_round_trip(clean_pipe, small_inputs, base_small_output, tmp_p
     assert metadata["transformer.lora_alpha"] == 8 and metadata["transformer.r"] == 4
 
     pipe.unload_lora_weights()
-    torch.testing.assert_close(run(transformer, small_inputs), base_small_output, atol=0, rtol=0)
+    torch.testing.assert_close(run_transformer(transformer, small_inputs), base_small_output, atol=0, rtol=0)
     pipe.load_lora_weights(tmp_path, adapter_name="reloaded")
     assert transformer.peft_config["reloaded"].lora_alpha == 8  # alpha restored from the metadata
-    torch.testing.assert_close(run(transformer, small_inputs), expected, atol=0, rtol=0)
+    torch.testing.assert_close(run_transformer(transformer, small_inputs), expected, atol=0, rtol=0)
 
 
 def test_fuse_unfuse_restores_weights(clean_pipe, small_inputs):
@@ -255,14 +214,14 @@ def test_fuse_unfuse_restores_weights(clean_pipe, small_inputs):
     transformer = pipe.transformer
     add_random_adapter(transformer, "a", seed=1)
     before = {k: v.clone() for k, v in transformer.state_dict().items()}
-    unfused = run(transformer, small_inputs)
+    unfused = run_transformer(transformer, small_inputs)
     pipe.fuse_lora()
     assert pipe.num_fused_loras == 1
     assert not torch.equal(
         transformer.state_dict()["blocks.0.attn1.to_q.base_layer.weight"],
         before["blocks.0.attn1.to_q.base_layer.weight"],
     )
-    torch.testing.assert_close(run(transformer, small_inputs), unfused, atol=1e-5, rtol=0)
+    torch.testing.assert_close(run_transformer(transformer, small_inputs), unfused, atol=1e-5, rtol=0)
     pipe.unfuse_lora()
     after = transformer.state_dict()
     for key, value in before.items():
@@ -273,17 +232,19 @@ def test_scale_zero_and_unload_restore_base(clean_pipe, small_inputs, base_small
     pipe = clean_pipe
     transformer = pipe.transformer
     pipe.load_lora_weights(make_original_lora(transformer, ORIGINAL_PATHS, seed=4)[0], adapter_name="x")
-    full = run(transformer, small_inputs)
+    full = run_transformer(transformer, small_inputs)
     assert (full - base_small_output).abs().max() > 1e-3
-    torch.testing.assert_close(run(transformer, small_inputs, attention_kwargs={"scale": 0.0}), base_small_output)
+    torch.testing.assert_close(
+        run_transformer(transformer, small_inputs, attention_kwargs={"scale": 0.0}), base_small_output
+    )
     # The per-call scale is undone after the call.
-    torch.testing.assert_close(run(transformer, small_inputs), full, atol=0, rtol=0)
+    torch.testing.assert_close(run_transformer(transformer, small_inputs), full, atol=0, rtol=0)
     pipe.disable_lora()
-    torch.testing.assert_close(run(transformer, small_inputs), base_small_output, atol=0, rtol=0)
+    torch.testing.assert_close(run_transformer(transformer, small_inputs), base_small_output, atol=0, rtol=0)
     pipe.enable_lora()
     pipe.unload_lora_weights()
     assert not any(isinstance(m, BaseTunerLayer) for m in transformer.modules())
-    torch.testing.assert_close(run(transformer, small_inputs), base_small_output, atol=0, rtol=0)
+    torch.testing.assert_close(run_transformer(transformer, small_inputs), base_small_output, atol=0, rtol=0)
 
 
 def test_two_adapters_with_weights(clean_pipe, small_inputs):
@@ -297,9 +258,9 @@ def test_two_adapters_with_weights(clean_pipe, small_inputs):
     assert pipe.get_list_adapters() == {"transformer": ["a", "b"]}
     pipe.set_adapters(["a", "b"], adapter_weights=[0.7, -0.4])
     assert sorted(pipe.get_active_adapters()) == ["a", "b"]
-    combined = run(transformer, small_inputs)
+    combined = run_transformer(transformer, small_inputs)
     pipe.set_adapters("a")
-    only_a = run(transformer, small_inputs)
+    only_a = run_transformer(transformer, small_inputs)
 
     pipe.unload_lora_weights()
     expected = {k: v.clone() for k, v in base.items()}
@@ -307,13 +268,13 @@ def test_two_adapters_with_weights(clean_pipe, small_inputs):
         for path, delta in deltas.items():
             expected[f"{path}.weight"] += weight * delta
     transformer.load_state_dict(expected)
-    torch.testing.assert_close(combined, run(transformer, small_inputs), atol=1e-5, rtol=0)
+    torch.testing.assert_close(combined, run_transformer(transformer, small_inputs), atol=1e-5, rtol=0)
 
     expected = {k: v.clone() for k, v in base.items()}
     for path, delta in deltas_a.items():
         expected[f"{path}.weight"] += delta
     transformer.load_state_dict(expected)
-    torch.testing.assert_close(only_a, run(transformer, small_inputs), atol=1e-5, rtol=0)
+    torch.testing.assert_close(only_a, run_transformer(transformer, small_inputs), atol=1e-5, rtol=0)
 
 
 def test_delete_adapter_and_hotswap(clean_pipe, small_inputs, tmp_path):
@@ -323,25 +284,25 @@ def test_delete_adapter_and_hotswap(clean_pipe, small_inputs, tmp_path):
     lora_a, _ = make_original_lora(transformer, paths, seed=7)
     lora_b, _ = make_original_lora(transformer, paths, seed=8)
     pipe.load_lora_weights(lora_b, adapter_name="b")
-    expected_b = run(transformer, small_inputs)
+    expected_b = run_transformer(transformer, small_inputs)
     pipe.delete_adapters("b")
     assert pipe.get_list_adapters() == {}
 
     pipe.load_lora_weights(lora_a, adapter_name="slot")
     pipe.load_lora_weights(lora_b, adapter_name="slot", hotswap=True)
-    torch.testing.assert_close(run(transformer, small_inputs), expected_b, atol=1e-6, rtol=0)
+    torch.testing.assert_close(run_transformer(transformer, small_inputs), expected_b, atol=1e-6, rtol=0)
 
 
 def test_unprefixed_peft_state_dict_loads(clean_pipe, small_inputs):
     pipe = clean_pipe
     transformer = pipe.transformer
     add_random_adapter(transformer, "raw", seed=3, alpha=4)
-    expected = run(transformer, small_inputs)
+    expected = run_transformer(transformer, small_inputs)
     raw = get_peft_model_state_dict(transformer, adapter_name="raw")
     assert not any(k.startswith("transformer.") for k in raw)
     pipe.unload_lora_weights()
     pipe.load_lora_weights(raw, adapter_name="again")  # no metadata: alpha defaults to the rank (4 here)
-    torch.testing.assert_close(run(transformer, small_inputs), expected, atol=0, rtol=0)
+    torch.testing.assert_close(run_transformer(transformer, small_inputs), expected, atol=0, rtol=0)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -442,18 +403,8 @@ def test_error_pickle_and_corrupted_files(clean_pipe, tmp_path):
 
 
 def _generate(pipe, **kwargs):
-    # Latents: the LoRA only touches the transformer, and decoding is covered by the pipeline tests.
     image = PIL.Image.fromarray((np.random.RandomState(0).rand(32, 48, 3) * 255).astype("uint8"))
-    return pipe(
-        image=image,
-        num_frames=8,
-        height=32,
-        width=48,
-        num_inference_steps=2,
-        generator=torch.Generator().manual_seed(0),
-        output_type="latent",
-        **kwargs,
-    ).frames
+    return quick_latents(pipe, image, **kwargs)
 
 
 def test_pipeline_round_trip_and_scale(clean_pipe, tmp_path):

@@ -4,66 +4,15 @@ The original `LoRANetwork` writes an entry for every `nn.Linear` anywhere in the
 forward pass calls by its weight (`F.linear(x, m.weight)`) instead of as a module silently bypasses a LoRA or a hook.
 """
 
-import os
-
 import pytest
 import torch
+from _helpers import run_transformer, small_golden_inputs
 from peft.tuners.tuners_utils import BaseTunerLayer
-from safetensors.torch import load_file
-
-from diffusers_ruyi.pipelines.pipeline_ruyi_i2v import RuyiImageToVideoPipeline
-
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-FIXTURES = os.path.join(HERE, "..", "fixtures")
-TINY = os.path.join(FIXTURES, "golden", "Ruyi-tiny-random")
-_COND_KEYS = (
-    "encoder_hidden_states",
-    "text_embedding_mask",
-    "encoder_hidden_states_t5",
-    "text_embedding_mask_t5",
-    "image_meta_size",
-    "style",
-    "clip_encoder_hidden_states",
-    "clip_attention_mask",
-)
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    pipe = RuyiImageToVideoPipeline.from_pretrained(TINY, dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-@pytest.fixture
-def clean_pipe(pipe):
-    base = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
-    yield pipe
-    pipe.unload_lora_weights()
-    pipe.transformer.load_state_dict(base)
 
 
 @pytest.fixture(scope="module")
 def inputs():
-    golden = load_file(os.path.join(FIXTURES, "golden", "transformer_forward.safetensors"))
-    # The conditional sample (its CLIP mask is ones), two latent frames.
-    out = {k: golden[k][1:] for k in _COND_KEYS}
-    out["hidden_states"] = golden["hidden_states"][1:, :, :2]
-    out["inpaint_latents"] = golden["inpaint_latents"][1:, :, :2]
-    out["timestep"] = golden["timestep"][1:]
-    return out
-
-
-def _run(transformer, inputs):
-    with torch.no_grad():
-        return transformer(
-            inputs["hidden_states"],
-            inputs["timestep"],
-            inpaint_latents=inputs["inpaint_latents"],
-            return_dict=False,
-            **{k: inputs[k] for k in _COND_KEYS},
-        )[0]
+    return small_golden_inputs()
 
 
 def _linears(transformer):
@@ -89,7 +38,7 @@ def test_every_linear_is_called_as_a_module(pipe, inputs):
     linears = _linears(pipe.transformer)
     handles = [m.register_forward_hook(lambda mod, a, o, n=n: called.add(n)) for n, m in linears.items()]
     try:
-        _run(pipe.transformer, inputs)
+        run_transformer(pipe.transformer, inputs)
     finally:
         for handle in handles:
             handle.remove()
@@ -108,14 +57,14 @@ def test_original_lora_on_every_linear(clean_pipe, inputs):
     pipe.load_lora_weights(lora, adapter_name="everywhere")
     wrapped = {n for n, m in transformer.named_modules() if isinstance(m, BaseTunerLayer)}
     assert wrapped == set(linears)
-    adapter_out = _run(transformer, inputs)
+    adapter_out = run_transformer(transformer, inputs)
 
     pipe.unload_lora_weights()
     merged = {k: v.clone() for k, v in base.items()}
     for path, delta in deltas.items():
         merged[f"{path}.weight"] += delta
     transformer.load_state_dict(merged)
-    torch.testing.assert_close(adapter_out, _run(transformer, inputs), atol=1e-5, rtol=0)
+    torch.testing.assert_close(adapter_out, run_transformer(transformer, inputs), atol=1e-5, rtol=0)
 
 
 def test_resampler_lora_changes_the_output(clean_pipe, inputs):
@@ -124,16 +73,16 @@ def test_resampler_lora_changes_the_output(clean_pipe, inputs):
     transformer = pipe.transformer
     path = "clip_projection.attn.out_proj"
     module = _linears(transformer)[path]
-    base_out = _run(transformer, inputs)
+    base_out = run_transformer(transformer, inputs)
     base_weight = module.weight.detach().clone()
     lora, deltas = _original_lora({path: module}, seed=1)
     pipe.load_lora_weights(lora, adapter_name="resampler")
-    adapter_out = _run(transformer, inputs)
+    adapter_out = run_transformer(transformer, inputs)
     assert (adapter_out - base_out).abs().max() > 1e-4
     pipe.fuse_lora()
     fused_weight = transformer.state_dict()[f"{path}.base_layer.weight"]
     torch.testing.assert_close(fused_weight, base_weight + deltas[path], atol=1e-6, rtol=0)
-    torch.testing.assert_close(_run(transformer, inputs), adapter_out, atol=1e-5, rtol=0)
+    torch.testing.assert_close(run_transformer(transformer, inputs), adapter_out, atol=1e-5, rtol=0)
     pipe.unfuse_lora()
 
 

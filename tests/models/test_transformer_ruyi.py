@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 import torch
+from _helpers import transformer_inputs
 from safetensors.torch import load_file, save_file
 
 from diffusers_ruyi.loaders.original_checkpoint import (
@@ -40,32 +41,17 @@ def model(tiny_checkpoint):
     return _load(tiny_checkpoint)
 
 
-def _copy_transformer(tiny_checkpoint, tmp_path):
+def _copy_transformer(tiny_checkpoint, tmp_path, edit):
+    """Copies the tiny transformer into ``tmp_path/transformer``, its weights replaced by ``edit(state_dict)``."""
     folder = tmp_path / "transformer"
     shutil.copytree(tiny_checkpoint / "transformer", folder)
-    return folder
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    save_file(edit(load_file(str(weights))), str(weights))
 
 
-def _random_inputs(config, batch=2, frames=3, height=8, width=10, clip_tokens=16, generator=None):
-    generator = generator or torch.Generator().manual_seed(0)
-    in_latents = 16
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=generator)
-
-    return {
-        "hidden_states": randn(batch, in_latents, frames, height, width),
-        "timestep": torch.linspace(999.0, 1.0, batch),
-        "encoder_hidden_states": randn(batch, config["text_len"], config["cross_attention_dim"]),
-        "text_embedding_mask": torch.ones(batch, config["text_len"], dtype=torch.int64),
-        "encoder_hidden_states_t5": randn(batch, config["text_len_t5"], config["cross_attention_dim_t5"]),
-        "text_embedding_mask_t5": torch.ones(batch, config["text_len_t5"], dtype=torch.int64),
-        "image_meta_size": torch.tensor([[1024.0, 1024.0, height * 8.0, width * 8.0, 0.0, 0.0]] * batch),
-        "style": torch.zeros(batch, dtype=torch.int64),
-        "inpaint_latents": randn(batch, config["in_channels"] - in_latents, frames, height, width),
-        "clip_encoder_hidden_states": randn(batch, clip_tokens, config["projection_dim"]),
-        "clip_attention_mask": torch.ones(batch, config["n_query"]),
-    }
+def _random_inputs(config, batch=2, frames=3, height=8, width=10, clip_tokens=16):
+    inputs = transformer_inputs(config, batch, frames, height, width, clip_tokens)
+    return {**inputs, "timestep": torch.linspace(999.0, 1.0, batch)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -139,9 +125,7 @@ def test_load_original_layout_respects_dtype(tiny_checkpoint):
 
 def test_load_original_layout_defaults_to_float32(tiny_checkpoint, tmp_path):
     # As diffusers' own loader: float32 unless a dtype is requested, even for a bf16 file.
-    folder = _copy_transformer(tiny_checkpoint, tmp_path)
-    weights = folder / "diffusion_pytorch_model.safetensors"
-    save_file({k: v.to(torch.bfloat16) for k, v in load_file(str(weights)).items()}, str(weights))
+    _copy_transformer(tiny_checkpoint, tmp_path, lambda sd: {k: v.to(torch.bfloat16) for k, v in sd.items()})
     assert RuyiTransformer3DModel.from_pretrained(tmp_path, subfolder="transformer").dtype == torch.float32
 
 
@@ -157,31 +141,22 @@ def test_save_load_roundtrip(model, golden_inputs, tmp_path):
 
 
 def test_missing_key_raises(tiny_checkpoint, tmp_path):
-    folder = _copy_transformer(tiny_checkpoint, tmp_path)
-    weights = folder / "diffusion_pytorch_model.safetensors"
-    state_dict = load_file(str(weights))
-    del state_dict["blocks.1.attn2.to_k.weight"]
-    save_file(state_dict, str(weights))
+    missing = "blocks.1.attn2.to_k.weight"
+    _copy_transformer(tiny_checkpoint, tmp_path, lambda sd: {k: v for k, v in sd.items() if k != missing})
     with pytest.raises(ValueError, match=r"Missing keys \(1\).*blocks\.1\.attn2\.to_k\.weight"):
         RuyiTransformer3DModel.from_pretrained(tmp_path, subfolder="transformer")
 
 
 def test_unexpected_key_raises(tiny_checkpoint, tmp_path):
-    folder = _copy_transformer(tiny_checkpoint, tmp_path)
-    weights = folder / "diffusion_pytorch_model.safetensors"
-    state_dict = load_file(str(weights))
-    state_dict["blocks.0.motion_module.proj.weight"] = torch.zeros(2, 2)
-    save_file(state_dict, str(weights))
+    _copy_transformer(
+        tiny_checkpoint, tmp_path, lambda sd: {**sd, "blocks.0.motion_module.proj.weight": torch.zeros(2, 2)}
+    )
     with pytest.raises(ValueError, match=r"Unexpected keys \(1\).*blocks\.0\.motion_module\.proj\.weight"):
         RuyiTransformer3DModel.from_pretrained(tmp_path, subfolder="transformer")
 
 
 def test_wrong_shape_raises(tiny_checkpoint, tmp_path):
-    folder = _copy_transformer(tiny_checkpoint, tmp_path)
-    weights = folder / "diffusion_pytorch_model.safetensors"
-    state_dict = load_file(str(weights))
-    state_dict["proj_out.bias"] = torch.zeros(7)
-    save_file(state_dict, str(weights))
+    _copy_transformer(tiny_checkpoint, tmp_path, lambda sd: {**sd, "proj_out.bias": torch.zeros(7)})
     with pytest.raises(ValueError, match="proj_out.bias"):
         RuyiTransformer3DModel.from_pretrained(tmp_path, subfolder="transformer")
 
