@@ -9,7 +9,6 @@ the row above, which the segment was conditioned on (they are not generated agai
 frames are noise, but the structure (segments, seams, context) is the real one.
 """
 
-import argparse
 import os
 import tempfile
 
@@ -17,6 +16,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 import torch
+from _common import example_parser
 from diffusers.utils import export_to_video, load_image
 
 from diffusers_ruyi.long_video import iter_video_segments, plan_segments
@@ -65,16 +65,11 @@ def save_atomically(write, path: str) -> None:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny-random")
-    parser.add_argument("--image", default="examples/assets/start.png")
-    parser.add_argument("--output", default="docs/images/long_video_strip.png")
+    parser = example_parser(__doc__, "docs/images/long_video_strip.png", model="tiny-random", num_frames=38, steps=2)
     parser.add_argument("--video", help="Also write the video (mp4).")
-    parser.add_argument("--num-frames", type=int, default=38)
     parser.add_argument("--segment-frames", type=int, default=16)
     parser.add_argument("--context-frames", type=int, default=5)
     parser.add_argument("--cameras", default="left,static,right", help="One per segment, or one for all.")
-    parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--height", type=int, default=32)
     parser.add_argument("--width", type=int, default=48)
     parser.add_argument("--every", type=int, default=1, help="Show every n-th new frame.")

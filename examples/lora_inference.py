@@ -8,29 +8,20 @@ python examples/lora_inference.py --model tiny-random --lora tests/fixtures/lora
     --num-frames 8 --steps 2 --base-resolution 128
 """
 
-import argparse
-import os
-
 import torch
+from _common import example_parser, parse_args
 from diffusers.utils import export_to_video, load_image
 
 from diffusers_ruyi.tiny import load_pipeline
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="IamCreateAI/Ruyi-Mini-7B")
+    parser = example_parser(__doc__, "outputs/lora.mp4")
     parser.add_argument("--lora", required=True, help="A LoRA file: diffusers/PEFT or the original Ruyi format.")
     parser.add_argument("--lora-weight", type=float, default=1.0)
     parser.add_argument("--fuse", action="store_true", help="Merge the LoRA into the weights (faster inference).")
-    parser.add_argument("--image", default="examples/assets/start.png")
-    parser.add_argument("--output", default="outputs/lora.mp4")
-    parser.add_argument("--num-frames", type=int, default=48)
-    parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--base-resolution", type=int, default=512)
-    args = parser.parse_args(argv)
-    # Create the output folder now: a bad --output then fails before the model is loaded, not after generating.
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    args = parse_args(parser, argv)
 
     on_gpu = torch.cuda.is_available()
     pipe = load_pipeline(args.model, dtype=torch.bfloat16 if on_gpu else torch.float32)

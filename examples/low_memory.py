@@ -6,29 +6,20 @@
 See docs/memory_and_speed.md for the measured effect of each setting.
 """
 
-import argparse
-import os
-
 import torch
+from _common import example_parser, parse_args
 from diffusers.utils import export_to_video, load_image
 
 from diffusers_ruyi.tiny import load_pipeline
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="IamCreateAI/Ruyi-Mini-7B")
-    parser.add_argument("--image", default="examples/assets/start.png")
-    parser.add_argument("--output", default="outputs/low_memory.mp4")
-    parser.add_argument("--num-frames", type=int, default=72)
-    parser.add_argument("--steps", type=int, default=25)
+    parser = example_parser(__doc__, "outputs/low_memory.mp4", num_frames=72)
     parser.add_argument("--base-resolution", type=int, default=512)
     parser.add_argument("--offload", choices=["none", "model", "sequential"], default="model")
     parser.add_argument("--fp8", action="store_true", help="Store transformer weights in float8 (computes in bf16).")
     parser.add_argument("--tile", type=int, default=256, help="VAE tile size in pixels.")
-    args = parser.parse_args(argv)
-    # Create the output folder now: a bad --output then fails before the model is loaded, not after generating.
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    args = parse_args(parser, argv)
 
     on_gpu = torch.cuda.is_available()
     compute_dtype = torch.bfloat16 if on_gpu else torch.float32
