@@ -435,23 +435,11 @@ def generate_long_video(
     ends = _end_frames(last_image)
     plan = plan_segments(num_frames, context_frames, segment_frames, end_frames=len(ends))
     height, width = _size(height, width, base_resolution, image.height, image.width)
-    parts = []
     segments = iter_video_segments(
-        pipe,
-        plan,
-        height,
-        width,
-        image=image,
-        last_image=ends or None,
-        motion=motion,
-        camera_direction=camera_direction,
-        generator=generator,
-        **kwargs,
-    )
-    for segment, new in segments:
-        parts.append(new)
-        if callback_on_segment_end is not None:
-            callback_on_segment_end(pipe, segment, new)
+        pipe, plan, height, width, image=image, last_image=ends or None, motion=motion,
+        camera_direction=camera_direction, generator=generator, **kwargs,
+    )  # fmt: skip
+    parts = _collect_segments(pipe, segments, callback_on_segment_end)
     return _output(np.concatenate(parts), output_type, return_dict)
 
 
@@ -521,26 +509,26 @@ def extend_video(
         height, width = video_height, video_width
     height, width = _size(height, width, base_resolution, video_height, video_width)
     context = video if isinstance(video, (list, tuple)) else frames
-    parts = [frames]
     segments = iter_video_segments(
-        pipe,
-        plan,
-        height,
-        width,
-        context=context[-max(p.context_frames for p in plan) :],
-        last_image=ends or None,
-        motion=motion,
-        camera_direction=camera_direction,
-        generator=generator,
-        **kwargs,
-    )
+        pipe, plan, height, width, context=context[-max(p.context_frames for p in plan) :], last_image=ends or None,
+        motion=motion, camera_direction=camera_direction, generator=generator, **kwargs,
+    )  # fmt: skip
+    size = None if (height, width) == (video_height, video_width) else (video_height, video_width)
+    parts = _collect_segments(pipe, segments, callback_on_segment_end, size)
+    return _output(np.concatenate([frames, *parts]), output_type, return_dict)
+
+
+def _collect_segments(pipe, segments, callback_on_segment_end=None, size=None) -> list:
+    """The new frames of each of `segments` (`(segment, new_frames)` pairs), resized to `size` (`(height, width)`)
+    when given; calls `callback_on_segment_end(pipe, segment, new_frames)` after each."""
+    parts = []
     for segment, new in segments:
-        if (height, width) != (video_height, video_width):
-            new = resize_frames(new, video_height, video_width)
+        if size is not None:
+            new = resize_frames(new, *size)
         parts.append(new)
         if callback_on_segment_end is not None:
             callback_on_segment_end(pipe, segment, new)
-    return _output(np.concatenate(parts), output_type, return_dict)
+    return parts
 
 
 def resize_frames(frames, height: int, width: int):

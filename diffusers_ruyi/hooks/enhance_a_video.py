@@ -151,13 +151,20 @@ class _QueryKeySlot:
         self.key: Optional[torch.Tensor] = None
 
 
-class RuyiEnhanceAVideoCaptureHook(ModelHook):
-    """On `attn1.norm_q` / `attn1.norm_k`: keeps the normalised queries or keys while enhancement is active."""
+class _EnhanceAVideoSlotHook(ModelHook):
+    """A hook of one attention layer: the shared run state and the layer's query/key slot."""
 
-    def __init__(self, runtime: _EnhanceAVideoRuntime, slot: _QueryKeySlot, field: str) -> None:
+    def __init__(self, runtime: _EnhanceAVideoRuntime, slot: _QueryKeySlot) -> None:
         super().__init__()
         self.runtime = runtime
         self.slot = slot
+
+
+class RuyiEnhanceAVideoCaptureHook(_EnhanceAVideoSlotHook):
+    """On `attn1.norm_q` / `attn1.norm_k`: keeps the normalised queries or keys while enhancement is active."""
+
+    def __init__(self, runtime: _EnhanceAVideoRuntime, slot: _QueryKeySlot, field: str) -> None:
+        super().__init__(runtime, slot)
         self.field = field
 
     def post_forward(self, module: torch.nn.Module, output):
@@ -166,13 +173,11 @@ class RuyiEnhanceAVideoCaptureHook(ModelHook):
         return output
 
 
-class RuyiEnhanceAVideoAttentionHook(ModelHook):
+class RuyiEnhanceAVideoAttentionHook(_EnhanceAVideoSlotHook):
     """On `attn1`: multiplies the self-attention output by the Enhance-A-Video scale."""
 
     def __init__(self, runtime: _EnhanceAVideoRuntime, slot: _QueryKeySlot, config: RuyiEnhanceAVideoConfig) -> None:
-        super().__init__()
-        self.runtime = runtime
-        self.slot = slot
+        super().__init__(runtime, slot)
         self.config = config
 
     def post_forward(self, module: torch.nn.Module, output: torch.Tensor):
