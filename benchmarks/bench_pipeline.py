@@ -18,25 +18,13 @@ import sys
 import tempfile
 import time
 
+from _common import HERE, MEDIUM_TRANSFORMER_OVERRIDES, TINY, add_worker_arguments, generate
 from _worker_protocol import print_result, run_worker
 
 from diffusers_ruyi.tiny import TINY_TRANSFORMER_CONFIG
 
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-GOLDEN = os.path.join(ROOT, "tests", "fixtures", "golden")
-TINY = os.path.join(GOLDEN, "Ruyi-tiny-random")
-
-# The golden tiny geometry, widened and deepened to a size where the transformer dominates (CPU scale).
-MEDIUM_TRANSFORMER = {
-    **TINY_TRANSFORMER_CONFIG,
-    "num_attention_heads": 8,
-    "attention_head_dim": 64,
-    "hidden_size": 512,
-    "num_layers": 8,
-    "mlp_ratio": 4.0,
-}
+MEDIUM_TRANSFORMER = {**TINY_TRANSFORMER_CONFIG, **MEDIUM_TRANSFORMER_OVERRIDES}
 MEDIUM_VAE_OVERRIDES = {
     "ch": 32,
     "ch_mult": [1, 2, 4, 4],
@@ -70,18 +58,7 @@ def worker(args) -> None:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        frames = pipe(
-            image=image,
-            num_frames=args.frames,
-            height=args.h,
-            width=args.w,
-            num_inference_steps=args.steps,
-            guidance_scale=7.0,
-            motion="2",
-            camera_direction="left",
-            generator=torch.Generator("cpu").manual_seed(42),
-            output_type="pt",
-        ).frames
+        frames = generate(pipe, image, args)
         if device.type == "cuda":
             torch.cuda.synchronize()
         timings.append(time.perf_counter() - t0)
@@ -137,14 +114,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
-    parser.add_argument("--image", default=os.path.join(GOLDEN, "start_only_start.png"), help=argparse.SUPPRESS)
-    parser.add_argument("--frames", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--h", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--w", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--save", help=argparse.SUPPRESS)
+    add_worker_arguments(parser)
     args = parser.parse_args()
     if args.worker:
         return worker(args)

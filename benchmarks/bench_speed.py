@@ -38,37 +38,13 @@ import sys
 import tempfile
 import time
 
+from _common import HERE, MEDIUM_TRANSFORMER_OVERRIDES, TINY, add_worker_arguments, generate
 from _worker_protocol import print_result, run_worker
 
+from diffusers_ruyi.tiny import TINY_TRANSFORMER_CONFIG
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-GOLDEN = os.path.join(ROOT, "tests", "fixtures", "golden")
-TINY = os.path.join(GOLDEN, "Ruyi-tiny-random")
-IMAGE = os.path.join(GOLDEN, "start_only_start.png")
 
-MEDIUM_TRANSFORMER = {
-    "_class_name": "HunyuanTransformer3DModel",
-    "num_attention_heads": 8,
-    "attention_head_dim": 64,
-    "hidden_size": 512,
-    "in_channels": 48,
-    "out_channels": 32,
-    "patch_size": 2,
-    "n_query": 16,
-    "projection_dim": 32,
-    "activation_fn": "gelu-approximate",
-    "sample_size": 16,
-    "num_layers": 8,
-    "mlp_ratio": 4.0,
-    "learn_sigma": True,
-    "cross_attention_dim": 32,
-    "norm_type": "layer_norm",
-    "cross_attention_dim_t5": 24,
-    "pooled_projection_dim": 16,
-    "text_len": 8,
-    "text_len_t5": 12,
-}
+MEDIUM_TRANSFORMER = {**TINY_TRANSFORMER_CONFIG, **MEDIUM_TRANSFORMER_OVERRIDES}
 # Full-size VAE: the tiny golden VAE's layout with EasyAnimate/Magvit widths (guessed; the hub config is not offline).
 FULL_VAE_OVERRIDES = {
     "ch": 128,
@@ -145,18 +121,7 @@ def worker(args) -> None:
     image = Image.open(args.image).convert("RGB")
 
     def call():
-        return pipe(
-            image=image,
-            num_frames=args.frames,
-            height=args.h,
-            width=args.w,
-            num_inference_steps=args.steps,
-            guidance_scale=7.0,
-            motion="2",
-            camera_direction="left",
-            generator=torch.Generator("cpu").manual_seed(42),
-            output_type="pt",
-        ).frames
+        return generate(pipe, image, args)
 
     for _ in range(warmup):
         call()
@@ -306,15 +271,8 @@ def main() -> None:
     parser.add_argument("--compile-backend", default="inductor")
     parser.add_argument("--warmup", type=int, default=0, help="Untimed pipeline calls before the timed one.")
     parser.add_argument("--workdir", help="Keeps generated checkpoints here (default: a temporary folder).")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    add_worker_arguments(parser)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
-    parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
-    parser.add_argument("--image", default=IMAGE, help=argparse.SUPPRESS)
-    parser.add_argument("--frames", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--h", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--w", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--save", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args)

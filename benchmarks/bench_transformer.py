@@ -29,24 +29,7 @@ import _worker_protocol
 CONFIGS = {
     # The golden tiny checkpoint's geometry, with the golden forward's input shapes.
     "tiny": {
-        "model": {
-            "num_attention_heads": 2,
-            "attention_head_dim": 16,
-            "in_channels": 48,
-            "out_channels": 32,
-            "patch_size": 2,
-            "n_query": 16,
-            "projection_dim": 32,
-            "activation_fn": "gelu-approximate",
-            "sample_size": 16,
-            "num_layers": 4,
-            "mlp_ratio": 2.0,
-            "cross_attention_dim": 32,
-            "cross_attention_dim_t5": 24,
-            "pooled_projection_dim": 16,
-            "text_len": 8,
-            "text_len_t5": 12,
-        },
+        "model": "tiny",  # diffusers_ruyi.tiny's transformer, read when the driver runs (see `_model_config`)
         "batch": 2,
         "latent": (4, 8, 12),
         "clip_tokens": 16,
@@ -80,19 +63,6 @@ CONFIGS = {
 
 # Ruyi's `config/default.yaml` extras the original loader applies on top of config.json.
 RUYI_EXTRAS = {"basic_block_type": "basic", "after_norm": False, "time_position_encoding": True}
-INPUT_NAMES = (
-    "hidden_states",
-    "timestep",
-    "encoder_hidden_states",
-    "text_embedding_mask",
-    "encoder_hidden_states_t5",
-    "text_embedding_mask_t5",
-    "image_meta_size",
-    "style",
-    "inpaint_latents",
-    "clip_encoder_hidden_states",
-    "clip_attention_mask",
-)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -178,7 +148,7 @@ def run_worker(args) -> None:
     model.eval()
 
     inputs = load_file(args.inputs)
-    kwargs = {name: inputs[name] for name in INPUT_NAMES}
+    kwargs = dict(inputs)  # `make_inputs` writes the forward's arguments and nothing else
     if args.impl == "original":
         # The original pipeline computes this once per video, outside the transformer.
         height, width = inputs["hidden_states"].shape[-2:]
@@ -230,6 +200,17 @@ def _temporal_table(dim: int, length: int = 512):
     from diffusers_ruyi.models.transformer_ruyi import _temporal_sincos_embedding
 
     return _temporal_sincos_embedding(length, dim, "cpu").unsqueeze(0)
+
+
+def _model_config(spec: dict) -> dict:
+    """`spec["model"]`; "tiny" is the golden tiny checkpoint's transformer, as `diffusers_ruyi.tiny` defines it (read
+    here, not at import: the original's worker imports this file in an environment without this package)."""
+    if spec["model"] != "tiny":
+        return spec["model"]
+    from diffusers_ruyi.loaders.original_checkpoint import convert_transformer_config
+    from diffusers_ruyi.tiny import TINY_TRANSFORMER_CONFIG
+
+    return convert_transformer_config(TINY_TRANSFORMER_CONFIG)
 
 
 def make_checkpoint(spec: dict, folder: str, seed: int) -> None:
@@ -357,7 +338,7 @@ def main() -> None:
 
     rows = []
     for name in names:
-        spec = CONFIGS[name]
+        spec = {**CONFIGS[name], "model": _model_config(CONFIGS[name])}
         with tempfile.TemporaryDirectory(prefix=f"ruyi-bench-{name}-") as tmp:
             make_checkpoint(spec, tmp, args.seed)
             inputs = os.path.join(tmp, "inputs.safetensors")

@@ -46,6 +46,7 @@ sys.path.insert(0, HERE)
 REAL = os.path.join(ROOT, "tests", "fixtures", "real_checkpoint")
 IMAGE = os.path.join(ROOT, "tests", "fixtures", "golden", "start_only_start.png")
 
+from _common import MEDIUM_TRANSFORMER_OVERRIDES  # noqa: E402
 from _worker_protocol import print_result, run_worker  # noqa: E402
 
 
@@ -60,14 +61,6 @@ FULL_CLIP_CONFIG = dict(
     patch_size=14,
     projection_dim=768,
 )
-# The golden tiny transformer at CPU scale (as benchmarks/bench_pipeline.py's medium case).
-MEDIUM_TRANSFORMER_OVERRIDES = {
-    "num_attention_heads": 8,
-    "attention_head_dim": 64,
-    "hidden_size": 512,
-    "num_layers": 8,
-    "mlp_ratio": 4.0,
-}
 MEDIUM_VAE_OVERRIDES = {"ch": 32, "ch_mult": [1, 2, 4, 4], "block_out_channels": [32, 64, 128, 128]}
 # The full-size VAE in the layout this package implements today (the layout of the golden tiny VAE with the
 # published widths); the pipeline uses it when the published VAE config cannot be built yet.
