@@ -30,16 +30,11 @@ TINY_REALFMT_CHECKPOINT = GOLDEN_REALFMT / "Ruyi-tiny-realfmt"
 REAL_CHECKPOINT = FIXTURES / "real_checkpoint"
 ORIGINAL_LORA = FIXTURES / "lora" / "ruyi_lora_original.safetensors"
 
-# The transformer's conditioning inputs (all but the latents, the timestep and the inpaint latents).
-COND_KEYS = (
-    "encoder_hidden_states",
-    "text_embedding_mask",
-    "encoder_hidden_states_t5",
-    "text_embedding_mask_t5",
-    "image_meta_size",
-    "style",
-    "clip_encoder_hidden_states",
-    "clip_attention_mask",
+# The transformer's conditioning inputs: its CFG-batched inputs but the latents, the timestep and the inpaint latents.
+COND_KEYS = tuple(
+    name
+    for name in RuyiTransformer3DModel._cfg_batched_input_names
+    if name not in ("hidden_states", "timestep", "inpaint_latents")
 )
 
 
