@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 
-from _common import HERE, MEDIUM_TRANSFORMER_OVERRIDES, TINY, add_worker_arguments, generate
+from _bench_common import HERE, MEDIUM_TRANSFORMER_OVERRIDES, TINY, add_worker_arguments, generate
 from _worker_protocol import print_result, run_worker
 
 from diffusers_ruyi.tiny import TINY_TRANSFORMER_CONFIG

@@ -46,7 +46,7 @@ sys.path.insert(0, HERE)
 REAL = os.path.join(ROOT, "tests", "fixtures", "real_checkpoint")
 IMAGE = os.path.join(ROOT, "tests", "fixtures", "golden", "start_only_start.png")
 
-from _common import MEDIUM_TRANSFORMER_OVERRIDES  # noqa: E402
+from _bench_common import MEDIUM_TRANSFORMER_OVERRIDES  # noqa: E402
 from _worker_protocol import print_result, run_worker  # noqa: E402
 
 

@@ -5,7 +5,7 @@ python examples/camera_control_grid.py --model IamCreateAI/Ruyi-Mini-7B --image 
 
 import numpy as np
 import torch
-from _common import example_parser, parse_args
+from _example_common import example_parser, parse_args
 from diffusers.utils import export_to_video, load_image
 
 from diffusers_ruyi.tiny import load_pipeline

@@ -5,7 +5,7 @@ python examples/image_to_video.py --model tiny-random --num-frames 8 --steps 2  
 """
 
 import torch
-from _common import example_parser, parse_args
+from _example_common import example_parser, parse_args
 from diffusers.utils import export_to_video, load_image
 
 from diffusers_ruyi.tiny import load_pipeline

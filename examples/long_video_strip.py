@@ -16,7 +16,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 import torch
-from _common import example_parser
+from _example_common import example_parser
 from diffusers.utils import export_to_video, load_image
 
 from diffusers_ruyi.long_video import iter_video_segments, plan_segments

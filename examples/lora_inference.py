@@ -9,7 +9,7 @@ python examples/lora_inference.py --model tiny-random --lora tests/fixtures/lora
 """
 
 import torch
-from _common import example_parser, parse_args
+from _example_common import example_parser, parse_args
 from diffusers.utils import export_to_video, load_image
 
 from diffusers_ruyi.tiny import load_pipeline

@@ -7,7 +7,7 @@ See docs/memory_and_speed.md for the measured effect of each setting.
 """
 
 import torch
-from _common import example_parser, parse_args
+from _example_common import example_parser, parse_args
 from diffusers.utils import export_to_video, load_image
 
 from diffusers_ruyi.tiny import load_pipeline

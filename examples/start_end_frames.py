@@ -4,7 +4,7 @@ python examples/start_end_frames.py --model IamCreateAI/Ruyi-Mini-7B --image a.j
 """
 
 import torch
-from _common import example_parser, parse_args
+from _example_common import example_parser, parse_args
 from diffusers.utils import export_to_video, load_image
 
 from diffusers_ruyi.tiny import load_pipeline

@@ -49,7 +49,7 @@ def load_script(path, name=None):
 
 def load_example(name):
     """``examples/<name>.py`` as a module; ``examples/`` goes on ``sys.path`` first, as when a script is run, so that
-    the examples find their ``_common.py``."""
+    the examples find their ``_example_common.py``."""
     if str(EXAMPLES) not in sys.path:
         sys.path.insert(0, str(EXAMPLES))
     return load_script(EXAMPLES / f"{name}.py")
