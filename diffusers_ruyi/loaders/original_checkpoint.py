@@ -129,7 +129,10 @@ def check_model_folder(folder: str) -> None:
             f"{folder!r} only has pickle weights (.bin); diffusers-ruyi loads safetensors only. Convert them with "
             "safetensors first."
         )
-    raise FileNotFoundError(f"{folder!r} has no weights (*.safetensors).")
+    raise FileNotFoundError(
+        f"{folder!r} has no weights: expected diffusion_pytorch_model.safetensors (or its shards); the download may "
+        "be incomplete."
+    )
 
 
 def read_safetensors(path: str, dtype: Optional[torch.dtype] = None) -> Dict[str, torch.Tensor]:
