@@ -18,7 +18,8 @@ _deps_core = [
     "imageio-ffmpeg>=0.5",
     "tqdm",
 ]
-_deps_test = ["pytest>=8", "hypothesis>=6", "ruff>=0.9"]
+# torchao: the int8 `quantization_config` test; it declares no torch requirement, so it never pulls a CUDA torch.
+_deps_test = ["pytest>=8", "hypothesis>=6", "ruff>=0.9", "torchao>=0.15"]
 _deps_train = ["datasets", "tensorboard"]
 _deps_docs = ["mkdocs>=1.6"]
 # Mutation testing (scripts/mutation.py): a developer tool, not installed by CI.

@@ -8,8 +8,10 @@ width, 16 heads x 176 = 2816, with fewer layers: >= 1 GB in bfloat16), then load
 - with ``--reference``, the original loader in the same run (`HunyuanTransformer3DModel.from_pretrained_2d` then
   `.to(dtype)`, as `predict_i2v.py` does), through `benchmarks/original_driver.py` and the original's own venv.
 
-Prints a table: load seconds, peak RSS above the process's RSS before loading, and that peak as a multiple of the
-loaded weights' size.
+Prints a table: load seconds (and with every weight read once: diffusers maps a file whose dtype is the one asked for,
+so its tensors are read on first use), peak RSS above the process's RSS before loading, that peak as a multiple of
+the loaded weights' size, and the peak of anonymous memory alone (RSS also counts the file's pages while they are
+mapped: clean page cache, which the kernel can drop, not memory the process allocated).
 
     python benchmarks/bench_loading.py                        # ours only, 4 layers (1.4 GB in bfloat16)
     python benchmarks/bench_loading.py --reference /path/to/Ruyi-Models --reference-python /path/to/venv/bin/python
@@ -20,6 +22,7 @@ import json
 import pathlib
 import sys
 import tempfile
+import threading
 import time
 
 
@@ -63,17 +66,40 @@ def write_checkpoint(root: pathlib.Path, num_layers: int) -> float:
     return (folder / "diffusion_pytorch_model.safetensors").stat().st_size / 2**20
 
 
+def _sample_peak(field: str, stop: threading.Event, peak: list) -> None:
+    while not stop.is_set():
+        peak[0] = max(peak[0], _rss_mb(field))
+        time.sleep(0.002)
+
+
 def worker(root: str, dtype_name: str) -> None:
     import torch
 
     from diffusers_ruyi import RuyiTransformer3DModel
 
-    before = _rss_mb("VmRSS")
+    before, anon_before = _rss_mb("VmRSS"), _rss_mb("RssAnon")
+    anon_peak, stop = [anon_before], threading.Event()
+    sampler = threading.Thread(target=_sample_peak, args=("RssAnon", stop, anon_peak), daemon=True)
+    sampler.start()
     start = time.perf_counter()
     model = RuyiTransformer3DModel.from_pretrained(root, subfolder="transformer", dtype=getattr(torch, dtype_name))
     seconds = time.perf_counter() - start
+    # Weights mapped from the file are only read when first used: read each once, as a first forward pass would.
+    for tensor in model.state_dict().values():
+        tensor.sum()
+    touched = time.perf_counter() - start
+    stop.set()
+    sampler.join()
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**20
-    print_result({"seconds": seconds, "peak_mb": _rss_mb("VmHWM") - before, "weights_mb": weights})
+    print_result(
+        {
+            "seconds": seconds,
+            "touched_seconds": touched,
+            "peak_mb": _rss_mb("VmHWM") - before,
+            "anon_peak_mb": anon_peak[0] - anon_before,
+            "weights_mb": weights,
+        }
+    )
 
 
 def main() -> None:
@@ -114,11 +140,19 @@ def main() -> None:
                 ]
                 rows.append(("original", dtype, run_worker(cmd, what=f"original loader ({dtype})")))
 
-    print("| loader | dtype | load (s) | weights (MB) | peak RSS above start (MB) | peak / weights |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| loader | dtype | load (s) | load + read every weight (s) | weights (MB) | peak RSS above start (MB) "
+        "| peak / weights | peak anonymous RSS (MB) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for name, dtype, r in rows:
         ratio = r["peak_mb"] / r["weights_mb"]
-        print(f"| {name} | {dtype} | {r['seconds']:.2f} | {r['weights_mb']:.0f} | {r['peak_mb']:.0f} | {ratio:.2f}x |")
+        touched = f"{r['touched_seconds']:.2f}" if "touched_seconds" in r else "-"
+        anon = f"{r['anon_peak_mb']:.0f}" if "anon_peak_mb" in r else "-"
+        print(
+            f"| {name} | {dtype} | {r['seconds']:.2f} | {touched} | {r['weights_mb']:.0f} | {r['peak_mb']:.0f} "
+            f"| {ratio:.2f}x | {anon} |"
+        )
 
 
 if __name__ == "__main__":

@@ -92,6 +92,18 @@ MODULE_TESTS: dict[str, list[str]] = {
         "-k",
         "original or conversion or missing or unexpected or wrong_shape or lora or matches",
     ],
+    "loaders/model_loading.py": [
+        "tests/loaders/test_loading_options.py",
+        "tests/models/test_transformer_ruyi.py",
+        "tests/models/test_autoencoder_kl_ruyi.py",
+        "-k",
+        "options or missing or unexpected or original or bf16",
+    ],
+    "loaders/original_pipeline.py": [
+        "tests/loaders/test_published_format.py",
+        "tests/loaders/test_loading_options.py",
+        "tests/pipelines/test_pipeline_realfmt.py",
+    ],
     "cli.py": ["tests/cli/test_cli.py", "tests/cli/test_cli_effects.py", "tests/cli/test_cli_mutants.py"],
     "tiny.py": ["tests/cli/test_cli.py", "tests/cli/test_cli_mutants.py", "-k", "playable or tiny_random"],
     "models/autoencoder_kl_ruyi.py": [

@@ -124,7 +124,7 @@ def apply_fp8_mode(
     ```py
     >>> from diffusers_ruyi.hooks import apply_fp8_mode
 
-    >>> transformer = RuyiTransformer3DModel.from_pretrained(path, subfolder="transformers", dtype=torch.bfloat16)
+    >>> transformer = RuyiTransformer3DModel.from_pretrained(path, subfolder="transformer", dtype=torch.bfloat16)
     >>> converted = apply_fp8_mode(transformer, "strong", torch.float8_e4m3fn)
     ```
     """

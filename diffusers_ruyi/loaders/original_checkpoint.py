@@ -1,8 +1,11 @@
-"""The one place that knows the ORIGINAL Ruyi hub layout (``IamCreateAI/Ruyi-Mini-7B``).
+"""The one place that knows the ORIGINAL Ruyi hub layout (``IamCreateAI/Ruyi-Mini-7B``), like diffusers'
+``single_file_utils.py`` and ``lora_conversion_utils.py`` together.
 
-Every component that can be read from the original checkpoint converts its config and weights here: the
-transformer, the VAE, the control embeddings and LoRA files. ``from_pretrained`` of each class, the pipeline and
-``scripts/convert_ruyi_to_diffusers.py`` all call these functions, so the conversion rules exist exactly once.
+It recognises original configs, folders and LoRA files, and converts configs and state dicts (transformer, VAE,
+LoRA); it imports no model of this package. `diffusers_ruyi.loaders.model_loading` plugs the config and key rules
+into diffusers' own `ModelMixin.from_pretrained`, `diffusers_ruyi.loaders.original_pipeline` reads a whole original
+snapshot, and ``scripts/convert_ruyi_to_diffusers.py`` writes a diffusers-format copy through them: the conversion
+rules exist exactly once.
 """
 
 import json
@@ -11,7 +14,6 @@ import os
 from typing import Any, Dict, Iterable, List, Optional, Union
 
 import torch
-from tqdm.auto import tqdm
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -97,11 +99,40 @@ def check_weight_files(folder: str) -> None:
     `check_safetensors_file`)."""
     for name in sorted(os.listdir(folder)):
         component = os.path.join(folder, name)
-        if not os.path.isdir(component):
-            continue
-        for file_name in sorted(os.listdir(component)):
-            if file_name.endswith(".safetensors"):
-                check_safetensors_file(os.path.join(component, file_name))
+        if os.path.isdir(component):
+            _check_safetensors_files(component)
+
+
+def _check_safetensors_files(folder: str) -> List[str]:
+    names = sorted(name for name in os.listdir(folder) if name.endswith(".safetensors"))
+    for name in names:
+        check_safetensors_file(os.path.join(folder, name))
+    return names
+
+
+def check_model_folder(folder: str) -> None:
+    """Checks a local model folder before diffusers reads it: a ``config.json``, safetensors weights (not only a
+    pickle ``.bin``), and intact safetensors headers.
+
+    Raises:
+        `FileNotFoundError`: no folder, or no ``config.json`` or weights in it.
+        `ValueError`: only pickle weights, or a truncated or corrupt safetensors file.
+    """
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"Expected a model folder at {folder!r}, but it does not exist; check `subfolder`.")
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        raise FileNotFoundError(f"{folder!r} has no config.json; it is not a model folder.")
+    if _check_safetensors_files(folder):
+        return
+    if any(name.endswith((".bin", ".pt", ".pth", ".ckpt")) for name in os.listdir(folder)):
+        raise ValueError(
+            f"{folder!r} only has pickle weights (.bin); diffusers-ruyi loads safetensors only. Convert them with "
+            "safetensors first."
+        )
+    raise FileNotFoundError(
+        f"{folder!r} has no weights: expected diffusion_pytorch_model.safetensors (or its shards); the download may "
+        "be incomplete."
+    )
 
 
 def read_safetensors(path: str, dtype: Optional[torch.dtype] = None) -> Dict[str, torch.Tensor]:
@@ -148,15 +179,15 @@ def read_safetensors(path: str, dtype: Optional[torch.dtype] = None) -> Dict[str
     return state_dict
 
 
-def check_state_dict_keys(
-    expected: Iterable[str], state_dict: Dict[str, Any], what: str, allow_unexpected: bool = False
-) -> List[str]:
-    """Raises a `ValueError` listing every missing (and, unless ``allow_unexpected``, unexpected) key; loading is all or
-    nothing. Returns the unexpected keys, sorted."""
-    expected = set(expected)
-    given = set(state_dict)
-    missing = sorted(expected - given)
-    unexpected = sorted(given - expected)
+# Whether a tensor the model does not have is an error, per model: the original loads its VAE with `strict=False`
+# (the published VAE file holds tensors the model never uses), its transformer strictly.
+ORIGINAL_LOADS_STRICTLY = {"transformer": True, "vae": False}
+
+
+def check_loaded_keys(missing: Iterable[str], unexpected: Iterable[str], what: str, allow_unexpected: bool) -> None:
+    """Loading is all or nothing: raises a `ValueError` listing every missing (and, unless ``allow_unexpected``,
+    unexpected) key; unexpected keys that are allowed are named in one warning."""
+    missing, unexpected = sorted(missing), sorted(unexpected)
     if missing or (unexpected and not allow_unexpected):
         lines = [f"The {what} checkpoint does not match the model."]
         if missing:
@@ -164,24 +195,6 @@ def check_state_dict_keys(
         if unexpected:
             lines.append(f"Unexpected keys ({len(unexpected)}): {unexpected}")
         raise ValueError("\n".join(lines))
-    return unexpected
-
-
-def load_converted_state_dict(
-    model: torch.nn.Module,
-    state_dict: Dict[str, torch.Tensor],
-    what: str,
-    assign: bool = False,
-    ignore_unexpected: bool = False,
-) -> None:
-    """Checks the keys and shapes of a converted state dict before loading it into ``model`` (never partially).
-
-    With ``assign=True`` the tensors replace the model's (for a model built on the meta device). With
-    ``ignore_unexpected=True`` tensors the model does not have are left out with one warning that lists them (the
-    original VAE loader uses ``strict=False``); a missing key is an error either way.
-    """
-    own = model.state_dict()
-    unexpected = check_state_dict_keys(own.keys(), state_dict, what, allow_unexpected=ignore_unexpected)
     if unexpected:
         from diffusers.utils import logging as diffusers_logging
 
@@ -189,27 +202,6 @@ def load_converted_state_dict(
             f"The {what} checkpoint has {len(unexpected)} tensor(s) the model does not use; ignoring them, as the "
             f"original does: {unexpected}"
         )
-        state_dict = {k: v for k, v in state_dict.items() if k in own}
-    bad_shapes = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in state_dict.items()
-        if tuple(v.shape) != tuple(own[k].shape)
-    ]
-    if bad_shapes:
-        raise ValueError(f"The {what} checkpoint has tensors of the wrong shape: {bad_shapes}")
-    model.load_state_dict(state_dict, strict=True, assign=assign)
-
-
-def weights_file(folder: str, name: str = "diffusion_pytorch_model.safetensors") -> str:
-    path = os.path.join(folder, name)
-    if not os.path.isfile(path):
-        if os.path.isfile(os.path.join(folder, name.replace(".safetensors", ".bin"))):
-            raise ValueError(
-                f"{folder!r} only has a pickle checkpoint (.bin); diffusers-ruyi loads safetensors only. "
-                "Convert it with safetensors first."
-            )
-        raise FileNotFoundError(f"Expected the weights file {path!r}, but it does not exist.")
-    return path
 
 
 # Floating dtypes the models run in; float8 is a storage format here (see `hooks.fp8`), not a load dtype.
@@ -265,22 +257,11 @@ def local_folder(path_or_repo_id: Union[str, os.PathLike], hub_kwargs: Dict[str,
     """
     subfolder = hub_kwargs.get("subfolder") or ""
     path = str(path_or_repo_id)
-    if os.path.isdir(path):
+    if check_local_source(path):
         return os.path.join(path, subfolder)
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
-    from huggingface_hub.utils import validate_repo_id
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
-    # A hub id is exactly "owner/name"; anything else that is not a folder is a mistyped local path.
-    looks_local = path.startswith((".", "/", "~")) or path.count("/") != 1 or (os.sep != "/" and os.sep in path)
-    try:
-        validate_repo_id(path)
-    except HFValidationError:
-        looks_local = True
-    if looks_local:
-        raise FileNotFoundError(
-            f"{path!r} is not an existing folder (nor a hub repository id like 'owner/name'); check the path."
-        )
     download_kwargs = {k: v for k, v in hub_kwargs.items() if k != "subfolder"}
     if subfolder:
         download_kwargs["allow_patterns"] = [f"{subfolder}/*"]
@@ -299,6 +280,32 @@ def local_folder(path_or_repo_id: Union[str, os.PathLike], hub_kwargs: Dict[str,
             f"{path!r} could not be downloaded and is not in the local Hugging Face cache: the Hub could not be "
             f"reached ({reason}). Check the network connection, or pass a local folder."
         ) from None
+
+
+def check_local_source(path: Union[str, os.PathLike]) -> bool:
+    """True for an existing local folder, False for a hub repository id (``owner/name``).
+
+    Raises:
+        `FileNotFoundError`: anything else, a mistyped local path (never sent to the hub, whose validation error would
+            not say "path").
+    """
+    path = str(path)
+    if os.path.isdir(path):
+        return True
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    # A hub id is exactly "owner/name"; anything else that is not a folder is a mistyped local path.
+    looks_local = path.startswith((".", "/", "~")) or path.count("/") != 1 or (os.sep != "/" and os.sep in path)
+    try:
+        validate_repo_id(path)
+    except HFValidationError:
+        looks_local = True
+    if looks_local:
+        raise FileNotFoundError(
+            f"{path!r} is not an existing folder (nor a hub repository id like 'owner/name'); check the path."
+        )
+    return False
 
 
 def _hub_offline() -> bool:
@@ -433,36 +440,6 @@ def convert_transformer_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[
         if key is not None:
             converted[key] = value
     return converted
-
-
-def read_original_transformer_weights(folder: str, dtype: Optional[torch.dtype] = None) -> Dict[str, torch.Tensor]:
-    """Reads ``diffusion_pytorch_model.safetensors`` from ``folder``, or all shards listed by its ``.index.json``,
-    casting floating tensors to ``dtype`` one at a time (see `read_safetensors`)."""
-    index_path = os.path.join(folder, "diffusion_pytorch_model.safetensors.index.json")
-    if os.path.isfile(index_path):
-        shards = sorted(set(read_json(index_path).get("weight_map", {}).values()))
-        state_dict = {}
-        for shard in shards:
-            state_dict.update(read_safetensors(weights_file(folder, shard), dtype))
-        return state_dict
-    return read_safetensors(weights_file(folder), dtype)
-
-
-def load_original_transformer(
-    model_cls, folder: str, original_config: Dict[str, Any], dtype: Optional[torch.dtype] = None
-) -> torch.nn.Module:
-    """Builds ``model_cls`` (``RuyiTransformer3DModel``) from an original-layout folder, all or nothing.
-
-    The model is created on the meta device (no random init of billions of weights) and the converted tensors are
-    assigned after checking every key and shape, so the weights exist once in memory: peak RSS is the weights in
-    ``dtype`` plus one tensor (``benchmarks/bench_loading.py``).
-    """
-    config = convert_transformer_config(original_config)
-    state_dict = convert_transformer_state_dict(read_original_transformer_weights(folder, dtype))
-    with torch.device("meta"):
-        model = model_cls.from_config(config)
-    load_converted_state_dict(model, state_dict, "transformer", assign=True)
-    return model
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -627,27 +604,68 @@ def convert_vae_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str, tor
     so the only difference is the attention output projection: a bare ``nn.Linear`` (``to_out``) in the original,
     ``to_out.0`` in diffusers' ``Attention``.
     """
-    converted = {}
-    for key, value in state_dict.items():
-        if ".attentions." in key and ".to_out." in key and ".to_out.0." not in key:
-            key = key.replace(".to_out.", ".to_out.0.")
-        converted[key] = value
-    return converted
+    return {convert_vae_key(key): value for key, value in state_dict.items()}
+
+
+def convert_vae_key(key: str) -> str:
+    """One original VAE key as an `AutoencoderKLRuyiCausal3D` key (see `convert_vae_state_dict`)."""
+    if ".attentions." in key and ".to_out." in key and ".to_out.0." not in key:
+        return key.replace(".to_out.", ".to_out.0.")
+    return key
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Pipeline (embeddings.safetensors, folder layout)
+# Either model: what `diffusers_ruyi.loaders.model_loading` hands to diffusers' loader
+# ----------------------------------------------------------------------------------------------------------------
+
+# Tensors of the original files that the models do not have: the transformer's 40 fixed `t_embed.pe` tables. (The
+# published VAE file's extra tensors are not listed: diffusers' loader warns about them, naming each.)
+ORIGINAL_UNUSED_KEYS = {
+    "transformer": [f"^{pattern}$" for pattern, target in TRANSFORMER_KEY_RENAMES.items() if target is None],
+    "vae": [],
+}
+
+
+def rename_original_keys(model_type: str, state_dict: Dict[str, Any]) -> None:
+    """Renames, in place, the original keys of ``state_dict`` whose names differ in the ``model_type`` model."""
+    if model_type == "vae":
+        for key in [k for k in state_dict if convert_vae_key(k) != k]:
+            state_dict[convert_vae_key(key)] = state_dict.pop(key)
+
+
+def original_model_config(model_type: str, config: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The diffusers-ruyi config of an original-layout ``config.json``, or None when ``config`` is not one.
+
+    Args:
+        model_type (`str`): ``"transformer"`` or ``"vae"``.
+        config (`Dict[str, Any]`): A loaded ``config.json``.
+
+    Raises:
+        `ValueError`: ``config`` is an original config of a variant diffusers-ruyi does not implement, or a 2D
+            diffusers ``AutoencoderKL`` config read as the VAE.
+    """
+    if model_type == "transformer":
+        return convert_transformer_config(config) if is_original_transformer_config(config) else None
+    if model_type != "vae":
+        raise ValueError(f"`model_type` must be 'transformer' or 'vae', got {model_type!r}.")
+    if is_original_vae_config(config):
+        return convert_vae_config(config)
+    if config.get("_class_name") == "AutoencoderKL":
+        raise ValueError(
+            "This is a 2D diffusers `AutoencoderKL` config without the original Ruyi VAE keys "
+            "(`slice_compression_vae` / `cache_compression_vae`); it is not a Ruyi VAE."
+        )
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pipeline (folder layout)
 # ----------------------------------------------------------------------------------------------------------------
 
 TRANSFORMER_SUBFOLDERS = ("transformer", "transformers")
 # `model_index.json` of the published checkpoint names the original pipeline class; its component entries name
 # stock diffusers classes (`HunyuanDiT2DModel`, `AutoencoderKL`) that cannot load these files.
 ORIGINAL_PIPELINE_CLASS_NAME = "RuyiInpaintPipeline"
-# What the original `predict_i2v.py` reads from the snapshot, besides the transformer folder.
-ORIGINAL_PIPELINE_ENTRIES = ("vae", "image_encoder", "scheduler", "embeddings.safetensors")
-_PIPELINE_COMPONENTS = ("vae", "transformer", "scheduler", "image_encoder", "image_processor", "control_embeddings")
-# Weights of a full `CLIPModel` that the vision tower does not use.
-_CLIP_TEXT_TOWER_PREFIXES = ("text_model.", "text_projection.", "logit_scale")
 
 
 def is_original_pipeline_folder(folder: str) -> bool:
@@ -668,20 +686,6 @@ def is_original_pipeline_folder(folder: str) -> bool:
     )
 
 
-def _component_dtype(dtype, name: str):
-    if isinstance(dtype, dict):
-        return dtype.get(name, dtype.get("default"))
-    return dtype
-
-
-def load_control_embeddings(path: str):
-    """Reads the original ``embeddings.safetensors`` (bfloat16 in the published file) into a
-    [`RuyiControlEmbeddings`] component (float32 buffers; the pipeline casts them to the transformer's dtype)."""
-    from ..pipelines.controls import RuyiControlEmbeddings
-
-    return RuyiControlEmbeddings.from_flat_dict(read_safetensors(path))
-
-
 def clip_image_processor_class():
     """The PIL-based CLIP processor: the one the original ran with (transformers >= 5 defaults to torchvision)."""
     try:
@@ -689,132 +693,6 @@ def clip_image_processor_class():
     except ImportError:  # transformers < 5: CLIPImageProcessor is the PIL implementation
         from transformers import CLIPImageProcessor as processor_cls
     return processor_cls
-
-
-def load_clip_image_processor(folder: str):
-    """The CLIP preprocessing of ``image_encoder/``; the published old-style ``CLIPFeatureExtractor`` config (integer
-    ``size`` / ``crop_size``) reads as a shortest-edge resize and a square centre crop, as in the original."""
-    return clip_image_processor_class().from_pretrained(folder)
-
-
-def load_clip_image_encoder(folder: str, dtype: Optional[torch.dtype] = None):
-    """Loads the CLIP vision tower with its projection from ``image_encoder/``, as the original does.
-
-    The published folder holds a FULL ``CLIPModel`` (text and vision towers) as ``pytorch_model.bin``: that official
-    pickle file is the one exception to safetensors-only loading, and transformers reads it with
-    ``torch.load(weights_only=True)``, which refuses anything but tensors. A ``model.safetensors`` is preferred when
-    present (the converter writes one). Weights of the text tower are skipped; a missing vision weight is an error.
-    """
-    from transformers import CLIPVisionModelWithProjection
-    from transformers.utils import logging as transformers_logging
-
-    names = ("model.safetensors", "pytorch_model.bin")
-    if not any(os.path.isfile(os.path.join(folder, n)) for n in names):
-        raise FileNotFoundError(f"{folder!r} has no CLIP weights (expected one of {list(names)}).")
-    verbosity = transformers_logging.get_verbosity()
-    transformers_logging.set_verbosity_error()  # its load report would list every (expected) text-tower key
-    try:
-        encoder, info = CLIPVisionModelWithProjection.from_pretrained(folder, output_loading_info=True)
-    finally:
-        transformers_logging.set_verbosity(verbosity)
-    missing = sorted(info.get("missing_keys", []))
-    mismatched = sorted(info.get("mismatched_keys", []))
-    unexpected = sorted(k for k in info.get("unexpected_keys", []) if not k.startswith(_CLIP_TEXT_TOWER_PREFIXES))
-    if missing or mismatched or unexpected:
-        raise ValueError(
-            f"The CLIP image encoder in {folder!r} does not match its config. Missing keys: {missing}; keys of the "
-            f"wrong shape: {mismatched}; unexpected keys: {unexpected}."
-        )
-    encoder = encoder.eval()
-    return encoder.to(dtype) if dtype is not None else encoder
-
-
-def load_original_scheduler(folder: str):
-    """`DDIMScheduler` from ``scheduler/scheduler_config.json``, whatever class the file names: the original always
-    builds DDIM from it (the published file names HunyuanDiT's ``DDPMScheduler``). Every key is kept in the config, so
-    ``EulerDiscreteScheduler.from_config(pipe.scheduler.config)`` and the other samplers swap in as in the original."""
-    from diffusers import DDIMScheduler
-
-    return DDIMScheduler.from_config(read_json(os.path.join(folder, "scheduler_config.json")))
-
-
-def _disk_size(path: str) -> str:
-    """Size of a file or folder, for progress messages."""
-    if os.path.isfile(path):
-        total = os.path.getsize(path)
-    else:
-        total = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
-    return f"{total / 2**20:.0f} MB" if total < 2**30 else f"{total / 2**30:.1f} GB"
-
-
-def load_original_pipeline_components(folder: str, **kwargs) -> Dict[str, Any]:
-    """Loads every pipeline component from a folder in the original Ruyi hub layout.
-
-    Args:
-        folder (`str`): The local snapshot (``transformer/`` or ``transformers/``, ``vae/``, ``image_encoder/``,
-            ``scheduler/``, ``embeddings.safetensors``, and optionally the original ``model_index.json``).
-        kwargs: ``dtype`` (a ``torch.dtype``, its name, or a dict per component with a ``"default"``), the
-            deprecated ``torch_dtype``, and already-built components to use instead of loading them (``vae=...``).
-
-    Returns:
-        `Dict[str, Any]`: the keyword arguments of ``RuyiImageToVideoPipeline(...)``.
-    """
-    from diffusers.utils import logging as diffusers_logging
-
-    from ..models.autoencoder_kl_ruyi import AutoencoderKLRuyiCausal3D
-    from ..models.transformer_ruyi import RuyiTransformer3DModel
-
-    logger = diffusers_logging.get_logger(__name__)
-    dtype = resolve_dtype(kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None))
-    given = {name: kwargs.pop(name) for name in _PIPELINE_COMPONENTS if name in kwargs}
-    for harmless in ("use_safetensors", "low_cpu_mem_usage"):
-        kwargs.pop(harmless, None)
-    if kwargs:
-        raise TypeError(
-            f"Unsupported argument(s) for loading the original Ruyi layout: {sorted(kwargs)}. Supported: `dtype`, "
-            f"and components to use as they are: {list(_PIPELINE_COMPONENTS)}. Convert the folder with "
-            "scripts/convert_ruyi_to_diffusers.py to use every option of DiffusionPipeline.from_pretrained."
-        )
-
-    # Where each component is read from; cheap ones first, so a broken small file fails before the big weights.
-    sources = {
-        "control_embeddings": "embeddings.safetensors",
-        "scheduler": "scheduler",
-        "image_processor": "image_encoder",
-        "vae": "vae",
-        "image_encoder": "image_encoder",
-        "transformer": find_original_subfolder(folder, TRANSFORMER_SUBFOLDERS) or "transformer",
-    }
-    missing = sorted({s for n, s in sources.items() if n not in given and not os.path.exists(os.path.join(folder, s))})
-    if missing:
-        raise FileNotFoundError(
-            f"{folder!r} is a Ruyi checkpoint in the original layout but lacks {missing}; it needs transformer/, vae/, "
-            "image_encoder/, scheduler/ and embeddings.safetensors (download the whole IamCreateAI/Ruyi-Mini-7B "
-            "snapshot)."
-        )
-
-    def load(name: str, source: str) -> Any:
-        path = os.path.join(folder, source)
-        if name == "control_embeddings":
-            return load_control_embeddings(path)
-        if name == "scheduler":
-            return load_original_scheduler(path)
-        if name == "image_processor":
-            return load_clip_image_processor(path)
-        if name == "image_encoder":
-            return load_clip_image_encoder(path, _component_dtype(dtype, name))
-        model_cls = AutoencoderKLRuyiCausal3D if name == "vae" else RuyiTransformer3DModel
-        return model_cls.from_pretrained(folder, subfolder=source, dtype=_component_dtype(dtype, name))
-
-    components = dict(given)
-    todo = [name for name in sources if name not in components]
-    bar = tqdm(todo, desc="Loading Ruyi (original layout)", disable=not diffusers_logging.is_progress_bar_enabled())
-    for name in bar:
-        size = _disk_size(os.path.join(folder, sources[name]))
-        bar.set_postfix_str(f"{name} ({size})")
-        logger.info(f"Loading {name} from {sources[name]} ({size})")
-        components[name] = load(name, sources[name])
-    return components
 
 
 # ----------------------------------------------------------------------------------------------------------------

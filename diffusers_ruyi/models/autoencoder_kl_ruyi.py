@@ -20,8 +20,7 @@ are grouped, so this port reproduces the original's grouping exactly, in both of
 """
 
 import math
-import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -35,17 +34,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import logging
 from diffusers.utils.accelerate_utils import apply_forward_hook
 
-from ..loaders.original_checkpoint import (
-    HUB_KWARGS,
-    convert_vae_config,
-    convert_vae_state_dict,
-    is_original_vae_config,
-    load_converted_state_dict,
-    local_folder,
-    read_safetensors,
-    resolve_dtype,
-    weights_file,
-)
+from ..loaders.model_loading import RuyiModelLoadingMixin
 
 
 logger = logging.get_logger(__name__)
@@ -491,7 +480,7 @@ def _blend_into(a_strip: torch.Tensor, b: torch.Tensor, dim: int, extent: int) -
     b_part.copy_((a_part * w_a).to(b.dtype) + (b_part * w_b).to(b.dtype))
 
 
-class AutoencoderKLRuyiCausal3D(ModelMixin, AutoencoderMixin, ConfigMixin):
+class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMixin, ConfigMixin):
     r"""
     The causal 3D VAE of Ruyi-Mini-7B: videos ``(B, 3, F, H, W)`` in ``[-1, 1]`` to latents ``(B, 16, F / 4, H / 8,
     W / 8)`` and back.
@@ -537,6 +526,7 @@ class AutoencoderKLRuyiCausal3D(ModelMixin, AutoencoderMixin, ConfigMixin):
         tile_overlap_factor (`float`, defaults to 0.25): Overlap of the original's tiling, as a fraction of a tile.
     """
 
+    _original_model_type = "vae"
     _supports_gradient_checkpointing = True
     _skip_keys = ["causal_cache"]
     _group_offload_block_modules = ["quant_conv", "post_quant_conv", "encoder", "decoder"]
@@ -1088,71 +1078,3 @@ class AutoencoderKLRuyiCausal3D(ModelMixin, AutoencoderMixin, ConfigMixin):
         if not return_dict:
             return (decoded,)
         return DecoderOutput(sample=decoded)
-
-    # ------------------------------------------------------------------------------------------------------------
-    # Loading
-    # ------------------------------------------------------------------------------------------------------------
-
-    @classmethod
-    def from_pretrained(
-        cls, pretrained_model_name_or_path: Union[str, os.PathLike], **kwargs: Any
-    ) -> "AutoencoderKLRuyiCausal3D":
-        r"""
-        Loads the VAE from a diffusers-format folder/repo or from the ORIGINAL Ruyi ``vae/`` folder.
-
-        The config is read with the same hub arguments (``subfolder``, ``revision``, ``cache_dir``, ...). When it is
-        the original's (``_class_name`` ``AutoencoderKLMagvit``, or ``AutoencoderKL`` with the original's
-        ``slice_compression_vae`` / ``cache_compression_vae`` keys, as the published file), the config and the
-        safetensors weights are converted in memory (`diffusers_ruyi.loaders.original_checkpoint`): the model is
-        built on the meta device and takes the file's tensors, cast to ``dtype`` while they are read. A missing
-        weight raises a `ValueError` listing every missing key, before anything is loaded; tensors the model does
-        not have are left out with one warning that lists them (the original loads with ``strict=False``).
-        Otherwise this is `ModelMixin.from_pretrained`.
-
-        Args:
-            pretrained_model_name_or_path (`str` or `os.PathLike`): A local folder or a hub repo id.
-            dtype (`torch.dtype`, *optional*): Load the weights in this dtype (``torch_dtype`` is accepted too).
-            kwargs: Everything `ModelMixin.from_pretrained` accepts; for original checkpoints only the hub arguments,
-                ``dtype``/``torch_dtype`` and a single-device ``device_map`` are used.
-
-        Example:
-
-        ```py
-        >>> vae = AutoencoderKLRuyiCausal3D.from_pretrained("IamCreateAI/Ruyi-Mini-7B", subfolder="vae")
-        ```
-        """
-        hub_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
-        config = cls.load_config(pretrained_model_name_or_path, **hub_kwargs)
-        if not is_original_vae_config(config):
-            if config.get("_class_name") == "AutoencoderKL":
-                raise ValueError(
-                    f"{pretrained_model_name_or_path!r} holds a 2D diffusers `AutoencoderKL` config without the original "
-                    "Ruyi VAE keys (`slice_compression_vae` / `cache_compression_vae`); it is not a Ruyi VAE."
-                )
-            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        return cls._from_original(pretrained_model_name_or_path, config, hub_kwargs, kwargs)
-
-    @classmethod
-    def _from_original(
-        cls, path: Union[str, os.PathLike], config: Dict[str, Any], hub_kwargs: Dict[str, Any], kwargs: Dict[str, Any]
-    ) -> "AutoencoderKLRuyiCausal3D":
-        dtype = resolve_dtype(kwargs.get("dtype"), kwargs.get("torch_dtype"))
-        if isinstance(dtype, dict):
-            raise ValueError("A VAE loads in one dtype; pass a torch.dtype (or its name), not a dict.")
-        device_map = kwargs.get("device_map")
-        ignored = sorted(k for k in kwargs if k not in (*HUB_KWARGS, "dtype", "torch_dtype", "device_map"))
-        if ignored:
-            logger.warning(f"Loading an original Ruyi VAE checkpoint: ignoring {ignored}.")
-
-        weights_path = weights_file(local_folder(path, hub_kwargs))
-
-        with torch.device("meta"):
-            model = cls.from_config(convert_vae_config(config))
-        state_dict = convert_vae_state_dict(read_safetensors(weights_path, dtype or torch.float32))
-        load_converted_state_dict(model, state_dict, "VAE", assign=True, ignore_unexpected=True)
-        model.register_to_config(_name_or_path=str(path))
-        if device_map is not None:
-            if not isinstance(device_map, (str, torch.device, int)) or device_map in ("auto", "balanced"):
-                raise ValueError("Original Ruyi VAE checkpoints only support a single-device `device_map`.")
-            model.to(device_map)
-        return model.eval()

@@ -21,7 +21,6 @@ original checkpoint, so converting the original weights is (almost) the identity
 
 import functools
 import math
-import os
 from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
@@ -61,13 +60,8 @@ from ..hooks.diffusers_caches import (
 )
 from ..hooks.skip_offload import LongSkipStack, RuyiSkipOffloadConfig
 from ..hooks.teacache import RuyiTeaCacheConfig, apply_ruyi_teacache, remove_ruyi_teacache
-from ..loaders.original_checkpoint import (
-    HUB_KWARGS,
-    is_original_transformer_config,
-    load_original_transformer,
-    local_folder,
-    resolve_dtype,
-)
+from ..loaders.model_loading import RuyiModelLoadingMixin
+from ..loaders.original_checkpoint import ORIGINAL_UNUSED_KEYS
 
 
 logger = logging.get_logger(__name__)  # pylint: disable=invalid-name
@@ -494,7 +488,9 @@ class RuyiImageResampler(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class RuyiTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, AttentionMixin):
+class RuyiTransformer3DModel(
+    RuyiModelLoadingMixin, ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, AttentionMixin
+):
     r"""
     The Ruyi-Mini-7B image-to-video denoiser (HunyuanDiT blocks over space-time tokens, CLIP image conditioning).
 
@@ -528,6 +524,8 @@ class RuyiTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMix
         text_len_t5 (`int`, defaults to 256): Tokens of the second text stream.
     """
 
+    _original_model_type = "transformer"
+    _keys_to_ignore_on_load_unexpected = ORIGINAL_UNUSED_KEYS["transformer"]
     _supports_gradient_checkpointing = True
     _no_split_modules = ["RuyiTransformerBlock"]
     _repeated_blocks = ["RuyiTransformerBlock"]
@@ -642,56 +640,6 @@ class RuyiTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMix
         self.gradient_checkpointing = False
         # Set by `diffusers_ruyi.hooks.apply_ruyi_skip_offload`.
         self._skip_offload_config: Optional[RuyiSkipOffloadConfig] = None
-
-    # ------------------------------------------------------------------------------------------------------------
-    # Loading
-    # ------------------------------------------------------------------------------------------------------------
-
-    @classmethod
-    def from_pretrained(
-        cls, pretrained_model_name_or_path: Union[str, os.PathLike], **kwargs
-    ) -> "RuyiTransformer3DModel":
-        """Loads a diffusers-format checkpoint, or transparently converts the ORIGINAL Ruyi layout.
-
-        A folder whose `config.json` names `HunyuanTransformer3DModel` (the original hub layout, e.g.
-        `IamCreateAI/Ruyi-Mini-7B` with `subfolder="transformers"`) is converted in memory: config and weights are
-        mapped by `diffusers_ruyi.loaders.original_checkpoint`, the weights are cast to `dtype` (or `torch_dtype`;
-        float32 by default, as diffusers does) and loaded strictly (missing or unexpected keys raise a `ValueError`
-        listing them). Everything else goes to [`~diffusers.ModelMixin.from_pretrained`] unchanged.
-
-        Args:
-            pretrained_model_name_or_path (`str` or `os.PathLike`): A local folder or a hub repository id.
-            kwargs: The usual [`~diffusers.ModelMixin.from_pretrained`] arguments (`subfolder`, `dtype`, `revision`,
-                `cache_dir`, `token`, `local_files_only`, ...).
-
-        Returns:
-            [`RuyiTransformer3DModel`]: The model, in eval mode.
-        """
-        dtype = resolve_dtype(kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None))
-        hub_kwargs = {key: kwargs[key] for key in HUB_KWARGS if kwargs.get(key) is not None}
-        config = cls.load_config(pretrained_model_name_or_path, **hub_kwargs)
-        if not is_original_transformer_config(config):
-            if dtype is not None:
-                kwargs["dtype"] = dtype
-            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-
-        unsupported = [
-            key
-            for key in ("device_map", "quantization_config", "variant", "output_loading_info")
-            if kwargs.get(key) not in (None, False)
-        ]
-        if unsupported:
-            raise ValueError(
-                f"{unsupported} are not supported when loading the original Ruyi layout; convert the checkpoint with "
-                "`scripts/convert_ruyi_to_diffusers.py` first."
-            )
-        # Like diffusers' loader: float32 unless a dtype is requested, whatever the file stores.
-        dtype = dtype or torch.float32
-
-        folder = local_folder(pretrained_model_name_or_path, hub_kwargs)
-        model = load_original_transformer(cls, folder, config, dtype=dtype)
-        model.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
-        return model.eval()
 
     # ------------------------------------------------------------------------------------------------------------
     # Speed and memory

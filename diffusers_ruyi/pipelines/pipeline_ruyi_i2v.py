@@ -163,8 +163,10 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         Loads the pipeline from the PUBLISHED Ruyi checkpoint (original layout), a diffusers-format folder, or a hub id.
 
         A folder in the original layout (its `model_index.json` names `RuyiInpaintPipeline`, or it has no
-        `model_index.json` but `transformer/` + `vae/` + `embeddings.safetensors`) is converted in memory, reading
-        the files as the original `predict_i2v.py` does (see the loading docs). A hub id is downloaded with
+        `model_index.json` but `transformer/` + `vae/` + `embeddings.safetensors`) is converted while it is read, the
+        files read as the original `predict_i2v.py` does (see the loading docs); its two models load through
+        diffusers' own loader, so `device_map` (one device), `quantization_config` (a `PipelineQuantizationConfig`),
+        `low_cpu_mem_usage` and `variant` work as for any diffusers pipeline. A hub id is downloaded with
         `huggingface_hub.snapshot_download` first (honouring `HF_HUB_OFFLINE`, `cache_dir`, `revision`, `token`)
         and then loaded the same way. A folder written by `save_pretrained` loads through
         [`~DiffusionPipeline.from_pretrained`] with all its arguments.
@@ -180,17 +182,18 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             HUB_KWARGS,
             check_weight_files,
             is_original_pipeline_folder,
-            load_original_pipeline_components,
             local_folder,
             resolve_dtype,
         )
+        from ..loaders.original_pipeline import load_original_pipeline_components
 
         dtype = resolve_dtype(kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None))
-        path = str(pretrained_model_name_or_path)
-        if not os.path.isdir(path):
-            # Where the files come from is settled here; what remains in kwargs is for loading the components.
-            hub_kwargs = {k: kwargs.pop(k) for k in HUB_KWARGS if k != "subfolder" and k in kwargs}
-            path = local_folder(path, {k: v for k, v in hub_kwargs.items() if v not in (None, False)})
+        # Where the files come from is settled here (a local folder as it is, a hub id downloaded once); what
+        # remains in kwargs is for loading the components.
+        hub_kwargs = {k: kwargs.pop(k) for k in HUB_KWARGS if k != "subfolder" and k in kwargs}
+        path = local_folder(
+            pretrained_model_name_or_path, {k: v for k, v in hub_kwargs.items() if v not in (None, False)}
+        )
 
         if is_original_pipeline_folder(path):
             return cls(**load_original_pipeline_components(path, dtype=dtype, **kwargs))

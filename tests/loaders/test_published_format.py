@@ -17,12 +17,14 @@ from diffusers_ruyi.loaders.original_checkpoint import (
     convert_transformer_config,
     convert_transformer_state_dict,
     is_original_pipeline_folder,
+    read_safetensors,
+    resolve_dtype,
+)
+from diffusers_ruyi.loaders.original_pipeline import (
     load_clip_image_encoder,
     load_clip_image_processor,
     load_control_embeddings,
     load_original_scheduler,
-    read_safetensors,
-    resolve_dtype,
 )
 
 

@@ -1,0 +1,123 @@
+# Copyright 2025 The diffusers-ruyi authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""`from_pretrained` of both Ruyi models: diffusers' own loader, taught to read the original layout.
+
+diffusers' `ModelMixin.from_pretrained` does the work for every layout, so every one of its options
+(`device_map`, `quantization_config`, `variant`, `low_cpu_mem_usage`, `revision`, `cache_dir`, ...) works on the
+published files as on a converted folder, with nothing converted on disk. Three hooks of diffusers' loader carry the
+original layout (the rules themselves are in `diffusers_ruyi.loaders.original_checkpoint`):
+
+* `load_config` converts an original ``config.json`` as it is read;
+* `_keys_to_ignore_on_load_unexpected` names the original tensors the models do not have;
+* `_fix_state_dict_keys_on_load` renames the VAE's attention keys (a single-file checkpoint, as published).
+
+What this mixin adds is the package's one argument policy: ``dtype``/``torch_dtype`` checked the same way everywhere,
+safetensors only, a broken file or a mistyped path reported before anything loads, and a missing weight an error.
+"""
+
+import contextlib
+import logging
+import os
+from typing import Any, Dict, Union
+
+from .original_checkpoint import (
+    ORIGINAL_LOADS_STRICTLY,
+    check_loaded_keys,
+    check_local_source,
+    check_model_folder,
+    original_model_config,
+    rename_original_keys,
+    resolve_dtype,
+)
+
+
+class RuyiModelLoadingMixin:
+    """Loading of a Ruyi model from a diffusers-format folder or the original layout; set `_original_model_type`."""
+
+    # "transformer" or "vae": which original config and key rules apply. Each model also sets diffusers'
+    # `_keys_to_ignore_on_load_unexpected = ORIGINAL_UNUSED_KEYS[<its type>]`.
+    _original_model_type: str
+
+    @classmethod
+    def load_config(cls, pretrained_model_name_or_path: Union[str, os.PathLike, Dict[str, Any]], *args, **kwargs):
+        r"""[`~diffusers.ConfigMixin.load_config`], converting an original Ruyi ``config.json`` to this class's."""
+        outputs = super().load_config(pretrained_model_name_or_path, *args, **kwargs)
+        config = outputs[0] if isinstance(outputs, tuple) else outputs
+        converted = original_model_config(cls._original_model_type, config)
+        if converted is None:
+            return outputs
+        converted = {"_class_name": cls.__name__, **converted}
+        return (converted, *outputs[1:]) if isinstance(outputs, tuple) else converted
+
+    def _fix_state_dict_keys_on_load(self, state_dict) -> None:
+        # diffusers calls this on single-file checkpoints before matching keys: the original layout's renames.
+        super()._fix_state_dict_keys_on_load(state_dict)
+        rename_original_keys(self._original_model_type, state_dict)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Union[str, os.PathLike], **kwargs):
+        r"""
+        Loads the model from a diffusers-format folder or hub repository, or from the ORIGINAL Ruyi layout (the
+        published `IamCreateAI/Ruyi-Mini-7B`, `subfolder="transformer"` or `"vae"`), converted while it is read.
+
+        This is [`~diffusers.ModelMixin.from_pretrained`] with all its arguments (`subfolder`, `device_map`,
+        `quantization_config`, `variant`, `low_cpu_mem_usage`, `revision`, `cache_dir`, `output_loading_info`, ...),
+        and:
+
+        - `dtype` (or its alias `torch_dtype`) is a `torch.dtype` or its name, one of float32, float16, bfloat16;
+          float32 when not given, whatever the file stores, as in diffusers;
+        - weights are read from safetensors files only (`use_safetensors=False` is refused);
+        - a mistyped local path, or a truncated or corrupt safetensors file in a local folder, is reported before
+          anything is loaded;
+        - a weight the checkpoint lacks is a `ValueError` that lists every missing key (diffusers would warn and leave
+          it random); so is a tensor the model does not have, except in the VAE, which the original loads with
+          `strict=False` (one warning names them); the transformer's fixed `t_embed.pe` tables are skipped.
+        """
+        dtype = resolve_dtype(kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None))
+        if isinstance(dtype, dict):
+            raise ValueError(f"`dtype` of {cls.__name__} is one dtype, not a dict per component, got {dtype!r}.")
+        if kwargs.get("use_safetensors") is False:
+            raise ValueError(
+                "`use_safetensors=False`: diffusers-ruyi loads model weights from safetensors files only."
+            )
+        if check_local_source(pretrained_model_name_or_path):
+            check_model_folder(os.path.join(str(pretrained_model_name_or_path), kwargs.get("subfolder") or ""))
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        kwargs["use_safetensors"] = True
+        with _without_key_reports():
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, torch_dtype=dtype, output_loading_info=True, **kwargs
+            )
+        what = f"{cls.__name__} ({pretrained_model_name_or_path})"
+        strict = ORIGINAL_LOADS_STRICTLY[cls._original_model_type]
+        check_loaded_keys(info["missing_keys"], info["unexpected_keys"], what, allow_unexpected=not strict)
+        return (model, info) if output_loading_info else model
+
+
+class _DropKeyReports(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Some weights of")
+
+
+@contextlib.contextmanager
+def _without_key_reports():
+    """Silences diffusers' reports of missing and unused weights ("newly initialized ... TRAIN this model"): loading
+    reports those itself, a missing one as an error."""
+    diffusers_logger = logging.getLogger("diffusers.models.modeling_utils")
+    report_filter = _DropKeyReports()
+    diffusers_logger.addFilter(report_filter)
+    try:
+        yield
+    finally:
+        diffusers_logger.removeFilter(report_filter)

@@ -1,0 +1,119 @@
+"""diffusers' loading options on the PUBLISHED layout: each model goes through diffusers' own loader.
+
+The published-format golden (tests/fixtures/golden_realfmt) must come out the same whichever way the weights were
+placed (`device_map`, `low_cpu_mem_usage=False`), and a torchao int8 weight-only `quantization_config` quantizes the
+transformer's Linear weights while it loads.
+"""
+
+import json
+
+import PIL.Image
+import pytest
+import torch
+from diffusers import DiffusionPipeline
+from safetensors.torch import load_file
+
+from diffusers_ruyi import AutoencoderKLRuyiCausal3D, RuyiImageToVideoPipeline, RuyiTransformer3DModel
+
+
+def _case(golden_realfmt_dir):
+    cases = json.loads((golden_realfmt_dir / "realfmt_cases.json").read_text())["cases"]
+    return next(c for c in cases if c["name"] == "rf_start_only")
+
+
+def _video(pipe, golden_realfmt_dir):
+    case = _case(golden_realfmt_dir)
+    pipe.set_progress_bar_config(disable=True)
+    start = PIL.Image.open(golden_realfmt_dir / "rf_start_only_start.png").convert("RGB")
+    return pipe(
+        image=start,
+        num_frames=case["frames"],
+        height=case["h"],
+        width=case["w"],
+        num_inference_steps=case["steps"],
+        guidance_scale=case["cfg"],
+        motion=case["motion"],
+        camera_direction=case["cam"],
+        generator=torch.Generator("cpu").manual_seed(case["seed"]),
+        output_type="pt",
+    ).frames.permute(0, 2, 1, 3, 4)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"device_map": "cpu"}, {"low_cpu_mem_usage": False}],
+    ids=["device_map-cpu", "low_cpu_mem_usage-False"],
+)
+def test_published_layout_golden_with_loading_options(tiny_realfmt_checkpoint, golden_realfmt_dir, options):
+    pipe = RuyiImageToVideoPipeline.from_pretrained(tiny_realfmt_checkpoint, **options)
+    expected = load_file(str(golden_realfmt_dir / "rf_start_only_video.safetensors"))["video"]
+    assert (_video(pipe, golden_realfmt_dir) - expected).abs().max().item() <= 1e-4
+
+
+def test_models_load_the_same_weights_whatever_the_options(tiny_realfmt_checkpoint):
+    for model_cls, subfolder in ((RuyiTransformer3DModel, "transformer"), (AutoencoderKLRuyiCausal3D, "vae")):
+        default = model_cls.from_pretrained(tiny_realfmt_checkpoint, subfolder=subfolder).state_dict()
+        for options in ({"device_map": "cpu"}, {"low_cpu_mem_usage": False}):
+            other = model_cls.from_pretrained(tiny_realfmt_checkpoint, subfolder=subfolder, **options).state_dict()
+            assert other.keys() == default.keys()
+            assert all(torch.equal(other[k], default[k]) for k in default), (model_cls.__name__, options)
+
+
+def test_torchao_int8_weight_only_on_the_published_layout(tiny_realfmt_checkpoint, golden_realfmt_dir):
+    pytest.importorskip("torchao")
+    from diffusers import PipelineQuantizationConfig, TorchAoConfig
+    from torchao.quantization import Int8WeightOnlyConfig
+
+    quantization = PipelineQuantizationConfig(quant_mapping={"transformer": TorchAoConfig(Int8WeightOnlyConfig())})
+    pipe = RuyiImageToVideoPipeline.from_pretrained(
+        tiny_realfmt_checkpoint, dtype=torch.bfloat16, quantization_config=quantization
+    )
+    weight = pipe.transformer.blocks[0].attn1.to_q.weight
+    assert type(weight).__module__.startswith("torchao") and weight.dtype == torch.bfloat16
+    assert not type(pipe.vae.decoder.conv_in.weight).__module__.startswith("torchao")  # only the transformer
+    expected = load_file(str(golden_realfmt_dir / "rf_start_only_video.safetensors"))["video"]
+    video = _video(pipe, golden_realfmt_dir)
+    # int8 weights and bf16 activations: the same video, not the same bits.
+    assert video.shape == expected.shape and torch.isfinite(video).all()
+    assert (video - expected).abs().mean().item() < 0.05
+
+
+def test_variant_of_a_saved_folder(tiny_checkpoint, tmp_path):
+    pipe = RuyiImageToVideoPipeline.from_pretrained(tiny_checkpoint)
+    pipe.save_pretrained(tmp_path, variant="bf16")
+    assert (tmp_path / "transformer" / "diffusion_pytorch_model.bf16.safetensors").is_file()
+    loaded = DiffusionPipeline.from_pretrained(tmp_path, variant="bf16")
+    assert type(loaded) is RuyiImageToVideoPipeline
+    for name in ("transformer", "vae"):
+        original, reloaded = getattr(pipe, name).state_dict(), getattr(loaded, name).state_dict()
+        assert all(torch.equal(original[k], reloaded[k]) for k in original)
+    with pytest.raises(OSError, match="fp16"):  # a variant the folder does not have
+        RuyiTransformer3DModel.from_pretrained(tmp_path, subfolder="transformer", variant="fp16")
+
+
+def test_bad_loading_options_are_refused_before_loading(tiny_realfmt_checkpoint):
+    with pytest.raises(ValueError, match=r"device_map='balanced'.*one device"):
+        RuyiImageToVideoPipeline.from_pretrained(tiny_realfmt_checkpoint, device_map="balanced")
+    with pytest.raises(TypeError, match="must be a `diffusers.PipelineQuantizationConfig`.*got dict"):
+        RuyiImageToVideoPipeline.from_pretrained(tiny_realfmt_checkpoint, quantization_config={"load_in_8bit": True})
+    with pytest.raises(TypeError, match=r"Unsupported argument\(s\).*\['not_an_option'\]"):
+        RuyiImageToVideoPipeline.from_pretrained(tiny_realfmt_checkpoint, not_an_option=1)
+    with pytest.raises(ValueError, match="safetensors files only"):
+        RuyiTransformer3DModel.from_pretrained(tiny_realfmt_checkpoint, subfolder="transformer", use_safetensors=False)
+    with pytest.raises(ValueError, match=r"`dtype` must be one of \['float32', 'float16', 'bfloat16'\]"):
+        RuyiTransformer3DModel.from_pretrained(tiny_realfmt_checkpoint, subfolder="transformer", dtype="float8")
+    with pytest.raises(FileNotFoundError, match="check `subfolder`"):
+        RuyiTransformer3DModel.from_pretrained(tiny_realfmt_checkpoint, subfolder="transformers")
+
+
+def test_the_conversion_module_imports_no_model():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, diffusers_ruyi.loaders.original_checkpoint\n"
+        "ours = sorted(m for m in sys.modules if m.startswith(('diffusers_ruyi.models', 'diffusers_ruyi.pipelines')))\n"
+        "assert not ours, ours\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
