@@ -5,38 +5,18 @@ placed (`device_map`, `low_cpu_mem_usage=False`), and a torchao int8 weight-only
 transformer's Linear weights while it loads.
 """
 
-import json
-
-import PIL.Image
 import pytest
 import torch
+from _helpers import load_golden_case, run_case
 from diffusers import DiffusionPipeline
-from safetensors.torch import load_file
 
 from diffusers_ruyi import AutoencoderKLRuyiCausal3D, RuyiImageToVideoPipeline, RuyiTransformer3DModel
 
 
-def _case(golden_realfmt_dir):
-    cases = json.loads((golden_realfmt_dir / "realfmt_cases.json").read_text())["cases"]
-    return next(c for c in cases if c["name"] == "rf_start_only")
-
-
-def _video(pipe, golden_realfmt_dir):
-    case = _case(golden_realfmt_dir)
+def _video_and_golden(pipe, golden_realfmt_dir):
+    case, start, _, expected = load_golden_case(golden_realfmt_dir, "realfmt_cases.json", "rf_start_only")
     pipe.set_progress_bar_config(disable=True)
-    start = PIL.Image.open(golden_realfmt_dir / "rf_start_only_start.png").convert("RGB")
-    return pipe(
-        image=start,
-        num_frames=case["frames"],
-        height=case["h"],
-        width=case["w"],
-        num_inference_steps=case["steps"],
-        guidance_scale=case["cfg"],
-        motion=case["motion"],
-        camera_direction=case["cam"],
-        generator=torch.Generator("cpu").manual_seed(case["seed"]),
-        output_type="pt",
-    ).frames.permute(0, 2, 1, 3, 4)
+    return run_case(pipe, case, start), expected
 
 
 @pytest.mark.parametrize(
@@ -46,8 +26,8 @@ def _video(pipe, golden_realfmt_dir):
 )
 def test_published_layout_golden_with_loading_options(tiny_realfmt_checkpoint, golden_realfmt_dir, options):
     pipe = RuyiImageToVideoPipeline.from_pretrained(tiny_realfmt_checkpoint, **options)
-    expected = load_file(str(golden_realfmt_dir / "rf_start_only_video.safetensors"))["video"]
-    assert (_video(pipe, golden_realfmt_dir) - expected).abs().max().item() <= 1e-4
+    video, expected = _video_and_golden(pipe, golden_realfmt_dir)
+    assert (video - expected).abs().max().item() <= 1e-4
 
 
 def test_models_load_the_same_weights_whatever_the_options(tiny_realfmt_checkpoint):
@@ -71,8 +51,7 @@ def test_torchao_int8_weight_only_on_the_published_layout(tiny_realfmt_checkpoin
     weight = pipe.transformer.blocks[0].attn1.to_q.weight
     assert type(weight).__module__.startswith("torchao") and weight.dtype == torch.bfloat16
     assert not type(pipe.vae.decoder.conv_in.weight).__module__.startswith("torchao")  # only the transformer
-    expected = load_file(str(golden_realfmt_dir / "rf_start_only_video.safetensors"))["video"]
-    video = _video(pipe, golden_realfmt_dir)
+    video, expected = _video_and_golden(pipe, golden_realfmt_dir)
     # int8 weights and bf16 activations: the same video, not the same bits.
     assert video.shape == expected.shape and torch.isfinite(video).all()
     assert (video - expected).abs().mean().item() < 0.05
