@@ -719,14 +719,36 @@ def write_video_atomically(frames, path: str, fps: int, export: Callable) -> Non
             os.remove(tmp_path)
 
 
+# Optional back-ends that diffusers imports whenever they are installed (torchao) log at import what they cannot do on
+# this machine (a kernel built for another GPU, a deprecated torch API): noise in a one-line-per-phase CLI, and not
+# about this run. --verbose shows them.
+_IMPORT_NOTICE_LOGGERS = ("torchao", "torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer")
+
+
+@contextlib.contextmanager
+def _import_notices_hidden(verbose: bool) -> Iterator[None]:
+    import logging
+
+    loggers = [] if verbose else [logging.getLogger(name) for name in _IMPORT_NOTICE_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def _run(args: argparse.Namespace, progress: Progress, stage: _Stage) -> None:
     stage.name = "load"
-    with progress.phase("importing torch, diffusers and transformers"):
+    with progress.phase("importing torch, diffusers and transformers"), _import_notices_hidden(args.verbose):
         check_args_with_torch(args)
         import torch
         from diffusers.utils import load_image
 
         _configure_messages(args, progress)
+        import diffusers_ruyi.pipelines.pipeline_ruyi_i2v  # noqa: F401  (diffusers' models and back-ends: the slow part)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
