@@ -328,6 +328,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         generator,
         latents: Optional[torch.Tensor],
         output_type: str,
+        latents_dtype: Optional[torch.dtype],
         controls: Tuple[Union[int, str], str, str],
         custom_embeds: Dict[str, Optional[torch.Tensor]],
         callback_on_step_end_tensor_inputs: Optional[List[str]],
@@ -399,6 +400,10 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             )
         if output_type not in ("pil", "np", "pt", "latent"):
             raise ValueError(f"`output_type` must be one of 'pil', 'np', 'pt', 'latent', got {output_type!r}.")
+        if latents_dtype is not None and (
+            not isinstance(latents_dtype, torch.dtype) or not latents_dtype.is_floating_point
+        ):
+            raise TypeError(f"`latents_dtype` must be a floating-point torch.dtype or None, got {latents_dtype!r}.")
         if latents is not None:
             expected = self._latent_shape(batch, num_frames, height, width)
             if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != expected:
@@ -757,6 +762,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         guidance_rescale: float = 0.0,
         original_size: Tuple[int, int] = (1024, 1024),
         crops_coords_top_left: Tuple[int, int] = (0, 0),
+        latents_dtype: Optional[torch.dtype] = None,
         output_type: str = "pil",
         return_dict: bool = True,
         attention_kwargs: Optional[Dict[str, Any]] = None,
@@ -826,6 +832,10 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                 HunyuanDiT size conditioning.
             crops_coords_top_left (`Tuple[int, int]`, defaults to `(0, 0)`):
                 HunyuanDiT crop conditioning.
+            latents_dtype (`torch.dtype`, *optional*):
+                The dtype of the latents through the scheduler; the transformer's dtype by default, as the original.
+                `torch.float32` keeps them in float32 with a bfloat16/float16 transformer (which then gets them cast
+                to its dtype), as diffusers' Wan does; this changes the results slightly (see the pipeline docs).
             output_type (`str`, defaults to `"pil"`):
                 `"pil"`, `"np"`, `"pt"` or `"latent"`.
             return_dict (`bool`, defaults to `True`):
@@ -874,6 +884,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             generator,
             latents,
             output_type,
+            latents_dtype,
             (motion, camera_direction, aspect_ratio),
             custom_embeds,
             callback_on_step_end_tensor_inputs,
@@ -913,7 +924,10 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         self._num_timesteps = len(timesteps)
 
         # 4. Prepare the initial noise, drawn before the conditioning as in the original, so seeds give its videos.
-        # The latents stay in the transformer's dtype through the scheduler, as the original keeps them.
+        # The latents stay in the transformer's dtype through the scheduler, as the original keeps them, unless
+        # `latents_dtype` says otherwise: float32 latents (as diffusers' Wan keeps) change bfloat16 results by about
+        # as much as bfloat16 itself differs from float32, so the original's choice is the default.
+        latents_dtype = latents_dtype or transformer_dtype
         latents = self.prepare_latents(
             batch_size,
             num_frames,
@@ -923,7 +937,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             device,
             generator,
             latents,
-        ).to(transformer_dtype)
+        ).to(latents_dtype)
 
         # 5. Encode the start frames (CLIP) and the masked video with its mask (VAE).
         video, mask, clip_images = self.prepare_conditioning_video(images, last_images, num_frames, height, width)
