@@ -23,7 +23,7 @@ _LAZY_ATTRIBUTES: Dict[str, str] = {
     "RuyiTransformer3DModel": ".models.transformer_ruyi",
     "RuyiControlEmbeddings": ".pipelines.controls",
     "RuyiImageToVideoPipeline": ".pipelines.pipeline_ruyi_i2v",
-    "RuyiPipelineOutput": ".pipelines.pipeline_ruyi_i2v",
+    "RuyiPipelineOutput": ".pipelines.pipeline_output",
     "RuyiLoraLoaderMixin": ".loaders.lora",
     # Saved pipelines name components as ["diffusers_ruyi", "<Class>"]; diffusers' loader looks these base classes
     # up in the resolved library to decide how to load each component, so they must resolve here too.
@@ -64,4 +64,5 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
     from .models.autoencoder_kl_ruyi import AutoencoderKLRuyiCausal3D  # noqa: F401
     from .models.transformer_ruyi import RuyiTransformer3DModel  # noqa: F401
     from .pipelines.controls import RuyiControlEmbeddings  # noqa: F401
-    from .pipelines.pipeline_ruyi_i2v import RuyiImageToVideoPipeline, RuyiPipelineOutput  # noqa: F401
+    from .pipelines.pipeline_output import RuyiPipelineOutput  # noqa: F401
+    from .pipelines.pipeline_ruyi_i2v import RuyiImageToVideoPipeline  # noqa: F401

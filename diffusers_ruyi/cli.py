@@ -763,7 +763,7 @@ def _run(args: argparse.Namespace, progress: Progress, stage: _Stage) -> None:
         pipe.set_progress_bar_config(desc="denoising")
         # The pipeline's own steps between which no progress bar runs.
         progress.wrap(pipe, "encode_image", "CLIP image features")
-        progress.wrap(pipe, "encode_conditioning", "VAE encode (conditioning frames)")
+        progress.wrap(pipe, "prepare_mask_latents", "VAE encode (conditioning frames)")
         progress.wrap(pipe, "decode_latents", "VAE decode")
 
     if args.extend is not None or len(args.plan) > 1:

@@ -298,7 +298,8 @@ def compute_loss(pipe, transformer, noise_scheduler, batch, args, generator, dev
         cond_video, mask, clip_images = pipe.prepare_conditioning_video(
             batch["start_image"], last_images, args.num_frames, args.height, args.width
         )
-        inpaint_latents = pipe.encode_conditioning(cond_video, mask, generator, device).to(weight_dtype)
+        mask_latents, masked_video_latents = pipe.prepare_mask_latents(cond_video, mask, generator, device)
+        inpaint_latents = torch.cat([mask_latents, masked_video_latents], dim=1).to(weight_dtype)
         clip_embeds = pipe.encode_image(clip_images, device).to(weight_dtype)
         embeds, embeds_mask, embeds_2, embeds_mask_2, unconditional = control_embeddings(
             pipe, batch, args, device, weight_dtype

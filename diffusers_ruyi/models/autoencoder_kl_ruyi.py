@@ -630,6 +630,9 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
         self.tile_sample_min_height = 256
         self.tile_sample_min_width = 256
         self.tile_overlap_factor = 0.25
+        # Set only by `enable_tiling`; None: the overlap follows `tile_overlap_factor`.
+        self.tile_sample_stride_height = None
+        self.tile_sample_stride_width = None
 
     # ------------------------------------------------------------------------------------------------------------
     # Tiling configuration
@@ -640,6 +643,8 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
         tile_sample_min_height: Optional[int] = None,
         tile_sample_min_width: Optional[int] = None,
         tile_overlap_factor: Optional[float] = None,
+        tile_sample_stride_height: Optional[int] = None,
+        tile_sample_stride_width: Optional[int] = None,
     ) -> None:
         r"""
         Enables this package's spatial tiling: encode/decode overlapping tiles one at a time (each with its own frame
@@ -650,13 +655,23 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
         This replaces the original's tiling of a checkpoint whose config says ``use_tiling: true`` (use
         `enable_original_tiling` to go back to it); `disable_tiling` turns off either.
 
+        The overlap is given either as `tile_overlap_factor` or, with diffusers' names (as
+        `AutoencoderKLWan.enable_tiling`), per dimension as a stride: `tile - stride` pixels of overlap. A stride is
+        the largest step between tiles; the tiler spreads its tiles evenly, so they may step by less.
+
         Args:
             tile_sample_min_height (`int`, *optional*, defaults to 256):
                 Largest tile height in pixels; a multiple of `spatial_compression_ratio` (8).
             tile_sample_min_width (`int`, *optional*, defaults to 256):
                 Largest tile width in pixels; a multiple of `spatial_compression_ratio` (8).
             tile_overlap_factor (`float`, *optional*, defaults to 0.25):
-                Smallest overlap between neighbouring tiles as a fraction of the largest tile, in `(0, 0.5]`.
+                Smallest overlap between neighbouring tiles as a fraction of the largest tile, in `(0, 0.5]`
+                (at least one latent); for the dimensions without a stride.
+            tile_sample_stride_height (`int`, *optional*):
+                Largest vertical step between tiles in pixels: a multiple of 8, at most the tile height. Not
+                remembered: a later call without it uses `tile_overlap_factor` again.
+            tile_sample_stride_width (`int`, *optional*):
+                Largest horizontal step between tiles in pixels, likewise.
         """
         height = tile_sample_min_height or self.tile_sample_min_height
         width = tile_sample_min_width or self.tile_sample_min_width
@@ -668,11 +683,28 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
             )
         if not 0 < overlap <= 0.5:
             raise ValueError(f"`tile_overlap_factor` must be in (0, 0.5], got {overlap}.")
+        strides = {
+            "tile_sample_stride_height": tile_sample_stride_height,
+            "tile_sample_stride_width": tile_sample_stride_width,
+        }
+        if tile_overlap_factor is not None and None not in strides.values():
+            raise ValueError(
+                "Give `tile_overlap_factor` or both `tile_sample_stride_*`, not both: the strides set the overlap."
+            )
+        for (name, stride), tile in zip(strides.items(), (height, width)):
+            if stride is not None and (
+                not isinstance(stride, int) or isinstance(stride, bool) or stride % ratio or not 0 < stride <= tile
+            ):
+                raise ValueError(
+                    f"`{name}` must be a positive multiple of {ratio} and at most the tile ({tile}), got {stride!r}."
+                )
         self.use_tiling = True
         self.tiling_mode = "package"
         self.tile_sample_min_height = height
         self.tile_sample_min_width = width
         self.tile_overlap_factor = overlap
+        self.tile_sample_stride_height = tile_sample_stride_height
+        self.tile_sample_stride_width = tile_sample_stride_width
 
     def enable_original_tiling(
         self, tile_sample_min_size: Optional[int] = None, tile_overlap_factor: Optional[float] = None
@@ -717,11 +749,18 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
         return tile, overlap, tile - overlap
 
     def _latent_tile_geometry(self) -> Tuple[int, int, int, int]:
+        """Largest tile height and width, and smallest overlaps, in latents, of this package's tiler."""
         ratio = self.spatial_compression_ratio
-        tile_h = self.tile_sample_min_height // ratio
-        tile_w = self.tile_sample_min_width // ratio
-        overlap_h = max(1, int(tile_h * self.tile_overlap_factor))
-        overlap_w = max(1, int(tile_w * self.tile_overlap_factor))
+        geometry = []
+        for tile, stride in (
+            (self.tile_sample_min_height, self.tile_sample_stride_height),
+            (self.tile_sample_min_width, self.tile_sample_stride_width),
+        ):
+            tile //= ratio
+            geometry.append(
+                (tile, max(1, int(tile * self.tile_overlap_factor)) if stride is None else tile - stride // ratio)
+            )
+        (tile_h, overlap_h), (tile_w, overlap_w) = geometry
         return tile_h, tile_w, overlap_h, overlap_w
 
     # ------------------------------------------------------------------------------------------------------------

@@ -1,2 +1,3 @@
 from .controls import RuyiControlEmbeddings
-from .pipeline_ruyi_i2v import RuyiImageToVideoPipeline, RuyiPipelineOutput
+from .pipeline_output import RuyiPipelineOutput
+from .pipeline_ruyi_i2v import RuyiImageToVideoPipeline

@@ -17,25 +17,26 @@ import inspect
 import json
 import math
 import os
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import PIL.Image
 import torch
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.image_processor import PipelineImageInput
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 from diffusers.schedulers import KarrasDiffusionSchedulers
-from diffusers.utils import BaseOutput, logging, replace_example_docstring
+from diffusers.utils import logging, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 from transformers import CLIPVisionModelWithProjection
 
 from ..loaders.lora import RuyiLoraLoaderMixin
-from ..models.autoencoder_kl_ruyi import AutoencoderKLRuyiCausal3D
+from ..models.autoencoder_kl_ruyi import AutoencoderKLRuyiCausal3D, _tile_spans
 from ..models.transformer_ruyi import RuyiTransformer3DModel
 from .controls import RuyiControlEmbeddings, control_name, get_bucket_size
+from .pipeline_output import RuyiPipelineOutput
 
 
 logger = logging.get_logger(__name__)
@@ -62,21 +63,6 @@ EXAMPLE_DOC_STRING = """
         >>> export_to_video(video, "ruyi.mp4", fps=24)
         ```
 """
-
-
-@dataclass
-class RuyiPipelineOutput(BaseOutput):
-    r"""
-    Output of [`RuyiImageToVideoPipeline`].
-
-    Args:
-        frames (`torch.Tensor`, `np.ndarray`, or `List[List[PIL.Image.Image]]`):
-            The videos: a list (batch) of lists of PIL frames, a `np.ndarray` of shape `(batch, frames, height,
-            width, 3)`, a `torch.Tensor` of shape `(batch, frames, 3, height, width)` with values in [0, 1], or the
-            denoised latents `(batch, 16, latent_frames, height // 8, width // 8)` for `output_type="latent"`.
-    """
-
-    frames: Union[torch.Tensor, np.ndarray, List[List[PIL.Image.Image]]]
 
 
 class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
@@ -132,8 +118,9 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             control_embeddings=control_embeddings,
         )
         self.vae_scale_factor_spatial = self.vae.spatial_compression_ratio if getattr(self, "vae", None) else 8
-        self.vae_scale_factor_temporal = self.vae.temporal_compression_ratio if getattr(self, "vae", None) else 4
-        self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor_spatial)
+        # No `vae_scale_factor_temporal`: the latent frame count follows the VAE's chunks (`vae.num_latent_frames`).
+        # Frames are resized with PIL's default filter (bicubic), as the original's `Image.resize((width, height))`.
+        self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor_spatial, resample="bicubic")
 
     def __setattr__(self, name: str, value: Any):
         if name == "scheduler" and value is not None:
@@ -257,45 +244,86 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         return self._attention_kwargs
 
     # ------------------------------------------------------------------------------------------------------------
-    # Input checking
+    # Inputs
     # ------------------------------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _as_frame_lists(images, name: str) -> List[List[PIL.Image.Image]]:
-        """`image`/`last_image` as one list of frames per video: an image is one video, a flat list one video per
-        image (a batch), a list of lists the frames of each video."""
+    def _to_pil(self, images, name: str) -> List[PIL.Image.Image]:
+        """One image, or a stack of them, as RGB PIL images, through the video processor's converters: a PIL image;
+        a numpy array `(H, W, C)` or `(N, H, W, C)`, uint8 or float in [0, 1]; a float tensor `(C, H, W)` or `(N, C,
+        H, W)` in [0, 1] (or [-1, 1], which diffusers also accepts, told apart by a negative value)."""
         if isinstance(images, PIL.Image.Image):
-            return [[images]]
-        if isinstance(images, (list, tuple)) and len(images) > 0:
-            if all(isinstance(i, PIL.Image.Image) for i in images):
-                return [[i] for i in images]
-            if all(isinstance(i, (list, tuple)) for i in images):
-                for k, frames in enumerate(images):
-                    if len(frames) == 0 or not all(isinstance(f, PIL.Image.Image) for f in frames):
-                        raise TypeError(
-                            f"`{name}[{k}]` must be a non-empty list of PIL.Image.Image (the frames of video {k}), "
-                            f"got {[type(f).__name__ for f in frames] or 'an empty list'}."
-                        )
-                return [list(frames) for frames in images]
-            if any(isinstance(i, (list, tuple)) for i in images):
-                raise TypeError(
-                    f"`{name}` mixes images and lists of images. Give a list of images for a batch (one video each) "
-                    f"or a list of lists for several frames per video, e.g. `{name}=[[frame_0, frame_1]]` for one "
-                    "video."
-                )
-        raise TypeError(
-            f"`{name}` must be a PIL.Image.Image, a non-empty list of them (one video each), or a list of lists of "
-            f"them (several frames per video), got {type(images).__name__}. Load files or URLs with "
-            "`diffusers.utils.load_image`."
-        )
+            return [images.convert("RGB")]
+        if isinstance(images, torch.Tensor):
+            if not images.is_floating_point():
+                raise TypeError(f"`{name}` as a tensor must be floating point (values in [0, 1]), got {images.dtype}.")
+            if images.ndim not in (3, 4) or images.shape[-3] not in (1, 3, 4):
+                raise ValueError(f"`{name}` as a tensor must be (C, H, W) or (N, C, H, W), got {tuple(images.shape)}.")
+            if images.numel() and (images.min() < -1 or images.max() > 1):
+                raise ValueError(f"`{name}` as a tensor must hold values in [0, 1] (or [-1, 1]).")
+            if images.numel() and images.min() < 0:
+                images = images / 2 + 0.5
+            images = self.video_processor.pt_to_numpy(images.reshape(-1, *images.shape[-3:]))
+        elif isinstance(images, np.ndarray):
+            if images.ndim not in (3, 4) or images.shape[-1] not in (1, 3, 4):
+                raise ValueError(f"`{name}` as an array must be (H, W, C) or (N, H, W, C), got {images.shape}.")
+            if images.dtype == np.uint8:
+                images = images.astype(np.float32) / 255
+            elif not np.issubdtype(images.dtype, np.floating):
+                raise TypeError(f"`{name}` as an array must be uint8 or float in [0, 1], got {images.dtype}.")
+            elif images.size and (images.min() < 0 or images.max() > 1):
+                raise ValueError(f"`{name}` as a float array must hold values in [0, 1].")
+        else:
+            raise TypeError(
+                f"`{name}` must be a PIL image, a numpy array, a torch tensor or a list of them, got "
+                f"{type(images).__name__}. Load files or URLs with `diffusers.utils.load_image`."
+            )
+        return [image.convert("RGB") for image in self.video_processor.numpy_to_pil(images)]
+
+    def _as_frame_lists(self, images: PipelineImageInput, name: str) -> List[List[PIL.Image.Image]]:
+        """`image`/`last_image` as one list of RGB PIL frames per video. One image is one video; a batch (a flat list,
+        or an array/tensor with a batch dimension) is one video per image; a list of lists (or of arrays/tensors with a
+        batch dimension) gives the frames of each video."""
+
+        def is_stack(x) -> bool:
+            return isinstance(x, (np.ndarray, torch.Tensor)) and x.ndim == 4
+
+        if not isinstance(images, (list, tuple)):
+            return [[frame] for frame in self._to_pil(images, name)]
+        if len(images) == 0:
+            raise TypeError(f"`{name}` must not be an empty list.")
+        is_video = [isinstance(entry, (list, tuple)) or is_stack(entry) for entry in images]
+        if not any(is_video):
+            return [self._to_pil(entry, f"{name}[{k}]") for k, entry in enumerate(images)]
+        if not all(is_video):
+            raise TypeError(
+                f"`{name}` mixes images and lists of images. Give a list of images for a batch (one video each) "
+                f"or a list of lists for several frames per video, e.g. `{name}=[[frame_0, frame_1]]` for one video."
+            )
+        videos = []
+        for k, entry in enumerate(images):
+            if isinstance(entry, (list, tuple)):
+                if len(entry) == 0 or any(isinstance(f, (list, tuple)) or is_stack(f) for f in entry):
+                    raise TypeError(
+                        f"`{name}[{k}]` must be a non-empty list of images (the frames of video {k}), got "
+                        f"{[type(f).__name__ for f in entry] or 'an empty list'}."
+                    )
+                videos.append([self._to_pil(frame, f"{name}[{k}][{j}]")[0] for j, frame in enumerate(entry)])
+            else:
+                videos.append(self._to_pil(entry, f"{name}[{k}]"))
+        return videos
+
+    @staticmethod
+    def _check_count(name: str, value) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
 
     def check_inputs(
         self,
         images: List[List[PIL.Image.Image]],
         last_images: Optional[List[List[PIL.Image.Image]]],
         num_frames: int,
-        height: int,
-        width: int,
+        height: Optional[int],
+        width: Optional[int],
         num_inference_steps: int,
         guidance_scale: float,
         clip_apply_ratio: float,
@@ -303,19 +331,22 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         generator,
         latents: Optional[torch.Tensor],
         output_type: str,
+        latents_dtype: Optional[torch.dtype],
+        controls: Tuple[Union[int, str], str, str],
         custom_embeds: Dict[str, Optional[torch.Tensor]],
         callback_on_step_end_tensor_inputs: Optional[List[str]],
     ) -> None:
         """Validates every argument before any model runs; raises `ValueError`/`TypeError` naming the argument."""
-        if last_images is not None and len(last_images) != len(images):
-            raise ValueError(
-                f"`last_image` must have as many images as `image` has videos ({len(images)}), got {len(last_images)}. A flat "
-                "list is one image per video; give several end frames of one video as a nested list, "
-                "`last_image=[[frame_0, frame_1]]`."
-            )
+        if (height is None) != (width is None):
+            raise ValueError("Pass both `height` and `width`, or neither (then `base_resolution` picks them).")
         for name, value in (("height", height), ("width", width)):
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or value % 16 != 0:
                 raise ValueError(f"`{name}` must be a positive multiple of 16, got {value!r}.")
+        for name, value in (
+            ("num_inference_steps", num_inference_steps),
+            ("num_videos_per_prompt", num_videos_per_prompt),
+        ):
+            self._check_count(name, value)
         if not isinstance(num_frames, int) or isinstance(num_frames, bool):
             raise TypeError(f"`num_frames` must be an integer, got {type(num_frames).__name__}.")
         frames_per_slice = self.vae.config.num_sample_frames_batch_size
@@ -326,12 +357,16 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                 f"`num_frames`={num_frames} is not supported by the VAE: valid frame counts are 1 (an image) or a "
                 f"multiple of num_sample_frames_batch_size={frames_per_slice}, as in the original pipeline."
             )
-        if last_images is not None and num_frames < 2:
-            raise ValueError("`last_image` needs `num_frames` >= 2: the last frame would overwrite the first.")
         if num_frames > MAX_TRAINED_FRAMES:
             logger.warning(
                 f"`num_frames`={num_frames} is more than the {MAX_TRAINED_FRAMES} frames Ruyi-Mini-7B was trained on; "
                 "the video may lose coherence towards its end."
+            )
+        if last_images is not None and len(last_images) != len(images):
+            raise ValueError(
+                f"`last_image` must have as many images as `image` has videos ({len(images)}), got {len(last_images)}. "
+                "A flat list is one image per video; give several end frames of one video as a nested list, "
+                "`last_image=[[frame_0, frame_1]]`."
             )
         for k, starts in enumerate(images):
             ends = last_images[k] if last_images is not None else []
@@ -347,12 +382,6 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                     f"Video {k} has {len(starts)} start and {len(ends)} end frame(s); Ruyi's authors state at most "
                     f"{MAX_KNOWN_FRAMES} of each are supported, so more may give worse results."
                 )
-        if (
-            not isinstance(num_inference_steps, int)
-            or isinstance(num_inference_steps, bool)
-            or num_inference_steps < 1
-        ):
-            raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}.")
         if not isinstance(guidance_scale, (int, float)) or isinstance(guidance_scale, bool):
             raise TypeError(f"`guidance_scale` must be a number, got {type(guidance_scale).__name__}.")
         if not math.isfinite(guidance_scale) or guidance_scale < 0:
@@ -361,12 +390,6 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             )
         if not isinstance(clip_apply_ratio, (int, float)) or not 0.0 <= clip_apply_ratio <= 1.0:
             raise ValueError(f"`clip_apply_ratio` must be a number in [0, 1], got {clip_apply_ratio!r}.")
-        if (
-            not isinstance(num_videos_per_prompt, int)
-            or isinstance(num_videos_per_prompt, bool)
-            or num_videos_per_prompt < 1
-        ):
-            raise ValueError(f"`num_videos_per_prompt` must be a positive integer, got {num_videos_per_prompt!r}.")
         batch = len(images) * num_videos_per_prompt
         if isinstance(generator, list):
             if len(generator) != batch:
@@ -380,13 +403,19 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             )
         if output_type not in ("pil", "np", "pt", "latent"):
             raise ValueError(f"`output_type` must be one of 'pil', 'np', 'pt', 'latent', got {output_type!r}.")
+        if latents_dtype is not None and (
+            not isinstance(latents_dtype, torch.dtype) or not latents_dtype.is_floating_point
+        ):
+            raise TypeError(f"`latents_dtype` must be a floating-point torch.dtype or None, got {latents_dtype!r}.")
         if latents is not None:
             expected = self._latent_shape(batch, num_frames, height, width)
             if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != expected:
                 got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
                 raise ValueError(f"`latents` must be a tensor of shape {expected}, got {got}.")
         given = {k for k, v in custom_embeds.items() if v is not None}
-        if given and given != set(custom_embeds):
+        if not given:
+            control_name(*controls)  # raises a ValueError naming `motion`, `camera_direction` or `aspect_ratio`
+        elif given != set(custom_embeds):
             raise ValueError(
                 f"Custom embeddings must be passed all together ({sorted(custom_embeds)}); missing {sorted(set(custom_embeds) - given)}."
             )
@@ -401,22 +430,93 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                 f"{callback_on_step_end_tensor_inputs}."
             )
 
-    def _latent_shape(self, batch: int, num_frames: int, height: int, width: int) -> Tuple[int, ...]:
+    # ------------------------------------------------------------------------------------------------------------
+    # Conditioning: control embeddings, CLIP features, masked-video latents
+    # ------------------------------------------------------------------------------------------------------------
+
+    def encode_prompt(
+        self,
+        motion: Union[int, str] = "auto",
+        camera_direction: str = "auto",
+        aspect_ratio: str = "16:9",
+        batch_size: int = 1,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+        prompt_embeds: Optional[torch.Tensor] = None,
+        prompt_attention_mask: Optional[torch.Tensor] = None,
+        prompt_embeds_2: Optional[torch.Tensor] = None,
+        prompt_attention_mask_2: Optional[torch.Tensor] = None,
+        negative_prompt_embeds: Optional[torch.Tensor] = None,
+        negative_prompt_attention_mask: Optional[torch.Tensor] = None,
+        negative_prompt_embeds_2: Optional[torch.Tensor] = None,
+        negative_prompt_attention_mask_2: Optional[torch.Tensor] = None,
+    ) -> Tuple[torch.Tensor, ...]:
+        r"""
+        The control embeddings, Ruyi's stand-in for a prompt: the motion / camera combination's positive embeddings
+        and the negative ones for classifier-free guidance, each repeated to `batch_size`.
+
+        Each of the two token streams comes as embeddings (cast to `dtype`) and an attention mask, as HunyuanDiT's
+        two text encoders gave them. Custom embeddings (all eight together) replace `motion` / `camera_direction`.
+
+        Returns:
+            `Tuple[torch.Tensor, ...]`: `prompt_embeds, prompt_attention_mask, prompt_embeds_2,
+            prompt_attention_mask_2`, then the four negative ones.
+        """
+        device = device or self._execution_device
+        if prompt_embeds is None:
+            positive, negative = self.control_embeddings.get_controls(motion, camera_direction, aspect_ratio)
+        else:
+            positive = (prompt_embeds, prompt_attention_mask, prompt_embeds_2, prompt_attention_mask_2)
+            negative = (
+                negative_prompt_embeds,
+                negative_prompt_attention_mask,
+                negative_prompt_embeds_2,
+                negative_prompt_attention_mask_2,
+            )
+        outputs = []
+        for k, t in enumerate(positive + negative):
+            t = t.to(device=device, dtype=dtype if k % 2 == 0 else None)  # embeddings to `dtype`, masks as they are
+            outputs.append(
+                t.repeat(batch_size // t.shape[0], *([1] * (t.ndim - 1))) if t.shape[0] != batch_size else t
+            )
+        return tuple(outputs)
+
+    def encode_image(self, images: List[PIL.Image.Image], device: torch.device) -> torch.Tensor:
+        """CLIP features of the start frames: the encoder's last hidden state without the class token."""
+        logger.info(f"Encoding {len(images)} start frame(s) with CLIP")
+        pixel_values = self.image_processor(images=images, return_tensors="pt").pixel_values
+        pixel_values = pixel_values.to(device=device, dtype=self.image_encoder.dtype)
+        return self.image_encoder(pixel_values=pixel_values).last_hidden_state[:, 1:]
+
+    def _latent_shape(self, batch_size: int, num_frames: int, height: int, width: int) -> Tuple[int, ...]:
+        # The latent frame count follows the VAE's chunking (`num_frames // 8 * 2` for Ruyi's 8-frame chunks), not a
+        # plain temporal ratio, so the VAE computes it.
         return (
-            batch,
+            batch_size,
             self.vae.config.latent_channels,
             self.vae.num_latent_frames(num_frames),
             height // self.vae_scale_factor_spatial,
             width // self.vae_scale_factor_spatial,
         )
 
-    # ------------------------------------------------------------------------------------------------------------
-    # Conditioning
-    # ------------------------------------------------------------------------------------------------------------
-
-    @staticmethod
-    def _to_tensor(image: PIL.Image.Image) -> torch.Tensor:
-        return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
+    def prepare_latents(
+        self,
+        batch_size: int,
+        num_frames: int,
+        height: int,
+        width: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        generator,
+        latents: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """The initial noise `(batch_size, 16, latent_frames, height // 8, width // 8)`, scaled by the scheduler."""
+        if latents is None:
+            shape = self._latent_shape(batch_size, num_frames, height, width)
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        else:
+            latents = latents.to(device=device, dtype=dtype)
+        return latents * self.scheduler.init_noise_sigma
 
     def prepare_conditioning_video(
         self,
@@ -431,53 +531,57 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
 
         Each video's start frames (an image, or a list of its first frames) become its first frames, and every later
         frame starts as a copy of the first start frame; with end frames, they become the last frames. Every frame is
-        resized to `(width, height)`. The mask is 0 on the given frames and 1 on the frames the model generates.
+        resized on its own to `(width, height)` with PIL's default filter, as the original does. The mask is 0 on the
+        given frames and 1 on the frames the model generates.
 
         Returns:
             `Tuple`: the video `(B, 3, F, H, W)` in [-1, 1], the mask `(B, 1, F, H, W)` in {0, 1}, and each video's
             first start frame, resized (the CLIP image).
         """
 
-        def frames_of(entry) -> List[torch.Tensor]:
+        def frames_of(entry) -> torch.Tensor:  # (3, frames, H, W) in [-1, 1]
             entry = [entry] if isinstance(entry, PIL.Image.Image) else entry
-            return [self._to_tensor(frame.convert("RGB").resize((width, height))) for frame in entry]
+            entry = [frame.convert("RGB") for frame in entry]
+            return self.video_processor.preprocess(entry, height=height, width=width).transpose(0, 1)
 
         videos, masks, clip_images = [], [], []
         for i, entry in enumerate(images):
             starts = frames_of(entry)
-            video = starts[0][:, None].repeat(1, num_frames, 1, 1)
-            video[:, : len(starts)] = torch.stack(starts, dim=1)
+            video = starts[:, :1].repeat(1, num_frames, 1, 1)
+            video[:, : starts.shape[1]] = starts
             mask = torch.ones(1, num_frames, height, width)
-            mask[:, : len(starts)] = 0
+            mask[:, : starts.shape[1]] = 0
             if last_images is not None:
                 ends = frames_of(last_images[i])
-                video[:, num_frames - len(ends) :] = torch.stack(ends, dim=1)
-                mask[:, num_frames - len(ends) :] = 0
+                video[:, num_frames - ends.shape[1] :] = ends
+                mask[:, num_frames - ends.shape[1] :] = 0
             videos.append(video)
             masks.append(mask)
             first = entry if isinstance(entry, PIL.Image.Image) else entry[0]
-            clip_images.append(first.convert("RGB").resize((width, height)))
-        video = torch.stack(videos) / 255
-        video = 2.0 * video - 1.0
-        return video, torch.stack(masks), clip_images
+            clip_images.append(self.video_processor.resize(first.convert("RGB"), height, width))
+        return torch.stack(videos), torch.stack(masks), clip_images
 
-    def encode_conditioning(
+    def prepare_mask_latents(
         self,
         video: torch.Tensor,
         mask: torch.Tensor,
         generator,
         device: torch.device,
         num_videos_per_prompt: int = 1,
-    ) -> torch.Tensor:
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         r"""
-        Encodes the mask and the masked video with the VAE into `inpaint_latents` `(B * num_videos_per_prompt, 2 * 16,
-        f, h, w)`, the videos of one input next to each other.
+        Encodes the mask and the masked video with the VAE: the transformer's `inpaint_latents` are the two
+        concatenated on the channels. Each comes as `(B * num_videos_per_prompt, 16, f, h, w)`, the videos of one
+        input next to each other.
 
         Masked pixels are set to -1 before encoding; the mask itself is encoded as a 3-channel video in {0, 1}. As in
         the original, each video goes through the VAE on its own (the mask latents of every video first, then the
         masked videos'). Posterior samples come from `generator`: with a list, every output video draws its own from
         its own generator, so it gets the samples of its single run; with one generator (or none; the original drew
         from the global RNG) the videos of one input share one sample.
+
+        Returns:
+            `Tuple[torch.Tensor, torch.Tensor]`: the mask latents and the masked-video latents.
         """
         mask_video = mask.repeat(1, 3, 1, 1, 1)
         masked_video = video * (mask_video < 0.5) + torch.ones_like(video) * (mask_video > 0.5) * -1
@@ -497,27 +601,45 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                     else:
                         samples += [posterior.sample(generator=generator)] * num_videos_per_prompt
                 latents.append(torch.cat(samples) * self.vae.config.scaling_factor)
-        return torch.cat(latents, dim=1)
+        mask_latents, masked_video_latents = latents
+        return mask_latents, masked_video_latents
 
-    def encode_image(self, images: List[PIL.Image.Image], device: torch.device) -> torch.Tensor:
-        """CLIP features of the start frames: the encoder's last hidden state without the class token."""
-        logger.info(f"Encoding {len(images)} start frame(s) with CLIP")
-        pixel_values = self.image_processor(images=images, return_tensors="pt").pixel_values
-        pixel_values = pixel_values.to(device=device, dtype=self.image_encoder.dtype)
-        return self.image_encoder(pixel_values=pixel_values).last_hidden_state[:, 1:]
+    def prepare_extra_step_kwargs(self, generator, eta: float) -> Dict[str, Any]:
+        params = set(inspect.signature(self.scheduler.step).parameters)
+        kwargs = {}
+        if "eta" in params:
+            kwargs["eta"] = eta
+        if "generator" in params:
+            kwargs["generator"] = generator
+        return kwargs
+
+    # ------------------------------------------------------------------------------------------------------------
+    # VAE: dtype policy, progress, decoding
+    # ------------------------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _vae_upcast(self):
+        # diffusers' policy (`force_upcast`): a float16 VAE, which overflows, runs in float32; bfloat16 runs as is,
+        # as the original ran the published VAE in the pipeline's dtype.
+        upcast = self.vae.dtype == torch.float16 and bool(self.vae.config.force_upcast)
+        if upcast:
+            self.vae.to(torch.float32)
+        try:
+            yield
+        finally:
+            if upcast:
+                self.vae.to(torch.float16)
 
     def _vae_calls(self, frames: int, chunk: int, height: int, width: int) -> int:
         """How often the VAE runs its encoder (or decoder) on one video of `frames` (latent) frames of `height` x
-        `width` pixels: once per chunk of `chunk` frames, for each tile when tiling is on. Sizes the progress bars."""
-        # TODO(vae): ask the VAE for this count once it exposes one; this mirrors its tile layout (as few equal tiles
-        # of at most `tile_sample_min_*` as keep an overlap of `tile_overlap_factor`). A wrong count only mis-sizes a bar.
+        `width` pixels: once per chunk of `chunk` frames, times the tiles of this package's tiler when tiling is on.
+        Sizes the progress bars; a wrong count only mis-sizes a bar."""
         calls = 1 if frames == 1 else math.ceil(frames / chunk)
         if getattr(self.vae, "use_tiling", False):
             ratio = self.vae_scale_factor_spatial
-            for size, max_tile in ((height, self.vae.tile_sample_min_height), (width, self.vae.tile_sample_min_width)):
-                size, tile = math.ceil(size / ratio), max_tile // ratio
-                overlap = max(1, int(tile * self.vae.tile_overlap_factor))
-                calls *= 1 if size <= tile else math.ceil((size - overlap) / (tile - overlap))
+            tile_h, tile_w, overlap_h, overlap_w = self.vae._latent_tile_geometry()
+            for size, tile, overlap in ((height, tile_h, overlap_h), (width, tile_w, overlap_w)):
+                calls *= len(_tile_spans(math.ceil(size / ratio), tile, overlap))
         return calls
 
     @contextlib.contextmanager
@@ -543,19 +665,6 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                 yield
         finally:
             handle.remove()
-
-    @contextlib.contextmanager
-    def _vae_upcast(self):
-        # As diffusers' pipelines do: only float16 overflows in this VAE (`force_upcast`), so it runs in float32 then;
-        # bfloat16 runs as is, as the original ran the published VAE in the pipeline's dtype.
-        upcast = self.vae.dtype == torch.float16 and bool(self.vae.config.force_upcast)
-        if upcast:
-            self.vae.to(torch.float32)
-        try:
-            yield
-        finally:
-            if upcast:
-                self.vae.to(torch.float16)
 
     def smooth_output(self, video: torch.Tensor) -> torch.Tensor:
         r"""
@@ -596,24 +705,6 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                 video = self.smooth_output(video)
         return video
 
-    def prepare_latents(
-        self, shape: Tuple[int, ...], dtype: torch.dtype, device: torch.device, generator, latents=None
-    ) -> torch.Tensor:
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-        else:
-            latents = latents.to(device=device, dtype=dtype)
-        return latents * self.scheduler.init_noise_sigma
-
-    def prepare_extra_step_kwargs(self, generator, eta: float) -> Dict[str, Any]:
-        params = set(inspect.signature(self.scheduler.step).parameters)
-        kwargs = {}
-        if "eta" in params:
-            kwargs["eta"] = eta
-        if "generator" in params:
-            kwargs["generator"] = generator
-        return kwargs
-
     # ------------------------------------------------------------------------------------------------------------
     # Long videos and continuation (segments of ordinary calls; see `diffusers_ruyi.long_video`)
     # ------------------------------------------------------------------------------------------------------------
@@ -647,8 +738,8 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
     @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,
-        image: Union[PIL.Image.Image, List[PIL.Image.Image], List[List[PIL.Image.Image]]],
-        last_image: Optional[Union[PIL.Image.Image, List[PIL.Image.Image], List[List[PIL.Image.Image]]]] = None,
+        image: PipelineImageInput,
+        last_image: Optional[PipelineImageInput] = None,
         num_frames: int = 120,
         height: Optional[int] = None,
         width: Optional[int] = None,
@@ -674,6 +765,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         guidance_rescale: float = 0.0,
         original_size: Tuple[int, int] = (1024, 1024),
         crops_coords_top_left: Tuple[int, int] = (0, 0),
+        latents_dtype: Optional[torch.dtype] = None,
         output_type: str = "pil",
         return_dict: bool = True,
         attention_kwargs: Optional[Dict[str, Any]] = None,
@@ -686,14 +778,18 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         Generates a video from a start frame (and optionally an end frame), or from several first (and last) frames.
 
         Args:
-            image (`PIL.Image.Image`, `List[PIL.Image.Image]` or `List[List[PIL.Image.Image]]`):
-                The start frame. A flat list is a batch: one video per image. A list of lists gives each video
-                several first frames, kept as they are (`image=[[f0, f1, f2]]`: one video whose first three frames
-                are `f0, f1, f2`), as the original does with a list of start images; this is how a video is
-                continued (see [`~RuyiImageToVideoPipeline.extend_video`]). The first frame of each video is also its
+            image (`PipelineImageInput` or `List[List[...]]`):
+                The start frame: a PIL image, a numpy array `(H, W, C)` (uint8, or float in [0, 1]) or a float
+                tensor `(C, H, W)` in [0, 1] (or [-1, 1]), as diffusers' image processors take them. A batch (a flat
+                list, an array `(N, H, W, C)` or a tensor `(N, C, H, W)`) gives one video per image. A list of lists
+                (or of `(N, ...)` arrays/tensors) gives each video several first frames, kept as they are
+                (`image=[[f0, f1, f2]]`: one video whose first three frames are `f0, f1, f2`), as the original does
+                with a list of start images; this is how a video is continued (see
+                [`~RuyiImageToVideoPipeline.extend_video`]). Every frame is resized on its own to `(width, height)`
+                with PIL's default (bicubic) filter, as in the original. The first frame of each video is also its
                 CLIP image. Ruyi's authors state that up to 5 frames are supported.
-            last_image (`PIL.Image.Image`, `List[PIL.Image.Image]` or `List[List[PIL.Image.Image]]`, *optional*):
-                The end frame, in the same form: one per video in a flat list, or several last frames per video in a
+            last_image (`PipelineImageInput` or `List[List[...]]`, *optional*):
+                The end frame, in the same forms: one per video in a batch, or several last frames per video in a
                 list of lists (`last_image=[[e0, e1]]`: the video ends with `e0, e1`). The video then moves from the
                 start frames to the end frames.
             num_frames (`int`, defaults to 120):
@@ -739,6 +835,10 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                 HunyuanDiT size conditioning.
             crops_coords_top_left (`Tuple[int, int]`, defaults to `(0, 0)`):
                 HunyuanDiT crop conditioning.
+            latents_dtype (`torch.dtype`, *optional*):
+                The dtype of the latents through the scheduler; the transformer's dtype by default, as the original.
+                `torch.float32` keeps them in float32 with a bfloat16/float16 transformer (which then gets them cast
+                to its dtype), as diffusers' Wan does; this changes the results slightly (see the pipeline docs).
             output_type (`str`, defaults to `"pil"`):
                 `"pil"`, `"np"`, `"pt"` or `"latent"`.
             return_dict (`bool`, defaults to `True`):
@@ -759,9 +859,11 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
 
-        # 1. Validate everything before touching a model.
+        # 1. Check inputs; raise errors before any model runs.
         images = self._as_frame_lists(image, "image")
         last_images = None if last_image is None else self._as_frame_lists(last_image, "last_image")
+        if height is None and width is None:
+            height, width = get_bucket_size(images[0][0].height, images[0][0].width, base_resolution)
         custom_embeds = {
             "prompt_embeds": prompt_embeds,
             "prompt_attention_mask": prompt_attention_mask,
@@ -772,12 +874,6 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             "negative_prompt_embeds_2": negative_prompt_embeds_2,
             "negative_prompt_attention_mask_2": negative_prompt_attention_mask_2,
         }
-        if prompt_embeds is None:
-            control_name(motion, camera_direction, aspect_ratio)  # validates the control values early
-        if (height is None) != (width is None):
-            raise ValueError("Pass both `height` and `width`, or neither (then `base_resolution` picks them).")
-        if height is None:
-            height, width = get_bucket_size(images[0][0].height, images[0][0].width, base_resolution)
         self.check_inputs(
             images,
             last_images,
@@ -791,6 +887,8 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             generator,
             latents,
             output_type,
+            latents_dtype,
+            (motion, camera_direction, aspect_ratio),
             custom_embeds,
             callback_on_step_end_tensor_inputs,
         )
@@ -802,53 +900,57 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
 
         device = self._execution_device
         transformer_dtype = self.transformer.dtype
-        batch = len(images) * num_videos_per_prompt
+        batch_size = len(images) * num_videos_per_prompt
 
-        # 2. Control embeddings (they replace the text encoders).
-        if prompt_embeds is None:
-            positive, negative = self.control_embeddings.get_controls(motion, camera_direction, aspect_ratio)
-        else:
-            positive = (prompt_embeds, prompt_attention_mask, prompt_embeds_2, prompt_attention_mask_2)
-            negative = (
-                negative_prompt_embeds,
-                negative_prompt_attention_mask,
-                negative_prompt_embeds_2,
-                negative_prompt_attention_mask_2,
-            )
-
-        def expand(t: torch.Tensor) -> torch.Tensor:
-            t = t.to(device)
-            return t.repeat(batch // t.shape[0], *([1] * (t.ndim - 1))) if t.shape[0] != batch else t
-
-        positive = [expand(t) for t in positive]
-        negative = [expand(t) for t in negative]
+        # 2. Encode the controls (Ruyi's stand-in for a prompt).
+        (
+            prompt_embeds,
+            prompt_attention_mask,
+            prompt_embeds_2,
+            prompt_attention_mask_2,
+            negative_prompt_embeds,
+            negative_prompt_attention_mask,
+            negative_prompt_embeds_2,
+            negative_prompt_attention_mask_2,
+        ) = self.encode_prompt(
+            motion, camera_direction, aspect_ratio, batch_size, device, transformer_dtype, **custom_embeds
+        )
         if self.do_classifier_free_guidance:
-            text = [torch.cat([n, p]) for n, p in zip(negative, positive)]
-        else:
-            text = positive
-        prompt_embeds, prompt_attention_mask, prompt_embeds_2, prompt_attention_mask_2 = text
-        prompt_embeds = prompt_embeds.to(transformer_dtype)
-        prompt_embeds_2 = prompt_embeds_2.to(transformer_dtype)
+            prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds])
+            prompt_attention_mask = torch.cat([negative_prompt_attention_mask, prompt_attention_mask])
+            prompt_embeds_2 = torch.cat([negative_prompt_embeds_2, prompt_embeds_2])
+            prompt_attention_mask_2 = torch.cat([negative_prompt_attention_mask_2, prompt_attention_mask_2])
 
-        # 3. Timesteps.
+        # 3. Prepare timesteps.
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
 
-        # 4. Initial noise (drawn first, as in the original, so seeds give the same videos).
-        shape = self._latent_shape(batch, num_frames, height, width)
+        # 4. Prepare the initial noise, drawn before the conditioning as in the original, so seeds give its videos.
+        # The latents stay in the transformer's dtype through the scheduler, as the original keeps them, unless
+        # `latents_dtype` says otherwise: float32 latents (as diffusers' Wan keeps) change bfloat16 results by about
+        # as much as bfloat16 itself differs from float32, so the original's choice is the default.
+        latents_dtype = latents_dtype or transformer_dtype
         latents = self.prepare_latents(
-            shape, torch.float32 if latents is None else latents.dtype, device, generator, latents
-        )
-        latents = latents.to(transformer_dtype)
+            batch_size,
+            num_frames,
+            height,
+            width,
+            torch.float32 if latents is None else latents.dtype,
+            device,
+            generator,
+            latents,
+        ).to(latents_dtype)
 
-        # 5. Conditioning: CLIP features of the start frames, and mask + masked-video latents.
+        # 5. Encode the start frames (CLIP) and the masked video with its mask (VAE).
         video, mask, clip_images = self.prepare_conditioning_video(images, last_images, num_frames, height, width)
         clip_embeds = self.encode_image(clip_images, device).to(transformer_dtype)
         clip_embeds = clip_embeds.repeat_interleave(num_videos_per_prompt, dim=0)
-        clip_mask = torch.ones(batch, self.transformer.config.n_query, device=device, dtype=transformer_dtype)
-        inpaint_latents = self.encode_conditioning(video, mask, generator, device, num_videos_per_prompt)
-        inpaint_latents = inpaint_latents.to(transformer_dtype)
+        clip_mask = torch.ones(batch_size, self.transformer.config.n_query, device=device, dtype=transformer_dtype)
+        mask_latents, masked_video_latents = self.prepare_mask_latents(
+            video, mask, generator, device, num_videos_per_prompt
+        )
+        inpaint_latents = torch.cat([mask_latents, masked_video_latents], dim=1).to(transformer_dtype)
         if self.do_classifier_free_guidance:
             # The negative branch sees no image: zero features and a zero mask.
             clip_embeds = torch.cat([torch.zeros_like(clip_embeds), clip_embeds])
@@ -856,17 +958,17 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             inpaint_latents = torch.cat([inpaint_latents] * 2)
         no_clip_embeds, no_clip_mask = torch.zeros_like(clip_embeds), torch.zeros_like(clip_mask)
 
-        n_cond = inpaint_latents.shape[0]
+        # 6. HunyuanDiT's size and style conditioning, and the scheduler's extra arguments.
         image_meta_size = torch.tensor(
             [list(original_size) + [height, width] + list(crops_coords_top_left)],
             device=device,
             dtype=transformer_dtype,
-        ).repeat(n_cond, 1)
-        style = torch.zeros(n_cond, device=device, dtype=torch.long)
+        ).repeat(inpaint_latents.shape[0], 1)
+        style = torch.zeros(inpaint_latents.shape[0], device=device, dtype=torch.long)
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
         num_channels_latents = self.vae.config.latent_channels
 
-        # 6. Denoising loop.
+        # 7. Denoising loop.
         # Samplers such as PNDM or Heun take more timesteps than `num_inference_steps`; the bar counts every call.
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
@@ -874,10 +976,10 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                     continue
                 self._current_timestep = t
                 latent_model_input = torch.cat([latents] * 2) if self.do_classifier_free_guidance else latents
-                latent_model_input = self.scheduler.scale_model_input(latent_model_input, t)
+                latent_model_input = self.scheduler.scale_model_input(latent_model_input, t).to(transformer_dtype)
+                timestep = t.expand(latent_model_input.shape[0]).to(transformer_dtype)
                 # CLIP guidance only in the last `clip_apply_ratio` of the steps (layout first, detail later).
                 use_clip = i >= len(timesteps) * (1 - clip_apply_ratio)
-                timestep = t.expand(latent_model_input.shape[0]).to(latent_model_input.dtype)
 
                 with self.transformer.cache_context("cond_uncond", step_index=i, num_inference_steps=len(timesteps)):
                     noise_pred = self.transformer(
@@ -896,7 +998,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                         return_dict=False,
                     )[0]
                 # The second half of the channels is the learned variance, unused by these samplers.
-                noise_pred = noise_pred[:, :num_channels_latents]
+                noise_pred = noise_pred[:, :num_channels_latents].to(latents.dtype)
 
                 if self.do_classifier_free_guidance:
                     noise_pred_uncond, noise_pred_cond = noise_pred.chunk(2)
@@ -920,7 +1022,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
 
         self._current_timestep = None
 
-        # 7. Decode.
+        # 8. Decode.
         if output_type == "latent":
             frames = latents
         else:

@@ -193,6 +193,64 @@ def test_enable_tiling_validates_arguments(vae):
     assert not vae.use_tiling
 
 
+def _decoder_calls(vae, latents):
+    calls = []
+    handle = vae.decoder.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        vae.decode(latents)
+    finally:
+        handle.remove()
+    return len(calls)
+
+
+@torch.no_grad()
+def test_tiling_strides_as_diffusers_names_them(vae):
+    # diffusers' `tile_sample_stride_*` (AutoencoderKLWan): overlap = tile - stride, per dimension.
+    latents = torch.randn(1, 16, 2, 12, 10, generator=torch.Generator().manual_seed(0))
+    untiled = _decoder_calls(vae, latents)
+    try:
+        vae.enable_tiling(tile_sample_min_height=48, tile_sample_min_width=48, tile_overlap_factor=0.5)
+        by_factor, factor_calls = vae.decode(latents).sample, _decoder_calls(vae, latents)
+        assert vae._latent_tile_geometry() == (6, 6, 3, 3)
+        vae.enable_tiling(
+            tile_sample_min_height=48,
+            tile_sample_min_width=48,
+            tile_sample_stride_height=24,
+            tile_sample_stride_width=24,
+        )
+        assert vae._latent_tile_geometry() == (6, 6, 3, 3)
+        assert torch.equal(vae.decode(latents).sample, by_factor) and _decoder_calls(vae, latents) == factor_calls
+        assert factor_calls == 3 * 3 * untiled  # rows: 12 latents in tiles of 6 overlapping by 3; columns: 10
+        # A stride of a whole tile (no overlap) for the rows, 40 px (one latent of overlap) for the columns:
+        # 2 rows of 6 latents, and columns of at most 6 overlapping by at least 1 (2 tiles of 6 over 10 latents).
+        vae.enable_tiling(tile_sample_stride_height=48, tile_sample_stride_width=40)
+        assert vae._latent_tile_geometry() == (6, 6, 0, 1)
+        assert _decoder_calls(vae, latents) == 2 * 2 * untiled
+        # A call without strides goes back to the overlap factor.
+        vae.enable_tiling()
+        assert vae._latent_tile_geometry() == (6, 6, 3, 3)
+    finally:
+        vae.disable_tiling()
+
+
+def test_tiling_strides_are_validated(vae):
+    for kwargs, match in [
+        (dict(tile_sample_stride_height=20), "`tile_sample_stride_height` must be a positive multiple of 8"),
+        (
+            dict(tile_sample_min_width=48, tile_sample_stride_width=56),
+            "`tile_sample_stride_width` .* at most the tile \\(48\\)",
+        ),
+        (dict(tile_sample_stride_width=0), "`tile_sample_stride_width` must be a positive multiple"),
+        (
+            dict(tile_overlap_factor=0.25, tile_sample_stride_height=64, tile_sample_stride_width=64),
+            "Give `tile_overlap_factor` or both `tile_sample_stride_\\*`",
+        ),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            vae.enable_tiling(**kwargs)
+    assert not vae.use_tiling
+
+
 @torch.no_grad()
 def test_slicing_matches_batched(vae):
     generator = torch.Generator().manual_seed(0)

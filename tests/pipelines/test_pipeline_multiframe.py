@@ -136,9 +136,9 @@ def test_bad_multiframe_inputs_fail_early(guarded_pipe):
         TypeError, match="`image` mixes images and lists of images.*image=\\[\\[frame_0, frame_1\\]\\]"
     ):
         _call(guarded_pipe, image=[a, [b]])
-    with pytest.raises(TypeError, match="`image\\[1\\]` must be a non-empty list of PIL.Image.Image"):
+    with pytest.raises(TypeError, match="`image\\[1\\]` must be a non-empty list of images"):
         _call(guarded_pipe, image=[[a], []])
-    with pytest.raises(TypeError, match="`last_image\\[0\\]` must be a non-empty list"):
+    with pytest.raises(TypeError, match="`last_image\\[0\\]\\[1\\]` must be a PIL image, a numpy array"):
         _call(guarded_pipe, image=[[a, b]], last_image=[[a, "end.png"]])
     with pytest.raises(ValueError, match="as many images as `image` has videos \\(1\\), got 2.*last_image=\\[\\["):
         _call(guarded_pipe, image=[[a, b]], last_image=[a, b])

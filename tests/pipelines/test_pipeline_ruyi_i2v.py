@@ -233,9 +233,9 @@ def test_custom_embeddings(pipe, start_image):
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        (dict(image="start.png"), TypeError, "`image` must be a PIL.Image"),
-        (dict(image=np.zeros((32, 32, 3), dtype=np.uint8)), TypeError, "`image` must be a PIL.Image"),
-        (dict(last_image=[1, 2]), TypeError, "`last_image` must be a PIL.Image"),
+        (dict(image="start.png"), TypeError, "`image` must be a PIL image, a numpy array, a torch tensor"),
+        (dict(image=np.zeros((32, 32, 3), dtype=np.int32)), TypeError, "`image` as an array must be uint8"),
+        (dict(last_image=[1, 2]), TypeError, "`last_image\\[0\\]` must be a PIL image"),
         (dict(motion=5), ValueError, "`motion` must be one of 1, 2, 3, 4 or 'auto'"),
         (dict(motion="fast"), ValueError, "`motion` must be one of"),
         (dict(camera_direction="diagonal"), ValueError, "`camera_direction` must be one of"),

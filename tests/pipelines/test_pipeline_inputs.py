@@ -1,0 +1,149 @@
+"""`image` / `last_image` as diffusers' `PipelineImageInput` (PIL, numpy, torch, lists), and `latents_dtype`.
+
+Arrays and tensors go through the video processor's converters to PIL and are then resized like PIL inputs, so they
+give the videos of the same images given as PIL.
+"""
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from diffusers_ruyi import RuyiImageToVideoPipeline
+
+
+SIZE = dict(num_frames=8, height=32, width=48)
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_checkpoint):
+    pipe = RuyiImageToVideoPipeline.from_pretrained(tiny_checkpoint, dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def images():
+    # Noise, not a smooth picture, so that any other resize filter or rounding shows; 70x50 is resized to 48x32.
+    rng = np.random.default_rng(0)
+    return [PIL.Image.fromarray(rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)) for _ in range(3)]
+
+
+def _run(pipe, image, last_image=None, **kwargs):
+    args = dict(num_inference_steps=1, generator=torch.Generator("cpu").manual_seed(0), output_type="pt", **SIZE)
+    args.update(kwargs)
+    return pipe(image=image, last_image=last_image, **args).frames
+
+
+def _np(image, dtype=np.uint8):
+    array = np.asarray(image)
+    return array if dtype == np.uint8 else array.astype(dtype) / 255
+
+
+def _pt(image, signed=False):
+    tensor = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255
+    return tensor * 2 - 1 if signed else tensor
+
+
+def test_numpy_and_tensor_images_give_the_pil_videos(pipe, images):
+    start, end = images[0], images[1]
+    expected = _run(pipe, start, end)
+    for image, last_image in [
+        (_np(start), _np(end)),
+        (_np(start, np.float32), _np(end, np.float64)),
+        (_pt(start), _pt(end)),
+        (_pt(start, signed=True), _pt(end, signed=True)),
+        (_np(start)[None], [_pt(end)]),  # a batch of one, as an NHWC array and as a flat list
+    ]:
+        assert torch.equal(_run(pipe, image, last_image), expected)
+
+
+@pytest.mark.parametrize(
+    "convert",
+    [
+        lambda frames: np.stack([_np(f) for f in frames]),  # NHWC uint8
+        lambda frames: torch.stack([_pt(f) for f in frames]),  # NCHW in [0, 1]
+        lambda frames: [_np(f, np.float32) for f in frames],  # a list of HWC floats
+        lambda frames: [_pt(f, signed=True) for f in frames],  # a list of CHW in [-1, 1]
+    ],
+)
+def test_every_form_gives_the_frames_of_the_pil_images(pipe, images, convert):
+    # A batch: one video per image. A list of lists, or a list holding a stack of frames: one video of those frames.
+    expected_batch = pipe._as_frame_lists(images, "image")
+    expected_video = pipe._as_frame_lists([images], "image")
+    for got, expected in [
+        (pipe._as_frame_lists(convert(images), "image"), expected_batch),
+        (pipe._as_frame_lists([convert(images)], "image"), expected_video),
+        (pipe._as_frame_lists([list(convert(images))], "image"), expected_video),
+    ]:
+        assert [len(v) for v in got] == [len(v) for v in expected]
+        for video, expected_frames in zip(got, expected):
+            for frame, expected_frame in zip(video, expected_frames):
+                assert frame.mode == "RGB" and np.array_equal(np.asarray(frame), np.asarray(expected_frame))
+    # ... and the conditioning video built from them is the PIL one.
+    built = pipe.prepare_conditioning_video(pipe._as_frame_lists([convert(images)], "image"), None, **SIZE)
+    assert torch.equal(built[0], pipe.prepare_conditioning_video(expected_video, None, **SIZE)[0])
+
+
+def test_a_stacked_video_of_frames_matches_the_list_of_lists(pipe, images):
+    expected = _run(pipe, [images[:2]], [[images[2]]])
+    assert torch.equal(_run(pipe, [np.stack([_np(f) for f in images[:2]])], [[_pt(images[2])]]), expected)
+
+
+@pytest.fixture
+def guarded_pipe(pipe, monkeypatch):
+    def boom(*args, **kwargs):
+        raise AssertionError("a model ran before the inputs were checked")
+
+    monkeypatch.setattr(pipe.image_encoder, "forward", boom)
+    monkeypatch.setattr(pipe.vae, "encode", boom)
+    monkeypatch.setattr(pipe.transformer, "forward", boom)
+    return pipe
+
+
+@pytest.mark.parametrize(
+    "image, error, match",
+    [
+        ("start.png", TypeError, "`image` must be a PIL image, a numpy array, a torch tensor.*load_image"),
+        ([np.zeros((32, 48, 3), np.uint8), None], TypeError, "`image\\[1\\]` must be a PIL image"),
+        (np.zeros((32, 48, 3), np.int64), TypeError, "`image` as an array must be uint8 or float"),
+        (torch.zeros(3, 32, 48, dtype=torch.uint8), TypeError, "`image` as a tensor must be floating point"),
+        (np.zeros((32, 48), np.uint8), ValueError, "`image` as an array must be \\(H, W, C\\)"),
+        (torch.zeros(32, 48, 3), ValueError, "`image` as a tensor must be \\(C, H, W\\)"),
+        (np.full((32, 48, 3), 2.0), ValueError, "`image` as a float array must hold values in \\[0, 1\\]"),
+        (torch.full((3, 32, 48), -2.0), ValueError, "`image` as a tensor must hold values in \\[0, 1\\]"),
+        ([], TypeError, "`image` must not be an empty list"),
+    ],
+)
+def test_bad_images_fail_early_naming_the_argument(guarded_pipe, image, error, match):
+    with pytest.raises(error, match=match):
+        _run(guarded_pipe, image)
+
+
+def test_bad_last_image_is_named(guarded_pipe):
+    with pytest.raises(TypeError, match="`last_image\\[0\\]\\[1\\]` must be a PIL image"):
+        _run(guarded_pipe, [[np.zeros((32, 48, 3), np.uint8)]], [[np.zeros((32, 48, 3), np.uint8), 3]])
+
+
+def test_latents_dtype(tiny_checkpoint, images):
+    pipe = RuyiImageToVideoPipeline.from_pretrained(tiny_checkpoint, dtype=torch.bfloat16)
+    pipe.set_progress_bar_config(disable=True)
+    default = _run(pipe, images[0], num_inference_steps=2, output_type="latent")
+    as_transformer = _run(pipe, images[0], num_inference_steps=2, output_type="latent", latents_dtype=torch.bfloat16)
+    upcast = _run(pipe, images[0], num_inference_steps=2, output_type="latent", latents_dtype=torch.float32)
+    # The original keeps the latents in the model's dtype; float32 latents are an option that changes the result.
+    assert default.dtype == torch.bfloat16 and torch.equal(default, as_transformer)
+    assert upcast.dtype == torch.float32 and not torch.equal(upcast, default.float())
+    assert (upcast - default.float()).abs().max() < 0.5
+    with pytest.raises(TypeError, match="`latents_dtype` must be a floating-point torch.dtype"):
+        _run(pipe, images[0], latents_dtype="float32")
+
+
+def test_frames_are_resized_as_the_original(pipe, images):
+    # The original: `Image.resize((width, height))` (PIL's default filter) per frame, then `/ 255`, then `2 x - 1`.
+    video, mask, clip_images = pipe.prepare_conditioning_video([[images[0]]], [images[1]], **SIZE)
+    for frame, image in ((0, images[0]), (-1, images[1])):
+        resized = torch.from_numpy(np.array(image.resize((SIZE["width"], SIZE["height"])))).permute(2, 0, 1) / 255
+        assert torch.equal(video[0, :, frame], 2.0 * resized - 1.0)
+    assert np.array_equal(np.asarray(clip_images[0]), np.asarray(images[0].resize((SIZE["width"], SIZE["height"]))))
+    assert mask[0, 0, :, 0, 0].tolist() == [0, 1, 1, 1, 1, 1, 1, 0]
