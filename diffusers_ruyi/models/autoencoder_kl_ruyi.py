@@ -748,6 +748,31 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
         overlap = int(tile * self._original_tile_overlap_factor)
         return tile, overlap, tile - overlap
 
+    def num_tiles(self, height: int, width: int, decode: bool = False) -> int:
+        r"""
+        How many spatial tiles an encode (or, with `decode=True`, a decode) of a `height` x `width` pixel video runs
+        with the current tiling: 1 when tiling is off or the video fits in one tile. Each tile runs the encoder (or
+        decoder) once per chunk of frames; the pipeline sizes its VAE progress bars with this.
+        """
+        if not self.use_tiling:
+            return 1
+        latent_h, latent_w = self._latent_size(height), self._latent_size(width)
+        if self.tiling_mode == "original":
+            tile, _, step = self._original_tile_geometry()
+            if decode:
+                if latent_h <= tile and latent_w <= tile:
+                    return 1
+                # The original decodes the lower-right corner tile once more.
+                return len(range(0, latent_h, step)) * len(range(0, latent_w, step)) + 1
+            size, step = self.tile_sample_min_size, step * self.spatial_compression_ratio
+            if height <= size and width <= size:
+                return 1
+            return len(range(0, height, step)) * len(range(0, width, step))
+        tile_h, tile_w, overlap_h, overlap_w = self._latent_tile_geometry()
+        if latent_h <= tile_h and latent_w <= tile_w:
+            return 1
+        return len(_tile_spans(latent_h, tile_h, overlap_h)) * len(_tile_spans(latent_w, tile_w, overlap_w))
+
     def _latent_tile_geometry(self) -> Tuple[int, int, int, int]:
         """Largest tile height and width, and smallest overlaps, in latents, of this package's tiler."""
         ratio = self.spatial_compression_ratio

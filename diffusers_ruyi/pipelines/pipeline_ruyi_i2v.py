@@ -33,7 +33,7 @@ from diffusers.video_processor import VideoProcessor
 from transformers import CLIPVisionModelWithProjection
 
 from ..loaders.lora import RuyiLoraLoaderMixin
-from ..models.autoencoder_kl_ruyi import AutoencoderKLRuyiCausal3D, _tile_spans
+from ..models.autoencoder_kl_ruyi import AutoencoderKLRuyiCausal3D
 from ..models.transformer_ruyi import RuyiTransformer3DModel
 from .controls import RuyiControlEmbeddings, control_name, get_bucket_size
 from .pipeline_output import RuyiPipelineOutput
@@ -588,7 +588,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         latents = []
         batch, _, num_frames, height, width = video.shape
         chunk = self.vae.config.get("num_sample_frames_batch_size", 8)
-        calls = 2 * batch * self._vae_calls(num_frames, chunk, height, width)
+        calls = 2 * batch * self._vae_calls(num_frames, chunk, height, width, decode=False)
         logger.info(f"Encoding {2 * batch} conditioning video(s) of {num_frames} frames with the VAE")
         with self._vae_upcast(), self._module_progress(getattr(self.vae, "encoder", None), calls, "VAE encode"):
             for pixels in (mask_video, masked_video):
@@ -630,17 +630,12 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             if upcast:
                 self.vae.to(torch.float16)
 
-    def _vae_calls(self, frames: int, chunk: int, height: int, width: int) -> int:
+    def _vae_calls(self, frames: int, chunk: int, height: int, width: int, decode: bool) -> int:
         """How often the VAE runs its encoder (or decoder) on one video of `frames` (latent) frames of `height` x
-        `width` pixels: once per chunk of `chunk` frames, times the tiles of this package's tiler when tiling is on.
-        Sizes the progress bars; a wrong count only mis-sizes a bar."""
+        `width` pixels: once per chunk of `chunk` frames and per tile. Sizes the progress bars."""
         calls = 1 if frames == 1 else math.ceil(frames / chunk)
-        if getattr(self.vae, "use_tiling", False):
-            ratio = self.vae_scale_factor_spatial
-            tile_h, tile_w, overlap_h, overlap_w = self.vae._latent_tile_geometry()
-            for size, tile, overlap in ((height, tile_h, overlap_h), (width, tile_w, overlap_w)):
-                calls *= len(_tile_spans(math.ceil(size / ratio), tile, overlap))
-        return calls
+        num_tiles = getattr(self.vae, "num_tiles", None)
+        return calls * (num_tiles(height, width, decode=decode) if num_tiles is not None else 1)
 
     @contextlib.contextmanager
     def _module_progress(self, module: Optional[torch.nn.Module], total: int, desc: str):
@@ -694,7 +689,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         batch, _, num_latent_frames, latent_height, latent_width = latents.shape
         chunk = self.vae.config.get("num_latent_frames_batch_size", 2)
         ratio = self.vae_scale_factor_spatial
-        calls = self._vae_calls(num_latent_frames, chunk, latent_height * ratio, latent_width * ratio)
+        calls = self._vae_calls(num_latent_frames, chunk, latent_height * ratio, latent_width * ratio, decode=True)
         calls *= batch if getattr(self.vae, "use_slicing", False) else 1
         logger.info(f"Decoding {num_latent_frames} latent frame(s) with the VAE")
         with self._vae_upcast():

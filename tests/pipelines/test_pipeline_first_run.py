@@ -108,13 +108,17 @@ class _Bars:
         (False, False, 1, 16, (32, 48), 2 * 2, 2),  # two 8-frame chunks, two 2-latent chunks
         (True, False, 1, 8, (96, 144), 2 * 4 * 4, 4 * 4),  # tiles of at most 32x48 pixels: 4 rows x 4 columns
         (True, True, 2, 8, (64, 96), 2 * 2 * 3 * 3, 2 * 3 * 3),  # two videos, each in 3 x 3 tiles
+        # The original's tiling, 32-pixel tiles every 24 pixels: 3 x 4 tiles, and decoding its corner tile once more.
+        ("original", False, 1, 8, (64, 96), 2 * 3 * 4, 3 * 4 + 1),
     ],
 )
 def test_vae_progress_bars_count_every_chunk_and_tile(
     monkeypatch, tiling, slicing, images, num_frames, size, encode_calls, decode_calls
 ):
     pipe = build_tiny_random_pipeline()
-    if tiling:
+    if tiling == "original":
+        pipe.vae.enable_original_tiling(tile_sample_min_size=32, tile_overlap_factor=0.25)
+    elif tiling:
         pipe.vae.enable_tiling(tile_sample_min_height=32, tile_sample_min_width=48)
     if slicing:
         pipe.vae.enable_slicing()
