@@ -179,6 +179,15 @@ class RuyiUpsampler3D(nn.Module):
         return hidden_states
 
 
+def _residual_stack(
+    in_channels: int, out_channels: int, num_layers: int, act_fn: str, norm_num_groups: int
+) -> nn.ModuleList:
+    return nn.ModuleList(
+        RuyiResidualBlock3D(in_channels if i == 0 else out_channels, out_channels, act_fn, norm_num_groups, 1e-6)
+        for i in range(num_layers)
+    )
+
+
 class RuyiDownBlock3D(nn.Module):
     def __init__(
         self,
@@ -191,10 +200,7 @@ class RuyiDownBlock3D(nn.Module):
         temporal_downsample: bool,
     ):
         super().__init__()
-        self.convs = nn.ModuleList(
-            RuyiResidualBlock3D(in_channels if i == 0 else out_channels, out_channels, act_fn, norm_num_groups, 1e-6)
-            for i in range(num_layers)
-        )
+        self.convs = _residual_stack(in_channels, out_channels, num_layers, act_fn, norm_num_groups)
         self.downsampler = RuyiDownsampler3D(out_channels, temporal_downsample) if add_downsample else None
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -217,10 +223,7 @@ class RuyiUpBlock3D(nn.Module):
         temporal_upsample: bool,
     ):
         super().__init__()
-        self.convs = nn.ModuleList(
-            RuyiResidualBlock3D(in_channels if i == 0 else out_channels, out_channels, act_fn, norm_num_groups, 1e-6)
-            for i in range(num_layers)
-        )
+        self.convs = _residual_stack(in_channels, out_channels, num_layers, act_fn, norm_num_groups)
         self.upsampler = RuyiUpsampler3D(out_channels, temporal_upsample) if add_upsample else None
 
     def forward(
