@@ -41,6 +41,7 @@ def test_every_module_of_the_package_is_mapped(mutation):
         "loaders/__init__.py",
         "models/__init__.py",
         "pipelines/__init__.py",
+        "pipelines/pipeline_output.py",  # a dataclass
     }
     package = REPO / "diffusers_ruyi"
     modules = {p.relative_to(package).as_posix() for p in package.rglob("*.py")}
