@@ -96,3 +96,19 @@ def test_the_conversion_module_imports_no_model():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_quanto_int8_on_the_published_transformer(tiny_realfmt_checkpoint):
+    # optimum-quanto is not in the test extras (diffusers 0.42 deprecates its quantizer): run where it is installed.
+    pytest.importorskip("optimum.quanto")
+    from _helpers import run_transformer, transformer_inputs
+    from diffusers import QuantoConfig
+
+    plain = RuyiTransformer3DModel.from_pretrained(tiny_realfmt_checkpoint, subfolder="transformer")
+    quantized = RuyiTransformer3DModel.from_pretrained(
+        tiny_realfmt_checkpoint, subfolder="transformer", quantization_config=QuantoConfig(weights_dtype="int8")
+    )
+    assert type(quantized.blocks[0].attn1.to_q).__name__ == "QLinear"
+    inputs = {**transformer_inputs(dict(plain.config)), "timestep": torch.tensor([500, 500])}
+    expected = run_transformer(plain, inputs)
+    assert (run_transformer(quantized, inputs) - expected).abs().max().item() < 0.05 * expected.abs().max().item()
