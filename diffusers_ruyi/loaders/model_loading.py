@@ -91,7 +91,8 @@ class RuyiModelLoadingMixin:
             raise ValueError(
                 "`use_safetensors=False`: diffusers-ruyi loads model weights from safetensors files only."
             )
-        if check_local_source(pretrained_model_name_or_path):
+        # (A DDUF archive is read by diffusers from its entries, not from a folder.)
+        if not kwargs.get("dduf_entries") and check_local_source(pretrained_model_name_or_path):
             check_model_folder(os.path.join(str(pretrained_model_name_or_path), kwargs.get("subfolder") or ""))
         output_loading_info = kwargs.pop("output_loading_info", False)
         kwargs["use_safetensors"] = True
