@@ -83,6 +83,8 @@ def test_bad_loading_options_are_refused_before_loading(tiny_realfmt_checkpoint)
         RuyiTransformer3DModel.from_pretrained(tiny_realfmt_checkpoint, subfolder="transformer", dtype="float8")
     with pytest.raises(FileNotFoundError, match="check `subfolder`"):
         RuyiTransformer3DModel.from_pretrained(tiny_realfmt_checkpoint, subfolder="transformers")
+    with pytest.raises(FileNotFoundError, match=r"'\./no/such/folder' is not an existing folder"):
+        AutoencoderKLRuyiCausal3D.from_pretrained("./no/such/folder", subfolder="vae")
 
 
 def test_the_conversion_module_imports_no_model():
