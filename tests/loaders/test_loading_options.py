@@ -114,3 +114,29 @@ def test_quanto_int8_on_the_published_transformer(tiny_realfmt_checkpoint):
     inputs = {**transformer_inputs(dict(plain.config)), "timestep": torch.tensor([500, 500])}
     expected = run_transformer(plain, inputs)
     assert (run_transformer(quantized, inputs) - expected).abs().max().item() < 0.05 * expected.abs().max().item()
+
+
+def test_a_missing_weight_is_one_error_without_diffusers_warning(tiny_realfmt_checkpoint, tmp_path):
+    import logging
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "transformer"
+    shutil.copytree(tiny_realfmt_checkpoint / "transformer", folder)
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    state_dict = load_file(str(weights))
+    del state_dict["proj_out.weight"]
+    save_file(state_dict, str(weights))
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    diffusers_logger = logging.getLogger("diffusers.models.modeling_utils")  # diffusers' loggers do not propagate
+    diffusers_logger.addHandler(handler)
+    try:
+        with pytest.raises(ValueError, match=r"Missing keys \(1\): \['proj_out.weight'\]"):
+            RuyiTransformer3DModel.from_pretrained(folder)
+    finally:
+        diffusers_logger.removeHandler(handler)
+    # diffusers' own report ("newly initialized ... TRAIN this model") would contradict the error.
+    assert not [r for r in records if "newly initialized" in r.getMessage()]
