@@ -140,3 +140,17 @@ def test_a_missing_weight_is_one_error_without_diffusers_warning(tiny_realfmt_ch
         diffusers_logger.removeHandler(handler)
     # diffusers' own report ("newly initialized ... TRAIN this model") would contradict the error.
     assert not [r for r in records if "newly initialized" in r.getMessage()]
+
+
+def test_a_pickle_only_model_folder_is_refused_before_reading(tiny_realfmt_checkpoint, tmp_path):
+    import shutil
+
+    folder = tmp_path / "vae"
+    shutil.copytree(tiny_realfmt_checkpoint / "vae", folder)
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    weights.rename(folder / "diffusion_pytorch_model.bin")  # never unpickled: the check reads names only
+    with pytest.raises(ValueError, match=r"only has pickle weights \(\.bin\); diffusers-ruyi loads safetensors only"):
+        AutoencoderKLRuyiCausal3D.from_pretrained(folder)
+    (folder / "diffusion_pytorch_model.bin").unlink()
+    with pytest.raises(FileNotFoundError, match="has no weights: expected diffusion_pytorch_model.safetensors"):
+        AutoencoderKLRuyiCausal3D.from_pretrained(folder)
