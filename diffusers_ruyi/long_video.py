@@ -402,7 +402,8 @@ def generate_long_video(
 
     Args:
         pipe ([`RuyiImageToVideoPipeline`]): The pipeline.
-        image (`PIL.Image.Image`): The start frame.
+        image (`PIL.Image.Image`, `np.ndarray` or `torch.Tensor`): The start frame (an array or tensor as the
+            pipeline's `image` takes one image).
         num_frames (`int`): Frames of the video: any number above `segment_frames`, else 1 or a multiple of 8.
         last_image (`PIL.Image.Image` or `List[PIL.Image.Image]`, *optional*): The last frame(s) of the video.
         context_frames (`int`, defaults to 5): Frames each segment continues from.
@@ -425,12 +426,16 @@ def generate_long_video(
     """
     import numpy as np
     import PIL.Image
+    import torch
 
-    if not isinstance(image, PIL.Image.Image):
+    # One start frame, in any form the pipeline takes for one image (an array or tensor goes through its converter).
+    frames = pipe._to_pil(image, "image") if isinstance(image, (np.ndarray, torch.Tensor)) else None
+    if not isinstance(image, PIL.Image.Image) and (frames is None or len(frames) != 1):
         raise TypeError(
-            f"`image` must be a PIL.Image.Image (the start frame), got {type(image).__name__}; to start from several "
-            "frames, continue them with `extend_video`."
+            "`image` must be one start frame (a PIL.Image.Image, an (H, W, C) array or a (C, H, W) tensor), got "
+            f"{type(image).__name__}; to start from several frames, continue them with `extend_video`."
         )
+    image = frames[0] if frames else image
     _check_output_type(output_type)
     ends = _end_frames(last_image)
     plan = plan_segments(num_frames, context_frames, segment_frames, end_frames=len(ends))

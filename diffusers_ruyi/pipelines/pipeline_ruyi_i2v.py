@@ -704,7 +704,9 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
     # Long videos and continuation (segments of ordinary calls; see `diffusers_ruyi.long_video`)
     # ------------------------------------------------------------------------------------------------------------
 
-    def generate_long_video(self, image: PIL.Image.Image, num_frames: int, **kwargs) -> RuyiPipelineOutput:
+    def generate_long_video(
+        self, image: Union[PIL.Image.Image, np.ndarray, torch.Tensor], num_frames: int, **kwargs
+    ) -> RuyiPipelineOutput:
         r"""
         Generates a video of any length from a start frame, in segments of at most `segment_frames` (120) frames,
         each continuing the last `context_frames` (5) frames of the one before. See

@@ -241,8 +241,22 @@ def test_long_video_bad_arguments(guarded_pipe, start_image, kwargs, error, matc
 
 
 def test_long_video_needs_one_start_image(guarded_pipe, start_image):
-    with pytest.raises(TypeError, match="`image` must be a PIL.Image.Image \\(the start frame\\).*extend_video"):
-        generate_long_video(guarded_pipe, [start_image, start_image], 200)
+    for image in ([start_image, start_image], np.zeros((2, 32, 48, 3), dtype=np.uint8)):
+        with pytest.raises(TypeError, match="`image` must be one start frame .*extend_video"):
+            generate_long_video(guarded_pipe, image, 200)
+
+
+def test_long_video_takes_an_array_or_tensor_start_frame(pipe, start_image):
+    # The same video as from the PIL image: the array and the tensor go through the pipeline's image converter.
+    options = dict(
+        context_frames=5, segment_frames=16, base_resolution=64, num_inference_steps=1
+    )  # size from the frame
+    expected = generate_long_video(pipe, start_image, 27, generator=torch.Generator().manual_seed(3), **options)
+    array = np.asarray(start_image.convert("RGB"))
+    tensor = torch.from_numpy(array).permute(2, 0, 1).float() / 255
+    for image in (array, tensor):
+        video = generate_long_video(pipe, image, 27, generator=torch.Generator().manual_seed(3), **options)
+        assert np.array_equal(video.frames[0], expected.frames[0])
 
 
 @pytest.mark.parametrize(
