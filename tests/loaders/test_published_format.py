@@ -21,6 +21,7 @@ from diffusers_ruyi.loaders.original_checkpoint import (
     resolve_dtype,
 )
 from diffusers_ruyi.loaders.original_pipeline import (
+    _disk_size,
     load_clip_image_encoder,
     load_clip_image_processor,
     load_control_embeddings,
@@ -112,6 +113,42 @@ def test_clip_missing_vision_weight_is_an_error(tiny_realfmt_checkpoint, tmp_pat
     torch.save(state, folder / "pytorch_model.bin")
     with pytest.raises(ValueError, match="visual_projection.weight"):
         load_clip_image_encoder(str(folder))
+
+
+def test_clip_extra_vision_weight_is_an_error(tiny_realfmt_checkpoint, tmp_path):
+    # Text-tower weights are expected in the full-CLIP file; any other tensor the vision tower lacks is not.
+    folder = tmp_path / "image_encoder"
+    shutil.copytree(tiny_realfmt_checkpoint / "image_encoder", folder)
+    state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    state["vision_model.extra.weight"] = torch.zeros(2)
+    torch.save(state, folder / "pytorch_model.bin")
+    with pytest.raises(ValueError, match=r"unexpected keys: \['vision_model.extra.weight'\]"):
+        load_clip_image_encoder(str(folder))
+
+
+def test_disk_sizes_in_the_loading_progress(tmp_path):
+    small, large = tmp_path / "small.bin", tmp_path / "large.bin"
+    small.write_bytes(b"0" * 3 * 2**20)
+    with open(large, "wb") as f:  # sparse: 1.5 GiB of size, no disk used
+        f.truncate(3 * 2**29)
+    assert _disk_size(str(small)) == "3 MB"
+    assert _disk_size(str(large)) == "1.5 GB"
+    assert _disk_size(str(tmp_path)) == "1.5 GB"
+
+
+def test_original_layout_loading_bar_follows_diffusers_progress_setting(tiny_realfmt_checkpoint, capsys):
+    from diffusers.utils import logging as diffusers_logging
+
+    from diffusers_ruyi import RuyiImageToVideoPipeline
+
+    RuyiImageToVideoPipeline.from_pretrained(tiny_realfmt_checkpoint)
+    assert "Loading Ruyi (original layout)" in capsys.readouterr().err
+    diffusers_logging.disable_progress_bar()
+    try:
+        RuyiImageToVideoPipeline.from_pretrained(tiny_realfmt_checkpoint)
+    finally:
+        diffusers_logging.enable_progress_bar()
+    assert "Loading Ruyi (original layout)" not in capsys.readouterr().err
 
 
 def test_bf16_embeddings_with_every_aspect_ratio_tag(tiny_realfmt_checkpoint, caplog):
