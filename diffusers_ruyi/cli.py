@@ -102,13 +102,6 @@ def _choice_list(choices: Tuple[str, ...]) -> Callable[[str], List[str]]:
     return parse
 
 
-def _guidance_scale(value: str) -> float:
-    number = _non_negative_float(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1 (1 turns guidance off), got {value!r}")
-    return number
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _ArgumentParser(
         prog=PROG, description="Ruyi-Mini-7B image-to-video: a start frame (and an end frame) to an mp4."
@@ -194,7 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--steps", type=_positive_int, default=25, help="Denoising steps (default 25).")
     sampling.add_argument(
-        "--guidance-scale", type=_guidance_scale, default=7.0, help="CFG scale, >= 1 (default 7; 1 = off)."
+        "--guidance-scale",
+        type=_non_negative_float,
+        default=7.0,
+        help="CFG scale, >= 0 (default 7; 1 or below = off).",
     )
     sampling.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="ddim", help="Sampler (default ddim).")
     sampling.add_argument("--seed", type=int, default=42, help="Random seed (default 42).")

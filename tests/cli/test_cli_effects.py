@@ -78,6 +78,8 @@ def _enhance(pipe):
 CASES = {
     "seed": (["--seed", "5"], dict(seed=5), None),
     "guidance": (["--guidance-scale", "3"], dict(guidance_scale=3.0), None),
+    # The API's range: below 1 turns guidance off, as 1 does.
+    "guidance below 1": (["--guidance-scale", "0.5"], dict(guidance_scale=0.5), None),
     "motion_camera": (["--motion", "4", "--camera", "right"], dict(motion="4", camera_direction="right"), None),
     "steps": (["--steps", "3"], dict(num_inference_steps=3), None),
     "last_image": (["--last-image", END], dict(last_image=PIL.Image.open(END)), None),
