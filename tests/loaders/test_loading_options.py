@@ -154,3 +154,23 @@ def test_a_pickle_only_model_folder_is_refused_before_reading(tiny_realfmt_check
     (folder / "diffusion_pytorch_model.bin").unlink()
     with pytest.raises(FileNotFoundError, match="has no weights: expected diffusion_pytorch_model.safetensors"):
         AutoencoderKLRuyiCausal3D.from_pretrained(folder)
+
+
+def test_models_from_a_hub_cache_with_revision_and_cache_dir(tiny_realfmt_checkpoint, tmp_path):
+    # The published layout in a Hugging Face cache, read (local_files_only) through diffusers' own hub resolution.
+    import shutil
+
+    commit = "1" * 40
+    repo = tmp_path / "cache" / "models--IamCreateAI--Ruyi-Mini-7B"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(tiny_realfmt_checkpoint, repo / "snapshots" / commit)
+    options = dict(cache_dir=str(tmp_path / "cache"), revision="main", local_files_only=True)
+    for model_cls, subfolder in ((RuyiTransformer3DModel, "transformer"), (AutoencoderKLRuyiCausal3D, "vae")):
+        from_hub = model_cls.from_pretrained("IamCreateAI/Ruyi-Mini-7B", subfolder=subfolder, **options)
+        local = model_cls.from_pretrained(tiny_realfmt_checkpoint, subfolder=subfolder).state_dict()
+        assert all(torch.equal(from_hub.state_dict()[k], local[k]) for k in local)
+    with pytest.raises(OSError):  # a revision the cache does not hold
+        RuyiTransformer3DModel.from_pretrained(
+            "IamCreateAI/Ruyi-Mini-7B", subfolder="transformer", **{**options, "revision": "v2"}
+        )
