@@ -755,7 +755,8 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
         r"""
         How many spatial tiles an encode (or, with `decode=True`, a decode) of a `height` x `width` pixel video runs
         with the current tiling: 1 when tiling is off or the video fits in one tile. Each tile runs the encoder (or
-        decoder) once per chunk of frames; the pipeline sizes its VAE progress bars with this.
+        decoder) once per chunk of frames. `encode`/`decode` tile exactly when this is above 1, and the pipeline
+        sizes its VAE progress bars with it.
         """
         if not self.use_tiling:
             return 1
@@ -954,14 +955,9 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
         return out.div_(weight_sum)
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
-        if self.use_tiling and self.tiling_mode == "original":
-            if x.shape[-1] > self.tile_sample_min_size or x.shape[-2] > self.tile_sample_min_size:
-                return self._encode_original_tiled(x)
-        elif self.use_tiling:
-            tile_h, tile_w, _, _ = self._latent_tile_geometry()
-            if self._latent_size(x.shape[-2]) > tile_h or self._latent_size(x.shape[-1]) > tile_w:
-                return self._encode_package_tiled(x)
-        return self._encode_untiled(x)
+        if self.num_tiles(x.shape[-2], x.shape[-1]) == 1:
+            return self._encode_untiled(x)
+        return self._encode_original_tiled(x) if self.tiling_mode == "original" else self._encode_package_tiled(x)
 
     @apply_forward_hook
     def encode(
@@ -1087,15 +1083,10 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
         return out.div_(weight_sum)
 
     def _decode(self, z: torch.Tensor) -> torch.Tensor:
-        if self.use_tiling and self.tiling_mode == "original":
-            tile = self._original_tile_geometry()[0]
-            if z.shape[-1] > tile or z.shape[-2] > tile:
-                return self._decode_original_tiled(z)
-        elif self.use_tiling:
-            tile_h, tile_w, _, _ = self._latent_tile_geometry()
-            if z.shape[-2] > tile_h or z.shape[-1] > tile_w:
-                return self._decode_package_tiled(z)
-        return self._decode_untiled(z)
+        ratio = self.spatial_compression_ratio
+        if self.num_tiles(z.shape[-2] * ratio, z.shape[-1] * ratio, decode=True) == 1:
+            return self._decode_untiled(z)
+        return self._decode_original_tiled(z) if self.tiling_mode == "original" else self._decode_package_tiled(z)
 
     @apply_forward_hook
     def decode(self, z: torch.Tensor, return_dict: bool = True) -> Union[DecoderOutput, Tuple[torch.Tensor]]:
