@@ -7,6 +7,7 @@ with ``from _helpers import ...`` (pytest puts this folder on ``sys.path`` throu
 import importlib.util
 import json
 import pathlib
+import shutil
 import sys
 
 import PIL.Image
@@ -71,6 +72,23 @@ def load_pipe(checkpoint, **kwargs) -> RuyiImageToVideoPipeline:
     pipe = RuyiImageToVideoPipeline.from_pretrained(checkpoint, **kwargs)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def hub_cache_snapshot(cache, repo_id: str, source, file_name=None, commit: str = "0" * 40) -> pathlib.Path:
+    """A Hugging Face cache under ``cache`` whose ``repo_id`` (``refs/main`` -> ``commit``) holds ``source``: a folder's
+    files, or one file (named ``file_name``, default its own name). Read with ``cache_dir=cache`` (and
+    ``local_files_only``), nothing touches the network."""
+    repo = pathlib.Path(cache) / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    source = pathlib.Path(source)
+    if source.is_dir():
+        shutil.copytree(source, snapshot)
+    else:
+        snapshot.mkdir(parents=True)
+        shutil.copy(source, snapshot / (file_name or source.name))
+    return snapshot
 
 
 def open_rgb(path) -> PIL.Image.Image:

@@ -22,6 +22,7 @@ import shutil
 
 import pytest
 import torch
+from _helpers import hub_cache_snapshot
 
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -63,16 +64,6 @@ def _lora_files():
     ):
         pathlib.Path(name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(LORA, name)
-
-
-def _hub_lora(cache: pathlib.Path):
-    """A Hugging Face cache that holds the LoRA page's example repository `user/ruyi-lora` (read offline)."""
-    repo = cache / "models--user--ruyi-lora"
-    commit = "0" * 40
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    (repo / "snapshots" / commit).mkdir(parents=True)
-    shutil.copy(LORA, repo / "snapshots" / commit / "x.safetensors")
 
 
 _IMAGE = "import PIL.Image\nimage = PIL.Image.open('start.jpg')\n"
@@ -151,7 +142,7 @@ def doc_env(tmp_path, monkeypatch):
     import huggingface_hub.constants
 
     cache = tmp_path / "hf-cache"
-    _hub_lora(cache)
+    hub_cache_snapshot(cache, "user/ruyi-lora", LORA, "x.safetensors")  # the LoRA page's example repository
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
     _lora_files()
     return tmp_path

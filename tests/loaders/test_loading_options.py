@@ -7,7 +7,7 @@ transformer's Linear weights while it loads.
 
 import pytest
 import torch
-from _helpers import load_golden_case, run_case
+from _helpers import hub_cache_snapshot, load_golden_case, run_case
 from diffusers import DiffusionPipeline
 
 from diffusers_ruyi import AutoencoderKLRuyiCausal3D, RuyiImageToVideoPipeline, RuyiTransformer3DModel
@@ -158,13 +158,7 @@ def test_a_pickle_only_model_folder_is_refused_before_reading(tiny_realfmt_check
 
 def test_models_from_a_hub_cache_with_revision_and_cache_dir(tiny_realfmt_checkpoint, tmp_path):
     # The published layout in a Hugging Face cache, read (local_files_only) through diffusers' own hub resolution.
-    import shutil
-
-    commit = "1" * 40
-    repo = tmp_path / "cache" / "models--IamCreateAI--Ruyi-Mini-7B"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    shutil.copytree(tiny_realfmt_checkpoint, repo / "snapshots" / commit)
+    hub_cache_snapshot(tmp_path / "cache", "IamCreateAI/Ruyi-Mini-7B", tiny_realfmt_checkpoint)
     options = dict(cache_dir=str(tmp_path / "cache"), revision="main", local_files_only=True)
     for model_cls, subfolder in ((RuyiTransformer3DModel, "transformer"), (AutoencoderKLRuyiCausal3D, "vae")):
         from_hub = model_cls.from_pretrained("IamCreateAI/Ruyi-Mini-7B", subfolder=subfolder, **options)
