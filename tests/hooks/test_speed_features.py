@@ -233,8 +233,8 @@ def test_first_block_cache():
     model.disable_cache()
 
 
-def test_pyramid_attention_broadcast_skips_processor_calls(monkeypatch):
-    model, inputs = tiny_transformer(), transformer_inputs()
+def _count_self_attention(monkeypatch) -> dict:
+    """``{"self": n}``, counting the self-attention processor calls from now on."""
     calls = {"self": 0}
     original_call = transformer_ruyi.RuyiAttnProcessor.__call__
 
@@ -244,6 +244,12 @@ def test_pyramid_attention_broadcast_skips_processor_calls(monkeypatch):
         return original_call(self, attn, *args, **kwargs)
 
     monkeypatch.setattr(transformer_ruyi.RuyiAttnProcessor, "__call__", counting_call)
+    return calls
+
+
+def test_pyramid_attention_broadcast_skips_processor_calls(monkeypatch):
+    model, inputs = tiny_transformer(), transformer_inputs()
+    calls = _count_self_attention(monkeypatch)
     config = PyramidAttentionBroadcastConfig(
         spatial_attention_block_skip_range=2,
         spatial_attention_timestep_skip_range=(-1, 1001),
@@ -258,15 +264,7 @@ def test_pyramid_attention_broadcast_skips_processor_calls(monkeypatch):
 
 def test_pyramid_attention_broadcast_defaults_to_the_models_timestep(monkeypatch):
     model, inputs = tiny_transformer(), transformer_inputs()
-    calls = {"self": 0}
-    original_call = transformer_ruyi.RuyiAttnProcessor.__call__
-
-    def counting_call(self, attn, *args, **kwargs):
-        if not attn.is_cross_attention:
-            calls["self"] += 1
-        return original_call(self, attn, *args, **kwargs)
-
-    monkeypatch.setattr(transformer_ruyi.RuyiAttnProcessor, "__call__", counting_call)
+    calls = _count_self_attention(monkeypatch)
     model.enable_cache(
         PyramidAttentionBroadcastConfig(
             spatial_attention_block_skip_range=2, spatial_attention_timestep_skip_range=(100, 800)
