@@ -634,8 +634,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         """How often the VAE runs its encoder (or decoder) on one video of `frames` (latent) frames of `height` x
         `width` pixels: once per chunk of `chunk` frames and per tile. Sizes the progress bars."""
         calls = 1 if frames == 1 else math.ceil(frames / chunk)
-        num_tiles = getattr(self.vae, "num_tiles", None)
-        return calls * (num_tiles(height, width, decode=decode) if num_tiles is not None else 1)
+        return calls * self.vae.num_tiles(height, width, decode=decode)
 
     @contextlib.contextmanager
     def _module_progress(self, module: Optional[torch.nn.Module], total: int, desc: str):
