@@ -456,10 +456,10 @@ class RuyiImageResampler(nn.Module):
     def __init__(self, num_queries: int, embed_dim: int, num_heads: int, kv_dim: int):
         super().__init__()
         grid_size = int(math.isqrt(num_queries))
-        # A frozen parameter (not a buffer) because the original checkpoint stores it under `pos_embed`.
-        self.pos_embed = nn.Parameter(
-            get_2d_sincos_pos_embed(embed_dim, grid_size, base_size=grid_size).float(), requires_grad=False
-        )
+        # A frozen parameter (not a buffer) because the original checkpoint stores it under `pos_embed`. Made in the
+        # default dtype like every other weight, so a model built under a bf16 default runs in bf16 throughout.
+        pos_embed = get_2d_sincos_pos_embed(embed_dim, grid_size, base_size=grid_size)
+        self.pos_embed = nn.Parameter(pos_embed.float().to(torch.get_default_dtype()), requires_grad=False)
         self.query = nn.Parameter(torch.randn(num_queries, embed_dim) * 0.02)
         self.kv_proj = nn.Linear(kv_dim, embed_dim, bias=False) if kv_dim != embed_dim else nn.Identity()
         self.attn = RuyiResamplerAttention(embed_dim, num_heads)

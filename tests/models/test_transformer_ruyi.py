@@ -227,6 +227,23 @@ def test_bf16_forward(tiny_checkpoint, golden, golden_inputs):
     assert (output.float() - golden["output"]).abs().max().item() < 0.15
 
 
+@torch.no_grad()
+def test_built_under_a_bf16_default_every_weight_is_bf16(tiny_checkpoint):
+    # `from_config` under `torch.set_default_dtype(torch.bfloat16)` (how a benchmark builds random full-size
+    # weights on the GPU): no weight may stay float32, or the CLIP branch mixes dtypes and the forward fails.
+    config = RuyiTransformer3DModel.load_config(tiny_checkpoint, subfolder="transformer")
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        model = RuyiTransformer3DModel.from_config(config).eval()
+    finally:
+        torch.set_default_dtype(previous)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    inputs = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in transformer_inputs(config).items()}
+    output = model(inputs.pop("hidden_states"), torch.full((2,), 500.0, dtype=torch.bfloat16), **inputs).sample
+    assert output.dtype == torch.bfloat16
+
+
 @pytest.mark.parametrize("compute_dtype", [torch.float32, torch.bfloat16])
 @torch.no_grad()
 def test_layerwise_casting_fp8(tiny_checkpoint, golden, golden_inputs, compute_dtype):
