@@ -61,21 +61,19 @@ FULL_CLIP_CONFIG = dict(
     patch_size=14,
     projection_dim=768,
 )
+# Every preset uses the published VAE layout (slice compression, 3D mid-block attention, its own tiling), so the CPU
+# presets run the code paths of the full one. tiny: the tiny published-format golden VAE; medium: narrower widths.
+TINY_PUBLISHED_VAE = os.path.join(
+    ROOT, "tests", "fixtures", "golden_realfmt", "Ruyi-tiny-realfmt", "vae", "config.json"
+)
 MEDIUM_VAE_OVERRIDES = {"ch": 32, "ch_mult": [1, 2, 4, 4], "block_out_channels": [32, 64, 128, 128]}
-# The full-size VAE in the layout this package implements today (the layout of the golden tiny VAE with the
-# published widths); the pipeline uses it when the published VAE config cannot be built yet.
-FALLBACK_FULL_VAE_OVERRIDES = {
-    "ch": 128,
-    "ch_mult": [1, 2, 4, 4],
-    "block_out_channels": [128, 256, 512, 512],
-    "layers_per_block": 2,
-    "norm_num_groups": 32,
-}
 
 PRESETS: Dict[str, Dict[str, Any]] = {
+    # bf16 like the full preset, so a dtype mismatch shows here (on the CPU) rather than on the GPU.
     "tiny": dict(
-        device="cpu", dtype="float32", frames=8, height=64, width=64, steps=6, warmup_steps=1,
-        vae_cases=[(8, 64, 64, "untiled"), (8, 64, 64, "tiled")], tile=32, compile_backend="eager",
+        device="cpu", dtype="bfloat16", frames=8, height=64, width=64, steps=6, warmup_steps=1,
+        vae_cases=[(8, 64, 64, "untiled"), (8, 64, 64, "original"), (8, 64, 64, "tiled")], tile=32,
+        compile_backend="eager",
     ),
     "medium": dict(
         device="cpu", dtype="float32", frames=16, height=128, width=128, steps=6, warmup_steps=1,
@@ -211,31 +209,16 @@ def read_config(name: str) -> Dict[str, Any]:
 
 
 def preset_original_configs(preset: str) -> Tuple[Dict[str, Any], Dict[str, Any], Dict[str, Any]]:
-    """(transformer, pipeline VAE, CLIP) configs in the ORIGINAL layout; the VAE is the one this package can build
-    today for the pipeline (see `build_vae_or_reason` for the published one)."""
-    from diffusers_ruyi.tiny import TINY_CLIP_CONFIG, TINY_TRANSFORMER_CONFIG, TINY_VAE_CONFIG
+    """(transformer, VAE, CLIP) configs in the ORIGINAL layout, the VAE always in the published layout."""
+    from diffusers_ruyi.tiny import TINY_CLIP_CONFIG, TINY_TRANSFORMER_CONFIG
 
     if preset == "tiny":
-        return dict(TINY_TRANSFORMER_CONFIG), dict(TINY_VAE_CONFIG), dict(TINY_CLIP_CONFIG)
+        with open(TINY_PUBLISHED_VAE) as f:
+            return dict(TINY_TRANSFORMER_CONFIG), json.load(f), dict(TINY_CLIP_CONFIG)
     if preset == "medium":
-        vae = {**TINY_VAE_CONFIG, **MEDIUM_VAE_OVERRIDES}
+        vae = {**read_config("vae_config.json"), **MEDIUM_VAE_OVERRIDES}
         return {**TINY_TRANSFORMER_CONFIG, **MEDIUM_TRANSFORMER_OVERRIDES}, vae, dict(TINY_CLIP_CONFIG)
-    return read_config("transformer_config.json"), {**TINY_VAE_CONFIG, **FALLBACK_FULL_VAE_OVERRIDES}, FULL_CLIP_CONFIG
-
-
-def build_vae_or_reason(original_config: Dict[str, Any], dtype, device):
-    """``AutoencoderKLRuyiCausal3D.from_config(convert_vae_config(original_config))`` with random weights, or the
-    reason it cannot be built (a string), never an exception."""
-    from diffusers_ruyi import AutoencoderKLRuyiCausal3D
-    from diffusers_ruyi.loaders.original_checkpoint import convert_vae_config
-
-    try:
-        with default_dtype_and_device(dtype, device):
-            vae = AutoencoderKLRuyiCausal3D.from_config(convert_vae_config(original_config))
-        init_random_(vae)
-        return vae.eval()
-    except Exception as e:  # the published variant may not be implemented yet
-        return f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+    return read_config("transformer_config.json"), read_config("vae_config.json"), FULL_CLIP_CONFIG
 
 
 def build_pipeline(preset: str, dtype, device, vae_dtype):
@@ -244,27 +227,22 @@ def build_pipeline(preset: str, dtype, device, vae_dtype):
     from diffusers import DDIMScheduler
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from diffusers_ruyi import RuyiImageToVideoPipeline, RuyiTransformer3DModel
-    from diffusers_ruyi.loaders.original_checkpoint import clip_image_processor_class, convert_transformer_config
+    from diffusers_ruyi import AutoencoderKLRuyiCausal3D, RuyiImageToVideoPipeline, RuyiTransformer3DModel
+    from diffusers_ruyi.loaders.original_checkpoint import (
+        clip_image_processor_class,
+        convert_transformer_config,
+        convert_vae_config,
+    )
     from diffusers_ruyi.pipelines.controls import CAMERA_DIRECTIONS, RuyiControlEmbeddings
 
     transformer_config, vae_config, clip_config = preset_original_configs(preset)
-    notes = []
     with default_dtype_and_device(dtype, device):
         transformer = RuyiTransformer3DModel.from_config(convert_transformer_config(transformer_config))
         image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**clip_config))
-    init_random_(transformer)
-    init_random_(image_encoder)
-    vae = None
-    if preset == "full":
-        vae = build_vae_or_reason(read_config("vae_config.json"), vae_dtype, device)
-        if isinstance(vae, str):
-            notes.append(f"pipeline VAE: fallback full-width cache-compression VAE (published one: {vae})")
-            vae = None
-    if vae is None:
-        vae = build_vae_or_reason(vae_config, vae_dtype, device)
-        if isinstance(vae, str):
-            raise RuntimeError(f"Could not build the pipeline VAE: {vae}")
+    with default_dtype_and_device(vae_dtype, device):
+        vae = AutoencoderKLRuyiCausal3D.from_config(convert_vae_config(vae_config))
+    for model in (transformer, image_encoder, vae):
+        init_random_(model)
     size = clip_config["image_size"]
     processor = clip_image_processor_class()(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
     scheduler = DDIMScheduler.from_config(read_config("scheduler_config.json"))
@@ -285,7 +263,7 @@ def build_pipeline(preset: str, dtype, device, vae_dtype):
         control_embeddings=RuyiControlEmbeddings.from_flat_dict(flat),
     )
     pipe.set_progress_bar_config(disable=True)
-    return pipe, transformer_config, notes
+    return pipe, transformer_config
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -323,7 +301,7 @@ class Probe:
     """Hooks that time every transformer call, count the steps where the last block really ran, and mark the end of
     the denoising loop (the pipeline's step-end callback)."""
 
-    def __init__(self, transformer, timer: Timer):
+    def __init__(self, transformer, timer: Timer, count_computed: bool = True):
         self.timer = timer
         self.calls: List[Tuple[Any, Any]] = []
         self.computed = 0
@@ -331,9 +309,11 @@ class Probe:
         self.handles = [
             transformer.register_forward_pre_hook(self._before),
             transformer.register_forward_hook(self._after),
-            # Caches replace a skipped block's forward; its feed-forward only runs when the block is computed.
-            transformer.blocks[-1].ff.register_forward_pre_hook(self._computed),
         ]
+        if count_computed:
+            # Caches replace a skipped block's forward; its feed-forward only runs when the block is computed. Never
+            # inside a compiled block: dynamo would trace the hook and guard on the count, recompiling every call.
+            self.handles.append(transformer.blocks[-1].ff.register_forward_pre_hook(self._computed))
 
     def reset(self):
         self.calls, self.computed, self.loop_end = [], 0, None
@@ -558,7 +538,7 @@ def measure_variant(name, pipe, image, args, device, dtype, flops_per_call, peak
 
     timer = Timer(device)
     undo, notes = apply_variant(name, pipe, args, device, dtype, pipe.transformer.inner_dim)
-    probe = Probe(pipe.transformer, timer)
+    probe = Probe(pipe.transformer, timer, count_computed=name != "compile")
     try:
         t0 = time.perf_counter()
         run_pipeline(pipe, image, args, args.warmup_steps, probe)
@@ -816,9 +796,8 @@ def measure_original(args, configs: Dict[str, Any], flops_per_call: float, peaks
     ]  # fmt: skip
     result = run_worker(cmd, env=env, what="original implementation")
     tflops = flops_per_call * result["calls"] / result["transformer_s"] / 1e12
-    notes = ["its own interpreter; bf16 autocast, enable_model_cpu_offload, gpu_offload_steps=5"]
-    if configs.get("vae_note"):
-        notes.append(configs["vae_note"])
+    offload = "enable_model_cpu_offload, " if args.device.startswith("cuda") else ""
+    notes = [f"its own interpreter; {args.dtype} autocast, {offload}gpu_offload_steps=5"]
     return {
         "variant": "original", "s/step": result["s_per_step"], "end-to-end s": result["e2e"],
         "peak GB": result["peak_gb"], "TFLOP/s": tflops, "MFU": tflops / peaks["spec"] if peaks.get("spec") else None,
@@ -902,7 +881,7 @@ def run_suite(args) -> Tuple[str, List[Dict[str, Any]]]:
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     vae_dtype = getattr(torch, args.vae_dtype) if args.vae_dtype else dtype
     torch.manual_seed(0)
-    pipe, original_transformer_config, build_notes = build_pipeline(args.preset, dtype, device, vae_dtype)
+    pipe, original_transformer_config = build_pipeline(args.preset, dtype, device, vae_dtype)
     pipe.to(device)
     build_s = time.perf_counter() - started
     config = convert_transformer_config(original_transformer_config)
@@ -924,11 +903,12 @@ def run_suite(args) -> Tuple[str, List[Dict[str, Any]]]:
 
     rows: List[Dict[str, Any]] = _ReportedRows(args.out)
     baseline_frames = None
+    _, original_vae_config, clip_config = preset_original_configs(args.preset)
+    # The original builds the same models from the same configs, in its own layout.
     base_config = {
         "transformer": original_transformer_config,
-        # The original builds the published VAE itself; the small presets use their own VAE config.
-        "vae": read_config("vae_config.json") if args.preset == "full" else preset_original_configs(args.preset)[1],
-        "clip": preset_original_configs(args.preset)[2],
+        "vae": original_vae_config,
+        "clip": clip_config,
         "scheduler": read_config("scheduler_config.json"),
     }
 
@@ -991,7 +971,7 @@ def run_suite(args) -> Tuple[str, List[Dict[str, Any]]]:
         f"{flops_per_call / 1e12:.3f} TFLOP per transformer call ({flops_per_call * args.steps / 1e15:.3f} PFLOP "
         f"per generation), measured bf16/fp32 matmul {peaks['matmul']:.1f} TFLOP/s, spec peak "
         f"{peaks['spec'] if peaks.get('spec') else 'unknown'} TFLOP/s, built in {build_s:.1f} s, suite "
-        f"{time.perf_counter() - started:.0f} s" + "".join(f"\n\n{note}" for note in build_notes)
+        f"{time.perf_counter() - started:.0f} s"
     )
     return format_table(header, rows), rows
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from _helpers import tiny_transformer, transformer_inputs
 
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -16,7 +17,9 @@ import device_suite  # noqa: E402
 
 
 def test_tiny_preset_prints_one_table(tmp_path):
-    variants = ["baseline", "profile", "teacache", "fbc", "group_offload", "vae_decode", "fp8_lite"]
+    # The tiny preset runs in bf16 with the published VAE layout, like the full one, so what would fail on the GPU
+    # (a dtype mismatch, the VAE's own tiling, a recompiling block) fails here first.
+    variants = ["baseline", "profile", "teacache", "fbc", "group_offload", "vae_decode", "fp8_lite", "compile"]
     cmd = [sys.executable, str(ROOT / "benchmarks" / "device_suite.py"), "--preset", "tiny", "--steps", "4"]
     cmd += ["--out", str(tmp_path), "--variants", *variants]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -30,10 +33,14 @@ def test_tiny_preset_prints_one_table(tmp_path):
         "fbc",
         "group_offload",
     ]
-    for name in ("baseline", "teacache", "fbc", "group_offload", "fp8_lite"):
+    for name in ("baseline", "teacache", "fbc", "group_offload", "fp8_lite", "compile"):
         assert by_name[name]["s/step"] > 0, by_name[name]
         assert not any(note.startswith("error") for note in by_name[name]["notes"])
     assert by_name["fbc"]["max abs diff"] >= 0
+    assert by_name["compile"]["max abs diff"] == 0  # the eager backend only traces: same kernels, same frames
+    vae_rows = [row for row in rows if row["variant"].startswith("vae_decode")]
+    assert [row["variant"].split(" ")[2] for row in vae_rows] == ["untiled", "original", "tiled"]
+    assert all("bfloat16" in row["notes"][0] for row in vae_rows), vae_rows
     assert (tmp_path / "profile.txt").read_text().strip()
     assert "| baseline |" in (tmp_path / "table.md").read_text()
 
@@ -66,3 +73,30 @@ def test_published_config_flops_are_the_issue_figure():
     config = convert_transformer_config(device_suite.read_config("transformer_config.json"))
     per_call = device_suite.transformer_flops(config, 6, 64, 64, batch=2)["total"]
     assert 4.5e15 < 25 * per_call < 6.5e15
+
+
+@pytest.mark.parametrize("count_computed, graphs", [(False, 2), (True, None)])
+def test_the_probe_does_not_recompile_compiled_blocks(count_computed, graphs):
+    # One graph per block kind (with and without a long skip), reused by every block and every step. The probe's
+    # computed-step counter inside a block would be traced and guarded on, recompiling at each call.
+    import torch
+    import torch._dynamo
+    from torch._dynamo.testing import CompileCounter
+
+    model, inputs = tiny_transformer(), transformer_inputs()
+    hidden_states = inputs.pop("hidden_states")
+    counter = CompileCounter()
+    torch._dynamo.reset()
+    model.compile_repeated_blocks(fullgraph=True, backend=counter)
+    probe = device_suite.Probe(model, device_suite.Timer(torch.device("cpu")), count_computed=count_computed)
+    try:
+        with torch.no_grad():
+            for t in (900.0, 500.0, 100.0):
+                model(hidden_states, torch.full((2,), t), **inputs)
+    finally:
+        probe.remove()
+        torch._dynamo.reset()
+    if graphs is None:
+        assert counter.frame_count > 2
+    else:
+        assert counter.frame_count == graphs
