@@ -1,0 +1,101 @@
+"""benchmarks/estimate_memory.py: the live-bytes tracker counts what a hand count gives, fake tensors count what real
+ones do, and the tiny preset prints its tables."""
+
+import pathlib
+import sys
+
+import pytest
+import torch
+from _helpers import tiny_transformer, transformer_inputs
+
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import estimate_memory  # noqa: E402
+
+
+def test_live_bytes_counts_allocations_not_views():
+    def run():
+        a = torch.ones(1000)  # 4,000 bytes
+        view = a.view(10, 100).t()  # a view: nothing new
+        b = torch.ones(1000)  # 8,000 live
+        c = a + b  # 12,000 live: the peak
+        del a, b, view
+        return c * 2  # a and b are gone: c and the result, 8,000
+
+    assert estimate_memory.phase_peak(run) == 12_000
+
+
+def test_live_bytes_frees_what_dies():
+    def run():
+        for _ in range(5):
+            torch.ones(1000)  # each dies before the next is made
+        return torch.ones(250)
+
+    assert estimate_memory.phase_peak(run) == 4_000
+
+
+def test_existing_tensors_and_their_views_are_not_counted():
+    weight = torch.ones(100, 100)
+
+    def run():
+        return weight.t()[:10]  # a view of a tensor made before the phase
+
+    assert estimate_memory.phase_peak(run) == 0
+
+
+def test_fake_tensors_count_what_real_ones_do():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    def peak(model, inputs):
+        return estimate_memory.phase_peak(lambda: model(timestep=torch.full((2,), 500.0), **inputs))
+
+    real = peak(tiny_transformer(), transformer_inputs())
+    with FakeTensorMode() as mode:
+        # Built under the mode, as the estimate builds the full-size models.
+        fake = peak(tiny_transformer(), {k: mode.from_tensor(v) for k, v in transformer_inputs().items()})
+    assert real > 0
+    assert fake == real
+
+
+def test_compose_keeps_the_weights_each_setting_holds():
+    weights = {"transformer": 100, "transformer_outside_blocks": 10, "transformer_largest_block": 5, "vae": 20}
+    weights.update(clip=7, transformer_fp8_strong=60, fp8_largest_layer_in_compute_dtype=4)
+    peaks = {"clip": 1, "vae_encode": 2, "transformer": 30, "vae_decode_untiled": 90, "vae_decode_original": 8}
+    peaks.update(vae_decode_tiled=40, transformer_skip_offload_5=20, transformer_skip_offload_1=15)
+    rows = [(row["peak"], row["phase"]) for row in estimate_memory.compose(weights, peaks)]
+    assert rows == [
+        (100 + 20 + 7 + 30, "transformer"),  # everything resident
+        (100 + 30, "transformer"),  # model offload: one model at a time
+        (100 + 20, "transformer_skip_offload_5"),
+        (60 + 20 + 4, "transformer_skip_offload_5"),  # fp8 weights, one layer cast up at a time
+        (20 + 7 + 40, "vae_decode_tiled"),  # group offload: no transformer weight outside its calls
+        (20 + 90, "vae_decode_untiled"),
+    ]
+    peaks["transformer_skip_offload_1"] = 60  # now the transformer call is the group-offload peak
+    assert estimate_memory.compose(weights, peaks)[4]["peak"] == 10 + 2 * 5 + 20 + 7 + 60
+
+
+def test_tiny_preset_prints_the_tables(capsys):
+    report = estimate_memory.main(["--preset", "tiny"])
+    assert "| transformer group offload" in report
+    assert "| vae_decode_original |" in report
+    assert report in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag", ["--frames", "--tile"])
+def test_bad_sizes_are_refused(flag):
+    with pytest.raises(SystemExit):
+        estimate_memory.parse_args([flag, "0"])
+
+
+def test_full_size_phases_order_as_the_settings_promise():
+    # Shapes only: the published 7.19B transformer and the VAE at 512x512x24 cost seconds under fake tensors.
+    weights, peaks, info = estimate_memory.measure_phases(estimate_memory.parse_args([]))
+    assert info["tokens"] == 6144
+    assert weights["transformer"] == pytest.approx(2 * 7.187e9, rel=1e-3)  # bf16
+    assert weights["transformer_fp8_strong"] < 0.6 * weights["transformer"]
+    # Parked long skips leave the device (the meta device stands in for the CPU and is not counted).
+    assert peaks["transformer_skip_offload_1"] < peaks["transformer_skip_offload_5"] < peaks["transformer"]
+    assert peaks["vae_decode_tiled"] < peaks["vae_decode_original"] < peaks["vae_decode_untiled"]
