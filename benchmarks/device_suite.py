@@ -18,6 +18,8 @@ weights, image, seed and settings:
   computed in bf16).
 * ``group_offload``: diffusers group offloading of the transformer (block level, one block per group, CUDA streams)
   plus VAE tiling: the low-memory setting.
+* ``model_offload``: ``enable_model_cpu_offload`` plus the long skips offloaded in groups of 5: the original's
+  ``predict_i2v.py`` memory setting, so its peak compares with the ``original`` row's.
 * ``vae_decode``: the VAE alone, decoding random latents, at 512x512x24 untiled and 768x768x120 tiled.
 * ``original``: the original implementation (``--reference``), built the same way in its own interpreter, with its
   ``predict_i2v.py`` settings (bf16, ``enable_model_cpu_offload``, ``gpu_offload_steps=5``, autocast).
@@ -502,11 +504,16 @@ def apply_variant(name: str, pipe, args, device, dtype, inner_dim: int):
         return undo, notes
     if name == "model_offload":
         # The original's predict_i2v.py setting: each model moves to the GPU when used, so the peak is the
-        # transformer plus its activations, never the transformer and the VAE together.
+        # transformer plus its activations, never the transformer and the VAE together; and its gpu_offload_steps=5,
+        # the long skips parked on the CPU in groups of 5.
+        from diffusers_ruyi.hooks import RuyiSkipOffloadConfig, apply_ruyi_skip_offload, remove_ruyi_skip_offload
+
         pipe.enable_model_cpu_offload(device=device)
-        notes.append("enable_model_cpu_offload (the original's own setting)")
+        apply_ruyi_skip_offload(transformer, RuyiSkipOffloadConfig(group_size=5))
+        notes.append("enable_model_cpu_offload + skip offload group_size=5 (the original's predict_i2v.py setting)")
 
         def undo():
+            remove_ruyi_skip_offload(transformer)
             pipe.remove_all_hooks()
             pipe.to(device)
 

@@ -5,15 +5,17 @@
     python benchmarks/estimate_memory.py --preset tiny    # the same code on the tiny configs (run by a test)
 
 The models of `device_suite.py`'s preset are built under `FakeTensorMode`: tensors carry shapes and dtypes but no
-storage, so the 7.19B-parameter transformer costs nothing to build and a forward takes seconds. torch's `MemTracker`
-records the live bytes of every phase of a generation: the CLIP encoder on the start frame, the VAE encoding the
-conditioning videos (with the published config's own tiling), one batched CFG transformer call, and the VAE decode
-(untiled, the original's tiling, the package's tiling). The table then composes, per memory setting, the weights that
-setting keeps on the GPU with the largest phase.
+storage, so the 7.19B-parameter transformer costs nothing to build and a forward takes seconds. A dispatch-mode
+tracker (`LiveBytes`; torch's `MemTracker` refuses a module called twice in one window, as the VAE's frame chunks and
+tiles are) records the live bytes of every phase of a generation: the CLIP encoder on the start frame, the VAE
+encoding the conditioning video (with the published config's own tiling), one batched CFG transformer call (also with
+the long skips offloaded), and the VAE decode (untiled, the original's tiling, the package's tiling). The table then
+composes, per memory setting, the weights that setting keeps on the GPU with the largest phase.
 
-This is an estimate from live tensor bytes: the CUDA caching allocator adds fragmentation and kernel workspaces
-(typically 5-15 %), and attention is counted as a fused kernel (the CPU flash kernel: output and log-sum-exp only, as
-flash/cuDNN/efficient SDPA on a GPU). `device_suite.py` measures the real `max_memory_allocated` on a GPU.
+This is an estimate from live tensor bytes: the CUDA caching allocator adds fragmentation and kernel workspaces, and
+attention is counted as a fused kernel (the CPU flash kernel: output and log-sum-exp only, as flash/cuDNN/efficient
+SDPA on a GPU). Against the original's published A100 `max_memory_allocated` table it reads 2-7 % lower (see
+docs/memory_and_speed.md). `device_suite.py` measures the real `max_memory_allocated` on a GPU.
 """
 
 import argparse

@@ -100,3 +100,22 @@ def test_the_probe_does_not_recompile_compiled_blocks(count_computed, graphs):
         assert counter.frame_count > 2
     else:
         assert counter.frame_count == graphs
+
+
+def test_model_offload_row_is_the_original_memory_setting(monkeypatch):
+    # enable_model_cpu_offload needs an accelerator: stubbed here, so the row's own set-up and undo run on the CPU.
+    import torch
+
+    pipe, _ = device_suite.build_pipeline("tiny", torch.float32, torch.device("cpu"), torch.float32)
+    calls = []
+    monkeypatch.setattr(pipe, "enable_model_cpu_offload", lambda device=None: calls.append(("offload", device)))
+    monkeypatch.setattr(pipe, "remove_all_hooks", lambda: calls.append(("remove", None)))
+    args = device_suite.parse_args(["--preset", "tiny"])
+    undo, notes = device_suite.apply_variant(
+        "model_offload", pipe, args, torch.device("cpu"), torch.float32, pipe.transformer.inner_dim
+    )
+    assert calls == [("offload", torch.device("cpu"))]
+    assert pipe.transformer._skip_offload_config.group_size == 5  # the original's gpu_offload_steps=5
+    undo()
+    assert calls[-1] == ("remove", None)
+    assert pipe.transformer._skip_offload_config is None
