@@ -259,6 +259,16 @@ def compose(weights: Dict[str, int], peaks: Dict[str, int]) -> List[Dict[str, An
         "large Linear weights in float8 (changes the numerics), no weight traffic per step",
     )
     row(
+        "transformer group offload (block level, streams) + VAE tiling",
+        {
+            "clip": w_v + w_c + peaks["clip"],
+            "vae_encode": w_v + w_c + peaks["vae_encode"],
+            "transformer": w_t_group + w_v + w_c + peaks["transformer"],
+            "vae_decode_tiled": w_v + w_c + peaks["vae_decode_tiled"],
+        },
+        "device_suite.py's group_offload row: 2 transformer blocks on the GPU during its calls, VAE and CLIP resident",
+    )
+    row(
         "transformer group offload (block level, streams) + skip offload (1) + VAE tiling",
         {
             "clip": w_v + w_c + peaks["clip"],
@@ -266,7 +276,7 @@ def compose(weights: Dict[str, int], peaks: Dict[str, int]) -> List[Dict[str, An
             "transformer_skip_offload_1": w_t_group + w_v + w_c + peaks["transformer_skip_offload_1"],
             "vae_decode_tiled": w_v + w_c + peaks["vae_decode_tiled"],
         },
-        "the lowest: 2 transformer blocks on the GPU during its calls, none outside them; VAE and CLIP resident",
+        "the lowest: the same with the long skips parked on the CPU one by one",
     )
     row(
         "VAE decode alone, untiled",

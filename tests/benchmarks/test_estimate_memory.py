@@ -70,11 +70,12 @@ def test_compose_keeps_the_weights_each_setting_holds():
         (100 + 30, "transformer"),  # model offload: one model at a time
         (100 + 20, "transformer_skip_offload_5"),
         (60 + 20 + 4, "transformer_skip_offload_5"),  # fp8 weights, one layer cast up at a time
-        (20 + 7 + 40, "vae_decode_tiled"),  # group offload: no transformer weight outside its calls
+        (10 + 2 * 5 + 20 + 7 + 30, "transformer"),  # group offload: outside blocks + 2 blocks, VAE and CLIP
+        (20 + 7 + 40, "vae_decode_tiled"),  # + skip offload: no transformer weight outside its calls
         (20 + 90, "vae_decode_untiled"),
     ]
-    peaks["transformer_skip_offload_1"] = 60  # now the transformer call is the group-offload peak
-    assert estimate_memory.compose(weights, peaks)[4]["peak"] == 10 + 2 * 5 + 20 + 7 + 60
+    peaks["transformer_skip_offload_1"] = 60  # now the transformer call is the peak of the lowest setting
+    assert estimate_memory.compose(weights, peaks)[5]["peak"] == 10 + 2 * 5 + 20 + 7 + 60
 
 
 def test_tiny_preset_prints_the_tables(capsys):
