@@ -224,7 +224,8 @@ def preset_original_configs(preset: str) -> Tuple[Dict[str, Any], Dict[str, Any]
 
 
 def build_pipeline(preset: str, dtype, device, vae_dtype):
-    """The whole pipeline with random weights, built on ``device`` in ``dtype`` (the VAE in ``vae_dtype``)."""
+    """The whole pipeline with random weights, built on ``device`` in ``dtype`` (the VAE in ``vae_dtype``), and the
+    (transformer, VAE, CLIP) configs it was built from, in the original layout."""
     import torch
     from diffusers import DDIMScheduler
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
@@ -265,7 +266,7 @@ def build_pipeline(preset: str, dtype, device, vae_dtype):
         control_embeddings=RuyiControlEmbeddings.from_flat_dict(flat),
     )
     pipe.set_progress_bar_config(disable=True)
-    return pipe, transformer_config
+    return pipe, (transformer_config, vae_config, clip_config)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -888,7 +889,9 @@ def run_suite(args) -> Tuple[str, List[Dict[str, Any]]]:
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     vae_dtype = getattr(torch, args.vae_dtype) if args.vae_dtype else dtype
     torch.manual_seed(0)
-    pipe, original_transformer_config = build_pipeline(args.preset, dtype, device, vae_dtype)
+    pipe, (original_transformer_config, original_vae_config, clip_config) = build_pipeline(
+        args.preset, dtype, device, vae_dtype
+    )
     pipe.to(device)
     build_s = time.perf_counter() - started
     config = convert_transformer_config(original_transformer_config)
@@ -910,7 +913,6 @@ def run_suite(args) -> Tuple[str, List[Dict[str, Any]]]:
 
     rows: List[Dict[str, Any]] = _ReportedRows(args.out)
     baseline_frames = None
-    _, original_vae_config, clip_config = preset_original_configs(args.preset)
     # The original builds the same models from the same configs, in its own layout.
     base_config = {
         "transformer": original_transformer_config,

@@ -182,7 +182,8 @@ def measure_phases(args) -> Tuple[Dict[str, int], Dict[str, int], Dict[str, Any]
             peaks[f"vae_decode_{mode}"] = phase_peak(lambda: vae.decode(latents).sample)
         for key, value in saved.items():
             setattr(vae, key, value)
-    info = {"latent": latent, "tokens": latent[0] * (latent[1] // 2) * (latent[2] // 2), "blocks": len(blocks)}
+    patch = config["patch_size"]
+    info = {"latent": latent, "tokens": latent[0] * (latent[1] // patch) * (latent[2] // patch)}
     return weights, peaks, info
 
 
@@ -191,12 +192,11 @@ def transformer_call_inputs(config: Dict[str, Any], latent, dtype, clip_tokens: 
     import torch
 
     batch = 2
-    ones = torch.ones(batch, config["text_len"], dtype=torch.int64)
     return {
         "hidden_states": torch.randn(batch, config["out_channels"] // 2, *latent, dtype=dtype),
         "timestep": torch.full((batch,), 500.0, dtype=dtype),
         "encoder_hidden_states": torch.randn(batch, config["text_len"], config["cross_attention_dim"], dtype=dtype),
-        "text_embedding_mask": ones,
+        "text_embedding_mask": torch.ones(batch, config["text_len"], dtype=torch.int64),
         "encoder_hidden_states_t5": torch.randn(
             batch, config["text_len_t5"], config["cross_attention_dim_t5"], dtype=dtype
         ),
@@ -233,6 +233,15 @@ def compose(weights: Dict[str, int], peaks: Dict[str, int]) -> List[Dict[str, An
             "vae_decode_original": w_v + peaks["vae_decode_original"],
         }
 
+    def group_offload(transformer_phase: str) -> Dict[str, int]:
+        # VAE and CLIP resident; transformer weights only during its calls.
+        return {
+            "clip": w_v + w_c + peaks["clip"],
+            "vae_encode": w_v + w_c + peaks["vae_encode"],
+            transformer_phase: w_t_group + w_v + w_c + peaks[transformer_phase],
+            "vae_decode_tiled": w_v + w_c + peaks["vae_decode_tiled"],
+        }
+
     resident = w_t + w_v + w_c
     row(
         "all on the GPU (pipe.to('cuda'))",
@@ -260,22 +269,12 @@ def compose(weights: Dict[str, int], peaks: Dict[str, int]) -> List[Dict[str, An
     )
     row(
         "transformer group offload (block level, streams) + VAE tiling",
-        {
-            "clip": w_v + w_c + peaks["clip"],
-            "vae_encode": w_v + w_c + peaks["vae_encode"],
-            "transformer": w_t_group + w_v + w_c + peaks["transformer"],
-            "vae_decode_tiled": w_v + w_c + peaks["vae_decode_tiled"],
-        },
+        group_offload("transformer"),
         "device_suite.py's group_offload row: 2 transformer blocks on the GPU during its calls, VAE and CLIP resident",
     )
     row(
         "transformer group offload (block level, streams) + skip offload (1) + VAE tiling",
-        {
-            "clip": w_v + w_c + peaks["clip"],
-            "vae_encode": w_v + w_c + peaks["vae_encode"],
-            "transformer_skip_offload_1": w_t_group + w_v + w_c + peaks["transformer_skip_offload_1"],
-            "vae_decode_tiled": w_v + w_c + peaks["vae_decode_tiled"],
-        },
+        group_offload("transformer_skip_offload_1"),
         "the lowest: the same with the long skips parked on the CPU one by one",
     )
     row(
