@@ -176,6 +176,36 @@ def test_tiled_encode_close_to_untiled(vae):
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("decode", [True, False])
+def test_package_tiling_cross_fades_the_tiles_it_decodes_alone(vae, decode):
+    # Two tiles along the width (9 latents, 6-latent tiles, overlap 3 -> spans (0, 6) and (3, 9)): the tiled result
+    # is each tile's own result, weighted by its ramp and normalised by the summed ramps. The closeness tests above
+    # cannot see how the overlap is accumulated; this pins it.
+    generator = torch.Generator().manual_seed(0)
+    if decode:
+        source, scale, out_scale = torch.randn(1, 16, 2, 6, 9, generator=generator), 1, 8
+        run = lambda x: vae.decode(x).sample  # noqa: E731
+    else:
+        source, scale, out_scale = torch.rand(1, 3, 8, 48, 72, generator=generator) * 2 - 1, 8, 1
+        run = lambda x: vae.encode(x).latent_dist.mean  # noqa: E731
+    spans = [(0, 6), (3, 9)]
+    assert _tile_spans(9, 6, 3) == spans
+    tiles = [run(source[..., a * scale : b * scale]) for a, b in spans]
+    try:
+        vae.enable_tiling(tile_sample_min_height=48, tile_sample_min_width=48, tile_overlap_factor=0.5)
+        tiled = run(source)
+    finally:
+        vae.disable_tiling()
+    expected = torch.zeros_like(tiled)
+    weight_sum = torch.zeros(tiled.shape[-1])
+    for index, ((a, b), tile) in enumerate(zip(spans, tiles)):
+        weight = _blend_weights(spans, index, out_scale, "cpu", torch.float32)
+        expected[..., a * out_scale : b * out_scale] += tile * weight
+        weight_sum[a * out_scale : b * out_scale] += weight
+    torch.testing.assert_close(tiled, expected / weight_sum, rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
 def test_tiling_not_triggered_for_small_inputs(vae, golden):
     try:
         vae.enable_tiling(tile_sample_min_height=64, tile_sample_min_width=64)
