@@ -465,6 +465,14 @@ def _blend_weights(spans: List[Tuple[int, int]], index: int, scale: int, device,
     return weight.to(dtype)
 
 
+def _store(target: torch.Tensor, values: torch.Tensor, weight: Optional[torch.Tensor]) -> None:
+    """Writes ``values`` into ``target``, or adds ``weight * values`` when blending tiles (``values`` is scratch)."""
+    if weight is None:
+        target.copy_(values)
+    else:
+        target.add_(values.mul_(weight))
+
+
 def _blend_into(a_strip: torch.Tensor, b: torch.Tensor, dim: int, extent: int) -> None:
     """The original's ``blend_v`` (``dim=-2``) / ``blend_h`` (``dim=-1``), in place on ``b``: its first ``n`` rows
     (columns) fade linearly from the last ``n`` of ``a`` (weight ``1 - k / n``) to its own (``k / n``), where ``n`` is
@@ -919,12 +927,7 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
     def _encode_frames(self, x: torch.Tensor, out: torch.Tensor, weight: Optional[torch.Tensor] = None) -> None:
         """Encodes ``x`` slice by slice into ``out`` (moments), adding ``weight * moments`` when blending tiles."""
         for start, end, latent_start, latent_end in self._encoder_chunks(x.shape[2]):
-            moments = self.quant_conv(self.encoder(x[:, :, start:end]))
-            target = out[:, :, latent_start:latent_end]
-            if weight is None:
-                target.copy_(moments)
-            else:
-                target.add_(moments * weight)
+            _store(out[:, :, latent_start:latent_end], self.quant_conv(self.encoder(x[:, :, start:end])), weight)
 
     def _encode_untiled(self, x: torch.Tensor) -> torch.Tensor:
         out = x.new_empty(self._moments_shape(x))
@@ -938,21 +941,28 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
         self._tile_like_original(x, self.tile_sample_min_size, step * ratio, self._encode_untiled, out, overlap, step)
         return out
 
-    def _encode_package_tiled(self, x: torch.Tensor) -> torch.Tensor:
-        out = x.new_zeros(self._moments_shape(x))
-        latent_h, latent_w = out.shape[-2:]
+    def _package_tiled(self, source: torch.Tensor, out: torch.Tensor, run, decode: bool) -> torch.Tensor:
+        """The package's tiling of encode and decode alike: overlapping tiles of the latent grid, each
+        ``run(source_tile, out_tile, weight)`` adding its weighted result into the zeroed ``out``, which is then
+        divided by the summed weights (a linear cross-fade). The pixel side is scaled by the compression ratio."""
         ratio = self.spatial_compression_ratio
+        source_scale, out_scale = (1, ratio) if decode else (ratio, 1)
         tile_h, tile_w, overlap_h, overlap_w = self._latent_tile_geometry()
-        rows, cols = _tile_spans(latent_h, tile_h, overlap_h), _tile_spans(latent_w, tile_w, overlap_w)
-        weight_sum = x.new_zeros(latent_h, latent_w)
+        rows = _tile_spans(out.shape[-2] // out_scale, tile_h, overlap_h)
+        cols = _tile_spans(out.shape[-1] // out_scale, tile_w, overlap_w)
+        weight_sum = out.new_zeros(out.shape[-2:])
+        s, o = source_scale, out_scale
         for i, (top, bottom) in enumerate(rows):
-            weight_h = _blend_weights(rows, i, 1, x.device, x.dtype)
+            weight_h = _blend_weights(rows, i, o, out.device, out.dtype)
             for j, (left, right) in enumerate(cols):
-                weight = weight_h[:, None] * _blend_weights(cols, j, 1, x.device, x.dtype)[None, :]
-                tile = x[:, :, :, top * ratio : bottom * ratio, left * ratio : right * ratio]
-                self._encode_frames(tile, out[:, :, :, top:bottom, left:right], weight)
-                weight_sum[top:bottom, left:right] += weight
+                weight = weight_h[:, None] * _blend_weights(cols, j, o, out.device, out.dtype)[None, :]
+                tile = source[..., top * s : bottom * s, left * s : right * s]
+                run(tile, out[..., top * o : bottom * o, left * o : right * o], weight)
+                weight_sum[top * o : bottom * o, left * o : right * o] += weight
         return out.div_(weight_sum)
+
+    def _encode_package_tiled(self, x: torch.Tensor) -> torch.Tensor:
+        return self._package_tiled(x, x.new_zeros(self._moments_shape(x)), self._encode_frames, decode=False)
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         if self.num_tiles(x.shape[-2], x.shape[-1]) == 1:
@@ -1015,11 +1025,7 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
                 context_end = chunks[index + 1][1] if index + 1 < len(chunks) else end
                 window = z[:, :, context_start:context_end]
                 frames = self.decoder(window, keep_frames=(start - context_start, end - context_start))
-            target = out[:, :, position : position + frames.shape[2]]
-            if weight is None:
-                target.copy_(frames)
-            else:
-                target.add_(frames.mul_(weight))
+            _store(out[:, :, position : position + frames.shape[2]], frames, weight)
             position += frames.shape[2]
             del frames
 
@@ -1037,11 +1043,7 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
                     causal_cache.begin_chunk()
                 latents = self.post_quant_conv(z[:, :, start:end])
                 frames = self.decoder(latents, causal_cache, temporal_upsample=causal_cache is not None)
-                target = out[:, :, start * ratio : start * ratio + frames.shape[2]]
-                if weight is None:
-                    target.copy_(frames)
-                else:
-                    target.add_(frames.mul_(weight))
+                _store(out[:, :, start * ratio : start * ratio + frames.shape[2]], frames, weight)
                 del frames
         finally:
             if causal_cache is not None:
@@ -1067,20 +1069,7 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
         return out
 
     def _decode_package_tiled(self, z: torch.Tensor) -> torch.Tensor:
-        out = z.new_zeros(self._video_shape(z))
-        latent_h, latent_w = z.shape[-2:]
-        ratio = self.spatial_compression_ratio
-        tile_h, tile_w, overlap_h, overlap_w = self._latent_tile_geometry()
-        rows, cols = _tile_spans(latent_h, tile_h, overlap_h), _tile_spans(latent_w, tile_w, overlap_w)
-        weight_sum = z.new_zeros(out.shape[-2:])
-        for i, (top, bottom) in enumerate(rows):
-            weight_h = _blend_weights(rows, i, ratio, z.device, z.dtype)
-            for j, (left, right) in enumerate(cols):
-                weight = weight_h[:, None] * _blend_weights(cols, j, ratio, z.device, z.dtype)[None, :]
-                tile_out = out[:, :, :, top * ratio : bottom * ratio, left * ratio : right * ratio]
-                self._decode_frames(z[:, :, :, top:bottom, left:right], tile_out, weight)
-                weight_sum[top * ratio : bottom * ratio, left * ratio : right * ratio] += weight
-        return out.div_(weight_sum)
+        return self._package_tiled(z, z.new_zeros(self._video_shape(z)), self._decode_frames, decode=True)
 
     def _decode(self, z: torch.Tensor) -> torch.Tensor:
         ratio = self.spatial_compression_ratio
