@@ -20,6 +20,14 @@ import time
 
 # The yaml extras Ruyi's predict script applies on top of config.json.
 TRANSFORMER_EXTRAS = {"basic_block_type": "basic", "after_norm": False, "time_position_encoding": True}
+# predict_i2v.py's sampler names -> the diffusers class it builds from the checkpoint's scheduler folder.
+SCHEDULERS = {
+    "DDIM": "DDIMScheduler",
+    "DPM++": "DPMSolverMultistepScheduler",
+    "Euler": "EulerDiscreteScheduler",
+    "Euler A": "EulerAncestralDiscreteScheduler",
+    "PNDM": "PNDMScheduler",
+}
 
 
 def _peak_rss_mb() -> float:
@@ -80,9 +88,9 @@ def make_checkpoint(args) -> dict:
 
 
 def run_pipeline(args) -> dict:
+    import diffusers
     import numpy as np
     import torch
-    from diffusers import DDIMScheduler
     from PIL import Image
     from safetensors.torch import load_file, save_file
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
@@ -97,7 +105,7 @@ def run_pipeline(args) -> dict:
     ).to(dtype)
     encoder = CLIPVisionModelWithProjection.from_pretrained(path, subfolder="image_encoder").to(dtype)
     processor = CLIPImageProcessor.from_pretrained(path, subfolder="image_encoder")
-    scheduler = DDIMScheduler.from_pretrained(path, subfolder="scheduler")
+    scheduler = getattr(diffusers, SCHEDULERS[args.scheduler]).from_pretrained(path, subfolder="scheduler")
     pipe = pipe_mod.RuyiInpaintPipeline(
         vae=vae,
         transformer=transformer,
@@ -242,6 +250,7 @@ def main() -> None:
     run.add_argument("--motion", default="auto")
     run.add_argument("--cam", default="auto")
     run.add_argument("--seed", type=int, default=42)
+    run.add_argument("--scheduler", default="DDIM", choices=sorted(SCHEDULERS), help="predict_i2v.py's sampler.")
     run.add_argument("--dtype", default="float32")
     run.add_argument("--device", default="cpu")
     run.add_argument("--repeats", type=int, default=1)

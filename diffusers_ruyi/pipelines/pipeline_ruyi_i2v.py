@@ -46,6 +46,19 @@ MAX_TRAINED_FRAMES = 120
 # Start (or end) frames per video that Ruyi supports, per its authors (IamCreateAI/Ruyi-Models issue 15).
 MAX_KNOWN_FRAMES = 5
 
+
+def _posterior_generator(generator: Optional[torch.Generator]) -> Optional[torch.Generator]:
+    """A generator of its own for the VAE posterior samples, seeded from `generator`'s seed (None: the global RNG).
+
+    The original draws these samples from the global RNG and spends the user's generator only on the initial noise and
+    the scheduler's steps. Keeping that order gives a stochastic scheduler (Euler ancestral, DDIM with `eta > 0`) the
+    original's noise for a seed, and a seed still fixes every sample. The salt keeps the stream apart from the seed's
+    own, which the initial noise draws from.
+    """
+    if generator is None:
+        return None
+    return torch.Generator(device=generator.device).manual_seed(generator.initial_seed() ^ 0x52555949)
+
 EXAMPLE_DOC_STRING = """
     Examples:
         ```py
@@ -576,9 +589,11 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
 
         Masked pixels are set to -1 before encoding; the mask itself is encoded as a 3-channel video in {0, 1}. As in
         the original, each video goes through the VAE on its own (the mask latents of every video first, then the
-        masked videos'). Posterior samples come from `generator`: with a list, every output video draws its own from
-        its own generator, so it gets the samples of its single run; with one generator (or none; the original drew
-        from the global RNG) the videos of one input share one sample.
+        masked videos'). Posterior samples come from a generator seeded from `generator`'s seed, never from
+        `generator` itself, which the original spends only on the initial noise and the scheduler's steps (without a
+        generator, from the global RNG, as in the original). With a list, every output video draws its own from its
+        own generator's, so it gets the samples of its single run; with one generator the videos of one input share
+        one sample.
 
         Returns:
             `Tuple[torch.Tensor, torch.Tensor]`: the mask latents and the masked-video latents.
@@ -590,6 +605,10 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         chunk = self.vae.config.get("num_sample_frames_batch_size", 8)
         calls = 2 * batch * self._vae_calls(num_frames, chunk, height, width, decode=False)
         logger.info(f"Encoding {2 * batch} conditioning video(s) of {num_frames} frames with the VAE")
+        if isinstance(generator, list):
+            generator = [_posterior_generator(g) for g in generator]
+        else:
+            generator = _posterior_generator(generator)
         with self._vae_upcast(), self._module_progress(getattr(self.vae, "encoder", None), calls, "VAE encode"):
             for pixels in (mask_video, masked_video):
                 samples = []

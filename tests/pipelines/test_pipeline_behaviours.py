@@ -1,5 +1,5 @@
 """Pipeline behaviours the 3-step goldens cannot see: timing branches (CLIP apply ratio, guidance rescale,
-Enhance-A-Video weight) against goldens of the original with more steps, and batches of different images against
+Enhance-A-Video weight) and the other samplers against goldens of the original with more steps, and batches of different images against
 single runs.
 
 The goldens are `tests/fixtures/golden_extra/behaviour_*` (made by `make_behaviour_goldens.py` there).
@@ -7,10 +7,12 @@ The goldens are `tests/fixtures/golden_extra/behaviour_*` (made by `make_behavio
 
 import json
 
+import diffusers
 import pytest
 import torch
 from _helpers import extra_expected, open_rgb, run_extra_case
 
+from diffusers_ruyi.cli import SCHEDULERS
 from diffusers_ruyi.hooks import RuyiEnhanceAVideoConfig, apply_ruyi_enhance_a_video, remove_ruyi_enhance_a_video
 
 
@@ -64,6 +66,24 @@ def test_clip_apply_ratio_uses_the_last_steps(pipe, images):
 def test_guidance_rescale_matches_original(pipe, behaviour_cases):
     case = behaviour_cases["guidance_rescale"]
     video = run_extra_case(pipe, case, guidance_rescale=case["guidance_rescale"])
+    assert (video - extra_expected(case)).abs().max().item() <= GOLDEN_TOL
+
+
+@pytest.mark.parametrize("name", ["scheduler_dpmpp", "scheduler_euler", "scheduler_euler_a", "scheduler_pndm"])
+def test_samplers_match_original(pipe, behaviour_cases, name):
+    """Each `--scheduler` of the CLI, built as the CLI builds it, gives the original `predict_i2v.py` sampler's video.
+
+    Euler A draws fresh noise at every step from the seed's generator, so it also pins that the pipeline draws from
+    that generator only what the original does (the initial noise), not the VAE posterior samples.
+    """
+    case = behaviour_cases[name]
+    original = pipe.scheduler
+    cli_name = case["scheduler"].lower().replace(" ", "-")  # predict_i2v's "Euler A" is the CLI's euler-a
+    pipe.scheduler = getattr(diffusers, SCHEDULERS[cli_name]).from_config(original.config)
+    try:
+        video = run_extra_case(pipe, case)
+    finally:
+        pipe.scheduler = original
     assert (video - extra_expected(case)).abs().max().item() <= GOLDEN_TOL
 
 
