@@ -515,7 +515,7 @@ class RuyiTransformer3DModel(
         projection_dim (`int`, defaults to 1024): Channels of the CLIP image tokens fed to the resampler.
         activation_fn (`str`, defaults to `"gelu-approximate"`): Feed-forward activation.
         sample_size (`int`, defaults to 128): Default latent height/width (used by pipelines; no learned positions).
-        num_layers (`int`, defaults to 40): Number of blocks (even, because of the long skips).
+        num_layers (`int`, defaults to 40): Number of blocks: 1 or even, because of the long skips.
         mlp_ratio (`float`, defaults to 4.3637): Feed-forward hidden size as a multiple of the model width.
         cross_attention_dim (`int`, defaults to 1024): Channels of the first text stream and of the CLIP tokens.
         cross_attention_dim_t5 (`int`, defaults to 2048): Channels of the second (T5) text stream.
@@ -573,14 +573,21 @@ class RuyiTransformer3DModel(
         text_len_t5: int = 256,
     ):
         super().__init__()
-        if num_layers < 2 or num_layers % 2 != 0:
+        if num_layers != 1 and (num_layers < 2 or num_layers % 2 != 0):
+            # The original's rule: blocks 0 .. L/2-2 push, blocks L/2+1 .. L-1 pop; with an odd L >= 3 they would pop
+            # one more than was pushed. One block has no skip at all.
             raise ValueError(
-                f"`num_layers` must be an even number >= 2 (long skips pair the blocks), got {num_layers}."
+                f"`num_layers` must be 1 or an even number (long skips pair the blocks), got {num_layers}."
             )
         if attention_head_dim % 4 != 0:
             raise ValueError(f"`attention_head_dim` must be a multiple of 4 for 2D RoPE, got {attention_head_dim}.")
         if math.isqrt(n_query) ** 2 != n_query:
             raise ValueError(f"`n_query` must be a perfect square (the resampler uses a square grid), got {n_query}.")
+        if cross_attention_dim % num_attention_heads != 0:
+            raise ValueError(
+                f"`cross_attention_dim` ({cross_attention_dim}) must be divisible by `num_attention_heads` "
+                f"({num_attention_heads}): the CLIP resampler attends with that many heads."
+            )
         if cross_attention_dim_t5 % 8 != 0:
             raise ValueError(
                 f"`cross_attention_dim_t5` must be divisible by 8 (pooler heads), got {cross_attention_dim_t5}."

@@ -59,6 +59,7 @@ def _posterior_generator(generator: Optional[torch.Generator]) -> Optional[torch
         return None
     return torch.Generator(device=generator.device).manual_seed(generator.initial_seed() ^ 0x52555949)
 
+
 EXAMPLE_DOC_STRING = """
     Examples:
         ```py

@@ -356,9 +356,27 @@ def test_single_frame_and_missing_clip_paths(model):
     torch.testing.assert_close(model(**{**inputs, "timestep": torch.tensor(500.0)}).sample, expected)
 
 
-def test_num_layers_must_be_even():
+@pytest.mark.parametrize("num_layers", [0, 3, 5])
+def test_num_layers_must_be_one_or_even(num_layers):
+    # The original pops one skip more than it pushed with an odd count >= 3.
     with pytest.raises(ValueError, match="num_layers"):
-        RuyiTransformer3DModel(num_layers=5, num_attention_heads=2, attention_head_dim=16)
+        RuyiTransformer3DModel(num_layers=num_layers, num_attention_heads=2, attention_head_dim=16)
+
+
+@torch.no_grad()
+def test_one_block_runs_without_skips():
+    # One block is the original's other valid count: nothing pushed, nothing popped.
+    config = {"num_attention_heads": 2, "attention_head_dim": 16, "in_channels": 48, "out_channels": 32, "n_query": 4,
+              "projection_dim": 32, "num_layers": 1, "mlp_ratio": 2.0, "cross_attention_dim": 32,
+              "cross_attention_dim_t5": 24, "pooled_projection_dim": 16, "text_len": 5, "text_len_t5": 7}  # fmt: skip
+    model = RuyiTransformer3DModel(**config).eval()
+    assert model.blocks[0].skip_linear is None
+    assert torch.isfinite(model(**_random_inputs(config, clip_tokens=9)).sample).all()
+
+
+def test_resampler_heads_must_divide_the_clip_width():
+    with pytest.raises(ValueError, match="cross_attention_dim.*num_attention_heads"):
+        RuyiTransformer3DModel(num_layers=2, num_attention_heads=3, attention_head_dim=16, cross_attention_dim=32)
 
 
 # ----------------------------------------------------------------------------------------------------------------
