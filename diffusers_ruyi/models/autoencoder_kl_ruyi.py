@@ -728,10 +728,12 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
         ``tile - overlap`` and placed. Decoding then decodes the lower-right corner tile once more and blends it in
         with weights rising from 0 at its top/left edges to 1 at the corner, as the original does.
 
-        Identical to the original when ``tile_sample_min_size`` is a multiple of 8 and ``tile_sample_min_size / 8 *
-        tile_overlap_factor`` is an integer (384 and 0.25, or any multiple of 32 with 0.25). For other sizes the
-        original's tiles drift against its crops (outputs of the wrong size or shifted content); here tiles stay on
-        the latent grid, so the output always has the untiled size.
+        The original's algorithm at every size, its roundings included. When ``tile_sample_min_size / 8 *
+        tile_overlap_factor`` is not an integer (48 px with 0.25, for example), its step between tiles and the size it
+        keeps of each are rounded differently, so the tiles drift against their crops: the output is larger than the
+        untiled one, with repeated strips, exactly as the original's (a warning says so when it happens, and the
+        pipeline refuses such sizes; `original_tiling_is_aligned` tells). The package's tiling (`enable_tiling`)
+        has no such sizes.
 
         Args:
             tile_sample_min_size (`int`, *optional*): Tile size in pixels; defaults to the config's (384).
@@ -751,13 +753,86 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
             raise ValueError(f"`tile_sample_min_size` must be at least {self.spatial_compression_ratio}, got {size}.")
         if not 0 <= overlap < 1:
             raise ValueError(f"`tile_overlap_factor` must be in [0, 1), got {overlap}.")
+        if int(int(size / self.spatial_compression_ratio) * (1 - overlap)) < 1:
+            # The original would loop with a step of 0 latents.
+            raise ValueError(
+                f"`tile_overlap_factor` {overlap} leaves no step between {size} px tiles; use a smaller overlap or "
+                "larger tiles."
+            )
 
-    def _original_tile_geometry(self) -> Tuple[int, int, int]:
-        """Tile size, overlap and step in latents: the original's ``tile_latent_min_size``, ``blend_extent`` (of
-        encode) and ``row_limit``; its decode values are these times the spatial ratio when it is aligned."""
-        tile = int(self.tile_sample_min_size / self.spatial_compression_ratio)
-        overlap = int(tile * self._original_tile_overlap_factor)
-        return tile, overlap, tile - overlap
+    def _original_tile_geometry(self, decode: bool) -> Tuple[int, int, int, int]:
+        """The original's numbers for encode (pixels in, latents out) or decode (latents in, pixels out): the tile and
+        the step between tiles in input units (``tile_*_min_size``, ``overlap_size``), and the blend and the kept size
+        in output units (``blend_extent``, ``row_limit``), each rounded down as the original rounds it."""
+        size, factor = self.tile_sample_min_size, self._original_tile_overlap_factor
+        latent = int(size / self.spatial_compression_ratio)
+        tile, out_tile = (latent, size) if decode else (size, latent)
+        blend = int(out_tile * factor)
+        return tile, int(tile * (1 - factor)), blend, out_tile - blend
+
+    @property
+    def original_tile_overlap_factor(self) -> float:
+        """The overlap of the original's tiling (`enable_original_tiling`), as a fraction of a tile."""
+        return self._original_tile_overlap_factor
+
+    def original_tiling_is_aligned(self) -> bool:
+        r"""
+        Whether the original's tiling (``tiling_mode == "original"``) keeps outputs at the untiled size: its step
+        between tiles, rounded in input units, must equal the size it keeps, rounded in output units, for encode and
+        decode. True for the published 384 px tiles with overlap 0.25 (any multiple of 32 px with 0.25). Otherwise
+        the original, and so this VAE in that mode, returns a larger output holding repeated strips; the package's
+        tiling (`enable_tiling`) has no such sizes.
+        """
+        ratio = self.spatial_compression_ratio
+        enc_tile, enc_step, _, enc_keep = self._original_tile_geometry(decode=False)
+        dec_tile, dec_step, _, dec_keep = self._original_tile_geometry(decode=True)
+        return enc_step == enc_keep * ratio and dec_step * ratio == dec_keep
+
+    def tiled_output_size(self, height: int, width: int, decode: bool = False) -> Tuple[int, int]:
+        r"""
+        The height and width of what `encode` of a `height` x `width` pixel video (or, with `decode=True`, `decode` of
+        `height` x `width` latents) returns with the current tiling. The untiled size (pixels / 8, latents * 8) but for
+        the original's tiling at sizes where it is not aligned (see `enable_original_tiling`), as the original.
+        """
+        ratio = self.spatial_compression_ratio
+        if decode:
+            untiled = (height * ratio, width * ratio)
+            tiled = self.num_tiles(height * ratio, width * ratio, decode=True) > 1
+        else:
+            untiled = (self._latent_size(height), self._latent_size(width))
+            tiled = self.num_tiles(height, width) > 1
+        if not tiled or self.tiling_mode != "original":
+            return untiled
+        if not decode:
+            self._check_original_tiles(height, width)
+        if self.original_tiling_is_aligned():
+            return untiled
+        return self._original_tiled_size(height, decode), self._original_tiled_size(width, decode)
+
+    def _check_original_tiles(self, height: int, width: int) -> None:
+        """The original's encode tiles end with whatever is left of the video; narrower than 8 px it cannot be
+        encoded (the original fails inside a convolution)."""
+        _, step, _, _ = self._original_tile_geometry(decode=False)
+        for name, length in (("height", height), ("width", width)):
+            last = length - (length - 1) // step * step
+            if self._latent_size(last) == 0:
+                raise ValueError(
+                    f"The original's tiling (tile_sample_min_size={self.tile_sample_min_size}, tile_overlap_factor="
+                    f"{self._original_tile_overlap_factor}) cuts a {length} px {name} into tiles every {step} px, "
+                    f"which leaves a last tile of {last} px, too small to encode (at least "
+                    f"{self.spatial_compression_ratio} px). Use `enable_tiling()` or other tile sizes."
+                )
+
+    def _original_tiled_size(self, length: int, decode: bool) -> int:
+        """The height (width) of the original's tiled output for an input ``length`` high (wide), in output units:
+        the sum of what each tile keeps."""
+        tile, step, _, keep = self._original_tile_geometry(decode)
+        ratio = self.spatial_compression_ratio
+        total = 0
+        for start in range(0, length, step):
+            piece = min(tile, length - start)
+            total += min(piece * ratio if decode else self._latent_size(piece), keep)
+        return total
 
     def num_tiles(self, height: int, width: int, decode: bool = False) -> int:
         r"""
@@ -770,16 +845,13 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
             return 1
         latent_h, latent_w = self._latent_size(height), self._latent_size(width)
         if self.tiling_mode == "original":
-            tile, _, step = self._original_tile_geometry()
+            tile, step, _, _ = self._original_tile_geometry(decode)
             if decode:
-                if latent_h <= tile and latent_w <= tile:
-                    return 1
-                # The original decodes the lower-right corner tile once more.
-                return len(range(0, latent_h, step)) * len(range(0, latent_w, step)) + 1
-            size, step = self.tile_sample_min_size, step * self.spatial_compression_ratio
-            if height <= size and width <= size:
+                height, width = latent_h, latent_w
+            if height <= tile and width <= tile:
                 return 1
-            return len(range(0, height, step)) * len(range(0, width, step))
+            # Decoding also decodes the lower-right corner tile once more.
+            return len(range(0, height, step)) * len(range(0, width, step)) + int(decode)
         tile_h, tile_w, overlap_h, overlap_w = self._latent_tile_geometry()
         if latent_h <= tile_h and latent_w <= tile_w:
             return 1
@@ -935,11 +1007,22 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
         return out
 
     def _encode_original_tiled(self, x: torch.Tensor) -> torch.Tensor:
-        tile, overlap, step = self._original_tile_geometry()
-        out = x.new_empty(self._moments_shape(x))
-        ratio = self.spatial_compression_ratio
-        self._tile_like_original(x, self.tile_sample_min_size, step * ratio, self._encode_untiled, out, overlap, step)
+        self._check_original_tiles(*x.shape[-2:])
+        tile, step, blend, keep = self._original_tile_geometry(decode=False)
+        shape = self._moments_shape(x)[:-2] + tuple(self._original_tiled_size(n, False) for n in x.shape[-2:])
+        self._warn_if_resized(shape, self._moments_shape(x), "encode")
+        out = x.new_empty(shape)
+        self._tile_like_original(x, tile, step, self._encode_untiled, out, blend, keep)
         return out
+
+    def _warn_if_resized(self, shape: Tuple[int, ...], untiled: Tuple[int, ...], operation: str) -> None:
+        if shape != untiled:
+            logger.warning(
+                f"The original's tiling at tile_sample_min_size={self.tile_sample_min_size} and tile_overlap_factor="
+                f"{self._original_tile_overlap_factor} makes this {operation} {shape[-2]}x{shape[-1]} instead of "
+                f"{untiled[-2]}x{untiled[-1]} (its tiles drift against its crops), as the original does; use "
+                "`enable_tiling()` or an aligned size (a multiple of 32 px with overlap 0.25) to keep the size."
+            )
 
     def _package_tiled(self, source: torch.Tensor, out: torch.Tensor, run, decode: bool) -> torch.Tensor:
         """The package's tiling of encode and decode alike: overlapping tiles of the latent grid, each
@@ -1055,10 +1138,11 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
         return out
 
     def _decode_original_tiled(self, z: torch.Tensor) -> torch.Tensor:
-        tile, overlap, step = self._original_tile_geometry()
-        ratio = self.spatial_compression_ratio
-        out = z.new_empty(self._video_shape(z))
-        self._tile_like_original(z, tile, step, self._decode_untiled, out, overlap * ratio, step * ratio)
+        tile, step, blend, keep = self._original_tile_geometry(decode=True)
+        shape = self._video_shape(z)[:-2] + tuple(self._original_tiled_size(n, True) for n in z.shape[-2:])
+        self._warn_if_resized(shape, self._video_shape(z), "decode")
+        out = z.new_empty(shape)
+        self._tile_like_original(z, tile, step, self._decode_untiled, out, blend, keep)
         # The original decodes the lower-right corner tile once more and fades it in towards the corner.
         corner = self._decode_untiled(z[..., -tile:, -tile:])
         height, width = corner.shape[-2:]

@@ -356,6 +356,30 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         for name, value in (("height", height), ("width", width)):
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or value % 16 != 0:
                 raise ValueError(f"`{name}` must be a positive multiple of 16, got {value!r}.")
+        if height is not None:
+            latent_size = self.vae.tiled_output_size(height, width)
+            if latent_size != (height // self.vae_scale_factor_spatial, width // self.vae_scale_factor_spatial):
+                # The original fails here too, with a shape mismatch; a decode that grows only warns (as it runs).
+                raise ValueError(
+                    f"The VAE's original tiling (tile_sample_min_size={self.vae.tile_sample_min_size}, "
+                    f"tile_overlap_factor={self.vae.original_tile_overlap_factor}) would encode a {height}x{width} "
+                    f"video to {latent_size[0]}x{latent_size[1]} latents: at these tile sizes the original's tiles "
+                    "drift against its crops. Use `pipe.vae.enable_tiling()`, `pipe.vae.enable_original_tiling()` "
+                    "with an aligned size (a multiple of 32 px with overlap 0.25), or `pipe.vae.disable_tiling()`."
+                )
+            # The decode may grow with such tiles (it runs, warned, as in the original), but `smooth_output`
+            # re-encodes and decodes the grown video and must get the same size back to average the two.
+            decoded = self.vae.tiled_output_size(*latent_size, decode=True)
+            frames_per_slice = self.vae.config.num_sample_frames_batch_size
+            smooths = self.vae.config.compression_mode != "cache" and num_frames > frames_per_slice
+            if smooths and self.vae.tiled_output_size(*self.vae.tiled_output_size(*decoded), decode=True) != decoded:
+                raise ValueError(
+                    f"The VAE's original tiling (tile_sample_min_size={self.vae.tile_sample_min_size}, "
+                    f"tile_overlap_factor={self.vae.original_tile_overlap_factor}) decodes a {height}x{width} video "
+                    f"to {decoded[0]}x{decoded[1]} px, and `smooth_output` cannot re-encode that to the same size (the "
+                    "original fails there too). Use `pipe.vae.enable_tiling()`, an aligned size (a multiple of 32 "
+                    "px with overlap 0.25), or `pipe.vae.disable_tiling()`."
+                )
         for name, value in (
             ("num_inference_steps", num_inference_steps),
             ("num_videos_per_prompt", num_videos_per_prompt),

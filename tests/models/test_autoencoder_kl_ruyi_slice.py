@@ -97,6 +97,9 @@ VARIANTS = [
     "layers_1",
     "layers_3",
     "three_stages",
+    "drift_48_quarter",
+    "drift_40_quarter",
+    "drift_56_quarter",
 ]
 
 
@@ -160,32 +163,47 @@ def test_tiling_switches(tiny_realfmt_checkpoint, golden):
     assert torch.equal(vae.decode(latents).sample, untiled)
 
 
-@torch.no_grad()
-@pytest.mark.parametrize("size, overlap", [(40, 0.25), (36, 0.25), (24, 0.4)])
-def test_original_tiling_keeps_the_size_where_the_original_does_not(vae, size, overlap):
-    # With 40 px tiles the original's encode steps 30 px but keeps 4 latents (32 px), so its tiles drift against the
-    # grid, and its decode steps 3 latents but keeps 30 px, so its 9x7-latent output is 84 px tall. Here tiles start
-    # every 4 latents (32 px) in both: the sizes are the untiled ones and each tile sits where its pixels are.
-    torch.manual_seed(0)
-    video = torch.rand(1, 3, 1, 72, 56) * 2 - 1
-    latents = torch.randn(1, 16, 1, 9, 7)
+@pytest.mark.parametrize(
+    "size, overlap, aligned",
+    [(384, 0.25, True), (32, 0.25, True), (48, 1 / 3, True), (48, 0.25, False), (40, 0.25, False)],
+)
+def test_original_tiling_alignment(vae, size, overlap, aligned):
     vae.enable_original_tiling(size, overlap)
     try:
-        encoded = vae.encode(video).latent_dist.mean
-        decoded = vae.decode(latents).sample
-        vae.disable_tiling()
-        tile = size // 8
-        blend = int(tile * overlap)
-        step = tile - blend
-        # The second tile of the first row starts `step` latents in: past its blended columns it is that tile alone.
-        second_encoded = vae.encode(video[..., :size, 8 * step : 8 * step + size]).latent_dist.mean
-        second_decoded = vae.decode(latents[..., :tile, step : step + tile]).sample
+        assert vae.original_tiling_is_aligned() is aligned
     finally:
         vae.enable_original_tiling()
-    assert encoded.shape == (1, 16, 1, 9, 7) and decoded.shape == (1, 3, 1, 72, 56)
-    assert _max_diff(encoded[..., :step, step + blend : 2 * step], second_encoded[..., :step, blend:step]) <= 1e-6
-    rows, columns = slice(0, 8 * step), slice(8 * (step + blend), 16 * step)
-    assert _max_diff(decoded[..., rows, columns], second_decoded[..., rows, 8 * blend : 8 * step]) <= 1e-6
+
+
+@torch.no_grad()
+def test_original_tiling_warns_when_the_original_resizes(vae, caplog):
+    # 48 px / 0.25 (a `drift_*` golden): the original's decode of 9x7 latents is 80x60 px, not 72x56.
+    vae.enable_original_tiling(48, 0.25)
+    try:
+        with caplog.at_level(logging.WARNING, logger="diffusers_ruyi.models.autoencoder_kl_ruyi"):
+            decoded = vae.decode(torch.randn(1, 16, 1, 9, 7)).sample
+    finally:
+        vae.enable_original_tiling()
+    assert decoded.shape[-2:] == (80, 60)
+    assert "80x60 instead of 72x56" in caplog.text and "enable_tiling()" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="diffusers_ruyi.models.autoencoder_kl_ruyi"):
+        assert vae.decode(torch.randn(1, 16, 1, 9, 7)).sample.shape[-2:] == (72, 56)  # 32 px tiles: aligned
+    assert caplog.text == ""
+
+
+@torch.no_grad()
+def test_original_tiling_refuses_a_last_tile_too_small_to_encode(vae):
+    # 48 px tiles every 42 px (overlap 0.125): an 80x48 video is tiled (80 > 48) and its width leaves a 6 px tile,
+    # which the original fails to encode inside a convolution.
+    vae.enable_original_tiling(48, 0.125)
+    try:
+        for call in (lambda: vae.tiled_output_size(80, 48), lambda: vae.encode(torch.zeros(1, 3, 1, 80, 48))):
+            with pytest.raises(ValueError, match="last tile of 6 px, too small to encode"):
+                call()
+        assert vae.tiled_output_size(80, 56) == (10, 7)  # a 14 px last tile encodes (to 1 latent)
+    finally:
+        vae.enable_original_tiling()
 
 
 @torch.no_grad()

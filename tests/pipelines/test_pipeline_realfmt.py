@@ -65,3 +65,43 @@ def test_dtype_bfloat16_keeps_vae_in_bfloat16(tiny_realfmt_checkpoint):
     pipe.set_progress_bar_config(disable=True)
     video = pipe(image=image, num_frames=16, height=64, width=64, num_inference_steps=2, output_type="pt").frames
     assert video.dtype == torch.float32 and torch.isfinite(video).all()
+
+
+def test_original_tiling_that_would_resize_the_latents_is_refused_early(realfmt_pipe, monkeypatch):
+    # 48 px tiles with overlap 0.25 are not aligned: the original steps 36 px between tiles but keeps 5 latents (40
+    # px) of each, so it encodes 80x64 px to 11x8 latents and then fails on a shape mismatch (a `drift_*` golden).
+    vae = realfmt_pipe.vae
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a model ran before the input was validated")
+
+    for module in (realfmt_pipe.transformer, realfmt_pipe.image_encoder):
+        monkeypatch.setattr(module, "forward", boom)
+    monkeypatch.setattr(vae, "encode", boom)
+    vae.enable_original_tiling(48, 0.25)
+    try:
+        assert vae.tiled_output_size(80, 64) == (11, 8) and vae.tiled_output_size(9, 7, decode=True) == (80, 60)
+        assert vae.tiled_output_size(48, 48) == (6, 6)  # one tile: not tiled
+        with pytest.raises(ValueError, match="tile_sample_min_size=48, tile_overlap_factor=0.25.*80x64 video to 11x8"):
+            realfmt_pipe(
+                image=PIL.Image.new("RGB", (64, 80)), num_frames=8, height=80, width=64, num_inference_steps=1
+            )
+        # 64x48 encodes to 8x6 latents, but they decode to 68x52 px, which `smooth_output` (16 frames) cannot
+        # re-encode to the same size; 8 frames are not smoothed: the grown video is the original's, and it runs.
+        with pytest.raises(ValueError, match="decodes a 64x48 video to 68x52 px, and `smooth_output`"):
+            realfmt_pipe(
+                image=PIL.Image.new("RGB", (48, 64)), num_frames=16, height=64, width=48, num_inference_steps=1
+            )
+        with pytest.raises(AssertionError, match="a model ran"):
+            realfmt_pipe(
+                image=PIL.Image.new("RGB", (48, 64)), num_frames=8, height=64, width=48, num_inference_steps=1
+            )
+        vae.enable_original_tiling(48, 0.125)  # steps 42 px: a 48 px width leaves a last tile of 6 px
+        with pytest.raises(ValueError, match="48 px width into tiles every 42 px.*last tile of 6 px"):
+            realfmt_pipe(
+                image=PIL.Image.new("RGB", (48, 80)), num_frames=8, height=80, width=48, num_inference_steps=1
+            )
+        vae.enable_original_tiling(48, 1 / 3)  # aligned: 48 / 8 / 3 = 2 latents of overlap
+        assert vae.tiled_output_size(80, 64) == (10, 8) and vae.tiled_output_size(10, 8, decode=True) == (80, 64)
+    finally:
+        vae.enable_original_tiling()
