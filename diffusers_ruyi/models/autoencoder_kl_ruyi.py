@@ -730,9 +730,9 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
 
         The original's algorithm at every size, its roundings included. When ``tile_sample_min_size / 8 *
         tile_overlap_factor`` is not an integer (48 px with 0.25, for example), its step between tiles and the size it
-        keeps of each are rounded differently, so the tiles drift against their crops: the output is larger than the
-        untiled one, with repeated strips, exactly as the original's (a warning says so when it happens, and the
-        pipeline refuses such sizes; `original_tiling_is_aligned` tells). The package's tiling (`enable_tiling`)
+        keeps of each are rounded differently, so the tiles drift against their crops: the output can be larger than
+        the untiled one, with repeated strips, or shifted, exactly as the original's (a warning says when the size
+        changes; `original_tiling_is_aligned` and `tiled_output_size` tell). The package's tiling (`enable_tiling`)
         has no such sizes.
 
         Args:
@@ -780,12 +780,12 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
         Whether the original's tiling (``tiling_mode == "original"``) keeps outputs at the untiled size: its step
         between tiles, rounded in input units, must equal the size it keeps, rounded in output units, for encode and
         decode. True for the published 384 px tiles with overlap 0.25 (any multiple of 32 px with 0.25). Otherwise
-        the original, and so this VAE in that mode, returns a larger output holding repeated strips; the package's
-        tiling (`enable_tiling`) has no such sizes.
+        the original, and so this VAE in that mode, can return larger outputs holding repeated strips, or shifted
+        content; the package's tiling (`enable_tiling`) has no such sizes.
         """
         ratio = self.spatial_compression_ratio
-        enc_tile, enc_step, _, enc_keep = self._original_tile_geometry(decode=False)
-        dec_tile, dec_step, _, dec_keep = self._original_tile_geometry(decode=True)
+        _, enc_step, _, enc_keep = self._original_tile_geometry(decode=False)
+        _, dec_step, _, dec_keep = self._original_tile_geometry(decode=True)
         return enc_step == enc_keep * ratio and dec_step * ratio == dec_keep
 
     def tiled_output_size(self, height: int, width: int, decode: bool = False) -> Tuple[int, int]:
