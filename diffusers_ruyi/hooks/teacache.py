@@ -168,9 +168,12 @@ class RuyiTeaCacheHeadHook(_BlockHook):
         if step == 0:
             self.stats.start(self.state_manager.context_name)
 
-        state.should_compute = self._decide(module, state, step, num_steps, args, kwargs, hidden_states)
+        # The original counts calls modulo the number of steps: a sampler with more calls than steps (PNDM) starts
+        # its windows over after `num_steps` calls.
+        phase = step % num_steps
+        state.should_compute = self._decide(module, state, phase, num_steps, args, kwargs, hidden_states)
         self.stats.record(self.state_manager.context_name, step, skipped=not state.should_compute)
-        if step >= num_steps - 1:
+        if phase == num_steps - 1:
             # Last step of the run (always computed): free the cached tensors, as the original does.
             state.clear_tensors()
 

@@ -962,7 +962,13 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             prompt_attention_mask_2 = torch.cat([negative_prompt_attention_mask_2, prompt_attention_mask_2])
 
         # 3. Prepare timesteps.
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        try:
+            self.scheduler.set_timesteps(num_inference_steps, device=device)
+        except (ValueError, IndexError) as error:  # PNDM's warm-up, for one, needs at least 4 steps
+            raise ValueError(
+                f"{type(self.scheduler).__name__} cannot make a schedule of num_inference_steps={num_inference_steps} "
+                f"({error}); use more steps."
+            ) from error
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
 
@@ -1021,7 +1027,11 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                 # CLIP guidance only in the last `clip_apply_ratio` of the steps (layout first, detail later).
                 use_clip = i >= len(timesteps) * (1 - clip_apply_ratio)
 
-                with self.transformer.cache_context("cond_uncond", step_index=i, num_inference_steps=len(timesteps)):
+                # TeaCache and Enhance-A-Video count their windows in `num_inference_steps`, not timesteps, as the
+                # original does: with PNDM's extra calls, Enhance-A-Video stops and TeaCache starts over after them.
+                with self.transformer.cache_context(
+                    "cond_uncond", step_index=i, num_inference_steps=num_inference_steps
+                ):
                     noise_pred = self.transformer(
                         latent_model_input,
                         timestep,

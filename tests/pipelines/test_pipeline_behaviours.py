@@ -13,7 +13,15 @@ import torch
 from _helpers import extra_expected, open_rgb, run_extra_case
 
 from diffusers_ruyi.cli import SCHEDULERS
-from diffusers_ruyi.hooks import RuyiEnhanceAVideoConfig, apply_ruyi_enhance_a_video, remove_ruyi_enhance_a_video
+from diffusers_ruyi.hooks import (
+    RuyiEnhanceAVideoConfig,
+    RuyiTeaCacheConfig,
+    apply_ruyi_enhance_a_video,
+    apply_ruyi_teacache,
+    get_ruyi_teacache_skipped_steps,
+    remove_ruyi_enhance_a_video,
+    remove_ruyi_teacache,
+)
 
 
 GOLDEN_TOL = 1e-4
@@ -101,6 +109,36 @@ def test_enhance_a_video_weight_matches_original(pipe, behaviour_cases):
         video = run_extra_case(pipe, case)
     finally:
         remove_ruyi_enhance_a_video(pipe.transformer)
+    assert (video - extra_expected(case)).abs().max().item() <= GOLDEN_TOL
+
+
+def test_windows_count_steps_not_calls_with_pndm(pipe, behaviour_cases):
+    """PNDM calls the model 17 times for 8 steps. The original counts the TeaCache and Enhance-A-Video windows in
+    steps: TeaCache starts over after 8 calls (it skips calls 3, 4, 6, then 11 and 14) and Enhance-A-Video enhances
+    calls 2-6 only."""
+    case = behaviour_cases["pndm_teacache_enhance"]
+    original = pipe.scheduler
+    pipe.scheduler = diffusers.PNDMScheduler.from_config(original.config)
+    apply_ruyi_teacache(
+        pipe.transformer, RuyiTeaCacheConfig(threshold=case["teacache_threshold"], offload_to_cpu=False)
+    )
+    apply_ruyi_enhance_a_video(
+        pipe.transformer,
+        RuyiEnhanceAVideoConfig(
+            weight=case["enhance_weight"],
+            skip_start_steps=case["enhance_skip_start"],
+            skip_end_steps=case["enhance_skip_end"],
+        ),
+    )
+    try:
+        video = run_extra_case(pipe, case)
+        skipped = get_ruyi_teacache_skipped_steps(pipe.transformer)
+    finally:
+        remove_ruyi_enhance_a_video(pipe.transformer)
+        remove_ruyi_teacache(pipe.transformer)
+        pipe.scheduler = original
+    assert len(skipped) == case["original_teacache_skip_count"]
+    assert all(step % case["steps"] < case["steps"] - 1 for step in skipped) and max(skipped) >= case["steps"]
     assert (video - extra_expected(case)).abs().max().item() <= GOLDEN_TOL
 
 

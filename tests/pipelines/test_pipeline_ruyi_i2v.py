@@ -181,6 +181,16 @@ def test_schedulers_that_cannot_run_ruyi_are_refused(pipe, tiny_checkpoint, sche
         RuyiImageToVideoPipeline.from_pretrained(tiny_checkpoint, scheduler=scheduler)
 
 
+def test_a_schedule_the_sampler_cannot_make_is_refused_before_any_model_runs(guarded_pipe, start_image):
+    original = guarded_pipe.scheduler
+    guarded_pipe.scheduler = PNDMScheduler.from_config(original.config)
+    try:
+        with pytest.raises(ValueError, match="PNDMScheduler cannot make a schedule of num_inference_steps=3"):
+            _call(guarded_pipe, start_image, num_inference_steps=3)
+    finally:
+        guarded_pipe.scheduler = original
+
+
 def test_progress_bar_counts_every_timestep(pipe, start_image, monkeypatch):
     class Bar:
         def __init__(self, total):
