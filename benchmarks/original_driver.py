@@ -123,11 +123,13 @@ def run_pipeline(args) -> dict:
     motion = "0" if args.motion == "auto" else args.motion
     key = f"p.16x9movie{motion}{args.cam}"
 
+    # In the run's dtype: the published embeddings are bfloat16, the dtype predict_i2v.py runs in, and the original
+    # pipeline makes its latents in the embeddings' dtype.
     def pick(field, prefix=key):
-        return emb.get(f"{prefix}.{field}", emb[f"p.default.{field}"]).to(device)
+        return emb.get(f"{prefix}.{field}", emb[f"p.default.{field}"]).to(device, dtype)
 
     def neg(field):
-        return emb[f"n.default.{field}"].to(device)
+        return emb[f"n.default.{field}"].to(device, dtype)
 
     from ruyi.utils.utils import get_image_to_video_latent
 
@@ -137,7 +139,11 @@ def run_pipeline(args) -> dict:
     video, mask, clip_image = get_image_to_video_latent(
         start, end, video_length=args.frames, sample_size=(args.h, args.w)
     )
-    pipe.transformer.tea_cache.initialize(args.teacache, args.teacache_threshold, 3, 1, args.steps, False)
+    if args.lora_out:
+        _random_lora(pipe, args)
+    pipe.transformer.tea_cache.initialize(
+        args.teacache, args.teacache_threshold, args.teacache_skip_start, args.teacache_skip_end, args.steps, False
+    )
     pipe.transformer.enhance_a_video.initialize(
         args.enhance_a_video, args.enhance_weight, args.enhance_skip_start, args.enhance_skip_end, args.steps
     )
@@ -208,6 +214,31 @@ def run_pipeline(args) -> dict:
     return result
 
 
+def _random_lora(pipe, args) -> None:
+    """Writes a random LoRA in the original format with the original's own `LoRANetwork` (every module it wraps, a
+    different alpha per module) to `--lora-out`, and merges it with `merge_lora(..., --lora-weight)`, as
+    predict_i2v.py merges a LoRA file."""
+    import copy
+
+    import torch
+    from ruyi.utils.lora_utils import LoRANetwork, merge_lora
+
+    torch.manual_seed(args.lora_seed)
+    # The network patches the forward of what it wraps: build it on a copy, merge into the pipeline's model.
+    adapted = copy.deepcopy(pipe.transformer)
+    network = LoRANetwork(text_encoder=None, unet=adapted, lora_dim=args.lora_rank, alpha=args.lora_alpha)
+    network.apply_to(None, adapted, apply_text_encoder=False, apply_unet=True)
+    weights = {}
+    for index, (key, value) in enumerate(sorted(network.state_dict().items())):
+        if key.endswith(".alpha"):
+            weights[key] = torch.tensor(args.lora_alpha + index % 3)
+        else:
+            weights[key] = torch.randn_like(value) * 0.05
+    network.load_state_dict(weights)
+    network.save_weights(args.lora_out, torch.float32, {"ss_network_dim": str(args.lora_rank)})
+    merge_lora(pipe, args.lora_out, args.lora_weight)
+
+
 def load_transformer(args) -> dict:
     """Times the original's transformer loader as `predict_i2v.py` uses it: `from_pretrained_2d`, then `.to(dtype)`.
 
@@ -256,6 +287,13 @@ def main() -> None:
     run.add_argument("--repeats", type=int, default=1)
     run.add_argument("--teacache", action="store_true")
     run.add_argument("--teacache-threshold", type=float, default=0.1)
+    run.add_argument("--teacache-skip-start", type=int, default=3)
+    run.add_argument("--teacache-skip-end", type=int, default=1)
+    run.add_argument("--lora-out", help="Write a random original-format LoRA here and merge it before the run.")
+    run.add_argument("--lora-rank", type=int, default=4)
+    run.add_argument("--lora-alpha", type=float, default=2.0)
+    run.add_argument("--lora-weight", type=float, default=1.0, help="The multiplier merge_lora gets.")
+    run.add_argument("--lora-seed", type=int, default=0)
     run.add_argument("--offload-steps", type=int, default=None)
     run.add_argument("--time-denoiser", action="store_true", help="Also report the mean transformer call time.")
     run.add_argument("--enhance-a-video", action="store_true")

@@ -1,0 +1,347 @@
+"""Random end-to-end parity cases against the ORIGINAL Ruyi implementation: a maintainer's sweep, beyond the goldens.
+
+Each seed draws one case:
+
+- a random transformer in the published format: 1, 2, 4 or 6 blocks (the counts the original runs), 1-8 heads of
+  8-32 channels, its weights saved with or without the original's fixed `t_embed.pe` tables;
+- the published-format tiny VAE (`tests/fixtures/golden_realfmt/Ruyi-tiny-realfmt`), with or without the original's
+  tiling, tile size and overlap drawn (unaligned ones included);
+- 1, 8, ..., 32 frames, a size, one to three start frames and maybe an end frame, each image of its own size;
+- the sampler (the five of `predict_i2v.py`), steps, guidance, motion, camera, the CLIP apply ratio;
+- sometimes a random original-format LoRA (rank, alpha, weight), TeaCache (threshold, windows) and Enhance-A-Video.
+
+The checkpoint is written once (by this package: random weights in the original keys, the published folder layout);
+the original runs it through `benchmarks/original_driver.py run-pipeline` in its own interpreter, then this package
+runs it as a user would (`from_pretrained`, the CLI's scheduler swap, `load_lora_weights` + `set_adapters`, the hooks).
+One line per case: `ok` (max abs difference <= 1e-4), `DIFF`, or where the original fails, whether this package
+refuses the case early with a `ValueError` as it should (`refused`) or not.
+
+    python scripts/parity_sweep.py --reference /path/to/Ruyi-Models --python /path/to/ref-venv/bin/python --seeds 0:50
+
+Without `--reference`, only this package's side runs (every case without a LoRA, which only the original can write):
+a check that the sweep itself works. Nothing of the original is copied here.
+"""
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Dict, Optional
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEMPLATE = os.path.join(ROOT, "tests", "fixtures", "golden_realfmt", "Ruyi-tiny-realfmt")
+DRIVER = os.path.join(ROOT, "benchmarks", "original_driver.py")
+TOLERANCE = 1e-4
+# predict_i2v.py's sampler names -> this package's CLI names.
+SAMPLERS = {"DDIM": "ddim", "DPM++": "dpm++", "Euler": "euler", "Euler A": "euler-a", "PNDM": "pndm"}
+
+
+def draw_case(seed: int) -> Dict[str, Any]:
+    """The case of `seed` (plain data: the same seed always draws the same case)."""
+    r = random.Random(seed)
+    heads, head_dim = r.choice([1, 2, 4, 8]), r.choice([8, 16, 24, 32])
+    frames = r.choice([1, 8, 16, 16, 24, 32])
+    height, width = r.choice([32, 48, 64, 80, 96]), r.choice([32, 48, 64, 80, 96, 112])
+    starts = 1 if frames <= 8 else r.choice([1, 1, 1, 2, 3])
+    ends = 0 if frames == 1 else r.choice([0, 0, 1])
+    sampler = r.choice(sorted(SAMPLERS))
+    return {
+        "seed": seed,
+        "transformer": {
+            "num_layers": r.choice([1, 2, 4, 6]),
+            "num_attention_heads": heads,
+            "attention_head_dim": head_dim,
+            "hidden_size": heads * head_dim,
+        },
+        "pe_in_weights": r.random() < 0.5,
+        "vae": {
+            "use_tiling": r.random() < 0.7,
+            "tile_sample_min_size": r.choice([32, 48, 64, 64]),
+            "tile_overlap_factor": r.choice([0.25, 0.25, 0.5, 1 / 3, 0.125]),
+        },
+        "frames": frames,
+        "height": height,
+        "width": width,
+        # Image sizes: the video's, or others that get resized.
+        "images": [(r.choice([width, 100, 77]), r.choice([height, 90, 61])) for _ in range(starts + ends)],
+        "end_frames": ends,
+        "sampler": sampler,
+        "steps": r.choice([4, 5, 6]) if sampler == "PNDM" else r.choice([2, 3, 4, 5, 6]),
+        "guidance_scale": r.choice([1.0, 3.0, 7.0]),
+        "motion": r.choice(["auto", "1", "2", "3", "4"]),
+        "camera": r.choice(["auto", "static", "left", "right", "up", "down"]),
+        "clip_apply_ratio": r.choice([0.0, 0.2, 0.4, 0.7, 1.0]),
+        "generator_seed": r.randrange(10000),
+        "lora": (
+            {"rank": r.choice([1, 2, 4]), "alpha": r.choice([1.0, 2.0, 4.0]), "weight": r.choice([1.0, 0.5, 0.8])}
+            if r.random() < 0.35
+            else None
+        ),
+        "teacache": (
+            {
+                "threshold": r.choice([0.05, 0.1, 0.2, 0.5]),
+                "skip_start": r.choice([0, 1, 2, 3]),
+                "skip_end": r.choice([0, 1, 2]),
+            }
+            if r.random() < 0.3
+            else None
+        ),
+        "enhance": (
+            {"weight": r.choice([0.5, 1.0, 3.0]), "skip_start": r.choice([0, 1, 2]), "skip_end": r.choice([0, 1, 2])}
+            if r.random() < 0.3
+            else None
+        ),
+    }
+
+
+def write_images(case: Dict[str, Any], folder: str) -> list:
+    """Smooth random pictures with some noise, one per start/end frame, at the case's image sizes."""
+    import numpy as np
+    import PIL.Image
+
+    rng = np.random.default_rng(case["seed"])
+    paths = []
+    for index, (width, height) in enumerate(case["images"]):
+        y, x = np.mgrid[0:height, 0:width]
+        pixels = np.stack(
+            [
+                127 + 100 * np.sin(x / rng.uniform(3, 20) + rng.uniform(0, 6)) * np.cos(y / rng.uniform(3, 20))
+                for _ in range(3)
+            ],
+            axis=-1,
+        )
+        pixels += rng.normal(0, 10, pixels.shape)
+        path = os.path.join(folder, f"image_{index}.png")
+        PIL.Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def write_checkpoint(case: Dict[str, Any], folder: str) -> None:
+    """The published folder layout with a random transformer of the case's size and the tiny VAE's weights."""
+    import torch
+    from safetensors.torch import save_file
+
+    from diffusers_ruyi.loaders.original_checkpoint import convert_transformer_config
+    from diffusers_ruyi.models.transformer_ruyi import RuyiTransformer3DModel, _temporal_sincos_embedding
+
+    for entry in ("image_encoder", "scheduler", "embeddings.safetensors", "model_index.json"):
+        source, target = os.path.join(TEMPLATE, entry), os.path.join(folder, entry)
+        if os.path.isdir(source):
+            shutil.copytree(source, target)
+        else:
+            shutil.copy(source, target)
+
+    with open(os.path.join(TEMPLATE, "transformer", "config.json")) as f:
+        config = {**json.load(f), **case["transformer"]}
+    torch.manual_seed(case["seed"])
+    model = RuyiTransformer3DModel(**convert_transformer_config(config))
+    with torch.no_grad():
+        for parameter in model.parameters():  # zero-initialised layers would hide whole branches
+            if parameter.abs().sum() == 0:
+                parameter.normal_(0, 0.02)
+    # This package's keys are the original's; the original also saved a fixed table per block.
+    weights = {key: value.contiguous() for key, value in model.state_dict().items()}
+    if case["pe_in_weights"]:
+        table = _temporal_sincos_embedding(512, model.inner_dim, torch.device("cpu"))[None]
+        for index in range(config["num_layers"]):
+            weights[f"blocks.{index}.t_embed.pe"] = table.clone()
+    os.makedirs(os.path.join(folder, "transformer"))
+    save_file(weights, os.path.join(folder, "transformer", "diffusion_pytorch_model.safetensors"))
+    with open(os.path.join(folder, "transformer", "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+
+    os.makedirs(os.path.join(folder, "vae"))
+    shutil.copy(os.path.join(TEMPLATE, "vae", "diffusion_pytorch_model.safetensors"), os.path.join(folder, "vae"))
+    with open(os.path.join(TEMPLATE, "vae", "config.json")) as f:
+        vae_config = {**json.load(f), **case["vae"]}
+    with open(os.path.join(folder, "vae", "config.json"), "w") as f:
+        json.dump(vae_config, f, indent=2)
+
+
+def run_original(case: Dict[str, Any], folder: str, images: list, args) -> Optional[str]:
+    """Runs the original on the case; returns None, or its error's last line."""
+    starts, ends = images[: len(images) - case["end_frames"]], images[len(images) - case["end_frames"] :]
+    command = [args.python, DRIVER, "--reference", args.reference, "run-pipeline", "--checkpoint", folder]
+    for path in starts:
+        command += ["--image", path]
+    for path in ends:
+        command += ["--end-image", path]
+    command += ["--frames", str(case["frames"]), "--h", str(case["height"]), "--w", str(case["width"])]
+    command += ["--steps", str(case["steps"]), "--cfg", str(case["guidance_scale"]), "--motion", case["motion"]]
+    command += ["--cam", case["camera"], "--seed", str(case["generator_seed"]), "--scheduler", case["sampler"]]
+    command += ["--clip-apply-ratio", str(case["clip_apply_ratio"]), "--save", os.path.join(folder, "original.st")]
+    if case["lora"]:
+        lora = case["lora"]
+        command += ["--lora-out", os.path.join(folder, "lora.safetensors"), "--lora-rank", str(lora["rank"])]
+        command += ["--lora-alpha", str(lora["alpha"]), "--lora-weight", str(lora["weight"])]
+        command += ["--lora-seed", str(case["seed"])]
+    if case["teacache"]:
+        tea = case["teacache"]
+        command += ["--teacache", "--teacache-threshold", str(tea["threshold"])]
+        command += ["--teacache-skip-start", str(tea["skip_start"]), "--teacache-skip-end", str(tea["skip_end"])]
+    if case["enhance"]:
+        enhance = case["enhance"]
+        command += ["--enhance-a-video", "--enhance-weight", str(enhance["weight"])]
+        command += ["--enhance-skip-start", str(enhance["skip_start"]), "--enhance-skip-end", str(enhance["skip_end"])]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # its own environment, not ours
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode:
+        lines = done.stderr.strip().splitlines() or ["(no output)"]
+        return lines[-1][:160]
+    return None
+
+
+def run_ours(case: Dict[str, Any], folder: str, images: list):
+    """This package on the case, as a user runs it; the video as (B, C, F, H, W) in [0, 1]."""
+    import diffusers
+    import PIL.Image
+    import torch
+
+    from diffusers_ruyi import RuyiImageToVideoPipeline
+    from diffusers_ruyi.cli import SCHEDULERS
+    from diffusers_ruyi.hooks import (
+        RuyiEnhanceAVideoConfig,
+        RuyiTeaCacheConfig,
+        apply_ruyi_enhance_a_video,
+        apply_ruyi_teacache,
+    )
+
+    pipe = RuyiImageToVideoPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    scheduler = SCHEDULERS[SAMPLERS[case["sampler"]]]
+    pipe.scheduler = getattr(diffusers, scheduler).from_config(pipe.scheduler.config)
+    if case["lora"]:
+        pipe.load_lora_weights(os.path.join(folder, "lora.safetensors"), adapter_name="sweep")
+        pipe.set_adapters("sweep", case["lora"]["weight"])
+    if case["teacache"]:
+        tea = case["teacache"]
+        config = RuyiTeaCacheConfig(
+            threshold=tea["threshold"], skip_start_steps=tea["skip_start"], skip_end_steps=tea["skip_end"]
+        )
+        apply_ruyi_teacache(pipe.transformer, config)
+    if case["enhance"]:
+        enhance = case["enhance"]
+        config = RuyiEnhanceAVideoConfig(
+            weight=enhance["weight"], skip_start_steps=enhance["skip_start"], skip_end_steps=enhance["skip_end"]
+        )
+        apply_ruyi_enhance_a_video(pipe.transformer, config)
+    frames = [PIL.Image.open(path).convert("RGB") for path in images]
+    starts, ends = frames[: len(frames) - case["end_frames"]], frames[len(frames) - case["end_frames"] :]
+    video = pipe(
+        image=[starts],  # one video with its start frame(s), as the original's list of start images
+        last_image=[ends] if ends else None,
+        num_frames=case["frames"],
+        height=case["height"],
+        width=case["width"],
+        num_inference_steps=case["steps"],
+        guidance_scale=case["guidance_scale"],
+        motion=case["motion"],
+        camera_direction=case["camera"],
+        clip_apply_ratio=case["clip_apply_ratio"],
+        generator=torch.Generator("cpu").manual_seed(case["generator_seed"]),
+        output_type="pt",
+    ).frames
+    return video.permute(0, 2, 1, 3, 4)
+
+
+def describe(case: Dict[str, Any]) -> str:
+    t = case["transformer"]
+    vae = case["vae"]
+    tiling = (
+        f"tiles {vae['tile_sample_min_size']}/{vae['tile_overlap_factor']:.3g}" if vae["use_tiling"] else "untiled"
+    )
+    extras = [name for name in ("lora", "teacache", "enhance") if case[name]]
+    return (
+        f"{t['num_layers']}x{t['num_attention_heads']}x{t['attention_head_dim']} {case['frames']}f "
+        f"{case['height']}x{case['width']} {len(case['images']) - case['end_frames']}+{case['end_frames']} frames "
+        f"{case['sampler']} {case['steps']} steps cfg {case['guidance_scale']:g} {tiling} {'+'.join(extras) or '-'}"
+    )
+
+
+def run_case(seed: int, work: str, args) -> str:
+    """One case, one line of report: `<seed> <verdict> <details> | <case>`."""
+    import torch
+    from safetensors.torch import load_file
+
+    case = draw_case(seed)
+    folder = os.path.join(work, f"case_{seed}")
+    os.makedirs(folder)
+    images = write_images(case, folder)
+    write_checkpoint(case, folder)
+    with open(os.path.join(folder, "case.json"), "w") as f:
+        json.dump(case, f, indent=1)
+    if args.reference is None:
+        if case["lora"]:
+            return f"{seed} skipped (a LoRA needs the original) | {describe(case)}"
+        original_error = None
+    else:
+        start = time.perf_counter()
+        original_error = run_original(case, folder, images, args)
+        original_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    try:
+        with torch.no_grad():
+            video = run_ours(case, folder, images)
+        ours_error = None
+    except ValueError as error:
+        ours_error = error
+    ours_seconds = time.perf_counter() - start
+    ours_error = None if ours_error is None else str(ours_error)[:120]
+    if original_error is not None:
+        verdict = "refused" if ours_error is not None else "RAN (the original fails)"
+        return f"{seed} {verdict} | original: {original_error} | ours: {ours_error} | {describe(case)}"
+    if ours_error is not None:
+        # Without the original there is nothing to compare: a refusal is reported, not judged.
+        verdict = "refused" if args.reference is None else "REFUSED (the original runs)"
+        return f"{seed} {verdict} | ours: {ours_error} | {describe(case)}"
+    if args.reference is None:
+        return f"{seed} ran {tuple(video.shape)} in {ours_seconds:.1f} s | {describe(case)}"
+    expected = load_file(os.path.join(folder, "original.st"))["video"]
+    if expected.shape != video.shape:
+        return f"{seed} SHAPE {tuple(video.shape)} vs {tuple(expected.shape)} | {describe(case)}"
+    difference = (video - expected).abs().max().item()
+    verdict = "ok" if difference <= TOLERANCE else "DIFF"
+    timing = f"original {original_seconds:.1f} s, ours {ours_seconds:.1f} s"
+    return f"{seed} {verdict} {difference:.1e} ({timing}) | {describe(case)}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reference", help="An IamCreateAI/Ruyi-Models checkout (commit 6c7b597).")
+    parser.add_argument("--python", help="The interpreter of the original's venv (diffusers 0.31).")
+    parser.add_argument("--seeds", default="0:20", help="A range `start:stop` of case seeds (default 0:20).")
+    parser.add_argument("--keep", help="Keep every case's folder under this directory (default: a temporary one).")
+    args = parser.parse_args()
+    if (args.reference is None) != (args.python is None):
+        parser.error("give --reference and --python together (or neither, for this package's side only)")
+    try:
+        start, stop = (int(part) for part in args.seeds.split(":"))
+    except ValueError:
+        parser.error(f"--seeds must be `start:stop`, got {args.seeds!r}")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.path.insert(0, ROOT)
+    work = args.keep or tempfile.mkdtemp(prefix="ruyi-sweep-")
+    os.makedirs(work, exist_ok=True)
+    counts: Dict[str, int] = {}
+    try:
+        for seed in range(start, stop):
+            line = run_case(seed, work, args)
+            counts[line.split()[1]] = counts.get(line.split()[1], 0) + 1
+            print(line, flush=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    print("summary: " + ", ".join(f"{count} {verdict}" for verdict, count in sorted(counts.items())))
+    if any(verdict not in ("ok", "refused", "ran", "skipped") for verdict in counts):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
