@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 
-from _bench_common import HERE, MEDIUM_TRANSFORMER_OVERRIDES, TINY, add_worker_arguments, generate
+from _bench_common import HERE, MEDIUM_TRANSFORMER_OVERRIDES, ROOT, TINY, add_worker_arguments, generate
 from _worker_protocol import print_result, run_worker
 
 from diffusers_ruyi.tiny import TINY_TRANSFORMER_CONFIG
@@ -32,10 +32,17 @@ MEDIUM_VAE_OVERRIDES = {
     "norm_num_groups": 16,
 }
 
+# The published VAE config (slice compression, 3D mid-block attention, its own 384 px tiling) at medium widths.
+PUBLISHED_VAE = os.path.join(ROOT, "tests", "fixtures", "real_checkpoint", "vae_config.json")
+# The published folder layout (model_index.json, DDPM scheduler config, full-CLIP .bin, bf16 embeddings), tiny.
+REALFMT = os.path.join(ROOT, "tests", "fixtures", "golden_realfmt", "Ruyi-tiny-realfmt")
+
 CASES = {
     # name: (checkpoint kind, frames, height, width, steps)
     "tiny": ("tiny", 16, 64, 64, 3),
     "medium": ("medium", 16, 128, 128, 4),
+    # The medium models in the published format: the slice VAE, whose decode also runs `smooth_output`.
+    "medium-published": ("medium-published", 16, 128, 128, 4),
 }
 
 
@@ -71,8 +78,9 @@ def worker(args) -> None:
     print_result(result)
 
 
-def make_medium_checkpoint(args, out: str) -> str:
-    with open(os.path.join(TINY, "vae", "config.json")) as f:
+def make_medium_checkpoint(args, out: str, published: bool = False) -> str:
+    template = REALFMT if published else TINY
+    with open(PUBLISHED_VAE if published else os.path.join(TINY, "vae", "config.json")) as f:
         vae_config = json.load(f)
     vae_config.update(MEDIUM_VAE_OVERRIDES)
     if args.reference:
@@ -81,10 +89,10 @@ def make_medium_checkpoint(args, out: str) -> str:
             json.dump(MEDIUM_TRANSFORMER, f)
         with open(vcfg, "w") as f:
             json.dump(vae_config, f)
-        ckpt = os.path.join(out, "medium-original")
+        ckpt = os.path.join(out, "medium-published-original" if published else "medium-original")
         run_worker([
             args.reference_python, os.path.join(HERE, "original_driver.py"), "--reference", args.reference,
-            "make-checkpoint", "--out", ckpt, "--transformer-config", tcfg, "--vae-config", vcfg, "--template", TINY,
+            "make-checkpoint", "--out", ckpt, "--transformer-config", tcfg, "--vae-config", vcfg, "--template", template,
         ])  # fmt: skip
         return ckpt
     import torch
@@ -99,9 +107,11 @@ def make_medium_checkpoint(args, out: str) -> str:
         vae.quant_conv.weight[half:] = 0
         vae.quant_conv.bias[half:] = -30
     pipe = RuyiImageToVideoPipeline.from_pretrained(
-        TINY, transformer=RuyiTransformer3DModel.from_config(convert_transformer_config(MEDIUM_TRANSFORMER)), vae=vae
+        template,
+        transformer=RuyiTransformer3DModel.from_config(convert_transformer_config(MEDIUM_TRANSFORMER)),
+        vae=vae,
     )
-    ckpt = os.path.join(out, "medium-diffusers")
+    ckpt = os.path.join(out, "medium-published-diffusers" if published else "medium-diffusers")
     pipe.save_pretrained(ckpt)
     return ckpt
 
@@ -124,12 +134,12 @@ def main() -> None:
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        medium = None
+        checkpoints = {"tiny": TINY}
         for case in args.cases:
             kind, frames, h, w, steps = CASES[case]
-            if kind == "medium" and medium is None:
-                medium = make_medium_checkpoint(args, tmp)
-            ckpt = TINY if kind == "tiny" else medium
+            if kind not in checkpoints:
+                checkpoints[kind] = make_medium_checkpoint(args, tmp, published=kind == "medium-published")
+            ckpt = checkpoints[kind]
             common = [
                 "--image",
                 args.image,

@@ -77,9 +77,11 @@ def make_checkpoint(args) -> dict:
         vae.quant_conv.weight[half:] = 0
         vae.quant_conv.bias[half:] = -30
     vae.save_pretrained(os.path.join(args.out, "vae"), safe_serialization=True)
-    for entry in ("image_encoder", "scheduler", "embeddings.safetensors"):
+    for entry in ("image_encoder", "scheduler", "embeddings.safetensors", "model_index.json"):
         src = os.path.join(args.template, entry)
         dst = os.path.join(args.out, entry)
+        if not os.path.exists(src):  # model_index.json: only the published layout has one
+            continue
         if os.path.isdir(src):
             shutil.copytree(src, dst, dirs_exist_ok=True)
         else:

@@ -353,3 +353,35 @@ def test_forward_and_gradient_checkpointing(vae):
     finally:
         vae.disable_gradient_checkpointing()
         vae.zero_grad(set_to_none=True)
+
+
+@torch.no_grad()
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # from `mkldnn.flags` itself
+@pytest.mark.parametrize("causal", [False, True])
+def test_cpu_convolutions_run_on_onednn(monkeypatch, causal):
+    # At a few frames PyTorch would pick its slow reference conv3d kernel on the CPU; the layer calls oneDNN itself
+    # (same result), and falls back to `F.conv3d` when oneDNN is off.
+    from diffusers_ruyi.models.autoencoder_kl_ruyi import RuyiCausalCache, RuyiCausalConv3d
+
+    torch.manual_seed(0)
+    conv = RuyiCausalConv3d(16, 32).eval()
+    x = torch.randn(1, 16, 4, 12, 10)
+    calls = []
+    onednn = torch.mkldnn_convolution
+    monkeypatch.setattr(torch, "mkldnn_convolution", lambda *args: calls.append(1) or onednn(*args))
+
+    def run():
+        cache = RuyiCausalCache() if causal else None
+        if cache is not None:
+            cache.begin_chunk()
+        return conv(x, cache)
+
+    fast = run()
+    assert len(calls) == 1
+    with torch.backends.mkldnn.flags(enabled=False):
+        reference = run()
+    assert len(calls) == 1
+    padded = torch.cat([x[:, :, :1]] * 2 + [x], dim=2) if causal else x
+    expected = torch.nn.functional.conv3d(padded, conv.weight, conv.bias, 1, (0 if causal else 1, 1, 1))
+    torch.testing.assert_close(reference, expected, rtol=0, atol=0)
+    torch.testing.assert_close(fast, expected, rtol=1e-5, atol=1e-5)
