@@ -100,6 +100,10 @@ VARIANTS = [
     "drift_48_quarter",
     "drift_40_quarter",
     "drift_56_quarter",
+    "long_33_frames_batch2",
+    "three_frames",
+    "slices_16_chunks_4",
+    "tiles_96_half",
 ]
 
 
