@@ -13,6 +13,7 @@
 # limitations under the License.
 
 import contextlib
+import hashlib
 import inspect
 import json
 import math
@@ -48,16 +49,18 @@ MAX_KNOWN_FRAMES = 5
 
 
 def _posterior_generator(generator: Optional[torch.Generator]) -> Optional[torch.Generator]:
-    """A generator of its own for the VAE posterior samples, seeded from `generator`'s seed (None: the global RNG).
+    """A generator of its own for the VAE posterior samples, seeded from `generator`'s current state, which it leaves
+    as it is (None: the global RNG).
 
     The original draws these samples from the global RNG and spends the user's generator only on the initial noise and
     the scheduler's steps. Keeping that order gives a stochastic scheduler (Euler ancestral, DDIM with `eta > 0`) the
-    original's noise for a seed, and a seed still fixes every sample. The salt keeps the stream apart from the seed's
-    own, which the initial noise draws from.
+    original's noise for a seed, and a seed still fixes every sample. Hashing the state, not reusing it, keeps the two
+    streams apart, and a generator used again (a training loop) gives new samples each time.
     """
     if generator is None:
         return None
-    return torch.Generator(device=generator.device).manual_seed(generator.initial_seed() ^ 0x52555949)
+    digest = hashlib.blake2b(generator.get_state().numpy().tobytes(), digest_size=8).digest()
+    return torch.Generator(device=generator.device).manual_seed(int.from_bytes(digest, "little"))
 
 
 EXAMPLE_DOC_STRING = """
@@ -614,7 +617,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
 
         Masked pixels are set to -1 before encoding; the mask itself is encoded as a 3-channel video in {0, 1}. As in
         the original, each video goes through the VAE on its own (the mask latents of every video first, then the
-        masked videos'). Posterior samples come from a generator seeded from `generator`'s seed, never from
+        masked videos'). Posterior samples come from a generator seeded from `generator`'s state, never from
         `generator` itself, which the original spends only on the initial noise and the scheduler's steps (without a
         generator, from the global RNG, as in the original). With a list, every output video draws its own from its
         own generator's, so it gets the samples of its single run; with one generator the videos of one input share

@@ -251,3 +251,20 @@ def test_properties_after_a_call(pipe, images):
          attention_kwargs=kwargs, output_type="latent")  # fmt: skip
     assert pipe.num_timesteps == 3 and pipe.guidance_scale == 2.5 and pipe.attention_kwargs is kwargs
     assert pipe.do_classifier_free_guidance and pipe.current_timestep is None
+
+
+def test_posterior_generator_leaves_the_seed_alone():
+    """The VAE posterior draws from a generator made from the seed's state: the seed's own stream is untouched (so a
+    stochastic sampler gets the original's noise), the same state gives the same samples, and a generator used again
+    (a training loop) gives new ones."""
+    from diffusers_ruyi.pipelines.pipeline_ruyi_i2v import _posterior_generator
+
+    generator = torch.Generator().manual_seed(0)
+    before = generator.get_state()
+    first = torch.randn(64, generator=_posterior_generator(generator))
+    assert torch.equal(generator.get_state(), before)
+    assert torch.equal(first, torch.randn(64, generator=_posterior_generator(generator)))
+    assert not torch.equal(first, torch.randn(64, generator=torch.Generator().manual_seed(0)))  # another stream
+    torch.randn(8, generator=generator)
+    assert not torch.equal(first, torch.randn(64, generator=_posterior_generator(generator)))
+    assert _posterior_generator(None) is None
