@@ -95,16 +95,18 @@ def test_samplers_match_original(pipe, behaviour_cases, name):
     assert (video - extra_expected(case)).abs().max().item() <= GOLDEN_TOL
 
 
+def _enhance_config(case) -> RuyiEnhanceAVideoConfig:
+    """The Enhance-A-Video settings of a behaviour case, as the driver passed them to the original."""
+    return RuyiEnhanceAVideoConfig(
+        weight=case["enhance_weight"],
+        skip_start_steps=case["enhance_skip_start"],
+        skip_end_steps=case["enhance_skip_end"],
+    )
+
+
 def test_enhance_a_video_weight_matches_original(pipe, behaviour_cases):
     case = behaviour_cases["enhance_weight"]
-    apply_ruyi_enhance_a_video(
-        pipe.transformer,
-        RuyiEnhanceAVideoConfig(
-            weight=case["enhance_weight"],
-            skip_start_steps=case["enhance_skip_start"],
-            skip_end_steps=case["enhance_skip_end"],
-        ),
-    )
+    apply_ruyi_enhance_a_video(pipe.transformer, _enhance_config(case))
     try:
         video = run_extra_case(pipe, case)
     finally:
@@ -122,14 +124,7 @@ def test_windows_count_steps_not_calls_with_pndm(pipe, behaviour_cases):
     apply_ruyi_teacache(
         pipe.transformer, RuyiTeaCacheConfig(threshold=case["teacache_threshold"], offload_to_cpu=False)
     )
-    apply_ruyi_enhance_a_video(
-        pipe.transformer,
-        RuyiEnhanceAVideoConfig(
-            weight=case["enhance_weight"],
-            skip_start_steps=case["enhance_skip_start"],
-            skip_end_steps=case["enhance_skip_end"],
-        ),
-    )
+    apply_ruyi_enhance_a_video(pipe.transformer, _enhance_config(case))
     try:
         video = run_extra_case(pipe, case)
         skipped = get_ruyi_teacache_skipped_steps(pipe.transformer)
