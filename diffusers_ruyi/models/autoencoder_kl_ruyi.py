@@ -1017,10 +1017,10 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
         return out
 
     def _encode_original_tiled(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_original_tiles(*x.shape[-2:])
         tile, step, blend, keep = self._original_tile_geometry(decode=False)
-        shape = self._moments_shape(x)[:-2] + tuple(self._original_tiled_size(n, False) for n in x.shape[-2:])
-        self._warn_if_resized(shape, self._moments_shape(x), "encode")
+        untiled = self._moments_shape(x)
+        shape = untiled[:-2] + self.tiled_output_size(*x.shape[-2:])  # also refuses a last tile too small to encode
+        self._warn_if_resized(shape, untiled, "encode")
         out = x.new_empty(shape)
         self._tile_like_original(x, tile, step, self._encode_untiled, out, blend, keep)
         return out
@@ -1149,8 +1149,9 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
 
     def _decode_original_tiled(self, z: torch.Tensor) -> torch.Tensor:
         tile, step, blend, keep = self._original_tile_geometry(decode=True)
-        shape = self._video_shape(z)[:-2] + tuple(self._original_tiled_size(n, True) for n in z.shape[-2:])
-        self._warn_if_resized(shape, self._video_shape(z), "decode")
+        untiled = self._video_shape(z)
+        shape = untiled[:-2] + self.tiled_output_size(*z.shape[-2:], decode=True)
+        self._warn_if_resized(shape, untiled, "decode")
         out = z.new_empty(shape)
         self._tile_like_original(z, tile, step, self._decode_untiled, out, blend, keep)
         # The original decodes the lower-right corner tile once more and fades it in towards the corner.

@@ -334,6 +334,31 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
 
+    def _check_vae_tiling(self, height: int, width: int, num_frames: int) -> None:
+        """The VAE's original tiling at unaligned tile sizes changes output sizes, as the original's does. Refuses
+        what the original fails on: latents that would not match the noise, and a grown decode that `smooth_output`
+        cannot re-encode to its size. A decode that only grows runs (the VAE warns)."""
+        vae = self.vae
+        latent_size = vae.tiled_output_size(height, width)
+        decoded = vae.tiled_output_size(*latent_size, decode=True)
+        smooths = vae.config.compression_mode != "cache" and num_frames > vae.config.num_sample_frames_batch_size
+        if latent_size != (height // self.vae_scale_factor_spatial, width // self.vae_scale_factor_spatial):
+            problem = f"would encode a {height}x{width} video to {latent_size[0]}x{latent_size[1]} latents"
+        elif smooths and vae.tiled_output_size(*vae.tiled_output_size(*decoded), decode=True) != decoded:
+            problem = (
+                f"decodes a {height}x{width} video to {decoded[0]}x{decoded[1]} px, and `smooth_output` cannot "
+                "re-encode that to the same size"
+            )
+        else:
+            return
+        raise ValueError(
+            f"The VAE's original tiling (tile_sample_min_size={vae.tile_sample_min_size}, tile_overlap_factor="
+            f"{vae.original_tile_overlap_factor}) {problem}: at these tile sizes the original's tiles drift against "
+            "its crops, and the original fails there too. Use `pipe.vae.enable_tiling()`, "
+            "`pipe.vae.enable_original_tiling()` with an aligned size (a multiple of 32 px with overlap 0.25), or "
+            "`pipe.vae.disable_tiling()`."
+        )
+
     def check_inputs(
         self,
         images: List[List[PIL.Image.Image]],
@@ -359,30 +384,6 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         for name, value in (("height", height), ("width", width)):
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or value % 16 != 0:
                 raise ValueError(f"`{name}` must be a positive multiple of 16, got {value!r}.")
-        if height is not None:
-            latent_size = self.vae.tiled_output_size(height, width)
-            if latent_size != (height // self.vae_scale_factor_spatial, width // self.vae_scale_factor_spatial):
-                # The original fails here too, with a shape mismatch; a decode that grows only warns (as it runs).
-                raise ValueError(
-                    f"The VAE's original tiling (tile_sample_min_size={self.vae.tile_sample_min_size}, "
-                    f"tile_overlap_factor={self.vae.original_tile_overlap_factor}) would encode a {height}x{width} "
-                    f"video to {latent_size[0]}x{latent_size[1]} latents: at these tile sizes the original's tiles "
-                    "drift against its crops. Use `pipe.vae.enable_tiling()`, `pipe.vae.enable_original_tiling()` "
-                    "with an aligned size (a multiple of 32 px with overlap 0.25), or `pipe.vae.disable_tiling()`."
-                )
-            # The decode may grow with such tiles (it runs, warned, as in the original), but `smooth_output`
-            # re-encodes and decodes the grown video and must get the same size back to average the two.
-            decoded = self.vae.tiled_output_size(*latent_size, decode=True)
-            frames_per_slice = self.vae.config.num_sample_frames_batch_size
-            smooths = self.vae.config.compression_mode != "cache" and num_frames > frames_per_slice
-            if smooths and self.vae.tiled_output_size(*self.vae.tiled_output_size(*decoded), decode=True) != decoded:
-                raise ValueError(
-                    f"The VAE's original tiling (tile_sample_min_size={self.vae.tile_sample_min_size}, "
-                    f"tile_overlap_factor={self.vae.original_tile_overlap_factor}) decodes a {height}x{width} video "
-                    f"to {decoded[0]}x{decoded[1]} px, and `smooth_output` cannot re-encode that to the same size (the "
-                    "original fails there too). Use `pipe.vae.enable_tiling()`, an aligned size (a multiple of 32 "
-                    "px with overlap 0.25), or `pipe.vae.disable_tiling()`."
-                )
         for name, value in (
             ("num_inference_steps", num_inference_steps),
             ("num_videos_per_prompt", num_videos_per_prompt),
@@ -398,6 +399,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                 f"`num_frames`={num_frames} is not supported by the VAE: valid frame counts are 1 (an image) or a "
                 f"multiple of num_sample_frames_batch_size={frames_per_slice}, as in the original pipeline."
             )
+        self._check_vae_tiling(height, width, num_frames)
         if num_frames > MAX_TRAINED_FRAMES:
             logger.warning(
                 f"`num_frames`={num_frames} is more than the {MAX_TRAINED_FRAMES} frames Ruyi-Mini-7B was trained on; "
