@@ -354,7 +354,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         raise ValueError(
             f"The VAE's original tiling (tile_sample_min_size={vae.tile_sample_min_size}, tile_overlap_factor="
             f"{vae.original_tile_overlap_factor}) {problem}: at these tile sizes the original's tiles drift against "
-            "its crops, and the original fails there too. Use `pipe.vae.enable_tiling()`, "
+            "its crops, and the original fails there too. Use `pipe.vae.enable_tiling()` (the CLI's `--vae-tiling`), "
             "`pipe.vae.enable_original_tiling()` with an aligned size (a multiple of 32 px with overlap 0.25), or "
             "`pipe.vae.disable_tiling()`."
         )

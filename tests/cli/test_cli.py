@@ -1,3 +1,4 @@
+import json
 import os
 import pathlib
 import shutil
@@ -230,3 +231,25 @@ def test_cli_with_original_lora_on_converted_checkpoint(tiny_checkpoint, tmp_pat
     assert len(lora_frames) == 8
     diff = max(abs(a.astype(int) - b.astype(int)).max() for a, b in zip(base_frames, lora_frames))
     assert diff > 0  # the LoRA changed the video
+
+
+def test_cli_names_its_own_flag_for_unaligned_original_tiling(tiny_realfmt_checkpoint, tmp_path, capsys):
+    # A published-layout checkpoint whose config asks for the original's tiling at 48 px / 0.25: it would encode
+    # 80x64 px to 11x8 latents, which the original fails on. The CLI refuses in one line that names its own fix.
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_realfmt_checkpoint, folder)
+    config_path = folder / "vae" / "config.json"
+    config = json.loads(config_path.read_text())
+    config.update(tile_sample_min_size=48, tile_overlap_factor=0.25)
+    config_path.write_text(json.dumps(config))
+    out = tmp_path / "video.mp4"
+    args = ["--model", str(folder), "--image", START, "--output", str(out), "--num-frames", "8"]
+    args += ["--height", "80", "--width", "64", "--steps", "1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("ruyi-i2v: error:") and "`--vae-tiling`" in err[-1]
+    assert not any("Traceback" in line for line in err)
+    assert not out.exists()
+    assert main([*args, "--vae-tiling"]) == 0
+    frames, _ = _read_video(out)
+    assert len(frames) == 8 and frames[0].shape == (80, 64, 3)
