@@ -144,6 +144,34 @@ def test_frame_counts_of_the_slice_variant(vae):
         vae.num_latent_frames(0)
 
 
+@torch.no_grad()
+@pytest.mark.parametrize("tiling", ["none", "original", "package"])
+def test_encode_reuses_a_slice_equal_to_the_one_before(tiny_realfmt_checkpoint, tiling):
+    # Slices encode independently, so a run of equal slices (the pipeline's masked frames) is encoded once per tile:
+    # the moments must be exactly those of encoding every slice on its own.
+    vae = AutoencoderKLRuyiCausal3D.from_pretrained(tiny_realfmt_checkpoint, subfolder="vae")
+    if tiling == "none":
+        vae.disable_tiling()
+    elif tiling == "package":
+        vae.enable_tiling(tile_sample_min_height=32, tile_sample_min_width=32, tile_overlap_factor=0.5)
+    generator = torch.Generator().manual_seed(0)
+    video = -torch.ones(1, 3, 48, 40, 48)
+    video[:, :, :3] = torch.rand(1, 3, 3, 40, 48, generator=generator) * 2 - 1  # start frames, then a constant
+    video[:, :, 24:32] = 0.5  # another slice, then the constant again: only the slice just before is compared
+    tiles = vae.num_tiles(40, 48)
+    calls = []
+    handle = vae.encoder.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        moments = vae.encode(video).latent_dist.parameters
+        assert len(calls) == 4 * tiles  # slices 0, 1 (then 2 reused), 3, 4 (then 5 reused) of the 6
+        calls.clear()
+        one_by_one = torch.cat([vae.encode(video[:, :, s : s + 8]).latent_dist.parameters for s in range(0, 48, 8)], 2)
+        assert len(calls) == 6 * tiles
+    finally:
+        handle.remove()
+    assert torch.equal(moments, one_by_one)
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # Tiling switches
 # ------------------------------------------------------------------------------------------------------------------
