@@ -43,6 +43,8 @@ CASES = {
     "medium": ("medium", 16, 128, 128, 4),
     # The medium models in the published format: the slice VAE, whose decode also runs `smooth_output`.
     "medium-published": ("medium-published", 16, 128, 128, 4),
+    # Longer: six slices per conditioning video, as in real use (Ruyi's default is 120 frames).
+    "medium-published-48f": ("medium-published", 48, 128, 128, 4),
 }
 
 

@@ -5,6 +5,7 @@ own interpreter (its venv: diffusers 0.31, see tests/fixtures/README.md). Nothin
 
     <ref-venv>/bin/python benchmarks/original_driver.py --reference /path/to/Ruyi-Models make-checkpoint ...
     <ref-venv>/bin/python benchmarks/original_driver.py --reference /path/to/Ruyi-Models run-pipeline ...
+    <ref-venv>/bin/python benchmarks/original_driver.py --reference /path/to/Ruyi-Models run-vae ...
 
 Each command prints one JSON line: seconds, peak memory, and where outputs were written.
 """
@@ -241,6 +242,30 @@ def _random_lora(pipe, args) -> None:
     merge_lora(pipe, args.lora_out, args.lora_weight)
 
 
+def run_vae(args) -> dict:
+    """The original VAE of ``--folder`` on the inputs in ``--inputs``: ``encode`` (posterior mean) of ``encode_input``,
+    ``decode`` of ``decode_input``, each on its own; the outputs go to ``--save`` and each failure's last line to the
+    result, for `scripts/parity_sweep.py --vae`."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    vae_mod, _, _ = _import_original(args.reference)
+    vae = vae_mod.AutoencoderKLMagvit.from_pretrained(args.folder).eval()
+    inputs = load_file(args.inputs)
+    outputs, errors = {}, {}
+    for name, run in (
+        ("encode", lambda x: vae.encode(x).latent_dist.mean),
+        ("decode", lambda z: vae.decode(z).sample),
+    ):
+        try:
+            with torch.no_grad():
+                outputs[f"{name}_output"] = run(inputs[f"{name}_input"]).contiguous()
+        except Exception as error:  # the sweep compares failures too: which one, not where
+            errors[name] = f"{type(error).__name__}: {error}".splitlines()[0][:160]
+    save_file(outputs, args.save)
+    return {"errors": errors}
+
+
 def load_transformer(args) -> dict:
     """Times the original's transformer loader as `predict_i2v.py` uses it: `from_pretrained_2d`, then `.to(dtype)`.
 
@@ -305,11 +330,20 @@ def main() -> None:
     run.add_argument("--clip-apply-ratio", type=float, default=0.4)
     run.add_argument("--guidance-rescale", type=float, default=0.0)
     run.add_argument("--save")
+    vae = sub.add_parser("run-vae")
+    vae.add_argument("--folder", required=True, help="A VAE folder in the original layout (config + weights).")
+    vae.add_argument("--inputs", required=True, help="safetensors with `encode_input` and `decode_input`.")
+    vae.add_argument("--save", required=True)
     load = sub.add_parser("load-transformer")
     load.add_argument("--root", required=True)
     load.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     args = parser.parse_args()
-    commands = {"make-checkpoint": make_checkpoint, "run-pipeline": run_pipeline, "load-transformer": load_transformer}
+    commands = {
+        "make-checkpoint": make_checkpoint,
+        "run-pipeline": run_pipeline,
+        "run-vae": run_vae,
+        "load-transformer": load_transformer,
+    }
     result = commands[args.command](args)
     print("RESULT " + json.dumps(result))
 

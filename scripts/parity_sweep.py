@@ -19,6 +19,12 @@ difference the cases can draw (the original's Enhance-A-Video returns NaN on a s
 
     python scripts/parity_sweep.py --reference /path/to/Ruyi-Models --python /path/to/ref-venv/bin/python --seeds 0:50
 
+With `--vae`, each seed draws a VAE case instead: a random architecture of the original's `AutoencoderKLMagvit`
+(the slice variant of the published VAE, or the cache variant: 3 or 4 stages, widths, layers per block, latent
+channels, mid-block attention, slice and chunk sizes, the original's tiling with its tile size and overlap), random
+weights, and one `encode` and one `decode` of random inputs of any batch, frame count and size. The original runs
+them through `original_driver.py run-vae`; this package loads the same folder with `from_pretrained`.
+
 Without `--reference`, only this package's side runs (every case without a LoRA, which only the original can write):
 a check that the sweep itself works. Nothing of the original is copied here.
 """
@@ -252,6 +258,170 @@ def run_ours(case: Dict[str, Any], folder: str, images: list):
     return video.permute(0, 2, 1, 3, 4)
 
 
+def draw_vae_case(seed: int) -> Dict[str, Any]:
+    """The VAE case of `seed`: an original-format config and the shapes of the encode and decode inputs."""
+    r = random.Random(seed)
+    slice_variant = r.random() < 0.75
+    stages = r.choice([3, 4]) if slice_variant else 4
+    width = r.choice([4, 8])
+    multipliers = [1, 2, 2, 2][:stages] if r.random() < 0.7 else [1, 2, 4, 4][:stages]
+    if slice_variant:
+        down = ["SpatialDownBlock3D"] + ["SpatialTemporalDownBlock3D"] * (stages - 1)
+        up = ["SpatialUpBlock3D"] + ["SpatialTemporalUpBlock3D"] * (stages - 1)
+    else:  # the cache variant's layout (the first goldens): temporal compression in the middle stages only
+        down = ["SpatialDownBlock3D", "SpatialTemporalDownBlock3D", "SpatialTemporalDownBlock3D", "SpatialDownBlock3D"]
+        up = ["SpatialUpBlock3D", "SpatialTemporalUpBlock3D", "SpatialTemporalUpBlock3D", "SpatialUpBlock3D"]
+    config = {
+        "_class_name": "AutoencoderKL",
+        "act_fn": "silu",
+        "ch": width,
+        "ch_mult": multipliers,
+        "block_out_channels": [width * m for m in multipliers],
+        "down_block_types": down,
+        "up_block_types": up,
+        "in_channels": 3,
+        "out_channels": 3,
+        "latent_channels": r.choice([4, 16]),
+        "norm_num_groups": 2,
+        "scaling_factor": 0.18215,
+        "force_upcast": True,
+        "slice_compression_vae": slice_variant,
+        "cache_compression_vae": not slice_variant,
+        "mid_block_attention_type": r.choice(["3d", "spatial"]),
+        "layers_per_block": r.choice([1, 2, 3]),
+        "mini_batch_encoder": r.choice([4, 8, 8, 16]) if slice_variant else 8,
+        "mini_batch_decoder": r.choice([1, 2, 2, 3, 4]) if slice_variant else 2,
+        "use_tiling": r.random() < 0.6,
+        "tile_sample_min_size": r.choice([16, 32, 48, 64, 96]),
+        "tile_overlap_factor": r.choice([0.25, 0.5, 1 / 3, 0.125]),
+    }
+    spatial = 2 ** (stages - 1)
+    if slice_variant:  # any count, as the original takes
+        frames = r.choice([1, 2, 3, 4, 5, 8, 9, 12, 16, 17, 24, 25, 33])
+        latent_frames = r.choice([1, 2, 3, 4, 5, 6, 7, 9])
+    else:  # the counts its pipeline gives it
+        frames, latent_frames = r.choice([1, 8, 16, 24]), r.choice([1, 2, 4, 6])
+    return {
+        "seed": seed,
+        "config": config,
+        "encode_input": [r.choice([1, 1, 2]), 3, frames, spatial * r.randint(1, 12), spatial * r.randint(1, 12)],
+        # Sometimes the frames from this one on are a constant, as the pipeline's masked conditioning videos are.
+        "constant_from": r.randint(1, 3) if r.random() < 0.4 else None,
+        "decode_input": [
+            r.choice([1, 2]),
+            config["latent_channels"],
+            latent_frames,
+            r.randint(1, 13),
+            r.randint(1, 13),
+        ],
+    }
+
+
+def write_vae(case: Dict[str, Any], folder: str) -> None:
+    """The case's config and random weights (this package's model, saved under the original's keys) and inputs."""
+    import torch
+    from safetensors.torch import save_file
+
+    from diffusers_ruyi.loaders.original_checkpoint import convert_vae_config, convert_vae_key
+    from diffusers_ruyi.models.autoencoder_kl_ruyi import AutoencoderKLRuyiCausal3D
+
+    torch.manual_seed(case["seed"])
+    model = AutoencoderKLRuyiCausal3D(**convert_vae_config(case["config"]))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():  # not the default norms (ones and zeros)
+            if "norm" in name:
+                parameter.normal_(1.0 if name.endswith("weight") else 0.0, 0.1)
+    state = model.state_dict()
+    renamed = {key: key for key in state}
+    for key in list(renamed):  # the original's key of each of this package's keys
+        for original in (key, key.replace(".to_out.0.", ".to_out.")):
+            if convert_vae_key(original) == key:
+                renamed[key] = original
+    save_file(
+        {renamed[key]: value.contiguous() for key, value in state.items()},
+        os.path.join(folder, "diffusion_pytorch_model.safetensors"),
+    )
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(case["config"], f, indent=1)
+    generator = torch.Generator().manual_seed(case["seed"])
+    inputs = {
+        "encode_input": torch.rand(case["encode_input"], generator=generator) * 2 - 1,
+        "decode_input": torch.randn(case["decode_input"], generator=generator),
+    }
+    if case["constant_from"] is not None:
+        inputs["encode_input"][:, :, case["constant_from"] :] = -1.0
+    save_file(inputs, os.path.join(folder, "inputs.safetensors"))
+
+
+def describe_vae(case: Dict[str, Any]) -> str:
+    c = case["config"]
+    tiling = f"tiles {c['tile_sample_min_size']}/{c['tile_overlap_factor']:.3g}" if c["use_tiling"] else "untiled"
+    variant = "slice" if c["slice_compression_vae"] else "cache"
+    return (
+        f"{variant} {c['block_out_channels']} x{c['layers_per_block']} latent {c['latent_channels']} "
+        f"{c['mid_block_attention_type']} slices {c['mini_batch_encoder']}/{c['mini_batch_decoder']} {tiling} "
+        f"encode {tuple(case['encode_input'])}{' masked' if case['constant_from'] else ''} "
+        f"decode {tuple(case['decode_input'])}"
+    )
+
+
+def run_vae_case(seed: int, work: str, args) -> str:
+    """One VAE case, one line: `<seed> <verdict> | encode: ... | decode: ... | <case>`, the verdict the worst of the
+    two operations' (`ok`, `refused`, `DIFF`, `SHAPE`, `RAN`, `REFUSED`, as for pipeline cases)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from diffusers_ruyi import AutoencoderKLRuyiCausal3D
+
+    case = draw_vae_case(seed)
+    folder = os.path.join(work, f"vae_{seed}")
+    os.makedirs(folder)
+    write_vae(case, folder)
+    expected, original_errors = {}, {}
+    if args.reference is not None:
+        saved = os.path.join(folder, "original.safetensors")
+        command = [args.python, DRIVER, "--reference", args.reference, "run-vae", "--folder", folder]
+        command += ["--inputs", os.path.join(folder, "inputs.safetensors"), "--save", saved]
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
+        result = next((line for line in done.stdout.splitlines() if line.startswith("RESULT ")), None)
+        if done.returncode or result is None:
+            lines = done.stderr.strip().splitlines() or ["(no output)"]
+            return f"{seed} ERROR (the original's driver failed: {lines[-1][:160]}) | {describe_vae(case)}"
+        original_errors = json.loads(result[len("RESULT ") :])["errors"]
+        expected = load_file(saved)
+    vae = AutoencoderKLRuyiCausal3D.from_pretrained(folder).eval()
+    inputs = load_file(os.path.join(folder, "inputs.safetensors"))
+    rank = ["ok", "ran", "refused", "DIFF", "SHAPE", "RAN", "REFUSED"]
+    verdicts, details = [], []
+    for name, run in (
+        ("encode", lambda x: vae.encode(x).latent_dist.mean),
+        ("decode", lambda z: vae.decode(z).sample),
+    ):
+        try:
+            with torch.no_grad():
+                output, error = run(inputs[f"{name}_input"]), None
+        except ValueError as raised:
+            output, error = None, str(raised)[:100]
+        if args.reference is None:
+            verdict = "ran" if error is None else "refused"
+            detail = tuple(output.shape) if error is None else error
+        elif name in original_errors:
+            verdict = "refused" if error is not None else "RAN"
+            detail = f"original: {original_errors[name]} / ours: {error}"
+        elif error is not None:
+            verdict, detail = "REFUSED", error
+        elif output.shape != expected[f"{name}_output"].shape:
+            verdict, detail = "SHAPE", f"{tuple(output.shape)} vs {tuple(expected[f'{name}_output'].shape)}"
+        else:
+            difference = (output - expected[f"{name}_output"]).abs().max().item()
+            verdict, detail = ("ok" if difference <= TOLERANCE else "DIFF"), f"{difference:.1e}"
+        verdicts.append(verdict)
+        details.append(f"{name}: {verdict} {detail}")
+    worst = max(verdicts, key=rank.index)
+    return f"{seed} {worst} | {' | '.join(details)} | {describe_vae(case)}"
+
+
 def describe(case: Dict[str, Any]) -> str:
     t = case["transformer"]
     vae = case["vae"]
@@ -322,6 +492,7 @@ def main() -> None:
     parser.add_argument("--python", help="The interpreter of the original's venv (diffusers 0.31).")
     parser.add_argument("--seeds", default="0:20", help="A range `start:stop` of case seeds (default 0:20).")
     parser.add_argument("--keep", help="Keep every case's folder under this directory (default: a temporary one).")
+    parser.add_argument("--vae", action="store_true", help="VAE cases (random architectures) instead of pipelines.")
     args = parser.parse_args()
     if (args.reference is None) != (args.python is None):
         parser.error("give --reference and --python together (or neither, for this package's side only)")
@@ -336,7 +507,7 @@ def main() -> None:
     counts: Dict[str, int] = {}
     try:
         for seed in range(start, stop):
-            line = run_case(seed, work, args)
+            line = (run_vae_case if args.vae else run_case)(seed, work, args)
             counts[line.split()[1]] = counts.get(line.split()[1], 0) + 1
             print(line, flush=True)
     finally:

@@ -62,3 +62,41 @@ def test_reference_and_python_go_together():
         [sys.executable, str(SCRIPT), "--reference", "/nowhere"], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 2 and "--reference and --python together" in done.stderr
+
+
+def test_vae_cases_cover_the_architectures(sweep):
+    assert sweep.draw_vae_case(3) == sweep.draw_vae_case(3) != sweep.draw_vae_case(4)
+    cases = [sweep.draw_vae_case(seed) for seed in range(80)]
+    configs = [c["config"] for c in cases]
+    assert {len(c["block_out_channels"]) for c in configs} == {3, 4}
+    assert {c["slice_compression_vae"] for c in configs} == {True, False}
+    assert {c["mid_block_attention_type"] for c in configs} == {"3d", "spatial"}
+    assert {c["layers_per_block"] for c in configs} == {1, 2, 3}
+    assert {c["use_tiling"] for c in configs} == {True, False}
+    assert any(c["constant_from"] for c in cases) and any(c["constant_from"] is None for c in cases)
+    for case in cases:  # the cache variant only gets the counts its pipeline gives it
+        if not case["config"]["slice_compression_vae"]:
+            assert case["encode_input"][2] in (1, 8, 16, 24) and case["decode_input"][2] in (1, 2, 4, 6)
+
+
+def test_a_vae_case_runs_on_this_packages_side(tmp_path):
+    # Seed 3: the slice variant, 3 stages, 25 frames (constant after the first ones) through the original's 32 px tiles.
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--vae", "--seeds", "3:4", "--keep", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].startswith("3 ran | encode: ran (2, 16, 13, 9, 8) | decode: ran (1, 3, 17, 44, 12)"), lines
+    assert "(2, 3, 25, 36, 32) masked" in lines[0]
+    assert lines[-1] == "summary: 1 ran"
+    # Written in the original's layout: its attention output projection is a bare `to_out`.
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "vae_3" / "diffusion_pytorch_model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert "encoder.mid_block.attentions.0.to_out.weight" in keys and not any(".to_out.0." in k for k in keys)
