@@ -619,7 +619,8 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
 
         Masked pixels are set to -1 before encoding; the mask itself is encoded as a 3-channel video in {0, 1}. As in
         the original, each video goes through the VAE on its own (the mask latents of every video first, then the
-        masked videos'). Posterior samples come from a generator seeded from `generator`'s state, never from
+        masked videos'); a video equal to the one before it (the masks of videos with as many start and end frames)
+        reuses its posterior, and the VAE reuses the moments of equal consecutive slices (the masked frames). Posterior samples come from a generator seeded from `generator`'s state, never from
         `generator` itself, which the original spends only on the initial noise and the scheduler's steps (without a
         generator, from the global RNG, as in the original). With a list, every output video draws its own from its
         own generator's, so it gets the samples of its single run; with one generator the videos of one input share
@@ -641,9 +642,12 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             generator = _posterior_generator(generator)
         with self._vae_upcast(), self._module_progress(getattr(self.vae, "encoder", None), calls, "VAE encode"):
             for pixels in (mask_video, masked_video):
-                samples = []
+                samples, previous = [], None
                 for i, one in enumerate(pixels.split(1)):
-                    posterior = self.vae.encode(one.to(device=device, dtype=self.vae.dtype)).latent_dist
+                    # Videos with as many start and end frames have the same mask: its posterior is reused.
+                    if previous is None or not torch.equal(previous, one):
+                        posterior = self.vae.encode(one.to(device=device, dtype=self.vae.dtype)).latent_dist
+                    previous = one
                     if isinstance(generator, list):
                         video_generators = generator[i * num_videos_per_prompt : (i + 1) * num_videos_per_prompt]
                         samples += [posterior.sample(generator=g) for g in video_generators]
@@ -688,7 +692,8 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
     @contextlib.contextmanager
     def _module_progress(self, module: Optional[torch.nn.Module], total: int, desc: str):
         """A progress bar (diffusers' `progress_bar`, so `set_progress_bar_config` applies) that advances after every
-        forward pass of `module`: the VAE runs its encoder and decoder once per chunk of frames and per tile."""
+        forward pass of `module`: the VAE runs its encoder and decoder once per chunk of frames and per tile, except
+        for encoder chunks it reuses; the bar ends full."""
         if module is None:
             yield
             return
@@ -706,6 +711,8 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         try:
             with bar:
                 yield
+                # `total` counts every chunk and tile; those equal to the one before are reused, not run again.
+                bar.update(total - bar.n)
         finally:
             handle.remove()
 

@@ -136,6 +136,21 @@ def test_vae_progress_bars_count_every_chunk_and_tile(
     assert not pipe.vae.encoder._forward_hooks and not pipe.vae.decoder._forward_hooks
 
 
+def test_vae_encode_reuses_equal_slices_and_masks_and_its_bar_ends_full(monkeypatch):
+    # Three videos of 24 frames, each with one start frame: 3 slices per conditioning video, the last two equal
+    # (masked frames), and the same mask video three times. The encoder runs 2 slices for the mask (then reuses it)
+    # and 2 per masked video: 8 of the bar's 18 chunks.
+    pipe = build_tiny_random_pipeline()
+    pipe.set_progress_bar_config(file=io.StringIO())
+    bars = _Bars(pipe, monkeypatch)
+    calls = []
+    pipe.vae.encoder.register_forward_hook(lambda *_: calls.append(1))
+    images = [IMAGE, PIL.Image.new("RGB", (48, 32), (10, 20, 30)), PIL.Image.new("RGB", (48, 32), (200, 0, 0))]
+    pipe(image=images, **{**SMALL, "num_frames": 24, "height": 32, "width": 48})
+    assert len(calls) == 2 + 3 * 2
+    assert bars.summary()[0] == ("VAE encode", 18, 18)
+
+
 def test_progress_bars_show_by_default_and_follow_the_config(capsys):
     pipe = build_tiny_random_pipeline()
     pipe(image=IMAGE, **SMALL)
