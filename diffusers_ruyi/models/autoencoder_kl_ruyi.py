@@ -475,6 +475,17 @@ def _blend_weights(spans: List[Tuple[int, int]], index: int, scale: int, device,
     return weight.to(dtype)
 
 
+def same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` and ``b`` hold the same values, so that an output computed from one serves for the other. False
+    where there are no values to compare (meta and fake tensors, tensor subclasses, tracing by `torch.compile`): the
+    caller then computes, as it would for different values."""
+    if a.shape != b.shape or a.device.type == "meta" or torch.compiler.is_compiling():
+        return False
+    if type(a) is not torch.Tensor or type(b) is not torch.Tensor:
+        return False
+    return torch.equal(a, b)
+
+
 def _store(target: torch.Tensor, values: torch.Tensor, weight: Optional[torch.Tensor]) -> None:
     """Writes ``values`` into ``target``, or adds ``weight * values`` when blending tiles (``values`` is scratch)."""
     if weight is None:
@@ -1015,7 +1026,7 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
         previous, moments = None, None
         for start, end, latent_start, latent_end in self._encoder_chunks(x.shape[2]):
             frames = x[:, :, start:end]
-            if previous is None or previous.shape != frames.shape or not torch.equal(previous, frames):
+            if previous is None or not same_values(previous, frames):
                 moments = self.quant_conv(self.encoder(frames))
             previous = frames
             # `_store` scales its values in place when blending tiles: give it a copy of moments that may be reused.

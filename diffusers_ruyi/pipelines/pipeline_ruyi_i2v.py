@@ -34,7 +34,7 @@ from diffusers.video_processor import VideoProcessor
 from transformers import CLIPVisionModelWithProjection
 
 from ..loaders.lora import RuyiLoraLoaderMixin
-from ..models.autoencoder_kl_ruyi import AutoencoderKLRuyiCausal3D
+from ..models.autoencoder_kl_ruyi import AutoencoderKLRuyiCausal3D, same_values
 from ..models.transformer_ruyi import RuyiTransformer3DModel
 from .controls import RuyiControlEmbeddings, control_name, get_bucket_size
 from .pipeline_output import RuyiPipelineOutput
@@ -645,7 +645,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                 samples, previous = [], None
                 for i, one in enumerate(pixels.split(1)):
                     # Videos with as many start and end frames have the same mask: its posterior is reused.
-                    if previous is None or not torch.equal(previous, one):
+                    if previous is None or not same_values(previous, one):
                         posterior = self.vae.encode(one.to(device=device, dtype=self.vae.dtype)).latent_dist
                     previous = one
                     if isinstance(generator, list):

@@ -172,6 +172,19 @@ def test_encode_reuses_a_slice_equal_to_the_one_before(tiny_realfmt_checkpoint, 
     assert torch.equal(moments, one_by_one)
 
 
+def test_same_values_compares_only_tensors_with_values():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from diffusers_ruyi.models.autoencoder_kl_ruyi import same_values
+
+    a = torch.ones(2, 3)
+    assert same_values(a, a.clone()) and not same_values(a, a.clone().add_(1e-7)) and not same_values(a, a[:1])
+    assert not same_values(a.to("meta"), a.to("meta"))
+    with FakeTensorMode():  # the memory estimate's tensors: no values, so never equal (and no data-dependent error)
+        fake = torch.ones(2, 3)
+        assert not same_values(fake, fake)
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # Tiling switches
 # ------------------------------------------------------------------------------------------------------------------
