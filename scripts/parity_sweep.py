@@ -2,10 +2,12 @@
 
 Each seed draws one case:
 
-- a random transformer in the published format: 1, 2, 4 or 6 blocks (the counts the original runs), 1-8 heads of
-  8-32 channels, its weights saved with or without the original's fixed `t_embed.pe` tables;
-- the published-format tiny VAE (`tests/fixtures/golden_realfmt/Ruyi-tiny-realfmt`), with or without the original's
-  tiling, tile size and overlap drawn (unaligned ones included);
+- the checkpoint's format: mostly the published one (`tests/fixtures/golden_realfmt/Ruyi-tiny-realfmt`: slice VAE
+  with `smooth_output`, DDPM-class scheduler config, full-CLIP `.bin`, bf16 embeddings), else the first goldens'
+  (`tests/fixtures/golden/Ruyi-tiny-random`: the cache VAE, DDIM), whose tiny VAE, CLIP and embeddings it reuses;
+- a random transformer: 1, 2, 4 or 6 blocks (the counts the original runs), 1-8 heads of 8-32 channels, its weights
+  saved with or without the original's fixed `t_embed.pe` tables;
+- the VAE with or without the original's tiling, tile size and overlap drawn (unaligned ones included);
 - 1, 8, ..., 32 frames, a size, one to three start frames and maybe an end frame, each image of its own size;
 - the sampler (the five of `predict_i2v.py`), steps, guidance, motion, camera, the CLIP apply ratio;
 - sometimes a random original-format LoRA (rank, alpha, weight), TeaCache (threshold, windows) and Enhance-A-Video.
@@ -42,7 +44,12 @@ from typing import Any, Dict, Optional
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TEMPLATE = os.path.join(ROOT, "tests", "fixtures", "golden_realfmt", "Ruyi-tiny-realfmt")
+# The tiny checkpoints whose folder layout, VAE, CLIP, scheduler config and embeddings a case reuses: the published
+# format (slice VAE, `smooth_output`, DDPM-class scheduler config), or the first goldens' (the cache VAE, DDIM).
+TEMPLATES = {
+    "published": os.path.join(ROOT, "tests", "fixtures", "golden_realfmt", "Ruyi-tiny-realfmt"),
+    "cache": os.path.join(ROOT, "tests", "fixtures", "golden", "Ruyi-tiny-random"),
+}
 DRIVER = os.path.join(ROOT, "benchmarks", "original_driver.py")
 TOLERANCE = 1e-4
 # predict_i2v.py's sampler names -> this package's CLI names.
@@ -104,6 +111,8 @@ def draw_case(seed: int) -> Dict[str, Any]:
             if r.random() < 0.3
             else None
         ),
+        # Drawn last, so that the draws above stay those of the earlier sweeps.
+        "template": "cache" if r.random() < 0.25 else "published",
     }
 
 
@@ -138,14 +147,15 @@ def write_checkpoint(case: Dict[str, Any], folder: str) -> None:
     from diffusers_ruyi.loaders.original_checkpoint import convert_transformer_config
     from diffusers_ruyi.models.transformer_ruyi import RuyiTransformer3DModel, _temporal_sincos_embedding
 
+    template = TEMPLATES[case["template"]]
     for entry in ("image_encoder", "scheduler", "embeddings.safetensors", "model_index.json"):
-        source, target = os.path.join(TEMPLATE, entry), os.path.join(folder, entry)
+        source, target = os.path.join(template, entry), os.path.join(folder, entry)
         if os.path.isdir(source):
             shutil.copytree(source, target)
-        else:
+        elif os.path.exists(source):  # the first goldens' layout has no model_index.json
             shutil.copy(source, target)
 
-    with open(os.path.join(TEMPLATE, "transformer", "config.json")) as f:
+    with open(os.path.join(template, "transformer", "config.json")) as f:
         config = {**json.load(f), **case["transformer"]}
     torch.manual_seed(case["seed"])
     model = RuyiTransformer3DModel(**convert_transformer_config(config))
@@ -165,8 +175,8 @@ def write_checkpoint(case: Dict[str, Any], folder: str) -> None:
         json.dump(config, f, indent=2)
 
     os.makedirs(os.path.join(folder, "vae"))
-    shutil.copy(os.path.join(TEMPLATE, "vae", "diffusion_pytorch_model.safetensors"), os.path.join(folder, "vae"))
-    with open(os.path.join(TEMPLATE, "vae", "config.json")) as f:
+    shutil.copy(os.path.join(template, "vae", "diffusion_pytorch_model.safetensors"), os.path.join(folder, "vae"))
+    with open(os.path.join(template, "vae", "config.json")) as f:
         vae_config = {**json.load(f), **case["vae"]}
     with open(os.path.join(folder, "vae", "config.json"), "w") as f:
         json.dump(vae_config, f, indent=2)
@@ -430,7 +440,7 @@ def describe(case: Dict[str, Any]) -> str:
     )
     extras = [name for name in ("lora", "teacache", "enhance") if case[name]]
     return (
-        f"{t['num_layers']}x{t['num_attention_heads']}x{t['attention_head_dim']} {case['frames']}f "
+        f"{case['template']} {t['num_layers']}x{t['num_attention_heads']}x{t['attention_head_dim']} {case['frames']}f "
         f"{case['height']}x{case['width']} {len(case['images']) - case['end_frames']}+{case['end_frames']} frames "
         f"{case['sampler']} {case['steps']} steps cfg {case['guidance_scale']:g} {tiling} {'+'.join(extras) or '-'}"
     )

@@ -1,6 +1,7 @@
 """scripts/parity_sweep.py without the original (CI has none): its cases, its checkpoints, and this package's side."""
 
 import importlib.util
+import json
 import os
 import pathlib
 import subprocess
@@ -33,13 +34,15 @@ def test_cases_are_fixed_by_their_seed_and_cover_the_settings(sweep):
         assert 0 < sum(c[name] is not None for c in cases) < len(cases), name
     # PNDM's warm-up needs 4 steps; the other samplers also get 2 and 3.
     assert all(c["steps"] >= 4 for c in cases if c["sampler"] == "PNDM")
+    assert {c["template"] for c in cases} == set(sweep.TEMPLATES)
 
 
-def test_a_case_runs_on_this_packages_side(tmp_path):
-    # Seed 77: 8 frames at 48x48, Euler, 6 steps, a 6-block transformer, TeaCache.
+def test_cases_run_on_this_packages_side(tmp_path):
+    # Seed 76: the published format, 16 frames at 48x64, DPM++, a 4-block transformer. Seed 77: the first goldens'
+    # format (cache VAE), 8 frames at 48x48, Euler, 6 steps, a 6-block transformer, TeaCache.
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--seeds", "77:78", "--keep", str(tmp_path)],
+        [sys.executable, str(SCRIPT), "--seeds", "76:78", "--keep", str(tmp_path)],
         capture_output=True,
         text=True,
         env=env,
@@ -47,14 +50,19 @@ def test_a_case_runs_on_this_packages_side(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.strip().splitlines()
-    assert lines[0].startswith("77 ran (1, 3, 8, 48, 48)") and "| 6x" in lines[0], lines
-    assert lines[-1] == "summary: 1 ran"
-    case = tmp_path / "case_77"
-    assert (case / "case.json").is_file() and (case / "model_index.json").is_file()
-    assert sorted(p.name for p in (case / "transformer").iterdir()) == [
-        "config.json",
-        "diffusion_pytorch_model.safetensors",
-    ]
+    assert lines[0].startswith("76 ran (1, 3, 16, 48, 64)") and "| published 4x" in lines[0], lines
+    assert lines[1].startswith("77 ran (1, 3, 8, 48, 48)") and "| cache 6x" in lines[1], lines
+    assert lines[-1] == "summary: 2 ran"
+    assert (tmp_path / "case_76" / "model_index.json").is_file()  # the published layout
+    assert not (tmp_path / "case_77" / "model_index.json").exists()  # the original hub layout of the first goldens
+    for case in ("case_76", "case_77"):
+        assert (tmp_path / case / "case.json").is_file()
+        assert sorted(p.name for p in (tmp_path / case / "transformer").iterdir()) == [
+            "config.json",
+            "diffusion_pytorch_model.safetensors",
+        ]
+    with open(tmp_path / "case_77" / "vae" / "config.json") as f:
+        assert json.load(f)["cache_compression_vae"]
 
 
 def test_reference_and_python_go_together():
