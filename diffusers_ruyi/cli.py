@@ -197,7 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     memory = parser.add_argument_group("memory and speed")
     memory.add_argument("--offload", choices=OFFLOAD_MODES, default="none", help="CPU offload mode (needs a GPU).")
-    memory.add_argument("--vae-tiling", action="store_true", help="Decode/encode the VAE in spatial tiles.")
+    memory.add_argument(
+        "--vae-tiling",
+        action="store_true",
+        help="Encode/decode with this package's VAE tiling (256 px tiles, blended), instead of the checkpoint's own "
+        "(the published config turns on the original's 384 px tiling).",
+    )
     memory.add_argument("--cache", choices=CACHE_MODES, default="none", help="Step cache for the transformer.")
     memory.add_argument(
         "--cache-threshold", type=_non_negative_float, default=0.1, help="Threshold of --cache (default 0.1)."
