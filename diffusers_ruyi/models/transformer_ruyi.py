@@ -418,9 +418,16 @@ class RuyiTextAttentionPool(HunyuanDiTAttentionPool):
 
 
 class RuyiResamplerAttention(nn.Module):
-    """Multi-head attention with the parameter layout of `nn.MultiheadAttention` (`in_proj_*`, `out_proj`).
+    """Multi-head attention with the parameter layout of `nn.MultiheadAttention` (`in_proj_*`, `out_proj`), on
+    sequence-first inputs `(L, B, C)` as the original's.
 
-    Keeps the original checkpoint keys while running batch-first SDPA and calling `out_proj` as a module.
+    Keeps the original checkpoint keys and computes what the original's `nn.MultiheadAttention` call computes, in its
+    order and memory layouts: the three input projections of the sequence-first tensors, the query scaled by
+    `1 / sqrt(head_dim)`, a batched product, a softmax and a batched product (the original asks for the attention
+    weights, so it does not fuse them), then `out_proj` on the `(L * B, C)` rows. In float32 SDPA would agree to
+    round-off, but in bfloat16 every layout and rounding step shows, and this way the model stays bit for bit the
+    original's. `out_proj` is called as a module, so that LoRA layers on it apply. It runs once per forward pass on
+    `n_query` tokens: a fused kernel would save nothing.
     """
 
     def __init__(self, embed_dim: int, num_heads: int):
@@ -432,15 +439,19 @@ class RuyiResamplerAttention(nn.Module):
         nn.init.xavier_uniform_(self.in_proj_weight)
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        weight = self.in_proj_weight.to(query.dtype)
-        bias = self.in_proj_bias.to(query.dtype)
-        w_q, w_k, w_v = weight.chunk(3)
-        b_q, b_k, b_v = bias.chunk(3)
-        query = F.linear(query, w_q, b_q).unflatten(2, (self.num_heads, -1)).transpose(1, 2)
-        key = F.linear(key, w_k, b_k).unflatten(2, (self.num_heads, -1)).transpose(1, 2)
-        value = F.linear(value, w_v, b_v).unflatten(2, (self.num_heads, -1)).transpose(1, 2)
-        hidden_states = F.scaled_dot_product_attention(query, key, value)
-        return self.out_proj(hidden_states.transpose(1, 2).flatten(2))
+        num_queries, batch, embed_dim = query.shape
+        w_q, w_k, w_v = self.in_proj_weight.to(query.dtype).chunk(3)
+        b_q, b_k, b_v = self.in_proj_bias.to(query.dtype).chunk(3)
+
+        def heads(x: torch.Tensor) -> torch.Tensor:  # (L, B, H * D) -> (B * H, L, D)
+            return x.view(x.shape[0], batch * self.num_heads, -1).transpose(0, 1)
+
+        query = heads(F.linear(query, w_q, b_q))
+        key = heads(F.linear(key, w_k, b_k))
+        value = heads(F.linear(value, w_v, b_v))
+        weights = torch.bmm(query * math.sqrt(1.0 / query.shape[-1]), key.transpose(-2, -1)).softmax(dim=-1)
+        hidden_states = torch.bmm(weights, value).transpose(0, 1).contiguous().view(num_queries * batch, embed_dim)
+        return self.out_proj(hidden_states).view(num_queries, batch, -1)
 
 
 class RuyiImageResampler(nn.Module):
@@ -478,9 +489,11 @@ class RuyiImageResampler(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         key_positions = self._key_positions(hidden_states.shape[1])
-        hidden_states = self.ln_kv(self.kv_proj(hidden_states))
-        query = (self.ln_q(self.query) + self.pos_embed).unsqueeze(0).expand(hidden_states.shape[0], -1, -1)
-        return self.attn(query, hidden_states + key_positions, hidden_states)
+        # Sequence first, as the original: (B, L, C) -> (L, B, C); see `RuyiResamplerAttention` for why.
+        hidden_states = self.ln_kv(self.kv_proj(hidden_states)).permute(1, 0, 2)
+        query = self.ln_q(self.query).unsqueeze(1).repeat(1, hidden_states.shape[1], 1) + self.pos_embed.unsqueeze(1)
+        output = self.attn(query, hidden_states + key_positions.unsqueeze(1), hidden_states)
+        return output.permute(1, 0, 2)
 
 
 # ----------------------------------------------------------------------------------------------------------------

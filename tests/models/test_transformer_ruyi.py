@@ -228,6 +228,27 @@ def test_bf16_forward(tiny_checkpoint, golden, golden_inputs):
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch, tokens", [(2, 16), (3, 25)])  # 25 CLIP tokens: the key positions are resized
+def test_clip_resampler_computes_what_the_original_multihead_attention_does(tiny_checkpoint, dtype, batch, tokens):
+    # The original resampler: sequence-first tensors through `nn.MultiheadAttention` (asking for the weights, so
+    # unfused). Built here from torch's own module with the same weights, it must agree bit for bit, in bfloat16 too,
+    # where fused SDPA or batch-first layouts differ by up to 1e-3 (and the transformer's output by 1.6e-2).
+    model = _load(tiny_checkpoint).to(dtype)
+    resampler, attention = model.clip_projection, model.clip_projection.attn
+    embed_dim = attention.out_proj.in_features
+    reference = torch.nn.MultiheadAttention(embed_dim, attention.num_heads).to(dtype).eval()
+    reference.load_state_dict(attention.state_dict())
+    clip_width = model.config.projection_dim  # the CLIP features the resampler takes
+    clip = torch.randn(batch, tokens, clip_width, generator=torch.Generator().manual_seed(0)).to(dtype)
+    kv = resampler.ln_kv(resampler.kv_proj(clip)).permute(1, 0, 2)
+    query = resampler.ln_q(resampler.query).unsqueeze(1).repeat(1, batch, 1) + resampler.pos_embed.unsqueeze(1)
+    key = kv + resampler._key_positions(tokens).unsqueeze(1)
+    expected = reference(query, key, kv)[0].permute(1, 0, 2)
+    assert torch.equal(resampler(clip), expected)
+
+
+@torch.no_grad()
 def test_built_under_a_bf16_default_every_weight_is_bf16(tiny_checkpoint):
     # `from_config` under `torch.set_default_dtype(torch.bfloat16)` (how a benchmark builds random full-size
     # weights on the GPU): no weight may stay float32, or the CLIP branch mixes dtypes and the forward fails.
