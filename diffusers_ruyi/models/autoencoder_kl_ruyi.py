@@ -294,7 +294,9 @@ class RuyiMidBlock3D(nn.Module):
         batch_size, channels, num_frames, height, width = hidden_states.shape
         frames = hidden_states.permute(0, 2, 1, 3, 4).reshape(batch_size * num_frames, channels, height, width)
         frames = attention(frames)
-        return frames.reshape(batch_size, num_frames, channels, height, width).permute(0, 2, 1, 3, 4).contiguous()
+        # The original's layout, as in `_attend_volume`: a channels-last view of its `(b * t, h * w, c)` tokens.
+        tokens = frames.reshape(batch_size * num_frames, channels, height * width).transpose(1, 2).contiguous()
+        return tokens.view(batch_size, num_frames, height, width, channels).permute(0, 4, 1, 2, 3)
 
     @staticmethod
     def _attend_volume(attention: Attention, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -302,7 +304,11 @@ class RuyiMidBlock3D(nn.Module):
         # its group norm pools over every frame, as the original `Attention3D`; both reshapes are views.
         batch_size, channels, num_frames, height, width = hidden_states.shape
         volume = attention(hidden_states.reshape(batch_size, channels, num_frames * height, width))
-        return volume.reshape(batch_size, channels, num_frames, height, width)
+        # Returned as the original's is, a channels-last view of its `(b, t * h * w, c)` tokens: the layers after it
+        # keep that layout and pick their kernels by it. In bfloat16 that is what makes the encoder the original's bit
+        # for bit (a contiguous tensor here: 2e-3 apart); on the CPU the decoder also runs ~20 % faster in float32.
+        tokens = volume.reshape(batch_size, channels, num_frames * height * width).transpose(1, 2).contiguous()
+        return tokens.view(batch_size, num_frames, height, width, channels).permute(0, 4, 1, 2, 3)
 
     def forward(self, hidden_states: torch.Tensor, causal_cache: Optional[RuyiCausalCache] = None) -> torch.Tensor:
         attend = self._attend_volume if self.attention_type == "3d" else self._attend_per_frame

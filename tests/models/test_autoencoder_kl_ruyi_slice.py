@@ -185,6 +185,29 @@ def test_same_values_compares_only_tensors_with_values():
         assert not same_values(fake, fake)
 
 
+@torch.no_grad()
+@pytest.mark.parametrize("attention_type", ["3d", "spatial"])
+def test_mid_block_attention_hands_on_the_originals_channels_last_layout(tiny_realfmt_checkpoint, attention_type):
+    # The original's attention returns a channels-last view of its tokens, and the group norms and convolutions after
+    # it keep that layout and choose their kernels by it: in bfloat16 a contiguous tensor here gave other numbers.
+    vae = AutoencoderKLRuyiCausal3D.from_pretrained(tiny_realfmt_checkpoint, subfolder="vae")
+    block = vae.encoder.mid_block
+    block.attention_type = attention_type  # the original's two: all frames at once, or frame by frame
+    attend = block._attend_volume if attention_type == "3d" else block._attend_per_frame
+    hidden_states = torch.randn(2, 32, 3, 4, 5)
+    output = attend(block.attentions[0], hidden_states)
+    assert output.shape == hidden_states.shape
+    assert output.is_contiguous(memory_format=torch.channels_last_3d) and not output.is_contiguous()
+    # The view of (b, t * h * w, c) tokens (per frame: (b * t, h * w, c)), exactly the original's strides.
+    assert output.stride() == (3 * 4 * 5 * 32, 1, 4 * 5 * 32, 5 * 32, 32)
+    # And the encoder keeps it to its output layers, as the original does.
+    strides = []
+    vae.encoder.conv_norm_out.register_forward_hook(lambda module, args, out: strides.append(args[0].stride()))
+    vae.disable_tiling()
+    vae.encode(torch.rand(1, 3, 8, 32, 32) * 2 - 1)
+    assert strides and strides[0][1] == 1  # channels last
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # Tiling switches
 # ------------------------------------------------------------------------------------------------------------------
