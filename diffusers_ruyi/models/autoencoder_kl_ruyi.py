@@ -976,6 +976,13 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
         ratio = self.spatial_compression_ratio
         return batch_size, self.config.out_channels, self.num_sample_frames(num_latent), height * ratio, width * ratio
 
+    def _new_output(self, like: torch.Tensor, shape: Tuple[int, ...]) -> torch.Tensor:
+        """An uninitialised encode/decode output. With mid-block attention the original's encoder and decoder carry its
+        channels-last layout (see `_attend_volume`) to their outputs, and what consumes them (the pipeline's
+        `smooth_output`, a second encode) picks its kernels by layout; so the outputs here are channels last too."""
+        layout = torch.channels_last_3d if self.config.mid_block_add_attention else torch.contiguous_format
+        return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=layout)
+
     def _tile_like_original(
         self,
         source: torch.Tensor,
@@ -1039,7 +1046,7 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
             _store(out[:, :, latent_start:latent_end], moments if weight is None else moments.clone(), weight)
 
     def _encode_untiled(self, x: torch.Tensor) -> torch.Tensor:
-        out = x.new_empty(self._moments_shape(x))
+        out = self._new_output(x, self._moments_shape(x))
         self._encode_frames(x, out)
         return out
 
@@ -1048,7 +1055,7 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
         untiled = self._moments_shape(x)
         shape = untiled[:-2] + self.tiled_output_size(*x.shape[-2:])  # also refuses a last tile too small to encode
         self._warn_if_resized(shape, untiled, "encode")
-        out = x.new_empty(shape)
+        out = self._new_output(x, shape)
         self._tile_like_original(x, tile, step, self._encode_untiled, out, blend, keep)
         return out
 
@@ -1082,7 +1089,8 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
         return out.div_(weight_sum)
 
     def _encode_package_tiled(self, x: torch.Tensor) -> torch.Tensor:
-        return self._package_tiled(x, x.new_zeros(self._moments_shape(x)), self._encode_frames, decode=False)
+        out = self._new_output(x, self._moments_shape(x)).zero_()
+        return self._package_tiled(x, out, self._encode_frames, decode=False)
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         if self.num_tiles(x.shape[-2], x.shape[-1]) == 1:
@@ -1170,7 +1178,7 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
                 causal_cache.clear()
 
     def _decode_untiled(self, z: torch.Tensor) -> torch.Tensor:
-        out = z.new_empty(self._video_shape(z))
+        out = self._new_output(z, self._video_shape(z))
         self._decode_frames(z, out)
         return out
 
@@ -1179,7 +1187,7 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
         untiled = self._video_shape(z)
         shape = untiled[:-2] + self.tiled_output_size(*z.shape[-2:], decode=True)
         self._warn_if_resized(shape, untiled, "decode")
-        out = z.new_empty(shape)
+        out = self._new_output(z, shape)
         self._tile_like_original(z, tile, step, self._decode_untiled, out, blend, keep)
         # The original decodes the lower-right corner tile once more and fades it in towards the corner.
         corner = self._decode_untiled(z[..., -tile:, -tile:])
@@ -1191,7 +1199,8 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
         return out
 
     def _decode_package_tiled(self, z: torch.Tensor) -> torch.Tensor:
-        return self._package_tiled(z, z.new_zeros(self._video_shape(z)), self._decode_frames, decode=True)
+        out = self._new_output(z, self._video_shape(z)).zero_()
+        return self._package_tiled(z, out, self._decode_frames, decode=True)
 
     def _decode(self, z: torch.Tensor) -> torch.Tensor:
         ratio = self.spatial_compression_ratio

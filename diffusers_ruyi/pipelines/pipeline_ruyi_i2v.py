@@ -1089,6 +1089,10 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             frames = latents
         else:
             video = self.decode_latents(latents)
+            if video.dtype != torch.float32:
+                # The original maps the video to [0, 1] in the VAE's dtype (bfloat16 in its predict_i2v.py) and only
+                # then casts to float32; the same rounding here (the map back to [-1, 1] is exact in float32).
+                video = (video / 2 + 0.5).clamp(0, 1).float() * 2 - 1
             frames = self.video_processor.postprocess_video(video.float(), output_type=output_type)
 
         self.maybe_free_model_hooks()

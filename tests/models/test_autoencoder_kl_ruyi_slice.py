@@ -208,6 +208,28 @@ def test_mid_block_attention_hands_on_the_originals_channels_last_layout(tiny_re
     assert strides and strides[0][1] == 1  # channels last
 
 
+@torch.no_grad()
+@pytest.mark.parametrize("tiling", ["none", "original", "package"])
+@pytest.mark.parametrize("attention", [True, False])
+def test_outputs_are_channels_last_as_the_originals(tiny_realfmt_checkpoint, vae_folder_copy, tiling, attention):
+    # The original's outputs carry its attention's channels-last layout (without mid-block attention: contiguous), and
+    # the pipeline's `smooth_output` encodes a slice of the decoded video again, with kernels chosen by layout.
+    if attention:
+        vae = AutoencoderKLRuyiCausal3D.from_pretrained(tiny_realfmt_checkpoint, subfolder="vae")
+    else:
+        config = json.loads((vae_folder_copy / "config.json").read_text())
+        vae = AutoencoderKLRuyiCausal3D.from_config({**convert_vae_config(config), "mid_block_add_attention": False})
+    if tiling == "none":
+        vae.disable_tiling()
+    elif tiling == "package":
+        vae.enable_tiling(tile_sample_min_height=32, tile_sample_min_width=32, tile_overlap_factor=0.5)
+    moments = vae.encode(torch.rand(1, 3, 8, 48, 40) * 2 - 1).latent_dist.parameters
+    video = vae.decode(torch.randn(1, 16, 2, 6, 5)).sample
+    for output in (moments, video):
+        assert output.is_contiguous(memory_format=torch.channels_last_3d) == attention
+        assert output.is_contiguous() != attention
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # Tiling switches
 # ------------------------------------------------------------------------------------------------------------------

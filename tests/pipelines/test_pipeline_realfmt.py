@@ -65,6 +65,9 @@ def test_dtype_bfloat16_keeps_vae_in_bfloat16(tiny_realfmt_checkpoint):
     pipe.set_progress_bar_config(disable=True)
     video = pipe(image=image, num_frames=16, height=64, width=64, num_inference_steps=2, output_type="pt").frames
     assert video.dtype == torch.float32 and torch.isfinite(video).all()
+    # As the original, the video is mapped to [0, 1] in bfloat16 before the cast: every value is a bfloat16 one
+    # (mapping in float32 gives values between them).
+    assert torch.equal(video, video.bfloat16().float())
 
 
 def test_original_tiling_that_would_resize_the_latents_is_refused_early(realfmt_pipe, monkeypatch):
