@@ -294,9 +294,7 @@ class RuyiMidBlock3D(nn.Module):
         batch_size, channels, num_frames, height, width = hidden_states.shape
         frames = hidden_states.permute(0, 2, 1, 3, 4).reshape(batch_size * num_frames, channels, height, width)
         frames = attention(frames)
-        # The original's layout, as in `_attend_volume`: a channels-last view of its `(b * t, h * w, c)` tokens.
-        tokens = frames.reshape(batch_size * num_frames, channels, height * width).transpose(1, 2).contiguous()
-        return tokens.view(batch_size, num_frames, height, width, channels).permute(0, 4, 1, 2, 3)
+        return _hand_on(frames.reshape(batch_size, num_frames, channels, height, width).permute(0, 2, 1, 3, 4))
 
     @staticmethod
     def _attend_volume(attention: Attention, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -304,11 +302,7 @@ class RuyiMidBlock3D(nn.Module):
         # its group norm pools over every frame, as the original `Attention3D`; both reshapes are views.
         batch_size, channels, num_frames, height, width = hidden_states.shape
         volume = attention(hidden_states.reshape(batch_size, channels, num_frames * height, width))
-        # Returned as the original's is, a channels-last view of its `(b, t * h * w, c)` tokens: the layers after it
-        # keep that layout and pick their kernels by it. In bfloat16 that is what makes the encoder the original's bit
-        # for bit (a contiguous tensor here: 2e-3 apart); on the CPU the decoder also runs ~20 % faster in float32.
-        tokens = volume.reshape(batch_size, channels, num_frames * height * width).transpose(1, 2).contiguous()
-        return tokens.view(batch_size, num_frames, height, width, channels).permute(0, 4, 1, 2, 3)
+        return _hand_on(volume.reshape(batch_size, channels, num_frames, height, width))
 
     def forward(self, hidden_states: torch.Tensor, causal_cache: Optional[RuyiCausalCache] = None) -> torch.Tensor:
         attend = self._attend_volume if self.attention_type == "3d" else self._attend_per_frame
@@ -479,6 +473,30 @@ def _blend_weights(spans: List[Tuple[int, int]], index: int, scale: int, device,
         overlap = end - spans[index + 1][0] * scale
         weight = torch.minimum(weight, (end - position) / (overlap + 1))
     return weight.to(dtype)
+
+
+def _original_layout(dtype: torch.dtype) -> torch.memory_format:
+    """The memory layout the mid-block attention hands on, in reduced precision: the original's.
+
+    The original's attention returns a channels-last view of its tokens, and every group norm and convolution after
+    it keeps that layout and picks its kernels by it. In bfloat16 that decides the numbers: with it, the VAE and so
+    the pipeline give the original's bfloat16 output bit for bit (on the same torch build); with a contiguous tensor
+    the encoder was 2e-3 apart. In float32 the layout changes only round-off, and the contiguous one has half of it
+    (a float32 decode 1.0e-5 from float64 against 2.3e-5 channels last, measured on the CPU), so float32 stays
+    contiguous, as verified by the goldens and the sweeps.
+    """
+    return torch.contiguous_format if dtype == torch.float32 else torch.channels_last_3d
+
+
+def _hand_on(hidden_states: torch.Tensor) -> torch.Tensor:
+    """The mid-block attention's output `(b, c, t, h, w)` in `_original_layout`: in reduced precision exactly the
+    original's view of `(b, t, h, w, c)` tokens, its strides included (kernels also read the strides of size-1 dims,
+    so a view that only looks channels last is not enough), else contiguous."""
+    if _original_layout(hidden_states.dtype) == torch.contiguous_format:
+        return hidden_states.contiguous()
+    batch_size, channels, num_frames, height, width = hidden_states.shape
+    tokens = hidden_states.new_empty(batch_size, num_frames, height, width, channels)
+    return tokens.permute(0, 4, 1, 2, 3).copy_(hidden_states)
 
 
 def same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -978,9 +996,9 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
 
     def _new_output(self, like: torch.Tensor, shape: Tuple[int, ...]) -> torch.Tensor:
         """An uninitialised encode/decode output. With mid-block attention the original's encoder and decoder carry its
-        channels-last layout (see `_attend_volume`) to their outputs, and what consumes them (the pipeline's
-        `smooth_output`, a second encode) picks its kernels by layout; so the outputs here are channels last too."""
-        layout = torch.channels_last_3d if self.config.mid_block_add_attention else torch.contiguous_format
+        channels-last layout to their outputs, and what consumes them (the pipeline's `smooth_output`, a second
+        encode) picks its kernels by layout: see `_original_layout`."""
+        layout = _original_layout(like.dtype) if self.config.mid_block_add_attention else torch.contiguous_format
         return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=layout)
 
     def _tile_like_original(

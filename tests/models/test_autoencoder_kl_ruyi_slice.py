@@ -186,32 +186,35 @@ def test_same_values_compares_only_tensors_with_values():
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("attention_type", ["3d", "spatial"])
-def test_mid_block_attention_hands_on_the_originals_channels_last_layout(tiny_realfmt_checkpoint, attention_type):
+def test_mid_block_attention_hands_on_the_originals_layout(tiny_realfmt_checkpoint, attention_type, dtype):
     # The original's attention returns a channels-last view of its tokens, and the group norms and convolutions after
-    # it keep that layout and choose their kernels by it: in bfloat16 a contiguous tensor here gave other numbers.
-    vae = AutoencoderKLRuyiCausal3D.from_pretrained(tiny_realfmt_checkpoint, subfolder="vae")
+    # it keep that layout and choose their kernels by it: in bfloat16 a contiguous tensor here gave other numbers. In
+    # float32 the contiguous layout has half the round-off, so it stays.
+    vae = AutoencoderKLRuyiCausal3D.from_pretrained(tiny_realfmt_checkpoint, subfolder="vae").to(dtype)
     block = vae.encoder.mid_block
     block.attention_type = attention_type  # the original's two: all frames at once, or frame by frame
     attend = block._attend_volume if attention_type == "3d" else block._attend_per_frame
-    hidden_states = torch.randn(2, 32, 3, 4, 5)
+    hidden_states = torch.randn(1, 32, 3, 4, 5).to(dtype)  # batch 1: its stride counts too
     output = attend(block.attentions[0], hidden_states)
     assert output.shape == hidden_states.shape
-    assert output.is_contiguous(memory_format=torch.channels_last_3d) and not output.is_contiguous()
-    # The view of (b, t * h * w, c) tokens (per frame: (b * t, h * w, c)), exactly the original's strides.
-    assert output.stride() == (3 * 4 * 5 * 32, 1, 4 * 5 * 32, 5 * 32, 32)
+    if dtype == torch.float32:
+        assert output.is_contiguous()
+    else:  # the view of (b, t * h * w, c) tokens (per frame: (b * t, h * w, c)), exactly the original's strides
+        assert output.stride() == (3 * 4 * 5 * 32, 1, 4 * 5 * 32, 5 * 32, 32)
     # And the encoder keeps it to its output layers, as the original does.
     strides = []
     vae.encoder.conv_norm_out.register_forward_hook(lambda module, args, out: strides.append(args[0].stride()))
     vae.disable_tiling()
-    vae.encode(torch.rand(1, 3, 8, 32, 32) * 2 - 1)
-    assert strides and strides[0][1] == 1  # channels last
+    vae.encode((torch.rand(1, 3, 8, 32, 32) * 2 - 1).to(dtype))
+    assert strides and (strides[0][1] == 1) == (dtype == torch.bfloat16)  # channels last in bfloat16
 
 
 @torch.no_grad()
 @pytest.mark.parametrize("tiling", ["none", "original", "package"])
 @pytest.mark.parametrize("attention", [True, False])
-def test_outputs_are_channels_last_as_the_originals(tiny_realfmt_checkpoint, vae_folder_copy, tiling, attention):
+def test_outputs_carry_the_originals_layout(tiny_realfmt_checkpoint, vae_folder_copy, tiling, attention):
     # The original's outputs carry its attention's channels-last layout (without mid-block attention: contiguous), and
     # the pipeline's `smooth_output` encodes a slice of the decoded video again, with kernels chosen by layout.
     if attention:
@@ -223,11 +226,14 @@ def test_outputs_are_channels_last_as_the_originals(tiny_realfmt_checkpoint, vae
         vae.disable_tiling()
     elif tiling == "package":
         vae.enable_tiling(tile_sample_min_height=32, tile_sample_min_width=32, tile_overlap_factor=0.5)
-    moments = vae.encode(torch.rand(1, 3, 8, 48, 40) * 2 - 1).latent_dist.parameters
-    video = vae.decode(torch.randn(1, 16, 2, 6, 5)).sample
-    for output in (moments, video):
-        assert output.is_contiguous(memory_format=torch.channels_last_3d) == attention
-        assert output.is_contiguous() != attention
+    for dtype in (torch.float32, torch.bfloat16):
+        vae.to(dtype)
+        moments = vae.encode((torch.rand(1, 3, 8, 48, 40) * 2 - 1).to(dtype)).latent_dist.parameters
+        video = vae.decode(torch.randn(1, 16, 2, 6, 5).to(dtype)).sample
+        channels_last = attention and dtype == torch.bfloat16
+        for output in (moments, video):
+            assert output.is_contiguous(memory_format=torch.channels_last_3d) == channels_last
+            assert output.is_contiguous() != channels_last
 
 
 # ------------------------------------------------------------------------------------------------------------------
