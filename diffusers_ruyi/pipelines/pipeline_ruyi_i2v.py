@@ -620,9 +620,10 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         Masked pixels are set to -1 before encoding; the mask itself is encoded as a 3-channel video in {0, 1}. As in
         the original, each video goes through the VAE on its own (the mask latents of every video first, then the
         masked videos'); a video equal to the one before it (the masks of videos with as many start and end frames)
-        reuses its posterior, and the VAE reuses the moments of equal consecutive slices (the masked frames). Posterior samples come from a generator seeded from `generator`'s state, never from
-        `generator` itself, which the original spends only on the initial noise and the scheduler's steps (without a
-        generator, from the global RNG, as in the original). With a list, every output video draws its own from its
+        reuses its posterior, and the VAE reuses the moments of equal consecutive slices (the masked frames).
+        Posterior samples come from a generator seeded from `generator`'s state, never from `generator` itself, which
+        the original spends only on the initial noise and the scheduler's steps (without a generator, from the global
+        RNG, as in the original). With a list, every output video draws its own from its
         own generator's, so it gets the samples of its single run; with one generator the videos of one input share
         one sample.
 

@@ -23,6 +23,14 @@ def sweep():
     return module
 
 
+def _run_sweep(*args: str) -> list:
+    """Runs the sweep without the original (as CI must) and returns its output lines; it must succeed."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    done = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip().splitlines()
+
+
 def test_cases_are_fixed_by_their_seed_and_cover_the_settings(sweep):
     assert sweep.draw_case(7) == sweep.draw_case(7) != sweep.draw_case(8)
     cases = [sweep.draw_case(seed) for seed in range(60)]
@@ -40,16 +48,7 @@ def test_cases_are_fixed_by_their_seed_and_cover_the_settings(sweep):
 def test_cases_run_on_this_packages_side(tmp_path):
     # Seed 76: the published format, 16 frames at 48x64, DPM++, a 4-block transformer. Seed 77: the first goldens'
     # format (cache VAE), 8 frames at 48x48, Euler, 6 steps, a 6-block transformer, TeaCache.
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--seeds", "76:78", "--keep", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    lines = done.stdout.strip().splitlines()
+    lines = _run_sweep("--seeds", "76:78", "--keep", str(tmp_path))
     assert lines[0].startswith("76 ran (1, 3, 16, 48, 64)") and "| published 4x" in lines[0], lines
     assert lines[1].startswith("77 ran (1, 3, 8, 48, 48)") and "| cache 6x" in lines[1], lines
     assert lines[-1] == "summary: 2 ran"
@@ -88,17 +87,9 @@ def test_vae_cases_cover_the_architectures(sweep):
 
 
 def test_a_vae_case_runs_on_this_packages_side(tmp_path):
-    # Seed 3: the slice variant, 3 stages, 25 frames (constant after the first ones) through the original's 32 px tiles.
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--vae", "--seeds", "3:4", "--keep", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    lines = done.stdout.strip().splitlines()
+    # Seed 3: the slice variant, 3 stages, 25 frames (constant after the first ones) through the original's 32 px
+    # tiles.
+    lines = _run_sweep("--vae", "--seeds", "3:4", "--keep", str(tmp_path))
     assert lines[0].startswith("3 ran | encode: ran (2, 16, 13, 9, 8) | decode: ran (1, 3, 17, 44, 12)"), lines
     assert "(2, 3, 25, 36, 32) masked" in lines[0]
     assert lines[-1] == "summary: 1 ran"
