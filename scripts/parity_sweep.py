@@ -194,6 +194,7 @@ def run_original(case: Dict[str, Any], folder: str, images: list, args) -> Optio
     command += ["--steps", str(case["steps"]), "--cfg", str(case["guidance_scale"]), "--motion", case["motion"]]
     command += ["--cam", case["camera"], "--seed", str(case["generator_seed"]), "--scheduler", case["sampler"]]
     command += ["--clip-apply-ratio", str(case["clip_apply_ratio"]), "--save", os.path.join(folder, "original.st")]
+    command += ["--dtype", args.dtype]
     if case["lora"]:
         lora = case["lora"]
         command += ["--lora-out", os.path.join(folder, "lora.safetensors"), "--lora-rank", str(lora["rank"])]
@@ -215,8 +216,8 @@ def run_original(case: Dict[str, Any], folder: str, images: list, args) -> Optio
     return None
 
 
-def run_ours(case: Dict[str, Any], folder: str, images: list):
-    """This package on the case, as a user runs it; the video as (B, C, F, H, W) in [0, 1]."""
+def run_ours(case: Dict[str, Any], folder: str, images: list, dtype: str = "float32"):
+    """This package on the case, as a user runs it, in `dtype`; the video as (B, C, F, H, W) in [0, 1]."""
     import diffusers
     import PIL.Image
     import torch
@@ -230,7 +231,7 @@ def run_ours(case: Dict[str, Any], folder: str, images: list):
         apply_ruyi_teacache,
     )
 
-    pipe = RuyiImageToVideoPipeline.from_pretrained(folder)
+    pipe = RuyiImageToVideoPipeline.from_pretrained(folder, dtype=getattr(torch, dtype))
     pipe.set_progress_bar_config(disable=True)
     scheduler = SCHEDULERS[SAMPLERS[case["sampler"]]]
     pipe.scheduler = getattr(diffusers, scheduler).from_config(pipe.scheduler.config)
@@ -469,7 +470,7 @@ def run_case(seed: int, work: str, args) -> str:
     start = time.perf_counter()
     try:
         with torch.no_grad():
-            video = run_ours(case, folder, images)
+            video = run_ours(case, folder, images, args.dtype)
         ours_error = None
     except ValueError as error:
         ours_error = error
@@ -491,8 +492,20 @@ def run_case(seed: int, work: str, args) -> str:
         # The original's Enhance-A-Video divides by zero on one frame; this package leaves one frame unchanged.
         return f"{seed} nan-original (its Enhance-A-Video on one frame; ours is finite) | {describe(case)}"
     difference = (video - expected).abs().max().item()
-    verdict = "ok" if difference <= TOLERANCE else "DIFF"
     timing = f"original {original_seconds:.1f} s, ours {ours_seconds:.1f} s"
+    if args.dtype == "float32":
+        verdict = "ok" if difference <= TOLERANCE else "DIFF"
+    elif not case["lora"]:
+        verdict = "ok" if difference == 0 else "DIFF"  # bit for bit
+    else:
+        # The original merges its LoRA into the bfloat16 weights with one rounding; diffusers keeps the adapter apart
+        # (in bfloat16), so the two round differently by construction. Judged instead: our bfloat16 video is at most
+        # twice as far from the float32 one (this package's, equal to the original's within 1e-4) as the original's.
+        with torch.no_grad():
+            exact = run_ours(case, folder, images, "float32")
+        ours_error, original_error = ((x - exact).abs().max().item() for x in (video, expected))
+        verdict = "lora-close" if ours_error <= 2 * original_error else "DIFF"
+        timing += f"; from float32: ours {ours_error:.1e}, original {original_error:.1e}"
     return f"{seed} {verdict} {difference:.1e} ({timing}) | {describe(case)}"
 
 
@@ -503,6 +516,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0:20", help="A range `start:stop` of case seeds (default 0:20).")
     parser.add_argument("--keep", help="Keep every case's folder under this directory (default: a temporary one).")
     parser.add_argument("--vae", action="store_true", help="VAE cases (random architectures) instead of pipelines.")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="Pipeline cases' dtype.")
     args = parser.parse_args()
     if (args.reference is None) != (args.python is None):
         parser.error("give --reference and --python together (or neither, for this package's side only)")
@@ -524,7 +538,7 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print("summary: " + ", ".join(f"{count} {verdict}" for verdict, count in sorted(counts.items())))
-    if any(verdict not in ("ok", "refused", "ran", "skipped", "nan-original") for verdict in counts):
+    if any(verdict not in ("ok", "lora-close", "refused", "ran", "skipped", "nan-original") for verdict in counts):
         sys.exit(1)
 
 

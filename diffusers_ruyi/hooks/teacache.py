@@ -248,8 +248,12 @@ class RuyiTeaCacheOutputHook(ModelHook):
     def new_forward(self, module: torch.nn.Module, hidden_states: torch.Tensor, *args, **kwargs):
         state: RuyiTeaCacheState = self.state_manager.get_state()
         if not state.should_compute:
-            # The blocks passed their input through, so `hidden_states` is the block input of this step.
-            return hidden_states + move_to(state.residual, hidden_states.device)
+            # The blocks passed their input through, so `hidden_states` is the block input of this step. The sum is
+            # laid out as the original's block input, tokens fastest (a transposed view of its patch embedding):
+            # for such an input torch's linear in `proj_out` runs unfused (matmul, then bias), which rounds twice in
+            # bfloat16, so only this layout gives the original's bits.
+            output = hidden_states + move_to(state.residual, hidden_states.device)
+            return output.transpose(1, 2).contiguous().transpose(1, 2)
         output = self.fn_ref.original_forward(hidden_states, *args, **kwargs)
         if state.block_input is not None:
             residual = output - move_to(state.block_input, output.device)

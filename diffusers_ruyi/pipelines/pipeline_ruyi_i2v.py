@@ -988,14 +988,16 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         # 4. Prepare the initial noise, drawn before the conditioning as in the original, so seeds give its videos.
         # The latents stay in the transformer's dtype through the scheduler, as the original keeps them, unless
         # `latents_dtype` says otherwise: float32 latents (as diffusers' Wan keeps) change bfloat16 results by about
-        # as much as bfloat16 itself differs from float32, so the original's choice is the default.
+        # as much as bfloat16 itself differs from float32, so the original's choice is the default. The noise is
+        # drawn and scaled by `init_noise_sigma` in that dtype too, as the original does: rounded before the scaling,
+        # not after (the same values only where the sigma is 1, as with DDIM).
         latents_dtype = latents_dtype or transformer_dtype
         latents = self.prepare_latents(
             batch_size,
             num_frames,
             height,
             width,
-            torch.float32 if latents is None else latents.dtype,
+            latents_dtype if latents is None else latents.dtype,
             device,
             generator,
             latents,

@@ -177,6 +177,27 @@ def test_teacache_skips_blocks_and_stays_close():
     assert all(torch.equal(a, b) for a, b in zip(baseline, again))
 
 
+def test_teacache_skipped_step_feeds_proj_out_the_originals_layout():
+    # The original adds the cached residual to its block input, a transposed view of the patch embedding (tokens
+    # fastest in memory); torch's linear then runs unfused, with another bfloat16 rounding than on a contiguous input.
+    model, inputs = tiny_transformer().to(torch.bfloat16), transformer_inputs()
+    inputs = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in inputs.items()}
+    seen = []
+    model.proj_out.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    model.enable_cache(RuyiTeaCacheConfig(threshold=0.1, skip_start_steps=3, skip_end_steps=1))
+    _denoise(model, inputs, [500, 499, 498, 497, 496, 495], latent_drift=1e-4)
+    assert get_ruyi_teacache_skipped_steps(model) == [3, 4]
+    for step, tokens in enumerate(seen):
+        batch, length, channels = tokens.shape
+        assert tokens.stride() == (
+            (length * channels, 1, length) if step in (3, 4) else (length * channels, channels, 1)
+        )
+    weight, bias = model.proj_out.weight, model.proj_out.bias
+    unfused = torch.matmul(seen[3], weight.t()) + bias  # what torch's linear does on the transposed layout
+    assert torch.equal(model.proj_out(seen[3]), unfused)
+    assert not torch.equal(model.proj_out(seen[3].contiguous()), unfused)  # the layout changes the bits
+
+
 def test_teacache_without_step_info_counts_calls_and_resets():
     model, inputs = tiny_transformer(), transformer_inputs()
     timesteps = [500, 499, 498, 497, 496, 495]

@@ -8,6 +8,8 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from diffusers import EulerDiscreteScheduler
+from diffusers.utils.torch_utils import randn_tensor
 
 from diffusers_ruyi import RuyiImageToVideoPipeline
 
@@ -119,6 +121,26 @@ def test_latents_dtype(tiny_checkpoint, images):
     assert (upcast - default.float()).abs().max() < 0.5
     with pytest.raises(TypeError, match="`latents_dtype` must be a floating-point torch.dtype"):
         _run(pipe, images[0], latents_dtype="float32")
+
+
+def test_bfloat16_noise_is_drawn_and_scaled_in_bfloat16(tiny_checkpoint, images):
+    # As the original: drawn in the latents' dtype and rounded before the scaling by `init_noise_sigma` (about 14.6
+    # for Euler here), not scaled in float32 and rounded after.
+    pipe = RuyiImageToVideoPipeline.from_pretrained(tiny_checkpoint, dtype=torch.bfloat16)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    seen = []
+    pipe.transformer.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    _run(pipe, images[0], num_inference_steps=2, output_type="latent")
+    noise = randn_tensor(
+        pipe._latent_shape(1, SIZE["num_frames"], SIZE["height"], SIZE["width"]),
+        generator=torch.Generator("cpu").manual_seed(0),
+        dtype=torch.bfloat16,
+    )
+    pipe.scheduler.set_timesteps(2)
+    expected = pipe.scheduler.scale_model_input(noise * pipe.scheduler.init_noise_sigma, pipe.scheduler.timesteps[0])
+    assert pipe.scheduler.init_noise_sigma > 2
+    assert torch.equal(seen[0][1:], expected)  # the conditional half of the CFG batch
 
 
 def test_frames_are_resized_as_the_original(pipe, images):
