@@ -120,6 +120,8 @@ def run_pipeline(args) -> dict:
         clip_image_processor=processor,
     ).to(device)
     pipe.set_progress_bar_config(disable=True)
+    if args.posterior_noise_as_package:
+        _posterior_noise_as_package(pipe)
     if args.offload_steps is not None:
         pipe.transformer.hidden_cache_size = args.offload_steps
     emb = load_file(os.path.join(path, "embeddings.safetensors"))
@@ -217,6 +219,38 @@ def run_pipeline(args) -> dict:
     return result
 
 
+def _posterior_noise_as_package(pipe) -> None:
+    """Gives the original's VAE posterior samples the noise diffusers-ruyi draws, for a comparison of the two
+    implementations alone. The original draws that noise from the global RNG, which an import reseeds at random on
+    every start, so its own videos change from run to run wherever the noise reaches a bfloat16 rounding;
+    diffusers-ruyi draws it from a generator seeded from the user's generator's state at the same point (after the
+    initial noise), in the same order (every video's mask, then every masked video)."""
+    import hashlib
+
+    import torch
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    state = {}
+    prepare = pipe.prepare_mask_latents
+
+    def prepare_mask_latents(*args, **kwargs):
+        generator = kwargs["generator"] if "generator" in kwargs else args[7]
+        digest = hashlib.blake2b(generator.get_state().numpy().tobytes(), digest_size=8).digest()
+        state["generator"] = torch.Generator(generator.device).manual_seed(int.from_bytes(digest, "little"))
+        try:
+            return prepare(*args, **kwargs)
+        finally:
+            state.clear()
+
+    sample = DiagonalGaussianDistribution.sample
+
+    def sample_with_package_noise(self, generator=None):
+        return sample(self, generator if generator is not None else state.get("generator"))
+
+    pipe.prepare_mask_latents = prepare_mask_latents
+    DiagonalGaussianDistribution.sample = sample_with_package_noise
+
+
 def _random_lora(pipe, args) -> None:
     """Writes a random LoRA in the original format with the original's own `LoRANetwork` (every module it wraps, a
     different alpha per module) to `--lora-out`, and merges it with `merge_lora(..., --lora-weight)`, as
@@ -250,7 +284,8 @@ def run_vae(args) -> dict:
     from safetensors.torch import load_file, save_file
 
     vae_mod, _, _ = _import_original(args.reference)
-    vae = vae_mod.AutoencoderKLMagvit.from_pretrained(args.folder).eval()
+    dtype = getattr(torch, args.dtype)
+    vae = vae_mod.AutoencoderKLMagvit.from_pretrained(args.folder).eval().to(dtype)
     inputs = load_file(args.inputs)
     outputs, errors = {}, {}
     for name, run in (
@@ -258,8 +293,9 @@ def run_vae(args) -> dict:
         ("decode", lambda z: vae.decode(z).sample),
     ):
         try:
-            with torch.no_grad():
-                outputs[f"{name}_output"] = run(inputs[f"{name}_input"]).contiguous()
+            # As predict_i2v.py runs it: the model in `dtype`, under autocast when that is not float32.
+            with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+                outputs[f"{name}_output"] = run(inputs[f"{name}_input"].to(dtype)).float().contiguous()
         except Exception as error:  # the sweep compares failures too: which one, not where
             errors[name] = f"{type(error).__name__}: {error}".splitlines()[0][:160]
     save_file(outputs, args.save)
@@ -330,10 +366,16 @@ def main() -> None:
     run.add_argument("--clip-apply-ratio", type=float, default=0.4)
     run.add_argument("--guidance-rescale", type=float, default=0.0)
     run.add_argument("--save")
+    run.add_argument(
+        "--posterior-noise-as-package",
+        action="store_true",
+        help="Draw the VAE posterior noise as diffusers-ruyi does, not from the randomly seeded global RNG.",
+    )
     vae = sub.add_parser("run-vae")
     vae.add_argument("--folder", required=True, help="A VAE folder in the original layout (config + weights).")
     vae.add_argument("--inputs", required=True, help="safetensors with `encode_input` and `decode_input`.")
     vae.add_argument("--save", required=True)
+    vae.add_argument("--dtype", default="float32")
     load = sub.add_parser("load-transformer")
     load.add_argument("--root", required=True)
     load.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])

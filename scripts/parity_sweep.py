@@ -15,9 +15,10 @@ Each seed draws one case:
 The checkpoint is written once (by this package: random weights in the original keys, the published folder layout);
 the original runs it through `benchmarks/original_driver.py run-pipeline` in its own interpreter, then this package
 runs it as a user would (`from_pretrained`, the CLI's scheduler swap, `load_lora_weights` + `set_adapters`, the hooks).
-One line per case: `ok` (max abs difference <= 1e-4), `DIFF`, or where the original fails, whether this package
-refuses the case early with a `ValueError` as it should (`refused`) or not; `nan-original` marks the one documented
-difference the cases can draw (the original's Enhance-A-Video returns NaN on a single frame, this package does not).
+One line per case: `ok` (max abs difference <= 1e-4 in float32), `DIFF`, or where the original fails, whether this
+package refuses the case early with a `ValueError` as it should (`refused`) or not; `nan-original` marks the one
+documented difference the cases can draw (the original's Enhance-A-Video returns NaN on a single frame, this package
+does not).
 
     python scripts/parity_sweep.py --reference /path/to/Ruyi-Models --python /path/to/ref-venv/bin/python --seeds 0:50
 
@@ -26,6 +27,12 @@ With `--vae`, each seed draws a VAE case instead: a random architecture of the o
 channels, mid-block attention, slice and chunk sizes, the original's tiling with its tile size and overlap), random
 weights, and one `encode` and one `decode` of random inputs of any batch, frame count and size. The original runs
 them through `original_driver.py run-vae`; this package loads the same folder with `from_pretrained`.
+
+With `--dtype bfloat16`, pipeline cases run in bfloat16 on both sides, as `predict_i2v.py` runs the published model
+(the original under `torch.autocast`), and `ok` means bit for bit: give `--python` a venv of the original on this
+package's torch build (see CONTRIBUTING.md), as another build's kernels round differently. Cases with a LoRA cannot be
+bit for bit (the original merges it into the bfloat16 weights, diffusers keeps the adapter apart): `lora-close` when
+this package's bfloat16 video is at most twice as far from its float32 one as the original's bfloat16 video is.
 
 Without `--reference`, only this package's side runs (every case without a LoRA, which only the original can write):
 a check that the sweep itself works. Nothing of the original is copied here.
@@ -40,7 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -194,7 +201,7 @@ def run_original(case: Dict[str, Any], folder: str, images: list, args) -> Optio
     command += ["--steps", str(case["steps"]), "--cfg", str(case["guidance_scale"]), "--motion", case["motion"]]
     command += ["--cam", case["camera"], "--seed", str(case["generator_seed"]), "--scheduler", case["sampler"]]
     command += ["--clip-apply-ratio", str(case["clip_apply_ratio"]), "--save", os.path.join(folder, "original.st")]
-    command += ["--dtype", args.dtype]
+    command += ["--dtype", args.dtype, "--posterior-noise-as-package"]
     if case["lora"]:
         lora = case["lora"]
         command += ["--lora-out", os.path.join(folder, "lora.safetensors"), "--lora-rank", str(lora["rank"])]
@@ -392,7 +399,7 @@ def run_vae_case(seed: int, work: str, args) -> str:
     if args.reference is not None:
         saved = os.path.join(folder, "original.safetensors")
         command = [args.python, DRIVER, "--reference", args.reference, "run-vae", "--folder", folder]
-        command += ["--inputs", os.path.join(folder, "inputs.safetensors"), "--save", saved]
+        command += ["--inputs", os.path.join(folder, "inputs.safetensors"), "--save", saved, "--dtype", args.dtype]
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         done = subprocess.run(command, capture_output=True, text=True, env=env)
         result = next((line for line in done.stdout.splitlines() if line.startswith("RESULT ")), None)
@@ -401,8 +408,9 @@ def run_vae_case(seed: int, work: str, args) -> str:
             return f"{seed} ERROR (the original's driver failed: {lines[-1][:160]}) | {describe_vae(case)}"
         original_errors = json.loads(result[len("RESULT ") :])["errors"]
         expected = load_file(saved)
-    vae = AutoencoderKLRuyiCausal3D.from_pretrained(folder).eval()
-    inputs = load_file(os.path.join(folder, "inputs.safetensors"))
+    dtype = getattr(torch, args.dtype)
+    vae = AutoencoderKLRuyiCausal3D.from_pretrained(folder, dtype=dtype).eval()
+    inputs = {name: value.to(dtype) for name, value in load_file(os.path.join(folder, "inputs.safetensors")).items()}
     rank = ["ok", "ran", "refused", "DIFF", "SHAPE", "RAN", "REFUSED"]
     verdicts, details = [], []
     for name, run in (
@@ -425,8 +433,8 @@ def run_vae_case(seed: int, work: str, args) -> str:
         elif output.shape != expected[f"{name}_output"].shape:
             verdict, detail = "SHAPE", f"{tuple(output.shape)} vs {tuple(expected[f'{name}_output'].shape)}"
         else:
-            difference = (output - expected[f"{name}_output"]).abs().max().item()
-            verdict, detail = ("ok" if difference <= TOLERANCE else "DIFF"), f"{difference:.1e}"
+            difference = (output.float() - expected[f"{name}_output"]).abs().max().item()
+            verdict, detail = judge(difference, args.dtype), f"{difference:.1e}"
         verdicts.append(verdict)
         details.append(f"{name}: {verdict} {detail}")
     worst = max(verdicts, key=rank.index)
@@ -493,20 +501,29 @@ def run_case(seed: int, work: str, args) -> str:
         return f"{seed} nan-original (its Enhance-A-Video on one frame; ours is finite) | {describe(case)}"
     difference = (video - expected).abs().max().item()
     timing = f"original {original_seconds:.1f} s, ours {ours_seconds:.1f} s"
-    if args.dtype == "float32":
-        verdict = "ok" if difference <= TOLERANCE else "DIFF"
-    elif not case["lora"]:
-        verdict = "ok" if difference == 0 else "DIFF"  # bit for bit
-    else:
-        # The original merges its LoRA into the bfloat16 weights with one rounding; diffusers keeps the adapter apart
-        # (in bfloat16), so the two round differently by construction. Judged instead: our bfloat16 video is at most
-        # twice as far from the float32 one (this package's, equal to the original's within 1e-4) as the original's.
+    distances = None
+    if args.dtype != "float32" and case["lora"]:
         with torch.no_grad():
             exact = run_ours(case, folder, images, "float32")
-        ours_error, original_error = ((x - exact).abs().max().item() for x in (video, expected))
-        verdict = "lora-close" if ours_error <= 2 * original_error else "DIFF"
-        timing += f"; from float32: ours {ours_error:.1e}, original {original_error:.1e}"
-    return f"{seed} {verdict} {difference:.1e} ({timing}) | {describe(case)}"
+        distances = tuple((x - exact).abs().max().item() for x in (video, expected))
+        timing += f"; from float32: ours {distances[0]:.1e}, original {distances[1]:.1e}"
+    return f"{seed} {judge(difference, args.dtype, distances)} {difference:.1e} ({timing}) | {describe(case)}"
+
+
+def judge(difference: float, dtype: str, lora_distances: Optional[Tuple[float, float]] = None) -> str:
+    """The verdict on a case both sides ran: `ok`, `lora-close` or `DIFF`.
+
+    float32: within `TOLERANCE`. bfloat16: bit for bit, except with a LoRA, which the original merges into the bfloat16
+    weights with one rounding while diffusers keeps the adapter apart: the two round differently by construction, so
+    `lora_distances` (this package's and the original's bfloat16 videos' distances to this package's float32 video,
+    which equals the original's within 1e-4) must show ours at most twice as far off as the original's.
+    """
+    if dtype == "float32":
+        return "ok" if difference <= TOLERANCE else "DIFF"
+    if lora_distances is None:
+        return "ok" if difference == 0 else "DIFF"
+    ours, original = lora_distances
+    return "lora-close" if ours <= 2 * original else "DIFF"
 
 
 def main() -> None:
@@ -516,7 +533,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0:20", help="A range `start:stop` of case seeds (default 0:20).")
     parser.add_argument("--keep", help="Keep every case's folder under this directory (default: a temporary one).")
     parser.add_argument("--vae", action="store_true", help="VAE cases (random architectures) instead of pipelines.")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="Pipeline cases' dtype.")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="The cases' dtype.")
     args = parser.parse_args()
     if (args.reference is None) != (args.python is None):
         parser.error("give --reference and --python together (or neither, for this package's side only)")

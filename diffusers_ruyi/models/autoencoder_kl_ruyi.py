@@ -122,7 +122,14 @@ class RuyiCausalConv3d(nn.Conv3d):
         previous = causal_cache.read()
         if previous is None:
             previous = hidden_states[:, :, :1].expand(-1, -1, self.temporal_context, -1, -1)
+        channels_last = not hidden_states.is_contiguous() and hidden_states.is_contiguous(
+            memory_format=torch.channels_last_3d
+        )
         hidden_states = torch.cat([previous.to(hidden_states.dtype), hidden_states], dim=2)
+        if channels_last:
+            # The original pads (or prefixes) in the input's layout, and the convolution's kernel depends on it: a
+            # channels-last input (reduced precision, see `_original_layout`) stays channels last.
+            hidden_states = hidden_states.contiguous(memory_format=torch.channels_last_3d)
         # Clone: a slice would keep the whole concatenated chunk alive until the next chunk.
         causal_cache.write(hidden_states[:, :, -self.temporal_context :].clone())
         return self._conv(hidden_states, self.padding)

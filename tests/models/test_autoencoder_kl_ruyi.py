@@ -63,6 +63,30 @@ def test_decode_matches_original(vae, golden):
     assert torch.equal(vae.decode(golden["decode_input"]).sample, video)
 
 
+@torch.no_grad()
+def test_causal_decode_keeps_the_attentions_layout(tiny_checkpoint):
+    # The cache variant decodes chunk after chunk through causal convolutions that prefix the frames of the chunk
+    # before. The original pads and prefixes in the input's layout, so in bfloat16 the channels-last layout of the
+    # mid-block attention reaches every convolution after it (their kernels, and so the bits, depend on it).
+    config = AutoencoderKLRuyiCausal3D.load_config(str(tiny_checkpoint / "vae"))
+    vae = AutoencoderKLRuyiCausal3D.from_config({**config, "layers_per_block": 2}).eval()
+    assert vae.config.compression_mode == "cache" and len(vae.decoder.mid_block.attentions) == 1
+    for dtype in (torch.float32, torch.bfloat16):
+        vae.to(dtype)
+        outputs = []
+        for block in vae.decoder.up_blocks:
+            for module in block.modules():
+                if isinstance(module, torch.nn.Conv3d) and module.kernel_size[0] == 3:
+                    module.register_forward_hook(lambda module, args, out: outputs.append(out))
+        vae.decode(torch.randn(1, 16, 4, 3, 2, dtype=dtype))
+        assert len(outputs) > 8
+        for output in outputs:
+            assert output.is_contiguous(memory_format=torch.channels_last_3d) == (dtype == torch.bfloat16)
+            assert output.is_contiguous() == (dtype == torch.float32)
+        for module in vae.modules():
+            module._forward_hooks.clear()
+
+
 def test_config_conversion(tiny_checkpoint):
     original = json.loads((tiny_checkpoint / "vae" / "config.json").read_text())
     assert is_original_vae_config(original)
