@@ -33,6 +33,9 @@ With `--dtype bfloat16`, pipeline cases run in bfloat16 on both sides, as `predi
 package's torch build (see CONTRIBUTING.md), as another build's kernels round differently. Cases with a LoRA cannot be
 bit for bit (the original merges it into the bfloat16 weights, diffusers keeps the adapter apart): `lora-close` when
 this package's bfloat16 video is at most twice as far from its float32 one as the original's bfloat16 video is.
+In both dtypes the driver gives the original's VAE posterior samples the noise this package draws: the original
+takes it from the global RNG, which an import reseeds at random on every start, so in bfloat16 its own videos can
+change from one run to the next.
 
 Without `--reference`, only this package's side runs (every case without a LoRA, which only the original can write):
 a check that the sweep itself works. Nothing of the original is copied here.
