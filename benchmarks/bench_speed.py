@@ -305,7 +305,7 @@ def main() -> None:
                     result = run_worker([
                         args.reference_python, os.path.join(HERE, "original_driver.py"), "--reference",
                         args.reference, "run-pipeline", "--checkpoint", checkpoint, "--motion", "2", "--cam", "left",
-                        "--time-denoiser", "--save", out, *common,
+                        "--time-denoiser", "--save", out, "--posterior-noise-as-package", *common,
                         *(extra if variant == "original_teacache" else []),
                     ])  # fmt: skip
                     result["seconds_per_step"] = result.get("denoise_seconds_per_step")
