@@ -74,17 +74,18 @@ def test_causal_decode_keeps_the_attentions_layout(tiny_checkpoint):
     for dtype in (torch.float32, torch.bfloat16):
         vae.to(dtype)
         outputs = []
-        for block in vae.decoder.up_blocks:
-            for module in block.modules():
-                if isinstance(module, torch.nn.Conv3d) and module.kernel_size[0] == 3:
-                    module.register_forward_hook(lambda module, args, out: outputs.append(out))
+        handles = [
+            module.register_forward_hook(lambda module, args, out: outputs.append(out))
+            for module in vae.decoder.up_blocks.modules()
+            if isinstance(module, torch.nn.Conv3d) and module.kernel_size[0] == 3
+        ]
         vae.decode(torch.randn(1, 16, 4, 3, 2, dtype=dtype))
+        for handle in handles:
+            handle.remove()
         assert len(outputs) > 8
         for output in outputs:
             assert output.is_contiguous(memory_format=torch.channels_last_3d) == (dtype == torch.bfloat16)
             assert output.is_contiguous() == (dtype == torch.float32)
-        for module in vae.modules():
-            module._forward_hooks.clear()
 
 
 def test_config_conversion(tiny_checkpoint):

@@ -74,7 +74,7 @@ def test_verdicts_per_dtype(sweep):
     assert sweep.judge(0.0, "float32", (1.0, 0.0)) == "ok"  # float32 LoRA cases keep the tolerance
 
 
-def test_bfloat16_cases_run_on_this_packages_side(tmp_path):
+def test_bfloat16_cases_run_on_this_packages_side():
     lines = _run_sweep("--seeds", "77:78", "--dtype", "bfloat16")
     assert lines[0].startswith("77 ran (1, 3, 8, 48, 48)") and lines[-1] == "summary: 1 ran", lines
 
