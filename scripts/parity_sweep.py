@@ -218,12 +218,17 @@ def run_original(case: Dict[str, Any], folder: str, images: list, args) -> Optio
         enhance = case["enhance"]
         command += ["--enhance-a-video", "--enhance-weight", str(enhance["weight"])]
         command += ["--enhance-skip-start", str(enhance["skip_start"]), "--enhance-skip-end", str(enhance["skip_end"])]
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # its own environment, not ours
+    return _run_driver(command)[1]
+
+
+def _run_driver(command: list) -> Tuple[subprocess.CompletedProcess, Optional[str]]:
+    """Runs the original's driver in its own environment (not our PYTHONPATH); returns the finished process and, if
+    it failed, the last line of its error output."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run(command, capture_output=True, text=True, env=env)
-    if done.returncode:
-        lines = done.stderr.strip().splitlines() or ["(no output)"]
-        return lines[-1][:160]
-    return None
+    if not done.returncode:
+        return done, None
+    return done, (done.stderr.strip().splitlines() or ["(no output)"])[-1][:160]
 
 
 def run_ours(case: Dict[str, Any], folder: str, images: list, dtype: str = "float32"):
@@ -403,12 +408,10 @@ def run_vae_case(seed: int, work: str, args) -> str:
         saved = os.path.join(folder, "original.safetensors")
         command = [args.python, DRIVER, "--reference", args.reference, "run-vae", "--folder", folder]
         command += ["--inputs", os.path.join(folder, "inputs.safetensors"), "--save", saved, "--dtype", args.dtype]
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        done = subprocess.run(command, capture_output=True, text=True, env=env)
+        done, error = _run_driver(command)
         result = next((line for line in done.stdout.splitlines() if line.startswith("RESULT ")), None)
-        if done.returncode or result is None:
-            lines = done.stderr.strip().splitlines() or ["(no output)"]
-            return f"{seed} ERROR (the original's driver failed: {lines[-1][:160]}) | {describe_vae(case)}"
+        if error is not None or result is None:
+            return f"{seed} ERROR (the original's driver failed: {error or '(no result)'}) | {describe_vae(case)}"
         original_errors = json.loads(result[len("RESULT ") :])["errors"]
         expected = load_file(saved)
     dtype = getattr(torch, args.dtype)
