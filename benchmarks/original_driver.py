@@ -224,7 +224,9 @@ def _posterior_noise_as_package(pipe) -> None:
     implementations alone. The original draws that noise from the global RNG, which an import reseeds at random on
     every start, so its own videos change from run to run wherever the noise reaches a bfloat16 rounding;
     diffusers-ruyi draws it from a generator seeded from the user's generator's state at the same point (after the
-    initial noise), in the same order (every video's mask, then every masked video)."""
+    initial noise), in the same order (every video's mask, then every masked video). The seeding repeats the
+    pipeline's `_posterior_generator`, which this interpreter cannot import; tests/benchmarks/test_original_driver.py
+    keeps the two equal."""
     import hashlib
 
     import torch

@@ -1,0 +1,44 @@
+"""benchmarks/original_driver.py, the parts that run without the original: its posterior-noise patch must draw what
+this package draws, or the sweep's bfloat16 verdicts compare two noises instead of two implementations."""
+
+import importlib.util
+import pathlib
+
+import torch
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+from diffusers_ruyi.pipelines.pipeline_ruyi_i2v import _posterior_generator
+
+
+DRIVER = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "original_driver.py"
+
+
+class _OriginalLikePipeline:
+    """Samples two posteriors in `prepare_mask_latents` without a generator, as the original does; the generator
+    arrives as its 8th positional argument, where the original's call puts it."""
+
+    def prepare_mask_latents(self, mask, masked, batch, height, width, dtype, device, generator, cfg):
+        moments = torch.linspace(-2, 2, 2 * 4 * 2 * 3 * 3).view(1, 8, 2, 3, 3)
+        return [DiagonalGaussianDistribution(moments).sample() for _ in range(2)]
+
+
+def test_posterior_noise_is_the_packages(monkeypatch):
+    spec = importlib.util.spec_from_file_location("ruyi_original_driver", DRIVER)
+    driver = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(driver)
+    monkeypatch.setattr(DiagonalGaussianDistribution, "sample", DiagonalGaussianDistribution.sample)  # restored after
+
+    moments = torch.linspace(-2, 2, 2 * 4 * 2 * 3 * 3).view(1, 8, 2, 3, 3)
+    draws = _posterior_generator(torch.Generator().manual_seed(11))
+    expected = [DiagonalGaussianDistribution(moments).sample(generator=draws) for _ in range(2)]
+
+    unpatched = DiagonalGaussianDistribution.sample
+    pipe = _OriginalLikePipeline()
+    driver._posterior_noise_as_package(pipe)
+    samples = pipe.prepare_mask_latents(*range(7), torch.Generator().manual_seed(11), True)
+    assert all(torch.equal(a, b) for a, b in zip(samples, expected))
+    # Outside `prepare_mask_latents` the patched `sample` draws from the global RNG, as the original's does.
+    torch.manual_seed(0)
+    outside = DiagonalGaussianDistribution(moments).sample()
+    torch.manual_seed(0)
+    assert torch.equal(outside, unpatched(DiagonalGaussianDistribution(moments)))
