@@ -623,9 +623,8 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         reuses its posterior, and the VAE reuses the moments of equal consecutive slices (the masked frames).
         Posterior samples come from a generator seeded from `generator`'s state, never from `generator` itself, which
         the original spends only on the initial noise and the scheduler's steps (without a generator, from the global
-        RNG, as in the original). With a list, every output video draws its own from its
-        own generator's, so it gets the samples of its single run; with one generator the videos of one input share
-        one sample.
+        RNG, as in the original). With a list, every output video draws its own from its own generator's, so it gets
+        the samples of its single run; with one generator the videos of one input share one sample.
 
         Returns:
             `Tuple[torch.Tensor, torch.Tensor]`: the mask latents and the masked-video latents.
