@@ -670,12 +670,14 @@ def _configure(pipe, args: argparse.Namespace, device, dtype, stage: _Stage) -> 
     if args.scheduler != "ddim":
         pipe.scheduler = getattr(diffusers, SCHEDULERS[args.scheduler]).from_config(pipe.scheduler.config)
     stage.name = "lora"
-    adapters = [f"lora_{i}" for i in range(len(args.lora))]
-    for name, path in zip(adapters, args.lora):
-        pipe.load_lora_weights(path, adapter_name=name)
-    if adapters:
-        weights = args.lora_weight + [1.0] * (len(adapters) - len(args.lora_weight))
-        pipe.set_adapters(adapters, weights)
+    weights = args.lora_weight + [1.0] * (len(args.lora) - len(args.lora_weight))
+    for index, (path, weight) in enumerate(zip(args.lora, weights)):
+        # Merged into the weights one file after the other, as the original's `merge_lora` does (in bfloat16 the same
+        # bits), and the adapter layers dropped each time: the steps run on plain weights, and the next LoRA does not
+        # load into merged layers (PEFT would unmerge them first, which does not give the weights back exactly).
+        pipe.load_lora_weights(path, adapter_name=f"lora_{index}")
+        pipe.fuse_lora(lora_scale=weight)
+        pipe.unload_lora_weights()
     stage.name = "load"
     if args.cache == "first-block":
         from diffusers import FirstBlockCacheConfig

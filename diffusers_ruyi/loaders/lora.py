@@ -1,13 +1,20 @@
 """LoRA loading and saving for [`RuyiImageToVideoPipeline`] (diffusers/PEFT files and original Ruyi files)."""
 
+import contextlib
 import os
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
-from diffusers.loaders.lora_base import LORA_WEIGHT_NAME_SAFE, LoraBaseMixin, _fetch_state_dict
+from diffusers.hooks.group_offloading import _maybe_remove_and_reapply_group_offloading
+from diffusers.loaders.lora_base import (
+    LORA_WEIGHT_NAME_SAFE,
+    LoraBaseMixin,
+    _fetch_state_dict,
+    _func_optionally_disable_offloading,
+)
 from diffusers.loaders.lora_pipeline import _LOW_CPU_MEM_USAGE_DEFAULT_LORA
 from diffusers.utils import convert_unet_state_dict_to_peft, logging
-from diffusers.utils.peft_utils import require_peft_backend
+from diffusers.utils.peft_utils import get_adapter_name, require_peft_backend
 from huggingface_hub.utils import validate_hf_hub_args
 from safetensors import SafetensorError
 
@@ -114,6 +121,58 @@ def _check_peft_lora_state_dict(
     if not state_dict:
         raise ValueError("The LoRA state dict is empty.")
     return {f"{prefix}.{key}": value for key, value in state_dict.items()}
+
+
+@contextlib.contextmanager
+def _offloading_paused(pipeline: Optional[Any]) -> Iterator[None]:
+    # diffusers' own pause around `load_lora_adapter`: accelerate hooks come off, group offloading is re-applied after.
+    if pipeline is None:
+        yield
+        return
+    model_offload, sequential_offload, group_offload = _func_optionally_disable_offloading(pipeline)
+    try:
+        yield
+    finally:
+        if model_offload:
+            pipeline.enable_model_cpu_offload()
+        elif sequential_offload:
+            pipeline.enable_sequential_cpu_offload()
+        elif group_offload:
+            for component in pipeline.components.values():
+                if isinstance(component, torch.nn.Module):
+                    _maybe_remove_and_reapply_group_offloading(component)
+
+
+def _load_adapter_in_float32(
+    transformer: torch.nn.Module, adapter_name: str, state_dict: Dict[str, torch.Tensor], prefix: str
+) -> None:
+    # PEFT creates adapters in the base layer's dtype, which rounds a bfloat16 model's adapters; upcasting those
+    # would keep the rounded values, so the file's tensors are loaded again into the float32 adapter.
+    from peft import set_peft_model_state_dict
+    from peft.tuners.tuners_utils import cast_adapter_dtype
+
+    cast_adapter_dtype(transformer, adapter_name=adapter_name)
+    start = len(prefix) + 1
+    set_peft_model_state_dict(transformer, {key[start:]: value for key, value in state_dict.items()}, adapter_name)
+
+
+def _set_scalings(transformer: torch.nn.Module, adapter_name: str, lora_config: Dict[str, Any]) -> None:
+    # PEFT's hot-swap looks the rank/alpha patterns up by parameter name (`<module>.lora_A.<adapter>.weight`), which
+    # no module-path pattern matches, so every module would get the default `lora_alpha / r`. This sets each module's
+    # scaling from the patterns by module path, as adding the adapter does (in place when compiled: a tensor).
+    from peft.tuners.lora import LoraLayer
+    from peft.utils.other import get_pattern_key
+
+    rank_pattern, alpha_pattern = lora_config["rank_pattern"], lora_config["alpha_pattern"]
+    for name, module in transformer.named_modules():
+        if not isinstance(module, LoraLayer) or adapter_name not in module.scaling:
+            continue
+        rank = rank_pattern.get(get_pattern_key(rank_pattern.keys(), name), lora_config["r"])
+        alpha = alpha_pattern.get(get_pattern_key(alpha_pattern.keys(), name), lora_config["lora_alpha"])
+        if isinstance(module.scaling[adapter_name], torch.Tensor):
+            module.scaling[adapter_name].fill_(alpha / rank)
+        else:
+            module.scaling[adapter_name] = alpha / rank
 
 
 class RuyiLoraLoaderMixin(LoraBaseMixin):
@@ -299,25 +358,47 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
                 Replace an existing adapter's weights in place.
             metadata (`dict`, *optional*):
                 The adapter's saved `LoraConfig` values (`lora_alpha`, `r`, patterns...). Ignored for original-format
-                LoRAs, whose alpha is folded into the weights.
+                LoRAs, whose ranks and alphas come from the file.
+
+        Original-format adapters are kept in float32 whatever the transformer's dtype (except when hot-swapping), so
+        that `fuse_lora(lora_scale=w)` gives the weights of the original `merge_lora(..., multiplier=w)` bit for bit.
         """
-        if is_original_lora_state_dict(state_dict):
-            state_dict = convert_original_lora_state_dict(state_dict, transformer, prefix=cls.transformer_name)
-            metadata = None
+        original = is_original_lora_state_dict(state_dict)
+        if original:
+            state_dict, lora_config = convert_original_lora_state_dict(
+                state_dict, transformer, prefix=cls.transformer_name, return_metadata=True
+            )
+            # `load_lora_adapter` takes the metadata keyed like the tensors, with the component's prefix.
+            metadata = {f"{cls.transformer_name}.{key}": value for key, value in lora_config.items()}
         else:
             state_dict = _check_peft_lora_state_dict(state_dict, transformer, cls.transformer_name)
+        if adapter_name is None:
+            adapter_name = get_adapter_name(transformer)
+        # The original merges its LoRAs in float32 (`merge_lora(..., dtype=torch.float32)`): its adapters are kept in
+        # float32, with the file's values, so that `fuse_lora` rounds the merged weight once, as the original does.
+        # A hot-swap (or `enable_lora_hotswap`'s padded ranks) keeps the dtypes and shapes a compiled model was built on.
+        float32_adapter = (
+            original and not hotswap and getattr(transformer, "_prepare_lora_hotswap_kwargs", None) is None
+        )
 
         logger.info(f"Loading {cls.transformer_name}.")
-        transformer.load_lora_adapter(
-            state_dict,
-            prefix=cls.transformer_name,
-            network_alphas=None,
-            adapter_name=adapter_name,
-            metadata=metadata,
-            _pipeline=_pipeline,
-            low_cpu_mem_usage=low_cpu_mem_usage,
-            hotswap=hotswap,
-        )
+        # The upcast must happen while offloading hooks are off (they keep their own copies of the parameters), so
+        # this pauses them around both steps instead of letting `load_lora_adapter` pause them around its own.
+        with _offloading_paused(_pipeline if float32_adapter else None):
+            transformer.load_lora_adapter(
+                state_dict,
+                prefix=cls.transformer_name,
+                network_alphas=None,
+                adapter_name=adapter_name,
+                metadata=metadata,
+                _pipeline=None if float32_adapter else _pipeline,
+                low_cpu_mem_usage=low_cpu_mem_usage,
+                hotswap=hotswap,
+            )
+            if float32_adapter:
+                _load_adapter_in_float32(transformer, adapter_name, state_dict, prefix=cls.transformer_name)
+        if original and hotswap:
+            _set_scalings(transformer, adapter_name, lora_config)
 
     @classmethod
     def save_lora_weights(

@@ -11,7 +11,8 @@ rules exist exactly once.
 import json
 import math
 import os
-from typing import Any, Dict, Iterable, List, Optional, Union
+import re
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 
@@ -428,8 +429,6 @@ def convert_transformer_config(original_config: Dict[str, Any]) -> Dict[str, Any
 
 def convert_transformer_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """Renames original transformer keys per ``TRANSFORMER_KEY_RENAMES`` (drops the fixed ``t_embed.pe`` tables)."""
-    import re
-
     patterns = [(re.compile(pattern), target) for pattern, target in TRANSFORMER_KEY_RENAMES.items()]
     converted = {}
     for key, value in state_dict.items():
@@ -722,8 +721,6 @@ def is_original_lora_state_dict(state_dict: Dict[str, Any]) -> bool:
 
 
 def _original_module_path(path: str) -> str:
-    import re
-
     for pattern, template in LORA_MODULE_PATHS_TO_ORIGINAL.items():
         if re.fullmatch(pattern, path):
             return re.sub(pattern, template, path)
@@ -790,23 +787,33 @@ def _lora_alpha_scales(scale: float):
 
 
 def convert_original_lora_state_dict(
-    state_dict: Dict[str, torch.Tensor], model: torch.nn.Module, prefix: Optional[str] = "transformer"
-) -> Dict[str, torch.Tensor]:
+    state_dict: Dict[str, torch.Tensor],
+    model: torch.nn.Module,
+    prefix: Optional[str] = "transformer",
+    return_metadata: bool = False,
+) -> Union[Dict[str, torch.Tensor], Tuple[Dict[str, torch.Tensor], Dict[str, Any]]]:
     """Converts an original Ruyi LoRA (``lora_unet_*`` keys) into PEFT keys for ``model``, all or nothing.
 
     Each ``<name>.lora_down.weight`` / ``<name>.lora_up.weight`` pair becomes ``<prefix>.<module path>.lora_A.weight``
-    / ``.lora_B.weight``. The factor ``alpha / rank`` of the original merge rule (1 without ``alpha``) is folded into
-    the two matrices, so the adapter loads with PEFT's default ``lora_alpha = rank`` (scaling 1) and
-    ``lora_B @ lora_A`` equals ``alpha / rank * up @ down``; an adapter weight (``set_adapters(name, w)``) or
-    ``fuse_lora(lora_scale=w)`` then plays the role of the original ``multiplier``.
+    / ``.lora_B.weight``, so that ``scaling * lora_B @ lora_A`` is the original merge delta ``alpha / rank * up @ down``
+    (a factor of 1 without ``alpha``); an adapter weight (``set_adapters(name, w)``) or ``fuse_lora(lora_scale=w)``
+    then plays the role of the original ``multiplier``. Where that factor lives depends on ``return_metadata``:
+
+    - ``False``: folded into the two matrices, so the tensors stand alone (PEFT's default ``lora_alpha = rank``,
+      scaling 1), e.g. to save the LoRA in the diffusers format without adapter metadata;
+    - ``True``: the matrices keep the file's exact values and the factor goes into the returned `LoraConfig` values
+      (``lora_alpha``/``alpha_pattern`` and ``r``/``rank_pattern``, patterns anchored to whole module paths). This is
+      what loading does: fused in float32, the delta is then computed from the same numbers as the original's.
 
     Args:
         state_dict (`Dict[str, torch.Tensor]`): The original LoRA tensors.
         model (`torch.nn.Module`): The `RuyiTransformer3DModel` the LoRA is for (module names are resolved on it).
         prefix (`str`, *optional*, defaults to `"transformer"`): Prefix of the returned keys (`None` for none).
+        return_metadata (`bool`, defaults to `False`): Keep alpha apart and also return the `LoraConfig` values.
 
     Returns:
-        `Dict[str, torch.Tensor]`: PEFT/diffusers LoRA tensors, in the dtype of the file.
+        `Dict[str, torch.Tensor]` (PEFT/diffusers LoRA tensors, in the dtype of the file), or `(state_dict,
+        lora_config_kwargs)` with ``return_metadata=True``.
 
     Raises:
         `ValueError`: listing every key that cannot be used: text-encoder entries (Ruyi has no text encoder), names
@@ -831,6 +838,8 @@ def convert_original_lora_state_dict(
 
     incomplete, bad_shapes, zero_alpha = [], [], []
     converted: Dict[str, torch.Tensor] = {}
+    ranks: Dict[str, int] = {}
+    alphas: Dict[str, float] = {}
     key_prefix = f"{prefix}." if prefix else ""
     for name, elements in sorted(grouped.items()):
         if "lora_down.weight" not in elements or "lora_up.weight" not in elements:
@@ -857,10 +866,15 @@ def convert_original_lora_state_dict(
             )
             continue
         alpha = elements.get("alpha")
-        scale = float(alpha.float().item()) / rank if alpha is not None else 1.0
-        if scale == 0.0:
+        # The original divides `alpha.item()` by the rank; without alpha its factor is 1, i.e. alpha = rank.
+        alpha_value = float(alpha.float().item()) if alpha is not None else float(rank)
+        if alpha_value == 0.0:
             zero_alpha.append(name)
-        scale_down, scale_up = _lora_alpha_scales(scale)
+        ranks[path], alphas[path] = rank, alpha_value
+        if return_metadata:
+            scale_down, scale_up = 1.0, 1.0
+        else:
+            scale_down, scale_up = _lora_alpha_scales(alpha_value / rank)
         converted[f"{key_prefix}{path}.lora_A.weight"] = (down.float() * scale_down).to(down.dtype)
         converted[f"{key_prefix}{path}.lora_B.weight"] = (up.float() * scale_up).to(up.dtype)
 
@@ -887,4 +901,29 @@ def convert_original_lora_state_dict(
         diffusers_logging.get_logger(__name__).warning(
             f"These LoRA modules have alpha=0, so (as in the original merge) they change nothing: {zero_alpha}"
         )
-    return converted
+    if not return_metadata:
+        return converted
+    return converted, _lora_config_kwargs(ranks, alphas)
+
+
+def _lora_config_kwargs(ranks: Dict[str, int], alphas: Dict[str, float]) -> Dict[str, Any]:
+    # `LoraConfig` values for per-module ranks and alphas: the most common value is the default, the others go into
+    # the patterns. PEFT matches a pattern key `k` as the regex `(.*\.)?(k)$`; `^` + the escaped path makes it match
+    # that module only (as diffusers does for ranks), never a module whose path merely ends with it.
+    def default_and_pattern(values: Dict[str, Any]):
+        counts: Dict[Any, int] = {}
+        for value in values.values():
+            counts[value] = counts.get(value, 0) + 1
+        default = max(counts, key=lambda value: counts[value])  # ties: the first seen, deterministic
+        return default, {"^" + re.escape(path): value for path, value in values.items() if value != default}
+
+    r, rank_pattern = default_and_pattern(ranks)
+    lora_alpha, alpha_pattern = default_and_pattern(alphas)
+    return {
+        "r": r,
+        "lora_alpha": lora_alpha,
+        "rank_pattern": rank_pattern,
+        "alpha_pattern": alpha_pattern,
+        # A regex string is matched against whole module paths (a list would also match longer paths ending in one).
+        "target_modules": "|".join(re.escape(path) for path in sorted(ranks)),
+    }

@@ -122,3 +122,34 @@ def test_base_resolution_sets_the_size(monkeypatch, tmp_path, tiny_checkpoint):
 
     image = PIL.Image.open(START)
     assert captured[0][0].shape[:2] == get_bucket_size(image.height, image.width, 64)
+
+
+def test_lora_flags_merge_each_lora_into_the_weights_as_the_original(tiny_checkpoint):
+    """`--lora a --lora b --lora-weight wa --lora-weight wb` merges a then b as the original `merge_lora` does (in
+    bfloat16 the same bits) and leaves no adapter layers behind."""
+    from safetensors.torch import load_file
+
+    from diffusers_ruyi.cli import _configure, _Stage, build_parser
+    from diffusers_ruyi.loaders.original_checkpoint import original_lora_module_map
+
+    pipe = load_pipe(tiny_checkpoint, dtype=torch.bfloat16)
+    transformer = pipe.transformer
+    paths = original_lora_module_map(transformer)
+    expected = {name: param.detach().clone() for name, param in transformer.named_parameters()}
+    lora = load_file(str(LORA))
+    for multiplier in (0.5, -0.3):  # the original's line, applied once per file
+        for key, up in lora.items():
+            if key.endswith(".lora_up.weight"):
+                name = key.split(".")[0]
+                down = lora[f"{name}.lora_down.weight"]
+                factor = lora[f"{name}.alpha"].item() / up.shape[1] if f"{name}.alpha" in lora else 1.0
+                expected[f"{paths[name]}.weight"] += multiplier * factor * torch.mm(up, down)
+
+    args = build_parser().parse_args(
+        ["--image", START, "--output", "unused.mp4", "--lora", str(LORA), "--lora", str(LORA)]
+        + ["--lora-weight", "0.5", "--lora-weight", "-0.3"]
+    )
+    _configure(pipe, args, torch.device("cpu"), torch.bfloat16, _Stage())
+    assert pipe.get_list_adapters() == {}
+    differing = [name for name, param in transformer.named_parameters() if not torch.equal(param, expected[name])]
+    assert not differing, differing[:5]

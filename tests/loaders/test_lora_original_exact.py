@@ -1,0 +1,169 @@
+"""Original-format LoRAs keep the file's numbers: float32 adapters, alpha in the adapter config, and a bfloat16
+`fuse_lora` that gives the weights of the original `merge_lora` bit for bit."""
+
+import pytest
+import torch
+from _helpers import TINY_CHECKPOINT, load_pipe, run_transformer, small_golden_inputs
+from accelerate.hooks import CpuOffload, add_hook_to_module
+from diffusers.hooks.group_offloading import _is_group_offload_enabled
+from peft.utils.other import get_pattern_key
+
+from diffusers_ruyi.loaders.original_checkpoint import convert_original_lora_state_dict
+
+
+@pytest.fixture(scope="module")
+def bf16_pipe():
+    return load_pipe(TINY_CHECKPOINT, dtype=torch.bfloat16)
+
+
+@pytest.fixture
+def clean_bf16_pipe(bf16_pipe):
+    base = {k: v.clone() for k, v in bf16_pipe.transformer.state_dict().items()}
+    yield bf16_pipe
+    bf16_pipe.unload_lora_weights()
+    bf16_pipe.transformer.load_state_dict(base)
+
+
+def linear_paths(transformer):
+    return {name: m for name, m in transformer.named_modules() if isinstance(m, torch.nn.Linear)}
+
+
+def original_lora(transformer, seed=0):
+    """A LoRA on every Linear of `transformer`, as the original `LoRANetwork` writes it (float32): ranks 2-4, alphas
+    1-5 and some modules without alpha. Returns it and, per module path, (up, down, alpha / rank)."""
+    gen = torch.Generator().manual_seed(seed)
+    lora, parts = {}, {}
+    for i, (path, module) in enumerate(sorted(linear_paths(transformer).items())):
+        rank = 2 + i % 3
+        name = "lora_unet__" + path.replace(".", "_")
+        down = torch.randn(rank, module.in_features, generator=gen) * 0.3
+        up = torch.randn(module.out_features, rank, generator=gen) * 0.3
+        lora[f"{name}.lora_down.weight"], lora[f"{name}.lora_up.weight"] = down, up
+        factor = 1.0
+        if i % 4:
+            lora[f"{name}.alpha"] = torch.tensor(float(1 + i % 5))
+            factor = lora[f"{name}.alpha"].item() / rank
+        parts[path] = (up, down, factor)
+    return lora, parts
+
+
+def original_merge(weight, up, down, factor, multiplier):
+    """The original `merge_lora` line (float32 product, added in place into the model's weight)."""
+    merged = weight.clone()
+    merged += multiplier * factor * torch.mm(up.float(), down.float())
+    return merged
+
+
+def test_conversion_keeps_the_file_values_and_puts_alpha_in_the_config(bf16_pipe):
+    transformer = bf16_pipe.transformer
+    lora, parts = original_lora(transformer)
+    tensors, config = convert_original_lora_state_dict(lora, transformer, return_metadata=True)
+    for path, (up, down, factor) in parts.items():
+        assert torch.equal(tensors[f"transformer.{path}.lora_A.weight"], down)
+        assert torch.equal(tensors[f"transformer.{path}.lora_B.weight"], up)
+        rank = config["rank_pattern"].get(get_pattern_key(config["rank_pattern"], path), config["r"])
+        alpha = config["alpha_pattern"].get(get_pattern_key(config["alpha_pattern"], path), config["lora_alpha"])
+        assert (rank, alpha / rank) == (down.shape[0], factor)
+    # Patterns and targets name whole module paths: a longer path that ends with one matches neither.
+    for path in parts:
+        assert get_pattern_key(config["alpha_pattern"], "outer." + path) == "outer." + path
+    import re
+
+    assert all(re.fullmatch(config["target_modules"], path) for path in parts)
+    assert not re.fullmatch(config["target_modules"], "outer.proj_out")
+
+    # Without metadata the factor is folded into the matrices (self-contained tensors, as before).
+    folded = convert_original_lora_state_dict(lora, transformer)
+    for path, (up, down, factor) in parts.items():
+        product = folded[f"transformer.{path}.lora_B.weight"] @ folded[f"transformer.{path}.lora_A.weight"]
+        torch.testing.assert_close(product, factor * up @ down, atol=1e-6, rtol=1e-6)
+
+
+def test_bfloat16_model_gets_float32_adapters_with_the_file_values(clean_bf16_pipe):
+    pipe = clean_bf16_pipe
+    lora, parts = original_lora(pipe.transformer, seed=1)
+    pipe.load_lora_weights(lora, adapter_name="orig")
+    modules = dict(pipe.transformer.named_modules())
+    for path, (up, down, factor) in parts.items():
+        module = modules[path]
+        assert module.lora_A["orig"].weight.dtype == torch.float32
+        assert torch.equal(module.lora_A["orig"].weight, down)
+        assert torch.equal(module.lora_B["orig"].weight, up)
+        assert module.scaling["orig"] == factor
+        assert module.base_layer.weight.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("multiplier", [1.0, 0.7])
+def test_bfloat16_fuse_equals_the_original_merge_bit_for_bit(clean_bf16_pipe, multiplier):
+    pipe = clean_bf16_pipe
+    transformer = pipe.transformer
+    lora, parts = original_lora(transformer, seed=2)
+    base = {path: module.weight.detach().clone() for path, module in linear_paths(transformer).items()}
+    pipe.load_lora_weights(lora, adapter_name="orig")
+    pipe.fuse_lora(lora_scale=multiplier)
+    state = transformer.state_dict()
+    differing = [
+        path
+        for path, (up, down, factor) in parts.items()
+        if not torch.equal(
+            state[f"{path}.base_layer.weight"], original_merge(base[path], up, down, factor, multiplier)
+        )
+    ]
+    assert not differing, f"{len(differing)} of {len(parts)} fused weights differ from the original merge"
+
+
+def test_hotswap_into_an_original_lora_slot(clean_bf16_pipe):
+    """A hot-swap keeps the slot's float32 tensors and sets every module's own alpha / rank."""
+    pipe = clean_bf16_pipe
+    inputs = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in small_golden_inputs().items()}
+    lora_a, _ = original_lora(pipe.transformer, seed=3)
+    lora_b, _ = original_lora(pipe.transformer, seed=4)
+    pipe.load_lora_weights(lora_b, adapter_name="b")
+    expected = run_transformer(pipe.transformer, inputs)
+    pipe.delete_adapters("b")
+    pipe.load_lora_weights(lora_a, adapter_name="slot")
+    pipe.load_lora_weights(lora_b, adapter_name="slot", hotswap=True)
+    assert torch.equal(run_transformer(pipe.transformer, inputs), expected)
+
+
+def test_group_offloading_stays_on_and_the_adapter_loads_in_float32(clean_bf16_pipe):
+    pipe = clean_bf16_pipe
+    inputs = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in small_golden_inputs().items()}
+    lora, _ = original_lora(pipe.transformer, seed=5)
+    pipe.load_lora_weights(lora, adapter_name="plain")
+    expected = run_transformer(pipe.transformer, inputs)
+    pipe.unload_lora_weights()
+
+    offloaded = load_pipe(TINY_CHECKPOINT, dtype=torch.bfloat16)
+    cpu = torch.device("cpu")
+    offloaded.transformer.enable_group_offload(onload_device=cpu, offload_device=cpu, offload_type="leaf_level")
+    offloaded.load_lora_weights(lora, adapter_name="offloaded")
+    assert _is_group_offload_enabled(offloaded.transformer)
+    assert offloaded.transformer.blocks[0].attn1.to_q.lora_A["offloaded"].weight.dtype == torch.float32
+    assert torch.equal(run_transformer(offloaded.transformer, inputs), expected)
+
+
+def test_model_offload_hooks_come_off_during_the_load_and_back_after_it(clean_bf16_pipe, monkeypatch):
+    pipe = clean_bf16_pipe
+    lora, _ = original_lora(pipe.transformer, seed=6)
+    enabled = []
+    monkeypatch.setattr(pipe, "enable_model_cpu_offload", lambda *a, **k: enabled.append(True))
+    add_hook_to_module(pipe.transformer, CpuOffload(execution_device="cpu"))
+    seen_during_load = []
+    original_cast = torch.nn.Module.to
+
+    def spying_to(module, *args, **kwargs):
+        seen_during_load.append(hasattr(pipe.transformer, "_hf_hook"))
+        return original_cast(module, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "to", spying_to)
+    pipe.load_lora_weights(lora, adapter_name="x")
+    monkeypatch.setattr(torch.nn.Module, "to", original_cast)
+    assert seen_during_load and not any(seen_during_load)
+    assert enabled == [True]
+
+    # A load that fails inside diffusers (the name is taken) still puts the offloading back.
+    add_hook_to_module(pipe.transformer, CpuOffload(execution_device="cpu"))
+    with pytest.raises(ValueError, match="already in use"):
+        pipe.load_lora_weights(lora, adapter_name="x")
+    assert enabled == [True, True]
