@@ -136,7 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available).")
     model.add_argument(
-        "--lora", action="append", default=[], help="LoRA file (diffusers or original Ruyi format); repeatable."
+        "--lora",
+        action="append",
+        default=[],
+        help="LoRA file (diffusers or original Ruyi format), merged into the weights as the original merges it; "
+        "repeatable.",
     )
     model.add_argument(
         "--lora-weight", action="append", type=float, default=[], help="Weight of each --lora, in order (default 1.0)."

@@ -126,6 +126,30 @@ def test_hotswap_into_an_original_lora_slot(clean_bf16_pipe):
     assert torch.equal(run_transformer(pipe.transformer, inputs), expected)
 
 
+def test_hotswap_between_lora_network_files_of_different_alpha_and_rank(clean_bf16_pipe):
+    """The original `LoRANetwork` writes one alpha for all modules: such files swap into each other."""
+    pipe = clean_bf16_pipe
+    inputs = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in small_golden_inputs().items()}
+
+    def lora_network_file(seed, rank, alpha):
+        lora, _ = original_lora(pipe.transformer, seed=seed)
+        for key in [k for k in lora if k.endswith(".alpha")]:
+            del lora[key]
+        for key, value in list(lora.items()):
+            name = key.split(".")[0]
+            lora[f"{name}.alpha"] = torch.tensor(alpha)
+            lora[key] = value[:rank] if key.endswith("lora_down.weight") else value[:, :rank]
+        return lora
+
+    first, second = lora_network_file(7, rank=2, alpha=1.0), lora_network_file(8, rank=2, alpha=6.0)
+    pipe.load_lora_weights(second, adapter_name="direct")
+    expected = run_transformer(pipe.transformer, inputs)
+    pipe.delete_adapters("direct")
+    pipe.load_lora_weights(first, adapter_name="slot")
+    pipe.load_lora_weights(second, adapter_name="slot", hotswap=True)
+    assert torch.equal(run_transformer(pipe.transformer, inputs), expected)
+
+
 def test_group_offloading_stays_on_and_the_adapter_loads_in_float32(clean_bf16_pipe):
     pipe = clean_bf16_pipe
     inputs = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in small_golden_inputs().items()}
