@@ -459,6 +459,10 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
         r"""
         Merges the active LoRA deltas into the transformer's weights (faster inference; undo with `unfuse_lora`).
 
+        An original-format adapter fused with `lora_scale=w` gives the weights of the original `merge_lora(...,
+        multiplier=w)`, in bfloat16 bit for bit (float32 product, one rounding). To merge several LoRAs as the original
+        does, fuse and `unload_lora_weights()` one file at a time: loading into fused layers makes PEFT unmerge them.
+
         Args:
             components (`List[str]`, defaults to `["transformer"]`): The components to fuse.
             lora_scale (`float`, defaults to 1.0): Multiplies the deltas (the original `merge_lora` multiplier).
