@@ -79,10 +79,11 @@ def test_conversion_keeps_the_file_values_and_puts_alpha_in_the_config(bf16_pipe
         torch.testing.assert_close(product, factor * up @ down, atol=1e-6, rtol=1e-6)
 
 
-def test_bfloat16_model_gets_float32_adapters_with_the_file_values(clean_bf16_pipe):
+@pytest.mark.parametrize("low_cpu_mem_usage", [True, False])
+def test_bfloat16_model_gets_float32_adapters_with_the_file_values(clean_bf16_pipe, low_cpu_mem_usage):
     pipe = clean_bf16_pipe
     lora, parts = original_lora(pipe.transformer, seed=1)
-    pipe.load_lora_weights(lora, adapter_name="orig")
+    pipe.load_lora_weights(lora, adapter_name="orig", low_cpu_mem_usage=low_cpu_mem_usage)
     modules = dict(pipe.transformer.named_modules())
     for path, (up, down, factor) in parts.items():
         module = modules[path]
@@ -148,6 +149,21 @@ def test_hotswap_between_lora_network_files_of_different_alpha_and_rank(clean_bf
     pipe.load_lora_weights(first, adapter_name="slot")
     pipe.load_lora_weights(second, adapter_name="slot", hotswap=True)
     assert torch.equal(run_transformer(pipe.transformer, inputs), expected)
+
+
+def test_prepared_hotswap_slot_takes_each_modules_alpha():
+    """After `enable_lora_hotswap` (padded ranks, tensor scalings) a swapped-in file still gets its own alphas."""
+    pipe = load_pipe(TINY_CHECKPOINT, dtype=torch.float32)
+    inputs = small_golden_inputs()
+    lora_a, _ = original_lora(pipe.transformer, seed=9)
+    lora_b, _ = original_lora(pipe.transformer, seed=10)
+    pipe.load_lora_weights(lora_b, adapter_name="direct")
+    expected = run_transformer(pipe.transformer, inputs)
+    pipe.delete_adapters("direct")
+    pipe.enable_lora_hotswap(target_rank=8)
+    pipe.load_lora_weights(lora_a, adapter_name="slot")
+    pipe.load_lora_weights(lora_b, adapter_name="slot", hotswap=True)
+    torch.testing.assert_close(run_transformer(pipe.transformer, inputs), expected, atol=1e-5, rtol=0)
 
 
 def test_group_offloading_stays_on_and_the_adapter_loads_in_float32(clean_bf16_pipe):
