@@ -1,5 +1,6 @@
+import numpy as np
 import pytest
-from _helpers import EXAMPLES, load_example, read_frames
+from _helpers import EXAMPLES, ORIGINAL_LORA, load_example, read_frames
 
 
 SMALL = ["--model", "tiny-random", "--num-frames", "8", "--steps", "1"]
@@ -41,3 +42,18 @@ def test_long_video_strip(tmp_path):
     assert strip.height == 2 * (32 + 4)  # one row per segment
     assert len(read_frames(video)) == 27
     assert sorted(p.name for p in tmp_path.iterdir()) == ["long.mp4", "strip.png"]
+
+
+def test_lora_inference_fuse_matches_the_adapter(tmp_path):
+    """`--fuse` merges the LoRA (the video of the unfused adapter, not the base model's) and drops the adapter."""
+
+    def frames(*extra):
+        out = tmp_path / f"lora{len(list(tmp_path.iterdir()))}.mp4"
+        args = [*SMALL, "--image", str(EXAMPLES / "assets" / "start.png"), "--output", str(out)]
+        load_example("lora_inference").main([*args, "--base-resolution", "64", "--lora", str(ORIGINAL_LORA), *extra])
+        return np.stack(read_frames(out)).astype(np.int16)
+
+    fused, adapter = frames("--fuse", "--lora-weight", "3"), frames("--lora-weight", "3")
+    base = frames("--fuse", "--lora-weight", "0")
+    assert np.abs(fused - adapter).max() <= 2
+    assert np.abs(fused - base).max() > 20
