@@ -9,7 +9,7 @@ _deps_core = [
     "diffusers>=0.42",
     "transformers>=4.46",
     "accelerate>=1.1",
-    "peft>=0.17",
+    "peft>=0.18",  # peft.tuners.tuners_utils.cast_adapter_dtype
     "safetensors>=0.4",
     "huggingface_hub>=0.26",
     "numpy",
