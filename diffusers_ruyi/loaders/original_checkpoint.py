@@ -8,6 +8,7 @@ snapshot, and ``scripts/convert_ruyi_to_diffusers.py`` writes a diffusers-format
 rules exist exactly once.
 """
 
+import collections
 import json
 import math
 import os
@@ -911,10 +912,7 @@ def _lora_config_kwargs(ranks: Dict[str, int], alphas: Dict[str, float]) -> Dict
     # the patterns. PEFT matches a pattern key `k` as the regex `(.*\.)?(k)$`; `^` + the escaped path makes it match
     # that module only (as diffusers does for ranks), never a module whose path merely ends with it.
     def default_and_pattern(values: Dict[str, Any]):
-        counts: Dict[Any, int] = {}
-        for value in values.values():
-            counts[value] = counts.get(value, 0) + 1
-        default = max(counts, key=lambda value: counts[value])  # ties: the first seen, deterministic
+        default = collections.Counter(values.values()).most_common(1)[0][0]  # ties: the first seen
         return default, {"^" + re.escape(path): value for path, value in values.items() if value != default}
 
     r, rank_pattern = default_and_pattern(ranks)
