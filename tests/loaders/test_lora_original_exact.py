@@ -94,11 +94,14 @@ def test_bfloat16_model_gets_float32_adapters_with_the_file_values(clean_bf16_pi
         assert module.base_layer.weight.dtype == torch.bfloat16
 
 
-@pytest.mark.parametrize("multiplier", [1.0, 0.7])
-def test_bfloat16_fuse_equals_the_original_merge_bit_for_bit(clean_bf16_pipe, multiplier):
+@pytest.mark.parametrize("multiplier, file_dtype", [(1.0, torch.float32), (0.7, torch.float32), (0.7, torch.float16)])
+def test_bfloat16_fuse_equals_the_original_merge_bit_for_bit(clean_bf16_pipe, multiplier, file_dtype):
+    """`LoRANetwork.save_weights` writes float32 or half files; the original merges both in float32."""
     pipe = clean_bf16_pipe
     transformer = pipe.transformer
     lora, parts = original_lora(transformer, seed=2)
+    lora = {key: value.to(file_dtype) for key, value in lora.items()}
+    parts = {path: (up.to(file_dtype), down.to(file_dtype), factor) for path, (up, down, factor) in parts.items()}
     base = {path: module.weight.detach().clone() for path, module in linear_paths(transformer).items()}
     pipe.load_lora_weights(lora, adapter_name="orig")
     pipe.fuse_lora(lora_scale=multiplier)
