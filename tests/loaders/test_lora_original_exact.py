@@ -1,6 +1,8 @@
 """Original-format LoRAs keep the file's numbers: float32 adapters, alpha in the adapter config, and a bfloat16
 `fuse_lora` that gives the weights of the original `merge_lora` bit for bit."""
 
+import re
+
 import pytest
 import torch
 from _helpers import TINY_CHECKPOINT, load_pipe, run_transformer, small_golden_inputs
@@ -67,8 +69,6 @@ def test_conversion_keeps_the_file_values_and_puts_alpha_in_the_config(bf16_pipe
     # Patterns and targets name whole module paths: a longer path that ends with one matches neither.
     for path in parts:
         assert get_pattern_key(config["alpha_pattern"], "outer." + path) == "outer." + path
-    import re
-
     assert all(re.fullmatch(config["target_modules"], path) for path in parts)
     assert not re.fullmatch(config["target_modules"], "outer.proj_out")
 
