@@ -213,3 +213,16 @@ def run_transformer(transformer, inputs, **kwargs) -> torch.Tensor:
             **{k: inputs[k] for k in COND_KEYS},
             **kwargs,
         )[0]
+
+
+def linear_paths(transformer) -> dict:
+    """Every ``nn.Linear`` of ``transformer`` by module path."""
+    return {name: m for name, m in transformer.named_modules() if isinstance(m, torch.nn.Linear)}
+
+
+def restored_after_test(pipe):
+    """Yields ``pipe``, then drops its LoRA adapters and restores its transformer's weights (for a fixture)."""
+    base = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
+    yield pipe
+    pipe.unload_lora_weights()
+    pipe.transformer.load_state_dict(base)

@@ -17,6 +17,7 @@ from _helpers import (  # noqa: E402
     TINY_REALFMT_CHECKPOINT,
     load_pipe,
     open_rgb,
+    restored_after_test,
 )
 
 
@@ -57,10 +58,7 @@ def pipe():
 @pytest.fixture
 def clean_pipe(pipe):
     """The module's pipeline, restored to its base weights (no adapters) after each test."""
-    base = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
-    yield pipe
-    pipe.unload_lora_weights()
-    pipe.transformer.load_state_dict(base)
+    yield from restored_after_test(pipe)
 
 
 class ModelRanError(AssertionError):

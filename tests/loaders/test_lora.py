@@ -10,6 +10,7 @@ from _helpers import (
     FIXTURES,
     ORIGINAL_LORA,
     golden_transformer_inputs,
+    linear_paths,
     quick_latents,
     run_transformer,
     small_golden_inputs,
@@ -40,10 +41,6 @@ def small_inputs(golden_inputs):
 @pytest.fixture(scope="module")
 def base_small_output(pipe, small_inputs):
     return run_transformer(pipe.transformer, small_inputs)
-
-
-def linear_paths(transformer):
-    return {name: m for name, m in transformer.named_modules() if isinstance(m, torch.nn.Linear)}
 
 
 def make_original_lora(transformer, paths, seed=0, rank=4, with_alpha=True):

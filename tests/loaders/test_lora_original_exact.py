@@ -5,7 +5,14 @@ import re
 
 import pytest
 import torch
-from _helpers import TINY_CHECKPOINT, load_pipe, run_transformer, small_golden_inputs
+from _helpers import (
+    TINY_CHECKPOINT,
+    linear_paths,
+    load_pipe,
+    restored_after_test,
+    run_transformer,
+    small_golden_inputs,
+)
 from accelerate.hooks import CpuOffload, add_hook_to_module
 from diffusers.hooks.group_offloading import _is_group_offload_enabled
 from peft.utils.other import get_pattern_key
@@ -20,14 +27,12 @@ def bf16_pipe():
 
 @pytest.fixture
 def clean_bf16_pipe(bf16_pipe):
-    base = {k: v.clone() for k, v in bf16_pipe.transformer.state_dict().items()}
-    yield bf16_pipe
-    bf16_pipe.unload_lora_weights()
-    bf16_pipe.transformer.load_state_dict(base)
+    yield from restored_after_test(bf16_pipe)
 
 
-def linear_paths(transformer):
-    return {name: m for name, m in transformer.named_modules() if isinstance(m, torch.nn.Linear)}
+@pytest.fixture(scope="module")
+def bf16_inputs():
+    return {k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in small_golden_inputs().items()}
 
 
 def original_lora(transformer, seed=0):
@@ -47,6 +52,19 @@ def original_lora(transformer, seed=0):
             factor = lora[f"{name}.alpha"].item() / rank
         parts[path] = (up, down, factor)
     return lora, parts
+
+
+def direct_and_swapped(pipe, first, second, inputs, target_rank=None):
+    """The transformer's output with `second` loaded on its own, and with `second` hot-swapped into a slot that held
+    `first` (after `enable_lora_hotswap(target_rank)` when given)."""
+    pipe.load_lora_weights(second, adapter_name="direct")
+    direct = run_transformer(pipe.transformer, inputs)
+    pipe.delete_adapters("direct")
+    if target_rank is not None:
+        pipe.enable_lora_hotswap(target_rank=target_rank)
+    pipe.load_lora_weights(first, adapter_name="slot")
+    pipe.load_lora_weights(second, adapter_name="slot", hotswap=True)
+    return direct, run_transformer(pipe.transformer, inputs)
 
 
 def original_merge(weight, up, down, factor, multiplier):
@@ -116,62 +134,48 @@ def test_bfloat16_fuse_equals_the_original_merge_bit_for_bit(clean_bf16_pipe, mu
     assert not differing, f"{len(differing)} of {len(parts)} fused weights differ from the original merge"
 
 
-def test_hotswap_into_an_original_lora_slot(clean_bf16_pipe):
+def test_hotswap_into_an_original_lora_slot(clean_bf16_pipe, bf16_inputs):
     """A hot-swap keeps the slot's float32 tensors and sets every module's own alpha / rank."""
     pipe = clean_bf16_pipe
-    inputs = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in small_golden_inputs().items()}
     lora_a, _ = original_lora(pipe.transformer, seed=3)
     lora_b, _ = original_lora(pipe.transformer, seed=4)
-    pipe.load_lora_weights(lora_b, adapter_name="b")
-    expected = run_transformer(pipe.transformer, inputs)
-    pipe.delete_adapters("b")
-    pipe.load_lora_weights(lora_a, adapter_name="slot")
-    pipe.load_lora_weights(lora_b, adapter_name="slot", hotswap=True)
-    assert torch.equal(run_transformer(pipe.transformer, inputs), expected)
+    direct, swapped = direct_and_swapped(pipe, lora_a, lora_b, bf16_inputs)
+    assert torch.equal(swapped, direct)
 
 
-def test_hotswap_between_lora_network_files_of_different_alpha_and_rank(clean_bf16_pipe):
+def test_hotswap_between_lora_network_files_of_different_alpha_and_rank(clean_bf16_pipe, bf16_inputs):
     """The original `LoRANetwork` writes one alpha for all modules: such files swap into each other."""
     pipe = clean_bf16_pipe
-    inputs = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in small_golden_inputs().items()}
 
     def lora_network_file(seed, rank, alpha):
+        # One rank and one alpha for every module (`original_lora` draws both per module).
         lora, _ = original_lora(pipe.transformer, seed=seed)
-        for key in [k for k in lora if k.endswith(".alpha")]:
-            del lora[key]
-        for key, value in list(lora.items()):
-            name = key.split(".")[0]
-            lora[f"{name}.alpha"] = torch.tensor(alpha)
-            lora[key] = value[:rank] if key.endswith("lora_down.weight") else value[:, :rank]
-        return lora
+        file = {}
+        for key, value in lora.items():
+            name, _, element = key.partition(".")
+            if element == "lora_down.weight":
+                file[key], file[f"{name}.alpha"] = value[:rank], torch.tensor(alpha)
+            elif element == "lora_up.weight":
+                file[key] = value[:, :rank]
+        return file
 
     first, second = lora_network_file(7, rank=2, alpha=1.0), lora_network_file(8, rank=2, alpha=6.0)
-    pipe.load_lora_weights(second, adapter_name="direct")
-    expected = run_transformer(pipe.transformer, inputs)
-    pipe.delete_adapters("direct")
-    pipe.load_lora_weights(first, adapter_name="slot")
-    pipe.load_lora_weights(second, adapter_name="slot", hotswap=True)
-    assert torch.equal(run_transformer(pipe.transformer, inputs), expected)
+    direct, swapped = direct_and_swapped(pipe, first, second, bf16_inputs)
+    assert torch.equal(swapped, direct)
 
 
 def test_prepared_hotswap_slot_takes_each_modules_alpha():
     """After `enable_lora_hotswap` (padded ranks, tensor scalings) a swapped-in file still gets its own alphas."""
     pipe = load_pipe(TINY_CHECKPOINT, dtype=torch.float32)
-    inputs = small_golden_inputs()
     lora_a, _ = original_lora(pipe.transformer, seed=9)
     lora_b, _ = original_lora(pipe.transformer, seed=10)
-    pipe.load_lora_weights(lora_b, adapter_name="direct")
-    expected = run_transformer(pipe.transformer, inputs)
-    pipe.delete_adapters("direct")
-    pipe.enable_lora_hotswap(target_rank=8)
-    pipe.load_lora_weights(lora_a, adapter_name="slot")
-    pipe.load_lora_weights(lora_b, adapter_name="slot", hotswap=True)
-    torch.testing.assert_close(run_transformer(pipe.transformer, inputs), expected, atol=1e-5, rtol=0)
+    direct, swapped = direct_and_swapped(pipe, lora_a, lora_b, small_golden_inputs(), target_rank=8)
+    torch.testing.assert_close(swapped, direct, atol=1e-5, rtol=0)
 
 
-def test_group_offloading_stays_on_and_the_adapter_loads_in_float32(clean_bf16_pipe):
+def test_group_offloading_stays_on_and_the_adapter_loads_in_float32(clean_bf16_pipe, bf16_inputs):
     pipe = clean_bf16_pipe
-    inputs = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in small_golden_inputs().items()}
+    inputs = bf16_inputs
     lora, _ = original_lora(pipe.transformer, seed=5)
     pipe.load_lora_weights(lora, adapter_name="plain")
     expected = run_transformer(pipe.transformer, inputs)
