@@ -872,7 +872,7 @@ def convert_original_lora_state_dict(
         if alpha_value == 0.0:
             zero_alpha.append(name)
         ranks[path], alphas[path] = rank, alpha_value
-        if return_metadata:
+        if return_metadata:  # the file's values; still copied below, so the adapter never shares the caller's tensors
             scale_down, scale_up = 1.0, 1.0
         else:
             scale_down, scale_up = _lora_alpha_scales(alpha_value / rank)
