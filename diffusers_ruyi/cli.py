@@ -668,20 +668,24 @@ def _float32():
     return torch.float32
 
 
+def merge_loras(pipe, paths: List[str], weights: List[float]) -> None:
+    """Merges each LoRA file into ``pipe``'s weights in turn, as the original's ``merge_lora`` (``--lora``)."""
+    for index, (path, weight) in enumerate(zip(paths, weights)):
+        # In bfloat16 the same bits as the original. The adapter layers are dropped each time: the steps run on plain
+        # weights, and the next LoRA does not load into merged layers (PEFT would unmerge them first, which does not
+        # give the weights back exactly).
+        pipe.load_lora_weights(path, adapter_name=f"lora_{index}")
+        pipe.fuse_lora(lora_scale=weight)
+        pipe.unload_lora_weights()
+
+
 def _configure(pipe, args: argparse.Namespace, device, dtype, stage: _Stage) -> None:
     import diffusers
 
     if args.scheduler != "ddim":
         pipe.scheduler = getattr(diffusers, SCHEDULERS[args.scheduler]).from_config(pipe.scheduler.config)
     stage.name = "lora"
-    weights = args.lora_weight + [1.0] * (len(args.lora) - len(args.lora_weight))
-    for index, (path, weight) in enumerate(zip(args.lora, weights)):
-        # Merged into the weights one file after the other, as the original's `merge_lora` does (in bfloat16 the same
-        # bits), and the adapter layers dropped each time: the steps run on plain weights, and the next LoRA does not
-        # load into merged layers (PEFT would unmerge them first, which does not give the weights back exactly).
-        pipe.load_lora_weights(path, adapter_name=f"lora_{index}")
-        pipe.fuse_lora(lora_scale=weight)
-        pipe.unload_lora_weights()
+    merge_loras(pipe, args.lora, args.lora_weight + [1.0] * (len(args.lora) - len(args.lora_weight)))
     stage.name = "load"
     if args.cache == "first-block":
         from diffusers import FirstBlockCacheConfig

@@ -238,7 +238,7 @@ def run_ours(case: Dict[str, Any], folder: str, images: list, dtype: str = "floa
     import torch
 
     from diffusers_ruyi import RuyiImageToVideoPipeline
-    from diffusers_ruyi.cli import SCHEDULERS
+    from diffusers_ruyi.cli import SCHEDULERS, merge_loras
     from diffusers_ruyi.hooks import (
         RuyiEnhanceAVideoConfig,
         RuyiTeaCacheConfig,
@@ -251,9 +251,7 @@ def run_ours(case: Dict[str, Any], folder: str, images: list, dtype: str = "floa
     scheduler = SCHEDULERS[SAMPLERS[case["sampler"]]]
     pipe.scheduler = getattr(diffusers, scheduler).from_config(pipe.scheduler.config)
     if case["lora"]:
-        pipe.load_lora_weights(os.path.join(folder, "lora.safetensors"), adapter_name="sweep")
-        pipe.fuse_lora(lora_scale=case["lora"]["weight"])  # as the CLI does
-        pipe.unload_lora_weights()
+        merge_loras(pipe, [os.path.join(folder, "lora.safetensors")], [case["lora"]["weight"]])
     if case["teacache"]:
         tea = case["teacache"]
         config = RuyiTeaCacheConfig(
