@@ -29,7 +29,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
 from diffusers.loaders import PeftAdapterMixin
 from diffusers.models._modeling_parallel import ContextParallelInput, ContextParallelOutput
-from diffusers.models.activations import GEGLU
+from diffusers.models.activations import GEGLU, GELU
 from diffusers.models.attention import AttentionMixin, AttentionModuleMixin, FeedForward
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.cache_utils import CacheMixin
@@ -157,6 +157,95 @@ class RuyiRotaryPosEmbed(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Memory-lean elementwise steps (inference)
+# ----------------------------------------------------------------------------------------------------------------
+
+# At most this many elements per chunk in the chunked elementwise steps below: 128 MB per float32 temporary.
+_CHUNK_ELEMENTS = 2**25
+
+
+def _lean(tensor: torch.Tensor) -> bool:
+    """Whether an elementwise step over `tensor` may run in chunks: at inference, in eager mode (a compiled graph fuses
+    the step into one kernel without temporaries anyway), and when the tensor is larger than one chunk."""
+    return (
+        not (torch.is_grad_enabled() and tensor.requires_grad)
+        and not torch.compiler.is_compiling()
+        and tensor.numel() > _CHUNK_ELEMENTS
+    )
+
+
+def _chunk_tokens(tensor: torch.Tensor) -> int:
+    """Tokens per chunk: the fewest chunks within the budget, of equal length (a short last chunk would leave the
+    first one nearly as large as the whole tensor, and the lean step's output on top of it)."""
+    num_chunks = -(-tensor.numel() // _CHUNK_ELEMENTS)
+    return -(-tensor.shape[1] // num_chunks)
+
+
+def _map_token_chunks(fn, tensor: torch.Tensor, *tables: torch.Tensor) -> torch.Tensor:
+    """`fn(tensor, *tables)` for a `(batch, tokens, ...)` tensor and per-token `(tokens, ...)` tables, computed chunk
+    by chunk of tokens into one output of `tensor`'s shape and dtype."""
+    step = _chunk_tokens(tensor)
+    out = torch.empty_like(tensor)
+    for start in range(0, tensor.shape[1], step):
+        rows = slice(start, start + step)
+        out[:, rows] = fn(tensor[:, rows], *(table[rows] for table in tables))
+    return out
+
+
+def apply_rotary_emb_lean(x: torch.Tensor, rotary_emb: Tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """diffusers' `apply_rotary_emb` for `(batch, tokens, heads, head_dim)` inputs, chunk by chunk of tokens at
+    inference: the same numbers (elementwise), but without its three float32 temporaries of the whole tensor, which
+    were 4.7 GB of the self-attention's 11 GB peak at 768x768x120."""
+    if not _lean(x):
+        return apply_rotary_emb(x, rotary_emb, sequence_dim=1)
+    return _map_token_chunks(lambda rows, cos, sin: apply_rotary_emb(rows, (cos, sin), sequence_dim=1), x, *rotary_emb)
+
+
+class RuyiFP32LayerNorm(FP32LayerNorm):
+    """diffusers' `FP32LayerNorm` (a LayerNorm computed in float32), chunk by chunk of tokens at inference: the same
+    numbers (each row is normalized on its own), without two float32 copies of the whole input."""
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if inputs.dim() != 3 or not _lean(inputs):
+            return super().forward(inputs)
+        return _map_token_chunks(super().forward, inputs)
+
+
+class RuyiGELU(GELU):
+    """diffusers' `GELU` (projection, then the activation) with the activation applied in place, chunk by chunk of
+    tokens, at inference: the same numbers, and one copy fewer of the feed-forward's inner tensor, the block's widest
+    (4.36x the model width)."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        hidden_states = self.proj(hidden_states)
+        if hidden_states.dim() != 3 or not _lean(hidden_states):
+            return self.gelu(hidden_states)
+        for chunk in hidden_states.split(_chunk_tokens(hidden_states), dim=1):
+            chunk.copy_(self.gelu(chunk))
+        return hidden_states
+
+
+def _feed_forward_in_chunks(ff: nn.Module, hidden_states: torch.Tensor, dim: int, chunk_size: int) -> torch.Tensor:
+    """`ff(hidden_states)`, computed `chunk_size` rows of `dim` at a time (the last chunk may be shorter); at inference
+    the chunks are written into one output instead of concatenated, so the peak is one chunk's inner tensor."""
+    chunks = hidden_states.split(chunk_size, dim=dim)
+    if len(chunks) == 1:
+        return ff(hidden_states)
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return torch.cat([ff(chunk) for chunk in chunks], dim=dim)
+    out, start = None, 0
+    for chunk in chunks:
+        result = ff(chunk)
+        if out is None:
+            shape = list(result.shape)
+            shape[dim] = hidden_states.shape[dim]
+            out = result.new_empty(shape)
+        out.narrow(dim, start, chunk.shape[dim]).copy_(result)
+        start += chunk.shape[dim]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Attention
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -197,9 +286,9 @@ class RuyiAttnProcessor:
         value = value.unflatten(2, (attn.heads, -1))
 
         if image_rotary_emb is not None:
-            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+            query = apply_rotary_emb_lean(query, image_rotary_emb)
             if not attn.is_cross_attention:
-                key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+                key = apply_rotary_emb_lean(key, image_rotary_emb)
 
         hidden_states = dispatch_attention_fn(
             query,
@@ -283,7 +372,7 @@ class RuyiClipGate(GEGLU):
 
     def __init__(self, dim: int):
         super().__init__(dim, dim)
-        self.norm = FP32LayerNorm(dim, eps=float(dim), elementwise_affine=True)
+        self.norm = RuyiFP32LayerNorm(dim, eps=float(dim), elementwise_affine=True)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return super().forward(self.norm(hidden_states))
@@ -317,29 +406,42 @@ class RuyiTransformerBlock(nn.Module):
         head_dim = dim // num_attention_heads
 
         self.norm1 = AdaLayerNormShift(dim, eps=norm_eps)
+        self.norm1.norm = RuyiFP32LayerNorm(dim, eps=norm_eps, elementwise_affine=True)
         self.attn1 = RuyiAttention(dim, heads=num_attention_heads, dim_head=head_dim)
 
-        self.norm2 = FP32LayerNorm(dim, eps=norm_eps, elementwise_affine=True)
+        self.norm2 = RuyiFP32LayerNorm(dim, eps=norm_eps, elementwise_affine=True)
         self.attn2 = RuyiAttention(
             dim, heads=num_attention_heads, dim_head=head_dim, cross_attention_dim=cross_attention_dim
         )
 
-        self.norm_clip = FP32LayerNorm(dim, eps=norm_eps, elementwise_affine=True)
+        self.norm_clip = RuyiFP32LayerNorm(dim, eps=norm_eps, elementwise_affine=True)
         self.attn_clip = RuyiAttention(
             dim, heads=num_attention_heads, dim_head=head_dim, cross_attention_dim=cross_attention_dim
         )
         self.gate_clip = RuyiClipGate(dim)
-        self.norm_clip_out = FP32LayerNorm(dim, eps=norm_eps, elementwise_affine=True)
+        self.norm_clip_out = RuyiFP32LayerNorm(dim, eps=norm_eps, elementwise_affine=True)
 
-        self.norm3 = FP32LayerNorm(dim, eps=norm_eps, elementwise_affine=True)
+        self.norm3 = RuyiFP32LayerNorm(dim, eps=norm_eps, elementwise_affine=True)
         self.ff = FeedForward(dim, activation_fn=activation_fn, inner_dim=ff_inner_dim, bias=True)
+        if activation_fn == "gelu-approximate":  # the published config: same parameters, a leaner activation
+            self.ff.net[0] = RuyiGELU(dim, ff_inner_dim, approximate="tanh", bias=True)
 
         if skip:
-            self.skip_norm = FP32LayerNorm(2 * dim, eps=norm_eps, elementwise_affine=True)
+            self.skip_norm = RuyiFP32LayerNorm(2 * dim, eps=norm_eps, elementwise_affine=True)
             self.skip_linear = nn.Linear(2 * dim, dim)
         else:
             self.skip_norm = None
             self.skip_linear = None
+
+        # Feed-forward chunking (`set_chunk_feed_forward`), off by default.
+        self._chunk_size: Optional[int] = None
+        self._chunk_dim = 0
+
+    def set_chunk_feed_forward(self, chunk_size: Optional[int], dim: int = 0) -> None:
+        """Runs the feed-forward `chunk_size` rows of `dim` (0: batch, 1: tokens) at a time; `None` turns it off. See
+        [`RuyiTransformer3DModel.enable_forward_chunking`]."""
+        self._chunk_size = chunk_size
+        self._chunk_dim = dim
 
     def forward(
         self,
@@ -382,13 +484,22 @@ class RuyiTransformerBlock(nn.Module):
         hidden_states = hidden_states + self.attn2(
             self.norm2(hidden_states), encoder_hidden_states=encoder_hidden_states, image_rotary_emb=image_rotary_emb
         )
-        clip_output = self.attn_clip(
-            self.norm_clip(hidden_states),
-            encoder_hidden_states=clip_encoder_hidden_states,
-            image_rotary_emb=image_rotary_emb,
+        # One expression, so that no name keeps the CLIP attention's output alive during the feed-forward.
+        hidden_states = hidden_states + self.norm_clip_out(
+            self.gate_clip(
+                self.attn_clip(
+                    self.norm_clip(hidden_states),
+                    encoder_hidden_states=clip_encoder_hidden_states,
+                    image_rotary_emb=image_rotary_emb,
+                )
+            )
         )
-        hidden_states = hidden_states + self.norm_clip_out(self.gate_clip(clip_output))
-        hidden_states = hidden_states + self.ff(self.norm3(hidden_states))
+        if self._chunk_size is None:
+            hidden_states = hidden_states + self.ff(self.norm3(hidden_states))
+        else:
+            hidden_states = hidden_states + _feed_forward_in_chunks(
+                self.ff, self.norm3(hidden_states), self._chunk_dim, self._chunk_size
+            )
         return hidden_states
 
 
@@ -664,6 +775,40 @@ class RuyiTransformer3DModel(
     # ------------------------------------------------------------------------------------------------------------
     # Speed and memory
     # ------------------------------------------------------------------------------------------------------------
+
+    def enable_forward_chunking(self, chunk_size: Optional[int] = None, dim: int = 0) -> None:
+        r"""
+        Runs every block's feed-forward network in chunks ([feed-forward
+        chunking](https://huggingface.co/blog/reformer#2-chunked-feed-forward-layers)), as diffusers' models do: its
+        inner tensor, the widest of the block (4.36x the model width), then only exists one chunk at a time. Lowers
+        the transformer's peak memory at some cost in speed; the outputs are the same up to the matrix-product
+        kernels chosen for the smaller products.
+
+        Args:
+            chunk_size (`int`, *optional*):
+                Rows of `dim` per chunk (the last chunk may be shorter). Defaults to 1: one sample (`dim=0`) or one
+                token (`dim=1`) at a time; for tokens, a few thousand keep the products large.
+            dim (`int`, defaults to 0):
+                0 chunks over the batch (the classifier-free-guidance pair), 1 over the video tokens.
+
+        Example:
+
+        ```py
+        >>> pipe.transformer.enable_forward_chunking(chunk_size=4096, dim=1)
+        ```
+        """
+        if dim not in (0, 1):
+            raise ValueError(f"`dim` must be 0 (batch) or 1 (tokens), got {dim!r}.")
+        chunk_size = 1 if chunk_size is None else chunk_size
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"`chunk_size` must be a positive integer or None, got {chunk_size!r}.")
+        for block in self.blocks:
+            block.set_chunk_feed_forward(chunk_size, dim)
+
+    def disable_forward_chunking(self) -> None:
+        """Runs every block's feed-forward network in one piece again (the default)."""
+        for block in self.blocks:
+            block.set_chunk_feed_forward(None)
 
     def enable_cache(self, config) -> None:
         r"""

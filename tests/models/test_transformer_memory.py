@@ -1,0 +1,200 @@
+"""The transformer's memory-lean inference steps (RoPE, the float32 LayerNorms and the feed-forward activation in
+chunks of tokens) give the same numbers as the plain ones and lower the peak; training falls back to the plain steps;
+`enable_forward_chunking` follows diffusers' convention."""
+
+import math
+import pathlib
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from _helpers import tiny_transformer, transformer_inputs
+
+import diffusers_ruyi.models.transformer_ruyi as transformer_module
+from diffusers_ruyi.models.transformer_ruyi import RuyiFP32LayerNorm, RuyiGELU, apply_rotary_emb_lean
+
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import estimate_memory  # noqa: E402
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Sets the chunk budget (elements) of the lean steps; the tiny model's tensors are then many chunks long."""
+
+    def set_budget(elements: int) -> None:
+        monkeypatch.setattr(transformer_module, "_CHUNK_ELEMENTS", elements)
+
+    return set_budget
+
+
+def _forward(model, dtype, **kwargs):
+    inputs = {k: v.to(dtype) if v.is_floating_point() else v for k, v in transformer_inputs(**kwargs).items()}
+    return model.to(dtype)(timestep=torch.full((2,), 500.0, dtype=dtype), **inputs, return_dict=False)[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_lean_steps_give_the_plain_outputs_bit_for_bit(small_chunks, dtype):
+    model = tiny_transformer()
+    with torch.no_grad():
+        small_chunks(2**40)  # never chunked
+        plain = _forward(model, dtype)
+        for budget in (1000, 333):  # chunks of several tokens, the last one shorter
+            small_chunks(budget)
+            assert torch.equal(_forward(model, dtype), plain), budget
+
+
+def _peak(run) -> int:
+    return estimate_memory.phase_peak(run)
+
+
+def test_rotary_embedding_in_chunks_keeps_one_output_and_chunk_sized_temporaries(small_chunks):
+    batch, tokens, heads, head_dim = 2, 64, 4, 8
+    x = torch.randn(batch, tokens, heads, head_dim, dtype=torch.bfloat16)
+    cos, sin = torch.randn(tokens, head_dim), torch.randn(tokens, head_dim)
+    small_chunks(2**40)
+    plain_peak = _peak(lambda: apply_rotary_emb_lean(x, (cos, sin)))
+    small_chunks(x.numel() // 8)  # 8 chunks
+    lean_peak = _peak(lambda: apply_rotary_emb_lean(x, (cos, sin)))
+
+    element = x.element_size()
+    # Plain: diffusers' three float32 temporaries and its rotated copy. Lean: the output, and those of one chunk.
+    assert plain_peak >= x.numel() * (3 * 4 + element)
+    assert lean_peak <= x.numel() * element + x.numel() // 8 * (3 * 4 + element) * 1.5
+
+
+def test_float32_layer_norm_in_chunks_keeps_one_output(small_chunks):
+    norm = RuyiFP32LayerNorm(32, eps=1e-6).to(torch.bfloat16)
+    x = torch.randn(2, 256, 32, dtype=torch.bfloat16)
+    small_chunks(2**40)
+    plain_peak = _peak(lambda: norm(x))
+    small_chunks(x.numel() // 8)
+    lean_peak = _peak(lambda: norm(x))
+    assert plain_peak >= x.numel() * (4 + 4)  # the float32 input and output
+    assert lean_peak <= x.numel() * 2 + x.numel() // 8 * (4 + 4) * 1.5
+
+
+def test_gelu_applied_in_place_in_chunks(small_chunks):
+    act = RuyiGELU(16, 64, approximate="tanh")
+    x = torch.randn(2, 128, 16)
+    inner = x.numel() * 4  # the projection's output, in elements
+    small_chunks(2**40)
+    with torch.no_grad():
+        plain = act(x)
+        plain_peak = _peak(lambda: act(x))
+        small_chunks(inner // 8)
+        lean = act(x)
+        lean_peak = _peak(lambda: act(x))
+    assert torch.equal(lean, plain)
+    assert torch.equal(plain, F.gelu(act.proj(x), approximate="tanh"))
+    assert plain_peak >= 2 * inner * 4  # projection and activation
+    assert lean_peak <= inner * 4 * 1.25  # the projection, activated chunk by chunk
+
+
+def test_published_activation_is_the_lean_one_and_keeps_diffusers_parameter_names():
+    model = tiny_transformer()
+    assert all(type(block.ff.net[0]) is RuyiGELU for block in model.blocks)
+    assert "blocks.0.ff.net.0.proj.weight" in model.state_dict()
+
+
+def test_lean_steps_lower_the_transformer_peak(small_chunks):
+    # bfloat16, where the plain steps make float32 copies (in float32 `.float()` copies nothing).
+    model = tiny_transformer()
+    small_chunks(2**40)
+    plain_peak = _peak(lambda: _forward(model, torch.bfloat16, frames=4, height=8, width=8))
+    small_chunks(1024)
+    lean_peak = _peak(lambda: _forward(model, torch.bfloat16, frames=4, height=8, width=8))
+    assert lean_peak < 0.5 * plain_peak, (lean_peak, plain_peak)
+
+
+def test_training_uses_the_plain_steps_and_gets_the_same_gradients(small_chunks):
+    def loss_and_grads(budget):
+        small_chunks(budget)
+        model = tiny_transformer().train()
+        loss = _forward(model, torch.float32).square().mean()
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    loss, grads = loss_and_grads(2**40)
+    lean_loss, lean_grads = loss_and_grads(333)
+    assert torch.equal(lean_loss, loss)
+    assert len(lean_grads) == len(grads) and all(torch.equal(a, b) for a, b in zip(lean_grads, grads))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# enable_forward_chunking
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def _count_ff_calls(model):
+    calls = []
+    for block in model.blocks:
+        block.ff.register_forward_hook(lambda module, args, out: calls.append(args[0].shape))
+    return calls
+
+
+def test_forward_chunking_over_the_batch_is_exact():
+    model = tiny_transformer()
+    with torch.no_grad():
+        plain = _forward(model, torch.float32)
+        model.enable_forward_chunking()  # diffusers' default: one row of dim 0 at a time
+        calls = _count_ff_calls(model)
+        chunked = _forward(model, torch.float32)
+    assert torch.equal(chunked, plain)
+    assert len(calls) == 2 * len(model.blocks) and all(shape[0] == 1 for shape in calls)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_forward_chunking_over_tokens(grad):
+    model = tiny_transformer()
+    frames, height, width = 4, 4, 6
+    tokens = frames * height * width // model.config.patch_size**2
+    chunk = 5  # does not divide the token count: the last chunk is shorter
+    with torch.set_grad_enabled(grad):
+        plain = _forward(model, torch.float32, frames=frames, height=height, width=width)
+        model.enable_forward_chunking(chunk_size=chunk, dim=1)
+        calls = _count_ff_calls(model)
+        chunked = _forward(model, torch.float32, frames=frames, height=height, width=width)
+    torch.testing.assert_close(chunked, plain, rtol=0, atol=1e-5)
+    assert len(calls) == math.ceil(tokens / chunk) * len(model.blocks)
+    assert sorted({shape[1] for shape in calls}) == sorted({chunk, tokens % chunk})
+
+    model.disable_forward_chunking()
+    calls.clear()
+    with torch.no_grad():
+        _forward(model, torch.float32, frames=frames, height=height, width=width)
+    assert len(calls) == len(model.blocks)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"dim": 2}, "`dim` must be 0"),
+        ({"chunk_size": 0}, "`chunk_size` must be a positive integer"),
+        ({"chunk_size": 2.5}, "`chunk_size` must be a positive integer"),
+        ({"chunk_size": True}, "`chunk_size` must be a positive integer"),
+    ],
+)
+def test_forward_chunking_refuses_bad_arguments(kwargs, match):
+    model = tiny_transformer()
+    with pytest.raises(ValueError, match=match):
+        model.enable_forward_chunking(**kwargs)
+    assert all(block._chunk_size is None for block in model.blocks)
+
+
+def test_forward_chunking_writes_the_chunks_into_one_output():
+    from diffusers.models.attention import FeedForward
+
+    ff = FeedForward(16, inner_dim=64, activation_fn="gelu-approximate")
+    x = torch.randn(2, 128, 16)
+    output_bytes = x.numel() * 4
+    with torch.no_grad():
+        plain = ff(x)
+        chunked = transformer_module._feed_forward_in_chunks(ff, x, dim=1, chunk_size=4)
+        peak = _peak(lambda: transformer_module._feed_forward_in_chunks(ff, x, dim=1, chunk_size=4))
+    torch.testing.assert_close(chunked, plain, rtol=0, atol=1e-6)
+    # The output and one 4-token chunk's inner tensors; concatenating would hold every chunk's output as well.
+    assert peak <= 1.5 * output_bytes, peak
