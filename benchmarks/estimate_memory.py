@@ -22,13 +22,14 @@ import argparse
 import os
 import sys
 import time
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import device_suite  # noqa: E402
+from _live_bytes import LiveBytes, phase_peak  # noqa: E402, F401
 
 
 GB = 1e9
@@ -40,72 +41,6 @@ def fmt_bytes(value: int) -> str:
 
 def weight_bytes(module) -> int:
     return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
-
-
-class LiveBytes:
-    """Tracks the bytes of every storage an op allocates on ``device`` while it is alive (a `TorchDispatchMode`);
-    ``peak`` is the largest total. A storage an op returns that was among its inputs (a view, an in-place result) is
-    not new; the storages that existed before (weights, the phase's inputs) are never counted. Tensors moved to
-    another device (offloaded) stop counting when their copy on ``device`` dies."""
-
-    def __init__(self, device: str = "cpu"):
-        from torch.utils._python_dispatch import TorchDispatchMode
-
-        tracker = self
-
-        class _Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                out = func(*args, **(kwargs or {}))
-                tracker._record(args, kwargs, out)
-                return out
-
-        self.mode = _Mode()
-        self.device = device
-        self.live: Dict[int, int] = {}
-        self.refs: Dict[int, Any] = {}
-        self.current = self.peak = 0
-
-    @staticmethod
-    def _storages(tree):
-        import torch
-        from torch.utils._pytree import tree_leaves
-
-        # The tensor's device, not its storage's: a fake tensor's storage is on the meta device.
-        return [(t.device, t.untyped_storage()) for t in tree_leaves(tree) if isinstance(t, torch.Tensor)]
-
-    def _record(self, args, kwargs, out) -> None:
-        import weakref
-
-        inputs = {st._cdata for _, st in self._storages((args, kwargs))}
-        for device, storage in self._storages(out):
-            key = storage._cdata
-            if device.type != self.device or key in inputs or key in self.live:
-                continue
-            self.live[key] = storage.nbytes()
-            self.refs[key] = weakref.ref(storage, lambda _, key=key: self._free(key))
-            self.current += self.live[key]
-            self.peak = max(self.peak, self.current)
-
-    def _free(self, key: int) -> None:
-        self.current -= self.live.pop(key, 0)
-        self.refs.pop(key, None)
-
-    def __enter__(self):
-        self.mode.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.mode.__exit__(*exc)
-
-
-def phase_peak(run: Callable[[], Any]) -> int:
-    """Bytes of the largest set of live tensors allocated while ``run()`` executes (its result included)."""
-    import torch
-
-    with torch.no_grad(), LiveBytes() as tracker:
-        result = run()
-    del result
-    return tracker.peak
 
 
 def build_fake_models(preset: str, dtype):
@@ -162,6 +97,11 @@ def measure_phases(args) -> Tuple[Dict[str, int], Dict[str, int], Dict[str, Any]
         for group in (5, 1):
             apply_ruyi_skip_offload(transformer, RuyiSkipOffloadConfig(group_size=group, offload_device="meta"))
             peaks[f"transformer_skip_offload_{group}"] = phase_peak(lambda: transformer(**inputs))
+            if group == 1:
+                # diffusers' feed-forward chunking on top: one sample of the CFG batch at a time.
+                transformer.enable_forward_chunking()
+                peaks["transformer_skip_offload_1_ff_chunked"] = phase_peak(lambda: transformer(**inputs))
+                transformer.disable_forward_chunking()
             remove_ruyi_skip_offload(transformer)
         # The original's fp8 "strong" mode: the large Linear layers stored in float8 (1 byte per weight, biases
         # too), each cast to the compute dtype only while it runs: at most one such copy on top of the peak.
@@ -183,7 +123,11 @@ def measure_phases(args) -> Tuple[Dict[str, int], Dict[str, int], Dict[str, Any]
         for key, value in saved.items():
             setattr(vae, key, value)
     patch = config["patch_size"]
-    info = {"latent": latent, "tokens": latent[0] * (latent[1] // patch) * (latent[2] // patch)}
+    info = {
+        "latent": latent,
+        "tokens": latent[0] * (latent[1] // patch) * (latent[2] // patch),
+        "clip_tokens": (size // clip.config.patch_size) ** 2,
+    }
     return weights, peaks, info
 
 
@@ -278,11 +222,63 @@ def compose(weights: Dict[str, int], peaks: Dict[str, int]) -> List[Dict[str, An
         "the lowest: the same with the long skips parked on the CPU one by one",
     )
     row(
+        "the same + `transformer.enable_forward_chunking()`",
+        group_offload("transformer_skip_offload_1_ff_chunked"),
+        "diffusers' feed-forward chunking, one sample of the CFG batch at a time",
+    )
+    row(
         "VAE decode alone, untiled",
         {"vae_decode_untiled": w_v + peaks["vae_decode_untiled"]},
         "why the published config tiles",
     )
     return rows
+
+
+def original_transformer_call(args, info) -> Dict[str, Any]:
+    """The original transformer's weights and call peaks per `gpu_offload_steps` (0, 5, 1), counted in its own venv
+    by `original_driver.py estimate-transformer-memory` with the same tracker."""
+    import json
+    import subprocess
+    import tempfile
+
+    transformer_config, _, _ = device_suite.preset_original_configs(args.preset)
+    with tempfile.TemporaryDirectory() as folder:
+        config_path = os.path.join(folder, "config.json")
+        with open(config_path, "w") as f:
+            json.dump(transformer_config, f)
+        command = [args.reference_python, os.path.join(HERE, "original_driver.py"), "--reference", args.reference]
+        command += ["estimate-transformer-memory", "--transformer-config", config_path, "--dtype", args.dtype]
+        command += ["--latent", *map(str, info["latent"]), "--clip-tokens", str(info["clip_tokens"])]
+        done = subprocess.run(command, capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise SystemExit(f"the original's estimate failed: {tail}")
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def format_comparison(weights, peaks, original) -> str:
+    """Transformer weights + one call (the model-offload peak), this package against the original, per
+    `gpu_offload_steps`."""
+    lines = [
+        "| transformer weights + one call (model offload) | original | diffusers-ruyi | difference |",
+        "|---|---|---|---|",
+    ]
+    phases = {"0": "transformer", "5": "transformer_skip_offload_5", "1": "transformer_skip_offload_1"}
+    for steps, phase in phases.items():
+        theirs = original["weights"] + original["peaks"][steps]
+        ours = weights["transformer"] + peaks[phase]
+        lines.append(
+            f"| gpu_offload_steps={steps} | {theirs / 2**20:,.0f} MiB | {ours / 2**20:,.0f} MiB "
+            f"| {(ours - theirs) / 2**20:+,.0f} MiB ({ours / theirs - 1:+.1%}) |"
+        )
+    lines += [
+        "",
+        f"(one call alone: original {', '.join(fmt_bytes(original['peaks'][s]) for s in phases)}; diffusers-ruyi "
+        f"{', '.join(fmt_bytes(peaks[p]) for p in phases.values())}, for gpu_offload_steps 0, 5, 1; the original "
+        "counted without CUDA autocast, which would make some of its LayerNorm outputs float32)",
+    ]
+    return "\n".join(lines)
 
 
 def format_report(args, weights, peaks, info, rows) -> str:
@@ -309,6 +305,13 @@ def parse_args(argv=None):
     parser.add_argument("--height", type=int, help="Default: the preset's (512 for full).")
     parser.add_argument("--width", type=int, help="Default: the preset's (512 for full).")
     parser.add_argument("--tile", type=int, help="Tile size of the package's VAE tiling (default: the preset's).")
+    parser.add_argument(
+        "--reference",
+        help="An IamCreateAI/Ruyi-Models checkout: also count the ORIGINAL transformer's call, by the same tracker.",
+    )
+    parser.add_argument(
+        "--reference-python", default=sys.executable, help="The interpreter of the original's venv (diffusers 0.31)."
+    )
     args = parser.parse_args(argv)
     preset = device_suite.PRESETS[args.preset]
     for key in ("frames", "height", "width", "tile"):
@@ -325,6 +328,8 @@ def main(argv=None) -> str:
     started = time.perf_counter()
     weights, peaks, info = measure_phases(args)
     report = format_report(args, weights, peaks, info, compose(weights, peaks))
+    if args.reference:
+        report += "\n\n" + format_comparison(weights, peaks, original_transformer_call(args, info))
     print(report + f"\n\n(estimated in {time.perf_counter() - started:.0f} s)", flush=True)
     return report
 

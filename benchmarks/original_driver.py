@@ -6,8 +6,9 @@ own interpreter (its venv: diffusers 0.31, see tests/fixtures/README.md). Nothin
     <ref-venv>/bin/python benchmarks/original_driver.py --reference /path/to/Ruyi-Models make-checkpoint ...
     <ref-venv>/bin/python benchmarks/original_driver.py --reference /path/to/Ruyi-Models run-pipeline ...
     <ref-venv>/bin/python benchmarks/original_driver.py --reference /path/to/Ruyi-Models run-vae ...
+    <ref-venv>/bin/python benchmarks/original_driver.py --reference /path/to/Ruyi-Models estimate-transformer-memory ...
 
-Each command prints one JSON line: seconds, peak memory, and where outputs were written.
+Each command prints one JSON line: seconds, peak memory, where outputs were written, or estimated bytes.
 """
 
 import argparse
@@ -324,6 +325,88 @@ def load_transformer(args) -> dict:
     return {"seconds": seconds, "peak_mb": _peak_rss_mb() - before, "weights_mb": weights}
 
 
+def estimate_transformer_memory(args) -> dict:
+    """Live tensor bytes of one batched classifier-free-guidance call of the original transformer, per
+    `gpu_offload_steps` value (its `hidden_cache_size`), counted like `estimate_memory.py` counts this package's.
+
+    The model is built under `FakeTensorMode` (shapes, no storage) on a fake CUDA device, in `--dtype`, and called as
+    `predict_i2v.py` calls it: the pipeline's RoPE tables, a timestep in the model dtype, under `torch.autocast`. Only
+    bytes on the CUDA device count, so the skips its `.to("cpu")` parks stop counting as they would on a GPU. A fake
+    CUDA tensor has no fused attention kernel (SDPA would fall back to the math path and its full attention matrix),
+    so attention is replaced by what a fused kernel allocates, its output and a float32 log-sum-exp, as this
+    package's estimate counts it with the CPU's flash kernel.
+    """
+    import torch
+    import torch.nn.functional as F
+    from diffusers.models.embeddings import get_2d_rotary_pos_embed
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from _live_bytes import phase_peak
+
+    _, tr_mod, pipe_mod = _import_original(args.reference)
+    with open(args.transformer_config) as f:
+        config = json.load(f)
+    dtype = getattr(torch, args.dtype)
+    frames, height, width = args.latent
+    patch = config.get("patch_size", 2)
+    grid = (height // patch, width // patch)
+    head_dim = config["attention_head_dim"]
+    # The pipeline's tables, made outside the fake mode (numpy inside), as the pipeline makes them (on the CPU).
+    crops = pipe_mod.get_resize_crop_region_for_grid(grid, 512 // 8 // patch)
+    rope = get_2d_rotary_pos_embed(head_dim, crops, grid)
+
+    def fused_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kwargs):
+        log_sum_exp = query.new_empty(query.shape[:-1], dtype=torch.float32)
+        del log_sum_exp
+        return query.new_empty(*query.shape[:-1], value.shape[-1])
+
+    peaks = {}
+    real_sdpa = F.scaled_dot_product_attention
+    with FakeTensorMode() as mode:
+        model = tr_mod.HunyuanTransformer3DModel.from_config(config, **TRANSFORMER_EXTRAS).eval()
+        # `.to("cuda", dtype)`, which fake parameters refuse: every tensor replaced by one of its shape on the device.
+        for module in model.modules():
+            for tensors in (module._parameters, module._buffers):
+                for name, t in tensors.items():
+                    if t is not None:
+                        moved = torch.empty(t.shape, dtype=dtype if t.is_floating_point() else t.dtype, device="cuda")
+                        tensors[name] = (
+                            torch.nn.Parameter(moved, False) if isinstance(t, torch.nn.Parameter) else moved
+                        )
+        weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        batch, cuda = 2, torch.device("cuda")
+
+        def randn(*shape):
+            return torch.randn(*shape, dtype=dtype, device=cuda)
+
+        channels = config["out_channels"] // 2
+        inputs = {
+            "hidden_states": randn(batch, channels, frames, height, width),
+            "timestep": torch.full((batch,), 500.0, dtype=dtype, device=cuda),
+            "encoder_hidden_states": randn(batch, config["text_len"], config["cross_attention_dim"]),
+            "text_embedding_mask": torch.ones(batch, config["text_len"], dtype=torch.int64, device=cuda),
+            "encoder_hidden_states_t5": randn(batch, config["text_len_t5"], config["cross_attention_dim_t5"]),
+            "text_embedding_mask_t5": torch.ones(batch, config["text_len_t5"], dtype=torch.int64, device=cuda),
+            "image_meta_size": randn(batch, 6),
+            "style": torch.zeros(batch, dtype=torch.int64, device=cuda),
+            "image_rotary_emb": tuple(mode.from_tensor(t) for t in rope),
+            "inpaint_latents": randn(batch, config["in_channels"] - channels, frames, height, width),
+            "clip_encoder_hidden_states": randn(batch, args.clip_tokens, config["projection_dim"]),
+            "clip_attention_mask": torch.ones(batch, config["n_query"], dtype=dtype, device=cuda),
+            "return_dict": False,
+        }
+        F.scaled_dot_product_attention = fused_attention
+        try:
+            for steps in args.offload_steps:
+                model.hidden_cache_size = steps
+                with torch.autocast("cuda", dtype=dtype):
+                    peaks[str(steps)] = phase_peak(lambda: model(**inputs), device="cuda")
+        finally:
+            F.scaled_dot_product_attention = real_sdpa
+    return {"weights": weights, "peaks": peaks}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference", required=True, help="Path to an IamCreateAI/Ruyi-Models checkout.")
@@ -381,12 +464,19 @@ def main() -> None:
     load = sub.add_parser("load-transformer")
     load.add_argument("--root", required=True)
     load.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    est = sub.add_parser("estimate-transformer-memory")
+    est.add_argument("--transformer-config", required=True, help="The transformer's config.json (original layout).")
+    est.add_argument("--latent", type=int, nargs=3, required=True, metavar=("FRAMES", "HEIGHT", "WIDTH"))
+    est.add_argument("--clip-tokens", type=int, default=256, help="CLIP patch tokens (ViT-L/14 at 224: 256).")
+    est.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    est.add_argument("--offload-steps", type=int, nargs="+", default=[0, 5, 1], help="gpu_offload_steps values.")
     args = parser.parse_args()
     commands = {
         "make-checkpoint": make_checkpoint,
         "run-pipeline": run_pipeline,
         "run-vae": run_vae,
         "load-transformer": load_transformer,
+        "estimate-transformer-memory": estimate_transformer_memory,
     }
     result = commands[args.command](args)
     print("RESULT " + json.dumps(result))

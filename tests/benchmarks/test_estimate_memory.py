@@ -64,6 +64,7 @@ def test_compose_keeps_the_weights_each_setting_holds():
     weights.update(clip=7, transformer_fp8_strong=60, fp8_largest_layer_in_compute_dtype=4)
     peaks = {"clip": 1, "vae_encode": 2, "transformer": 30, "vae_decode_untiled": 90, "vae_decode_original": 8}
     peaks.update(vae_decode_tiled=40, transformer_skip_offload_5=20, transformer_skip_offload_1=15)
+    peaks["transformer_skip_offload_1_ff_chunked"] = 45
     rows = [(row["peak"], row["phase"]) for row in estimate_memory.compose(weights, peaks)]
     assert rows == [
         (100 + 20 + 7 + 30, "transformer"),  # everything resident
@@ -72,6 +73,7 @@ def test_compose_keeps_the_weights_each_setting_holds():
         (60 + 20 + 4, "transformer_skip_offload_5"),  # fp8 weights, one layer cast up at a time
         (10 + 2 * 5 + 20 + 7 + 30, "transformer"),  # group offload: outside blocks + 2 blocks, VAE and CLIP
         (20 + 7 + 40, "vae_decode_tiled"),  # + skip offload: no transformer weight outside its calls
+        (10 + 2 * 5 + 20 + 7 + 45, "transformer_skip_offload_1_ff_chunked"),  # + feed-forward chunking
         (20 + 90, "vae_decode_untiled"),
     ]
     peaks["transformer_skip_offload_1"] = 60  # now the transformer call is the peak of the lowest setting
@@ -99,4 +101,44 @@ def test_full_size_phases_order_as_the_settings_promise():
     assert weights["transformer_fp8_strong"] < 0.6 * weights["transformer"]
     # Parked long skips leave the device (the meta device stands in for the CPU and is not counted).
     assert peaks["transformer_skip_offload_1"] < peaks["transformer_skip_offload_5"] < peaks["transformer"]
+    assert peaks["transformer_skip_offload_1_ff_chunked"] <= peaks["transformer_skip_offload_1"]
     assert peaks["vae_decode_tiled"] < peaks["vae_decode_original"] < peaks["vae_decode_untiled"]
+
+
+def test_live_bytes_counts_only_its_device():
+    # How the original's driver counts it: fake CUDA tensors, the skips it parks with `.to("cpu")` leave the count.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        weight = torch.empty(100, device="cuda")
+
+        def run():
+            on_device = weight * 2  # 400 bytes on the device
+            parked = on_device.to("cpu")  # not counted; the device copy dies next
+            del on_device
+            return parked + 1, weight + 1  # 400 more on the device at the end
+
+        assert estimate_memory.phase_peak(run, device="cuda") == 400
+
+
+def test_comparison_with_the_original_per_offload_setting():
+    mib = 2**20
+    weights = {"transformer": 1000 * mib}
+    peaks = {
+        "transformer": 300 * mib,
+        "transformer_skip_offload_5": 200 * mib,
+        "transformer_skip_offload_1": 100 * mib,
+    }
+    original = {"weights": 1010 * mib, "peaks": {"0": 390 * mib, "5": 250 * mib, "1": 110 * mib}}
+    table = estimate_memory.format_comparison(weights, peaks, original)
+    assert "| gpu_offload_steps=0 | 1,400 MiB | 1,300 MiB | -100 MiB (-7.1%) |" in table
+    assert "| gpu_offload_steps=5 | 1,260 MiB | 1,200 MiB | -60 MiB (-4.8%) |" in table
+    assert "| gpu_offload_steps=1 | 1,120 MiB | 1,100 MiB | -20 MiB (-1.8%) |" in table
+
+
+def test_a_failing_original_estimate_stops_with_its_last_error_line(tmp_path):
+    args = estimate_memory.parse_args(["--preset", "tiny", "--reference", str(tmp_path / "no-checkout")])
+    with pytest.raises(
+        SystemExit, match="the original's estimate failed: ModuleNotFoundError: No module named 'ruyi'"
+    ):
+        estimate_memory.original_transformer_call(args, {"latent": (2, 4, 4), "clip_tokens": 16})
