@@ -183,9 +183,11 @@ def _chunk_tokens(tensor: torch.Tensor) -> int:
 
 def _map_token_chunks(fn, tensor: torch.Tensor, *tables: torch.Tensor) -> torch.Tensor:
     """`fn(tensor, *tables)` for a `(batch, tokens, ...)` tensor and per-token `(tokens, ...)` tables, computed chunk
-    by chunk of tokens into one output of `tensor`'s shape and dtype."""
+    by chunk of tokens into one contiguous output of `tensor`'s shape and dtype."""
     step = _chunk_tokens(tensor)
-    out = torch.empty_like(tensor)
+    # Contiguous, as the plain steps' outputs are (`empty_like` would keep a transposed input's layout, e.g. the patch
+    # embedding's of a single frame, and the next matrix product would then round differently).
+    out = tensor.new_empty(tensor.shape)
     for start in range(0, tensor.shape[1], step):
         rows = slice(start, start + step)
         out[:, rows] = fn(tensor[:, rows], *(table[rows] for table in tables))

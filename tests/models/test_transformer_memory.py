@@ -37,14 +37,15 @@ def _forward(model, dtype, **kwargs):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_lean_steps_give_the_plain_outputs_bit_for_bit(small_chunks, dtype):
+@pytest.mark.parametrize("frames", [1, 4])  # one frame: the block input keeps the patch embedding's transposed layout
+def test_lean_steps_give_the_plain_outputs_bit_for_bit(small_chunks, dtype, frames):
     model = tiny_transformer()
     with torch.no_grad():
         small_chunks(2**40)  # never chunked
-        plain = _forward(model, dtype)
-        for budget in (1000, 333):  # chunks of several tokens, the last one shorter
+        plain = _forward(model, dtype, frames=frames, height=8, width=14)
+        for budget in (1000, 333):  # chunks of several tokens
             small_chunks(budget)
-            assert torch.equal(_forward(model, dtype), plain), budget
+            assert torch.equal(_forward(model, dtype, frames=frames, height=8, width=14), plain), budget
 
 
 def _peak(run) -> int:
