@@ -107,6 +107,9 @@ def test_refuses_to_overwrite(tmp_path, capsys):
         (["--lora-weight", "0.5"], "more --lora-weight values than --lora files"),
         (["--device", "cuda"], "no CUDA GPU is available"),
         (["--offload", "model"], "needs a CUDA GPU"),
+        (["--offload", "group"], "--offload group needs a CUDA GPU"),
+        (["--skip-offload", "-1"], "expected an integer >= 0, got '-1'"),
+        (["--skip-offload", "two"], "expected an integer >= 0, got 'two'"),
     ],
 )
 def test_bad_arguments_exit_2_without_output(tmp_path, capsys, extra, message):

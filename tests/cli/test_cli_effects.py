@@ -153,3 +153,46 @@ def test_lora_flags_merge_each_lora_into_the_weights_as_the_original(tiny_checkp
     assert pipe.get_list_adapters() == {}
     differing = [name for name, param in transformer.named_parameters() if not torch.equal(param, expected[name])]
     assert not differing, differing[:5]
+
+
+def test_skip_offload_parks_the_long_skips_and_keeps_the_video(monkeypatch, tmp_path, tiny_checkpoint, default_frames):
+    import diffusers_ruyi.hooks as hooks
+
+    applied = []
+    real_apply = hooks.apply_ruyi_skip_offload
+
+    def spy(module, config=None):
+        applied.append(config.group_size)
+        real_apply(module, config)
+
+    monkeypatch.setattr(hooks, "apply_ruyi_skip_offload", spy)
+    got = _cli(monkeypatch, tmp_path, tiny_checkpoint, "--skip-offload", "5")
+    assert applied == [5]
+    assert torch.equal(got, _cli(monkeypatch, tmp_path, tiny_checkpoint))  # the default: off
+    assert applied == [5]
+    assert (got - default_frames).abs().max().item() <= TOL
+
+
+def test_group_offload_offloads_only_the_transformer_block_by_block(monkeypatch, tiny_checkpoint):
+    """`--offload group` (GPU only, so its call is checked here): the transformer's blocks one at a time on a CUDA
+    stream, every other model on the device."""
+    from diffusers_ruyi.cli import _configure, _Stage, build_parser
+
+    pipe = load_pipe(tiny_checkpoint, dtype=torch.float32)
+    calls = []
+    monkeypatch.setattr(pipe, "enable_group_offload", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(pipe, "to", lambda *args, **kwargs: pytest.fail("group offload must not move the pipeline"))
+    args = build_parser().parse_args(["--image", START, "--output", "unused.mp4", "--offload", "group"])
+    device = torch.device("cpu")
+    _configure(pipe, args, device, torch.float32, _Stage())
+    modules = {name for name, c in pipe.components.items() if isinstance(c, torch.nn.Module)}
+    assert "transformer" in modules and len(modules) > 1
+    assert calls == [
+        dict(
+            onload_device=device,
+            offload_type="block_level",
+            num_blocks_per_group=1,
+            use_stream=True,
+            exclude_modules=sorted(modules - {"transformer"}, key=list(pipe.components).index),
+        )
+    ]
