@@ -3,6 +3,7 @@
     python benchmarks/estimate_memory.py                  # published configs, 512x512x24, bf16, CFG
     python benchmarks/estimate_memory.py --frames 120 --height 768 --width 768
     python benchmarks/estimate_memory.py --preset tiny    # the same code on the tiny configs (run by a test)
+    python benchmarks/estimate_memory.py --reference /path/to/Ruyi-Models --reference-python <its venv>/bin/python
 
 The models of `device_suite.py`'s preset are built under `FakeTensorMode`: tensors carry shapes and dtypes but no
 storage, so the 7.19B-parameter transformer costs nothing to build and a forward takes seconds. A dispatch-mode
@@ -14,8 +15,10 @@ composes, per memory setting, the weights that setting keeps on the GPU with the
 
 This is an estimate from live tensor bytes: the CUDA caching allocator adds fragmentation and kernel workspaces, and
 attention is counted as a fused kernel (the CPU flash kernel: output and log-sum-exp only, as flash/cuDNN/efficient
-SDPA on a GPU). Against the original's published A100 `max_memory_allocated` table it reads 2-7 % lower (see
-docs/memory_and_speed.md). `device_suite.py` measures the real `max_memory_allocated` on a GPU.
+SDPA on a GPU). With `--reference`, the ORIGINAL transformer's call is counted by the same tracker in the original's
+own venv (`original_driver.py estimate-transformer-memory`); counted so, the original gives its published A100
+`max_memory_allocated` table within 0.3 % (see docs/memory_and_speed.md). `device_suite.py` measures the real
+`max_memory_allocated` on a GPU.
 """
 
 import argparse
