@@ -57,3 +57,30 @@ def test_lora_inference_fuse_matches_the_adapter(tmp_path):
     base = frames("--fuse", "--lora-weight", "0")
     assert np.abs(fused - adapter).max() <= 2
     assert np.abs(fused - base).max() > 20
+
+
+def test_low_memory_skip_offload_keeps_the_video_and_offload_needs_a_gpu(tmp_path, monkeypatch, capsys):
+    import torch
+
+    import diffusers_ruyi.hooks as hooks
+
+    example = load_example("low_memory")
+    common = [*SMALL, "--image", str(EXAMPLES / "assets" / "start.png"), "--base-resolution", "64", "--tile", "32"]
+    applied = []
+    real_apply = hooks.apply_ruyi_skip_offload
+    monkeypatch.setattr(
+        example, "apply_ruyi_skip_offload", lambda m, c: (applied.append(c.group_size), real_apply(m, c))
+    )
+    plain = example.main([*common, "--offload", "none", "--output", str(tmp_path / "plain.mp4")])
+    parked = example.main([*common, "--offload", "none", "--skip-offload", "1", "--output", str(tmp_path / "s.mp4")])
+    assert applied == [1]
+    assert np.array_equal(np.stack(read_frames(parked)), np.stack(read_frames(plain)))
+
+    if not torch.cuda.is_available():
+        for offload in ("model", "group"):
+            with pytest.raises(SystemExit):
+                example.main([*common, "--offload", offload, "--output", str(tmp_path / "x.mp4")])
+            assert f"--offload {offload} needs a CUDA GPU" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        example.main([*common, "--offload", "none", "--skip-offload", "-1", "--output", str(tmp_path / "x.mp4")])
+    assert "--skip-offload must be >= 0" in capsys.readouterr().err
