@@ -279,7 +279,7 @@ def format_comparison(weights, peaks, original) -> str:
         "",
         f"(one call alone: original {', '.join(fmt_bytes(original['peaks'][s]) for s in phases)}; diffusers-ruyi "
         f"{', '.join(fmt_bytes(peaks[p]) for p in phases.values())}, for gpu_offload_steps 0, 5, 1; the original "
-        "counted without CUDA autocast, which would make some of its LayerNorm outputs float32)",
+        "counted without the CUDA autocast of predict_i2v.py, which needs a GPU)",
     ]
     return "\n".join(lines)
 
