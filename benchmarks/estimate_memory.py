@@ -222,7 +222,7 @@ def compose(weights: Dict[str, int], peaks: Dict[str, int]) -> List[Dict[str, An
     row(
         "transformer group offload (block level, streams) + skip offload (1) + VAE tiling",
         group_offload("transformer_skip_offload_1"),
-        "the lowest: the same with the long skips parked on the CPU one by one",
+        "the same with the long skips parked on the CPU one by one (ruyi-i2v --offload group --skip-offload 1)",
     )
     row(
         "the same + `transformer.enable_forward_chunking()`",

@@ -2,7 +2,7 @@
 
     python examples/low_memory.py --model IamCreateAI/Ruyi-Mini-7B --image start.jpg --offload model --fp8
     python examples/low_memory.py --model IamCreateAI/Ruyi-Mini-7B --image start.jpg --offload sequential
-    # The lowest setting (about 3 GB at 512x512x24, 9.6 GB at 768x768x120, estimated):
+    # Fits 12 GB (about 3 GB at 512x512x24, 9.6 GB at 768x768x120, estimated):
     python examples/low_memory.py --model IamCreateAI/Ruyi-Mini-7B --image start.jpg --offload group --skip-offload 1
 
 See docs/memory_and_speed.md for the measured effect of each setting.
