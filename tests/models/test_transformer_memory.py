@@ -1,6 +1,6 @@
-"""The transformer's memory-lean inference steps (RoPE, the float32 LayerNorms and the feed-forward activation in
-chunks of tokens) give the same numbers as the plain ones and lower the peak; training falls back to the plain steps;
-`enable_forward_chunking` follows diffusers' convention."""
+"""The transformer's memory-lean inference steps (RoPE and the float32 LayerNorms in chunks of tokens, the
+feed-forward activation in place) give the same numbers as the plain ones and lower the peak; training gets the same
+gradients; `enable_forward_chunking` follows diffusers' convention."""
 
 import math
 import pathlib
