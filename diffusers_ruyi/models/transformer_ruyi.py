@@ -160,8 +160,8 @@ class RuyiRotaryPosEmbed(nn.Module):
 # Memory-lean elementwise steps (inference)
 # ----------------------------------------------------------------------------------------------------------------
 
-# At most this many elements per chunk in the chunked elementwise steps below: 128 MB per float32 temporary.
-_CHUNK_ELEMENTS = 2**25
+# At most this many elements per chunk in the chunked elementwise steps below: 64 MB per float32 temporary.
+_CHUNK_ELEMENTS = 2**24
 
 
 def _lean(tensor: torch.Tensor) -> bool:
@@ -183,14 +183,19 @@ def _chunk_tokens(tensor: torch.Tensor) -> int:
 
 def _map_token_chunks(fn, tensor: torch.Tensor, *tables: torch.Tensor) -> torch.Tensor:
     """`fn(tensor, *tables)` for a `(batch, tokens, ...)` tensor and per-token `(tokens, ...)` tables, computed chunk
-    by chunk of tokens into one contiguous output of `tensor`'s shape and dtype."""
+    by chunk of tokens into one contiguous output of `tensor`'s shape and dtype.
+
+    `fn` computes in float32 and rounds its result to the input's dtype. Each chunk is handed to it in float32 (an
+    exact conversion), so it returns the float32 result and the copy into the output does the one rounding: no pass
+    over the tensor beyond the plain step's.
+    """
     step = _chunk_tokens(tensor)
     # Contiguous, as the plain steps' outputs are (`empty_like` would keep a transposed input's layout, e.g. the patch
     # embedding's of a single frame, and the next matrix product would then round differently).
     out = tensor.new_empty(tensor.shape)
     for start in range(0, tensor.shape[1], step):
         rows = slice(start, start + step)
-        out[:, rows] = fn(tensor[:, rows], *(table[rows] for table in tables))
+        out[:, rows] = fn(tensor[:, rows].float(), *(table[rows] for table in tables))
     return out
 
 
