@@ -199,3 +199,28 @@ def test_forward_chunking_writes_the_chunks_into_one_output():
     torch.testing.assert_close(chunked, plain, rtol=0, atol=1e-6)
     # The output and one 4-token chunk's inner tensors; concatenating would hold every chunk's output as well.
     assert peak <= 1.5 * output_bytes, peak
+
+
+def test_chunks_are_rounded_once_by_the_copy_into_the_output(small_chunks):
+    """The chunked steps hand each chunk to diffusers' function in float32 and let the copy into the output round it:
+    no separate cast to bfloat16 (one more pass over the tensor than the plain step)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    casts = []
+
+    class CastsToInputDtype(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func is torch.ops.aten._to_copy.default and out.dtype == torch.bfloat16:
+                casts.append(func)
+            return out
+
+    x = torch.randn(2, 64, 4, 8, dtype=torch.bfloat16)
+    cos, sin = torch.randn(64, 8), torch.randn(64, 8)
+    norm = RuyiFP32LayerNorm(32, eps=1e-6).to(torch.bfloat16)
+    tokens = torch.randn(2, 64, 32, dtype=torch.bfloat16)
+    small_chunks(x.numel() // 4)
+    with torch.no_grad(), CastsToInputDtype():
+        apply_rotary_emb_lean(x, (cos, sin))
+        norm(tokens)
+    assert casts == []
