@@ -330,8 +330,9 @@ def estimate_transformer_memory(args) -> dict:
     `gpu_offload_steps` value (its `hidden_cache_size`), counted like `estimate_memory.py` counts this package's.
 
     The model is built under `FakeTensorMode` (shapes, no storage) on a fake CUDA device, in `--dtype`, and called as
-    `predict_i2v.py` calls it: the pipeline's RoPE tables, a timestep in the model dtype, under `torch.autocast`. Only
-    bytes on the CUDA device count, so the skips its `.to("cpu")` parks stop counting as they would on a GPU. A fake
+    `predict_i2v.py` calls it: the pipeline's RoPE tables, the call inputs of `estimate_memory.py`, under
+    `torch.autocast` (which torch turns off, with a warning, where there is no CUDA). Only bytes on the CUDA device
+    count, so the skips its `.to("cpu")` parks stop counting as they would on a GPU. A fake
     CUDA tensor has no fused attention kernel (SDPA would fall back to the math path and its full attention matrix),
     so attention is replaced by what a fused kernel allocates, its output and a float32 log-sum-exp, as this
     package's estimate counts it with the CPU's flash kernel.
@@ -343,6 +344,7 @@ def estimate_transformer_memory(args) -> dict:
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from _live_bytes import phase_peak
+    from estimate_memory import transformer_call_inputs
 
     _, tr_mod, pipe_mod = _import_original(args.reference)
     with open(args.transformer_config) as f:
@@ -375,27 +377,9 @@ def estimate_transformer_memory(args) -> dict:
                             torch.nn.Parameter(moved, False) if isinstance(t, torch.nn.Parameter) else moved
                         )
         weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-        batch, cuda = 2, torch.device("cuda")
-
-        def randn(*shape):
-            return torch.randn(*shape, dtype=dtype, device=cuda)
-
-        channels = config["out_channels"] // 2
-        inputs = {
-            "hidden_states": randn(batch, channels, frames, height, width),
-            "timestep": torch.full((batch,), 500.0, dtype=dtype, device=cuda),
-            "encoder_hidden_states": randn(batch, config["text_len"], config["cross_attention_dim"]),
-            "text_embedding_mask": torch.ones(batch, config["text_len"], dtype=torch.int64, device=cuda),
-            "encoder_hidden_states_t5": randn(batch, config["text_len_t5"], config["cross_attention_dim_t5"]),
-            "text_embedding_mask_t5": torch.ones(batch, config["text_len_t5"], dtype=torch.int64, device=cuda),
-            "image_meta_size": randn(batch, 6),
-            "style": torch.zeros(batch, dtype=torch.int64, device=cuda),
-            "image_rotary_emb": tuple(mode.from_tensor(t) for t in rope),
-            "inpaint_latents": randn(batch, config["in_channels"] - channels, frames, height, width),
-            "clip_encoder_hidden_states": randn(batch, args.clip_tokens, config["projection_dim"]),
-            "clip_attention_mask": torch.ones(batch, config["n_query"], dtype=dtype, device=cuda),
-            "return_dict": False,
-        }
+        with torch.device("cuda"):  # the same call inputs as this package's estimate, on the (fake) GPU
+            inputs = transformer_call_inputs(config, (frames, height, width), dtype, clip_tokens=args.clip_tokens)
+        inputs["image_rotary_emb"] = tuple(mode.from_tensor(t) for t in rope)
         F.scaled_dot_product_attention = fused_attention
         try:
             for steps in args.offload_steps:
