@@ -221,7 +221,15 @@ class RuyiFP32LayerNorm(FP32LayerNorm):
 class RuyiGELU(GELU):
     """diffusers' `GELU` (projection, then the activation) with the activation applied in place: the same numbers (the
     same kernel; autograd handles the in-place op), and at inference no second copy of the feed-forward's inner tensor,
-    the block's widest (4.36x the model width)."""
+    the block's widest (4.36x the model width).
+
+    Made from the `GELU` that diffusers' `FeedForward` built, taking over its projection and approximation.
+    """
+
+    def __init__(self, gelu: GELU):
+        nn.Module.__init__(self)  # not `GELU.__init__`, which would build and initialise a second projection
+        self.proj = gelu.proj
+        self.approximate = gelu.approximate
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten.gelu_(self.proj(hidden_states), approximate=self.approximate)
@@ -425,8 +433,8 @@ class RuyiTransformerBlock(nn.Module):
 
         self.norm3 = RuyiFP32LayerNorm(dim, eps=norm_eps, elementwise_affine=True)
         self.ff = FeedForward(dim, activation_fn=activation_fn, inner_dim=ff_inner_dim, bias=True)
-        if activation_fn == "gelu-approximate":  # the published config: same parameters, a leaner activation
-            self.ff.net[0] = RuyiGELU(dim, ff_inner_dim, approximate="tanh", bias=True)
+        if type(self.ff.net[0]) is GELU:  # the published "gelu-approximate": same parameters, a leaner activation
+            self.ff.net[0] = RuyiGELU(self.ff.net[0])
 
         if skip:
             self.skip_norm = RuyiFP32LayerNorm(2 * dim, eps=norm_eps, elementwise_affine=True)

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from _helpers import tiny_transformer, transformer_inputs
+from diffusers.models.activations import GELU
 
 import diffusers_ruyi.models.transformer_ruyi as transformer_module
 from diffusers_ruyi.models.transformer_ruyi import RuyiFP32LayerNorm, RuyiGELU, apply_rotary_emb_lean
@@ -79,7 +80,7 @@ def test_float32_layer_norm_in_chunks_keeps_one_output(small_chunks):
 
 
 def test_gelu_applied_in_place():
-    act = RuyiGELU(16, 64, approximate="tanh")
+    act = RuyiGELU(GELU(16, 64, approximate="tanh"))
     x = torch.randn(2, 128, 16)
     inner = x.numel() * 4 * 4  # the projection's output, in bytes
     expected = F.gelu(act.proj(x), approximate="tanh")
