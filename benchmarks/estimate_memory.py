@@ -252,7 +252,9 @@ def original_transformer_call(args, info) -> Dict[str, Any]:
         command = [args.reference_python, os.path.join(HERE, "original_driver.py"), "--reference", args.reference]
         command += ["estimate-transformer-memory", "--transformer-config", config_path, "--dtype", args.dtype]
         command += ["--latent", *map(str, info["latent"]), "--clip-tokens", str(info["clip_tokens"])]
-        done = subprocess.run(command, capture_output=True, text=True)
+        # The original runs in its own environment: a PYTHONPATH meant for this package must not shadow its packages.
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
         tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]

@@ -142,3 +142,22 @@ def test_a_failing_original_estimate_stops_with_its_last_error_line(tmp_path):
         SystemExit, match="the original's estimate failed: ModuleNotFoundError: No module named 'ruyi'"
     ):
         estimate_memory.original_transformer_call(args, {"latent": (2, 4, 4), "clip_tokens": 16})
+
+
+def test_the_original_runs_without_this_package_s_pythonpath(monkeypatch):
+    import subprocess
+
+    seen = {}
+
+    def fake_run(command, env=None, **kwargs):
+        seen["env"] = env
+        return subprocess.CompletedProcess(command, 0, stdout='RESULT {"weights": 1, "peaks": {}}\n', stderr="")
+
+    monkeypatch.setenv("PYTHONPATH", "/somewhere/else")
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    args = estimate_memory.parse_args(["--preset", "tiny", "--reference", "/checkout"])
+    assert estimate_memory.original_transformer_call(args, {"latent": (2, 4, 4), "clip_tokens": 16}) == {
+        "weights": 1,
+        "peaks": {},
+    }
+    assert seen["env"] is not None and "PYTHONPATH" not in seen["env"]
