@@ -53,19 +53,51 @@ def _peak(run) -> int:
     return estimate_memory.phase_peak(run)
 
 
-def test_rotary_embedding_in_chunks_keeps_one_output_and_chunk_sized_temporaries(small_chunks):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_rotary_embedding_in_chunks_keeps_one_output_and_chunk_sized_temporaries(small_chunks, dtype):
+    from diffusers.models.embeddings import apply_rotary_emb
+
     batch, tokens, heads, head_dim = 2, 64, 4, 8
-    x = torch.randn(batch, tokens, heads, head_dim, dtype=torch.bfloat16)
+    x = torch.randn(batch, tokens, heads, head_dim, dtype=dtype)
     cos, sin = torch.randn(tokens, head_dim), torch.randn(tokens, head_dim)
-    small_chunks(2**40)
-    plain_peak = _peak(lambda: apply_rotary_emb_lean(x, (cos, sin)))
-    small_chunks(x.numel() // 8)  # 8 chunks
-    lean_peak = _peak(lambda: apply_rotary_emb_lean(x, (cos, sin)))
+    with torch.no_grad():
+        diffusers_peak = _peak(lambda: apply_rotary_emb(x, (cos, sin), sequence_dim=1))
+        small_chunks(2**40)
+        plain_peak = _peak(lambda: apply_rotary_emb_lean(x, (cos, sin)))
+        small_chunks(x.numel() // 8)  # 8 chunks
+        lean_peak = _peak(lambda: apply_rotary_emb_lean(x, (cos, sin)))
 
     element = x.element_size()
-    # Plain: diffusers' three float32 temporaries and its rotated copy. Lean: the output, and those of one chunk.
-    assert plain_peak >= x.numel() * (3 * 4 + element)
-    assert lean_peak <= x.numel() * element + x.numel() // 8 * (3 * 4 + element) * 1.5
+    # diffusers: two or three float32 temporaries and its rotated copy. One pass: the output, the rotated products
+    # and, from bfloat16, the float32 copy (multiplied in place). Chunks: the output, and those of one chunk.
+    temporaries = 4 if dtype == torch.float32 else 2 * 4
+    assert diffusers_peak >= x.numel() * (temporaries + 4 + element)
+    assert plain_peak <= x.numel() * (temporaries + element) * 1.05
+    assert lean_peak <= x.numel() * element + x.numel() // 8 * (temporaries + element) * 1.5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("budget", [2**40, 300])  # one pass; chunks of a few tokens
+@pytest.mark.parametrize("mixed", [False, True])  # True: CUDA's path (half-precision inputs read directly)
+def test_rotary_embedding_gives_diffusers_numbers_bit_for_bit(small_chunks, monkeypatch, dtype, budget, mixed):
+    """The inference RoPE (fewer passes, negated sine table) against diffusers' `apply_rotary_emb` itself, with
+    tables whose pairs differ (so a swapped or unsigned half shows), on a transposed input."""
+    from diffusers.models.embeddings import apply_rotary_emb
+
+    monkeypatch.setattr(transformer_module, "_mixed_precision_is_fast", lambda x: mixed and x.dtype != torch.float32)
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 24, 16, generator=generator).to(dtype).transpose(1, 2)  # (batch, tokens, heads, dim)
+    cos, sin = torch.randn(24, 16, generator=generator), torch.randn(24, 16, generator=generator)
+    expected = apply_rotary_emb(x, (cos, sin), sequence_dim=1)
+    small_chunks(budget)
+    with torch.no_grad():
+        out = apply_rotary_emb_lean(x, (cos, sin))
+    assert out.dtype == dtype and out.is_contiguous()
+    assert torch.equal(out, expected)
+    # With gradients it is diffusers' function, so autograd sees its ops.
+    x.requires_grad_(True)
+    assert torch.equal(apply_rotary_emb_lean(x, (cos, sin)), expected)
 
 
 def test_float32_layer_norm_in_chunks_keeps_one_output(small_chunks):
