@@ -207,7 +207,9 @@ def _mixed_precision_is_fast(x: torch.Tensor) -> bool:
     return x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
 
 
-def _rotate_rows_into(out: torch.Tensor, x: torch.Tensor, cos: torch.Tensor, neg_sin_even, sin_odd) -> None:
+def _rotate_rows_into(
+    out: torch.Tensor, x: torch.Tensor, cos: torch.Tensor, neg_sin_even: torch.Tensor, sin_odd: torch.Tensor
+) -> None:
     """`out = x * cos + rotate_pairs(x) * sin`, computed as diffusers' `apply_rotary_emb` computes it (float32, one
     rounding to `out`'s dtype) in fewer passes over `x`. `rotate_pairs` maps each pair `(x0, x1)` to `(-x1, x0)`;
     `x1 * -sin` is `-x1 * sin` exactly (IEEE rounding is symmetric), so the negated table stands in for the negated
