@@ -503,6 +503,58 @@ def test_compile_repeated_blocks_fullgraph():
     torch._dynamo.reset()
 
 
+def _with_setting(model, setting):
+    if setting == "first_block_cache":
+        model.enable_cache(FirstBlockCacheConfig(threshold=0.5))
+    elif setting == "teacache":
+        model.enable_cache(RuyiTeaCacheConfig(threshold=0.5, skip_start_steps=1, skip_end_steps=1))
+    elif setting == "fp8":
+        apply_fp8_mode(model, "strong", torch.float8_e4m3fn, compute_dtype=torch.float32, min_numel=1)
+    elif setting == "enhance_a_video":
+        apply_ruyi_enhance_a_video(model, RuyiEnhanceAVideoConfig(weight=1.0))
+    elif setting == "skip_offload":
+        apply_ruyi_skip_offload(model, RuyiSkipOffloadConfig(group_size=1))
+    return model
+
+
+@pytest.mark.parametrize(
+    "setting, fullgraph",
+    [
+        ("enhance_a_video", True),
+        ("skip_offload", True),
+        # Their hooks sit inside the blocks (a step counter, a decision read with `.item()`, parameter swaps): one
+        # graph per block is impossible, graph breaks work.
+        ("first_block_cache", False),
+        ("teacache", False),
+        ("fp8", False),
+    ],
+)
+def test_compiled_blocks_with_hooks_give_the_uncompiled_outputs(setting, fullgraph):
+    """What docs/memory_and_speed.md says of `compile_repeated_blocks` with the caches, fp8 and Enhance-A-Video."""
+    import torch._dynamo
+
+    inputs, timesteps = transformer_inputs(), [900, 890, 880, 870]
+    plain = _denoise(tiny_transformer(), inputs, timesteps)
+    hooked = _denoise(_with_setting(tiny_transformer(), setting), inputs, timesteps)
+    if setting != "skip_offload":  # skip offload moves tensors, nothing else
+        assert any(not torch.equal(h, p) for h, p in zip(hooked, plain))  # the hook acts
+    torch._dynamo.reset()
+    try:
+        model = _with_setting(tiny_transformer(), setting)
+        model.compile_repeated_blocks(fullgraph=fullgraph, backend="eager")
+        compiled = _denoise(model, inputs, timesteps)
+        for out, expected in zip(compiled, hooked):
+            torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+        if not fullgraph:
+            torch._dynamo.reset()
+            model = _with_setting(tiny_transformer(), setting)
+            model.compile_repeated_blocks(fullgraph=True, backend="eager")
+            with pytest.raises(torch._dynamo.exc.Unsupported):
+                _denoise(model, inputs, timesteps)
+    finally:
+        torch._dynamo.reset()
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Context parallelism (Ulysses, 2 CPU processes over gloo)
 # ----------------------------------------------------------------------------------------------------------------
