@@ -90,8 +90,8 @@ VARIANTS = ("baseline", "compile", "teacache", "fbc", "fp8_lite", "fp8_strong", 
 # Everything the suite can run, in its default order: the rows the targets are about come first, so a tight time
 # budget cuts the least important ones.
 DEFAULT_ORDER = (
-    "baseline", "profile", "teacache", "fbc", "group_offload", "model_offload", "original", "compile", "vae_decode",
-    "fp8_lite", "fp8_strong",
+    "baseline", "profile", "rope", "teacache", "fbc", "group_offload", "model_offload", "original", "compile",
+    "vae_decode", "fp8_lite", "fp8_strong",
 )  # fmt: skip
 COLUMNS = (
     "variant", "s/step", "end-to-end s", "peak GB", "TFLOP/s", "MFU", "MFU vs matmul", "computed steps",
@@ -697,6 +697,21 @@ def profile_transformer(pipe, image, args, device, out_dir: Optional[str]) -> Di
     return {"variant": "profile (1 baseline call)", "notes": notes}
 
 
+def measure_rope(config: Dict[str, Any], tokens: int, device, dtype) -> Dict[str, Any]:
+    """The transformer's inference RoPE against diffusers' `apply_rotary_emb` on one self-attention query of this
+    run's shape (`bench_rope.py`): on CUDA it reads half precision directly, which only a GPU can time."""
+    import bench_rope
+
+    shape = (2, tokens, config["num_attention_heads"], config["attention_head_dim"])
+    timings, equal = bench_rope.measure(shape, dtype, device, repeats=11)
+    ours, theirs = timings["diffusers-ruyi"][0], timings["diffusers"][0]
+    note = (
+        f"one query {shape}: {ours * 1e3:.2f} ms against diffusers' {theirs * 1e3:.2f} ms ({theirs / ours:.2f}x), "
+        f"x{4 * config['num_layers']} per call; {'equal bit for bit' if equal else 'OUTPUTS DIFFER'}"
+    )
+    return {"variant": "rope (one query)", "notes": [note]}
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The original implementation, in its own interpreter
 # ----------------------------------------------------------------------------------------------------------------
@@ -941,6 +956,9 @@ def run_suite(args) -> Tuple[str, List[Dict[str, Any]]]:
                 continue
             if name_ == "profile":
                 rows.append(profile_transformer(pipe, image, args, device, args.out))
+                continue
+            if name_ == "rope":
+                rows.append(measure_rope(config, tokens, device, dtype))
                 continue
             if name_ == "model_offload" and device.type != "cuda":
                 rows.append({"variant": name_, "notes": ["skipped: needs a GPU"]})

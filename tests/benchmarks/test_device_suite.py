@@ -19,16 +19,17 @@ import device_suite  # noqa: E402
 def test_tiny_preset_prints_one_table(tmp_path):
     # The tiny preset runs in bf16 with the published VAE layout, like the full one, so what would fail on the GPU
     # (a dtype mismatch, the VAE's own tiling, a recompiling block) fails here first.
-    variants = ["baseline", "profile", "teacache", "fbc", "group_offload", "vae_decode", "fp8_lite", "compile"]
+    variants = ["baseline", "profile", "rope", "teacache", "fbc", "group_offload", "vae_decode", "fp8_lite", "compile"]
     cmd = [sys.executable, str(ROOT / "benchmarks" / "device_suite.py"), "--preset", "tiny", "--steps", "4"]
     cmd += ["--out", str(tmp_path), "--variants", *variants]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads((tmp_path / "results.json").read_text())
     by_name = {row["variant"]: row for row in rows}
-    assert [r["variant"].split(" ")[0] for r in rows][:5] == [
+    assert [r["variant"].split(" ")[0] for r in rows][:6] == [
         "baseline",
         "profile",
+        "rope",
         "teacache",
         "fbc",
         "group_offload",
@@ -37,6 +38,7 @@ def test_tiny_preset_prints_one_table(tmp_path):
         assert by_name[name]["s/step"] > 0, by_name[name]
         assert not any(note.startswith("error") for note in by_name[name]["notes"])
     assert by_name["fbc"]["max abs diff"] >= 0
+    assert "equal bit for bit" in by_name["rope (one query)"]["notes"][0]
     assert by_name["compile"]["max abs diff"] == 0  # the eager backend only traces: same kernels, same frames
     vae_rows = [row for row in rows if row["variant"].startswith("vae_decode")]
     assert [row["variant"].split(" ")[2] for row in vae_rows] == ["untiled", "original", "tiled"]
