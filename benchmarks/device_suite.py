@@ -954,11 +954,15 @@ def run_suite(args) -> Tuple[str, List[Dict[str, Any]]]:
                 vae_for_rows = pipe.vae
                 rows += measure_vae_decode(vae_for_rows, args.vae_cases, args.tile, device, vae_dtype)
                 continue
-            if name_ == "profile":
-                rows.append(profile_transformer(pipe, image, args, device, args.out))
-                continue
-            if name_ == "rope":
-                rows.append(measure_rope(config, tokens, device, dtype))
+            if name_ in ("profile", "rope"):
+                # Rows that measure without a variant; a failure is one row's error, never the end of the run.
+                try:
+                    if name_ == "profile":
+                        rows.append(profile_transformer(pipe, image, args, device, args.out))
+                    else:
+                        rows.append(measure_rope(config, tokens, device, dtype))
+                except Exception as e:
+                    rows.append({"variant": name_, "notes": [f"error: {type(e).__name__}: {str(e)[:300]}"]})
                 continue
             if name_ == "model_offload" and device.type != "cuda":
                 rows.append({"variant": name_, "notes": ["skipped: needs a GPU"]})

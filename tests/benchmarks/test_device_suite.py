@@ -121,3 +121,14 @@ def test_model_offload_row_is_the_original_memory_setting(monkeypatch):
     undo()
     assert calls[-1] == ("remove", None)
     assert pipe.transformer._skip_offload_config is None
+
+
+def test_a_failing_measurement_row_is_reported_and_the_run_goes_on(monkeypatch, tmp_path):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no kernel")
+
+    monkeypatch.setattr(device_suite, "measure_rope", broken)
+    args = device_suite.parse_args(["--preset", "tiny", "--steps", "2", "--variants", "rope", "baseline"])
+    _, rows = device_suite.run_suite(args)
+    assert rows[0] == {"variant": "rope", "notes": ["error: RuntimeError: no kernel"]}
+    assert rows[1]["variant"] == "baseline" and rows[1]["s/step"] > 0
