@@ -14,6 +14,8 @@ weights, image, seed and settings:
 * ``compile``: ``transformer.compile_repeated_blocks(fullgraph=True)`` (compiled during an untimed warm-up call).
 * ``teacache``: ``RuyiTeaCacheConfig(threshold=0.10)`` with the original's other defaults (its quality setting).
 * ``fbc``: diffusers' ``FirstBlockCacheConfig(threshold=--fbc-threshold)``.
+* ``teacache_compile``: the two together, the blocks compiled with ``fullgraph=False`` (TeaCache's hooks sit in the
+  blocks), warmed up by one whole run.
 * ``fp8_lite`` / ``fp8_strong``: the original's fp8 modes (``apply_fp8_mode``; weights stored in float8_e4m3fn and
   computed in bf16).
 * ``group_offload``: diffusers group offloading of the transformer (block level, one block per group, CUDA streams)
@@ -86,12 +88,15 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         vae_cases=[(24, 512, 512, "untiled"), (24, 512, 512, "original"), (120, 768, 768, "tiled")], tile=256, compile_backend="inductor",
     ),
 }  # fmt: skip
-VARIANTS = ("baseline", "compile", "teacache", "fbc", "fp8_lite", "fp8_strong", "group_offload", "model_offload")
+VARIANTS = (
+    "baseline", "compile", "teacache", "fbc", "fp8_lite", "fp8_strong", "group_offload", "model_offload",
+    "teacache_compile",
+)  # fmt: skip
 # Everything the suite can run, in its default order: the rows the targets are about come first, so a tight time
 # budget cuts the least important ones.
 DEFAULT_ORDER = (
     "baseline", "profile", "rope", "teacache", "fbc", "group_offload", "model_offload", "original", "compile",
-    "vae_decode", "fp8_lite", "fp8_strong",
+    "vae_decode", "fp8_lite", "fp8_strong", "teacache_compile",
 )  # fmt: skip
 COLUMNS = (
     "variant", "s/step", "end-to-end s", "peak GB", "TFLOP/s", "MFU", "MFU vs matmul", "computed steps",
@@ -446,6 +451,23 @@ def apply_variant(name: str, pipe, args, device, dtype, inner_dim: int):
         transformer.enable_cache(RuyiTeaCacheConfig(threshold=args.teacache_threshold))
         notes.append(f"threshold {args.teacache_threshold}, skip 3 first / 1 last, cache on CPU (original's)")
         return transformer.disable_cache, notes
+    if name == "teacache_compile":
+        # The two together: TeaCache's hooks sit inside the blocks, so dynamo needs graph breaks (fullgraph=False).
+        from diffusers_ruyi.hooks import RuyiTeaCacheConfig
+
+        transformer.enable_cache(RuyiTeaCacheConfig(threshold=args.teacache_threshold))
+        transformer.compile_repeated_blocks(fullgraph=False, backend=args.compile_backend)
+        notes.append(
+            f"threshold {args.teacache_threshold}, blocks compiled with graph breaks ({args.compile_backend})"
+        )
+
+        def undo():
+            transformer.disable_cache()
+            for block in transformer.blocks:
+                block._compiled_call_impl = None
+            torch._dynamo.reset()
+
+        return undo, notes
     if name == "fbc":
         from diffusers import FirstBlockCacheConfig
 
@@ -546,10 +568,13 @@ def measure_variant(name, pipe, image, args, device, dtype, flops_per_call, peak
 
     timer = Timer(device)
     undo, notes = apply_variant(name, pipe, args, device, dtype, pipe.transformer.inner_dim)
-    probe = Probe(pipe.transformer, timer, count_computed=name != "compile")
+    compiled = name in ("compile", "teacache_compile")
+    probe = Probe(pipe.transformer, timer, count_computed=not compiled)
     try:
         t0 = time.perf_counter()
-        run_pipeline(pipe, image, args, args.warmup_steps, probe)
+        # With TeaCache the compiled blocks meet new hook states (skipping, computing) until a whole run has passed;
+        # a short warm-up would leave that compilation inside the timed run.
+        run_pipeline(pipe, image, args, args.steps if name == "teacache_compile" else args.warmup_steps, probe)
         timer.sync()
         warmup_s = time.perf_counter() - t0
         probe.reset()
@@ -560,6 +585,10 @@ def measure_variant(name, pipe, image, args, device, dtype, flops_per_call, peak
         timer.sync()
         e2e = time.perf_counter() - t0
         summary = probe.summary(args.steps)
+        if name == "teacache_compile":
+            from diffusers_ruyi.hooks import get_ruyi_teacache_skipped_steps
+
+            probe.computed = args.steps - len(get_ruyi_teacache_skipped_steps(pipe.transformer))
     finally:
         probe.remove()
         undo()
@@ -574,7 +603,7 @@ def measure_variant(name, pipe, image, args, device, dtype, flops_per_call, peak
         "transformer_s": summary["transformer_s"],
         "notes": notes,
     }
-    if name not in ("teacache", "fbc"):  # with a cache, blocks are skipped: full-model FLOPs would overstate
+    if name not in ("teacache", "fbc", "teacache_compile"):  # with a cache, blocks are skipped: FLOPs would overstate
         tflops = flops_per_call * summary["calls"] / summary["transformer_s"] / 1e12
         row["TFLOP/s"] = tflops
         row["MFU"] = tflops / peaks["spec"] if peaks.get("spec") else None
@@ -584,6 +613,8 @@ def measure_variant(name, pipe, image, args, device, dtype, flops_per_call, peak
     if name == "compile":
         notes.append(f"warm-up incl. compile {warmup_s:.1f} s")
         row["computed steps"] = None  # compiled blocks run no module hooks, so the probe cannot count them
+    elif name == "teacache_compile":
+        notes.append(f"warm-up incl. compile {warmup_s:.1f} s")
     return row, frames
 
 

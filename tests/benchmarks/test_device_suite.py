@@ -20,7 +20,10 @@ def test_tiny_preset_prints_one_table(tmp_path):
     # The tiny preset runs in bf16 with the published VAE layout, like the full one, so what would fail on the GPU
     # (a dtype mismatch, the VAE's own tiling, a recompiling block) fails here first.
     variants = ["baseline", "profile", "rope", "teacache", "fbc", "group_offload", "vae_decode", "fp8_lite", "compile"]
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "device_suite.py"), "--preset", "tiny", "--steps", "4"]
+    variants.append("teacache_compile")
+    # 8 steps at threshold 0.3: TeaCache skips some (the first 3 and the last are always computed).
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "device_suite.py"), "--preset", "tiny", "--steps", "8"]
+    cmd += ["--teacache-threshold", "0.3"]
     cmd += ["--out", str(tmp_path), "--variants", *variants]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -34,12 +37,16 @@ def test_tiny_preset_prints_one_table(tmp_path):
         "fbc",
         "group_offload",
     ]
-    for name in ("baseline", "teacache", "fbc", "group_offload", "fp8_lite", "compile"):
+    for name in ("baseline", "teacache", "fbc", "group_offload", "fp8_lite", "compile", "teacache_compile"):
         assert by_name[name]["s/step"] > 0, by_name[name]
         assert not any(note.startswith("error") for note in by_name[name]["notes"])
     assert by_name["fbc"]["max abs diff"] >= 0
     assert "equal bit for bit" in by_name["rope (one query)"]["notes"][0]
     assert by_name["compile"]["max abs diff"] == 0  # the eager backend only traces: same kernels, same frames
+    # TeaCache compiled gives TeaCache's frames and steps.
+    assert by_name["teacache"]["computed steps"] != "8/8"
+    assert by_name["teacache_compile"]["computed steps"] == by_name["teacache"]["computed steps"]
+    assert by_name["teacache_compile"]["max abs diff"] == by_name["teacache"]["max abs diff"]
     vae_rows = [row for row in rows if row["variant"].startswith("vae_decode")]
     assert [row["variant"].split(" ")[2] for row in vae_rows] == ["untiled", "original", "tiled"]
     assert all("bfloat16" in row["notes"][0] for row in vae_rows), vae_rows
