@@ -139,3 +139,23 @@ def test_a_failing_measurement_row_is_reported_and_the_run_goes_on(monkeypatch, 
     _, rows = device_suite.run_suite(args)
     assert rows[0] == {"variant": "rope", "notes": ["error: RuntimeError: no kernel"]}
     assert rows[1]["variant"] == "baseline" and rows[1]["s/step"] > 0
+
+
+def test_time_budget_expects_compilation_and_whole_warm_up_runs():
+    assert device_suite.expected_seconds("fbc", []) == 0.0  # nothing measured yet
+    rows = [{"variant": "baseline", "end-to-end s": 10.0}]
+    assert device_suite.expected_seconds("fbc", rows) == 20.0
+    allowance = device_suite.COMPILE_ALLOWANCE_S
+    assert device_suite.expected_seconds("compile", rows) == 20.0 + allowance
+    assert device_suite.expected_seconds("teacache_compile", rows) == 30.0 + allowance
+    rows.append({"variant": "compile", "warmup_s": 42.0})
+    assert device_suite.expected_seconds("teacache_compile", rows) == 30.0 + 42.0
+
+
+def test_rows_over_the_time_budget_are_skipped_not_run():
+    args = device_suite.parse_args(["--preset", "tiny", "--steps", "2", "--variants", "baseline", "fbc"])
+    args.budget_s = 0.0
+    _, rows = device_suite.run_suite(args)
+    assert [row["variant"] for row in rows] == ["baseline", "fbc"]
+    assert rows[0]["notes"][0].startswith("skipped: time budget")  # the build already spent the zero budget
+    assert rows[1]["notes"][0].startswith("skipped: time budget")
