@@ -21,7 +21,7 @@ original checkpoint, so converting the original weights is (almost) the identity
 
 import functools
 import math
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -183,21 +183,31 @@ def _chunk_tokens(tensor: torch.Tensor) -> int:
     return -(-tensor.shape[1] // num_chunks)
 
 
-def _map_token_chunks(fn, tensor: torch.Tensor, *tables: torch.Tensor) -> torch.Tensor:
-    """`fn(tensor, *tables)` for a `(batch, tokens, ...)` tensor and per-token `(tokens, ...)` tables, computed chunk
-    by chunk of tokens into one contiguous output of `tensor`'s shape and dtype.
+def _token_slices(tensor: torch.Tensor) -> Iterator[slice]:
+    """Slices of the tokens (dim 1) of a `(batch, tokens, ...)` tensor for an elementwise step: chunks within the
+    budget when it may run in chunks (`_lean`), else one slice of all tokens."""
+    step = _chunk_tokens(tensor) if _lean(tensor) else tensor.shape[1]
+    return (slice(start, start + step) for start in range(0, tensor.shape[1], step))
+
+
+def _output_like(tensor: torch.Tensor) -> torch.Tensor:
+    """An uninitialised output of `tensor`'s shape and dtype, contiguous as the plain steps' outputs are
+    (`empty_like` would keep a transposed input's layout, e.g. the patch embedding's of a single frame, and the next
+    matrix product would then round differently)."""
+    return tensor.new_empty(tensor.shape)
+
+
+def _map_token_chunks(fn, tensor: torch.Tensor) -> torch.Tensor:
+    """`fn(tensor)` for a `(batch, tokens, ...)` tensor, computed chunk by chunk of tokens into one contiguous output
+    of `tensor`'s shape and dtype.
 
     `fn` computes in float32 and rounds its result to the input's dtype. Each chunk is handed to it in float32 (an
     exact conversion), so it returns the float32 result and the copy into the output does the one rounding: no pass
     over the tensor beyond the plain step's.
     """
-    step = _chunk_tokens(tensor)
-    # Contiguous, as the plain steps' outputs are (`empty_like` would keep a transposed input's layout, e.g. the patch
-    # embedding's of a single frame, and the next matrix product would then round differently).
-    out = tensor.new_empty(tensor.shape)
-    for start in range(0, tensor.shape[1], step):
-        rows = slice(start, start + step)
-        out[:, rows] = fn(tensor[:, rows].float(), *(table[rows] for table in tables))
+    out = _output_like(tensor)
+    for rows in _token_slices(tensor):
+        out[:, rows] = fn(tensor[:, rows].float())
     return out
 
 
@@ -240,12 +250,8 @@ def apply_rotary_emb_lean(x: torch.Tensor, rotary_emb: Tuple[torch.Tensor, torch
     sin_pairs = sin.unflatten(-1, (-1, 2))
     # (tokens, 1, ...): broadcast over the heads.
     cos, neg_sin_even, sin_odd = cos[:, None], -sin_pairs[:, None, :, 0], sin_pairs[:, None, :, 1]
-    # Contiguous, as diffusers' output is (`empty_like` would keep a transposed input's layout, e.g. the patch
-    # embedding's of a single frame, and the next matrix product would then round differently).
-    out = x.new_empty(x.shape)
-    step = _chunk_tokens(x) if _lean(x) else x.shape[1]
-    for start in range(0, x.shape[1], step):
-        rows = slice(start, start + step)
+    out = _output_like(x)
+    for rows in _token_slices(x):
         _rotate_rows_into(out[:, rows], x[:, rows], cos[rows], neg_sin_even[rows], sin_odd[rows])
     return out
 
