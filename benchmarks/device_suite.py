@@ -92,6 +92,8 @@ VARIANTS = (
     "baseline", "compile", "teacache", "fbc", "fp8_lite", "fp8_strong", "group_offload", "model_offload",
     "teacache_compile",
 )  # fmt: skip
+# The variants whose transformer blocks are compiled (warm-up includes compilation; the budget allows for it).
+COMPILED_VARIANTS = ("compile", "teacache_compile")
 # Everything the suite can run, in its default order: the rows the targets are about come first, so a tight time
 # budget cuts the least important ones.
 DEFAULT_ORDER = (
@@ -435,16 +437,16 @@ def apply_variant(name: str, pipe, args, device, dtype, inner_dim: int):
     notes: List[str] = []
     if name == "baseline":
         return (lambda: None), notes
+
+    def uncompile():
+        for block in transformer.blocks:
+            block._compiled_call_impl = None
+        torch._dynamo.reset()
+
     if name == "compile":
         transformer.compile_repeated_blocks(fullgraph=True, backend=args.compile_backend)
         notes.append(f"backend {args.compile_backend}")
-
-        def undo():
-            for block in transformer.blocks:
-                block._compiled_call_impl = None
-            torch._dynamo.reset()
-
-        return undo, notes
+        return uncompile, notes
     if name == "teacache":
         from diffusers_ruyi.hooks import RuyiTeaCacheConfig
 
@@ -463,9 +465,7 @@ def apply_variant(name: str, pipe, args, device, dtype, inner_dim: int):
 
         def undo():
             transformer.disable_cache()
-            for block in transformer.blocks:
-                block._compiled_call_impl = None
-            torch._dynamo.reset()
+            uncompile()
 
         return undo, notes
     if name == "fbc":
@@ -568,7 +568,7 @@ def measure_variant(name, pipe, image, args, device, dtype, flops_per_call, peak
 
     timer = Timer(device)
     undo, notes = apply_variant(name, pipe, args, device, dtype, pipe.transformer.inner_dim)
-    compiled = name in ("compile", "teacache_compile")
+    compiled = name in COMPILED_VARIANTS
     probe = Probe(pipe.transformer, timer, count_computed=not compiled)
     try:
         t0 = time.perf_counter()
@@ -610,11 +610,10 @@ def measure_variant(name, pipe, image, args, device, dtype, flops_per_call, peak
         row["MFU vs matmul"] = tflops / peaks["matmul"]
     if baseline_frames is not None:
         row["max abs diff"] = (frames - baseline_frames).abs().max().item()
+    if compiled:
+        notes.append(f"warm-up incl. compile {warmup_s:.1f} s")
     if name == "compile":
-        notes.append(f"warm-up incl. compile {warmup_s:.1f} s")
         row["computed steps"] = None  # compiled blocks run no module hooks, so the probe cannot count them
-    elif name == "teacache_compile":
-        notes.append(f"warm-up incl. compile {warmup_s:.1f} s")
     return row, frames
 
 
@@ -935,7 +934,7 @@ def expected_seconds(name: str, rows: List[Dict[str, Any]]) -> float:
     if base is None:
         return 0.0
     estimate = 2 * base["end-to-end s"]
-    if name in ("compile", "teacache_compile"):
+    if name in COMPILED_VARIANTS:
         compiled = next((r for r in rows if r["variant"] == "compile" and "warmup_s" in r), None)
         estimate += compiled["warmup_s"] if compiled else COMPILE_ALLOWANCE_S
     if name == "teacache_compile":
