@@ -4,8 +4,9 @@ from setuptools import find_packages, setup
 
 
 _deps_core = [
-    # torch is deliberately not pinned above what the local CPU wheel offers; install it first.
-    "torch>=2.4",
+    # torch is deliberately not pinned above what the local CPU wheel offers; install it first. 2.6 is accelerate's
+    # floor (pip would otherwise upgrade an older torch for it) and the oldest build the suite was run on.
+    "torch>=2.6",
     "diffusers>=0.42",
     "transformers>=4.46",
     "accelerate>=1.1",

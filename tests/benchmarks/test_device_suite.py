@@ -84,10 +84,8 @@ def test_published_config_flops_are_the_issue_figure():
     assert 4.5e15 < 25 * per_call < 6.5e15
 
 
-@pytest.mark.parametrize("count_computed, graphs", [(False, 2), (True, None)])
-def test_the_probe_does_not_recompile_compiled_blocks(count_computed, graphs):
-    # One graph per block kind (with and without a long skip), reused by every block and every step. The probe's
-    # computed-step counter inside a block would be traced and guarded on, recompiling at each call.
+def _compiled_frames(with_probe: bool, count_computed: bool = False) -> int:
+    """How many frames dynamo compiles for the tiny transformer's repeated blocks over three steps."""
     import torch
     import torch._dynamo
     from torch._dynamo.testing import CompileCounter
@@ -97,18 +95,27 @@ def test_the_probe_does_not_recompile_compiled_blocks(count_computed, graphs):
     counter = CompileCounter()
     torch._dynamo.reset()
     model.compile_repeated_blocks(fullgraph=True, backend=counter)
-    probe = device_suite.Probe(model, device_suite.Timer(torch.device("cpu")), count_computed=count_computed)
+    probe = None
+    if with_probe:
+        probe = device_suite.Probe(model, device_suite.Timer(torch.device("cpu")), count_computed=count_computed)
     try:
         with torch.no_grad():
             for t in (900.0, 500.0, 100.0):
                 model(hidden_states, torch.full((2,), t), **inputs)
     finally:
-        probe.remove()
+        if probe is not None:
+            probe.remove()
         torch._dynamo.reset()
-    if graphs is None:
-        assert counter.frame_count > 2
-    else:
-        assert counter.frame_count == graphs
+    return counter.frame_count
+
+
+def test_the_probe_does_not_recompile_compiled_blocks():
+    # One graph per block kind (with and without a long skip) on torch 2.13, reused by every block and every step;
+    # older dynamo compiles more (4 on torch 2.6), so the probe is compared with no probe on the same build. The
+    # computed-step counter inside a block would be traced and guarded on, recompiling at each call.
+    plain = _compiled_frames(with_probe=False)
+    assert _compiled_frames(with_probe=True, count_computed=False) == plain
+    assert _compiled_frames(with_probe=True, count_computed=True) > plain
 
 
 def test_model_offload_row_is_the_original_memory_setting(monkeypatch):

@@ -11,10 +11,13 @@ How a page runs:
 * without a GPU, `.to("cuda")` becomes `.to("cpu")` and the CPU-offload methods only check their arguments;
 * `PRELUDES` define the placeholders that the prose introduces (`image`, the LoRA files a snippet names, ...) and
   `SUBSTITUTIONS` shrink sizes written in the code; each substitution must still match the page;
-* a block preceded by `<!-- doc-test: skip REASON -->` does not run (multi-process launches), and one preceded by
-  `<!-- doc-test: needs-gpu -->` runs only where CUDA is available. Both comments are invisible in the rendered docs.
+* a block preceded by `<!-- doc-test: skip REASON -->` does not run (multi-process launches), one preceded by
+  `<!-- doc-test: needs-gpu -->` runs only where CUDA is available, and one preceded by
+  `<!-- doc-test: needs-module NAME -->` only where the optional module NAME is installed (torchao, which follows torch
+  releases closely). The comments are invisible in the rendered docs.
 """
 
+import importlib.util
 import inspect
 import pathlib
 import re
@@ -37,7 +40,8 @@ _HAS_GPU = torch.cuda.is_available()
 
 
 def python_blocks(page: str):
-    """(line of the first code line, code, marker kind or None) of each Python block of ``page``."""
+    """(line of the first code line, code, marker or None) of each Python block of ``page``; the marker is its kind,
+    followed by the module's name for `needs-module`."""
     text = (ROOT / page).read_text(encoding="utf-8")
     blocks = []
     for match in _FENCE.finditer(text):
@@ -48,7 +52,10 @@ def python_blocks(page: str):
         indent = match.group("indent")
         code = "\n".join(line[len(indent) :] for line in match.group("body").splitlines())
         first_line = text[: match.start("body")].count("\n") + 1
-        blocks.append((first_line, code, marker.group("kind") if marker else None))
+        kind = marker.group("kind") if marker else None
+        if kind == "needs-module":
+            kind = f"{kind} {marker.group('reason').strip()}"
+        blocks.append((first_line, code, kind))
     return blocks
 
 
@@ -178,7 +185,18 @@ def test_readme_says_which_torch_to_install():
 def test_markers_are_known():
     for page in PAGES:
         for line, _, kind in python_blocks(page):
-            assert kind in (None, "skip", "needs-gpu"), f"{page}:{line}: unknown doc-test marker {kind!r}"
+            known = kind in (None, "skip", "needs-gpu") or re.fullmatch(r"needs-module [\w.]+", kind)
+            assert known, f"{page}:{line}: unknown doc-test marker {kind!r}"
+
+
+def test_needs_module_skips_only_without_the_module():
+    assert not _missing_module("needs-module pytest") and _missing_module("needs-module no_such_module_here")
+    assert not _missing_module(None) and not _missing_module("needs-gpu")
+    assert any(kind == "needs-module torchao" for _, _, kind in python_blocks("docs/conversion.md"))
+
+
+def _missing_module(marker) -> bool:
+    return bool(marker and marker.startswith("needs-module ")) and importlib.util.find_spec(marker.split()[1]) is None
 
 
 @pytest.mark.slow
@@ -189,7 +207,7 @@ def test_page_snippets_run(page, doc_env):
         exec(compile("import torch\n" + PRELUDES[page], f"<prelude of {page}>", "exec"), namespace)
     ran = 0
     for line, code, marker in python_blocks(page):
-        if marker == "skip" or (marker == "needs-gpu" and not _HAS_GPU):
+        if marker == "skip" or (marker == "needs-gpu" and not _HAS_GPU) or _missing_module(marker):
             continue
         # Padding with newlines makes tracebacks point at the page's own line numbers.
         source = "\n" * (line - 1) + _prepare(page, code)
