@@ -417,11 +417,8 @@ def sdpa_context(backend):
 
     order = [backend] + [b for b in (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
                                      SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH) if b != backend]  # fmt: skip
-    try:
-        context = sdpa_kernel(order, set_priority=True)
-    except TypeError:  # torch < 2.6: no priorities; the small cross-attentions may need another backend
-        context = sdpa_kernel(order)
-    with context:
+    # The chosen backend first; the others stay allowed for the small cross-attentions it may not take.
+    with sdpa_kernel(order, set_priority=True):
         yield
 
 

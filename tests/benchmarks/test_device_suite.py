@@ -166,3 +166,17 @@ def test_rows_over_the_time_budget_are_skipped_not_run():
     assert [row["variant"] for row in rows] == ["baseline", "fbc"]
     assert rows[0]["notes"][0].startswith("skipped: time budget")  # the build already spent the zero budget
     assert rows[1]["notes"][0].startswith("skipped: time budget")
+
+
+def test_sdpa_context_puts_the_chosen_backend_first_and_keeps_the_others():
+    # Only CUDA runs pick a backend, but the context is plain PyTorch (`sdpa_kernel` with priorities, torch >= 2.6)
+    # and runs here; the priority order is read back through PyTorch's private getter.
+    import torch
+    from torch.nn.attention import SDPBackend
+
+    q = torch.randn(1, 2, 8, 16)
+    with device_suite.sdpa_context(SDPBackend.MATH):  # third by default
+        assert torch._C._get_sdp_priority_order()[0] == int(SDPBackend.MATH)
+        torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    with device_suite.sdpa_context(None):
+        torch.nn.functional.scaled_dot_product_attention(q, q, q)
