@@ -177,6 +177,8 @@ def test_sdpa_context_puts_the_chosen_backend_first_and_keeps_the_others():
     q = torch.randn(1, 2, 8, 16)
     with device_suite.sdpa_context(SDPBackend.MATH):  # third by default
         assert torch._C._get_sdp_priority_order()[0] == int(SDPBackend.MATH)
+        cuda = torch.backends.cuda
+        assert cuda.flash_sdp_enabled() and cuda.mem_efficient_sdp_enabled() and cuda.cudnn_sdp_enabled()
         torch.nn.functional.scaled_dot_product_attention(q, q, q)
     with device_suite.sdpa_context(None):
         torch.nn.functional.scaled_dot_product_attention(q, q, q)
