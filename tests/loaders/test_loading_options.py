@@ -14,18 +14,17 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffusers_ruyi import AutoencoderKLRuyiCausal3D, RuyiImageToVideoPipeline, RuyiTransformer3DModel
 
 
-def _video_and_golden(pipe, golden_realfmt_dir, **kwargs):
+def _video_and_golden(pipe, golden_realfmt_dir, golden_noise: bool = False):
+    """The pipeline's video of the golden case and the original's. With `golden_noise`, the run starts from the
+    golden's float32 initial noise: a bfloat16 pipeline draws its own in bfloat16, which is that noise rounded only
+    on some torch builds (2.13's CPU `randn`, not 2.11's)."""
     case, start, _, expected = load_golden_case(golden_realfmt_dir, "realfmt_cases.json", "rf_start_only")
     pipe.set_progress_bar_config(disable=True)
+    kwargs = {}
+    if golden_noise:
+        shape = pipe._latent_shape(1, case["frames"], case["h"], case["w"])
+        kwargs["latents"] = randn_tensor(shape, generator=torch.Generator("cpu").manual_seed(case["seed"]))
     return run_case(pipe, case, start, **kwargs), expected
-
-
-def _golden_noise(pipe, golden_realfmt_dir) -> torch.Tensor:
-    """The float32 initial noise of the golden's run. A bfloat16 pipeline draws its own in bfloat16, which is that
-    noise rounded only on some torch builds (2.13's CPU `randn`, not 2.11's)."""
-    case, *_ = load_golden_case(golden_realfmt_dir, "realfmt_cases.json", "rf_start_only")
-    shape = pipe._latent_shape(1, case["frames"], case["h"], case["w"])
-    return randn_tensor(shape, generator=torch.Generator("cpu").manual_seed(case["seed"]))
 
 
 @pytest.mark.parametrize(
@@ -60,7 +59,7 @@ def test_torchao_int8_weight_only_on_the_published_layout(tiny_realfmt_checkpoin
     weight = pipe.transformer.blocks[0].attn1.to_q.weight
     assert type(weight).__module__.startswith("torchao") and weight.dtype == torch.bfloat16
     assert not type(pipe.vae.decoder.conv_in.weight).__module__.startswith("torchao")  # only the transformer
-    video, expected = _video_and_golden(pipe, golden_realfmt_dir, latents=_golden_noise(pipe, golden_realfmt_dir))
+    video, expected = _video_and_golden(pipe, golden_realfmt_dir, golden_noise=True)
     # int8 weights and bf16 activations: the same video, not the same bits.
     assert video.shape == expected.shape and torch.isfinite(video).all()
     assert (video - expected).abs().mean().item() < 0.05
