@@ -7,7 +7,8 @@
 
 Every argument (paths, the output, numbers, choices) is checked before torch, diffusers or transformers is even
 imported, so ``--help`` and argument errors answer at once. Failures print one line naming what to fix (exit code 2
-for bad input, 1 for a broken checkpoint or an unexpected error, 130 for Ctrl-C; ``--verbose`` adds the traceback).
+for bad input, 1 for a broken checkpoint or an unexpected error, 130 for Ctrl-C, 143 for SIGTERM; ``--verbose`` adds
+the traceback).
 The video is written to a temporary file next to the output and renamed when complete, so a failed or interrupted
 run never leaves a partial mp4.
 """
@@ -43,12 +44,18 @@ FP8_MODES = ("none", "lite", "strong", "extreme")
 MOTION_VALUES = ("1", "2", "3", "4", "auto")
 CAMERA_DIRECTIONS = ("static", "left", "right", "up", "down", "auto")
 MAX_FRAMES = 120  # the longest videos Ruyi-Mini-7B was trained on: the most frames of one segment
+MIN_BASE_RESOLUTION = 64  # a copy of `pipelines.controls.MIN_BASE_RESOLUTION`
+# The seeds `torch.Generator.manual_seed` takes (a signed or an unsigned 64-bit integer).
+SEED_RANGE = (-(2**63), 2**64 - 1)
+
+DIFFUSERS_LORA_FILE = "pytorch_lora_weights.safetensors"
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process the signal ended
 
-_DEVICE_PATTERN = re.compile(r"^(cpu|mps|meta|(cuda|xpu|npu)(:\d+)?)$")
+_DEVICE_PATTERN = re.compile(r"^(cpu|mps|(cuda|xpu|npu)(:\d+)?)$")
 _HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -82,6 +89,7 @@ def _int_at_least(minimum: int, expected: str) -> Callable[[str], int]:
 
 
 _positive_int = _int_at_least(1, "a positive integer")
+_base_resolution = _int_at_least(MIN_BASE_RESOLUTION, f"an integer >= {MIN_BASE_RESOLUTION}")
 _non_negative_int = _int_at_least(0, "an integer >= 0")
 
 
@@ -92,6 +100,26 @@ def _non_negative_float(value: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {value!r}")
     if not 0 <= number < float("inf"):  # also rejects nan
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}")
+    return number
+
+
+def _finite_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}")
+    if not -float("inf") < number < float("inf"):  # also rejects nan
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {value!r}")
+    return number
+
+
+def _seed(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}")
+    if not SEED_RANGE[0] <= number <= SEED_RANGE[1]:
+        raise argparse.ArgumentTypeError(f"expected an integer from -2**63 to 2**64 - 1, got {value!r}")
     return number
 
 
@@ -152,7 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
         "repeatable.",
     )
     model.add_argument(
-        "--lora-weight", action="append", type=float, default=[], help="Weight of each --lora, in order (default 1.0)."
+        "--lora-weight",
+        action="append",
+        type=_finite_float,
+        default=[],
+        help="Weight of each --lora, in order (default 1.0).",
     )
 
     video = parser.add_argument_group("video")
@@ -166,7 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     video.add_argument("--height", type=_positive_int, help="Height in pixels (multiple of 16); with --width.")
     video.add_argument("--width", type=_positive_int, help="Width in pixels (multiple of 16); with --height.")
     video.add_argument(
-        "--base-resolution", type=_positive_int, default=512, help="Size when --height/--width are omitted."
+        "--base-resolution",
+        type=_base_resolution,
+        default=512,
+        help=f"Size when --height/--width are omitted: about its square in pixels (>= {MIN_BASE_RESOLUTION}; 384 to "
+        "896 work well).",
     )
     video.add_argument(
         "--motion",
@@ -206,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="CFG scale, >= 0 (default 7; 1 or below = off).",
     )
     sampling.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="ddim", help="Sampler (default ddim).")
-    sampling.add_argument("--seed", type=int, default=42, help="Random seed (default 42).")
+    sampling.add_argument("--seed", type=_seed, default=42, help="Random seed (default 42).")
 
     memory = parser.add_argument_group("memory and speed")
     memory.add_argument(
@@ -234,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     memory.add_argument("--cache", choices=CACHE_MODES, default="none", help="Step cache for the transformer.")
     memory.add_argument(
-        "--cache-threshold", type=_non_negative_float, default=0.1, help="Threshold of --cache (default 0.1)."
+        "--cache-threshold", type=_non_negative_float, default=None, help="Threshold of --cache (default 0.1)."
     )
     memory.add_argument(
         "--fp8", choices=FP8_MODES, default="none", help="Store transformer weights in float8 (the original's modes)."
@@ -279,6 +315,14 @@ def check_output_path(flag: str, path: str, overwrite: bool, suffix: Optional[st
         raise CLIError(f"{flag} {path!r} cannot be created: {ancestor!r} is a file, not a folder")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise CLIError(f"{flag} {path!r} cannot be written: no write permission in {ancestor!r}")
+    # Permissions do not tell everything (root may write anywhere, but not into /proc; a read-only mount): create
+    # and remove a file there, as the run will.
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".ruyi-probe-", dir=ancestor)
+    except OSError as e:
+        raise CLIError(f"{flag} {path!r} cannot be written: {e.strerror or e} in {ancestor!r}")
+    os.close(fd)
+    os.remove(probe)
 
 
 def _env_flag(name: str) -> bool:
@@ -351,13 +395,7 @@ def check_args(args: argparse.Namespace) -> None:
             raise CLIError(
                 f"{flag} {path!r} does not exist" if not os.path.exists(path) else f"{flag} {path!r} is a folder"
             )
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(path) as im:
-                im.verify()
-        except (UnidentifiedImageError, OSError, SyntaxError) as e:
-            raise CLIError(f"{flag} {path!r} is not a readable image: {e}")
+        check_image(flag, path)
     if (args.height is None) != (args.width is None):
         raise CLIError("pass both --height and --width, or neither")
     for flag, value in (("--height", args.height), ("--width", args.width)):
@@ -367,14 +405,62 @@ def check_args(args: argparse.Namespace) -> None:
     if len(args.lora_weight) > len(args.lora):
         raise CLIError("more --lora-weight values than --lora files")
     for path in args.lora:
-        if not (os.path.isfile(path) or os.path.isdir(path)):
-            raise CLIError(f"--lora {path!r} does not exist")
+        check_lora_file(path)
+    if args.cache == "none" and args.cache_threshold is not None:
+        raise CLIError("--cache-threshold needs --cache (teacache or first-block)")
+    if args.cache_threshold is None:
+        args.cache_threshold = 0.1
     check_model(args.model)
     if args.device is not None and not _DEVICE_PATTERN.match(args.device):
         raise CLIError(f"--device {args.device!r} is not a device; use cpu, cuda, cuda:N, mps or xpu")
     wants_gpu = args.offload != "none" or (args.device or "").startswith("cuda")
     if wants_gpu and _no_gpu_device_nodes():
         raise CLIError(_no_gpu_message(args))
+
+
+def check_image(flag: str, path: str) -> None:
+    """An image PIL can decode whole: `verify` finds a broken PNG, only a full decode a truncated JPEG."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        with Image.open(path) as im:
+            im.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise CLIError(f"{flag} {path!r} is not a readable image: {_one_line(e)}")
+
+
+def check_lora_file(path: str) -> None:
+    """`--lora`: a safetensors file (or a folder with one) whose header lists LoRA tensors. Whether they fit the
+    transformer is only known once it is loaded."""
+    if os.path.isdir(path):
+        files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
+        if not files:
+            raise CLIError(f"--lora {path!r} is a folder without a .safetensors file")
+        if len(files) > 1 and DIFFUSERS_LORA_FILE in files:
+            files = [DIFFUSERS_LORA_FILE]  # what diffusers' loader picks among several
+        if len(files) > 1:
+            raise CLIError(f"--lora {path!r} holds several .safetensors files {files}; pass the file itself")
+        path = os.path.join(path, files[0])
+    elif not os.path.isfile(path):
+        raise CLIError(f"--lora {path!r} does not exist")
+    if not path.endswith(".safetensors"):
+        raise CLIError(
+            f"--lora {path!r} is not a .safetensors file (LoRA weights are read from safetensors only: pickle files "
+            "can run code)"
+        )
+    from safetensors import SafetensorError, safe_open  # the header only, and no torch
+
+    try:
+        with safe_open(path, framework="numpy") as f:
+            keys = list(f.keys())
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CLIError(f"--lora {path!r} is not a readable safetensors file: {_one_line(e)}")
+    if not keys:
+        raise CLIError(f"--lora {path!r} holds no tensors")
+    if not any("lora" in key.lower() for key in keys):
+        raise CLIError(f"--lora {path!r} holds no LoRA tensors (no key names 'lora'), e.g. {keys[:3]}")
 
 
 def check_video(path: str) -> Dict[str, Any]:
@@ -456,10 +542,68 @@ def check_args_with_torch(args: argparse.Namespace) -> None:
     wants_gpu = args.offload != "none" or (args.device or "").startswith("cuda")
     if wants_gpu and not torch.cuda.is_available():
         raise CLIError(_no_gpu_message(args))
-    if args.device and args.device.startswith("cuda:"):
-        index = int(args.device.split(":")[1])
-        if index >= torch.cuda.device_count():
-            raise CLIError(f"--device {args.device} does not exist: {torch.cuda.device_count()} CUDA GPU(s) found")
+    kind, _, index = (args.device or "").partition(":")
+    if kind in ("mps", "xpu", "npu"):
+        module = torch.backends.mps if kind == "mps" else getattr(torch, kind, None)  # torch.npu needs torch_npu
+        if module is None or not module.is_available():
+            raise CLIError(f"--device {args.device} is not available on this machine (use --device cpu or cuda)")
+    if index:
+        count = getattr(torch, kind).device_count()
+        if int(index) >= count:
+            raise CLIError(f"--device {args.device} does not exist: {count} {kind.upper()} device(s) found")
+
+
+def _scheduler_before_loading(model: str):
+    """The scheduler `--model` will load, built from its config alone; None when the config is not on this machine
+    (a download to come: the pipeline checks `--steps` itself before any step)."""
+    import diffusers
+
+    if model == TINY_RANDOM:
+        from .tiny import build_tiny_scheduler
+
+        return build_tiny_scheduler()
+    from .loaders.original_checkpoint import is_original_pipeline_folder, read_json
+
+    folder = model if os.path.isdir(model) else cached_snapshot(model)
+    path = os.path.join(folder, "scheduler", "scheduler_config.json") if folder else None
+    if path is None or not os.path.isfile(path):
+        return None
+    config = read_json(path)
+    # The original layout builds DDIM whatever class its file names, as the original does.
+    cls = diffusers.DDIMScheduler if is_original_pipeline_folder(folder) else getattr(diffusers, config["_class_name"])
+    return cls.from_config(config)
+
+
+def check_steps(args: argparse.Namespace) -> None:
+    """`--steps` against `--scheduler` (DDIM takes at most its training steps), before the model loads."""
+    import diffusers
+
+    try:
+        scheduler = _scheduler_before_loading(args.model)
+    except (OSError, ValueError, KeyError, AttributeError):
+        return  # a broken scheduler config: loading the model reports it, naming --model
+    if scheduler is None:
+        return
+    if args.scheduler != "ddim":
+        scheduler = getattr(diffusers, SCHEDULERS[args.scheduler]).from_config(scheduler.config)
+
+    def refused(steps: int) -> Optional[BaseException]:
+        try:
+            scheduler.set_timesteps(steps)
+        except (ValueError, IndexError) as e:
+            return e
+        return None
+
+    error = refused(args.steps)
+    if error is None:
+        return
+    most = scheduler.config.num_train_timesteps
+    fewer = args.steps > most
+    fewest = None if fewer else next((n for n in range(args.steps + 1, most + 1) if refused(n) is None), None)
+    hint = f"at most {most}" if fewer else f"at least {fewest}" if fewest else "other values"
+    raise CLIError(
+        f"--steps {args.steps} does not work with --scheduler {args.scheduler} (use {hint}): {_one_line(error)}"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -599,6 +743,13 @@ def _one_line(error: BaseException) -> str:
     return text
 
 
+def _all_lines(error: BaseException, limit: int = 400) -> str:
+    """Every line of the message on one line (a LoRA's problems are listed below its first line), cut at ``limit``."""
+    text = "; ".join(line.strip().lstrip("- ") for line in str(error).strip().splitlines() if line.strip())
+    text = text.replace(":;", ":")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _is_hub_error(error: BaseException) -> bool:
     module = type(error).__module__ or ""
     return module.startswith("huggingface_hub")
@@ -624,7 +775,7 @@ def explain(error: BaseException, stage: str, args: argparse.Namespace) -> CLIEr
                 EXIT_FAILURE,
             )
     if stage == "lora" and isinstance(error, (ValueError, OSError, KeyError, RuntimeError)):
-        return CLIError(f"--lora could not be loaded: {_one_line(error)}", EXIT_BAD_INPUT)
+        return CLIError(f"--lora could not be loaded: {_all_lines(error)}", EXIT_BAD_INPUT)
     if isinstance(error, MemoryError) or "OutOfMemoryError" in name:
         return CLIError(
             f"out of memory while {_Stage.WORDS.get(stage, stage)} ({_one_line(error)}): try --offload model, --vae-tiling, --fp8 lite, "
@@ -803,6 +954,8 @@ def _run(args: argparse.Namespace, progress: Progress, stage: _Stage) -> None:
 
         _configure_messages(args, progress)
         import diffusers_ruyi.pipelines.pipeline_ruyi_i2v  # noqa: F401  (diffusers' models and back-ends: the slow part)
+
+        check_steps(args)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
@@ -988,6 +1141,29 @@ def _run_segments(args: argparse.Namespace, pipe, device, progress: Progress, st
     )
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that the temporary video is removed on the way out."""
+
+
+def _raise_terminated(signum, frame) -> NoReturn:
+    raise _Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Runs ``ruyi-i2v``; returns the exit code (argument errors exit with 2 through ``SystemExit``)."""
     progress = Progress(quiet=True)
@@ -996,6 +1172,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     progress.quiet = args.quiet
     stage = _Stage()
     stage.name = "check"
+    with _sigterm_raises():
+        return _main(args, parser, progress, stage)
+
+
+def _main(args: argparse.Namespace, parser: argparse.ArgumentParser, progress: Progress, stage: _Stage) -> int:
     try:
         try:
             check_args(args)
@@ -1007,6 +1188,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             traceback.print_exc()
         print(f"{PROG}: interrupted while {stage.doing}; no output was written", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except _Terminated:
+        print(f"{PROG}: terminated (SIGTERM) while {stage.doing}; no output was written", file=sys.stderr)
+        return EXIT_TERMINATED
     except Exception as e:
         if args.verbose:
             traceback.print_exc()

@@ -83,6 +83,18 @@ TINY_CLIP_CONFIG = dict(
 )
 
 
+def build_tiny_scheduler() -> DDIMScheduler:
+    """The tiny random pipeline's scheduler (the CLI checks `--steps` against it before building the models)."""
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.03,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        prediction_type="v_prediction",
+        clip_sample=False,
+    )
+
+
 def build_tiny_random_pipeline(seed: int = 0) -> RuyiImageToVideoPipeline:
     """Builds a tiny random [`RuyiImageToVideoPipeline`] (float32, CPU) without any download.
 
@@ -95,14 +107,7 @@ def build_tiny_random_pipeline(seed: int = 0) -> RuyiImageToVideoPipeline:
     vae = AutoencoderKLRuyiCausal3D.from_config(convert_vae_config(TINY_VAE_CONFIG))
     image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY_CLIP_CONFIG))
     image_processor = clip_image_processor_class()(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.03,
-        beta_schedule="scaled_linear",
-        steps_offset=1,
-        prediction_type="v_prediction",
-        clip_sample=False,
-    )
+    scheduler = build_tiny_scheduler()
     cfg = TINY_TRANSFORMER_CONFIG
     names = ["p.default", "n.default"] + [f"p.16x9movie{m}{c}" for m in range(5) for c in CAMERA_DIRECTIONS]
     flat = {}

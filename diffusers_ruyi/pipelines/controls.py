@@ -22,6 +22,8 @@ ASPECT_RATIOS = ("16:9", "9:16")
 DEFAULT_POSITIVE = "p.default"
 DEFAULT_NEGATIVE = "n.default"
 _FIELDS = ("emb1", "mask1", "emb2", "mask2")
+# The smallest `base_resolution` taken: its narrowest buckets are 32 px on the short side.
+MIN_BASE_RESOLUTION = 64
 
 # Height/width buckets (in pixels) at a base resolution of 512, keyed by height / width. They are the buckets the
 # model was trained on; `get_bucket_size` rescales them to other base resolutions as the original script does.
@@ -50,8 +52,12 @@ def get_bucket_size(image_height: int, image_width: int, base_resolution: int = 
     Returns:
         `Tuple[int, int]`: ``(height, width)`` in pixels.
     """
-    if not isinstance(base_resolution, int) or isinstance(base_resolution, bool) or base_resolution < 64:
-        raise ValueError(f"`base_resolution` must be an integer >= 64, got {base_resolution!r}.")
+    if (
+        not isinstance(base_resolution, int)
+        or isinstance(base_resolution, bool)
+        or base_resolution < MIN_BASE_RESOLUTION
+    ):
+        raise ValueError(f"`base_resolution` must be an integer >= {MIN_BASE_RESOLUTION}, got {base_resolution!r}.")
     ratio = image_height / image_width
     closest = min(_BUCKETS_512, key=lambda r: abs(r - ratio))
     height, width = (x / 512 * base_resolution for x in _BUCKETS_512[closest])

@@ -110,20 +110,133 @@ def test_refuses_to_overwrite(tmp_path, capsys):
         (["--offload", "group"], "--offload group needs a CUDA GPU"),
         (["--skip-offload", "-1"], "expected an integer >= 0, got '-1'"),
         (["--skip-offload", "two"], "expected an integer >= 0, got 'two'"),
+        (["--lora-weight", "nan"], "--lora-weight: expected a finite number, got 'nan'"),
+        (["--lora-weight=-inf"], "--lora-weight: expected a finite number, got '-inf'"),
+        (["--base-resolution", "63"], "--base-resolution: expected an integer >= 64, got '63'"),
+        (["--seed", str(2**64)], "--seed: expected an integer from -2**63 to 2**64 - 1"),
+        (["--seed", str(-(2**63) - 1)], "--seed: expected an integer from -2**63 to 2**64 - 1"),
+        (["--device", "meta"], "--device 'meta' is not a device"),
+        (["--device", "mps"], "--device mps is not available on this machine"),
+        (["--cache-threshold", "0.2"], "--cache-threshold needs --cache"),
+        (["--output", "/proc/ruyi-test.mp4"], "--output '/proc/ruyi-test.mp4' cannot be written"),
+        # Checked against the scheduler's config before the model is built (the tiny model's DDIM: 1000 steps).
+        (["--steps", "1001"], "--steps 1001 does not work with --scheduler ddim (use at most 1000)"),
+        (["--scheduler", "pndm", "--steps", "2"], "--steps 2 does not work with --scheduler pndm (use at least 4)"),
     ],
 )
-def test_bad_arguments_exit_2_without_output(tmp_path, capsys, extra, message):
+def test_bad_arguments_exit_2_without_output(tmp_path, capsys, monkeypatch, extra, message):
     if "cuda" in " ".join(extra) or "offload" in extra:
         if torch.cuda.is_available():
             pytest.skip("checks the no-GPU message")
+    if "mps" in extra and torch.backends.mps.is_available():
+        pytest.skip("checks the no-MPS message")
     out = tmp_path / "video.mp4"
     args = ["--image", START, "--output", str(out), *FAST]
+    # Nothing may be built: the checks come first.
+    monkeypatch.setattr("diffusers_ruyi.tiny.build_tiny_random_pipeline", _must_not_build)
     # later flags override earlier ones in argparse
-    with pytest.raises(SystemExit) as e:
-        main(args + extra)
-    assert e.value.code == 2
+    try:
+        code = main(args + extra)  # the checks that need torch return the code
+    except SystemExit as e:  # those made before torch is imported exit through argparse
+        code = e.code
+    assert code == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def _must_not_build(*args, **kwargs):
+    raise AssertionError("a model was built before the arguments were checked")
+
+
+def _truncated_jpeg(folder):
+    from PIL import Image
+
+    path = folder / "truncated.jpg"
+    Image.open(START).convert("RGB").save(path, quality=90)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # the header is intact: opening and `verify` pass
+    return path
+
+
+def _decompression_bomb(folder):
+    import struct
+    import zlib
+
+    # A valid PNG header claiming 30000 x 30000 pixels (PIL refuses > 2 x its 89.5 M-pixel limit at open).
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path = folder / "bomb.png"
+    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("flag", ["--image", "--last-image"])
+@pytest.mark.parametrize("make", [_truncated_jpeg, _decompression_bomb])
+def test_unreadable_images_are_refused_before_loading(tmp_path, capsys, monkeypatch, flag, make):
+    bad = make(tmp_path)
+    out = tmp_path / "video.mp4"
+    monkeypatch.setattr("diffusers_ruyi.tiny.build_tiny_random_pipeline", _must_not_build)
+    images = ["--image", str(bad)] if flag == "--image" else ["--image", START, "--last-image", str(bad)]
+    with pytest.raises(SystemExit) as e:
+        main([*images, "--output", str(out), *FAST])
+    assert e.value.code == 2
+    assert f"{flag} {str(bad)!r} is not a readable image" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def _write_safetensors(path, tensors):
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: _write_safetensors(d / "x.safetensors", {}), "holds no tensors"),
+        (lambda d: _write_safetensors(d / "x.safetensors", {"foo.weight": torch.ones(2)}), "holds no LoRA tensors"),
+        (lambda d: (d / "x.safetensors").write_bytes(b"\x00" * 64) and d / "x.safetensors", "not a readable"),
+        (lambda d: (d / "x.pt").write_bytes(b"pickle") and d / "x.pt", "is not a .safetensors file"),
+        (lambda d: (d / "empty").mkdir() or d / "empty", "is a folder without a .safetensors file"),
+    ],
+)
+def test_lora_files_are_checked_before_loading(tmp_path, capsys, monkeypatch, make, message):
+    lora = make(tmp_path)
+    out = tmp_path / "video.mp4"
+    monkeypatch.setattr("diffusers_ruyi.tiny.build_tiny_random_pipeline", _must_not_build)
+    with pytest.raises(SystemExit) as e:
+        main(["--image", START, "--output", str(out), *FAST, "--lora", str(lora)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--lora {str(lora)!r}" in err and message in err
+    assert not out.exists()
+
+
+def test_truncated_lora_file_is_refused_before_loading(tmp_path, capsys, monkeypatch):
+    lora = ROOT / "tests" / "fixtures" / "lora" / "ruyi_lora_original.safetensors"
+    data = lora.read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(data[: len(data) - 16])
+    monkeypatch.setattr("diffusers_ruyi.tiny.build_tiny_random_pipeline", _must_not_build)
+    with pytest.raises(SystemExit):
+        main(["--image", START, "--output", str(tmp_path / "v.mp4"), *FAST, "--lora", str(cut)])
+    assert "is not a readable safetensors file" in capsys.readouterr().err
+
+
+def test_lora_that_does_not_fit_names_the_reason(tmp_path, capsys):
+    # The keys are LoRA keys, so only the loaded transformer can tell they fit no module; the line must still say why.
+    lora = _write_safetensors(
+        tmp_path / "x.safetensors",
+        {"transformer.no_such.lora_A.weight": torch.ones(2, 4), "transformer.no_such.lora_B.weight": torch.ones(4, 2)},
+    )
+    assert main(["--image", START, "--output", str(tmp_path / "v.mp4"), *FAST, "--lora", str(lora)]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("ruyi-i2v: error: --lora could not be loaded: Cannot load this LoRA")
+    assert "match no Linear/Conv/Embedding module" in last and "no_such" in last
+    assert not (tmp_path / "v.mp4").exists()
 
 
 def test_height_needs_width(tmp_path, capsys):

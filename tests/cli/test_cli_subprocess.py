@@ -2,7 +2,7 @@
 
 Argument errors must answer without importing torch (checked with ``python -X importtime``), every failure must be
 one line naming what to fix (exit code 2 for bad input, 1 for a broken checkpoint or a failed download, 130 for
-Ctrl-C) with no traceback unless ``--verbose``, and no run may leave an output file behind.
+Ctrl-C, 143 for SIGTERM) with no traceback unless ``--verbose``, and no run may leave an output file behind.
 """
 
 import os
@@ -68,8 +68,19 @@ def _assert_one_line_error(proc, code, *fragments):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["--image", "missing.png", "--output", "out.mp4"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["--image", "missing.png", "--output", "out.mp4"],
+        # The LoRA file's header is read with safetensors' numpy side, the image decoded with PIL: no torch either.
+        ["--image", START, "--output", "out.mp4", "--lora", "not-a-lora.safetensors"],
+        ["--image", "truncated.jpg", "--output", "out.mp4"],
+    ],
+)
 def test_help_and_argument_errors_import_no_torch(tmp_path, argv):
+    (tmp_path / "not-a-lora.safetensors").write_bytes(b"\x08" + b"\x00" * 7 + b'{"a":1}\n')
+    (tmp_path / "truncated.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 16)
     proc = run_cli(*argv, cwd=tmp_path, python_flags=["-X", "importtime"])
     assert proc.returncode == (0 if argv == ["--help"] else 2)
     modules = _imported_modules(proc.stderr)
@@ -152,6 +163,7 @@ def test_cli_copies_of_pipeline_constants_agree():
     assert cli.MOTION_VALUES == controls.MOTION_VALUES
     assert cli.CAMERA_DIRECTIONS == controls.CAMERA_DIRECTIONS
     assert cli.MAX_FRAMES == MAX_TRAINED_FRAMES
+    assert cli.MIN_BASE_RESOLUTION == controls.MIN_BASE_RESOLUTION
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -300,4 +312,37 @@ def test_ctrl_c_exit_130_one_line_and_no_file(tmp_path):
     assert code == 130, rest
     assert "Traceback" not in rest and "KeyboardInterrupt" not in rest
     assert rest.strip().splitlines()[-1] == "ruyi-i2v: interrupted while generating; no output was written"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_exit_143_one_line_and_no_file(tmp_path):
+    # A long video writes its segments to a temporary mp4 as they come: SIGTERM (a scheduler's or `timeout`'s stop)
+    # must remove it, as Ctrl-C does.
+    output = tmp_path / "video.mp4"
+    args = ["--model", "tiny-random", "--image", START, "--output", str(output), "--num-frames", "400"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "diffusers_ruyi", *args, "--segment-frames", "16", "--height", "32", "--width", "32"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL),
+    )
+    temporary = []
+    try:
+        for line in proc.stderr:
+            if "segment 1/" in line and "done in" in line:
+                temporary = [p.name for p in tmp_path.iterdir()]
+                proc.send_signal(signal.SIGTERM)
+                break
+        rest = proc.stderr.read()
+        code = proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert len(temporary) == 1 and temporary[0].startswith(".ruyi-"), temporary  # the partial video existed
+    assert code == 143, rest
+    assert "Traceback" not in rest
+    # Between two segments the run may be appending frames: "while writing".
+    last = rest.strip().splitlines()[-1]
+    assert re.fullmatch(r"ruyi-i2v: terminated \(SIGTERM\) while (generating|writing); no output was written", last)
     assert list(tmp_path.iterdir()) == []
