@@ -304,7 +304,8 @@ def compute_loss(pipe, transformer, noise_scheduler, batch, args, generator, dev
         embeds, embeds_mask, embeds_2, embeds_mask_2, unconditional = control_embeddings(
             pipe, batch, args, device, weight_dtype
         )
-        clip_mask = torch.ones(batch_size, clip_embeds.shape[1], device=device, dtype=weight_dtype)
+        # One entry per resampled CLIP query (n_query), not per CLIP token: the model masks after its resampler.
+        clip_mask = torch.ones(batch_size, pipe.transformer.config.n_query, device=device, dtype=weight_dtype)
         keep = (~unconditional).to(weight_dtype)
         clip_embeds, clip_mask = clip_embeds * keep[:, None, None], clip_mask * keep[:, None]
         image_meta_size = torch.tensor(

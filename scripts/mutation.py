@@ -104,6 +104,7 @@ MODULE_TESTS: dict[str, list[str]] = {
         "tests/loaders/test_loading_options.py",
         "tests/pipelines/test_pipeline_realfmt.py",
     ],
+    "_validation.py": ["tests/models/test_model_input_validation.py", "tests/hooks/test_hook_config_validation.py"],
     "cli.py": ["tests/cli/test_cli.py", "tests/cli/test_cli_effects.py", "tests/cli/test_cli_mutants.py"],
     "tiny.py": ["tests/cli/test_cli.py", "tests/cli/test_cli_mutants.py", "-k", "playable or tiny_random"],
     "models/autoencoder_kl_ruyi.py": [

@@ -22,6 +22,7 @@
 """
 
 import dataclasses
+import numbers
 from typing import Any, Optional, Set, Tuple
 
 import torch
@@ -41,13 +42,28 @@ class CurrentTimestepHook(ModelHook):
     def pre_forward(self, module: torch.nn.Module, *args, **kwargs):
         # The transformer's second argument; one host sync per call rather than one per hooked layer.
         timestep = args[1] if len(args) > 1 else kwargs["timestep"]
-        self.timestep = float(timestep.reshape(-1)[0]) if torch.is_tensor(timestep) else float(timestep)
+        if torch.is_tensor(timestep):
+            self.timestep = float(timestep.reshape(-1)[0])
+        elif isinstance(timestep, numbers.Real) and not isinstance(timestep, bool):
+            self.timestep = float(timestep)
+        else:
+            self.timestep = None  # not a timestep: the transformer's forward refuses it with a TypeError
         return args, kwargs
 
     def current_timestep(self) -> float:
         if self.timestep is None:
             raise RuntimeError("The current timestep is only known while the transformer runs.")
         return self.timestep
+
+
+def check_cache_config(config: Any) -> None:
+    """`enable_cache`'s `config` must be a config object (diffusers' cache configs are dataclasses); diffusers itself
+    refuses the ones it does not know."""
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        raise TypeError(
+            "`config` must be a cache config instance (RuyiTeaCacheConfig, or diffusers' FirstBlockCacheConfig, "
+            f"FasterCacheConfig, ...), got {type(config).__name__}."
+        )
 
 
 def fill_cache_defaults(module: torch.nn.Module, config: Any) -> Tuple[Any, Optional[CurrentTimestepHook]]:

@@ -29,6 +29,7 @@ from typing import Optional
 import torch
 from diffusers.hooks.hooks import HookRegistry, ModelHook
 
+from .._validation import check_int, check_real
 from ._common import RuyiStateManager, StepCounterState, resolve_step
 
 
@@ -46,13 +47,15 @@ class RuyiEnhanceAVideoConfig:
 
     Args:
         weight (`float`, defaults to `1.0`):
-            Enhancement strength added to the number of (latent) frames in the scale. The original recommends values
-            below 10, and below 5 for short or low-resolution videos.
-        skip_start_steps (`int`, defaults to `0`): The first steps without enhancement.
-        skip_end_steps (`int`, defaults to `0`): The last steps without enhancement.
+            Enhancement strength added to the number of (latent) frames in the scale: a finite number >= 0. The
+            original recommends values below 10, and below 5 for short or low-resolution videos.
+        skip_start_steps (`int`, defaults to `0`): The first steps without enhancement, >= 0.
+        skip_end_steps (`int`, defaults to `0`): The last steps without enhancement, >= 0.
         num_inference_steps (`int`, *optional*):
-            Number of denoising steps. Only needed with `skip_end_steps > 0` when the pipeline does not pass
+            Number of denoising steps (>= 1). Only needed with `skip_end_steps > 0` when the pipeline does not pass
             `num_inference_steps` to `cache_context` (`RuyiImageToVideoPipeline` does).
+
+    Every argument is checked here: a wrong type raises a `TypeError`, a value out of range a `ValueError`.
     """
 
     weight: float = 1.0
@@ -61,8 +64,17 @@ class RuyiEnhanceAVideoConfig:
     num_inference_steps: Optional[int] = None
 
     def __post_init__(self):
-        self.skip_start_steps = max(0, self.skip_start_steps)
-        self.skip_end_steps = max(0, self.skip_end_steps)
+        check_real("weight", self.weight)
+        if self.weight < 0:
+            # The scale is clamped to >= 1 and the mean cross-frame attention is at most 1 / (frames - 1), so a
+            # negative weight only pulls the scale towards that clamp, and from -1 on it is always 1: no enhancement.
+            raise ValueError(
+                f"`weight` must be >= 0, got {self.weight!r}: a negative weight can only weaken the scale towards its "
+                "floor of 1 (from -1 on it never enhances); remove Enhance-A-Video to turn it off."
+            )
+        check_int("skip_start_steps", self.skip_start_steps, minimum=0)
+        check_int("skip_end_steps", self.skip_end_steps, minimum=0)
+        check_int("num_inference_steps", self.num_inference_steps, minimum=1, allow_none=True)
 
 
 def enhance_a_video_score(
@@ -208,6 +220,8 @@ def apply_ruyi_enhance_a_video(module: torch.nn.Module, config: RuyiEnhanceAVide
     >>> remove_ruyi_enhance_a_video(pipe.transformer)
     ```
     """
+    if not isinstance(config, RuyiEnhanceAVideoConfig):
+        raise TypeError(f"`config` must be a RuyiEnhanceAVideoConfig, got {type(config).__name__}.")
     blocks = getattr(module, "blocks", None)
     if not isinstance(blocks, torch.nn.ModuleList):
         raise ValueError("Enhance-A-Video needs a Ruyi transformer with `blocks` (a ModuleList).")

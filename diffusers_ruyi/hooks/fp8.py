@@ -23,6 +23,8 @@ import torch
 from diffusers.hooks.layerwise_casting import _disable_peft_input_autocast, apply_layerwise_casting_hook
 from torch import nn
 
+from .._validation import check_bool, check_int
+
 
 FP8_MODES = ("none", "lite", "strong", "extreme")
 
@@ -58,8 +60,13 @@ def select_fp8_modules(model: nn.Module, mode: str, min_numel: int = RUYI_FP8_MI
     Returns:
         `List[str]`: Module names.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
+    if not isinstance(mode, str):
+        raise TypeError(f"`mode` must be a str, one of {FP8_MODES}, got {type(mode).__name__}.")
     if mode not in FP8_MODES:
         raise ValueError(f"`mode` must be one of {FP8_MODES}, got {mode!r}.")
+    check_int("min_numel", min_numel, minimum=0)
     if mode == "none":
         return []
     peft_prefixes = [name + "." for name, module in model.named_modules() if name and _is_peft_layer(module)]
@@ -116,6 +123,10 @@ def apply_fp8_mode(
         min_numel (`int`, defaults to `2816**2`): Size rule of `"lite"`/`"strong"`.
         non_blocking (`bool`, defaults to `False`): Non-blocking dtype casts.
 
+    Every argument is checked before any layer is changed: a wrong type raises a `TypeError`, a bad value (an unknown
+    mode, a non-fp8 `fp8_dtype`, a `compute_dtype` that is not a floating dtype of 16 bits or more, a negative
+    `min_numel`) a `ValueError`.
+
     Returns:
         `List[str]`: Names of the modules now stored in fp8.
 
@@ -128,8 +139,16 @@ def apply_fp8_mode(
     >>> converted = apply_fp8_mode(transformer, "strong", torch.float8_e4m3fn)
     ```
     """
+    for name, dtype in (("fp8_dtype", fp8_dtype), ("compute_dtype", compute_dtype)):
+        if not isinstance(dtype, torch.dtype) and not (name == "compute_dtype" and dtype is None):
+            raise TypeError(f"`{name}` must be a torch.dtype, got {type(dtype).__name__} {dtype!r}.")
     if fp8_dtype not in (torch.float8_e4m3fn, torch.float8_e5m2):
         raise ValueError(f"`fp8_dtype` must be torch.float8_e4m3fn or torch.float8_e5m2, got {fp8_dtype}.")
+    if compute_dtype is not None and (not compute_dtype.is_floating_point or compute_dtype.itemsize < 2):
+        raise ValueError(
+            f"`compute_dtype` must be a floating dtype of at least 16 bits (torch.bfloat16, ...), got {compute_dtype}."
+        )
+    check_bool("non_blocking", non_blocking)
     names = select_fp8_modules(model, mode, min_numel)
     if not names:
         return names

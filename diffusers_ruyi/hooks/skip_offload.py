@@ -24,6 +24,8 @@ from typing import List, Optional, Tuple, Union
 
 import torch
 
+from .._validation import check_int
+
 
 @dataclass
 class RuyiSkipOffloadConfig:
@@ -35,18 +37,35 @@ class RuyiSkipOffloadConfig:
             Activations are moved in groups of this size as they are produced, and a group is brought back when the
             blocks need it. 1 keeps at most one activation on the device; larger groups make fewer, bigger transfers
             and keep up to `group_size` on the device. The original offered 10, 7, 5 and 1.
-        offload_device (`str` or `torch.device`, defaults to `"cpu"`): Where the activations wait.
+        offload_device (`str` or `torch.device`, defaults to `"cpu"`): Where the activations wait; not `"meta"`,
+            which keeps no data.
+
+    Both are checked here: a wrong type raises a `TypeError`, a bad value a `ValueError`.
     """
 
     group_size: int = 1
     offload_device: Union[str, torch.device] = "cpu"
 
     def __post_init__(self):
+        check_int("group_size", self.group_size)
         if self.group_size < 1:
             raise ValueError(
                 f"`group_size` must be >= 1, got {self.group_size}; use `remove_ruyi_skip_offload` to turn it off."
             )
-        self.offload_device = torch.device(self.offload_device)
+        if not isinstance(self.offload_device, (str, torch.device)):
+            raise TypeError(
+                f"`offload_device` must be a str or torch.device, got {type(self.offload_device).__name__}."
+            )
+        try:
+            device = torch.device(self.offload_device)
+        except RuntimeError as error:
+            raise ValueError(
+                f"`offload_device` must name a device such as 'cpu' or 'cuda:0', got {self.offload_device!r}."
+            ) from error
+        if device.type == "meta":
+            # A meta tensor holds no data: the activations could not come back.
+            raise ValueError("`offload_device` cannot be 'meta': activations parked there could not be brought back.")
+        self.offload_device = device
 
 
 class LongSkipStack:
@@ -105,6 +124,8 @@ def apply_ruyi_skip_offload(module: torch.nn.Module, config: Optional[RuyiSkipOf
     >>> apply_ruyi_skip_offload(pipe.transformer, RuyiSkipOffloadConfig(group_size=5))  # original gpu_offload_steps=5
     ```
     """
+    if config is not None and not isinstance(config, RuyiSkipOffloadConfig):
+        raise TypeError(f"`config` must be a RuyiSkipOffloadConfig or None, got {type(config).__name__}.")
     if not hasattr(module, "_skip_offload_config"):
         raise ValueError(f"Long-skip offloading needs a RuyiTransformer3DModel, got {type(module).__name__}.")
     module._skip_offload_config = config if config is not None else RuyiSkipOffloadConfig()

@@ -24,7 +24,7 @@ blocks pass their input through on skipped steps, and a hook on `norm_out` appli
 """
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
@@ -32,6 +32,7 @@ from diffusers.hooks.hooks import HookRegistry, ModelHook
 from diffusers.utils import logging
 from diffusers.utils.torch_utils import unwrap_module
 
+from .._validation import check_bool, check_int, check_real
 from ._common import RuyiStateManager, StepCounterState, move_to, resolve_step
 
 
@@ -56,12 +57,12 @@ class RuyiTeaCacheConfig:
     Args:
         threshold (`float`, defaults to `0.10`):
             Accumulated (rescaled) relative L1 change of the first block's modulated input below which a step reuses
-            the cached residual. Higher skips more steps; the original notes that 0.10 caches 6-8 of 25 steps and
-            0.15 caches 10-12. `0.0` never skips.
+            the cached residual: a finite number >= 0. Higher skips more steps; the original notes that 0.10 caches
+            6-8 of 25 steps and 0.15 caches 10-12. `0.0` never skips.
         skip_start_steps (`int`, defaults to `3`):
-            The first steps that are always computed (values below 1 count as 1, as in the original).
+            The first steps that are always computed, >= 0 (0 counts as 1, as in the original).
         skip_end_steps (`int`, defaults to `1`):
-            The last steps that are always computed (values below 1 count as 1, as in the original).
+            The last steps that are always computed, >= 0 (0 counts as 1, as in the original).
         offload_to_cpu (`bool`, defaults to `True`):
             Keep the cached tensors (modulated input, block input and residual) on the CPU between steps, saving
             device memory at the cost of transfers (the original's `offload_cpu`).
@@ -69,7 +70,9 @@ class RuyiTeaCacheConfig:
             Number of denoising steps. Only needed when the pipeline does not pass `num_inference_steps` to
             `cache_context` (`RuyiImageToVideoPipeline` does).
         coefficients (`Tuple[float, ...]`, defaults to the Ruyi fit):
-            Polynomial (highest power first) applied to the raw relative L1 distance.
+            Polynomial (highest power first) applied to the raw relative L1 distance: at least one finite number.
+
+    Every argument is checked here: a wrong type raises a `TypeError`, a value out of range a `ValueError`.
     """
 
     threshold: float = 0.10
@@ -80,10 +83,23 @@ class RuyiTeaCacheConfig:
     coefficients: Tuple[float, ...] = RUYI_TEACACHE_COEFFICIENTS
 
     def __post_init__(self):
+        check_real("threshold", self.threshold)
         if self.threshold < 0:
             raise ValueError(f"`threshold` must be >= 0, got {self.threshold}.")
-        if self.num_inference_steps is not None and self.num_inference_steps < 1:
-            raise ValueError(f"`num_inference_steps` must be >= 1, got {self.num_inference_steps}.")
+        check_int("skip_start_steps", self.skip_start_steps, minimum=0)
+        check_int("skip_end_steps", self.skip_end_steps, minimum=0)
+        check_bool("offload_to_cpu", self.offload_to_cpu)
+        check_int("num_inference_steps", self.num_inference_steps, minimum=1, allow_none=True)
+        if isinstance(self.coefficients, (str, bytes)) or not isinstance(self.coefficients, Sequence):
+            raise TypeError(
+                f"`coefficients` must be a sequence of numbers (highest power first), got "
+                f"{type(self.coefficients).__name__}."
+            )
+        if len(self.coefficients) == 0:
+            raise ValueError("`coefficients` must hold at least one number (a constant polynomial), got none.")
+        for index, coefficient in enumerate(self.coefficients):
+            check_real(f"coefficients[{index}]", coefficient)
+        self.coefficients = tuple(self.coefficients)
 
 
 class RuyiTeaCacheState(StepCounterState):
@@ -281,6 +297,8 @@ def apply_ruyi_teacache(module: torch.nn.Module, config: RuyiTeaCacheConfig) -> 
     >>> pipe.transformer.disable_cache()
     ```
     """
+    if not isinstance(config, RuyiTeaCacheConfig):
+        raise TypeError(f"`config` must be a RuyiTeaCacheConfig, got {type(config).__name__}.")
     blocks = getattr(module, "blocks", None)
     if not isinstance(blocks, torch.nn.ModuleList) or len(blocks) == 0 or not hasattr(module, "norm_out"):
         raise ValueError("TeaCache needs a Ruyi transformer with `blocks` (a ModuleList) and `norm_out`.")

@@ -34,6 +34,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import logging
 from diffusers.utils.accelerate_utils import apply_forward_hook
 
+from .._validation import check_int, check_real
 from ..loaders.model_loading import RuyiModelLoadingMixin
 
 
@@ -543,6 +544,30 @@ def _blend_into(a_strip: torch.Tensor, b: torch.Tensor, dim: int, extent: int) -
     b_part.copy_((a_part * w_a).to(b.dtype) + (b_part * w_b).to(b.dtype))
 
 
+def _compute_dtype(layer: nn.Module) -> torch.dtype:
+    """The dtype ``layer`` computes in: its layerwise-casting hook's (`enable_layerwise_casting`), else its weight's."""
+    registry = getattr(layer, "_diffusers_hook", None)
+    hook = registry.get_hook("layerwise_casting") if registry is not None else None
+    return hook.compute_dtype if hook is not None else layer.weight.dtype
+
+
+def _autocast_enabled(tensor: torch.Tensor) -> bool:
+    device_type = tensor.device.type
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
+def _autocast_reconciles(tensor: torch.Tensor, compute_dtype: torch.dtype) -> bool:
+    """Whether `torch.autocast` is on for ``tensor``'s device and casts both it and the weights (it leaves float64
+    alone), so that a dtype other than the layer's still runs."""
+    return _autocast_enabled(tensor) and torch.float64 not in (tensor.dtype, compute_dtype)
+
+
+def _check_tile_size(name: str, value, ratio: int) -> None:
+    check_int(name, value)
+    if value < 2 * ratio or value % ratio:
+        raise ValueError(f"Tile sizes must be multiples of {ratio} and at least {2 * ratio}: got `{name}`={value!r}.")
+
+
 class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMixin, ConfigMixin):
     r"""
     The causal 3D VAE of Ruyi-Mini-7B: videos ``(B, 3, F, H, W)`` in ``[-1, 1]`` to latents ``(B, 16, F / 4, H / 8,
@@ -639,8 +664,8 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
             raise ValueError(f"Unsupported block types {unknown}; use {_DOWN_BLOCK_TYPES} / {_UP_BLOCK_TYPES}.")
         if compression_mode not in _COMPRESSION_MODES:
             raise ValueError(f"`compression_mode` must be one of {_COMPRESSION_MODES}, got {compression_mode!r}.")
-        if num_sample_frames_batch_size < 1 or num_latent_frames_batch_size < 1:
-            raise ValueError("`num_sample_frames_batch_size` and `num_latent_frames_batch_size` must be positive.")
+        check_int("num_sample_frames_batch_size", num_sample_frames_batch_size, minimum=1)
+        check_int("num_latent_frames_batch_size", num_latent_frames_batch_size, minimum=1)
 
         self.encoder = RuyiEncoder3D(
             in_channels,
@@ -724,9 +749,9 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
 
         Args:
             tile_sample_min_height (`int`, *optional*, defaults to 256):
-                Largest tile height in pixels; a multiple of `spatial_compression_ratio` (8).
+                Largest tile height in pixels; a multiple of `spatial_compression_ratio` (8), at least twice it.
             tile_sample_min_width (`int`, *optional*, defaults to 256):
-                Largest tile width in pixels; a multiple of `spatial_compression_ratio` (8).
+                Largest tile width in pixels; a multiple of `spatial_compression_ratio` (8), at least twice it.
             tile_overlap_factor (`float`, *optional*, defaults to 0.25):
                 Smallest overlap between neighbouring tiles as a fraction of the largest tile, in `(0, 0.5]`
                 (at least one latent); for the dimensions without a stride.
@@ -736,14 +761,17 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
             tile_sample_stride_width (`int`, *optional*):
                 Largest horizontal step between tiles in pixels, likewise.
         """
-        height = tile_sample_min_height or self.tile_sample_min_height
-        width = tile_sample_min_width or self.tile_sample_min_width
-        overlap = self.tile_overlap_factor if tile_overlap_factor is None else tile_overlap_factor
         ratio = self.spatial_compression_ratio
-        if height % ratio or width % ratio or height < 2 * ratio or width < 2 * ratio:
-            raise ValueError(
-                f"Tile sizes must be multiples of {ratio} and at least {2 * ratio}, got {height}x{width}."
-            )
+        for name, value in (
+            ("tile_sample_min_height", tile_sample_min_height),
+            ("tile_sample_min_width", tile_sample_min_width),
+        ):
+            if value is not None:
+                _check_tile_size(name, value, ratio)
+        check_real("tile_overlap_factor", tile_overlap_factor, allow_none=True)
+        height = self.tile_sample_min_height if tile_sample_min_height is None else tile_sample_min_height
+        width = self.tile_sample_min_width if tile_sample_min_width is None else tile_sample_min_width
+        overlap = self.tile_overlap_factor if tile_overlap_factor is None else tile_overlap_factor
         if not 0 < overlap <= 0.5:
             raise ValueError(f"`tile_overlap_factor` must be in (0, 0.5], got {overlap}.")
         strides = {
@@ -755,9 +783,8 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
                 "Give `tile_overlap_factor` or both `tile_sample_stride_*`, not both: the strides set the overlap."
             )
         for (name, stride), tile in zip(strides.items(), (height, width)):
-            if stride is not None and (
-                not isinstance(stride, int) or isinstance(stride, bool) or stride % ratio or not 0 < stride <= tile
-            ):
+            check_int(name, stride, allow_none=True)
+            if stride is not None and (stride % ratio or not 0 < stride <= tile):
                 raise ValueError(
                     f"`{name}` must be a positive multiple of {ratio} and at most the tile ({tile}), got {stride!r}."
                 )
@@ -788,7 +815,8 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
         has no such sizes.
 
         Args:
-            tile_sample_min_size (`int`, *optional*): Tile size in pixels; defaults to the config's (384).
+            tile_sample_min_size (`int`, *optional*): Tile size in pixels, at least `spatial_compression_ratio` (8);
+                defaults to the config's (384).
             tile_overlap_factor (`float`, *optional*): Overlap as a fraction of a tile, in `[0, 1)`; defaults to the
                 config's (0.25).
         """
@@ -801,6 +829,8 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
         self._original_tile_overlap_factor = overlap
 
     def _check_original_tiling(self, size: int, overlap: float) -> None:
+        check_int("tile_sample_min_size", size)
+        check_real("tile_overlap_factor", overlap)
         if size < self.spatial_compression_ratio:
             raise ValueError(f"`tile_sample_min_size` must be at least {self.spatial_compression_ratio}, got {size}.")
         if not 0 <= overlap < 1:
@@ -1052,6 +1082,48 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
             raise RuntimeError(f"Tiling covered {out_top}x{out_left} of {tuple(out.shape[-2:])}.")
 
     # ------------------------------------------------------------------------------------------------------------
+    # Input checks
+    # ------------------------------------------------------------------------------------------------------------
+
+    def _check_input(self, tensor, name: str, channels_key: str, min_size: int, first_layer: nn.Module) -> None:
+        """Refuses what `encode` (``x``, pixels) or `decode` (``z``, latents) cannot take, before any work: not a
+        floating-point 5D tensor, another channel count than the config's ``channels_key``, an empty batch, a height
+        or width below ``min_size``, or a dtype that ``first_layer`` cannot compute with. Shapes and dtypes only."""
+        layout = "(B, C, F, H, W)"
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"`{name}` must be a torch.Tensor {layout}, got {type(tensor).__name__}.")
+        if not tensor.is_floating_point():
+            raise TypeError(f"`{name}` must be a floating-point tensor, got {tensor.dtype}.")
+        if tensor.ndim != 5:
+            raise ValueError(f"`{name}` must be a 5D tensor {layout}, got shape {tuple(tensor.shape)}.")
+        batch_size, channels, _, height, width = tensor.shape
+        expected = self.config[channels_key]
+        if channels != expected:
+            raise ValueError(
+                f"`{name}` must have {channels_key}={expected} channels (dim 1), got {channels} (shape "
+                f"{tuple(tensor.shape)})."
+            )
+        if batch_size < 1:
+            raise ValueError(f"`{name}` must hold at least one sample, got batch size {batch_size}.")
+        if height < min_size or width < min_size:
+            unit = "pixels" if min_size > 1 else "latents"
+            # Each of the encoder's downsamplers halves the size (rounding down) and needs 2 rows and columns.
+            reason = f" (the encoder downsamples {min_size}x)" if min_size > 1 else ""
+            raise ValueError(
+                f"`{name}` must be at least {min_size}x{min_size} {unit}{reason}, got {height}x{width} (H x W)."
+            )
+        compute_dtype = _compute_dtype(first_layer)
+        if tensor.dtype != compute_dtype and not _autocast_reconciles(tensor, compute_dtype):
+            if _autocast_enabled(tensor):
+                hint = "`torch.autocast` does not cast float64"
+            else:
+                hint = "run it under `torch.autocast` to mix dtypes"
+            raise TypeError(
+                f"`{name}` is {tensor.dtype} but the VAE computes in {compute_dtype}: pass `{name}.to(vae.dtype)` "
+                f"({hint})."
+            )
+
+    # ------------------------------------------------------------------------------------------------------------
     # Encoding
     # ------------------------------------------------------------------------------------------------------------
 
@@ -1130,8 +1202,10 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
         Encodes a batch of videos into latent distributions.
 
         Args:
-            x (`torch.Tensor`): Videos ``(B, C, F, H, W)`` in ``[-1, 1]``; for the cache variant ``F`` is 1 or a
-                multiple of ``num_sample_frames_batch_size`` (8).
+            x (`torch.Tensor`): Videos ``(B, C, F, H, W)`` in ``[-1, 1]``, ``C = in_channels``, ``H`` and ``W`` at
+                least ``spatial_compression_ratio`` (8), in the VAE's dtype (any floating dtype under
+                `torch.autocast`); for the cache variant ``F`` is 1 or a multiple of ``num_sample_frames_batch_size``
+                (8). Anything else raises a `TypeError` or `ValueError` before any work.
             return_dict (`bool`, *optional*, defaults to `True`):
                 Whether to return an [`~models.modeling_outputs.AutoencoderKLOutput`] instead of a tuple.
 
@@ -1139,8 +1213,7 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
             [`~models.modeling_outputs.AutoencoderKLOutput`] or `tuple`: the posterior, a
             `DiagonalGaussianDistribution` over latents ``(B, latent_channels, num_latent_frames(F), H / 8, W / 8)``.
         """
-        if x.ndim != 5:
-            raise ValueError(f"Expected a video tensor (B, C, F, H, W), got shape {tuple(x.shape)}.")
+        self._check_input(x, "x", "in_channels", self.spatial_compression_ratio, self.encoder.conv_in)
         self.num_latent_frames(x.shape[2])  # validate before doing any work
         if self.use_slicing and x.shape[0] > 1:
             moments = torch.cat([self._encode(x_slice) for x_slice in x.split(1)])
@@ -1239,8 +1312,10 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
         Decodes a batch of latents (already divided by ``scaling_factor``) into videos.
 
         Args:
-            z (`torch.Tensor`): Latents ``(B, latent_channels, L, h, w)``; for the cache variant ``L`` is 1 or a
-                multiple of ``num_latent_frames_batch_size`` (2).
+            z (`torch.Tensor`): Latents ``(B, latent_channels, L, h, w)`` in the VAE's dtype (any floating dtype
+                under `torch.autocast`); for the cache variant ``L`` is 1 or a multiple of
+                ``num_latent_frames_batch_size`` (2). Anything else raises a `TypeError` or `ValueError` before any
+                work.
             return_dict (`bool`, *optional*, defaults to `True`):
                 Whether to return a [`~models.autoencoders.vae.DecoderOutput`] instead of a tuple.
 
@@ -1248,8 +1323,7 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
             [`~models.autoencoders.vae.DecoderOutput`] or `tuple`: videos ``(B, out_channels, num_sample_frames(L),
             8 * h, 8 * w)``, not clamped.
         """
-        if z.ndim != 5:
-            raise ValueError(f"Expected latents (B, C, F, H, W), got shape {tuple(z.shape)}.")
+        self._check_input(z, "z", "latent_channels", 1, self.post_quant_conv)
         self.num_sample_frames(z.shape[2])  # validate before doing any work
         if self.use_slicing and z.shape[0] > 1:
             decoded = torch.cat([self._decode(z_slice) for z_slice in z.split(1)])

@@ -21,6 +21,7 @@ original checkpoint, so converting the original weights is (almost) the identity
 
 import functools
 import math
+import numbers
 from typing import Any, Dict, Iterator, Optional, Tuple, Union
 
 import torch
@@ -52,7 +53,9 @@ from diffusers.utils.peft_utils import apply_lora_scale
 from diffusers.utils.torch_utils import maybe_allow_in_graph
 from torch import nn
 
+from .._validation import check_tensor
 from ..hooks.diffusers_caches import (
+    check_cache_config,
     fill_cache_defaults,
     hooked_layers,
     register_current_timestep_hook,
@@ -92,6 +95,10 @@ def _temporal_sincos_embedding(num_frames: int, dim: int, device: torch.device) 
     angles = position * inv_freq
     # Interleave: even channels carry sin, odd channels carry cos.
     return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1)[:, :dim]
+
+
+# The forward inputs that may be None (the others must be tensors).
+_OPTIONAL_FORWARD_INPUTS = ("inpaint_latents", "clip_encoder_hidden_states", "clip_attention_mask")
 
 
 # Adapted from diffusers.models.embeddings.get_2d_rotary_pos_embed (diffusers 0.31): its grid, which later versions
@@ -892,6 +899,7 @@ class RuyiTransformer3DModel(
         >>> pipe.transformer.enable_cache(FasterCacheConfig())
         ```
         """
+        check_cache_config(config)
         if isinstance(config, RuyiTeaCacheConfig):
             if self.is_cache_enabled:
                 raise ValueError(
@@ -930,20 +938,25 @@ class RuyiTransformer3DModel(
     def _check_inputs(
         self,
         hidden_states: torch.Tensor,
-        timestep: torch.Tensor,
+        timestep: Union[torch.Tensor, float, int],
         batched: Dict[str, Optional[torch.Tensor]],
-        encoder_hidden_states: torch.Tensor,
-        encoder_hidden_states_t5: torch.Tensor,
-        inpaint_latents: Optional[torch.Tensor],
-        clip_encoder_hidden_states: Optional[torch.Tensor],
+        image_rotary_emb: Optional[Tuple[torch.Tensor, torch.Tensor]],
     ) -> None:
+        """Refuses inputs the model cannot take, naming the argument, before any work: types, ranks, batch sizes and
+        the sizes the config fixes. Reads shapes and dtypes only (no values: no device sync, nothing for
+        `torch.compile` to break on)."""
         config = self.config
+        check_tensor("hidden_states", hidden_states)
         if hidden_states.ndim != 5:
             raise ValueError(
                 f"`hidden_states` must be 5D (batch, channels, frames, height, width), got shape "
                 f"{tuple(hidden_states.shape)}."
             )
-        batch_size, channels, _, height, width = hidden_states.shape
+        batch_size, channels, num_frames, height, width = hidden_states.shape
+        for name, tensor in batched.items():
+            if tensor is not None or name not in _OPTIONAL_FORWARD_INPUTS:
+                check_tensor(name, tensor)
+        inpaint_latents = batched["inpaint_latents"]
         if inpaint_latents is not None:
             if inpaint_latents.ndim != 5 or inpaint_latents.shape[2:] != hidden_states.shape[2:]:
                 frames_height_width = ", ".join(map(str, hidden_states.shape[2:]))
@@ -962,33 +975,94 @@ class RuyiTransformer3DModel(
                 f"The latent height and width of `hidden_states` ({height}x{width}) must be divisible by "
                 f"patch_size={config.patch_size}."
             )
-        if timestep.ndim > 1 or (timestep.ndim == 1 and timestep.shape[0] not in (1, batch_size)):
+        if not isinstance(timestep, torch.Tensor):
+            if isinstance(timestep, bool) or not isinstance(timestep, numbers.Real):
+                raise TypeError(f"`timestep` must be a torch.Tensor or a number, got {type(timestep).__name__}.")
+        elif timestep.ndim > 1 or (timestep.ndim == 1 and timestep.shape[0] not in (1, batch_size)):
             raise ValueError(
                 f"`timestep` must be a scalar or have shape ({batch_size},) to match `hidden_states`, got "
                 f"{tuple(timestep.shape)}."
             )
+
+        # Every other input: its shape after the batch dimension, as (label, size): a size None is any size, a label
+        # None shows the size alone.
+        for name, dims in (
+            (
+                "encoder_hidden_states",
+                (("text_len", config.text_len), ("cross_attention_dim", config.cross_attention_dim)),
+            ),
+            ("text_embedding_mask", (("text_len", config.text_len),)),
+            (
+                "encoder_hidden_states_t5",
+                (("text_len_t5", config.text_len_t5), ("cross_attention_dim_t5", config.cross_attention_dim_t5)),
+            ),
+            ("text_embedding_mask_t5", (("text_len_t5", config.text_len_t5),)),
+            ("image_meta_size", ((None, 6),)),
+            ("style", ()),
+            ("clip_encoder_hidden_states", (("tokens", None), ("projection_dim", config.projection_dim))),
+            ("clip_attention_mask", (("n_query", config.n_query),)),
+        ):
+            tensor = batched[name]
+            if tensor is None:
+                continue
+            if tensor.ndim != 1 + len(dims) or any(
+                size is not None and got != size for got, (_, size) in zip(tensor.shape[1:], dims)
+            ):
+                expected = ", ".join(
+                    ["batch"]
+                    + [
+                        label if size is None else str(size) if label is None else f"{label}={size}"
+                        for label, size in dims
+                    ]
+                )
+                raise ValueError(f"`{name}` must have shape ({expected}), got {tuple(tensor.shape)}.")
         for name, tensor in batched.items():
             if tensor is not None and tensor.shape[0] != batch_size:
                 raise ValueError(
                     f"`{name}` has batch size {tensor.shape[0]}, but `hidden_states` has batch size {batch_size}."
                 )
-        if encoder_hidden_states.shape[1] != config.text_len:
-            raise ValueError(
-                f"`encoder_hidden_states` must have text_len={config.text_len} tokens, got "
-                f"{encoder_hidden_states.shape[1]}."
-            )
-        if encoder_hidden_states_t5.shape[1] != config.text_len_t5:
-            raise ValueError(
-                f"`encoder_hidden_states_t5` must have text_len_t5={config.text_len_t5} tokens, got "
-                f"{encoder_hidden_states_t5.shape[1]}."
-            )
+        style = batched["style"]
+        if style.dtype not in (torch.int32, torch.int64):
+            # An index into the style embedding; its values (0 for Ruyi) are not checked: that would need a sync.
+            raise TypeError(f"`style` must be an int64 (or int32) tensor of style ids, got {style.dtype}.")
+        clip_encoder_hidden_states = batched["clip_encoder_hidden_states"]
         if clip_encoder_hidden_states is not None:
             num_tokens = clip_encoder_hidden_states.shape[1]
-            if math.isqrt(num_tokens) ** 2 != num_tokens:
+            if num_tokens == 0 or math.isqrt(num_tokens) ** 2 != num_tokens:
                 raise ValueError(
                     f"`clip_encoder_hidden_states` must hold a square grid of patch tokens (no class token), got "
                     f"{num_tokens} tokens."
                 )
+        if image_rotary_emb is not None:
+            self._check_rotary_embedding(
+                image_rotary_emb, num_frames, (height // config.patch_size) * (width // config.patch_size)
+            )
+
+    def _check_rotary_embedding(self, image_rotary_emb, num_frames: int, num_patches: int) -> None:
+        is_pair = isinstance(image_rotary_emb, (tuple, list)) and len(image_rotary_emb) == 2
+        if not is_pair or not all(isinstance(table, torch.Tensor) for table in image_rotary_emb):
+            if isinstance(image_rotary_emb, (tuple, list)):
+                got = "(" + ", ".join(type(table).__name__ for table in image_rotary_emb) + ")"
+            else:
+                got = type(image_rotary_emb).__name__
+            raise TypeError(f"`image_rotary_emb` must be a (cos, sin) pair of tensors or None, got {got}.")
+        head_dim = self.config.attention_head_dim
+        cos, sin = image_rotary_emb
+        for name, table in (("cos", cos), ("sin", sin)):
+            if (
+                table.ndim != 2
+                or table.shape[0] not in (num_patches, num_frames * num_patches)
+                or table.shape[1] != head_dim
+            ):
+                raise ValueError(
+                    f"`image_rotary_emb` {name} must have shape ({num_patches}, {head_dim}) (one frame) or "
+                    f"({num_frames * num_patches}, {head_dim}) (all frames), got {tuple(table.shape)}."
+                )
+        if cos.shape != sin.shape:
+            raise ValueError(
+                f"`image_rotary_emb` cos and sin must have the same shape, got {tuple(cos.shape)} and "
+                f"{tuple(sin.shape)}."
+            )
 
     def _expand_rotary_embedding(
         self,
@@ -997,22 +1071,17 @@ class RuyiTransformer3DModel(
         num_patches: int,
         device: torch.device,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        cos, sin = image_rotary_emb
+        cos, sin = image_rotary_emb  # shapes checked by `_check_rotary_embedding`
         if cos.shape[0] == num_patches:
             # Every frame shares the spatial table (tokens are frame-major).
             cos, sin = cos.repeat(num_frames, 1), sin.repeat(num_frames, 1)
-        elif cos.shape[0] != num_frames * num_patches:
-            raise ValueError(
-                f"`image_rotary_emb` must have {num_patches} (one frame) or {num_frames * num_patches} rows, got "
-                f"{cos.shape[0]}."
-            )
         return cos.to(device), sin.to(device)
 
     @apply_lora_scale("attention_kwargs")
     def forward(
         self,
         hidden_states: torch.Tensor,
-        timestep: torch.Tensor,
+        timestep: Union[torch.Tensor, float, int],
         encoder_hidden_states: torch.Tensor,
         text_embedding_mask: torch.Tensor,
         encoder_hidden_states_t5: torch.Tensor,
@@ -1030,14 +1099,16 @@ class RuyiTransformer3DModel(
 
         Args:
             hidden_states (`torch.Tensor`): Noisy latents `(batch, channels, frames, height, width)`.
-            timestep (`torch.Tensor`): Diffusion timesteps `(batch,)` (or a scalar), in the latents' dtype.
+            timestep (`torch.Tensor` or `float`): Diffusion timesteps `(batch,)` (or a scalar), in the latents'
+                dtype; a plain number is made a tensor in that dtype.
             encoder_hidden_states (`torch.Tensor`): First text stream `(batch, text_len, cross_attention_dim)`.
             text_embedding_mask (`torch.Tensor`): `(batch, text_len)`, 1 for real tokens and 0 for padding.
             encoder_hidden_states_t5 (`torch.Tensor`):
                 Second text stream `(batch, text_len_t5, cross_attention_dim_t5)`.
             text_embedding_mask_t5 (`torch.Tensor`): `(batch, text_len_t5)`, 1 for real tokens and 0 for padding.
             image_meta_size (`torch.Tensor`): `(batch, 6)`: original height/width, target height/width, crop top/left.
-            style (`torch.Tensor`): `(batch,)` style ids (Ruyi always uses 0).
+            style (`torch.Tensor`): `(batch,)` int64 (or int32) style ids; Ruyi always uses 0, the only id its
+                style embedding has (the values are not checked: that would need a device sync).
             inpaint_latents (`torch.Tensor`): Mask and masked-video latents, concatenated to `hidden_states` along
                 channels; `None` only if `hidden_states` already has `in_channels` channels.
             clip_encoder_hidden_states (`torch.Tensor`, *optional*): CLIP patch tokens `(batch, tokens,
@@ -1046,9 +1117,13 @@ class RuyiTransformer3DModel(
             clip_attention_mask (`torch.Tensor`, *optional*): `(batch, n_query)`; where 0 the resampled CLIP tokens
                 are replaced by the learned `clip_padding`. `None` keeps them all.
             image_rotary_emb (`Tuple[torch.Tensor, torch.Tensor]`, *optional*): `(cos, sin)` for one frame
-                `(height/p * width/p, head_dim)` or for all frames. Computed by `self.rope` when `None`.
+                `(height/p * width/p, attention_head_dim)` or for all frames `(frames * height/p * width/p,
+                attention_head_dim)`. Computed by `self.rope` when `None`.
             attention_kwargs (`dict`, *optional*): Only `"scale"` is read: the LoRA scale (PEFT backend).
             return_dict (`bool`, defaults to `True`): Return a `Transformer2DModelOutput` instead of a tuple.
+
+        Inputs of another type, rank, batch size or config-fixed size raise a `TypeError` / `ValueError` naming the
+        argument before any layer runs.
 
         Returns:
             [`~models.modeling_outputs.Transformer2DModelOutput`] or `tuple`: `sample` of shape `(batch,
@@ -1068,10 +1143,7 @@ class RuyiTransformer3DModel(
                 "clip_encoder_hidden_states": clip_encoder_hidden_states,
                 "clip_attention_mask": clip_attention_mask,
             },
-            encoder_hidden_states,
-            encoder_hidden_states_t5,
-            inpaint_latents,
-            clip_encoder_hidden_states,
+            image_rotary_emb,
         )
         batch_size, _, num_frames, height, width = hidden_states.shape
         patch_size = self.config.patch_size
@@ -1080,6 +1152,9 @@ class RuyiTransformer3DModel(
 
         if inpaint_latents is not None:
             hidden_states = torch.cat([hidden_states, inpaint_latents], dim=1)
+        if not isinstance(timestep, torch.Tensor):
+            # A plain number, as diffusers' UNets take it: in the latents' dtype, as the pipeline passes timesteps.
+            timestep = torch.tensor(timestep, dtype=hidden_states.dtype, device=device)
         timestep = timestep.reshape(-1).expand(batch_size)
 
         if image_rotary_emb is None:

@@ -13,8 +13,7 @@ def test_enhance_a_video_defaults_are_the_originals():
     config = RuyiEnhanceAVideoConfig()
     assert (config.weight, config.skip_start_steps, config.skip_end_steps) == (1.0, 0, 0)
     assert config.num_inference_steps is None
-    clamped = RuyiEnhanceAVideoConfig(skip_start_steps=-2, skip_end_steps=-1)
-    assert (clamped.skip_start_steps, clamped.skip_end_steps) == (0, 0)
+    # Negative skip counts are refused (they were clamped to 0): see tests/hooks/test_hook_config_validation.py.
 
 
 def test_enhance_a_video_two_frames_are_enhanced():

@@ -1,0 +1,40 @@
+"""Argument checks shared by the models and the hooks: a bad type is a `TypeError`, a bad value a `ValueError`, each
+naming the argument, raised before any work is done. Python-level only (no tensor values are read)."""
+
+import math
+import numbers
+from typing import Optional
+
+import torch
+
+
+def check_int(name: str, value, minimum: Optional[int] = None, allow_none: bool = False) -> None:
+    """An integer (Python or NumPy, not a bool), at least ``minimum`` when given; ``None`` where ``allow_none``."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        kind = "an integer or None" if allow_none else "an integer"
+        raise TypeError(f"`{name}` must be {kind}, got {type(value).__name__} {value!r}.")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"`{name}` must be >= {minimum}, got {value!r}.")
+
+
+def check_real(name: str, value, allow_none: bool = False) -> None:
+    """A finite real number (Python or NumPy int or float, not a bool); ``None`` where ``allow_none``."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        kind = "a number or None" if allow_none else "a number"
+        raise TypeError(f"`{name}` must be {kind}, got {type(value).__name__} {value!r}.")
+    if not math.isfinite(value):
+        raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
+
+
+def check_bool(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be True or False, got {type(value).__name__} {value!r}.")
+
+
+def check_tensor(name: str, value) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(value).__name__}.")

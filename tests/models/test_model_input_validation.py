@@ -1,0 +1,408 @@
+"""Bad input to the models is refused early: a `TypeError` (bad type) or `ValueError` (bad value) naming the argument,
+raised before any layer runs, never an error from deep inside a layer or a silent fallback.
+
+Covers `AutoencoderKLRuyiCausal3D.encode` / `decode` / `enable_tiling` / `enable_original_tiling` and the inputs of
+`RuyiTransformer3DModel.forward` that are not covered by `test_transformer_ruyi.py` (last dimensions, ranks, dtypes,
+the rotary tables, a plain-number timestep)."""
+
+import contextlib
+import math
+
+import numpy as np
+import pytest
+import torch
+from _helpers import tiny_transformer, transformer_inputs
+
+from diffusers_ruyi.models.autoencoder_kl_ruyi import AutoencoderKLRuyiCausal3D
+
+
+class LayerRanError(AssertionError):
+    """A layer ran before the input was validated."""
+
+
+@contextlib.contextmanager
+def no_layer_runs(model: torch.nn.Module):
+    """Every direct child of ``model`` (and of its encoder / decoder) raises `LayerRanError` if it is called."""
+
+    def boom(module, args, kwargs=None):
+        raise LayerRanError(f"{type(module).__name__} ran before the input was validated")
+
+    modules = list(model.children())
+    for name in ("encoder", "decoder"):
+        if hasattr(model, name):
+            modules += list(getattr(model, name).children())
+    handles = [module.register_forward_pre_hook(boom) for module in modules]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# VAE: encode / decode
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def vae(tiny_checkpoint):
+    """The cache variant (tiny golden checkpoint)."""
+    return AutoencoderKLRuyiCausal3D.from_pretrained(str(tiny_checkpoint / "vae")).eval()
+
+
+@pytest.fixture(scope="module")
+def slice_vae(tiny_realfmt_checkpoint):
+    """The slice variant (tiny published-format checkpoint), with the original's tiling switched off."""
+    model = AutoencoderKLRuyiCausal3D.from_pretrained(tiny_realfmt_checkpoint, subfolder="vae").eval()
+    model.disable_tiling()
+    return model
+
+
+def _video(*shape, dtype=torch.float32):
+    return torch.zeros(*shape, dtype=dtype)
+
+
+ENCODE_CASES = [
+    ("numpy", lambda: np.zeros((1, 3, 1, 16, 16), dtype=np.float32), TypeError, r"`x` must be a torch.Tensor"),
+    ("list", lambda: [[0.0]], TypeError, r"`x` must be a torch.Tensor"),
+    ("int64", lambda: _video(1, 3, 1, 16, 16, dtype=torch.int64), TypeError, r"`x` must be a floating-point"),
+    ("bool", lambda: _video(1, 3, 1, 16, 16, dtype=torch.bool), TypeError, r"`x` must be a floating-point"),
+    ("float64", lambda: _video(1, 3, 1, 16, 16, dtype=torch.float64), TypeError, r"`x` is torch.float64 but"),
+    ("float16", lambda: _video(1, 3, 1, 16, 16, dtype=torch.float16), TypeError, r"`x` is torch.float16 but"),
+    ("4d", lambda: _video(1, 3, 16, 16), ValueError, r"`x` must be a 5D tensor"),
+    ("channels", lambda: _video(1, 4, 8, 64, 64), ValueError, r"`x` must have in_channels=3 channels .* got 4"),
+    ("height", lambda: _video(1, 3, 1, 4, 64), ValueError, r"`x` must be at least 8x8 pixels.*got 4x64"),
+    ("width", lambda: _video(1, 3, 1, 16, 7), ValueError, r"`x` must be at least 8x8 pixels.*got 16x7"),
+    ("batch", lambda: _video(0, 3, 1, 16, 16), ValueError, r"`x` must hold at least one sample"),
+]
+
+DECODE_CASES = [
+    ("numpy", lambda: np.zeros((1, 16, 1, 2, 2), dtype=np.float32), TypeError, r"`z` must be a torch.Tensor"),
+    ("int64", lambda: _video(1, 16, 1, 2, 2, dtype=torch.int64), TypeError, r"`z` must be a floating-point"),
+    ("float64", lambda: _video(1, 16, 1, 2, 2, dtype=torch.float64), TypeError, r"`z` is torch.float64 but"),
+    ("4d", lambda: _video(16, 1, 2, 2), ValueError, r"`z` must be a 5D tensor"),
+    ("channels", lambda: _video(1, 4, 1, 2, 2), ValueError, r"`z` must have latent_channels=16 channels .* got 4"),
+    ("height", lambda: _video(1, 16, 1, 0, 2), ValueError, r"`z` must be at least 1x1 latents.*got 0x2"),
+    ("width", lambda: _video(1, 16, 1, 2, 0), ValueError, r"`z` must be at least 1x1 latents.*got 2x0"),
+    ("batch", lambda: _video(0, 16, 1, 2, 2), ValueError, r"`z` must hold at least one sample"),
+]
+
+
+@pytest.mark.parametrize("variant", ["cache", "slice"])
+@pytest.mark.parametrize("make, error, match", [case[1:] for case in ENCODE_CASES], ids=[c[0] for c in ENCODE_CASES])
+def test_encode_refuses_bad_input_before_any_layer(request, variant, make, error, match):
+    model = request.getfixturevalue("vae" if variant == "cache" else "slice_vae")
+    with no_layer_runs(model), pytest.raises(error, match=match):
+        model.encode(make())
+
+
+@pytest.mark.parametrize("variant", ["cache", "slice"])
+@pytest.mark.parametrize("make, error, match", [case[1:] for case in DECODE_CASES], ids=[c[0] for c in DECODE_CASES])
+def test_decode_refuses_bad_input_before_any_layer(request, variant, make, error, match):
+    model = request.getfixturevalue("vae" if variant == "cache" else "slice_vae")
+    with no_layer_runs(model), pytest.raises(error, match=match):
+        model.decode(make())
+
+
+def test_forward_refuses_bad_input_before_any_layer(vae):
+    with no_layer_runs(vae), pytest.raises(ValueError, match=r"`x` must have in_channels=3"):
+        vae(_video(1, 1, 1, 16, 16))
+
+
+@pytest.mark.parametrize("variant", ["cache", "slice"])
+@torch.no_grad()
+def test_smallest_sizes_run(request, variant):
+    # The encoder halves the size (rounding down) once per downsampler, each needing at least 2 rows: 8 px is the
+    # smallest video (one latent); 7 px is refused above. Any latent grid of at least 1x1 decodes.
+    model = request.getfixturevalue("vae" if variant == "cache" else "slice_vae")
+    assert model.encode(_video(1, 3, 1, 8, 8)).latent_dist.mode().shape == (1, 16, 1, 1, 1)
+    assert model.decode(_video(1, 16, 1, 1, 1)).sample.shape == (1, 3, 1, 8, 8)
+
+
+@pytest.mark.parametrize("blocks", [2, 3, 5])
+@torch.no_grad()
+def test_smallest_encode_size_is_the_compression_ratio(blocks):
+    # Derived, not guessed: for each depth, the compression ratio encodes and one pixel less is refused.
+    model = AutoencoderKLRuyiCausal3D(
+        block_out_channels=(8,) * blocks,
+        down_block_types=("SpatialDownBlock3D",) * blocks,
+        up_block_types=("SpatialUpBlock3D",) * blocks,
+        layers_per_block=1,
+        norm_num_groups=4,
+        latent_channels=4,
+    ).eval()
+    ratio = model.spatial_compression_ratio
+    assert model.encode(_video(1, 3, 1, ratio, ratio)).latent_dist.mode().shape[-2:] == (1, 1)
+    with no_layer_runs(model), pytest.raises(ValueError, match=rf"`x` must be at least {ratio}x{ratio} pixels"):
+        model.encode(_video(1, 3, 1, ratio - 1, ratio))
+    # What the check stands in for: the encoder itself fails inside a convolution there.
+    with pytest.raises(RuntimeError):
+        model.encoder(_video(1, 3, 1, ratio - 1, ratio))
+
+
+@torch.no_grad()
+def test_other_dtypes_run_where_they_can(tiny_checkpoint):
+    model = AutoencoderKLRuyiCausal3D.from_pretrained(str(tiny_checkpoint / "vae")).eval()
+    video, latents = torch.rand(1, 3, 1, 16, 16) * 2 - 1, torch.randn(1, 16, 1, 2, 2)
+    # Under autocast the dtypes are reconciled by torch: a bfloat16 input to a float32 VAE runs, float64 does not.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model.encode(video.bfloat16()).latent_dist.mode().dtype == torch.bfloat16
+        assert model.decode(latents.bfloat16()).sample.dtype == torch.bfloat16
+        with pytest.raises(TypeError, match=r"`x` is torch.float64 .*autocast` does not cast float64"):
+            model.encode(video.double())
+    # A float64 VAE takes float64 input.
+    model.double()
+    assert model.encode(video.double()).latent_dist.mode().dtype == torch.float64
+    with pytest.raises(TypeError, match=r"`z` is torch.float32 but the VAE computes in torch.float64"):
+        model.decode(latents)
+    # Layerwise casting: the input is in the compute dtype, not the fp8 storage dtype.
+    model.float().enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
+    assert model.encode(video.bfloat16()).latent_dist.mode().dtype == torch.bfloat16
+    with pytest.raises(TypeError, match=r"`x` is torch.float32 but the VAE computes in torch.bfloat16"):
+        model.encode(video)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# VAE: tiling and config arguments
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"tile_sample_min_height": 0}, ValueError, r"`tile_sample_min_height`=0"),
+        ({"tile_sample_min_height": -64}, ValueError, r"`tile_sample_min_height`=-64"),
+        ({"tile_sample_min_width": 0}, ValueError, r"`tile_sample_min_width`=0"),
+        ({"tile_sample_min_width": 8}, ValueError, r"at least 16: got `tile_sample_min_width`=8"),
+        ({"tile_sample_min_height": "64"}, TypeError, r"`tile_sample_min_height` must be an integer"),
+        ({"tile_sample_min_height": 64.5}, TypeError, r"`tile_sample_min_height` must be an integer"),
+        ({"tile_sample_min_height": 64.0}, TypeError, r"`tile_sample_min_height` must be an integer"),
+        ({"tile_sample_min_width": True}, TypeError, r"`tile_sample_min_width` must be an integer"),
+        ({"tile_overlap_factor": "0.25"}, TypeError, r"`tile_overlap_factor` must be a number"),
+        ({"tile_overlap_factor": True}, TypeError, r"`tile_overlap_factor` must be a number"),
+        ({"tile_overlap_factor": math.nan}, ValueError, r"`tile_overlap_factor` must be a finite number"),
+        ({"tile_overlap_factor": math.inf}, ValueError, r"`tile_overlap_factor` must be a finite number"),
+        ({"tile_sample_stride_height": "64"}, TypeError, r"`tile_sample_stride_height` must be an integer"),
+        ({"tile_sample_stride_height": 64.0}, TypeError, r"`tile_sample_stride_height` must be an integer"),
+        ({"tile_sample_stride_width": True}, TypeError, r"`tile_sample_stride_width` must be an integer"),
+    ],
+)
+def test_enable_tiling_refuses_bad_arguments(vae, kwargs, error, match):
+    before = {
+        key: getattr(vae, key)
+        for key in (
+            "use_tiling",
+            "tiling_mode",
+            "tile_sample_min_height",
+            "tile_sample_min_width",
+            "tile_overlap_factor",
+        )
+    }
+    with pytest.raises(error, match=match):
+        vae.enable_tiling(**kwargs)
+    assert {key: getattr(vae, key) for key in before} == before
+
+
+def test_enable_tiling_without_arguments_keeps_the_current_sizes(vae):
+    try:
+        vae.enable_tiling(tile_sample_min_height=64, tile_sample_min_width=48)
+        vae.enable_tiling()
+        assert (vae.tile_sample_min_height, vae.tile_sample_min_width) == (64, 48)
+    finally:
+        vae.disable_tiling()
+        vae.tile_sample_min_height = vae.tile_sample_min_width = 256
+
+
+@pytest.mark.parametrize(
+    "args, error, match",
+    [
+        ((math.nan,), TypeError, r"`tile_sample_min_size` must be an integer"),
+        ((64.5,), TypeError, r"`tile_sample_min_size` must be an integer"),
+        (("64",), TypeError, r"`tile_sample_min_size` must be an integer"),
+        ((True,), TypeError, r"`tile_sample_min_size` must be an integer"),
+        ((64, math.nan), ValueError, r"`tile_overlap_factor` must be a finite number"),
+        ((64, math.inf), ValueError, r"`tile_overlap_factor` must be a finite number"),
+        ((64, "0.25"), TypeError, r"`tile_overlap_factor` must be a number"),
+    ],
+)
+def test_enable_original_tiling_refuses_bad_arguments(slice_vae, args, error, match):
+    before = (slice_vae.use_tiling, slice_vae.tiling_mode, slice_vae.tile_sample_min_size)
+    before += (slice_vae.original_tile_overlap_factor,)
+    with pytest.raises(error, match=match):
+        slice_vae.enable_original_tiling(*args)
+    after = (slice_vae.use_tiling, slice_vae.tiling_mode, slice_vae.tile_sample_min_size)
+    assert after + (slice_vae.original_tile_overlap_factor,) == before
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"num_sample_frames_batch_size": 2.5}, TypeError, r"`num_sample_frames_batch_size` must be an integer"),
+        ({"num_latent_frames_batch_size": "2"}, TypeError, r"`num_latent_frames_batch_size` must be an integer"),
+        ({"num_latent_frames_batch_size": 0}, ValueError, r"`num_latent_frames_batch_size` must be >= 1"),
+        ({"tile_sample_min_size": 64.5}, TypeError, r"`tile_sample_min_size` must be an integer"),
+        ({"tile_overlap_factor": math.nan}, ValueError, r"`tile_overlap_factor` must be a finite number"),
+    ],
+)
+def test_vae_config_arguments_are_checked(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        AutoencoderKLRuyiCausal3D(block_out_channels=(8, 8), down_block_types=("SpatialDownBlock3D",) * 2,
+                                  up_block_types=("SpatialUpBlock3D",) * 2, norm_num_groups=4, **kwargs)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Transformer forward
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def transformer():
+    return tiny_transformer()
+
+
+def _inputs():
+    # Tiny config: text_len 8 x 32, text_len_t5 12 x 24, projection_dim 32, n_query 16, attention_head_dim 16;
+    # 4 frames of 4x6 latents: 6 patches per frame, 24 tokens.
+    return {**transformer_inputs(), "timestep": torch.tensor([500.0, 500.0])}
+
+
+TRANSFORMER_CASES = [
+    (
+        "encoder_hidden_states",
+        lambda i: i["encoder_hidden_states"][..., :31],
+        ValueError,
+        r"`encoder_hidden_states` must have shape \(batch, text_len=8, cross_attention_dim=32\), got \(2, 8, 31\)",
+    ),
+    (
+        "encoder_hidden_states",
+        lambda i: i["encoder_hidden_states"][:, 0],
+        ValueError,
+        r"`encoder_hidden_states` must have shape \(batch, text_len=8, cross_attention_dim=32\), got \(2, 32\)",
+    ),
+    (
+        "encoder_hidden_states_t5",
+        lambda i: i["encoder_hidden_states_t5"][..., :23],
+        ValueError,
+        r"`encoder_hidden_states_t5` must have shape \(batch, text_len_t5=12, cross_attention_dim_t5=24\)",
+    ),
+    (
+        "text_embedding_mask",
+        lambda i: i["text_embedding_mask"][:, :7],
+        ValueError,
+        r"`text_embedding_mask` must have shape \(batch, text_len=8\), got \(2, 7\)",
+    ),
+    (
+        "text_embedding_mask",
+        lambda i: i["text_embedding_mask"][:, :, None],
+        ValueError,
+        r"`text_embedding_mask` must have shape \(batch, text_len=8\), got \(2, 8, 1\)",
+    ),
+    (
+        "text_embedding_mask_t5",
+        lambda i: i["text_embedding_mask_t5"][:, :11],
+        ValueError,
+        r"`text_embedding_mask_t5` must have shape \(batch, text_len_t5=12\), got \(2, 11\)",
+    ),
+    (
+        "image_meta_size",
+        lambda i: i["image_meta_size"][:, :5],
+        ValueError,
+        r"`image_meta_size` must have shape \(batch, 6\), got \(2, 5\)",
+    ),
+    (
+        "image_meta_size",
+        lambda i: i["image_meta_size"].reshape(-1),
+        ValueError,
+        r"`image_meta_size` must have shape \(batch, 6\), got \(12,\)",
+    ),
+    ("style", lambda i: i["style"][:, None], ValueError, r"`style` must have shape \(batch\), got \(2, 1\)"),
+    ("style", lambda i: torch.tensor(0), ValueError, r"`style` must have shape \(batch\), got \(\)"),
+    ("style", lambda i: i["style"].float(), TypeError, r"`style` must be an int64 \(or int32\) tensor"),
+    (
+        "clip_encoder_hidden_states",
+        lambda i: i["clip_encoder_hidden_states"][..., :31],
+        ValueError,
+        r"`clip_encoder_hidden_states` must have shape \(batch, tokens, projection_dim=32\), got \(2, 16, 31\)",
+    ),
+    (
+        "clip_encoder_hidden_states",
+        lambda i: i["clip_encoder_hidden_states"][:, :0],
+        ValueError,
+        r"`clip_encoder_hidden_states` must hold a square grid .* got 0 tokens",
+    ),
+    (
+        "clip_attention_mask",
+        lambda i: i["clip_attention_mask"][:, :15],
+        ValueError,
+        r"`clip_attention_mask` must have shape \(batch, n_query=16\), got \(2, 15\)",
+    ),
+    ("hidden_states", lambda i: i["hidden_states"].numpy(), TypeError, r"`hidden_states` must be a torch.Tensor"),
+    ("encoder_hidden_states", lambda i: None, TypeError, r"`encoder_hidden_states` must be a torch.Tensor"),
+    ("image_meta_size", lambda i: [[1024.0] * 6] * 2, TypeError, r"`image_meta_size` must be a torch.Tensor"),
+    ("timestep", lambda i: "500", TypeError, r"`timestep` must be a torch.Tensor or a number, got str"),
+    ("timestep", lambda i: True, TypeError, r"`timestep` must be a torch.Tensor or a number, got bool"),
+    ("timestep", lambda i: [500.0, 500.0], TypeError, r"`timestep` must be a torch.Tensor or a number, got list"),
+]
+
+
+@pytest.mark.parametrize(
+    "name, make, error, match", TRANSFORMER_CASES, ids=[f"{c[0]}-{k}" for k, c in enumerate(TRANSFORMER_CASES)]
+)
+def test_transformer_refuses_bad_input_before_any_layer(transformer, name, make, error, match):
+    inputs = _inputs()
+    inputs[name] = make(inputs)
+    with no_layer_runs(transformer), pytest.raises(error, match=match):
+        transformer(**inputs)
+
+
+def _rope(rows, head_dim=16):
+    return torch.ones(rows, head_dim), torch.zeros(rows, head_dim)
+
+
+@pytest.mark.parametrize(
+    "rope, error, match",
+    [
+        (
+            _rope(6, 8),
+            ValueError,
+            r"`image_rotary_emb` cos must have shape \(6, 16\) .* or \(24, 16\) .* got \(6, 8\)",
+        ),
+        (_rope(5), ValueError, r"`image_rotary_emb` cos must have shape \(6, 16\)"),
+        ((torch.ones(6, 16), torch.ones(24, 16)), ValueError, r"`image_rotary_emb` cos and sin must have the same"),
+        ((torch.ones(96), torch.ones(96)), ValueError, r"`image_rotary_emb` cos must have shape"),
+        ((torch.ones(6, 16), torch.ones(6, 8)), ValueError, r"`image_rotary_emb` sin must have shape"),
+        (torch.ones(2, 6, 16), TypeError, r"`image_rotary_emb` must be a \(cos, sin\) pair of tensors or None"),
+        (_rope(6) + (torch.ones(6, 16),), TypeError, r"`image_rotary_emb` must be a \(cos, sin\) pair"),
+        ((torch.ones(6, 16), None), TypeError, r"got \(Tensor, NoneType\)"),
+    ],
+)
+def test_transformer_refuses_bad_rotary_tables_before_any_layer(transformer, rope, error, match):
+    with no_layer_runs(transformer), pytest.raises(error, match=match):
+        transformer(**_inputs(), image_rotary_emb=rope)
+
+
+@torch.no_grad()
+def test_transformer_takes_the_rotary_table_of_one_frame_or_of_all(transformer):
+    cos, sin = transformer.rope.frame_embedding(4, 6)
+    one_frame = transformer(**_inputs(), image_rotary_emb=(cos, sin)).sample
+    every_frame = transformer(**_inputs(), image_rotary_emb=(cos.repeat(4, 1), sin.repeat(4, 1))).sample
+    assert torch.equal(one_frame, every_frame)
+    assert torch.equal(one_frame, transformer(**_inputs()).sample)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@torch.no_grad()
+def test_timestep_as_a_number_is_the_tensor_in_the_latents_dtype(dtype):
+    model = tiny_transformer().to(dtype)
+    inputs = {k: v.to(dtype) if v.is_floating_point() else v for k, v in transformer_inputs().items()}
+    expected = model(**inputs, timestep=torch.tensor(500.0, dtype=dtype)).sample
+    assert torch.equal(model(**inputs, timestep=500.0).sample, expected)
+    assert torch.equal(model(**inputs, timestep=500).sample, expected)
+    assert torch.equal(model(**inputs, timestep=np.float64(500.0)).sample, expected)
+
+
+@torch.no_grad()
+def test_int32_style_ids_run(transformer):
+    inputs = _inputs()
+    expected = transformer(**inputs).sample
+    assert torch.equal(transformer(**{**inputs, "style": inputs["style"].int()}).sample, expected)
