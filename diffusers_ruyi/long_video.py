@@ -222,13 +222,15 @@ def _as_float_frames(video) -> "Any":
         )
     if video.ndim == 5 and video.shape[0] == 1:  # `pipe(...).frames` with output_type="np"
         video = video[0]
-    if video.ndim != 4 or video.shape[-1] != 3 or video.shape[0] < 1:
-        raise ValueError(f"`video` must have the shape (frames, height, width, 3), got {video.shape}.")
+    if video.ndim != 4 or video.shape[-1] != 3 or not video.size:
+        raise ValueError(f"`video` must have the shape (frames, height, width, 3), no size 0, got {video.shape}.")
     if video.dtype == np.uint8:
         return video.astype(np.float32) / 255
     if not np.issubdtype(video.dtype, np.floating):
         raise TypeError(f"`video` must be uint8 or float in [0, 1], got {video.dtype}.")
-    if video.size and (video.min() < 0 or video.max() > 1):
+    if not np.isfinite(video).all():
+        raise ValueError("`video` holds NaN or infinite values.")
+    if video.min() < 0 or video.max() > 1:
         raise ValueError("A float `video` must have values in [0, 1].")
     return video.astype(np.float32, copy=False)
 
@@ -369,9 +371,13 @@ def _output(video, output_type: str, return_dict: bool):
     return RuyiPipelineOutput(frames=frames) if return_dict else (frames,)
 
 
-def _check_output_type(output_type: str) -> None:
+def _check_output_type(output_type: str, callback_on_segment_end) -> None:
     if output_type not in ("np", "pil"):
         raise ValueError(f"`output_type` must be 'np' or 'pil' for a long video, got {output_type!r}.")
+    if callback_on_segment_end is not None and not callable(callback_on_segment_end):
+        raise TypeError(
+            f"`callback_on_segment_end` must be callable or None, got {type(callback_on_segment_end).__name__}."
+        )
 
 
 def generate_long_video(
@@ -436,7 +442,7 @@ def generate_long_video(
             f"{type(image).__name__}; to start from several frames, continue them with `extend_video`."
         )
     image = frames[0] if frames else image
-    _check_output_type(output_type)
+    _check_output_type(output_type, callback_on_segment_end)
     ends = _end_frames(last_image)
     plan = plan_segments(num_frames, context_frames, segment_frames, end_frames=len(ends))
     height, width = _size(height, width, base_resolution, image.height, image.width)
@@ -498,7 +504,7 @@ def extend_video(
     """
     import numpy as np
 
-    _check_output_type(output_type)
+    _check_output_type(output_type, callback_on_segment_end)
     frames = _as_float_frames(video)
     ends = _end_frames(last_image)
     plan = plan_segments(

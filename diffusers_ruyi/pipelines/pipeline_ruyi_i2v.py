@@ -17,6 +17,7 @@ import hashlib
 import inspect
 import json
 import math
+import numbers
 import os
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
@@ -36,7 +37,7 @@ from transformers import CLIPVisionModelWithProjection
 from ..loaders.lora import RuyiLoraLoaderMixin
 from ..models.autoencoder_kl_ruyi import AutoencoderKLRuyiCausal3D, same_values
 from ..models.transformer_ruyi import RuyiTransformer3DModel
-from .controls import RuyiControlEmbeddings, control_name, get_bucket_size
+from .controls import DEFAULT_NEGATIVE, RuyiControlEmbeddings, control_name, get_bucket_size
 from .pipeline_output import RuyiPipelineOutput
 
 
@@ -269,25 +270,35 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         a numpy array `(H, W, C)` or `(N, H, W, C)`, uint8 or float in [0, 1]; a float tensor `(C, H, W)` or `(N, C,
         H, W)` in [0, 1] (or [-1, 1], which diffusers also accepts, told apart by a negative value)."""
         if isinstance(images, PIL.Image.Image):
+            if not images.width or not images.height:
+                raise ValueError(f"`{name}` is an empty image ({images.width}x{images.height}).")
             return [images.convert("RGB")]
         if isinstance(images, torch.Tensor):
             if not images.is_floating_point():
                 raise TypeError(f"`{name}` as a tensor must be floating point (values in [0, 1]), got {images.dtype}.")
-            if images.ndim not in (3, 4) or images.shape[-3] not in (1, 3, 4):
-                raise ValueError(f"`{name}` as a tensor must be (C, H, W) or (N, C, H, W), got {tuple(images.shape)}.")
-            if images.numel() and (images.min() < -1 or images.max() > 1):
+            if images.ndim not in (3, 4) or images.shape[-3] not in (1, 3, 4) or not images.numel():
+                raise ValueError(
+                    f"`{name}` as a tensor must be (C, H, W) or (N, C, H, W), no size 0, got {tuple(images.shape)}."
+                )
+            if not torch.isfinite(images).all():
+                raise ValueError(f"`{name}` holds NaN or infinite values.")
+            if images.min() < -1 or images.max() > 1:
                 raise ValueError(f"`{name}` as a tensor must hold values in [0, 1] (or [-1, 1]).")
-            if images.numel() and images.min() < 0:
+            if images.min() < 0:
                 images = images / 2 + 0.5
             images = self.video_processor.pt_to_numpy(images.reshape(-1, *images.shape[-3:]))
         elif isinstance(images, np.ndarray):
-            if images.ndim not in (3, 4) or images.shape[-1] not in (1, 3, 4):
-                raise ValueError(f"`{name}` as an array must be (H, W, C) or (N, H, W, C), got {images.shape}.")
+            if images.ndim not in (3, 4) or images.shape[-1] not in (1, 3, 4) or not images.size:
+                raise ValueError(
+                    f"`{name}` as an array must be (H, W, C) or (N, H, W, C), no size 0, got {images.shape}."
+                )
             if images.dtype == np.uint8:
                 images = images.astype(np.float32) / 255
             elif not np.issubdtype(images.dtype, np.floating):
                 raise TypeError(f"`{name}` as an array must be uint8 or float in [0, 1], got {images.dtype}.")
-            elif images.size and (images.min() < 0 or images.max() > 1):
+            elif not np.isfinite(images).all():
+                raise ValueError(f"`{name}` holds NaN or infinite values.")
+            elif images.min() < 0 or images.max() > 1:
                 raise ValueError(f"`{name}` as a float array must hold values in [0, 1].")
         else:
             raise TypeError(
@@ -330,6 +341,15 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         return videos
 
     @staticmethod
+    def _check_real(name: str, value, low: float, high: float = math.inf, meaning: str = "") -> None:
+        """A real number (not a bool) in [low, high]; ``meaning`` says what the bounds mean."""
+        if not isinstance(value, numbers.Real) or isinstance(value, bool):
+            raise TypeError(f"`{name}` must be a number, got {type(value).__name__}.")
+        if not (math.isfinite(value) and low <= value <= high):
+            bounds = f"in [{low:g}, {high:g}]" if math.isfinite(high) else f">= {low:g}"
+            raise ValueError(f"`{name}` must be a finite number {bounds}{meaning}, got {value!r}.")
+
+    @staticmethod
     def _check_count(name: str, value) -> None:
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
@@ -359,6 +379,40 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             "`pipe.vae.disable_tiling()`."
         )
 
+    def _check_custom_embeds(
+        self, custom_embeds: Dict[str, torch.Tensor], controls: Tuple[Union[int, str], str, str], batch: int
+    ) -> None:
+        """Custom embeddings replace the controls: each must be shaped like the control embeddings' own (batch 1 or
+        the effective batch), and `motion`/`camera_direction`/`aspect_ratio` left at their defaults."""
+        changed = [
+            f"{name}={value!r}"
+            for name, value, default in zip(
+                ("motion", "camera_direction", "aspect_ratio"), controls, ("auto", "auto", "16:9")
+            )
+            if value != default
+        ]
+        if changed:
+            raise ValueError(
+                f"Custom embeddings replace the controls, so {', '.join(changed)} would be ignored: leave them at their "
+                "defaults, or drop the embeddings."
+            )
+        # (emb1, mask1, emb2, mask2), the same for the positive and the negative tensors.
+        reference = self.control_embeddings.get(DEFAULT_NEGATIVE)
+        for k, (name, value) in enumerate(custom_embeds.items()):
+            shape = tuple(reference[k % 4].shape[1:])
+            if (
+                not isinstance(value, torch.Tensor)
+                or tuple(value.shape[1:]) != shape
+                or value.shape[0] not in (1, batch)
+            ):
+                got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise ValueError(
+                    f"`{name}` must be a tensor of shape (1 or {batch}, {', '.join(map(str, shape))}), like the control "
+                    f"embeddings' (see `pipe.control_embeddings.get_controls`), got {got}."
+                )
+            if k % 2 == 0 and not value.is_floating_point():
+                raise TypeError(f"`{name}` must be floating point (embeddings), got {value.dtype}.")
+
     def check_inputs(
         self,
         images: List[List[PIL.Image.Image]],
@@ -377,6 +431,12 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         controls: Tuple[Union[int, str], str, str],
         custom_embeds: Dict[str, Optional[torch.Tensor]],
         callback_on_step_end_tensor_inputs: Optional[List[str]],
+        eta: float = 0.0,
+        guidance_rescale: float = 0.0,
+        original_size: Tuple[int, int] = (1024, 1024),
+        crops_coords_top_left: Tuple[int, int] = (0, 0),
+        callback_on_step_end: Optional[Callable] = None,
+        attention_kwargs: Optional[Dict[str, Any]] = None,
     ) -> None:
         """Validates every argument before any model runs; raises `ValueError`/`TypeError` naming the argument."""
         if (height is None) != (width is None):
@@ -431,10 +491,36 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             raise ValueError(
                 f"`guidance_scale` must be a finite number >= 0 (1 or below turns guidance off), got {guidance_scale!r}."
             )
-        if not isinstance(clip_apply_ratio, (int, float)) or not 0.0 <= clip_apply_ratio <= 1.0:
+        if (
+            not isinstance(clip_apply_ratio, (int, float))
+            or isinstance(clip_apply_ratio, bool)
+            or not 0.0 <= clip_apply_ratio <= 1.0
+        ):
             raise ValueError(f"`clip_apply_ratio` must be a number in [0, 1], got {clip_apply_ratio!r}.")
+        self._check_real("eta", eta, 0.0, 1.0, " (DDIM's: 0 is deterministic, 1 is DDPM)")
+        self._check_real("guidance_rescale", guidance_rescale, 0.0, 1.0, " (0 is off)")
+        for name, value, low in (
+            ("original_size", original_size, 1),
+            ("crops_coords_top_left", crops_coords_top_left, 0),
+        ):
+            if not isinstance(value, (tuple, list)) or len(value) != 2:
+                raise ValueError(f"`{name}` must be a pair of numbers (height, width)-like, got {value!r}.")
+            for item in value:
+                self._check_real(name, item, low)
+        if callback_on_step_end is not None and not callable(callback_on_step_end):
+            raise TypeError(
+                f"`callback_on_step_end` must be callable (a function, PipelineCallback or MultiPipelineCallbacks), "
+                f"got {type(callback_on_step_end).__name__}."
+            )
+        if callback_on_step_end is not None and callback_on_step_end_tensor_inputs is None:
+            raise ValueError("`callback_on_step_end_tensor_inputs` must list the tensors to pass to the callback.")
+        if attention_kwargs is not None and not isinstance(attention_kwargs, dict):
+            raise TypeError(f"`attention_kwargs` must be a dict or None, got {type(attention_kwargs).__name__}.")
         batch = len(images) * num_videos_per_prompt
         if isinstance(generator, list):
+            wrong = [type(g).__name__ for g in generator if not isinstance(g, torch.Generator)]
+            if wrong:
+                raise TypeError(f"`generator` as a list must hold torch.Generator objects only, got {wrong}.")
             if len(generator) != batch:
                 raise ValueError(
                     f"You passed a list of {len(generator)} generators, but the effective batch size is {batch} "
@@ -455,16 +541,18 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != expected:
                 got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
                 raise ValueError(f"`latents` must be a tensor of shape {expected}, got {got}.")
+            if not latents.is_floating_point():
+                raise TypeError(f"`latents` must be a floating-point tensor, got {latents.dtype}.")
+            if latents.is_meta:
+                raise ValueError("`latents` is a meta tensor (it holds no values).")
         given = {k for k, v in custom_embeds.items() if v is not None}
-        if not given:
-            control_name(*controls)  # raises a ValueError naming `motion`, `camera_direction` or `aspect_ratio`
-        elif given != set(custom_embeds):
+        control_name(*controls)  # raises a ValueError naming `motion`, `camera_direction` or `aspect_ratio`
+        if given and given != set(custom_embeds):
             raise ValueError(
                 f"Custom embeddings must be passed all together ({sorted(custom_embeds)}); missing {sorted(set(custom_embeds) - given)}."
             )
-        for k, v in custom_embeds.items():
-            if v is not None and (not isinstance(v, torch.Tensor) or v.ndim not in (2, 3)):
-                raise ValueError(f"`{k}` must be a 3D tensor (embeddings) or 2D tensor (mask), got {v!r:.80}.")
+        if given:
+            self._check_custom_embeds(custom_embeds, controls, batch)
         if callback_on_step_end_tensor_inputs is not None and not all(
             k in self._callback_tensor_inputs for k in callback_on_step_end_tensor_inputs
         ):
@@ -869,24 +957,27 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             num_videos_per_prompt (`int`, defaults to 1):
                 Videos per input image.
             eta (`float`, defaults to 0.0):
-                DDIM's eta; ignored by other schedulers.
+                DDIM's eta, in [0, 1] (0 is deterministic, 1 is DDPM's noise); ignored by other schedulers.
             generator (`torch.Generator` or `List[torch.Generator]`, *optional*):
                 Generator(s) for the initial noise (one per video when a list) and the VAE posterior samples.
             latents (`torch.Tensor`, *optional*):
                 Initial noise of shape `(batch, 16, latent_frames, height // 8, width // 8)`.
             prompt_embeds, prompt_attention_mask, prompt_embeds_2, prompt_attention_mask_2 (`torch.Tensor`, *optional*):
-                Your own positive control embeddings (shapes as in `pipe.control_embeddings.get(...)`); replaces
-                `motion`/`camera_direction`. All eight custom tensors (with the negatives) must be given together.
+                Your own positive control embeddings, shaped as `pipe.control_embeddings.get_controls()` returns them
+                (batch 1, or one per video); they replace the controls, so `motion`, `camera_direction` and
+                `aspect_ratio` must stay at their defaults. All eight custom tensors (with the negatives) must be given
+                together.
             negative_prompt_embeds, negative_prompt_attention_mask, negative_prompt_embeds_2, negative_prompt_attention_mask_2 (`torch.Tensor`, *optional*):
                 Your own negative embeddings.
             clip_apply_ratio (`float`, defaults to 0.4):
                 CLIP image features are used only in the last `clip_apply_ratio` fraction of the steps (zeroed before).
             guidance_rescale (`float`, defaults to 0.0):
-                Guidance rescale factor from "Common Diffusion Noise Schedules and Sample Steps are Flawed".
+                Guidance rescale factor from "Common Diffusion Noise Schedules and Sample Steps are Flawed", in [0, 1]
+                (0 is off).
             original_size (`Tuple[int, int]`, defaults to `(1024, 1024)`):
-                HunyuanDiT size conditioning.
+                HunyuanDiT size conditioning: two finite numbers >= 1.
             crops_coords_top_left (`Tuple[int, int]`, defaults to `(0, 0)`):
-                HunyuanDiT crop conditioning.
+                HunyuanDiT crop conditioning: two finite numbers >= 0.
             latents_dtype (`torch.dtype`, *optional*):
                 The dtype of the latents through the scheduler; the transformer's dtype by default, as the original.
                 `torch.float32` keeps them in float32 with a bfloat16/float16 transformer (which then gets them cast
@@ -943,6 +1034,12 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             (motion, camera_direction, aspect_ratio),
             custom_embeds,
             callback_on_step_end_tensor_inputs,
+            eta=eta,
+            guidance_rescale=guidance_rescale,
+            original_size=original_size,
+            crops_coords_top_left=crops_coords_top_left,
+            callback_on_step_end=callback_on_step_end,
+            attention_kwargs=attention_kwargs,
         )
 
         self._guidance_scale = guidance_scale

@@ -229,6 +229,7 @@ def test_extend_a_video_of_another_size(pipe):
         (dict(last_image="end.png"), TypeError, "`last_image` must be a PIL.Image.Image"),
         (dict(height=32), ValueError, "Pass both `height` and `width`"),
         (dict(num_inference_steps=0), ValueError, "`num_inference_steps` must be a positive integer"),
+        (dict(callback_on_segment_end=5), TypeError, "`callback_on_segment_end` must be callable"),
     ],
 )
 def test_long_video_bad_arguments(guarded_pipe, start_image, kwargs, error, match):
@@ -266,6 +267,8 @@ def test_long_video_takes_an_array_or_tensor_start_frame(pipe, start_image):
         (np.full((8, 32, 48, 3), 2.0, dtype=np.float32), ValueError, "values in \\[0, 1\\]"),
         (np.zeros((8, 32, 48, 3), dtype=np.int32), TypeError, "uint8 or float"),
         ("video.mp4", TypeError, "`video` must be a list of PIL images or a numpy array"),
+        (np.full((8, 32, 48, 3), np.nan, dtype=np.float32), ValueError, "`video` holds NaN or infinite values"),
+        (np.zeros((0, 32, 48, 3), dtype=np.uint8), ValueError, "no size 0"),
         ([], TypeError, "non-empty list of PIL images"),
         (np.zeros((3, 32, 48, 3), dtype=np.uint8), ValueError, "the video to continue has only 3 frame"),
     ],

@@ -97,6 +97,13 @@ def test_a_stacked_video_of_frames_matches_the_list_of_lists(pipe, images):
         (np.full((32, 48, 3), 2.0), ValueError, "`image` as a float array must hold values in \\[0, 1\\]"),
         (torch.full((3, 32, 48), -2.0), ValueError, "`image` as a tensor must hold values in \\[0, 1\\]"),
         ([], TypeError, "`image` must not be an empty list"),
+        (np.full((32, 48, 3), np.nan, np.float32), ValueError, "`image` holds NaN or infinite values"),
+        (torch.full((3, 32, 48), float("inf")), ValueError, "`image` holds NaN or infinite values"),
+        (np.zeros((0, 0, 3), np.uint8), ValueError, "`image` as an array must be .* no size 0"),
+        (np.zeros((0, 32, 48, 3), np.uint8), ValueError, "`image` as an array must be .* no size 0"),
+        (torch.zeros(3, 0, 0), ValueError, "`image` as a tensor must be .* no size 0"),
+        (torch.zeros(0, 3, 32, 48), ValueError, "`image` as a tensor must be .* no size 0"),
+        (PIL.Image.new("RGB", (0, 0)), ValueError, "`image` is an empty image"),
     ],
 )
 def test_bad_images_fail_early_naming_the_argument(guarded_pipe, image, error, match):

@@ -240,6 +240,48 @@ def test_custom_embeddings(pipe, start_image):
     assert not torch.equal(by_controls, other)
 
 
+def _custom_embeds(pipe):
+    positive, negative = pipe.control_embeddings.get_controls()
+    names = ["prompt_embeds", "prompt_attention_mask", "prompt_embeds_2", "prompt_attention_mask_2"]
+    kwargs = dict(zip(names, positive))
+    kwargs.update({f"negative_{k}": v for k, v in zip(names, negative)})
+    return kwargs
+
+
+@pytest.mark.parametrize(
+    "change, error, match",
+    [
+        (dict(motion=3), ValueError, "Custom embeddings replace the controls, so motion=3 would be ignored"),
+        (dict(camera_direction="left"), ValueError, "so camera_direction='left' would be ignored"),
+        (dict(motion=9), ValueError, "`motion` must be one of"),
+        # Each wrong in one dimension: the features, the tokens, the mask's length, the batch (1 or the videos').
+        (lambda e: dict(prompt_embeds=e["prompt_embeds"][..., :-1]), ValueError, "`prompt_embeds` must be a tensor"),
+        (lambda e: dict(prompt_embeds_2=e["prompt_embeds_2"][:, :-1]), ValueError, "`prompt_embeds_2` must be a"),
+        (
+            lambda e: dict(negative_prompt_attention_mask=e["negative_prompt_attention_mask"][:, 1:]),
+            ValueError,
+            "`negative_prompt_attention_mask` must be a tensor of shape",
+        ),
+        (lambda e: dict(prompt_embeds=e["prompt_embeds"].repeat(3, 1, 1)), ValueError, "shape \\(1 or 1, "),
+        (lambda e: dict(prompt_embeds=e["prompt_embeds"].long()), TypeError, "`prompt_embeds` must be floating"),
+    ],
+)
+def test_bad_custom_embeddings_fail_early(guarded_pipe, start_image, change, error, match):
+    kwargs = _custom_embeds(guarded_pipe)
+    kwargs.update(change(kwargs) if callable(change) else change)
+    with pytest.raises(error, match=match):
+        _call(guarded_pipe, start_image, **kwargs)
+
+
+def test_custom_embeddings_of_the_batch_size_are_taken(pipe, start_image):
+    # Batch 1 is repeated to the videos'; the videos' own batch is taken as it is.
+    kwargs = _custom_embeds(pipe)
+    batched = {k: v.repeat(2, *([1] * (v.ndim - 1))) for k, v in kwargs.items()}
+    one = _call(pipe, [start_image, start_image], num_inference_steps=1, **kwargs).frames
+    two = _call(pipe, [start_image, start_image], num_inference_steps=1, **batched).frames
+    assert torch.equal(one, two)
+
+
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
@@ -269,6 +311,30 @@ def test_custom_embeddings(pipe, start_image):
         (dict(latents=torch.zeros(1, 16, 3, 4, 6)), ValueError, "`latents` must be a tensor of shape"),
         (dict(prompt_embeds=torch.zeros(1, 8, 32)), ValueError, "Custom embeddings must be passed all together"),
         (dict(callback_on_step_end_tensor_inputs=["noise"]), ValueError, "must be a subset of"),
+        (dict(eta=float("nan")), ValueError, "`eta` must be a finite number in \\[0, 1\\]"),
+        (dict(eta=-1), ValueError, "`eta` must be a finite number in \\[0, 1\\]"),
+        (dict(eta="0.5"), TypeError, "`eta` must be a number"),
+        (dict(guidance_rescale=-0.5), ValueError, "`guidance_rescale` must be a finite number in \\[0, 1\\]"),
+        (dict(guidance_rescale=float("nan")), ValueError, "`guidance_rescale` must be a finite number"),
+        (dict(guidance_rescale=None), TypeError, "`guidance_rescale` must be a number"),
+        (dict(original_size=(1024,)), ValueError, "`original_size` must be a pair of numbers"),
+        (dict(original_size=None), ValueError, "`original_size` must be a pair of numbers"),
+        (dict(original_size=(float("nan"), 1)), ValueError, "`original_size` must be a finite number >= 1"),
+        (dict(crops_coords_top_left=(0, 0, 0)), ValueError, "`crops_coords_top_left` must be a pair"),
+        (dict(crops_coords_top_left="ab"), ValueError, "`crops_coords_top_left` must be a pair"),
+        (dict(clip_apply_ratio=True), ValueError, "`clip_apply_ratio` must be a number in"),
+        (dict(generator=[1]), TypeError, "`generator` as a list must hold torch.Generator objects only"),
+        (dict(generator=[None]), TypeError, "`generator` as a list must hold torch.Generator objects only"),
+        (dict(latents=torch.zeros(1, 16, 2, 4, 6, dtype=torch.int64)), TypeError, "`latents` must be a floating"),
+        (dict(latents=torch.zeros(1, 16, 2, 4, 6, dtype=torch.complex64)), TypeError, "`latents` must be a floating"),
+        (dict(latents=torch.zeros(1, 16, 2, 4, 6, device="meta")), ValueError, "`latents` is a meta tensor"),
+        (dict(callback_on_step_end=5), TypeError, "`callback_on_step_end` must be callable"),
+        (
+            dict(callback_on_step_end=lambda *a: {}, callback_on_step_end_tensor_inputs=None),
+            ValueError,
+            "`callback_on_step_end_tensor_inputs` must list",
+        ),
+        (dict(attention_kwargs=[1, 2]), TypeError, "`attention_kwargs` must be a dict or None"),
     ],
 )
 def test_bad_inputs_fail_early(guarded_pipe, start_image, kwargs, error, match):
