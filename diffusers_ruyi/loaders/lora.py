@@ -1,6 +1,8 @@
 """LoRA loading and saving for [`RuyiImageToVideoPipeline`] (diffusers/PEFT files and original Ruyi files)."""
 
 import contextlib
+import math
+import numbers
 import os
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
@@ -20,6 +22,7 @@ from safetensors import SafetensorError
 
 from .original_checkpoint import (
     _lora_target_modules,
+    _lora_tensor_problem,
     convert_original_lora_state_dict,
     is_original_lora_state_dict,
 )
@@ -102,6 +105,25 @@ def _check_peft_lora_state_dict(
             continue
         parts.setdefault(path, set()).add(suffix.split(".")[0])
     incomplete = sorted(path for path, found in parts.items() if found != {"lora_A", "lora_B"})
+    bad_values, bad_shapes = [], []
+    for path in sorted(set(parts) - set(incomplete)):
+        tensors = {s: state_dict[f"{path}.{s}"] for s in _PEFT_LORA_SUFFIXES if f"{path}.{s}" in state_dict}
+        problem = _lora_tensor_problem(tensors)
+        if problem is not None:
+            bad_values.append(f"{path}: {problem}")
+            continue
+        module = modules[path]
+        if isinstance(module, torch.nn.Linear):  # PEFT's shapes: A (r, in), B (out, r), bias (out,)
+            down = tensors["lora_A.weight"]
+            rank = down.shape[0] if down.ndim == 2 else -1
+            expected = {"lora_A.weight": (rank, module.in_features), "lora_B.weight": (module.out_features, rank)}
+            expected["lora_B.bias"] = (module.out_features,)
+            wrong = [f"{s} {tuple(t.shape)}" for s, t in tensors.items() if tuple(t.shape) != expected[s]]
+            if wrong:
+                bad_shapes.append(
+                    f"{path}: {', '.join(wrong)}; it needs lora_A (rank, {module.in_features}) and lora_B "
+                    f"({module.out_features}, rank)"
+                )
 
     problems = []
     if foreign:
@@ -116,6 +138,10 @@ def _check_peft_lora_state_dict(
         problems.append(f"names that match no Linear/Conv/Embedding module of the transformer: {sorted(unknown)}")
     if incomplete:
         problems.append(f"modules without both lora_A and lora_B: {incomplete}")
+    if bad_shapes:
+        problems.append(f"tensors of the wrong shape: {bad_shapes}")
+    if bad_values:
+        problems.append(f"tensors that are not finite floating-point values: {bad_values}")
     if problems:
         raise ValueError("Cannot load this LoRA:\n- " + "\n- ".join(problems))
     if not state_dict:
@@ -469,12 +495,22 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
             safe_fusing (`bool`, defaults to `False`): Check the fused weights for NaNs first and refuse if any.
             adapter_names (`List[str]`, *optional*): The adapters to fuse; all active ones by default.
         """
+        if kwargs:
+            raise TypeError(f"Unexpected argument(s) for `fuse_lora`: {sorted(kwargs)}.")
+        if isinstance(lora_scale, bool) or not isinstance(lora_scale, numbers.Real) or not math.isfinite(lora_scale):
+            raise ValueError(f"`lora_scale` must be a finite number, got {lora_scale!r}.")
+        if adapter_names is not None:
+            loaded = set(getattr(self.transformer, "peft_config", {}) or {})
+            unknown = sorted(set([adapter_names] if isinstance(adapter_names, str) else adapter_names) - loaded)
+            if unknown:
+                raise ValueError(
+                    f"`adapter_names` {unknown} are not loaded; the loaded adapters are {sorted(loaded)}."
+                )
         super().fuse_lora(
             components=components,
             lora_scale=lora_scale,
             safe_fusing=safe_fusing,
             adapter_names=adapter_names,
-            **kwargs,
         )
 
     def unfuse_lora(self, components: List[str] = ["transformer"], **kwargs) -> None:

@@ -779,12 +779,24 @@ def original_lora_module_map(model: torch.nn.Module) -> Dict[str, str]:
 
 
 def _lora_alpha_scales(scale: float):
-    # Splits `scale` between down (A) and up (B) so neither factor gets tiny, as diffusers does for kohya files.
-    scale_down, scale_up = scale, 1.0
-    while scale_down * 2 < scale_up:
+    # Splits `scale` between down (A) and up (B) so neither factor gets tiny, as diffusers does for kohya files. The
+    # split works on the magnitude and the sign stays on down: a negative or zero scale would never end the loop.
+    scale_down, scale_up = abs(scale), 1.0
+    while 0 < scale_down and scale_down * 2 < scale_up:
         scale_down *= 2
         scale_up /= 2
-    return scale_down, scale_up
+    return math.copysign(scale_down, scale), scale_up
+
+
+def _lora_tensor_problem(tensors: Dict[str, Any]) -> Optional[str]:
+    """What is wrong with a LoRA's tensors (named), or None: not a floating-point tensor, or NaN/infinite values,
+    which a merge would write into every weight they touch."""
+    for label, tensor in tensors.items():
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+            return f"{label} is {getattr(tensor, 'dtype', type(tensor).__name__)}, not floating point"
+        if not bool(torch.isfinite(tensor).all()):
+            return f"{label} holds NaN or infinite values"
+    return None
 
 
 def convert_original_lora_state_dict(
@@ -837,7 +849,7 @@ def convert_original_lora_state_dict(
         else:
             grouped.setdefault(name, {})[element] = value
 
-    incomplete, bad_shapes, zero_alpha = [], [], []
+    incomplete, bad_shapes, zero_alpha, bad_values = [], [], [], []
     converted: Dict[str, torch.Tensor] = {}
     ranks: Dict[str, int] = {}
     alphas: Dict[str, float] = {}
@@ -850,6 +862,14 @@ def convert_original_lora_state_dict(
         path = module_map[name]
         module = modules[path]
         down, up = elements["lora_down.weight"], elements["lora_up.weight"]
+        alpha = elements.get("alpha")
+        values = {"lora_down": down, "lora_up": up, **({"alpha": alpha} if alpha is not None else {})}
+        problem = _lora_tensor_problem(values)
+        if problem is None and alpha is not None and alpha.numel() != 1:
+            problem = f"alpha holds {alpha.numel()} values, not one"
+        if problem is not None:
+            bad_values.append(f"{name}: {problem}")
+            continue
         rank = down.shape[0]
         if isinstance(module, torch.nn.Conv2d):
             expected_down = (rank, module.in_channels, 1, 1)
@@ -866,7 +886,6 @@ def convert_original_lora_state_dict(
                 f"and {expected_up}"
             )
             continue
-        alpha = elements.get("alpha")
         # The original divides `alpha.item()` by the rank; without alpha its factor is 1, i.e. alpha = rank.
         alpha_value = float(alpha.float().item()) if alpha is not None else float(rank)
         if alpha_value == 0.0:
@@ -892,6 +911,8 @@ def convert_original_lora_state_dict(
         problems.append(f"modules without both lora_down and lora_up: {incomplete}")
     if bad_shapes:
         problems.append(f"tensors of the wrong shape: {bad_shapes}")
+    if bad_values:
+        problems.append(f"tensors that are not finite floating-point values: {bad_values}")
     if problems:
         raise ValueError("Cannot load this original-format Ruyi LoRA:\n- " + "\n- ".join(problems))
     if not converted:

@@ -361,6 +361,82 @@ def test_error_bad_peft_keys(clean_pipe):
     _assert_nothing_loaded(clean_pipe)
 
 
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda t: t.long(), "lora_B.weight is torch.int64, not floating point"),
+        (lambda t: t.fill_(float("nan")), "lora_B.weight holds NaN or infinite values"),
+        (lambda t: t[:-1], r"proj_out: lora_B.weight \(127, 4\)"),
+    ],
+)
+def test_error_bad_peft_tensors_load_nothing(clean_pipe, change, message):
+    # Found by a check, not by torch's `load_state_dict` after PEFT has wrapped the layers.
+    lora = {
+        "transformer.proj_out.lora_A.weight": torch.zeros(4, 32),
+        "transformer.proj_out.lora_B.weight": change(torch.zeros(128, 4)),
+    }
+    with pytest.raises(ValueError, match=message):
+        clean_pipe.load_lora_weights(lora)
+    _assert_nothing_loaded(clean_pipe)
+
+
+@pytest.mark.parametrize(
+    "element, value, message",
+    [
+        ("lora_down.weight", lambda t: t.long(), "lora_down is torch.int64, not floating point"),
+        ("lora_up.weight", lambda t: t.fill_(float("inf")), "lora_up holds NaN or infinite values"),
+        ("alpha", lambda t: torch.tensor(float("nan")), "alpha holds NaN or infinite values"),
+        ("alpha", lambda t: torch.ones(2), "alpha holds 2 values, not one"),
+    ],
+)
+def test_error_bad_original_tensors_load_nothing(clean_pipe, element, value, message):
+    lora, _ = make_original_lora(clean_pipe.transformer, ["proj_out", "blocks.0.attn1.to_k"], seed=13)
+    key = f"lora_unet__blocks_0_attn1_to_k.{element}"
+    lora[key] = value(lora.get(key, torch.tensor(1.0)).clone())
+    with pytest.raises(ValueError, match=f"lora_unet__blocks_0_attn1_to_k: {message}"):
+        clean_pipe.load_lora_weights(lora)
+    _assert_nothing_loaded(clean_pipe)
+
+
+@pytest.mark.parametrize("alpha", [-3.0, 0.0, 0.4])
+def test_conversion_folds_any_alpha(pipe, alpha):
+    # The folded factor alpha / rank is split between the two matrices; a negative or zero one once never returned.
+    import signal
+
+    lora, _ = make_original_lora(pipe.transformer, ["proj_out"], seed=14, rank=4)
+    lora["lora_unet__proj_out.alpha"] = torch.tensor(alpha)
+    signal.signal(signal.SIGALRM, lambda *_: pytest.fail("the conversion did not return"))
+    signal.alarm(20)
+    try:
+        converted = convert_original_lora_state_dict(lora, pipe.transformer)
+    finally:
+        signal.alarm(0)
+    delta = converted["transformer.proj_out.lora_B.weight"] @ converted["transformer.proj_out.lora_A.weight"]
+    expected = alpha / 4 * lora["lora_unet__proj_out.lora_up.weight"] @ lora["lora_unet__proj_out.lora_down.weight"]
+    torch.testing.assert_close(delta, expected)
+
+
+def test_fuse_lora_refuses_bad_arguments(clean_pipe):
+    clean_pipe.load_lora_weights(
+        make_original_lora(clean_pipe.transformer, ["proj_out"], seed=15)[0], adapter_name="a"
+    )
+    weights = {n: p.clone() for n, p in clean_pipe.transformer.named_parameters()}
+    for kwargs, error, message in (
+        (dict(lora_scale=float("nan")), ValueError, "`lora_scale` must be a finite number"),
+        (dict(lora_scale=float("inf")), ValueError, "`lora_scale` must be a finite number"),
+        (dict(lora_scale="1"), ValueError, "`lora_scale` must be a finite number"),
+        (dict(lora_scael=0.5), TypeError, "Unexpected argument\\(s\\) for `fuse_lora`: \\['lora_scael'\\]"),
+        (dict(adapter_names=["nope"]), ValueError, "`adapter_names` \\['nope'\\] are not loaded"),
+    ):
+        with pytest.raises(error, match=message):
+            clean_pipe.fuse_lora(**kwargs)
+    assert all(torch.equal(p, weights[n]) for n, p in clean_pipe.transformer.named_parameters())
+    clean_pipe.fuse_lora(adapter_names=["a"], lora_scale=0.5)  # the same arguments, well formed, still fuse
+    assert not torch.equal(clean_pipe.transformer.proj_out.base_layer.weight, weights["proj_out.base_layer.weight"])
+    clean_pipe.unfuse_lora()
+    clean_pipe.unload_lora_weights()
+
+
 def test_error_pickle_and_corrupted_files(clean_pipe, tmp_path):
     lora, _ = make_original_lora(clean_pipe.transformer, ["proj_out"], seed=12)
     bin_path = tmp_path / "lora.bin"
