@@ -25,6 +25,7 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.hooks.faster_cache import _FASTER_CACHE_DENOISER_HOOK
 from diffusers.image_processor import PipelineImageInput
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
@@ -127,6 +128,16 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         control_embeddings: RuyiControlEmbeddings,
     ):
         super().__init__()
+        for name, value in (
+            ("vae", vae),
+            ("transformer", transformer),
+            ("image_encoder", image_encoder),
+            ("control_embeddings", control_embeddings),
+        ):
+            expected = self._COMPONENT_TYPES[name]
+            model = getattr(value, "_orig_mod", value)  # a `torch.compile`d model is checked as the model it wraps
+            if value is not None and not isinstance(model, expected):
+                raise TypeError(f"`{name}` must be a {expected.__name__}, got {type(value).__name__}.")
         self.register_modules(
             vae=vae,
             transformer=transformer,
@@ -139,6 +150,23 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         # No `vae_scale_factor_temporal`: the latent frame count follows the VAE's chunks (`vae.num_latent_frames`).
         # Frames are resized with PIL's default filter (bicubic), as the original's `Image.resize((width, height))`.
         self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor_spatial, resample="bicubic")
+
+    # Every component is needed to generate (diffusers lets any be None while loading or assembling a pipeline).
+    _REQUIRED_COMPONENTS = (
+        "vae",
+        "transformer",
+        "scheduler",
+        "image_encoder",
+        "image_processor",
+        "control_embeddings",
+    )
+
+    _COMPONENT_TYPES = {
+        "vae": AutoencoderKLRuyiCausal3D,
+        "transformer": RuyiTransformer3DModel,
+        "image_encoder": CLIPVisionModelWithProjection,
+        "control_embeddings": RuyiControlEmbeddings,
+    }
 
     def __setattr__(self, name: str, value: Any):
         if name == "scheduler" and value is not None:
@@ -193,6 +221,14 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         from ..loaders.original_pipeline import load_original_pipeline_components
 
         dtype = resolve_dtype(kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None))
+        if isinstance(dtype, dict):
+            components = set(inspect.signature(cls.__init__).parameters) - {"self"}
+            unknown = sorted(repr(k) for k in dtype if k != "default" and k not in components)
+            if unknown:
+                raise ValueError(
+                    f"`dtype` names no component of the pipeline: {', '.join(unknown)}; use {sorted(components)} or "
+                    "'default'."
+                )
         # Where the files come from is settled here (a local folder as it is, a hub id downloaded once); what
         # remains in kwargs is for loading the components.
         hub_kwargs = {k: kwargs.pop(k) for k in HUB_KWARGS if k != "subfolder" and k in kwargs}
@@ -490,6 +526,12 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         if not math.isfinite(guidance_scale) or guidance_scale < 0:
             raise ValueError(
                 f"`guidance_scale` must be a finite number >= 0 (1 or below turns guidance off), got {guidance_scale!r}."
+            )
+        registry = getattr(self.transformer, "_diffusers_hook", None)
+        if guidance_scale <= 1 and registry is not None and registry.get_hook(_FASTER_CACHE_DENOISER_HOOK) is not None:
+            raise ValueError(
+                f"FasterCache (enabled on the transformer) needs classifier-free guidance, `guidance_scale` > 1, got "
+                f"{guidance_scale!r}; or call `pipe.transformer.disable_cache()` first."
             )
         if (
             not isinstance(clip_apply_ratio, (int, float))
@@ -1003,6 +1045,9 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
 
         # 1. Check inputs; raise errors before any model runs.
+        missing = [name for name in self._REQUIRED_COMPONENTS if getattr(self, name, None) is None]
+        if missing:
+            raise ValueError(f"The pipeline has no {missing}: load or assign them before calling it.")
         images = self._as_frame_lists(image, "image")
         last_images = None if last_image is None else self._as_frame_lists(last_image, "last_image")
         if height is None and width is None:

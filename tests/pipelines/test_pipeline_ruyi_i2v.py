@@ -344,6 +344,33 @@ def test_bad_inputs_fail_early(guarded_pipe, start_image, kwargs, error, match):
         _call(guarded_pipe, **args)
 
 
+def test_faster_cache_needs_guidance(guarded_pipe, start_image):
+    from diffusers import FasterCacheConfig
+
+    guarded_pipe.transformer.enable_cache(FasterCacheConfig())
+    try:
+        with pytest.raises(ValueError, match="FasterCache .* needs classifier-free guidance, `guidance_scale` > 1"):
+            _call(guarded_pipe, start_image, guidance_scale=1.0)
+    finally:
+        guarded_pipe.transformer.disable_cache()
+
+
+def test_components_are_checked(pipe, start_image):
+    components = dict(pipe.components)
+    with pytest.raises(
+        TypeError, match="`transformer` must be a RuyiTransformer3DModel, got AutoencoderKLRuyiCausal3D"
+    ):
+        RuyiImageToVideoPipeline(**{**components, "transformer": pipe.vae})
+    assembled = RuyiImageToVideoPipeline(**{**components, "vae": None})
+    with pytest.raises(ValueError, match="The pipeline has no \\['vae'\\]"):
+        _call(assembled, start_image)
+
+
+def test_dtype_dict_names_components(tiny_checkpoint):
+    with pytest.raises(ValueError, match="`dtype` names no component of the pipeline: 'transfomer'"):
+        RuyiImageToVideoPipeline.from_pretrained(tiny_checkpoint, dtype={"transfomer": torch.float16})
+
+
 def test_last_image_count_must_match(guarded_pipe, start_image):
     with pytest.raises(ValueError, match="`last_image` must have as many images as `image`"):
         _call(guarded_pipe, [start_image, start_image], last_image=start_image)
