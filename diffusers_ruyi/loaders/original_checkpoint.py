@@ -381,6 +381,55 @@ def is_original_transformer_config(config: Dict[str, Any]) -> bool:
     return config.get("_class_name") == TRANSFORMER_ORIGINAL_CLASS_NAME
 
 
+def _check_config_types(
+    config: Dict[str, Any], what: str, bools: Iterable[str], counts: Iterable[str], positive: Iterable[str]
+) -> None:
+    """Raises a `ValueError` naming the key when a value the file gives has the wrong type: a flag that is not
+    true/false (a string "false" would read as true), a count that is not an integer >= 1, or a factor that is not a
+    finite number > 0. Keys the file lacks take the defaults, which are right."""
+
+    def is_count(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+    problems = []
+    for key in bools:
+        if key in config and not isinstance(config[key], bool):
+            problems.append(f"{key}={config[key]!r} (expected true or false)")
+    for key in counts:
+        value = config.get(key)
+        if value is None and key in _NULLABLE_CONFIG_KEYS:
+            continue
+        ok = all(map(is_count, value)) and len(value) > 0 if isinstance(value, list) else is_count(value)
+        if key in config and not ok:
+            problems.append(
+                f"{key}={value!r} (expected an integer >= 1{', or a list of them' if key == 'ch_mult' else ''})"
+            )
+    for key in positive:
+        value = config.get(key)
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if key in config and not (is_number and math.isfinite(value) and value > 0):
+            problems.append(f"{key}={value!r} (expected a finite number > 0)")
+    if problems:
+        raise ValueError(f"The original {what} config has values of the wrong type: {'; '.join(problems)}.")
+
+
+# `out_channels: null` means "from learn_sigma", as the original resolves it.
+_NULLABLE_CONFIG_KEYS = ("out_channels",)
+_TRANSFORMER_COUNT_KEYS = (
+    "num_attention_heads", "attention_head_dim", "in_channels", "out_channels", "patch_size", "num_layers", "text_len",
+    "text_len_t5", "n_query", "cross_attention_dim", "cross_attention_dim_t5", "projection_dim", "hidden_size",
+    "pooled_projection_dim", "sample_size",
+)  # fmt: skip
+_VAE_BOOL_KEYS = (
+    "cache_compression_vae", "slice_compression_vae", "use_tiling", "use_tiling_encoder", "use_tiling_decoder",
+    "mid_block_use_attention", "upcast_vae", "force_upcast", "spatial_group_norm",
+)  # fmt: skip
+_VAE_COUNT_KEYS = (
+    "ch", "ch_mult", "in_channels", "out_channels", "latent_channels", "layers_per_block", "norm_num_groups",
+    "mini_batch_encoder", "mini_batch_decoder", "mid_block_num_attention_heads", "tile_sample_min_size",
+)  # fmt: skip
+
+
 def convert_transformer_config(original_config: Dict[str, Any]) -> Dict[str, Any]:
     """Maps an original ``HunyuanTransformer3DModel`` config to ``RuyiTransformer3DModel`` init arguments.
 
@@ -388,6 +437,7 @@ def convert_transformer_config(original_config: Dict[str, Any]) -> Dict[str, Any
     the values Ruyi uses; ``hidden_size`` must equal ``num_attention_heads * attention_head_dim`` and
     ``out_channels`` is resolved from ``learn_sigma`` when missing, as the original does.
     """
+    _check_config_types(original_config, "transformer", ("learn_sigma",), _TRANSFORMER_COUNT_KEYS, ("mlp_ratio",))
     config = {**TRANSFORMER_RUYI_EXTRAS, **original_config}
     for key, expected in TRANSFORMER_RUYI_EXTRAS.items():
         if config[key] != expected:
@@ -520,6 +570,7 @@ def convert_vae_config(original_config: Dict[str, Any]) -> Dict[str, Any]:
     group norm, other block or attention types, encoder- or decoder-only tiling) raises a `ValueError` naming the
     key. ``force_upcast`` is true when the file says ``force_upcast`` or ``upcast_vae``.
     """
+    _check_config_types(original_config, "VAE", _VAE_BOOL_KEYS, _VAE_COUNT_KEYS, ("scaling_factor",))
     cfg = dict(_ORIGINAL_VAE_DEFAULTS)
     cfg.update({k: v for k, v in original_config.items() if not k.startswith("_")})
 

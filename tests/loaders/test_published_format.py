@@ -227,3 +227,32 @@ def test_transformer_dtype_string_on_both_layouts(tiny_realfmt_checkpoint, tmp_p
     assert model.dtype == torch.bfloat16
     with pytest.raises(ValueError, match="must be one of"):
         RuyiTransformer3DModel.from_pretrained(folder, subfolder="transformer", dtype=torch.float8_e4m3fn)
+
+
+@pytest.mark.parametrize(
+    "which, key, value",
+    [
+        ("vae", "cache_compression_vae", "false"),  # a string: would read as true and build the other VAE
+        ("vae", "use_tiling", "no"),
+        ("vae", "force_upcast", 1),
+        ("vae", "latent_channels", 16.5),
+        ("vae", "ch_mult", [1, 2.5, 4]),
+        ("vae", "scaling_factor", None),
+        ("vae", "scaling_factor", 0),
+        ("vae", "mini_batch_encoder", True),
+        ("transformer", "num_layers", "4"),
+        ("transformer", "num_attention_heads", 2.0),
+        ("transformer", "n_query", 0),
+        ("transformer", "mlp_ratio", -1),
+        ("transformer", "learn_sigma", "true"),
+    ],
+)
+def test_original_config_values_of_the_wrong_type_are_refused(real_checkpoint_dir, which, key, value):
+    from diffusers_ruyi.loaders.original_checkpoint import convert_vae_config
+
+    config = json.loads((real_checkpoint_dir / f"{which}_config.json").read_text())
+    convert = convert_vae_config if which == "vae" else convert_transformer_config
+    convert(dict(config))  # the published file itself is fine
+    config[key] = value
+    with pytest.raises(ValueError, match=f"config has values of the wrong type: {key}="):
+        convert(config)
