@@ -19,6 +19,7 @@ dataset layout, FSDP/DeepSpeed configurations and memory tips.
 import argparse
 import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -32,13 +33,14 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from diffusers import DDPMScheduler
-from diffusers.optimization import get_scheduler
+from diffusers.optimization import SchedulerType, get_scheduler
 from diffusers.training_utils import cast_training_params
 from diffusers.utils import export_to_video, load_image
 from peft import LoraConfig, set_peft_model_state_dict
 from peft.utils import get_peft_model_state_dict
 from tqdm.auto import tqdm
 
+from diffusers_ruyi.pipelines.controls import CAMERA_DIRECTIONS, MOTION_VALUES
 from diffusers_ruyi.pipelines.pipeline_ruyi_i2v import RuyiImageToVideoPipeline
 from diffusers_ruyi.tiny import build_tiny_random_pipeline
 
@@ -151,7 +153,55 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         parser.error("--rank must be positive.")
     if not os.path.isdir(args.data_dir):
         parser.error(f"--data_dir {args.data_dir!r} is not a folder.")
+    problem = _argument_problem(args)
+    if problem:
+        parser.error(problem)
     return args
+
+
+def _argument_problem(args: argparse.Namespace) -> Optional[str]:
+    """What is wrong with the numbers, choices and paths, before any model is loaded (None when nothing is)."""
+    counts = {  # flag: the smallest value it takes
+        "frame_stride": 1, "max_train_steps": 1, "train_batch_size": 1, "gradient_accumulation_steps": 1,
+        "lr_warmup_steps": 0, "dataloader_num_workers": 0, "checkpointing_steps": 1, "checkpoints_total_limit": 1,
+        "validation_steps": 1, "validation_num_inference_steps": 1, "validation_fps": 1,
+    }  # fmt: skip
+    for name, least in counts.items():
+        value = getattr(args, name)
+        if value is not None and value < least:
+            return f"--{name} must be an integer >= {least}, got {value}."
+    ranges = {  # flag: (low, high, whether low itself is allowed)
+        "uncond_prob": (0, 1, True), "last_frame_prob": (0, 1, True), "lora_alpha": (0, math.inf, False),
+        "learning_rate": (0, math.inf, False), "adam_beta1": (0, 1, True), "adam_beta2": (0, 1, True),
+        "adam_weight_decay": (0, math.inf, True), "adam_epsilon": (0, math.inf, False),
+        "max_grad_norm": (0, math.inf, False), "validation_guidance_scale": (0, math.inf, True),
+    }  # fmt: skip
+    for name, (low, high, low_ok) in ranges.items():
+        value = getattr(args, name)
+        if not (math.isfinite(value) and (low <= value if low_ok else low < value) and value <= high):
+            bounds = f"in [{low}, {high}]" if math.isfinite(high) else f"{'>=' if low_ok else '>'} {low}"
+            return f"--{name} must be a finite number {bounds}, got {value}."
+    if args.adam_beta1 == 1 or args.adam_beta2 == 1:
+        return "--adam_beta1 and --adam_beta2 must be below 1."
+    if str(args.motion) not in MOTION_VALUES:
+        return f"--motion must be one of {', '.join(MOTION_VALUES)}, got {args.motion!r}."
+    if args.camera_direction not in CAMERA_DIRECTIONS:
+        return f"--camera_direction must be one of {', '.join(CAMERA_DIRECTIONS)}, got {args.camera_direction!r}."
+    schedulers = [t.value for t in SchedulerType]
+    if args.lr_scheduler not in schedulers:
+        return f"--lr_scheduler must be one of {', '.join(schedulers)}, got {args.lr_scheduler!r}."
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        return f"--output_dir {args.output_dir!r} is a file, not a folder."
+    if args.validation_image is not None and not os.path.isfile(args.validation_image):
+        return f"--validation_image {args.validation_image!r} does not exist."
+    resume = args.resume_from_checkpoint
+    if resume not in (None, "latest") and not os.path.isdir(resume):
+        return f"--resume_from_checkpoint {resume!r} is not a checkpoint folder (or 'latest')."
+    try:  # the clips and their metadata, listed (not read) now rather than after loading the model
+        VideoFolderDataset(args.data_dir, args.num_frames, args.height, args.width, args.frame_stride)
+    except ValueError as e:
+        return f"--data_dir: {e}"
+    return None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -215,8 +265,16 @@ class VideoFolderDataset(torch.utils.data.Dataset):
                         try:
                             entry = json.loads(line)
                             self.controls[os.path.normpath(entry.pop("file_name"))] = entry
-                        except (json.JSONDecodeError, KeyError) as e:
+                        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
                             raise ValueError(f"{metadata_path}:{line_number} is not a valid entry: {e}") from e
+                        motion, camera = entry.get("motion"), entry.get("camera_direction")  # None: the flags'
+                        if (motion is not None and str(motion) not in MOTION_VALUES) or (
+                            camera is not None and camera not in CAMERA_DIRECTIONS
+                        ):
+                            raise ValueError(
+                                f"{metadata_path}:{line_number}: motion must be one of {MOTION_VALUES} and "
+                                f"camera_direction one of {CAMERA_DIRECTIONS}, got {motion!r} and {camera!r}."
+                            )
 
     def __len__(self) -> int:
         return len(self.videos)

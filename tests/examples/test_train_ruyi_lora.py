@@ -125,3 +125,65 @@ def test_trains_on_the_tiny_random_model(script, video_dir, tmp_path):
     args[args.index(str(TINY))] = "tiny-random"
     assert script.main(args) == str(tmp_path / "run")
     assert (tmp_path / "run" / "pytorch_lora_weights.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--frame_stride", "0"], "--frame_stride must be an integer >= 1"),
+        (["--max_train_steps", "0"], "--max_train_steps must be an integer >= 1"),
+        (["--train_batch_size", "0"], "--train_batch_size must be an integer >= 1"),
+        (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps must be an integer >= 1"),
+        (["--checkpointing_steps", "-1"], "--checkpointing_steps must be an integer >= 1"),
+        (["--validation_steps", "0"], "--validation_steps must be an integer >= 1"),
+        (["--dataloader_num_workers", "-1"], "--dataloader_num_workers must be an integer >= 0"),
+        (["--learning_rate", "nan"], "--learning_rate must be a finite number > 0"),
+        (["--learning_rate", "0"], "--learning_rate must be a finite number > 0"),
+        (["--lora_alpha", "nan"], "--lora_alpha must be a finite number > 0"),
+        (["--max_grad_norm", "nan"], "--max_grad_norm must be a finite number > 0"),
+        (["--uncond_prob", "2"], "--uncond_prob must be a finite number in [0, 1]"),
+        (["--last_frame_prob", "-1"], "--last_frame_prob must be a finite number in [0, 1]"),
+        (["--adam_beta1", "2"], "--adam_beta1 must be a finite number in [0, 1]"),
+        (["--adam_beta2", "1"], "--adam_beta1 and --adam_beta2 must be below 1"),
+        (["--validation_guidance_scale", "-1"], "--validation_guidance_scale must be a finite number >= 0"),
+        (["--motion", "9"], "--motion must be one of 1, 2, 3, 4, auto"),
+        (["--camera_direction", "diagonal"], "--camera_direction must be one of"),
+        (["--lr_scheduler", "bogus"], "--lr_scheduler must be one of"),
+        (["--validation_image", "missing.png"], "--validation_image 'missing.png' does not exist"),
+        (["--resume_from_checkpoint", "missing"], "--resume_from_checkpoint 'missing' is not a checkpoint folder"),
+    ],
+)
+def test_bad_arguments_stop_before_any_model_loads(script, video_dir, tmp_path, capsys, monkeypatch, extra, message):
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("a model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(script.RuyiImageToVideoPipeline, "from_pretrained", must_not_load)
+    with pytest.raises(SystemExit) as e:
+        script.main(_args(video_dir, tmp_path / "out", *extra))
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda d: None, "--data_dir: No videos"),
+        (lambda d: (d / "metadata.jsonl").write_text('{"file_name": "a.mp4", "motion": 9}\n'), "motion must be"),
+        (lambda d: (d / "metadata.jsonl").write_text('["a.mp4"]\n'), "is not a valid entry"),
+        (lambda d: (d / "out").write_text("a file"), "--output_dir"),
+    ],
+)
+def test_bad_data_stops_before_any_model_loads(script, video_dir, tmp_path, capsys, setup, message):
+    data = tmp_path / "data"
+    data.mkdir()
+    if "No videos" not in message:
+        import shutil
+
+        shutil.copy(video_dir / "clip_0.mp4", data / "a.mp4")
+    setup(data)
+    output = data / "out" if message == "--output_dir" else tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        script.main(_args(data, output))
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
