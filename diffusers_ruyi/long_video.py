@@ -313,8 +313,34 @@ def iter_video_segments(
         in [0, 1].
     """
     import numpy as np
+    import PIL.Image
 
+    if not isinstance(plan, (list, tuple)) or not plan or not all(isinstance(p, SegmentPlan) for p in plan):
+        raise TypeError(f"`plan` must be a non-empty list of SegmentPlan (from `plan_segments`), got {plan!r:.80}.")
     ends = _end_frames(last_image)
+    if len(ends) != plan[-1].end_frames:
+        raise ValueError(
+            f"`last_image` gives {len(ends)} end frame(s), but the plan's last segment keeps {plan[-1].end_frames}: "
+            f"plan with `plan_segments(..., end_frames={len(ends)})`."
+        )
+    if plan[0].context_frames and image is not None:
+        raise ValueError("The plan continues `context` frames, so `image` would be ignored: pass one or the other.")
+    if not plan[0].context_frames and context is not None:
+        raise ValueError(
+            "The plan starts a new video from `image`, so `context` would be ignored: plan a continuation "
+            "(`plan_segments(..., continuation=True)`) or drop `context`."
+        )
+    for k, frame in enumerate([] if context is None else context):
+        if isinstance(frame, PIL.Image.Image):
+            continue
+        if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[-1] != 3:
+            raise TypeError(f"`context[{k}]` must be a PIL image or an (H, W, 3) array, got {frame!r:.60}.")
+        if frame.dtype != np.uint8 and not (
+            np.issubdtype(frame.dtype, np.floating)
+            and np.isfinite(frame).all()
+            and 0 <= frame.min() <= frame.max() <= 1
+        ):
+            raise ValueError(f"`context[{k}]` must be uint8, or float with values in [0, 1], got {frame.dtype}.")
     motions, cameras = _check_common(plan, motion, camera_direction, generator, kwargs)
     history = max(p.context_frames for p in plan)
     tail = [_to_pil(f) for f in ([] if context is None else list(context))[-history:]] if history else []

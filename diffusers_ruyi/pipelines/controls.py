@@ -5,6 +5,8 @@ original checkpoint as ``embeddings.safetensors`` (keys ``{p|n}.{name}.{emb1|mas
 [`RuyiControlEmbeddings`] holds them as a model component so that they save and load with the pipeline.
 """
 
+import math
+import numbers
 from typing import Dict, List, Optional, Tuple, Union
 
 import torch
@@ -58,6 +60,9 @@ def get_bucket_size(image_height: int, image_width: int, base_resolution: int = 
         or base_resolution < MIN_BASE_RESOLUTION
     ):
         raise ValueError(f"`base_resolution` must be an integer >= {MIN_BASE_RESOLUTION}, got {base_resolution!r}.")
+    for name, value in (("image_height", image_height), ("image_width", image_width)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
+            raise ValueError(f"`{name}` must be a positive number (the image's size in pixels), got {value!r}.")
     ratio = image_height / image_width
     closest = min(_BUCKETS_512, key=lambda r: abs(r - ratio))
     height, width = (x / 512 * base_resolution for x in _BUCKETS_512[closest])

@@ -291,3 +291,40 @@ def test_iter_needs_the_frames_it_continues(guarded_pipe):
         next(iter_video_segments(guarded_pipe, plan, 32, 48, context=[PIL.Image.new("RGB", (48, 32))] * 2))
     with pytest.raises(ValueError, match="pass `image`, the start frame"):
         next(iter_video_segments(guarded_pipe, plan_segments(8), 32, 48))
+
+
+_FRAME = PIL.Image.new("RGB", (48, 32))
+
+
+@pytest.mark.parametrize(
+    "plan, kwargs, error, match",
+    [
+        ([], {}, TypeError, "`plan` must be a non-empty list of SegmentPlan"),
+        ([{"num_frames": 8}], {}, TypeError, "`plan` must be a non-empty list of SegmentPlan"),
+        (plan_segments(8), dict(image=_FRAME, last_image=_FRAME), ValueError, "gives 1 end frame\\(s\\), but .* 0"),
+        (plan_segments(8, end_frames=2), dict(image=_FRAME, last_image=_FRAME), ValueError, "gives 1 end frame"),
+        (plan_segments(8, continuation=True), dict(image=_FRAME, context=[_FRAME] * 5), ValueError, "`image` would"),
+        (plan_segments(8), dict(image=_FRAME, context=[_FRAME] * 5), ValueError, "`context` would be ignored"),
+        (
+            plan_segments(8, continuation=True),
+            dict(context=[np.full((32, 48, 3), 2.0, np.float32)] * 5),
+            ValueError,
+            "`context\\[0\\]` must be uint8, or float with values in \\[0, 1\\]",
+        ),
+        (
+            plan_segments(8, continuation=True),
+            dict(context=[np.zeros((32, 48, 3), np.int32)] * 5),
+            ValueError,
+            "`context\\[0\\]` must be uint8",
+        ),
+        (
+            plan_segments(8, continuation=True),
+            dict(context=["frame"] * 5),
+            TypeError,
+            "`context\\[0\\]` must be a PIL",
+        ),
+    ],
+)
+def test_iter_refuses_what_it_would_ignore_or_change(guarded_pipe, plan, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        next(iter_video_segments(guarded_pipe, plan, 32, 48, **kwargs))

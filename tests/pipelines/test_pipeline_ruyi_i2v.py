@@ -240,6 +240,12 @@ def test_custom_embeddings(pipe, start_image):
     assert not torch.equal(by_controls, other)
 
 
+@pytest.mark.parametrize("height, width", [(0, 100), (-100, 100), (float("nan"), 100), (100, 0), ("100", 100)])
+def test_bucket_size_needs_a_real_image_size(height, width):
+    with pytest.raises(ValueError, match="`image_(height|width)` must be a positive number"):
+        get_bucket_size(height, width, 512)
+
+
 def _custom_embeds(pipe):
     positive, negative = pipe.control_embeddings.get_controls()
     names = ["prompt_embeds", "prompt_attention_mask", "prompt_embeds_2", "prompt_attention_mask_2"]
