@@ -150,6 +150,21 @@ class RuyiControlEmbeddings(ModelMixin, ConfigMixin):
                 f"Unexpected keys: {sorted(unexpected)}; entries missing fields: {incomplete}. "
                 f"Every key must be '<name>.<field>' with field in {list(_FIELDS)}."
             )
+        bad = []
+        for name, fields in grouped.items():
+            for field, tensor in fields.items():
+                if not isinstance(tensor, torch.Tensor) or tensor.ndim == 0:
+                    bad.append(f"{name}.{field} is not a tensor with a batch dimension")
+                elif field.startswith("emb") and not (
+                    tensor.is_floating_point() and bool(torch.isfinite(tensor).all())
+                ):
+                    bad.append(f"{name}.{field} is not finite floating-point embeddings ({tensor.dtype})")
+                elif field.startswith("mask") and (
+                    tensor.is_complex() or not bool(((tensor == 0) | (tensor == 1)).all())
+                ):
+                    bad.append(f"{name}.{field} is not a 0/1 attention mask")
+        if bad:
+            raise ValueError(f"The control embeddings file is malformed: {'; '.join(sorted(bad))}.")
         names = sorted(grouped)
         for required in (DEFAULT_POSITIVE, DEFAULT_NEGATIVE):
             if required not in grouped:

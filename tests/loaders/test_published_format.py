@@ -256,3 +256,23 @@ def test_original_config_values_of_the_wrong_type_are_refused(real_checkpoint_di
     config[key] = value
     with pytest.raises(ValueError, match=f"config has values of the wrong type: {key}="):
         convert(config)
+
+
+@pytest.mark.parametrize(
+    "key, change, message",
+    [
+        ("p.default.mask1", lambda t: t.float() * 0.5, "p.default.mask1 is not a 0/1 attention mask"),
+        ("n.default.mask2", lambda t: t * 7, "n.default.mask2 is not a 0/1 attention mask"),
+        ("p.default.emb1", lambda t: t.float().fill_(float("nan")), "p.default.emb1 is not finite floating-point"),
+        ("n.default.emb2", lambda t: t.long(), "n.default.emb2 is not finite floating-point"),
+        ("p.default.emb2", lambda t: torch.tensor(1.0), "p.default.emb2 is not a tensor with a batch dimension"),
+    ],
+)
+def test_control_embeddings_with_bad_values_are_refused(tiny_realfmt_checkpoint, key, change, message):
+    from diffusers_ruyi.pipelines.controls import RuyiControlEmbeddings
+
+    flat = read_safetensors(str(tiny_realfmt_checkpoint / "embeddings.safetensors"))
+    RuyiControlEmbeddings.from_flat_dict(dict(flat))  # the published layout itself is fine
+    flat[key] = change(flat[key])
+    with pytest.raises(ValueError, match=message):
+        RuyiControlEmbeddings.from_flat_dict(flat)
