@@ -18,6 +18,7 @@ options given to the pipeline; the CLIP tower, its processor, the scheduler and 
 """
 
 import os
+import re
 from typing import Any, Dict, Optional
 
 import torch
@@ -95,6 +96,28 @@ def load_clip_image_encoder(folder: str, dtype: Optional[torch.dtype] = None, **
             f"wrong shape: {mismatched}; unexpected keys: {unexpected}."
         )
     return encoder.eval()
+
+
+def check_clip_weight_keys(folder: str) -> None:
+    """Raises a `ValueError` listing the weights of the CLIP vision tower that the ``*.safetensors`` files in
+    ``folder`` (an ``image_encoder/`` of a diffusers-format pipeline) lack: transformers would initialise them at
+    random and only log it. Reads the files' headers and builds the model on the meta device (no weights)."""
+    from safetensors import safe_open
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    files = sorted(name for name in os.listdir(folder) if name.endswith(".safetensors"))
+    if not files or not os.path.isfile(os.path.join(folder, "config.json")):
+        return  # nothing to compare (another format): transformers reports it
+    stored = set()
+    for name in files:
+        with safe_open(os.path.join(folder, name), framework="pt") as f:
+            stored.update(f.keys())
+    with torch.device("meta"):
+        model = CLIPVisionModelWithProjection(CLIPVisionConfig.from_pretrained(folder))
+    ignored = [re.compile(p) for p in getattr(model, "_keys_to_ignore_on_load_missing", None) or []]
+    missing = sorted(k for k in model.state_dict() if k not in stored and not any(p.search(k) for p in ignored))
+    if missing:
+        raise ValueError(f"The CLIP image encoder in {folder!r} lacks these weights: {missing}.")
 
 
 def load_original_scheduler(folder: str):

@@ -218,7 +218,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             local_folder,
             resolve_dtype,
         )
-        from ..loaders.original_pipeline import load_original_pipeline_components
+        from ..loaders.original_pipeline import check_clip_weight_keys, load_original_pipeline_components
 
         dtype = resolve_dtype(kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None))
         if isinstance(dtype, dict):
@@ -245,6 +245,8 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                 "embeddings.safetensors)."
             )
         check_weight_files(path)
+        if "image_encoder" not in kwargs and os.path.isdir(os.path.join(path, "image_encoder")):
+            check_clip_weight_keys(os.path.join(path, "image_encoder"))
         if dtype is not None:
             kwargs["dtype"] = dtype
         return super().from_pretrained(path, **kwargs)

@@ -5,6 +5,7 @@ The end-to-end and VAE parity tests on the same folder live in tests/pipelines a
 
 import json
 import logging
+import re
 import shutil
 
 import pytest
@@ -12,7 +13,7 @@ import torch
 from diffusers import DDIMScheduler, EulerDiscreteScheduler, PNDMScheduler
 from safetensors.torch import save_file
 
-from diffusers_ruyi import RuyiTransformer3DModel
+from diffusers_ruyi import RuyiImageToVideoPipeline, RuyiTransformer3DModel
 from diffusers_ruyi.loaders.original_checkpoint import (
     convert_transformer_config,
     convert_transformer_state_dict,
@@ -276,3 +277,19 @@ def test_control_embeddings_with_bad_values_are_refused(tiny_realfmt_checkpoint,
     flat[key] = change(flat[key])
     with pytest.raises(ValueError, match=message):
         RuyiControlEmbeddings.from_flat_dict(flat)
+
+
+def test_diffusers_folder_missing_a_clip_weight_is_refused(tiny_realfmt_checkpoint, tmp_path):
+    # transformers would initialise the weight at random and only log it; the pipeline lists it instead.
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "saved"
+    RuyiImageToVideoPipeline.from_pretrained(tiny_realfmt_checkpoint).save_pretrained(folder)
+    RuyiImageToVideoPipeline.from_pretrained(folder)  # intact: loads
+    weights = folder / "image_encoder" / "model.safetensors"
+    tensors = load_file(str(weights))
+    key = "vision_model.encoder.layers.0.layer_norm1.bias"
+    del tensors[key]
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=f"CLIP image encoder .* lacks these weights: \\['{re.escape(key)}'\\]"):
+        RuyiImageToVideoPipeline.from_pretrained(folder)
