@@ -19,15 +19,27 @@ def check_int(name: str, value, minimum: Optional[int] = None, allow_none: bool 
         raise ValueError(f"`{name}` must be >= {minimum}, got {value!r}.")
 
 
-def check_real(name: str, value, allow_none: bool = False) -> None:
-    """A finite real number (Python or NumPy int or float, not a bool); ``None`` where ``allow_none``."""
+def check_real(
+    name: str,
+    value,
+    allow_none: bool = False,
+    low: float = -math.inf,
+    high: float = math.inf,
+    meaning: str = "",
+) -> None:
+    """A finite real number (Python or NumPy int or float, not a bool) in ``[low, high]``; ``None`` where
+    ``allow_none``. ``meaning`` follows the bounds in the message (what they mean for the argument)."""
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         kind = "a number or None" if allow_none else "a number"
         raise TypeError(f"`{name}` must be {kind}, got {type(value).__name__} {value!r}.")
-    if not math.isfinite(value):
-        raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
+    if not (math.isfinite(value) and low <= value <= high):
+        if math.isfinite(high):
+            bounds = f" in [{low:g}, {high:g}]"
+        else:
+            bounds = f" >= {low:g}" if math.isfinite(low) else ""
+        raise ValueError(f"`{name}` must be a finite number{bounds}{meaning}, got {value!r}.")
 
 
 def check_bool(name: str, value) -> None:

@@ -16,6 +16,7 @@ run never leaves a partial mp4.
 import argparse
 import contextlib
 import functools
+import math
 import os
 import re
 import sys
@@ -93,24 +94,23 @@ _base_resolution = _int_at_least(MIN_BASE_RESOLUTION, f"an integer >= {MIN_BASE_
 _non_negative_int = _int_at_least(0, "an integer >= 0")
 
 
-def _non_negative_float(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}")
-    if not 0 <= number < float("inf"):  # also rejects nan
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value!r}")
-    return number
+def _finite_float_at_least(minimum: float, expected: str) -> Callable[[str], float]:
+    """An argparse type: a finite number >= ``minimum`` (nan and inf never pass); the error says ``expected``."""
+
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {value!r}")
+        if not (math.isfinite(number) and number >= minimum):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value!r}")
+        return number
+
+    return parse
 
 
-def _finite_float(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}")
-    if not -float("inf") < number < float("inf"):  # also rejects nan
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {value!r}")
-    return number
+_non_negative_float = _finite_float_at_least(0.0, "a number >= 0")
+_finite_float = _finite_float_at_least(-math.inf, "a finite number")
 
 
 def _seed(value: str) -> int:

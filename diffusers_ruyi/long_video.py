@@ -397,7 +397,7 @@ def _output(video, output_type: str, return_dict: bool):
     return RuyiPipelineOutput(frames=frames) if return_dict else (frames,)
 
 
-def _check_output_type(output_type: str, callback_on_segment_end) -> None:
+def _check_output_arguments(output_type: str, callback_on_segment_end) -> None:
     if output_type not in ("np", "pil"):
         raise ValueError(f"`output_type` must be 'np' or 'pil' for a long video, got {output_type!r}.")
     if callback_on_segment_end is not None and not callable(callback_on_segment_end):
@@ -468,7 +468,7 @@ def generate_long_video(
             f"{type(image).__name__}; to start from several frames, continue them with `extend_video`."
         )
     image = frames[0] if frames else image
-    _check_output_type(output_type, callback_on_segment_end)
+    _check_output_arguments(output_type, callback_on_segment_end)
     ends = _end_frames(last_image)
     plan = plan_segments(num_frames, context_frames, segment_frames, end_frames=len(ends))
     height, width = _size(height, width, base_resolution, image.height, image.width)
@@ -530,7 +530,7 @@ def extend_video(
     """
     import numpy as np
 
-    _check_output_type(output_type, callback_on_segment_end)
+    _check_output_arguments(output_type, callback_on_segment_end)
     frames = _as_float_frames(video)
     ends = _end_frames(last_image)
     plan = plan_segments(

@@ -17,7 +17,6 @@ import hashlib
 import inspect
 import json
 import math
-import numbers
 import os
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
@@ -35,6 +34,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 from transformers import CLIPVisionModelWithProjection
 
+from .._validation import check_real
 from ..loaders.lora import RuyiLoraLoaderMixin
 from ..models.autoencoder_kl_ruyi import AutoencoderKLRuyiCausal3D, same_values
 from ..models.transformer_ruyi import RuyiTransformer3DModel
@@ -151,16 +151,6 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         # Frames are resized with PIL's default filter (bicubic), as the original's `Image.resize((width, height))`.
         self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor_spatial, resample="bicubic")
 
-    # Every component is needed to generate (diffusers lets any be None while loading or assembling a pipeline).
-    _REQUIRED_COMPONENTS = (
-        "vae",
-        "transformer",
-        "scheduler",
-        "image_encoder",
-        "image_processor",
-        "control_embeddings",
-    )
-
     _COMPONENT_TYPES = {
         "vae": AutoencoderKLRuyiCausal3D,
         "transformer": RuyiTransformer3DModel,
@@ -222,7 +212,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
 
         dtype = resolve_dtype(kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None))
         if isinstance(dtype, dict):
-            components = set(inspect.signature(cls.__init__).parameters) - {"self"}
+            components, _ = cls._get_signature_keys(cls)
             unknown = sorted(repr(k) for k in dtype if k != "default" and k not in components)
             if unknown:
                 raise ValueError(
@@ -379,15 +369,6 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         return videos
 
     @staticmethod
-    def _check_real(name: str, value, low: float, high: float = math.inf, meaning: str = "") -> None:
-        """A real number (not a bool) in [low, high]; ``meaning`` says what the bounds mean."""
-        if not isinstance(value, numbers.Real) or isinstance(value, bool):
-            raise TypeError(f"`{name}` must be a number, got {type(value).__name__}.")
-        if not (math.isfinite(value) and low <= value <= high):
-            bounds = f"in [{low:g}, {high:g}]" if math.isfinite(high) else f">= {low:g}"
-            raise ValueError(f"`{name}` must be a finite number {bounds}{meaning}, got {value!r}.")
-
-    @staticmethod
     def _check_count(name: str, value) -> None:
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
@@ -541,8 +522,8 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             or not 0.0 <= clip_apply_ratio <= 1.0
         ):
             raise ValueError(f"`clip_apply_ratio` must be a number in [0, 1], got {clip_apply_ratio!r}.")
-        self._check_real("eta", eta, 0.0, 1.0, " (DDIM's: 0 is deterministic, 1 is DDPM)")
-        self._check_real("guidance_rescale", guidance_rescale, 0.0, 1.0, " (0 is off)")
+        check_real("eta", eta, low=0.0, high=1.0, meaning=" (DDIM's: 0 is deterministic, 1 is DDPM)")
+        check_real("guidance_rescale", guidance_rescale, low=0.0, high=1.0, meaning=" (0 is off)")
         for name, value, low in (
             ("original_size", original_size, 1),
             ("crops_coords_top_left", crops_coords_top_left, 0),
@@ -550,7 +531,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             if not isinstance(value, (tuple, list)) or len(value) != 2:
                 raise ValueError(f"`{name}` must be a pair of numbers (height, width)-like, got {value!r}.")
             for item in value:
-                self._check_real(name, item, low)
+                check_real(name, item, low=low)
         if callback_on_step_end is not None and not callable(callback_on_step_end):
             raise TypeError(
                 f"`callback_on_step_end` must be callable (a function, PipelineCallback or MultiPipelineCallbacks), "
@@ -1047,7 +1028,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
 
         # 1. Check inputs; raise errors before any model runs.
-        missing = [name for name in self._REQUIRED_COMPONENTS if getattr(self, name, None) is None]
+        missing = [name for name, component in self.components.items() if component is None]  # all are needed
         if missing:
             raise ValueError(f"The pipeline has no {missing}: load or assign them before calling it.")
         images = self._as_frame_lists(image, "image")

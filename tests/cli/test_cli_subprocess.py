@@ -284,30 +284,37 @@ def test_quiet_prints_nothing(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process")
-def test_ctrl_c_exit_130_one_line_and_no_file(tmp_path):
-    output = tmp_path / "video.mp4"
-    args = ["--model", "tiny-random", "--image", START, "--output", str(output), "--num-frames", "16"]
+def _signal_when(args, signum, when):
+    """Runs the CLI with ``args``, sends ``signum`` once a stderr line satisfies ``when(line)`` (which may record what
+    it needs first); returns the lines read before, the rest of stderr and the exit code."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "diffusers_ruyi", *args, "--height", "64", "--width", "64", "--steps", "50"],
+        [sys.executable, "-m", "diffusers_ruyi", *args],
         stderr=subprocess.PIPE,
         text=True,
         env=_env(),
         # As in a terminal's foreground: a test run started in the background (`pytest &`) ignores SIGINT, and the
         # child would inherit that.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=lambda: signal.signal(signum, signal.SIG_DFL),
     )
     seen = []
     try:
         for line in proc.stderr:  # phase lines end with a newline; tqdm's bars with carriage returns
             seen.append(line)
-            if "VAE encode (conditioning frames) ..." in line:
-                proc.send_signal(signal.SIGINT)
+            if when(line):
+                proc.send_signal(signum)
                 break
         rest = proc.stderr.read()
         code = proc.wait(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
+    return seen, rest, code
+
+
+def test_ctrl_c_exit_130_one_line_and_no_file(tmp_path):
+    args = ["--model", "tiny-random", "--image", START, "--output", str(tmp_path / "video.mp4"), "--num-frames", "16"]
+    args += ["--height", "64", "--width", "64", "--steps", "50"]
+    seen, rest, code = _signal_when(args, signal.SIGINT, lambda line: "VAE encode (conditioning frames) ..." in line)
     assert any("VAE encode" in line for line in seen), "".join(seen)
     assert code == 130, rest
     assert "Traceback" not in rest and "KeyboardInterrupt" not in rest
@@ -318,27 +325,17 @@ def test_ctrl_c_exit_130_one_line_and_no_file(tmp_path):
 def test_sigterm_exit_143_one_line_and_no_file(tmp_path):
     # A long video writes its segments to a temporary mp4 as they come: SIGTERM (a scheduler's or `timeout`'s stop)
     # must remove it, as Ctrl-C does.
-    output = tmp_path / "video.mp4"
-    args = ["--model", "tiny-random", "--image", START, "--output", str(output), "--num-frames", "400"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "diffusers_ruyi", *args, "--segment-frames", "16", "--height", "32", "--width", "32"],
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(),
-        preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL),
-    )
+    args = ["--model", "tiny-random", "--image", START, "--output", str(tmp_path / "video.mp4"), "--num-frames", "400"]
+    args += ["--segment-frames", "16", "--height", "32", "--width", "32"]
     temporary = []
-    try:
-        for line in proc.stderr:
-            if "segment 1/" in line and "done in" in line:
-                temporary = [p.name for p in tmp_path.iterdir()]
-                proc.send_signal(signal.SIGTERM)
-                break
-        rest = proc.stderr.read()
-        code = proc.wait(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+
+    def after_first_segment(line):
+        if "segment 1/" in line and "done in" in line:
+            temporary.extend(p.name for p in tmp_path.iterdir())
+            return True
+        return False
+
+    _, rest, code = _signal_when(args, signal.SIGTERM, after_first_segment)
     assert len(temporary) == 1 and temporary[0].startswith(".ruyi-"), temporary  # the partial video existed
     assert code == 143, rest
     assert "Traceback" not in rest
