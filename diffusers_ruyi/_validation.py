@@ -35,10 +35,12 @@ def check_real(
         kind = "a number or None" if allow_none else "a number"
         raise TypeError(f"`{name}` must be {kind}, got {type(value).__name__} {value!r}.")
     if not (math.isfinite(value) and low <= value <= high):
-        if math.isfinite(high):
+        if math.isfinite(low) and math.isfinite(high):
             bounds = f" in [{low:g}, {high:g}]"
+        elif math.isfinite(low):
+            bounds = f" >= {low:g}"
         else:
-            bounds = f" >= {low:g}" if math.isfinite(low) else ""
+            bounds = f" <= {high:g}" if math.isfinite(high) else ""
         raise ValueError(f"`{name}` must be a finite number{bounds}{meaning}, got {value!r}.")
 
 

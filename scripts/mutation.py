@@ -55,6 +55,7 @@ _PIPELINE_TESTS = [
     "tests/pipelines/test_pipeline_ruyi_i2v.py",
     "tests/pipelines/test_pipeline_behaviours.py",
     "tests/pipelines/test_pipeline_mutants.py",
+    "tests/pipelines/test_pipeline_inputs.py",
     "-k",
     "not hub_id and not half_precision and not random_invalid",
 ]
@@ -81,7 +82,11 @@ MODULE_TESTS: dict[str, list[str]] = {
     "hooks/_common.py": [*_HOOK_TESTS, "-k", "teacache or enhance or skip_offload or move_to"],
     "hooks/skip_offload.py": [*_HOOK_TESTS, "-k", "skip_offload"],
     "hooks/diffusers_caches.py": [*_HOOK_TESTS, "-k", "cache"],
-    "loaders/lora.py": ["tests/loaders/test_lora.py", "tests/loaders/test_lora_coverage.py"],
+    "loaders/lora.py": [
+        "tests/loaders/test_lora.py",
+        "tests/loaders/test_lora_coverage.py",
+        "tests/loaders/test_lora_original_exact.py",
+    ],
     "loaders/original_checkpoint.py": [
         "tests/loaders/test_loader_mutants.py",
         "tests/models/test_transformer_ruyi.py",
@@ -104,8 +109,17 @@ MODULE_TESTS: dict[str, list[str]] = {
         "tests/loaders/test_loading_options.py",
         "tests/pipelines/test_pipeline_realfmt.py",
     ],
-    "_validation.py": ["tests/models/test_model_input_validation.py", "tests/hooks/test_hook_config_validation.py"],
-    "cli.py": ["tests/cli/test_cli.py", "tests/cli/test_cli_effects.py", "tests/cli/test_cli_mutants.py"],
+    "_validation.py": [
+        "tests/test_validation.py",
+        "tests/models/test_model_input_validation.py",
+        "tests/hooks/test_hook_config_validation.py",
+    ],
+    "cli.py": [
+        "tests/cli/test_cli.py",
+        "tests/cli/test_cli_effects.py",
+        "tests/cli/test_cli_mutants.py",
+        "tests/cli/test_cli_long_video.py",
+    ],
     "tiny.py": ["tests/cli/test_cli.py", "tests/cli/test_cli_mutants.py", "-k", "playable or tiny_random"],
     "models/autoencoder_kl_ruyi.py": [
         "tests/models/test_autoencoder_kl_ruyi.py",

@@ -47,3 +47,13 @@ def test_uncached_hub_id_fails_only_when_offline(monkeypatch, tmp_path):
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "yes")
     with pytest.raises(cli.CLIError, match="not in the Hugging Face cache"):
         cli.check_model("someone/not-cached")
+
+
+def test_error_lines_are_joined_and_cut_at_the_limit():
+    # Kills `text[: limit - 3] + "..."` -> `limit - 2` in _all_lines (cli.py): a long error is cut to exactly
+    # `limit` characters, ellipsis included; a short one is kept whole, its lines joined.
+    error = ValueError("LoRA problems:\n- a: not finite\n- b: wrong shape\n")
+    assert cli._all_lines(error) == "LoRA problems: a: not finite; b: wrong shape"
+    long = cli._all_lines(ValueError("x" * 500), limit=40)
+    assert long == "x" * 37 + "..." and len(long) == 40
+    assert cli._all_lines(ValueError("x" * 40), limit=40) == "x" * 40

@@ -33,3 +33,29 @@ def test_original_vae_config_conversion_names_the_supported_blocks(tiny_checkpoi
         match="Unsupported VAE block types \\['BogusDownBlock'\\]; supported: .*SpatialDownBlock3D.*SpatialUpBlock3D",
     ):
         convert_vae_config(config)
+
+
+def test_original_vae_config_defaults_and_required_block_lists(tiny_checkpoint):
+    # Kills `"out_channels": 3` -> 2 in _ORIGINAL_VAE_DEFAULTS and `not down or not up` -> `and` in
+    # convert_vae_config (loaders/original_checkpoint.py): a file without the channel keys means RGB in and out, as
+    # the original's defaults; a file missing either block list is refused.
+    config = json.loads((tiny_checkpoint / "vae" / "config.json").read_text())
+    for key in ("in_channels", "out_channels"):
+        config.pop(key, None)
+    converted = convert_vae_config(config)
+    assert (converted["in_channels"], converted["out_channels"]) == (3, 3)
+    for key in ("down_block_types", "up_block_types"):
+        with pytest.raises(ValueError, match="must list `down_block_types` and `up_block_types`"):
+            convert_vae_config({k: v for k, v in config.items() if k != key})
+
+
+def test_only_a_2d_autoencoder_kl_config_is_refused_as_not_original():
+    # Kills `_class_name == "AutoencoderKL"` -> `<=` in original_model_config (loaders/original_checkpoint.py): a
+    # config without a class name, or of another class, is simply not an original config (None), not an error.
+    from diffusers_ruyi.loaders.original_checkpoint import original_model_config
+
+    assert original_model_config("vae", {"in_channels": 3}) is None
+    assert original_model_config("vae", {"_class_name": "AutoencoderKLRuyiCausal3D"}) is None
+    assert original_model_config("vae", {"_class_name": "Autoencoder"}) is None
+    with pytest.raises(ValueError, match="2D diffusers `AutoencoderKL` config"):
+        original_model_config("vae", {"_class_name": "AutoencoderKL", "in_channels": 3})

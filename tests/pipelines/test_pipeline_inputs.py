@@ -166,3 +166,15 @@ def test_frames_are_resized_as_the_original(pipe, images):
         assert torch.equal(video[0, :, frame], 2.0 * resized - 1.0)
     assert np.array_equal(np.asarray(clip_images[0]), np.asarray(images[0].resize((SIZE["width"], SIZE["height"]))))
     assert mask[0, 0, :, 0, 0].tolist() == [0, 1, 1, 1, 1, 1, 1, 0]
+
+
+def test_grey_and_rgba_arrays_and_tensors_become_rgb_frames(pipe, images):
+    # Like a grey or RGBA PIL image: converted to RGB (grey repeated, alpha dropped).
+    rgb = _np(images[0])
+    rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 77, np.uint8)], axis=-1)
+    grey = rgb[..., :1]
+    for array, expected in [(rgba, rgb), (grey, np.repeat(grey, 3, axis=-1))]:
+        tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255
+        for given in (array, tensor):
+            (frame,) = pipe._as_frame_lists(given, "image")[0]
+            assert frame.mode == "RGB" and np.array_equal(np.asarray(frame), expected)

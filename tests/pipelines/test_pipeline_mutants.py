@@ -25,3 +25,11 @@ def test_bucket_sizes_scale_every_bucket(base_resolution):
     for ratio, (height, width) in _BUCKETS_512.items():
         expected = (height * base_resolution // 512 // 16 * 16, width * base_resolution // 512 // 16 * 16)
         assert get_bucket_size(round(ratio * 10000), 10000, base_resolution) == expected, ratio
+
+
+def test_smallest_base_resolution_is_64():
+    # Kills `MIN_BASE_RESOLUTION = 64` -> 65 (pipelines/controls.py): 64 is taken (its narrowest bucket is 32 x 128
+    # pixels), 63 is refused.
+    assert get_bucket_size(256, 1024, 64) == (32, 128)
+    with pytest.raises(ValueError, match="`base_resolution` must be an integer >= 64, got 63"):
+        get_bucket_size(256, 1024, 63)

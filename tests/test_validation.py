@@ -1,0 +1,56 @@
+"""The shared argument checks of `diffusers_ruyi._validation`: which values pass, and what the errors say."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from diffusers_ruyi._validation import check_bool, check_int, check_real, check_tensor
+
+
+def test_check_int():
+    for value in (0, 5, np.int64(3)):
+        check_int("n", value, minimum=0)
+    check_int("n", None, allow_none=True)
+    check_int("n", -7)  # no minimum: any integer
+    with pytest.raises(ValueError, match=r"^`n` must be >= 1, got 0\.$"):
+        check_int("n", 0, minimum=1)
+    with pytest.raises(TypeError, match=r"^`n` must be an integer, got bool True\.$"):
+        check_int("n", True)
+    with pytest.raises(TypeError, match=r"^`n` must be an integer or None, got float 1\.0\.$"):
+        check_int("n", 1.0, allow_none=True)
+    with pytest.raises(TypeError, match="`n` must be an integer, got NoneType"):
+        check_int("n", None)
+
+
+def test_check_real_bounds_are_inclusive():
+    for value in (0, 0.0, 0.5, 1, 1.0, np.float32(1.0)):
+        check_real("eta", value, low=0.0, high=1.0)
+    check_real("x", None, allow_none=True)
+    check_real("x", -1e300)
+    for value in (-1e-9, 1.0000001, math.nan, math.inf):
+        with pytest.raises(ValueError, match=r"^`eta` must be a finite number in \[0, 1\] \(note\), got "):
+            check_real("eta", value, low=0.0, high=1.0, meaning=" (note)")
+
+
+def test_check_real_messages_name_the_bounds_that_apply():
+    with pytest.raises(ValueError, match=r"^`w` must be a finite number >= 0, got -1\.$"):
+        check_real("w", -1, low=0)
+    with pytest.raises(ValueError, match=r"^`w` must be a finite number, got nan\.$"):
+        check_real("w", math.nan)
+    with pytest.raises(ValueError, match=r"^`w` must be a finite number <= 2, got 3\.$"):
+        check_real("w", 3, high=2)
+    with pytest.raises(TypeError, match=r"^`w` must be a number, got str '1'\.$"):
+        check_real("w", "1")
+    with pytest.raises(TypeError, match=r"^`w` must be a number or None, got bool False\.$"):
+        check_real("w", False, allow_none=True)
+
+
+def test_check_bool_and_tensor():
+    check_bool("flag", False)
+    with pytest.raises(TypeError, match=r"^`flag` must be True or False, got int 1\.$"):
+        check_bool("flag", 1)
+    check_tensor("x", torch.zeros(1))
+    with pytest.raises(TypeError, match=r"^`x` must be a torch.Tensor, got ndarray\.$"):
+        check_tensor("x", np.zeros(1))
