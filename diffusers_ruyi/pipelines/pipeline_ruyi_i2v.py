@@ -746,14 +746,14 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         masked_video = video * (mask_video < 0.5) + torch.ones_like(video) * (mask_video > 0.5) * -1
         latents = []
         batch, _, num_frames, height, width = video.shape
-        chunk = self.vae.config.get("num_sample_frames_batch_size", 8)
+        chunk = self.vae.config.num_sample_frames_batch_size
         calls = 2 * batch * self._vae_calls(num_frames, chunk, height, width, decode=False)
         logger.info(f"Encoding {2 * batch} conditioning video(s) of {num_frames} frames with the VAE")
         if isinstance(generator, list):
             generator = [_posterior_generator(g) for g in generator]
         else:
             generator = _posterior_generator(generator)
-        with self._vae_upcast(), self._module_progress(getattr(self.vae, "encoder", None), calls, "VAE encode"):
+        with self._vae_upcast(), self._module_progress(self.vae.encoder, calls, "VAE encode"):
             for pixels in (mask_video, masked_video):
                 samples, previous = [], None
                 for i, one in enumerate(pixels.split(1)):
@@ -803,13 +803,10 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         return calls * self.vae.num_tiles(height, width, decode=decode)
 
     @contextlib.contextmanager
-    def _module_progress(self, module: Optional[torch.nn.Module], total: int, desc: str):
+    def _module_progress(self, module: torch.nn.Module, total: int, desc: str):
         """A progress bar (diffusers' `progress_bar`, so `set_progress_bar_config` applies) that advances after every
         forward pass of `module`: the VAE runs its encoder and decoder once per chunk of frames and per tile, except
         for encoder chunks it reuses; the bar ends full."""
-        if module is None:
-            yield
-            return
         config = getattr(self, "_progress_bar_config", {})
         self._progress_bar_config = {**config, "desc": desc}  # this bar's name, whatever `desc` the config sets
         try:
@@ -855,14 +852,14 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         VAE decode clamped, then, unless the VAE is the cache variant, `smooth_output`.
         """
         batch, _, num_latent_frames, latent_height, latent_width = latents.shape
-        chunk = self.vae.config.get("num_latent_frames_batch_size", 2)
+        chunk = self.vae.config.num_latent_frames_batch_size
         ratio = self.vae_scale_factor_spatial
         calls = self._vae_calls(num_latent_frames, chunk, latent_height * ratio, latent_width * ratio, decode=True)
-        calls *= batch if getattr(self.vae, "use_slicing", False) else 1
+        calls *= batch if self.vae.use_slicing else 1
         logger.info(f"Decoding {num_latent_frames} latent frame(s) with the VAE")
         with self._vae_upcast():
             latents = 1 / self.vae.config.scaling_factor * latents.to(self.vae.dtype)
-            with self._module_progress(getattr(self.vae, "decoder", None), calls, "VAE decode"):
+            with self._module_progress(self.vae.decoder, calls, "VAE decode"):
                 video = self.vae.decode(latents, return_dict=False)[0].clamp(-1, 1)
             if self.vae.config.compression_mode != "cache":
                 video = self.smooth_output(video)
