@@ -63,6 +63,7 @@ _HOOK_TESTS = [
     "tests/hooks/test_speed_features.py",
     "tests/hooks/test_hook_behaviours.py",
     "tests/hooks/test_hook_mutants.py",
+    "tests/hooks/test_hook_config_validation.py",
 ]
 
 # module (relative to diffusers_ruyi/) -> the fast tests that should catch a bug in it (pytest arguments; files
@@ -73,6 +74,7 @@ MODULE_TESTS: dict[str, list[str]] = {
     "models/transformer_ruyi.py": [
         "tests/models/test_transformer_ruyi.py",
         "tests/models/test_transformer_mutants.py",
+        "tests/models/test_transformer_memory.py",
         "-k",
         "not layerwise_casting and not bf16 and not gradient_checkpointing",
     ],
@@ -129,9 +131,10 @@ MODULE_TESTS: dict[str, list[str]] = {
     ],
     "long_video.py": ["tests/pipelines/test_long_video.py", "tests/cli/test_cli_long_video.py"],
     "_registration.py": [
+        "tests/test_registration.py",
         "tests/pipelines/test_pipeline_ruyi_i2v.py",
         "-k",
-        "loads_like_any_diffusers or whatever_the_import_order",
+        "loads_like_any_diffusers or whatever_the_import_order or registering",
     ],
 }
 # Modules mutated only when asked by name.

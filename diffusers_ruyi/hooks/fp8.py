@@ -72,7 +72,9 @@ def select_fp8_modules(model: nn.Module, mode: str, min_numel: int = RUYI_FP8_MI
     peft_prefixes = [name + "." for name, module in model.named_modules() if name and _is_peft_layer(module)]
     selected = []
     for name, module in model.named_modules():
-        if not name or _is_peft_layer(module) or any(name.startswith(prefix) for prefix in peft_prefixes):
+        # The parts of a LoRA-wrapped layer stay as they are (the wrapper and the root are neither plain `Linear`s nor
+        # leaves, so the filters below pass them over).
+        if any(name.startswith(prefix) for prefix in peft_prefixes):
             continue
         if mode in ("lite", "strong"):
             if type(module) is not nn.Linear:

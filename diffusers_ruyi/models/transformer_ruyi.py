@@ -184,10 +184,13 @@ def _lean(tensor: torch.Tensor) -> bool:
 
 
 def _chunk_tokens(tensor: torch.Tensor) -> int:
-    """Tokens per chunk: the fewest chunks within the budget, of equal length (a short last chunk would leave the
-    first one nearly as large as the whole tensor, and the lean step's output on top of it)."""
-    num_chunks = -(-tensor.numel() // _CHUNK_ELEMENTS)
-    return -(-tensor.shape[1] // num_chunks)
+    """Tokens per chunk: the fewest chunks within the budget (at least one token each), of equal length (a short
+    last chunk would leave the first one nearly as large as the whole tensor, and the lean step's output on top of
+    it)."""
+    tokens = tensor.shape[1]
+    most = max(1, _CHUNK_ELEMENTS // (tensor.numel() // tokens))
+    num_chunks = -(-tokens // most)
+    return -(-tokens // num_chunks)
 
 
 def _token_slices(tensor: torch.Tensor) -> Iterator[slice]:

@@ -79,3 +79,20 @@ def test_fp8_passes_its_casting_options_to_every_layer(monkeypatch):
     calls.clear()
     apply_fp8_mode(_two_linears(), "extreme", non_blocking=True)
     assert calls == [(torch.float8_e4m3fn, torch.float32, True)] * 2
+
+
+@pytest.mark.parametrize("mode", ["lite", "extreme"])
+def test_fp8_leaves_unfused_lora_layers_alone(mode):
+    # Kills dropping the LoRA-prefix skip in select_fp8_modules (hooks/fp8.py): a LoRA-wrapped layer's base weight
+    # and adapters stay in the compute dtype (fuse the LoRA first, as the CLI does, to store it in fp8).
+    from peft import LoraConfig
+
+    from diffusers_ruyi.hooks import select_fp8_modules
+
+    model = tiny_transformer()
+    plain = select_fp8_modules(model, mode, min_numel=0)
+    assert "blocks.0.attn1.to_q" in plain
+    model.add_adapter(LoraConfig(r=2, target_modules=["blocks.0.attn1.to_q"]))
+    selected = select_fp8_modules(model, mode, min_numel=0)
+    assert not [name for name in selected if name.startswith("blocks.0.attn1.to_q")]
+    assert selected == [name for name in plain if name != "blocks.0.attn1.to_q"]

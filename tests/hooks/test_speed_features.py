@@ -205,13 +205,24 @@ def test_teacache_without_step_info_counts_calls_and_resets():
     with pytest.raises(ValueError, match="num_inference_steps"):
         _denoise(model, inputs, timesteps, with_step_info=False)
     model.disable_cache()
-    model.enable_cache(RuyiTeaCacheConfig(threshold=0.1, num_inference_steps=len(timesteps), offload_to_cpu=False))
-    first = _denoise(model, inputs, timesteps, with_step_info=False)
+    config = RuyiTeaCacheConfig(threshold=0.1, num_inference_steps=len(timesteps), offload_to_cpu=False)
+    model.enable_cache(config)
+    expected = _denoise(model, inputs, timesteps, latent_drift=1e-4)  # the pipeline's step information
+    model.disable_cache()
+    model.enable_cache(config)
+    # The first call is step 0: the same steps are skipped, so the drifting latents give the same outputs.
+    first = _denoise(model, inputs, timesteps, latent_drift=1e-4, with_step_info=False)
     assert get_ruyi_teacache_skipped_steps(model) == [3, 4]
+    assert all(torch.equal(a, b) for a, b in zip(first, expected))
     # The counter wraps after `num_inference_steps` calls, so a second run repeats the first.
-    second = _denoise(model, inputs, timesteps, with_step_info=False)
+    second = _denoise(model, inputs, timesteps, latent_drift=1e-4, with_step_info=False)
     assert get_ruyi_teacache_skipped_steps(model) == [3, 4]
     assert all(torch.equal(a, b) for a, b in zip(first, second))
+    # A reset (as the pipeline's at the end of every call) restarts the count after an interrupted run.
+    _denoise(model, inputs, timesteps[:2], with_step_info=False)
+    model._reset_stateful_cache()
+    third = _denoise(model, inputs, timesteps, latent_drift=1e-4, with_step_info=False)
+    assert all(torch.equal(a, b) for a, b in zip(third, expected))
     # Outside any cache_context a default state is used.
     model._reset_stateful_cache()
     with torch.no_grad():

@@ -257,3 +257,25 @@ def test_chunks_are_rounded_once_by_the_copy_into_the_output(small_chunks):
         apply_rotary_emb_lean(x, (cos, sin))
         norm(tokens)
     assert casts == []
+
+
+@pytest.mark.parametrize("tokens, budget", [(64, 1000), (64, 1024), (50, 333), (5, 50), (7, 96), (1000, 4096)])
+def test_token_chunks_stay_within_the_budget_and_are_as_few_as_it_allows(small_chunks, tokens, budget):
+    # Kills a rounded-down chunk count in _chunk_tokens (models/transformer_ruyi.py): chunks then grow past the
+    # budget, which only a memory peak would show. Chunks hold whole tokens (32 elements each here), so the fewest
+    # within the budget are ceil(tokens / (budget // 32)), of equal length but the last.
+    small_chunks(budget)
+    x = torch.zeros(2, tokens, 16)
+    with torch.no_grad():
+        slices = list(transformer_module._token_slices(x))
+    step = slices[0].stop
+    assert [s.indices(tokens)[:2] for s in slices] == [(a, min(a + step, tokens)) for a in range(0, tokens, step)]
+    assert all(x[:, s].numel() <= budget for s in slices)
+    assert len(slices) == math.ceil(tokens / (budget // 32))
+    assert tokens - (len(slices) - 1) * step > step - len(slices)  # the last chunk short by less than one per chunk
+
+
+def test_a_token_larger_than_the_budget_is_a_chunk_of_its_own(small_chunks):
+    small_chunks(20)
+    with torch.no_grad():
+        assert list(transformer_module._token_slices(torch.zeros(2, 3, 16))) == [slice(0, 1), slice(1, 2), slice(2, 3)]
