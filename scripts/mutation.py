@@ -91,6 +91,7 @@ MODULE_TESTS: dict[str, list[str]] = {
     ],
     "loaders/original_checkpoint.py": [
         "tests/loaders/test_loader_mutants.py",
+        "tests/loaders/test_published_format.py",
         "tests/models/test_transformer_ruyi.py",
         "tests/models/test_autoencoder_kl_ruyi_slice.py",
         "tests/loaders/test_lora.py",

@@ -382,11 +382,17 @@ def is_original_transformer_config(config: Dict[str, Any]) -> bool:
 
 
 def _check_config_types(
-    config: Dict[str, Any], what: str, bools: Iterable[str], counts: Iterable[str], positive: Iterable[str]
+    config: Dict[str, Any],
+    what: str,
+    bools: Iterable[str],
+    counts: Iterable[str],
+    positive: Iterable[str],
+    nullable: Iterable[str] = (),
 ) -> None:
     """Raises a `ValueError` naming the key when a value the file gives has the wrong type: a flag that is not
-    true/false (a string "false" would read as true), a count that is not an integer >= 1, or a factor that is not a
-    finite number > 0. Keys the file lacks take the defaults, which are right."""
+    true/false (a string "false" would read as true), a count that is not an integer >= 1 (or null, for the
+    ``nullable`` counts), or a factor that is not a finite number > 0. Keys the file lacks take the defaults, which
+    are right."""
 
     def is_count(value) -> bool:
         return isinstance(value, int) and not isinstance(value, bool) and value >= 1
@@ -397,7 +403,7 @@ def _check_config_types(
             problems.append(f"{key}={config[key]!r} (expected true or false)")
     for key in counts:
         value = config.get(key)
-        if value is None and key in _NULLABLE_CONFIG_KEYS:
+        if value is None and key in nullable:
             continue
         ok = all(map(is_count, value)) and len(value) > 0 if isinstance(value, list) else is_count(value)
         if key in config and not ok:
@@ -413,8 +419,6 @@ def _check_config_types(
         raise ValueError(f"The original {what} config has values of the wrong type: {'; '.join(problems)}.")
 
 
-# `out_channels: null` means "from learn_sigma", as the original resolves it.
-_NULLABLE_CONFIG_KEYS = ("out_channels",)
 _TRANSFORMER_COUNT_KEYS = (
     "num_attention_heads", "attention_head_dim", "in_channels", "out_channels", "patch_size", "num_layers", "text_len",
     "text_len_t5", "n_query", "cross_attention_dim", "cross_attention_dim_t5", "projection_dim", "hidden_size",
@@ -437,7 +441,10 @@ def convert_transformer_config(original_config: Dict[str, Any]) -> Dict[str, Any
     the values Ruyi uses; ``hidden_size`` must equal ``num_attention_heads * attention_head_dim`` and
     ``out_channels`` is resolved from ``learn_sigma`` when missing, as the original does.
     """
-    _check_config_types(original_config, "transformer", ("learn_sigma",), _TRANSFORMER_COUNT_KEYS, ("mlp_ratio",))
+    # `out_channels: null` means "from learn_sigma", as the original resolves it.
+    _check_config_types(
+        original_config, "transformer", ("learn_sigma",), _TRANSFORMER_COUNT_KEYS, ("mlp_ratio",), ("out_channels",)
+    )
     config = {**TRANSFORMER_RUYI_EXTRAS, **original_config}
     for key, expected in TRANSFORMER_RUYI_EXTRAS.items():
         if config[key] != expected:

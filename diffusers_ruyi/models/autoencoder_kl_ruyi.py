@@ -46,7 +46,6 @@ _MID_BLOCK_ATTENTION_TYPES = ("spatial", "3d")
 _COMPRESSION_MODES = ("cache", "slice")
 
 
-# Keyword arguments of `from_pretrained` that locate files (forwarded to `load_config` / the hub download).
 class RuyiCausalCache:
     """The last input frames of every causal convolution, carried from one decoded chunk to the next.
 

@@ -124,6 +124,19 @@ def test_extend_writes_a_playable_mp4_with_the_input_fps(tmp_path, input_video):
     assert len(frames) == 12 and frames[0].shape == (32, 48, 3) and fps == pytest.approx(12)
 
 
+@pytest.mark.parametrize("height, width", [(16, 32), (48, 64)])
+def test_extend_at_another_size_resizes_the_new_frames_to_the_video(tmp_path, input_video, capsys, height, width):
+    # Generated at --height x --width (smaller or larger than the 48x32 input), written at the video's size.
+    out = tmp_path / "out.mp4"
+    argv = ["--extend", str(input_video), "--output", str(out), "--num-frames", "3", *FAST[:-1]]
+    assert main([*argv, "--height", str(height), "--width", str(width)]) == 0
+    assert f"generating at {width}x{height}; new frames are resized to the video's 48x32" in capsys.readouterr().err
+    frames, _ = _read(out)
+    assert len(frames) == 12 and {frame.shape for frame in frames} == {(32, 48, 3)}
+    assert main([*argv, "--overwrite"]) == 0  # at the video's own size: nothing to say
+    assert "new frames are resized" not in capsys.readouterr().err
+
+
 def test_extend_in_place_with_overwrite(tmp_path, input_video):
     with pytest.raises(SystemExit) as e:
         main(["--extend", str(input_video), "--output", str(input_video), "--num-frames", "3", *FAST])

@@ -57,3 +57,15 @@ def test_error_lines_are_joined_and_cut_at_the_limit():
     long = cli._all_lines(ValueError("x" * 500), limit=40)
     assert long == "x" * 37 + "..." and len(long) == 40
     assert cli._all_lines(ValueError("x" * 40), limit=40) == "x" * 40
+
+
+def test_cpu_peak_memory_reads_linux_rss_in_kib(monkeypatch):
+    # Kills `* 1024` -> `* 1025` in peak_memory (cli.py): Linux reports ru_maxrss in KiB, macOS in bytes.
+    import resource
+    import types
+
+    monkeypatch.setattr(resource, "getrusage", lambda who: types.SimpleNamespace(ru_maxrss=1000))
+    monkeypatch.setattr(cli.sys, "platform", "linux")
+    assert cli.peak_memory(torch.device("cpu")) == "peak memory 1000 KB (RSS)"
+    monkeypatch.setattr(cli.sys, "platform", "darwin")
+    assert cli.peak_memory(torch.device("cpu")) == "peak memory 1000 B (RSS)"

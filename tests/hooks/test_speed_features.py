@@ -403,6 +403,19 @@ def test_enhance_a_video_steps_and_removal():
     assert all(torch.equal(a, b) for a, b in zip(enhanced, _denoise(model, inputs, timesteps)))
     remove_ruyi_enhance_a_video(model)
     assert all(torch.equal(a, b) for a, b in zip(baseline, _denoise(model, inputs, timesteps)))
+    apply_ruyi_enhance_a_video(model, RuyiEnhanceAVideoConfig(weight=2.0, skip_start_steps=1))
+    enhanced_last = _denoise(model, inputs, timesteps)[3]
+    assert not torch.equal(enhanced_last, baseline[3])
+    remove_ruyi_enhance_a_video(model)
+    # Without step information, `skip_end_steps` needs the number of steps (the config's); skipping none does not.
+    apply_ruyi_enhance_a_video(model, RuyiEnhanceAVideoConfig(weight=2.0, skip_start_steps=1, skip_end_steps=1))
+    with pytest.raises(ValueError, match="`skip_end_steps > 0` needs the number of denoising steps"):
+        _denoise(model, inputs, timesteps, with_step_info=False)
+    remove_ruyi_enhance_a_video(model)
+    apply_ruyi_enhance_a_video(model, RuyiEnhanceAVideoConfig(weight=2.0, skip_start_steps=1))
+    counted = _denoise(model, inputs, timesteps, with_step_info=False)
+    assert torch.equal(counted[0], baseline[0]) and torch.equal(counted[3], enhanced_last)
+    remove_ruyi_enhance_a_video(model)
     # A single frame has no cross-frame attention: unchanged.
     single = transformer_inputs(frames=1)
     apply_ruyi_enhance_a_video(model, RuyiEnhanceAVideoConfig(weight=2.0))
