@@ -16,6 +16,14 @@ def test_enhance_a_video_defaults_are_the_originals():
     # Negative skip counts are refused (they were clamped to 0): see tests/hooks/test_hook_config_validation.py.
 
 
+def test_skip_offload_defaults_keep_at_most_one_activation_on_the_device():
+    # The documented defaults: groups of one (the original's lowest-memory `gpu_offload_steps`), parked on the CPU.
+    from diffusers_ruyi.hooks import RuyiSkipOffloadConfig
+
+    config = RuyiSkipOffloadConfig()
+    assert (config.group_size, config.offload_device) == (1, torch.device("cpu"))
+
+
 def test_enhance_a_video_two_frames_are_enhanced():
     """Two latent frames already have cross-frame attention: a score, which grows with the weight."""
     generator = torch.Generator().manual_seed(0)

@@ -96,3 +96,25 @@ def test_fp8_leaves_unfused_lora_layers_alone(mode):
     selected = select_fp8_modules(model, mode, min_numel=0)
     assert not [name for name in selected if name.startswith("blocks.0.attn1.to_q")]
     assert selected == [name for name in plain if name != "blocks.0.attn1.to_q"]
+
+
+def test_caches_current_timestep_hook_reads_the_timestep_however_it_is_passed():
+    # Kills `len(args) > 1` -> `>= 1`, `[0]` -> `[1]` and a dropped `not` in CurrentTimestepHook.pre_forward
+    # (hooks/diffusers_caches.py): the timestep is the second positional argument or the `timestep` keyword, a tensor
+    # of any batch (the first sample's) or a Python number; anything else is not a timestep.
+    from diffusers_ruyi.hooks.diffusers_caches import CurrentTimestepHook
+
+    hook, latents = CurrentTimestepHook(), torch.zeros(1)
+    for args, kwargs, expected in [
+        ((latents, torch.tensor([700.0, 300.0])), {}, 700.0),
+        ((latents,), {"timestep": torch.tensor([250.0])}, 250.0),  # batch of one, by keyword
+        ((), {"hidden_states": latents, "timestep": torch.tensor(10.0)}, 10.0),
+        ((latents, 999), {}, 999.0),
+        ((latents,), {"timestep": 12.5}, 12.5),
+        ((latents, True), {}, None),
+        ((latents,), {"timestep": "500"}, None),
+    ]:
+        assert hook.pre_forward(None, *args, **kwargs) == (args, kwargs)
+        assert hook.timestep == expected, (args, kwargs)
+    with pytest.raises(RuntimeError, match="only known while the transformer runs"):
+        hook.current_timestep()

@@ -7,6 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from diffusers_ruyi import long_video
 from diffusers_ruyi.long_video import (
     DEFAULT_CONTEXT_FRAMES,
     SegmentPlan,
@@ -212,6 +213,26 @@ def test_extend_a_video_of_another_size(pipe):
     assert np.array_equal(out[:9], video) and 0 <= out.min() and out.max() <= 1
 
 
+@pytest.mark.parametrize(
+    "video_size, generated",
+    [((32, 48), (32, 48)), ((40, 48), (48, 64)), ((32, 40), (48, 64)), ((48, 64), (48, 64))],
+)
+def test_extend_generates_at_the_videos_size_when_both_sides_fit_the_model(pipe, monkeypatch, video_size, generated):
+    # A video whose sides are multiples of 16 is continued at its own size; otherwise at the bucket of its aspect
+    # ratio (base_resolution=64 here), and the new frames are resized back to the video's size.
+    seen = []
+
+    def fake_segments(pipe, plan, height, width, **kwargs):
+        seen.append((height, width))
+        raise KeyboardInterrupt  # stop before any compute
+
+    monkeypatch.setattr(long_video, "iter_video_segments", fake_segments)
+    video = np.zeros((9, *video_size, 3), dtype=np.float32)
+    with pytest.raises(KeyboardInterrupt):
+        extend_video(pipe, video, 3, base_resolution=64, num_inference_steps=1)
+    assert seen == [generated]
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Errors before any compute
 # ------------------------------------------------------------------------------------------------------------
@@ -221,6 +242,7 @@ def test_extend_a_video_of_another_size(pipe):
     "kwargs, error, match",
     [
         (dict(camera_direction=["left", "right"]), ValueError, "has 2 entries, but the video has 3 segment"),
+        (dict(motion=[1, 2, 3, 4]), ValueError, "`motion` has 4 entries, but the video has 3 segment"),
         (dict(camera_direction=["left", "right", "diagonal"]), ValueError, "`camera_direction` must be one of"),
         (dict(motion=[1, 2, 9]), ValueError, "`motion` must be one of"),
         (dict(generator=[_seed(), _seed()]), TypeError, "`generator` must be one torch.Generator"),
