@@ -39,6 +39,7 @@ def test_move_to_passes_none_through(device):
     tensor = torch.ones(2)
     assert torch.equal(move_to(tensor, device), tensor)
     assert move_to(tensor, None) is tensor
+    assert move_to(tensor, torch.device("meta")).is_meta  # a device given: moved
 
 
 def test_fp8_default_size_rule_is_the_originals():

@@ -118,3 +118,22 @@ def test_caches_current_timestep_hook_reads_the_timestep_however_it_is_passed():
         assert hook.timestep == expected, (args, kwargs)
     with pytest.raises(RuntimeError, match="only known while the transformer runs"):
         hook.current_timestep()
+
+
+def test_skip_offload_stack_moves_a_tensor_pushed_again_once(monkeypatch):
+    # Kills `return last[1]` -> `last[0]` in LongSkipStack._move (hooks/skip_offload.py): a tensor pushed again
+    # unchanged (blocks skipped by a cache) reuses its copy, both ways, and the values come back in LIFO order.
+    from diffusers_ruyi.hooks import RuyiSkipOffloadConfig
+    from diffusers_ruyi.hooks.skip_offload import LongSkipStack
+
+    moves = []
+    real_to = torch.Tensor.to
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: moves.append(1) or real_to(self, *a, **k))
+    stack = LongSkipStack(RuyiSkipOffloadConfig(group_size=1))
+    a, b = torch.ones(3), torch.zeros(3)
+    for tensor in (a, a, b):
+        stack.push(tensor)
+    assert len(moves) == 2  # a once, b once
+    popped = [stack.pop(torch.device("cpu")) for _ in range(3)]
+    assert len(moves) == 4 and all(isinstance(t, torch.Tensor) for t in popped)
+    assert [t.tolist() for t in popped] == [b.tolist(), a.tolist(), a.tolist()]

@@ -80,6 +80,8 @@ def test_one_segment_continuation_with_an_end_frame_picks_the_nearest_context():
         (dict(num_frames=200, context_frames=115), "use at most 112 context frames"),
         (dict(num_frames=10, continuation=True, available_context=3), "but the video to continue has only 3"),
         (dict(num_frames=2, continuation=True, end_frames=3), "leave no room for 3 end frame"),
+        (dict(num_frames=1, end_frames=1), "`num_frames`=1 leaves no room for 1 end frame"),
+        (dict(num_frames=8, end_frames=8), "`num_frames`=8 leaves no room for 8 end frame"),
     ],
 )
 def test_plan_errors(kwargs, match):

@@ -33,3 +33,13 @@ def test_smallest_base_resolution_is_64():
     assert get_bucket_size(256, 1024, 64) == (32, 128)
     with pytest.raises(ValueError, match="`base_resolution` must be an integer >= 64, got 63"):
         get_bucket_size(256, 1024, 63)
+
+
+@pytest.mark.parametrize("aspect_ratio", ["16:", ":9", "a:9", "16:b", "16:0", "0:9", "16x9", "-16:9", 169, None])
+def test_control_names_refuse_malformed_aspect_ratios(aspect_ratio):
+    # Kills `and` -> `or` in _aspect_ratio_tag (pipelines/controls.py): both sides must be positive integers.
+    from diffusers_ruyi.pipelines.controls import control_name
+
+    assert control_name(2, "left", "16:9") == "p.16x9movie2left"
+    with pytest.raises(ValueError, match="`aspect_ratio` must be a tag like"):
+        control_name(2, "left", aspect_ratio)
