@@ -75,6 +75,7 @@ MODULE_TESTS: dict[str, list[str]] = {
         "tests/models/test_transformer_ruyi.py",
         "tests/models/test_transformer_mutants.py",
         "tests/models/test_transformer_memory.py",
+        "tests/models/test_model_input_validation.py",
         "-k",
         "not layerwise_casting and not bf16 and not gradient_checkpointing",
     ],

@@ -369,6 +369,7 @@ def _rope(rows, head_dim=16):
         ),
         (_rope(5), ValueError, r"`image_rotary_emb` cos must have shape \(6, 16\)"),
         ((torch.ones(6, 16), torch.ones(24, 16)), ValueError, r"`image_rotary_emb` cos and sin must have the same"),
+        ((torch.ones(24, 16), torch.ones(6, 16)), ValueError, r"`image_rotary_emb` cos and sin must have the same"),
         ((torch.ones(96), torch.ones(96)), ValueError, r"`image_rotary_emb` cos must have shape"),
         ((torch.ones(6, 16), torch.ones(6, 8)), ValueError, r"`image_rotary_emb` sin must have shape"),
         (torch.ones(2, 6, 16), TypeError, r"`image_rotary_emb` must be a \(cos, sin\) pair of tensors or None"),

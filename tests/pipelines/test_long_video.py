@@ -82,6 +82,7 @@ def test_one_segment_continuation_with_an_end_frame_picks_the_nearest_context():
         (dict(num_frames=2, continuation=True, end_frames=3), "leave no room for 3 end frame"),
         (dict(num_frames=1, end_frames=1), "`num_frames`=1 leaves no room for 1 end frame"),
         (dict(num_frames=8, end_frames=8), "`num_frames`=8 leaves no room for 8 end frame"),
+        (dict(num_frames=200, segment_frames=16, context_frames=5, end_frames=12), "12 end frames do not fit in a"),
     ],
 )
 def test_plan_errors(kwargs, match):
@@ -329,6 +330,12 @@ _FRAME = PIL.Image.new("RGB", (48, 32))
         (plan_segments(8, end_frames=2), dict(image=_FRAME, last_image=_FRAME), ValueError, "gives 1 end frame"),
         (plan_segments(8, continuation=True), dict(image=_FRAME, context=[_FRAME] * 5), ValueError, "`image` would"),
         (plan_segments(8), dict(image=_FRAME, context=[_FRAME] * 5), ValueError, "`context` would be ignored"),
+        (
+            plan_segments(8, continuation=True),
+            dict(context=[np.zeros((1, 32, 48, 3), np.uint8)] * 5),
+            TypeError,
+            "`context\\[0\\]` must be a PIL image or an \\(H, W, 3\\) array",
+        ),
         (
             plan_segments(8, continuation=True),
             dict(context=[np.full((32, 48, 3), 2.0, np.float32)] * 5),
