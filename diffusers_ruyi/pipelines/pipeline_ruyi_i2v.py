@@ -128,13 +128,14 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         control_embeddings: RuyiControlEmbeddings,
     ):
         super().__init__()
+        types = self._get_signature_types()  # the annotations above, as diffusers reads them
         for name, value in (
             ("vae", vae),
             ("transformer", transformer),
             ("image_encoder", image_encoder),
             ("control_embeddings", control_embeddings),
         ):
-            expected = self._COMPONENT_TYPES[name]
+            (expected,) = types[name]
             model = getattr(value, "_orig_mod", value)  # a `torch.compile`d model is checked as the model it wraps
             if value is not None and not isinstance(model, expected):
                 raise TypeError(f"`{name}` must be a {expected.__name__}, got {type(value).__name__}.")
@@ -150,13 +151,6 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         # No `vae_scale_factor_temporal`: the latent frame count follows the VAE's chunks (`vae.num_latent_frames`).
         # Frames are resized with PIL's default filter (bicubic), as the original's `Image.resize((width, height))`.
         self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor_spatial, resample="bicubic")
-
-    _COMPONENT_TYPES = {
-        "vae": AutoencoderKLRuyiCausal3D,
-        "transformer": RuyiTransformer3DModel,
-        "image_encoder": CLIPVisionModelWithProjection,
-        "control_embeddings": RuyiControlEmbeddings,
-    }
 
     def __setattr__(self, name: str, value: Any):
         if name == "scheduler" and value is not None:
