@@ -1,8 +1,6 @@
 """LoRA loading and saving for [`RuyiImageToVideoPipeline`] (diffusers/PEFT files and original Ruyi files)."""
 
 import contextlib
-import math
-import numbers
 import os
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
@@ -20,6 +18,7 @@ from diffusers.utils.peft_utils import get_adapter_name, require_peft_backend
 from huggingface_hub.utils import validate_hf_hub_args
 from safetensors import SafetensorError
 
+from .._validation import check_real
 from .original_checkpoint import (
     _lora_target_modules,
     _lora_tensor_problem,
@@ -497,8 +496,7 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
         """
         if kwargs:
             raise TypeError(f"Unexpected argument(s) for `fuse_lora`: {sorted(kwargs)}.")
-        if isinstance(lora_scale, bool) or not isinstance(lora_scale, numbers.Real) or not math.isfinite(lora_scale):
-            raise ValueError(f"`lora_scale` must be a finite number, got {lora_scale!r}.")
+        check_real("lora_scale", lora_scale)
         if adapter_names is not None:
             loaded = set(getattr(self.transformer, "peft_config", {}) or {})
             unknown = sorted(set([adapter_names] if isinstance(adapter_names, str) else adapter_names) - loaded)

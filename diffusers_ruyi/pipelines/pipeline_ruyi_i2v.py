@@ -364,7 +364,9 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
 
     @staticmethod
     def _check_count(name: str, value) -> None:
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"`{name}` must be a positive integer, got {type(value).__name__} {value!r}.")
+        if value < 1:
             raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
 
     def _check_vae_tiling(self, height: int, width: int, num_frames: int) -> None:
@@ -455,7 +457,9 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         if (height is None) != (width is None):
             raise ValueError("Pass both `height` and `width`, or neither (then `base_resolution` picks them).")
         for name, value in (("height", height), ("width", width)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or value % 16 != 0:
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"`{name}` must be a positive multiple of 16, got {type(value).__name__} {value!r}.")
+            if value <= 0 or value % 16 != 0:
                 raise ValueError(f"`{name}` must be a positive multiple of 16, got {value!r}.")
         for name, value in (
             ("num_inference_steps", num_inference_steps),
@@ -510,12 +514,13 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                 f"FasterCache (enabled on the transformer) needs classifier-free guidance, `guidance_scale` > 1, got "
                 f"{guidance_scale!r}; or call `pipe.transformer.disable_cache()` first."
             )
-        if (
-            not isinstance(clip_apply_ratio, (int, float))
-            or isinstance(clip_apply_ratio, bool)
-            or not 0.0 <= clip_apply_ratio <= 1.0
-        ):
-            raise ValueError(f"`clip_apply_ratio` must be a number in [0, 1], got {clip_apply_ratio!r}.")
+        check_real(
+            "clip_apply_ratio",
+            clip_apply_ratio,
+            low=0.0,
+            high=1.0,
+            meaning=" (the fraction of the last steps that see the image)",
+        )
         check_real("eta", eta, low=0.0, high=1.0, meaning=" (DDIM's: 0 is deterministic, 1 is DDPM)")
         check_real("guidance_rescale", guidance_rescale, low=0.0, high=1.0, meaning=" (0 is off)")
         for name, value, low in (
