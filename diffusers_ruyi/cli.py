@@ -357,8 +357,8 @@ def check_model(model: str) -> None:
         return
     if os.path.exists(model):
         raise CLIError(f"--model {model!r} is a file; pass the checkpoint's folder (or a hub id like 'owner/name')")
-    looks_local = model.startswith((".", "/", "~")) or model.endswith("/") or (os.sep != "/" and os.sep in model)
-    if looks_local or not _HUB_ID_PATTERN.match(model) or "--" in model or ".." in model:
+    # A hub id is `owner/name`: a missing path (`./x`, `/x`, `~/x`, `x/`, `x\y`) cannot match the pattern.
+    if not _HUB_ID_PATTERN.match(model) or "--" in model or ".." in model:
         raise CLIError(
             f"--model {model!r} does not exist (it is neither a local folder nor a hub id like 'owner/name')"
         )

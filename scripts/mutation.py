@@ -128,6 +128,7 @@ MODULE_TESTS: dict[str, list[str]] = {
     "models/autoencoder_kl_ruyi.py": [
         "tests/models/test_autoencoder_kl_ruyi.py",
         "tests/models/test_autoencoder_kl_ruyi_slice.py",
+        "tests/models/test_model_input_validation.py",
         "-k",
         "not gradient_checkpointing",
     ],

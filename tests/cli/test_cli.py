@@ -108,6 +108,7 @@ def test_refuses_to_overwrite(tmp_path, capsys):
         (["--device", "cuda"], "no CUDA GPU is available"),
         (["--offload", "model"], "needs a CUDA GPU"),
         (["--offload", "group"], "--offload group needs a CUDA GPU"),
+        (["--offload", "sequential"], "needs a CUDA GPU"),
         (["--skip-offload", "-1"], "expected an integer >= 0, got '-1'"),
         (["--skip-offload", "two"], "expected an integer >= 0, got 'two'"),
         (["--lora-weight", "nan"], "--lora-weight: expected a finite number, got 'nan'"),

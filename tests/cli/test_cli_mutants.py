@@ -69,3 +69,66 @@ def test_cpu_peak_memory_reads_linux_rss_in_kib(monkeypatch):
     assert cli.peak_memory(torch.device("cpu")) == "peak memory 1000 KB (RSS)"
     monkeypatch.setattr(cli.sys, "platform", "darwin")
     assert cli.peak_memory(torch.device("cpu")) == "peak memory 1000 B (RSS)"
+
+
+@pytest.mark.parametrize(
+    "model", ["./missing", "/no/such/folder", "~/missing", "owner/name/", "owner\\name", "a/b/c", "a--b/c", "a/..b"]
+)
+def test_missing_paths_are_not_taken_for_hub_ids(model, monkeypatch):
+    # Online, a hub id is left to the download; anything that is not `owner/name` (a missing local path) is refused
+    # at once, without a cache lookup or a download.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "0")
+    monkeypatch.setattr(cli, "cached_snapshot", lambda *a: pytest.fail("looked up the cache"))
+    with pytest.raises(cli.CLIError, match="does not exist \\(it is neither a local folder nor a hub id"):
+        cli.check_model(model)
+
+
+def test_sigterm_handler_is_set_only_on_the_main_thread():
+    # Kills `if current_thread() is not main_thread()` -> `if not ...` in _sigterm_raises (cli.py): `cli.main` called
+    # from a worker thread (a notebook's executor, a test runner) must run; only the main thread may set handlers.
+    import signal
+    import threading
+
+    before = signal.getsignal(signal.SIGTERM)
+    with cli._sigterm_raises():
+        assert signal.getsignal(signal.SIGTERM) is cli._raise_terminated
+    assert signal.getsignal(signal.SIGTERM) is before
+    errors = []
+
+    def worker():
+        try:
+            with cli._sigterm_raises():
+                pass
+        except Exception as e:  # signal.signal raises ValueError off the main thread
+            errors.append(e)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert errors == []
+
+
+@pytest.mark.parametrize(
+    "extra, needs_gpu",
+    [
+        (["--offload", "model"], True),
+        (["--offload", "sequential"], True),
+        (["--offload", "group"], True),
+        (["--device", "cuda:0"], True),
+        (["--offload", "none"], False),
+        ([], False),
+    ],
+)
+def test_gpu_check_with_torch_behind_device_nodes(extra, needs_gpu, monkeypatch):
+    # Kills `args.offload != "none"` -> `< "none"` in check_args_with_torch (cli.py): where the GPU's device nodes
+    # exist (so the cheap check passes) but torch sees no CUDA GPU, every offload mode is refused, not only the ones
+    # that sort before "none".
+    monkeypatch.setattr(cli, "_no_gpu_device_nodes", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = cli.build_parser().parse_args(["--image", "start.png", "--output", "out.mp4", *extra])
+    if needs_gpu:
+        with pytest.raises(cli.CLIError, match="CUDA GPU"):
+            cli.check_args_with_torch(args)
+    else:
+        cli.check_args_with_torch(args)

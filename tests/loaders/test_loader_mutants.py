@@ -68,3 +68,27 @@ def test_only_a_2d_autoencoder_kl_config_is_refused_as_not_original():
     assert original_model_config("vae", {"_class_name": "Autoencoder"}) is None
     with pytest.raises(ValueError, match="2D diffusers `AutoencoderKL` config"):
         original_model_config("vae", {"_class_name": "AutoencoderKL", "in_channels": 3})
+
+
+def test_original_vae_widths_come_from_ch_and_ch_mult(tiny_checkpoint, caplog):
+    # Kills `listed is not None and ...` -> `not listed is not None and ...` in convert_vae_config
+    # (loaders/original_checkpoint.py): the original builds its widths from `ch * ch_mult`; a config without
+    # `block_out_channels` converts, and one whose list disagrees converts to `ch * ch_mult` with a warning.
+    import logging
+
+    config = json.loads((tiny_checkpoint / "vae" / "config.json").read_text())
+    widths = [config["ch"] * m for m in config["ch_mult"]]
+    logger = logging.getLogger("diffusers_ruyi.loaders.original_checkpoint")
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger=logger.name):
+            listed = convert_vae_config({**config, "block_out_channels": widths})
+            assert caplog.text == ""
+            unlisted = convert_vae_config({k: v for k, v in config.items() if k != "block_out_channels"})
+            assert caplog.text == ""
+            other = convert_vae_config({**config, "block_out_channels": [w * 2 for w in widths]})
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert listed["block_out_channels"] == unlisted["block_out_channels"] == other["block_out_channels"] == widths
+    assert f"lists block_out_channels={[w * 2 for w in widths]}" in caplog.text
+    assert f"ch * ch_mult = {widths}" in caplog.text

@@ -1,7 +1,10 @@
 """Pipeline behaviours that survived mutation testing (scripts/mutation.py); each test names the mutant it kills."""
 
 import pytest
+import torch
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 
+from diffusers_ruyi.pipelines import pipeline_ruyi_i2v as pipeline_module
 from diffusers_ruyi.pipelines.controls import _BUCKETS_512, get_bucket_size
 
 
@@ -43,3 +46,42 @@ def test_control_names_refuse_malformed_aspect_ratios(aspect_ratio):
     assert control_name(2, "left", "16:9") == "p.16x9movie2left"
     with pytest.raises(ValueError, match="`aspect_ratio` must be a tag like"):
         control_name(2, "left", aspect_ratio)
+
+
+def test_encode_prompt_keeps_the_masks_integer(pipe):
+    # Kills `dtype if k % 2 == 0 else None` -> `k % 2 >= 0` in encode_prompt (pipeline_ruyi_i2v.py): the embeddings
+    # take `dtype`, the attention masks keep their own integer dtype (as HunyuanDiT's encode_prompt returns them).
+    outputs = pipe.encode_prompt(batch_size=2, device=torch.device("cpu"), dtype=torch.bfloat16)
+    assert len(outputs) == 8
+    for k, tensor in enumerate(outputs):
+        assert tensor.shape[0] == 2
+        if k % 2 == 0:
+            assert tensor.dtype == torch.bfloat16, k
+        else:
+            assert not tensor.dtype.is_floating_point, (k, tensor.dtype)
+
+
+@pytest.mark.parametrize("guidance_rescale, calls", [(0.0, 0), (0.5, 2)])
+def test_guidance_rescale_zero_skips_the_rescale(pipe, start_image, monkeypatch, guidance_rescale, calls):
+    # Kills `if guidance_rescale > 0.0` -> `>= 0.0` in __call__ (pipeline_ruyi_i2v.py): at 0 (off, the default) the
+    # rescale is not computed at all, as in diffusers' pipelines; it would add work, and NaN where the guided
+    # prediction's standard deviation is 0 (0 x NaN is NaN).
+    seen = []
+
+    def spy(noise_cfg, noise_pred_text, guidance_rescale):
+        seen.append(guidance_rescale)
+        return rescale_noise_cfg(noise_cfg, noise_pred_text, guidance_rescale=guidance_rescale)
+
+    monkeypatch.setattr(pipeline_module, "rescale_noise_cfg", spy)
+    pipe(
+        image=start_image,
+        num_frames=8,
+        height=32,
+        width=48,
+        num_inference_steps=2,
+        guidance_scale=7.0,
+        guidance_rescale=guidance_rescale,
+        generator=torch.Generator("cpu").manual_seed(0),
+        output_type="latent",
+    )
+    assert seen == [guidance_rescale] * calls
