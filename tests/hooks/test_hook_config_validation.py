@@ -159,6 +159,9 @@ def test_skip_offload_config_refuses_bad_arguments(kwargs, error, match):
 
 def test_skip_offload_config_normalises_the_device():
     assert RuyiSkipOffloadConfig(group_size=np.int64(2), offload_device="cpu").offload_device == torch.device("cpu")
+    # Only meta is refused: any other device type is taken as it is (the config does not require it to be present).
+    for name in ("cuda:1", "mps", "xpu:0", "hpu"):
+        assert RuyiSkipOffloadConfig(offload_device=name).offload_device == torch.device(name)
 
 
 @pytest.mark.parametrize("config", ["x", 5, RuyiTeaCacheConfig()], ids=["str", "int", "other config"])

@@ -137,3 +137,25 @@ def test_skip_offload_stack_moves_a_tensor_pushed_again_once(monkeypatch):
     popped = [stack.pop(torch.device("cpu")) for _ in range(3)]
     assert len(moves) == 4 and all(isinstance(t, torch.Tensor) for t in popped)
     assert [t.tolist() for t in popped] == [b.tolist(), a.tolist(), a.tolist()]
+
+
+def test_enhance_a_video_is_scoped_to_the_transformers_call():
+    # Kills `self.runtime.active = False` -> `True` in RuyiEnhanceAVideoRootHook.post_forward
+    # (hooks/enhance_a_video.py): after an enhanced step, the blocks' attention used on its own (outside the
+    # transformer's call, e.g. a feature probe) is plain attention again.
+    from diffusers_ruyi.hooks import RuyiEnhanceAVideoConfig, apply_ruyi_enhance_a_video, remove_ruyi_enhance_a_video
+
+    model, inputs = tiny_transformer(), transformer_inputs()
+    attn = model.blocks[0].attn1
+    tokens = torch.randn(2, 4 * 2 * 3, attn.to_q.in_features, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        plain = attn(tokens)
+        apply_ruyi_enhance_a_video(model, RuyiEnhanceAVideoConfig(weight=4.0))
+        try:
+            enhanced_step = model(**inputs, timestep=torch.tensor([999.0, 999.0]), return_dict=False)[0]
+            after = attn(tokens)
+        finally:
+            remove_ruyi_enhance_a_video(model)
+        unenhanced_step = model(**inputs, timestep=torch.tensor([999.0, 999.0]), return_dict=False)[0]
+    assert not torch.equal(enhanced_step, unenhanced_step)  # the step itself was enhanced
+    assert torch.equal(after, plain)
