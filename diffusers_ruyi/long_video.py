@@ -383,7 +383,9 @@ def _size(height, width, base_resolution, frame_height, frame_width) -> Tuple[in
     if height is None:
         return get_bucket_size(frame_height, frame_width, base_resolution)
     for name, value in (("height", height), ("width", width)):
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or value % 16:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"`{name}` must be a positive multiple of 16, got {type(value).__name__} {value!r}.")
+        if value <= 0 or value % 16:
             raise ValueError(f"`{name}` must be a positive multiple of 16, got {value!r}.")
     return height, width
 

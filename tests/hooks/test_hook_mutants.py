@@ -159,3 +159,15 @@ def test_enhance_a_video_is_scoped_to_the_transformers_call():
         unenhanced_step = model(**inputs, timestep=torch.tensor([999.0, 999.0]), return_dict=False)[0]
     assert not torch.equal(enhanced_step, unenhanced_step)  # the step itself was enhanced
     assert torch.equal(after, plain)
+
+
+def test_hook_defaults_are_predict_i2v_settings():
+    # Kills `threshold: float = 0.10` -> 1.1 in RuyiTeaCacheConfig (hooks/teacache.py): the documented defaults are
+    # the original `predict_i2v.py`'s TeaCache and Enhance-A-Video settings.
+    from diffusers_ruyi.hooks import RuyiEnhanceAVideoConfig
+
+    teacache = RuyiTeaCacheConfig()
+    assert (teacache.threshold, teacache.skip_start_steps, teacache.skip_end_steps) == (0.10, 3, 1)
+    assert teacache.offload_to_cpu is True and teacache.num_inference_steps is None
+    enhance = RuyiEnhanceAVideoConfig()
+    assert (enhance.weight, enhance.skip_start_steps, enhance.skip_end_steps) == (1.0, 0, 0)

@@ -34,3 +34,22 @@ def test_resampler_position_table_is_the_mae_one():
     last_col = 127
     assert math.isclose(table[last_col, 1], math.sin(last_col / 100.0), abs_tol=2e-6)
     assert math.isclose(table[last_col * 128, 5], math.sin(last_col / 100.0), abs_tol=2e-6)
+
+
+def test_defaults_are_the_published_transformer():
+    # Kills `projection_dim: int = 1024` -> 1023 in RuyiTransformer3DModel.__init__ (models/transformer_ruyi.py): as
+    # its docstring says, the defaults are the published Ruyi-Mini-7B transformer's config, key for key (read from the
+    # signature: building the 7B model here would take 29 GB).
+    import inspect
+    import json
+    import pathlib
+
+    from diffusers_ruyi import RuyiTransformer3DModel
+    from diffusers_ruyi.loaders.original_checkpoint import convert_transformer_config
+
+    path = pathlib.Path(__file__).parents[1] / "fixtures" / "real_checkpoint" / "transformer_config.json"
+    published = convert_transformer_config(json.loads(path.read_text()))
+    parameters = inspect.signature(RuyiTransformer3DModel.__init__).parameters
+    assert set(published) <= set(parameters)
+    defaults = {name: parameters[name].default for name in published}
+    assert defaults == published

@@ -266,6 +266,23 @@ def test_long_video_bad_arguments(guarded_pipe, start_image, kwargs, error, matc
         generate_long_video(guarded_pipe, start_image, 32, **args)
 
 
+@pytest.mark.parametrize(
+    "height, width, error, match",
+    [
+        (0, 48, ValueError, "`height` must be a positive multiple of 16, got 0"),
+        (32, -16, ValueError, "`width` must be a positive multiple of 16, got -16"),
+        (32, 40, ValueError, "`width` must be a positive multiple of 16, got 40"),
+        ("32", 48, TypeError, "`height` must be a positive multiple of 16, got str"),
+        (32, 48.0, TypeError, "`width` must be a positive multiple of 16, got float"),
+        (True, 48, TypeError, "`height` must be a positive multiple of 16, got bool"),
+    ],
+)
+def test_long_video_bad_sizes(guarded_pipe, start_image, height, width, error, match):
+    # As the pipeline checks them: a non-integer is a TypeError, 0 or a size off the 16-pixel grid a ValueError.
+    with pytest.raises(error, match=match):
+        generate_long_video(guarded_pipe, start_image, 32, segment_frames=16, height=height, width=width)
+
+
 def test_long_video_needs_one_start_image(guarded_pipe, start_image):
     for image in ([start_image, start_image], np.zeros((2, 32, 48, 3), dtype=np.uint8)):
         with pytest.raises(TypeError, match="`image` must be one start frame .*extend_video"):
