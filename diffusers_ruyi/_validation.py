@@ -19,6 +19,14 @@ def check_int(name: str, value, minimum: Optional[int] = None, allow_none: bool 
         raise ValueError(f"`{name}` must be >= {minimum}, got {value!r}.")
 
 
+def check_frame_size(name: str, value) -> None:
+    """A frame's height or width in pixels: a positive multiple of 16 (8x VAE latents in patches of 2), a Python int."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"`{name}` must be a positive multiple of 16, got {type(value).__name__} {value!r}.")
+    if value <= 0 or value % 16:
+        raise ValueError(f"`{name}` must be a positive multiple of 16, got {value!r}.")
+
+
 def check_real(
     name: str,
     value,

@@ -376,17 +376,15 @@ def iter_video_segments(
 
 
 def _size(height, width, base_resolution, frame_height, frame_width) -> Tuple[int, int]:
+    from ._validation import check_frame_size
     from .pipelines.controls import get_bucket_size
 
     if (height is None) != (width is None):
         raise ValueError("Pass both `height` and `width`, or neither (then `base_resolution` picks them).")
     if height is None:
         return get_bucket_size(frame_height, frame_width, base_resolution)
-    for name, value in (("height", height), ("width", width)):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"`{name}` must be a positive multiple of 16, got {type(value).__name__} {value!r}.")
-        if value <= 0 or value % 16:
-            raise ValueError(f"`{name}` must be a positive multiple of 16, got {value!r}.")
+    check_frame_size("height", height)
+    check_frame_size("width", width)
     return height, width
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffusers_ruyi._validation import check_bool, check_int, check_real, check_tensor
+from diffusers_ruyi._validation import check_bool, check_frame_size, check_int, check_real, check_tensor
 
 
 def test_check_int():
@@ -22,6 +22,23 @@ def test_check_int():
         check_int("n", 1.0, allow_none=True)
     with pytest.raises(TypeError, match="`n` must be an integer, got NoneType"):
         check_int("n", None)
+
+
+def test_check_frame_size():
+    for value in (16, 32, 512, 1024):
+        check_frame_size("height", value)
+    for value in (0, -16, 8, 520):
+        with pytest.raises(ValueError, match=rf"^`height` must be a positive multiple of 16, got {value}\.$"):
+            check_frame_size("height", value)
+    for value, kind in (
+        (512.0, "float"),
+        ("512", "str"),
+        (True, "bool"),
+        (np.int64(512), "int64"),
+        (None, "NoneType"),
+    ):
+        with pytest.raises(TypeError, match=rf"^`width` must be a positive multiple of 16, got {kind} "):
+            check_frame_size("width", value)
 
 
 def test_check_real_bounds_are_inclusive():

@@ -34,7 +34,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 from transformers import CLIPVisionModelWithProjection
 
-from .._validation import check_real
+from .._validation import check_frame_size, check_real
 from ..loaders.lora import RuyiLoraLoaderMixin
 from ..models.autoencoder_kl_ruyi import AutoencoderKLRuyiCausal3D, same_values
 from ..models.transformer_ruyi import RuyiTransformer3DModel
@@ -456,11 +456,8 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         """Validates every argument before any model runs; raises `ValueError`/`TypeError` naming the argument."""
         if (height is None) != (width is None):
             raise ValueError("Pass both `height` and `width`, or neither (then `base_resolution` picks them).")
-        for name, value in (("height", height), ("width", width)):
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise TypeError(f"`{name}` must be a positive multiple of 16, got {type(value).__name__} {value!r}.")
-            if value <= 0 or value % 16 != 0:
-                raise ValueError(f"`{name}` must be a positive multiple of 16, got {value!r}.")
+        check_frame_size("height", height)
+        check_frame_size("width", width)
         for name, value in (
             ("num_inference_steps", num_inference_steps),
             ("num_videos_per_prompt", num_videos_per_prompt),
