@@ -109,6 +109,7 @@ MODULE_TESTS: dict[str, list[str]] = {
         "options or missing or unexpected or original or bf16",
     ],
     "loaders/original_pipeline.py": [
+        "tests/loaders/test_loader_mutants.py",
         "tests/loaders/test_published_format.py",
         "tests/loaders/test_loading_options.py",
         "tests/pipelines/test_pipeline_realfmt.py",

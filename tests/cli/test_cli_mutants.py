@@ -132,3 +132,16 @@ def test_gpu_check_with_torch_behind_device_nodes(extra, needs_gpu, monkeypatch)
             cli.check_args_with_torch(args)
     else:
         cli.check_args_with_torch(args)
+
+
+@pytest.mark.parametrize("stage", ["write", "check"])
+def test_value_errors_outside_generation_are_failures_not_bad_input(stage):
+    # Kills `stage == "generate"` -> `stage >= "generate"` in explain (cli.py): a ValueError while generating comes
+    # from the arguments (exit 2, its message alone); while writing (or in a stage without its own wording) it is a
+    # failure that names the stage and points to --verbose.
+    args = cli.build_parser().parse_args(["--image", "start.png", "--output", "out.mp4"])
+    bad_input = cli.explain(ValueError("`num_frames`=9 is not supported"), "generate", args)
+    assert (str(bad_input), bad_input.code) == ("`num_frames`=9 is not supported", cli.EXIT_BAD_INPUT)
+    failure = cli.explain(ValueError("weights do not fit"), stage, args)
+    assert failure.code == cli.EXIT_FAILURE
+    assert str(failure).startswith(f"{stage} failed: ValueError: weights do not fit")

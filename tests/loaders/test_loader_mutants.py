@@ -92,3 +92,32 @@ def test_original_vae_widths_come_from_ch_and_ch_mult(tiny_checkpoint, caplog):
     assert listed["block_out_channels"] == unlisted["block_out_channels"] == other["block_out_channels"] == widths
     assert f"lists block_out_channels={[w * 2 for w in widths]}" in caplog.text
     assert f"ch * ch_mult = {widths}" in caplog.text
+
+
+def test_original_vae_config_refuses_an_empty_ch_mult(tiny_checkpoint):
+    # Kills `len(value) > 0` -> `>= 0` in _check_config_types (loaders/original_checkpoint.py): a VAE with no blocks
+    # is refused by name at conversion, not built into a model that fails later.
+    config = json.loads((tiny_checkpoint / "vae" / "config.json").read_text())
+    with pytest.raises(ValueError, match=r"ch_mult=\[\] \(expected an integer >= 1, or a list of them\)"):
+        convert_vae_config({**config, "ch_mult": []})
+
+
+def test_original_layout_moves_the_control_embeddings_to_the_device_map(tiny_realfmt_checkpoint, monkeypatch):
+    # Kills `embeddings if device_map is None else embeddings.to(device_map)` -> `if not device_map is None` in
+    # load_original_pipeline (loaders/original_pipeline.py): with a `device_map`, the control embeddings go to that
+    # device with the models (on a CPU-only machine the move is seen through `.to`); without one they stay put.
+    from diffusers_ruyi import RuyiImageToVideoPipeline
+    from diffusers_ruyi.pipelines.controls import RuyiControlEmbeddings
+
+    moves = []
+    original_to = RuyiControlEmbeddings.to
+
+    def spy(self, *args, **kwargs):
+        moves.append(args[0] if args else kwargs.get("device"))
+        return original_to(self, *args, **kwargs)
+
+    monkeypatch.setattr(RuyiControlEmbeddings, "to", spy)
+    RuyiImageToVideoPipeline.from_pretrained(tiny_realfmt_checkpoint)
+    assert moves == []
+    RuyiImageToVideoPipeline.from_pretrained(tiny_realfmt_checkpoint, device_map="cpu")
+    assert moves[:1] == [torch.device("cpu")]

@@ -85,3 +85,27 @@ def test_guidance_rescale_zero_skips_the_rescale(pipe, start_image, monkeypatch,
         output_type="latent",
     )
     assert seen == [guidance_rescale] * calls
+
+
+def test_bucket_size_takes_any_positive_image_size():
+    # Kills `0 < value` -> `1 < value` in get_bucket_size (pipelines/controls.py): a one-pixel-wide image (or a
+    # fractional size from a resized frame) has an aspect ratio like any other.
+    assert get_bucket_size(1, 1, 512) == get_bucket_size(512, 512, 512) == (512, 512)
+    assert get_bucket_size(1, 0.5, 512) == get_bucket_size(1024, 512, 512)
+    with pytest.raises(ValueError, match="`image_height` must be a positive number"):
+        get_bucket_size(0, 1, 512)
+
+
+def test_control_embeddings_list_every_unexpected_key(tiny_realfmt_checkpoint):
+    # Kills `continue` -> `break` in RuyiControlEmbeddings.from_flat_dict (pipelines/controls.py): the error lists all
+    # the keys that do not fit the layout, not only the first one.
+    from diffusers_ruyi.loaders.original_checkpoint import read_safetensors
+    from diffusers_ruyi.pipelines.controls import RuyiControlEmbeddings
+
+    flat = read_safetensors(str(tiny_realfmt_checkpoint / "embeddings.safetensors"))
+    first, *_ = flat
+    bad = {"stray": torch.zeros(1), **flat, "p.default.emb3": torch.zeros(1, 2)}
+    with pytest.raises(
+        ValueError, match=r"Unexpected keys: \['p.default.emb3', 'stray'\]; entries missing fields: \{\}"
+    ):
+        RuyiControlEmbeddings.from_flat_dict(bad)
