@@ -99,7 +99,7 @@ MODULE_TESTS: dict[str, list[str]] = {
         "tests/loaders/test_lora_coverage.py",
         "tests/pipelines/test_pipeline_ruyi_i2v.py",
         "-k",
-        "original or conversion or missing or unexpected or wrong_shape or lora or matches",
+        "original or conversion or missing or unexpected or wrong_shape or lora or matches or dtype",
     ],
     "loaders/model_loading.py": [
         "tests/loaders/test_loading_options.py",

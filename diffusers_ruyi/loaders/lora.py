@@ -87,7 +87,7 @@ def _check_peft_lora_state_dict(
     foreign = sorted(key for key in state_dict if not key.startswith(f"{prefix}."))
     state_dict = {key[len(prefix) + 1 :]: value for key, value in state_dict.items() if key.startswith(f"{prefix}.")}
     if state_dict and not any("lora_A" in key for key in state_dict):
-        # Older diffusers naming (`.lora.down.weight`, `.lora_linear_layer.up.weight`, ...).
+        # Older diffusers naming (`.lora.down.weight`, `.to_q_lora.up.weight`, ...).
         state_dict = convert_unet_state_dict_to_peft(state_dict)
 
     modules = _lora_target_modules(transformer, _PEFT_LORA_TYPES)

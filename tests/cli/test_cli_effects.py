@@ -196,3 +196,22 @@ def test_group_offload_offloads_only_the_transformer_block_by_block(monkeypatch,
             exclude_modules=sorted(modules - {"transformer"}, key=list(pipe.components).index),
         )
     ]
+
+
+@pytest.mark.parametrize("cache", ["teacache", "first-block"])
+def test_cache_flag_enables_its_cache(monkeypatch, tmp_path, tiny_checkpoint, cache):
+    # `--cache teacache` / `--cache first-block` with `--cache-threshold`: the video of the pipeline with that cache
+    # enabled, which (at a threshold this loose, over 6 steps) is not the uncached video.
+    from diffusers import FirstBlockCacheConfig
+
+    from diffusers_ruyi.hooks import RuyiTeaCacheConfig
+
+    threshold = 50.0
+    config = RuyiTeaCacheConfig(threshold=threshold) if cache == "teacache" else FirstBlockCacheConfig(threshold)
+    got = _cli(
+        monkeypatch, tmp_path, tiny_checkpoint, "--cache", cache, "--cache-threshold", str(threshold), "--steps", "6"
+    )
+    expected = _direct(tiny_checkpoint, lambda pipe: pipe.transformer.enable_cache(config), num_inference_steps=6)
+    uncached = _direct(tiny_checkpoint, num_inference_steps=6)
+    assert (got - expected).abs().max().item() <= TOL
+    assert (got - uncached).abs().max().item() > 1e-3

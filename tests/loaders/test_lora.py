@@ -302,6 +302,36 @@ def test_unprefixed_peft_state_dict_loads(clean_pipe, small_inputs):
     torch.testing.assert_close(run_transformer(transformer, small_inputs), expected, atol=0, rtol=0)
 
 
+def _older_diffusers_key(key: str, attention_style: bool) -> str:
+    """A PEFT key in older diffusers' naming: `<module>.lora.down/up`, or `<attn>.to_q_lora.down/up` for the
+    attention projections (what diffusers' `convert_unet_state_dict_to_peft` reads)."""
+    factor = {"lora_A": "down", "lora_B": "up"}
+    module, name, weight = key.rsplit(".", 2)
+    parent, _, leaf = module.rpartition(".")
+    if attention_style and leaf in ("to_q", "to_k", "to_v"):
+        return f"{parent}.{leaf}_lora.{factor[name]}.{weight}"
+    if attention_style and module.endswith(".to_out.0"):
+        return f"{module[: -len('.to_out.0')]}.to_out_lora.{factor[name]}.{weight}"
+    return f"{module}.lora.{factor[name]}.{weight}"
+
+
+@pytest.mark.parametrize("attention_style", [False, True], ids=["lora.down", "to_q_lora.down"])
+def test_older_diffusers_lora_naming_loads(clean_pipe, small_inputs, attention_style):
+    # Files saved by older diffusers name the factors `.lora.down` / `.lora.up` (the attention projections also
+    # `.to_q_lora.down` ...): they are converted to PEFT's `lora_A` / `lora_B` and give the same adapter.
+    pipe = clean_pipe
+    transformer = pipe.transformer
+    add_random_adapter(transformer, "new", seed=5, alpha=4)
+    expected = run_transformer(transformer, small_inputs)
+    peft = get_peft_model_state_dict(transformer, adapter_name="new")
+    older = {"transformer." + _older_diffusers_key(key, attention_style): value for key, value in peft.items()}
+    assert not any("lora_A" in key or "lora_B" in key for key in older)
+    assert any("to_q_lora.down" in key for key in older) == attention_style
+    pipe.unload_lora_weights()
+    pipe.load_lora_weights(older, adapter_name="older")  # no metadata: alpha defaults to the rank (4 here)
+    torch.testing.assert_close(run_transformer(transformer, small_inputs), expected, atol=0, rtol=0)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Bad files: clear errors, nothing loaded
 # ----------------------------------------------------------------------------------------------------------------
