@@ -109,3 +109,27 @@ def test_control_embeddings_list_every_unexpected_key(tiny_realfmt_checkpoint):
         ValueError, match=r"Unexpected keys: \['p.default.emb3', 'stray'\]; entries missing fields: \{\}"
     ):
         RuyiControlEmbeddings.from_flat_dict(bad)
+
+
+def test_cache_vae_tiling_check_skips_the_smoothing_round_trip(pipe, start_image):
+    # Kills `compression_mode != "cache"` -> `>= "cache"` in _check_vae_tiling (pipeline_ruyi_i2v.py): only the slice
+    # VAE re-encodes its decode (`smooth_output`), so only there must the grown decode encode back to its size. At
+    # 48 px tiles with overlap 0.125, the cache VAE's 64x64 decode does not round-trip, and the pipeline runs.
+    vae = pipe.vae
+    assert vae.config.compression_mode == "cache"
+    vae.enable_original_tiling(tile_sample_min_size=48, tile_overlap_factor=0.125)
+    try:
+        decoded = vae.tiled_output_size(*vae.tiled_output_size(64, 64), decode=True)
+        assert vae.tiled_output_size(*vae.tiled_output_size(*decoded), decode=True) != decoded
+        video = pipe(
+            image=start_image,
+            num_frames=16,
+            height=64,
+            width=64,
+            num_inference_steps=1,
+            generator=torch.Generator("cpu").manual_seed(0),
+            output_type="pt",
+        ).frames
+    finally:
+        vae.disable_tiling()
+    assert video.shape[:3] == (1, 16, 3) and bool(torch.isfinite(video).all())
