@@ -161,7 +161,7 @@ def test_enhance_a_video_is_scoped_to_the_transformers_call():
     assert torch.equal(after, plain)
 
 
-def test_hook_defaults_are_predict_i2v_settings():
+def test_teacache_and_enhance_defaults_are_predict_i2v_settings():
     # Kills `threshold: float = 0.10` -> 1.1 in RuyiTeaCacheConfig (hooks/teacache.py): the documented defaults are
     # the original `predict_i2v.py`'s TeaCache and Enhance-A-Video settings.
     from diffusers_ruyi.hooks import RuyiEnhanceAVideoConfig
@@ -171,3 +171,22 @@ def test_hook_defaults_are_predict_i2v_settings():
     assert teacache.offload_to_cpu is True and teacache.num_inference_steps is None
     enhance = RuyiEnhanceAVideoConfig()
     assert (enhance.weight, enhance.skip_start_steps, enhance.skip_end_steps) == (1.0, 0, 0)
+
+
+def test_teacache_skipped_steps_default_to_the_most_recent_context():
+    # Kills `list(skipped_steps)[-1]` -> `[not 1]` (the first) in get_ruyi_teacache_skipped_steps
+    # (hooks/teacache.py): without a `context`, the skipped steps are those of the context used last.
+    model, inputs = tiny_transformer(), transformer_inputs()
+    model.enable_cache(RuyiTeaCacheConfig(threshold=100.0))
+    try:
+        with torch.no_grad():
+            for context, steps in (("first", 6), ("second", 8)):
+                for i in range(steps):
+                    with model.cache_context(context, step_index=i, num_inference_steps=steps):
+                        model(**inputs, timestep=torch.full((2,), 999.0 - i))
+        first = get_ruyi_teacache_skipped_steps(model, context="first")
+        second = get_ruyi_teacache_skipped_steps(model, context="second")
+        assert (first, second) == ([3, 4], [3, 4, 5, 6])
+        assert get_ruyi_teacache_skipped_steps(model) == second
+    finally:
+        model.disable_cache()

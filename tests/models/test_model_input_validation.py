@@ -409,3 +409,22 @@ def test_int32_style_ids_run(transformer):
     inputs = _inputs()
     expected = transformer(**inputs).sample
     assert torch.equal(transformer(**{**inputs, "style": inputs["style"].int()}).sample, expected)
+
+
+@torch.no_grad()
+def test_vae_with_growing_widths_round_trips_its_shapes():
+    # Kills `channels = reversed_channels[0]` -> `[1]` in the decoder (models/autoencoder_kl_ruyi.py): the decoder
+    # starts at the widest block's width; the goldens' VAEs repeat their widest width, so only unequal top widths
+    # show it.
+    model = AutoencoderKLRuyiCausal3D(
+        block_out_channels=(4, 8, 16),
+        down_block_types=("SpatialDownBlock3D",) * 3,
+        up_block_types=("SpatialUpBlock3D",) * 3,
+        layers_per_block=1,
+        norm_num_groups=4,
+        latent_channels=4,
+    ).eval()
+    assert model.decoder.up_blocks[0].convs[0].conv1.in_channels == 16
+    latents = model.encode(_video(1, 3, 1, 16, 16)).latent_dist.mode()
+    assert latents.shape == (1, 4, 1, 4, 4)
+    assert model.decode(latents).sample.shape == (1, 3, 1, 16, 16)
