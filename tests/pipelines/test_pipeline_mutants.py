@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from _helpers import quick_latents
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 
 from diffusers_ruyi.pipelines import pipeline_ruyi_i2v as pipeline_module
@@ -73,17 +74,7 @@ def test_guidance_rescale_zero_skips_the_rescale(pipe, start_image, monkeypatch,
         return rescale_noise_cfg(noise_cfg, noise_pred_text, guidance_rescale=guidance_rescale)
 
     monkeypatch.setattr(pipeline_module, "rescale_noise_cfg", spy)
-    pipe(
-        image=start_image,
-        num_frames=8,
-        height=32,
-        width=48,
-        num_inference_steps=2,
-        guidance_scale=7.0,
-        guidance_rescale=guidance_rescale,
-        generator=torch.Generator("cpu").manual_seed(0),
-        output_type="latent",
-    )
+    quick_latents(pipe, start_image, guidance_scale=7.0, guidance_rescale=guidance_rescale)
     assert seen == [guidance_rescale] * calls
 
 
@@ -103,7 +94,6 @@ def test_control_embeddings_list_every_unexpected_key(tiny_realfmt_checkpoint):
     from diffusers_ruyi.pipelines.controls import RuyiControlEmbeddings
 
     flat = read_safetensors(str(tiny_realfmt_checkpoint / "embeddings.safetensors"))
-    first, *_ = flat
     bad = {"stray": torch.zeros(1), **flat, "p.default.emb3": torch.zeros(1, 2)}
     with pytest.raises(
         ValueError, match=r"Unexpected keys: \['p.default.emb3', 'stray'\]; entries missing fields: \{\}"
