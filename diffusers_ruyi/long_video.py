@@ -84,7 +84,7 @@ def plan_segments(
     appends. A long video may have any number of frames: the last segment is rounded up to a multiple of 8 and its
     extra frames dropped. With end frames the last segment must end exactly on them, so it takes the few extra frames
     from the segment before it (which keeps fewer of its frames) or, for a one-segment continuation, is conditioned on
-    the number of context frames nearest `context_frames` that makes its length a multiple of 8.
+    the number of context frames nearest `context_frames` that makes its length a multiple of 8 (a tie keeps more).
 
     Args:
         num_frames (`int`): Frames of the new video, or frames to append with `continuation=True`.

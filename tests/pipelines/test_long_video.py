@@ -69,6 +69,14 @@ def test_one_segment_continuation_with_an_end_frame_picks_the_nearest_context():
     assert plan_segments(16, continuation=True, end_frames=1) == [SegmentPlan(0, 24, 8, 16, 1)]
     with pytest.raises(ValueError, match="needs 8 frames of context.*only 5. Append 19 frames"):
         plan_segments(16, continuation=True, end_frames=1, available_context=5)
+    # A tie (4 frames fewer or 4 more) keeps more context; one context frame is still a valid shrink.
+    assert plan_segments(7, continuation=True, end_frames=1) == [SegmentPlan(0, 16, 9, 7, 1)]
+    assert plan_segments(7, context_frames=4, continuation=True, end_frames=1) == [SegmentPlan(0, 8, 1, 7, 1)]
+    # A video exactly as long as the grown context is enough, and so is a longer one.
+    assert plan_segments(16, continuation=True, end_frames=1, available_context=8) == [SegmentPlan(0, 24, 8, 16, 1)]
+    assert plan_segments(16, continuation=True, end_frames=1, available_context=20) == [SegmentPlan(0, 24, 8, 16, 1)]
+    # Where shrinking is impossible (5 + 2 frames round up to 8), the context grows to 6 of the 20 frames.
+    assert plan_segments(2, continuation=True, end_frames=1, available_context=20) == [SegmentPlan(0, 8, 6, 2, 1)]
 
 
 @pytest.mark.parametrize(
