@@ -56,6 +56,7 @@ _PIPELINE_TESTS = [
     "tests/pipelines/test_pipeline_behaviours.py",
     "tests/pipelines/test_pipeline_mutants.py",
     "tests/pipelines/test_pipeline_inputs.py",
+    "tests/pipelines/test_pipeline_realfmt.py",
     "-k",
     "not hub_id and not half_precision and not random_invalid",
 ]

@@ -124,3 +124,15 @@ def test_original_layout_moves_the_control_embeddings_to_the_device_map(tiny_rea
     assert moves == []
     RuyiImageToVideoPipeline.from_pretrained(tiny_realfmt_checkpoint, device_map="cpu")
     assert moves[:1] == [torch.device("cpu")]
+
+
+@pytest.mark.parametrize("key", ["use_tiling_encoder", "use_tiling_decoder"])
+def test_original_vae_config_tiling_one_side_without_use_tiling_is_refused(tiny_checkpoint, key):
+    # Kills the loop over ("use_tiling_encoder", "use_tiling_decoder") -> `[]` in convert_vae_config
+    # (loaders/original_checkpoint.py): either side's flag without `use_tiling` is refused by name; with it, it loads.
+    config = json.loads((tiny_checkpoint / "vae" / "config.json").read_text())
+    config.update({"use_tiling": False, key: True})
+    with pytest.raises(ValueError, match=f"has {key}=True without use_tiling"):
+        convert_vae_config(config)
+    config["use_tiling"] = True
+    convert_vae_config(config)

@@ -417,6 +417,7 @@ def test_error_bad_peft_tensors_load_nothing(clean_pipe, change, message):
         ("lora_up.weight", lambda t: t.fill_(float("inf")), "lora_up holds NaN or infinite values"),
         ("alpha", lambda t: torch.tensor(float("nan")), "alpha holds NaN or infinite values"),
         ("alpha", lambda t: torch.ones(2), "alpha holds 2 values, not one"),
+        ("alpha", lambda t: torch.ones(0), "alpha holds 0 values, not one"),
     ],
 )
 def test_error_bad_original_tensors_load_nothing(clean_pipe, element, value, message):

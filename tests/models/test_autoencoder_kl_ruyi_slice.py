@@ -76,6 +76,25 @@ def test_tiled_decode_matches_original(vae, golden):
     assert _max_diff(video, golden["decode_output"]) <= TOLERANCE
 
 
+@torch.no_grad()
+def test_tiled_decode_keeps_only_the_strips_later_tiles_blend_with(vae, golden, monkeypatch):
+    # Memory, not numbers (the blend reads only the last `overlap` rows or columns either way): between tiles the
+    # loop holds each tile's bottom and right strips, never a whole tile.
+    from diffusers_ruyi.models import autoencoder_kl_ruyi
+
+    blend, kept = autoencoder_kl_ruyi._blend_into, []
+
+    def recording_blend(a_strip, b, dim, extent):
+        kept.append((dim, a_strip.shape[dim], extent))
+        blend(a_strip, b, dim, extent)
+
+    monkeypatch.setattr(autoencoder_kl_ruyi, "_blend_into", recording_blend)
+    video = vae.decode(golden["decode_input"]).sample
+    assert _max_diff(video, golden["decode_output"]) <= TOLERANCE
+    assert {dim for dim, _, _ in kept} == {-2, -1}
+    assert all(size == extent for _, size, extent in kept), kept
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # The original's general rules (frame counts, slice sizes, layouts, tile sizes)
 # ------------------------------------------------------------------------------------------------------------------
