@@ -15,7 +15,8 @@ from .pipelines.controls import CAMERA_DIRECTIONS, RuyiControlEmbeddings
 from .pipelines.pipeline_ruyi_i2v import RuyiImageToVideoPipeline
 
 
-# The original configs of the tiny golden checkpoint, converted by the same code as a real checkpoint.
+# The original configs of the tiny golden checkpoint (tests/test_tiny.py compares them with its files), converted by
+# the same code as a real checkpoint.
 TINY_TRANSFORMER_CONFIG = {
     "_class_name": "HunyuanTransformer3DModel",
     "num_attention_heads": 2,
@@ -83,16 +84,31 @@ TINY_CLIP_CONFIG = dict(
 )
 
 
+TINY_SCHEDULER_CONFIG = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.03,
+    "beta_schedule": "scaled_linear",
+    "trained_betas": None,
+    "clip_sample": False,
+    "clip_sample_range": 1.0,
+    "set_alpha_to_one": True,
+    "steps_offset": 1,
+    "prediction_type": "v_prediction",
+    "thresholding": False,
+    "dynamic_thresholding_ratio": 0.995,
+    "sample_max_value": 1.0,
+    "timestep_spacing": "leading",
+    "rescale_betas_zero_snr": False,
+}
+
+
 def build_tiny_scheduler() -> DDIMScheduler:
-    """The tiny random pipeline's scheduler (the CLI checks `--steps` against it before building the models)."""
-    return DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.03,
-        beta_schedule="scaled_linear",
-        steps_offset=1,
-        prediction_type="v_prediction",
-        clip_sample=False,
-    )
+    """The tiny random pipeline's scheduler (the CLI checks `--steps` against it before building the models).
+
+    Built from a config whose every key is given, as a scheduler loaded from a file is: another sampler made with
+    `from_config` then takes these values (`timestep_spacing` included), not its own class's defaults."""
+    return DDIMScheduler.from_config(TINY_SCHEDULER_CONFIG)
 
 
 def build_tiny_random_pipeline(seed: int = 0) -> RuyiImageToVideoPipeline:

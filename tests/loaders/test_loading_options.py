@@ -65,6 +65,26 @@ def test_torchao_int8_weight_only_on_the_published_layout(tiny_realfmt_checkpoin
     assert (video - expected).abs().mean().item() < 0.05
 
 
+def test_each_published_component_resolves_its_quantization_as_diffusers_does(tiny_realfmt_checkpoint, monkeypatch):
+    # The CLIP image encoder is a transformers model: a global `PipelineQuantizationConfig` must give it the
+    # transformers config class (`is_diffusers=False`), the VAE and the transformer diffusers' own, as
+    # `DiffusionPipeline.from_pretrained` resolves them.
+    pytest.importorskip("torchao")
+    from diffusers import PipelineQuantizationConfig, TorchAoConfig
+    from torchao.quantization import Int8WeightOnlyConfig
+
+    quantization = PipelineQuantizationConfig(quant_mapping={"transformer": TorchAoConfig(Int8WeightOnlyConfig())})
+    asked = {}
+
+    def resolve(is_diffusers=True, module_name=None):
+        asked[module_name] = is_diffusers
+        return None  # quantize nothing: only the question matters here
+
+    monkeypatch.setattr(quantization, "_resolve_quant_config", resolve)
+    RuyiImageToVideoPipeline.from_pretrained(tiny_realfmt_checkpoint, quantization_config=quantization)
+    assert asked == {"image_encoder": False, "vae": True, "transformer": True}
+
+
 def test_variant_of_a_saved_folder(tiny_checkpoint, tmp_path):
     pipe = RuyiImageToVideoPipeline.from_pretrained(tiny_checkpoint)
     pipe.save_pretrained(tmp_path, variant="bf16")
