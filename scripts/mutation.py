@@ -91,6 +91,7 @@ MODULE_TESTS: dict[str, list[str]] = {
         "tests/loaders/test_lora.py",
         "tests/loaders/test_lora_coverage.py",
         "tests/loaders/test_lora_original_exact.py",
+        "tests/loaders/test_loader_mutants.py",
     ],
     "loaders/original_checkpoint.py": [
         "tests/loaders/test_loader_mutants.py",

@@ -145,3 +145,28 @@ def test_value_errors_outside_generation_are_failures_not_bad_input(stage):
     failure = cli.explain(ValueError("weights do not fit"), stage, args)
     assert failure.code == cli.EXIT_FAILURE
     assert str(failure).startswith(f"{stage} failed: ValueError: weights do not fit")
+
+
+def test_load_reads_a_cached_hub_id_from_its_snapshot_and_a_folder_as_it_is(monkeypatch, tmp_path, tiny_checkpoint):
+    # Kills `if not os.path.isdir(source)` -> `if os.path.isdir(...)` in _load (cli.py): a hub id in the cache loads
+    # from its snapshot folder (sizes reported, no download announced); a local folder loads as it is, without a cache
+    # lookup.
+    import argparse
+
+    from _helpers import hub_cache_snapshot
+
+    from diffusers_ruyi.pipelines.pipeline_ruyi_i2v import RuyiImageToVideoPipeline
+
+    snapshot = hub_cache_snapshot(tmp_path, "someone/ruyi", tiny_checkpoint)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    loaded = []
+    monkeypatch.setattr(RuyiImageToVideoPipeline, "from_pretrained", lambda source, **kw: loaded.append(source))
+    said = []
+    progress = cli.Progress(quiet=True)
+    monkeypatch.setattr(progress, "say", said.append)
+    cli._load(argparse.Namespace(model="someone/ruyi"), torch.float32, progress)
+    assert loaded == [str(snapshot)] and said[0].startswith("loading someone/ruyi (")
+    monkeypatch.setattr(cli, "cached_snapshot", lambda *a: pytest.fail("looked up the cache for a folder"))
+    said.clear()
+    cli._load(argparse.Namespace(model=str(tiny_checkpoint)), torch.float32, progress)
+    assert loaded[-1] == str(tiny_checkpoint) and said[0].startswith(f"loading {tiny_checkpoint} (")

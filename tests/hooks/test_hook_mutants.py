@@ -190,3 +190,21 @@ def test_teacache_skipped_steps_default_to_the_most_recent_context():
         assert get_ruyi_teacache_skipped_steps(model) == second
     finally:
         model.disable_cache()
+
+
+def test_enhance_a_video_acts_from_two_latent_frames():
+    # Kills `num_frames > 1` -> `> 2` in RuyiEnhanceAVideoRootHook.pre_forward (hooks/enhance_a_video.py): two latent
+    # frames (an 8-frame video) have cross-frame attention to enhance; one frame (an image) has none.
+    from diffusers_ruyi.hooks import RuyiEnhanceAVideoConfig, apply_ruyi_enhance_a_video, remove_ruyi_enhance_a_video
+
+    model = tiny_transformer()
+    for frames, enhanced in ((1, False), (2, True)):
+        inputs = transformer_inputs(frames=frames)
+        with torch.no_grad():
+            plain = model(**inputs, timestep=torch.tensor([999.0, 999.0]), return_dict=False)[0]
+            apply_ruyi_enhance_a_video(model, RuyiEnhanceAVideoConfig(weight=4.0))
+            try:
+                output = model(**inputs, timestep=torch.tensor([999.0, 999.0]), return_dict=False)[0]
+            finally:
+                remove_ruyi_enhance_a_video(model)
+        assert torch.equal(output, plain) != enhanced, frames

@@ -136,3 +136,34 @@ def test_original_vae_config_tiling_one_side_without_use_tiling_is_refused(tiny_
         convert_vae_config(config)
     config["use_tiling"] = True
     convert_vae_config(config)
+
+
+def test_lora_state_dict_hands_the_hub_options_to_diffusers_fetch(monkeypatch):
+    # Kills `kwargs.pop("force_download", False)` -> `True` in lora_state_dict (loaders/lora.py): by default a LoRA
+    # from the hub is read from the cache, not downloaded again; options given are passed on as they are.
+    from diffusers_ruyi.loaders import lora
+    from diffusers_ruyi.pipelines.pipeline_ruyi_i2v import RuyiImageToVideoPipeline
+
+    asked = []
+
+    class Fetched(Exception):
+        pass
+
+    def fetch(**kwargs):
+        asked.append(kwargs)
+        raise Fetched
+
+    monkeypatch.setattr(lora, "_fetch_state_dict", fetch)
+    with pytest.raises(Fetched):
+        RuyiImageToVideoPipeline.lora_state_dict("someone/ruyi-lora")
+    assert asked[0]["force_download"] is False and asked[0]["local_files_only"] is None
+    with pytest.raises(Fetched):
+        RuyiImageToVideoPipeline.lora_state_dict(
+            "someone/ruyi-lora", force_download=True, revision="v2", weight_name="w.safetensors", subfolder="sub"
+        )
+    assert {k: asked[1][k] for k in ("force_download", "revision", "weight_name", "subfolder")} == {
+        "force_download": True,
+        "revision": "v2",
+        "weight_name": "w.safetensors",
+        "subfolder": "sub",
+    }

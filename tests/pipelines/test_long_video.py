@@ -321,6 +321,8 @@ def test_long_video_takes_an_array_or_tensor_start_frame(pipe, start_image):
         (np.zeros((0, 32, 48, 3), dtype=np.uint8), ValueError, "no size 0"),
         ([], TypeError, "non-empty list of PIL images"),
         (np.zeros((3, 32, 48, 3), dtype=np.uint8), ValueError, "the video to continue has only 3 frame"),
+        # A one-frame video is a video, not a batch of one to unwrap.
+        (np.zeros((1, 32, 48, 3), dtype=np.uint8), ValueError, "the video to continue has only 1 frame"),
         # Only a batch of one 4-D video (`.frames` of output_type="np") is unwrapped; the error shows the shape given.
         (np.zeros((1, 1, 8, 32, 48, 3), dtype=np.uint8), ValueError, "got \\(1, 1, 8, 32, 48, 3\\)"),
         (np.zeros((2, 8, 32, 48, 3), dtype=np.uint8), ValueError, "got \\(2, 8, 32, 48, 3\\)"),
