@@ -14,3 +14,22 @@ def test_registering_twice_wraps_diffusers_once():
     assert diffusers.__dict__["__getattr__"] is first
     for name in EXPOSED_NAMES:
         assert getattr(diffusers, name).__module__.startswith("diffusers_ruyi.")
+
+
+def test_the_import_finder_leaves_other_modules_alone():
+    # Kills `fullname != "diffusers"` -> `fullname < "diffusers"` in _InstallAfterDiffusersImport.find_spec
+    # (_registration.py): a module other than diffusers (whatever its name sorts as) is not found by the finder,
+    # which stays in place, one shot, for diffusers.
+    import sys
+
+    from diffusers_ruyi._registration import _InstallAfterDiffusersImport
+
+    finder = _InstallAfterDiffusersImport()
+    sys.meta_path.insert(0, finder)
+    try:
+        for name in ("aaa_module", "numpy", "zzz_module", "diffusers_ruyi"):
+            assert finder.find_spec(name, None) is None
+            assert finder in sys.meta_path
+    finally:
+        if finder in sys.meta_path:
+            sys.meta_path.remove(finder)

@@ -71,14 +71,19 @@ def get_bucket_size(image_height: int, image_width: int, base_resolution: int = 
 
 def normalize_motion(motion: Union[int, str]) -> str:
     """Returns the motion amplitude as the key part used in the embeddings file ("auto" is stored as "0")."""
-    if isinstance(motion, bool) or not isinstance(motion, (int, str)) or str(motion) not in MOTION_VALUES:
-        raise ValueError(f"`motion` must be one of 1, 2, 3, 4 or 'auto' (int or str), got {motion!r}.")
+    allowed = "1, 2, 3, 4 or 'auto' (int or str)"
+    if isinstance(motion, bool) or not isinstance(motion, (int, str)):
+        raise TypeError(f"`motion` must be one of {allowed}, got {type(motion).__name__} {motion!r}.")
+    if str(motion) not in MOTION_VALUES:
+        raise ValueError(f"`motion` must be one of {allowed}, got {motion!r}.")
     return "0" if str(motion) == "auto" else str(motion)
 
 
 def _aspect_ratio_tag(aspect_ratio: str) -> str:
     """``"16:9"`` -> ``"16x9"``, the tag used in the embeddings file's names."""
-    width, sep, height = aspect_ratio.partition(":") if isinstance(aspect_ratio, str) else ("", "", "")
+    if not isinstance(aspect_ratio, str):
+        raise TypeError(f"`aspect_ratio` must be a string like 'W:H', got {type(aspect_ratio).__name__}.")
+    width, sep, height = aspect_ratio.partition(":")
     if not (sep and width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):
         raise ValueError(
             f"`aspect_ratio` must be a tag like {' or '.join(repr(a) for a in ASPECT_RATIOS)} ('W:H' with positive "
@@ -89,6 +94,10 @@ def _aspect_ratio_tag(aspect_ratio: str) -> str:
 
 def control_name(motion: Union[int, str], camera_direction: str, aspect_ratio: str = "16:9") -> str:
     """The name of the positive embedding for a control combination, e.g. ``p.16x9movie2left``."""
+    if not isinstance(camera_direction, str):
+        raise TypeError(
+            f"`camera_direction` must be one of {list(CAMERA_DIRECTIONS)}, got {type(camera_direction).__name__}."
+        )
     if camera_direction not in CAMERA_DIRECTIONS:
         raise ValueError(f"`camera_direction` must be one of {list(CAMERA_DIRECTIONS)}, got {camera_direction!r}.")
     return f"p.{_aspect_ratio_tag(aspect_ratio)}movie{normalize_motion(motion)}{camera_direction}"

@@ -208,3 +208,20 @@ def test_enhance_a_video_acts_from_two_latent_frames():
             finally:
                 remove_ruyi_enhance_a_video(model)
         assert torch.equal(output, plain) != enhanced, frames
+
+
+def test_faster_cache_keeps_identifiers_the_user_chose():
+    # Kills `== tuple(default)` -> `<= tuple(default)` in fill_cache_defaults (hooks/diffusers_caches.py): only
+    # diffusers' default identifiers are replaced by the inputs Ruyi batches for guidance; any others (here a prefix
+    # of the default, which sorts before it) are the user's and are kept.
+    from diffusers import FasterCacheConfig
+
+    from diffusers_ruyi.hooks.diffusers_caches import fill_cache_defaults
+
+    model = tiny_transformer()
+    default = FasterCacheConfig()
+    filled, _ = fill_cache_defaults(model, default)
+    assert filled._unconditional_conditional_input_kwargs_identifiers == list(model._cfg_batched_input_names)
+    chosen = FasterCacheConfig(_unconditional_conditional_input_kwargs_identifiers=["hidden_states"])
+    filled, _ = fill_cache_defaults(model, chosen)
+    assert filled._unconditional_conditional_input_kwargs_identifiers == ["hidden_states"]

@@ -1,5 +1,6 @@
 """Pipeline behaviours that survived mutation testing (scripts/mutation.py); each test names the mutant it kills."""
 
+import numpy as np
 import pytest
 import torch
 from _helpers import quick_latents
@@ -45,8 +46,32 @@ def test_control_names_refuse_malformed_aspect_ratios(aspect_ratio):
     from diffusers_ruyi.pipelines.controls import control_name
 
     assert control_name(2, "left", "16:9") == "p.16x9movie2left"
-    with pytest.raises(ValueError, match="`aspect_ratio` must be a tag like"):
-        control_name(2, "left", aspect_ratio)
+    if isinstance(aspect_ratio, str):
+        with pytest.raises(ValueError, match="`aspect_ratio` must be a tag like"):
+            control_name(2, "left", aspect_ratio)
+    else:
+        with pytest.raises(TypeError, match="`aspect_ratio` must be a string like 'W:H', got"):
+            control_name(2, "left", aspect_ratio)
+
+
+@pytest.mark.parametrize(
+    "motion, camera_direction, error, match",
+    [
+        (np.int64(2), "left", TypeError, "`motion` must be one of 1, 2, 3, 4 or 'auto' \\(int or str\\), got int64 "),
+        (2.0, "left", TypeError, "`motion` must be one of .*, got float 2.0"),
+        (True, "left", TypeError, "`motion` must be one of .*, got bool True"),
+        (5, "left", ValueError, "`motion` must be one of 1, 2, 3, 4 or 'auto' \\(int or str\\), got 5"),
+        ("2", 1, TypeError, "`camera_direction` must be one of \\['static', .*\\], got int"),
+        ("2", "diagonal", ValueError, "`camera_direction` must be one of .*, got 'diagonal'"),
+    ],
+)
+def test_control_names_refuse_a_wrong_type_with_a_type_error(motion, camera_direction, error, match):
+    # Kills `or` -> `and` in normalize_motion (pipelines/controls.py): a NumPy integer whose text is a valid motion
+    # is still refused, by type; a wrong type is a TypeError, a wrong value a ValueError, as for every argument.
+    from diffusers_ruyi.pipelines.controls import control_name
+
+    with pytest.raises(error, match=match):
+        control_name(motion, camera_direction)
 
 
 def test_encode_prompt_keeps_the_masks_integer(pipe):
