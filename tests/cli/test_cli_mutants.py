@@ -170,3 +170,27 @@ def test_load_reads_a_cached_hub_id_from_its_snapshot_and_a_folder_as_it_is(monk
     said.clear()
     cli._load(argparse.Namespace(model=str(tiny_checkpoint)), torch.float32, progress)
     assert loaded[-1] == str(tiny_checkpoint) and said[0].startswith(f"loading {tiny_checkpoint} (")
+
+
+def test_sizes_switch_unit_at_1024():
+    # Kills `num_bytes < 1024` -> `< 1025` in _format_size (cli.py).
+    assert [cli._format_size(n) for n in (1023, 1024, 1024**2, 1024**3, 5 * 1024**4)] == [
+        "1023 B",
+        "1 KB",
+        "1.0 MB",
+        "1.0 GB",
+        "5120.0 GB",
+    ]
+
+
+def test_steps_are_checked_against_ddim_for_the_original_layout(tiny_realfmt_checkpoint, tmp_path):
+    # Kills `DDIMScheduler if is_original_pipeline_folder(...)` -> `if not ...` in _scheduler_before_loading (cli.py):
+    # the published layout's DDPM-class config runs as DDIM (as the pipeline loads it); a diffusers folder's
+    # scheduler is the class its file names.
+    import diffusers
+
+    assert type(cli._scheduler_before_loading(str(tiny_realfmt_checkpoint))) is diffusers.DDIMScheduler
+    pipe = load_pipeline(str(tiny_realfmt_checkpoint))
+    pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe.save_pretrained(tmp_path)
+    assert type(cli._scheduler_before_loading(str(tmp_path))) is diffusers.EulerDiscreteScheduler

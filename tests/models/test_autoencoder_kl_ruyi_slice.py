@@ -423,3 +423,15 @@ def test_save_load_round_trip_keeps_the_variant(vae, golden, tmp_path):
     assert reloaded.config.compression_mode == "slice" and reloaded.tiling_mode == "original"
     latents = golden["decode_input"][:, :, :3, :5, :4]  # tiled, with a lone first latent and one chunk
     assert torch.equal(reloaded.decode(latents).sample, vae.decode(latents).sample)
+
+
+def test_original_tiling_refuses_an_overlap_that_leaves_no_step(vae):
+    # Kills `size / ratio` -> `size - ratio` in _check_original_tiling (models/autoencoder_kl_ruyi.py): 16 px tiles
+    # are 2 latents, and an overlap of 0.75 leaves int(2 * 0.25) = 0 latents between them; 0.5 leaves one.
+    with pytest.raises(ValueError, match="`tile_overlap_factor` 0.75 leaves no step between 16 px tiles"):
+        vae.enable_original_tiling(16, 0.75)
+    try:
+        vae.enable_original_tiling(16, 0.5)
+        assert vae.tile_sample_min_size == 16
+    finally:
+        vae.enable_original_tiling()

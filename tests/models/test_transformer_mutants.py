@@ -4,6 +4,7 @@ golden forward passes cannot see."""
 import math
 
 import numpy as np
+import torch
 
 from diffusers_ruyi.models.transformer_ruyi import RuyiImageResampler
 
@@ -53,3 +54,18 @@ def test_defaults_are_the_published_transformer():
     assert set(published) <= set(parameters)
     defaults = {name: parameters[name].default for name in published}
     assert defaults == published
+
+
+def test_resampler_attention_is_torch_multihead_attention_when_queries_and_head_width_differ():
+    # Kills `query.shape[-1]` -> `query.shape[1]` in RuyiResamplerAttention.forward (models/transformer_ruyi.py): the
+    # scale is 1/sqrt(head width), not of the query count (equal in the tiny config: 16 queries of width 16).
+    from diffusers_ruyi.models.transformer_ruyi import RuyiResamplerAttention
+
+    torch.manual_seed(0)
+    ours = RuyiResamplerAttention(embed_dim=24, num_heads=2)  # heads of width 12
+    reference = torch.nn.MultiheadAttention(24, 2)
+    reference.load_state_dict(ours.state_dict())
+    query, key = torch.randn(5, 3, 24), torch.randn(7, 3, 24)
+    with torch.no_grad():
+        expected = reference(query, key, key, need_weights=False)[0]
+        assert torch.allclose(ours(query, key, key), expected, atol=1e-6)

@@ -148,3 +148,12 @@ def test_cache_vae_tiling_check_skips_the_smoothing_round_trip(pipe, start_image
     finally:
         vae.disable_tiling()
     assert video.shape[:3] == (1, 16, 3) and bool(torch.isfinite(video).all())
+
+
+def test_a_tensor_image_in_zero_one_is_not_taken_for_minus_one_one(pipe):
+    # Kills `images.min() < 0` -> `!= 0` in _to_pil (pipelines/pipeline_ruyi_i2v.py): only a tensor with negative
+    # values is in [-1, 1]; one in [0.2, 0.8] keeps its values.
+    tensor = torch.linspace(0.2, 0.8, 3 * 4 * 4).reshape(3, 4, 4)
+    image = pipe._to_pil(tensor, "image")[0]
+    expected = (tensor.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    assert np.abs(np.asarray(image).astype(int) - expected.astype(int)).max() <= 1
