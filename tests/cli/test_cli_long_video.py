@@ -219,3 +219,14 @@ def test_bad_long_video_arguments(tmp_path, input_video, argv, message):
     assert result.stdout.strip() == "exit 2 False"  # refused before torch was imported
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_extend_without_a_size_generates_at_the_videos_own(tmp_path, input_video, capsys):
+    # Kills `info["width"] % 16 == 0` -> `== 1` in _run_segments (cli.py): a 48x32 video (both multiples of 16) is
+    # continued at its own size, not at a training bucket.
+    out = tmp_path / "out.mp4"
+    argv = ["--model", "tiny-random", "--steps", "1", "--base-resolution", "64", "--extend", str(input_video)]
+    assert main([*argv, "--output", str(out), "--num-frames", "3"]) == 0
+    assert "new frames are resized" not in capsys.readouterr().err
+    frames, _ = _read(out)
+    assert {frame.shape for frame in frames} == {(32, 48, 3)}

@@ -194,3 +194,16 @@ def test_steps_are_checked_against_ddim_for_the_original_layout(tiny_realfmt_che
     pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config)
     pipe.save_pretrained(tmp_path)
     assert type(cli._scheduler_before_loading(str(tmp_path))) is diffusers.EulerDiscreteScheduler
+
+
+def test_import_notices_are_hidden_only_while_importing_and_only_when_not_verbose():
+    # Kills the loop over the loggers -> `[]` in _import_notices_hidden (cli.py).
+    import logging
+
+    loggers = [logging.getLogger(name) for name in cli._IMPORT_NOTICE_LOGGERS]
+    before = [logger.level for logger in loggers]
+    with cli._import_notices_hidden(verbose=False):
+        assert all(logger.level == logging.ERROR for logger in loggers)
+    assert [logger.level for logger in loggers] == before
+    with cli._import_notices_hidden(verbose=True):
+        assert [logger.level for logger in loggers] == before

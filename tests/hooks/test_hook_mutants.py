@@ -225,3 +225,13 @@ def test_faster_cache_keeps_identifiers_the_user_chose():
     chosen = FasterCacheConfig(_unconditional_conditional_input_kwargs_identifiers=["hidden_states"])
     filled, _ = fill_cache_defaults(model, chosen)
     assert filled._unconditional_conditional_input_kwargs_identifiers == ["hidden_states"]
+
+
+def test_teacache_refuses_a_transformer_without_blocks():
+    # Kills `or` -> `and` in apply_ruyi_teacache (hooks/teacache.py): an empty block list is refused by name.
+    from diffusers_ruyi.hooks.teacache import apply_ruyi_teacache
+
+    model = tiny_transformer()
+    model.blocks = torch.nn.ModuleList()
+    with pytest.raises(ValueError, match="TeaCache needs a Ruyi transformer with `blocks`"):
+        apply_ruyi_teacache(model, RuyiTeaCacheConfig())

@@ -167,3 +167,16 @@ def test_lora_state_dict_hands_the_hub_options_to_diffusers_fetch(monkeypatch):
         "weight_name": "w.safetensors",
         "subfolder": "sub",
     }
+
+
+def test_original_format_reader_casts_in_chunks(tmp_path, monkeypatch):
+    # Kills `numel - offset` -> `numel / offset` in read_safetensors (loaders/original_checkpoint.py): a cast read
+    # goes through a staging buffer chunk by chunk, the last chunk shorter (here 10 elements in chunks of 4).
+    from diffusers_ruyi.loaders import original_checkpoint
+
+    monkeypatch.setattr(original_checkpoint, "_CAST_CHUNK_BYTES", 8)  # 4 bfloat16 elements per chunk
+    values = {"w": torch.linspace(-2, 2, 10).to(torch.bfloat16), "ids": torch.arange(3)}
+    save_file(values, str(tmp_path / "m.safetensors"))
+    read = read_safetensors(str(tmp_path / "m.safetensors"), dtype=torch.float32)
+    assert read["w"].dtype == torch.float32 and torch.equal(read["w"], values["w"].float())
+    assert read["ids"].dtype == torch.int64 and torch.equal(read["ids"], values["ids"])  # integers are not cast
