@@ -235,3 +235,33 @@ def test_teacache_refuses_a_transformer_without_blocks():
     model.blocks = torch.nn.ModuleList()
     with pytest.raises(ValueError, match="TeaCache needs a Ruyi transformer with `blocks`"):
         apply_ruyi_teacache(model, RuyiTeaCacheConfig())
+
+
+def test_teacache_offloads_its_residual_only_when_asked(monkeypatch):
+    # Kills `torch.device("cpu") if self.config.offload_to_cpu else None` -> `if not ...` in the tail hook
+    # (hooks/teacache.py). On a CPU the move is a no-op, so the spy records the device the tail hook asks for: its
+    # residual is stored with `None` (stay where it is) unless `offload_to_cpu`; its other `move_to` reads the block
+    # input back to the output's device. Every step computes (threshold 0), so no skipped step reads a residual.
+    import sys
+
+    from diffusers_ruyi.hooks import teacache
+
+    move_to = teacache.move_to
+    model, inputs = tiny_transformer(), transformer_inputs(batch=1, frames=2, height=4, width=4)
+    hidden_states = inputs.pop("hidden_states")
+    for offload in (False, True):
+        asked = []
+
+        def spy(tensor, device, _asked=asked):
+            if sys._getframe(1).f_code.co_name == "new_forward":
+                _asked.append(device)
+            return move_to(tensor, device)
+
+        monkeypatch.setattr(teacache, "move_to", spy)
+        config = RuyiTeaCacheConfig(threshold=0.0, skip_start_steps=1, num_inference_steps=4, offload_to_cpu=offload)
+        model.enable_cache(config)
+        with torch.no_grad(), model.cache_context("cond_uncond"):
+            for step in range(4):
+                model(hidden_states, torch.full((1,), 500.0 - step), **inputs)
+        model.disable_cache()
+        assert asked and (None in asked) == (not offload), (offload, asked)
