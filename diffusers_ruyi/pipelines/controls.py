@@ -94,12 +94,11 @@ def _aspect_ratio_tag(aspect_ratio: str) -> str:
 
 def control_name(motion: Union[int, str], camera_direction: str, aspect_ratio: str = "16:9") -> str:
     """The name of the positive embedding for a control combination, e.g. ``p.16x9movie2left``."""
+    allowed = list(CAMERA_DIRECTIONS)
     if not isinstance(camera_direction, str):
-        raise TypeError(
-            f"`camera_direction` must be one of {list(CAMERA_DIRECTIONS)}, got {type(camera_direction).__name__}."
-        )
+        raise TypeError(f"`camera_direction` must be one of {allowed}, got {type(camera_direction).__name__}.")
     if camera_direction not in CAMERA_DIRECTIONS:
-        raise ValueError(f"`camera_direction` must be one of {list(CAMERA_DIRECTIONS)}, got {camera_direction!r}.")
+        raise ValueError(f"`camera_direction` must be one of {allowed}, got {camera_direction!r}.")
     return f"p.{_aspect_ratio_tag(aspect_ratio)}movie{normalize_motion(motion)}{camera_direction}"
 
 
