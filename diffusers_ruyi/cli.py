@@ -1176,29 +1176,53 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _main(args, parser, progress, stage)
 
 
-def _main(args: argparse.Namespace, parser: argparse.ArgumentParser, progress: Progress, stage: _Stage) -> int:
+@contextlib.contextmanager
+def _quiet_teardown(verbose: bool) -> Iterator[None]:
+    """Silences errors in ``__del__`` of objects that a signal cut off half-built, while they are freed.
+
+    Ctrl-C inside ``tqdm.__init__`` (diffusers' progress bar) leaves a bar without ``pos``; its ``__del__`` then fails
+    when the interrupt's traceback is dropped, and Python prints that as a traceback after the one-line message.
+    ``--verbose`` keeps them.
+    """
+    import gc
+
+    previous = sys.unraisablehook
+    if not verbose:
+        sys.unraisablehook = lambda unraisable: None
     try:
-        try:
-            check_args(args)
-        except CLIError as e:
-            parser.error(str(e))
-        _run(args, progress, stage)
-    except KeyboardInterrupt:
-        if args.verbose:
-            traceback.print_exc()
-        print(f"{PROG}: interrupted while {stage.doing}; no output was written", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except _Terminated:
-        print(f"{PROG}: terminated (SIGTERM) while {stage.doing}; no output was written", file=sys.stderr)
-        return EXIT_TERMINATED
-    except Exception as e:
-        if args.verbose:
-            traceback.print_exc()
-        failure = explain(e, stage.name, args)
-        print(f"{PROG}: error: {failure}", file=sys.stderr)
-        return failure.code
+        yield
     finally:
-        progress.close()
+        gc.collect()  # free the cut-off objects that sit in reference cycles too, while the hook is quiet
+        sys.unraisablehook = previous
+
+
+def _main(args: argparse.Namespace, parser: argparse.ArgumentParser, progress: Progress, stage: _Stage) -> int:
+    # Left once the interrupt's traceback is dropped, so that what it frees is freed under `_quiet_teardown`.
+    with contextlib.ExitStack() as teardown:
+        try:
+            try:
+                check_args(args)
+            except CLIError as e:
+                parser.error(str(e))
+            _run(args, progress, stage)
+        except KeyboardInterrupt:
+            teardown.enter_context(_quiet_teardown(args.verbose))
+            if args.verbose:
+                traceback.print_exc()
+            print(f"{PROG}: interrupted while {stage.doing}; no output was written", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except _Terminated:
+            teardown.enter_context(_quiet_teardown(args.verbose))
+            print(f"{PROG}: terminated (SIGTERM) while {stage.doing}; no output was written", file=sys.stderr)
+            return EXIT_TERMINATED
+        except Exception as e:
+            if args.verbose:
+                traceback.print_exc()
+            failure = explain(e, stage.name, args)
+            print(f"{PROG}: error: {failure}", file=sys.stderr)
+            return failure.code
+        finally:
+            progress.close()
     return 0
 
 
