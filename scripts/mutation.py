@@ -101,8 +101,9 @@ MODULE_TESTS: dict[str, list[str]] = {
         "tests/loaders/test_lora.py",
         "tests/loaders/test_lora_coverage.py",
         "tests/pipelines/test_pipeline_ruyi_i2v.py",
+        "tests/pipelines/test_pipeline_first_run.py",
         "-k",
-        "original or conversion or missing or unexpected or wrong_shape or lora or matches or dtype",
+        "original or conversion or missing or unexpected or wrong_shape or lora or matches or dtype or hub or mistyped",
     ],
     "loaders/model_loading.py": [
         "tests/loaders/test_loading_options.py",

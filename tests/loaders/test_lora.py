@@ -198,6 +198,9 @@ def test_save_load_round_trip(clean_pipe, small_inputs, base_small_output, tmp_p
     state_dict, metadata = RuyiImageToVideoPipeline.lora_state_dict(tmp_path, return_lora_metadata=True)
     assert all(k.startswith("transformer.") for k in state_dict)
     assert metadata["transformer.lora_alpha"] == 8 and metadata["transformer.r"] == 4
+    # Without it, the state dict alone, as diffusers' loaders return.
+    plain = RuyiImageToVideoPipeline.lora_state_dict(tmp_path)
+    assert isinstance(plain, dict) and plain.keys() == state_dict.keys()
 
     pipe.unload_lora_weights()
     torch.testing.assert_close(run_transformer(transformer, small_inputs), base_small_output, atol=0, rtol=0)

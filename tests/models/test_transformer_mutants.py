@@ -4,7 +4,9 @@ golden forward passes cannot see."""
 import math
 
 import numpy as np
+import pytest
 import torch
+from _helpers import tiny_transformer
 
 from diffusers_ruyi.models.transformer_ruyi import RuyiImageResampler
 
@@ -54,6 +56,14 @@ def test_defaults_are_the_published_transformer():
     assert set(published) <= set(parameters)
     defaults = {name: parameters[name].default for name in published}
     assert defaults == published
+
+
+@pytest.mark.parametrize("n_query", [15, 17, 2])
+def test_non_square_n_query_is_refused(n_query):
+    # Kills `math.isqrt(n_query) ** 2 != n_query` -> `>` in RuyiTransformer3DModel.__init__ (models/transformer_ruyi.py):
+    # an integer square root squared is never above n_query, so that check would never refuse.
+    with pytest.raises(ValueError, match=f"`n_query` must be a perfect square .* got {n_query}"):
+        tiny_transformer(n_query=n_query)
 
 
 def test_resampler_attention_is_torch_multihead_attention_when_queries_and_head_width_differ():

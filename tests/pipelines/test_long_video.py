@@ -366,6 +366,12 @@ _FRAME = PIL.Image.new("RGB", (48, 32))
             TypeError,
             "`context\\[0\\]` must be a PIL image or an \\(H, W, 3\\) array",
         ),
+        (  # a 2-D frame whose rows happen to be 3 wide is not an image either
+            plan_segments(8, continuation=True),
+            dict(context=[np.zeros((32, 3), np.uint8)] * 5),
+            TypeError,
+            "`context\\[0\\]` must be a PIL image or an \\(H, W, 3\\) array",
+        ),
         (
             plan_segments(8, continuation=True),
             dict(context=[np.full((32, 48, 3), 2.0, np.float32)] * 5),

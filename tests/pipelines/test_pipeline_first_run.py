@@ -231,3 +231,26 @@ def test_hub_unreachable_is_a_connection_error(tmp_path, monkeypatch):
         local_folder("owner/not-cached", {"cache_dir": str(tmp_path)})
     assert "Check the network connection" in str(error.value) and "Connect" in str(error.value)  # the cause
     assert error.value.__cause__ is None and error.value.__suppress_context__
+
+
+@pytest.mark.parametrize("link", ["cause", "context"])
+def test_hub_failure_names_its_cause_however_it_is_chained(link, monkeypatch):
+    # Kills `e.__cause__ or e.__context__` -> `and` in local_folder (loaders/original_checkpoint.py): the hub client
+    # raises its error `from` the network error, or while handling it; either one is the reason to show.
+    import huggingface_hub
+    import huggingface_hub.constants
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def failing_download(repo_id, **kwargs):
+        network = OSError("no route to host")
+        if link == "cause":
+            raise LocalEntryNotFoundError("cannot find the requested files") from network
+        try:
+            raise network
+        except OSError:
+            raise LocalEntryNotFoundError("cannot find the requested files")  # noqa: B904 (the chain under test)
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", failing_download)
+    with pytest.raises(ConnectionError, match=r"the Hub could not be reached \(OSError: no route to host\)"):
+        local_folder("owner/name", {})

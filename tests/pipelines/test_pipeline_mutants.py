@@ -157,3 +157,19 @@ def test_a_tensor_image_in_zero_one_is_not_taken_for_minus_one_one(pipe):
     image = pipe._to_pil(tensor, "image")[0]
     expected = (tensor.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     assert np.abs(np.asarray(image).astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_call_defaults_are_predict_i2v_settings():
+    # Kills `num_frames: int = 120` -> 119 in RuyiImageToVideoPipeline.__call__ (pipelines/pipeline_ruyi_i2v.py): the
+    # defaults are the original `predict_i2v.py`'s settings (video_length, base_resolution, aspect_ratio, motion,
+    # camera_direction, steps, cfg) and its pipeline's (eta, clip_apply_ratio, guidance_rescale, original_size).
+    import inspect
+
+    parameters = inspect.signature(pipeline_module.RuyiImageToVideoPipeline.__call__).parameters
+    expected = {
+        "num_frames": 120, "height": None, "width": None, "base_resolution": 512, "aspect_ratio": "16:9",
+        "motion": "auto", "camera_direction": "auto", "num_inference_steps": 25, "guidance_scale": 7.0,
+        "eta": 0.0, "clip_apply_ratio": 0.4, "guidance_rescale": 0.0, "original_size": (1024, 1024),
+        "crops_coords_top_left": (0, 0), "num_videos_per_prompt": 1, "last_image": None,
+    }  # fmt: skip
+    assert {name: parameters[name].default for name in expected} == expected
