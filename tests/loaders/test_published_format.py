@@ -296,6 +296,20 @@ def test_control_embeddings_with_bad_values_are_refused(tiny_realfmt_checkpoint,
         RuyiControlEmbeddings.from_flat_dict(flat)
 
 
+@pytest.mark.parametrize("shape_change", ["longer", "batch"])
+def test_control_embeddings_of_another_shape_are_refused(tiny_realfmt_checkpoint, shape_change):
+    # Every entry must have p.default's shape: a longer one would not fit the table, and a batch of two would be cut
+    # to its first row without a word.
+    from diffusers_ruyi.pipelines.controls import DEFAULT_POSITIVE, RuyiControlEmbeddings
+
+    flat = read_safetensors(str(tiny_realfmt_checkpoint / "embeddings.safetensors"))
+    key = next(k for k in sorted(flat) if k.endswith(".emb1") and not k.startswith(f"{DEFAULT_POSITIVE}."))
+    tensor = flat[key]
+    flat[key] = torch.cat([tensor, tensor[:, :1]], 1) if shape_change == "longer" else torch.cat([tensor, tensor])
+    with pytest.raises(ValueError, match=f"Control embedding '{re.escape(key)}' has shape .*, expected"):
+        RuyiControlEmbeddings.from_flat_dict(flat)
+
+
 def test_diffusers_folder_missing_a_clip_weight_is_refused(tiny_realfmt_checkpoint, tmp_path):
     # transformers would initialise the weight at random and only log it; the pipeline lists it instead.
     from safetensors.torch import load_file

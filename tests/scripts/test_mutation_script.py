@@ -28,8 +28,10 @@ def test_every_module_and_test_file_exists(mutation):
         assert (REPO / "diffusers_ruyi" / module).is_file(), module
         files = [a for a in args if a.startswith("tests/")]
         assert files, module
-        for name in files:
-            assert (REPO / name).is_file(), f"{module}: {name}"
+        for name in files:  # a file, or one test in it (`file::test`)
+            path, _, test = name.partition("::")
+            assert (REPO / path).is_file(), f"{module}: {name}"
+            assert not test or f"def {test}(" in (REPO / path).read_text(), f"{module}: {name}"
 
 
 def test_every_module_of_the_package_is_mapped(mutation):
