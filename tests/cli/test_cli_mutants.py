@@ -201,9 +201,17 @@ def test_import_notices_are_hidden_only_while_importing_and_only_when_not_verbos
     import logging
 
     loggers = [logging.getLogger(name) for name in cli._IMPORT_NOTICE_LOGGERS]
-    before = [logger.level for logger in loggers]
-    with cli._import_notices_hidden(verbose=False):
-        assert all(logger.level == logging.ERROR for logger in loggers)
-    assert [logger.level for logger in loggers] == before
-    with cli._import_notices_hidden(verbose=True):
+    saved = [logger.level for logger in loggers]
+    # Levels of our own, so that a run earlier in the session that left them at ERROR cannot hide a missing restore.
+    before = [logging.INFO + k for k in range(len(loggers))]
+    try:
+        for logger, level in zip(loggers, before):
+            logger.setLevel(level)
+        with cli._import_notices_hidden(verbose=False):
+            assert all(logger.level == logging.ERROR for logger in loggers)
         assert [logger.level for logger in loggers] == before
+        with cli._import_notices_hidden(verbose=True):
+            assert [logger.level for logger in loggers] == before
+    finally:
+        for logger, level in zip(loggers, saved):
+            logger.setLevel(level)

@@ -169,6 +169,9 @@ def test_teacache_and_enhance_defaults_are_predict_i2v_settings():
     teacache = RuyiTeaCacheConfig()
     assert (teacache.threshold, teacache.skip_start_steps, teacache.skip_end_steps) == (0.10, 3, 1)
     assert teacache.offload_to_cpu is True and teacache.num_inference_steps is None
+    # The rescale polynomial of the original's transformer3d.py, highest power first (a digit off passed before).
+    original = (-7.51185620e03, 2.32931511e03, -2.25610663e02, 9.39902237e00, -7.43067848e-02)
+    assert teacache.coefficients == original
     enhance = RuyiEnhanceAVideoConfig()
     assert (enhance.weight, enhance.skip_start_steps, enhance.skip_end_steps) == (1.0, 0, 0)
 

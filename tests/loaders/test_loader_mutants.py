@@ -1,6 +1,7 @@
 """Loader behaviours that survived mutation testing (scripts/mutation.py); each test names the mutant it kills."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -180,3 +181,88 @@ def test_original_format_reader_casts_in_chunks(tmp_path, monkeypatch):
     read = read_safetensors(str(tmp_path / "m.safetensors"), dtype=torch.float32)
     assert read["w"].dtype == torch.float32 and torch.equal(read["w"], values["w"].float())
     assert read["ids"].dtype == torch.int64 and torch.equal(read["ids"], values["ids"])  # integers are not cast
+
+
+@pytest.mark.parametrize("scale", [0.4, 0.1, 1 / 64, 0.3, 1.0, 3.0, -0.4, 1e-6])
+def test_original_lora_alpha_split_is_the_most_balanced_power_of_two(scale):
+    # Kills `scale_down * 2 < scale_up` -> `* 3` in _lora_alpha_scales (loaders/original_checkpoint.py): the product
+    # alone (which any split keeps) does not show it. As diffusers' kohya conversion: `up` is halved, and `down`
+    # doubled, while `down` is below half of `up`; the sign stays on `down`.
+    from diffusers_ruyi.loaders.original_checkpoint import _lora_alpha_scales
+
+    down, up = _lora_alpha_scales(scale)
+    assert down * up == scale  # powers of two: exact
+    assert up <= 1 and math.log2(up).is_integer() and math.copysign(1, down) == math.copysign(1, scale)
+    assert 2 * abs(down) >= up  # no further halving is due
+    assert up == 1 or abs(down) < 2 * up  # and the last one was
+
+
+def test_original_lora_with_zero_alpha_warns_by_name(caplog):
+    # Kills `alpha_value == 0.0` -> `not ...` in convert_original_lora_state_dict (loaders/original_checkpoint.py):
+    # only modules whose alpha is 0 (a LoRA that changes nothing, as in the original merge) are named in the warning.
+    import logging
+
+    from _helpers import tiny_transformer
+
+    from diffusers_ruyi.loaders.original_checkpoint import convert_original_lora_state_dict
+
+    transformer = tiny_transformer()
+    lora = {}
+    for name, path, alpha in (("proj_out", "proj_out", 0.0), ("blocks_0_attn1_to_q", "blocks.0.attn1.to_q", 2.0)):
+        module = transformer.get_submodule(path)
+        lora[f"lora_unet__{name}.lora_down.weight"] = torch.randn(2, module.in_features)
+        lora[f"lora_unet__{name}.lora_up.weight"] = torch.randn(module.out_features, 2)
+        lora[f"lora_unet__{name}.alpha"] = torch.tensor(alpha)
+    logger = logging.getLogger("diffusers_ruyi.loaders.original_checkpoint")
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger=logger.name):
+            convert_original_lora_state_dict(lora, transformer)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "have alpha=0, so (as in the original merge) they change nothing: ['lora_unet__proj_out']" in caplog.text
+
+
+def test_original_read_casts_a_file_of_mixed_dtypes(tmp_path):
+    # Kills `staging.dtype != file_dtype` -> `>` in read_safetensors (loaders/original_checkpoint.py): a cast read
+    # keeps one staging buffer per file dtype in turn (the published checkpoint mixes float32 and bfloat16 tensors).
+    tensors = {
+        "a": torch.randn(5, dtype=torch.bfloat16),
+        "b": torch.randn(7, dtype=torch.float16),
+        "c": torch.randn(3, dtype=torch.bfloat16),
+        "d": torch.arange(4),
+    }
+    path = tmp_path / "mixed.safetensors"
+    save_file(tensors, str(path))
+    read = read_safetensors(str(path), dtype=torch.float32)
+    assert {k: v.dtype for k, v in read.items()} == {"a": torch.float32, "b": torch.float32, "c": torch.float32,
+                                                     "d": torch.int64}  # fmt: skip
+    for name, tensor in tensors.items():
+        assert torch.equal(read[name], tensor.float() if tensor.is_floating_point() else tensor)
+
+
+def test_lora_file_that_cannot_be_read_is_named_with_its_subfolder(tmp_path):
+    # Kills `if subfolder:` -> `if not subfolder:` in _describe (loaders/lora.py): the error says where it looked.
+    from diffusers_ruyi import RuyiImageToVideoPipeline
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "pytorch_lora_weights.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match=r"LoRA weights \(.*, subfolder='sub'\) as a safetensors file"):
+        RuyiImageToVideoPipeline.lora_state_dict(str(tmp_path), subfolder="sub")
+    with pytest.raises(ValueError, match=r"LoRA weights \([^,]*pytorch_lora_weights.safetensors\) as a safetensors"):
+        RuyiImageToVideoPipeline.lora_state_dict(str(tmp_path / "sub" / "pytorch_lora_weights.safetensors"))
+
+
+def test_lora_load_into_transformer_defaults_as_diffusers_loaders():
+    # Kills `low_cpu_mem_usage: bool = False` -> True in load_lora_into_transformer (loaders/lora.py): the same default
+    # as diffusers' own video LoRA loaders.
+    import inspect
+
+    from diffusers.loaders.lora_pipeline import HunyuanVideoLoraLoaderMixin
+
+    from diffusers_ruyi.loaders.lora import RuyiLoraLoaderMixin
+
+    ours = inspect.signature(RuyiLoraLoaderMixin.load_lora_into_transformer).parameters
+    theirs = inspect.signature(HunyuanVideoLoraLoaderMixin.load_lora_into_transformer).parameters
+    for name in ("low_cpu_mem_usage", "hotswap", "adapter_name", "metadata"):
+        assert ours[name].default == theirs[name].default, name
