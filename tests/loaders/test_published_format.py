@@ -59,6 +59,19 @@ def test_transformer_defaults_are_the_published_model(real_checkpoint_dir):
     assert (default_model.config.num_attention_heads, default_model.config.attention_head_dim) == (16, 176)
 
 
+def test_control_embedding_defaults_fit_the_published_transformer(real_checkpoint_dir):
+    # The embeddings feed the transformer's two text streams, so their default sizes are its published ones (a width
+    # one off passed before: from_flat_dict always passes the file's sizes).
+    import inspect
+
+    from diffusers_ruyi.pipelines.controls import RuyiControlEmbeddings
+
+    published = _published_transformer_on_meta(real_checkpoint_dir).config
+    parameters = inspect.signature(RuyiControlEmbeddings.__init__).parameters
+    for key in ("text_len", "cross_attention_dim", "text_len_t5", "cross_attention_dim_t5"):
+        assert parameters[key].default == published[key], key
+
+
 def test_layout_recognition(tiny_realfmt_checkpoint, tiny_checkpoint, tmp_path):
     # Published layout: model_index.json names RuyiInpaintPipeline with stock diffusers component entries.
     assert is_original_pipeline_folder(str(tiny_realfmt_checkpoint))
