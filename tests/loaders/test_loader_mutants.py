@@ -170,17 +170,27 @@ def test_lora_state_dict_hands_the_hub_options_to_diffusers_fetch(monkeypatch):
     }
 
 
-def test_original_format_reader_casts_in_chunks(tmp_path, monkeypatch):
-    # Kills `numel - offset` -> `numel / offset` in read_safetensors (loaders/original_checkpoint.py): a cast read
-    # goes through a staging buffer chunk by chunk, the last chunk shorter (here 10 elements in chunks of 4).
+def test_original_format_reader_casts_in_chunks_per_file_dtype(tmp_path, monkeypatch):
+    # Kills `numel - offset` -> `numel / offset` and `staging.dtype != file_dtype` -> `>` in read_safetensors
+    # (loaders/original_checkpoint.py): a cast read goes through a staging buffer chunk by chunk, the last chunk
+    # shorter (here 10 elements in chunks of 4), and the buffer is made again for each file dtype in turn (the published
+    # checkpoint mixes float32 and bfloat16 tensors).
     from diffusers_ruyi.loaders import original_checkpoint
 
-    monkeypatch.setattr(original_checkpoint, "_CAST_CHUNK_BYTES", 8)  # 4 bfloat16 elements per chunk
-    values = {"w": torch.linspace(-2, 2, 10).to(torch.bfloat16), "ids": torch.arange(3)}
+    monkeypatch.setattr(original_checkpoint, "_CAST_CHUNK_BYTES", 8)  # 4 16-bit elements per chunk
+    values = {
+        "a": torch.linspace(-2, 2, 10).to(torch.bfloat16),
+        "b": torch.randn(7, dtype=torch.float16),
+        "c": torch.randn(3, dtype=torch.bfloat16),
+        "ids": torch.arange(3),
+    }
     save_file(values, str(tmp_path / "m.safetensors"))
     read = read_safetensors(str(tmp_path / "m.safetensors"), dtype=torch.float32)
-    assert read["w"].dtype == torch.float32 and torch.equal(read["w"], values["w"].float())
-    assert read["ids"].dtype == torch.int64 and torch.equal(read["ids"], values["ids"])  # integers are not cast
+    # Integers are not cast.
+    assert {k: v.dtype for k, v in read.items()} == {"a": torch.float32, "b": torch.float32, "c": torch.float32,
+                                                     "ids": torch.int64}  # fmt: skip
+    for name, tensor in values.items():
+        assert torch.equal(read[name], tensor.float() if tensor.is_floating_point() else tensor), name
 
 
 @pytest.mark.parametrize("scale", [0.4, 0.1, 1 / 64, 0.3, 1.0, 3.0, -0.4, 1e-6])
@@ -221,24 +231,6 @@ def test_original_lora_with_zero_alpha_warns_by_name(caplog):
     finally:
         logger.removeHandler(caplog.handler)
     assert "have alpha=0, so (as in the original merge) they change nothing: ['lora_unet__proj_out']" in caplog.text
-
-
-def test_original_read_casts_a_file_of_mixed_dtypes(tmp_path):
-    # Kills `staging.dtype != file_dtype` -> `>` in read_safetensors (loaders/original_checkpoint.py): a cast read
-    # keeps one staging buffer per file dtype in turn (the published checkpoint mixes float32 and bfloat16 tensors).
-    tensors = {
-        "a": torch.randn(5, dtype=torch.bfloat16),
-        "b": torch.randn(7, dtype=torch.float16),
-        "c": torch.randn(3, dtype=torch.bfloat16),
-        "d": torch.arange(4),
-    }
-    path = tmp_path / "mixed.safetensors"
-    save_file(tensors, str(path))
-    read = read_safetensors(str(path), dtype=torch.float32)
-    assert {k: v.dtype for k, v in read.items()} == {"a": torch.float32, "b": torch.float32, "c": torch.float32,
-                                                     "d": torch.int64}  # fmt: skip
-    for name, tensor in tensors.items():
-        assert torch.equal(read[name], tensor.float() if tensor.is_floating_point() else tensor)
 
 
 def test_lora_file_that_cannot_be_read_is_named_with_its_subfolder(tmp_path):
