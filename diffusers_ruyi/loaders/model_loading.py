@@ -82,7 +82,9 @@ class RuyiModelLoadingMixin:
           anything is loaded;
         - a weight the checkpoint lacks is a `ValueError` that lists every missing key (diffusers would warn and leave
           it random); so is a tensor the model does not have, except in the VAE, which the original loads with
-          `strict=False` (one warning names them); the transformer's fixed `t_embed.pe` tables are skipped.
+          `strict=False` (one warning names them); the transformer's fixed `t_embed.pe` tables are skipped;
+        - a weight of another shape is diffusers' error, or with `ignore_mismatched_sizes=True` diffusers' warning that
+          lists the weights left random.
         """
         dtype = resolve_dtype(kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None))
         if isinstance(dtype, dict):
@@ -108,13 +110,16 @@ class RuyiModelLoadingMixin:
 
 class _DropKeyReports(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Some weights of")
+        message = record.getMessage()
+        # The shape-mismatch report stays: only `ignore_mismatched_sizes=True` gets that far, and it names the weights
+        # left random at the user's request.
+        return not message.startswith("Some weights of") or "shapes did not match" in message
 
 
 @contextlib.contextmanager
 def _without_key_reports():
     """Silences diffusers' reports of missing and unused weights ("newly initialized ... TRAIN this model"): loading
-    reports those itself, a missing one as an error."""
+    reports those itself, a missing one as an error. Its report of weights re-made for a shape mismatch stays."""
     diffusers_logger = logging.getLogger("diffusers.models.modeling_utils")
     report_filter = _DropKeyReports()
     diffusers_logger.addFilter(report_filter)

@@ -170,6 +170,31 @@ def test_a_missing_weight_is_one_error_without_diffusers_warning(tiny_realfmt_ch
     assert not [r for r in records if "newly initialized" in r.getMessage()]
 
 
+@pytest.mark.parametrize("low_cpu_mem_usage", [True, False])
+def test_ignore_mismatched_sizes_keeps_diffusers_warning(tiny_realfmt_checkpoint, low_cpu_mem_usage):
+    import logging
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    diffusers_logger = logging.getLogger("diffusers.models.modeling_utils")  # diffusers' loggers do not propagate
+    diffusers_logger.addHandler(handler)
+    try:
+        model, info = RuyiTransformer3DModel.from_pretrained(
+            tiny_realfmt_checkpoint / "transformer",
+            out_channels=4,
+            ignore_mismatched_sizes=True,
+            low_cpu_mem_usage=low_cpu_mem_usage,
+            output_loading_info=True,
+        )
+    finally:
+        diffusers_logger.removeHandler(handler)
+    assert sorted(key for key, *_ in info["mismatched_keys"]) == ["proj_out.bias", "proj_out.weight"]
+    # The user asked for the re-initialisation; the one report of which weights are now random must reach them.
+    reports = [r.getMessage() for r in records if "shapes did not match" in r.getMessage()]
+    assert len(reports) == 1 and "proj_out.weight" in reports[0] and "proj_out.bias" in reports[0]
+
+
 def test_a_pickle_only_model_folder_is_refused_before_reading(tiny_realfmt_checkpoint, tmp_path):
     import shutil
 
