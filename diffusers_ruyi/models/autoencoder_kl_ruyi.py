@@ -510,8 +510,11 @@ def _hand_on(hidden_states: torch.Tensor) -> torch.Tensor:
 def same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether ``a`` and ``b`` hold the same values, so that an output computed from one serves for the other. False
     where there are no values to compare (meta and fake tensors, tensor subclasses, tracing by `torch.compile`): the
-    caller then computes, as it would for different values."""
+    caller then computes, as it would for different values. Also False where autograd tracks either: a reused output
+    would carry the gradient of both to the first one."""
     if a.shape != b.shape or a.device.type == "meta" or torch.compiler.is_compiling():
+        return False
+    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
         return False
     if type(a) is not torch.Tensor or type(b) is not torch.Tensor:
         return False

@@ -204,6 +204,19 @@ def test_same_values_compares_only_tensors_with_values():
         assert not same_values(fake, fake)
 
 
+def test_repeated_slices_keep_their_own_gradient(tiny_realfmt_checkpoint):
+    # The encoder reuses a repeated slice's moments; with autograd on the input that would send the gradient of both
+    # slices to the first one and none to the second.
+    vae = AutoencoderKLRuyiCausal3D.from_pretrained(tiny_realfmt_checkpoint, subfolder="vae")
+    chunk = torch.rand(1, 3, 8, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    video = torch.cat([chunk, chunk], dim=2).requires_grad_()
+    vae.encode(video).latent_dist.mean.square().sum().backward()
+    alone = chunk.clone().requires_grad_()
+    vae.encode(alone).latent_dist.mean.square().sum().backward()
+    torch.testing.assert_close(video.grad[:, :, :8], alone.grad)
+    torch.testing.assert_close(video.grad[:, :, 8:], alone.grad)
+
+
 @torch.no_grad()
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("attention_type", ["3d", "spatial"])
