@@ -77,6 +77,21 @@ def resolve_step(
     return step, num_steps
 
 
+def check_no_context_parallel(block: torch.nn.Module, feature: str) -> None:
+    """Raises a `ValueError` when ``block``'s self-attention runs context-parallel (`enable_parallelism`).
+
+    Under context parallelism each rank holds only some of the frames, so a per-rank statistic (TeaCache's distance,
+    Enhance-A-Video's cross-frame attention) would differ between ranks and from the single-process run, and ranks
+    that decided differently would wait for each other forever in the attention's all-to-all.
+    """
+    processor = getattr(getattr(block, "attn1", None), "processor", None)
+    if getattr(processor, "_parallel_config", None) is not None:
+        raise ValueError(
+            f"{feature} does not support context parallelism (`enable_parallelism`): its statistics would be computed "
+            "per rank, from part of the frames. Remove it, or run the transformer without context parallelism."
+        )
+
+
 def move_to(tensor: Optional[torch.Tensor], device: Optional[torch.device]) -> Optional[torch.Tensor]:
     """`tensor.to(device)`, passing `None` (tensor or device) through."""
     if tensor is None or device is None:

@@ -30,7 +30,7 @@ import torch
 from diffusers.hooks.hooks import HookRegistry, ModelHook
 
 from .._validation import check_int, check_real
-from ._common import RuyiStateManager, StepCounterState, resolve_step
+from ._common import RuyiStateManager, StepCounterState, check_no_context_parallel, resolve_step
 
 
 _EAV_ROOT_HOOK = "ruyi_enhance_a_video_root_hook"
@@ -131,6 +131,8 @@ class RuyiEnhanceAVideoRootHook(ModelHook):
         self.runtime = runtime
 
     def pre_forward(self, module: torch.nn.Module, *args, **kwargs):
+        for block in module.blocks[:1]:  # also when parallelism was enabled after the hooks
+            check_no_context_parallel(block, "Enhance-A-Video")
         # The transformer's first argument: the latents (batch, channels, frames, height, width).
         hidden_states = args[0] if args else kwargs["hidden_states"]
         step, num_steps = resolve_step(
@@ -225,6 +227,8 @@ def apply_ruyi_enhance_a_video(module: torch.nn.Module, config: RuyiEnhanceAVide
     blocks = getattr(module, "blocks", None)
     if not isinstance(blocks, torch.nn.ModuleList):
         raise ValueError("Enhance-A-Video needs a Ruyi transformer with `blocks` (a ModuleList).")
+    for block in blocks[:1]:
+        check_no_context_parallel(block, "Enhance-A-Video")
     if is_ruyi_enhance_a_video_enabled(module):
         raise ValueError("Enhance-A-Video is already applied; call `remove_ruyi_enhance_a_video` first.")
     runtime = _EnhanceAVideoRuntime()

@@ -33,7 +33,7 @@ from diffusers.utils import logging
 from diffusers.utils.torch_utils import unwrap_module
 
 from .._validation import check_bool, check_int, check_real
-from ._common import RuyiStateManager, StepCounterState, move_to, resolve_step
+from ._common import RuyiStateManager, StepCounterState, check_no_context_parallel, move_to, resolve_step
 
 
 logger = logging.get_logger(__name__)  # pylint: disable=invalid-name
@@ -173,6 +173,7 @@ class RuyiTeaCacheHeadHook(_BlockHook):
         self.stats = stats
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
+        check_no_context_parallel(module, "TeaCache")  # also when parallelism was enabled after the cache
         hidden_states = self._argument("hidden_states", args, kwargs)
         state: RuyiTeaCacheState = self.state_manager.get_state()
         step, num_steps = resolve_step(state, self.state_manager, self.config.num_inference_steps)
@@ -302,6 +303,7 @@ def apply_ruyi_teacache(module: torch.nn.Module, config: RuyiTeaCacheConfig) -> 
     blocks = getattr(module, "blocks", None)
     if not isinstance(blocks, torch.nn.ModuleList) or len(blocks) == 0 or not hasattr(module, "norm_out"):
         raise ValueError("TeaCache needs a Ruyi transformer with `blocks` (a ModuleList) and `norm_out`.")
+    check_no_context_parallel(blocks[0], "TeaCache")
     state_manager = RuyiStateManager(RuyiTeaCacheState)
     stats = _TeaCacheStats()
     HookRegistry.check_if_exists_or_initialize(blocks[0]).register_hook(

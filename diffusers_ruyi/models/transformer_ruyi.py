@@ -365,8 +365,9 @@ class RuyiAttnProcessor:
             dropout_p=0.0,
             is_causal=False,
             backend=self._attention_backend,
-            # Context parallelism only splits the video tokens, never a text/CLIP context.
-            parallel_config=self._parallel_config if not attn.is_cross_attention else None,
+            # Context parallelism only splits the video tokens, never a text/CLIP context; a cross-attention without
+            # a context attends over the (split) video tokens, so it is parallel too.
+            parallel_config=self._parallel_config if encoder_hidden_states is None else None,
         )
         hidden_states = hidden_states.flatten(2, 3).type_as(query)
         hidden_states = attn.to_out[0](hidden_states)

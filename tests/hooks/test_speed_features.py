@@ -589,13 +589,25 @@ def _cp_worker(rank, world_size, port, queue):
     from diffusers import ContextParallelConfig, ParallelConfig
     from diffusers.hooks.context_parallel import apply_context_parallel
 
+    from diffusers_ruyi.hooks import (
+        RuyiEnhanceAVideoConfig,
+        RuyiTeaCacheConfig,
+        apply_ruyi_enhance_a_video,
+        remove_ruyi_enhance_a_video,
+    )
+
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
         model, inputs = tiny_transformer(), transformer_inputs(frames=4)
-        other = {k: v for k, v in inputs.items() if k != "hidden_states"}
+        timestep = torch.full((2,), 500.0)
+        # Without CLIP tokens the CLIP attention attends over the video tokens: split too under context parallelism.
+        runs = {"clip": inputs, "no_clip": {**inputs, "clip_encoder_hidden_states": None, "clip_attention_mask": None}}
         with torch.no_grad():
-            expected = model(inputs["hidden_states"], torch.full((2,), 500.0), **other).sample
+            expected = {name: model(timestep=timestep, **run).sample for name, run in runs.items()}
+        # Hooks applied before parallelism is enabled are refused at the first call (before any all-to-all).
+        apply_ruyi_enhance_a_video(model, RuyiEnhanceAVideoConfig(weight=4.0))
+        model.enable_cache(RuyiTeaCacheConfig(threshold=0.1, num_inference_steps=4))
         # `enable_parallelism` needs an accelerator to pick the device; set up the same thing by hand on CPU.
         cp_config = ContextParallelConfig(ulysses_degree=world_size)
         mesh = torch.distributed.device_mesh.init_device_mesh(
@@ -607,11 +619,28 @@ def _cp_worker(rank, world_size, port, queue):
             if hasattr(getattr(module, "processor", None), "_parallel_config"):
                 module.processor._parallel_config = parallel_config
         apply_context_parallel(model, cp_config, model._cp_plan)
+        refusals = []
+
+        def refused(call):
+            try:
+                with torch.no_grad():
+                    call()
+            except ValueError as e:
+                return str(e)
+
+        refusals.append(refused(lambda: model(timestep=timestep, **inputs)))  # Enhance-A-Video's hook
+        remove_ruyi_enhance_a_video(model)
+        refusals.append(refused(lambda: model(timestep=timestep, **inputs)))  # TeaCache's hook
+        model.disable_cache()
+        # ... and refused when applied to a context-parallel transformer.
+        refusals.append(refused(lambda: apply_ruyi_enhance_a_video(model, RuyiEnhanceAVideoConfig())))
+        refusals.append(refused(lambda: model.enable_cache(RuyiTeaCacheConfig(threshold=0.1))))
         shapes = []
         model.blocks[1].attn1.register_forward_pre_hook(lambda m, args: shapes.append(tuple(args[0].shape)))
         with torch.no_grad():
-            output = model(inputs["hidden_states"], torch.full((2,), 500.0), **other).sample
-        queue.put((rank, (output - expected).abs().max().item(), shapes[0]))
+            errors = {name: (model(timestep=timestep, **run).sample - expected[name]).abs().max().item()
+                      for name, run in runs.items()}  # fmt: skip
+        queue.put((rank, errors, shapes[0], refusals))
     finally:
         dist.destroy_process_group()
 
@@ -632,6 +661,9 @@ def test_context_parallel_ulysses_on_cpu():
         process.join(120)
     assert all(process.exitcode == 0 for process in processes)
     results = sorted(queue.get(timeout=5) for _ in processes)
-    for rank, error, shape in results:
-        assert error <= 1e-5
+    for rank, errors, shape, refusals in results:
+        assert errors["clip"] <= 1e-5 and errors["no_clip"] <= 1e-5, errors
         assert shape == (2, 12, 32)  # each rank holds 2 of the 4 frames (2 x 3 tokens each)
+        features = ["Enhance-A-Video", "TeaCache"] * 2
+        for feature, message in zip(features, refusals):
+            assert message is not None and message.startswith(f"{feature} does not support context parallelism")
