@@ -73,6 +73,24 @@ def _check_no_pickle(source: str, weight_name: Optional[str], subfolder: Optiona
                 )
 
 
+def _check_no_fused_targets(state_dict: Dict[str, torch.Tensor], transformer: torch.nn.Module, prefix: str) -> None:
+    """Refuses adapters on ``to_q``/``to_k``/``to_v`` of attentions whose projections are fused: the fused
+    ``to_qkv``/``to_kv`` would run instead, so those adapters would never apply."""
+    modules = dict(transformer.named_modules())
+    fused = set()
+    for key in state_dict:
+        path = key[len(prefix) + 1 :].split(".lora_")[0]
+        parent, _, name = path.rpartition(".")
+        if name in ("to_q", "to_k", "to_v") and getattr(modules.get(parent), "fused_projections", False):
+            fused.add(path)
+    if fused:
+        raise ValueError(
+            f"The LoRA adapts {len(fused)} projections that `fuse_qkv_projections()` replaced, e.g. "
+            f"{sorted(fused)[:3]}: its adapters there would never run. Call `transformer.unfuse_qkv_projections()` "
+            "before loading it (and fuse again after `fuse_lora()` if you want both)."
+        )
+
+
 def _check_peft_lora_state_dict(
     state_dict: Dict[str, torch.Tensor], transformer: torch.nn.Module, prefix: str
 ) -> Dict[str, torch.Tensor]:
@@ -397,6 +415,7 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
             metadata = {f"{cls.transformer_name}.{key}": value for key, value in lora_config.items()}
         else:
             state_dict = _check_peft_lora_state_dict(state_dict, transformer, cls.transformer_name)
+        _check_no_fused_targets(state_dict, transformer, cls.transformer_name)
         if adapter_name is None:
             adapter_name = get_adapter_name(transformer)
         # The original merges its LoRAs in float32 (`merge_lora(..., dtype=torch.float32)`): its adapters are kept in

@@ -22,7 +22,7 @@ original checkpoint, so converting the original weights is (almost) the identity
 import functools
 import math
 import numbers
-from typing import Any, Dict, Iterator, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -417,6 +417,28 @@ class RuyiAttention(nn.Module, AttentionModuleMixin):
 
         self.set_processor(processor if processor is not None else self._default_processor_cls())
 
+    def unfused_lora_projections(self) -> List[str]:
+        """The names of ``to_q``/``to_k``/``to_v`` that carry LoRA adapters not merged into their weights: a fused
+        projection (`fuse_projections`) is built from the base weights and would leave them out."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        names = []
+        for name in ("to_q", "to_k", "to_v"):
+            layer = getattr(self, name)
+            if isinstance(layer, BaseTunerLayer) and set(getattr(layer, "lora_A", {})) - set(layer.merged_adapters):
+                names.append(name)
+        return names
+
+    def fuse_projections(self) -> None:
+        r"""diffusers' [`~models.attention.AttentionModuleMixin.fuse_projections`], refused while LoRA adapters sit
+        unmerged on the projections it fuses (`fuse_lora()` or `unload_lora_weights()` first)."""
+        if not self.fused_projections and self.unfused_lora_projections():
+            raise ValueError(
+                f"Cannot fuse the QKV projections: {self.unfused_lora_projections()} carry LoRA adapters that a fused "
+                "projection would leave out. Call `fuse_lora()` (or `unload_lora_weights()`) first."
+            )
+        super().fuse_projections()
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -718,7 +740,8 @@ class RuyiTransformer3DModel(
     """
 
     _original_model_type = "transformer"
-    _keys_to_ignore_on_load_unexpected = ORIGINAL_UNUSED_KEYS["transformer"]
+    # A model saved after `fuse_qkv_projections()` also holds its fused copies of to_q/to_k/to_v, which load unfused.
+    _keys_to_ignore_on_load_unexpected = ORIGINAL_UNUSED_KEYS["transformer"] + [r"\.attn\w*\.to_q?kv\.(weight|bias)$"]
     _supports_gradient_checkpointing = True
     _no_split_modules = ["RuyiTransformerBlock"]
     _repeated_blocks = ["RuyiTransformerBlock"]
@@ -878,6 +901,27 @@ class RuyiTransformer3DModel(
         """Runs every block's feed-forward network in one piece again (the default)."""
         for block in self.blocks:
             block.set_chunk_feed_forward(None)
+
+    def fuse_qkv_projections(self) -> None:
+        r"""
+        diffusers' [`~models.attention.AttentionMixin.fuse_qkv_projections`]: every attention computes its queries,
+        keys and values (cross-attentions: keys and values) with one matrix multiplication. Refused, before anything
+        is fused, while LoRA adapters sit unmerged on those projections: the fused projections would leave them out.
+        `fuse_lora()` them first, or unload them.
+        """
+        adapted = [
+            f"{name}.{projection}"
+            for name, module in self.named_modules()
+            if isinstance(module, RuyiAttention) and not module.fused_projections
+            for projection in module.unfused_lora_projections()
+        ]
+        if adapted:
+            raise ValueError(
+                f"Cannot fuse the QKV projections: {len(adapted)} of them carry LoRA adapters that the fused "
+                f"projections would leave out (e.g. {adapted[:3]}). Call `fuse_lora()` (or `unload_lora_weights()`) "
+                "first."
+            )
+        super().fuse_qkv_projections()
 
     def enable_cache(self, config) -> None:
         r"""

@@ -344,6 +344,39 @@ def _assert_nothing_loaded(pipe):
     assert not any(isinstance(m, BaseTunerLayer) for m in pipe.transformer.modules())
 
 
+def test_fused_qkv_projections_and_lora_refuse_each_other(clean_pipe, small_inputs):
+    # A fused attention computes with to_qkv/to_kv, built from the base weights: adapters on to_q/to_k/to_v would be
+    # left out without a word, whichever of the two came first.
+    pipe, transformer = clean_pipe, clean_pipe.transformer
+    lora, _ = make_original_lora(transformer, ORIGINAL_PATHS)  # adapts blocks.0.attn1.to_q and blocks.2.attn_clip.to_v
+    transformer.fuse_qkv_projections()
+    try:
+        with pytest.raises(ValueError, match=r"unfuse_qkv_projections\(\)") as error:
+            pipe.load_lora_weights(dict(lora))
+        assert "blocks.0.attn1.to_q" in str(error.value) and "2 projections" in str(error.value)
+        _assert_nothing_loaded(pipe)
+    finally:
+        transformer.unfuse_qkv_projections()
+
+    pipe.load_lora_weights(dict(lora), adapter_name="a")
+    expected = run_transformer(transformer, small_inputs)
+    with pytest.raises(ValueError, match=r"2 of them carry LoRA adapters.*fuse_lora"):
+        transformer.fuse_qkv_projections()
+    assert not any(getattr(m, "fused_projections", False) for m in transformer.modules())  # refused before fusing
+    with pytest.raises(ValueError, match=r"\['to_v'\] carry LoRA adapters"):
+        transformer.blocks[2].attn_clip.fuse_projections()
+    transformer.blocks[1].attn1.fuse_projections()  # no adapter there
+    transformer.blocks[1].attn1.unfuse_projections()
+    # Merged into the base weights, the adapters are part of what is fused.
+    pipe.fuse_lora()
+    transformer.fuse_qkv_projections()
+    try:
+        assert transformer.blocks[0].attn1.fused_projections
+        torch.testing.assert_close(run_transformer(transformer, small_inputs), expected, atol=1e-5, rtol=0)
+    finally:
+        transformer.unfuse_qkv_projections()
+
+
 def test_error_unknown_original_module(clean_pipe):
     lora, _ = make_original_lora(clean_pipe.transformer, ["proj_out"], seed=9)
     lora["lora_unet__blocks_0_attn9_to_q.lora_down.weight"] = torch.zeros(4, 32)

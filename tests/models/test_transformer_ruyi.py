@@ -217,6 +217,16 @@ def test_fused_qkv_projections(model, golden_inputs):
 
 
 @torch.no_grad()
+def test_a_model_saved_fused_loads_unfused(model, golden_inputs, tmp_path):
+    reference = model(**golden_inputs).sample
+    model.fuse_qkv_projections()
+    model.save_pretrained(tmp_path)  # to_q/to_k/to_v and their fused copies
+    loaded, info = RuyiTransformer3DModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert not loaded.blocks[0].attn1.fused_projections and info["unexpected_keys"] == []
+    torch.testing.assert_close(loaded(**golden_inputs).sample, reference, rtol=0, atol=0)
+
+
+@torch.no_grad()
 def test_bf16_forward(tiny_checkpoint, golden, golden_inputs):
     model = _load(tiny_checkpoint).to(torch.bfloat16)
     inputs = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in golden_inputs.items()}
