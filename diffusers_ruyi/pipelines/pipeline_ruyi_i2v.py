@@ -427,6 +427,8 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                 )
             if k % 2 == 0 and not value.is_floating_point():
                 raise TypeError(f"`{name}` must be floating point (embeddings), got {value.dtype}.")
+            if k % 2 == 0 and not torch.isfinite(value).all():
+                raise ValueError(f"`{name}` holds NaN or infinite values.")
 
     def check_inputs(
         self,
@@ -537,6 +539,12 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             raise ValueError("`callback_on_step_end_tensor_inputs` must list the tensors to pass to the callback.")
         if attention_kwargs is not None and not isinstance(attention_kwargs, dict):
             raise TypeError(f"`attention_kwargs` must be a dict or None, got {type(attention_kwargs).__name__}.")
+        if attention_kwargs:
+            # The transformer reads only the LoRA scale: any other key (a typo of it) would be ignored without a word.
+            unknown = sorted(map(repr, set(attention_kwargs) - {"scale"}))
+            if unknown:
+                raise ValueError(f"`attention_kwargs` takes only 'scale' (the LoRA scale), got {', '.join(unknown)}.")
+            check_real("attention_kwargs['scale']", attention_kwargs["scale"])
         batch = len(images) * num_videos_per_prompt
         if isinstance(generator, list):
             wrong = [type(g).__name__ for g in generator if not isinstance(g, torch.Generator)]
@@ -566,6 +574,8 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                 raise TypeError(f"`latents` must be a floating-point tensor, got {latents.dtype}.")
             if latents.is_meta:
                 raise ValueError("`latents` is a meta tensor (it holds no values).")
+            if not torch.isfinite(latents).all():
+                raise ValueError("`latents` holds NaN or infinite values.")
         given = {k for k, v in custom_embeds.items() if v is not None}
         control_name(*controls)  # raises a ValueError naming `motion`, `camera_direction` or `aspect_ratio`
         if given and given != set(custom_embeds):
@@ -1005,7 +1015,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             return_dict (`bool`, defaults to `True`):
                 Return a [`RuyiPipelineOutput`] instead of a tuple.
             attention_kwargs (`dict`, *optional*):
-                Passed to the transformer's attention processors; `{"scale": s}` scales loaded LoRAs.
+                `{"scale": s}`: a finite number that scales the loaded LoRAs for this call (the only key).
             callback_on_step_end (`Callable`, `PipelineCallback`, or `MultiPipelineCallbacks`, *optional*):
                 Called at the end of each step as `callback_on_step_end(self, step, timestep, callback_kwargs)`;
                 may return replaced tensors (e.g. `{"latents": ...}`).

@@ -270,6 +270,19 @@ def _custom_embeds(pipe):
         ),
         (lambda e: dict(prompt_embeds=e["prompt_embeds"].repeat(3, 1, 1)), ValueError, "shape \\(1 or 1, "),
         (lambda e: dict(prompt_embeds=e["prompt_embeds"].long()), TypeError, "`prompt_embeds` must be floating"),
+        # A NaN or an infinity anywhere in an embedding gives a NaN or black video.
+        (
+            lambda e: dict(
+                negative_prompt_embeds_2=e["negative_prompt_embeds_2"].index_fill(1, torch.tensor([3]), torch.nan)
+            ),
+            ValueError,
+            "`negative_prompt_embeds_2` holds NaN or infinite values",
+        ),
+        (
+            lambda e: dict(prompt_embeds=e["prompt_embeds"].index_fill(2, torch.tensor([0]), -torch.inf)),
+            ValueError,
+            "`prompt_embeds` holds NaN or infinite values",
+        ),
     ],
 )
 def test_bad_custom_embeddings_fail_early(guarded_pipe, start_image, change, error, match):
@@ -345,6 +358,20 @@ def test_custom_embeddings_of_the_batch_size_are_taken(pipe, start_image):
             "`callback_on_step_end_tensor_inputs` must list",
         ),
         (dict(attention_kwargs=[1, 2]), TypeError, "`attention_kwargs` must be a dict or None"),
+        (dict(attention_kwargs={"scal": 0.5}), ValueError, "`attention_kwargs` takes only 'scale'.*got 'scal'"),
+        (dict(attention_kwargs={"scale": 1.0, "x": 1}), ValueError, "takes only 'scale'.*got 'x'"),
+        (
+            dict(attention_kwargs={"scale": float("inf")}),
+            ValueError,
+            "`attention_kwargs\\['scale'\\]` must be a finite",
+        ),
+        (dict(attention_kwargs={"scale": "1"}), TypeError, "`attention_kwargs\\['scale'\\]` must be a number"),
+        (
+            dict(latents=torch.zeros(1, 16, 2, 4, 6).index_fill(2, torch.tensor([1]), torch.nan)),
+            ValueError,
+            "`latents` holds NaN or inf",
+        ),
+        (dict(latents=torch.full((1, 16, 2, 4, 6), torch.inf)), ValueError, "`latents` holds NaN or infinite values"),
     ],
 )
 def test_bad_inputs_fail_early(guarded_pipe, start_image, kwargs, error, match):
