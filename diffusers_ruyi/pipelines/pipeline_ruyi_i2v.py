@@ -235,25 +235,17 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             kwargs["dtype"] = dtype
         return super().from_pretrained(path, **kwargs)
 
-    def save_pretrained(self, save_directory: Union[str, os.PathLike], **kwargs):
+    def to_json_string(self) -> str:
         r"""
-        Saves the pipeline in diffusers format (see [`~DiffusionPipeline.save_pretrained`]).
-
-        `model_index.json` names this package's components as `["diffusers_ruyi", "<Class>"]` rather than by their
-        module path, so saved folders keep loading if the package's files are reorganised.
+        The pipeline's `model_index.json` (what [`~DiffusionPipeline.save_pretrained`] writes and, with
+        `push_to_hub=True`, uploads): this package's components are named `["diffusers_ruyi", "<Class>"]` rather than
+        by their module path, so saved folders keep loading if the package's files are reorganised.
         """
-        super().save_pretrained(save_directory, **kwargs)
-        index_path = os.path.join(save_directory, "model_index.json")
-        with open(index_path, encoding="utf-8") as f:
-            index = json.load(f)
+        index = json.loads(super().to_json_string())
         for key, value in index.items():
             if isinstance(value, list) and len(value) == 2 and str(value[0]).startswith("diffusers_ruyi."):
                 index[key] = ["diffusers_ruyi", value[1]]
-        tmp_path = index_path + ".tmp"
-        with open(tmp_path, "w", encoding="utf-8") as f:
-            json.dump(index, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp_path, index_path)
+        return json.dumps(index, indent=2, sort_keys=True) + "\n"
 
     # ------------------------------------------------------------------------------------------------------------
     # Properties (per-call state)

@@ -4,6 +4,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import types
 
 import numpy as np
 import PIL.Image
@@ -64,6 +65,30 @@ def test_save_pretrained_round_trip(pipe, start_image, tmp_path):
     reloaded = RuyiImageToVideoPipeline.from_pretrained(tmp_path, dtype=torch.float32)
     reloaded.set_progress_bar_config(disable=True)
     assert torch.equal(_call(reloaded, start_image).frames, expected)
+
+
+def test_push_to_hub_uploads_the_package_names(pipe, tmp_path, monkeypatch):
+    # The hub copy must be the folder as saved: the index is written with the package's names before the upload.
+    import diffusers.pipelines.pipeline_utils as pipeline_utils
+
+    uploaded = {}
+
+    class Card:
+        def save(self, path):
+            pass
+
+    monkeypatch.setattr(pipeline_utils, "create_repo", lambda repo_id, **_: types.SimpleNamespace(repo_id=repo_id))
+    monkeypatch.setattr(pipeline_utils, "load_or_create_model_card", lambda *_, **__: Card())
+    monkeypatch.setattr(pipeline_utils, "populate_model_card", lambda card, *_, **__: card)
+
+    def upload(self, folder, repo_id, **_):
+        uploaded[repo_id] = json.loads((pathlib.Path(folder) / "model_index.json").read_text())
+
+    monkeypatch.setattr(RuyiImageToVideoPipeline, "_upload_folder", upload, raising=False)
+    pipe.save_pretrained(str(tmp_path), push_to_hub=True, repo_id="me/ruyi")
+    assert uploaded["me/ruyi"]["transformer"] == ["diffusers_ruyi", "RuyiTransformer3DModel"]
+    assert uploaded["me/ruyi"]["vae"] == ["diffusers_ruyi", "AutoencoderKLRuyiCausal3D"]
+    assert uploaded["me/ruyi"] == json.loads((tmp_path / "model_index.json").read_text())
 
 
 def test_saved_folder_loads_like_any_diffusers_pipeline(pipe, start_image, tmp_path):
