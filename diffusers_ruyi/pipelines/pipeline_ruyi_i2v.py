@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import inspect
 import json
+import logging as logging_
 import math
 import os
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
@@ -48,6 +49,25 @@ logger = logging.get_logger(__name__)
 MAX_TRAINED_FRAMES = 120
 # Start (or end) frames per video that Ruyi supports, per its authors (IamCreateAI/Ruyi-Models issue 15).
 MAX_KNOWN_FRAMES = 5
+
+
+class _DropCastWarning(logging_.Filter):
+    def filter(self, record: logging_.LogRecord) -> bool:
+        return "should be kept in float32" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_cast_warning():
+    """Silences diffusers' "modules ... should be kept in float32" warning, which `ModelMixin.to(dtype)` prints on
+    every cast, even for a model that keeps no module in float32 (the VAE): the pipeline's own upcast is not the
+    user's doing and has nothing to warn about."""
+    diffusers_logger = logging_.getLogger("diffusers.models.modeling_utils")
+    cast_filter = _DropCastWarning()
+    diffusers_logger.addFilter(cast_filter)
+    try:
+        yield
+    finally:
+        diffusers_logger.removeFilter(cast_filter)
 
 
 def _posterior_generator(generator: Optional[torch.Generator]) -> Optional[torch.Generator]:
@@ -787,12 +807,14 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         # as the original ran the published VAE in the pipeline's dtype.
         upcast = self.vae.dtype == torch.float16 and bool(self.vae.config.force_upcast)
         if upcast:
-            self.vae.to(torch.float32)
+            with _without_cast_warning():
+                self.vae.to(torch.float32)
         try:
             yield
         finally:
             if upcast:
-                self.vae.to(torch.float16)
+                with _without_cast_warning():
+                    self.vae.to(torch.float16)
 
     def _vae_calls(self, frames: int, chunk: int, height: int, width: int, decode: bool) -> int:
         """How often the VAE runs its encoder (or decoder) on one video of `frames` (latent) frames of `height` x
