@@ -482,6 +482,11 @@ def check_video(path: str) -> Dict[str, Any]:
     if num_frames < 1:
         raise CLIError(f"--extend {path!r} has no frames")
     width, height = meta["size"]
+    if width % 2 or height % 2:
+        raise CLIError(
+            f"--extend {path!r} is {width}x{height}: the continuation is written at the video's size, and H.264 "
+            "(yuv420p) needs an even width and height"
+        )
     return {"frames": num_frames, "height": height, "width": width, "fps": meta.get("fps") or 24}
 
 
@@ -1021,8 +1026,10 @@ def open_video_atomically(path: str, fps: float, before_replace: Optional[Callab
     fd, tmp_path = tempfile.mkstemp(prefix=".ruyi-", suffix=".mp4", dir=out_dir)
     os.close(fd)
     try:
-        # The settings of diffusers' export_to_video, so both ways of writing give the same file.
-        writer = imageio.get_writer(tmp_path, fps=fps, quality=5.0, macro_block_size=16)
+        # diffusers' export_to_video's settings, except the macro block: imageio resizes frames to a multiple of it,
+        # and a continued video keeps its own size (even, as H.264 needs). Generated sizes are multiples of 16, so
+        # their files are export_to_video's.
+        writer = imageio.get_writer(tmp_path, fps=fps, quality=5.0, macro_block_size=2)
         try:
 
             def append(frames) -> None:

@@ -221,6 +221,37 @@ def test_bad_long_video_arguments(tmp_path, input_video, argv, message):
     assert not out.exists()
 
 
+def test_extend_keeps_a_size_that_is_no_multiple_of_16(tmp_path, capsys):
+    # 50x40 (like 1920x1080, not a multiple of 16): generated at a bucket size, the new frames resized to 50x40, and
+    # the file written at 50x40, the copied frames untouched (imageio's default macro block of 16 would enlarge all).
+    rng = np.random.default_rng(1)
+    video = tmp_path / "odd.mp4"
+    with imageio.get_writer(str(video), fps=12, macro_block_size=1) as writer:
+        for _ in range(8):
+            writer.append_data(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8))
+    out = tmp_path / "out.mp4"
+    argv = ["--model", "tiny-random", "--steps", "1", "--base-resolution", "64", "--segment-frames", "16"]
+    assert main([*argv, "--extend", str(video), "--output", str(out), "--num-frames", "3"]) == 0
+    err = capsys.readouterr().err
+    assert "new frames are resized to the video's 50x40" in err and "(11 frames, 50x40," in err
+    frames, _ = _read(out)
+    assert len(frames) == 11 and {frame.shape for frame in frames} == {(40, 50, 3)}
+
+
+def test_extend_refuses_an_odd_size(tmp_path):
+    video = tmp_path / "odd.mp4"
+    with imageio.get_writer(str(video), fps=12, macro_block_size=1, pixelformat="yuv444p") as writer:
+        for _ in range(3):
+            writer.append_data(np.zeros((41, 50, 3), dtype=np.uint8))
+    out = tmp_path / "out.mp4"
+    result = _cli("--extend", str(video), "--output", str(out), "--model", "tiny-random")
+    assert result.stdout.strip() == "exit 2 False"  # refused before torch was imported
+    assert "is 50x41: the continuation is written at the video's size, and H.264 (yuv420p) needs an even" in (
+        result.stderr
+    )
+    assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
 def test_extend_without_a_size_generates_at_the_videos_own(tmp_path, input_video, capsys):
     # Kills `info["width"] % 16 == 0` -> `== 1` in _run_segments (cli.py): a 48x32 video (both multiples of 16) is
     # continued at its own size, not at a training bucket.
