@@ -183,8 +183,11 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         # epsilon/sample predictions would run without error and return noise.
         prediction_type = getattr(getattr(scheduler, "config", None), "prediction_type", None)
         if not hasattr(scheduler, "alphas_cumprod") or prediction_type != "v_prediction":
+            # A flow-matching scheduler may carry a `prediction_type` over from the config it was made from; what it
+            # lacks is the DDPM schedule, so say that rather than quote the key.
+            why = "no DDPM noise schedule" if not hasattr(scheduler, "alphas_cumprod") else f"{prediction_type=}"
             raise ValueError(
-                f"{type(scheduler).__name__} (prediction_type={prediction_type!r}) cannot run Ruyi, which predicts the "
+                f"{type(scheduler).__name__} ({why}) cannot run Ruyi, which predicts the "
                 "velocity (v-prediction) of a DDPM noise schedule: use a DDPM-family scheduler with "
                 "prediction_type='v_prediction', e.g. `EulerDiscreteScheduler.from_config(pipe.scheduler.config)`. "
                 "Flow-matching schedulers do not apply."
@@ -975,7 +978,8 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                 list of lists (`last_image=[[e0, e1]]`: the video ends with `e0, e1`). The video then moves from the
                 start frames to the end frames.
             num_frames (`int`, defaults to 120):
-                Frames to generate: 1 or a multiple of the VAE's encoder chunk (8 for Ruyi), at most 120 as trained.
+                Frames to generate: 1 or a multiple of the VAE's encoder chunk (8 for Ruyi). Ruyi was trained on up to
+                120; more run, with a warning (`generate_long_video` makes longer videos in segments).
             height (`int`, *optional*):
                 Height in pixels, a multiple of 16. With `width`, overrides `base_resolution`.
             width (`int`, *optional*):

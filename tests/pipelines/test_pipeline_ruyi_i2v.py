@@ -193,16 +193,21 @@ def test_scheduler_swap(pipe, start_image, scheduler_cls):
 
 
 @pytest.mark.parametrize(
-    "scheduler",
-    [FlowMatchEulerDiscreteScheduler(), DDIMScheduler(prediction_type="epsilon")],
+    "scheduler, why",
+    [
+        # Made from Ruyi's config, it carries prediction_type='v_prediction' along: the schedule is what it lacks.
+        (FlowMatchEulerDiscreteScheduler.from_config({"prediction_type": "v_prediction"}), "no DDPM noise schedule"),
+        (DDIMScheduler(prediction_type="epsilon"), "prediction_type='epsilon'"),
+    ],
     ids=["flow_matching", "epsilon"],
 )
-def test_schedulers_that_cannot_run_ruyi_are_refused(pipe, tiny_checkpoint, scheduler):
+def test_schedulers_that_cannot_run_ruyi_are_refused(pipe, tiny_checkpoint, scheduler, why):
     original = pipe.scheduler
-    with pytest.raises(ValueError, match="v-prediction"):
+    message = f"{type(scheduler).__name__} \\({why}\\) cannot run Ruyi.*v-prediction"
+    with pytest.raises(ValueError, match=message):
         pipe.scheduler = scheduler
     assert pipe.scheduler is original
-    with pytest.raises(ValueError, match="v-prediction"):
+    with pytest.raises(ValueError, match=message):
         RuyiImageToVideoPipeline.from_pretrained(tiny_checkpoint, scheduler=scheduler)
 
 
