@@ -426,6 +426,8 @@ class RuyiDecoder3D(nn.Module):
         self.conv_norm_out = nn.GroupNorm(norm_num_groups, channels, eps=1e-6)
         self.conv_act = get_activation(act_fn)
         self.conv_out = RuyiCausalConv3d(channels, out_channels)
+        self.gradient_checkpointing = False
+        self._warned_cache_checkpointing = False
 
     def forward(
         self,
@@ -444,12 +446,28 @@ class RuyiDecoder3D(nn.Module):
             keep_frames (`Tuple[int, int]`, *optional*): ``(start, end)``: the frames of ``hidden_states`` that are
                 decoded; the others are context for ``conv_in`` and the mid block only (slice variant).
         """
+        checkpointing = torch.is_grad_enabled() and self.gradient_checkpointing
+        if checkpointing and causal_cache is not None:
+            # A recomputation in the backward pass would read the causal cache as the last chunk left it.
+            if not self._warned_cache_checkpointing:
+                logger.warning(
+                    "Gradient checkpointing skips the decoder of the cache VAE variant: its causal cache carries "
+                    "activations from chunk to chunk, which a recomputation would not see as they were."
+                )
+                self._warned_cache_checkpointing = True
+            checkpointing = False
         hidden_states = self.conv_in(hidden_states, causal_cache)
-        hidden_states = self.mid_block(hidden_states, causal_cache)
+        if checkpointing:
+            hidden_states = self._gradient_checkpointing_func(self.mid_block, hidden_states, None)
+        else:
+            hidden_states = self.mid_block(hidden_states, causal_cache)
         if keep_frames is not None:
             hidden_states = hidden_states[:, :, keep_frames[0] : keep_frames[1]]
         for block in self.up_blocks:
-            hidden_states = block(hidden_states, causal_cache, temporal_upsample)
+            if checkpointing:
+                hidden_states = self._gradient_checkpointing_func(block, hidden_states, None, temporal_upsample)
+            else:
+                hidden_states = block(hidden_states, causal_cache, temporal_upsample)
         hidden_states = _silu_(self.conv_norm_out(hidden_states), self.conv_act)
         return self.conv_out(hidden_states, causal_cache)
 

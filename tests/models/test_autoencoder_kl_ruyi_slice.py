@@ -204,6 +204,39 @@ def test_same_values_compares_only_tensors_with_values():
         assert not same_values(fake, fake)
 
 
+def _vae_gradients(vae, video, latents):
+    video, latents = video.clone().requires_grad_(), latents.clone().requires_grad_()
+    loss = vae.encode(video).latent_dist.mean.square().sum() + vae.decode(latents).sample.square().sum()
+    loss.backward()
+    grads = [video.grad, latents.grad] + [p.grad for p in vae.parameters()]
+    vae.zero_grad(set_to_none=True)
+    return grads
+
+
+def test_gradient_checkpointing_covers_encoder_and_decoder(tiny_realfmt_checkpoint):
+    vae = AutoencoderKLRuyiCausal3D.from_pretrained(tiny_realfmt_checkpoint, subfolder="vae")
+    generator = torch.Generator().manual_seed(0)
+    video = torch.rand(1, 3, 9, 16, 16, generator=generator) * 2 - 1
+    latents = torch.randn(1, vae.config.latent_channels, 3, 2, 2, generator=generator)
+    expected = _vae_gradients(vae, video, latents)
+    vae.enable_gradient_checkpointing()
+    checkpointed = []
+    for part in (vae.encoder, vae.decoder):
+        run = part._gradient_checkpointing_func
+        part._gradient_checkpointing_func = lambda block, *args, run=run: (
+            checkpointed.append(block) or run(block, *args)
+        )
+    try:
+        grads = _vae_gradients(vae, video, latents)
+    finally:
+        vae.disable_gradient_checkpointing()
+    # Every block of both halves ran checkpointed (per encoded slice and decoded chunk), with the same gradients.
+    blocks = [*vae.encoder.down_blocks, vae.encoder.mid_block, vae.decoder.mid_block, *vae.decoder.up_blocks]
+    assert {id(block) for block in checkpointed} == {id(block) for block in blocks}
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_repeated_slices_keep_their_own_gradient(tiny_realfmt_checkpoint):
     # The encoder reuses a repeated slice's moments; with autograd on the input that would send the gradient of both
     # slices to the first one and none to the second.
