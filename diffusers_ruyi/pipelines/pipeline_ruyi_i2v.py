@@ -819,6 +819,13 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                 with _without_cast_warning():
                     self.vae.to(torch.float16)
 
+    def _offload_until_used(self, model: torch.nn.Module) -> None:
+        """Moves ``model`` to the offload device now if `enable_model_cpu_offload` placed it; its hook brings it back
+        when it is next called."""
+        for hook in getattr(self, "_all_hooks", None) or []:
+            if getattr(hook, "model", None) is model:
+                hook.offload()
+
     def _vae_calls(self, frames: int, chunk: int, height: int, width: int, decode: bool) -> int:
         """How often the VAE runs its encoder (or decoder) on one video of `frames` (latent) frames of `height` x
         `width` pixels: once per chunk of `chunk` frames and per tile. Sizes the progress bars."""
@@ -1157,6 +1164,9 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             video, mask, generator, device, num_videos_per_prompt
         )
         inpaint_latents = torch.cat([mask_latents, masked_video_latents], dim=1).to(transformer_dtype)
+        # With `enable_model_cpu_offload` the VAE's hook would keep it on the accelerator until the next model in the
+        # sequence runs, and the transformer comes before it: through the whole denoising loop.
+        self._offload_until_used(self.vae)
         if self.do_classifier_free_guidance:
             # The negative branch sees no image: zero features and a zero mask.
             clip_embeds = torch.cat([torch.zeros_like(clip_embeds), clip_embeds])

@@ -512,6 +512,26 @@ def test_mistyped_local_path_is_not_sent_to_the_hub(path):
         RuyiImageToVideoPipeline.from_pretrained(path)
 
 
+def test_model_cpu_offload_parks_the_vae_during_the_denoising_loop(tiny_checkpoint, start_image):
+    # The VAE encodes before the transformer runs; its hook alone would keep it on the accelerator until the decode.
+    # (Offloading "to" the CPU from the CPU: the order of the moves is what is checked.)
+    pipe = RuyiImageToVideoPipeline.from_pretrained(tiny_checkpoint)
+    pipe.set_progress_bar_config(disable=True)
+    expected = _call(pipe, start_image).frames
+    pipe.enable_model_cpu_offload(device="cpu")
+    events = []
+    (vae_hook,) = [hook for hook in pipe._all_hooks if hook.model is pipe.vae]
+    offload = vae_hook.offload
+    vae_hook.offload = lambda: events.append("vae offloaded") or offload()
+    pipe.vae.encoder.register_forward_pre_hook(lambda *_: events.append("vae encoder"))
+    pipe.vae.decoder.register_forward_pre_hook(lambda *_: events.append("vae decoder"))
+    pipe.transformer.register_forward_pre_hook(lambda *_: events.append("transformer"))
+    assert torch.equal(_call(pipe, start_image).frames, expected)
+    first_transformer = events.index("transformer")
+    assert "vae offloaded" in events[events.index("vae encoder") : first_transformer]
+    assert "vae decoder" in events[first_transformer:]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CPU offload needs an accelerator")
 @pytest.mark.parametrize("mode", ["model", "sequential"])
 def test_cpu_offload_matches(tiny_checkpoint, start_image, mode):
