@@ -574,8 +574,12 @@ def _scheduler_before_loading(model: str):
     if path is None or not os.path.isfile(path):
         return None
     config = read_json(path)
-    # The original layout builds DDIM whatever class its file names, as the original does.
-    cls = diffusers.DDIMScheduler if is_original_pipeline_folder(folder) else getattr(diffusers, config["_class_name"])
+    # The original layout builds DDIM whatever class its file names, as the original does; a diffusers folder builds
+    # the class its model_index.json names (the config's own `_class_name` is not what diffusers loads).
+    if is_original_pipeline_folder(folder):
+        cls = diffusers.DDIMScheduler
+    else:
+        cls = getattr(diffusers, read_json(os.path.join(folder, "model_index.json"))["scheduler"][1])
     return cls.from_config(config)
 
 

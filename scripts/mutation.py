@@ -57,6 +57,7 @@ _PIPELINE_TESTS = [
     "tests/pipelines/test_pipeline_mutants.py",
     "tests/pipelines/test_pipeline_inputs.py",
     "tests/pipelines/test_pipeline_realfmt.py",
+    "tests/pipelines/test_pipeline_first_run.py",  # progress bars, first-run messages, hub errors
     "-k",
     "not hub_id and not half_precision and not random_invalid",
 ]

@@ -1,5 +1,7 @@
 """CLI behaviours that survived mutation testing (scripts/mutation.py); each test names the mutant it kills."""
 
+import pathlib
+
 import pytest
 import torch
 
@@ -194,6 +196,32 @@ def test_steps_are_checked_against_ddim_for_the_original_layout(tiny_realfmt_che
     pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config)
     pipe.save_pretrained(tmp_path)
     assert type(cli._scheduler_before_loading(str(tmp_path))) is diffusers.EulerDiscreteScheduler
+
+
+def test_steps_check_builds_the_scheduler_loading_builds(tiny_realfmt_checkpoint, tmp_path, capsys):
+    # The class comes from model_index.json, as diffusers loads it, not from the scheduler config's `_class_name`.
+    # And (kills the AttributeError dropped from check_steps' except, cli.py) a class diffusers does not have is left
+    # to loading, which reports it naming --model, rather than a traceback from the steps check.
+    import argparse
+    import json
+
+    import diffusers
+
+    pipe = load_pipeline(str(tiny_realfmt_checkpoint))
+    pipe.save_pretrained(tmp_path)
+    config_path = tmp_path / "scheduler" / "scheduler_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "_class_name": "NoSuchScheduler"}))
+    assert type(cli._scheduler_before_loading(str(tmp_path))) is diffusers.DDIMScheduler
+    index_path = tmp_path / "model_index.json"
+    index = json.loads(index_path.read_text())
+    index_path.write_text(json.dumps({**index, "scheduler": ["diffusers", "NoSuchScheduler"]}))
+    with pytest.raises(AttributeError):
+        cli._scheduler_before_loading(str(tmp_path))
+    cli.check_steps(argparse.Namespace(model=str(tmp_path), scheduler="ddim", steps=25))  # no error here
+    image = str(pathlib.Path(__file__).resolve().parents[2] / "examples" / "assets" / "start.png")
+    argv = ["--model", str(tmp_path), "--image", image, "--output", str(tmp_path / "x.mp4"), "--steps", "1"]
+    assert cli.main([*argv, "--num-frames", "8", "--height", "32", "--width", "32", "--quiet"]) == 1
+    assert f"--model {str(tmp_path)!r} could not be loaded" in capsys.readouterr().err
 
 
 def test_import_notices_are_hidden_only_while_importing_and_only_when_not_verbose():

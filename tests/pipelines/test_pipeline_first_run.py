@@ -125,7 +125,21 @@ def test_vae_progress_bars_count_every_chunk_and_tile(
     config = dict(desc="a description for the denoising bar", file=io.StringIO())  # disabled bars count nothing
     pipe.set_progress_bar_config(**config)
     bars = _Bars(pipe, monkeypatch)
-    pipe(image=[IMAGE] * images, **{**SMALL, "num_frames": num_frames, "height": size[0], "width": size[1]})
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    pipeline_logger = logging.getLogger("diffusers_ruyi.pipelines.pipeline_ruyi_i2v")
+    level = pipeline_logger.level
+    pipeline_logger.addHandler(handler)
+    pipeline_logger.setLevel(logging.INFO)
+    try:
+        pipe(image=[IMAGE] * images, **{**SMALL, "num_frames": num_frames, "height": size[0], "width": size[1]})
+    finally:
+        pipeline_logger.removeHandler(handler)
+        pipeline_logger.setLevel(level)
+    # The mask and the masked video of each video.
+    expected = f"Encoding {2 * images} conditioning video(s) of {num_frames} frames with the VAE"
+    assert expected in [record.getMessage() for record in records]
     assert bars.summary() == [
         ("VAE encode", encode_calls, encode_calls),
         ("a description for the denoising bar", 1, 1),
