@@ -270,6 +270,32 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                 index[key] = ["diffusers_ruyi", value[1]]
         return json.dumps(index, indent=2, sort_keys=True) + "\n"
 
+    def maybe_free_model_hooks(self) -> None:
+        r"""
+        [`~DiffusionPipeline.maybe_free_model_hooks`] (the end of every call): resets the transformer's caches and,
+        after `enable_model_cpu_offload`, moves every model back to the CPU through its own offload hook.
+
+        diffusers re-enables the offload instead, and accelerate, re-attaching its hook, restores the model's `forward`
+        from when the offload was first enabled: hooks added to the transformer since (a cache, Enhance-A-Video) would
+        silently stop running from the next call on. When the hooked models are no longer the pipeline's (a component
+        was replaced), diffusers' way re-attaches them.
+        """
+        hooks = getattr(self, "_all_hooks", None) or []
+        hooked = {id(hook.model) for hook in hooks}
+        offloaded = {
+            id(component)
+            for name, component in self.components.items()
+            if isinstance(component, torch.nn.Module) and name not in self._exclude_from_cpu_offload
+        }
+        if not hooks or hooked != offloaded:
+            super().maybe_free_model_hooks()
+            return
+        for component in self.components.values():
+            if hasattr(component, "_reset_stateful_cache"):
+                component._reset_stateful_cache()
+        for hook in hooks:
+            hook.offload()
+
     # ------------------------------------------------------------------------------------------------------------
     # Properties (per-call state)
     # ------------------------------------------------------------------------------------------------------------
@@ -1102,6 +1128,9 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         self._attention_kwargs = attention_kwargs
         self._current_timestep = None
         self._interrupt = False
+        # Caches reset at the end of a call (`maybe_free_model_hooks`); a call that raised (Ctrl-C, out of memory,
+        # a callback) never got there, and its counters and cached tensors would leak into this one.
+        self.transformer._reset_stateful_cache()
 
         device = self._execution_device
         transformer_dtype = self.transformer.dtype
