@@ -20,7 +20,11 @@ the same layers get diffusers' `LayerwiseCastingHook`: stored in fp8, up-cast to
 from typing import List, Optional
 
 import torch
-from diffusers.hooks.layerwise_casting import _disable_peft_input_autocast, apply_layerwise_casting_hook
+from diffusers.hooks.layerwise_casting import (
+    _LAYERWISE_CASTING_HOOK,
+    _disable_peft_input_autocast,
+    apply_layerwise_casting_hook,
+)
 from torch import nn
 
 from .._validation import check_bool, check_int
@@ -95,6 +99,11 @@ def select_fp8_modules(model: nn.Module, mode: str, min_numel: int = RUYI_FP8_MI
     return selected
 
 
+def _has_layerwise_casting(module: torch.nn.Module) -> bool:
+    registry = getattr(module, "_diffusers_hook", None)
+    return registry is not None and registry.get_hook(_LAYERWISE_CASTING_HOOK) is not None
+
+
 def apply_fp8_mode(
     model: nn.Module,
     mode: str,
@@ -127,7 +136,8 @@ def apply_fp8_mode(
 
     Every argument is checked before any layer is changed: a wrong type raises a `TypeError`, a bad value (an unknown
     mode, a non-fp8 `fp8_dtype`, a `compute_dtype` that is not a floating dtype of 16 bits or more, a negative
-    `min_numel`) a `ValueError`.
+    `min_numel`) a `ValueError`; so does a selected layer that already has layerwise casting (`enable_layerwise_casting`,
+    an earlier fp8 mode).
 
     Returns:
         `List[str]`: Names of the modules now stored in fp8.
@@ -157,6 +167,15 @@ def apply_fp8_mode(
     if compute_dtype is None:
         compute_dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
     modules = dict(model.named_modules())
+    # diffusers refuses a second casting hook on a layer, but only when it gets there: check them all first, so that
+    # no layer is left half converted.
+    cast = [name for name in names if _has_layerwise_casting(modules[name])]
+    if cast:
+        raise ValueError(
+            f"{len(cast)} of the layers fp8 mode {mode!r} selects already have layerwise casting (e.g. {cast[:3]}): "
+            "apply_fp8_mode does not combine with `enable_layerwise_casting` or a second fp8 mode on the same "
+            "layers. Reload the model to change its storage."
+        )
     for name in names:
         apply_layerwise_casting_hook(modules[name], fp8_dtype, compute_dtype, non_blocking)
     _disable_peft_input_autocast(model)

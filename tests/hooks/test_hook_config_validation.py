@@ -204,6 +204,17 @@ def test_apply_fp8_mode_refuses_bad_arguments_before_changing_a_layer(args, kwar
     assert _hooked(model) == [] and all(p.dtype == torch.float32 for p in model.parameters())
 
 
+def test_apply_fp8_mode_refuses_layers_already_cast_before_changing_any():
+    # The second layer is cast already: diffusers would refuse it only after the first was converted.
+    from diffusers.hooks.layerwise_casting import apply_layerwise_casting_hook
+
+    model = _two_linears()
+    apply_layerwise_casting_hook(model[1], torch.float8_e5m2, torch.float32, False)
+    with pytest.raises(ValueError, match=r"1 of the layers fp8 mode 'extreme' selects already have layerwise casting"):
+        apply_fp8_mode(model, "extreme", torch.float8_e4m3fn)
+    assert model[0].weight.dtype == torch.float32 and _hooked(model) == ["1"]
+
+
 def test_fp8_selection_refuses_a_model_that_is_not_a_module():
     with pytest.raises(TypeError, match=r"`model` must be a torch.nn.Module, got str"):
         apply_fp8_mode("transformer", "lite")
