@@ -26,6 +26,7 @@ import PIL.Image
 import torch
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.hooks.faster_cache import _FASTER_CACHE_DENOISER_HOOK
+from diffusers.hooks.layerwise_casting import _LAYERWISE_CASTING_HOOK
 from diffusers.image_processor import PipelineImageInput
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
@@ -49,6 +50,11 @@ logger = logging.get_logger(__name__)
 MAX_TRAINED_FRAMES = 120
 # Start (or end) frames per video that Ruyi supports, per its authors (IamCreateAI/Ruyi-Models issue 15).
 MAX_KNOWN_FRAMES = 5
+
+
+def _has_layerwise_casting(module: torch.nn.Module) -> bool:
+    registry = getattr(module, "_diffusers_hook", None)
+    return registry is not None and registry.get_hook(_LAYERWISE_CASTING_HOOK) is not None
 
 
 class _DropCastWarning(logging_.Filter):
@@ -835,6 +841,15 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         # diffusers' policy (`force_upcast`): a float16 VAE, which overflows, runs in float32; bfloat16 runs as is,
         # as the original ran the published VAE in the pipeline's dtype.
         upcast = self.vae.dtype == torch.float16 and bool(self.vae.config.force_upcast)
+        if upcast and any(_has_layerwise_casting(module) for module in self.vae.modules()):
+            # Casting the VAE would undo its layerwise casting's storage dtype for good; that casting's own compute
+            # dtype stands instead.
+            logger.warning(
+                "The float16 VAE has layerwise casting, so it is not upcast to float32 for the call (`force_upcast`): "
+                "it computes in the casting's compute dtype, and float16 may overflow in this VAE. Enable the casting "
+                "with compute_dtype=torch.float32 (or bfloat16) to avoid that."
+            )
+            upcast = False
         if upcast:
             with _without_cast_warning():
                 self.vae.to(torch.float32)

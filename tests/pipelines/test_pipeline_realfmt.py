@@ -102,6 +102,20 @@ def test_float16_upcasts_the_vae_for_the_call_without_warning(tiny_realfmt_check
     assert [r for r in records if "kept in float32" in r.getMessage()]
 
 
+def test_float16_vae_with_layerwise_casting_keeps_its_storage(tiny_realfmt_checkpoint, caplog):
+    # Upcasting the VAE for the call would cast its float8 weights to float32, then to float16: the storage lost.
+    pipe = RuyiImageToVideoPipeline.from_pretrained(tiny_realfmt_checkpoint, dtype="float16")
+    pipe.vae.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.float16)
+    stored = {name: p.dtype for name, p in pipe.vae.named_parameters()}
+    assert torch.float8_e4m3fn in stored.values()
+    pipe.set_progress_bar_config(disable=True)
+    with caplog.at_level("WARNING"):
+        pipe(image=PIL.Image.new("RGB", (32, 32), (120, 30, 200)), num_frames=1, height=32, width=32,
+             num_inference_steps=1, output_type="pt")  # fmt: skip (float16 convolutions are slow on the CPU)
+    assert {name: p.dtype for name, p in pipe.vae.named_parameters()} == stored
+    assert "The float16 VAE has layerwise casting, so it is not upcast to float32" in caplog.text
+
+
 def test_original_tiling_that_would_resize_the_latents_is_refused_early(realfmt_pipe, monkeypatch):
     # 48 px tiles with overlap 0.25 are not aligned: the original steps 36 px between tiles but keeps 5 latents (40
     # px) of each, so it encodes 80x64 px to 11x8 latents and then fails on a shape mismatch (a `drift_*` golden).
