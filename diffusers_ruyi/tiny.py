@@ -118,10 +118,13 @@ def build_tiny_random_pipeline(seed: int = 0) -> RuyiImageToVideoPipeline:
         seed (`int`, defaults to 0): Seed for the random weights.
     """
     generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    transformer = RuyiTransformer3DModel.from_config(convert_transformer_config(TINY_TRANSFORMER_CONFIG))
-    vae = AutoencoderKLRuyiCausal3D.from_config(convert_vae_config(TINY_VAE_CONFIG))
-    image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY_CLIP_CONFIG))
+    # The modules draw their initial weights from the global RNG: seeded here, and given back to the caller as it was
+    # (a training script's `--seed` must still decide its own random numbers).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer = RuyiTransformer3DModel.from_config(convert_transformer_config(TINY_TRANSFORMER_CONFIG))
+        vae = AutoencoderKLRuyiCausal3D.from_config(convert_vae_config(TINY_VAE_CONFIG))
+        image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY_CLIP_CONFIG))
     image_processor = clip_image_processor_class()(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     scheduler = build_tiny_scheduler()
     cfg = TINY_TRANSFORMER_CONFIG

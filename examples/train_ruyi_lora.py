@@ -143,6 +143,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--validation_fps", type=int, default=24)
     parser.add_argument("--report_to", default=None, help="An accelerate tracker (tensorboard, wandb, ...), or none.")
     args = parser.parse_args(argv)
+    if args.report_to == "none":
+        args.report_to = None
 
     if args.num_frames < 1 or (args.num_frames != 1 and args.num_frames % 8 != 0):
         parser.error(f"--num_frames must be 1 or a multiple of 8, got {args.num_frames}.")
@@ -187,16 +189,34 @@ def _argument_problem(args: argparse.Namespace) -> Optional[str]:
         return f"--motion must be one of {', '.join(MOTION_VALUES)}, got {args.motion!r}."
     if args.camera_direction not in CAMERA_DIRECTIONS:
         return f"--camera_direction must be one of {', '.join(CAMERA_DIRECTIONS)}, got {args.camera_direction!r}."
-    schedulers = [t.value for t in SchedulerType]
+    # (piecewise_constant needs step rules, which no flag sets.)
+    schedulers = [t.value for t in SchedulerType if t != SchedulerType.PIECEWISE_CONSTANT]
     if args.lr_scheduler not in schedulers:
         return f"--lr_scheduler must be one of {', '.join(schedulers)}, got {args.lr_scheduler!r}."
     if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         return f"--output_dir {args.output_dir!r} is a file, not a folder."
     if args.validation_image is not None and not os.path.isfile(args.validation_image):
         return f"--validation_image {args.validation_image!r} does not exist."
+    if args.report_to is not None:
+        from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+        trackers = ["all", *LOGGER_TYPE_TO_CLASS]
+        if args.report_to not in trackers:
+            return f"--report_to must be one of {', '.join(trackers)} or none, got {args.report_to!r}."
     resume = args.resume_from_checkpoint
     if resume not in (None, "latest") and not os.path.isdir(resume):
         return f"--resume_from_checkpoint {resume!r} is not a checkpoint folder (or 'latest')."
+    if resume not in (None, "latest"):
+        step = os.path.basename(os.path.normpath(resume)).removeprefix("checkpoint-")
+        if not step.isdigit() or not os.path.isfile(os.path.join(resume, LORA_WEIGHTS)):
+            return (
+                f"--resume_from_checkpoint {resume!r} is not a checkpoint of this script (a checkpoint-<step> folder "
+                f"holding {LORA_WEIGHTS})."
+            )
+    try:  # the module names do not depend on the model's sizes: the tiny architecture answers for the real one
+        resolve_target_modules(_tiny_transformer_on_meta(), _any_block(args.target_modules))
+    except ValueError as e:
+        return str(e)
     try:  # the clips and their metadata, listed (not read) now rather than after loading the model
         VideoFolderDataset(args.data_dir, args.num_frames, args.height, args.width, args.frame_stride)
     except ValueError as e:
@@ -217,21 +237,54 @@ def _resize_and_center_crop(image: PIL.Image.Image, width: int, height: int) -> 
     return image.crop((left, top, left + width, top + height))
 
 
-def read_video_frames(path: str, num_frames: int, stride: int, start: Optional[int] = None) -> List[np.ndarray]:
-    """Reads `num_frames` frames (every `stride`-th) from a random (or given) start; pads short clips with the last."""
+def count_video_frames(path: str) -> int:
+    """The number of frames of a clip, without decoding it (ffmpeg counts the packets; GIFs are read by Pillow).
+    Raises a `ValueError` naming the clip when it cannot be read or has no frame."""
+    import imageio.v2 as imageio
+    import imageio_ffmpeg
+
+    try:
+        if path.lower().endswith(".gif"):
+            reader = imageio.get_reader(path)
+            try:
+                count = reader.get_length()
+            finally:
+                reader.close()
+        else:
+            count, _ = imageio_ffmpeg.count_frames_and_secs(path)
+    except (OSError, RuntimeError, ValueError) as e:
+        raise ValueError(f"{path!r} is not a readable video: {str(e).strip().splitlines()[-1] if str(e) else e}")
+    if not count or count < 1:
+        raise ValueError(f"{path!r} has no frames.")
+    return count
+
+
+def read_video_frames(
+    path: str, num_frames: int, stride: int, start: Optional[int] = None, total: Optional[int] = None
+) -> List[np.ndarray]:
+    """Reads `num_frames` frames (every `stride`-th) from a random (or given) start; pads short clips with the last.
+
+    Only the frames up to the end of that window are decoded, and only those kept stay in memory: a long source clip
+    costs what its window costs. ``total`` is the clip's frame count (`count_video_frames`; counted when omitted).
+    """
     import imageio.v2 as imageio
 
-    reader = imageio.get_reader(path)
-    try:
-        frames = [np.asarray(frame)[..., :3] for frame in reader]
-    finally:
-        reader.close()
-    if not frames:
-        raise ValueError(f"{path!r} has no frames.")
     span = (num_frames - 1) * stride + 1
     if start is None:
-        start = random.randint(0, max(0, len(frames) - span))
-    picked = frames[start : start + span : stride]
+        total = count_video_frames(path) if total is None else total
+        start = random.randint(0, max(0, total - span))
+    picked = []
+    reader = imageio.get_reader(path)
+    try:
+        for index, frame in enumerate(reader):
+            if index >= start + span:
+                break
+            if index >= start and (index - start) % stride == 0:
+                picked.append(np.asarray(frame)[..., :3])
+    finally:
+        reader.close()
+    if not picked:
+        raise ValueError(f"{path!r} has no frame from index {start} on.")
     picked += [picked[-1]] * (num_frames - len(picked))
     return picked
 
@@ -239,10 +292,12 @@ def read_video_frames(path: str, num_frames: int, stride: int, start: Optional[i
 class VideoFolderDataset(torch.utils.data.Dataset):
     """Training clips from a folder of videos (searched recursively).
 
-    Every video (`.mp4`, `.webm`, `.mov`, `.mkv`, `.avi`, `.gif`) is one sample. An image with the same stem next to a
-    video (`clip.mp4` + `clip.png`) is used as the kept start frame instead of the video's first frame (image/video
-    pairs). An optional `metadata.jsonl` in `data_dir` gives per-clip controls, one JSON object per line:
-    `{"file_name": "clip.mp4", "motion": 2, "camera_direction": "left"}`.
+    Every video (`.mp4`, `.webm`, `.mov`, `.mkv`, `.avi`, `.gif`) is one sample, a window of `num_frames` frames from
+    a random start. An image with the same stem next to a video (`clip.mp4` + `clip.png`) is used as the kept start
+    frame instead of the video's first frame (image/video pairs); such a clip's window starts at its first frame, the
+    one the image stands for. An optional `metadata.jsonl` in `data_dir` gives per-clip controls, one JSON object per
+    line: `{"file_name": "clip.mp4", "motion": 2, "camera_direction": "left"}`. Every clip's frames are counted (not
+    decoded) when the dataset is made, so an unreadable one is reported before training starts.
     """
 
     def __init__(self, data_dir: str, num_frames: int, height: int, width: int, frame_stride: int = 1):
@@ -256,6 +311,7 @@ class VideoFolderDataset(torch.utils.data.Dataset):
         )
         if not self.videos:
             raise ValueError(f"No videos ({', '.join(VIDEO_EXTENSIONS)}) found under {data_dir!r}.")
+        self.frame_counts = [count_video_frames(path) for path in self.videos]
         self.controls: Dict[str, Dict[str, Any]] = {}
         metadata_path = os.path.join(data_dir, "metadata.jsonl")
         if os.path.isfile(metadata_path):
@@ -288,13 +344,15 @@ class VideoFolderDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> Dict[str, Any]:
         path = self.videos[index]
-        frames = read_video_frames(path, self.num_frames, self.frame_stride)
+        start_image = self._start_image(path)
+        start = 0 if start_image is not None else None  # the paired image is the clip's first frame
+        frames = read_video_frames(path, self.num_frames, self.frame_stride, start, self.frame_counts[index])
         frames = [_resize_and_center_crop(PIL.Image.fromarray(f), self.width, self.height) for f in frames]
         video = torch.from_numpy(np.stack([np.asarray(f) for f in frames])).permute(3, 0, 1, 2)  # (3, F, H, W)
         controls = self.controls.get(os.path.normpath(os.path.relpath(path, self.data_dir)), {})
         return {
             "video": video.float() / 127.5 - 1.0,
-            "start_image": self._start_image(path) or frames[0],
+            "start_image": start_image or frames[0],
             "last_image": frames[-1],
             "motion": controls.get("motion"),
             "camera_direction": controls.get("camera_direction"),
@@ -314,6 +372,25 @@ def collate(examples: List[Dict[str, Any]]) -> Dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------------------------------------
+
+
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+
+
+def _tiny_transformer_on_meta() -> torch.nn.Module:
+    from diffusers_ruyi import RuyiTransformer3DModel
+    from diffusers_ruyi.loaders.original_checkpoint import convert_transformer_config
+    from diffusers_ruyi.tiny import TINY_TRANSFORMER_CONFIG
+
+    with torch.device("meta"):
+        return RuyiTransformer3DModel.from_config(convert_transformer_config(TINY_TRANSFORMER_CONFIG))
+
+
+def _any_block(spec: str) -> str:
+    """`--target_modules` with block numbers that the tiny architecture has (its blocks 0-3 have every module kind)."""
+    import re
+
+    return ",".join(re.sub(r"^blocks\.\d+\.", "blocks.3.", t.strip()) for t in spec.split(","))
 
 
 def resolve_target_modules(transformer: torch.nn.Module, spec: str) -> List[str]:
@@ -409,19 +486,20 @@ def run_validation(pipe, args, accelerator, step: int, image: PIL.Image.Image) -
     was_training = transformer.training
     transformer.eval()
     generator = torch.Generator(device=accelerator.device).manual_seed(args.seed or 0)
-    with torch.autocast(accelerator.device.type, enabled=accelerator.mixed_precision != "no"):
-        frames = pipe(
-            image=image,
-            num_frames=args.num_frames,
-            height=args.height,
-            width=args.width,
-            num_inference_steps=args.validation_num_inference_steps,
-            guidance_scale=args.validation_guidance_scale,
-            motion=args.motion,
-            camera_direction=args.camera_direction,
-            generator=generator,
-            output_type="np",
-        ).frames[0]
+    # No autocast: the pipeline runs each model in its own dtype (the VAE in float32), as at inference; PEFT runs the
+    # float32 LoRA weights beside the frozen reduced-precision layers.
+    frames = pipe(
+        image=image,
+        num_frames=args.num_frames,
+        height=args.height,
+        width=args.width,
+        num_inference_steps=args.validation_num_inference_steps,
+        guidance_scale=args.validation_guidance_scale,
+        motion=args.motion,
+        camera_direction=args.camera_direction,
+        generator=generator,
+        output_type="np",
+    ).frames[0]
     transformer.train(was_training)
     path = os.path.join(args.output_dir, "validation", f"step-{step}.mp4")
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -434,7 +512,8 @@ def run_validation(pipe, args, accelerator, step: int, image: PIL.Image.Image) -
 
 
 def _checkpoints(output_dir: str) -> List[str]:
-    names = [d for d in os.listdir(output_dir) if d.startswith("checkpoint-")] if os.path.isdir(output_dir) else []
+    names = os.listdir(output_dir) if os.path.isdir(output_dir) else []
+    names = [d for d in names if d.startswith("checkpoint-") and d.removeprefix("checkpoint-").isdigit()]
     return sorted(names, key=lambda d: int(d.split("-")[1]))
 
 
@@ -487,8 +566,10 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     transformer.add_adapter(
         LoraConfig(r=args.rank, lora_alpha=args.lora_alpha, init_lora_weights=True, target_modules=target_modules)
     )
-    if weight_dtype == torch.float16:
-        cast_training_params(transformer, dtype=torch.float32)  # fp16 master weights would not train
+    if weight_dtype != torch.float32:
+        # float32 LoRA weights: in fp16 they would not train, and in bf16 Adam's small updates round away (most of
+        # lora_A would never change at the default learning rate).
+        cast_training_params(transformer, dtype=torch.float32)
     trainable = [p for p in transformer.parameters() if p.requires_grad]
     logger.info(f"Training {sum(p.numel() for p in trainable):,} LoRA parameters in {len(target_modules)} target(s).")
 
@@ -525,7 +606,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
         unexpected = getattr(incompatible, "unexpected_keys", None)
         if unexpected:
             raise ValueError(f"The checkpoint's LoRA has keys this model does not: {unexpected}")
-        if weight_dtype == torch.float16:
+        if weight_dtype != torch.float32:
             cast_training_params(model, dtype=torch.float32)
 
     accelerator.register_save_state_pre_hook(save_model_hook)
@@ -563,16 +644,17 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     if args.resume_from_checkpoint:
         if args.resume_from_checkpoint == "latest":
             found = _checkpoints(args.output_dir)
-            if not found:
-                raise ValueError(f"--resume_from_checkpoint latest: no checkpoint-* folder in {args.output_dir!r}.")
-            path = os.path.join(args.output_dir, found[-1])
+            path = os.path.join(args.output_dir, found[-1]) if found else None
         else:
             path = args.resume_from_checkpoint
-        if not os.path.isdir(path):
-            raise ValueError(f"Checkpoint folder {path!r} does not exist.")
-        accelerator.load_state(path)
-        global_step = int(os.path.basename(os.path.normpath(path)).split("-")[1])
-        logger.info(f"Resumed from {path} at step {global_step}.")
+        if path is None:  # as diffusers' training scripts do
+            logger.info(
+                f"--resume_from_checkpoint latest: no checkpoint-* folder in {args.output_dir!r}; starting anew."
+            )
+        else:
+            accelerator.load_state(path)
+            global_step = int(os.path.basename(os.path.normpath(path)).removeprefix("checkpoint-"))
+            logger.info(f"Resumed from {path} at step {global_step}.")
 
     validation_image = None
     if args.validation_steps:
@@ -629,7 +711,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
             transformer_lora_layers=get_peft_model_state_dict(final, state_dict=full_state_dict),
             transformer_lora_adapter_metadata=lora_metadata(final),
         )
-        logger.info(f"LoRA saved to {os.path.join(args.output_dir, 'pytorch_lora_weights.safetensors')}")
+        logger.info(f"LoRA saved to {os.path.join(args.output_dir, LORA_WEIGHTS)}")
     accelerator.end_training()
     return args.output_dir
 

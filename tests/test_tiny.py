@@ -5,6 +5,7 @@ import json
 
 import diffusers
 import pytest
+import torch
 from _helpers import TINY_CHECKPOINT
 
 from diffusers_ruyi.tiny import (
@@ -54,3 +55,18 @@ def test_another_sampler_takes_the_tiny_schedulers_values_as_from_a_loaded_check
         assert {k: v for k, v in ours.items() if not k.startswith("_")} == {
             k: v for k, v in theirs.items() if not k.startswith("_")
         }
+
+
+def test_building_the_tiny_pipeline_leaves_the_global_rng_alone():
+    # A training script seeds the global RNG, then builds the tiny model: its own random numbers must still follow.
+    from diffusers_ruyi.tiny import build_tiny_random_pipeline
+
+    draws = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        first = build_tiny_random_pipeline()
+        draws.append(torch.rand(3))
+    torch.manual_seed(1)
+    assert torch.equal(draws[0], torch.rand(3)) and not torch.equal(draws[0], draws[1])
+    second = build_tiny_random_pipeline()  # the weights still come from its own seed
+    assert all(torch.equal(a, b) for a, b in zip(first.transformer.parameters(), second.transformer.parameters()))

@@ -151,6 +151,12 @@ def test_trains_on_the_tiny_random_model(script, video_dir, tmp_path):
         (["--lr_scheduler", "bogus"], "--lr_scheduler must be one of"),
         (["--validation_image", "missing.png"], "--validation_image 'missing.png' does not exist"),
         (["--resume_from_checkpoint", "missing"], "--resume_from_checkpoint 'missing' is not a checkpoint folder"),
+        (["--resume_from_checkpoint", "{renamed}"], "is not a checkpoint of this script (a checkpoint-<step> folder"),
+        (["--resume_from_checkpoint", "{empty}"], "is not a checkpoint of this script"),
+        (["--lr_scheduler", "piecewise_constant"], "--lr_scheduler must be one of"),
+        (["--report_to", "tensorbored"], "--report_to must be one of all, "),
+        (["--target_modules", "to_q,to_qq"], "--target_modules ['to_qq'] match no nn.Linear of the transformer"),
+        (["--target_modules", "blocks.0.attn1.to_qq"], "match no nn.Linear"),
     ],
 )
 def test_bad_arguments_stop_before_any_model_loads(script, video_dir, tmp_path, capsys, monkeypatch, extra, message):
@@ -158,6 +164,11 @@ def test_bad_arguments_stop_before_any_model_loads(script, video_dir, tmp_path, 
         raise AssertionError("a model was loaded before the arguments were checked")
 
     monkeypatch.setattr(script.RuyiImageToVideoPipeline, "from_pretrained", must_not_load)
+    (tmp_path / "best").mkdir()  # a checkpoint folder renamed by hand: its step is gone
+    (tmp_path / "best" / "pytorch_lora_weights.safetensors").write_bytes(b"")
+    (tmp_path / "checkpoint-5").mkdir()  # no LoRA in it
+    paths = {"{renamed}": str(tmp_path / "best"), "{empty}": str(tmp_path / "checkpoint-5")}
+    extra = [paths.get(a, a) for a in extra]
     with pytest.raises(SystemExit) as e:
         script.main(_args(video_dir, tmp_path / "out", *extra))
     assert e.value.code == 2
@@ -172,6 +183,7 @@ def test_bad_arguments_stop_before_any_model_loads(script, video_dir, tmp_path, 
         (lambda d: (d / "metadata.jsonl").write_text('{"file_name": "a.mp4", "motion": 9}\n'), "motion must be"),
         (lambda d: (d / "metadata.jsonl").write_text('["a.mp4"]\n'), "is not a valid entry"),
         (lambda d: (d / "out").write_text("a file"), "--output_dir"),
+        (lambda d: (d / "broken.mp4").write_bytes(b"not a video"), "broken.mp4' is not a readable video"),
     ],
 )
 def test_bad_data_stops_before_any_model_loads(script, video_dir, tmp_path, capsys, setup, message):
@@ -187,3 +199,94 @@ def test_bad_data_stops_before_any_model_loads(script, video_dir, tmp_path, caps
         script.main(_args(data, output))
     assert e.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_valid_tracker_names_and_none_are_taken(script, video_dir, tmp_path):
+    assert script.parse_args(_args(video_dir, tmp_path / "out", "--report_to", "none")).report_to is None
+    assert (
+        script.parse_args(_args(video_dir, tmp_path / "out", "--report_to", "tensorboard")).report_to == "tensorboard"
+    )
+
+
+def test_resume_latest_without_a_checkpoint_starts_anew(script, video_dir, tmp_path):
+    # As diffusers' training scripts do; it was an error after the model had loaded.
+    args = _args(video_dir, tmp_path / "run", "--max_train_steps", "1", "--resume_from_checkpoint", "latest")
+    assert script.main(args) == str(tmp_path / "run")
+    assert (tmp_path / "run" / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_bf16_trains_float32_lora_weights_and_validates_without_autocast(script, video_dir, tmp_path, monkeypatch):
+    # In bfloat16, Adam's small updates round away on bfloat16 LoRA weights: they are float32, as in fp16 runs. The
+    # validation video runs each model in its own dtype: the VAE in float32, not under autocast.
+    vae_inputs = []
+    build = script.build_tiny_random_pipeline
+
+    def build_and_watch():
+        pipe = build()
+        pipe.vae.decoder.conv_in.register_forward_pre_hook(lambda m, args: vae_inputs.append(args[0].dtype))
+        pipe.vae.decoder.conv_out.register_forward_hook(lambda m, args, out: vae_inputs.append(out.dtype))
+        return pipe
+
+    monkeypatch.setattr(script, "build_tiny_random_pipeline", build_and_watch)
+    args = _args(video_dir, tmp_path / "run", "--max_train_steps", "1", "--validation_steps", "1",
+                 "--validation_num_inference_steps", "1")  # fmt: skip
+    args[args.index(str(TINY))] = "tiny-random"
+    args[args.index("--mixed_precision") + 1] = "bf16"
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # accelerate keeps one precision per process
+    try:
+        script.main(args)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    saved = load_file(tmp_path / "run" / "pytorch_lora_weights.safetensors")
+    assert saved and {t.dtype for t in saved.values()} == {torch.float32}
+    assert vae_inputs and set(vae_inputs) == {torch.float32}
+
+
+def test_a_window_is_read_without_decoding_the_rest(script, video_dir, monkeypatch):
+    import imageio.v2 as imageio
+
+    path = str(video_dir / "clip_0.mp4")
+    everything = [np.asarray(f)[..., :3] for f in imageio.get_reader(path)]
+    assert script.count_video_frames(path) == len(everything) == 10
+    decoded = []
+    get_reader = imageio.get_reader
+
+    def counting_reader(*args, **kwargs):
+        reader = get_reader(*args, **kwargs)
+
+        class Counting:
+            def __iter__(self):
+                for frame in reader:
+                    decoded.append(1)
+                    yield frame
+
+            def close(self):
+                reader.close()
+
+        return Counting()
+
+    monkeypatch.setattr(imageio, "get_reader", counting_reader)
+    for start, num_frames, stride in [(0, 2, 1), (3, 3, 2), (8, 4, 1)]:
+        decoded.clear()
+        frames = script.read_video_frames(path, num_frames, stride, start=start)
+        span = (num_frames - 1) * stride + 1
+        expected = everything[start : start + span : stride]
+        expected += [expected[-1]] * (num_frames - len(expected))  # a short clip ends on its last frame
+        assert len(frames) == num_frames and all(np.array_equal(a, b) for a, b in zip(frames, expected))
+        assert len(decoded) <= min(start + span + 1, 10)
+
+
+def test_a_paired_image_trains_on_the_window_it_starts(script, video_dir, monkeypatch):
+    # clip_2.png stands for clip_2.mp4's first frame: its window starts there, whatever the random start would be.
+    import imageio.v2 as imageio
+
+    monkeypatch.setattr(script.random, "randint", lambda low, high: high)
+    dataset = script.VideoFolderDataset(str(video_dir), num_frames=8, height=32, width=48)
+    first = np.asarray(next(iter(imageio.get_reader(str(video_dir / "clip_2.mp4")))))[..., :3]
+    pair = dataset[2]["video"]
+    np.testing.assert_allclose(((pair[:, 0] + 1) * 127.5).permute(1, 2, 0).numpy(), first, atol=1e-3)
+    unpaired = dataset[0]["video"]  # random start: the last window (frames 2-9 of 10)
+    last = [np.asarray(f)[..., :3] for f in imageio.get_reader(str(video_dir / "clip_0.mp4"))][2]
+    np.testing.assert_allclose(((unpaired[:, 0] + 1) * 127.5).permute(1, 2, 0).numpy(), last, atol=1e-3)

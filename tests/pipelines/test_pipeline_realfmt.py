@@ -110,8 +110,14 @@ def test_float16_vae_with_layerwise_casting_keeps_its_storage(tiny_realfmt_check
     assert torch.float8_e4m3fn in stored.values()
     pipe.set_progress_bar_config(disable=True)
     with caplog.at_level("WARNING"):
-        pipe(image=PIL.Image.new("RGB", (32, 32), (120, 30, 200)), num_frames=1, height=32, width=32,
-             num_inference_steps=1, output_type="pt")  # fmt: skip (float16 convolutions are slow on the CPU)
+        pipe(
+            image=PIL.Image.new("RGB", (32, 32), (120, 30, 200)),
+            num_frames=1,
+            height=32,
+            width=32,
+            num_inference_steps=1,
+            output_type="pt",
+        )  # fmt: skip (float16 convolutions are slow on the CPU)
     assert {name: p.dtype for name, p in pipe.vae.named_parameters()} == stored
     assert "The float16 VAE has layerwise casting, so it is not upcast to float32" in caplog.text
 
