@@ -18,9 +18,10 @@
 (QK-normed, not yet rotated) queries and keys; the mean of its off-diagonal entries times `num_frames + weight`,
 clamped to at least 1, multiplies the attention output.
 
-Hooks only, no change to the model or its attention processor: a hook on the transformer reads the number of frames
-from the input and counts the denoising steps, hooks on `attn1.norm_q` / `attn1.norm_k` of every block keep the
-normalised queries and keys of the current call, and a hook on `attn1` rescales its output.
+A hook on the transformer reads the number of frames from the input and decides, step by step, whether the call is
+enhanced; every block's self-attention shares one run state (`attn1._ruyi_enhance_a_video`), which Ruyi's attention
+processor reads to compute the score from its normalised queries and keys and to rescale its output. One state object
+for all the blocks (not a hook per layer) keeps `compile_repeated_blocks` at one graph for all of them.
 """
 
 from dataclasses import dataclass
@@ -34,8 +35,6 @@ from ._common import RuyiStateManager, StepCounterState, check_no_context_parall
 
 
 _EAV_ROOT_HOOK = "ruyi_enhance_a_video_root_hook"
-_EAV_CAPTURE_HOOK = "ruyi_enhance_a_video_capture_hook"
-_EAV_ATTENTION_HOOK = "ruyi_enhance_a_video_attention_hook"
 
 
 @dataclass
@@ -109,12 +108,14 @@ def enhance_a_video_score(
     return (mean_cross_frame.mean() * (num_frames + weight)).clamp(min=1)
 
 
-class _EnhanceAVideoRuntime:
-    """What the attention hooks need to know during the current forward call."""
+class EnhanceAVideoRuntime:
+    """The run state every enhanced self-attention reads (`attn1._ruyi_enhance_a_video`): whether this call is enhanced,
+    the number of latent frames and the weight. Set by [`RuyiEnhanceAVideoRootHook`] before each transformer call."""
 
-    def __init__(self) -> None:
+    def __init__(self, weight: float) -> None:
         self.active = False
         self.num_frames = 1
+        self.weight = weight
 
 
 class RuyiEnhanceAVideoRootHook(ModelHook):
@@ -123,7 +124,7 @@ class RuyiEnhanceAVideoRootHook(ModelHook):
     _is_stateful = True
 
     def __init__(
-        self, state_manager: RuyiStateManager, config: RuyiEnhanceAVideoConfig, runtime: _EnhanceAVideoRuntime
+        self, state_manager: RuyiStateManager, config: RuyiEnhanceAVideoConfig, runtime: EnhanceAVideoRuntime
     ) -> None:
         super().__init__()
         self.state_manager = state_manager
@@ -159,57 +160,14 @@ class RuyiEnhanceAVideoRootHook(ModelHook):
         return module
 
 
-class _QueryKeySlot:
-    def __init__(self) -> None:
-        self.query: Optional[torch.Tensor] = None
-        self.key: Optional[torch.Tensor] = None
-
-
-class _EnhanceAVideoSlotHook(ModelHook):
-    """A hook of one attention layer: the shared run state and the layer's query/key slot."""
-
-    def __init__(self, runtime: _EnhanceAVideoRuntime, slot: _QueryKeySlot) -> None:
-        super().__init__()
-        self.runtime = runtime
-        self.slot = slot
-
-
-class RuyiEnhanceAVideoCaptureHook(_EnhanceAVideoSlotHook):
-    """On `attn1.norm_q` / `attn1.norm_k`: keeps the normalised queries or keys while enhancement is active."""
-
-    def __init__(self, runtime: _EnhanceAVideoRuntime, slot: _QueryKeySlot, field: str) -> None:
-        super().__init__(runtime, slot)
-        self.field = field
-
-    def post_forward(self, module: torch.nn.Module, output):
-        if self.runtime.active:
-            setattr(self.slot, self.field, output)
-        return output
-
-
-class RuyiEnhanceAVideoAttentionHook(_EnhanceAVideoSlotHook):
-    """On `attn1`: multiplies the self-attention output by the Enhance-A-Video scale."""
-
-    def __init__(self, runtime: _EnhanceAVideoRuntime, slot: _QueryKeySlot, config: RuyiEnhanceAVideoConfig) -> None:
-        super().__init__(runtime, slot)
-        self.config = config
-
-    def post_forward(self, module: torch.nn.Module, output: torch.Tensor):
-        query, key = self.slot.query, self.slot.key
-        self.slot.query = self.slot.key = None
-        if not self.runtime.active or query is None or key is None:
-            return output
-        score = enhance_a_video_score(query, key, self.runtime.num_frames, self.config.weight)
-        return output if score is None else output * score
-
-
 def apply_ruyi_enhance_a_video(module: torch.nn.Module, config: RuyiEnhanceAVideoConfig) -> None:
     r"""
     Applies Enhance-A-Video to a [`RuyiTransformer3DModel`]; [`remove_ruyi_enhance_a_video`] takes it off again.
 
     Args:
-        module (`torch.nn.Module`): The transformer; each of its `blocks` needs a self-attention `attn1` with
-            `norm_q` and `norm_k`.
+        module (`torch.nn.Module`): The transformer; each of its `blocks` needs a self-attention `attn1` whose
+            processor applies the score (`RuyiAttnProcessor` does; a processor of your own must read
+            `attn._ruyi_enhance_a_video` the same way).
         config ([`RuyiEnhanceAVideoConfig`]): The settings.
 
     Example:
@@ -231,20 +189,13 @@ def apply_ruyi_enhance_a_video(module: torch.nn.Module, config: RuyiEnhanceAVide
         check_no_context_parallel(block, "Enhance-A-Video")
     if is_ruyi_enhance_a_video_enabled(module):
         raise ValueError("Enhance-A-Video is already applied; call `remove_ruyi_enhance_a_video` first.")
-    runtime = _EnhanceAVideoRuntime()
+    attentions = [getattr(block, "attn1", None) for block in blocks]
+    if not all(hasattr(attention, "processor") for attention in attentions):
+        raise ValueError("Enhance-A-Video needs every block to have a self-attention `attn1` with a processor.")
+    runtime = EnhanceAVideoRuntime(config.weight)
     state_manager = RuyiStateManager(StepCounterState)
-    for block in blocks:
-        attention = block.attn1
-        slot = _QueryKeySlot()
-        HookRegistry.check_if_exists_or_initialize(attention.norm_q).register_hook(
-            RuyiEnhanceAVideoCaptureHook(runtime, slot, "query"), _EAV_CAPTURE_HOOK
-        )
-        HookRegistry.check_if_exists_or_initialize(attention.norm_k).register_hook(
-            RuyiEnhanceAVideoCaptureHook(runtime, slot, "key"), _EAV_CAPTURE_HOOK
-        )
-        HookRegistry.check_if_exists_or_initialize(attention).register_hook(
-            RuyiEnhanceAVideoAttentionHook(runtime, slot, config), _EAV_ATTENTION_HOOK
-        )
+    for attention in attentions:
+        attention._ruyi_enhance_a_video = runtime
     registry = HookRegistry.check_if_exists_or_initialize(module)
     registry.register_hook(RuyiEnhanceAVideoRootHook(state_manager, config, runtime), _EAV_ROOT_HOOK)
     registry.invalidate_child_registries_cache()
@@ -253,9 +204,12 @@ def apply_ruyi_enhance_a_video(module: torch.nn.Module, config: RuyiEnhanceAVide
 def remove_ruyi_enhance_a_video(module: torch.nn.Module) -> None:
     """Removes the hooks added by [`apply_ruyi_enhance_a_video`]."""
     registry = HookRegistry.check_if_exists_or_initialize(module)
-    for name in (_EAV_ROOT_HOOK, _EAV_ATTENTION_HOOK, _EAV_CAPTURE_HOOK):
-        registry.remove_hook(name, recurse=True)
+    registry.remove_hook(_EAV_ROOT_HOOK, recurse=False)
     registry.invalidate_child_registries_cache()
+    for block in getattr(module, "blocks", []):
+        attention = getattr(block, "attn1", None)
+        if attention is not None and hasattr(attention, "_ruyi_enhance_a_video"):
+            del attention._ruyi_enhance_a_video
 
 
 def is_ruyi_enhance_a_video_enabled(module: torch.nn.Module) -> bool:

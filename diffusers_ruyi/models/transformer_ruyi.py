@@ -61,6 +61,7 @@ from ..hooks.diffusers_caches import (
     register_current_timestep_hook,
     remove_current_timestep_hook,
 )
+from ..hooks.enhance_a_video import enhance_a_video_score
 from ..hooks.skip_offload import LongSkipStack, RuyiSkipOffloadConfig
 from ..hooks.teacache import RuyiTeaCacheConfig, apply_ruyi_teacache, remove_ruyi_teacache
 from ..loaders.model_loading import RuyiModelLoadingMixin
@@ -352,6 +353,13 @@ class RuyiAttnProcessor:
         query = attn.norm_q(query.unflatten(2, (attn.heads, -1)))
         key = attn.norm_k(key.unflatten(2, (attn.heads, -1)))
         value = value.unflatten(2, (attn.heads, -1))
+        # Enhance-A-Video (`apply_ruyi_enhance_a_video`): its score comes from the normalised, not yet rotated,
+        # queries and keys, and scales the output. One run state shared by every block, so compiled blocks share
+        # one graph.
+        enhance = getattr(attn, "_ruyi_enhance_a_video", None)
+        score = None
+        if enhance is not None and enhance.active:
+            score = enhance_a_video_score(query, key, enhance.num_frames, enhance.weight)
 
         if image_rotary_emb is not None:
             query = apply_rotary_emb_lean(query, image_rotary_emb)
@@ -372,7 +380,7 @@ class RuyiAttnProcessor:
         hidden_states = hidden_states.flatten(2, 3).type_as(query)
         hidden_states = attn.to_out[0](hidden_states)
         hidden_states = attn.to_out[1](hidden_states)
-        return hidden_states
+        return hidden_states if score is None else hidden_states * score
 
 
 class RuyiAttention(nn.Module, AttentionModuleMixin):

@@ -52,3 +52,21 @@ def test_fp8_default_size_rule_is_the_originals():
     model.smaller = torch.nn.Linear(2815, 2816, bias=False, device="meta")
     assert select_fp8_modules(model, "lite") == ["larger"]
     assert select_fp8_modules(model, "strong") == ["square", "larger"]
+
+
+def test_enhance_a_video_removal_leaves_no_state_on_the_attentions():
+    # A call that raised inside the blocks leaves the run state active; after removal no block may still read it.
+    from _helpers import tiny_transformer, transformer_inputs
+
+    from diffusers_ruyi.hooks import apply_ruyi_enhance_a_video, remove_ruyi_enhance_a_video
+
+    inputs = transformer_inputs()
+    model = tiny_transformer()
+    with torch.no_grad():
+        plain = model(timestep=torch.full((2,), 500.0), **inputs).sample
+    apply_ruyi_enhance_a_video(model, RuyiEnhanceAVideoConfig(weight=4.0))
+    model.blocks[0].attn1._ruyi_enhance_a_video.active = True  # as an interrupted call leaves it
+    remove_ruyi_enhance_a_video(model)
+    assert not any(hasattr(block.attn1, "_ruyi_enhance_a_video") for block in model.blocks)
+    with torch.no_grad():
+        assert torch.equal(model(timestep=torch.full((2,), 500.0), **inputs).sample, plain)
