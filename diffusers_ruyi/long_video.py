@@ -104,7 +104,23 @@ def plan_segments(
     _check_int("segment_frames", segment_frames, FRAME_CHUNK)
     if segment_frames % FRAME_CHUNK:
         raise ValueError(f"`segment_frames` must be a multiple of {FRAME_CHUNK}, got {segment_frames}.")
+    if not continuation and num_frames <= segment_frames:
+        # One plain call: no segment is conditioned on context frames, so their number does not matter.
+        if num_frames != 1 and num_frames % FRAME_CHUNK:
+            raise ValueError(
+                f"`num_frames`={num_frames}: a video of at most `segment_frames`={segment_frames} frames is made in "
+                f"one call, so it needs 1 or a multiple of {FRAME_CHUNK} frames (longer videos may have any length)."
+            )
+        if end_frames and num_frames < 1 + end_frames:
+            raise ValueError(f"`num_frames`={num_frames} leaves no room for {end_frames} end frame(s).")
+        return [SegmentPlan(0, num_frames, 0, num_frames, end_frames)]
+
     step = segment_frames - context_frames  # new frames of a full continuing segment
+    if segment_frames < FRAME_CHUNK + 1:
+        raise ValueError(
+            f"`segment_frames`={segment_frames} cannot continue a video: a continuing segment holds at least 1 "
+            f"context frame and {FRAME_CHUNK} new ones, so it needs `segment_frames` >= {2 * FRAME_CHUNK}."
+        )
     if step < FRAME_CHUNK:
         raise ValueError(
             f"`context_frames`={context_frames} leaves fewer than {FRAME_CHUNK} new frames in a segment of "
@@ -116,16 +132,6 @@ def plan_segments(
         raise ValueError(
             f"`context_frames`={context_frames}, but the video to continue has only {available_context} frame(s)."
         )
-
-    if not continuation and num_frames <= segment_frames:
-        if num_frames != 1 and num_frames % FRAME_CHUNK:
-            raise ValueError(
-                f"`num_frames`={num_frames}: a video of at most `segment_frames`={segment_frames} frames is made in "
-                f"one call, so it needs 1 or a multiple of {FRAME_CHUNK} frames (longer videos may have any length)."
-            )
-        if end_frames and num_frames < 1 + end_frames:
-            raise ValueError(f"`num_frames`={num_frames} leaves no room for {end_frames} end frame(s).")
-        return [SegmentPlan(0, num_frames, 0, num_frames, end_frames)]
 
     news, contexts = [], []
     remaining = num_frames

@@ -91,11 +91,22 @@ def test_one_segment_continuation_with_an_end_frame_picks_the_nearest_context():
         (dict(num_frames=1, end_frames=1), "`num_frames`=1 leaves no room for 1 end frame"),
         (dict(num_frames=8, end_frames=8), "`num_frames`=8 leaves no room for 8 end frame"),
         (dict(num_frames=200, segment_frames=16, context_frames=5, end_frames=12), "12 end frames do not fit in a"),
+        # A segment of 8 frames has no room for context: it cannot continue anything (it advised "at most 0").
+        (dict(num_frames=20, segment_frames=8, context_frames=1), "`segment_frames`=8 cannot continue a video"),
+        (dict(num_frames=3, continuation=True, segment_frames=8), "needs `segment_frames` >= 16"),
     ],
 )
 def test_plan_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         plan_segments(**kwargs)
+
+
+def test_one_call_plans_ignore_the_context_settings():
+    # No segment of a one-call video is conditioned on context: a context too long for a continuing segment, or a
+    # segment too short for one, is no reason to refuse it.
+    assert plan_segments(16, context_frames=12, segment_frames=16) == [SegmentPlan(0, 16, 0, 16, 0)]
+    assert plan_segments(8, segment_frames=8) == [SegmentPlan(0, 8, 0, 8, 0)]
+    assert plan_segments(16, context_frames=12, segment_frames=16, end_frames=1) == [SegmentPlan(0, 16, 0, 16, 1)]
 
 
 @settings(max_examples=300, deadline=None)
