@@ -519,6 +519,17 @@ def _checkpoints(output_dir: str) -> List[str]:
 
 def main(argv: Optional[Sequence[str]] = None) -> str:
     """Trains a LoRA; returns the folder holding the final `pytorch_lora_weights.safetensors`."""
+    # The pipeline's helpers run every step here; their per-call notes ("Encoding ... with the VAE") are noise.
+    ruyi_logger = logging.getLogger("diffusers_ruyi")
+    level = ruyi_logger.level
+    ruyi_logger.setLevel(logging.WARNING)
+    try:
+        return _train(argv)
+    finally:
+        ruyi_logger.setLevel(level)
+
+
+def _train(argv: Optional[Sequence[str]]) -> str:
     args = parse_args(argv)
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -661,7 +672,10 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
         validation_image = load_image(args.validation_image) if args.validation_image else dataset[0]["start_image"]
 
     generator = torch.Generator(device=accelerator.device)
-    generator.manual_seed((args.seed or 0) * 1000 + accelerator.process_index + global_step)
+    if args.seed is not None:
+        generator.manual_seed(args.seed * 1000 + accelerator.process_index + global_step)
+    else:  # no --seed: a run of its own, as the global RNG's
+        generator.seed()
     progress = tqdm(
         range(args.max_train_steps),
         initial=global_step,

@@ -40,8 +40,17 @@ def main(argv=None) -> None:
         os.makedirs(parent, exist_ok=True)
     except OSError as e:
         parser.error(f"--output {args.output!r} cannot be created: {e}")
+    from huggingface_hub import split_torch_state_dict_into_shards
+
+    try:  # diffusers' save_pretrained shards with this function: its parse of the size, before the load
+        split_torch_state_dict_into_shards({}, max_shard_size=args.max_shard_size)
+    except ValueError:
+        parser.error(f"--max-shard-size must be a size such as 5GB or 500MB, got {args.max_shard_size!r}.")
     dtype = {"default": DTYPES[args.dtype], "vae": torch.float32}
-    pipe = RuyiImageToVideoPipeline.from_pretrained(args.checkpoint, dtype=dtype)
+    try:
+        pipe = RuyiImageToVideoPipeline.from_pretrained(args.checkpoint, dtype=dtype)
+    except (OSError, ValueError) as e:  # a mistyped path, a broken checkpoint: one line, not a traceback
+        parser.error(f"--checkpoint {args.checkpoint!r} could not be loaded: {' '.join(str(e).split())}")
 
     tmp = tempfile.mkdtemp(prefix=".ruyi-convert-", dir=parent)
     try:

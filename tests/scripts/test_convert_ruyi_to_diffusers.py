@@ -65,3 +65,18 @@ def test_python_m_entry_point():
     proc = subprocess.run([sys.executable, "-m", "diffusers_ruyi", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0
     assert "ruyi-i2v" in proc.stdout and "--last-image" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--max-shard-size", "5 gigs"], "--max-shard-size must be a size such as 5GB or 500MB, got '5 gigs'"),
+        (["--checkpoint", "no/such/folder"], "--checkpoint 'no/such/folder' could not be loaded: "),
+    ],
+)
+def test_bad_arguments_are_one_error_line(tiny_checkpoint, tmp_path, capsys, argv, message):
+    args = ["--checkpoint", str(tiny_checkpoint), "--output", str(tmp_path / "out"), *argv]
+    with pytest.raises(SystemExit) as e:
+        _converter().main(args)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".ruyi")]
