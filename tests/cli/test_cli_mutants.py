@@ -224,6 +224,24 @@ def test_steps_check_builds_the_scheduler_loading_builds(tiny_realfmt_checkpoint
     assert f"--model {str(tmp_path)!r} could not be loaded" in capsys.readouterr().err
 
 
+def test_reported_methods_keep_their_name_and_signature():
+    # Kills the dropped functools.wraps in Progress.wrap (cli.py): the pipeline's methods the CLI times stay
+    # introspectable as themselves (diffusers inspects signatures, e.g. a scheduler step's `generator`).
+    import inspect
+
+    class Pipe:
+        def decode_latents(self, latents, *, output_type="pil"):
+            """Decodes."""
+            return latents
+
+    pipe = Pipe()
+    expected = inspect.signature(pipe.decode_latents)
+    cli.Progress(quiet=True).wrap(pipe, "decode_latents", "VAE decode")
+    assert pipe.decode_latents.__name__ == "decode_latents" and pipe.decode_latents.__doc__ == "Decodes."
+    assert inspect.signature(pipe.decode_latents) == expected
+    assert pipe.decode_latents(3) == 3
+
+
 def test_import_notices_are_hidden_only_while_importing_and_only_when_not_verbose():
     # Kills the loop over the loggers -> `[]` in _import_notices_hidden (cli.py).
     import logging

@@ -217,6 +217,14 @@ def test_fused_qkv_projections(model, golden_inputs):
 
 
 @torch.no_grad()
+def test_training_mode_computes_what_inference_does(model, golden_inputs):
+    # Ruyi has no dropout (the original's attention output dropout is 0): a LoRA trains on the inference forward.
+    expected = model.eval()(**golden_inputs).sample
+    torch.testing.assert_close(model.train()(**golden_inputs).sample, expected, rtol=0, atol=0)
+    model.eval()
+
+
+@torch.no_grad()
 def test_a_model_saved_fused_loads_unfused(model, golden_inputs, tmp_path):
     reference = model(**golden_inputs).sample
     model.fuse_qkv_projections()

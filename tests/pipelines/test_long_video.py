@@ -389,6 +389,12 @@ _FRAME = PIL.Image.new("RGB", (48, 32))
             ValueError,
             "`context\\[0\\]` must be uint8, or float with values in \\[0, 1\\]",
         ),
+        (  # frames in [-1, 1] (a model's output range) are not [0, 1] frames
+            plan_segments(8, continuation=True),
+            dict(context=[np.full((32, 48, 3), -0.5, np.float32)] * 5),
+            ValueError,
+            "`context\\[0\\]` must be uint8, or float with values in \\[0, 1\\]",
+        ),
         (
             plan_segments(8, continuation=True),
             dict(context=[np.zeros((32, 48, 3), np.int32)] * 5),
