@@ -27,6 +27,8 @@ from tqdm.auto import tqdm
 
 from .original_checkpoint import (
     TRANSFORMER_SUBFOLDERS,
+    check_model_folder,
+    check_safetensors_file,
     clip_image_processor_class,
     find_original_subfolder,
     read_json,
@@ -79,16 +81,24 @@ def load_clip_image_encoder(folder: str, dtype: Optional[torch.dtype] = None, **
     names = ("model.safetensors", "pytorch_model.bin")
     if not any(os.path.isfile(os.path.join(folder, n)) for n in names):
         raise FileNotFoundError(f"{folder!r} has no CLIP weights (expected one of {list(names)}).")
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        raise FileNotFoundError(f"{folder!r} has no config.json for its CLIP weights.")
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()  # its load report would list every (expected) text-tower key
     try:
+        # `ignore_mismatched_sizes`: transformers then reports weights of the wrong shape (which the check below
+        # refuses, naming them) instead of raising without them, its report being silenced here.
         encoder, info = CLIPVisionModelWithProjection.from_pretrained(
-            folder, **{_TRANSFORMERS_DTYPE_ARG: dtype or torch.float32}, output_loading_info=True, **kwargs
+            folder,
+            **{_TRANSFORMERS_DTYPE_ARG: dtype or torch.float32},
+            output_loading_info=True,
+            ignore_mismatched_sizes=True,
+            **kwargs,
         )
     finally:
         transformers_logging.set_verbosity(verbosity)
     missing = sorted(info.get("missing_keys", []))
-    mismatched = sorted(info.get("mismatched_keys", []))
+    mismatched = sorted(str(k[0]) if isinstance(k, (tuple, list)) else str(k) for k in info.get("mismatched_keys", []))
     unexpected = sorted(k for k in info.get("unexpected_keys", []) if not k.startswith(_CLIP_TEXT_TOWER_PREFIXES))
     if missing or mismatched or unexpected:
         raise ValueError(
@@ -187,6 +197,13 @@ def load_original_pipeline_components(folder: str, **kwargs) -> Dict[str, Any]:
             "image_encoder/, scheduler/ and embeddings.safetensors (download the whole IamCreateAI/Ruyi-Mini-7B "
             "snapshot)."
         )
+
+    # The weight files' headers, before anything loads: a truncated transformer must not wait for the VAE and CLIP.
+    for name in ("vae", "transformer"):
+        if name not in given:
+            check_model_folder(os.path.join(folder, sources[name]))
+    if "image_encoder" not in given and os.path.isfile(os.path.join(folder, "image_encoder", "model.safetensors")):
+        check_safetensors_file(os.path.join(folder, "image_encoder", "model.safetensors"))
 
     def quantization_of(name: str, is_diffusers: bool) -> Dict[str, Any]:
         if quantization is None:

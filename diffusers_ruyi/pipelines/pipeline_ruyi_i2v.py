@@ -165,6 +165,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             model = getattr(value, "_orig_mod", value)  # a `torch.compile`d model is checked as the model it wraps
             if value is not None and not isinstance(model, expected):
                 raise TypeError(f"`{name}` must be a {expected.__name__}, got {type(value).__name__}.")
+        self._check_controls_fit(transformer, control_embeddings)
         self.register_modules(
             vae=vae,
             transformer=transformer,
@@ -177,6 +178,23 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         # No `vae_scale_factor_temporal`: the latent frame count follows the VAE's chunks (`vae.num_latent_frames`).
         # Frames are resized with PIL's default filter (bicubic), as the original's `Image.resize((width, height))`.
         self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor_spatial, resample="bicubic")
+
+    @staticmethod
+    def _check_controls_fit(transformer, control_embeddings) -> None:
+        """The control embeddings are the transformer's two text streams: their token counts and widths must be the
+        ones its config takes, or the first call fails deep inside on an argument the user never passed."""
+        if transformer is None or control_embeddings is None:
+            return
+        emb1, _, emb2, _ = control_embeddings.get(DEFAULT_NEGATIVE)
+        config = transformer.config
+        expected = ((config.text_len, config.cross_attention_dim), (config.text_len_t5, config.cross_attention_dim_t5))
+        found = (tuple(emb1.shape[1:]), tuple(emb2.shape[1:]))
+        if found != expected:
+            raise ValueError(
+                f"The control embeddings (embeddings.safetensors) hold text streams of (tokens, width) {found[0]} and "
+                f"{found[1]}, but the transformer takes {expected[0]} and {expected[1]} (text_len, "
+                "cross_attention_dim; text_len_t5, cross_attention_dim_t5): they belong to another checkpoint."
+            )
 
     def __setattr__(self, name: str, value: Any):
         if name == "scheduler" and value is not None:
@@ -260,8 +278,9 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         check_weight_files(path)
         if "image_encoder" not in kwargs and os.path.isdir(os.path.join(path, "image_encoder")):
             check_clip_weight_keys(os.path.join(path, "image_encoder"))
-        if dtype is not None:
-            kwargs["dtype"] = dtype
+        # float32 when not given, as for the original layout: transformers 5 would load the CLIP tower in its file's
+        # dtype (a folder saved in bfloat16 gave a bfloat16 image encoder next to float32 models).
+        kwargs["dtype"] = torch.float32 if dtype is None else dtype
         return super().from_pretrained(path, **kwargs)
 
     def to_json_string(self) -> str:
@@ -625,6 +644,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                 raise ValueError("`latents` holds NaN or infinite values.")
         given = {k for k, v in custom_embeds.items() if v is not None}
         control_name(*controls)  # raises a ValueError naming `motion`, `camera_direction` or `aspect_ratio`
+        self._check_controls_fit(self.transformer, self.control_embeddings)  # a component may have been replaced
         if given and given != set(custom_embeds):
             raise ValueError(
                 f"Custom embeddings must be passed all together ({sorted(custom_embeds)}); missing {sorted(set(custom_embeds) - given)}."

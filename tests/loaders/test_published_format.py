@@ -140,6 +140,41 @@ def test_clip_extra_vision_weight_is_an_error(tiny_realfmt_checkpoint, tmp_path)
         load_clip_image_encoder(str(folder))
 
 
+def test_clip_config_of_other_sizes_names_the_weights(tiny_realfmt_checkpoint, tmp_path):
+    # transformers raised "look at the above report!" with its report silenced: the keys are now in the error.
+    folder = tmp_path / "image_encoder"
+    shutil.copytree(tiny_realfmt_checkpoint / "image_encoder", folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["vision_config"]["intermediate_size"] = 48
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"keys of the wrong shape: \['vision_model.encoder.layers.0.mlp.fc1.bias'"):
+        load_clip_image_encoder(str(folder))
+    (folder / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="has no config.json for its CLIP weights"):
+        load_clip_image_encoder(str(folder))
+
+
+@pytest.mark.parametrize("part", ["transformer", "vae", "image_encoder"])
+def test_a_truncated_weight_file_is_reported_before_anything_loads(
+    tiny_realfmt_checkpoint, tmp_path, monkeypatch, part
+):
+    import diffusers_ruyi.loaders.original_pipeline as original_pipeline
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_realfmt_checkpoint, folder)
+    name = "model.safetensors" if part == "image_encoder" else "diffusion_pytorch_model.safetensors"
+    weights = folder / part / name
+    if part == "image_encoder":  # the converter writes a safetensors CLIP next to (or instead of) the .bin
+        state = torch.load(folder / part / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        save_file({k: v.contiguous() for k, v in state.items()}, str(weights))
+    weights.write_bytes(weights.read_bytes()[:-100])
+    loaded = []
+    monkeypatch.setattr(original_pipeline, "load_control_embeddings", lambda path: loaded.append(path))
+    with pytest.raises(ValueError, match=f"{part}/{name}' is truncated"):
+        RuyiImageToVideoPipeline.from_pretrained(folder)
+    assert loaded == []  # not even the (first, small) embeddings
+
+
 def test_disk_sizes_in_the_loading_progress(tmp_path):
     small, large = tmp_path / "small.bin", tmp_path / "large.bin"
     small.write_bytes(b"0" * 3 * 2**20)
@@ -336,3 +371,29 @@ def test_diffusers_folder_missing_a_clip_weight_is_refused(tiny_realfmt_checkpoi
     save_file(tensors, str(weights), metadata={"format": "pt"})
     with pytest.raises(ValueError, match=f"CLIP image encoder .* lacks these weights: \\['{re.escape(key)}'\\]"):
         RuyiImageToVideoPipeline.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("field, width", [("emb1", 48), ("emb2", None)])
+def test_control_embeddings_of_another_transformer_are_refused_at_load(
+    tiny_realfmt_checkpoint, tmp_path, field, width
+):
+    # They loaded, and the first call failed after the CLIP and VAE encodes, naming `encoder_hidden_states`.
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_realfmt_checkpoint, folder)
+    flat = read_safetensors(str(folder / "embeddings.safetensors"))
+    for key in [k for k in flat if k.endswith(field) or (width is None and k.endswith("mask2"))]:
+        # A wider first stream, or one more token (embedding and mask) in the second.
+        flat[key] = (
+            torch.cat([flat[key], flat[key][:, :1]], 1)
+            if width is None
+            else flat[key].new_zeros(flat[key].shape[0], flat[key].shape[1], width)
+        )
+    save_file(flat, str(folder / "embeddings.safetensors"))
+    with pytest.raises(ValueError, match=r"The control embeddings \(embeddings.safetensors\) hold text streams"):
+        RuyiImageToVideoPipeline.from_pretrained(folder)
+    # A pipeline whose transformer is replaced afterwards is checked at the call, before any model runs.
+    pipe = RuyiImageToVideoPipeline.from_pretrained(tiny_realfmt_checkpoint)
+    other = RuyiTransformer3DModel.from_config({**pipe.transformer.config, "text_len": 9})
+    pipe.transformer = other
+    with pytest.raises(ValueError, match="they belong to another checkpoint"):
+        pipe(image=__import__("PIL.Image").Image.new("RGB", (32, 32)), num_frames=1, height=32, width=32)

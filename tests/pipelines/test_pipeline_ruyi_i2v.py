@@ -91,6 +91,14 @@ def test_push_to_hub_uploads_the_package_names(pipe, tmp_path, monkeypatch):
     assert uploaded["me/ruyi"] == json.loads((tmp_path / "model_index.json").read_text())
 
 
+def test_a_folder_saved_in_bfloat16_loads_in_float32_by_default(tiny_checkpoint, tmp_path):
+    # As the original layout does; transformers 5 alone would keep the CLIP tower in its file's bfloat16.
+    RuyiImageToVideoPipeline.from_pretrained(tiny_checkpoint, dtype=torch.bfloat16).save_pretrained(tmp_path)
+    loaded = RuyiImageToVideoPipeline.from_pretrained(tmp_path)
+    assert loaded.transformer.dtype == loaded.vae.dtype == loaded.image_encoder.dtype == torch.float32
+    assert RuyiImageToVideoPipeline.from_pretrained(tmp_path, dtype="bfloat16").image_encoder.dtype == torch.bfloat16
+
+
 def test_saved_folder_loads_like_any_diffusers_pipeline(pipe, start_image, tmp_path):
     expected = _call(pipe, start_image).frames
     pipe.save_pretrained(tmp_path)
