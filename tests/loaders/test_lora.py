@@ -465,6 +465,18 @@ def test_error_bad_original_tensors_load_nothing(clean_pipe, element, value, mes
     _assert_nothing_loaded(clean_pipe)
 
 
+@pytest.mark.parametrize("rows", [-1, 1])
+def test_original_lora_up_of_another_output_size_is_refused(clean_pipe, rows):
+    # A smaller lora_up as well as a larger one (a `>` check let the smaller through).
+    lora, _ = make_original_lora(clean_pipe.transformer, ["blocks.0.attn1.to_k"], seed=13)
+    key = "lora_unet__blocks_0_attn1_to_k.lora_up.weight"
+    up = lora[key]
+    lora[key] = up[:rows] if rows < 0 else torch.cat([up, up[:rows]])
+    with pytest.raises(ValueError, match=r"lora_unet__blocks_0_attn1_to_k: lora_down .*, lora_up \((31|33), 4\)"):
+        clean_pipe.load_lora_weights(lora)
+    _assert_nothing_loaded(clean_pipe)
+
+
 @pytest.mark.parametrize("alpha", [-3.0, 0.0, 0.4])
 def test_conversion_folds_any_alpha(pipe, alpha):
     # The folded factor alpha / rank is split between the two matrices; a negative or zero one once never returned.

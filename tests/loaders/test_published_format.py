@@ -311,6 +311,26 @@ def test_original_config_values_of_the_wrong_type_are_refused(real_checkpoint_di
             convert(config)
 
 
+def test_config_type_errors_offer_a_list_only_for_ch_mult(real_checkpoint_dir):
+    # `ch_mult` may be a list; `ch` (which sorts before it) may not, and its message must not say so.
+    from diffusers_ruyi.loaders.original_checkpoint import convert_vae_config
+
+    config = json.loads((real_checkpoint_dir / "vae_config.json").read_text())
+    with pytest.raises(ValueError, match=r"ch=0 \(expected an integer >= 1\)"):
+        convert_vae_config({**config, "ch": 0})
+    with pytest.raises(ValueError, match=r"ch_mult=\[\] \(expected an integer >= 1, or a list of them\)"):
+        convert_vae_config({**config, "ch_mult": []})
+
+
+def test_dtype_errors_name_the_argument_given():
+    with pytest.raises(ValueError, match=r"`torch_dtype` must be one of"):
+        resolve_dtype(None, "float64")
+    with pytest.raises(ValueError, match=r"`dtype` must be one of"):
+        resolve_dtype("float64", None)
+    with pytest.raises(ValueError, match=r"`torch_dtype\['vae'\]` must be one of"):
+        resolve_dtype(torch_dtype={"vae": "int8"})
+
+
 def test_a_null_out_channels_is_the_transformers_default_but_not_the_vaes(real_checkpoint_dir):
     # The original transformer resolves a null `out_channels` from `learn_sigma` (for the published in_channels=48
     # that is 96, the text-to-video variant, refused as such); the original VAE has no such default.
