@@ -106,8 +106,13 @@ class RuyiCausalConv3d(nn.Conv3d):
         if hidden_states.device.type == "cpu" and hidden_states.dtype == self.weight.dtype == torch.float32:
             # PyTorch sends a CPU conv3d whose batch x channels x frames x height is at most 20480 (a rule made for
             # 2D inputs) to its reference kernel instead of oneDNN: 2-5x slower at the VAE's chunks of a few frames,
-            # which the original's longer padded chunks escape. Same convolution, called on oneDNN directly.
-            if torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled:
+            # which the original's longer padded chunks escape. Same convolution, called on oneDNN directly; not under
+            # CPU autocast, which only intercepts `F.conv3d` (the convolution must run in the autocast dtype).
+            if (
+                torch.backends.mkldnn.is_available()
+                and torch.backends.mkldnn.enabled
+                and not torch.is_autocast_enabled("cpu")
+            ):
                 return torch.mkldnn_convolution(
                     hidden_states, self.weight, self.bias, padding, self.stride, self.dilation, self.groups
                 )
@@ -828,9 +833,9 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
         ``tile - overlap`` and placed. Decoding then decodes the lower-right corner tile once more and blends it in
         with weights rising from 0 at its top/left edges to 1 at the corner, as the original does.
 
-        The original's algorithm at every size, its roundings included. When ``tile_sample_min_size / 8 *
-        tile_overlap_factor`` is not an integer (48 px with 0.25, for example), its step between tiles and the size it
-        keeps of each are rounded differently, so the tiles drift against their crops: the output can be larger than
+        The original's algorithm at every size, its roundings included. For some sizes (48 px with 0.25, 720 px with
+        0.3, for example: `original_tiling_is_aligned` tells) its step between tiles and the size it keeps of each are
+        rounded differently, so the tiles drift against their crops: the output can be larger than
         the untiled one, with repeated strips, or shifted, exactly as the original's (a warning says when the size
         changes; `original_tiling_is_aligned` and `tiled_output_size` tell). The package's tiling (`enable_tiling`)
         has no such sizes.
@@ -1197,11 +1202,16 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
         cols = _tile_spans(out.shape[-1] // out_scale, tile_w, overlap_w)
         weight_sum = out.new_zeros(out.shape[-2:])
         s, o = source_scale, out_scale
+        # An encoded side that is no multiple of the ratio has pixels beyond its last whole latent (71 px: 8 latents
+        # from 64 px, and 7 more rows that the untiled encoder also reads): the last tile reaches the true edge.
+        height, width = source.shape[-2:]
         for i, (top, bottom) in enumerate(rows):
             weight_h = _blend_weights(rows, i, o, out.device, out.dtype)
+            last_row = height if not decode and i == len(rows) - 1 else bottom * s
             for j, (left, right) in enumerate(cols):
                 weight = weight_h[:, None] * _blend_weights(cols, j, o, out.device, out.dtype)[None, :]
-                tile = source[..., top * s : bottom * s, left * s : right * s]
+                last_col = width if not decode and j == len(cols) - 1 else right * s
+                tile = source[..., top * s : last_row, left * s : last_col]
                 run(tile, out[..., top * o : bottom * o, left * o : right * o], weight)
                 weight_sum[top * o : bottom * o, left * o : right * o] += weight
         return out.div_(weight_sum)

@@ -424,3 +424,10 @@ def test_cpu_convolutions_run_on_onednn(monkeypatch, causal):
     expected = torch.nn.functional.conv3d(padded, conv.weight, conv.bias, 1, (0 if causal else 1, 1, 1))
     torch.testing.assert_close(reference, expected, rtol=0, atol=0)
     torch.testing.assert_close(fast, expected, rtol=1e-5, atol=1e-5)
+    # Under CPU autocast the convolution runs in the autocast dtype, as `F.conv3d` does (autocast does not intercept
+    # the direct oneDNN call, which left it in float32).
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = run()
+        expected = torch.nn.functional.conv3d(padded, conv.weight, conv.bias, 1, (0 if causal else 1, 1, 1))
+    assert len(calls) == 1 and autocast.dtype == expected.dtype == torch.bfloat16
+    torch.testing.assert_close(autocast, expected, rtol=0, atol=0)

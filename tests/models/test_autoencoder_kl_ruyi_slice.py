@@ -237,6 +237,23 @@ def test_gradient_checkpointing_covers_encoder_and_decoder(tiny_realfmt_checkpoi
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
+@torch.no_grad()
+def test_package_tiling_encodes_the_pixels_past_the_last_whole_latent(tiny_realfmt_checkpoint):
+    # 71 x 45 px encode to 8 x 5 latents; the untiled encoder also reads the last 7 rows and 5 columns, and so must the
+    # last tiles (they stopped at 64 x 40 px).
+    vae = AutoencoderKLRuyiCausal3D.from_pretrained(tiny_realfmt_checkpoint, subfolder="vae")
+    vae.enable_tiling(tile_sample_min_height=32, tile_sample_min_width=32, tile_overlap_factor=0.25)
+    x = torch.rand(1, 3, 1, 71, 45, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    assert vae.num_tiles(71, 45) > 1
+    base = vae.encode(x).latent_dist.mean
+    for edge in (
+        x.clone().index_fill_(3, torch.arange(64, 71), 0.0),
+        x.clone().index_fill_(4, torch.arange(40, 45), 0.0),
+    ):
+        assert vae.encode(edge).latent_dist.mean.shape == base.shape
+        assert not torch.equal(vae.encode(edge).latent_dist.mean, base)
+
+
 def test_repeated_slices_keep_their_own_gradient(tiny_realfmt_checkpoint):
     # The encoder reuses a repeated slice's moments; with autograd on the input that would send the gradient of both
     # slices to the first one and none to the second.
