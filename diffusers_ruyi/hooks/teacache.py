@@ -173,8 +173,16 @@ class RuyiTeaCacheHeadHook(_BlockHook):
         self.stats = stats
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
-        check_no_context_parallel(module, "TeaCache")  # also when parallelism was enabled after the cache
         hidden_states = self._argument("hidden_states", args, kwargs)
+        if self._should_compute(module, args, kwargs, hidden_states):
+            return self.fn_ref.original_forward(*args, **kwargs)
+        return hidden_states
+
+    # The bookkeeping of a step runs outside `torch.compile`'s graphs: traced, its step counters would be guarded
+    # values, and a compiled first block would recompile at every step until dynamo's limit.
+    @torch.compiler.disable
+    def _should_compute(self, module: torch.nn.Module, args: tuple, kwargs: dict, hidden_states: torch.Tensor) -> bool:
+        check_no_context_parallel(module, "TeaCache")  # also when parallelism was enabled after the cache
         state: RuyiTeaCacheState = self.state_manager.get_state()
         step, num_steps = resolve_step(state, self.state_manager, self.config.num_inference_steps)
         if num_steps is None:
@@ -193,10 +201,7 @@ class RuyiTeaCacheHeadHook(_BlockHook):
         if phase == num_steps - 1:
             # Last step of the run (always computed): free the cached tensors, as the original does.
             state.clear_tensors()
-
-        if state.should_compute:
-            return self.fn_ref.original_forward(*args, **kwargs)
-        return hidden_states
+        return state.should_compute
 
     @torch.compiler.disable
     def _decide(self, module, state, step, num_steps, args, kwargs, hidden_states) -> bool:

@@ -582,6 +582,26 @@ def test_compiled_blocks_with_hooks_give_the_uncompiled_outputs(setting, fullgra
         torch._dynamo.reset()
 
 
+def test_teacache_compiles_no_more_graphs_for_more_steps():
+    # TeaCache's step bookkeeping runs outside the graphs: traced, the first block recompiled at every step (10
+    # graphs for 4 steps, 14 for 8, until dynamo's limit left it uncompiled).
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    def graphs(steps: int) -> int:
+        torch._dynamo.reset()
+        counters.clear()
+        model = _with_setting(tiny_transformer(num_layers=12), "teacache")
+        model.compile_repeated_blocks(fullgraph=False, backend="eager")
+        _denoise(model, transformer_inputs(), list(range(900, 900 - 10 * steps, -10)))
+        return counters["stats"]["unique_graphs"]
+
+    try:
+        assert graphs(4) == graphs(8)
+    finally:
+        torch._dynamo.reset()
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Context parallelism (Ulysses, 2 CPU processes over gloo)
 # ----------------------------------------------------------------------------------------------------------------
