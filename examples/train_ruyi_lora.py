@@ -17,6 +17,7 @@ dataset layout, FSDP/DeepSpeed configurations and memory tips.
 """
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -237,6 +238,8 @@ def _resize_and_center_crop(image: PIL.Image.Image, width: int, height: int) -> 
     return image.crop((left, top, left + width, top + height))
 
 
+# Cached: the argument check and the training run each make the dataset, and a folder may hold thousands of clips.
+@functools.lru_cache(maxsize=None)
 def count_video_frames(path: str) -> int:
     """The number of frames of a clip, without decoding it (ffmpeg counts the packets; GIFs are read by Pillow).
     Raises a `ValueError` naming the clip when it cannot be read or has no frame."""

@@ -4,8 +4,10 @@ The fixtures that wrap these (``pipe``, ``start_image``, ...) are in ``conftest.
 with ``from _helpers import ...`` (pytest puts this folder on ``sys.path`` through ``conftest.py``).
 """
 
+import contextlib
 import importlib.util
 import json
+import logging
 import pathlib
 import shutil
 import sys
@@ -226,3 +228,22 @@ def restored_after_test(pipe):
     yield pipe
     pipe.unload_lora_weights()
     pipe.transformer.load_state_dict(base)
+
+
+@contextlib.contextmanager
+def logged(name: str = "diffusers.models.modeling_utils", level: int = None):
+    """Yields the list of records logged to ``name`` while the block runs (diffusers' loggers do not propagate to
+    caplog); with ``level``, the logger's level meanwhile."""
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger(name)
+    previous = logger.level
+    logger.addHandler(handler)
+    if level is not None:
+        logger.setLevel(level)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)

@@ -21,8 +21,8 @@ from typing import List, Optional
 
 import torch
 from diffusers.hooks.layerwise_casting import (
-    _LAYERWISE_CASTING_HOOK,
     _disable_peft_input_autocast,
+    _is_layerwise_casting_active,
     apply_layerwise_casting_hook,
 )
 from torch import nn
@@ -99,11 +99,6 @@ def select_fp8_modules(model: nn.Module, mode: str, min_numel: int = RUYI_FP8_MI
     return selected
 
 
-def _has_layerwise_casting(module: torch.nn.Module) -> bool:
-    registry = getattr(module, "_diffusers_hook", None)
-    return registry is not None and registry.get_hook(_LAYERWISE_CASTING_HOOK) is not None
-
-
 def apply_fp8_mode(
     model: nn.Module,
     mode: str,
@@ -169,7 +164,7 @@ def apply_fp8_mode(
     modules = dict(model.named_modules())
     # diffusers refuses a second casting hook on a layer, but only when it gets there: check them all first, so that
     # no layer is left half converted.
-    cast = [name for name in names if _has_layerwise_casting(modules[name])]
+    cast = [name for name in names if _is_layerwise_casting_active(modules[name])]
     if cast:
         raise ValueError(
             f"{len(cast)} of the layers fp8 mode {mode!r} selects already have layerwise casting (e.g. {cast[:3]}): "

@@ -29,7 +29,7 @@ safetensors only, a broken file or a mistyped path reported before anything load
 import contextlib
 import logging
 import os
-from typing import Any, Dict, Union
+from typing import Any, Callable, Dict, Iterator, Union
 
 from .original_checkpoint import (
     ORIGINAL_LOADS_STRICTLY,
@@ -98,7 +98,7 @@ class RuyiModelLoadingMixin:
             check_model_folder(os.path.join(str(pretrained_model_name_or_path), kwargs.get("subfolder") or ""))
         output_loading_info = kwargs.pop("output_loading_info", False)
         kwargs["use_safetensors"] = True
-        with _without_key_reports():
+        with modeling_logs_dropped(_is_key_report):
             model, info = super().from_pretrained(
                 pretrained_model_name_or_path, torch_dtype=dtype, output_loading_info=True, **kwargs
             )
@@ -108,22 +108,30 @@ class RuyiModelLoadingMixin:
         return (model, info) if output_loading_info else model
 
 
-class _DropKeyReports(logging.Filter):
+class _DropRecords(logging.Filter):
+    def __init__(self, drop: Callable[[str], bool]) -> None:
+        super().__init__()
+        self.drop = drop
+
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        # The shape-mismatch report stays: only `ignore_mismatched_sizes=True` gets that far, and it names the weights
-        # left random at the user's request.
-        return not message.startswith("Some weights of") or "shapes did not match" in message
+        return not self.drop(record.getMessage())
 
 
 @contextlib.contextmanager
-def _without_key_reports():
-    """Silences diffusers' reports of missing and unused weights ("newly initialized ... TRAIN this model"): loading
-    reports those itself, a missing one as an error. Its report of weights re-made for a shape mismatch stays."""
+def modeling_logs_dropped(drop: Callable[[str], bool]) -> Iterator[None]:
+    """Drops, while the block runs, the records of diffusers' `modeling_utils` logger whose message ``drop`` accepts:
+    reports that the package makes itself, or that are not the user's doing."""
     diffusers_logger = logging.getLogger("diffusers.models.modeling_utils")
-    report_filter = _DropKeyReports()
-    diffusers_logger.addFilter(report_filter)
+    record_filter = _DropRecords(drop)
+    diffusers_logger.addFilter(record_filter)
     try:
         yield
     finally:
-        diffusers_logger.removeFilter(report_filter)
+        diffusers_logger.removeFilter(record_filter)
+
+
+def _is_key_report(message: str) -> bool:
+    """diffusers' reports of missing and unused weights ("newly initialized ... TRAIN this model"): loading reports
+    those itself, a missing one as an error. Its report of weights re-made for a shape mismatch stays: only
+    `ignore_mismatched_sizes=True` gets that far, and it names the weights left random at the user's request."""
+    return message.startswith("Some weights of") and "shapes did not match" not in message

@@ -16,7 +16,6 @@ import contextlib
 import hashlib
 import inspect
 import json
-import logging as logging_
 import math
 import os
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
@@ -26,7 +25,7 @@ import PIL.Image
 import torch
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.hooks.faster_cache import _FASTER_CACHE_DENOISER_HOOK
-from diffusers.hooks.layerwise_casting import _LAYERWISE_CASTING_HOOK
+from diffusers.hooks.layerwise_casting import _is_layerwise_casting_active
 from diffusers.image_processor import PipelineImageInput
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
@@ -38,6 +37,7 @@ from transformers import CLIPVisionModelWithProjection
 
 from .._validation import check_frame_size, check_real
 from ..loaders.lora import RuyiLoraLoaderMixin
+from ..loaders.model_loading import modeling_logs_dropped
 from ..models.autoencoder_kl_ruyi import AutoencoderKLRuyiCausal3D, same_values
 from ..models.transformer_ruyi import RuyiTransformer3DModel
 from .controls import DEFAULT_NEGATIVE, RuyiControlEmbeddings, control_name, get_bucket_size
@@ -52,28 +52,11 @@ MAX_TRAINED_FRAMES = 120
 MAX_KNOWN_FRAMES = 5
 
 
-def _has_layerwise_casting(module: torch.nn.Module) -> bool:
-    registry = getattr(module, "_diffusers_hook", None)
-    return registry is not None and registry.get_hook(_LAYERWISE_CASTING_HOOK) is not None
-
-
-class _DropCastWarning(logging_.Filter):
-    def filter(self, record: logging_.LogRecord) -> bool:
-        return "should be kept in float32" not in record.getMessage()
-
-
-@contextlib.contextmanager
-def _without_cast_warning():
-    """Silences diffusers' "modules ... should be kept in float32" warning, which `ModelMixin.to(dtype)` prints on
-    every cast, even for a model that keeps no module in float32 (the VAE): the pipeline's own upcast is not the
-    user's doing and has nothing to warn about."""
-    diffusers_logger = logging_.getLogger("diffusers.models.modeling_utils")
-    cast_filter = _DropCastWarning()
-    diffusers_logger.addFilter(cast_filter)
-    try:
-        yield
-    finally:
-        diffusers_logger.removeFilter(cast_filter)
+def _is_cast_warning(message: str) -> bool:
+    """diffusers' "modules ... should be kept in float32" warning, which `ModelMixin.to(dtype)` prints on every cast,
+    even for a model that keeps no module in float32 (the VAE): the pipeline's own upcast is not the user's doing and
+    has nothing to warn about."""
+    return "should be kept in float32" in message
 
 
 def _posterior_generator(generator: Optional[torch.Generator]) -> Optional[torch.Generator]:
@@ -861,7 +844,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         # diffusers' policy (`force_upcast`): a float16 VAE, which overflows, runs in float32; bfloat16 runs as is,
         # as the original ran the published VAE in the pipeline's dtype.
         upcast = self.vae.dtype == torch.float16 and bool(self.vae.config.force_upcast)
-        if upcast and any(_has_layerwise_casting(module) for module in self.vae.modules()):
+        if upcast and _is_layerwise_casting_active(self.vae):
             # Casting the VAE would undo its layerwise casting's storage dtype for good; that casting's own compute
             # dtype stands instead.
             logger.warning(
@@ -871,13 +854,13 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             )
             upcast = False
         if upcast:
-            with _without_cast_warning():
+            with modeling_logs_dropped(_is_cast_warning):
                 self.vae.to(torch.float32)
         try:
             yield
         finally:
             if upcast:
-                with _without_cast_warning():
+                with modeling_logs_dropped(_is_cast_warning):
                     self.vae.to(torch.float16)
 
     def _offload_until_used(self, model: torch.nn.Module) -> None:

@@ -7,7 +7,7 @@ transformer's Linear weights while it loads.
 
 import pytest
 import torch
-from _helpers import hub_cache_snapshot, load_golden_case, run_case
+from _helpers import hub_cache_snapshot, load_golden_case, logged, run_case
 from diffusers import DiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -145,7 +145,6 @@ def test_quanto_int8_on_the_published_transformer(tiny_realfmt_checkpoint):
 
 
 def test_a_missing_weight_is_one_error_without_diffusers_warning(tiny_realfmt_checkpoint, tmp_path):
-    import logging
     import shutil
 
     from safetensors.torch import load_file, save_file
@@ -156,30 +155,15 @@ def test_a_missing_weight_is_one_error_without_diffusers_warning(tiny_realfmt_ch
     state_dict = load_file(str(weights))
     del state_dict["proj_out.weight"]
     save_file(state_dict, str(weights))
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    diffusers_logger = logging.getLogger("diffusers.models.modeling_utils")  # diffusers' loggers do not propagate
-    diffusers_logger.addHandler(handler)
-    try:
-        with pytest.raises(ValueError, match=r"Missing keys \(1\): \['proj_out.weight'\]"):
-            RuyiTransformer3DModel.from_pretrained(folder)
-    finally:
-        diffusers_logger.removeHandler(handler)
+    with logged() as records, pytest.raises(ValueError, match=r"Missing keys \(1\): \['proj_out.weight'\]"):
+        RuyiTransformer3DModel.from_pretrained(folder)
     # diffusers' own report ("newly initialized ... TRAIN this model") would contradict the error.
     assert not [r for r in records if "newly initialized" in r.getMessage()]
 
 
 @pytest.mark.parametrize("low_cpu_mem_usage", [True, False])
 def test_ignore_mismatched_sizes_keeps_diffusers_warning(tiny_realfmt_checkpoint, low_cpu_mem_usage):
-    import logging
-
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    diffusers_logger = logging.getLogger("diffusers.models.modeling_utils")  # diffusers' loggers do not propagate
-    diffusers_logger.addHandler(handler)
-    try:
+    with logged() as records:
         model, info = RuyiTransformer3DModel.from_pretrained(
             tiny_realfmt_checkpoint / "transformer",
             out_channels=4,
@@ -187,8 +171,6 @@ def test_ignore_mismatched_sizes_keeps_diffusers_warning(tiny_realfmt_checkpoint
             low_cpu_mem_usage=low_cpu_mem_usage,
             output_loading_info=True,
         )
-    finally:
-        diffusers_logger.removeHandler(handler)
     assert sorted(key for key, *_ in info["mismatched_keys"]) == ["proj_out.bias", "proj_out.weight"]
     # The user asked for the re-initialisation; the one report of which weights are now random must reach them.
     reports = [r.getMessage() for r in records if "shapes did not match" in r.getMessage()]

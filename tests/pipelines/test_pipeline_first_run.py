@@ -7,6 +7,7 @@ import logging
 import PIL.Image
 import pytest
 import torch
+from _helpers import logged
 
 from diffusers_ruyi import RuyiImageToVideoPipeline
 from diffusers_ruyi.loaders.original_checkpoint import local_folder
@@ -125,18 +126,8 @@ def test_vae_progress_bars_count_every_chunk_and_tile(
     config = dict(desc="a description for the denoising bar", file=io.StringIO())  # disabled bars count nothing
     pipe.set_progress_bar_config(**config)
     bars = _Bars(pipe, monkeypatch)
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    pipeline_logger = logging.getLogger("diffusers_ruyi.pipelines.pipeline_ruyi_i2v")
-    level = pipeline_logger.level
-    pipeline_logger.addHandler(handler)
-    pipeline_logger.setLevel(logging.INFO)
-    try:
+    with logged("diffusers_ruyi.pipelines.pipeline_ruyi_i2v", logging.INFO) as records:
         pipe(image=[IMAGE] * images, **{**SMALL, "num_frames": num_frames, "height": size[0], "width": size[1]})
-    finally:
-        pipeline_logger.removeHandler(handler)
-        pipeline_logger.setLevel(level)
     # The mask and the masked video of each video.
     expected = f"Encoding {2 * images} conditioning video(s) of {num_frames} frames with the VAE"
     assert expected in [record.getMessage() for record in records]

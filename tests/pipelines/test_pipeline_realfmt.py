@@ -8,7 +8,7 @@ went through the original's `decode_latents`, so `smooth_output` included.
 import PIL.Image
 import pytest
 import torch
-from _helpers import load_golden_case, load_pipe, run_case
+from _helpers import load_golden_case, load_pipe, logged, run_case
 from diffusers import DDIMScheduler
 
 from diffusers_ruyi import RuyiImageToVideoPipeline
@@ -71,34 +71,22 @@ def test_dtype_bfloat16_keeps_vae_in_bfloat16(tiny_realfmt_checkpoint):
 
 
 def test_float16_upcasts_the_vae_for_the_call_without_warning(tiny_realfmt_checkpoint):
-    import logging
-
     pipe = RuyiImageToVideoPipeline.from_pretrained(tiny_realfmt_checkpoint, dtype="float16")
     vae_dtypes = []
     pipe.vae.register_forward_pre_hook(lambda module, args: vae_dtypes.append(module.dtype))
     pipe.vae.encoder.register_forward_pre_hook(lambda module, args: vae_dtypes.append(module.conv_in.weight.dtype))
     pipe.vae.decoder.register_forward_pre_hook(lambda module, args: vae_dtypes.append(module.conv_in.weight.dtype))
-    records = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    diffusers_logger = logging.getLogger("diffusers.models.modeling_utils")  # diffusers' loggers do not propagate
-    diffusers_logger.addHandler(handler)
-    try:
-        pipe.set_progress_bar_config(disable=True)
+    pipe.set_progress_bar_config(disable=True)
+    with logged() as records:
         pipe(image=PIL.Image.new("RGB", (64, 64), (120, 30, 200)), num_frames=8, height=64, width=64,
              num_inference_steps=1, output_type="pt")  # fmt: skip
-    finally:
-        diffusers_logger.removeHandler(handler)
     # force_upcast: the float16 VAE encodes and decodes in float32, and is float16 again after the call ...
     assert vae_dtypes and set(vae_dtypes) == {torch.float32} and pipe.vae.dtype == torch.float16
     # ... without diffusers' cast warning, which the user could do nothing about.
     assert not [r.getMessage() for r in records if "kept in float32" in r.getMessage()]
     # The filter is gone after the call: the user's own casts still warn, as diffusers does.
-    diffusers_logger.addHandler(handler)
-    try:
+    with logged() as records:
         pipe.vae.to(torch.float16)
-    finally:
-        diffusers_logger.removeHandler(handler)
     assert [r for r in records if "kept in float32" in r.getMessage()]
 
 
