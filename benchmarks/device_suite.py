@@ -47,6 +47,7 @@ from typing import Any, Dict, List, Optional, Tuple
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
+sys.path.insert(0, ROOT)  # diffusers_ruyi from this checkout, installed or not (the GPU machine only has wheels)
 REAL = os.path.join(ROOT, "tests", "fixtures", "real_checkpoint")
 IMAGE = os.path.join(ROOT, "tests", "fixtures", "golden", "start_only_start.png")
 
@@ -97,8 +98,8 @@ COMPILED_VARIANTS = ("compile", "teacache_compile")
 # Everything the suite can run, in its default order: the rows the targets are about come first, so a tight time
 # budget cuts the least important ones.
 DEFAULT_ORDER = (
-    "baseline", "profile", "rope", "teacache", "fbc", "group_offload", "model_offload", "original", "compile",
-    "vae_decode", "fp8_lite", "fp8_strong", "teacache_compile",
+    "baseline", "profile", "compile", "teacache", "fbc", "fp8_lite", "fp8_strong", "group_offload", "vae_decode",
+    "original", "model_offload", "rope", "teacache_compile",
 )  # fmt: skip
 COLUMNS = (
     "variant", "s/step", "end-to-end s", "peak GB", "TFLOP/s", "MFU", "MFU vs matmul", "computed steps",
@@ -383,8 +384,9 @@ def pick_sdpa_backend(device, dtype, config, tokens: int) -> Tuple[Any, str]:
         return None, "PyTorch default (CPU)"
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    shape = (2, config["num_attention_heads"], tokens, config["attention_head_dim"])
-    q, k, v = (torch.randn(shape, device=device, dtype=dtype) for _ in range(3))
+    # The layout the model hands SDPA: (batch, tokens, heads, head_dim) projections seen as (batch, heads, ...).
+    shape = (2, tokens, config["num_attention_heads"], config["attention_head_dim"])
+    q, k, v = (torch.randn(shape, device=device, dtype=dtype).transpose(1, 2) for _ in range(3))
     timer = Timer(device)
     times = {}
     for backend in (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION):
@@ -581,6 +583,8 @@ def measure_variant(name, pipe, image, args, device, dtype, flops_per_call, peak
         frames = run_pipeline(pipe, image, args, args.steps, probe)
         timer.sync()
         e2e = time.perf_counter() - t0
+        # Read now: undoing a variant (weights back on the GPU, bf16 weights re-made) allocates on its own.
+        peak_gb = torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None
         summary = probe.summary(args.steps)
         if name == "teacache_compile":
             from diffusers_ruyi.hooks import get_ruyi_teacache_skipped_steps
@@ -594,7 +598,7 @@ def measure_variant(name, pipe, image, args, device, dtype, flops_per_call, peak
         "variant": name,
         "s/step": summary["s_per_step"],
         "end-to-end s": e2e,
-        "peak GB": torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None,
+        "peak GB": peak_gb,
         "computed steps": f"{probe.computed}/{args.steps}",
         "warmup_s": warmup_s,
         "transformer_s": summary["transformer_s"],
@@ -641,15 +645,24 @@ def measure_vae_decode(vae, cases, tile: int, device, dtype) -> List[Dict[str, A
             with torch.no_grad():
                 vae.decode(latents[:, :, :1])  # warm-up (kernels, allocator)
                 timer.sync()
+                peak_gb = None
                 if device.type == "cuda":
+                    torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats()
+                    resident = torch.cuda.memory_allocated()
                 t0 = time.perf_counter()
                 video = vae.decode(latents).sample
                 timer.sync()
+                seconds = time.perf_counter() - t0
+                if device.type == "cuda":
+                    # The VAE's peak as if alone on the GPU: the other models stay resident here, not counted.
+                    own = sum(t.numel() * t.element_size() for t in (*vae.parameters(), *vae.buffers(), latents))
+                    peak_gb = (torch.cuda.max_memory_allocated() - resident + own) / 1e9
             rows.append({
-                "variant": label, "end-to-end s": time.perf_counter() - t0,
-                "peak GB": torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None,
-                "notes": [f"{tuple(video.shape)} from latents {tuple(shape)}, {str(dtype).replace('torch.', '')}"],
+                "variant": label, "end-to-end s": seconds, "peak GB": peak_gb,
+                "notes": [f"{tuple(video.shape)} from latents {tuple(shape)}, {str(dtype).replace('torch.', '')}"]
+                + (["peak: VAE weights, latents and decode (the other models resident, not counted)"]
+                   if peak_gb is not None else []),
             })  # fmt: skip
             del video, latents
         except Exception as e:
@@ -765,6 +778,7 @@ def original_worker(args) -> None:
         encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**configs["clip"]))
     for model in (transformer, vae, encoder):
         init_random_(model)
+        model.to(dtype)  # predict_i2v.py casts all three: tensors built as float32 under any default dtype too
     size = configs["clip"]["image_size"]
     processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
     pipe = pipe_mod.RuyiInpaintPipeline(
@@ -773,8 +787,8 @@ def original_worker(args) -> None:
         clip_image_encoder=encoder, clip_image_processor=processor,
     )  # fmt: skip
     pipe.set_progress_bar_config(disable=True)
-    if device.type == "cuda":
-        pipe.enable_model_cpu_offload()  # predict_i2v.py with low_gpu_memory_mode=False
+    # predict_i2v.py with low_gpu_memory_mode=False. (On the CPU presets a no-op that keeps the hooks' code path.)
+    pipe.enable_model_cpu_offload(device=device)
     pipe.transformer.hidden_cache_size = 5  # gpu_offload_steps = 5
     tc = configs["transformer"]
     generator = torch.Generator().manual_seed(0)
@@ -787,7 +801,9 @@ def original_worker(args) -> None:
     for prefix in ("", "negative_"):
         emb[f"{prefix}prompt_attention_mask"] = torch.ones(1, tc["text_len"], dtype=torch.long)
         emb[f"{prefix}prompt_attention_mask_2"] = torch.ones(1, tc["text_len_t5"], dtype=torch.long)
-    emb = {k: v.to(device) for k, v in emb.items()}
+    # As published (embeddings.safetensors): embeddings in bf16, masks int64. The original's latents and scheduler
+    # take the embeddings' dtype.
+    emb = {k: v.to(device, dtype if v.is_floating_point() else v.dtype) for k, v in emb.items()}
     video, mask, clip_image = get_image_to_video_latent(
         [Image.open(IMAGE).convert("RGB")], None, video_length=args.frames, sample_size=(args.height, args.width)
     )
@@ -796,15 +812,12 @@ def original_worker(args) -> None:
 
     timer = Timer(device)
     calls = []
-    untimed_forward = pipe.transformer.forward
-
-    def timed_forward(*f_args, **f_kwargs):
-        start = timer.mark()
-        output = untimed_forward(*f_args, **f_kwargs)
-        calls.append((start, timer.mark()))
-        return output
-
-    pipe.transformer.forward = timed_forward
+    # Module hooks, not a replaced `forward`: at the end of every call diffusers re-attaches the offload hooks, and
+    # accelerate then restores the `forward` from before them, which would drop a wrapper.
+    pipe.transformer.register_forward_pre_hook(lambda module, f_args: calls.append((timer.mark(), None)))
+    pipe.transformer.register_forward_hook(
+        lambda module, f_args, output: calls.__setitem__(-1, (calls[-1][0], timer.mark()))
+    )
 
     def call(steps):
         with torch.no_grad(), torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32):
@@ -831,7 +844,9 @@ def original_worker(args) -> None:
     })  # fmt: skip
 
 
-def measure_original(args, configs: Dict[str, Any], flops_per_call: float, peaks, workdir: str) -> Dict[str, Any]:
+def measure_original(
+    args, configs: Dict[str, Any], flops_per_call: float, peaks, workdir: str, timeout: Optional[float] = None
+) -> Dict[str, Any]:
     path = os.path.join(workdir, "original_configs.json")
     with open(path, "w") as f:
         json.dump(configs, f)
@@ -844,14 +859,14 @@ def measure_original(args, configs: Dict[str, Any], flops_per_call: float, peaks
         "--height", str(args.height), "--width", str(args.width), "--steps", str(args.steps),
         "--warmup-steps", str(args.warmup_steps),
     ]  # fmt: skip
-    result = run_worker(cmd, env=env, what="original implementation")
+    result = run_worker(cmd, env=env, what="original implementation", timeout=timeout)
     tflops = flops_per_call * result["calls"] / result["transformer_s"] / 1e12
     offload = "enable_model_cpu_offload, " if args.device.startswith("cuda") else ""
     notes = [f"its own interpreter; {args.dtype} autocast, {offload}gpu_offload_steps=5"]
     return {
         "variant": "original", "s/step": result["s_per_step"], "end-to-end s": result["e2e"],
         "peak GB": result["peak_gb"], "TFLOP/s": tflops, "MFU": tflops / peaks["spec"] if peaks.get("spec") else None,
-        "MFU vs matmul": tflops / peaks["matmul"], "computed steps": f"{args.steps}/{args.steps}", "notes": notes,
+        "MFU vs matmul": tflops / peaks["matmul"], "computed steps": f"{result['calls']}/{args.steps}", "notes": notes,
     }  # fmt: skip
 
 
@@ -898,8 +913,8 @@ def add_speedups(rows: List[Dict[str, Any]]) -> None:
 
 
 class _ReportedRows(list):
-    """The table's rows, each also printed (and saved to ``OUT/partial.json``) as soon as it is measured, so a run
-    stopped by its time limit still reports what it had."""
+    """The table's rows, each also printed (and saved to ``OUT/partial.json`` and ``OUT/table.md``) as soon as it is
+    measured, so a run stopped by its time limit still reports what it had."""
 
     def __init__(self, out_dir: Optional[str]):
         super().__init__()
@@ -912,6 +927,8 @@ class _ReportedRows(list):
             os.makedirs(self.out_dir, exist_ok=True)
             with open(os.path.join(self.out_dir, "partial.json"), "w") as f:
                 json.dump(list(self), f, indent=1, default=str)
+            with open(os.path.join(self.out_dir, "table.md"), "w") as f:
+                f.write(format_table("device suite (partial: the run has not finished)", list(self)) + "\n")
 
     def __iadd__(self, more):
         for row in more:
@@ -921,16 +938,26 @@ class _ReportedRows(list):
 
 # Compilation time assumed for a compiled row before the `compile` row has measured it.
 COMPILE_ALLOWANCE_S = 90.0
+# Per row, what comes on top of a warm-up and a timed generation (seconds, full size, guessed generously): the
+# original starts its own interpreter, builds the 7B model again and is about 2x slower; the offload rows move the
+# 14 GB of weights (pinned once for group offload, every call for model offload); the VAE rows decode 24 and 120
+# frames, the latter tiled. A row still past the budget is stopped there (the original) or skipped.
+EXTRA_S = {"original": ("base", 2.0, 60.0), "group_offload": ("base", 0.5, 20.0), "model_offload": ("base", 0.5, 20.0),
+           "vae_decode": ("fixed", 0.0, 60.0), "profile": ("fixed", 0.0, 10.0), "rope": ("fixed", 0.0, 5.0)}  # fmt: skip
 
 
-def expected_seconds(name: str, rows: List[Dict[str, Any]]) -> float:
+def expected_seconds(name: str, rows: List[Dict[str, Any]], scale: float = 1.0) -> float:
     """How long row ``name`` will take, from the rows measured so far: a warm-up and a timed generation (twice the
     baseline's end-to-end time), plus the compilation for compiled rows (the ``compile`` row's warm-up once measured)
-    and one more generation for ``teacache_compile``, whose warm-up is a whole run. 0 before the baseline ran."""
+    and one more generation for ``teacache_compile``, whose warm-up is a whole run, plus `EXTRA_S` (times ``scale``,
+    0 on the CPU presets, whose sizes it does not describe). 0 before the baseline ran."""
     base = next((r for r in rows if r["variant"] == "baseline" and "end-to-end s" in r), None)
     if base is None:
         return 0.0
-    estimate = 2 * base["end-to-end s"]
+    kind, factor, extra = EXTRA_S.get(name, ("base", 0.0, 0.0))
+    if kind == "fixed":
+        return extra * scale
+    estimate = (2 + factor) * base["end-to-end s"] + extra * scale
     if name in COMPILED_VARIANTS:
         compiled = next((r for r in rows if r["variant"] == "compile" and "warmup_s" in r), None)
         estimate += compiled["warmup_s"] if compiled else COMPILE_ALLOWANCE_S
@@ -985,7 +1012,7 @@ def run_suite(args) -> Tuple[str, List[Dict[str, Any]]]:
 
     def over_budget(name_: str) -> bool:
         elapsed = time.perf_counter() - started
-        if elapsed + expected_seconds(name_, rows) > args.budget_s:
+        if elapsed + expected_seconds(name_, rows, scale=1.0 if device.type == "cuda" else 0.0) > args.budget_s:
             rows.append({"variant": name_, "notes": [f"skipped: time budget ({elapsed:.0f} s used)"]})
             return True
         return False
@@ -1017,7 +1044,9 @@ def run_suite(args) -> Tuple[str, List[Dict[str, Any]]]:
                     continue
                 try:
                     with tempfile.TemporaryDirectory() as tmp:
-                        rows.append(measure_original(args, base_config, flops_per_call, peaks, tmp))
+                        # Never past the budget: the rows after it still get their turn.
+                        timeout = max(args.budget_s - (time.perf_counter() - started), 1.0)
+                        rows.append(measure_original(args, base_config, flops_per_call, peaks, tmp, timeout))
                 except Exception as e:
                     rows.append({"variant": "original", "notes": [f"error: {str(e)[-600:]}"]})
                 base = next((r for r in rows if r["variant"] == "baseline" and "s/step" in r), None)

@@ -104,7 +104,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         "--lr_scheduler", default="constant", help="constant, linear, cosine, constant_with_warmup, ..."
     )
-    parser.add_argument("--lr_warmup_steps", type=int, default=0)
+    parser.add_argument(
+        "--lr_warmup_steps", type=int, default=0, help="Warmup steps; not with 'constant' (use constant_with_warmup)."
+    )
     parser.add_argument("--adam_beta1", type=float, default=0.9)
     parser.add_argument("--adam_beta2", type=float, default=0.999)
     parser.add_argument("--adam_weight_decay", type=float, default=1e-2)
@@ -137,7 +139,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         "--validation_steps", type=int, default=None, help="Generate a validation video every N steps."
     )
     parser.add_argument(
-        "--validation_image", default=None, help="Start frame for validation (default: a training clip's)."
+        "--validation_image",
+        default=None,
+        help="Start frame for validation with --validation_steps (default: a training clip's).",
     )
     parser.add_argument("--validation_num_inference_steps", type=int, default=25)
     parser.add_argument("--validation_guidance_scale", type=float, default=7.0)
@@ -194,10 +198,17 @@ def _argument_problem(args: argparse.Namespace) -> Optional[str]:
     schedulers = [t.value for t in SchedulerType if t != SchedulerType.PIECEWISE_CONSTANT]
     if args.lr_scheduler not in schedulers:
         return f"--lr_scheduler must be one of {', '.join(schedulers)}, got {args.lr_scheduler!r}."
+    if args.lr_warmup_steps and args.lr_scheduler == SchedulerType.CONSTANT.value:
+        # diffusers' "constant" schedule takes no warmup: the steps would be ignored without a word.
+        return (
+            "--lr_warmup_steps needs a schedule with warmup: use --lr_scheduler constant_with_warmup (or linear, ...)."
+        )
     if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         return f"--output_dir {args.output_dir!r} is a file, not a folder."
     if args.validation_image is not None and not os.path.isfile(args.validation_image):
         return f"--validation_image {args.validation_image!r} does not exist."
+    if args.validation_image is not None and args.validation_steps is None:
+        return "--validation_image is used only with --validation_steps N (validation is off without it)."
     if args.report_to is not None:
         from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 

@@ -20,7 +20,8 @@ original layout (the rules themselves are in `diffusers_ruyi.loaders.original_ch
 
 * `load_config` converts an original ``config.json`` as it is read;
 * `_keys_to_ignore_on_load_unexpected` names the original tensors the models do not have;
-* `_fix_state_dict_keys_on_load` renames the VAE's attention keys (a single-file checkpoint, as published).
+* `_fix_state_dict_keys_on_load` renames the VAE's attention keys (a single-file checkpoint, as published);
+  `_load_pretrained_model` does the same for a sharded one, which diffusers leaves unrenamed.
 
 What this mixin adds is the package's one argument policy: ``dtype``/``torch_dtype`` checked the same way everywhere,
 safetensors only, a broken file or a mistyped path reported before anything loads, and a missing weight an error.
@@ -32,6 +33,7 @@ import os
 from typing import Any, Callable, Dict, Iterator, Union
 
 from .original_checkpoint import (
+    ORIGINAL_KEY_RENAMES,
     ORIGINAL_LOADS_STRICTLY,
     check_loaded_keys,
     check_local_source,
@@ -64,6 +66,25 @@ class RuyiModelLoadingMixin:
         # diffusers calls this on single-file checkpoints before matching keys: the original layout's renames.
         super()._fix_state_dict_keys_on_load(state_dict)
         rename_original_keys(self._original_model_type, state_dict)
+
+    @classmethod
+    def _load_pretrained_model(
+        cls, model, state_dict, resolved_model_file, pretrained_model_name_or_path, loaded_keys, *args, **kwargs
+    ):
+        # diffusers renames keys (`_fix_state_dict_keys_on_load`) of a single file only. An original checkpoint split
+        # into shards is read whole here and renamed: only the VAE has renames, and it is small (1 GB in float32).
+        rename = ORIGINAL_KEY_RENAMES[cls._original_model_type]
+        if state_dict is None and len(resolved_model_file) > 1 and any(rename(key) != key for key in loaded_keys):
+            from diffusers.models.model_loading_utils import load_state_dict
+
+            state_dict = {}
+            for shard_file in resolved_model_file:
+                state_dict.update(load_state_dict(shard_file))
+            model._fix_state_dict_keys_on_load(state_dict)
+            loaded_keys = list(state_dict)
+        return super()._load_pretrained_model(
+            model, state_dict, resolved_model_file, pretrained_model_name_or_path, loaded_keys, *args, **kwargs
+        )
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Union[str, os.PathLike], **kwargs):

@@ -684,11 +684,15 @@ ORIGINAL_UNUSED_KEYS = {
 }
 
 
+# Per model, the name in the model of an original key (the transformer's keys are the original's).
+ORIGINAL_KEY_RENAMES = {"transformer": lambda key: key, "vae": convert_vae_key}
+
+
 def rename_original_keys(model_type: str, state_dict: Dict[str, Any]) -> None:
     """Renames, in place, the original keys of ``state_dict`` whose names differ in the ``model_type`` model."""
-    if model_type == "vae":
-        for key in [k for k in state_dict if convert_vae_key(k) != k]:
-            state_dict[convert_vae_key(key)] = state_dict.pop(key)
+    rename = ORIGINAL_KEY_RENAMES[model_type]
+    for key in [k for k in state_dict if rename(k) != k]:
+        state_dict[rename(key)] = state_dict.pop(key)
 
 
 def original_model_config(model_type: str, config: Dict[str, Any]) -> Optional[Dict[str, Any]]:

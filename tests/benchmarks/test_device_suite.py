@@ -2,6 +2,7 @@
 between the rare runs on a GPU machine."""
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -23,7 +24,7 @@ def test_tiny_preset_prints_one_table(tmp_path):
     variants.append("teacache_compile")
     # 8 steps at threshold 0.3: TeaCache skips some (the first 3 and the last are always computed).
     cmd = [sys.executable, str(ROOT / "benchmarks" / "device_suite.py"), "--preset", "tiny", "--steps", "8"]
-    cmd += ["--teacache-threshold", "0.3"]
+    cmd += ["--teacache-threshold", "0.3", "--budget-s", "100000"]  # every row, however busy the machine
     cmd += ["--out", str(tmp_path), "--variants", *variants]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -157,6 +158,31 @@ def test_time_budget_expects_compilation_and_whole_warm_up_runs():
     assert device_suite.expected_seconds("teacache_compile", rows) == 30.0 + allowance
     rows.append({"variant": "compile", "warmup_s": 42.0})
     assert device_suite.expected_seconds("teacache_compile", rows) == 30.0 + 42.0
+    # The rows that do more than generate: the original (its own build, about 2x slower), the offload rows (the
+    # weights moved), the VAE decodes (a fixed allowance); on the CPU presets only the generations count.
+    assert device_suite.expected_seconds("original", rows) == 40.0 + 60.0
+    assert device_suite.expected_seconds("original", rows, scale=0.0) == 40.0
+    assert device_suite.expected_seconds("group_offload", rows) == 25.0 + 20.0
+    assert device_suite.expected_seconds("vae_decode", rows) == 60.0
+    assert device_suite.expected_seconds("vae_decode", rows, scale=0.0) == 0.0
+
+
+@pytest.mark.skipif(
+    not os.environ.get("RUYI_REFERENCE"),
+    reason="needs the original Ruyi-Models checkout: RUYI_REFERENCE=<checkout> RUYI_REFERENCE_PYTHON=<its python>",
+)
+def test_original_row_with_the_original_checkout(tmp_path):
+    # The original runs with its model offload hooks (re-attached by diffusers after every call): the timing must
+    # survive that, and its row must come out whole. Only with the checkout at hand (not in CI).
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "device_suite.py"), "--preset", "tiny", "--steps", "3"]
+    cmd += ["--variants", "baseline", "original", "--out", str(tmp_path), "--budget-s", "100000"]
+    cmd += ["--reference", os.environ["RUYI_REFERENCE"]]
+    cmd += ["--reference-python", os.environ.get("RUYI_REFERENCE_PYTHON", sys.executable)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    original = json.loads((tmp_path / "results.json").read_text())[1]
+    assert original["variant"] == "original" and original["s/step"] > 0, original
+    assert original["computed steps"] == "3/3"
 
 
 def test_rows_over_the_time_budget_are_skipped_not_run():

@@ -150,6 +150,8 @@ def test_trains_on_the_tiny_random_model(script, video_dir, tmp_path):
         (["--camera_direction", "diagonal"], "--camera_direction must be one of"),
         (["--lr_scheduler", "bogus"], "--lr_scheduler must be one of"),
         (["--validation_image", "missing.png"], "--validation_image 'missing.png' does not exist"),
+        (["--validation_image", "{image}"], "--validation_image is used only with --validation_steps N"),
+        (["--lr_warmup_steps", "5"], "--lr_warmup_steps needs a schedule with warmup"),
         (["--resume_from_checkpoint", "missing"], "--resume_from_checkpoint 'missing' is not a checkpoint folder"),
         (["--resume_from_checkpoint", "{renamed}"], "is not a checkpoint of this script (a checkpoint-<step> folder"),
         (["--resume_from_checkpoint", "{empty}"], "is not a checkpoint of this script"),
@@ -167,7 +169,9 @@ def test_bad_arguments_stop_before_any_model_loads(script, video_dir, tmp_path, 
     (tmp_path / "best").mkdir()  # a checkpoint folder renamed by hand: its step is gone
     (tmp_path / "best" / "pytorch_lora_weights.safetensors").write_bytes(b"")
     (tmp_path / "checkpoint-5").mkdir()  # no LoRA in it
+    (tmp_path / "start.png").write_bytes(b"")
     paths = {"{renamed}": str(tmp_path / "best"), "{empty}": str(tmp_path / "checkpoint-5")}
+    paths["{image}"] = str(tmp_path / "start.png")
     extra = [paths.get(a, a) for a in extra]
     with pytest.raises(SystemExit) as e:
         script.main(_args(video_dir, tmp_path / "out", *extra))

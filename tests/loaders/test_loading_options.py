@@ -203,3 +203,32 @@ def test_models_from_a_hub_cache_with_revision_and_cache_dir(tiny_realfmt_checkp
         RuyiTransformer3DModel.from_pretrained(
             "IamCreateAI/Ruyi-Mini-7B", subfolder="transformer", **{**options, "revision": "v2"}
         )
+
+
+@pytest.mark.parametrize("low_cpu_mem_usage", [True, False])
+def test_a_sharded_original_vae_is_renamed_like_a_single_file(tiny_realfmt_checkpoint, tmp_path, low_cpu_mem_usage):
+    # diffusers renames the keys of a single-file checkpoint only; the published VAE split into shards must load the
+    # same weights (its attention keys are named otherwise in the model).
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "vae"
+    shutil.copytree(tiny_realfmt_checkpoint / "vae", folder)
+    single = folder / "diffusion_pytorch_model.safetensors"
+    state_dict = load_file(str(single))
+    single.unlink()
+    keys = sorted(state_dict)
+    weight_map = {}
+    for index, part in enumerate((keys[: len(keys) // 2], keys[len(keys) // 2 :])):
+        name = f"diffusion_pytorch_model-0000{index + 1}-of-00002.safetensors"
+        save_file({key: state_dict[key] for key in part}, str(folder / name))
+        weight_map.update(dict.fromkeys(part, name))
+    index_file = folder / "diffusion_pytorch_model.safetensors.index.json"
+    index_file.write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+    expected = AutoencoderKLRuyiCausal3D.from_pretrained(tiny_realfmt_checkpoint / "vae").state_dict()
+    sharded = AutoencoderKLRuyiCausal3D.from_pretrained(folder, low_cpu_mem_usage=low_cpu_mem_usage).state_dict()
+    assert sharded.keys() == expected.keys()
+    assert all(torch.equal(sharded[key], expected[key]) for key in expected)
