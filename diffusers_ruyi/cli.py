@@ -422,13 +422,18 @@ def check_image(flag: str, path: str) -> None:
     """An image PIL can decode whole: `verify` finds a broken PNG, only a full decode a truncated JPEG."""
     from PIL import Image, UnidentifiedImageError
 
+    from ._images import image_mode_problem
+
     try:
         with Image.open(path) as im:
             im.verify()
         with Image.open(path) as im:
             im.load()
+            problem = image_mode_problem(im, flag)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise CLIError(f"{flag} {path!r} is not a readable image: {_one_line(e)}")
+    if problem:
+        raise CLIError(f"{problem.replace(f'`{flag}`', f'{flag} {path!r}')}")
 
 
 def check_lora_file(path: str) -> None:
@@ -959,7 +964,8 @@ def _run(args: argparse.Namespace, progress: Progress, stage: _Stage) -> None:
     with progress.phase("importing torch, diffusers and transformers"), _import_notices_hidden(args.verbose):
         check_args_with_torch(args)
         import torch
-        from diffusers.utils import load_image
+
+        from ._images import open_image
 
         _configure_messages(args, progress)
         import diffusers_ruyi.pipelines.pipeline_ruyi_i2v  # noqa: F401  (diffusers' models and back-ends: the slow part)
@@ -987,8 +993,8 @@ def _run(args: argparse.Namespace, progress: Progress, stage: _Stage) -> None:
         return
 
     stage.name = "generate"
-    image = load_image(args.image)
-    last_image = load_image(args.last_image) if args.last_image else None
+    image = open_image(args.image, "--image")
+    last_image = open_image(args.last_image, "--last-image") if args.last_image else None
     frames = pipe(
         image=image,
         last_image=last_image,
@@ -1061,14 +1067,14 @@ def _run_segments(args: argparse.Namespace, pipe, device, progress: Progress, st
 
     import imageio
     import torch
-    from diffusers.utils import load_image
 
+    from ._images import open_image
     from .long_video import iter_video_segments, resize_frames
     from .pipelines.controls import get_bucket_size
 
     plan = args.plan
     image = context = None
-    last_image = load_image(args.last_image) if args.last_image else None
+    last_image = open_image(args.last_image, "--last-image") if args.last_image else None
     if args.extend is not None:
         info = args.extend_info
         out_size = (info["height"], info["width"])
@@ -1081,7 +1087,7 @@ def _run_segments(args: argparse.Namespace, pipe, device, progress: Progress, st
         fps = args.fps or info["fps"]
         context = collections.deque(maxlen=max(p.context_frames for p in plan))
     else:
-        image = load_image(args.image)
+        image = open_image(args.image, "--image")
         size = (
             (args.height, args.width)
             if args.height

@@ -35,6 +35,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 from transformers import CLIPVisionModelWithProjection
 
+from .._images import image_to_rgb
 from .._validation import check_frame_size, check_real
 from ..loaders.lora import RuyiLoraLoaderMixin
 from ..loaders.model_loading import modeling_logs_dropped
@@ -343,7 +344,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         if isinstance(images, PIL.Image.Image):
             if not images.width or not images.height:
                 raise ValueError(f"`{name}` is an empty image ({images.width}x{images.height}).")
-            return [images.convert("RGB")]
+            return [image_to_rgb(images, name)]
         if isinstance(images, torch.Tensor):
             if not images.is_floating_point():
                 raise TypeError(f"`{name}` as a tensor must be floating point (values in [0, 1]), got {images.dtype}.")
@@ -1016,7 +1017,8 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         Args:
             image (`PipelineImageInput` or `List[List[...]]`):
                 The start frame: a PIL image, a numpy array `(H, W, C)` (uint8, or float in [0, 1]) or a float
-                tensor `(C, H, W)` in [0, 1] (or [-1, 1]), as diffusers' image processors take them. A batch (a flat
+                tensor `(C, H, W)` in [0, 1] (or [-1, 1]), as diffusers' image processors take them (a 16-bit
+                grayscale PIL image is scaled to 8 bits; 32-bit modes `I` and `F` are refused). A batch (a flat
                 list, an array `(N, H, W, C)` or a tensor `(N, C, H, W)`) gives one video per image. A list of lists
                 (or of `(N, ...)` arrays/tensors) gives each video several first frames, kept as they are
                 (`image=[[f0, f1, f2]]`: one video whose first three frames are `f0, f1, f2`), as the original does

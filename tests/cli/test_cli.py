@@ -189,6 +189,33 @@ def test_unreadable_images_are_refused_before_loading(tmp_path, capsys, monkeypa
     assert not out.exists()
 
 
+def test_32_bit_images_are_refused_before_loading(tmp_path, capsys, monkeypatch):
+    import PIL.Image
+
+    bad = tmp_path / "depth.tiff"
+    PIL.Image.new("F", (48, 32), 0.5).save(bad)
+    monkeypatch.setattr("diffusers_ruyi.tiny.build_tiny_random_pipeline", _must_not_build)
+    with pytest.raises(SystemExit) as e:
+        main(["--image", str(bad), "--output", str(tmp_path / "video.mp4"), *FAST])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--image {str(bad)!r} is a 32-bit float image (PIL mode 'F')" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_16_bit_grayscale_png_is_read_as_its_picture(tmp_path, monkeypatch):
+    # Read through `diffusers.utils.load_image`, it would be a white frame (Pillow clips 16-bit values at 255).
+    import numpy as np
+    import PIL.Image
+
+    gray = np.asarray(PIL.Image.open(START).convert("L"))
+    path = tmp_path / "start16.png"
+    PIL.Image.fromarray(gray.astype(np.uint16) * 257).save(path)
+    seen = []
+    monkeypatch.setattr(RuyiImageToVideoPipeline, "__call__", lambda self, image, **kw: seen.append(image) or 1 / 0)
+    assert main(["--image", str(path), "--output", str(tmp_path / "video.mp4"), *FAST]) != 0  # stopped there
+    assert np.array_equal(np.asarray(seen[0]), np.asarray(PIL.Image.fromarray(gray).convert("RGB")))
+
+
 def _write_safetensors(path, tensors):
     from safetensors.torch import save_file
 

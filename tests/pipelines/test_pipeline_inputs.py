@@ -178,3 +178,21 @@ def test_grey_and_rgba_arrays_and_tensors_become_rgb_frames(pipe, images):
         for given in (array, tensor):
             (frame,) = pipe._as_frame_lists(given, "image")[0]
             assert frame.mode == "RGB" and np.array_equal(np.asarray(frame), expected)
+
+
+def test_a_16_bit_grayscale_image_is_scaled_not_clipped(pipe):
+    # Pillow opens a 16-bit grayscale PNG as mode "I;16"; its `convert("RGB")` clips every value at 255 (a white
+    # frame). The pipeline reads it as the 8-bit picture it is.
+    rng = np.random.default_rng(1)
+    eight_bit = rng.integers(0, 256, (32, 48), dtype=np.uint8)
+    sixteen_bit = PIL.Image.fromarray(eight_bit.astype(np.uint16) * 257)
+    assert sixteen_bit.mode == "I;16"
+    frames = pipe._as_frame_lists([sixteen_bit], "image")[0]
+    assert np.array_equal(np.asarray(frames[0]), np.asarray(PIL.Image.fromarray(eight_bit).convert("RGB")))
+
+
+@pytest.mark.parametrize("mode", ["I", "F"])
+def test_32_bit_images_of_unknown_range_are_refused(pipe, mode):
+    image = PIL.Image.new(mode, (48, 32))
+    with pytest.raises(ValueError, match=rf"`image` is a 32-bit .* image \(PIL mode '{mode}'\), whose value range"):
+        pipe(image=image, num_inference_steps=1, **SIZE)

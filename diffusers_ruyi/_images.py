@@ -1,0 +1,62 @@
+# Copyright 2025 The diffusers-ruyi authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""PIL images to the RGB the model reads, for the pipeline and the CLI (no torch: the CLI checks before importing it).
+
+Pillow's ``convert("RGB")`` clips the pixels of a 16-bit grayscale image (what Pillow opens a 16-bit grayscale PNG
+as) at 255: the picture becomes a white frame, without a word. They are scaled to 8 bits here instead; 32-bit integer
+and float images, whose range nothing says, are refused.
+"""
+
+from typing import Optional
+
+import numpy as np
+import PIL.Image
+import PIL.ImageOps
+
+
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+UNSCALED_MODES = {"I": "32-bit integer", "F": "32-bit float"}
+
+
+def image_mode_problem(image: PIL.Image.Image, name: str) -> Optional[str]:
+    """Why ``image`` cannot be read as a picture (None when it can)."""
+    if image.mode in UNSCALED_MODES:
+        return (
+            f"`{name}` is a {UNSCALED_MODES[image.mode]} image (PIL mode {image.mode!r}), whose value range is "
+            "unknown; convert it to an 8-bit RGB image first."
+        )
+    return None
+
+
+def image_to_rgb(image: PIL.Image.Image, name: str) -> PIL.Image.Image:
+    """``image`` as 8-bit RGB; 16-bit grayscale scaled to 8 bits (not clipped).
+
+    Raises:
+        `ValueError`: a 32-bit integer or float image (modes ``"I"``, ``"F"``).
+    """
+    problem = image_mode_problem(image, name)
+    if problem:
+        raise ValueError(problem)
+    if image.mode in SIXTEEN_BIT_MODES:
+        scaled = np.round(np.asarray(image, dtype=np.float64) / 257).astype(np.uint8)  # 65535 -> 255
+        return PIL.Image.fromarray(scaled).convert("RGB")
+    return image.convert("RGB")
+
+
+def open_image(path: str, name: str) -> PIL.Image.Image:
+    """An image file as 8-bit RGB, turned upright per its EXIF orientation (as `diffusers.utils.load_image`)."""
+    with PIL.Image.open(path) as image:
+        image = PIL.ImageOps.exif_transpose(image)
+        image.load()
+    return image_to_rgb(image, name)
