@@ -149,7 +149,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             model = getattr(value, "_orig_mod", value)  # a `torch.compile`d model is checked as the model it wraps
             if value is not None and not isinstance(model, expected):
                 raise TypeError(f"`{name}` must be a {expected.__name__}, got {type(value).__name__}.")
-        self._check_controls_fit(transformer, control_embeddings)
+        self._check_components_fit(vae, transformer, image_encoder, control_embeddings)
         self.register_modules(
             vae=vae,
             transformer=transformer,
@@ -164,13 +164,31 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor_spatial, resample="bicubic")
 
     @staticmethod
-    def _check_controls_fit(transformer, control_embeddings) -> None:
-        """The control embeddings are the transformer's two text streams: their token counts and widths must be the
-        ones its config takes, or the first call fails deep inside on an argument the user never passed."""
-        if transformer is None or control_embeddings is None:
+    def _check_components_fit(vae, transformer, image_encoder, control_embeddings) -> None:
+        """The components must be of one checkpoint, or the first call fails deep inside, after the CLIP and VAE
+        encodes, on an argument the user never passed: the transformer takes the VAE's latents three times (noise,
+        mask, masked video) and predicts them, attends to the CLIP tower's hidden states, and reads the control
+        embeddings as its two text streams."""
+        if transformer is None:
+            return
+        config = transformer.config
+        if vae is not None:
+            latent = vae.config.latent_channels
+            if config.in_channels != 3 * latent or config.out_channels < latent:
+                raise ValueError(
+                    f"The VAE has {latent} latent channels, but the transformer takes in_channels={config.in_channels} "
+                    f"and predicts out_channels={config.out_channels} (a VAE of {latent} needs {3 * latent} in, at "
+                    f"least {latent} out): they belong to different checkpoints."
+                )
+        width = getattr(getattr(image_encoder, "config", None), "hidden_size", None)
+        if width is not None and width != config.projection_dim:
+            raise ValueError(
+                f"The image encoder's hidden states are {width} wide, but the transformer attends to CLIP features of "
+                f"projection_dim={config.projection_dim}: they belong to different checkpoints."
+            )
+        if control_embeddings is None:
             return
         emb1, _, emb2, _ = control_embeddings.get(DEFAULT_NEGATIVE)
-        config = transformer.config
         expected = ((config.text_len, config.cross_attention_dim), (config.text_len_t5, config.cross_attention_dim_t5))
         found = (tuple(emb1.shape[1:]), tuple(emb2.shape[1:]))
         if found != expected:
@@ -525,6 +543,10 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                 f"`num_frames`={num_frames} is not supported by the VAE: valid frame counts are 1 (an image) or a "
                 f"multiple of num_sample_frames_batch_size={frames_per_slice}, as in the original pipeline."
             )
+        try:  # the latents must decode back too: the cache VAE decodes only whole chunks of latent frames
+            self.vae.num_sample_frames(self.vae.num_latent_frames(num_frames))
+        except ValueError as e:
+            raise ValueError(f"`num_frames`={num_frames} does not suit this VAE: {e}") from None
         self._check_vae_tiling(height, width, num_frames)
         if num_frames > MAX_TRAINED_FRAMES:
             logger.warning(
@@ -628,7 +650,8 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                 raise ValueError("`latents` holds NaN or infinite values.")
         given = {k for k, v in custom_embeds.items() if v is not None}
         control_name(*controls)  # raises a ValueError naming `motion`, `camera_direction` or `aspect_ratio`
-        self._check_controls_fit(self.transformer, self.control_embeddings)  # a component may have been replaced
+        # A component may have been replaced since `__init__`.
+        self._check_components_fit(self.vae, self.transformer, self.image_encoder, self.control_embeddings)
         if given and given != set(custom_embeds):
             raise ValueError(
                 f"Custom embeddings must be passed all together ({sorted(custom_embeds)}); missing {sorted(set(custom_embeds) - given)}."

@@ -417,3 +417,31 @@ def test_control_embeddings_of_another_transformer_are_refused_at_load(
     pipe.transformer = other
     with pytest.raises(ValueError, match="they belong to another checkpoint"):
         pipe(image=__import__("PIL.Image").Image.new("RGB", (32, 32)), num_frames=1, height=32, width=32)
+
+
+@pytest.mark.parametrize("which", ["vae", "image_encoder", "out_channels"])
+def test_components_of_another_checkpoint_are_refused(tiny_realfmt_checkpoint, which):
+    # Each failed at the first call, after the CLIP and VAE encodes, deep inside the transformer.
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from diffusers_ruyi import AutoencoderKLRuyiCausal3D
+
+    pipe = RuyiImageToVideoPipeline.from_pretrained(tiny_realfmt_checkpoint)
+    components = dict(pipe.components)
+    if which == "vae":
+        components["vae"] = AutoencoderKLRuyiCausal3D.from_config({**pipe.vae.config, "latent_channels": 8})
+        message = r"The VAE has 8 latent channels, but the transformer takes in_channels=48"
+    elif which == "out_channels":
+        components["transformer"] = RuyiTransformer3DModel.from_config({**pipe.transformer.config, "out_channels": 8})
+        message = r"predicts out_channels=8"
+    else:
+        config = CLIPVisionConfig(**{**pipe.image_encoder.config.to_dict(), "hidden_size": 48})
+        components["image_encoder"] = CLIPVisionModelWithProjection(config)
+        message = r"The image encoder's hidden states are 48 wide, but the transformer attends to CLIP features of"
+    with pytest.raises(ValueError, match=message):
+        RuyiImageToVideoPipeline(**components)
+    # Replaced after the pipeline was made: refused at the call, before any model runs.
+    name = "transformer" if which == "out_channels" else which
+    setattr(pipe, name, components[name])
+    with pytest.raises(ValueError, match=message):
+        pipe(image=__import__("PIL.Image").Image.new("RGB", (32, 32)), num_frames=1, height=32, width=32)

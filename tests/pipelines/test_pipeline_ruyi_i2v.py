@@ -419,6 +419,19 @@ def test_bad_inputs_fail_early(guarded_pipe, start_image, kwargs, error, match):
         _call(guarded_pipe, **args)
 
 
+def test_frames_the_cache_vae_cannot_decode_are_refused_before_any_model_runs(guarded_pipe, start_image):
+    # 8 frames encode to 2 latent frames, which a cache VAE decoding chunks of 3 cannot decode: the run would fail
+    # after every denoising step.
+    vae = guarded_pipe.vae
+    assert vae.config.compression_mode == "cache"
+    vae.register_to_config(num_latent_frames_batch_size=3)
+    try:
+        with pytest.raises(ValueError, match=r"`num_frames`=8 does not suit this VAE: .* got 2 latent frames"):
+            _call(guarded_pipe, start_image, num_frames=8)
+    finally:
+        vae.register_to_config(num_latent_frames_batch_size=2)
+
+
 def test_faster_cache_needs_guidance(guarded_pipe, start_image):
     from diffusers import FasterCacheConfig
 
