@@ -33,8 +33,10 @@ TRANSFORMER_NAME = "transformer"
 
 # File endings of pickle-based checkpoints, which are never unpickled here.
 _PICKLE_EXTENSIONS = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-# Keys of one adapted module in the diffusers/PEFT format (after the module path).
+# Keys of one adapted module in the diffusers/PEFT format (after the module path): a Linear or convolution's, and an
+# Embedding's (PEFT keeps those as parameters, not modules).
 _PEFT_LORA_SUFFIXES = ("lora_A.weight", "lora_B.weight", "lora_B.bias")
+_PEFT_EMBEDDING_SUFFIXES = ("lora_embedding_A", "lora_embedding_B")
 # Module types PEFT can wrap with LoRA layers.
 _PEFT_LORA_TYPES = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Embedding)
 
@@ -112,7 +114,7 @@ def _check_peft_lora_state_dict(
     malformed, unknown = [], []
     parts: Dict[str, set] = {}
     for key in state_dict:
-        suffix = next((s for s in _PEFT_LORA_SUFFIXES if key.endswith("." + s)), None)
+        suffix = next((s for s in _PEFT_LORA_SUFFIXES + _PEFT_EMBEDDING_SUFFIXES if key.endswith("." + s)), None)
         if suffix is None:
             malformed.append(key)
             continue
@@ -120,17 +122,32 @@ def _check_peft_lora_state_dict(
         if path not in modules:
             unknown.append(key)
             continue
-        parts.setdefault(path, set()).add(suffix.split(".")[0])
+        if (suffix in _PEFT_EMBEDDING_SUFFIXES) != isinstance(modules[path], torch.nn.Embedding):
+            malformed.append(key)  # lora_embedding_* names an Embedding's adapter, lora_A/lora_B any other's
+            continue
+        parts.setdefault(path, set()).add(suffix.split(".")[0].replace("lora_embedding_", "lora_"))
     incomplete = sorted(path for path, found in parts.items() if found != {"lora_A", "lora_B"})
     bad_values, bad_shapes = [], []
     for path in sorted(set(parts) - set(incomplete)):
-        tensors = {s: state_dict[f"{path}.{s}"] for s in _PEFT_LORA_SUFFIXES if f"{path}.{s}" in state_dict}
+        suffixes = _PEFT_LORA_SUFFIXES + _PEFT_EMBEDDING_SUFFIXES
+        tensors = {s: state_dict[f"{path}.{s}"] for s in suffixes if f"{path}.{s}" in state_dict}
         problem = _lora_tensor_problem(tensors)
         if problem is not None:
             bad_values.append(f"{path}: {problem}")
             continue
         module = modules[path]
-        if isinstance(module, torch.nn.Linear):  # PEFT's shapes: A (r, in), B (out, r), bias (out,)
+        if isinstance(module, torch.nn.Embedding):  # PEFT's shapes: A (r, num_embeddings), B (embedding_dim, r)
+            down = tensors["lora_embedding_A"]
+            rank = down.shape[0] if down.ndim == 2 else -1
+            expected = {"lora_embedding_A": (rank, module.num_embeddings)}
+            expected["lora_embedding_B"] = (module.embedding_dim, rank)
+            wrong = [f"{s} {tuple(t.shape)}" for s, t in tensors.items() if tuple(t.shape) != expected[s]]
+            if wrong:
+                bad_shapes.append(
+                    f"{path}: {', '.join(wrong)}; it needs lora_embedding_A (rank, {module.num_embeddings}) and "
+                    f"lora_embedding_B ({module.embedding_dim}, rank)"
+                )
+        elif isinstance(module, torch.nn.Linear):  # PEFT's shapes: A (r, in), B (out, r), bias (out,)
             down = tensors["lora_A.weight"]
             rank = down.shape[0] if down.ndim == 2 else -1
             expected = {"lora_A.weight": (rank, module.in_features), "lora_B.weight": (module.out_features, rank)}
@@ -149,7 +166,8 @@ def _check_peft_lora_state_dict(
         )
     if malformed:
         problems.append(
-            f"keys that are not `<module>.{{lora_A.weight,lora_B.weight,lora_B.bias}}`: {sorted(malformed)}"
+            "keys that are not `<module>.{lora_A.weight,lora_B.weight,lora_B.bias}` (an Embedding's: "
+            f"`<module>.{{lora_embedding_A,lora_embedding_B}}`): {sorted(malformed)}"
         )
     if unknown:
         problems.append(f"names that match no Linear/Conv/Embedding module of the transformer: {sorted(unknown)}")
@@ -406,6 +424,8 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
         Original-format adapters are kept in float32 whatever the transformer's dtype (except when hot-swapping), so
         that `fuse_lora(lora_scale=w)` gives the weights of the original `merge_lora(..., multiplier=w)` bit for bit.
         """
+        # A `torch.compile`d transformer: its modules are the wrapped model's, named without `_orig_mod.`.
+        transformer = getattr(transformer, "_orig_mod", transformer)
         original = is_original_lora_state_dict(state_dict)
         if original:
             state_dict, lora_config = convert_original_lora_state_dict(
@@ -415,6 +435,11 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
             metadata = {f"{cls.transformer_name}.{key}": value for key, value in lora_config.items()}
         else:
             state_dict = _check_peft_lora_state_dict(state_dict, transformer, cls.transformer_name)
+            prefix = f"{cls.transformer_name}."
+            if metadata and not any(key.startswith(prefix) for key in metadata):
+                # A file of `transformer.save_lora_adapter()`: tensors and config without the prefix. The tensors got
+                # it above; `load_lora_adapter` keeps only the config keys that have it too.
+                metadata = {prefix + key: value for key, value in metadata.items()}
         _check_no_fused_targets(state_dict, transformer, cls.transformer_name)
         if adapter_name is None:
             adapter_name = get_adapter_name(transformer)

@@ -28,9 +28,12 @@ safetensors only, a broken file or a mistyped path reported before anything load
 """
 
 import contextlib
+import inspect
 import logging
 import os
 from typing import Any, Callable, Dict, Iterator, Union
+
+from diffusers import ModelMixin
 
 from .original_checkpoint import (
     ORIGINAL_KEY_RENAMES,
@@ -66,6 +69,16 @@ class RuyiModelLoadingMixin:
         # diffusers calls this on single-file checkpoints before matching keys: the original layout's renames.
         super()._fix_state_dict_keys_on_load(state_dict)
         rename_original_keys(self._original_model_type, state_dict)
+
+    def save_pretrained(self, save_directory: Union[str, os.PathLike], *args, **kwargs) -> None:
+        r"""[`~diffusers.ModelMixin.save_pretrained`]; `safe_serialization=False` (pickle weights, which
+        `from_pretrained` refuses to read) is refused before anything is written."""
+        check_safe_serialization(super().save_pretrained, save_directory, *args, **kwargs)
+        super().save_pretrained(save_directory, *args, **kwargs)
+
+    # diffusers reads the arguments a component's `save_pretrained` takes (`variant`, `max_shard_size`, ...) from
+    # its signature when it saves a pipeline: they must show.
+    save_pretrained.__signature__ = inspect.signature(ModelMixin.save_pretrained)
 
     @classmethod
     def _load_pretrained_model(
@@ -127,6 +140,17 @@ class RuyiModelLoadingMixin:
         strict = ORIGINAL_LOADS_STRICTLY[cls._original_model_type]
         check_loaded_keys(info["missing_keys"], info["unexpected_keys"], what, allow_unexpected=not strict)
         return (model, info) if output_loading_info else model
+
+
+def check_safe_serialization(save_pretrained: Callable, *args, **kwargs) -> None:
+    """Refuses a ``save_pretrained`` call that would write pickle weights (``safe_serialization=False``, by keyword or
+    position): diffusers-ruyi reads safetensors only, so the folder would not load back."""
+    bound = inspect.signature(save_pretrained).bind_partial(*args, **kwargs)
+    if not bound.arguments.get("safe_serialization", True):
+        raise ValueError(
+            "`safe_serialization` must be True: diffusers-ruyi loads weights from safetensors files only, so pickle "
+            "weights would not load back."
+        )
 
 
 class _DropRecords(logging.Filter):

@@ -425,25 +425,22 @@ class RuyiAttention(nn.Module, AttentionModuleMixin):
 
         self.set_processor(processor if processor is not None else self._default_processor_cls())
 
-    def unfused_lora_projections(self) -> List[str]:
-        """The names of ``to_q``/``to_k``/``to_v`` that carry LoRA adapters not merged into their weights: a fused
-        projection (`fuse_projections`) is built from the base weights and would leave them out."""
+    def lora_projections(self) -> List[str]:
+        """The names of ``to_q``/``to_k``/``to_v`` that carry LoRA adapters, merged or not. A fused projection
+        (`fuse_projections`) is a copy of their weights at fusing time: it would leave unmerged adapters out, and
+        keep merged ones after `unfuse_lora`, `disable_lora` or `unload_lora_weights`."""
         from peft.tuners.tuners_utils import BaseTunerLayer
 
-        names = []
-        for name in ("to_q", "to_k", "to_v"):
-            layer = getattr(self, name)
-            if isinstance(layer, BaseTunerLayer) and set(getattr(layer, "lora_A", {})) - set(layer.merged_adapters):
-                names.append(name)
-        return names
+        return [name for name in ("to_q", "to_k", "to_v") if isinstance(getattr(self, name), BaseTunerLayer)]
 
     def fuse_projections(self) -> None:
         r"""diffusers' [`~models.attention.AttentionModuleMixin.fuse_projections`], refused while LoRA adapters sit
-        unmerged on the projections it fuses (`fuse_lora()` or `unload_lora_weights()` first)."""
-        if not self.fused_projections and self.unfused_lora_projections():
+        on the projections it fuses (`fuse_lora()` then `unload_lora_weights()` first, to fuse them in for good)."""
+        if not self.fused_projections and self.lora_projections():
             raise ValueError(
-                f"Cannot fuse the QKV projections: {self.unfused_lora_projections()} carry LoRA adapters that a fused "
-                "projection would leave out. Call `fuse_lora()` (or `unload_lora_weights()`) first."
+                f"Cannot fuse the QKV projections: {self.lora_projections()} carry LoRA adapters, which the fused "
+                "projection would copy once and no longer follow. Call `fuse_lora()` then `unload_lora_weights()` "
+                "first (the LoRA stays merged in the weights), or `unload_lora_weights()` alone to drop it."
             )
         super().fuse_projections()
 
@@ -914,20 +911,22 @@ class RuyiTransformer3DModel(
         r"""
         diffusers' [`~models.attention.AttentionMixin.fuse_qkv_projections`]: every attention computes its queries,
         keys and values (cross-attentions: keys and values) with one matrix multiplication. Refused, before anything
-        is fused, while LoRA adapters sit unmerged on those projections: the fused projections would leave them out.
-        `fuse_lora()` them first, or unload them.
+        is fused, while LoRA adapters sit on those projections, merged or not: the fused projections copy the weights
+        once, so they would leave unmerged adapters out and keep merged ones after `unfuse_lora`, `disable_lora` or
+        `unload_lora_weights`. Fuse the LoRA in for good first (`fuse_lora()` then `unload_lora_weights()`).
         """
         adapted = [
             f"{name}.{projection}"
             for name, module in self.named_modules()
             if isinstance(module, RuyiAttention) and not module.fused_projections
-            for projection in module.unfused_lora_projections()
+            for projection in module.lora_projections()
         ]
         if adapted:
             raise ValueError(
-                f"Cannot fuse the QKV projections: {len(adapted)} of them carry LoRA adapters that the fused "
-                f"projections would leave out (e.g. {adapted[:3]}). Call `fuse_lora()` (or `unload_lora_weights()`) "
-                "first."
+                f"Cannot fuse the QKV projections: {len(adapted)} of them carry LoRA adapters (e.g. {adapted[:3]}), "
+                "which the fused projections would copy once and no longer follow. Call `fuse_lora()` then "
+                "`unload_lora_weights()` first (the LoRA stays merged in the weights), or `unload_lora_weights()` "
+                "alone to drop it."
             )
         super().fuse_qkv_projections()
 

@@ -38,7 +38,7 @@ from transformers import CLIPVisionModelWithProjection
 from .._images import image_to_rgb
 from .._validation import check_frame_size, check_real
 from ..loaders.lora import RuyiLoraLoaderMixin
-from ..loaders.model_loading import modeling_logs_dropped
+from ..loaders.model_loading import check_safe_serialization, modeling_logs_dropped
 from ..models.autoencoder_kl_ruyi import AutoencoderKLRuyiCausal3D, same_values
 from ..models.transformer_ruyi import RuyiTransformer3DModel
 from .controls import DEFAULT_NEGATIVE, RuyiControlEmbeddings, control_name, get_bucket_size
@@ -284,6 +284,14 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         # dtype (a folder saved in bfloat16 gave a bfloat16 image encoder next to float32 models).
         kwargs["dtype"] = torch.float32 if dtype is None else dtype
         return super().from_pretrained(path, **kwargs)
+
+    def save_pretrained(self, save_directory: Union[str, os.PathLike], *args, **kwargs) -> None:
+        r"""[`~DiffusionPipeline.save_pretrained`]; `safe_serialization=False` (pickle weights, which
+        `from_pretrained` refuses to read) is refused before anything is written."""
+        check_safe_serialization(super().save_pretrained, save_directory, *args, **kwargs)
+        super().save_pretrained(save_directory, *args, **kwargs)
+
+    save_pretrained.__signature__ = inspect.signature(DiffusionPipeline.save_pretrained)
 
     def to_json_string(self) -> str:
         r"""

@@ -98,6 +98,22 @@ def test_variant_of_a_saved_folder(tiny_checkpoint, tmp_path):
         RuyiTransformer3DModel.from_pretrained(tmp_path, subfolder="transformer", variant="fp16")
 
 
+def test_pickle_weights_are_refused_before_anything_is_written(tiny_checkpoint, tmp_path):
+    # They would not load back: weights are read from safetensors only.
+    pipe = RuyiImageToVideoPipeline.from_pretrained(tiny_checkpoint)
+    for save, args, kwargs in [
+        (pipe.save_pretrained, (), {"safe_serialization": False}),
+        (pipe.save_pretrained, (False,), {}),
+        (pipe.transformer.save_pretrained, (), {"safe_serialization": False}),
+        (pipe.vae.save_pretrained, (True, None, False), {}),  # is_main_process, save_function, safe_serialization
+    ]:
+        with pytest.raises(ValueError, match="`safe_serialization` must be True: diffusers-ruyi loads weights"):
+            save(tmp_path / "out", *args, **kwargs)
+        assert not (tmp_path / "out").exists()
+    pipe.vae.save_pretrained(tmp_path / "vae", safe_serialization=True)
+    assert (tmp_path / "vae" / "diffusion_pytorch_model.safetensors").is_file()
+
+
 def test_bad_loading_options_are_refused_before_loading(tiny_realfmt_checkpoint):
     with pytest.raises(ValueError, match=r"device_map='balanced'.*one device"):
         RuyiImageToVideoPipeline.from_pretrained(tiny_realfmt_checkpoint, device_map="balanced")

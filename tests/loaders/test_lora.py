@@ -360,15 +360,19 @@ def test_fused_qkv_projections_and_lora_refuse_each_other(clean_pipe, small_inpu
 
     pipe.load_lora_weights(dict(lora), adapter_name="a")
     expected = run_transformer(transformer, small_inputs)
-    with pytest.raises(ValueError, match=r"2 of them carry LoRA adapters.*fuse_lora"):
+    with pytest.raises(ValueError, match=r"2 of them carry LoRA adapters.*fuse_lora\(\)` then `unload_lora_weights"):
         transformer.fuse_qkv_projections()
     assert not any(getattr(m, "fused_projections", False) for m in transformer.modules())  # refused before fusing
     with pytest.raises(ValueError, match=r"\['to_v'\] carry LoRA adapters"):
         transformer.blocks[2].attn_clip.fuse_projections()
     transformer.blocks[1].attn1.fuse_projections()  # no adapter there
     transformer.blocks[1].attn1.unfuse_projections()
-    # Merged into the base weights, the adapters are part of what is fused.
+    # Merged, the adapters are still there: a fused copy would keep them after `unfuse_lora` / `unload_lora_weights`.
     pipe.fuse_lora()
+    with pytest.raises(ValueError, match=r"2 of them carry LoRA adapters"):
+        transformer.fuse_qkv_projections()
+    # Fused in for good (merged, then the adapters unloaded), the LoRA is part of what is fused.
+    pipe.unload_lora_weights()
     transformer.fuse_qkv_projections()
     try:
         assert transformer.blocks[0].attn1.fused_projections
@@ -572,3 +576,67 @@ def test_pipeline_round_trip_and_scale(clean_pipe, tmp_path):
     pipe.unload_lora_weights()
     pipe.load_lora_weights(tmp_path / "pytorch_lora_weights.safetensors", adapter_name="reloaded")
     torch.testing.assert_close(_generate(pipe), with_lora, atol=0, rtol=0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# diffusers' workflows: compiled transformers, files of `save_lora_adapter`, Embedding adapters
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _peft_adapter_state(transformer, targets, adapter_name, seed):
+    """A random PEFT adapter on ``targets``: its state dict and config, the transformer's output with it, and the
+    transformer without it again."""
+    torch.manual_seed(seed)
+    config = LoraConfig(r=2, lora_alpha=4, target_modules=targets, init_lora_weights=False)
+    transformer.add_adapter(config, adapter_name=adapter_name)
+    state = get_peft_model_state_dict(transformer, adapter_name=adapter_name)
+    return state, config
+
+
+def test_lora_loads_into_a_compiled_transformer(clean_pipe, small_inputs):
+    # diffusers' hotswap workflow loads into a `torch.compile`d transformer, whose module names start `_orig_mod.`.
+    pipe, transformer = clean_pipe, clean_pipe.transformer
+    lora, _ = make_original_lora(transformer, ORIGINAL_PATHS)
+    pipe.load_lora_weights(dict(lora), adapter_name="plain")
+    expected = run_transformer(transformer, small_inputs)
+    pipe.unload_lora_weights()
+    pipe.transformer = torch.compile(transformer, backend="eager")
+    try:
+        pipe.load_lora_weights(dict(lora), adapter_name="compiled")
+        torch.testing.assert_close(run_transformer(transformer, small_inputs), expected, atol=0, rtol=0)
+    finally:
+        pipe.transformer = transformer
+
+
+def test_a_file_of_save_lora_adapter_loads(clean_pipe, small_inputs, tmp_path):
+    # `transformer.save_lora_adapter` writes tensors and config without the `transformer.` prefix.
+    pipe, transformer = clean_pipe, clean_pipe.transformer
+    _peft_adapter_state(transformer, ["to_q", "to_k"], "trained", seed=3)
+    expected = run_transformer(transformer, small_inputs)
+    transformer.save_lora_adapter(str(tmp_path), adapter_name="trained")
+    transformer.delete_adapters("trained")
+    pipe.load_lora_weights(str(tmp_path), adapter_name="again")
+    assert transformer.peft_config["again"].lora_alpha == 4  # the file's config, not PEFT's defaults
+    torch.testing.assert_close(run_transformer(transformer, small_inputs), expected, atol=0, rtol=0)
+
+
+def test_an_embedding_adapter_round_trips(clean_pipe, small_inputs, tmp_path):
+    pipe, transformer = clean_pipe, clean_pipe.transformer
+    state, config = _peft_adapter_state(transformer, ["style_embedder", "to_q"], "e", seed=4)
+    assert any(key.endswith("lora_embedding_A") for key in state)
+    expected = run_transformer(transformer, small_inputs)
+    pipe.save_lora_weights(
+        str(tmp_path), transformer_lora_layers=state, transformer_lora_adapter_metadata=config.to_dict()
+    )
+    transformer.delete_adapters("e")
+    pipe.load_lora_weights(str(tmp_path), adapter_name="e2")
+    torch.testing.assert_close(run_transformer(transformer, small_inputs), expected, atol=0, rtol=0)
+    pipe.unload_lora_weights()
+    # The Embedding's names on another kind of module, or of the wrong shape, are refused.
+    bad = {k.replace("to_q.lora_A.weight", "to_q.lora_embedding_A"): v for k, v in state.items()}
+    with pytest.raises(ValueError, match=r"an Embedding's: `<module>.\{lora_embedding_A,lora_embedding_B\}`"):
+        pipe.load_lora_weights(bad)
+    bad = {k: (v[:, :-1] if k.endswith("lora_embedding_A") else v) for k, v in state.items()}
+    with pytest.raises(ValueError, match=r"it needs lora_embedding_A \(rank, "):
+        pipe.load_lora_weights(bad)
+    _assert_nothing_loaded(pipe)
