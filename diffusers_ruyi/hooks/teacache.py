@@ -58,7 +58,8 @@ class RuyiTeaCacheConfig:
         threshold (`float`, defaults to `0.10`):
             Accumulated (rescaled) relative L1 change of the first block's modulated input below which a step reuses
             the cached residual: a finite number >= 0. Higher skips more steps; the original notes that 0.10 caches
-            6-8 of 25 steps and 0.15 caches 10-12. `0.0` never skips.
+            6-8 of 25 steps and 0.15 caches 10-12. `0.0` can still skip a step whose input barely changed (the fitted
+            polynomial is below 0 near 0); `disable_cache()` runs without TeaCache.
         skip_start_steps (`int`, defaults to `3`):
             The first steps that are always computed, >= 0 (0 counts as 1, as in the original).
         skip_end_steps (`int`, defaults to `1`):

@@ -465,10 +465,15 @@ def convert_transformer_config(original_config: Dict[str, Any]) -> Dict[str, Any
             f"hidden_size={config['hidden_size']} differs from num_attention_heads * attention_head_dim = {inner_dim}; "
             "the original model only works when they are equal."
         )
-    if config.get("out_channels") is None:
-        in_channels = config["in_channels"]
-        config["out_channels"] = in_channels * 2 if config.get("learn_sigma", True) else in_channels
     sigma_channels = 2 if config.get("learn_sigma", True) else 1
+    if config.get("out_channels") is None:
+        # The original's default, `in_channels` (times 2 with learn_sigma), is the text-to-video layout: an
+        # image-to-video model takes three latents in and predicts one (with its sigma).
+        raise ValueError(
+            f"The transformer config's `out_channels` is null: the original would make it in_channels * "
+            f"{sigma_channels} = {config['in_channels'] * sigma_channels}, the text-to-video layout, which no Ruyi "
+            "image-to-video checkpoint has (the published one: 32). Set it in config.json."
+        )
     if config["in_channels"] * sigma_channels == config["out_channels"]:
         raise ValueError(
             "This is a non-inpainting (text-to-video) variant of the original transformer; diffusers-ruyi only "

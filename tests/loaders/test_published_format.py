@@ -305,10 +305,6 @@ def test_original_config_values_of_the_wrong_type_are_refused(real_checkpoint_di
     config[key] = value
     with pytest.raises(ValueError, match=f"config has values of the wrong type: {key}="):
         convert(config)
-    if which == "transformer":  # null: from learn_sigma, as the original's default; the keys after it are checked
-        config["out_channels"] = None
-        with pytest.raises(ValueError, match=f"config has values of the wrong type: {key}="):
-            convert(config)
 
 
 def test_config_type_errors_offer_a_list_only_for_ch_mult(real_checkpoint_dir):
@@ -331,14 +327,16 @@ def test_dtype_errors_name_the_argument_given():
         resolve_dtype(torch_dtype={"vae": "int8"})
 
 
-def test_a_null_out_channels_is_the_transformers_default_but_not_the_vaes(real_checkpoint_dir):
+def test_a_null_out_channels_is_refused_in_both_configs(real_checkpoint_dir):
     # The original transformer resolves a null `out_channels` from `learn_sigma` (for the published in_channels=48
-    # that is 96, the text-to-video variant, refused as such); the original VAE has no such default.
+    # that is 96, which no image-to-video checkpoint has); the original VAE has no such default.
     from diffusers_ruyi.loaders.original_checkpoint import convert_vae_config
 
     config = json.loads((real_checkpoint_dir / "transformer_config.json").read_text())
-    with pytest.raises(ValueError, match="non-inpainting"):
+    with pytest.raises(ValueError, match=r"`out_channels` is null: the original would make it in_channels \* 2 = 96"):
         convert_transformer_config({**config, "out_channels": None})
+    with pytest.raises(ValueError, match=r"in_channels \* 1 = 48"):
+        convert_transformer_config({**config, "out_channels": None, "learn_sigma": False})
     config = json.loads((real_checkpoint_dir / "vae_config.json").read_text())
     with pytest.raises(ValueError, match="VAE config has values of the wrong type: out_channels=None"):
         convert_vae_config({**config, "out_channels": None})
