@@ -26,7 +26,15 @@ import numbers
 from typing import Any, Optional, Set, Tuple
 
 import torch
-from diffusers.hooks import FasterCacheConfig, HookRegistry, ModelHook, PyramidAttentionBroadcastConfig
+from diffusers.hooks import (
+    FasterCacheConfig,
+    FirstBlockCacheConfig,
+    HookRegistry,
+    ModelHook,
+    PyramidAttentionBroadcastConfig,
+)
+
+from .._validation import check_int, check_real
 
 
 _CURRENT_TIMESTEP_HOOK = "ruyi_current_timestep_hook"
@@ -64,6 +72,12 @@ def check_cache_config(config: Any) -> None:
             "`config` must be a cache config instance (RuyiTeaCacheConfig, or diffusers' FirstBlockCacheConfig, "
             f"FasterCacheConfig, ...), got {type(config).__name__}."
         )
+    # diffusers checks none of these: a bad one fails inside the first denoising step, or caches nothing at all.
+    if isinstance(config, FirstBlockCacheConfig):
+        check_real("FirstBlockCacheConfig.threshold", config.threshold, low=0.0)
+    for field in dataclasses.fields(config):
+        if field.name.endswith("_block_skip_range") or field.name == "unconditional_batch_skip_range":
+            check_int(f"{type(config).__name__}.{field.name}", getattr(config, field.name), minimum=1, allow_none=True)
 
 
 def fill_cache_defaults(module: torch.nn.Module, config: Any) -> Tuple[Any, Optional[CurrentTimestepHook]]:

@@ -24,6 +24,7 @@ processor reads to compute the score from its normalised queries and keys and to
 for all the blocks (not a hook per layer) keeps `compile_repeated_blocks` at one graph for all of them.
 """
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
@@ -182,6 +183,8 @@ def apply_ruyi_enhance_a_video(module: torch.nn.Module, config: RuyiEnhanceAVide
     """
     if not isinstance(config, RuyiEnhanceAVideoConfig):
         raise TypeError(f"`config` must be a RuyiEnhanceAVideoConfig, got {type(config).__name__}.")
+    # A copy, checked again: a field set after construction is validated too, and later changes do not reach the hooks.
+    config = dataclasses.replace(config)
     blocks = getattr(module, "blocks", None)
     if not isinstance(blocks, torch.nn.ModuleList):
         raise ValueError("Enhance-A-Video needs a Ruyi transformer with `blocks` (a ModuleList).")

@@ -23,6 +23,7 @@ It is built from diffusers hooks, like diffusers' `FirstBlockCache`: a head hook
 blocks pass their input through on skipped steps, and a hook on `norm_out` applies or records the residual.
 """
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -306,6 +307,8 @@ def apply_ruyi_teacache(module: torch.nn.Module, config: RuyiTeaCacheConfig) -> 
     """
     if not isinstance(config, RuyiTeaCacheConfig):
         raise TypeError(f"`config` must be a RuyiTeaCacheConfig, got {type(config).__name__}.")
+    # A copy, checked again: a field set after construction is validated too, and later changes do not reach the hooks.
+    config = dataclasses.replace(config)
     blocks = getattr(module, "blocks", None)
     if not isinstance(blocks, torch.nn.ModuleList) or len(blocks) == 0 or not hasattr(module, "norm_out"):
         raise ValueError("TeaCache needs a Ruyi transformer with `blocks` (a ModuleList) and `norm_out`.")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from _helpers import tiny_transformer, transformer_inputs
-from diffusers import FirstBlockCacheConfig, PyramidAttentionBroadcastConfig
+from diffusers import FasterCacheConfig, FirstBlockCacheConfig, PyramidAttentionBroadcastConfig
 
 from diffusers_ruyi.hooks import (
     RUYI_TEACACHE_COEFFICIENTS,
@@ -247,3 +247,68 @@ def test_current_timestep_hook_leaves_a_bad_timestep_to_the_models_check():
         model(**transformer_inputs(), timestep="500")
     assert model(**transformer_inputs(), timestep=500.0).sample.shape[0] == 2
     model.disable_cache()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Configs changed after they were made, and diffusers' cache configs
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make, field, value, error, match",
+    [
+        (RuyiTeaCacheConfig, "threshold", "0.1", TypeError, "`threshold` must be a number"),
+        (RuyiTeaCacheConfig, "coefficients", "abc", TypeError, "`coefficients` must be a sequence of numbers"),
+        (RuyiEnhanceAVideoConfig, "weight", -100.0, ValueError, "`weight` must be >= 0"),
+    ],
+)
+def test_a_config_changed_after_it_was_made_is_checked_when_applied(make, field, value, error, match):
+    model = tiny_transformer()
+    config = make()
+    setattr(config, field, value)
+    with pytest.raises(error, match=match):
+        model.enable_cache(config) if make is RuyiTeaCacheConfig else apply_ruyi_enhance_a_video(model, config)
+    assert _hooked(model) == []
+
+
+def test_an_applied_config_is_a_copy():
+    model = tiny_transformer()
+    config = RuyiTeaCacheConfig(threshold=0.1)
+    model.enable_cache(config)
+    config.threshold = 5.0  # after the fact: the hooks keep what was applied
+    assert {hook.config.threshold for hook in _teacache_hooks(model)} == {0.1}
+    model.disable_cache()
+
+
+def _teacache_hooks(model):
+    hooks = []
+    for module in model.modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        if registry is not None:
+            hooks += [h for h in registry.hooks.values() if hasattr(h, "config")]
+    return hooks
+
+
+@pytest.mark.parametrize(
+    "config, error, match",
+    [
+        (FirstBlockCacheConfig(threshold=-1.0), ValueError, r"`FirstBlockCacheConfig.threshold` must be a finite"),
+        (FirstBlockCacheConfig(threshold=math.nan), ValueError, r"`FirstBlockCacheConfig.threshold` must be a finite"),
+        (FirstBlockCacheConfig(threshold="abc"), TypeError, r"`FirstBlockCacheConfig.threshold` must be a number"),
+        (
+            PyramidAttentionBroadcastConfig(spatial_attention_block_skip_range=0),
+            ValueError,
+            r"`PyramidAttentionBroadcastConfig.spatial_attention_block_skip_range` must be >= 1",
+        ),
+        (
+            FasterCacheConfig(unconditional_batch_skip_range=0),
+            ValueError,
+            r"`FasterCacheConfig.unconditional_batch_skip_range` must be >= 1",
+        ),
+    ],
+)
+def test_diffusers_cache_configs_are_checked_before_any_hook(config, error, match):
+    model = tiny_transformer()
+    with pytest.raises(error, match=match):
+        model.enable_cache(config)
+    assert _hooked(model) == []
