@@ -40,6 +40,17 @@ _BUCKETS_512 = {
 }  # fmt: skip
 
 
+def check_base_resolution(base_resolution) -> None:
+    """`base_resolution`: an integer (Python or NumPy) >= `MIN_BASE_RESOLUTION`."""
+    if isinstance(base_resolution, bool) or not isinstance(base_resolution, numbers.Integral):
+        raise TypeError(
+            f"`base_resolution` must be an integer >= {MIN_BASE_RESOLUTION}, got {type(base_resolution).__name__} "
+            f"{base_resolution!r}."
+        )
+    if base_resolution < MIN_BASE_RESOLUTION:
+        raise ValueError(f"`base_resolution` must be an integer >= {MIN_BASE_RESOLUTION}, got {base_resolution!r}.")
+
+
 def get_bucket_size(image_height: int, image_width: int, base_resolution: int = 512) -> Tuple[int, int]:
     """Picks the (height, width) bucket closest to the image's aspect ratio, scaled to ``base_resolution``.
 
@@ -54,12 +65,7 @@ def get_bucket_size(image_height: int, image_width: int, base_resolution: int = 
     Returns:
         `Tuple[int, int]`: ``(height, width)`` in pixels.
     """
-    if (
-        not isinstance(base_resolution, int)
-        or isinstance(base_resolution, bool)
-        or base_resolution < MIN_BASE_RESOLUTION
-    ):
-        raise ValueError(f"`base_resolution` must be an integer >= {MIN_BASE_RESOLUTION}, got {base_resolution!r}.")
+    check_base_resolution(base_resolution)
     for name, value in (("image_height", image_height), ("image_width", image_width)):
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
             raise ValueError(f"`{name}` must be a positive number (the image's size in pixels), got {value!r}.")
@@ -72,11 +78,11 @@ def get_bucket_size(image_height: int, image_width: int, base_resolution: int = 
 def normalize_motion(motion: Union[int, str]) -> str:
     """Returns the motion amplitude as the key part used in the embeddings file ("auto" is stored as "0")."""
     allowed = "1, 2, 3, 4 or 'auto' (int or str)"
-    if isinstance(motion, bool) or not isinstance(motion, (int, str)):
+    if isinstance(motion, bool) or not isinstance(motion, (numbers.Integral, str)):
         raise TypeError(f"`motion` must be one of {allowed}, got {type(motion).__name__} {motion!r}.")
     if str(motion) not in MOTION_VALUES:
         raise ValueError(f"`motion` must be one of {allowed}, got {motion!r}.")
-    return "0" if str(motion) == "auto" else str(motion)
+    return "0" if str(motion) == "auto" else str(int(motion) if isinstance(motion, numbers.Integral) else motion)
 
 
 def _aspect_ratio_tag(aspect_ratio: str) -> str:

@@ -41,7 +41,13 @@ from ..loaders.lora import RuyiLoraLoaderMixin
 from ..loaders.model_loading import check_safe_serialization, modeling_logs_dropped
 from ..models.autoencoder_kl_ruyi import AutoencoderKLRuyiCausal3D, same_values
 from ..models.transformer_ruyi import RuyiTransformer3DModel
-from .controls import DEFAULT_NEGATIVE, RuyiControlEmbeddings, control_name, get_bucket_size
+from .controls import (
+    DEFAULT_NEGATIVE,
+    RuyiControlEmbeddings,
+    check_base_resolution,
+    control_name,
+    get_bucket_size,
+)
 from .pipeline_output import RuyiPipelineOutput
 
 
@@ -92,6 +98,15 @@ EXAMPLE_DOC_STRING = """
         >>> export_to_video(video, "ruyi.mp4", fps=24)
         ```
 """
+
+
+def _python_number(value: Any) -> Any:
+    """A NumPy integer or float as the Python one (the checks take Python numbers); anything else as it is."""
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    return value
 
 
 class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
@@ -437,6 +452,22 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             else:
                 videos.append(self._to_pil(entry, f"{name}[{k}]"))
         return videos
+
+    def _check_callback_outputs(self, outputs: Any) -> Dict[str, Any]:
+        """What `callback_on_step_end` returned: a dict of tensors to replace, named as in `_callback_tensor_inputs`
+        (a misspelt name would be dropped without a word, and `None` fail on the next line)."""
+        if not isinstance(outputs, dict):
+            raise TypeError(
+                f"`callback_on_step_end` must return a dict (its `callback_kwargs`, changed or not), got "
+                f"{type(outputs).__name__}."
+            )
+        unknown = sorted(set(outputs) - set(self._callback_tensor_inputs))
+        if unknown:
+            raise ValueError(
+                f"`callback_on_step_end` returned {unknown}, which the pipeline does not take; it takes "
+                f"{self._callback_tensor_inputs}."
+            )
+        return dict(outputs)
 
     @staticmethod
     def _check_count(name: str, value) -> None:
@@ -1131,6 +1162,11 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         """
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        # NumPy numbers (from `np.arange`, a config read with numpy, ...) mean what Python's do.
+        num_frames, height, width, num_inference_steps, num_videos_per_prompt = (
+            _python_number(value) for value in (num_frames, height, width, num_inference_steps, num_videos_per_prompt)
+        )
+        guidance_scale, clip_apply_ratio = _python_number(guidance_scale), _python_number(clip_apply_ratio)
 
         # 1. Check inputs; raise errors before any model runs.
         missing = [name for name, component in self.components.items() if component is None]  # all are needed
@@ -1138,6 +1174,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             raise ValueError(f"The pipeline has no {missing}: load or assign them before calling it.")
         images = self._as_frame_lists(image, "image")
         last_images = None if last_image is None else self._as_frame_lists(last_image, "last_image")
+        check_base_resolution(base_resolution)  # also when `height` and `width` are given, which leave it unused
         if height is None and width is None:
             height, width = get_bucket_size(images[0][0].height, images[0][0].width, base_resolution)
         custom_embeds = {
@@ -1210,9 +1247,11 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         try:
             self.scheduler.set_timesteps(num_inference_steps, device=device)
         except (ValueError, IndexError) as error:  # PNDM's warm-up, for one, needs at least 4 steps
+            train_steps = getattr(self.scheduler.config, "num_train_timesteps", None)
+            too_many = isinstance(train_steps, int) and num_inference_steps > train_steps
             raise ValueError(
                 f"{type(self.scheduler).__name__} cannot make a schedule of num_inference_steps={num_inference_steps} "
-                f"({error}); use more steps."
+                f"({error}); use {f'at most {train_steps}' if too_many else 'more'} steps."
             ) from error
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
@@ -1312,7 +1351,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                     callback_kwargs = {}
                     for k in callback_on_step_end_tensor_inputs:
                         callback_kwargs[k] = locals()[k]
-                    callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
+                    callback_outputs = self._check_callback_outputs(callback_on_step_end(self, i, t, callback_kwargs))
                     latents = callback_outputs.pop("latents", latents)
                     prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
                     prompt_embeds_2 = callback_outputs.pop("prompt_embeds_2", prompt_embeds_2)

@@ -183,6 +183,25 @@ def test_callback_on_step_end_and_interrupt(pipe, start_image):
 
 
 @pytest.mark.parametrize(
+    "returned, error, match",
+    [
+        (None, TypeError, r"`callback_on_step_end` must return a dict .*, got NoneType"),
+        (
+            {"latent": None},
+            ValueError,
+            r"`callback_on_step_end` returned \['latent'\], which the pipeline does not take",
+        ),
+    ],
+)
+def test_what_a_callback_returns_is_checked(pipe, start_image, returned, error, match):
+    # A misspelt tensor name was dropped without a word, `None` failed on an attribute.
+    with pytest.raises(error, match=match):
+        _call(
+            pipe, start_image, num_inference_steps=1, callback_on_step_end=lambda *args: returned, output_type="latent"
+        )
+
+
+@pytest.mark.parametrize(
     "scheduler_cls",
     [EulerDiscreteScheduler, EulerAncestralDiscreteScheduler, DPMSolverMultistepScheduler, PNDMScheduler],
 )
@@ -223,10 +242,42 @@ def test_a_schedule_the_sampler_cannot_make_is_refused_before_any_model_runs(gua
     original = guarded_pipe.scheduler
     guarded_pipe.scheduler = PNDMScheduler.from_config(original.config)
     try:
-        with pytest.raises(ValueError, match="PNDMScheduler cannot make a schedule of num_inference_steps=3"):
+        with pytest.raises(
+            ValueError, match=r"PNDMScheduler cannot make a schedule of num_inference_steps=3 .*; use more"
+        ):
             _call(guarded_pipe, start_image, num_inference_steps=3)
     finally:
         guarded_pipe.scheduler = original
+    # Too many steps: the advice is the other way round.
+    train_steps = original.config.num_train_timesteps
+    with pytest.raises(
+        ValueError, match=rf"num_inference_steps={train_steps + 1} .*; use at most {train_steps} steps"
+    ):
+        _call(guarded_pipe, start_image, num_inference_steps=train_steps + 1)
+
+
+def test_numpy_numbers_are_taken_as_python_numbers(pipe, start_image):
+    expected = _call(
+        pipe, start_image, num_inference_steps=1, guidance_scale=3.0, clip_apply_ratio=0.4, motion=2
+    ).frames
+    got = _call(
+        pipe,
+        start_image,
+        num_frames=np.int64(8),
+        height=np.int32(32),
+        width=np.int64(48),
+        num_inference_steps=np.int64(1),
+        guidance_scale=np.float32(3.0),
+        clip_apply_ratio=np.float32(0.4),
+        motion=np.int64(2),
+        base_resolution=np.int64(512),
+    ).frames
+    assert torch.equal(got, expected)
+
+
+def test_base_resolution_is_checked_when_height_and_width_are_given(guarded_pipe, start_image):
+    with pytest.raises(TypeError, match="`base_resolution` must be an integer >= "):
+        _call(guarded_pipe, start_image, base_resolution="junk")
 
 
 def test_progress_bar_counts_every_timestep(pipe, start_image, monkeypatch):
