@@ -34,7 +34,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import logging
 from diffusers.utils.accelerate_utils import apply_forward_hook
 
-from .._validation import check_int, check_real
+from .._validation import check_bool, check_int, check_real
 from ..loaders.model_loading import RuyiModelLoadingMixin
 
 
@@ -692,6 +692,23 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
             raise ValueError(f"`compression_mode` must be one of {_COMPRESSION_MODES}, got {compression_mode!r}.")
         check_int("num_sample_frames_batch_size", num_sample_frames_batch_size, minimum=1)
         check_int("num_latent_frames_batch_size", num_latent_frames_batch_size, minimum=1)
+        for name, value in (
+            ("in_channels", in_channels), ("out_channels", out_channels), ("latent_channels", latent_channels),
+            ("layers_per_block", layers_per_block), ("norm_num_groups", norm_num_groups),
+            ("mid_block_num_attention_heads", mid_block_num_attention_heads),
+        ):  # fmt: skip
+            check_int(name, value, minimum=1)
+        # A diffusers-format config is not read through the original layout's type checks: a string "false" would
+        # switch tiling on, a scaling factor of 0 or NaN fail (or give NaN frames) only after the denoising loop.
+        for name, value in (
+            ("use_tiling", use_tiling),
+            ("force_upcast", force_upcast),
+            ("mid_block_add_attention", mid_block_add_attention),
+        ):
+            check_bool(name, value)
+        check_real("scaling_factor", scaling_factor)
+        if scaling_factor <= 0:
+            raise ValueError(f"`scaling_factor` must be a finite number > 0, got {scaling_factor!r}.")
 
         self.encoder = RuyiEncoder3D(
             in_channels,

@@ -53,7 +53,7 @@ from diffusers.utils.peft_utils import apply_lora_scale
 from diffusers.utils.torch_utils import maybe_allow_in_graph
 from torch import nn
 
-from .._validation import check_tensor
+from .._validation import check_int, check_real, check_tensor
 from ..hooks.diffusers_caches import (
     check_cache_config,
     fill_cache_defaults,
@@ -275,6 +275,11 @@ class RuyiFP32LayerNorm(FP32LayerNorm):
         if inputs.dim() != 3 or not _lean(inputs):
             return super().forward(inputs)
         return _map_token_chunks(super().forward, inputs)
+
+
+# What diffusers' `FeedForward` builds (it fails obscurely on any other name); the published model's is
+# "gelu-approximate".
+FEED_FORWARD_ACTIVATIONS = ("gelu", "gelu-approximate", "geglu", "geglu-approximate", "swiglu", "linear-silu")
 
 
 class RuyiGELU(GELU):
@@ -794,6 +799,22 @@ class RuyiTransformer3DModel(
         text_len_t5: int = 256,
     ):
         super().__init__()
+        # Types and ranges first: a bad one would fail deep inside a layer's constructor (a division by zero, a
+        # negative dimension, diffusers' unknown-activation UnboundLocalError).
+        for name, value in (
+            ("num_attention_heads", num_attention_heads), ("attention_head_dim", attention_head_dim),
+            ("in_channels", in_channels), ("out_channels", out_channels), ("patch_size", patch_size),
+            ("n_query", n_query), ("projection_dim", projection_dim), ("sample_size", sample_size),
+            ("num_layers", num_layers), ("cross_attention_dim", cross_attention_dim),
+            ("cross_attention_dim_t5", cross_attention_dim_t5), ("pooled_projection_dim", pooled_projection_dim),
+            ("text_len", text_len), ("text_len_t5", text_len_t5),
+        ):  # fmt: skip
+            check_int(name, value, minimum=1)
+        check_real("mlp_ratio", mlp_ratio, low=0.0)
+        if mlp_ratio * num_attention_heads * attention_head_dim < 1:
+            raise ValueError(f"`mlp_ratio` must give a feed-forward width >= 1, got {mlp_ratio!r}.")
+        if activation_fn not in FEED_FORWARD_ACTIVATIONS:
+            raise ValueError(f"`activation_fn` must be one of {FEED_FORWARD_ACTIVATIONS}, got {activation_fn!r}.")
         if num_layers != 1 and (num_layers < 2 or num_layers % 2 != 0):
             # The original's rule: blocks 0 .. L/2-2 push, blocks L/2+1 .. L-1 pop; with an odd L >= 3 they would pop
             # one more than was pushed. One block has no skip at all.

@@ -244,12 +244,39 @@ def test_enable_original_tiling_refuses_bad_arguments(slice_vae, args, error, ma
         ({"num_latent_frames_batch_size": 0}, ValueError, r"`num_latent_frames_batch_size` must be >= 1"),
         ({"tile_sample_min_size": 64.5}, TypeError, r"`tile_sample_min_size` must be an integer"),
         ({"tile_overlap_factor": math.nan}, ValueError, r"`tile_overlap_factor` must be a finite number"),
+        # A diffusers-format config.json is read without the original layout's checks: "false" would be true.
+        ({"use_tiling": "false"}, TypeError, r"`use_tiling` must be True or False, got str 'false'"),
+        ({"force_upcast": 1}, TypeError, r"`force_upcast` must be True or False"),
+        ({"mid_block_add_attention": None}, TypeError, r"`mid_block_add_attention` must be True or False"),
+        ({"scaling_factor": math.nan}, ValueError, r"`scaling_factor` must be a finite number"),
+        ({"scaling_factor": 0}, ValueError, r"`scaling_factor` must be a finite number > 0, got 0"),
+        ({"latent_channels": 0}, ValueError, r"`latent_channels` must be >= 1"),
+        ({"layers_per_block": 1.0}, TypeError, r"`layers_per_block` must be an integer"),
     ],
 )
 def test_vae_config_arguments_are_checked(kwargs, error, match):
     with pytest.raises(error, match=match):
         AutoencoderKLRuyiCausal3D(block_out_channels=(8, 8), down_block_types=("SpatialDownBlock3D",) * 2,
                                   up_block_types=("SpatialUpBlock3D",) * 2, norm_num_groups=4, **kwargs)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"activation_fn": "bogus"}, ValueError, r"`activation_fn` must be one of \('gelu', 'gelu-approximate'"),
+        ({"num_attention_heads": 0}, ValueError, r"`num_attention_heads` must be >= 1, got 0"),
+        ({"patch_size": 0}, ValueError, r"`patch_size` must be >= 1, got 0"),
+        ({"num_layers": 2.0}, TypeError, r"`num_layers` must be an integer, got float 2.0"),
+        ({"mlp_ratio": -1}, ValueError, r"`mlp_ratio` must be a finite number >= 0"),
+        ({"mlp_ratio": 0}, ValueError, r"`mlp_ratio` must give a feed-forward width >= 1"),
+        ({"text_len": True}, TypeError, r"`text_len` must be an integer, got bool"),
+    ],
+)
+def test_transformer_config_arguments_are_checked(kwargs, error, match):
+    # Each failed deep inside a layer's constructor (a division by zero, a negative dimension, diffusers'
+    # UnboundLocalError for an unknown activation).
+    with pytest.raises(error, match=match):
+        tiny_transformer(**kwargs)
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -96,8 +96,10 @@ def test_original_config_conversion(tiny_checkpoint):
     assert config["out_channels"] == 32 and config["in_channels"] == 48 and config["num_layers"] == 4
     assert not is_original_transformer_config({"_class_name": "RuyiTransformer3DModel"})
     # out_channels defaults to 2 * in_channels with learn_sigma, which is the non-inpainting model Ruyi does not use.
-    with pytest.raises(ValueError, match="non-inpainting"):
+    with pytest.raises(ValueError, match="`out_channels` is null"):
         convert_transformer_config({**original, "out_channels": None})
+    with pytest.raises(ValueError, match="non-inpainting"):
+        convert_transformer_config({**original, "out_channels": 96})
     with pytest.raises(ValueError, match="basic_block_type"):
         convert_transformer_config({**original, "basic_block_type": "motionmodule"})
     with pytest.raises(ValueError, match="time_position_encoding"):
