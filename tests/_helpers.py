@@ -247,3 +247,24 @@ def logged(name: str = "diffusers.models.modeling_utils", level: int = None):
     finally:
         logger.removeHandler(handler)
         logger.setLevel(previous)
+
+
+def write_stored_tables_checkpoint(target, dtype: torch.dtype = torch.bfloat16) -> pathlib.Path:
+    """The tiny published-format checkpoint with its transformer stored in ``dtype`` and, as the original saves them,
+    each block's fixed temporal table (`t_embed.pe`, 512 rows, computed in float32 then stored in ``dtype``): what
+    the published files probably look like. The original adds the stored, rounded tables."""
+    from safetensors.torch import save_file
+
+    from diffusers_ruyi.models.transformer_ruyi import _temporal_sincos_embedding
+
+    target = pathlib.Path(target)
+    shutil.copytree(TINY_REALFMT_CHECKPOINT, target)
+    weights_file = target / "transformer" / "diffusion_pytorch_model.safetensors"
+    weights = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in load_file(str(weights_file)).items()}
+    config = json.loads((target / "transformer" / "config.json").read_text())
+    width = config["num_attention_heads"] * config["attention_head_dim"]
+    table = _temporal_sincos_embedding(512, width, torch.device("cpu"))[None].to(dtype)
+    for index in range(config["num_layers"]):
+        weights[f"blocks.{index}.t_embed.pe"] = table.clone()
+    save_file(weights, str(weights_file))
+    return target

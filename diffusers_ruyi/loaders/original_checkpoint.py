@@ -693,6 +693,32 @@ ORIGINAL_UNUSED_KEYS = {
 ORIGINAL_KEY_RENAMES = {"transformer": lambda key: key, "vae": convert_vae_key}
 
 
+_TEMPORAL_TABLE_KEY = re.compile(r"^blocks\.\d+\.t_embed\.pe$")
+_STORED_TABLE_DTYPES = {"BF16": "bfloat16", "F16": "float16", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+def stored_temporal_table_dtype(
+    state_dict: Optional[Dict[str, Any]], files: Iterable[Any], keys: Iterable[str]
+) -> Optional[str]:
+    """The half-precision dtype (``"bfloat16"``, ``"float16"``) an original transformer checkpoint stores its fixed
+    temporal tables (``blocks.N.t_embed.pe``) in, or None (none stored, or in float32). Read from ``state_dict`` when
+    it is loaded, else from the safetensors headers of ``files`` (no tensor is read)."""
+    key = next((k for k in keys if _TEMPORAL_TABLE_KEY.match(k)), None)
+    if key is None:
+        return None
+    if state_dict is not None and key in state_dict:
+        return _STORED_TABLE_DTYPES.get(state_dict[key].dtype)
+    from safetensors import safe_open
+
+    for path in files:
+        if not isinstance(path, (str, os.PathLike)):
+            continue
+        with safe_open(path, framework="pt") as f:
+            if key in f.keys():
+                return _STORED_TABLE_DTYPES.get(f.get_slice(key).get_dtype())
+    return None
+
+
 def rename_original_keys(model_type: str, state_dict: Dict[str, Any]) -> None:
     """Renames, in place, the original keys of ``state_dict`` whose names differ in the ``model_type`` model."""
     rename = ORIGINAL_KEY_RENAMES[model_type]

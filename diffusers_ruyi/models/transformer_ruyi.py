@@ -277,6 +277,8 @@ class RuyiFP32LayerNorm(FP32LayerNorm):
         return _map_token_chunks(super().forward, inputs)
 
 
+# The dtypes whose rounding of the temporal tables the model can reproduce (`temporal_embedding_dtype`).
+TEMPORAL_TABLE_DTYPES = (None, "bfloat16", "float16")
 # What diffusers' `FeedForward` builds (it fails obscurely on any other name); the published model's is
 # "gelu-approximate".
 FEED_FORWARD_ACTIVATIONS = ("gelu", "gelu-approximate", "geglu", "geglu-approximate", "swiglu", "linear-silu")
@@ -747,6 +749,10 @@ class RuyiTransformer3DModel(
         pooled_projection_dim (`int`, defaults to 1024): Size of the pooled T5 vector in the conditioning MLP.
         text_len (`int`, defaults to 77): Tokens of the first text stream.
         text_len_t5 (`int`, defaults to 256): Tokens of the second text stream.
+        temporal_embedding_dtype (`str`, *optional*): The dtype (`"bfloat16"` or `"float16"`) an original checkpoint
+            stored its fixed temporal tables (`t_embed.pe`) in, set by `from_pretrained` when it finds them. The
+            original adds the stored, rounded values, so the table is rounded the same way; in a bfloat16 run that
+            changes nothing, in float32 it keeps parity with the original (1e-3 otherwise). `None`: exact.
     """
 
     _original_model_type = "transformer"
@@ -797,6 +803,7 @@ class RuyiTransformer3DModel(
         pooled_projection_dim: int = 1024,
         text_len: int = 77,
         text_len_t5: int = 256,
+        temporal_embedding_dtype: Optional[str] = None,
     ):
         super().__init__()
         # Types and ranges first: a bad one would fail deep inside a layer's constructor (a division by zero, a
@@ -813,6 +820,10 @@ class RuyiTransformer3DModel(
         check_real("mlp_ratio", mlp_ratio, low=0.0)
         if mlp_ratio * num_attention_heads * attention_head_dim < 1:
             raise ValueError(f"`mlp_ratio` must give a feed-forward width >= 1, got {mlp_ratio!r}.")
+        if temporal_embedding_dtype not in TEMPORAL_TABLE_DTYPES:
+            raise ValueError(
+                f"`temporal_embedding_dtype` must be one of {TEMPORAL_TABLE_DTYPES}, got {temporal_embedding_dtype!r}."
+            )
         if activation_fn not in FEED_FORWARD_ACTIVATIONS:
             raise ValueError(f"`activation_fn` must be one of {FEED_FORWARD_ACTIVATIONS}, got {activation_fn!r}.")
         if num_layers != 1 and (num_layers < 2 or num_layers % 2 != 0):
@@ -1260,7 +1271,10 @@ class RuyiTransformer3DModel(
 
         temporal_embedding = None
         if num_frames != 1:
-            temporal_embedding = _temporal_sincos_embedding(num_frames, self.inner_dim, device).to(hidden_states.dtype)
+            temporal_embedding = _temporal_sincos_embedding(num_frames, self.inner_dim, device)
+            if self.config.temporal_embedding_dtype is not None:  # the stored tables' rounding (see the docstring)
+                temporal_embedding = temporal_embedding.to(getattr(torch, self.config.temporal_embedding_dtype))
+            temporal_embedding = temporal_embedding.to(hidden_states.dtype)
 
         # Long skips: blocks 0 .. L/2-2 push their outputs, blocks L/2+1 .. L-1 pop them (last in, first out).
         half = self.config.num_layers // 2

@@ -443,3 +443,20 @@ def test_components_of_another_checkpoint_are_refused(tiny_realfmt_checkpoint, w
     setattr(pipe, name, components[name])
     with pytest.raises(ValueError, match=message):
         pipe(image=__import__("PIL.Image").Image.new("RGB", (32, 32)), num_frames=1, height=32, width=32)
+
+
+def test_stored_temporal_table_dtype_from_a_state_dict_or_the_headers(tmp_path):
+    from diffusers_ruyi.loaders.original_checkpoint import stored_temporal_table_dtype
+
+    key = "blocks.3.t_embed.pe"
+    table = torch.zeros(1, 4, 8)
+    # A single file is loaded whole: its tensor says.
+    assert stored_temporal_table_dtype({key: table.bfloat16()}, [], [key]) == "bfloat16"
+    assert stored_temporal_table_dtype({key: table.half()}, [], [key]) == "float16"
+    assert stored_temporal_table_dtype({key: table}, [], [key]) is None  # float32: exact, as computed
+    assert stored_temporal_table_dtype({}, [], ["blocks.3.attn1.to_q.weight"]) is None  # no table stored
+    # Shards are not loaded up front: the header of the one that holds a table says.
+    save_file({"other": table}, str(tmp_path / "a.safetensors"))
+    save_file({key: table.half()}, str(tmp_path / "b.safetensors"))
+    files = [str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors")]
+    assert stored_temporal_table_dtype(None, files, ["other", key]) == "float16"

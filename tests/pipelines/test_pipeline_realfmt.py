@@ -8,7 +8,8 @@ went through the original's `decode_latents`, so `smooth_output` included.
 import PIL.Image
 import pytest
 import torch
-from _helpers import load_golden_case, load_pipe, logged, run_case
+from _helpers import GOLDEN_REALFMT, load_golden_case, load_pipe, load_video, logged, open_rgb, run_case
+from _helpers import write_stored_tables_checkpoint
 from diffusers import DDIMScheduler
 
 from diffusers_ruyi import RuyiImageToVideoPipeline
@@ -148,3 +149,20 @@ def test_original_tiling_that_would_resize_the_latents_is_refused_early(realfmt_
         assert vae.tiled_output_size(80, 64) == (10, 8) and vae.tiled_output_size(10, 8, decode=True) == (80, 64)
     finally:
         vae.enable_original_tiling()
+
+
+def test_stored_temporal_tables_are_added_as_the_original_reads_them(tmp_path):
+    # A transformer stored in bfloat16 with the original's fixed temporal tables (as the published file probably is),
+    # run in float32: the original adds the tables' stored, rounded values, 1.5e-3 away from the exact ones.
+    import json
+
+    checkpoint = write_stored_tables_checkpoint(tmp_path / "ckpt")
+    pipe = load_pipe(checkpoint, dtype=torch.float32)
+    assert pipe.transformer.config.temporal_embedding_dtype == "bfloat16"
+    case = json.loads((GOLDEN_REALFMT / "stored_tables_case.json").read_text())
+    video = run_case(pipe, case, open_rgb(GOLDEN_REALFMT / case["image"]))
+    expected = load_video(GOLDEN_REALFMT / "stored_tables_video.safetensors")
+    assert (video - expected).abs().max().item() < 1e-4
+    # Saved in the diffusers format, the setting stays.
+    pipe.transformer.save_pretrained(tmp_path / "saved")
+    assert json.loads((tmp_path / "saved" / "config.json").read_text())["temporal_embedding_dtype"] == "bfloat16"
