@@ -8,8 +8,16 @@ went through the original's `decode_latents`, so `smooth_output` included.
 import PIL.Image
 import pytest
 import torch
-from _helpers import GOLDEN_REALFMT, load_golden_case, load_pipe, load_video, logged, open_rgb, run_case
-from _helpers import write_stored_tables_checkpoint
+from _helpers import (
+    GOLDEN_REALFMT,
+    load_golden_case,
+    load_pipe,
+    load_video,
+    logged,
+    open_rgb,
+    run_case,
+    write_stored_tables_checkpoint,
+)
 from diffusers import DDIMScheduler
 
 from diffusers_ruyi import RuyiImageToVideoPipeline
