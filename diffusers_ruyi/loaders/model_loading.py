@@ -120,8 +120,9 @@ class RuyiModelLoadingMixin:
         - a mistyped local path, or a truncated or corrupt safetensors file in a local folder, is reported before
           anything is loaded;
         - a weight the checkpoint lacks is a `ValueError` that lists every missing key (diffusers would warn and leave
-          it random); so is a tensor the model does not have, except in the VAE, which the original loads with
-          `strict=False` (one warning names them); the transformer's fixed `t_embed.pe` tables are skipped;
+          it random); a tensor the model does not have is ignored, as the original loads both models with
+          `strict=False`, with one warning that names them; the transformer's fixed `t_embed.pe` tables are skipped
+          without a word;
         - a weight of another shape is diffusers' error, or with `ignore_mismatched_sizes=True` diffusers' warning that
           lists the weights left random.
         """

@@ -181,9 +181,10 @@ def read_safetensors(path: str, dtype: Optional[torch.dtype] = None) -> Dict[str
     return state_dict
 
 
-# Whether a tensor the model does not have is an error, per model: the original loads its VAE with `strict=False`
-# (the published VAE file holds tensors the model never uses), its transformer strictly.
-ORIGINAL_LOADS_STRICTLY = {"transformer": True, "vae": False}
+# Whether a tensor the model does not have is an error, per model: the original loads both with `strict=False`
+# (`from_pretrained_2d` for the transformer; the published VAE file holds tensors the model never uses), so such
+# tensors are ignored, with one warning naming them. A missing weight is always an error.
+ORIGINAL_LOADS_STRICTLY = {"transformer": False, "vae": False}
 
 
 def check_loaded_keys(missing: Iterable[str], unexpected: Iterable[str], what: str, allow_unexpected: bool) -> None:
@@ -807,11 +808,22 @@ LORA_MODULE_PATHS_TO_ORIGINAL: Dict[str, str] = {}
 
 
 def is_original_lora_state_dict(state_dict: Dict[str, Any]) -> bool:
-    """Whether ``state_dict`` holds original (kohya-style, ``lora_unet_*``/``lora_te*``) Ruyi LoRA keys."""
+    """Whether ``state_dict`` holds original (kohya-style) Ruyi LoRA keys: ``lora_unet_*``/``lora_te*`` names, or
+    ``<name>.lora_down.weight`` / ``.lora_up.weight`` elements under any name (the original's merge reads those)."""
     return any(
-        key.startswith(ORIGINAL_LORA_PREFIX + "_") or key.startswith(ORIGINAL_LORA_TEXT_ENCODER_PREFIX)
+        key.startswith(ORIGINAL_LORA_PREFIX + "_")
+        or key.startswith(ORIGINAL_LORA_TEXT_ENCODER_PREFIX)
+        or key.partition(".")[2] in ("lora_down.weight", "lora_up.weight")
         for key in state_dict
+        if isinstance(key, str)
     )
+
+
+def _flat_original_name(name: str) -> str:
+    """A module name as the original's `merge_lora` resolves it: what follows the last ``lora_unet_`` (the whole name
+    without one), leading ``_`` dropped. ``lora_unet__blocks_0_attn1_to_q`` (how `LoRANetwork` names it),
+    ``lora_unet_blocks_0_attn1_to_q`` and ``blocks_0_attn1_to_q`` are one module."""
+    return name.split(ORIGINAL_LORA_PREFIX + "_")[-1].lstrip("_")
 
 
 def _original_module_path(path: str) -> str:
@@ -926,19 +938,22 @@ def convert_original_lora_state_dict(
             that match no Linear/Conv2d module, malformed keys, modules without both `lora_down` and `lora_up`, shapes
             that do not fit the module, and convolutions other than 1x1 (the original cannot merge those either).
     """
-    module_map = original_lora_module_map(model)
+    module_map = {_flat_original_name(name): path for name, path in original_lora_module_map(model).items()}
     modules = _lora_target_modules(model)
 
     grouped: Dict[str, Dict[str, torch.Tensor]] = {}
-    malformed, text_encoder, unknown = [], [], []
+    names: Dict[str, str] = {}  # module path -> the file's name for it (two spellings of one module are refused)
+    malformed, text_encoder, unknown, twice = [], [], [], []
     for key, value in state_dict.items():
-        name, _, element = key.partition(".")
-        if name.startswith(ORIGINAL_LORA_TEXT_ENCODER_PREFIX):
+        name, _, element = str(key).partition(".")
+        if ORIGINAL_LORA_TEXT_ENCODER_PREFIX in name:  # as the original's merge tells them apart
             text_encoder.append(key)
-        elif not name.startswith(ORIGINAL_LORA_PREFIX + "_") or element not in _ORIGINAL_LORA_ELEMENTS:
+        elif element not in _ORIGINAL_LORA_ELEMENTS:
             malformed.append(key)
-        elif name not in module_map:
+        elif _flat_original_name(name) not in module_map:
             unknown.append(key)
+        elif names.setdefault(module_map[_flat_original_name(name)], name) != name:
+            twice.append(key)
         else:
             grouped.setdefault(name, {})[element] = value
 
@@ -952,14 +967,19 @@ def convert_original_lora_state_dict(
             missing = [e for e in ("lora_down.weight", "lora_up.weight") if e not in elements]
             incomplete.append(f"{name} (missing {', '.join(missing)})")
             continue
-        path = module_map[name]
+        path = module_map[_flat_original_name(name)]
         module = modules[path]
         down, up = elements["lora_down.weight"], elements["lora_up.weight"]
         alpha = elements.get("alpha")
-        values = {"lora_down": down, "lora_up": up, **({"alpha": alpha} if alpha is not None else {})}
-        problem = _lora_tensor_problem(values)
-        if problem is None and alpha is not None and alpha.numel() != 1:
-            problem = f"alpha holds {alpha.numel()} values, not one"
+        problem = _lora_tensor_problem({"lora_down": down, "lora_up": up})
+        if problem is None and alpha is not None:
+            # An integer alpha is what the original's `LoRANetwork` saves for an integer `alpha` (its default 1).
+            if not isinstance(alpha, torch.Tensor) or alpha.dtype == torch.bool or alpha.is_complex():
+                problem = f"alpha is {getattr(alpha, 'dtype', type(alpha).__name__)}, not a real number"
+            elif alpha.numel() != 1:
+                problem = f"alpha holds {alpha.numel()} values, not one"
+            else:
+                problem = _lora_tensor_problem({"alpha": alpha.double()})
         if problem is not None:
             bad_values.append(f"{name}: {problem}")
             continue
@@ -1000,6 +1020,8 @@ def convert_original_lora_state_dict(
         problems.append(
             f"keys that are not `lora_unet_<module>.{{lora_down.weight,lora_up.weight,alpha}}`: {sorted(malformed)}"
         )
+    if twice:
+        problems.append(f"modules named twice, in two spellings: {sorted(twice)}")
     if incomplete:
         problems.append(f"modules without both lora_down and lora_up: {incomplete}")
     if bad_shapes:

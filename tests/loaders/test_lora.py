@@ -640,3 +640,50 @@ def test_an_embedding_adapter_round_trips(clean_pipe, small_inputs, tmp_path):
     with pytest.raises(ValueError, match=r"it needs lora_embedding_A \(rank, "):
         pipe.load_lora_weights(bad)
     _assert_nothing_loaded(pipe)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Original-format files as the original's own tools write and read them
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_integer_alphas_load_as_the_original_merges_them(clean_pipe, small_inputs):
+    # `LoRANetwork` saves `alpha` as an int64 tensor when given an integer (its default is 1); `merge_lora` takes it.
+    pipe, transformer = clean_pipe, clean_pipe.transformer
+    lora, _ = make_original_lora(transformer, ORIGINAL_PATHS)
+    pipe.load_lora_weights(dict(lora), adapter_name="float_alpha")
+    expected = run_transformer(transformer, small_inputs)
+    pipe.unload_lora_weights()
+    integers = {k: (v.long() if k.endswith(".alpha") else v) for k, v in lora.items()}
+    assert any(v.dtype == torch.int64 for v in integers.values())
+    pipe.load_lora_weights(integers, adapter_name="int_alpha")
+    torch.testing.assert_close(run_transformer(transformer, small_inputs), expected, atol=0, rtol=0)
+    pipe.unload_lora_weights()
+    bad = {**integers, next(k for k in integers if k.endswith(".alpha")): torch.tensor(True)}
+    with pytest.raises(ValueError, match=r"alpha is torch.bool, not a real number"):
+        pipe.load_lora_weights(bad)
+    _assert_nothing_loaded(pipe)
+
+
+@pytest.mark.parametrize(
+    "rename",
+    [lambda name: name.replace("lora_unet__", "lora_unet_"), lambda name: name.replace("lora_unet__", "")],
+    ids=["single-underscore", "no-prefix"],
+)
+def test_module_names_the_original_merge_resolves(clean_pipe, small_inputs, rename):
+    # The original's `merge_lora` takes what follows `lora_unet_` (or the whole name) and walks the modules.
+    pipe, transformer = clean_pipe, clean_pipe.transformer
+    lora, _ = make_original_lora(transformer, ORIGINAL_PATHS)
+    pipe.load_lora_weights(dict(lora), adapter_name="canonical")
+    expected = run_transformer(transformer, small_inputs)
+    pipe.unload_lora_weights()
+    renamed = {rename(k): v for k, v in lora.items()}
+    pipe.load_lora_weights(renamed, adapter_name="renamed")
+    torch.testing.assert_close(run_transformer(transformer, small_inputs), expected, atol=0, rtol=0)
+    pipe.unload_lora_weights()
+    # One module in two spellings would be merged twice by the original: refused.
+    name = next(k for k in lora if k.endswith(".lora_down.weight")).split(".")[0]
+    twice = {**lora, **{rename(k): v for k, v in lora.items() if k.startswith(name + ".")}}
+    with pytest.raises(ValueError, match="modules named twice, in two spellings"):
+        pipe.load_lora_weights(twice)
+    _assert_nothing_loaded(pipe)
