@@ -275,6 +275,16 @@ def _check_common(plan: List[SegmentPlan], motion, camera_direction, generator, 
     if kwargs.get("prompt_embeds") is None:
         for m, c in zip(motions, cameras):
             control_name(m, c, aspect_ratio)
+    else:  # custom embeddings replace the controls in every segment: any segment's control would be ignored
+        changed = sorted(
+            {f"motion={m!r}" for m in motions if m != "auto"}
+            | {f"camera_direction={c!r}" for c in cameras if c != "auto"}
+        )
+        if changed:
+            raise ValueError(
+                f"Custom embeddings replace the controls, so {', '.join(changed)} would be ignored: leave them at their "
+                "defaults, or drop the embeddings."
+            )
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(
             f"`generator` must be one torch.Generator (a long video is one video), got {type(generator).__name__}."

@@ -17,6 +17,7 @@ dataset layout, FSDP/DeepSpeed configurations and memory tips.
 """
 
 import argparse
+import copy
 import functools
 import json
 import logging
@@ -207,6 +208,14 @@ def _argument_problem(args: argparse.Namespace) -> Optional[str]:
         return f"--output_dir {args.output_dir!r} is a file, not a folder."
     if args.validation_image is not None and not os.path.isfile(args.validation_image):
         return f"--validation_image {args.validation_image!r} does not exist."
+    if args.seed is not None and not 0 <= args.seed < 2**32:
+        return f"--seed must be in [0, 2**32 - 1], got {args.seed}."
+    if args.validation_image is not None:
+        try:
+            with PIL.Image.open(args.validation_image) as image:
+                image.load()
+        except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as e:
+            return f"--validation_image {args.validation_image!r} is not a readable image: {e}"
     if args.validation_image is not None and args.validation_steps is None:
         return "--validation_image is used only with --validation_steps N (validation is off without it)."
     if args.report_to is not None:
@@ -345,6 +354,11 @@ class VideoFolderDataset(torch.utils.data.Dataset):
                                 f"{metadata_path}:{line_number}: motion must be one of {MOTION_VALUES} and "
                                 f"camera_direction one of {CAMERA_DIRECTIONS}, got {motion!r} and {camera!r}."
                             )
+            # An entry for no clip (a misspelt name) would leave its clip on the default controls without a word.
+            clips = {os.path.normpath(os.path.relpath(path, data_dir)) for path in self.videos}
+            orphans = sorted(set(self.controls) - clips)
+            if orphans:
+                raise ValueError(f"{metadata_path} names clips that are not in the folder: {orphans}.")
 
     def __len__(self) -> int:
         return len(self.videos)
@@ -575,6 +589,14 @@ def _train(argv: Optional[Sequence[str]]) -> str:
             dtype={"transformer": weight_dtype, "image_encoder": weight_dtype, "default": torch.float32},
         )
     pipe.set_progress_bar_config(disable=True)
+    if args.validation_steps:  # the sampler's limits are known now: fail before training, not at the first validation
+        try:
+            copy.deepcopy(pipe.scheduler).set_timesteps(args.validation_num_inference_steps)
+        except (ValueError, IndexError) as e:
+            raise ValueError(
+                f"--validation_num_inference_steps {args.validation_num_inference_steps}: "
+                f"{type(pipe.scheduler).__name__} cannot make that schedule ({e})."
+            ) from None
     transformer = pipe.transformer
     for model in (pipe.vae, pipe.image_encoder, transformer):
         model.requires_grad_(False)

@@ -72,6 +72,24 @@ def test_dataset_reads_videos_pairs_and_controls(script, video_dir):
         script.parse_args(_args(video_dir, "out", "--num_frames", "7"))
 
 
+def test_metadata_naming_no_clip_is_refused(script, video_dir, tmp_path):
+    # A misspelt file name left its clip on the default controls without a word.
+    import shutil
+
+    folder = tmp_path / "videos"
+    shutil.copytree(video_dir, folder)
+    (folder / "metadata.jsonl").write_text('{"file_name": "clip_O.mp4", "motion": 2}\n')
+    with pytest.raises(ValueError, match=r"names clips that are not in the folder: \['clip_O.mp4'\]"):
+        script.VideoFolderDataset(str(folder), num_frames=8, height=32, width=48)
+
+
+def test_validation_steps_the_sampler_cannot_make_stop_before_training(script, video_dir, tmp_path):
+    args = _args(video_dir, tmp_path / "run", "--validation_steps", "1", "--validation_num_inference_steps", "2000")
+    with pytest.raises(ValueError, match=r"--validation_num_inference_steps 2000: DDIMScheduler cannot make"):
+        script.main(args)
+    assert not any(name.startswith("checkpoint-") for name in os.listdir(tmp_path / "run"))
+
+
 def test_train_resume_and_load(script, video_dir, tmp_path):
     output_dir = tmp_path / "run"
     out = script.main(_args(video_dir, output_dir, "--max_train_steps", "2", "--checkpointing_steps", "1",
@@ -151,6 +169,8 @@ def test_trains_on_the_tiny_random_model(script, video_dir, tmp_path):
         (["--lr_scheduler", "bogus"], "--lr_scheduler must be one of"),
         (["--validation_image", "missing.png"], "--validation_image 'missing.png' does not exist"),
         (["--validation_image", "{image}"], "--validation_image is used only with --validation_steps N"),
+        (["--validation_image", "{garbage}", "--validation_steps", "1"], "is not a readable image"),
+        (["--seed", "-1"], "--seed must be in [0, 2**32 - 1], got -1"),
         (["--lr_warmup_steps", "5"], "--lr_warmup_steps needs a schedule with warmup"),
         (["--resume_from_checkpoint", "missing"], "--resume_from_checkpoint 'missing' is not a checkpoint folder"),
         (["--resume_from_checkpoint", "{renamed}"], "is not a checkpoint of this script (a checkpoint-<step> folder"),
@@ -169,9 +189,11 @@ def test_bad_arguments_stop_before_any_model_loads(script, video_dir, tmp_path, 
     (tmp_path / "best").mkdir()  # a checkpoint folder renamed by hand: its step is gone
     (tmp_path / "best" / "pytorch_lora_weights.safetensors").write_bytes(b"")
     (tmp_path / "checkpoint-5").mkdir()  # no LoRA in it
-    (tmp_path / "start.png").write_bytes(b"")
+    PIL.Image.new("RGB", (8, 8)).save(tmp_path / "start.png")
+    (tmp_path / "garbage.png").write_bytes(b"not an image")
     paths = {"{renamed}": str(tmp_path / "best"), "{empty}": str(tmp_path / "checkpoint-5")}
     paths["{image}"] = str(tmp_path / "start.png")
+    paths["{garbage}"] = str(tmp_path / "garbage.png")
     extra = [paths.get(a, a) for a in extra]
     with pytest.raises(SystemExit) as e:
         script.main(_args(video_dir, tmp_path / "out", *extra))

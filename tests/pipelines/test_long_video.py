@@ -260,6 +260,12 @@ def test_extend_generates_at_the_videos_size_when_both_sides_fit_the_model(pipe,
 # ------------------------------------------------------------------------------------------------------------
 
 
+_CUSTOM_EMBEDS = (
+    "prompt_embeds", "prompt_attention_mask", "prompt_embeds_2", "prompt_attention_mask_2", "negative_prompt_embeds",
+    "negative_prompt_attention_mask", "negative_prompt_embeds_2", "negative_prompt_attention_mask_2",
+)  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
@@ -274,6 +280,12 @@ def test_extend_generates_at_the_videos_size_when_both_sides_fit_the_model(pipe,
         (dict(height=32), ValueError, "Pass both `height` and `width`"),
         (dict(num_inference_steps=0), ValueError, "`num_inference_steps` must be a positive integer"),
         (dict(callback_on_segment_end=5), TypeError, "`callback_on_segment_end` must be callable"),
+        # Custom embeddings replace every segment's controls: a later segment's motion would be ignored.
+        (
+            dict(motion=["auto", "2", "auto"], **{k: torch.zeros(1) for k in _CUSTOM_EMBEDS}),
+            ValueError,
+            "Custom embeddings replace the controls, so motion='2' would be ignored",
+        ),
     ],
 )
 def test_long_video_bad_arguments(guarded_pipe, start_image, kwargs, error, match):
