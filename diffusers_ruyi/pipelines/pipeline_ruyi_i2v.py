@@ -633,6 +633,14 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         )
         check_real("eta", eta, low=0.0, high=1.0, meaning=" (DDIM's: 0 is deterministic, 1 is DDPM)")
         check_real("guidance_rescale", guidance_rescale, low=0.0, high=1.0, meaning=" (0 is off)")
+        # Settings that a call would leave unused: said once, not silently dropped (diffusers' pipelines drop them).
+        if eta and "eta" not in inspect.signature(self.scheduler.step).parameters:
+            logger.warning(f"`eta`={eta} is ignored: {type(self.scheduler).__name__} takes no eta (DDIM's).")
+        if guidance_rescale and guidance_scale <= 1:
+            logger.warning(
+                f"`guidance_rescale`={guidance_rescale} is ignored: it rescales classifier-free guidance, which "
+                f"`guidance_scale`={guidance_scale} (<= 1) turns off."
+            )
         for name, value, low in (
             ("original_size", original_size, 1),
             ("crops_coords_top_left", crops_coords_top_left, 0),
@@ -1118,7 +1126,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             num_videos_per_prompt (`int`, defaults to 1):
                 Videos per input image.
             eta (`float`, defaults to 0.0):
-                DDIM's eta, in [0, 1] (0 is deterministic, 1 is DDPM's noise); ignored by other schedulers.
+                DDIM's eta, in [0, 1] (0 is deterministic, 1 is DDPM's noise); ignored, with a warning, by other schedulers.
             generator (`torch.Generator` or `List[torch.Generator]`, *optional*):
                 Generator(s) for the initial noise (one per video when a list) and the VAE posterior samples.
             latents (`torch.Tensor`, *optional*):
@@ -1134,7 +1142,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                 CLIP image features are used only in the last `clip_apply_ratio` fraction of the steps (zeroed before).
             guidance_rescale (`float`, defaults to 0.0):
                 Guidance rescale factor from "Common Diffusion Noise Schedules and Sample Steps are Flawed", in [0, 1]
-                (0 is off).
+                (0 is off); it rescales guidance, so with `guidance_scale` <= 1 it is ignored, with a warning.
             original_size (`Tuple[int, int]`, defaults to `(1024, 1024)`):
                 HunyuanDiT size conditioning: two finite numbers >= 1.
             crops_coords_top_left (`Tuple[int, int]`, defaults to `(0, 0)`):

@@ -83,6 +83,27 @@ def test_more_frames_than_trained_warns(pipe, monkeypatch, pipeline_log, num_fra
         assert "`num_frames`=128 is more than the 120 frames" in warnings[0]
 
 
+@pytest.mark.parametrize(
+    "kwargs, scheduler, message",
+    [
+        ({"eta": 0.5}, "EulerDiscreteScheduler", "`eta`=0.5 is ignored: EulerDiscreteScheduler takes no eta"),
+        ({"eta": 0.5}, None, None),  # DDIM takes it
+        ({"guidance_rescale": 0.7, "guidance_scale": 1.0}, None, "`guidance_rescale`=0.7 is ignored"),
+        ({"guidance_rescale": 0.7, "guidance_scale": 3.0}, None, None),
+    ],
+)
+def test_settings_a_call_would_not_use_are_said(pipe, monkeypatch, pipeline_log, kwargs, scheduler, message):
+    import diffusers
+
+    _stop_after_checks(pipe, monkeypatch)
+    if scheduler is not None:
+        monkeypatch.setattr(pipe, "scheduler", getattr(diffusers, scheduler).from_config(pipe.scheduler.config))
+    with pytest.raises(_Stop):
+        pipe(image=IMAGE, **{**SMALL, **kwargs})
+    warnings = [m for m in pipeline_log if "is ignored" in m]
+    assert [message in w for w in warnings] == ([True] if message else [])
+
+
 class _Bars:
     """Records every progress bar the pipeline opens: description, total, and how far it got."""
 
