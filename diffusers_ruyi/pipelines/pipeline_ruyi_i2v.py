@@ -603,9 +603,10 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             if len(starts) + len(ends) > num_frames:
                 what = f"{len(starts)} start frame(s) (`image`)"
                 what += f" and {len(ends)} end frame(s) (`last_image`)" if ends else ""
+                why = "the end frames would overwrite start frames" if ends else "they would not all fit"
                 raise ValueError(
-                    f"`num_frames`={num_frames} is too short for video {k}'s {what}: the end frames would overwrite "
-                    f"start frames. Use `num_frames` >= {len(starts) + len(ends)}."
+                    f"`num_frames`={num_frames} is too short for video {k}'s {what}: {why}. Use `num_frames` >= "
+                    f"{len(starts) + len(ends)}."
                 )
             if len(starts) > MAX_KNOWN_FRAMES or len(ends) > MAX_KNOWN_FRAMES:
                 logger.warning(

@@ -483,6 +483,15 @@ def test_frames_the_cache_vae_cannot_decode_are_refused_before_any_model_runs(gu
         vae.register_to_config(num_latent_frames_batch_size=2)
 
 
+def test_more_start_and_end_frames_than_frames_are_refused(guarded_pipe, start_image):
+    with pytest.raises(
+        ValueError, match=r"too short for video 0's 9 start frame\(s\) \(`image`\): they would not all fit"
+    ):
+        _call(guarded_pipe, [[start_image] * 9], num_frames=8)
+    with pytest.raises(ValueError, match=r"and 4 end frame\(s\) \(`last_image`\): the end frames would overwrite"):
+        _call(guarded_pipe, [[start_image] * 5], last_image=[[start_image] * 4], num_frames=8)
+
+
 def test_faster_cache_needs_guidance(guarded_pipe, start_image):
     from diffusers import FasterCacheConfig
 
