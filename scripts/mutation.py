@@ -129,6 +129,11 @@ MODULE_TESTS: dict[str, list[str]] = {
         "tests/pipelines/test_pipeline_realfmt.py",
         "tests/pipelines/test_pipeline_ruyi_i2v.py::test_original_layout_transformers_spelling_and_bad_folder",
     ],
+    "_images.py": [
+        "tests/pipelines/test_pipeline_inputs.py",
+        "tests/cli/test_cli.py::test_32_bit_images_are_refused_before_loading",
+        "tests/cli/test_cli.py::test_a_16_bit_grayscale_png_is_read_as_its_picture",
+    ],
     "_validation.py": [
         "tests/test_validation.py",
         "tests/models/test_model_input_validation.py",
