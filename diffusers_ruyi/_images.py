@@ -14,8 +14,8 @@
 """PIL images to the RGB the model reads, for the pipeline and the CLI (no torch: the CLI checks before importing it).
 
 Pillow's ``convert("RGB")`` clips the pixels of a 16-bit grayscale image (what Pillow opens a 16-bit grayscale PNG
-as) at 255: the picture becomes a white frame, without a word. They are scaled to 8 bits here instead; 32-bit integer
-and float images, whose range nothing says, are refused.
+as: mode ``I;16``, or ``I`` before Pillow 10.3) at 255: the picture becomes a white frame, without a word. They are
+scaled to 8 bits here instead; other 32-bit integer and float images, whose range nothing says, are refused.
 """
 
 from typing import Optional
@@ -29,9 +29,14 @@ SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 UNSCALED_MODES = {"I": "32-bit integer", "F": "32-bit float"}
 
 
+def _is_sixteen_bit(image: PIL.Image.Image) -> bool:
+    # Pillow before 10.3 opens a 16-bit grayscale PNG as mode "I": for a PNG file, that is what "I" means.
+    return image.mode in SIXTEEN_BIT_MODES or (image.mode == "I" and getattr(image, "format", None) == "PNG")
+
+
 def image_mode_problem(image: PIL.Image.Image, name: str) -> Optional[str]:
     """Why ``image`` cannot be read as a picture (None when it can)."""
-    if image.mode in UNSCALED_MODES:
+    if image.mode in UNSCALED_MODES and not _is_sixteen_bit(image):
         return (
             f"`{name}` is a {UNSCALED_MODES[image.mode]} image (PIL mode {image.mode!r}), whose value range is "
             "unknown; convert it to an 8-bit RGB image first."
@@ -48,8 +53,10 @@ def image_to_rgb(image: PIL.Image.Image, name: str) -> PIL.Image.Image:
     problem = image_mode_problem(image, name)
     if problem:
         raise ValueError(problem)
-    if image.mode in SIXTEEN_BIT_MODES:
-        scaled = np.round(np.asarray(image, dtype=np.float64) / 257).astype(np.uint8)  # 65535 -> 255
+    if _is_sixteen_bit(image):
+        scaled = np.round(np.clip(np.asarray(image, dtype=np.float64), 0, 65535) / 257).astype(
+            np.uint8
+        )  # 65535 -> 255
         return PIL.Image.fromarray(scaled).convert("RGB")
     return image.convert("RGB")
 
@@ -57,6 +64,8 @@ def image_to_rgb(image: PIL.Image.Image, name: str) -> PIL.Image.Image:
 def open_image(path: str, name: str) -> PIL.Image.Image:
     """An image file as 8-bit RGB, turned upright per its EXIF orientation (as `diffusers.utils.load_image`)."""
     with PIL.Image.open(path) as image:
-        image = PIL.ImageOps.exif_transpose(image)
         image.load()
+        if _is_sixteen_bit(image):  # decided on the file's own format, which a transposed copy no longer carries
+            image = image_to_rgb(image, name)
+        image = PIL.ImageOps.exif_transpose(image)
     return image_to_rgb(image, name)

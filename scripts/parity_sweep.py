@@ -6,7 +6,8 @@ Each seed draws one case:
   with `smooth_output`, DDPM-class scheduler config, full-CLIP `.bin`, bf16 embeddings), else the first goldens'
   (`tests/fixtures/golden/Ruyi-tiny-random`: the cache VAE, DDIM), whose tiny VAE, CLIP and embeddings it reuses;
 - a random transformer: 1, 2, 4 or 6 blocks (the counts the original runs), 1-8 heads of 8-32 channels, its weights
-  saved with or without the original's fixed `t_embed.pe` tables;
+  saved with or without the original's fixed `t_embed.pe` tables, in float32 (from seed 27000 on, sometimes
+  bfloat16, as the published file);
 - the VAE with or without the original's tiling, tile size and overlap drawn (unaligned ones included);
 - 1, 8, ..., 32 frames, a size, one to three start frames and maybe an end frame, each image of its own size;
 - the sampler (the five of `predict_i2v.py`), steps, guidance, motion, camera, the CLIP apply ratio;
@@ -123,6 +124,9 @@ def draw_case(seed: int) -> Dict[str, Any]:
         ),
         # Drawn last, so that the draws above stay those of the earlier sweeps.
         "template": "cache" if r.random() < 0.25 else "published",
+        # The transformer file's storage dtype (the published one is bfloat16): with the tables stored too, a float32
+        # run must add them rounded, as the original does. Drawn from seed 27000 on, so earlier seeds keep their cases.
+        "weights_dtype": "bfloat16" if seed >= 27000 and r.random() < 0.3 else "float32",
     }
 
 
@@ -179,6 +183,8 @@ def write_checkpoint(case: Dict[str, Any], folder: str) -> None:
         table = _temporal_sincos_embedding(512, model.inner_dim, torch.device("cpu"))[None]
         for index in range(config["num_layers"]):
             weights[f"blocks.{index}.t_embed.pe"] = table.clone()
+    storage = getattr(torch, case.get("weights_dtype", "float32"))
+    weights = {key: (value.to(storage) if value.is_floating_point() else value) for key, value in weights.items()}
     os.makedirs(os.path.join(folder, "transformer"))
     save_file(weights, os.path.join(folder, "transformer", "diffusion_pytorch_model.safetensors"))
     with open(os.path.join(folder, "transformer", "config.json"), "w") as f:

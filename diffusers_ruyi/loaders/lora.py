@@ -440,6 +440,13 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
                 # A file of `transformer.save_lora_adapter()`: tensors and config without the prefix. The tensors got
                 # it above; `load_lora_adapter` keeps only the config keys that have it too.
                 metadata = {prefix + key: value for key, value in metadata.items()}
+            if not metadata and any(key.endswith(_PEFT_EMBEDDING_SUFFIXES) for key in state_dict):
+                # diffusers infers the ranks from the `lora_B` keys alone: an Embedding's would be guessed wrong.
+                raise ValueError(
+                    "Cannot load this LoRA: it adapts Embedding layers (`lora_embedding_A/B`) and carries no LoRA "
+                    "config; save it with `transformer_lora_adapter_metadata=peft_config.to_dict()` (or pass the "
+                    "metadata) so that their ranks are known."
+                )
         _check_no_fused_targets(state_dict, transformer, cls.transformer_name)
         if adapter_name is None:
             adapter_name = get_adapter_name(transformer)

@@ -438,7 +438,12 @@ class RuyiAttention(nn.Module, AttentionModuleMixin):
         keep merged ones after `unfuse_lora`, `disable_lora` or `unload_lora_weights`."""
         from peft.tuners.tuners_utils import BaseTunerLayer
 
-        return [name for name in ("to_q", "to_k", "to_v") if isinstance(getattr(self, name), BaseTunerLayer)]
+        # (`delete_adapters` leaves empty PEFT wrappers behind: those carry nothing.)
+        return [
+            name
+            for name in ("to_q", "to_k", "to_v")
+            if isinstance(getattr(self, name), BaseTunerLayer) and getattr(getattr(self, name), "lora_A", None)
+        ]
 
     def fuse_projections(self) -> None:
         r"""diffusers' [`~models.attention.AttentionModuleMixin.fuse_projections`], refused while LoRA adapters sit

@@ -221,8 +221,10 @@ def test_models_from_a_hub_cache_with_revision_and_cache_dir(tiny_realfmt_checkp
         )
 
 
-@pytest.mark.parametrize("low_cpu_mem_usage", [True, False])
-def test_a_sharded_original_vae_is_renamed_like_a_single_file(tiny_realfmt_checkpoint, tmp_path, low_cpu_mem_usage):
+@pytest.mark.parametrize("low_cpu_mem_usage, shards", [(True, 2), (False, 2), (True, 1)])
+def test_a_sharded_original_vae_is_renamed_like_a_single_file(
+    tiny_realfmt_checkpoint, tmp_path, low_cpu_mem_usage, shards
+):
     # diffusers renames the keys of a single-file checkpoint only; the published VAE split into shards must load the
     # same weights (its attention keys are named otherwise in the model).
     import json
@@ -237,8 +239,9 @@ def test_a_sharded_original_vae_is_renamed_like_a_single_file(tiny_realfmt_check
     single.unlink()
     keys = sorted(state_dict)
     weight_map = {}
-    for index, part in enumerate((keys[: len(keys) // 2], keys[len(keys) // 2 :])):
-        name = f"diffusion_pytorch_model-0000{index + 1}-of-00002.safetensors"
+    parts = (keys[: len(keys) // 2], keys[len(keys) // 2 :]) if shards == 2 else (keys,)
+    for index, part in enumerate(parts):
+        name = f"diffusion_pytorch_model-0000{index + 1}-of-0000{shards}.safetensors"
         save_file({key: state_dict[key] for key in part}, str(folder / name))
         weight_map.update(dict.fromkeys(part, name))
     index_file = folder / "diffusion_pytorch_model.safetensors.index.json"

@@ -639,7 +639,23 @@ def test_an_embedding_adapter_round_trips(clean_pipe, small_inputs, tmp_path):
     bad = {k: (v[:, :-1] if k.endswith("lora_embedding_A") else v) for k, v in state.items()}
     with pytest.raises(ValueError, match=r"it needs lora_embedding_A \(rank, "):
         pipe.load_lora_weights(bad)
+    # Without its config, diffusers would guess an Embedding's rank from the `lora_B` keys alone.
+    with pytest.raises(ValueError, match=r"adapts Embedding layers .* and carries no LoRA config"):
+        pipe.load_lora_weights(dict(state))
     _assert_nothing_loaded(pipe)
+
+
+def test_fusing_qkv_after_the_adapters_were_deleted(clean_pipe):
+    # `delete_adapters` leaves empty PEFT wrappers on the projections: nothing is left to leave out.
+    pipe, transformer = clean_pipe, clean_pipe.transformer
+    lora, _ = make_original_lora(transformer, ORIGINAL_PATHS)
+    pipe.load_lora_weights(dict(lora), adapter_name="gone")
+    pipe.delete_adapters("gone")
+    transformer.fuse_qkv_projections()
+    try:
+        assert transformer.blocks[0].attn1.fused_projections
+    finally:
+        transformer.unfuse_qkv_projections()
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -191,6 +191,17 @@ def test_a_16_bit_grayscale_image_is_scaled_not_clipped(pipe):
     assert np.array_equal(np.asarray(frames[0]), np.asarray(PIL.Image.fromarray(eight_bit).convert("RGB")))
 
 
+def test_a_16_bit_png_opened_as_mode_i_is_scaled_too(pipe, tmp_path):
+    # Pillow before 10.3 opens a 16-bit grayscale PNG as mode "I": from a PNG file, "I" is 16-bit.
+    rng = np.random.default_rng(2)
+    eight_bit = rng.integers(0, 256, (32, 48), dtype=np.uint8)
+    PIL.Image.fromarray(eight_bit.astype(np.uint16) * 257).save(tmp_path / "g16.png")
+    old_style = PIL.Image.open(tmp_path / "g16.png").convert("I")
+    old_style.format = "PNG"  # as an older Pillow returns it from `Image.open`
+    frames = pipe._as_frame_lists([old_style], "image")[0]
+    assert np.array_equal(np.asarray(frames[0]), np.asarray(PIL.Image.fromarray(eight_bit).convert("RGB")))
+
+
 @pytest.mark.parametrize("mode", ["I", "F"])
 def test_32_bit_images_of_unknown_range_are_refused(pipe, mode):
     image = PIL.Image.new(mode, (48, 32))
