@@ -117,6 +117,7 @@ MODULE_TESTS: dict[str, list[str]] = {
     ],
     "loaders/model_loading.py": [
         "tests/loaders/test_loading_options.py",
+        "tests/pipelines/test_pipeline_realfmt.py",
         "tests/models/test_transformer_ruyi.py",
         "tests/models/test_autoencoder_kl_ruyi.py",
         "-k",

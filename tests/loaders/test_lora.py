@@ -703,3 +703,9 @@ def test_module_names_the_original_merge_resolves(clean_pipe, small_inputs, rena
     with pytest.raises(ValueError, match="modules named twice, in two spellings"):
         pipe.load_lora_weights(twice)
     _assert_nothing_loaded(pipe)
+
+
+@pytest.mark.parametrize("key", ["blocks.0.attn1.to_q.lora_magnitude_vector", "blocks.0.attn1.to_q.dora_scale"])
+def test_dora_files_are_refused(clean_pipe, key):
+    with pytest.raises(ValueError, match="DoRA LoRAs are not supported for Ruyi"):
+        clean_pipe.lora_state_dict({key: torch.ones(4), "blocks.0.attn1.to_q.lora_A.weight": torch.zeros(2, 4)})

@@ -214,3 +214,36 @@ def test_model_offload_hooks_come_off_during_the_load_and_back_after_it(clean_bf
     with pytest.raises(ValueError, match="already in use"):
         pipe.load_lora_weights(lora, adapter_name="x")
     assert enabled == [True, True]
+
+
+def test_a_diffusers_format_lora_loads_into_a_group_offloaded_transformer(clean_bf16_pipe, bf16_inputs, monkeypatch):
+    # diffusers' own load pauses group offloading around the adapter's creation and re-applies it after: the pipeline
+    # must be handed to it (original-format LoRAs are paused by the package itself, around the float32 upcast too).
+    import diffusers.hooks.group_offloading as group_offloading
+    from peft.utils import get_peft_model_state_dict
+
+    pipe = clean_bf16_pipe
+    lora, _ = original_lora(pipe.transformer, seed=7)
+    pipe.load_lora_weights(lora, adapter_name="source")
+    peft_state = {
+        f"transformer.{k}": v for k, v in get_peft_model_state_dict(pipe.transformer, adapter_name="source").items()
+    }
+    pipe.unload_lora_weights()
+    pipe.load_lora_weights(dict(peft_state), adapter_name="plain")
+    expected = run_transformer(pipe.transformer, bf16_inputs)
+    pipe.unload_lora_weights()
+
+    offloaded = load_pipe(TINY_CHECKPOINT, dtype=torch.bfloat16)
+    cpu = torch.device("cpu")
+    offloaded.transformer.enable_group_offload(onload_device=cpu, offload_device=cpu, offload_type="leaf_level")
+    reapplied = []
+    original_apply = group_offloading._maybe_remove_and_reapply_group_offloading
+    monkeypatch.setattr(  # diffusers' `load_lora_adapter` imports it from there at each call
+        group_offloading,
+        "_maybe_remove_and_reapply_group_offloading",
+        lambda component: reapplied.append(type(component).__name__) or original_apply(component),
+    )
+    offloaded.load_lora_weights(dict(peft_state), adapter_name="offloaded")
+    assert "RuyiTransformer3DModel" in reapplied
+    assert _is_group_offload_enabled(offloaded.transformer)
+    assert torch.equal(run_transformer(offloaded.transformer, bf16_inputs), expected)

@@ -202,6 +202,18 @@ def test_a_16_bit_png_opened_as_mode_i_is_scaled_too(pipe, tmp_path):
     assert np.array_equal(np.asarray(frames[0]), np.asarray(PIL.Image.fromarray(eight_bit).convert("RGB")))
 
 
+@pytest.mark.parametrize("mode", ["RGB", "L", "P", "1"])
+def test_8_bit_png_files_read_as_themselves(pipe, tmp_path, mode):
+    # Only a 16-bit PNG is scaled: every other mode of a PNG file is what `convert("RGB")` makes of it.
+    rng = np.random.default_rng(3)
+    image = PIL.Image.fromarray(rng.integers(0, 256, (32, 48, 3), dtype=np.uint8)).convert(mode)
+    image.save(tmp_path / "image.png")
+    opened = PIL.Image.open(tmp_path / "image.png")
+    assert opened.format == "PNG" and opened.mode == mode
+    frames = pipe._as_frame_lists([opened], "image")[0]
+    assert np.array_equal(np.asarray(frames[0]), np.asarray(image.convert("RGB")))
+
+
 @pytest.mark.parametrize("mode", ["I", "F"])
 def test_32_bit_images_of_unknown_range_are_refused(pipe, mode):
     image = PIL.Image.new(mode, (48, 32))
