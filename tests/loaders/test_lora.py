@@ -593,13 +593,20 @@ def _peft_adapter_state(transformer, targets, adapter_name, seed):
     return state, config
 
 
+def _original_lora_and_its_output(pipe, small_inputs):
+    """The original-format LoRA of `ORIGINAL_PATHS` and the transformer's output with it loaded the usual way (as
+    adapter "reference", unloaded again): what another way of loading the same file must give."""
+    lora, _ = make_original_lora(pipe.transformer, ORIGINAL_PATHS)
+    pipe.load_lora_weights(dict(lora), adapter_name="reference")
+    expected = run_transformer(pipe.transformer, small_inputs)
+    pipe.unload_lora_weights()
+    return lora, expected
+
+
 def test_lora_loads_into_a_compiled_transformer(clean_pipe, small_inputs):
     # diffusers' hotswap workflow loads into a `torch.compile`d transformer, whose module names start `_orig_mod.`.
     pipe, transformer = clean_pipe, clean_pipe.transformer
-    lora, _ = make_original_lora(transformer, ORIGINAL_PATHS)
-    pipe.load_lora_weights(dict(lora), adapter_name="plain")
-    expected = run_transformer(transformer, small_inputs)
-    pipe.unload_lora_weights()
+    lora, expected = _original_lora_and_its_output(pipe, small_inputs)
     pipe.transformer = torch.compile(transformer, backend="eager")
     try:
         pipe.load_lora_weights(dict(lora), adapter_name="compiled")
@@ -666,10 +673,7 @@ def test_fusing_qkv_after_the_adapters_were_deleted(clean_pipe):
 def test_integer_alphas_load_as_the_original_merges_them(clean_pipe, small_inputs):
     # `LoRANetwork` saves `alpha` as an int64 tensor when given an integer (its default is 1); `merge_lora` takes it.
     pipe, transformer = clean_pipe, clean_pipe.transformer
-    lora, _ = make_original_lora(transformer, ORIGINAL_PATHS)
-    pipe.load_lora_weights(dict(lora), adapter_name="float_alpha")
-    expected = run_transformer(transformer, small_inputs)
-    pipe.unload_lora_weights()
+    lora, expected = _original_lora_and_its_output(pipe, small_inputs)
     integers = {k: (v.long() if k.endswith(".alpha") else v) for k, v in lora.items()}
     assert any(v.dtype == torch.int64 for v in integers.values())
     pipe.load_lora_weights(integers, adapter_name="int_alpha")
@@ -689,10 +693,7 @@ def test_integer_alphas_load_as_the_original_merges_them(clean_pipe, small_input
 def test_module_names_the_original_merge_resolves(clean_pipe, small_inputs, rename):
     # The original's `merge_lora` takes what follows `lora_unet_` (or the whole name) and walks the modules.
     pipe, transformer = clean_pipe, clean_pipe.transformer
-    lora, _ = make_original_lora(transformer, ORIGINAL_PATHS)
-    pipe.load_lora_weights(dict(lora), adapter_name="canonical")
-    expected = run_transformer(transformer, small_inputs)
-    pipe.unload_lora_weights()
+    lora, expected = _original_lora_and_its_output(pipe, small_inputs)
     renamed = {rename(k): v for k, v in lora.items()}
     pipe.load_lora_weights(renamed, adapter_name="renamed")
     torch.testing.assert_close(run_transformer(transformer, small_inputs), expected, atol=0, rtol=0)
