@@ -54,10 +54,8 @@ def image_to_rgb(image: PIL.Image.Image, name: str) -> PIL.Image.Image:
     if problem:
         raise ValueError(problem)
     if _is_sixteen_bit(image):
-        scaled = np.round(np.clip(np.asarray(image, dtype=np.float64), 0, 65535) / 257).astype(
-            np.uint8
-        )  # 65535 -> 255
-        return PIL.Image.fromarray(scaled).convert("RGB")
+        pixels = np.clip(np.asarray(image, dtype=np.float64), 0, 65535)
+        return PIL.Image.fromarray(np.round(pixels / 257).astype(np.uint8)).convert("RGB")  # 65535 -> 255
     return image.convert("RGB")
 
 

@@ -85,12 +85,14 @@ class RuyiModelLoadingMixin:
     def _load_pretrained_model(
         cls, model, state_dict, resolved_model_file, pretrained_model_name_or_path, loaded_keys, *args, **kwargs
     ):
-        # diffusers renames keys (`_fix_state_dict_keys_on_load`) of a single file only. An original checkpoint in
-        # shards (one or more, with an index) is read whole here and renamed: only the VAE has renames, and it is small (1 GB in float32).
+        # The dtype the checkpoint stores the original's temporal tables in (the model rounds its own through it).
         if cls._original_model_type == "transformer" and model.config.get("temporal_embedding_dtype") is None:
             stored = stored_temporal_table_dtype(state_dict, resolved_model_file, loaded_keys)
             if stored is not None:
                 model.register_to_config(temporal_embedding_dtype=stored)
+        # diffusers renames keys (`_fix_state_dict_keys_on_load`) of a single file only. An original checkpoint in
+        # shards (one or more, with an index) is read whole here and renamed: only the VAE has renames, and it is
+        # small (1 GB in float32).
         rename = ORIGINAL_KEY_RENAMES[cls._original_model_type]
         if state_dict is None and any(rename(key) != key for key in loaded_keys):
             from diffusers.models.model_loading_utils import load_state_dict
