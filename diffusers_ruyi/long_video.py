@@ -264,7 +264,7 @@ def _check_common(plan: List[SegmentPlan], motion, camera_direction, generator, 
     """Checks what every segment uses, before the first one runs; returns the per-segment controls."""
     import torch
 
-    from .pipelines.controls import control_name
+    from .pipelines.controls import check_controls_left_at_default, control_name
 
     reserved = sorted(set(kwargs) & set(_RESERVED_KWARGS))
     if reserved:
@@ -276,15 +276,7 @@ def _check_common(plan: List[SegmentPlan], motion, camera_direction, generator, 
         for m, c in zip(motions, cameras):
             control_name(m, c, aspect_ratio)
     else:  # custom embeddings replace the controls in every segment: any segment's control would be ignored
-        changed = sorted(
-            {f"motion={m!r}" for m in motions if m != "auto"}
-            | {f"camera_direction={c!r}" for c in cameras if c != "auto"}
-        )
-        if changed:
-            raise ValueError(
-                f"Custom embeddings replace the controls, so {', '.join(changed)} would be ignored: leave them at their "
-                "defaults, or drop the embeddings."
-            )
+        check_controls_left_at_default(motions, cameras, [aspect_ratio])
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(
             f"`generator` must be one torch.Generator (a long video is one video), got {type(generator).__name__}."

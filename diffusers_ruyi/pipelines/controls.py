@@ -7,7 +7,7 @@ original checkpoint as ``embeddings.safetensors`` (keys ``{p|n}.{name}.{emb1|mas
 
 import math
 import numbers
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -38,6 +38,25 @@ _BUCKETS_512 = {
     2.09: (736, 352), 2.4: (768, 320), 2.5: (800, 320), 2.89: (832, 288), 3.0: (864, 288), 3.11: (896, 288),
     3.62: (928, 256), 3.75: (960, 256), 3.88: (992, 256), 4.0: (1024, 256),
 }  # fmt: skip
+
+
+def check_controls_left_at_default(
+    motions: Sequence[Union[int, str]], cameras: Sequence[str], aspect_ratios: Sequence[str] = ("16:9",)
+) -> None:
+    """Custom embeddings replace the controls: raises a `ValueError` naming every control (of every segment) set
+    away from its default, which they would make the call ignore."""
+    changed = []
+    for name, values, default in (
+        ("motion", motions, "auto"),
+        ("camera_direction", cameras, "auto"),
+        ("aspect_ratio", aspect_ratios, "16:9"),
+    ):
+        changed += [f"{name}={value!r}" for value in dict.fromkeys(values) if value != default]
+    if changed:
+        raise ValueError(
+            f"Custom embeddings replace the controls, so {', '.join(changed)} would be ignored: leave them at their "
+            "defaults, or drop the embeddings."
+        )
 
 
 def check_base_resolution(base_resolution) -> None:

@@ -45,6 +45,7 @@ from .controls import (
     DEFAULT_NEGATIVE,
     RuyiControlEmbeddings,
     check_base_resolution,
+    check_controls_left_at_default,
     control_name,
     get_bucket_size,
 )
@@ -506,18 +507,8 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
     ) -> None:
         """Custom embeddings replace the controls: each must be shaped like the control embeddings' own (batch 1 or
         the effective batch), and `motion`/`camera_direction`/`aspect_ratio` left at their defaults."""
-        changed = [
-            f"{name}={value!r}"
-            for name, value, default in zip(
-                ("motion", "camera_direction", "aspect_ratio"), controls, ("auto", "auto", "16:9")
-            )
-            if value != default
-        ]
-        if changed:
-            raise ValueError(
-                f"Custom embeddings replace the controls, so {', '.join(changed)} would be ignored: leave them at their "
-                "defaults, or drop the embeddings."
-            )
+        motion, camera_direction, aspect_ratio = controls
+        check_controls_left_at_default([motion], [camera_direction], [aspect_ratio])
         # (emb1, mask1, emb2, mask2), the same for the positive and the negative tensors.
         reference = self.control_embeddings.get(DEFAULT_NEGATIVE)
         for k, (name, value) in enumerate(custom_embeds.items()):
