@@ -42,6 +42,7 @@ from peft import LoraConfig, set_peft_model_state_dict
 from peft.utils import get_peft_model_state_dict
 from tqdm.auto import tqdm
 
+from diffusers_ruyi.cli import CLIError, check_image
 from diffusers_ruyi.pipelines.controls import CAMERA_DIRECTIONS, MOTION_VALUES
 from diffusers_ruyi.pipelines.pipeline_ruyi_i2v import RuyiImageToVideoPipeline
 from diffusers_ruyi.tiny import build_tiny_random_pipeline
@@ -211,11 +212,10 @@ def _argument_problem(args: argparse.Namespace) -> Optional[str]:
     if args.seed is not None and not 0 <= args.seed < 2**32:
         return f"--seed must be in [0, 2**32 - 1], got {args.seed}."
     if args.validation_image is not None:
-        try:
-            with PIL.Image.open(args.validation_image) as image:
-                image.load()
-        except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as e:
-            return f"--validation_image {args.validation_image!r} is not a readable image: {e}"
+        try:  # the CLI's check: decoded whole, and of a mode the pipeline reads
+            check_image("--validation_image", args.validation_image)
+        except CLIError as e:
+            return str(e)
     if args.validation_image is not None and args.validation_steps is None:
         return "--validation_image is used only with --validation_steps N (validation is off without it)."
     if args.report_to is not None:
