@@ -811,13 +811,9 @@ def original_worker(args) -> None:
     pipe.transformer.enhance_a_video.initialize(False, 1.0, 0, 0, args.steps)
 
     timer = Timer(device)
-    calls = []
-    # Module hooks, not a replaced `forward`: at the end of every call diffusers re-attaches the offload hooks, and
-    # accelerate then restores the `forward` from before them, which would drop a wrapper.
-    pipe.transformer.register_forward_pre_hook(lambda module, f_args: calls.append((timer.mark(), None)))
-    pipe.transformer.register_forward_hook(
-        lambda module, f_args, output: calls.__setitem__(-1, (calls[-1][0], timer.mark()))
-    )
+    # The package's rows' probe: module hooks, not a replaced `forward`, which would be dropped when diffusers
+    # re-attaches the offload hooks at the end of every call (accelerate restores the `forward` from before them).
+    probe = Probe(pipe.transformer, timer, count_computed=False)
 
     def call(steps):
         with torch.no_grad(), torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32):
@@ -829,16 +825,16 @@ def original_worker(args) -> None:
 
     call(args.warmup_steps)
     timer.sync()
-    calls.clear()
+    probe.reset()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     call(args.steps)
     timer.sync()
     e2e = time.perf_counter() - t0
-    transformer_s = sum(timer.seconds(a, b) for a, b in calls)
+    calls = probe.calls
     print_result({
-        "e2e": e2e, "transformer_s": transformer_s, "calls": len(calls),
+        "e2e": e2e, "transformer_s": sum(timer.seconds(a, b) for a, b in calls), "calls": len(calls),
         "s_per_step": timer.seconds(calls[0][0], calls[-1][1]) / args.steps,
         "peak_gb": torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None,
     })  # fmt: skip
