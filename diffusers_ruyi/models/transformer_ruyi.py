@@ -728,7 +728,7 @@ class RuyiTransformer3DModel(
 
     The input latents are concatenated with the inpainting latents (mask + masked video), patchified per frame and run
     through `num_layers` blocks with U-Net-like long skips (block `i > num_layers // 2` merges the output of block
-    `num_layers - 2 - i`). Each block adds a sin/cos frame-index encoding, applies self-attention with 2D RoPE over
+    `num_layers - 1 - i`). Each block adds a sin/cos frame-index encoding, applies self-attention with 2D RoPE over
     space, cross-attention to the two text streams, gated cross-attention to resampled CLIP image tokens and a
     feed-forward network. The output has `out_channels` channels, the noise prediction followed by the learned sigma.
 
@@ -1118,6 +1118,14 @@ class RuyiTransformer3DModel(
             # An index into the style embedding; its values (0 for Ruyi) are not checked: that would need a sync.
             raise TypeError(f"`style` must be an int64 (or int32) tensor of style ids, got {style.dtype}.")
         clip_encoder_hidden_states = batched["clip_encoder_hidden_states"]
+        inner_dim = config.num_attention_heads * config.attention_head_dim
+        if clip_encoder_hidden_states is None and config.cross_attention_dim != inner_dim:
+            # Without CLIP tokens the CLIP cross-attention reads the video tokens, whose width must then be the one
+            # its keys take (the original fails here with a shape error).
+            raise ValueError(
+                f"`clip_encoder_hidden_states` is required: without it the CLIP attention attends to the video tokens "
+                f"(width {inner_dim}), but its keys take cross_attention_dim={config.cross_attention_dim}."
+            )
         if clip_encoder_hidden_states is not None:
             num_tokens = clip_encoder_hidden_states.shape[1]
             if num_tokens == 0 or math.isqrt(num_tokens) ** 2 != num_tokens:
@@ -1205,7 +1213,9 @@ class RuyiTransformer3DModel(
                 channels; `None` only if `hidden_states` already has `in_channels` channels.
             clip_encoder_hidden_states (`torch.Tensor`, *optional*): CLIP patch tokens `(batch, tokens,
                 projection_dim)`, a square grid without the class token. When `None`, the CLIP cross-attention
-                attends to the video tokens themselves, as the original does.
+                attends to the video tokens themselves, as the original does; that needs `cross_attention_dim` equal
+                to the model width (`num_attention_heads * attention_head_dim`), which the published model's 1024
+                is not, so there it is refused.
             clip_attention_mask (`torch.Tensor`, *optional*): `(batch, n_query)`; where 0 the resampled CLIP tokens
                 are replaced by the learned `clip_padding`. `None` keeps them all.
             image_rotary_emb (`Tuple[torch.Tensor, torch.Tensor]`, *optional*): `(cos, sin)` for one frame

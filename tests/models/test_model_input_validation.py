@@ -384,6 +384,25 @@ def test_transformer_refuses_bad_input_before_any_layer(transformer, name, make,
         transformer(**inputs)
 
 
+@torch.no_grad()
+def test_transformer_without_clip_tokens_needs_the_model_width_as_cross_attention_dim():
+    # Without CLIP tokens the CLIP attention reads the video tokens: fine when cross_attention_dim is the model width
+    # (the tiny config, 2 x 16 = 32), a shape error deep in the first block otherwise (the published 1024 vs 2816).
+    config = dict(tiny_transformer().config)
+    inner_dim = config["num_attention_heads"] * config["attention_head_dim"]
+    assert config["cross_attention_dim"] == inner_dim
+    inputs = {**_inputs(), "clip_encoder_hidden_states": None, "clip_attention_mask": None}
+    assert tiny_transformer()(**inputs).sample.shape[2:] == inputs["hidden_states"].shape[2:]
+
+    model = tiny_transformer(cross_attention_dim=24)
+    inputs = {**_inputs(), "encoder_hidden_states": torch.randn(2, 8, 24)}
+    assert model(**inputs).sample.shape[2:] == inputs["hidden_states"].shape[2:]  # with CLIP tokens it runs
+    inputs.update(clip_encoder_hidden_states=None, clip_attention_mask=None)
+    match = r"`clip_encoder_hidden_states` is required: .* video tokens \(width 32\), .* cross_attention_dim=24"
+    with no_layer_runs(model), pytest.raises(ValueError, match=match):
+        model(**inputs)
+
+
 def _rope(rows, head_dim=16):
     return torch.ones(rows, head_dim), torch.zeros(rows, head_dim)
 
