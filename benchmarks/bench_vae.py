@@ -2,9 +2,10 @@
 
 Every measurement runs in a fresh subprocess and reports its peak resident memory (``ru_maxrss``) minus the resident
 memory just before decoding, so numbers from different implementations/interpreters are comparable and independent of
-allocator caches left by earlier runs. Weights are random (seeded) at the full Ruyi-Mini-7B VAE size unless
-``--config`` points at another diffusers-format config.json; ``--published`` builds the published checkpoint's VAE
-(slice variant, 3D mid-block attention) from ``tests/fixtures/real_checkpoint/vae_config.json``.
+allocator caches left by earlier runs. Weights are random (seeded) at the full Ruyi-Mini-7B VAE size, by default in
+the cache variant (spatial mid-block attention, the last stage spatial only; `CACHE_VARIANT`), unless ``--config``
+points at another diffusers-format config.json; ``--published`` builds the published checkpoint's VAE (slice variant,
+3D mid-block attention) from ``tests/fixtures/real_checkpoint/vae_config.json``.
 
 Modes: ``untiled``; ``tiled`` (this package's tiler, `enable_tiling`, against the original's own tiling);
 ``original-tiled`` (this package running the original's tiling, `enable_original_tiling`, against the original's).
@@ -190,6 +191,17 @@ def _init_random_(model, seed: int) -> None:
                 param.copy_(torch.randn(param.shape, generator=generator) / fan_in**0.5)
 
 
+# The default model: the full-size VAE in the cache variant (the class's own defaults are the published slice VAE).
+CACHE_VARIANT = {
+    "down_block_types": ("SpatialDownBlock3D",) + ("SpatialTemporalDownBlock3D",) * 2 + ("SpatialDownBlock3D",),
+    "up_block_types": ("SpatialUpBlock3D",) + ("SpatialTemporalUpBlock3D",) * 2 + ("SpatialUpBlock3D",),
+    "scaling_factor": 0.7125,
+    "mid_block_attention_type": "spatial",
+    "compression_mode": "cache",
+    "use_tiling": False,
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=24, help="Video frames to decode (a multiple of 8).")
@@ -199,7 +211,9 @@ def main() -> None:
     parser.add_argument("--overlap", type=float, default=0.25, help="Tile overlap factor for the tiled runs.")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per worker (0: torch default).")
-    parser.add_argument("--config", default=None, help="A diffusers-format config.json (default: full Ruyi VAE).")
+    parser.add_argument(
+        "--config", default=None, help="A diffusers-format config.json (default: full VAE, cache variant)."
+    )
     parser.add_argument("--published", action="store_true", help="The published VAE config (slice variant).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reference", default=None, help="Path of an original Ruyi-Models checkout.")
@@ -237,7 +251,7 @@ def main() -> None:
         with open(os.path.join(published, "vae_config.json")) as f:
             model = AutoencoderKLRuyiCausal3D.from_config(convert_vae_config(json.load(f)))
     else:
-        model = AutoencoderKLRuyiCausal3D()
+        model = AutoencoderKLRuyiCausal3D(**CACHE_VARIANT)
     _init_random_(model, args.seed)
     write_original_checkpoint(model, os.path.join(workdir, "original_vae"))
     latent_frames = model.num_latent_frames(args.frames)

@@ -601,8 +601,9 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
 
     It loads the original ``vae/`` folder of ``IamCreateAI/Ruyi-Mini-7B`` directly (see `from_pretrained`) and
     reproduces the original's numerics, including its frame chunking in both of its variants and its own tiling (see
-    the module docstring). The architecture defaults are the Ruyi VAE's sizes; the variant keys default to the cache
-    variant without tiling, which is what configs saved before those keys existed mean.
+    the module docstring). The defaults are the published Ruyi-Mini-7B VAE (`vae/config.json` of
+    `IamCreateAI/Ruyi-Mini-7B`): the slice variant with 3D mid-block attention and the original's tiling. Checkpoints
+    always carry their own config.
 
     Frame counts: the cache variant encodes ``1`` or a multiple of ``num_sample_frames_batch_size`` (8) frames and
     decodes ``1`` or a multiple of ``num_latent_frames_batch_size`` (2) latent frames (``4 * L`` frames out). The
@@ -614,26 +615,28 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
         latent_channels (`int`, defaults to 16): Channels of the latent space.
         block_out_channels (`Tuple[int]`, defaults to `(128, 256, 512, 512)`): Width of each encoder/decoder stage.
         down_block_types (`Tuple[str]`): Encoder stages, each `"SpatialDownBlock3D"` (2x spatial) or
-            `"SpatialTemporalDownBlock3D"` (2x spatial and temporal); the last stage does not downsample.
-        up_block_types (`Tuple[str]`): Decoder stages, `"SpatialUpBlock3D"` or `"SpatialTemporalUpBlock3D"`.
+            `"SpatialTemporalDownBlock3D"` (2x spatial and temporal); the last stage does not downsample. Defaults
+            to one spatial stage, then three spatio-temporal ones.
+        up_block_types (`Tuple[str]`): Decoder stages, `"SpatialUpBlock3D"` or `"SpatialTemporalUpBlock3D"`
+            (defaults: as `down_block_types`).
         layers_per_block (`int`, defaults to 2): Residual blocks per encoder stage (decoder stages have one more) and
             in the mid blocks, which have ``layers_per_block - 1`` attention layers.
         act_fn (`str`, defaults to `"silu"`): Activation function.
         norm_num_groups (`int`, defaults to 32): Groups of every group norm.
         mid_block_add_attention (`bool`, defaults to `True`): Self-attention in the mid blocks.
         mid_block_num_attention_heads (`int`, defaults to 1): Heads of that attention.
-        scaling_factor (`float`, defaults to 0.7125): Latents are multiplied by this before the transformer and
-            divided by it before `decode` (the published checkpoint's config says 0.18215).
+        scaling_factor (`float`, defaults to 0.18215): Latents are multiplied by this before the transformer and
+            divided by it before `decode`.
         num_sample_frames_batch_size (`int`, defaults to 8): Frames per encoder slice (the original's
             ``mini_batch_encoder``). Changes the numerics: keep the checkpoint's value.
         num_latent_frames_batch_size (`int`, defaults to 2): Latent frames per decoder chunk (``mini_batch_decoder``).
         force_upcast (`bool`, defaults to `True`): Pipelines run the VAE in float32 when it is float16 (diffusers'
             convention); bfloat16 runs as it is, as the original ran the published VAE in the pipeline's dtype.
-        mid_block_attention_type (`str`, defaults to `"spatial"`): `"spatial"` (per frame) or `"3d"` (over all the
+        mid_block_attention_type (`str`, defaults to `"3d"`): `"spatial"` (per frame) or `"3d"` (over all the
             frames of a chunk, as the published checkpoint).
-        compression_mode (`str`, defaults to `"cache"`): `"cache"` (``cache_compression_vae``) or `"slice"`
+        compression_mode (`str`, defaults to `"slice"`): `"cache"` (``cache_compression_vae``) or `"slice"`
             (``slice_compression_vae``, the published checkpoint): how frames are chunked, see the module docstring.
-        use_tiling (`bool`, defaults to `False`): The original's ``use_tiling``: encode and decode inputs larger than
+        use_tiling (`bool`, defaults to `True`): The original's ``use_tiling``: encode and decode inputs larger than
             ``tile_sample_min_size`` in square tiles with the original's blending (see `enable_original_tiling`).
             `enable_tiling` / `disable_tiling` change this at run time.
         tile_sample_min_size (`int`, defaults to 384): Tile size in pixels of the original's tiling.
@@ -656,26 +659,26 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
             "SpatialDownBlock3D",
             "SpatialTemporalDownBlock3D",
             "SpatialTemporalDownBlock3D",
-            "SpatialDownBlock3D",
+            "SpatialTemporalDownBlock3D",
         ),
         up_block_types: Tuple[str, ...] = (
             "SpatialUpBlock3D",
             "SpatialTemporalUpBlock3D",
             "SpatialTemporalUpBlock3D",
-            "SpatialUpBlock3D",
+            "SpatialTemporalUpBlock3D",
         ),
         layers_per_block: int = 2,
         act_fn: str = "silu",
         norm_num_groups: int = 32,
         mid_block_add_attention: bool = True,
         mid_block_num_attention_heads: int = 1,
-        scaling_factor: float = 0.7125,
+        scaling_factor: float = 0.18215,
         num_sample_frames_batch_size: int = 8,
         num_latent_frames_batch_size: int = 2,
         force_upcast: bool = True,
-        mid_block_attention_type: str = "spatial",
-        compression_mode: str = "cache",
-        use_tiling: bool = False,
+        mid_block_attention_type: str = "3d",
+        compression_mode: str = "slice",
+        use_tiling: bool = True,
         tile_sample_min_size: int = 384,
         tile_overlap_factor: float = 0.25,
     ):

@@ -1,5 +1,6 @@
 import inspect
 import json
+import pathlib
 import shutil
 
 import pytest
@@ -107,10 +108,17 @@ def test_attributes(vae):
     assert vae.spatial_compression_ratio == 8
     assert vae.temporal_compression_ratio == 4
     assert vae.config.scaling_factor == 0.7125
-    # The constructor defaults are the full-size Ruyi-Mini-7B VAE.
-    defaults = inspect.signature(AutoencoderKLRuyiCausal3D.__init__).parameters
-    assert defaults["block_out_channels"].default == (128, 256, 512, 512)
-    assert defaults["layers_per_block"].default == 2 and defaults["latent_channels"].default == 16
+
+
+def test_defaults_are_the_published_vae():
+    # The constructor defaults are the published Ruyi-Mini-7B VAE's converted config, key for key (slice variant, 3D
+    # mid-block attention, the original's tiling, scaling 0.18215), as the transformer's are its published config.
+    path = pathlib.Path(__file__).parents[1] / "fixtures" / "real_checkpoint" / "vae_config.json"
+    published = convert_vae_config(json.loads(path.read_text()))
+    parameters = inspect.signature(AutoencoderKLRuyiCausal3D.__init__).parameters
+    assert set(published) == set(parameters) - {"self"}
+    defaults = {name: parameters[name].default for name in published}
+    assert defaults == {name: tuple(v) if isinstance(v, list) else v for name, v in published.items()}
 
 
 # ------------------------------------------------------------------------------------------------------------------
