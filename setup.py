@@ -7,7 +7,9 @@ _deps_core = [
     # torch is deliberately not pinned above what the local CPU wheel offers; install it first. 2.6 is accelerate's
     # floor (pip would otherwise upgrade an older torch for it) and the oldest build the suite was run on.
     "torch>=2.6",
-    "diffusers>=0.42",
+    # The tested range: the package builds on diffusers internals (hook registry, attention dispatch, loader helpers)
+    # that change between minor releases.
+    "diffusers>=0.42,<0.43",
     "transformers>=4.46",
     "accelerate>=1.1",
     "peft>=0.18",  # peft.tuners.tuners_utils.cast_adapter_dtype
