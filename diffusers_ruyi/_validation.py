@@ -1,11 +1,10 @@
-"""Argument checks shared by the models and the hooks: a bad type is a `TypeError`, a bad value a `ValueError`, each
-naming the argument, raised before any work is done. Python-level only (no tensor values are read)."""
+"""Argument checks shared by the models, the hooks and the long-video planner: a bad type is a `TypeError`, a bad value
+a `ValueError`, each naming the argument, raised before any work is done. Python-level only (no tensor values are
+read), and torch is imported only by `check_tensor`: the CLI plans long videos before it imports torch."""
 
 import math
 import numbers
 from typing import Optional
-
-import torch
 
 
 def check_int(name: str, value, minimum: Optional[int] = None, allow_none: bool = False) -> None:
@@ -58,5 +57,7 @@ def check_bool(name: str, value) -> None:
 
 
 def check_tensor(name: str, value) -> None:
+    import torch
+
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor, got {type(value).__name__}.")

@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
+from ._validation import check_int
+
 
 # The frames of context at each seam. Ruyi's authors state that up to 5 start frames are supported
 # (IamCreateAI/Ruyi-Models issue 15); more context carries motion across the seam better (see docs/long_video.md).
@@ -61,11 +63,6 @@ def _ceil_to_chunk(frames: int) -> int:
     return 1 if frames == 1 else math.ceil(frames / FRAME_CHUNK) * FRAME_CHUNK
 
 
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
-
-
 def plan_segments(
     num_frames: int,
     context_frames: int = DEFAULT_CONTEXT_FRAMES,
@@ -98,10 +95,10 @@ def plan_segments(
     Returns:
         `List[SegmentPlan]`: the segments, in order.
     """
-    _check_int("num_frames", num_frames, 1)
-    _check_int("context_frames", context_frames, 1)
-    _check_int("end_frames", end_frames, 0)
-    _check_int("segment_frames", segment_frames, FRAME_CHUNK)
+    check_int("num_frames", num_frames, minimum=1)
+    check_int("context_frames", context_frames, minimum=1)
+    check_int("end_frames", end_frames, minimum=0)
+    check_int("segment_frames", segment_frames, minimum=FRAME_CHUNK)
     if segment_frames % FRAME_CHUNK:
         raise ValueError(f"`segment_frames` must be a multiple of {FRAME_CHUNK}, got {segment_frames}.")
     if not continuation and num_frames <= segment_frames:

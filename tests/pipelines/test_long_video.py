@@ -82,9 +82,11 @@ def test_one_segment_continuation_with_an_end_frame_picks_the_nearest_context():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(num_frames=0), "`num_frames` must be an integer >= 1"),
+        (dict(num_frames=0), "`num_frames` must be >= 1, got 0"),
         (dict(num_frames=200, segment_frames=100), "`segment_frames` must be a multiple of 8"),
-        (dict(num_frames=200, context_frames=0), "`context_frames` must be an integer >= 1"),
+        (dict(num_frames=200, context_frames=0), "`context_frames` must be >= 1, got 0"),
+        (dict(num_frames=200, end_frames=-1), "`end_frames` must be >= 0, got -1"),
+        (dict(num_frames=200, segment_frames=0), "`segment_frames` must be >= 8, got 0"),
         (dict(num_frames=200, context_frames=115), "use at most 112 context frames"),
         (dict(num_frames=10, continuation=True, available_context=3), "but the video to continue has only 3"),
         (dict(num_frames=2, continuation=True, end_frames=3), "leave no room for 3 end frame"),
@@ -98,6 +100,14 @@ def test_one_segment_continuation_with_an_end_frame_picks_the_nearest_context():
 )
 def test_plan_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
+        plan_segments(**kwargs)
+
+
+@pytest.mark.parametrize("name", ["num_frames", "context_frames", "segment_frames", "end_frames"])
+@pytest.mark.parametrize("value", [16.0, "16", True, None])
+def test_plan_refuses_counts_that_are_not_integers(name, value):
+    kwargs = {"num_frames": 200, name: value}
+    with pytest.raises(TypeError, match=f"`{name}` must be an integer, got {type(value).__name__}"):
         plan_segments(**kwargs)
 
 
