@@ -33,15 +33,16 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from diffusers import DDPMScheduler
 from diffusers.optimization import SchedulerType, get_scheduler
 from diffusers.training_utils import cast_training_params
-from diffusers.utils import export_to_video, load_image
+from diffusers.utils import export_to_video
 from peft import LoraConfig, set_peft_model_state_dict
 from peft.utils import get_peft_model_state_dict
 from tqdm.auto import tqdm
 
+from diffusers_ruyi._images import open_image
 from diffusers_ruyi.cli import CLIError, check_image
 from diffusers_ruyi.pipelines.controls import CAMERA_DIRECTIONS, MOTION_VALUES
 from diffusers_ruyi.pipelines.pipeline_ruyi_i2v import RuyiImageToVideoPipeline
@@ -53,6 +54,7 @@ logger = get_logger(__name__)
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 DEFAULT_TARGET_MODULES = "to_q,to_k,to_v,to_out.0"
+DEFAULT_MAX_TRAIN_STEPS = 1000
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -100,7 +102,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     )
     # Optimisation.
     parser.add_argument("--learning_rate", type=float, default=1e-4)
-    parser.add_argument("--max_train_steps", type=int, default=1000)
+    parser.add_argument(
+        "--max_train_steps",
+        type=int,
+        default=None,
+        help=f"Optimizer steps; overrides --num_train_epochs (default: {DEFAULT_MAX_TRAIN_STEPS} without either).",
+    )
+    parser.add_argument(
+        "--num_train_epochs", type=int, default=None, help="Passes over the data, when --max_train_steps is not given."
+    )
     parser.add_argument("--train_batch_size", type=int, default=1)
     parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
     parser.add_argument(
@@ -162,6 +172,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         parser.error("--rank must be positive.")
     if not os.path.isdir(args.data_dir):
         parser.error(f"--data_dir {args.data_dir!r} is not a folder.")
+    resume = args.resume_from_checkpoint
+    if resume not in (None, "latest") and not os.path.isdir(resume):
+        # As diffusers' training scripts: a checkpoint's name is looked up in --output_dir.
+        in_output_dir = os.path.join(args.output_dir, resume)
+        if os.path.isdir(in_output_dir):
+            args.resume_from_checkpoint = in_output_dir
     problem = _argument_problem(args)
     if problem:
         parser.error(problem)
@@ -171,7 +187,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def _argument_problem(args: argparse.Namespace) -> Optional[str]:
     """What is wrong with the numbers, choices and paths, before any model is loaded (None when nothing is)."""
     counts = {  # flag: the smallest value it takes
-        "frame_stride": 1, "max_train_steps": 1, "train_batch_size": 1, "gradient_accumulation_steps": 1,
+        "frame_stride": 1, "max_train_steps": 1, "num_train_epochs": 1, "train_batch_size": 1,
+        "gradient_accumulation_steps": 1,
         "lr_warmup_steps": 0, "dataloader_num_workers": 0, "checkpointing_steps": 1, "checkpoints_total_limit": 1,
         "validation_steps": 1, "validation_num_inference_steps": 1, "validation_fps": 1,
     }  # fmt: skip
@@ -238,11 +255,40 @@ def _argument_problem(args: argparse.Namespace) -> Optional[str]:
         resolve_target_modules(_tiny_transformer_on_meta(), _any_block(args.target_modules))
     except ValueError as e:
         return str(e)
-    try:  # the clips and their metadata, listed (not read) now rather than after loading the model
-        VideoFolderDataset(args.data_dir, args.num_frames, args.height, args.width, args.frame_stride)
+    num_layers = _checkpoint_num_layers(args.pretrained_model_name_or_path)
+    beyond = [t for t in args.target_modules.split(",") if num_layers is not None and _block_index(t) >= num_layers]
+    if beyond:
+        return f"--target_modules {beyond} name blocks the transformer does not have (blocks 0-{num_layers - 1})."
+    try:  # the clips, their metadata and paired images, checked (not decoded) now rather than after loading the model
+        VideoFolderDataset(
+            args.data_dir, args.num_frames, args.height, args.width, args.frame_stride, exclude=args.output_dir
+        )
     except ValueError as e:
         return f"--data_dir: {e}"
     return None
+
+
+def _checkpoint_num_layers(path: str) -> Optional[int]:
+    """The transformer's `num_layers` from a local checkpoint's config (either layout names it so); None when the
+    config is not on this machine (a Hub id: checked once the model has loaded)."""
+    if path == "tiny-random":
+        from diffusers_ruyi.tiny import TINY_TRANSFORMER_CONFIG
+
+        return TINY_TRANSFORMER_CONFIG["num_layers"]
+    config_path = os.path.join(path, "transformer", "config.json")
+    if not os.path.isfile(config_path):
+        return None
+    with open(config_path, encoding="utf-8") as f:
+        num_layers = json.load(f).get("num_layers")
+    return num_layers if isinstance(num_layers, int) else None
+
+
+def _block_index(target: str) -> int:
+    """The block number a `--target_modules` entry names (`blocks.7.attn1.to_q` -> 7), or -1."""
+    import re
+
+    match = re.match(r"^blocks\.(\d+)\.", target.strip())
+    return int(match.group(1)) if match else -1
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -320,21 +366,40 @@ class VideoFolderDataset(torch.utils.data.Dataset):
     frame instead of the video's first frame (image/video pairs); such a clip's window starts at its first frame, the
     one the image stands for. An optional `metadata.jsonl` in `data_dir` gives per-clip controls, one JSON object per
     line: `{"file_name": "clip.mp4", "motion": 2, "camera_direction": "left"}`. Every clip's frames are counted (not
-    decoded) when the dataset is made, so an unreadable one is reported before training starts.
+    decoded) and every paired image is checked when the dataset is made, so an unreadable one is reported before
+    training starts. `exclude` is a folder left out of the search: the training's output folder, whose validation
+    videos must not become training clips. With a `seed`, a clip's window depends only on the seed, the epoch
+    (`set_epoch`) and the clip, so that a resumed run reads the windows the uninterrupted one would have read.
     """
 
-    def __init__(self, data_dir: str, num_frames: int, height: int, width: int, frame_stride: int = 1):
+    def __init__(
+        self,
+        data_dir: str,
+        num_frames: int,
+        height: int,
+        width: int,
+        frame_stride: int = 1,
+        exclude: Optional[str] = None,
+        seed: Optional[int] = None,
+    ):
         self.data_dir = data_dir
+        self.seed, self.epoch = seed, 0
         self.num_frames, self.height, self.width, self.frame_stride = num_frames, height, width, frame_stride
-        self.videos = sorted(
-            os.path.join(root, name)
-            for root, _, names in os.walk(data_dir)
-            for name in names
-            if name.lower().endswith(VIDEO_EXTENSIONS)
-        )
+        excluded = os.path.realpath(exclude) if exclude is not None else None
+        self.videos = []
+        for root, folders, names in os.walk(data_dir):
+            folders[:] = [d for d in folders if os.path.realpath(os.path.join(root, d)) != excluded]
+            self.videos += [os.path.join(root, name) for name in names if name.lower().endswith(VIDEO_EXTENSIONS)]
+        self.videos.sort()
         if not self.videos:
             raise ValueError(f"No videos ({', '.join(VIDEO_EXTENSIONS)}) found under {data_dir!r}.")
         self.frame_counts = [count_video_frames(path) for path in self.videos]
+        self.start_images = [self._paired_image(path) for path in self.videos]
+        for path in filter(None, self.start_images):
+            try:  # the CLI's check: decoded whole, and of a mode that reads as RGB
+                check_image("paired start image", path)
+            except CLIError as e:
+                raise ValueError(str(e)) from None
         self.controls: Dict[str, Dict[str, Any]] = {}
         metadata_path = os.path.join(data_dir, "metadata.jsonl")
         if os.path.isfile(metadata_path):
@@ -343,9 +408,12 @@ class VideoFolderDataset(torch.utils.data.Dataset):
                     if line.strip():
                         try:
                             entry = json.loads(line)
-                            self.controls[os.path.normpath(entry.pop("file_name"))] = entry
+                            name = os.path.normpath(entry.pop("file_name"))
                         except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
                             raise ValueError(f"{metadata_path}:{line_number} is not a valid entry: {e}") from e
+                        if name in self.controls:  # which of the two was meant is anyone's guess
+                            raise ValueError(f"{metadata_path}:{line_number} names {name!r} a second time.")
+                        self.controls[name] = entry
                         motion, camera = entry.get("motion"), entry.get("camera_direction")  # None: the flags'
                         if (motion is not None and str(motion) not in MOTION_VALUES) or (
                             camera is not None and camera not in CAMERA_DIRECTIONS
@@ -363,17 +431,27 @@ class VideoFolderDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.videos)
 
-    def _start_image(self, video_path: str) -> Optional[PIL.Image.Image]:
+    @staticmethod
+    def _paired_image(video_path: str) -> Optional[str]:
         stem = os.path.splitext(video_path)[0]
-        for ext in IMAGE_EXTENSIONS:
-            if os.path.isfile(stem + ext):
-                return _resize_and_center_crop(PIL.Image.open(stem + ext), self.width, self.height)
-        return None
+        return next((stem + ext for ext in IMAGE_EXTENSIONS if os.path.isfile(stem + ext)), None)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by accelerate's data loader at the start of every pass."""
+        self.epoch = epoch
 
     def __getitem__(self, index: int) -> Dict[str, Any]:
         path = self.videos[index]
-        start_image = self._start_image(path)
-        start = 0 if start_image is not None else None  # the paired image is the clip's first frame
+        start_image = None
+        if self.start_images[index] is not None:  # read as the pipeline reads images (16-bit, EXIF orientation)
+            image = open_image(self.start_images[index], "paired start image")
+            start_image = _resize_and_center_crop(image, self.width, self.height)
+        if start_image is not None:
+            start = 0  # the paired image is the clip's first frame
+        else:
+            span = (self.num_frames - 1) * self.frame_stride + 1
+            rng = random if self.seed is None else random.Random(f"{self.seed}/{self.epoch}/{index}")
+            start = rng.randint(0, max(0, self.frame_counts[index] - span))
         frames = read_video_frames(path, self.num_frames, self.frame_stride, start, self.frame_counts[index])
         frames = [_resize_and_center_crop(PIL.Image.fromarray(f), self.width, self.height) for f in frames]
         video = torch.from_numpy(np.stack([np.asarray(f) for f in frames])).permute(3, 0, 1, 2)  # (3, F, H, W)
@@ -433,7 +511,7 @@ def resolve_target_modules(transformer: torch.nn.Module, spec: str) -> List[str]
     return targets
 
 
-def control_embeddings(pipe, batch: Dict[str, Any], args, device, dtype) -> List[torch.Tensor]:
+def control_embeddings(pipe, batch: Dict[str, Any], args, device, dtype, draws: torch.Generator) -> List[torch.Tensor]:
     """Per-sample positive (or, with probability `uncond_prob`, negative) control embeddings, batched."""
     per_sample, unconditional = [], []
     for motion, camera in zip(batch["motion"], batch["camera_direction"]):
@@ -442,7 +520,7 @@ def control_embeddings(pipe, batch: Dict[str, Any], args, device, dtype) -> List
             camera if camera is not None else args.camera_direction,
             "16:9",
         )
-        drop = random.random() < args.uncond_prob
+        drop = torch.rand((), generator=draws).item() < args.uncond_prob
         per_sample.append(negative if drop else positive)
         unconditional.append(drop)
     tensors = [torch.cat([sample[i] for sample in per_sample]).to(device) for i in range(4)]
@@ -450,14 +528,17 @@ def control_embeddings(pipe, batch: Dict[str, Any], args, device, dtype) -> List
     return tensors + [torch.tensor(unconditional, device=device)]
 
 
-def compute_loss(pipe, transformer, noise_scheduler, batch, args, generator, device, weight_dtype) -> torch.Tensor:
-    """One image-to-video training loss: v-prediction MSE with the pipeline's inpainting conditioning."""
+def compute_loss(
+    pipe, transformer, noise_scheduler, batch, args, generator, device, weight_dtype, draws: torch.Generator
+) -> torch.Tensor:
+    """One image-to-video training loss: v-prediction MSE with the pipeline's inpainting conditioning. `generator`
+    (on the training device) draws the tensors, `draws` (on the CPU) the per-sample choices."""
     vae = pipe.vae
     videos = batch["video"].to(device=device, dtype=vae.dtype)
     batch_size = videos.shape[0]
     with torch.no_grad():
         latents = vae.encode(videos).latent_dist.sample(generator=generator) * vae.config.scaling_factor
-        last_images = batch["last_image"] if random.random() < args.last_frame_prob else None
+        last_images = batch["last_image"] if torch.rand((), generator=draws).item() < args.last_frame_prob else None
         cond_video, mask, clip_images = pipe.prepare_conditioning_video(
             batch["start_image"], last_images, args.num_frames, args.height, args.width
         )
@@ -465,7 +546,7 @@ def compute_loss(pipe, transformer, noise_scheduler, batch, args, generator, dev
         inpaint_latents = torch.cat([mask_latents, masked_video_latents], dim=1).to(weight_dtype)
         clip_embeds = pipe.encode_image(clip_images, device).to(weight_dtype)
         embeds, embeds_mask, embeds_2, embeds_mask_2, unconditional = control_embeddings(
-            pipe, batch, args, device, weight_dtype
+            pipe, batch, args, device, weight_dtype, draws
         )
         # One entry per resampled CLIP query (n_query), not per CLIP token: the model masks after its resampler.
         clip_mask = torch.ones(batch_size, pipe.transformer.config.n_query, device=device, dtype=weight_dtype)
@@ -514,8 +595,9 @@ def run_validation(pipe, args, accelerator, step: int, image: PIL.Image.Image) -
     was_training = transformer.training
     transformer.eval()
     generator = torch.Generator(device=accelerator.device).manual_seed(args.seed or 0)
-    # No autocast: the pipeline runs each model in its own dtype (the VAE in float32), as at inference; PEFT runs the
-    # float32 LoRA weights beside the frozen reduced-precision layers.
+    # The VAE and the image encoder run in their own dtypes (the VAE in float32), as at inference; the transformer's
+    # forward keeps accelerate's mixed-precision autocast, as in training, which gives the same video as the saved
+    # LoRA loaded for inference (PEFT runs the float32 LoRA weights beside the frozen reduced-precision layers).
     frames = pipe(
         image=image,
         num_frames=args.num_frames,
@@ -537,6 +619,41 @@ def run_validation(pipe, args, accelerator, step: int, image: PIL.Image.Image) -
             tracker.writer.add_video("validation", torch.from_numpy(frames).permute(0, 3, 1, 2)[None], step)
     logger.info(f"Validation video written to {path}")
     return path
+
+
+class GeneratorState:
+    """Named `torch.Generator`s as accelerate checkpoints custom objects (`register_for_checkpointing`)."""
+
+    def __init__(self, **generators: torch.Generator):
+        self.generators = generators
+
+    def state_dict(self) -> Dict[str, torch.Tensor]:
+        return {name: generator.get_state() for name, generator in self.generators.items()}
+
+    def load_state_dict(self, state_dict: Dict[str, torch.Tensor]) -> None:
+        for name, generator in self.generators.items():
+            generator.set_state(state_dict[name])
+
+
+def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: Optional[int]) -> None:
+    """`checkpoint-<step>`, written under a temporary name and renamed once complete, so that a failed save (a full
+    disk) leaves no partial checkpoint for `latest` to pick; older ones beyond `total_limit` are removed after."""
+    final = os.path.join(output_dir, f"checkpoint-{step}")
+    partial = final + ".partial"
+    if accelerator.is_main_process and os.path.isdir(partial):
+        shutil.rmtree(partial)  # left by a save that failed
+    accelerator.wait_for_everyone()
+    accelerator.save_state(partial)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if os.path.isdir(final):  # a rerun past the same step
+            shutil.rmtree(final)
+        os.replace(partial, final)
+        if total_limit is not None:
+            existing = _checkpoints(output_dir)
+            for old in existing[: max(0, len(existing) - total_limit)]:
+                shutil.rmtree(os.path.join(output_dir, old))
+    accelerator.wait_for_everyone()
 
 
 def _checkpoints(output_dir: str) -> List[str]:
@@ -567,6 +684,9 @@ def _train(argv: Optional[Sequence[str]]) -> str:
             project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")
         ),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=args.ddp_find_unused_parameters)],
+        # With --seed, the order of the clips is a function of the seed and the epoch (the same on every process,
+        # and again after resuming); without, a run of its own.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=args.seed is not None, data_seed=args.seed),
     )
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     if args.seed is not None:
@@ -647,7 +767,15 @@ def _train(argv: Optional[Sequence[str]]) -> str:
                 model = unwrap(candidate)
         if model is None:
             raise ValueError("The checkpoint has no transformer LoRA to restore.")
-        state_dict = RuyiImageToVideoPipeline.lora_state_dict(input_dir)
+        state_dict, metadata = RuyiImageToVideoPipeline.lora_state_dict(input_dir, return_lora_metadata=True)
+        config = model.peft_config["default"]
+        saved_alpha = (metadata or {}).get("transformer.lora_alpha")
+        if saved_alpha is not None and saved_alpha != config.lora_alpha:
+            # The weights would load, and the LoRA would be rescaled by the new alpha / rank without a word.
+            raise ValueError(
+                f"The checkpoint was trained with --lora_alpha {saved_alpha:g}, this run has {config.lora_alpha:g}: "
+                "resume with the same value."
+            )
         state_dict = {k.removeprefix("transformer."): v for k, v in state_dict.items()}
         incompatible = set_peft_model_state_dict(model, state_dict, adapter_name="default")
         unexpected = getattr(incompatible, "unexpected_keys", None)
@@ -659,7 +787,9 @@ def _train(argv: Optional[Sequence[str]]) -> str:
     accelerator.register_save_state_pre_hook(save_model_hook)
     accelerator.register_load_state_pre_hook(load_model_hook)
 
-    dataset = VideoFolderDataset(args.data_dir, args.num_frames, args.height, args.width, args.frame_stride)
+    dataset = VideoFolderDataset(
+        args.data_dir, args.num_frames, args.height, args.width, args.frame_stride, args.output_dir, args.seed
+    )
     dataloader = torch.utils.data.DataLoader(
         dataset,
         batch_size=args.train_batch_size,
@@ -675,6 +805,13 @@ def _train(argv: Optional[Sequence[str]]) -> str:
         weight_decay=args.adam_weight_decay,
         eps=args.adam_epsilon,
     )
+    # Optimizer steps per pass over the data: accelerate gives each process an equal share of the batches, and the
+    # last step of a pass may have fewer than --gradient_accumulation_steps of them.
+    batches_per_process = math.ceil(len(dataloader) / accelerator.num_processes)
+    steps_per_epoch = math.ceil(batches_per_process / args.gradient_accumulation_steps)
+    if args.max_train_steps is None:
+        epochs = args.num_train_epochs
+        args.max_train_steps = DEFAULT_MAX_TRAIN_STEPS if epochs is None else epochs * steps_per_epoch
     lr_scheduler = get_scheduler(
         args.lr_scheduler,
         optimizer=optimizer,
@@ -686,6 +823,19 @@ def _train(argv: Optional[Sequence[str]]) -> str:
     )
     if accelerator.is_main_process:
         accelerator.init_trackers("ruyi-lora", config={k: v for k, v in vars(args).items() if v is not None})
+
+    # The noise, timesteps and VAE posterior samples come from `generator`, the unconditional and last-frame choices
+    # from `draws`, the clips' windows from the seed, epoch and clip (`VideoFolderDataset.set_epoch`). The generators'
+    # states are saved in every checkpoint, so that a resumed run draws what the uninterrupted one would have.
+    generator = torch.Generator(device=accelerator.device)
+    draws = torch.Generator()
+    if args.seed is not None:
+        generator.manual_seed(args.seed * 1000 + accelerator.process_index)
+        draws.manual_seed(args.seed * 1000 + accelerator.process_index + 2**40)
+    else:  # no --seed: a run of its own
+        generator.seed()
+        draws.seed()
+    accelerator.register_for_checkpointing(GeneratorState(generator=generator, draws=draws))
 
     global_step = 0
     if args.resume_from_checkpoint:
@@ -705,13 +855,11 @@ def _train(argv: Optional[Sequence[str]]) -> str:
 
     validation_image = None
     if args.validation_steps:
-        validation_image = load_image(args.validation_image) if args.validation_image else dataset[0]["start_image"]
+        if args.validation_image:  # read as the CLI reads images (16-bit, EXIF orientation)
+            validation_image = open_image(args.validation_image, "--validation_image")
+        else:
+            validation_image = dataset[0]["start_image"]
 
-    generator = torch.Generator(device=accelerator.device)
-    if args.seed is not None:
-        generator.manual_seed(args.seed * 1000 + accelerator.process_index + global_step)
-    else:  # no --seed: a run of its own, as the global RNG's
-        generator.seed()
     progress = tqdm(
         range(args.max_train_steps),
         initial=global_step,
@@ -719,11 +867,19 @@ def _train(argv: Optional[Sequence[str]]) -> str:
         disable=not accelerator.is_local_main_process,
     )
     transformer.train()
+    # A resumed run goes on where the checkpoint was made: in the same pass over the data, after the batches it had
+    # already trained on (the seeded order repeats them).
+    epoch, steps_into_epoch = divmod(global_step, steps_per_epoch)
     while global_step < args.max_train_steps:
-        for batch in dataloader:
+        dataloader.set_epoch(epoch)
+        batches = dataloader
+        if steps_into_epoch:
+            batches = accelerator.skip_first_batches(dataloader, steps_into_epoch * args.gradient_accumulation_steps)
+            steps_into_epoch = 0
+        for batch in batches:
             with accelerator.accumulate(transformer):
                 loss = compute_loss(
-                    pipe, transformer, noise_scheduler, batch, args, generator, accelerator.device, weight_dtype
+                    pipe, transformer, noise_scheduler, batch, args, generator, accelerator.device, weight_dtype, draws
                 )
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
@@ -740,15 +896,12 @@ def _train(argv: Optional[Sequence[str]]) -> str:
                 accelerator.log(logs, step=global_step)
 
                 if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
-                    if accelerator.is_main_process and args.checkpoints_total_limit is not None:
-                        existing = _checkpoints(args.output_dir)
-                        for old in existing[: max(0, len(existing) - args.checkpoints_total_limit + 1)]:
-                            shutil.rmtree(os.path.join(args.output_dir, old))
-                    accelerator.save_state(os.path.join(args.output_dir, f"checkpoint-{global_step}"))
+                    save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
                 if args.validation_steps and global_step % args.validation_steps == 0 and accelerator.is_main_process:
                     run_validation(pipe, args, accelerator, global_step, validation_image)
             if global_step >= args.max_train_steps:
                 break
+        epoch += 1
 
     progress.close()
     accelerator.wait_for_everyone()

@@ -179,6 +179,9 @@ def test_trains_on_the_tiny_random_model(script, video_dir, tmp_path):
         (["--report_to", "tensorbored"], "--report_to must be one of all, "),
         (["--target_modules", "to_q,to_qq"], "--target_modules ['to_qq'] match no nn.Linear of the transformer"),
         (["--target_modules", "blocks.0.attn1.to_qq"], "match no nn.Linear"),
+        # The tiny checkpoint has 4 blocks: blocks.4 would have passed the check (made on block 3) and failed later.
+        (["--target_modules", "to_q,blocks.4.attn1.to_q"], "['blocks.4.attn1.to_q'] name blocks the transformer does"),
+        (["--num_train_epochs", "0"], "--num_train_epochs must be an integer >= 1"),
     ],
 )
 def test_bad_arguments_stop_before_any_model_loads(script, video_dir, tmp_path, capsys, monkeypatch, extra, message):
@@ -210,6 +213,14 @@ def test_bad_arguments_stop_before_any_model_loads(script, video_dir, tmp_path, 
         (lambda d: (d / "metadata.jsonl").write_text('["a.mp4"]\n'), "is not a valid entry"),
         (lambda d: (d / "out").write_text("a file"), "--output_dir"),
         (lambda d: (d / "broken.mp4").write_bytes(b"not a video"), "broken.mp4' is not a readable video"),
+        # A paired start image was first read when the shuffle drew its clip, hours into a run.
+        (lambda d: (d / "a.png").write_bytes(b"junk"), "paired start image '"),
+        (
+            lambda d: (d / "metadata.jsonl").write_text(
+                '{"file_name": "a.mp4", "motion": 2}\n{"file_name": "./a.mp4"}\n'
+            ),
+            "metadata.jsonl:2 names 'a.mp4' a second time",
+        ),
     ],
 )
 def test_bad_data_stops_before_any_model_loads(script, video_dir, tmp_path, capsys, setup, message):
@@ -316,3 +327,94 @@ def test_a_paired_image_trains_on_the_window_it_starts(script, video_dir, monkey
     unpaired = dataset[0]["video"]  # random start: the last window (frames 2-9 of 10)
     last = [np.asarray(f)[..., :3] for f in imageio.get_reader(str(video_dir / "clip_0.mp4"))][2]
     np.testing.assert_allclose(((unpaired[:, 0] + 1) * 127.5).permute(1, 2, 0).numpy(), last, atol=1e-3)
+
+
+def test_resume_reproduces_the_uninterrupted_run(script, video_dir, tmp_path):
+    # 3 clips, 4 steps: resuming at step 2 goes on inside the first pass over the data, and then into the second; the
+    # noise, the choices (unconditional, last frame), the clips' order and windows are drawn again as they were.
+    import shutil
+
+    extra = (
+        "--max_train_steps",
+        "4",
+        "--checkpointing_steps",
+        "1",
+        "--uncond_prob",
+        "0.5",
+        "--last_frame_prob",
+        "0.5",
+    )
+    full = tmp_path / "full"
+    script.main(_args(video_dir, full, *extra))
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(full / "checkpoint-2", resumed / "checkpoint-2")
+    # By name, as diffusers' scripts: looked up in --output_dir.
+    script.main(_args(video_dir, resumed, *extra, "--resume_from_checkpoint", "checkpoint-2"))
+    expected = load_file(full / "pytorch_lora_weights.safetensors")
+    got = load_file(resumed / "pytorch_lora_weights.safetensors")
+    assert got.keys() == expected.keys()
+    assert all(torch.equal(got[k], expected[k]) for k in got)
+    # Not a vacuous comparison: the two steps after the checkpoint moved the weights.
+    at_checkpoint = load_file(full / "checkpoint-2" / "pytorch_lora_weights.safetensors")
+    assert not all(torch.equal(at_checkpoint[k], expected[k]) for k in expected)
+
+
+def test_resume_with_another_lora_alpha_is_refused(script, video_dir, tmp_path):
+    script.main(_args(video_dir, tmp_path / "run", "--max_train_steps", "1", "--checkpointing_steps", "1"))
+    args = _args(video_dir, tmp_path / "run", "--max_train_steps", "2", "--resume_from_checkpoint", "latest")
+    args[args.index("--lora_alpha") + 1] = "4"
+    with pytest.raises(ValueError, match="trained with --lora_alpha 8, this run has 4"):
+        script.main(args)
+
+
+def test_num_train_epochs_sets_the_steps(script, video_dir, tmp_path):
+    # 3 clips in batches of 1: three steps per pass, so 2 epochs are 6 steps.
+    args = _args(video_dir, tmp_path / "run", "--num_train_epochs", "2", "--checkpointing_steps", "1")
+    script.main(args)
+    assert sorted(d for d in os.listdir(tmp_path / "run") if d.startswith("checkpoint-")) == [
+        f"checkpoint-{i}" for i in (1, 2, 3, 4, 5, 6)
+    ]
+    # --max_train_steps overrides it, as in diffusers' scripts.
+    script.main(_args(video_dir, tmp_path / "run2", "--num_train_epochs", "2", "--max_train_steps", "1"))
+    assert not any(d.startswith("checkpoint-") for d in os.listdir(tmp_path / "run2"))
+
+
+def test_a_failed_checkpoint_save_leaves_no_checkpoint_and_keeps_the_last(script, video_dir, tmp_path, monkeypatch):
+    # A full disk during a save left a partial checkpoint-N that --resume_from_checkpoint latest then picked, and
+    # --checkpoints_total_limit had already removed the last good one.
+    from accelerate import Accelerator
+
+    save_state = Accelerator.save_state
+    calls = []
+
+    def fail_second_save(self, output_dir=None, **kwargs):
+        calls.append(output_dir)
+        if len(calls) == 2:
+            os.makedirs(output_dir, exist_ok=True)
+            (pathlib.Path(output_dir) / "optimizer.bin").write_bytes(b"trunc")
+            raise OSError("No space left on device")
+        return save_state(self, output_dir, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "save_state", fail_second_save)
+    args = _args(video_dir, tmp_path / "run", "--max_train_steps", "2", "--checkpointing_steps", "1")
+    with pytest.raises(OSError, match="No space left"):
+        script.main([*args, "--checkpoints_total_limit", "1"])
+    assert script._checkpoints(str(tmp_path / "run")) == ["checkpoint-1"]
+    assert (tmp_path / "run" / "checkpoint-1" / "pytorch_lora_weights.safetensors").is_file()
+    monkeypatch.setattr(Accelerator, "save_state", save_state)
+    script.main([*args, "--checkpoints_total_limit", "1", "--resume_from_checkpoint", "latest"])
+    assert script._checkpoints(str(tmp_path / "run")) == ["checkpoint-2"]
+    assert not (tmp_path / "run" / "checkpoint-2.partial").exists()
+
+
+def test_the_output_folder_inside_the_data_is_not_read_as_data(script, video_dir, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(video_dir, data)
+    (data / "out" / "validation").mkdir(parents=True)
+    shutil.copy(video_dir / "clip_0.mp4", data / "out" / "validation" / "step-1.mp4")
+    dataset = script.VideoFolderDataset(str(data), 8, 32, 48, exclude=str(data / "out"))
+    assert len(dataset) == 3 and not any("step-1" in v for v in dataset.videos)
+    assert len(script.VideoFolderDataset(str(data), 8, 32, 48)) == 4
