@@ -37,6 +37,7 @@ SCHEDULERS = {
     "pndm": "PNDMScheduler",
 }
 DTYPE_NAMES = ("bfloat16", "float16", "float32")
+GENERATOR_DEVICES = ("cpu", "device")
 OFFLOAD_MODES = ("none", "model", "sequential", "group")
 CACHE_MODES = ("none", "teacache", "first-block")
 FP8_MODES = ("none", "lite", "strong", "extreme")
@@ -171,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--dtype", choices=DTYPE_NAMES, default=None, help="bfloat16 on GPU, float32 on CPU by default."
     )
+    model.add_argument(
+        "--vae-dtype",
+        choices=DTYPE_NAMES,
+        default="float32",
+        help="The VAE's dtype (default float32; predict_i2v.py runs it in bfloat16 like the rest).",
+    )
     model.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available).")
     model.add_argument(
         "--lora",
@@ -243,6 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sampling.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="ddim", help="Sampler (default ddim).")
     sampling.add_argument("--seed", type=_seed, default=42, help="Random seed (default 42).")
+    sampling.add_argument(
+        "--generator-device",
+        choices=GENERATOR_DEVICES,
+        default="cpu",
+        help="Where the seed's random numbers are drawn: cpu (default: a seed gives the same video on any machine) "
+        "or device (on --device, as predict_i2v.py draws them: its video for the seed on a GPU).",
+    )
 
     memory = parser.add_argument_group("memory and speed")
     memory.add_argument(
@@ -827,6 +841,8 @@ class _Stage:
 
 
 def _load(args: argparse.Namespace, dtype, progress: Progress):
+    import torch
+
     from .tiny import build_tiny_random_pipeline
 
     if args.model == TINY_RANDOM:
@@ -835,6 +851,8 @@ def _load(args: argparse.Namespace, dtype, progress: Progress):
             if dtype != pipe.transformer.dtype:  # a no-op cast would still make diffusers warn
                 pipe.transformer.to(dtype)
                 pipe.image_encoder.to(dtype)
+            if args.vae_dtype != "float32":
+                pipe.vae.to(getattr(torch, args.vae_dtype))
         return pipe
 
     from .pipelines.pipeline_ruyi_i2v import RuyiImageToVideoPipeline
@@ -849,13 +867,9 @@ def _load(args: argparse.Namespace, dtype, progress: Progress):
     else:
         progress.say(f"downloading {args.model} from the Hugging Face Hub (once; then it is cached)")
     with progress.phase("loading"):
-        return RuyiImageToVideoPipeline.from_pretrained(source, dtype={"default": dtype, "vae": _float32()})
-
-
-def _float32():
-    import torch
-
-    return torch.float32
+        return RuyiImageToVideoPipeline.from_pretrained(
+            source, dtype={"default": dtype, "vae": getattr(torch, args.vae_dtype)}
+        )
 
 
 def merge_loras(pipe, paths: List[str], weights: List[float]) -> None:
@@ -921,6 +935,17 @@ def _configure(pipe, args: argparse.Namespace, device, dtype, stage: _Stage) -> 
         pipe.to(device)
 
 
+def _generator(args: argparse.Namespace, device):
+    import torch
+
+    return torch.Generator("cpu" if args.generator_device == "cpu" else device).manual_seed(args.seed)
+
+
+# x264's own quality (CRF 23): what predict_i2v.py's `imageio.mimsave` writes. `export_to_video`'s default quality 5
+# is CRF 25, a visibly lower quality for a smaller file.
+VIDEO_QUALITY = None
+
+
 def write_video_atomically(frames, path: str, fps: int, export: Callable) -> None:
     """Writes ``frames`` to a temporary file next to ``path`` and renames it; nothing is left on failure."""
     out_dir = os.path.dirname(os.path.abspath(path))
@@ -928,7 +953,7 @@ def write_video_atomically(frames, path: str, fps: int, export: Callable) -> Non
     fd, tmp_path = tempfile.mkstemp(prefix=".ruyi-", suffix=".mp4", dir=out_dir)
     os.close(fd)
     try:
-        export(list(frames), tmp_path, fps=fps)
+        export(list(frames), tmp_path, fps=fps, quality=VIDEO_QUALITY)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp creates 0600; give the video the usual permissions
@@ -1006,7 +1031,7 @@ def _run(args: argparse.Namespace, progress: Progress, stage: _Stage) -> None:
         guidance_scale=args.guidance_scale,
         motion=args.motion[0],
         camera_direction=args.camera[0],
-        generator=torch.Generator("cpu").manual_seed(args.seed),
+        generator=_generator(args, device),
         output_type="np",
     ).frames[0]
     fps = args.fps or 24
@@ -1036,10 +1061,10 @@ def open_video_atomically(path: str, fps: float, before_replace: Optional[Callab
     fd, tmp_path = tempfile.mkstemp(prefix=".ruyi-", suffix=".mp4", dir=out_dir)
     os.close(fd)
     try:
-        # diffusers' export_to_video's settings, except the macro block: imageio resizes frames to a multiple of it,
-        # and a continued video keeps its own size (even, as H.264 needs). Generated sizes are multiples of 16, so
-        # their files are export_to_video's.
-        writer = imageio.get_writer(tmp_path, fps=fps, quality=5.0, macro_block_size=2)
+        # The settings of the single-call path (`write_video_atomically`), except the macro block: imageio resizes
+        # frames to a multiple of it, and a continued video keeps its own size (even, as H.264 needs). Generated sizes
+        # are multiples of 16, so their files are the single-call path's.
+        writer = imageio.get_writer(tmp_path, fps=fps, quality=VIDEO_QUALITY, macro_block_size=2)
         try:
 
             def append(frames) -> None:
@@ -1066,7 +1091,6 @@ def _run_segments(args: argparse.Namespace, pipe, device, progress: Progress, st
     import collections
 
     import imageio
-    import torch
 
     from ._images import open_image
     from .long_video import iter_video_segments, resize_frames
@@ -1128,7 +1152,7 @@ def _run_segments(args: argparse.Namespace, pipe, device, progress: Progress, st
             last_image=last_image,
             motion=args.motion,
             camera_direction=args.camera,
-            generator=torch.Generator("cpu").manual_seed(args.seed),
+            generator=_generator(args, device),
             num_inference_steps=args.steps,
             guidance_scale=args.guidance_scale,
         )

@@ -40,6 +40,9 @@ def test_cli_writes_a_playable_mp4(tmp_path):
     assert frames[0].shape == (32, 48, 3)
     assert fps == pytest.approx(12)
     assert [p.name for p in tmp_path.iterdir()] == ["video.mp4"]  # no temporary file left behind
+    # x264's own quality, as predict_i2v.py's imageio.mimsave writes (export_to_video's default is CRF 25); x264
+    # records its options in the stream.
+    assert b"crf=23.0" in out.read_bytes()
 
 
 def test_cli_speed_and_memory_options(tmp_path):
@@ -286,7 +289,7 @@ def test_output_must_be_mp4(tmp_path, capsys):
 def test_failed_run_leaves_no_file(tmp_path, monkeypatch, capsys):
     out = tmp_path / "video.mp4"
 
-    def broken_export(frames, path, fps):
+    def broken_export(frames, path, fps, quality):
         with open(path, "wb") as f:
             f.write(b"partial")
         raise OSError("disk full")

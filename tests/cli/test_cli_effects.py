@@ -25,7 +25,7 @@ TOL = 1e-4
 def _capture_videos(monkeypatch):
     """Replaces the mp4 writer: the frames of each video the CLI writes are appended to the returned list."""
     captured = []
-    monkeypatch.setattr(diffusers.utils, "export_to_video", lambda frames, path, fps: captured.append(frames))
+    monkeypatch.setattr(diffusers.utils, "export_to_video", lambda frames, path, fps, quality: captured.append(frames))
     return captured
 
 
@@ -111,6 +111,36 @@ def test_flag_has_its_effect(monkeypatch, tmp_path, tiny_checkpoint, default_fra
 def test_defaults_match_the_pipeline(monkeypatch, tmp_path, tiny_checkpoint, default_frames):
     got = _cli(monkeypatch, tmp_path, tiny_checkpoint)
     assert (got - default_frames).abs().max().item() <= TOL
+
+
+def test_vae_dtype_runs_the_vae_in_it(monkeypatch, tmp_path, tiny_checkpoint, default_frames):
+    # predict_i2v.py runs the VAE in bfloat16; the CLI's default keeps it in float32.
+    got = _cli(monkeypatch, tmp_path, tiny_checkpoint, "--vae-dtype", "bfloat16")
+    expected = _direct(tiny_checkpoint, lambda pipe: pipe.vae.to(torch.bfloat16))
+    assert (got - expected).abs().max().item() <= TOL
+    assert (got - default_frames).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize("choice, device", [("cpu", "cpu"), ("device", "cuda:1")])
+def test_generator_device_draws_where_asked(monkeypatch, choice, device):
+    # predict_i2v.py seeds a generator on its device; the default draws on the CPU. Only the device is checked here:
+    # a CUDA generator needs a GPU.
+    from diffusers_ruyi import cli
+
+    made = []
+
+    class Recorder:
+        def __init__(self, where):
+            made.append(str(where))
+
+        def manual_seed(self, seed):
+            made.append(seed)
+            return self
+
+    monkeypatch.setattr(torch, "Generator", Recorder)
+    args = cli.build_parser().parse_args(["--image", START, "--output", "v.mp4", "--generator-device", choice])
+    cli._generator(args, torch.device("cuda:1"))
+    assert made == [device, 42]
 
 
 def test_lora_weight_is_not_the_default(monkeypatch, tmp_path, tiny_checkpoint):

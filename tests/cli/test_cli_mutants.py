@@ -35,6 +35,16 @@ def test_tiny_random_pipeline_takes_the_dtype():
     assert load_pipeline("tiny-random").transformer.dtype == torch.float32
 
 
+@pytest.mark.parametrize("vae_dtype", ["float32", "bfloat16"])
+def test_cli_loads_the_tiny_random_vae_in_vae_dtype(vae_dtype):
+    import argparse
+
+    args = argparse.Namespace(model="tiny-random", vae_dtype=vae_dtype)
+    pipe = cli._load(args, torch.bfloat16, cli.Progress(quiet=True))
+    assert pipe.transformer.dtype == torch.bfloat16
+    assert pipe.vae.dtype == getattr(torch, vae_dtype)
+
+
 def test_uncached_hub_id_fails_only_when_offline(monkeypatch, tmp_path):
     # Kills `(offline) and cached_snapshot(model) is None` -> `not (offline) and ...` in check_model (cli.py): the
     # clear "not in the cache" error is for offline runs; online, a hub id is left to the download.
@@ -166,11 +176,11 @@ def test_load_reads_a_cached_hub_id_from_its_snapshot_and_a_folder_as_it_is(monk
     said = []
     progress = cli.Progress(quiet=True)
     monkeypatch.setattr(progress, "say", said.append)
-    cli._load(argparse.Namespace(model="someone/ruyi"), torch.float32, progress)
+    cli._load(argparse.Namespace(model="someone/ruyi", vae_dtype="float32"), torch.float32, progress)
     assert loaded == [str(snapshot)] and said[0].startswith("loading someone/ruyi (")
     monkeypatch.setattr(cli, "cached_snapshot", lambda *a: pytest.fail("looked up the cache for a folder"))
     said.clear()
-    cli._load(argparse.Namespace(model=str(tiny_checkpoint)), torch.float32, progress)
+    cli._load(argparse.Namespace(model=str(tiny_checkpoint), vae_dtype="float32"), torch.float32, progress)
     assert loaded[-1] == str(tiny_checkpoint) and said[0].startswith(f"loading {tiny_checkpoint} (")
 
 
