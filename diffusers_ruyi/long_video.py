@@ -11,9 +11,15 @@ options against them) before it imports torch.
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from ._validation import check_int
+
+
+if TYPE_CHECKING:  # the CLI plans segments before it imports torch
+    import torch
+
+    from .pipelines.pipeline_ruyi_i2v import RuyiImageToVideoPipeline, RuyiPipelineOutput
 
 
 # The frames of context at each seam. Ruyi's authors state that up to 5 start frames are supported
@@ -412,7 +418,7 @@ def _check_output_arguments(output_type: str, callback_on_segment_end) -> None:
 
 
 def generate_long_video(
-    pipe,
+    pipe: "RuyiImageToVideoPipeline",
     image,
     num_frames: int,
     last_image=None,
@@ -423,12 +429,12 @@ def generate_long_video(
     base_resolution: int = 512,
     motion: Union[int, str, Sequence[Union[int, str]]] = "auto",
     camera_direction: Union[str, Sequence[str]] = "auto",
-    generator=None,
+    generator: Optional["torch.Generator"] = None,
     output_type: str = "np",
     return_dict: bool = True,
     callback_on_segment_end: Optional[Callable[[Any, SegmentPlan, Any], None]] = None,
     **kwargs,
-):
+) -> Union["RuyiPipelineOutput", Tuple]:
     r"""
     Generates a video of any length from a start frame, in segments (see [`plan_segments`]).
 
@@ -486,7 +492,7 @@ def generate_long_video(
 
 
 def extend_video(
-    pipe,
+    pipe: "RuyiImageToVideoPipeline",
     video,
     num_frames: int,
     last_image=None,
@@ -497,12 +503,12 @@ def extend_video(
     base_resolution: int = 512,
     motion: Union[int, str, Sequence[Union[int, str]]] = "auto",
     camera_direction: Union[str, Sequence[str]] = "auto",
-    generator=None,
+    generator: Optional["torch.Generator"] = None,
     output_type: str = "np",
     return_dict: bool = True,
     callback_on_segment_end: Optional[Callable[[Any, SegmentPlan, Any], None]] = None,
     **kwargs,
-):
+) -> Union["RuyiPipelineOutput", Tuple]:
     r"""
     Continues a video: appends `num_frames` new frames conditioned on its last `context_frames` frames.
 

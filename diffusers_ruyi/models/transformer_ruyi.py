@@ -746,7 +746,8 @@ class RuyiTransformer3DModel(
         n_query (`int`, defaults to 16): Number of resampled CLIP tokens (a perfect square).
         projection_dim (`int`, defaults to 1024): Channels of the CLIP image tokens fed to the resampler.
         activation_fn (`str`, defaults to `"gelu-approximate"`): Feed-forward activation.
-        sample_size (`int`, defaults to 128): Default latent height/width (used by pipelines; no learned positions).
+        sample_size (`int`, defaults to 128): Kept from the original config (a latent height/width); nothing reads
+            it: there are no learned positions, and the pipeline takes the size from the image.
         num_layers (`int`, defaults to 40): Number of blocks: 1 or even, because of the long skips.
         mlp_ratio (`float`, defaults to 4.3637): Feed-forward hidden size as a multiple of the model width.
         cross_attention_dim (`int`, defaults to 1024): Channels of the first text stream and of the CLIP tokens.

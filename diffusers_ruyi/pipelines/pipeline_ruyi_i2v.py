@@ -970,7 +970,8 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         The middle of the decoded video, shifted by half a slice (`video[:, :, s // 2 : -(s - s // 2)]` for slices
         of `s` frames), is encoded (posterior mode) and decoded again, and averaged with the first decode there, so
         every seam of the first pass falls inside a slice of the second. Videos of at most one slice are returned
-        unchanged. `video` is modified in place and returned, clamped to [-1, 1].
+        unchanged. The middle of `video` is overwritten in place; the result is returned clamped to [-1, 1] (a new
+        tensor).
         """
         frames_per_slice = self.vae.config.num_sample_frames_batch_size
         if video.shape[2] <= frames_per_slice:
@@ -1008,7 +1009,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
 
     def generate_long_video(
         self, image: Union[PIL.Image.Image, np.ndarray, torch.Tensor], num_frames: int, **kwargs
-    ) -> RuyiPipelineOutput:
+    ) -> Union[RuyiPipelineOutput, Tuple]:
         r"""
         Generates a video of any length from a start frame, in segments of at most `segment_frames` (120) frames,
         each continuing the last `context_frames` (5) frames of the one before. See
@@ -1019,7 +1020,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
 
         return generate_long_video(self, image, num_frames, **kwargs)
 
-    def extend_video(self, video, num_frames: int, **kwargs) -> RuyiPipelineOutput:
+    def extend_video(self, video, num_frames: int, **kwargs) -> Union[RuyiPipelineOutput, Tuple]:
         r"""
         Continues `video` (PIL frames, or an array `(frames, H, W, 3)`) by `num_frames` new frames conditioned on its
         last `context_frames` (5) frames; the result is the input, unchanged, followed by the new frames. See
@@ -1072,7 +1073,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             Union[Callable[[int, int, Dict], None], PipelineCallback, MultiPipelineCallbacks]
         ] = None,
         callback_on_step_end_tensor_inputs: List[str] = ["latents"],
-    ):
+    ) -> Union[RuyiPipelineOutput, Tuple]:
         r"""
         Generates a video from a start frame (and optionally an end frame), or from several first (and last) frames.
 
