@@ -38,6 +38,8 @@ SCHEDULERS = {
 }
 DTYPE_NAMES = ("bfloat16", "float16", "float32")
 GENERATOR_DEVICES = ("cpu", "device")
+# No float16: the VAE's `force_upcast` runs a float16 VAE in float32.
+VAE_DTYPE_NAMES = ("float32", "bfloat16")
 OFFLOAD_MODES = ("none", "model", "sequential", "group")
 CACHE_MODES = ("none", "teacache", "first-block")
 FP8_MODES = ("none", "lite", "strong", "extreme")
@@ -174,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model.add_argument(
         "--vae-dtype",
-        choices=DTYPE_NAMES,
+        choices=VAE_DTYPE_NAMES,
         default="float32",
         help="The VAE's dtype (default float32; predict_i2v.py runs it in bfloat16 like the rest).",
     )

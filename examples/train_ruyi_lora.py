@@ -261,11 +261,17 @@ def _argument_problem(args: argparse.Namespace) -> Optional[str]:
         return f"--target_modules {beyond} name blocks the transformer does not have (blocks 0-{num_layers - 1})."
     try:  # the clips, their metadata and paired images, checked (not decoded) now rather than after loading the model
         VideoFolderDataset(
-            args.data_dir, args.num_frames, args.height, args.width, args.frame_stride, exclude=args.output_dir
+            args.data_dir, args.num_frames, args.height, args.width, args.frame_stride, _validation_dir(args)
         )
     except ValueError as e:
         return f"--data_dir: {e}"
     return None
+
+
+def _validation_dir(args: argparse.Namespace) -> str:
+    """Where the validation videos go; left out of the training data when it lies inside `--data_dir` (an
+    `--output_dir` inside it, or the same folder)."""
+    return os.path.join(args.output_dir, "validation")
 
 
 def _checkpoint_num_layers(path: str) -> Optional[int]:
@@ -367,8 +373,8 @@ class VideoFolderDataset(torch.utils.data.Dataset):
     one the image stands for. An optional `metadata.jsonl` in `data_dir` gives per-clip controls, one JSON object per
     line: `{"file_name": "clip.mp4", "motion": 2, "camera_direction": "left"}`. Every clip's frames are counted (not
     decoded) and every paired image is checked when the dataset is made, so an unreadable one is reported before
-    training starts. `exclude` is a folder left out of the search: the training's output folder, whose validation
-    videos must not become training clips. With a `seed`, a clip's window depends only on the seed, the epoch
+    training starts. `exclude` is a folder left out of the search: the training's validation folder, whose videos
+    must not become training clips. With a `seed`, a clip's window depends only on the seed, the epoch
     (`set_epoch`) and the clip, so that a resumed run reads the windows the uninterrupted one would have read.
     """
 
@@ -611,7 +617,7 @@ def run_validation(pipe, args, accelerator, step: int, image: PIL.Image.Image) -
         output_type="np",
     ).frames[0]
     transformer.train(was_training)
-    path = os.path.join(args.output_dir, "validation", f"step-{step}.mp4")
+    path = os.path.join(_validation_dir(args), f"step-{step}.mp4")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     export_to_video(list(frames), path, fps=args.validation_fps)
     for tracker in accelerator.trackers:
@@ -621,18 +627,33 @@ def run_validation(pipe, args, accelerator, step: int, image: PIL.Image.Image) -
     return path
 
 
-class GeneratorState:
-    """Named `torch.Generator`s as accelerate checkpoints custom objects (`register_for_checkpointing`)."""
+def _generator_states_file(folder: str, process_index: int) -> str:
+    return os.path.join(folder, f"generator_states_{process_index}.safetensors")
 
-    def __init__(self, **generators: torch.Generator):
-        self.generators = generators
 
-    def state_dict(self) -> Dict[str, torch.Tensor]:
-        return {name: generator.get_state() for name, generator in self.generators.items()}
+def save_generator_states(generators: Dict[str, torch.Generator], folder: str, process_index: int) -> None:
+    """This process's generators' states, in a file of its own (accelerate's custom-object checkpointing writes the
+    main process's only)."""
+    from safetensors.torch import save_file
 
-    def load_state_dict(self, state_dict: Dict[str, torch.Tensor]) -> None:
-        for name, generator in self.generators.items():
-            generator.set_state(state_dict[name])
+    states = {name: generator.get_state() for name, generator in generators.items()}
+    save_file(states, _generator_states_file(folder, process_index))
+
+
+def load_generator_states(generators: Dict[str, torch.Generator], folder: str, process_index: int) -> None:
+    from safetensors.torch import load_file
+
+    path = _generator_states_file(folder, process_index)
+    if not os.path.isfile(path):  # a checkpoint of an older script, or of a run with fewer processes
+        logger.warning(
+            f"{folder} holds no random generator states for process {process_index}: the resumed run goes on with "
+            "new random numbers, so it will not repeat the uninterrupted run exactly.",
+            main_process_only=False,
+        )
+        return
+    states = load_file(path)
+    for name, generator in generators.items():
+        generator.set_state(states[name])
 
 
 def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: Optional[int]) -> None:
@@ -650,8 +671,10 @@ def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: Option
             shutil.rmtree(final)
         os.replace(partial, final)
         if total_limit is not None:
-            existing = _checkpoints(output_dir)
-            for old in existing[: max(0, len(existing) - total_limit)]:
+            # The newest others, besides the one just written (a run resumed from an older checkpoint may have left
+            # later ones).
+            others = [name for name in _checkpoints(output_dir) if name != os.path.basename(final)]
+            for old in others[: max(0, len(others) - (total_limit - 1))]:
                 shutil.rmtree(os.path.join(output_dir, old))
     accelerator.wait_for_everyone()
 
@@ -744,8 +767,22 @@ def _train(argv: Optional[Sequence[str]]) -> str:
         model = accelerator.unwrap_model(model)
         return model._orig_mod if hasattr(model, "_orig_mod") else model
 
+    # The noise, timesteps and VAE posterior samples come from `generator`, the unconditional and last-frame choices
+    # from `draws` (each process has its own), the clips' windows from the seed, epoch and clip
+    # (`VideoFolderDataset.set_epoch`). Every process saves its generators' states in each checkpoint, so that a
+    # resumed run draws what the uninterrupted one would have.
+    generators = {"generator": torch.Generator(device=accelerator.device), "draws": torch.Generator()}
+    for offset, generator in enumerate(generators.values()):
+        if args.seed is not None:
+            generator.manual_seed(args.seed * 1000 + accelerator.process_index + offset * 2**40)
+        else:  # no --seed: a run of its own
+            generator.seed()
+    generator, draws = generators["generator"], generators["draws"]
+
     # Checkpoints hold the LoRA weights (not the frozen transformer) plus optimizer/scheduler/RNG state.
     def save_model_hook(models, weights, output_dir):
+        # Called in every process.
+        save_generator_states(generators, output_dir, accelerator.process_index)
         if accelerator.is_main_process:
             for model in models:
                 if isinstance(unwrap(model), type(unwrap(transformer))):
@@ -767,6 +804,7 @@ def _train(argv: Optional[Sequence[str]]) -> str:
                 model = unwrap(candidate)
         if model is None:
             raise ValueError("The checkpoint has no transformer LoRA to restore.")
+        load_generator_states(generators, input_dir, accelerator.process_index)
         state_dict, metadata = RuyiImageToVideoPipeline.lora_state_dict(input_dir, return_lora_metadata=True)
         config = model.peft_config["default"]
         saved_alpha = (metadata or {}).get("transformer.lora_alpha")
@@ -788,7 +826,7 @@ def _train(argv: Optional[Sequence[str]]) -> str:
     accelerator.register_load_state_pre_hook(load_model_hook)
 
     dataset = VideoFolderDataset(
-        args.data_dir, args.num_frames, args.height, args.width, args.frame_stride, args.output_dir, args.seed
+        args.data_dir, args.num_frames, args.height, args.width, args.frame_stride, _validation_dir(args), args.seed
     )
     dataloader = torch.utils.data.DataLoader(
         dataset,
@@ -805,10 +843,16 @@ def _train(argv: Optional[Sequence[str]]) -> str:
         weight_decay=args.adam_weight_decay,
         eps=args.adam_epsilon,
     )
-    # Optimizer steps per pass over the data: accelerate gives each process an equal share of the batches, and the
-    # last step of a pass may have fewer than --gradient_accumulation_steps of them.
-    batches_per_process = math.ceil(len(dataloader) / accelerator.num_processes)
-    steps_per_epoch = math.ceil(batches_per_process / args.gradient_accumulation_steps)
+    # Optimizer steps per pass over the data, counted on the loader accelerate gives this process (its share of the
+    # batches: with several processes the share is rounded down, as `drop_last` drops the batches that do not go
+    # round); the last step of a pass may have fewer than --gradient_accumulation_steps of them.
+    dataloader = accelerator.prepare(dataloader)
+    if len(dataloader) == 0:
+        raise ValueError(
+            f"--data_dir has {len(dataset)} clip(s): not one batch of {args.train_batch_size} for each of the "
+            f"{accelerator.num_processes} processes."
+        )
+    steps_per_epoch = math.ceil(len(dataloader) / args.gradient_accumulation_steps)
     if args.max_train_steps is None:
         epochs = args.num_train_epochs
         args.max_train_steps = DEFAULT_MAX_TRAIN_STEPS if epochs is None else epochs * steps_per_epoch
@@ -818,24 +862,9 @@ def _train(argv: Optional[Sequence[str]]) -> str:
         num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
         num_training_steps=args.max_train_steps * accelerator.num_processes,
     )
-    transformer, optimizer, dataloader, lr_scheduler = accelerator.prepare(
-        transformer, optimizer, dataloader, lr_scheduler
-    )
+    transformer, optimizer, lr_scheduler = accelerator.prepare(transformer, optimizer, lr_scheduler)
     if accelerator.is_main_process:
         accelerator.init_trackers("ruyi-lora", config={k: v for k, v in vars(args).items() if v is not None})
-
-    # The noise, timesteps and VAE posterior samples come from `generator`, the unconditional and last-frame choices
-    # from `draws`, the clips' windows from the seed, epoch and clip (`VideoFolderDataset.set_epoch`). The generators'
-    # states are saved in every checkpoint, so that a resumed run draws what the uninterrupted one would have.
-    generator = torch.Generator(device=accelerator.device)
-    draws = torch.Generator()
-    if args.seed is not None:
-        generator.manual_seed(args.seed * 1000 + accelerator.process_index)
-        draws.manual_seed(args.seed * 1000 + accelerator.process_index + 2**40)
-    else:  # no --seed: a run of its own
-        generator.seed()
-        draws.seed()
-    accelerator.register_for_checkpointing(GeneratorState(generator=generator, draws=draws))
 
     global_step = 0
     if args.resume_from_checkpoint:

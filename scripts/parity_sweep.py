@@ -538,6 +538,10 @@ def main() -> None:
     except ValueError:
         parser.error(f"--seeds must be `start:stop`, got {args.seeds!r}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # Both sides (the original inherits the environment): torch's oneDNN bfloat16 3D convolution on AMX CPUs can
+    # return wrong values or NaN, at random (docs/pipeline.md#known-issues); bit-for-bit cases need the AVX-512
+    # kernels, which are deterministic. Read by oneDNN at its first convolution.
+    os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
     sys.path.insert(0, ROOT)
     work = args.keep or tempfile.mkdtemp(prefix="ruyi-sweep-")
     os.makedirs(work, exist_ok=True)

@@ -62,9 +62,16 @@ class RuyiModelLoadingMixin:
         config = outputs[0] if isinstance(outputs, tuple) else outputs
         converted = original_model_config(cls._original_model_type, config)
         if converted is None:
-            return outputs
+            completed = cls._complete_saved_config(config)
+            return (completed, *outputs[1:]) if isinstance(outputs, tuple) else completed
         converted = {"_class_name": cls.__name__, **converted}
         return (converted, *outputs[1:]) if isinstance(outputs, tuple) else converted
+
+    @classmethod
+    def _complete_saved_config(cls, config: Dict[str, Any]) -> Dict[str, Any]:
+        """A diffusers-format config as saved by an earlier version of this package, with what it meant by the keys
+        it lacks (where a default has changed since)."""
+        return config
 
     def _fix_state_dict_keys_on_load(self, state_dict) -> None:
         # diffusers calls this on single-file checkpoints before matching keys: the original layout's renames.

@@ -20,7 +20,7 @@ are grouped, so this port reproduces the original's grouping exactly, in both of
 """
 
 import math
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -603,7 +603,8 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
     reproduces the original's numerics, including its frame chunking in both of its variants and its own tiling (see
     the module docstring). The defaults are the published Ruyi-Mini-7B VAE (`vae/config.json` of
     `IamCreateAI/Ruyi-Mini-7B`): the slice variant with 3D mid-block attention and the original's tiling. Checkpoints
-    always carry their own config.
+    carry their own config; one saved before the variant keys existed loads as what it meant, the cache variant
+    without tiling.
 
     Frame counts: the cache variant encodes ``1`` or a multiple of ``num_sample_frames_batch_size`` (8) frames and
     decodes ``1`` or a multiple of ``num_latent_frames_batch_size`` (2) latent frames (``4 * L`` frames out). The
@@ -644,9 +645,22 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
     """
 
     _original_model_type = "vae"
+    # Configs saved before the variant keys existed are the cache variant without tiling (the defaults, now the
+    # published VAE's, would read them as the slice variant).
+    _VARIANT_KEYS_BEFORE_THEY_EXISTED = {
+        "compression_mode": "cache",
+        "mid_block_attention_type": "spatial",
+        "use_tiling": False,
+    }
     _supports_gradient_checkpointing = True
     _skip_keys = ["causal_cache"]
     _group_offload_block_modules = ["quant_conv", "post_quant_conv", "encoder", "decoder"]
+
+    @classmethod
+    def _complete_saved_config(cls, config: Dict[str, Any]) -> Dict[str, Any]:
+        if config.get("_class_name") != cls.__name__ or "compression_mode" in config:
+            return config
+        return {**cls._VARIANT_KEYS_BEFORE_THEY_EXISTED, **config}
 
     @register_to_config
     def __init__(

@@ -87,6 +87,27 @@ def test_long_video_in_three_segments(tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir()] == ["long.mp4"]
 
 
+@pytest.mark.parametrize("choice", ["cpu", "device"])
+def test_both_paths_draw_with_the_generator_device_flag(tmp_path, monkeypatch, choice):
+    # The single call and the segments both take their generator from `--generator-device` (its choice of device is
+    # tested in test_cli_effects.py).
+    from diffusers_ruyi import cli
+
+    made = []
+    real = cli._generator
+
+    def recording(args, device):
+        made.append(args.generator_device)
+        return real(args, device)
+
+    monkeypatch.setattr(cli, "_generator", recording)
+    single = ["--image", START, "--output", str(tmp_path / "a.mp4"), "--num-frames", "8"]
+    long = ["--image", START, "--output", str(tmp_path / "b.mp4"), "--num-frames", "24", "--segment-frames", "16"]
+    for argv in (single, long):
+        assert main([*argv, *FAST, "--generator-device", choice]) == 0
+    assert made == [choice, choice]
+
+
 def test_long_video_frames_are_those_of_the_python_api(tmp_path, monkeypatch):
     written = _capture(monkeypatch)
     argv = ["--image", START, "--output", str(tmp_path / "v.mp4"), "--num-frames", "24", "--segment-frames", "16"]

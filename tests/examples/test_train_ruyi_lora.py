@@ -408,6 +408,31 @@ def test_a_failed_checkpoint_save_leaves_no_checkpoint_and_keeps_the_last(script
     assert not (tmp_path / "run" / "checkpoint-2.partial").exists()
 
 
+@pytest.mark.parametrize("inside", ["out", "."])
+def test_training_does_not_read_its_own_validation_videos(script, video_dir, tmp_path, inside):
+    # An --output_dir inside --data_dir, or the same folder: a previous run's validation video (here a broken one,
+    # which the dataset would refuse) is not a training clip, in the early check and in the run.
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(video_dir, data)
+    output_dir = data / inside
+    (output_dir / "validation").mkdir(parents=True)
+    (output_dir / "validation" / "step-1.mp4").write_bytes(b"not a video")
+    script.main(_args(data, output_dir, "--max_train_steps", "1"))
+    assert (output_dir / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_a_resumed_run_keeps_the_checkpoint_it_writes(script, video_dir, tmp_path):
+    # Resumed from checkpoint-1 while an abandoned run's checkpoint-3 remains: --checkpoints_total_limit 1 keeps the
+    # checkpoint just written, not the other run's later one.
+    run = tmp_path / "run"
+    script.main(_args(video_dir, run, "--max_train_steps", "3", "--checkpointing_steps", "1"))
+    args = _args(video_dir, run, "--max_train_steps", "2", "--checkpointing_steps", "1")
+    script.main([*args, "--checkpoints_total_limit", "1", "--resume_from_checkpoint", "checkpoint-1"])
+    assert script._checkpoints(str(run)) == ["checkpoint-2"]
+
+
 def test_the_output_folder_inside_the_data_is_not_read_as_data(script, video_dir, tmp_path):
     import shutil
 
@@ -418,3 +443,55 @@ def test_the_output_folder_inside_the_data_is_not_read_as_data(script, video_dir
     dataset = script.VideoFolderDataset(str(data), 8, 32, 48, exclude=str(data / "out"))
     assert len(dataset) == 3 and not any("step-1" in v for v in dataset.videos)
     assert len(script.VideoFolderDataset(str(data), 8, 32, 48)) == 4
+
+
+@pytest.mark.slow
+def test_two_processes_resume_as_the_uninterrupted_run(tmp_path):
+    # DDP on the CPU (gloo), two processes. Each saves its own generators' states (accelerate's custom-object
+    # checkpoints hold the main process's only, so every process resumed with its noise), and a pass counts the batches
+    # each process gets: 5 clips in batches of 1 are 2 per process (accelerate drops the one that does not go round),
+    # so 2 epochs are 4 steps, and resuming at step 1 goes on inside the first pass.
+    import shutil
+    import subprocess
+    import sys
+
+    import imageio.v2 as imageio
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    rng = np.random.RandomState(3)
+    for i in range(5):
+        base = rng.randint(0, 255, size=(32, 48, 3))
+        frames = [np.clip(base + 8 * t, 0, 255).astype(np.uint8) for t in range(10)]
+        imageio.mimwrite(videos / f"clip_{i}.mp4", frames, fps=8, macro_block_size=16)
+
+    def train(output_dir, *extra):
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+        command += [str(ROOT / "examples" / "train_ruyi_lora.py"), *_args(videos, output_dir, *extra)]
+        command.remove("--gradient_checkpointing")
+        env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    extra = (
+        "--num_train_epochs",
+        "2",
+        "--checkpointing_steps",
+        "1",
+        "--uncond_prob",
+        "0.5",
+        "--last_frame_prob",
+        "0.5",
+    )
+    train(tmp_path / "full", *extra)
+    assert script_checkpoints(tmp_path / "full") == ["checkpoint-1", "checkpoint-2", "checkpoint-3", "checkpoint-4"]
+    (tmp_path / "resumed").mkdir()
+    shutil.copytree(tmp_path / "full" / "checkpoint-1", tmp_path / "resumed" / "checkpoint-1")
+    train(tmp_path / "resumed", *extra, "--resume_from_checkpoint", "latest")
+    expected = load_file(tmp_path / "full" / "pytorch_lora_weights.safetensors")
+    got = load_file(tmp_path / "resumed" / "pytorch_lora_weights.safetensors")
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+def script_checkpoints(folder):
+    return sorted((d for d in os.listdir(folder) if d.startswith("checkpoint-")), key=lambda d: int(d.split("-")[1]))

@@ -439,3 +439,27 @@ def test_cpu_convolutions_run_on_onednn(monkeypatch, causal):
         expected = torch.nn.functional.conv3d(padded, conv.weight, conv.bias, 1, (0 if causal else 1, 1, 1))
     assert len(calls) == 1 and autocast.dtype == expected.dtype == torch.bfloat16
     torch.testing.assert_close(autocast, expected, rtol=0, atol=0)
+
+
+@torch.no_grad()
+def test_a_config_saved_before_the_variant_keys_loads_as_the_cache_variant(vae, tmp_path):
+    # Configs saved before `compression_mode`, `mid_block_attention_type` and `use_tiling` existed meant the cache
+    # variant without tiling; the defaults (now the published slice VAE's) would read them otherwise.
+    vae.save_pretrained(tmp_path)
+    config_path = tmp_path / "config.json"
+    config = json.loads(config_path.read_text())
+    for key in ("compression_mode", "mid_block_attention_type", "use_tiling"):
+        del config[key]
+    config_path.write_text(json.dumps(config))
+    old = AutoencoderKLRuyiCausal3D.from_pretrained(tmp_path).eval()
+    assert (old.config.compression_mode, old.config.mid_block_attention_type, old.config.use_tiling) == (
+        "cache",
+        "spatial",
+        False,
+    )
+    latents = torch.randn(1, 16, 2, 4, 3, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(old.decode(latents).sample, vae.decode(latents).sample, rtol=0, atol=0)
+    # A config that names its variant keeps it.
+    config["compression_mode"] = "slice"
+    config_path.write_text(json.dumps(config))
+    assert AutoencoderKLRuyiCausal3D.from_pretrained(tmp_path).config.mid_block_attention_type == "3d"
