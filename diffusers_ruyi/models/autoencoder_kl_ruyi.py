@@ -20,6 +20,7 @@ are grouped, so this port reproduces the original's grouping exactly, in both of
 """
 
 import math
+import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -586,6 +587,28 @@ def _autocast_reconciles(tensor: torch.Tensor, compute_dtype: torch.dtype) -> bo
     """Whether `torch.autocast` is on for ``tensor``'s device and casts both it and the weights (it leaves float64
     alone), so that a dtype other than the layer's still runs."""
     return _autocast_enabled(tensor) and torch.float64 not in (tensor.dtype, compute_dtype)
+
+
+_warned_amx_bfloat16 = False
+
+
+def _warn_once_on_amx_bfloat16(device: torch.device, dtype: torch.dtype) -> None:
+    """torch's oneDNN bfloat16 3D convolution on CPUs with AMX returns wrong values (or NaN) at random for some shapes
+    (torch 2.13 and 2.14; docs/pipeline.md, known issues): says so once per process, unless oneDNN's instruction set
+    is capped, which avoids it."""
+    global _warned_amx_bfloat16
+    if _warned_amx_bfloat16 or device.type != "cpu" or dtype != torch.bfloat16 or not torch.backends.mkldnn.enabled:
+        return
+    if os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA"):
+        return
+    is_amx_supported = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    if is_amx_supported is None or not is_amx_supported():
+        return
+    _warned_amx_bfloat16 = True
+    logger.warning(
+        "The VAE runs in bfloat16 on a CPU with AMX, where torch's oneDNN 3D convolution can return wrong values or "
+        "NaN: start Python with ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16, or run the VAE in float32."
+    )
 
 
 def _check_tile_size(name: str, value, ratio: int) -> None:
@@ -1280,6 +1303,7 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
         """
         self._check_input(x, "x", "in_channels", self.spatial_compression_ratio, self.encoder.conv_in)
         self.num_latent_frames(x.shape[2])  # validate before doing any work
+        _warn_once_on_amx_bfloat16(x.device, self.encoder.conv_in.weight.dtype)
         if self.use_slicing and x.shape[0] > 1:
             moments = torch.cat([self._encode(x_slice) for x_slice in x.split(1)])
         else:
@@ -1390,6 +1414,7 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
         """
         self._check_input(z, "z", "latent_channels", 1, self.post_quant_conv)
         self.num_sample_frames(z.shape[2])  # validate before doing any work
+        _warn_once_on_amx_bfloat16(z.device, self.post_quant_conv.weight.dtype)
         if self.use_slicing and z.shape[0] > 1:
             decoded = torch.cat([self._decode(z_slice) for z_slice in z.split(1)])
         else:

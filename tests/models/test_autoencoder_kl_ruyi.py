@@ -463,3 +463,25 @@ def test_a_config_saved_before_the_variant_keys_loads_as_the_cache_variant(vae, 
     config["compression_mode"] = "slice"
     config_path.write_text(json.dumps(config))
     assert AutoencoderKLRuyiCausal3D.from_pretrained(tmp_path).config.mid_block_attention_type == "3d"
+
+
+@torch.no_grad()
+def test_bfloat16_on_an_amx_cpu_warns_once_unless_onednn_is_capped(vae, monkeypatch, caplog):
+    # torch's oneDNN bfloat16 conv3d on AMX CPUs returns wrong values at random (docs/pipeline.md, known issues).
+    import diffusers_ruyi.models.autoencoder_kl_ruyi as module
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    monkeypatch.setattr(module, "_warned_amx_bfloat16", False)
+    latents = torch.randn(1, 16, 1, 4, 3)
+    bf16 = AutoencoderKLRuyiCausal3D.from_config(vae.config).to(torch.bfloat16).eval()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")  # capped (what the suite runs with): silent
+    with caplog.at_level("WARNING"):
+        bf16.decode(latents.bfloat16())
+    assert "AMX" not in caplog.text
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    with caplog.at_level("WARNING"):
+        vae.decode(latents)  # float32: silent
+        assert "AMX" not in caplog.text
+        bf16.decode(latents.bfloat16())
+        bf16.encode(torch.rand(1, 3, 1, 32, 24, dtype=torch.bfloat16))
+    assert caplog.text.count("start Python with ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16") == 1
