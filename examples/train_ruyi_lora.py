@@ -644,10 +644,10 @@ def load_generator_states(generators: Dict[str, torch.Generator], folder: str, p
     from safetensors.torch import load_file
 
     path = _generator_states_file(folder, process_index)
-    if not os.path.isfile(path):  # a checkpoint of an older script, or of a run with fewer processes
+    if not os.path.isfile(path):  # a checkpoint of a run with fewer processes
         logger.warning(
-            f"{folder} holds no random generator states for process {process_index}: the resumed run goes on with "
-            "new random numbers, so it will not repeat the uninterrupted run exactly.",
+            f"{folder} holds no random generator states for process {process_index}: it goes on from its seeded "
+            "start, so the resumed run will not repeat the uninterrupted run exactly.",
             main_process_only=False,
         )
         return
@@ -671,10 +671,11 @@ def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: Option
             shutil.rmtree(final)
         os.replace(partial, final)
         if total_limit is not None:
-            # The newest others, besides the one just written (a run resumed from an older checkpoint may have left
-            # later ones).
-            others = [name for name in _checkpoints(output_dir) if name != os.path.basename(final)]
-            for old in others[: max(0, len(others) - (total_limit - 1))]:
+            # Kept: the one just written and the newest earlier ones. Later ones are another run's, abandoned when
+            # this one resumed from an older checkpoint; `latest` would pick them, so they go first.
+            earlier = [name for name in _checkpoints(output_dir) if int(name.split("-")[1]) < step]
+            later = [name for name in _checkpoints(output_dir) if int(name.split("-")[1]) > step]
+            for old in later + earlier[: max(0, len(earlier) - (total_limit - 1))]:
                 shutil.rmtree(os.path.join(output_dir, old))
     accelerator.wait_for_everyone()
 
@@ -843,16 +844,18 @@ def _train(argv: Optional[Sequence[str]]) -> str:
         weight_decay=args.adam_weight_decay,
         eps=args.adam_epsilon,
     )
-    # Optimizer steps per pass over the data, counted on the loader accelerate gives this process (its share of the
-    # batches: with several processes the share is rounded down, as `drop_last` drops the batches that do not go
-    # round); the last step of a pass may have fewer than --gradient_accumulation_steps of them.
-    dataloader = accelerator.prepare(dataloader)
-    if len(dataloader) == 0:
+    # Optimizer steps per pass over the data: each process gets an equal share of the batches, rounded down with
+    # `drop_last` (the batches that do not go round are dropped), up otherwise; the last step of a pass may have
+    # fewer than --gradient_accumulation_steps of them. Checked against the prepared loader below (the loader is
+    # prepared with the rest in one call: DeepSpeed sizes its batches from it).
+    share = len(dataloader) / accelerator.num_processes
+    batches_per_process = math.floor(share) if dataloader.drop_last else math.ceil(share)
+    if batches_per_process == 0:
         raise ValueError(
             f"--data_dir has {len(dataset)} clip(s): not one batch of {args.train_batch_size} for each of the "
             f"{accelerator.num_processes} processes."
         )
-    steps_per_epoch = math.ceil(len(dataloader) / args.gradient_accumulation_steps)
+    steps_per_epoch = math.ceil(batches_per_process / args.gradient_accumulation_steps)
     if args.max_train_steps is None:
         epochs = args.num_train_epochs
         args.max_train_steps = DEFAULT_MAX_TRAIN_STEPS if epochs is None else epochs * steps_per_epoch
@@ -862,7 +865,11 @@ def _train(argv: Optional[Sequence[str]]) -> str:
         num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
         num_training_steps=args.max_train_steps * accelerator.num_processes,
     )
-    transformer, optimizer, lr_scheduler = accelerator.prepare(transformer, optimizer, lr_scheduler)
+    transformer, optimizer, dataloader, lr_scheduler = accelerator.prepare(
+        transformer, optimizer, dataloader, lr_scheduler
+    )
+    if len(dataloader) != batches_per_process:  # the count above is accelerate's sharding rule: keep them in step
+        raise RuntimeError(f"Expected {batches_per_process} batches per process, the loader has {len(dataloader)}.")
     if accelerator.is_main_process:
         accelerator.init_trackers("ruyi-lora", config={k: v for k, v in vars(args).items() if v is not None})
 

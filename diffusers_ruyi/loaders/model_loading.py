@@ -68,6 +68,14 @@ class RuyiModelLoadingMixin:
         return (converted, *outputs[1:]) if isinstance(outputs, tuple) else converted
 
     @classmethod
+    def from_config(cls, config: Union[Dict[str, Any], None] = None, return_unused_kwargs: bool = False, **kwargs):
+        r"""[`~diffusers.ConfigMixin.from_config`], completing a config saved by an earlier version of this package as
+        `load_config` does (a config read from a file by hand)."""
+        if isinstance(config, dict):
+            config = cls._complete_saved_config(config)
+        return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+
+    @classmethod
     def _complete_saved_config(cls, config: Dict[str, Any]) -> Dict[str, Any]:
         """A diffusers-format config as saved by an earlier version of this package, with what it meant by the keys
         it lacks (where a default has changed since)."""

@@ -592,14 +592,21 @@ def _autocast_reconciles(tensor: torch.Tensor, compute_dtype: torch.dtype) -> bo
 _warned_amx_bfloat16 = False
 
 
-def _warn_once_on_amx_bfloat16(device: torch.device, dtype: torch.dtype) -> None:
+def _warn_once_on_amx_bfloat16(tensor: torch.Tensor, layer: nn.Module) -> None:
     """torch's oneDNN bfloat16 3D convolution on CPUs with AMX returns wrong values (or NaN) at random for some shapes
-    (torch 2.13 and 2.14; docs/pipeline.md, known issues): says so once per process, unless oneDNN's instruction set
-    is capped, which avoids it."""
+    (torch 2.13 and 2.14; docs/pipeline.md, known issues): says so once per process when `layer` is about to compute
+    in bfloat16 there (its dtype, its layerwise-casting dtype, or CPU autocast's), unless oneDNN's instruction set is
+    capped below AMX (read by oneDNN at its first convolution)."""
     global _warned_amx_bfloat16
-    if _warned_amx_bfloat16 or device.type != "cpu" or dtype != torch.bfloat16 or not torch.backends.mkldnn.enabled:
+    if _warned_amx_bfloat16 or tensor.device.type != "cpu" or not torch.backends.mkldnn.enabled:
         return
-    if os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA"):
+    dtype = _compute_dtype(layer)
+    if _autocast_enabled(tensor) and dtype != torch.float64:
+        dtype = torch.get_autocast_dtype("cpu")
+    if dtype != torch.bfloat16:
+        return
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").upper()
+    if cap and "AMX" not in cap and cap not in ("ALL", "DEFAULT"):
         return
     is_amx_supported = getattr(torch.cpu, "_is_amx_tile_supported", None)
     if is_amx_supported is None or not is_amx_supported():
@@ -1303,7 +1310,7 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
         """
         self._check_input(x, "x", "in_channels", self.spatial_compression_ratio, self.encoder.conv_in)
         self.num_latent_frames(x.shape[2])  # validate before doing any work
-        _warn_once_on_amx_bfloat16(x.device, self.encoder.conv_in.weight.dtype)
+        _warn_once_on_amx_bfloat16(x, self.encoder.conv_in)
         if self.use_slicing and x.shape[0] > 1:
             moments = torch.cat([self._encode(x_slice) for x_slice in x.split(1)])
         else:
@@ -1414,7 +1421,7 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
         """
         self._check_input(z, "z", "latent_channels", 1, self.post_quant_conv)
         self.num_sample_frames(z.shape[2])  # validate before doing any work
-        _warn_once_on_amx_bfloat16(z.device, self.post_quant_conv.weight.dtype)
+        _warn_once_on_amx_bfloat16(z, self.post_quant_conv)
         if self.use_slicing and z.shape[0] > 1:
             decoded = torch.cat([self._decode(z_slice) for z_slice in z.split(1)])
         else:

@@ -113,6 +113,9 @@ def test_refuses_to_overwrite(tmp_path, capsys):
         (["--device", "cuda"], "no CUDA GPU is available"),
         (["--offload", "model"], "needs a CUDA GPU"),
         (["--offload", "group"], "--offload group needs a CUDA GPU"),
+        # The VAE's force_upcast would run a float16 VAE in float32.
+        (["--vae-dtype", "float16"], "--vae-dtype: invalid choice: 'float16'"),
+        (["--generator-device", "cuda"], "--generator-device: invalid choice: 'cuda'"),
         (["--offload", "sequential"], "needs a CUDA GPU"),
         (["--skip-offload", "-1"], "expected an integer >= 0, got '-1'"),
         (["--skip-offload", "two"], "expected an integer >= 0, got 'two'"),

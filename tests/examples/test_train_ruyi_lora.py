@@ -423,14 +423,15 @@ def test_training_does_not_read_its_own_validation_videos(script, video_dir, tmp
     assert (output_dir / "pytorch_lora_weights.safetensors").is_file()
 
 
-def test_a_resumed_run_keeps_the_checkpoint_it_writes(script, video_dir, tmp_path):
-    # Resumed from checkpoint-1 while an abandoned run's checkpoint-3 remains: --checkpoints_total_limit 1 keeps the
-    # checkpoint just written, not the other run's later one.
+@pytest.mark.parametrize("limit, kept", [("1", ["checkpoint-2"]), ("2", ["checkpoint-1", "checkpoint-2"])])
+def test_a_resumed_run_keeps_its_own_checkpoints(script, video_dir, tmp_path, limit, kept):
+    # Resumed from checkpoint-1 while an abandoned run's checkpoint-3 remains: --checkpoints_total_limit keeps the
+    # checkpoint just written and this run's earlier ones, not the other run's later one (`latest` would pick it).
     run = tmp_path / "run"
     script.main(_args(video_dir, run, "--max_train_steps", "3", "--checkpointing_steps", "1"))
     args = _args(video_dir, run, "--max_train_steps", "2", "--checkpointing_steps", "1")
-    script.main([*args, "--checkpoints_total_limit", "1", "--resume_from_checkpoint", "checkpoint-1"])
-    assert script._checkpoints(str(run)) == ["checkpoint-2"]
+    script.main([*args, "--checkpoints_total_limit", limit, "--resume_from_checkpoint", "checkpoint-1"])
+    assert script._checkpoints(str(run)) == kept
 
 
 def test_the_output_folder_inside_the_data_is_not_read_as_data(script, video_dir, tmp_path):
