@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import random
+import re
 import shutil
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -55,6 +56,8 @@ VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 DEFAULT_TARGET_MODULES = "to_q,to_k,to_v,to_out.0"
 DEFAULT_MAX_TRAIN_STEPS = 1000
+# A `--target_modules` entry that names a block: `blocks.7.attn1.to_q`.
+BLOCK_PREFIX = re.compile(r"^blocks\.(\d+)\.")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -291,9 +294,7 @@ def _checkpoint_num_layers(path: str) -> Optional[int]:
 
 def _block_index(target: str) -> int:
     """The block number a `--target_modules` entry names (`blocks.7.attn1.to_q` -> 7), or -1."""
-    import re
-
-    match = re.match(r"^blocks\.(\d+)\.", target.strip())
+    match = BLOCK_PREFIX.match(target.strip())
     return int(match.group(1)) if match else -1
 
 
@@ -452,7 +453,6 @@ class VideoFolderDataset(torch.utils.data.Dataset):
         if self.start_images[index] is not None:  # read as the pipeline reads images (16-bit, EXIF orientation)
             image = open_image(self.start_images[index], "paired start image")
             start_image = _resize_and_center_crop(image, self.width, self.height)
-        if start_image is not None:
             start = 0  # the paired image is the clip's first frame
         else:
             span = (self.num_frames - 1) * self.frame_stride + 1
@@ -500,9 +500,7 @@ def _tiny_transformer_on_meta() -> torch.nn.Module:
 
 def _any_block(spec: str) -> str:
     """`--target_modules` with block numbers that the tiny architecture has (its blocks 0-3 have every module kind)."""
-    import re
-
-    return ",".join(re.sub(r"^blocks\.\d+\.", "blocks.3.", t.strip()) for t in spec.split(","))
+    return ",".join(BLOCK_PREFIX.sub("blocks.3.", t.strip()) for t in spec.split(","))
 
 
 def resolve_target_modules(transformer: torch.nn.Module, spec: str) -> List[str]:
@@ -673,8 +671,9 @@ def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: Option
         if total_limit is not None:
             # Kept: the one just written and the newest earlier ones. Later ones are another run's, abandoned when
             # this one resumed from an older checkpoint; `latest` would pick them, so they go first.
-            earlier = [name for name in _checkpoints(output_dir) if int(name.split("-")[1]) < step]
-            later = [name for name in _checkpoints(output_dir) if int(name.split("-")[1]) > step]
+            steps = {name: int(name.removeprefix("checkpoint-")) for name in _checkpoints(output_dir)}
+            earlier = [name for name, other in steps.items() if other < step]
+            later = [name for name, other in steps.items() if other > step]
             for old in later + earlier[: max(0, len(earlier) - (total_limit - 1))]:
                 shutil.rmtree(os.path.join(output_dir, old))
     accelerator.wait_for_everyone()

@@ -62,15 +62,14 @@ class RuyiModelLoadingMixin:
         config = outputs[0] if isinstance(outputs, tuple) else outputs
         converted = original_model_config(cls._original_model_type, config)
         if converted is None:
-            completed = cls._complete_saved_config(config)
-            return (completed, *outputs[1:]) if isinstance(outputs, tuple) else completed
+            return outputs
         converted = {"_class_name": cls.__name__, **converted}
         return (converted, *outputs[1:]) if isinstance(outputs, tuple) else converted
 
     @classmethod
     def from_config(cls, config: Union[Dict[str, Any], None] = None, return_unused_kwargs: bool = False, **kwargs):
-        r"""[`~diffusers.ConfigMixin.from_config`], completing a config saved by an earlier version of this package as
-        `load_config` does (a config read from a file by hand)."""
+        r"""[`~diffusers.ConfigMixin.from_config`], completing a config saved by an earlier version of this package
+        (`from_pretrained` builds the model through here too)."""
         if isinstance(config, dict):
             config = cls._complete_saved_config(config)
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)

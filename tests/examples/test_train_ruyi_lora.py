@@ -329,21 +329,24 @@ def test_a_paired_image_trains_on_the_window_it_starts(script, video_dir, monkey
     np.testing.assert_allclose(((unpaired[:, 0] + 1) * 127.5).permute(1, 2, 0).numpy(), last, atol=1e-3)
 
 
+# What a resumed run must draw again as the uninterrupted one did: a checkpoint per step, unconditional and
+# last-frame choices.
+RESUME_FLAGS = ("--checkpointing_steps", "1", "--uncond_prob", "0.5", "--last_frame_prob", "0.5")
+
+
+def _assert_same_lora(folder, expected_folder):
+    got = load_file(folder / "pytorch_lora_weights.safetensors")
+    expected = load_file(expected_folder / "pytorch_lora_weights.safetensors")
+    assert got.keys() == expected.keys()
+    assert all(torch.equal(got[k], expected[k]) for k in got)
+
+
 def test_resume_reproduces_the_uninterrupted_run(script, video_dir, tmp_path):
     # 3 clips, 4 steps: resuming at step 2 goes on inside the first pass over the data, and then into the second; the
     # noise, the choices (unconditional, last frame), the clips' order and windows are drawn again as they were.
     import shutil
 
-    extra = (
-        "--max_train_steps",
-        "4",
-        "--checkpointing_steps",
-        "1",
-        "--uncond_prob",
-        "0.5",
-        "--last_frame_prob",
-        "0.5",
-    )
+    extra = ("--max_train_steps", "4", *RESUME_FLAGS)
     full = tmp_path / "full"
     script.main(_args(video_dir, full, *extra))
     resumed = tmp_path / "resumed"
@@ -351,11 +354,9 @@ def test_resume_reproduces_the_uninterrupted_run(script, video_dir, tmp_path):
     shutil.copytree(full / "checkpoint-2", resumed / "checkpoint-2")
     # By name, as diffusers' scripts: looked up in --output_dir.
     script.main(_args(video_dir, resumed, *extra, "--resume_from_checkpoint", "checkpoint-2"))
-    expected = load_file(full / "pytorch_lora_weights.safetensors")
-    got = load_file(resumed / "pytorch_lora_weights.safetensors")
-    assert got.keys() == expected.keys()
-    assert all(torch.equal(got[k], expected[k]) for k in got)
+    _assert_same_lora(resumed, full)
     # Not a vacuous comparison: the two steps after the checkpoint moved the weights.
+    expected = load_file(full / "pytorch_lora_weights.safetensors")
     at_checkpoint = load_file(full / "checkpoint-2" / "pytorch_lora_weights.safetensors")
     assert not all(torch.equal(at_checkpoint[k], expected[k]) for k in expected)
 
@@ -372,9 +373,7 @@ def test_num_train_epochs_sets_the_steps(script, video_dir, tmp_path):
     # 3 clips in batches of 1: three steps per pass, so 2 epochs are 6 steps.
     args = _args(video_dir, tmp_path / "run", "--num_train_epochs", "2", "--checkpointing_steps", "1")
     script.main(args)
-    assert sorted(d for d in os.listdir(tmp_path / "run") if d.startswith("checkpoint-")) == [
-        f"checkpoint-{i}" for i in (1, 2, 3, 4, 5, 6)
-    ]
+    assert script._checkpoints(str(tmp_path / "run")) == [f"checkpoint-{i}" for i in (1, 2, 3, 4, 5, 6)]
     # --max_train_steps overrides it, as in diffusers' scripts.
     script.main(_args(video_dir, tmp_path / "run2", "--num_train_epochs", "2", "--max_train_steps", "1"))
     assert not any(d.startswith("checkpoint-") for d in os.listdir(tmp_path / "run2"))
@@ -447,7 +446,7 @@ def test_the_output_folder_inside_the_data_is_not_read_as_data(script, video_dir
 
 
 @pytest.mark.slow
-def test_two_processes_resume_as_the_uninterrupted_run(tmp_path):
+def test_two_processes_resume_as_the_uninterrupted_run(script, tmp_path):
     # DDP on the CPU (gloo), two processes. Each saves its own generators' states (accelerate's custom-object
     # checkpoints hold the main process's only, so every process resumed with its noise), and a pass counts the batches
     # each process gets: 5 clips in batches of 1 are 2 per process (accelerate drops the one that does not go round),
@@ -474,25 +473,10 @@ def test_two_processes_resume_as_the_uninterrupted_run(tmp_path):
         result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
 
-    extra = (
-        "--num_train_epochs",
-        "2",
-        "--checkpointing_steps",
-        "1",
-        "--uncond_prob",
-        "0.5",
-        "--last_frame_prob",
-        "0.5",
-    )
+    extra = ("--num_train_epochs", "2", *RESUME_FLAGS)
     train(tmp_path / "full", *extra)
-    assert script_checkpoints(tmp_path / "full") == ["checkpoint-1", "checkpoint-2", "checkpoint-3", "checkpoint-4"]
+    assert script._checkpoints(str(tmp_path / "full")) == [f"checkpoint-{i}" for i in (1, 2, 3, 4)]
     (tmp_path / "resumed").mkdir()
     shutil.copytree(tmp_path / "full" / "checkpoint-1", tmp_path / "resumed" / "checkpoint-1")
     train(tmp_path / "resumed", *extra, "--resume_from_checkpoint", "latest")
-    expected = load_file(tmp_path / "full" / "pytorch_lora_weights.safetensors")
-    got = load_file(tmp_path / "resumed" / "pytorch_lora_weights.safetensors")
-    assert all(torch.equal(got[k], expected[k]) for k in expected)
-
-
-def script_checkpoints(folder):
-    return sorted((d for d in os.listdir(folder) if d.startswith("checkpoint-")), key=lambda d: int(d.split("-")[1]))
+    _assert_same_lora(tmp_path / "resumed", tmp_path / "full")
