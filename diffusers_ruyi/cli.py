@@ -43,6 +43,9 @@ VAE_DTYPE_NAMES = ("float32", "bfloat16")
 OFFLOAD_MODES = ("none", "model", "sequential", "group")
 CACHE_MODES = ("none", "teacache", "first-block")
 FP8_MODES = ("none", "lite", "strong", "extreme")
+FP8_DTYPES = ("e4m3fn", "e5m2")
+# x264's own default: what predict_i2v.py's `imageio.mimsave` writes.
+DEFAULT_CRF = 23
 # Copies of `pipelines.controls.MOTION_VALUES` / `CAMERA_DIRECTIONS` (importing that module imports torch);
 # tests/cli/test_cli.py checks that they agree.
 MOTION_VALUES = ("1", "2", "3", "4", "auto")
@@ -77,15 +80,16 @@ class _ArgumentParser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _int_at_least(minimum: int, expected: str) -> Callable[[str], int]:
-    """An argparse type: an integer >= ``minimum``; the error says ``expected`` and the value given."""
+def _int_at_least(minimum: int, expected: str, maximum: Optional[int] = None) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum`` (and <= ``maximum``); the error says ``expected`` and the value
+    given."""
 
     def parse(value: str) -> int:
         try:
             number = int(value)
         except ValueError:
             number = minimum - 1
-        if number < minimum:
+        if number < minimum or (maximum is not None and number > maximum):
             raise argparse.ArgumentTypeError(f"expected {expected}, got {value!r}")
         return number
 
@@ -162,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=None,
         help="Frames per second of the mp4 (default 24; --extend: the video's).",
+    )
+    io.add_argument(
+        "--crf",
+        type=_int_at_least(0, "an integer from 0 to 51", maximum=51),
+        default=DEFAULT_CRF,
+        help=f"x264 quality of the mp4, 0 to 51: lower is better and larger (default {DEFAULT_CRF}, as "
+        "predict_i2v.py writes; the original's ComfyUI workflows save at 19).",
     )
 
     model = parser.add_argument_group("model")
@@ -289,10 +300,55 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache-threshold", type=_non_negative_float, default=None, help="Threshold of --cache (default 0.1)."
     )
     memory.add_argument(
+        "--cache-skip-start",
+        type=_non_negative_int,
+        default=None,
+        metavar="N",
+        help="TeaCache: the first N steps are always computed (default 3, as the original's).",
+    )
+    memory.add_argument(
+        "--cache-skip-end",
+        type=_non_negative_int,
+        default=None,
+        metavar="N",
+        help="TeaCache: the last N steps are always computed (default 1, as the original's).",
+    )
+    memory.add_argument(
+        "--cache-on-device",
+        action="store_true",
+        help="TeaCache: keep its cached tensors on --device rather than the CPU (the original's offload_cpu "
+        "False): a little faster, more GPU memory.",
+    )
+    memory.add_argument(
         "--fp8", choices=FP8_MODES, default="none", help="Store transformer weights in float8 (the original's modes)."
     )
     memory.add_argument(
-        "--enhance-a-video", type=_non_negative_float, default=0.0, help="Enhance-A-Video weight (0 = off; ~1)."
+        "--fp8-dtype",
+        choices=FP8_DTYPES,
+        default=None,
+        help="The float8 format of --fp8: e4m3fn (default; the original's auto) or e5m2.",
+    )
+    memory.add_argument(
+        "--enhance-a-video",
+        type=_non_negative_float,
+        default=None,
+        metavar="WEIGHT",
+        help="Turn on Enhance-A-Video with this weight, >= 0 (the original's default 1; off when not given; "
+        "weight 0 still enhances, as in the original).",
+    )
+    memory.add_argument(
+        "--enhance-skip-start",
+        type=_non_negative_int,
+        default=None,
+        metavar="N",
+        help="Enhance-A-Video: not in the first N steps (default 0).",
+    )
+    memory.add_argument(
+        "--enhance-skip-end",
+        type=_non_negative_int,
+        default=None,
+        metavar="N",
+        help="Enhance-A-Video: not in the last N steps (default 0).",
     )
 
     messages = parser.add_argument_group("messages")
@@ -426,6 +482,21 @@ def check_args(args: argparse.Namespace) -> None:
         raise CLIError("--cache-threshold needs --cache (teacache or first-block)")
     if args.cache_threshold is None:
         args.cache_threshold = 0.1
+    for flag, given in (
+        ("--cache-skip-start", args.cache_skip_start is not None),
+        ("--cache-skip-end", args.cache_skip_end is not None),
+        ("--cache-on-device", args.cache_on_device),
+    ):
+        if given and args.cache != "teacache":
+            raise CLIError(f"{flag} needs --cache teacache (first-block has no step windows)")
+    if args.fp8 == "none" and args.fp8_dtype is not None:
+        raise CLIError("--fp8-dtype needs --fp8 (lite, strong or extreme)")
+    for flag, value in (
+        ("--enhance-skip-start", args.enhance_skip_start),
+        ("--enhance-skip-end", args.enhance_skip_end),
+    ):
+        if value is not None and args.enhance_a_video is None:
+            raise CLIError(f"{flag} needs --enhance-a-video")
     check_model(args.model)
     if args.device is not None and not _DEVICE_PATTERN.match(args.device):
         raise CLIError(f"--device {args.device!r} is not a device; use cpu, cuda, cuda:N, mps or xpu")
@@ -900,15 +971,32 @@ def _configure(pipe, args: argparse.Namespace, device, dtype, stage: _Stage) -> 
     elif args.cache == "teacache":
         from .hooks import RuyiTeaCacheConfig
 
-        pipe.transformer.enable_cache(RuyiTeaCacheConfig(threshold=args.cache_threshold))
-    if args.enhance_a_video > 0:
+        skip = {"skip_start_steps": args.cache_skip_start, "skip_end_steps": args.cache_skip_end}
+        pipe.transformer.enable_cache(
+            RuyiTeaCacheConfig(
+                threshold=args.cache_threshold,
+                offload_to_cpu=not args.cache_on_device,
+                **{name: value for name, value in skip.items() if value is not None},
+            )
+        )
+    if args.enhance_a_video is not None:
         from .hooks import RuyiEnhanceAVideoConfig, apply_ruyi_enhance_a_video
 
-        apply_ruyi_enhance_a_video(pipe.transformer, RuyiEnhanceAVideoConfig(weight=args.enhance_a_video))
+        apply_ruyi_enhance_a_video(
+            pipe.transformer,
+            RuyiEnhanceAVideoConfig(
+                weight=args.enhance_a_video,
+                skip_start_steps=args.enhance_skip_start or 0,
+                skip_end_steps=args.enhance_skip_end or 0,
+            ),
+        )
     if args.fp8 != "none":
+        import torch
+
         from .hooks import apply_fp8_mode
 
-        apply_fp8_mode(pipe.transformer, args.fp8, compute_dtype=dtype)
+        fp8_dtype = torch.float8_e5m2 if args.fp8_dtype == "e5m2" else torch.float8_e4m3fn
+        apply_fp8_mode(pipe.transformer, args.fp8, fp8_dtype=fp8_dtype, compute_dtype=dtype)
     if args.vae_tiling:
         pipe.vae.enable_tiling()
     if args.skip_offload:
@@ -943,26 +1031,10 @@ def _generator(args: argparse.Namespace, device):
     return torch.Generator("cpu" if args.generator_device == "cpu" else device).manual_seed(args.seed)
 
 
-# x264's own quality (CRF 23): what predict_i2v.py's `imageio.mimsave` writes. `export_to_video`'s default quality 5
-# is CRF 25, a visibly lower quality for a smaller file.
-VIDEO_QUALITY = None
-
-
-def write_video_atomically(frames, path: str, fps: int, export: Callable) -> None:
+def write_video_atomically(frames, path: str, fps: float, crf: int = DEFAULT_CRF) -> None:
     """Writes ``frames`` to a temporary file next to ``path`` and renames it; nothing is left on failure."""
-    out_dir = os.path.dirname(os.path.abspath(path))
-    os.makedirs(out_dir, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=".ruyi-", suffix=".mp4", dir=out_dir)
-    os.close(fd)
-    try:
-        export(list(frames), tmp_path, fps=fps, quality=VIDEO_QUALITY)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp creates 0600; give the video the usual permissions
-        os.replace(tmp_path, path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
+    with open_video_atomically(path, fps, crf=crf) as append:
+        append(frames)
 
 
 # Optional back-ends that diffusers imports whenever they are installed (torchao) log at import what they cannot do on
@@ -1036,25 +1108,36 @@ def _run(args: argparse.Namespace, progress: Progress, stage: _Stage) -> None:
         generator=_generator(args, device),
         output_type="np",
     ).frames[0]
+    _say_teacache_skips(pipe, args, progress)
     fps = args.fps or 24
 
     stage.name = "write"
-    # Looked up at call time, so that tests can replace it.
-    import diffusers.utils
-
     with progress.phase(f"writing {args.output}"):
         check_output_path("--output", args.output, args.overwrite)  # nothing appeared there meanwhile
-        write_video_atomically(frames, args.output, fps, diffusers.utils.export_to_video)
+        write_video_atomically(frames, args.output, fps, crf=args.crf)
     progress.say(
         f"wrote {args.output} ({len(frames)} frames, {frames.shape[2]}x{frames.shape[1]}, {fps} fps) in "
         f"{progress.elapsed():.1f} s total, {peak_memory(device)}"
     )
 
 
+def _say_teacache_skips(pipe, args: argparse.Namespace, progress: Progress, prefix: str = "") -> None:
+    """The original's "TeaCache cached steps" line: which steps of the last call reused the cache."""
+    if args.cache != "teacache":
+        return
+    from .hooks import get_ruyi_teacache_skipped_steps
+
+    skipped = get_ruyi_teacache_skipped_steps(pipe.transformer)
+    progress.say(f"{prefix}TeaCache skipped {len(skipped)} of {args.steps} steps {skipped}")
+
+
 @contextlib.contextmanager
-def open_video_atomically(path: str, fps: float, before_replace: Optional[Callable[[], None]] = None):
-    """Yields ``append(frames)`` writing frames (uint8, or float in [0, 1]) to a temporary mp4 next to ``path`` as
-    they come; renamed to ``path`` when the block ends without error, removed otherwise."""
+def open_video_atomically(
+    path: str, fps: float, before_replace: Optional[Callable[[], None]] = None, crf: int = DEFAULT_CRF
+):
+    """Yields ``append(frames)`` writing frames (uint8, or float in [0, 1]) to a temporary mp4 (H.264 at x264's
+    ``crf``) next to ``path`` as they come; renamed to ``path`` when the block ends without error, removed
+    otherwise."""
     import imageio
     import numpy as np
 
@@ -1063,10 +1146,13 @@ def open_video_atomically(path: str, fps: float, before_replace: Optional[Callab
     fd, tmp_path = tempfile.mkstemp(prefix=".ruyi-", suffix=".mp4", dir=out_dir)
     os.close(fd)
     try:
-        # The settings of the single-call path (`write_video_atomically`), except the macro block: imageio resizes
-        # frames to a multiple of it, and a continued video keeps its own size (even, as H.264 needs). Generated sizes
-        # are multiples of 16, so their files are the single-call path's.
-        writer = imageio.get_writer(tmp_path, fps=fps, quality=VIDEO_QUALITY, macro_block_size=2)
+        # `export_to_video`'s writer, except two settings. The quality: its `quality` can only express CRF 0-45 in
+        # uneven steps (and its default 5 is CRF 25, below predict_i2v.py's x264 default 23), so the CRF is given to
+        # ffmpeg directly. The macro block: imageio resizes frames to a multiple of it, and a continued video keeps
+        # its own size (even, as H.264 needs); generated sizes are multiples of 16 anyway.
+        writer = imageio.get_writer(
+            tmp_path, fps=fps, quality=None, macro_block_size=2, output_params=["-crf", str(crf)]
+        )
         try:
 
             def append(frames) -> None:
@@ -1132,7 +1218,7 @@ def _run_segments(args: argparse.Namespace, pipe, device, progress: Progress, st
         check_output_path("--output", args.output, args.overwrite)  # nothing appeared there meanwhile
 
     stage.name = "write"
-    with open_video_atomically(args.output, fps, before_replace=still_writable) as append:
+    with open_video_atomically(args.output, fps, before_replace=still_writable, crf=args.crf) as append:
         if args.extend is not None:
             stage.name = "read"
             with progress.phase(f"copying the {args.extend_info['frames']} frames of {args.extend}"):
@@ -1169,6 +1255,7 @@ def _run_segments(args: argparse.Namespace, pipe, device, progress: Progress, st
             stage.name = "generate"
             start = time.perf_counter()
             _, new = next(segments)
+            _say_teacache_skips(pipe, args, progress, prefix=f"segment {segment.index + 1}/{len(plan)}: ")
             stage.name = "write"
             if size != out_size:
                 new = resize_frames(new, *out_size)

@@ -45,6 +45,14 @@ def test_cli_writes_a_playable_mp4(tmp_path):
     assert b"crf=23.0" in out.read_bytes()
 
 
+def test_crf_sets_the_mp4_quality(tmp_path):
+    # The original's ComfyUI workflows save at CRF 19.
+    out = tmp_path / "video.mp4"
+    assert main(["--image", START, "--output", str(out), "--crf", "19", *FAST]) == 0
+    assert b"crf=19.0" in out.read_bytes()
+    assert len(_read_video(out)[0]) == 8
+
+
 def test_cli_speed_and_memory_options(tmp_path):
     out = tmp_path / "fast.mp4"
     args = [
@@ -292,12 +300,19 @@ def test_output_must_be_mp4(tmp_path, capsys):
 def test_failed_run_leaves_no_file(tmp_path, monkeypatch, capsys):
     out = tmp_path / "video.mp4"
 
-    def broken_export(frames, path, fps, quality):
-        with open(path, "wb") as f:
-            f.write(b"partial")
-        raise OSError("disk full")
+    class BrokenWriter:
+        def __init__(self, path, **kwargs):
+            self.path = path
 
-    monkeypatch.setattr("diffusers.utils.export_to_video", broken_export)
+        def append_data(self, frame):
+            with open(self.path, "wb") as f:
+                f.write(b"partial")
+            raise OSError("disk full")
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr("imageio.get_writer", BrokenWriter)
     assert main(["--image", START, "--output", str(out), *FAST]) == 1
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert "--output" in last and "could not be written: disk full" in last
@@ -436,3 +451,17 @@ def test_interrupt_hides_failing_teardown(signal_error, verbose, tmp_path, monke
     assert sys.unraisablehook == unraisable.append  # put back
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1].endswith("no output was written")
+
+
+def test_docs_table_lists_every_flag_and_no_other():
+    # docs/cli.md's options table is the reference users read: a flag added or renamed must show there.
+    import re
+
+    from diffusers_ruyi.cli import build_parser
+
+    flags = {opt for action in build_parser()._actions for opt in action.option_strings if opt.startswith("--")}
+    flags -= {"--help", "--quiet", "--verbose"}  # described in the text above the table
+    text = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text()
+    table = [line for line in text.splitlines() if line.startswith("| `--")]
+    documented = {flag for line in table for flag in re.findall(r"`(--[a-z0-9-]+)", line.split(" | ")[0])}
+    assert flags == documented, (sorted(flags - documented), sorted(documented - flags))

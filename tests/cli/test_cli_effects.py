@@ -11,6 +11,7 @@ import pytest
 import torch
 from _helpers import ORIGINAL_LORA, load_pipe
 
+from diffusers_ruyi import cli
 from diffusers_ruyi.cli import main
 from diffusers_ruyi.hooks import RuyiEnhanceAVideoConfig, apply_ruyi_enhance_a_video
 
@@ -25,7 +26,7 @@ TOL = 1e-4
 def _capture_videos(monkeypatch):
     """Replaces the mp4 writer: the frames of each video the CLI writes are appended to the returned list."""
     captured = []
-    monkeypatch.setattr(diffusers.utils, "export_to_video", lambda frames, path, fps, quality: captured.append(frames))
+    monkeypatch.setattr(cli, "write_video_atomically", lambda frames, path, fps, crf: captured.append(frames))
     return captured
 
 
@@ -71,8 +72,20 @@ def _lora(weight):
     return configure
 
 
-def _enhance(pipe):
-    apply_ruyi_enhance_a_video(pipe.transformer, RuyiEnhanceAVideoConfig(weight=3.0))
+def _enhance(weight=3.0, **skips):
+    def configure(pipe):
+        apply_ruyi_enhance_a_video(pipe.transformer, RuyiEnhanceAVideoConfig(weight=weight, **skips))
+
+    return configure
+
+
+def _fp8(mode, dtype):
+    def configure(pipe):
+        from diffusers_ruyi.hooks import apply_fp8_mode
+
+        apply_fp8_mode(pipe.transformer, mode, fp8_dtype=dtype, compute_dtype=torch.float32)
+
+    return configure
 
 
 def _dpm(pipe):
@@ -89,7 +102,14 @@ CASES = {
     "steps": (["--steps", "3"], dict(num_inference_steps=3), None),
     "last_image": (["--last-image", END], dict(last_image=PIL.Image.open(END)), None),
     "lora_weight": (["--lora", str(LORA), "--lora-weight", "0.3"], {}, _lora(0.3)),
-    "enhance": (["--enhance-a-video", "3"], {}, _enhance),
+    "enhance": (["--enhance-a-video", "3"], {}, _enhance()),
+    # As in the original, weight 0 is not "off": the attention is still scaled by the clamped feta score.
+    "enhance weight 0": (["--enhance-a-video", "0"], {}, _enhance(0.0)),
+    # Two steps: each window leaves one step enhanced; not honouring it would give the "enhance" video.
+    "enhance skip start": (["--enhance-a-video", "3", "--enhance-skip-start", "1"], {}, _enhance(skip_start_steps=1)),
+    "enhance skip end": (["--enhance-a-video", "3", "--enhance-skip-end", "1"], {}, _enhance(skip_end_steps=1)),
+    "fp8 e4m3fn": (["--fp8", "extreme"], {}, _fp8("extreme", torch.float8_e4m3fn)),
+    "fp8 e5m2": (["--fp8", "extreme", "--fp8-dtype", "e5m2"], {}, _fp8("extreme", torch.float8_e5m2)),
     "scheduler": (["--scheduler", "dpm++"], {}, _dpm),
 }
 
@@ -251,3 +271,79 @@ def test_cache_flag_enables_its_cache(monkeypatch, tmp_path, tiny_checkpoint, ca
     uncached = _direct(tiny_checkpoint, num_inference_steps=6)
     assert (got - expected).abs().max().item() <= TOL
     assert (got - uncached).abs().max().item() > 1e-3
+
+
+def test_teacache_windows_and_offload_flags(monkeypatch, tmp_path, tiny_checkpoint, capsys):
+    # The original's tea_cache_skip_start_steps / skip_end_steps / offload_cpu. With the default windows (3 and 1 of
+    # 6 steps) the skipped steps are others, so not passing the windows on gives another video.
+    from diffusers_ruyi import RuyiTransformer3DModel
+    from diffusers_ruyi.hooks import RuyiTeaCacheConfig, get_ruyi_teacache_skipped_steps
+
+    configs = []
+    enable_cache = RuyiTransformer3DModel.enable_cache
+
+    def recording(self, config):
+        configs.append(config)
+        return enable_cache(self, config)
+
+    monkeypatch.setattr(RuyiTransformer3DModel, "enable_cache", recording)
+    flags = ["--cache", "teacache", "--cache-threshold", "0.5", "--steps", "6"]
+    windows = ["--cache-skip-start", "1", "--cache-skip-end", "2", "--cache-on-device"]
+    argv = _base_argv(tmp_path, tiny_checkpoint)[:-2] + ["--overwrite", "--num-frames", "8", "--height", "32"]
+    captured = _capture_videos(monkeypatch)
+    assert main(argv + ["--width", "48", "--steps", "2", *flags, *windows]) == 0
+    got = torch.from_numpy(np.stack(captured[0]))
+    (config,) = configs
+    assert (config.skip_start_steps, config.skip_end_steps, config.offload_to_cpu) == (1, 2, False)
+    # The original's "TeaCache cached steps" line, on stderr.
+    assert "TeaCache skipped" in capsys.readouterr().err
+
+    def windowed(pipe):
+        pipe.transformer.enable_cache(RuyiTeaCacheConfig(threshold=0.5, skip_start_steps=1, skip_end_steps=2))
+
+    pipe = load_pipe(tiny_checkpoint, dtype=torch.float32)
+    windowed(pipe)
+    expected = torch.from_numpy(
+        pipe(
+            image=PIL.Image.open(START),
+            num_frames=8,
+            height=32,
+            width=48,
+            num_inference_steps=6,
+            generator=torch.Generator("cpu").manual_seed(42),
+            output_type="np",
+        ).frames[0]
+    )
+    skipped = get_ruyi_teacache_skipped_steps(pipe.transformer)
+    default_windows = _direct(
+        tiny_checkpoint,
+        lambda p: p.transformer.enable_cache(RuyiTeaCacheConfig(threshold=0.5)),
+        num_inference_steps=6,
+    )
+    assert skipped and (got - expected).abs().max().item() <= TOL
+    assert (got - default_windows).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--cache-skip-start", "1"], "--cache-skip-start needs --cache teacache"),
+        (["--cache", "first-block", "--cache-skip-end", "1"], "--cache-skip-end needs --cache teacache"),
+        (["--cache-on-device"], "--cache-on-device needs --cache teacache"),
+        (["--fp8-dtype", "e5m2"], "--fp8-dtype needs --fp8"),
+        (["--enhance-skip-start", "2"], "--enhance-skip-start needs --enhance-a-video"),
+        (["--enhance-skip-end", "2"], "--enhance-skip-end needs --enhance-a-video"),
+        (["--crf", "52"], "expected an integer from 0 to 51, got '52'"),
+        (["--crf", "-1"], "expected an integer from 0 to 51, got '-1'"),
+    ],
+)
+def test_options_that_need_another_are_refused(tmp_path, capsys, flags, message):
+    # Before any model is built: argparse refuses a --crf out of range, the checks the rest.
+    out = tmp_path / "v.mp4"
+    try:
+        code = main(["--image", START, "--output", str(out), "--model", "tiny-random", *flags])
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0]
+    assert not out.exists()

@@ -140,9 +140,10 @@ def test_extend_appends_frames_after_the_input(tmp_path, input_video, monkeypatc
 
 def test_extend_writes_a_playable_mp4_with_the_input_fps(tmp_path, input_video):
     out = tmp_path / "out.mp4"
-    assert main(["--extend", str(input_video), "--output", str(out), "--num-frames", "3", *FAST]) == 0
+    assert main(["--extend", str(input_video), "--output", str(out), "--num-frames", "3", "--crf", "19", *FAST]) == 0
     frames, fps = _read(out)
     assert len(frames) == 12 and frames[0].shape == (32, 48, 3) and fps == pytest.approx(12)
+    assert b"crf=19.0" in out.read_bytes()  # the segments' writer takes --crf too
 
 
 @pytest.mark.parametrize("height, width", [(16, 32), (48, 64)])
