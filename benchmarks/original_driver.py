@@ -325,6 +325,36 @@ def load_transformer(args) -> dict:
     return {"seconds": seconds, "peak_mb": _peak_rss_mb() - before, "weights_mb": weights}
 
 
+def fp8_modules(args) -> dict:
+    """The module names `predict_i2v.py`'s fp8 rules select on a transformer in the original layout, with its size
+    rule (2816**2) replaced by ``--min-numel``: "lite" and "strong" take the modules of class `Linear` exactly whose
+    weight has more than ``min_numel`` elements ("strong": at least), "extreme" the parameter-owning leaves except
+    embeddings, `LayerNorm`, `Conv2d` and `NonDynamicallyQuantizableLinear`. Nothing is converted."""
+    _, tr_mod, _ = _import_original(args.reference)
+    model = tr_mod.HunyuanTransformer3DModel.from_pretrained_2d(
+        args.root, subfolder="transformer", transformer_additional_kwargs=TRANSFORMER_EXTRAS
+    )
+    selected = {}
+    for mode in ("lite", "strong"):
+        limit = args.min_numel - (1 if mode == "strong" else 0)
+        selected[mode] = [
+            name
+            for name, module in model.named_modules()
+            if type(module).__name__ == "Linear" and module.weight.numel() > limit
+        ]
+    skipped_classes = ("Embedding", "LayerNorm", "Conv2d", "NonDynamicallyQuantizableLinear")
+    selected["extreme"] = [
+        name
+        for name, module in model.named_modules()
+        if next(module.children(), None) is None
+        and next(module.parameters(recurse=False), None) is not None
+        and type(module).__name__ not in skipped_classes
+    ]
+    with open(args.save, "w") as f:
+        json.dump(selected, f)
+    return {mode: len(names) for mode, names in selected.items()}
+
+
 def estimate_transformer_memory(args) -> dict:
     """Live tensor bytes of one batched classifier-free-guidance call of the original transformer, per
     `gpu_offload_steps` value (its `hidden_cache_size`), counted like `estimate_memory.py` counts this package's.
@@ -448,6 +478,10 @@ def main() -> None:
     load = sub.add_parser("load-transformer")
     load.add_argument("--root", required=True)
     load.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    fp8 = sub.add_parser("fp8-modules")
+    fp8.add_argument("--root", required=True, help="A checkpoint in the original layout (its transformer/).")
+    fp8.add_argument("--min-numel", type=int, default=2816**2, help="The size rule of lite/strong.")
+    fp8.add_argument("--save", required=True, help="JSON file: module names per mode.")
     est = sub.add_parser("estimate-transformer-memory")
     est.add_argument("--transformer-config", required=True, help="The transformer's config.json (original layout).")
     est.add_argument("--latent", type=int, nargs=3, required=True, metavar=("FRAMES", "HEIGHT", "WIDTH"))
@@ -457,6 +491,7 @@ def main() -> None:
     args = parser.parse_args()
     commands = {
         "make-checkpoint": make_checkpoint,
+        "fp8-modules": fp8_modules,
         "run-pipeline": run_pipeline,
         "run-vae": run_vae,
         "load-transformer": load_transformer,

@@ -48,10 +48,12 @@ def select_fp8_modules(model: nn.Module, mode: str, min_numel: int = RUYI_FP8_MI
 
     * `"lite"`: every `nn.Linear` whose weight has more than `min_numel` elements.
     * `"strong"`: every `nn.Linear` whose weight has at least `min_numel` elements.
-    * `"extreme"`: every leaf module that owns parameters, except embeddings, plain `nn.LayerNorm` (QK-norm), 2D
-      convolutions (the patch embedding) and the CLIP resampler's attention output projection, which the original
-      leaves alone (its `nn.MultiheadAttention` out-projection class). The float32 LayerNorms (`FP32LayerNorm`) are
-      converted, as in the original; they up-cast their weights anyway.
+    * `"extreme"`: every leaf module that owns parameters, except embeddings, plain `nn.LayerNorm` (QK-norm) and 2D
+      convolutions (the patch embedding). The float32 LayerNorms (`FP32LayerNorm`) are converted, as in the
+      original; they up-cast their weights anyway.
+
+    No mode selects the CLIP resampler's attention output projection, which the original leaves alone (its
+    `nn.MultiheadAttention` out-projection class is neither a plain `nn.Linear` nor a leaf it converts).
     * `"none"`: nothing.
 
     PEFT (LoRA) layers and their sub-layers are never selected.
@@ -80,6 +82,10 @@ def select_fp8_modules(model: nn.Module, mode: str, min_numel: int = RUYI_FP8_MI
         # leaves, so the filters below pass them over).
         if any(name.startswith(prefix) for prefix in peft_prefixes):
             continue
+        # The original's resampler attention is an `nn.MultiheadAttention`, whose out-projection class is not a plain
+        # `nn.Linear` and no leaf it converts: no mode touches it (here it is a plain `nn.Linear`).
+        if name.endswith("clip_projection.attn.out_proj"):
+            continue
         if mode in ("lite", "strong"):
             if type(module) is not nn.Linear:
                 continue
@@ -92,8 +98,6 @@ def select_fp8_modules(model: nn.Module, mode: str, min_numel: int = RUYI_FP8_MI
             if not is_leaf or not has_parameters:
                 continue
             if isinstance(module, (nn.Embedding, nn.Conv2d)) or type(module) is nn.LayerNorm:
-                continue
-            if name.endswith("clip_projection.attn.out_proj"):
                 continue
             selected.append(name)
     return selected

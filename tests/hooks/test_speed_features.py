@@ -123,12 +123,15 @@ def test_enhance_a_video_matches_original(pipe, golden_meta):
     assert (video - expected).abs().max().item() <= GOLDEN_TOL
 
 
-def test_fp8_modes_select_the_original_layers():
-    with open(GOLDEN_EXTRA / "fp8_modules_min_numel_2048.json") as f:
+@pytest.mark.parametrize("min_numel", [2048, 0])
+def test_fp8_modes_select_the_original_layers(min_numel):
+    # At 0, "lite"/"strong" take every plain Linear of the original: not its resampler's MultiheadAttention
+    # out-projection, a plain Linear here.
+    with open(GOLDEN_EXTRA / f"fp8_modules_min_numel_{min_numel}.json") as f:
         original = json.load(f)
     model = tiny_transformer()
     for mode in ("lite", "strong", "extreme"):
-        assert sorted(select_fp8_modules(model, mode, min_numel=2048)) == sorted(original[mode]), mode
+        assert sorted(select_fp8_modules(model, mode, min_numel=min_numel)) == sorted(original[mode]), mode
     assert select_fp8_modules(model, "none") == []
     with pytest.raises(ValueError):
         select_fp8_modules(model, "medium")
@@ -340,6 +343,16 @@ def test_cache_that_cannot_apply_raises(config):
     assert not any(getattr(m, "_diffusers_hook", None) and m._diffusers_hook.hooks for m in model.modules())
     model.enable_cache(FirstBlockCacheConfig(threshold=0.1))
     model.disable_cache()
+
+
+def test_seacache_is_refused_rather_than_run_fail_open():
+    # SeaCache needs a flow-matching sigma per step; without one diffusers computes every block and logs a line.
+    from diffusers import SeaCacheConfig
+
+    model = tiny_transformer()
+    with pytest.raises(ValueError, match="SeaCacheConfig needs each step's flow-matching sigma"):
+        model.enable_cache(SeaCacheConfig())
+    assert not model.is_cache_enabled
 
 
 def test_mag_cache():
