@@ -35,7 +35,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=find_packages(include=["diffusers_ruyi", "diffusers_ruyi.*"]),
     install_requires=_deps_core,
     extras_require={

@@ -23,7 +23,12 @@ def main(argv=None):
     parser.add_argument(
         "--skip-offload", type=int, default=0, help="Long skips parked on the CPU in groups of N (0: off)."
     )
-    parser.add_argument("--fp8", action="store_true", help="Store transformer weights in float8 (computes in bf16).")
+    parser.add_argument(
+        "--fp8",
+        action="store_true",
+        help="Store the transformer's weights in float8 with diffusers' layerwise casting (computed in bf16 on a GPU, "
+        "float32 on the CPU); for the original's fp8 modes see apply_fp8_mode.",
+    )
     parser.add_argument("--tile", type=int, default=256, help="VAE tile size in pixels.")
     args = parse_args(parser, argv)
     on_gpu = torch.cuda.is_available()

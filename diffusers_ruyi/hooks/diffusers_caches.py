@@ -72,6 +72,14 @@ def check_cache_config(config: Any) -> None:
             "`config` must be a cache config instance (RuyiTeaCacheConfig, or diffusers' FirstBlockCacheConfig, "
             f"FasterCacheConfig, ...), got {type(config).__name__}."
         )
+    # SeaCache reads a flow-matching sigma in [0, 1] from each step's cache context; a DDPM schedule has none, and
+    # without it diffusers runs it "fail-open": every block computed, only a log line says so.
+    if type(config).__name__ == "SeaCacheConfig":
+        raise ValueError(
+            "SeaCacheConfig needs each step's flow-matching sigma in [0, 1], which Ruyi's DDPM (v-prediction) "
+            "schedule does not have; it would cache nothing. Use RuyiTeaCacheConfig, FirstBlockCacheConfig or "
+            "MagCacheConfig."
+        )
     # diffusers checks none of these: a bad one fails inside the first denoising step, or caches nothing at all.
     if isinstance(config, FirstBlockCacheConfig):
         check_real("FirstBlockCacheConfig.threshold", config.threshold, low=0.0)

@@ -31,6 +31,7 @@ import contextlib
 import inspect
 import logging
 import os
+import sys
 from typing import Any, Callable, Dict, Iterator, Union
 
 from diffusers import ModelMixin
@@ -87,8 +88,10 @@ class RuyiModelLoadingMixin:
 
     def save_pretrained(self, save_directory: Union[str, os.PathLike], *args, **kwargs) -> None:
         r"""[`~diffusers.ModelMixin.save_pretrained`]; `safe_serialization=False` (pickle weights, which
-        `from_pretrained` refuses to read) is refused before anything is written."""
+        `from_pretrained` refuses to read) and a model carrying LoRA layers are refused before anything is
+        written."""
         check_safe_serialization(super().save_pretrained, save_directory, *args, **kwargs)
+        check_no_lora_layers(self, type(self).__name__)
         super().save_pretrained(save_directory, *args, **kwargs)
 
     # diffusers reads the arguments a component's `save_pretrained` takes (`variant`, `max_shard_size`, ...) from
@@ -172,6 +175,24 @@ def check_safe_serialization(save_pretrained: Callable, *args, **kwargs) -> None
         raise ValueError(
             "`safe_serialization` must be True: diffusers-ruyi loads weights from safetensors files only, so pickle "
             "weights would not load back."
+        )
+
+
+def check_no_lora_layers(model: Any, name: str) -> None:
+    """Refuses saving a model that carries PEFT (LoRA) layers, fused or not: their ``base_layer`` / ``lora_A`` keys
+    are not the model's, so the folder would not load back."""
+    tuners = sys.modules.get("peft.tuners.tuners_utils")  # no PEFT layer can exist before peft is imported
+    if tuners is None or not hasattr(model, "named_modules"):
+        return
+    wrapped = [
+        module_name for module_name, module in model.named_modules() if isinstance(module, tuners.BaseTunerLayer)
+    ]
+    if wrapped:
+        raise ValueError(
+            f"The {name} carries LoRA layers ({len(wrapped)}, e.g. {wrapped[0]!r}), whose weights would be saved "
+            "under keys the model does not have, so the folder would not load back. To save the merged weights call "
+            "`fuse_lora()` then `unload_lora_weights()` first; to save without the LoRA, `unload_lora_weights()`; to "
+            "save the LoRA itself, `save_lora_weights()`."
         )
 
 

@@ -38,7 +38,7 @@ from transformers import CLIPVisionModelWithProjection
 from .._images import image_to_rgb
 from .._validation import check_frame_size, check_real
 from ..loaders.lora import RuyiLoraLoaderMixin
-from ..loaders.model_loading import check_safe_serialization, modeling_logs_dropped
+from ..loaders.model_loading import check_no_lora_layers, check_safe_serialization, modeling_logs_dropped
 from ..models.autoencoder_kl_ruyi import AutoencoderKLRuyiCausal3D, same_values
 from ..models.transformer_ruyi import RuyiTransformer3DModel
 from .controls import (
@@ -234,6 +234,33 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                 "prediction_type='v_prediction', e.g. `EulerDiscreteScheduler.from_config(pipe.scheduler.config)`. "
                 "Flow-matching schedulers do not apply."
             )
+        name = type(scheduler).__name__
+        if "Inverse" in name or getattr(scheduler.config, "use_flow_sigmas", False):
+            # An inverse scheduler walks from the video to noise; flow sigmas replace the DDPM schedule. Both run
+            # without error and return no video.
+            why = "an inverse scheduler" if "Inverse" in name else "use_flow_sigmas=True"
+            raise ValueError(
+                f"{name} ({why}) cannot run Ruyi's sampling: use a DDPM-family scheduler with prediction_type="
+                "'v_prediction' and use_flow_sigmas off, e.g. `EulerDiscreteScheduler.from_config(pipe.scheduler.config)`."
+            )
+        step = getattr(scheduler, "step", None)
+        try:
+            parameters = inspect.signature(step).parameters.values()
+        except (TypeError, ValueError):
+            return  # a C or wrapped `step`: nothing to read
+        required = [
+            p.name
+            for p in parameters
+            if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+        if required != ["model_output", "timestep", "sample"]:
+            # The denoising loop calls `step(model_output, timestep, sample)`; a scheduler that needs more
+            # (CogVideoXDPMScheduler's previous prediction and timestep) would fail after the encoders had run.
+            raise ValueError(
+                f"{name}.step takes {required}, but Ruyi's denoising loop passes (model_output, timestep, sample): "
+                "use a scheduler whose step needs nothing else, e.g. `DDIMScheduler`, `EulerDiscreteScheduler`, "
+                "`DPMSolverMultistepScheduler`."
+            )
 
     # ------------------------------------------------------------------------------------------------------------
     # Loading and saving
@@ -269,6 +296,13 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         )
         from ..loaders.original_pipeline import check_clip_weight_keys, load_original_pipeline_components
 
+        if kwargs.get("use_safetensors") is False:
+            # Refused here for every layout: in a diffusers folder the first component read (not a model) would
+            # otherwise fail on a missing .bin.
+            raise ValueError(
+                "`use_safetensors=False`: diffusers-ruyi loads model weights from safetensors files only (the "
+                "published image encoder's pytorch_model.bin is the one exception, read without it)."
+            )
         dtype = resolve_dtype(kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None))
         if isinstance(dtype, dict):
             components, _ = cls._get_signature_keys(cls)
@@ -286,7 +320,10 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         )
 
         if is_original_pipeline_folder(path):
-            return cls(**load_original_pipeline_components(path, dtype=dtype, **kwargs))
+            pipe = cls(**load_original_pipeline_components(path, dtype=dtype, **kwargs))
+            # What DiffusionPipeline.from_pretrained records (`pipe.name_or_path`).
+            pipe.register_to_config(_name_or_path=os.fspath(pretrained_model_name_or_path))
+            return pipe
         if not os.path.isfile(os.path.join(path, "model_index.json")):
             raise ValueError(
                 f"{pretrained_model_name_or_path!r} is neither a diffusers pipeline folder (no model_index.json) nor "
@@ -303,8 +340,11 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
 
     def save_pretrained(self, save_directory: Union[str, os.PathLike], *args, **kwargs) -> None:
         r"""[`~DiffusionPipeline.save_pretrained`]; `safe_serialization=False` (pickle weights, which
-        `from_pretrained` refuses to read) is refused before anything is written."""
+        `from_pretrained` refuses to read) and components carrying LoRA layers (fuse and unload them first) are
+        refused before anything is written."""
         check_safe_serialization(super().save_pretrained, save_directory, *args, **kwargs)
+        for name, component in self.components.items():
+            check_no_lora_layers(component, name)
         super().save_pretrained(save_directory, *args, **kwargs)
 
     save_pretrained.__signature__ = inspect.signature(DiffusionPipeline.save_pretrained)

@@ -87,10 +87,14 @@ def test_each_published_component_resolves_its_quantization_as_diffusers_does(ti
 
 def test_variant_of_a_saved_folder(tiny_checkpoint, tmp_path):
     pipe = RuyiImageToVideoPipeline.from_pretrained(tiny_checkpoint)
+    assert pipe.name_or_path == str(tiny_checkpoint)  # as DiffusionPipeline.from_pretrained records it
     pipe.save_pretrained(tmp_path, variant="bf16")
     assert (tmp_path / "transformer" / "diffusion_pytorch_model.bf16.safetensors").is_file()
     loaded = DiffusionPipeline.from_pretrained(tmp_path, variant="bf16")
     assert type(loaded) is RuyiImageToVideoPipeline
+    # A diffusers folder refuses pickle weights before diffusers reads its first component.
+    with pytest.raises(ValueError, match="pytorch_model.bin is the one exception, read without it"):
+        RuyiImageToVideoPipeline.from_pretrained(tmp_path, use_safetensors=False)
     for name in ("transformer", "vae"):
         original, reloaded = getattr(pipe, name).state_dict(), getattr(loaded, name).state_dict()
         assert all(torch.equal(original[k], reloaded[k]) for k in original)
@@ -123,6 +127,10 @@ def test_bad_loading_options_are_refused_before_loading(tiny_realfmt_checkpoint)
         RuyiImageToVideoPipeline.from_pretrained(tiny_realfmt_checkpoint, not_an_option=1)
     with pytest.raises(ValueError, match="safetensors files only"):
         RuyiTransformer3DModel.from_pretrained(tiny_realfmt_checkpoint, subfolder="transformer", use_safetensors=False)
+    with pytest.raises(
+        ValueError, match="`use_safetensors=False`: diffusers-ruyi loads model weights from safetensors"
+    ):
+        RuyiImageToVideoPipeline.from_pretrained(tiny_realfmt_checkpoint, use_safetensors=False)
     with pytest.raises(ValueError, match=r"`dtype` must be one of \['float32', 'float16', 'bfloat16'\]"):
         RuyiTransformer3DModel.from_pretrained(tiny_realfmt_checkpoint, subfolder="transformer", dtype="float8")
     with pytest.raises(FileNotFoundError, match="check `subfolder`"):

@@ -710,3 +710,22 @@ def test_module_names_the_original_merge_resolves(clean_pipe, small_inputs, rena
 def test_dora_files_are_refused(clean_pipe, key):
     with pytest.raises(ValueError, match="DoRA LoRAs are not supported for Ruyi"):
         clean_pipe.lora_state_dict({key: torch.ones(4), "blocks.0.attn1.to_q.lora_A.weight": torch.zeros(2, 4)})
+
+
+def test_saving_a_model_with_lora_layers_is_refused_and_fuse_unload_saves(clean_pipe, small_inputs, tmp_path):
+    # Their `base_layer` / `lora_A` keys are not the model's: the folder would not load back. Fused and unloaded, the
+    # merged weights save and reload to the LoRA's output.
+    pipe = clean_pipe
+    add_random_adapter(pipe.transformer, "a", seed=3)
+    expected = run_transformer(pipe.transformer, small_inputs)
+    for save in (pipe.save_pretrained, pipe.transformer.save_pretrained):
+        with pytest.raises(ValueError, match=r"carries LoRA layers .*`fuse_lora\(\)` then `unload_lora_weights\(\)`"):
+            save(tmp_path / "out")
+        assert not (tmp_path / "out").exists()
+    pipe.fuse_lora()
+    with pytest.raises(ValueError, match="The transformer carries LoRA layers"):  # merged, the layers are still there
+        pipe.save_pretrained(tmp_path / "out")
+    pipe.unload_lora_weights()
+    pipe.transformer.save_pretrained(tmp_path / "merged")
+    reloaded = type(pipe.transformer).from_pretrained(tmp_path / "merged")
+    torch.testing.assert_close(run_transformer(reloaded, small_inputs), expected, atol=1e-5, rtol=0)

@@ -13,6 +13,7 @@ import torch
 from _helpers import load_golden_case, run_case
 from diffusers import (
     AutoModel,
+    DDIMInverseScheduler,
     DDIMScheduler,
     DiffusionPipeline,
     DPMSolverMultistepScheduler,
@@ -20,6 +21,7 @@ from diffusers import (
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
     PNDMScheduler,
+    UniPCMultistepScheduler,
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -236,6 +238,38 @@ def test_schedulers_that_cannot_run_ruyi_are_refused(pipe, tiny_checkpoint, sche
     assert pipe.scheduler is original
     with pytest.raises(ValueError, match=message):
         RuyiImageToVideoPipeline.from_pretrained(tiny_checkpoint, scheduler=scheduler)
+
+
+def _step_needs_more():
+    from diffusers import CogVideoXDPMScheduler
+
+    return CogVideoXDPMScheduler.from_config(DDIMScheduler(prediction_type="v_prediction").config)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        # They run without error and return no video: one walks from the data to noise, the other replaces the DDPM
+        # schedule by flow sigmas.
+        (lambda: DDIMInverseScheduler(prediction_type="v_prediction"), r"\(an inverse scheduler\) cannot run Ruyi"),
+        (
+            lambda: UniPCMultistepScheduler(prediction_type="v_prediction", use_flow_sigmas=True),
+            r"\(use_flow_sigmas=True\) cannot run Ruyi",
+        ),
+        # Its step needs the previous prediction and timestep: it failed in the first step, after the encoders ran.
+        (_step_needs_more, r"CogVideoXDPMScheduler.step takes \['model_output', 'old_pred_original_sample'"),
+    ],
+    ids=["inverse", "flow_sigmas", "step_signature"],
+)
+def test_schedulers_that_run_but_cannot_sample_ruyi_are_refused(pipe, make, message):
+    original = pipe.scheduler
+    with pytest.raises(ValueError, match=message):
+        pipe.scheduler = make()
+    assert pipe.scheduler is original
+    # The DDPM-family schedulers Ruyi's config makes are all accepted.
+    for cls in (UniPCMultistepScheduler, DDIMScheduler, EulerAncestralDiscreteScheduler):
+        pipe.scheduler = cls.from_config(original.config)
+    pipe.scheduler = original
 
 
 def test_a_schedule_the_sampler_cannot_make_is_refused_before_any_model_runs(guarded_pipe, start_image):
