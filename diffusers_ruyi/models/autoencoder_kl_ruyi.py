@@ -918,6 +918,35 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
         self.tile_sample_min_size = size
         self._original_tile_overlap_factor = overlap
 
+    def _check_tiling(self) -> None:
+        """Re-checks the tiling attributes, which diffusers users also set directly (`vae.tile_sample_min_height =
+        ...`), in `num_tiles`, through which `encode` and `decode` decide how to tile before any layer runs: a bad value would otherwise give NaN latents from no
+        tile at all, or a division by zero deep in the tiler."""
+        if not self.use_tiling:
+            return
+        if self.tiling_mode not in ("original", "package"):
+            raise ValueError(f"`tiling_mode` must be 'original' or 'package', got {self.tiling_mode!r}.")
+        if self.tiling_mode == "original":
+            self._check_original_tiling(self.tile_sample_min_size, self._original_tile_overlap_factor)
+            return
+        ratio = self.spatial_compression_ratio
+        tiles = {
+            "tile_sample_min_height": self.tile_sample_min_height,
+            "tile_sample_min_width": self.tile_sample_min_width,
+        }
+        for name, value in tiles.items():
+            _check_tile_size(name, value, ratio)
+        check_real("tile_overlap_factor", self.tile_overlap_factor)
+        if not 0 < self.tile_overlap_factor <= 0.5:
+            raise ValueError(f"`tile_overlap_factor` must be in (0, 0.5], got {self.tile_overlap_factor}.")
+        for name, tile in zip(("tile_sample_stride_height", "tile_sample_stride_width"), tiles.values()):
+            stride = getattr(self, name)
+            check_int(name, stride, allow_none=True)
+            if stride is not None and (stride % ratio or not 0 < stride <= tile):
+                raise ValueError(
+                    f"`{name}` must be a positive multiple of {ratio} and at most the tile ({tile}), got {stride!r}."
+                )
+
     def _check_original_tiling(self, size: int, overlap: float) -> None:
         check_int("tile_sample_min_size", size)
         check_real("tile_overlap_factor", overlap)
@@ -1013,6 +1042,7 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
         decoder) once per chunk of frames. `encode`/`decode` tile exactly when this is above 1, and the pipeline
         sizes its VAE progress bars with it.
         """
+        self._check_tiling()
         if not self.use_tiling:
             return 1
         latent_h, latent_w = self._latent_size(height), self._latent_size(width)

@@ -7,6 +7,7 @@ original checkpoint as ``embeddings.safetensors`` (keys ``{p|n}.{name}.{emb1|mas
 
 import math
 import numbers
+import os
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -127,6 +128,15 @@ def control_name(motion: Union[int, str], camera_direction: str, aspect_ratio: s
     return f"p.{_aspect_ratio_tag(aspect_ratio)}movie{normalize_motion(motion)}{camera_direction}"
 
 
+def _value_problem(field: str, tensor: torch.Tensor) -> Optional[str]:
+    """What is wrong with the values of an ``emb*`` (finite floating point) or ``mask*`` (0/1) tensor, or None."""
+    if field.startswith("emb") and not (tensor.is_floating_point() and bool(torch.isfinite(tensor).all())):
+        return f"is not finite floating-point embeddings ({tensor.dtype})"
+    if field.startswith("mask") and (tensor.is_complex() or not bool(((tensor == 0) | (tensor == 1)).all())):
+        return "is not a 0/1 attention mask"
+    return None
+
+
 class RuyiControlEmbeddings(ModelMixin, ConfigMixin):
     r"""
     The precomputed control embeddings that stand in for Ruyi's text encoders.
@@ -188,14 +198,8 @@ class RuyiControlEmbeddings(ModelMixin, ConfigMixin):
             for field, tensor in fields.items():
                 if not isinstance(tensor, torch.Tensor) or tensor.ndim == 0:
                     bad.append(f"{name}.{field} is not a tensor with a batch dimension")
-                elif field.startswith("emb") and not (
-                    tensor.is_floating_point() and bool(torch.isfinite(tensor).all())
-                ):
-                    bad.append(f"{name}.{field} is not finite floating-point embeddings ({tensor.dtype})")
-                elif field.startswith("mask") and (
-                    tensor.is_complex() or not bool(((tensor == 0) | (tensor == 1)).all())
-                ):
-                    bad.append(f"{name}.{field} is not a 0/1 attention mask")
+                elif _value_problem(field, tensor):
+                    bad.append(f"{name}.{field} {_value_problem(field, tensor)}")
         if bad:
             raise ValueError(f"The control embeddings file is malformed: {'; '.join(sorted(bad))}.")
         names = sorted(grouped)
@@ -224,6 +228,35 @@ class RuyiControlEmbeddings(ModelMixin, ConfigMixin):
                         )
                     buffer[model._index[name]] = tensor[0].to(buffer.dtype)
         return model
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        r"""
+        [`~diffusers.ModelMixin.from_pretrained`] of a saved component, held to the checks of the original
+        `embeddings.safetensors`: safetensors only (`use_safetensors=False` and a pickle-only folder are refused),
+        every key present (a missing one is a `ValueError` that lists it, where diffusers would leave zeros), finite
+        embeddings and 0/1 masks.
+        """
+        from ..loaders.model_loading import _is_key_report, modeling_logs_dropped
+        from ..loaders.original_checkpoint import check_loaded_keys, check_local_source, check_model_folder
+
+        if kwargs.get("use_safetensors") is False:
+            raise ValueError(
+                "`use_safetensors=False`: diffusers-ruyi loads model weights from safetensors files only."
+            )
+        if check_local_source(pretrained_model_name_or_path):
+            check_model_folder(os.path.join(str(pretrained_model_name_or_path), kwargs.get("subfolder") or ""))
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        kwargs["use_safetensors"] = True
+        with modeling_logs_dropped(_is_key_report):
+            model, info = super().from_pretrained(pretrained_model_name_or_path, output_loading_info=True, **kwargs)
+        what = f"{cls.__name__} ({pretrained_model_name_or_path})"
+        check_loaded_keys(info["missing_keys"], info["unexpected_keys"], what, allow_unexpected=False)
+        problems = [(field, _value_problem(field, getattr(model, field))) for field in _FIELDS]
+        bad = [f"{field} {problem}" for field, problem in problems if problem]
+        if bad:
+            raise ValueError(f"The {what} weights are malformed: {'; '.join(bad)}.")
+        return (model, info) if output_loading_info else model
 
     @property
     def names(self) -> List[str]:

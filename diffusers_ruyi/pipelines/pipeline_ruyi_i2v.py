@@ -289,6 +289,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         """
         from ..loaders.original_checkpoint import (
             HUB_KWARGS,
+            check_model_folder,
             check_weight_files,
             is_original_pipeline_folder,
             local_folder,
@@ -332,6 +333,8 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             )
         check_weight_files(path)
         if "image_encoder" not in kwargs and os.path.isdir(os.path.join(path, "image_encoder")):
+            # A saved pipeline's CLIP tower is safetensors (the published .bin is the original layout's exception).
+            check_model_folder(os.path.join(path, "image_encoder"))
             check_clip_weight_keys(os.path.join(path, "image_encoder"))
         # float32 when not given, as for the original layout: transformers 5 would load the CLIP tower in its file's
         # dtype (a folder saved in bfloat16 gave a bfloat16 image encoder next to float32 models).

@@ -259,3 +259,59 @@ def test_a_sharded_original_vae_is_renamed_like_a_single_file(
     sharded = AutoencoderKLRuyiCausal3D.from_pretrained(folder, low_cpu_mem_usage=low_cpu_mem_usage).state_dict()
     assert sharded.keys() == expected.keys()
     assert all(torch.equal(sharded[key], expected[key]) for key in expected)
+
+
+def _saved_pipeline(tiny_realfmt_checkpoint, folder):
+    pipe = RuyiImageToVideoPipeline.from_pretrained(tiny_realfmt_checkpoint)
+    pipe.save_pretrained(folder)
+    return pipe
+
+
+def test_saved_control_embeddings_get_the_original_files_checks(tiny_realfmt_checkpoint, tmp_path):
+    # A saved pipeline's control_embeddings: safetensors only, every key, finite embeddings and 0/1 masks, as the
+    # original embeddings.safetensors; diffusers alone loaded a pickle, left a missing mask at zeros and took NaN.
+    from safetensors.torch import load_file, save_file
+
+    from diffusers_ruyi.pipelines.controls import RuyiControlEmbeddings
+
+    _saved_pipeline(tiny_realfmt_checkpoint, tmp_path / "pipe")
+    folder = tmp_path / "pipe" / "control_embeddings"
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(weights)
+    assert RuyiControlEmbeddings.from_pretrained(folder).names  # as saved: loads
+
+    def with_tensors(**changes):
+        changed = {k: v for k, v in {**tensors, **changes}.items() if v is not None}
+        save_file(changed, weights)
+
+    with_tensors(mask2=None)
+    with pytest.raises(ValueError, match=r"Missing keys \(1\): \['mask2'\]"):
+        RuyiControlEmbeddings.from_pretrained(folder)
+    with pytest.raises(ValueError, match=r"Missing keys \(1\): \['mask2'\]"):  # through the pipeline too
+        RuyiImageToVideoPipeline.from_pretrained(tmp_path / "pipe")
+    with_tensors(emb1=torch.full_like(tensors["emb1"], float("nan")))
+    with pytest.raises(ValueError, match="emb1 is not finite floating-point embeddings"):
+        RuyiControlEmbeddings.from_pretrained(folder)
+    with_tensors(mask1=tensors["mask1"] * 5)
+    with pytest.raises(ValueError, match="mask1 is not a 0/1 attention mask"):
+        RuyiControlEmbeddings.from_pretrained(folder)
+    with_tensors()
+    torch.save(tensors, folder / "diffusion_pytorch_model.bin")
+    weights.unlink()
+    with pytest.raises(ValueError, match="only has pickle weights"):
+        RuyiControlEmbeddings.from_pretrained(folder)
+    with pytest.raises(ValueError, match="safetensors files only"):
+        RuyiControlEmbeddings.from_pretrained(folder, use_safetensors=False)
+
+
+def test_a_saved_pipelines_image_encoder_must_be_safetensors(tiny_realfmt_checkpoint, tmp_path):
+    # Only the published original layout's CLIP .bin is read as pickle; a diffusers folder's is refused.
+    from safetensors.torch import load_file
+
+    _saved_pipeline(tiny_realfmt_checkpoint, tmp_path / "pipe")
+    folder = tmp_path / "pipe" / "image_encoder"
+    (weights,) = folder.glob("*.safetensors")
+    torch.save(load_file(weights), folder / "pytorch_model.bin")
+    weights.unlink()
+    with pytest.raises(ValueError, match="image_encoder' only has pickle weights"):
+        RuyiImageToVideoPipeline.from_pretrained(tmp_path / "pipe")

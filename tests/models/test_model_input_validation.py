@@ -237,6 +237,57 @@ def test_enable_original_tiling_refuses_bad_arguments(slice_vae, args, error, ma
 
 
 @pytest.mark.parametrize(
+    "original, attribute, value, error, match",
+    [
+        (
+            False,
+            "tile_sample_min_height",
+            0,
+            ValueError,
+            r"multiples of 8 and at least 16: got `tile_sample_min_height`=0",
+        ),
+        (False, "tile_sample_min_width", 10, ValueError, r"got `tile_sample_min_width`=10"),
+        (
+            False,
+            "tile_sample_stride_height",
+            0,
+            ValueError,
+            r"`tile_sample_stride_height` must be a positive multiple",
+        ),
+        (False, "tile_sample_stride_width", 7, ValueError, r"`tile_sample_stride_width` must be a positive multiple"),
+        (False, "tile_overlap_factor", math.nan, ValueError, r"`tile_overlap_factor` must be a finite number"),
+        (False, "tile_overlap_factor", 0.75, ValueError, r"`tile_overlap_factor` must be in \(0, 0.5\]"),
+        (False, "tiling_mode", "bogus", ValueError, r"`tiling_mode` must be 'original' or 'package', got 'bogus'"),
+        (True, "tile_sample_min_size", 0, ValueError, r"`tile_sample_min_size` must be at least 8"),
+        (True, "tile_sample_min_size", "384", TypeError, r"`tile_sample_min_size` must be an integer"),
+    ],
+)
+def test_tiling_attributes_set_directly_are_checked_before_any_layer(
+    slice_vae, original, attribute, value, error, match
+):
+    # diffusers users set these attributes directly; a bad one gave NaN latents from no tile at all, or a division by
+    # zero inside the tiler.
+    saved = dict(vars(slice_vae))
+    try:
+        slice_vae.enable_original_tiling() if original else slice_vae.enable_tiling(32, 32)
+        setattr(slice_vae, attribute, value)
+        with no_layer_runs(slice_vae):
+            for call in (
+                lambda: slice_vae.encode(torch.randn(1, 3, 8, 64, 96)),
+                lambda: slice_vae.decode(torch.randn(1, 16, 2, 8, 12)),
+                lambda: slice_vae.num_tiles(64, 96),
+            ):
+                with pytest.raises(error, match=match):
+                    call()
+    finally:
+        for key in ("use_tiling", "tiling_mode", "tile_sample_min_size", "_original_tile_overlap_factor"):
+            setattr(slice_vae, key, saved[key])
+        for key in ("tile_sample_min_height", "tile_sample_min_width", "tile_overlap_factor"):
+            setattr(slice_vae, key, saved[key])
+        slice_vae.tile_sample_stride_height = slice_vae.tile_sample_stride_width = None
+
+
+@pytest.mark.parametrize(
     "kwargs, error, match",
     [
         ({"num_sample_frames_batch_size": 2.5}, TypeError, r"`num_sample_frames_batch_size` must be an integer"),
