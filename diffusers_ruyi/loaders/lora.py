@@ -1,6 +1,7 @@
 """LoRA loading and saving for [`RuyiImageToVideoPipeline`] (diffusers/PEFT files and original Ruyi files)."""
 
 import contextlib
+import math
 import os
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
@@ -182,6 +183,61 @@ def _check_peft_lora_state_dict(
     if not state_dict:
         raise ValueError("The LoRA state dict is empty.")
     return {f"{prefix}.{key}": value for key, value in state_dict.items()}
+
+
+def _check_lora_metadata(metadata: Dict[str, Any], state_dict: Dict[str, torch.Tensor], prefix: str) -> None:
+    """The `LoraConfig` values a PEFT LoRA file carries must fit its tensors: finite alphas, positive integer ranks,
+    and the rank each adapted module's tensors have (PEFT would build layers of the config's rank and fail to copy
+    the tensors into them, with a long state-dict error)."""
+    from peft.utils.other import get_pattern_key
+
+    config = {key[len(prefix) + 1 :]: value for key, value in metadata.items() if key.startswith(f"{prefix}.")}
+    problems = []
+
+    def number(name: str, value: Any, rank: bool) -> bool:
+        if rank:
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        else:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok:
+            problems.append(f"{name}={value!r} is not {'a positive integer' if rank else 'a finite number'}")
+        return ok
+
+    ranks_ok = "r" not in config or number("r", config["r"], rank=True)
+    if "lora_alpha" in config:
+        number("lora_alpha", config["lora_alpha"], rank=False)
+    rank_pattern = config.get("rank_pattern") or {}
+    for name, pattern in (("rank_pattern", rank_pattern), ("alpha_pattern", config.get("alpha_pattern") or {})):
+        is_rank = name == "rank_pattern"
+        if not isinstance(pattern, dict):
+            problems.append(f"{name} is not a mapping")
+            ranks_ok = ranks_ok and not is_rank
+            continue
+        for key, value in pattern.items():
+            ok = number(f"{name}[{key!r}]", value, rank=is_rank)
+            ranks_ok = ranks_ok and (ok or not is_rank)
+    if ranks_ok and "r" in config:
+        wrong = []
+        for key, down in state_dict.items():
+            if not key.endswith((".lora_A.weight", ".lora_embedding_A")) or down.ndim < 2:
+                continue
+            path = key[len(prefix) + 1 :].rsplit(".lora_", 1)[0]
+            expected = rank_pattern.get(get_pattern_key(rank_pattern.keys(), path), config["r"])
+            if down.shape[0] != expected:
+                wrong.append(f"{path} (rank {down.shape[0]}, config {expected})")
+        if wrong:
+            problems.append(f"tensors of another rank than the config's `r` / `rank_pattern`: {sorted(wrong)}")
+    if problems:
+        raise ValueError("Cannot load this LoRA: its LoRA config (the file's metadata) " + "; ".join(problems) + ".")
+
+
+def _check_adapter_name(adapter_name: Any) -> None:
+    if adapter_name is None:
+        return
+    if not isinstance(adapter_name, str):
+        raise TypeError(f"`adapter_name` must be a str, got {type(adapter_name).__name__}.")
+    if not adapter_name or "." in adapter_name:
+        raise ValueError(f"`adapter_name` must be a non-empty name without '.', got {adapter_name!r}.")
 
 
 @contextlib.contextmanager
@@ -392,6 +448,29 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
             hotswap=hotswap,
         )
 
+    def set_adapters(
+        self,
+        adapter_names: Union[List[str], str],
+        adapter_weights: Optional[Union[float, Dict, List[float], List[Dict]]] = None,
+    ) -> None:
+        r"""
+        [`~loaders.lora_base.LoraBaseMixin.set_adapters`], with every weight checked to be a finite number first
+        (`fuse_lora(lora_scale=...)` refuses the same): a NaN weight would give a NaN video.
+        """
+
+        def check(value: Any) -> None:
+            if isinstance(value, dict):
+                for item in value.values():
+                    check(item)
+            elif isinstance(value, (list, tuple)):
+                for item in value:
+                    check(item)
+            elif value is not None:
+                check_real("adapter_weights", value)
+
+        check(adapter_weights)
+        return super().set_adapters(adapter_names, adapter_weights)
+
     @classmethod
     def load_lora_into_transformer(
         cls,
@@ -424,6 +503,7 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
         Original-format adapters are kept in float32 whatever the transformer's dtype (except when hot-swapping), so
         that `fuse_lora(lora_scale=w)` gives the weights of the original `merge_lora(..., multiplier=w)` bit for bit.
         """
+        _check_adapter_name(adapter_name)
         # A `torch.compile`d transformer: its modules are the wrapped model's, named without `_orig_mod.`.
         transformer = getattr(transformer, "_orig_mod", transformer)
         original = is_original_lora_state_dict(state_dict)
@@ -440,6 +520,8 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
                 # A file of `transformer.save_lora_adapter()`: tensors and config without the prefix. The tensors got
                 # it above; `load_lora_adapter` keeps only the config keys that have it too.
                 metadata = {prefix + key: value for key, value in metadata.items()}
+            if metadata:
+                _check_lora_metadata(metadata, state_dict, cls.transformer_name)
             if not metadata and any(key.endswith(_PEFT_EMBEDDING_SUFFIXES) for key in state_dict):
                 # diffusers infers the ranks from the `lora_B` keys alone: an Embedding's would be guessed wrong.
                 raise ValueError(

@@ -729,3 +729,51 @@ def test_saving_a_model_with_lora_layers_is_refused_and_fuse_unload_saves(clean_
     pipe.transformer.save_pretrained(tmp_path / "merged")
     reloaded = type(pipe.transformer).from_pretrained(tmp_path / "merged")
     torch.testing.assert_close(run_transformer(reloaded, small_inputs), expected, atol=1e-5, rtol=0)
+
+
+def _file_with_metadata(pipe, tmp_path, **config_changes):
+    """A PEFT LoRA file (rank 4, alpha 8) whose saved LoraConfig is changed as given."""
+    transformer = pipe.transformer
+    add_random_adapter(transformer, "src", seed=5)
+    metadata = {**transformer.peft_config["src"].to_dict(), **config_changes}
+    RuyiImageToVideoPipeline.save_lora_weights(
+        tmp_path,
+        transformer_lora_layers=get_peft_model_state_dict(transformer, adapter_name="src"),
+        transformer_lora_adapter_metadata=metadata,
+    )
+    pipe.delete_adapters("src")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        # A NaN alpha scaled every adapted layer by NaN: a black video, exit code 0 in the CLI.
+        ({"lora_alpha": float("nan")}, r"lora_alpha=nan is not a finite number"),
+        # PEFT built rank-8 layers and failed to copy the rank-4 tensors, with a 150-line state-dict error.
+        ({"r": 8}, r"tensors of another rank than the config's `r` / `rank_pattern`: \[.*\(rank 4, config 8\)"),
+        ({"rank_pattern": {"proj_out": 2}}, r"\['proj_out \(rank 4, config 2\)'\]"),
+        ({"alpha_pattern": {"proj_out": float("inf")}}, r"alpha_pattern\['proj_out'\]=inf is not a finite number"),
+        ({"r": 0}, r"r=0 is not a positive integer"),
+    ],
+)
+def test_a_lora_config_that_does_not_fit_its_tensors_is_refused(clean_pipe, tmp_path, changes, match):
+    folder = _file_with_metadata(clean_pipe, tmp_path, **changes)
+    with pytest.raises(ValueError, match=r"its LoRA config \(the file's metadata\) .*" + match):
+        clean_pipe.load_lora_weights(folder, adapter_name="bad")
+    assert "bad" not in getattr(clean_pipe.transformer, "peft_config", {})
+    clean_pipe.load_lora_weights(_file_with_metadata(clean_pipe, tmp_path / "ok"), adapter_name="good")  # unchanged
+
+
+def test_adapter_names_and_weights_are_checked(clean_pipe, tmp_path):
+    folder = _file_with_metadata(clean_pipe, tmp_path)
+    with pytest.raises(TypeError, match="`adapter_name` must be a str, got int"):
+        clean_pipe.load_lora_weights(folder, adapter_name=5)
+    with pytest.raises(ValueError, match="`adapter_name` must be a non-empty name without '.', got ''"):
+        clean_pipe.load_lora_weights(folder, adapter_name="")
+    clean_pipe.load_lora_weights(folder, adapter_name="a")
+    # As fuse_lora(lora_scale=nan): a NaN weight would give a NaN video.
+    for weights in (float("nan"), [float("inf")], {"transformer": float("nan")}):
+        with pytest.raises(ValueError, match="`adapter_weights` must be a finite number"):
+            clean_pipe.set_adapters("a", weights)
+    clean_pipe.set_adapters("a", 0.5)
