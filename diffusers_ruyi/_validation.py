@@ -7,8 +7,11 @@ import numbers
 from typing import Optional
 
 
-def check_int(name: str, value, minimum: Optional[int] = None, allow_none: bool = False) -> None:
-    """An integer (Python or NumPy, not a bool), at least ``minimum`` when given; ``None`` where ``allow_none``."""
+def check_int(
+    name: str, value, minimum: Optional[int] = None, allow_none: bool = False, maximum: Optional[int] = None
+) -> None:
+    """An integer (Python or NumPy, not a bool), at least ``minimum`` and at most ``maximum`` when given; ``None``
+    where ``allow_none``."""
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -16,6 +19,8 @@ def check_int(name: str, value, minimum: Optional[int] = None, allow_none: bool 
         raise TypeError(f"`{name}` must be {kind}, got {type(value).__name__} {value!r}.")
     if minimum is not None and value < minimum:
         raise ValueError(f"`{name}` must be >= {minimum}, got {value!r}.")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"`{name}` must be <= {maximum:,}, got {value!r}.")
 
 
 def check_frame_size(name: str, value) -> None:

@@ -159,7 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
         "conditioned on its last --context-frames frames.",
     )
     io.add_argument("--last-image", help="Optional end frame (of the last segment).")
-    io.add_argument("--output", required=True, help="The .mp4 to write (missing parent folders are created).")
+    io.add_argument(
+        "--output",
+        required=True,
+        help="The .mp4 to write (missing parent folders are created, and removed on failure).",
+    )
     io.add_argument("--overwrite", action="store_true", help="Replace --output if it exists.")
     io.add_argument(
         "--fps",
@@ -1142,9 +1146,16 @@ def open_video_atomically(
     import numpy as np
 
     out_dir = os.path.dirname(os.path.abspath(path))
+    # The folders this creates, innermost first: a failed run removes them again ("no output was written").
+    created = []
+    folder = out_dir
+    while not os.path.exists(folder):
+        created.append(folder)
+        folder = os.path.dirname(folder)
     os.makedirs(out_dir, exist_ok=True)
     fd, tmp_path = tempfile.mkstemp(prefix=".ruyi-", suffix=".mp4", dir=out_dir)
     os.close(fd)
+    done = False
     try:
         # `export_to_video`'s writer, except two settings. The quality: its `quality` can only express CRF 0-45 in
         # uneven steps (and its default 5 is CRF 25, below predict_i2v.py's x264 default 23), so the CRF is given to
@@ -1168,9 +1179,14 @@ def open_video_atomically(
         os.umask(umask)
         os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, path)
+        done = True
     finally:
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
+        if not done:
+            for folder in created:
+                with contextlib.suppress(OSError):  # not empty any more: someone else wrote there meanwhile
+                    os.rmdir(folder)
 
 
 def _run_segments(args: argparse.Namespace, pipe, device, progress: Progress, stage: _Stage) -> None:

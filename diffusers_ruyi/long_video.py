@@ -29,6 +29,9 @@ DEFAULT_CONTEXT_FRAMES = 5
 DEFAULT_SEGMENT_FRAMES = 120
 # Frame counts of one pipeline call: 1 or a multiple of the VAE's encoder chunk.
 FRAME_CHUNK = 8
+# The most frames a long video may have: 11.6 hours at 24 fps, some 8,700 segments of 120 frames (each minutes of GPU
+# time). A larger count is a typo; its plan alone would not fit in memory.
+MAX_VIDEO_FRAMES = 1_000_000
 
 # Arguments of the pipeline that the segment loop sets itself.
 _RESERVED_KWARGS = (
@@ -101,7 +104,7 @@ def plan_segments(
     Returns:
         `List[SegmentPlan]`: the segments, in order.
     """
-    check_int("num_frames", num_frames, minimum=1)
+    check_int("num_frames", num_frames, minimum=1, maximum=MAX_VIDEO_FRAMES)
     check_int("context_frames", context_frames, minimum=1)
     check_int("end_frames", end_frames, minimum=0)
     check_int("segment_frames", segment_frames, minimum=FRAME_CHUNK)

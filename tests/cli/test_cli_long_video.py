@@ -184,7 +184,8 @@ def test_failure_in_a_later_segment_leaves_no_file(tmp_path, monkeypatch, capsys
             yield item
 
     monkeypatch.setattr(long_video, "iter_video_segments", failing)
-    out = tmp_path / "long.mp4"
+    # Into folders that do not exist yet: the run creates them and, failing, removes them again.
+    out = tmp_path / "new" / "deeper" / "long.mp4"
     argv = ["--image", START, "--output", str(out), "--num-frames", "24", "--segment-frames", "16", *FAST]
     assert main(argv) == 1
     assert "boom in segment 2" in capsys.readouterr().err
@@ -223,6 +224,7 @@ def _cli(*argv):
             "--context-frames=12, but the video to continue has only 9",
         ),
         (["--image", START, "--num-frames", "50"], "--num-frames must be 1 or a multiple of 8, got 50"),
+        (["--image", START, "--num-frames", "1000000000000"], "--num-frames must be <= 1,000,000"),
         (["--image", START, "--num-frames", "200", "--segment-frames", "100"], "--segment-frames must be a multiple"),
         (["--image", START, "--num-frames", "200", "--segment-frames", "128"], "up to 120"),
         (["--image", START, "--num-frames", "300", "--camera", "left,right"], "--camera has 2 values, but the video"),

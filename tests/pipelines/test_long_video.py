@@ -83,6 +83,9 @@ def test_one_segment_continuation_with_an_end_frame_picks_the_nearest_context():
     "kwargs, match",
     [
         (dict(num_frames=0), "`num_frames` must be >= 1, got 0"),
+        # The plan of 10**12 frames alone did not fit in memory (the CLI hung while it checked its arguments).
+        (dict(num_frames=1_000_001), "`num_frames` must be <= 1,000,000, got 1000001"),
+        (dict(num_frames=10**12, continuation=True), "`num_frames` must be <= 1,000,000"),
         (dict(num_frames=200, segment_frames=100), "`segment_frames` must be a multiple of 8"),
         (dict(num_frames=200, context_frames=0), "`context_frames` must be >= 1, got 0"),
         (dict(num_frames=200, end_frames=-1), "`end_frames` must be >= 0, got -1"),
@@ -101,6 +104,11 @@ def test_one_segment_continuation_with_an_end_frame_picks_the_nearest_context():
 def test_plan_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         plan_segments(**kwargs)
+
+
+def test_the_longest_video_is_planned():
+    plan = plan_segments(1_000_000)
+    assert sum(segment.new_frames for segment in plan) == 1_000_000
 
 
 @pytest.mark.parametrize("name", ["num_frames", "context_frames", "segment_frames", "end_frames"])
