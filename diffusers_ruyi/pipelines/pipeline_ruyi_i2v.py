@@ -497,9 +497,11 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                 videos.append(self._to_pil(entry, f"{name}[{k}]"))
         return videos
 
-    def _check_callback_outputs(self, outputs: Any) -> Dict[str, Any]:
+    def _check_callback_outputs(self, outputs: Any, current: Dict[str, torch.Tensor]) -> Dict[str, Any]:
         """What `callback_on_step_end` returned: a dict of tensors to replace, named as in `_callback_tensor_inputs`
-        (a misspelt name would be dropped without a word, and `None` fail on the next line)."""
+        (a misspelt name would be dropped without a word, and `None` fail on the next line), each a finite
+        floating-point tensor of the shape of the one it replaces (``current``): another would fail in the next step
+        under another argument's name, or turn the video to NaN."""
         if not isinstance(outputs, dict):
             raise TypeError(
                 f"`callback_on_step_end` must return a dict (its `callback_kwargs`, changed or not), got "
@@ -511,6 +513,21 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                 f"`callback_on_step_end` returned {unknown}, which the pipeline does not take; it takes "
                 f"{self._callback_tensor_inputs}."
             )
+        for name, value in outputs.items():
+            expected = tuple(current[name].shape)
+            if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+                kind = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
+                raise TypeError(
+                    f"`callback_on_step_end` returned `{name}` as {kind}; it must be a floating-point tensor of "
+                    f"shape {expected}."
+                )
+            if tuple(value.shape) != expected:
+                raise ValueError(
+                    f"`callback_on_step_end` returned `{name}` of shape {tuple(value.shape)}; it must keep the shape "
+                    f"{expected}."
+                )
+            if not bool(torch.isfinite(value).all()):
+                raise ValueError(f"`callback_on_step_end` returned `{name}` holding NaN or infinite values.")
         return dict(outputs)
 
     @staticmethod
@@ -1395,7 +1412,11 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                     callback_kwargs = {}
                     for k in callback_on_step_end_tensor_inputs:
                         callback_kwargs[k] = locals()[k]
-                    callback_outputs = self._check_callback_outputs(callback_on_step_end(self, i, t, callback_kwargs))
+                    scope = locals()  # not inside the comprehension, which has its own scope before Python 3.12
+                    current = {k: scope[k] for k in self._callback_tensor_inputs}
+                    callback_outputs = self._check_callback_outputs(
+                        callback_on_step_end(self, i, t, callback_kwargs), current
+                    )
                     latents = callback_outputs.pop("latents", latents)
                     prompt_embeds = callback_outputs.pop("prompt_embeds", prompt_embeds)
                     prompt_embeds_2 = callback_outputs.pop("prompt_embeds_2", prompt_embeds_2)

@@ -193,14 +193,22 @@ def test_callback_on_step_end_and_interrupt(pipe, start_image):
             ValueError,
             r"`callback_on_step_end` returned \['latent'\], which the pipeline does not take",
         ),
+        # A wrong shape failed in the next step, naming `inpaint_latents`; NaN turned the video to NaN.
+        (lambda k: {"latents": k["latents"][:, :, :1]}, ValueError, r"returned `latents` of shape \(1, 16, 1,"),
+        (lambda k: {"latents": 3}, TypeError, r"returned `latents` as int; it must be a floating-point tensor"),
+        (lambda k: {"latents": k["latents"].long()}, TypeError, r"returned `latents` as torch.int64"),
+        (lambda k: {"latents": k["latents"] * float("nan")}, ValueError, r"`latents` holding NaN or infinite"),
     ],
 )
 def test_what_a_callback_returns_is_checked(pipe, start_image, returned, error, match):
     # A misspelt tensor name was dropped without a word, `None` failed on an attribute.
+    def callback(p, i, t, kwargs):
+        return returned(kwargs) if callable(returned) else returned
+
     with pytest.raises(error, match=match):
-        _call(
-            pipe, start_image, num_inference_steps=1, callback_on_step_end=lambda *args: returned, output_type="latent"
-        )
+        _call(pipe, start_image, num_inference_steps=2, callback_on_step_end=callback, output_type="latent")
+    # Returned as they came, or replaced by a tensor of the same shape, they go on.
+    _call(pipe, start_image, num_inference_steps=2, callback_on_step_end=lambda p, i, t, k: k, output_type="latent")
 
 
 @pytest.mark.parametrize(
