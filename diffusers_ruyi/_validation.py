@@ -66,3 +66,53 @@ def check_tensor(name: str, value) -> None:
 
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor, got {type(value).__name__}.")
+
+
+def check_attention_kwargs(attention_kwargs) -> None:
+    """`attention_kwargs` of the pipeline and the transformer: None or a dict whose only key is a finite ``"scale"``
+    (the LoRA scale); any other key, a typo of it, would be ignored without a word."""
+    if attention_kwargs is not None and not isinstance(attention_kwargs, dict):
+        raise TypeError(f"`attention_kwargs` must be a dict or None, got {type(attention_kwargs).__name__}.")
+    if attention_kwargs:
+        unknown = sorted(map(repr, set(attention_kwargs) - {"scale"}))
+        if unknown:
+            raise ValueError(f"`attention_kwargs` takes only 'scale' (the LoRA scale), got {', '.join(unknown)}.")
+        check_real("attention_kwargs['scale']", attention_kwargs["scale"])
+
+
+def compute_dtype(layer):
+    """The dtype ``layer`` computes in: its layerwise-casting hook's (`enable_layerwise_casting`), else its weight's."""
+    registry = getattr(layer, "_diffusers_hook", None)
+    hook = registry.get_hook("layerwise_casting") if registry is not None else None
+    return hook.compute_dtype if hook is not None else layer.weight.dtype
+
+
+def autocast_enabled(tensor) -> bool:
+    import torch
+
+    device_type = tensor.device.type
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
+def autocast_reconciles(tensor, dtype) -> bool:
+    """Whether `torch.autocast` is on for ``tensor``'s device and casts both it and weights of ``dtype`` (it leaves
+    float64 alone), so that a dtype other than the layer's still runs."""
+    import torch
+
+    return autocast_enabled(tensor) and torch.float64 not in (tensor.dtype, dtype)
+
+
+def check_input_dtype(name: str, tensor, dtype, model: str, variable: str) -> None:
+    """``tensor`` must be floating point and in ``dtype``, the dtype the ``model`` (as the user calls it: ``variable``)
+    computes in, unless autocast casts both."""
+    if not tensor.is_floating_point():
+        raise TypeError(f"`{name}` must be a floating-point tensor, got {tensor.dtype}.")
+    if tensor.dtype != dtype and not autocast_reconciles(tensor, dtype):
+        if autocast_enabled(tensor):
+            hint = "`torch.autocast` does not cast float64"
+        else:
+            hint = "run it under `torch.autocast` to mix dtypes"
+        raise TypeError(
+            f"`{name}` is {tensor.dtype} but the {model} computes in {dtype}: pass `{name}.to({variable}.dtype)` "
+            f"({hint})."
+        )

@@ -35,7 +35,14 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import logging
 from diffusers.utils.accelerate_utils import apply_forward_hook
 
-from .._validation import check_bool, check_int, check_real
+from .._validation import (
+    autocast_enabled,
+    check_bool,
+    check_input_dtype,
+    check_int,
+    check_real,
+    compute_dtype,
+)
 from ..loaders.model_loading import RuyiModelLoadingMixin
 
 
@@ -571,24 +578,6 @@ def _blend_into(a_strip: torch.Tensor, b: torch.Tensor, dim: int, extent: int) -
     b_part.copy_((a_part * w_a).to(b.dtype) + (b_part * w_b).to(b.dtype))
 
 
-def _compute_dtype(layer: nn.Module) -> torch.dtype:
-    """The dtype ``layer`` computes in: its layerwise-casting hook's (`enable_layerwise_casting`), else its weight's."""
-    registry = getattr(layer, "_diffusers_hook", None)
-    hook = registry.get_hook("layerwise_casting") if registry is not None else None
-    return hook.compute_dtype if hook is not None else layer.weight.dtype
-
-
-def _autocast_enabled(tensor: torch.Tensor) -> bool:
-    device_type = tensor.device.type
-    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
-
-
-def _autocast_reconciles(tensor: torch.Tensor, compute_dtype: torch.dtype) -> bool:
-    """Whether `torch.autocast` is on for ``tensor``'s device and casts both it and the weights (it leaves float64
-    alone), so that a dtype other than the layer's still runs."""
-    return _autocast_enabled(tensor) and torch.float64 not in (tensor.dtype, compute_dtype)
-
-
 _warned_amx_bfloat16 = False
 
 
@@ -600,8 +589,8 @@ def _warn_once_on_amx_bfloat16(tensor: torch.Tensor, layer: nn.Module) -> None:
     global _warned_amx_bfloat16
     if _warned_amx_bfloat16 or tensor.device.type != "cpu" or not torch.backends.mkldnn.enabled:
         return
-    dtype = _compute_dtype(layer)
-    if _autocast_enabled(tensor) and dtype != torch.float64:
+    dtype = compute_dtype(layer)
+    if autocast_enabled(tensor) and dtype != torch.float64:
         dtype = torch.get_autocast_dtype("cpu")
     if dtype != torch.bfloat16:
         return
@@ -1232,16 +1221,7 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
             raise ValueError(
                 f"`{name}` must be at least {min_size}x{min_size} {unit}{reason}, got {height}x{width} (H x W)."
             )
-        compute_dtype = _compute_dtype(first_layer)
-        if tensor.dtype != compute_dtype and not _autocast_reconciles(tensor, compute_dtype):
-            if _autocast_enabled(tensor):
-                hint = "`torch.autocast` does not cast float64"
-            else:
-                hint = "run it under `torch.autocast` to mix dtypes"
-            raise TypeError(
-                f"`{name}` is {tensor.dtype} but the VAE computes in {compute_dtype}: pass `{name}.to(vae.dtype)` "
-                f"({hint})."
-            )
+        check_input_dtype(name, tensor, compute_dtype(first_layer), "VAE", "vae")
 
     # ------------------------------------------------------------------------------------------------------------
     # Encoding

@@ -53,7 +53,14 @@ from diffusers.utils.peft_utils import apply_lora_scale
 from diffusers.utils.torch_utils import maybe_allow_in_graph
 from torch import nn
 
-from .._validation import check_int, check_real, check_tensor
+from .._validation import (
+    check_attention_kwargs,
+    check_input_dtype,
+    check_int,
+    check_real,
+    check_tensor,
+    compute_dtype,
+)
 from ..hooks.diffusers_caches import (
     check_cache_config,
     fill_cache_defaults,
@@ -720,6 +727,18 @@ class RuyiImageResampler(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def _attention_kwargs_checked(forward):
+    """Checks `attention_kwargs` before diffusers' `apply_lora_scale` scales the LoRA layers with its "scale" (and
+    drops any other key without a word)."""
+
+    @functools.wraps(forward)
+    def wrapper(self, *args, **kwargs):
+        check_attention_kwargs(kwargs.get("attention_kwargs"))
+        return forward(self, *args, **kwargs)
+
+    return wrapper
+
+
 class RuyiTransformer3DModel(
     RuyiModelLoadingMixin, ModelMixin, ConfigMixin, PeftAdapterMixin, CacheMixin, AttentionMixin
 ):
@@ -1046,9 +1065,25 @@ class RuyiTransformer3DModel(
                 f"{tuple(hidden_states.shape)}."
             )
         batch_size, channels, num_frames, height, width = hidden_states.shape
+        if batch_size < 1 or num_frames < 1 or height < config.patch_size or width < config.patch_size:
+            raise ValueError(
+                f"`hidden_states` must hold at least one sample of at least one frame of {config.patch_size}x"
+                f"{config.patch_size} latents, got shape {tuple(hidden_states.shape)}."
+            )
         for name, tensor in batched.items():
             if tensor is not None or name not in _OPTIONAL_FORWARD_INPUTS:
                 check_tensor(name, tensor)
+        # The inputs that meet a weight as they come (the masks, sizes and style ids are indices or are embedded).
+        dtype = compute_dtype(self.pos_embed.proj)
+        check_input_dtype("hidden_states", hidden_states, dtype, "transformer", "transformer")
+        for name in (
+            "inpaint_latents",
+            "encoder_hidden_states",
+            "encoder_hidden_states_t5",
+            "clip_encoder_hidden_states",
+        ):
+            if batched[name] is not None:
+                check_input_dtype(name, batched[name], dtype, "transformer", "transformer")
         inpaint_latents = batched["inpaint_latents"]
         if inpaint_latents is not None:
             if inpaint_latents.ndim != 5 or inpaint_latents.shape[2:] != hidden_states.shape[2:]:
@@ -1178,6 +1213,7 @@ class RuyiTransformer3DModel(
             cos, sin = cos.repeat(num_frames, 1), sin.repeat(num_frames, 1)
         return cos.to(device), sin.to(device)
 
+    @_attention_kwargs_checked
     @apply_lora_scale("attention_kwargs")
     def forward(
         self,
@@ -1225,8 +1261,9 @@ class RuyiTransformer3DModel(
             attention_kwargs (`dict`, *optional*): Only `"scale"` is read: the LoRA scale (PEFT backend).
             return_dict (`bool`, defaults to `True`): Return a `Transformer2DModelOutput` instead of a tuple.
 
-        Inputs of another type, rank, batch size or config-fixed size raise a `TypeError` / `ValueError` naming the
-        argument before any layer runs.
+        Inputs of another type, rank, batch size or config-fixed size, empty ones, floating-point inputs in another
+        dtype than the model computes in (outside `torch.autocast`) and `attention_kwargs` other than a finite
+        `"scale"` raise a `TypeError` / `ValueError` naming the argument before any layer runs.
 
         Returns:
             [`~models.modeling_outputs.Transformer2DModelOutput`] or `tuple`: `sample` of shape `(batch,

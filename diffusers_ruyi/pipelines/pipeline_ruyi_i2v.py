@@ -36,7 +36,7 @@ from diffusers.video_processor import VideoProcessor
 from transformers import CLIPVisionModelWithProjection
 
 from .._images import image_to_rgb
-from .._validation import check_frame_size, check_real
+from .._validation import check_attention_kwargs, check_frame_size, check_real
 from ..loaders.lora import RuyiLoraLoaderMixin
 from ..loaders.model_loading import check_no_lora_layers, check_safe_serialization, modeling_logs_dropped
 from ..models.autoencoder_kl_ruyi import AutoencoderKLRuyiCausal3D, same_values
@@ -166,6 +166,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             if value is not None and not isinstance(model, expected):
                 raise TypeError(f"`{name}` must be a {expected.__name__}, got {type(value).__name__}.")
         self._check_components_fit(vae, transformer, image_encoder, control_embeddings)
+        self._check_image_processor_fits(image_processor, image_encoder)
         self.register_modules(
             vae=vae,
             transformer=transformer,
@@ -178,6 +179,29 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         # No `vae_scale_factor_temporal`: the latent frame count follows the VAE's chunks (`vae.num_latent_frames`).
         # Frames are resized with PIL's default filter (bicubic), as the original's `Image.resize((width, height))`.
         self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor_spatial, resample="bicubic")
+
+    @staticmethod
+    def _check_image_processor_fits(image_processor, image_encoder) -> None:
+        """The CLIP preprocessing must make the images the vision tower takes: positive sizes, and with center
+        cropping (the original's) crops of its `image_size`; otherwise the first call fails inside CLIP, after it
+        has run (or in PIL, on a negative size)."""
+        if image_processor is None:
+            return
+        for name in ("size", "crop_size"):
+            sizes = getattr(image_processor, name, None)
+            if isinstance(sizes, dict) and not all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes.values()
+            ):
+                raise ValueError(f"The image processor's `{name}` must hold positive integers, got {sizes}.")
+        image_size = getattr(getattr(image_encoder, "config", None), "image_size", None)
+        crop = getattr(image_processor, "crop_size", None)
+        if image_size is None or not getattr(image_processor, "do_center_crop", False) or not isinstance(crop, dict):
+            return
+        if (crop.get("height"), crop.get("width")) != (image_size, image_size):
+            raise ValueError(
+                f"The image processor crops to {crop.get('height')}x{crop.get('width')}, but the image encoder takes "
+                f"{image_size}x{image_size} images (its config's image_size): they belong to different checkpoints."
+            )
 
     @staticmethod
     def _check_components_fit(vae, transformer, image_encoder, control_embeddings) -> None:
@@ -708,14 +732,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             )
         if callback_on_step_end is not None and callback_on_step_end_tensor_inputs is None:
             raise ValueError("`callback_on_step_end_tensor_inputs` must list the tensors to pass to the callback.")
-        if attention_kwargs is not None and not isinstance(attention_kwargs, dict):
-            raise TypeError(f"`attention_kwargs` must be a dict or None, got {type(attention_kwargs).__name__}.")
-        if attention_kwargs:
-            # The transformer reads only the LoRA scale: any other key (a typo of it) would be ignored without a word.
-            unknown = sorted(map(repr, set(attention_kwargs) - {"scale"}))
-            if unknown:
-                raise ValueError(f"`attention_kwargs` takes only 'scale' (the LoRA scale), got {', '.join(unknown)}.")
-            check_real("attention_kwargs['scale']", attention_kwargs["scale"])
+        check_attention_kwargs(attention_kwargs)
         batch = len(images) * num_videos_per_prompt
         if isinstance(generator, list):
             wrong = [type(g).__name__ for g in generator if not isinstance(g, torch.Generator)]

@@ -422,6 +422,28 @@ TRANSFORMER_CASES = [
     ("timestep", lambda i: "500", TypeError, r"`timestep` must be a torch.Tensor or a number, got str"),
     ("timestep", lambda i: True, TypeError, r"`timestep` must be a torch.Tensor or a number, got bool"),
     ("timestep", lambda i: [500.0, 500.0], TypeError, r"`timestep` must be a torch.Tensor or a number, got list"),
+    # Empty sizes and other dtypes failed after layers had run (a reshape of 0 elements, a division by zero, a dtype
+    # mismatch in a matmul); `attention_kwargs` other than a finite "scale" were ignored or scaled the LoRA by them.
+    ("hidden_states", lambda i: i["hidden_states"][:, :, :0], ValueError, r"at least one frame of 2x2 latents"),
+    ("hidden_states", lambda i: i["hidden_states"][:, :, :, :0], ValueError, r"got shape \(2, 16, 4, 0, 6\)"),
+    (
+        "hidden_states",
+        lambda i: i["hidden_states"].double(),
+        TypeError,
+        r"`hidden_states` is torch.float64 but the transformer computes in torch.float32",
+    ),
+    ("inpaint_latents", lambda i: i["inpaint_latents"].half(), TypeError, r"`inpaint_latents` is torch.float16"),
+    ("encoder_hidden_states", lambda i: i["encoder_hidden_states"].double(), TypeError, r"`encoder_hidden_states` is"),
+    ("encoder_hidden_states_t5", lambda i: i["encoder_hidden_states_t5"].half(), TypeError, r"_t5` is torch.float16"),
+    (
+        "clip_encoder_hidden_states",
+        lambda i: i["clip_encoder_hidden_states"].bfloat16(),
+        TypeError,
+        r"`clip_encoder_hidden_states` is torch.bfloat16 .* pass `clip_encoder_hidden_states.to\(transformer.dtype\)`",
+    ),
+    ("attention_kwargs", lambda i: {"scal": 1.0}, ValueError, r"`attention_kwargs` takes only 'scale'.*got 'scal'"),
+    ("attention_kwargs", lambda i: {"scale": "x"}, TypeError, r"`attention_kwargs\['scale'\]` must be a number"),
+    ("attention_kwargs", lambda i: {"scale": float("nan")}, ValueError, r"must be a finite number"),
 ]
 
 
@@ -433,6 +455,14 @@ def test_transformer_refuses_bad_input_before_any_layer(transformer, name, make,
     inputs[name] = make(inputs)
     with no_layer_runs(transformer), pytest.raises(error, match=match):
         transformer(**inputs)
+
+
+@torch.no_grad()
+def test_transformer_takes_other_dtypes_under_autocast(transformer):
+    inputs = _inputs()
+    inputs["hidden_states"] = inputs["hidden_states"].bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert transformer(**inputs)[0].shape[0] == 2
 
 
 @torch.no_grad()

@@ -556,6 +556,25 @@ def test_components_are_checked(pipe, start_image):
         _call(assembled, start_image)
 
 
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        # CLIP failed on its input size after it had run; PIL on a negative size.
+        (dict(crop_size={"height": 64, "width": 64}), r"crops to 64x64, but the image encoder takes 32x32"),
+        (dict(size={"shortest_edge": -5}), r"`size` must hold positive integers, got \{'shortest_edge': -5\}"),
+        (dict(crop_size={"height": 0, "width": 0}), r"`crop_size` must hold positive integers"),
+    ],
+)
+def test_an_image_processor_that_does_not_fit_the_encoder_is_refused(pipe, change, match):
+    import copy
+
+    processor = copy.deepcopy(pipe.image_processor)
+    for name, value in change.items():
+        setattr(processor, name, value)
+    with pytest.raises(ValueError, match=match):
+        RuyiImageToVideoPipeline(**{**pipe.components, "image_processor": processor})
+
+
 def test_dtype_dict_names_components(tiny_checkpoint):
     with pytest.raises(ValueError, match="`dtype` names no component of the pipeline: 'transfomer'"):
         RuyiImageToVideoPipeline.from_pretrained(tiny_checkpoint, dtype={"transfomer": torch.float16})
