@@ -23,6 +23,7 @@ from .._validation import check_real
 from .original_checkpoint import (
     _lora_target_modules,
     _lora_tensor_problem,
+    check_local_source,
     convert_original_lora_state_dict,
     is_original_lora_state_dict,
 )
@@ -49,6 +50,30 @@ def _describe(source: Any, weight_name: Optional[str], subfolder: Optional[str])
     if weight_name:
         parts.append(f"weight_name={weight_name!r}")
     return ", ".join(parts)
+
+
+def _check_lora_source(source: str, weight_name: Optional[str], subfolder: Optional[str]) -> None:
+    """A LoRA source is a file, a folder or a hub id: a mistyped local path is said to be one (offline, diffusers
+    asked for a `weight_name` instead), and a folder of several safetensors files without `weight_name` is refused
+    rather than one of them picked with a warning."""
+    if os.path.isfile(source):
+        return
+    if not os.path.isdir(source):
+        try:
+            check_local_source(source)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"The LoRA {source!r} is not an existing file or folder (nor a hub repository id like 'owner/name'); "
+                "check the path."
+            ) from None
+        return
+    folder = os.path.join(source, subfolder or "")
+    if weight_name is None and os.path.isdir(folder):
+        files = sorted(name for name in os.listdir(folder) if name.endswith(".safetensors"))
+        if len(files) > 1 and LORA_WEIGHT_NAME_SAFE not in files:
+            raise ValueError(
+                f"The LoRA folder {folder!r} holds several safetensors files {files}: pass `weight_name` to choose one."
+            )
 
 
 def _check_no_pickle(source: str, weight_name: Optional[str], subfolder: Optional[str]) -> None:
@@ -366,6 +391,7 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
             state_dict, metadata = dict(source), None
         else:
             source = str(source)
+            _check_lora_source(source, weight_name, subfolder)
             _check_no_pickle(source, weight_name, subfolder)
             try:
                 state_dict, metadata = _fetch_state_dict(

@@ -60,6 +60,31 @@ def _safetensors_size(path: str) -> int:
     return os.path.getsize(path)
 
 
+# Bytes per element of the safetensors dtypes (a dtype not listed here is not size-checked).
+_SAFETENSORS_ITEM_BYTES = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2,
+    "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
+}  # fmt: skip
+
+
+def _check_safetensors_entries(entries) -> None:
+    """The tensors of a header must tile the data without holes or overlaps, each as long as its shape and dtype say
+    (a corrupt header otherwise passes the truncation check and fails only when the model loads, after the others)."""
+    position = 0
+    for name, info in entries:
+        begin, stop = info["data_offsets"]
+        shape = info["shape"]
+        if not all(isinstance(n, int) and n >= 0 for n in [begin, stop, *shape]) or begin != position or stop < begin:
+            raise ValueError(f"tensor {name!r} has data_offsets {[begin, stop]} after byte {position}")
+        item = _SAFETENSORS_ITEM_BYTES.get(info["dtype"])
+        if item is not None and stop - begin != math.prod(shape) * item:
+            raise ValueError(
+                f"tensor {name!r} of shape {shape} and dtype {info['dtype']} needs {math.prod(shape) * item} bytes, "
+                f"but its data_offsets give {stop - begin}"
+            )
+        position = stop
+
+
 def _read_safetensors_header(f, path: str, file_size: int):
     """Parses the header of an open safetensors file: (offset of the data, entries sorted by offset).
 
@@ -73,6 +98,7 @@ def _read_safetensors_header(f, path: str, file_size: int):
         base = 8 + header_size
         entries = sorted(header.items(), key=lambda item: item[1]["data_offsets"][0])
         end = max((info["data_offsets"][1] for _, info in entries), default=0)
+        _check_safetensors_entries(entries)
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path!r} is not a valid safetensors file: {e}") from None
     if base + end > file_size:

@@ -36,6 +36,37 @@ def test_original_format_reader_takes_a_file_whose_header_fills_it(tmp_path):
         read_safetensors(str(one))
 
 
+def _rewrite_header(path, change):
+    """Rewrites the JSON header of a safetensors file with ``change(header)`` applied, the data as it was."""
+    raw = path.read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + size])
+    change(header)
+    encoded = json.dumps(header).encode()
+    path.write_bytes(len(encoded).to_bytes(8, "little") + encoded + raw[8 + size :])
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        # The shape says 4 float32 (16 bytes), the offsets 12: torch failed when the model loaded, after the others.
+        (lambda h: h["a"].update(shape=[4]), r"tensor 'a' of shape \[4\] and dtype F32 needs 16 bytes, but its data"),
+        # Overlapping tensors: b starts inside a.
+        (lambda h: h["b"].update(data_offsets=[8, 16]), r"tensor 'b' has data_offsets \[8, 16\] after byte 12"),
+        (lambda h: h["a"].update(shape=[-3]), r"tensor 'a' has data_offsets"),
+    ],
+)
+def test_a_header_whose_tensors_do_not_fit_their_offsets_is_refused(tmp_path, change, match):
+    from diffusers_ruyi.loaders.original_checkpoint import check_safetensors_file
+
+    path = tmp_path / "w.safetensors"
+    save_file({"a": torch.arange(3.0), "b": torch.arange(1.0)}, str(path))
+    check_safetensors_file(str(path))
+    _rewrite_header(path, change)
+    with pytest.raises(ValueError, match="not a valid safetensors file: " + match):
+        check_safetensors_file(str(path))
+
+
 def test_original_vae_config_conversion_names_the_supported_blocks(tiny_checkpoint):
     # Kills `_SUPPORTED_VAE_DOWN_BLOCKS + _SUPPORTED_VAE_UP_BLOCKS` -> `*` (loaders/original_checkpoint.py): an
     # unknown block type is a ValueError that lists what is supported, not a TypeError from the message.

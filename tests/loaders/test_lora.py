@@ -777,3 +777,16 @@ def test_adapter_names_and_weights_are_checked(clean_pipe, tmp_path):
         with pytest.raises(ValueError, match="`adapter_weights` must be a finite number"):
             clean_pipe.set_adapters("a", weights)
     clean_pipe.set_adapters("a", 0.5)
+
+
+def test_lora_sources_are_checked_before_reading(clean_pipe, tmp_path):
+    # Offline, diffusers answered a mistyped path with "you must specify a `weight_name`"; of a folder with several
+    # files it loaded one with a warning.
+    with pytest.raises(FileNotFoundError, match=r"The LoRA '.*nope.safetensors' is not an existing file or folder"):
+        clean_pipe.load_lora_weights(str(tmp_path / "nope.safetensors"))
+    folder = _file_with_metadata(clean_pipe, tmp_path / "two")
+    (folder / "pytorch_lora_weights.safetensors").rename(folder / "a.safetensors")
+    (folder / "b.safetensors").write_bytes((folder / "a.safetensors").read_bytes())
+    with pytest.raises(ValueError, match=r"holds several safetensors files \['a.safetensors', 'b.safetensors'\]"):
+        clean_pipe.load_lora_weights(folder)
+    clean_pipe.load_lora_weights(folder, weight_name="b.safetensors", adapter_name="b")
