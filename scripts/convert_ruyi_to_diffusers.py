@@ -38,6 +38,8 @@ def main(argv=None) -> None:
     parent = os.path.dirname(os.path.abspath(args.output))
     try:  # before loading: a bad --output must not cost a load of the whole checkpoint
         os.makedirs(parent, exist_ok=True)
+        # Permissions do not tell everything (root in /sys, a read-only mount): make and remove a folder there.
+        os.rmdir(tempfile.mkdtemp(prefix=".ruyi-probe-", dir=parent))
     except OSError as e:
         parser.error(f"--output {args.output!r} cannot be created: {e}")
     from huggingface_hub import split_torch_state_dict_into_shards
@@ -49,8 +51,11 @@ def main(argv=None) -> None:
     dtype = {"default": DTYPES[args.dtype], "vae": torch.float32}
     try:
         pipe = RuyiImageToVideoPipeline.from_pretrained(args.checkpoint, dtype=dtype)
-    except (OSError, ValueError) as e:  # a mistyped path, a broken checkpoint: one line, not a traceback
-        parser.error(f"--checkpoint {args.checkpoint!r} could not be loaded: {' '.join(str(e).split())}")
+    except Exception as e:  # a mistyped path, a broken checkpoint or config: one line, not a traceback
+        reason = " ".join(str(e).split())
+        if not isinstance(e, (OSError, ValueError)):  # raised by diffusers or torch on a bad config value
+            reason = f"{type(e).__name__}: {reason}"
+        parser.error(f"--checkpoint {args.checkpoint!r} could not be loaded: {reason}")
 
     tmp = tempfile.mkdtemp(prefix=".ruyi-convert-", dir=parent)
     try:
@@ -62,6 +67,9 @@ def main(argv=None) -> None:
         if os.path.exists(args.output):
             shutil.rmtree(args.output)
         os.replace(tmp, args.output)
+    except OSError as e:  # a full disk, a folder that appeared meanwhile: one line, and nothing left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise SystemExit(f"{parser.prog}: error: --output {args.output!r} could not be written: {e}")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

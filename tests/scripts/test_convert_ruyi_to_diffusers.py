@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from diffusers_ruyi import RuyiTransformer3DModel
+from diffusers_ruyi import RuyiImageToVideoPipeline, RuyiTransformer3DModel
 
 
 SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "convert_ruyi_to_diffusers.py"
@@ -80,3 +80,43 @@ def test_bad_arguments_are_one_error_line(tiny_checkpoint, tmp_path, capsys, arg
         _converter().main(args)
     assert e.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".ruyi")]
+
+
+def test_a_broken_config_is_one_error_line(tiny_checkpoint, tmp_path, capsys):
+    # diffusers' own errors on a bad config value (here NotImplementedError) were a traceback.
+    import shutil
+
+    checkpoint = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, checkpoint)
+    config = checkpoint / "scheduler" / "scheduler_config.json"
+    config.write_text(config.read_text().replace('"scaled_linear"', '"bogus"'))
+    with pytest.raises(SystemExit) as e:
+        _converter().main(["--checkpoint", str(checkpoint), "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and "could not be loaded: NotImplementedError: " in err[-1] and "bogus" in err[-1]
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_loading(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    # Root may write anywhere by its permissions, but not into /sys: the folder is made once before the load.
+    import tempfile
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    loads = []
+    monkeypatch.setattr(tempfile, "mkdtemp", refused)
+    monkeypatch.setattr(RuyiImageToVideoPipeline, "from_pretrained", lambda *a, **k: loads.append(a))
+    with pytest.raises(SystemExit) as e:
+        _converter().main(["--checkpoint", str(tiny_checkpoint), "--output", str(tmp_path / "out")])
+    assert e.value.code == 2 and "cannot be created: [Errno 13] Permission denied" in capsys.readouterr().err
+    assert not loads
+
+
+def test_a_failed_save_is_one_line_and_leaves_nothing(tiny_checkpoint, tmp_path, monkeypatch):
+    def full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(RuyiImageToVideoPipeline, "save_pretrained", full)
+    with pytest.raises(SystemExit, match=r"--output '.*out' could not be written: \[Errno 28\] No space left"):
+        _converter().main(["--checkpoint", str(tiny_checkpoint), "--output", str(tmp_path / "out")])
+    assert list(tmp_path.iterdir()) == []
