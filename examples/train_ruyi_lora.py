@@ -26,6 +26,7 @@ import os
 import random
 import re
 import shutil
+import tempfile
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -44,7 +45,7 @@ from peft.utils import get_peft_model_state_dict
 from tqdm.auto import tqdm
 
 from diffusers_ruyi._images import open_image
-from diffusers_ruyi.cli import CLIError, check_image
+from diffusers_ruyi.cli import CLIError, check_image, check_model
 from diffusers_ruyi.pipelines.controls import CAMERA_DIRECTIONS, MOTION_VALUES
 from diffusers_ruyi.pipelines.pipeline_ruyi_i2v import RuyiImageToVideoPipeline
 from diffusers_ruyi.tiny import build_tiny_random_pipeline
@@ -225,8 +226,26 @@ def _argument_problem(args: argparse.Namespace) -> Optional[str]:
         return (
             "--lr_warmup_steps needs a schedule with warmup: use --lr_scheduler constant_with_warmup (or linear, ...)."
         )
+    try:  # the CLI's rule for --model: tiny-random, a local folder, or a hub id (cached when offline)
+        check_model(args.pretrained_model_name_or_path)
+    except CLIError as e:
+        return str(e).replace("--model", "--pretrained_model_name_or_path")
     if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         return f"--output_dir {args.output_dir!r} is a file, not a folder."
+    problem = _folder_problem(args.output_dir)
+    if problem:
+        return f"--output_dir {args.output_dir!r} {problem}."
+    config = _checkpoint_config(args.pretrained_model_name_or_path, "transformer")
+    width = config.get("num_attention_heads", 0) * config.get("attention_head_dim", 0)
+    if width and args.rank > width:
+        # A rank above the layers' width adds nothing but memory (10**9 ran out of it while adding the adapters).
+        return f"--rank must be at most the transformer's width {width}, got {args.rank}."
+    train_steps = _checkpoint_config(args.pretrained_model_name_or_path, "scheduler").get("num_train_timesteps", 1000)
+    if args.validation_num_inference_steps > train_steps:
+        return (
+            f"--validation_num_inference_steps must be at most the scheduler's num_train_timesteps ({train_steps}), "
+            f"got {args.validation_num_inference_steps}."
+        )
     if args.validation_image is not None and not os.path.isfile(args.validation_image):
         return f"--validation_image {args.validation_image!r} does not exist."
     if args.seed is not None and not 0 <= args.seed < 2**32:
@@ -277,19 +296,42 @@ def _validation_dir(args: argparse.Namespace) -> str:
     return os.path.join(args.output_dir, "validation")
 
 
-def _checkpoint_num_layers(path: str) -> Optional[int]:
-    """The transformer's `num_layers` from a local checkpoint's config (either layout names it so); None when the
-    config is not on this machine (a Hub id: checked once the model has loaded)."""
+def _checkpoint_config(path: str, component: str) -> Dict[str, Any]:
+    """A local checkpoint's `transformer` or `scheduler` config (either layout names the keys used here alike); empty
+    when it is not on this machine (a Hub id: checked once the model has loaded) or not a JSON object."""
     if path == "tiny-random":
         from diffusers_ruyi.tiny import TINY_TRANSFORMER_CONFIG
 
-        return TINY_TRANSFORMER_CONFIG["num_layers"]
-    config_path = os.path.join(path, "transformer", "config.json")
-    if not os.path.isfile(config_path):
-        return None
-    with open(config_path, encoding="utf-8") as f:
-        num_layers = json.load(f).get("num_layers")
+        return dict(TINY_TRANSFORMER_CONFIG) if component == "transformer" else {}
+    names = ["config.json"] if component == "transformer" else ["scheduler_config.json", "config.json"]
+    for name in names:
+        config_path = os.path.join(path, component, name)
+        if os.path.isfile(config_path):
+            with open(config_path, encoding="utf-8") as f:
+                config = json.load(f)
+            return config if isinstance(config, dict) else {}
+    return {}
+
+
+def _checkpoint_num_layers(path: str) -> Optional[int]:
+    """The transformer's `num_layers` from a local checkpoint's config; None when it is not known here."""
+    num_layers = _checkpoint_config(path, "transformer").get("num_layers")
     return num_layers if isinstance(num_layers, int) else None
+
+
+def _folder_problem(folder: str) -> Optional[str]:
+    """Why ``folder`` cannot be created and written (None when it can): its nearest existing ancestor must be a
+    folder where a folder can be made (permissions do not tell about /proc or a read-only mount)."""
+    ancestor = os.path.abspath(folder)
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        return f"cannot be created: {ancestor!r} is a file"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".ruyi-probe-", dir=ancestor))
+    except OSError as e:
+        return f"cannot be written: {e.strerror or e} in {ancestor!r}"
+    return None
 
 
 def _block_index(target: str) -> int:

@@ -182,6 +182,12 @@ def test_trains_on_the_tiny_random_model(script, video_dir, tmp_path):
         # The tiny checkpoint has 4 blocks: blocks.4 would have passed the check (made on block 3) and failed later.
         (["--target_modules", "to_q,blocks.4.attn1.to_q"], "['blocks.4.attn1.to_q'] name blocks the transformer does"),
         (["--num_train_epochs", "0"], "--num_train_epochs must be an integer >= 1"),
+        # Tracebacks after the model had loaded (or while it loaded), an empty --output_dir left behind:
+        (["--pretrained_model_name_or_path", "./nope"], "--pretrained_model_name_or_path './nope' does not exist"),
+        (["--output_dir", "/proc/ruyi-lora"], "--output_dir '/proc/ruyi-lora' cannot be written"),
+        (["--output_dir", "{image}/out"], "cannot be created: "),
+        (["--rank", "1000000000"], "--rank must be at most the transformer's width 32, got 1000000000"),
+        (["--validation_num_inference_steps", "5000"], "at most the scheduler's num_train_timesteps (1000), got 5000"),
     ],
 )
 def test_bad_arguments_stop_before_any_model_loads(script, video_dir, tmp_path, capsys, monkeypatch, extra, message):
@@ -197,7 +203,8 @@ def test_bad_arguments_stop_before_any_model_loads(script, video_dir, tmp_path, 
     paths = {"{renamed}": str(tmp_path / "best"), "{empty}": str(tmp_path / "checkpoint-5")}
     paths["{image}"] = str(tmp_path / "start.png")
     paths["{garbage}"] = str(tmp_path / "garbage.png")
-    extra = [paths.get(a, a) for a in extra]
+    for key, path in paths.items():
+        extra = [a.replace(key, path) for a in extra]
     with pytest.raises(SystemExit) as e:
         script.main(_args(video_dir, tmp_path / "out", *extra))
     assert e.value.code == 2
