@@ -1089,6 +1089,8 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
 
     def num_latent_frames(self, num_frames: int) -> int:
         """Latent frames produced by `encode` for ``num_frames`` video frames (raises if the count is invalid)."""
+        check_int("num_frames", num_frames)
+        num_frames = int(num_frames)  # a NumPy integer counts as Python's
         chunk = self.config.num_sample_frames_batch_size
         if self.config.compression_mode == "cache":
             if num_frames != 1 and (num_frames <= 0 or num_frames % chunk != 0):
@@ -1103,6 +1105,8 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
 
     def num_sample_frames(self, num_latent_frames: int) -> int:
         """Frames produced by `decode` for ``num_latent_frames`` latent frames (raises if the count is invalid)."""
+        check_int("num_latent_frames", num_latent_frames)
+        num_latent_frames = int(num_latent_frames)
         chunk = self.config.num_latent_frames_batch_size
         if self.config.compression_mode == "cache":
             if num_latent_frames != 1 and (num_latent_frames <= 0 or num_latent_frames % chunk != 0):

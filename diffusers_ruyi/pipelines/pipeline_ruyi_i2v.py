@@ -36,7 +36,7 @@ from diffusers.video_processor import VideoProcessor
 from transformers import CLIPVisionModelWithProjection
 
 from .._images import image_to_rgb
-from .._validation import check_attention_kwargs, check_frame_size, check_real
+from .._validation import check_attention_kwargs, check_bool, check_frame_size, check_real
 from ..loaders.lora import RuyiLoraLoaderMixin
 from ..loaders.model_loading import check_no_lora_layers, check_safe_serialization, modeling_logs_dropped
 from ..models.autoencoder_kl_ruyi import AutoencoderKLRuyiCausal3D, same_values
@@ -774,6 +774,14 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             )
         if given:
             self._check_custom_embeds(custom_embeds, controls, batch)
+        if callback_on_step_end_tensor_inputs is not None and (
+            not isinstance(callback_on_step_end_tensor_inputs, (list, tuple))
+            or not all(isinstance(k, str) for k in callback_on_step_end_tensor_inputs)
+        ):
+            raise TypeError(
+                f"`callback_on_step_end_tensor_inputs` must be a list of names from {self._callback_tensor_inputs}, "
+                f"got {callback_on_step_end_tensor_inputs!r}."
+            )
         if callback_on_step_end_tensor_inputs is not None and not all(
             k in self._callback_tensor_inputs for k in callback_on_step_end_tensor_inputs
         ):
@@ -1289,6 +1297,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             callback_on_step_end=callback_on_step_end,
             attention_kwargs=attention_kwargs,
         )
+        check_bool("return_dict", return_dict)  # a string such as "no" would be truthy
 
         self._guidance_scale = guidance_scale
         self._attention_kwargs = attention_kwargs

@@ -236,6 +236,18 @@ def test_enable_original_tiling_refuses_bad_arguments(slice_vae, args, error, ma
     assert after + (slice_vae.original_tile_overlap_factor,) == before
 
 
+def test_frame_count_helpers_take_integers_only(slice_vae):
+    # True counted as 1 frame, 2.0 gave 8.0 frames, "8" a comparison error.
+    for call, name in (
+        (slice_vae.num_latent_frames, "num_frames"),
+        (slice_vae.num_sample_frames, "num_latent_frames"),
+    ):
+        for value in (True, 2.0, "8"):
+            with pytest.raises(TypeError, match=f"`{name}` must be an integer"):
+                call(value)
+    assert slice_vae.num_latent_frames(np.int64(8)) == slice_vae.num_latent_frames(8)
+
+
 @pytest.mark.parametrize(
     "original, attribute, value, error, match",
     [

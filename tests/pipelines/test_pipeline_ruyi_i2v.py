@@ -503,6 +503,13 @@ def test_custom_embeddings_of_the_batch_size_are_taken(pipe, start_image):
             "`latents` holds NaN or inf",
         ),
         (dict(latents=torch.full((1, 16, 2, 4, 6), torch.inf)), ValueError, "`latents` holds NaN or infinite values"),
+        # 'int' object is not iterable; a string taken as truthy.
+        (
+            dict(callback_on_step_end=lambda *a: a[-1], callback_on_step_end_tensor_inputs=5),
+            TypeError,
+            r"`callback_on_step_end_tensor_inputs` must be a list of names from \['latents'",
+        ),
+        (dict(return_dict="no"), TypeError, "`return_dict` must be True or False, got str 'no'"),
     ],
 )
 def test_bad_inputs_fail_early(guarded_pipe, start_image, kwargs, error, match):
