@@ -102,9 +102,9 @@ def autocast_reconciles(tensor, dtype) -> bool:
     return autocast_enabled(tensor) and torch.float64 not in (tensor.dtype, dtype)
 
 
-def check_input_dtype(name: str, tensor, dtype, model: str, variable: str) -> None:
-    """``tensor`` must be floating point and in ``dtype``, the dtype the ``model`` (as the user calls it: ``variable``)
-    computes in, unless autocast casts both."""
+def check_input_dtype(name: str, tensor, dtype, model: str) -> None:
+    """``tensor`` must be floating point and in ``dtype``, the dtype the ``model`` computes in (its layerwise-casting
+    dtype when it has one, which its `.dtype` does not say), unless autocast casts both."""
     if not tensor.is_floating_point():
         raise TypeError(f"`{name}` must be a floating-point tensor, got {tensor.dtype}.")
     if tensor.dtype != dtype and not autocast_reconciles(tensor, dtype):
@@ -113,6 +113,5 @@ def check_input_dtype(name: str, tensor, dtype, model: str, variable: str) -> No
         else:
             hint = "run it under `torch.autocast` to mix dtypes"
         raise TypeError(
-            f"`{name}` is {tensor.dtype} but the {model} computes in {dtype}: pass `{name}.to({variable}.dtype)` "
-            f"({hint})."
+            f"`{name}` is {tensor.dtype} but the {model} computes in {dtype}: pass `{name}.to({dtype})` ({hint})."
         )

@@ -377,6 +377,20 @@ def _nearest_existing(path: str) -> str:
     return path
 
 
+def output_folder_problem(folder: str) -> Optional[str]:
+    """Why ``folder`` cannot be created and written (None when it can), creating nothing: its nearest existing
+    ancestor must be a folder where a folder can be made (permissions do not tell about /proc or a read-only mount).
+    The conversion and training scripts check their output folders with it before loading a model."""
+    ancestor = _nearest_existing(folder)
+    if not os.path.isdir(ancestor):
+        return f"cannot be created: {ancestor!r} is a file"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".ruyi-probe-", dir=ancestor))
+    except OSError as e:
+        return f"cannot be written: {e.strerror or e} in {ancestor!r}"
+    return None
+
+
 def check_output_path(flag: str, path: str, overwrite: bool, suffix: Optional[str] = None) -> None:
     """Raises `CLIError` unless `path` can be written: a new file (or an existing one with `overwrite`) whose parent
     is, or can be created as, a writable folder."""

@@ -26,7 +26,6 @@ import os
 import random
 import re
 import shutil
-import tempfile
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -45,7 +44,7 @@ from peft.utils import get_peft_model_state_dict
 from tqdm.auto import tqdm
 
 from diffusers_ruyi._images import open_image
-from diffusers_ruyi.cli import CLIError, check_image, check_model
+from diffusers_ruyi.cli import CLIError, check_image, check_model, output_folder_problem
 from diffusers_ruyi.pipelines.controls import CAMERA_DIRECTIONS, MOTION_VALUES
 from diffusers_ruyi.pipelines.pipeline_ruyi_i2v import RuyiImageToVideoPipeline
 from diffusers_ruyi.tiny import build_tiny_random_pipeline
@@ -232,7 +231,7 @@ def _argument_problem(args: argparse.Namespace) -> Optional[str]:
         return str(e).replace("--model", "--pretrained_model_name_or_path")
     if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         return f"--output_dir {args.output_dir!r} is a file, not a folder."
-    problem = _folder_problem(args.output_dir)
+    problem = output_folder_problem(args.output_dir)
     if problem:
         return f"--output_dir {args.output_dir!r} {problem}."
     config = _checkpoint_config(args.pretrained_model_name_or_path, "transformer")
@@ -317,21 +316,6 @@ def _checkpoint_num_layers(path: str) -> Optional[int]:
     """The transformer's `num_layers` from a local checkpoint's config; None when it is not known here."""
     num_layers = _checkpoint_config(path, "transformer").get("num_layers")
     return num_layers if isinstance(num_layers, int) else None
-
-
-def _folder_problem(folder: str) -> Optional[str]:
-    """Why ``folder`` cannot be created and written (None when it can): its nearest existing ancestor must be a
-    folder where a folder can be made (permissions do not tell about /proc or a read-only mount)."""
-    ancestor = os.path.abspath(folder)
-    while not os.path.exists(ancestor):
-        ancestor = os.path.dirname(ancestor)
-    if not os.path.isdir(ancestor):
-        return f"cannot be created: {ancestor!r} is a file"
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".ruyi-probe-", dir=ancestor))
-    except OSError as e:
-        return f"cannot be written: {e.strerror or e} in {ancestor!r}"
-    return None
 
 
 def _block_index(target: str) -> int:

@@ -15,6 +15,7 @@ import tempfile
 import torch
 
 from diffusers_ruyi import RuyiImageToVideoPipeline
+from diffusers_ruyi.cli import output_folder_problem
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -36,12 +37,9 @@ def main(argv=None) -> None:
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         parser.error(f"--output {args.output!r} is a file; give a folder name.")
     parent = os.path.dirname(os.path.abspath(args.output))
-    try:  # before loading: a bad --output must not cost a load of the whole checkpoint
-        os.makedirs(parent, exist_ok=True)
-        # Permissions do not tell everything (root in /sys, a read-only mount): make and remove a folder there.
-        os.rmdir(tempfile.mkdtemp(prefix=".ruyi-probe-", dir=parent))
-    except OSError as e:
-        parser.error(f"--output {args.output!r} cannot be created: {e}")
+    problem = output_folder_problem(parent)  # before loading: a bad --output must not cost a load of the checkpoint
+    if problem:
+        parser.error(f"--output {args.output!r} {problem}.")
     from huggingface_hub import split_torch_state_dict_into_shards
 
     try:  # diffusers' save_pretrained shards with this function: its parse of the size, before the load
@@ -57,6 +55,7 @@ def main(argv=None) -> None:
             reason = f"{type(e).__name__}: {reason}"
         parser.error(f"--checkpoint {args.checkpoint!r} could not be loaded: {reason}")
 
+    os.makedirs(parent, exist_ok=True)  # only now: a failed load leaves no new folder behind
     tmp = tempfile.mkdtemp(prefix=".ruyi-convert-", dir=parent)
     try:
         # mkdtemp creates the folder 0700; give the result the permissions a plain `mkdir` would.

@@ -74,7 +74,7 @@ def check_cache_config(config: Any) -> None:
         )
     # SeaCache reads a flow-matching sigma in [0, 1] from each step's cache context; a DDPM schedule has none, and
     # without it diffusers runs it "fail-open": every block computed, only a log line says so.
-    if type(config).__name__ == "SeaCacheConfig":
+    if type(config).__name__ == "SeaCacheConfig":  # by name: diffusers releases before SeaCache have no such class
         raise ValueError(
             "SeaCacheConfig needs each step's flow-matching sigma in [0, 1], which Ruyi's DDPM (v-prediction) "
             "schedule does not have; it would cache nothing. Use RuyiTeaCacheConfig, FirstBlockCacheConfig or "

@@ -51,10 +51,10 @@ def select_fp8_modules(model: nn.Module, mode: str, min_numel: int = RUYI_FP8_MI
     * `"extreme"`: every leaf module that owns parameters, except embeddings, plain `nn.LayerNorm` (QK-norm) and 2D
       convolutions (the patch embedding). The float32 LayerNorms (`FP32LayerNorm`) are converted, as in the
       original; they up-cast their weights anyway.
+    * `"none"`: nothing.
 
     No mode selects the CLIP resampler's attention output projection, which the original leaves alone (its
     `nn.MultiheadAttention` out-projection class is neither a plain `nn.Linear` nor a leaf it converts).
-    * `"none"`: nothing.
 
     PEFT (LoRA) layers and their sub-layers are never selected.
 

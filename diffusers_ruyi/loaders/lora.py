@@ -60,6 +60,8 @@ def _check_lora_source(source: str, weight_name: Optional[str], subfolder: Optio
         return
     if not os.path.isdir(source):
         try:
+            if source.endswith((".safetensors", *_PICKLE_EXTENSIONS)):  # a file name, not a hub id `owner/name`
+                raise FileNotFoundError(source)
             check_local_source(source)
         except FileNotFoundError:
             raise FileNotFoundError(

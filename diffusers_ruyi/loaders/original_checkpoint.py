@@ -96,7 +96,8 @@ def _read_safetensors_header(f, path: str, file_size: int):
         header = json.loads(f.read(header_size))
         header.pop("__metadata__", None)
         base = 8 + header_size
-        entries = sorted(header.items(), key=lambda item: item[1]["data_offsets"][0])
+        # By (start, end), as safetensors orders them: a zero-size tensor may share its start with the next one.
+        entries = sorted(header.items(), key=lambda item: tuple(item[1]["data_offsets"]))
         end = max((info["data_offsets"][1] for _, info in entries), default=0)
         _check_safetensors_entries(entries)
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:

@@ -909,8 +909,8 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
 
     def _check_tiling(self) -> None:
         """Re-checks the tiling attributes, which diffusers users also set directly (`vae.tile_sample_min_height =
-        ...`), in `num_tiles`, through which `encode` and `decode` decide how to tile before any layer runs: a bad value would otherwise give NaN latents from no
-        tile at all, or a division by zero deep in the tiler."""
+        ...`), in `num_tiles`, through which `encode` and `decode` decide how to tile before any layer runs: a bad
+        value would otherwise give NaN latents from no tile at all, or a division by zero deep in the tiler."""
         if not self.use_tiling:
             return
         if self.tiling_mode not in ("original", "package"):
@@ -1225,7 +1225,7 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
             raise ValueError(
                 f"`{name}` must be at least {min_size}x{min_size} {unit}{reason}, got {height}x{width} (H x W)."
             )
-        check_input_dtype(name, tensor, compute_dtype(first_layer), "VAE", "vae")
+        check_input_dtype(name, tensor, compute_dtype(first_layer), "VAE")
 
     # ------------------------------------------------------------------------------------------------------------
     # Encoding

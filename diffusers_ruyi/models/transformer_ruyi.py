@@ -1075,7 +1075,7 @@ class RuyiTransformer3DModel(
                 check_tensor(name, tensor)
         # The inputs that meet a weight as they come (the masks, sizes and style ids are indices or are embedded).
         dtype = compute_dtype(self.pos_embed.proj)
-        check_input_dtype("hidden_states", hidden_states, dtype, "transformer", "transformer")
+        check_input_dtype("hidden_states", hidden_states, dtype, "transformer")
         for name in (
             "inpaint_latents",
             "encoder_hidden_states",
@@ -1083,7 +1083,7 @@ class RuyiTransformer3DModel(
             "clip_encoder_hidden_states",
         ):
             if batched[name] is not None:
-                check_input_dtype(name, batched[name], dtype, "transformer", "transformer")
+                check_input_dtype(name, batched[name], dtype, "transformer")
         inpaint_latents = batched["inpaint_latents"]
         if inpaint_latents is not None:
             if inpaint_latents.ndim != 5 or inpaint_latents.shape[2:] != hidden_states.shape[2:]:

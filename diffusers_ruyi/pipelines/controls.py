@@ -198,8 +198,8 @@ class RuyiControlEmbeddings(ModelMixin, ConfigMixin):
             for field, tensor in fields.items():
                 if not isinstance(tensor, torch.Tensor) or tensor.ndim == 0:
                     bad.append(f"{name}.{field} is not a tensor with a batch dimension")
-                elif _value_problem(field, tensor):
-                    bad.append(f"{name}.{field} {_value_problem(field, tensor)}")
+                elif problem := _value_problem(field, tensor):
+                    bad.append(f"{name}.{field} {problem}")
         if bad:
             raise ValueError(f"The control embeddings file is malformed: {'; '.join(sorted(bad))}.")
         names = sorted(grouped)

@@ -187,15 +187,19 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         has run (or in PIL, on a negative size)."""
         if image_processor is None:
             return
+        sizes = {}
         for name in ("size", "crop_size"):
-            sizes = getattr(image_processor, name, None)
-            if isinstance(sizes, dict) and not all(
-                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes.values()
-            ):
-                raise ValueError(f"The image processor's `{name}` must hold positive integers, got {sizes}.")
+            value = getattr(image_processor, name, None)
+            if value is None:
+                continue
+            # transformers 5 keeps them as `SizeDict`s (unset keys None), older versions as dicts.
+            value = {k: v for k, v in dict(value).items() if v is not None}
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value.values()):
+                raise ValueError(f"The image processor's `{name}` must hold positive integers, got {value}.")
+            sizes[name] = value
         image_size = getattr(getattr(image_encoder, "config", None), "image_size", None)
-        crop = getattr(image_processor, "crop_size", None)
-        if image_size is None or not getattr(image_processor, "do_center_crop", False) or not isinstance(crop, dict):
+        crop = sizes.get("crop_size")
+        if image_size is None or not getattr(image_processor, "do_center_crop", False) or not crop:
             return
         if (crop.get("height"), crop.get("width")) != (image_size, image_size):
             raise ValueError(
@@ -267,24 +271,21 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                 f"{name} ({why}) cannot run Ruyi's sampling: use a DDPM-family scheduler with prediction_type="
                 "'v_prediction' and use_flow_sigmas off, e.g. `EulerDiscreteScheduler.from_config(pipe.scheduler.config)`."
             )
-        step = getattr(scheduler, "step", None)
         try:
-            parameters = inspect.signature(step).parameters.values()
-        except (TypeError, ValueError):
-            return  # a C or wrapped `step`: nothing to read
-        required = [
-            p.name
-            for p in parameters
-            if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
-        if required != ["model_output", "timestep", "sample"]:
-            # The denoising loop calls `step(model_output, timestep, sample)`; a scheduler that needs more
-            # (CogVideoXDPMScheduler's previous prediction and timestep) would fail after the encoders had run.
+            signature = inspect.signature(scheduler.step)
+        except (AttributeError, TypeError, ValueError):
+            return  # no `step`, or a C or wrapped one: nothing to read
+        try:
+            # What the denoising loop passes: `step(model_output, timestep, sample)` (and keywords with defaults).
+            signature.bind(None, None, None)
+        except TypeError as e:
+            # A scheduler that needs more (CogVideoXDPMScheduler's previous prediction and timestep) would fail after
+            # the encoders had run.
             raise ValueError(
-                f"{name}.step takes {required}, but Ruyi's denoising loop passes (model_output, timestep, sample): "
-                "use a scheduler whose step needs nothing else, e.g. `DDIMScheduler`, `EulerDiscreteScheduler`, "
-                "`DPMSolverMultistepScheduler`."
-            )
+                f"{name}.step cannot be called as step(model_output, timestep, sample), as Ruyi's denoising loop calls "
+                f"it ({e}): use a scheduler whose step needs nothing else, e.g. `DDIMScheduler`, "
+                "`EulerDiscreteScheduler`, `DPMSolverMultistepScheduler`."
+            ) from None
 
     # ------------------------------------------------------------------------------------------------------------
     # Loading and saving
@@ -1069,6 +1070,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         video[:, :, before:-after] = (middle + redecoded) / 2
         return video.clamp(-1, 1)
 
+    @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         r"""
         Decodes denoised latents into a video `(B, 3, F, H, W)` in [-1, 1], as the original `decode_latents`: the

@@ -285,6 +285,11 @@ def test_a_variant_failing_while_it_applies_leaves_no_hook_behind(monkeypatch):
 
     def half_applied(name, pipe_, *rest):
         apply_variant("fbc", pipe_, *rest)  # attaches the cache's hooks
+        # and a hook on the blocks alone, as group offloading stopped halfway would leave
+        from diffusers.hooks import ModelHook
+
+        for block in pipe_.transformer.blocks:
+            HookRegistry.check_if_exists_or_initialize(block).register_hook(ModelHook(), "half_offloaded")
         raise RuntimeError("pinning failed")
 
     monkeypatch.setattr(device_suite, "apply_variant", half_applied)

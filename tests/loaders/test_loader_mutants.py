@@ -67,6 +67,16 @@ def test_a_header_whose_tensors_do_not_fit_their_offsets_is_refused(tmp_path, ch
         check_safetensors_file(str(path))
 
 
+def test_a_zero_size_tensor_sharing_its_start_is_valid_in_any_key_order(tmp_path):
+    # safetensors orders tensors by (start, end): an empty one at the start of the next is not an overlap.
+    from diffusers_ruyi.loaders.original_checkpoint import check_safetensors_file
+
+    path = tmp_path / "w.safetensors"
+    save_file({"a": torch.arange(4.0), "z": torch.zeros(0)}, str(path))
+    _rewrite_header(path, lambda h: (h["a"].update(data_offsets=[0, 16]), h["z"].update(data_offsets=[0, 0])))
+    check_safetensors_file(str(path))
+
+
 def test_original_vae_config_conversion_names_the_supported_blocks(tiny_checkpoint):
     # Kills `_SUPPORTED_VAE_DOWN_BLOCKS + _SUPPORTED_VAE_UP_BLOCKS` -> `*` (loaders/original_checkpoint.py): an
     # unknown block type is a ValueError that lists what is supported, not a TypeError from the message.

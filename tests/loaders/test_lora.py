@@ -784,6 +784,9 @@ def test_lora_sources_are_checked_before_reading(clean_pipe, tmp_path):
     # files it loaded one with a warning.
     with pytest.raises(FileNotFoundError, match=r"The LoRA '.*nope.safetensors' is not an existing file or folder"):
         clean_pipe.load_lora_weights(str(tmp_path / "nope.safetensors"))
+    # One slash, like a hub id `owner/name`, but a file name.
+    with pytest.raises(FileNotFoundError, match=r"The LoRA 'loras/nope.safetensors' is not an existing file"):
+        clean_pipe.load_lora_weights("loras/nope.safetensors")
     folder = _file_with_metadata(clean_pipe, tmp_path / "two")
     (folder / "pytorch_lora_weights.safetensors").rename(folder / "a.safetensors")
     (folder / "b.safetensors").write_bytes((folder / "a.safetensors").read_bytes())

@@ -451,7 +451,7 @@ TRANSFORMER_CASES = [
         "clip_encoder_hidden_states",
         lambda i: i["clip_encoder_hidden_states"].bfloat16(),
         TypeError,
-        r"`clip_encoder_hidden_states` is torch.bfloat16 .* pass `clip_encoder_hidden_states.to\(transformer.dtype\)`",
+        r"`clip_encoder_hidden_states` is torch.bfloat16 .* pass `clip_encoder_hidden_states.to\(torch.float32\)`",
     ),
     ("attention_kwargs", lambda i: {"scal": 1.0}, ValueError, r"`attention_kwargs` takes only 'scale'.*got 'scal'"),
     ("attention_kwargs", lambda i: {"scale": "x"}, TypeError, r"`attention_kwargs\['scale'\]` must be a number"),

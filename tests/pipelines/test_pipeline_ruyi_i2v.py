@@ -265,7 +265,7 @@ def _step_needs_more():
             r"\(use_flow_sigmas=True\) cannot run Ruyi",
         ),
         # Its step needs the previous prediction and timestep: it failed in the first step, after the encoders ran.
-        (_step_needs_more, r"CogVideoXDPMScheduler.step takes \['model_output', 'old_pred_original_sample'"),
+        (_step_needs_more, r"CogVideoXDPMScheduler.step cannot be called as step\(model_output, timestep, sample\)"),
     ],
     ids=["inverse", "flow_sigmas", "step_signature"],
 )
@@ -274,8 +274,14 @@ def test_schedulers_that_run_but_cannot_sample_ruyi_are_refused(pipe, make, mess
     with pytest.raises(ValueError, match=message):
         pipe.scheduler = make()
     assert pipe.scheduler is original
-    # The DDPM-family schedulers Ruyi's config makes are all accepted.
-    for cls in (UniPCMultistepScheduler, DDIMScheduler, EulerAncestralDiscreteScheduler):
+
+    # The DDPM-family schedulers Ruyi's config makes are all accepted, and so is a subclass whose step forwards its
+    # arguments (`*args, **kwargs`).
+    class LoggingDDIM(DDIMScheduler):
+        def step(self, *args, **kwargs):
+            return super().step(*args, **kwargs)
+
+    for cls in (UniPCMultistepScheduler, DDIMScheduler, EulerAncestralDiscreteScheduler, LoggingDDIM):
         pipe.scheduler = cls.from_config(original.config)
     pipe.scheduler = original
 
@@ -573,13 +579,12 @@ def test_components_are_checked(pipe, start_image):
     ],
 )
 def test_an_image_processor_that_does_not_fit_the_encoder_is_refused(pipe, change, match):
-    import copy
-
-    processor = copy.deepcopy(pipe.image_processor)
-    for name, value in change.items():
-        setattr(processor, name, value)
+    # Built as transformers builds them (its sizes are `SizeDict`s in transformers 5, not dicts).
+    processor = type(pipe.image_processor)(**{"size": {"shortest_edge": 32}, **change})
     with pytest.raises(ValueError, match=match):
         RuyiImageToVideoPipeline(**{**pipe.components, "image_processor": processor})
+    fitting = type(pipe.image_processor)(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    RuyiImageToVideoPipeline(**{**pipe.components, "image_processor": fitting})
 
 
 def test_dtype_dict_names_components(tiny_checkpoint):
@@ -716,3 +721,12 @@ def test_random_invalid_arguments_fail_early(guarded_pipe, start_image, data):
     with pytest.raises((ValueError, TypeError)) as e:
         _call(guarded_pipe, start_image, **{name: value})
     assert f"`{name}`" in str(e.value)
+
+
+def test_latent_output_decodes_to_the_video_by_the_documented_recipe(pipe, start_image):
+    # docs/pipeline.md: decode_latents (with the slice VAE's smooth_output), then the video processor. Outside
+    # no_grad decode_latents recorded the VAE's graph and postprocess_video failed on it.
+    latents = _call(pipe, start_image, num_inference_steps=2, output_type="latent").frames
+    video = pipe.video_processor.postprocess_video(pipe.decode_latents(latents), output_type="np")
+    expected = _call(pipe, start_image, num_inference_steps=2, output_type="np").frames
+    assert np.array_equal(video, expected)

@@ -91,9 +91,10 @@ def test_a_broken_config_is_one_error_line(tiny_checkpoint, tmp_path, capsys):
     config = checkpoint / "scheduler" / "scheduler_config.json"
     config.write_text(config.read_text().replace('"scaled_linear"', '"bogus"'))
     with pytest.raises(SystemExit) as e:
-        _converter().main(["--checkpoint", str(checkpoint), "--output", str(tmp_path / "out")])
+        _converter().main(["--checkpoint", str(checkpoint), "--output", str(tmp_path / "new" / "deeper" / "out")])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and "could not be loaded: NotImplementedError: " in err[-1] and "bogus" in err[-1]
+    assert not (tmp_path / "new").exists()  # the output's folders are made only to save
 
 
 def test_an_output_that_cannot_be_written_is_refused_before_loading(tiny_checkpoint, tmp_path, capsys, monkeypatch):
@@ -108,7 +109,7 @@ def test_an_output_that_cannot_be_written_is_refused_before_loading(tiny_checkpo
     monkeypatch.setattr(RuyiImageToVideoPipeline, "from_pretrained", lambda *a, **k: loads.append(a))
     with pytest.raises(SystemExit) as e:
         _converter().main(["--checkpoint", str(tiny_checkpoint), "--output", str(tmp_path / "out")])
-    assert e.value.code == 2 and "cannot be created: [Errno 13] Permission denied" in capsys.readouterr().err
+    assert e.value.code == 2 and "cannot be written: Permission denied in " in capsys.readouterr().err
     assert not loads
 
 
