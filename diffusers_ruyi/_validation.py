@@ -57,7 +57,8 @@ def check_real(
 
 
 def check_bool(name: str, value) -> None:
-    if not isinstance(value, bool):
+    """True or False (a NumPy bool counts as Python's)."""
+    if not isinstance(value, bool) and type(value).__module__ + "." + type(value).__name__ != "numpy.bool":
         raise TypeError(f"`{name}` must be True or False, got {type(value).__name__} {value!r}.")
 
 

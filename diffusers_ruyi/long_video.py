@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-from ._validation import check_int
+from ._validation import check_bool, check_int
 
 
 if TYPE_CHECKING:  # the CLI plans segments before it imports torch
@@ -408,10 +408,11 @@ def _output(video, output_type: str, return_dict: bool):
     if output_type == "pil":
         video = [_to_pil(f) for f in video]
     frames = [video] if output_type == "pil" else video[None]
-    return RuyiPipelineOutput(frames=frames) if return_dict else (frames,)
+    return RuyiPipelineOutput(frames=frames) if bool(return_dict) else (frames,)
 
 
-def _check_output_arguments(output_type: str, callback_on_segment_end) -> None:
+def _check_output_arguments(output_type: str, callback_on_segment_end, return_dict) -> None:
+    check_bool("return_dict", return_dict)  # as the pipeline's call: a string such as "no" would be truthy
     if output_type not in ("np", "pil"):
         raise ValueError(f"`output_type` must be 'np' or 'pil' for a long video, got {output_type!r}.")
     if callback_on_segment_end is not None and not callable(callback_on_segment_end):
@@ -482,7 +483,7 @@ def generate_long_video(
             f"{type(image).__name__}; to start from several frames, continue them with `extend_video`."
         )
     image = frames[0] if frames else image
-    _check_output_arguments(output_type, callback_on_segment_end)
+    _check_output_arguments(output_type, callback_on_segment_end, return_dict)
     ends = _end_frames(last_image)
     plan = plan_segments(num_frames, context_frames, segment_frames, end_frames=len(ends))
     height, width = _size(height, width, base_resolution, image.height, image.width)
@@ -544,7 +545,7 @@ def extend_video(
     """
     import numpy as np
 
-    _check_output_arguments(output_type, callback_on_segment_end)
+    _check_output_arguments(output_type, callback_on_segment_end, return_dict)
     frames = _as_float_frames(video)
     ends = _end_frames(last_image)
     plan = plan_segments(

@@ -36,6 +36,12 @@ def main(argv=None) -> None:
         parser.error(f"--output {args.output!r} exists; pass --overwrite to replace it.")
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         parser.error(f"--output {args.output!r} is a file; give a folder name.")
+    output = os.path.realpath(args.output)
+    # --overwrite deletes the output folder: never the working folder (or one above it) nor the checkpoint's.
+    for what, folder in (("the current folder", os.getcwd()), ("--checkpoint", args.checkpoint)):
+        folder = os.path.realpath(folder)
+        if os.path.exists(folder) and (folder == output or folder.startswith(output.rstrip(os.sep) + os.sep)):
+            parser.error(f"--output {args.output!r} is or holds {what}, which --overwrite would delete.")
     parent = os.path.dirname(os.path.abspath(args.output))
     problem = output_folder_problem(parent)  # before loading: a bad --output must not cost a load of the checkpoint
     if problem:

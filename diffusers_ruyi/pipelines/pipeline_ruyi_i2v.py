@@ -190,10 +190,14 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         sizes = {}
         for name in ("size", "crop_size"):
             value = getattr(image_processor, name, None)
-            if value is None:
+            # transformers 5 keeps them as `SizeDict`s (iterating over their set (key, value) pairs), older versions
+            # as dicts; anything else (None, a plain number) the processor reads itself.
+            if isinstance(value, dict):
+                value = {k: v for k, v in value.items() if v is not None}
+            elif type(value).__name__ == "SizeDict":
+                value = {k: v for k, v in dict(value).items() if v is not None}
+            else:
                 continue
-            # transformers 5 keeps them as `SizeDict`s (unset keys None), older versions as dicts.
-            value = {k: v for k, v in dict(value).items() if v is not None}
             if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value.values()):
                 raise ValueError(f"The image processor's `{name}` must hold positive integers, got {value}.")
             sizes[name] = value
@@ -276,13 +280,15 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         except (AttributeError, TypeError, ValueError):
             return  # no `step`, or a C or wrapped one: nothing to read
         try:
-            # What the denoising loop passes: `step(model_output, timestep, sample)` (and keywords with defaults).
-            signature.bind(None, None, None)
+            # What the denoising loop passes (`prepare_extra_step_kwargs` adds eta and generator when step takes them).
+            extra = {name: None for name in ("eta", "generator") if name in signature.parameters}
+            signature.bind(None, None, None, return_dict=False, **extra)
         except TypeError as e:
             # A scheduler that needs more (CogVideoXDPMScheduler's previous prediction and timestep) would fail after
             # the encoders had run.
             raise ValueError(
-                f"{name}.step cannot be called as step(model_output, timestep, sample), as Ruyi's denoising loop calls "
+                f"{name}.step cannot be called as step(model_output, timestep, sample, return_dict=False), as Ruyi's "
+                "denoising loop calls "
                 f"it ({e}): use a scheduler whose step needs nothing else, e.g. `DDIMScheduler`, "
                 "`EulerDiscreteScheduler`, `DPMSolverMultistepScheduler`."
             ) from None
@@ -776,12 +782,13 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         if given:
             self._check_custom_embeds(custom_embeds, controls, batch)
         if callback_on_step_end_tensor_inputs is not None and (
-            not isinstance(callback_on_step_end_tensor_inputs, (list, tuple))
+            isinstance(callback_on_step_end_tensor_inputs, str)
+            or not hasattr(callback_on_step_end_tensor_inputs, "__iter__")
             or not all(isinstance(k, str) for k in callback_on_step_end_tensor_inputs)
         ):
             raise TypeError(
-                f"`callback_on_step_end_tensor_inputs` must be a list of names from {self._callback_tensor_inputs}, "
-                f"got {callback_on_step_end_tensor_inputs!r}."
+                "`callback_on_step_end_tensor_inputs` must be a collection (a list, tuple or set) of names from "
+                f"{self._callback_tensor_inputs}, got {callback_on_step_end_tensor_inputs!r}."
             )
         if callback_on_step_end_tensor_inputs is not None and not all(
             k in self._callback_tensor_inputs for k in callback_on_step_end_tensor_inputs
@@ -1074,7 +1081,8 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         r"""
         Decodes denoised latents into a video `(B, 3, F, H, W)` in [-1, 1], as the original `decode_latents`: the
-        VAE decode clamped, then, unless the VAE is the cache variant, `smooth_output`.
+        VAE decode clamped, then, unless the VAE is the cache variant, `smooth_output`. Runs without gradients (call
+        `vae.decode` and `smooth_output` yourself to train through them).
         """
         batch, _, num_latent_frames, latent_height, latent_width = latents.shape
         chunk = self.vae.config.num_latent_frames_batch_size
@@ -1300,6 +1308,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             attention_kwargs=attention_kwargs,
         )
         check_bool("return_dict", return_dict)  # a string such as "no" would be truthy
+        return_dict = bool(return_dict)
 
         self._guidance_scale = guidance_scale
         self._attention_kwargs = attention_kwargs

@@ -83,9 +83,23 @@ def test_metadata_naming_no_clip_is_refused(script, video_dir, tmp_path):
         script.VideoFolderDataset(str(folder), num_frames=8, height=32, width=48)
 
 
+def test_a_schedule_only_the_loaded_sampler_refuses_stops_before_training(script, video_dir, tmp_path):
+    # PNDM cannot make 3 steps, which only the loaded scheduler tells (the argument check knows the step limit).
+    from diffusers import PNDMScheduler
+
+    pipe = load_pipe(TINY, dtype=torch.float32)
+    pipe.scheduler = PNDMScheduler.from_config(pipe.scheduler.config)
+    pipe.save_pretrained(tmp_path / "pndm")
+    args = _args(video_dir, tmp_path / "run", "--validation_steps", "1", "--validation_num_inference_steps", "3")
+    args[args.index(str(TINY))] = str(tmp_path / "pndm")
+    with pytest.raises(ValueError, match=r"--validation_num_inference_steps 3: PNDMScheduler cannot make"):
+        script.main(args)
+    assert not any(name.startswith("checkpoint-") for name in os.listdir(tmp_path / "run"))
+
+
 def test_validation_steps_the_sampler_cannot_make_stop_before_training(script, video_dir, tmp_path, capsys):
     # More steps than the scheduler's num_train_timesteps: refused with the other arguments, before the model loads
-    # (the sampler's own check, after the load, stays for what only the loaded scheduler can tell).
+    # (the sampler's own check after the load is tested above).
     args = _args(video_dir, tmp_path / "run", "--validation_steps", "1", "--validation_num_inference_steps", "2000")
     with pytest.raises(SystemExit):
         script.main(args)

@@ -294,6 +294,7 @@ _CUSTOM_EMBEDS = (
         (dict(generator=[_seed(), _seed()]), TypeError, "`generator` must be one torch.Generator"),
         (dict(latents=torch.zeros(1)), TypeError, "\\['latents'\\] cannot be passed here"),
         (dict(output_type="pt"), ValueError, "`output_type` must be 'np' or 'pil'"),
+        (dict(return_dict="no"), TypeError, "`return_dict` must be True or False, got str 'no'"),
         (dict(last_image="end.png"), TypeError, "`last_image` must be a PIL.Image.Image"),
         (dict(height=32), ValueError, "Pass both `height` and `width`"),
         (dict(num_inference_steps=0), ValueError, "`num_inference_steps` must be a positive integer"),

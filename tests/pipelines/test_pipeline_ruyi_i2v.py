@@ -265,7 +265,7 @@ def _step_needs_more():
             r"\(use_flow_sigmas=True\) cannot run Ruyi",
         ),
         # Its step needs the previous prediction and timestep: it failed in the first step, after the encoders ran.
-        (_step_needs_more, r"CogVideoXDPMScheduler.step cannot be called as step\(model_output, timestep, sample\)"),
+        (_step_needs_more, r"CogVideoXDPMScheduler.step cannot be called as step\(model_output, timestep, sample,"),
     ],
     ids=["inverse", "flow_sigmas", "step_signature"],
 )
@@ -281,8 +281,19 @@ def test_schedulers_that_run_but_cannot_sample_ruyi_are_refused(pipe, make, mess
         def step(self, *args, **kwargs):
             return super().step(*args, **kwargs)
 
+    class KeywordGeneratorDDIM(DDIMScheduler):  # a required keyword the loop passes (generator)
+        def step(self, model_output, timestep, sample, *, generator, eta=0.0, return_dict=True):
+            return super().step(model_output, timestep, sample, eta=eta, generator=generator, return_dict=return_dict)
+
+    class PositionalOnlyDDIM(DDIMScheduler):  # takes no return_dict keyword: failed at the first step
+        def step(self, *args):
+            return super().step(*args)
+
     for cls in (UniPCMultistepScheduler, DDIMScheduler, EulerAncestralDiscreteScheduler, LoggingDDIM):
         pipe.scheduler = cls.from_config(original.config)
+    pipe.scheduler = KeywordGeneratorDDIM.from_config(original.config)
+    with pytest.raises(ValueError, match=r"PositionalOnlyDDIM.step cannot be called as step\(model_output, timestep"):
+        pipe.scheduler = PositionalOnlyDDIM.from_config(original.config)
     pipe.scheduler = original
 
 
@@ -513,9 +524,14 @@ def test_custom_embeddings_of_the_batch_size_are_taken(pipe, start_image):
         (
             dict(callback_on_step_end=lambda *a: a[-1], callback_on_step_end_tensor_inputs=5),
             TypeError,
-            r"`callback_on_step_end_tensor_inputs` must be a list of names from \['latents'",
+            r"`callback_on_step_end_tensor_inputs` must be a collection \(a list, tuple or set\) of names from",
         ),
         (dict(return_dict="no"), TypeError, "`return_dict` must be True or False, got str 'no'"),
+        (
+            dict(callback_on_step_end=lambda *a: a[-1], callback_on_step_end_tensor_inputs="latents"),
+            TypeError,
+            "must be a collection",
+        ),
     ],
 )
 def test_bad_inputs_fail_early(guarded_pipe, start_image, kwargs, error, match):
@@ -721,6 +737,24 @@ def test_random_invalid_arguments_fail_early(guarded_pipe, start_image, data):
     with pytest.raises((ValueError, TypeError)) as e:
         _call(guarded_pipe, start_image, **{name: value})
     assert f"`{name}`" in str(e.value)
+
+
+def test_numpy_bools_sets_and_plain_sizes_are_taken(pipe, start_image):
+    # A NumPy bool for return_dict, a set of tensor names (diffusers takes any collection), a processor whose size is
+    # a plain number (the processor reads it itself).
+    out = _call(
+        pipe,
+        start_image,
+        num_inference_steps=1,
+        return_dict=np.False_,
+        callback_on_step_end=lambda p, i, t, k: k,
+        callback_on_step_end_tensor_inputs={"latents"},
+        output_type="latent",
+    )
+    assert isinstance(out, tuple)
+    processor = type(pipe.image_processor)(crop_size={"height": 32, "width": 32})
+    processor.size = 32
+    RuyiImageToVideoPipeline(**{**pipe.components, "image_processor": processor})
 
 
 def test_latent_output_decodes_to_the_video_by_the_documented_recipe(pipe, start_image):

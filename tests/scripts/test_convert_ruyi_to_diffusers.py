@@ -121,3 +121,21 @@ def test_a_failed_save_is_one_line_and_leaves_nothing(tiny_checkpoint, tmp_path,
     with pytest.raises(SystemExit, match=r"--output '.*out' could not be written: \[Errno 28\] No space left"):
         _converter().main(["--checkpoint", str(tiny_checkpoint), "--output", str(tmp_path / "out")])
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("target", ["cwd", "parent of cwd", "checkpoint"])
+def test_overwrite_never_deletes_the_working_folder_or_the_checkpoint(tiny_checkpoint, tmp_path, monkeypatch, target):
+    # `--output . --overwrite` emptied the working folder (the rename then failed).
+    import shutil
+
+    checkpoint = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, checkpoint)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "precious.txt").write_text("keep")
+    monkeypatch.chdir(work)
+    output = {"cwd": ".", "parent of cwd": str(tmp_path), "checkpoint": str(checkpoint)}[target]
+    with pytest.raises(SystemExit) as e:
+        _converter().main(["--checkpoint", str(checkpoint), "--output", output, "--overwrite"])
+    assert e.value.code == 2
+    assert (work / "precious.txt").read_text() == "keep" and (checkpoint / "transformer").is_dir()
