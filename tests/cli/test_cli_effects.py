@@ -43,9 +43,9 @@ def _base_argv(tmp_path, tiny_checkpoint):
     ]
 
 
-def _cli(monkeypatch, tmp_path, tiny_checkpoint, *extra):
+def _cli(monkeypatch, tmp_path, tiny_checkpoint, *extra, quiet=True):
     captured = _capture_videos(monkeypatch)
-    argv = _base_argv(tmp_path, tiny_checkpoint)
+    argv = [a for a in _base_argv(tmp_path, tiny_checkpoint) if quiet or a != "--quiet"]
     argv += ["--num-frames", "8", "--height", "32", "--width", "48", "--steps", "2", *extra]
     assert main(argv) == 0
     return torch.from_numpy(np.stack(captured[0]))
@@ -289,32 +289,20 @@ def test_teacache_windows_and_offload_flags(monkeypatch, tmp_path, tiny_checkpoi
     monkeypatch.setattr(RuyiTransformer3DModel, "enable_cache", recording)
     flags = ["--cache", "teacache", "--cache-threshold", "0.5", "--steps", "6"]
     windows = ["--cache-skip-start", "1", "--cache-skip-end", "2", "--cache-on-device"]
-    argv = _base_argv(tmp_path, tiny_checkpoint)[:-2] + ["--overwrite", "--num-frames", "8", "--height", "32"]
-    captured = _capture_videos(monkeypatch)
-    assert main(argv + ["--width", "48", "--steps", "2", *flags, *windows]) == 0
-    got = torch.from_numpy(np.stack(captured[0]))
+    got = _cli(monkeypatch, tmp_path, tiny_checkpoint, *flags, *windows, quiet=False)
     (config,) = configs
     assert (config.skip_start_steps, config.skip_end_steps, config.offload_to_cpu) == (1, 2, False)
     # The original's "TeaCache cached steps" line, on stderr.
     assert "TeaCache skipped" in capsys.readouterr().err
 
+    pipes = []
+
     def windowed(pipe):
+        pipes.append(pipe)
         pipe.transformer.enable_cache(RuyiTeaCacheConfig(threshold=0.5, skip_start_steps=1, skip_end_steps=2))
 
-    pipe = load_pipe(tiny_checkpoint, dtype=torch.float32)
-    windowed(pipe)
-    expected = torch.from_numpy(
-        pipe(
-            image=PIL.Image.open(START),
-            num_frames=8,
-            height=32,
-            width=48,
-            num_inference_steps=6,
-            generator=torch.Generator("cpu").manual_seed(42),
-            output_type="np",
-        ).frames[0]
-    )
-    skipped = get_ruyi_teacache_skipped_steps(pipe.transformer)
+    expected = _direct(tiny_checkpoint, windowed, num_inference_steps=6)
+    skipped = get_ruyi_teacache_skipped_steps(pipes[0].transformer)
     default_windows = _direct(
         tiny_checkpoint,
         lambda p: p.transformer.enable_cache(RuyiTeaCacheConfig(threshold=0.5)),
