@@ -379,11 +379,14 @@ def _nearest_existing(path: str) -> str:
 
 def output_folder_problem(folder: str) -> Optional[str]:
     """Why ``folder`` cannot be created and written (None when it can), creating nothing: its nearest existing
-    ancestor must be a folder where a folder can be made (permissions do not tell about /proc or a read-only mount).
-    The conversion and training scripts check their output folders with it before loading a model."""
+    ancestor must be a folder with write permission where a folder can be made (permissions do not tell everything:
+    root may write anywhere, but not into /proc; a read-only mount). Used for `--output` here and by the conversion
+    and training scripts before they load a model."""
     ancestor = _nearest_existing(folder)
     if not os.path.isdir(ancestor):
-        return f"cannot be created: {ancestor!r} is a file"
+        return f"cannot be created: {ancestor!r} is a file, not a folder"
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return f"cannot be written: no write permission in {ancestor!r}"
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".ruyi-probe-", dir=ancestor))
     except OSError as e:
@@ -400,19 +403,9 @@ def check_output_path(flag: str, path: str, overwrite: bool, suffix: Optional[st
         raise CLIError(f"{flag} {path!r} is a folder; give a file name")
     if os.path.lexists(path) and not overwrite:
         raise CLIError(f"{flag} {path!r} exists; pass --overwrite to replace it")
-    ancestor = _nearest_existing(os.path.dirname(os.path.abspath(path)))
-    if not os.path.isdir(ancestor):
-        raise CLIError(f"{flag} {path!r} cannot be created: {ancestor!r} is a file, not a folder")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise CLIError(f"{flag} {path!r} cannot be written: no write permission in {ancestor!r}")
-    # Permissions do not tell everything (root may write anywhere, but not into /proc; a read-only mount): create
-    # and remove a file there, as the run will.
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".ruyi-probe-", dir=ancestor)
-    except OSError as e:
-        raise CLIError(f"{flag} {path!r} cannot be written: {e.strerror or e} in {ancestor!r}")
-    os.close(fd)
-    os.remove(probe)
+    problem = output_folder_problem(os.path.dirname(os.path.abspath(path)))
+    if problem:
+        raise CLIError(f"{flag} {path!r} {problem}")
 
 
 def _env_flag(name: str) -> bool:
