@@ -28,11 +28,12 @@ safetensors only, a broken file or a mistyped path reported before anything load
 """
 
 import contextlib
+import functools
 import inspect
 import logging
 import os
 import sys
-from typing import Any, Callable, Dict, Iterator, Union
+from typing import Any, Callable, Dict, Iterator, Tuple, Union
 
 from diffusers import ModelMixin
 
@@ -148,23 +149,37 @@ class RuyiModelLoadingMixin:
         dtype = resolve_dtype(kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None))
         if isinstance(dtype, dict):
             raise ValueError(f"`dtype` of {cls.__name__} is one dtype, not a dict per component, got {dtype!r}.")
-        if kwargs.get("use_safetensors") is False:
-            raise ValueError(
-                "`use_safetensors=False`: diffusers-ruyi loads model weights from safetensors files only."
-            )
-        # (A DDUF archive is read by diffusers from its entries, not from a folder.)
-        if not kwargs.get("dduf_entries") and check_local_source(pretrained_model_name_or_path):
-            check_model_folder(os.path.join(str(pretrained_model_name_or_path), kwargs.get("subfolder") or ""))
-        output_loading_info = kwargs.pop("output_loading_info", False)
-        kwargs["use_safetensors"] = True
-        with modeling_logs_dropped(_is_key_report):
-            model, info = super().from_pretrained(
-                pretrained_model_name_or_path, torch_dtype=dtype, output_loading_info=True, **kwargs
-            )
-        what = f"{cls.__name__} ({pretrained_model_name_or_path})"
         strict = ORIGINAL_LOADS_STRICTLY[cls._original_model_type]
-        check_loaded_keys(info["missing_keys"], info["unexpected_keys"], what, allow_unexpected=not strict)
+        load = functools.partial(super().from_pretrained, torch_dtype=dtype)
+        model, info, output_loading_info = load_checked_model(
+            load, cls.__name__, pretrained_model_name_or_path, kwargs, allow_unexpected=not strict
+        )
         return (model, info) if output_loading_info else model
+
+
+def load_checked_model(
+    load: Callable,
+    name: str,
+    pretrained_model_name_or_path: Union[str, os.PathLike],
+    kwargs: Dict[str, Any],
+    allow_unexpected: bool,
+) -> Tuple[Any, Dict[str, Any], bool]:
+    """diffusers' ``load`` (a model class's `from_pretrained`) with this package's rules: safetensors only
+    (`use_safetensors=False` refused), a local folder's files checked first, and every missing (and, unless
+    ``allow_unexpected``, unexpected) key one `ValueError` instead of diffusers' warning. Returns the model, its
+    loading info and whether the caller asked for that info (`output_loading_info`)."""
+    if kwargs.get("use_safetensors") is False:
+        raise ValueError("`use_safetensors=False`: diffusers-ruyi loads model weights from safetensors files only.")
+    # (A DDUF archive is read by diffusers from its entries, not from a folder.)
+    if not kwargs.get("dduf_entries") and check_local_source(pretrained_model_name_or_path):
+        check_model_folder(os.path.join(str(pretrained_model_name_or_path), kwargs.get("subfolder") or ""))
+    output_loading_info = kwargs.pop("output_loading_info", False)
+    kwargs["use_safetensors"] = True
+    with modeling_logs_dropped(_is_key_report):
+        model, info = load(pretrained_model_name_or_path, output_loading_info=True, **kwargs)
+    what = f"{name} ({pretrained_model_name_or_path})"
+    check_loaded_keys(info["missing_keys"], info["unexpected_keys"], what, allow_unexpected=allow_unexpected)
+    return model, info, output_loading_info
 
 
 def check_safe_serialization(save_pretrained: Callable, *args, **kwargs) -> None:

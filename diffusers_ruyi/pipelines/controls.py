@@ -7,7 +7,6 @@ original checkpoint as ``embeddings.safetensors`` (keys ``{p|n}.{name}.{emb1|mas
 
 import math
 import numbers
-import os
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -237,21 +236,12 @@ class RuyiControlEmbeddings(ModelMixin, ConfigMixin):
         every key present (a missing one is a `ValueError` that lists it, where diffusers would leave zeros), finite
         embeddings and 0/1 masks.
         """
-        from ..loaders.model_loading import _is_key_report, modeling_logs_dropped
-        from ..loaders.original_checkpoint import check_loaded_keys, check_local_source, check_model_folder
+        from ..loaders.model_loading import load_checked_model
 
-        if kwargs.get("use_safetensors") is False:
-            raise ValueError(
-                "`use_safetensors=False`: diffusers-ruyi loads model weights from safetensors files only."
-            )
-        if check_local_source(pretrained_model_name_or_path):
-            check_model_folder(os.path.join(str(pretrained_model_name_or_path), kwargs.get("subfolder") or ""))
-        output_loading_info = kwargs.pop("output_loading_info", False)
-        kwargs["use_safetensors"] = True
-        with modeling_logs_dropped(_is_key_report):
-            model, info = super().from_pretrained(pretrained_model_name_or_path, output_loading_info=True, **kwargs)
+        model, info, output_loading_info = load_checked_model(
+            super().from_pretrained, cls.__name__, pretrained_model_name_or_path, kwargs, allow_unexpected=False
+        )
         what = f"{cls.__name__} ({pretrained_model_name_or_path})"
-        check_loaded_keys(info["missing_keys"], info["unexpected_keys"], what, allow_unexpected=False)
         problems = [(field, _value_problem(field, getattr(model, field))) for field in _FIELDS]
         bad = [f"{field} {problem}" for field, problem in problems if problem]
         if bad:
