@@ -192,12 +192,9 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             value = getattr(image_processor, name, None)
             # transformers 5 keeps them as `SizeDict`s (iterating over their set (key, value) pairs), older versions
             # as dicts; anything else (None, a plain number) the processor reads itself.
-            if isinstance(value, dict):
-                value = {k: v for k, v in value.items() if v is not None}
-            elif type(value).__name__ == "SizeDict":
-                value = {k: v for k, v in dict(value).items() if v is not None}
-            else:
+            if not isinstance(value, dict) and type(value).__name__ != "SizeDict":
                 continue
+            value = {k: v for k, v in dict(value).items() if v is not None}
             if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value.values()):
                 raise ValueError(f"The image processor's `{name}` must hold positive integers, got {value}.")
             sizes[name] = value
