@@ -56,6 +56,9 @@ VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 DEFAULT_TARGET_MODULES = "to_q,to_k,to_v,to_out.0"
 DEFAULT_MAX_TRAIN_STEPS = 1000
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+# `--save_original_format`'s file, beside LORA_WEIGHTS (which loading the folder keeps picking).
+ORIGINAL_FORMAT_LORA = "ruyi_lora_original_format.safetensors"
 # A `--target_modules` entry that names a block: `blocks.7.attn1.to_q`.
 BLOCK_PREFIX = re.compile(r"^blocks\.(\d+)\.")
 
@@ -102,6 +105,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         "--target_modules",
         default=DEFAULT_TARGET_MODULES,
         help="Comma-separated module names to adapt (suffixes such as to_q, ff.net.2, proj_out), or 'all-linear'.",
+    )
+    parser.add_argument(
+        "--save_original_format",
+        action="store_true",
+        help=f"Also write the final LoRA in the original Ruyi format, as {ORIGINAL_FORMAT_LORA} in --output_dir, for "
+        "the original predict_i2v.py (lora_path) and its ComfyUI nodes (Load LoRA).",
     )
     # Optimisation.
     parser.add_argument("--learning_rate", type=float, default=1e-4)
@@ -510,9 +519,6 @@ def collate(examples: List[Dict[str, Any]]) -> Dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------------------------------------
-
-
-LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 
 
 def _tiny_transformer_on_meta() -> torch.nn.Module:
@@ -970,12 +976,20 @@ def _train(argv: Optional[Sequence[str]]) -> str:
     full_state_dict = accelerator.get_state_dict(transformer)
     if accelerator.is_main_process:
         final = unwrap(transformer)
+        layers = get_peft_model_state_dict(final, state_dict=full_state_dict)
         RuyiImageToVideoPipeline.save_lora_weights(
-            args.output_dir,
-            transformer_lora_layers=get_peft_model_state_dict(final, state_dict=full_state_dict),
-            transformer_lora_adapter_metadata=lora_metadata(final),
+            args.output_dir, transformer_lora_layers=layers, transformer_lora_adapter_metadata=lora_metadata(final)
         )
         logger.info(f"LoRA saved to {os.path.join(args.output_dir, LORA_WEIGHTS)}")
+        if args.save_original_format:
+            RuyiImageToVideoPipeline.save_lora_weights(
+                args.output_dir,
+                transformer_lora_layers=layers,
+                transformer_lora_adapter_metadata=lora_metadata(final),
+                weight_name=ORIGINAL_FORMAT_LORA,
+                original_format=True,
+            )
+            logger.info(f"The same LoRA in the original format: {os.path.join(args.output_dir, ORIGINAL_FORMAT_LORA)}")
     accelerator.end_training()
     return args.output_dir
 

@@ -1,7 +1,6 @@
 """LoRA loading and saving for [`RuyiImageToVideoPipeline`] (diffusers/PEFT files and original Ruyi files)."""
 
 import contextlib
-import math
 import os
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
@@ -18,12 +17,15 @@ from diffusers.utils import convert_unet_state_dict_to_peft, logging
 from diffusers.utils.peft_utils import get_adapter_name, require_peft_backend
 from huggingface_hub.utils import validate_hf_hub_args
 from safetensors import SafetensorError
+from safetensors.torch import save_file
 
 from .._validation import check_real
 from .original_checkpoint import (
+    _check_lora_metadata,
     _lora_target_modules,
     _lora_tensor_problem,
     check_local_source,
+    convert_lora_state_dict_to_original,
     convert_original_lora_state_dict,
     is_original_lora_state_dict,
 )
@@ -210,52 +212,6 @@ def _check_peft_lora_state_dict(
     if not state_dict:
         raise ValueError("The LoRA state dict is empty.")
     return {f"{prefix}.{key}": value for key, value in state_dict.items()}
-
-
-def _check_lora_metadata(metadata: Dict[str, Any], state_dict: Dict[str, torch.Tensor], prefix: str) -> None:
-    """The `LoraConfig` values a PEFT LoRA file carries must fit its tensors: finite alphas, positive integer ranks,
-    and the rank each adapted module's tensors have (PEFT would build layers of the config's rank and fail to copy
-    the tensors into them, with a long state-dict error)."""
-    from peft.utils.other import get_pattern_key
-
-    config = {key[len(prefix) + 1 :]: value for key, value in metadata.items() if key.startswith(f"{prefix}.")}
-    problems = []
-
-    def number(name: str, value: Any, rank: bool) -> bool:
-        if rank:
-            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
-        else:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        if not ok:
-            problems.append(f"{name}={value!r} is not {'a positive integer' if rank else 'a finite number'}")
-        return ok
-
-    ranks_ok = "r" not in config or number("r", config["r"], rank=True)
-    if "lora_alpha" in config:
-        number("lora_alpha", config["lora_alpha"], rank=False)
-    rank_pattern = config.get("rank_pattern") or {}
-    for name, pattern in (("rank_pattern", rank_pattern), ("alpha_pattern", config.get("alpha_pattern") or {})):
-        is_rank = name == "rank_pattern"
-        if not isinstance(pattern, dict):
-            problems.append(f"{name} is not a mapping")
-            ranks_ok = ranks_ok and not is_rank
-            continue
-        for key, value in pattern.items():
-            ok = number(f"{name}[{key!r}]", value, rank=is_rank)
-            ranks_ok = ranks_ok and (ok or not is_rank)
-    if ranks_ok and "r" in config:
-        wrong = []
-        for key, down in state_dict.items():
-            if not key.endswith((".lora_A.weight", ".lora_embedding_A")) or down.ndim < 2:
-                continue
-            path = key[len(prefix) + 1 :].rsplit(".lora_", 1)[0]
-            expected = rank_pattern.get(get_pattern_key(rank_pattern.keys(), path), config["r"])
-            if down.shape[0] != expected:
-                wrong.append(f"{path} (rank {down.shape[0]}, config {expected})")
-        if wrong:
-            problems.append(f"tensors of another rank than the config's `r` / `rank_pattern`: {sorted(wrong)}")
-    if problems:
-        raise ValueError("Cannot load this LoRA: its LoRA config (the file's metadata) " + "; ".join(problems) + ".")
 
 
 def _check_adapter_name(adapter_name: Any) -> None:
@@ -596,9 +552,11 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
         save_function: Optional[Callable] = None,
         safe_serialization: bool = True,
         transformer_lora_adapter_metadata: Optional[Dict[str, Any]] = None,
+        original_format: bool = False,
     ) -> None:
         r"""
-        Saves transformer LoRA weights as `save_directory/pytorch_lora_weights.safetensors` (diffusers format).
+        Saves transformer LoRA weights as `save_directory/pytorch_lora_weights.safetensors`, in the diffusers format or
+        (`original_format=True`) in the original Ruyi format.
 
         Args:
             save_directory (`str` or `os.PathLike`):
@@ -617,6 +575,12 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
             transformer_lora_adapter_metadata (`dict`, *optional*):
                 The adapter's `LoraConfig` as a dict (`pipe.transformer.peft_config[name].to_dict()`), stored in the
                 file's metadata so that loading restores `lora_alpha` (otherwise alpha defaults to the rank).
+            original_format (`bool`, defaults to `False`):
+                Write the original Ruyi format instead (`lora_unet__<module>.lora_down.weight` / `.lora_up.weight` /
+                `.alpha`, see [`~loaders.original_checkpoint.convert_lora_state_dict_to_original`]), which the
+                original `predict_i2v.py` and its ComfyUI nodes load; their merge then adds the delta this adapter
+                adds. Its alphas come from `transformer_lora_adapter_metadata`, so pass it. The file is written
+                whole or not at all, and diffusers-ruyi loads it back like any original-format LoRA.
         """
         if not safe_serialization:
             raise ValueError("diffusers-ruyi writes LoRA weights as safetensors only (`safe_serialization=True`).")
@@ -624,6 +588,32 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
             raise ValueError("You must pass `transformer_lora_layers`.")
         if weight_name is not None and not weight_name.endswith(".safetensors"):
             raise ValueError(f"`weight_name` must end with .safetensors, got {weight_name!r}.")
+        if not isinstance(original_format, bool):
+            raise TypeError(f"`original_format` must be a bool, got {type(original_format).__name__}.")
+        if original_format:
+            if isinstance(transformer_lora_layers, torch.nn.Module):
+                transformer_lora_layers = transformer_lora_layers.state_dict()
+            tensors = convert_lora_state_dict_to_original(
+                transformer_lora_layers, transformer_lora_adapter_metadata, prefix=cls.transformer_name
+            )
+            if not is_main_process:
+                return
+            if os.path.isfile(save_directory):
+                raise ValueError(f"`save_directory` {str(save_directory)!r} is a file, not a folder.")
+            os.makedirs(save_directory, exist_ok=True)
+            path = os.path.join(save_directory, weight_name or LORA_WEIGHT_NAME_SAFE)
+            partial = f"{path}.partial"
+            try:
+                if save_function is None:
+                    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, partial, {"format": "pt"})
+                else:
+                    save_function(tensors, partial)
+                os.replace(partial, path)
+            finally:
+                if os.path.exists(partial):
+                    os.remove(partial)
+            logger.info(f"LoRA weights (original Ruyi format) saved in {path}")
+            return
         cls._save_lora_weights(
             save_directory=save_directory,
             lora_layers={cls.transformer_name: transformer_lora_layers},

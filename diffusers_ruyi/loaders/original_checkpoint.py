@@ -1088,3 +1088,192 @@ def _lora_config_kwargs(ranks: Dict[str, int], alphas: Dict[str, float]) -> Dict
         # A regex string is matched against whole module paths (a list would also match longer paths ending in one).
         "target_modules": "|".join(re.escape(path) for path in sorted(ranks)),
     }
+
+
+def _check_lora_metadata(metadata: Dict[str, Any], state_dict: Dict[str, torch.Tensor], prefix: str) -> None:
+    """The `LoraConfig` values a PEFT LoRA file carries must fit its tensors: finite alphas, positive integer ranks,
+    and the rank each adapted module's tensors have (PEFT would build layers of the config's rank and fail to copy
+    the tensors into them, with a long state-dict error)."""
+    from peft.utils.other import get_pattern_key
+
+    config = {key[len(prefix) + 1 :]: value for key, value in metadata.items() if key.startswith(f"{prefix}.")}
+    problems = []
+
+    def number(name: str, value: Any, rank: bool) -> bool:
+        if rank:
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        else:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok:
+            problems.append(f"{name}={value!r} is not {'a positive integer' if rank else 'a finite number'}")
+        return ok
+
+    ranks_ok = "r" not in config or number("r", config["r"], rank=True)
+    if "lora_alpha" in config:
+        number("lora_alpha", config["lora_alpha"], rank=False)
+    rank_pattern = config.get("rank_pattern") or {}
+    for name, pattern in (("rank_pattern", rank_pattern), ("alpha_pattern", config.get("alpha_pattern") or {})):
+        is_rank = name == "rank_pattern"
+        if not isinstance(pattern, dict):
+            problems.append(f"{name} is not a mapping")
+            ranks_ok = ranks_ok and not is_rank
+            continue
+        for key, value in pattern.items():
+            ok = number(f"{name}[{key!r}]", value, rank=is_rank)
+            ranks_ok = ranks_ok and (ok or not is_rank)
+    if ranks_ok and "r" in config:
+        wrong = []
+        for key, down in state_dict.items():
+            if not key.endswith((".lora_A.weight", ".lora_embedding_A")) or down.ndim < 2:
+                continue
+            path = key[len(prefix) + 1 :].rsplit(".lora_", 1)[0]
+            expected = rank_pattern.get(get_pattern_key(rank_pattern.keys(), path), config["r"])
+            if down.shape[0] != expected:
+                wrong.append(f"{path} (rank {down.shape[0]}, config {expected})")
+        if wrong:
+            problems.append(f"tensors of another rank than the config's `r` / `rank_pattern`: {sorted(wrong)}")
+    if problems:
+        raise ValueError("Cannot load this LoRA: its LoRA config (the file's metadata) " + "; ".join(problems) + ".")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# LoRA (PEFT -> original kohya-style files)
+# ----------------------------------------------------------------------------------------------------------------
+
+# Keys a diffusers/PEFT LoRA may hold that the original format has no place for, and why.
+_NOT_EXPORTABLE_LORA_KEYS = {
+    "lora_B.bias": "a LoRA bias (`lora_bias=True`)",
+    "lora_embedding_A": "an Embedding adapter",
+    "lora_embedding_B": "an Embedding adapter",
+    "lora_magnitude_vector": "DoRA",
+}
+
+
+def convert_lora_state_dict_to_original(
+    state_dict: Dict[str, torch.Tensor],
+    metadata: Optional[Dict[str, Any]] = None,
+    prefix: Optional[str] = "transformer",
+) -> Dict[str, torch.Tensor]:
+    """Converts a diffusers/PEFT LoRA of the transformer into the original Ruyi format, all or nothing.
+
+    The inverse of `convert_original_lora_state_dict`, for the original `predict_i2v.py` (`lora_path`) and its ComfyUI
+    nodes ("Load LoRA"). Each ``<module>.lora_A.weight`` / ``.lora_B.weight`` pair becomes
+    ``lora_unet__<original module path, "." -> "_">.lora_down.weight`` / ``.lora_up.weight`` (the same tensors) plus
+    ``.alpha``, chosen so that the original merge ``W += multiplier * alpha / rank * up @ down`` adds PEFT's delta
+    ``scaling * lora_B @ lora_A``: ``alpha`` is ``lora_alpha`` (``lora_alpha * sqrt(rank)`` with ``use_rslora``),
+    per module from the config's ``alpha_pattern`` as PEFT resolves it, or the rank when there is no config (diffusers
+    then loads the file with scaling 1). No model is needed.
+
+    Args:
+        state_dict (`Dict[str, torch.Tensor]`):
+            The adapter's tensors, e.g. `peft.get_peft_model_state_dict(pipe.transformer)` or the first value of
+            `RuyiImageToVideoPipeline.lora_state_dict(path, return_lora_metadata=True)`; with ``prefix.`` on every key
+            or on none.
+        metadata (`Dict[str, Any]`, *optional*):
+            The adapter's `LoraConfig` values (``peft_config[name].to_dict()``, or the second value of
+            `lora_state_dict(..., return_lora_metadata=True)`), with or without ``prefix.`` on its keys.
+        prefix (`str`, *optional*, defaults to `"transformer"`): The component prefix of the keys (`None` for none).
+
+    Returns:
+        `Dict[str, torch.Tensor]`: ``lora_down``/``lora_up`` in the dtype of the input, ``alpha`` as a float32 scalar.
+
+    Raises:
+        `ValueError`: listing every key that the original format cannot express (keys of other components, LoRA
+            biases, Embedding adapters, DoRA, convolutions other than 1x1, malformed keys, modules without both
+            `lora_A` and `lora_B`, tensors whose shapes do not pair up, values that are not finite), or a config that
+            does not fit the tensors.
+    """
+    key_prefix = f"{prefix}." if prefix else ""
+    if key_prefix and not any(str(key).startswith(key_prefix) for key in state_dict):
+        state_dict = {key_prefix + str(key): value for key, value in state_dict.items()}
+    config = dict(metadata or {})
+    if key_prefix and any(str(key).startswith(key_prefix) for key in config):
+        config = {key[len(key_prefix) :]: value for key, value in config.items() if key.startswith(key_prefix)}
+
+    foreign, malformed, unsupported = [], [], []
+    pairs: Dict[str, Dict[str, torch.Tensor]] = {}
+    for key, value in state_dict.items():
+        key = str(key)
+        if not key.startswith(key_prefix):
+            foreign.append(key)
+            continue
+        path, _, element = key[len(key_prefix) :].rpartition(".lora_")
+        element = "lora_" + element
+        reason = next((why for suffix, why in _NOT_EXPORTABLE_LORA_KEYS.items() if element == suffix), None)
+        if reason is not None:
+            unsupported.append(f"{key} ({reason})")
+        elif not path or element not in ("lora_A.weight", "lora_B.weight"):
+            malformed.append(key)
+        else:
+            pairs.setdefault(path, {})[element] = value
+    if config.get("use_dora") is True:
+        unsupported.append("the config's use_dora=True (DoRA)")
+    if config.get("lora_bias") is True:
+        unsupported.append("the config's lora_bias=True (a LoRA bias)")
+
+    incomplete, bad_shapes, bad_values = [], [], []
+    for path, tensors in sorted(pairs.items()):
+        if set(tensors) != {"lora_A.weight", "lora_B.weight"}:
+            incomplete.append(path)
+            continue
+        down, up = tensors["lora_A.weight"], tensors["lora_B.weight"]
+        problem = _lora_tensor_problem({"lora_A": down, "lora_B": up})
+        if problem is not None:
+            bad_values.append(f"{path}: {problem}")
+            continue
+        # A Linear's A (rank, in) and B (out, rank), or a 1x1 convolution's with trailing (1, 1): what the original's
+        # merge multiplies (it squeezes the two trailing dimensions of 4-D weights).
+        pointwise = down.ndim == 4 and up.ndim == 4 and tuple(down.shape[2:]) == tuple(up.shape[2:]) == (1, 1)
+        if not (down.ndim == up.ndim == 2 or pointwise) or down.shape[0] != up.shape[1]:
+            bad_shapes.append(
+                f"{path}: lora_A {tuple(down.shape)}, lora_B {tuple(up.shape)} (the original format holds a Linear's "
+                "(rank, in) and (out, rank), or a 1x1 convolution's)"
+            )
+
+    problems = []
+    if foreign:
+        problems.append(f"keys of components other than `{prefix}` (Ruyi's LoRAs are the transformer's): {foreign}")
+    if unsupported:
+        problems.append(f"what the original format cannot hold: {unsupported}")
+    if malformed:
+        problems.append(f"keys that are not `<module>.lora_A.weight` / `<module>.lora_B.weight`: {sorted(malformed)}")
+    if incomplete:
+        problems.append(f"modules without both lora_A and lora_B: {incomplete}")
+    if bad_shapes:
+        problems.append(f"tensors of the wrong shape: {bad_shapes}")
+    if bad_values:
+        problems.append(f"tensors that are not finite floating-point values: {bad_values}")
+    if problems:
+        raise ValueError("Cannot write this LoRA in the original format:\n- " + "\n- ".join(problems))
+    if not pairs:
+        raise ValueError("The LoRA state dict holds no `lora_A`/`lora_B` weights.")
+    lora_config = None
+    if config:
+        # The ranks and alphas must be the ones PEFT would build (and has built) the adapter with.
+        _check_lora_metadata({key_prefix + k: v for k, v in config.items()}, state_dict, prefix or "")
+        from peft import LoraConfig
+
+        try:  # as diffusers turns a file's metadata into the adapter's config
+            lora_config = LoraConfig(**config)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"The LoRA config (metadata) is not a valid `LoraConfig`: {e}") from None
+
+    from peft.utils.other import get_pattern_key  # PEFT's own rule for which pattern applies to a module
+
+    converted: Dict[str, torch.Tensor] = {}
+    for path, tensors in sorted(pairs.items()):
+        rank = tensors["lora_A.weight"].shape[0]
+        if lora_config is None:
+            alpha = float(rank)  # diffusers loads a file without a config with scaling 1
+        else:
+            patterns = lora_config.alpha_pattern or {}
+            alpha = float(patterns.get(get_pattern_key(patterns.keys(), path), lora_config.lora_alpha))
+            if lora_config.use_rslora:  # PEFT scales by alpha / sqrt(rank), the original by alpha / rank
+                alpha *= math.sqrt(rank)
+        name = f"{ORIGINAL_LORA_PREFIX}__{_original_module_path(path).replace('.', '_')}"
+        if f"{name}.alpha" in converted:
+            raise ValueError(f"Two modules flatten to the original LoRA name {name!r}; one of them is {path!r}.")
+        converted[f"{name}.lora_down.weight"] = tensors["lora_A.weight"]
+        converted[f"{name}.lora_up.weight"] = tensors["lora_B.weight"]
+        converted[f"{name}.alpha"] = torch.tensor(alpha, dtype=torch.float32)
+    return converted

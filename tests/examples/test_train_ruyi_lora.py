@@ -135,10 +135,19 @@ def test_train_resume_and_load(script, video_dir, tmp_path):
     assert resumed.keys() == checkpoint.keys()
     assert all(torch.equal(resumed[k], checkpoint[k]) for k in resumed)
 
-    # Resume from the latest checkpoint and train one more step.
+    # Resume from the latest checkpoint and train one more step, also writing the original format.
+    assert not os.path.exists(output_dir / script.ORIGINAL_FORMAT_LORA)
     script.main(_args(video_dir, output_dir, "--max_train_steps", "3", "--checkpointing_steps", "1",
-                      "--checkpoints_total_limit", "2", "--resume_from_checkpoint", "latest"))  # fmt: skip
+                      "--checkpoints_total_limit", "2", "--resume_from_checkpoint", "latest",
+                      "--save_original_format"))  # fmt: skip
     assert sorted(d for d in os.listdir(output_dir) if d.startswith("checkpoint-")) == ["checkpoint-2", "checkpoint-3"]
+    original = load_file(output_dir / script.ORIGINAL_FORMAT_LORA)
+    diffusers_format = load_file(lora_file)
+    assert len(original) == len(diffusers_format) // 2 * 3  # down, up and alpha per adapted module
+    assert original["lora_unet__proj_out.alpha"].item() == 8  # --lora_alpha
+    assert torch.equal(
+        original["lora_unet__proj_out.lora_up.weight"], diffusers_format["transformer.proj_out.lora_B.weight"]
+    )
 
     # The result loads into the pipeline and changes the generated video.
     pipe = load_pipe(TINY, dtype=torch.float32)
@@ -149,11 +158,14 @@ def test_train_resume_and_load(script, video_dir, tmp_path):
         return quick_latents(pipe, image)
 
     base = generate()
-    pipe.load_lora_weights(output_dir, adapter_name="trained")
+    pipe.load_lora_weights(output_dir, adapter_name="trained")  # the folder's diffusers-format file
     assert pipe.transformer.peft_config["trained"].lora_alpha == 8
     with_lora = generate()
     assert with_lora.shape == base.shape == (1, 16, 2, 4, 6)
     assert not torch.allclose(with_lora, base, atol=1e-6)
+    pipe.unload_lora_weights()
+    pipe.load_lora_weights(output_dir / script.ORIGINAL_FORMAT_LORA, adapter_name="original_format")
+    torch.testing.assert_close(generate(), with_lora, atol=1e-5, rtol=0)
 
 
 def test_trains_on_the_tiny_random_model(script, video_dir, tmp_path):

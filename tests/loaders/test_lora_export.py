@@ -1,0 +1,229 @@
+"""Writing a LoRA in the original Ruyi format (`save_lora_weights(..., original_format=True)`), for the original
+`predict_i2v.py` and its ComfyUI nodes; checked against the original `merge_lora` of an exported file."""
+
+import os
+
+import pytest
+import torch
+from _helpers import FIXTURES, golden_transformer_inputs, run_transformer, small_golden_inputs
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from diffusers_ruyi.loaders.original_checkpoint import convert_lora_state_dict_to_original
+from diffusers_ruyi.pipelines.pipeline_ruyi_i2v import RuyiImageToVideoPipeline
+
+
+LORA = FIXTURES / "lora"
+PEFT_FILE = LORA / "ruyi_lora_peft.safetensors"  # tests/fixtures/lora/make_export_goldens.py
+EXPORTED_FILE = LORA / "ruyi_lora_exported.safetensors"
+MERGED = LORA / "ruyi_lora_exported_merged_output.safetensors"
+
+
+@pytest.fixture(scope="module")
+def golden_inputs():
+    return golden_transformer_inputs()
+
+
+@pytest.fixture(scope="module")
+def small_inputs(golden_inputs):
+    return small_golden_inputs(golden_inputs)
+
+
+def export(tmp_path, state_dict, metadata=None, **kwargs):
+    RuyiImageToVideoPipeline.save_lora_weights(
+        str(tmp_path),
+        transformer_lora_layers=state_dict,
+        transformer_lora_adapter_metadata=metadata,
+        original_format=True,
+        **kwargs,
+    )
+    return str(tmp_path / kwargs.get("weight_name", "pytorch_lora_weights.safetensors"))
+
+
+def random_adapter(transformer, config, name, seed):
+    transformer.add_adapter(config, adapter_name=name)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param_name, param in sorted(transformer.named_parameters()):
+            if f".{name}." in param_name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+    return get_peft_model_state_dict(transformer, adapter_name=name), config.to_dict()
+
+
+def test_the_export_is_what_the_original_merged(clean_pipe, golden_inputs, tmp_path):
+    """The fixture's adapter (rank and alpha patterns) exported now gives the file the original merged; the original's
+    outputs after `merge_lora(file, 1.0 / 0.7)` are the adapter's in this package, and the file's loaded back."""
+    pipe = clean_pipe
+    state_dict, metadata = RuyiImageToVideoPipeline.lora_state_dict(str(PEFT_FILE), return_lora_metadata=True)
+    written = load_file(export(tmp_path, state_dict, metadata))
+    expected = load_file(EXPORTED_FILE)
+    assert sorted(written) == sorted(expected)
+    for key, value in expected.items():
+        assert written[key].dtype == value.dtype and torch.equal(written[key], value), key
+    # Alphas from the config: 6, `alpha_pattern` 3 (every block's ff.net.2) and 10 (proj_out), with ranks 4 and 2.
+    alphas = {key.split(".")[0]: value.item() for key, value in written.items() if key.endswith(".alpha")}
+    assert alphas["lora_unet__blocks_0_attn1_to_q"] == 6 and alphas["lora_unet__blocks_1_ff_net_2"] == 3
+    assert alphas["lora_unet__proj_out"] == 10 and alphas["lora_unet__time_extra_emb_pooler_q_proj"] == 6
+    assert written["lora_unet__time_extra_emb_pooler_q_proj.lora_down.weight"].shape[0] == 2
+
+    merged = load_file(MERGED)
+    pipe.load_lora_weights(str(PEFT_FILE), adapter_name="peft")
+    for multiplier in (1.0, 0.7):
+        pipe.set_adapters("peft", multiplier)
+        output = run_transformer(pipe.transformer, golden_inputs)
+        assert (output - merged[f"merged_output_{multiplier}"]).abs().max() < 1e-4
+    pipe.unload_lora_weights()
+    pipe.load_lora_weights(str(EXPORTED_FILE), adapter_name="exported")
+    output = run_transformer(pipe.transformer, golden_inputs)
+    assert (output - merged["merged_output_1.0"]).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize(
+    "config_kwargs",
+    [
+        {"r": 4, "lora_alpha": 3},
+        {"r": 4, "lora_alpha": 3, "use_rslora": True},
+        {"r": 2, "lora_alpha": 5, "rank_pattern": {"to_k": 3}, "alpha_pattern": {"^blocks.1.attn1.to_q": 0.5}},
+    ],
+    ids=["alpha", "rslora", "patterns"],
+)
+def test_an_exported_adapter_changes_the_model_as_the_adapter_does(clean_pipe, small_inputs, tmp_path, config_kwargs):
+    pipe, transformer = clean_pipe, clean_pipe.transformer
+    base = run_transformer(transformer, small_inputs)
+    config = LoraConfig(target_modules=["to_q", "to_k", "proj_out"], **config_kwargs)
+    state_dict, metadata = random_adapter(transformer, config, "trained", seed=1)
+    expected = run_transformer(transformer, small_inputs)
+    transformer.delete_adapters("trained")
+    pipe.load_lora_weights(export(tmp_path, state_dict, metadata), adapter_name="exported")
+    output = run_transformer(transformer, small_inputs)
+    assert (expected - base).abs().max() > 1e-2  # the adapter does change the output
+    torch.testing.assert_close(output, expected, atol=2e-6, rtol=0)
+
+
+def test_without_a_config_the_scaling_is_one(clean_pipe, small_inputs, tmp_path):
+    # diffusers loads a LoRA file without metadata with alpha = rank per module; the export says so with its alphas.
+    pipe, transformer = clean_pipe, clean_pipe.transformer
+    state_dict, _ = random_adapter(transformer, LoraConfig(r=4, lora_alpha=1, target_modules=["to_v"]), "a", seed=2)
+    transformer.delete_adapters("a")
+    pipe.load_lora_weights(dict(state_dict), adapter_name="plain")
+    expected = run_transformer(transformer, small_inputs)
+    pipe.unload_lora_weights()
+    path = export(tmp_path, state_dict)
+    assert {value.item() for key, value in load_file(path).items() if key.endswith(".alpha")} == {4.0}
+    pipe.load_lora_weights(path, adapter_name="exported")
+    torch.testing.assert_close(run_transformer(transformer, small_inputs), expected, atol=2e-6, rtol=0)
+
+
+def test_prefixed_keys_a_module_and_a_pointwise_convolution_are_taken(tmp_path):
+    down, up = torch.randn(2, 8), torch.randn(6, 2)
+    prefixed = {
+        "transformer.blocks.0.attn1.to_q.lora_A.weight": down,
+        "transformer.blocks.0.attn1.to_q.lora_B.weight": up,
+    }
+    converted = convert_lora_state_dict_to_original(prefixed, {"transformer.r": 2, "transformer.lora_alpha": 1.5})
+    assert converted["lora_unet__blocks_0_attn1_to_q.alpha"].item() == 1.5
+    assert converted["lora_unet__blocks_0_attn1_to_q.lora_down.weight"] is down
+    assert converted["lora_unet__blocks_0_attn1_to_q.lora_up.weight"] is up
+    # An `nn.Module` holding the adapter, as `save_lora_weights` takes for the diffusers format too.
+    layers = torch.nn.Module()
+    layers.proj_out = torch.nn.Module()
+    layers.proj_out.lora_A = torch.nn.Linear(8, 2, bias=False)
+    layers.proj_out.lora_B = torch.nn.Linear(2, 6, bias=False)
+    written = load_file(export(tmp_path, layers, {"r": 2, "lora_alpha": 4}))
+    assert written["lora_unet__proj_out.alpha"].item() == 4
+    torch.testing.assert_close(written["lora_unet__proj_out.lora_up.weight"], layers.proj_out.lora_B.weight.detach())
+    conv = {"m.lora_A.weight": torch.randn(2, 8, 1, 1), "m.lora_B.weight": torch.randn(6, 2, 1, 1)}
+    assert sorted(convert_lora_state_dict_to_original(conv, prefix=None)) == [
+        "lora_unet__m.alpha",
+        "lora_unet__m.lora_down.weight",
+        "lora_unet__m.lora_up.weight",
+    ]
+
+
+A, B = "blocks.0.attn1.to_q.lora_A.weight", "blocks.0.attn1.to_q.lora_B.weight"
+
+
+@pytest.mark.parametrize(
+    "state_dict, metadata, match",
+    [
+        (
+            {A: torch.randn(2, 8), B: torch.randn(6, 2), "blocks.0.attn1.to_q.lora_B.bias": torch.randn(6)},
+            None,
+            r"a LoRA bias",
+        ),
+        (
+            {
+                "style_embedder.lora_embedding_A": torch.randn(2, 3),
+                "style_embedder.lora_embedding_B": torch.randn(4, 2),
+            },
+            None,
+            r"an Embedding adapter",
+        ),
+        (
+            {A: torch.randn(2, 8), B: torch.randn(6, 2), "blocks.0.attn1.to_q.lora_magnitude_vector": torch.randn(6)},
+            None,
+            r"DoRA",
+        ),
+        ({A: torch.randn(2, 8), B: torch.randn(6, 2)}, {"r": 2, "use_dora": True}, r"use_dora=True"),
+        (
+            {
+                "transformer." + A: torch.randn(2, 8),
+                "transformer." + B: torch.randn(6, 2),
+                "text_encoder.x.lora_A.weight": torch.randn(2, 2),
+            },
+            None,
+            r"keys of components other than `transformer`",
+        ),
+        ({A: torch.randn(2, 8)}, None, r"modules without both lora_A and lora_B: \['blocks.0.attn1.to_q'\]"),
+        ({A: torch.randn(2, 8, 3, 3), B: torch.randn(6, 2, 1, 1)}, None, r"lora_A \(2, 8, 3, 3\)"),
+        ({A: torch.randn(2, 8, 3, 3), B: torch.randn(6, 2, 3, 3)}, None, r"lora_B \(6, 2, 3, 3\)"),
+        ({A: torch.randn(3, 8), B: torch.randn(6, 2)}, None, r"tensors of the wrong shape"),
+        ({A: torch.full((2, 8), float("nan")), B: torch.randn(6, 2)}, None, r"NaN or infinite"),
+        ({A: torch.randn(2, 8), B: torch.randn(6, 2)}, {"r": 4}, r"rank 2, config 4"),
+        ({A: torch.randn(2, 8), B: torch.randn(6, 2)}, {"r": 2, "not_an_option": 1}, r"not a valid `LoraConfig`"),
+        ({}, None, r"holds no `lora_A`/`lora_B` weights"),
+    ],
+    ids=[
+        "bias",
+        "embedding",
+        "dora",
+        "dora-config",
+        "foreign",
+        "incomplete",
+        "3x3",
+        "3x3-both",
+        "ranks",
+        "nan",
+        "config-rank",
+        "config-key",
+        "empty",
+    ],
+)
+def test_what_the_original_format_cannot_hold_is_refused_and_nothing_written(tmp_path, state_dict, metadata, match):
+    with pytest.raises(ValueError, match=match):
+        if state_dict:
+            export(tmp_path / "out", state_dict, metadata)
+        else:  # `save_lora_weights` refuses an empty dict itself
+            convert_lora_state_dict_to_original(state_dict, metadata)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_file_is_written_whole_or_not_at_all(tmp_path):
+    state_dict = {A: torch.randn(2, 8), B: torch.randn(6, 2)}
+
+    def fails(tensors, path):
+        with open(path, "wb") as f:
+            f.write(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        export(tmp_path, state_dict, save_function=fails)
+    assert os.listdir(tmp_path) == []
+    path = export(tmp_path, state_dict, weight_name="for_comfyui.safetensors")
+    assert os.listdir(tmp_path) == ["for_comfyui.safetensors"]
+    with safe_open(path, "pt") as f:
+        assert f.metadata() == {"format": "pt"}
+    with pytest.raises(TypeError, match="`original_format` must be a bool"):
+        RuyiImageToVideoPipeline.save_lora_weights(str(tmp_path), state_dict, original_format="yes")
