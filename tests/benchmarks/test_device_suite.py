@@ -138,6 +138,22 @@ def test_model_offload_row_is_the_original_memory_setting(monkeypatch):
     assert pipe.transformer._skip_offload_config is None
 
 
+@pytest.mark.parametrize("row", ["teacache", "teacache_compile"])
+def test_teacache_rows_keep_the_cache_on_the_gpu(monkeypatch, row):
+    # The original's default copies the cache to the CPU and back each cached step: same values, slower.
+    import torch
+
+    pipe, _ = device_suite.build_pipeline("tiny", torch.float32, torch.device("cpu"), torch.float32)
+    monkeypatch.setattr(pipe.transformer, "compile_repeated_blocks", lambda **kwargs: None)
+    args = device_suite.parse_args(["--preset", "tiny"])
+    undo, _ = device_suite.apply_variant(
+        row, pipe, args, torch.device("cpu"), torch.float32, pipe.transformer.inner_dim
+    )
+    config = pipe.transformer._cache_config
+    assert (type(config).__name__, config.threshold, config.offload_to_cpu) == ("RuyiTeaCacheConfig", 0.10, False)
+    undo()
+
+
 def test_a_failing_measurement_row_is_reported_and_the_run_goes_on(monkeypatch, tmp_path):
     def broken(*args, **kwargs):
         raise RuntimeError("no kernel")
