@@ -21,10 +21,10 @@ from safetensors.torch import save_file
 
 from .._validation import check_real
 from .original_checkpoint import (
-    _check_lora_metadata,
     _lora_target_modules,
     _lora_tensor_problem,
     check_local_source,
+    check_lora_metadata,
     convert_lora_state_dict_to_original,
     convert_original_lora_state_dict,
     is_original_lora_state_dict,
@@ -505,7 +505,7 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
                 # it above; `load_lora_adapter` keeps only the config keys that have it too.
                 metadata = {prefix + key: value for key, value in metadata.items()}
             if metadata:
-                _check_lora_metadata(metadata, state_dict, cls.transformer_name)
+                check_lora_metadata(metadata, state_dict, cls.transformer_name)
             if not metadata and any(key.endswith(_PEFT_EMBEDDING_SUFFIXES) for key in state_dict):
                 # diffusers infers the ranks from the `lora_B` keys alone: an Embedding's would be guessed wrong.
                 raise ValueError(
@@ -598,14 +598,21 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
             )
             if not is_main_process:
                 return
+            if not transformer_lora_adapter_metadata:
+                logger.warning(
+                    "No `transformer_lora_adapter_metadata`: the original-format file gets alpha = rank (scaling 1), "
+                    "not the adapter's lora_alpha / r. Pass `pipe.transformer.peft_config[name].to_dict()`."
+                )
             if os.path.isfile(save_directory):
                 raise ValueError(f"`save_directory` {str(save_directory)!r} is a file, not a folder.")
             os.makedirs(save_directory, exist_ok=True)
             path = os.path.join(save_directory, weight_name or LORA_WEIGHT_NAME_SAFE)
-            partial = f"{path}.partial"
+            # Written beside its final name (same file system, so the rename is atomic), with the same extension.
+            partial = path[: -len(".safetensors")] + ".partial.safetensors"
+            tensors = {key: value.detach().contiguous() for key, value in tensors.items()}
             try:
                 if save_function is None:
-                    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, partial, {"format": "pt"})
+                    save_file(tensors, partial, {"format": "pt"})
                 else:
                     save_function(tensors, partial)
                 os.replace(partial, path)

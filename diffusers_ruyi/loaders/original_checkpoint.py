@@ -9,6 +9,7 @@ rules exist exactly once.
 """
 
 import collections
+import collections.abc
 import json
 import math
 import os
@@ -926,6 +927,8 @@ def _lora_tensor_problem(tensors: Dict[str, Any]) -> Optional[str]:
     for label, tensor in tensors.items():
         if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
             return f"{label} is {getattr(tensor, 'dtype', type(tensor).__name__)}, not floating point"
+        if tensor.device.type == "meta":
+            return f"{label} is on the meta device (it holds no values)"
         if not bool(torch.isfinite(tensor).all()):
             return f"{label} holds NaN or infinite values"
     return None
@@ -1090,10 +1093,13 @@ def _lora_config_kwargs(ranks: Dict[str, int], alphas: Dict[str, float]) -> Dict
     }
 
 
-def _check_lora_metadata(metadata: Dict[str, Any], state_dict: Dict[str, torch.Tensor], prefix: str) -> None:
+def check_lora_metadata(
+    metadata: Dict[str, Any], state_dict: Dict[str, torch.Tensor], prefix: str, action: str = "load this LoRA"
+) -> None:
     """The `LoraConfig` values a PEFT LoRA file carries must fit its tensors: finite alphas, positive integer ranks,
     and the rank each adapted module's tensors have (PEFT would build layers of the config's rank and fail to copy
-    the tensors into them, with a long state-dict error)."""
+    the tensors into them, with a long state-dict error). ``prefix`` starts the keys of both dicts; ``action`` says
+    what the error refuses to do."""
     from peft.utils.other import get_pattern_key
 
     config = {key[len(prefix) + 1 :]: value for key, value in metadata.items() if key.startswith(f"{prefix}.")}
@@ -1133,7 +1139,7 @@ def _check_lora_metadata(metadata: Dict[str, Any], state_dict: Dict[str, torch.T
         if wrong:
             problems.append(f"tensors of another rank than the config's `r` / `rank_pattern`: {sorted(wrong)}")
     if problems:
-        raise ValueError("Cannot load this LoRA: its LoRA config (the file's metadata) " + "; ".join(problems) + ".")
+        raise ValueError(f"Cannot {action}: its LoRA config (the file's metadata) " + "; ".join(problems) + ".")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1148,10 +1154,26 @@ _NOT_EXPORTABLE_LORA_KEYS = {
     "lora_magnitude_vector": "DoRA",
 }
 
+# The modules of `RuyiTransformer3DModel` an original-format LoRA can adapt: its Linear layers, by path (full match;
+# the same in the original model, and each resolved by the original `merge_lora`'s name search; a test checks both
+# against the models). A name outside it would make the original's merge fail half-way, some weights already changed.
+RUYI_LORA_MODULE_PATHS = re.compile(
+    r"blocks\.\d+\.(attn1|attn2|attn_clip)\.(to_q|to_k|to_v|to_out\.0)"
+    r"|blocks\.\d+\.(ff\.net\.0\.proj|ff\.net\.2|gate_clip\.proj|norm1\.linear|skip_linear)"
+    r"|clip_projection\.attn\.out_proj|norm_out\.linear|proj_out|text_embedder\.linear_[12]"
+    r"|time_extra_emb\.(extra_embedder|timestep_embedder)\.linear_[12]|time_extra_emb\.pooler\.[qkvc]_proj"
+)
+# Why a path may not be one of those: the state dict of a wrapped model, or fused projections.
+_WRAPPER_PREFIXES = ("_orig_mod.", "module.", "base_model.model.")
+_FUSED_PROJECTIONS = re.compile(r".*\.(to_qkv|to_kv)")
+# `init_lora_weights` values that leave the base weights as they are. The others (PiSSA, OLoRA, CorDA, LoftQ, ...)
+# change them when the adapter is made, so the adapter alone, merged onto the published weights, is not the model.
+_BASE_PRESERVING_LORA_INITS = (True, False, "gaussian", "eva", "orthogonal")
+
 
 def convert_lora_state_dict_to_original(
     state_dict: Dict[str, torch.Tensor],
-    metadata: Optional[Dict[str, Any]] = None,
+    metadata: Optional[Union[Dict[str, Any], Any]] = None,
     prefix: Optional[str] = "transformer",
 ) -> Dict[str, torch.Tensor]:
     """Converts a diffusers/PEFT LoRA of the transformer into the original Ruyi format, all or nothing.
@@ -1162,27 +1184,40 @@ def convert_lora_state_dict_to_original(
     ``.alpha``, chosen so that the original merge ``W += multiplier * alpha / rank * up @ down`` adds PEFT's delta
     ``scaling * lora_B @ lora_A``: ``alpha`` is ``lora_alpha`` (``lora_alpha * sqrt(rank)`` with ``use_rslora``),
     per module from the config's ``alpha_pattern`` as PEFT resolves it, or the rank when there is no config (diffusers
-    then loads the file with scaling 1). No model is needed.
+    then loads the file with scaling 1). No model is needed: module paths are checked against the architecture's
+    Linear layers (`RUYI_LORA_MODULE_PATHS`), not against a checkpoint's layer count. (diffusers'
+    `convert_state_dict_to_kohya` writes ``alpha = rank`` whatever the config, and other module names.)
 
     Args:
         state_dict (`Dict[str, torch.Tensor]`):
             The adapter's tensors, e.g. `peft.get_peft_model_state_dict(pipe.transformer)` or the first value of
             `RuyiImageToVideoPipeline.lora_state_dict(path, return_lora_metadata=True)`; with ``prefix.`` on every key
             or on none.
-        metadata (`Dict[str, Any]`, *optional*):
-            The adapter's `LoraConfig` values (``peft_config[name].to_dict()``, or the second value of
-            `lora_state_dict(..., return_lora_metadata=True)`), with or without ``prefix.`` on its keys.
+        metadata (`Dict[str, Any]` or `peft.LoraConfig`, *optional*):
+            The adapter's `LoraConfig` (or its values, ``peft_config[name].to_dict()``, or the second value of
+            `lora_state_dict(..., return_lora_metadata=True)`, with or without ``prefix.`` on its keys).
         prefix (`str`, *optional*, defaults to `"transformer"`): The component prefix of the keys (`None` for none).
 
     Returns:
         `Dict[str, torch.Tensor]`: ``lora_down``/``lora_up`` in the dtype of the input, ``alpha`` as a float32 scalar.
 
     Raises:
-        `ValueError`: listing every key that the original format cannot express (keys of other components, LoRA
-            biases, Embedding adapters, DoRA, convolutions other than 1x1, malformed keys, modules without both
-            `lora_A` and `lora_B`, tensors whose shapes do not pair up, values that are not finite), or a config that
-            does not fit the tensors.
+        `TypeError`: when ``state_dict`` is not a mapping or ``metadata`` neither a mapping nor a `LoraConfig`.
+        `ValueError`: listing every key that the original format cannot express (keys of other components, modules
+            that are not a Linear of Ruyi's transformer, LoRA biases, Embedding adapters, DoRA, malformed keys,
+            modules without both `lora_A` and `lora_B`, tensors whose shapes do not pair up, values that are not
+            finite), a config that does not fit the tensors, or an `init_lora_weights` that changed the base weights.
     """
+    from peft import LoraConfig
+
+    if not isinstance(state_dict, collections.abc.Mapping):
+        raise TypeError(f"`state_dict` must be a dict of LoRA tensors, got {type(state_dict).__name__}.")
+    if isinstance(metadata, LoraConfig):
+        metadata = metadata.to_dict()
+    elif metadata is not None and not isinstance(metadata, collections.abc.Mapping):
+        raise TypeError(
+            f"`metadata` must be a `LoraConfig`, a dict of its values or None, got {type(metadata).__name__}."
+        )
     key_prefix = f"{prefix}." if prefix else ""
     if key_prefix and not any(str(key).startswith(key_prefix) for key in state_dict):
         state_dict = {key_prefix + str(key): value for key, value in state_dict.items()}
@@ -1190,7 +1225,7 @@ def convert_lora_state_dict_to_original(
     if key_prefix and any(str(key).startswith(key_prefix) for key in config):
         config = {key[len(key_prefix) :]: value for key, value in config.items() if key.startswith(key_prefix)}
 
-    foreign, malformed, unsupported = [], [], []
+    foreign, malformed, unsupported, not_ruyi = [], [], [], []
     pairs: Dict[str, Dict[str, torch.Tensor]] = {}
     for key, value in state_dict.items():
         key = str(key)
@@ -1204,12 +1239,21 @@ def convert_lora_state_dict_to_original(
             unsupported.append(f"{key} ({reason})")
         elif not path or element not in ("lora_A.weight", "lora_B.weight"):
             malformed.append(key)
+        elif not RUYI_LORA_MODULE_PATHS.fullmatch(path):
+            not_ruyi.append(path)
         else:
             pairs.setdefault(path, {})[element] = value
     if config.get("use_dora") is True:
         unsupported.append("the config's use_dora=True (DoRA)")
     if config.get("lora_bias") is True:
         unsupported.append("the config's lora_bias=True (a LoRA bias)")
+    init = config.get("init_lora_weights", True)
+    if not any(init is value or (isinstance(init, str) and init == value) for value in _BASE_PRESERVING_LORA_INITS):
+        unsupported.append(
+            f"the config's init_lora_weights={init!r}, which changed the base weights when the adapter was made (the "
+            "original merges onto the published ones): convert the adapter first with PEFT's "
+            "`save_pretrained(..., path_initial_model_for_weight_conversion=...)`"
+        )
 
     incomplete, bad_shapes, bad_values = [], [], []
     for path, tensors in sorted(pairs.items()):
@@ -1221,18 +1265,26 @@ def convert_lora_state_dict_to_original(
         if problem is not None:
             bad_values.append(f"{path}: {problem}")
             continue
-        # A Linear's A (rank, in) and B (out, rank), or a 1x1 convolution's with trailing (1, 1): what the original's
-        # merge multiplies (it squeezes the two trailing dimensions of 4-D weights).
-        pointwise = down.ndim == 4 and up.ndim == 4 and tuple(down.shape[2:]) == tuple(up.shape[2:]) == (1, 1)
-        if not (down.ndim == up.ndim == 2 or pointwise) or down.shape[0] != up.shape[1]:
+        # A Linear's A (rank, in) and B (out, rank).
+        if not down.ndim == up.ndim == 2 or down.shape[0] != up.shape[1]:
             bad_shapes.append(
-                f"{path}: lora_A {tuple(down.shape)}, lora_B {tuple(up.shape)} (the original format holds a Linear's "
-                "(rank, in) and (out, rank), or a 1x1 convolution's)"
+                f"{path}: lora_A {tuple(down.shape)}, lora_B {tuple(up.shape)} (a Linear's are (rank, in) and "
+                "(out, rank))"
             )
 
     problems = []
     if foreign:
         problems.append(f"keys of components other than `{prefix}` (Ruyi's LoRAs are the transformer's): {foreign}")
+    if not_ruyi:
+        hints = []
+        if any(path.startswith(_WRAPPER_PREFIXES) for path in not_ruyi):
+            hints.append(
+                "take the state dict of the unwrapped model: no `_orig_mod.`, `module.` or `base_model.model.`"
+            )
+        if any(_FUSED_PROJECTIONS.fullmatch(path) for path in not_ruyi):
+            hints.append("the original has no fused projections: call `unfuse_qkv_projections()` before adding LoRAs")
+        hint = f" ({'; '.join(hints)})" if hints else ""
+        problems.append(f"modules that are not a Linear layer of Ruyi's transformer{hint}: {sorted(set(not_ruyi))}")
     if unsupported:
         problems.append(f"what the original format cannot hold: {unsupported}")
     if malformed:
@@ -1243,16 +1295,16 @@ def convert_lora_state_dict_to_original(
         problems.append(f"tensors of the wrong shape: {bad_shapes}")
     if bad_values:
         problems.append(f"tensors that are not finite floating-point values: {bad_values}")
+    action = "write this LoRA in the original format"
     if problems:
-        raise ValueError("Cannot write this LoRA in the original format:\n- " + "\n- ".join(problems))
+        raise ValueError(f"Cannot {action}:\n- " + "\n- ".join(problems))
     if not pairs:
         raise ValueError("The LoRA state dict holds no `lora_A`/`lora_B` weights.")
     lora_config = None
     if config:
         # The ranks and alphas must be the ones PEFT would build (and has built) the adapter with.
-        _check_lora_metadata({key_prefix + k: v for k, v in config.items()}, state_dict, prefix or "")
-        from peft import LoraConfig
-
+        tensors = {f"lora.{path}.{element}": value for path, pair in pairs.items() for element, value in pair.items()}
+        check_lora_metadata({f"lora.{key}": value for key, value in config.items()}, tensors, "lora", action)
         try:  # as diffusers turns a file's metadata into the adapter's config
             lora_config = LoraConfig(**config)
         except (TypeError, ValueError) as e:
@@ -1271,8 +1323,6 @@ def convert_lora_state_dict_to_original(
             if lora_config.use_rslora:  # PEFT scales by alpha / sqrt(rank), the original by alpha / rank
                 alpha *= math.sqrt(rank)
         name = f"{ORIGINAL_LORA_PREFIX}__{_original_module_path(path).replace('.', '_')}"
-        if f"{name}.alpha" in converted:
-            raise ValueError(f"Two modules flatten to the original LoRA name {name!r}; one of them is {path!r}.")
         converted[f"{name}.lora_down.weight"] = tensors["lora_A.weight"]
         converted[f"{name}.lora_up.weight"] = tensors["lora_B.weight"]
         converted[f"{name}.alpha"] = torch.tensor(alpha, dtype=torch.float32)

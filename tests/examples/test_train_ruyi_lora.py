@@ -12,6 +12,8 @@ from _helpers import TINY_CHECKPOINT, load_example, load_pipe, quick_latents
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from diffusers_ruyi import RuyiImageToVideoPipeline
+
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TINY = TINY_CHECKPOINT
@@ -158,7 +160,9 @@ def test_train_resume_and_load(script, video_dir, tmp_path):
         return quick_latents(pipe, image)
 
     base = generate()
-    pipe.load_lora_weights(output_dir, adapter_name="trained")  # the folder's diffusers-format file
+    # The folder holds both files now: loading it reads the diffusers-format one.
+    assert all(key.startswith("transformer.") for key in RuyiImageToVideoPipeline.lora_state_dict(output_dir))
+    pipe.load_lora_weights(output_dir, adapter_name="trained")
     assert pipe.transformer.peft_config["trained"].lora_alpha == 8
     with_lora = generate()
     assert with_lora.shape == base.shape == (1, 16, 2, 4, 6)

@@ -2,14 +2,15 @@
 `predict_i2v.py` and its ComfyUI nodes; checked against the original `merge_lora` of an exported file."""
 
 import os
+import re
 
 import pytest
 import torch
-from _helpers import FIXTURES, golden_transformer_inputs, run_transformer, small_golden_inputs
+from _helpers import FIXTURES, ORIGINAL_LORA, golden_transformer_inputs, run_transformer, small_golden_inputs
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from diffusers_ruyi.loaders.original_checkpoint import convert_lora_state_dict_to_original
 from diffusers_ruyi.pipelines.pipeline_ruyi_i2v import RuyiImageToVideoPipeline
@@ -102,7 +103,7 @@ def test_an_exported_adapter_changes_the_model_as_the_adapter_does(clean_pipe, s
     torch.testing.assert_close(output, expected, atol=2e-6, rtol=0)
 
 
-def test_without_a_config_the_scaling_is_one(clean_pipe, small_inputs, tmp_path):
+def test_without_a_config_the_scaling_is_one(clean_pipe, small_inputs, tmp_path, monkeypatch):
     # diffusers loads a LoRA file without metadata with alpha = rank per module; the export says so with its alphas.
     pipe, transformer = clean_pipe, clean_pipe.transformer
     state_dict, _ = random_adapter(transformer, LoraConfig(r=4, lora_alpha=1, target_modules=["to_v"]), "a", seed=2)
@@ -110,13 +111,18 @@ def test_without_a_config_the_scaling_is_one(clean_pipe, small_inputs, tmp_path)
     pipe.load_lora_weights(dict(state_dict), adapter_name="plain")
     expected = run_transformer(transformer, small_inputs)
     pipe.unload_lora_weights()
+    from diffusers_ruyi.loaders import lora
+
+    warnings = []
+    monkeypatch.setattr(lora.logger, "warning", warnings.append)
     path = export(tmp_path, state_dict)
     assert {value.item() for key, value in load_file(path).items() if key.endswith(".alpha")} == {4.0}
+    assert len(warnings) == 1 and "No `transformer_lora_adapter_metadata`" in warnings[0]  # it may be a mistake
     pipe.load_lora_weights(path, adapter_name="exported")
     torch.testing.assert_close(run_transformer(transformer, small_inputs), expected, atol=2e-6, rtol=0)
 
 
-def test_prefixed_keys_a_module_and_a_pointwise_convolution_are_taken(tmp_path):
+def test_prefixed_keys_a_module_and_a_lora_config_are_taken(tmp_path):
     down, up = torch.randn(2, 8), torch.randn(6, 2)
     prefixed = {
         "transformer.blocks.0.attn1.to_q.lora_A.weight": down,
@@ -126,6 +132,10 @@ def test_prefixed_keys_a_module_and_a_pointwise_convolution_are_taken(tmp_path):
     assert converted["lora_unet__blocks_0_attn1_to_q.alpha"].item() == 1.5
     assert converted["lora_unet__blocks_0_attn1_to_q.lora_down.weight"] is down
     assert converted["lora_unet__blocks_0_attn1_to_q.lora_up.weight"] is up
+    # The metadata as a `LoraConfig`, and keys without any prefix.
+    plain = {A: down, B: up}
+    converted = convert_lora_state_dict_to_original(plain, LoraConfig(r=2, lora_alpha=3, target_modules=["to_q"]))
+    assert converted["lora_unet__blocks_0_attn1_to_q.alpha"].item() == 3
     # An `nn.Module` holding the adapter, as `save_lora_weights` takes for the diffusers format too.
     layers = torch.nn.Module()
     layers.proj_out = torch.nn.Module()
@@ -134,12 +144,54 @@ def test_prefixed_keys_a_module_and_a_pointwise_convolution_are_taken(tmp_path):
     written = load_file(export(tmp_path, layers, {"r": 2, "lora_alpha": 4}))
     assert written["lora_unet__proj_out.alpha"].item() == 4
     torch.testing.assert_close(written["lora_unet__proj_out.lora_up.weight"], layers.proj_out.lora_B.weight.detach())
-    conv = {"m.lora_A.weight": torch.randn(2, 8, 1, 1), "m.lora_B.weight": torch.randn(6, 2, 1, 1)}
-    assert sorted(convert_lora_state_dict_to_original(conv, prefix=None)) == [
-        "lora_unet__m.alpha",
-        "lora_unet__m.lora_down.weight",
-        "lora_unet__m.lora_up.weight",
-    ]
+
+
+def test_every_linear_layer_and_nothing_else_is_exportable(pipe):
+    """`RUYI_LORA_MODULE_PATHS` holds every Linear of the transformer (tiny golden and published configs) and no other
+    module; on the tiny model it gives exactly the names of the original `LoRANetwork` file, which the original's
+    `merge_lora` resolved (`make_lora_goldens.py`), plus the CLIP resampler's out-projection that `LoRANetwork` skips
+    (an `nn.MultiheadAttention` part; the original's merge resolves it too)."""
+    from diffusers_ruyi.loaders.original_checkpoint import (
+        RUYI_LORA_MODULE_PATHS,
+        convert_transformer_config,
+        read_json,
+    )
+    from diffusers_ruyi.models.transformer_ruyi import RuyiTransformer3DModel
+
+    config = convert_transformer_config(read_json(str(FIXTURES / "real_checkpoint" / "transformer_config.json")))
+    with torch.device("meta"):
+        published = RuyiTransformer3DModel.from_config(config)
+    for model in (pipe.transformer, published):
+        for path, module in model.named_modules():
+            assert bool(RUYI_LORA_MODULE_PATHS.fullmatch(path)) == isinstance(module, torch.nn.Linear), path
+
+    adapter = {}
+    for path, module in pipe.transformer.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            adapter[f"{path}.lora_A.weight"] = torch.zeros(1, module.in_features)
+            adapter[f"{path}.lora_B.weight"] = torch.zeros(module.out_features, 1)
+    exported = {key.split(".")[0] for key in convert_lora_state_dict_to_original(adapter)}
+    original = {key.split(".")[0] for key in load_file(ORIGINAL_LORA)}
+    assert exported == original | {"lora_unet__clip_projection_attn_out_proj"}
+    assert len(exported) == len(adapter) // 2  # one name per module
+
+
+@pytest.mark.parametrize(
+    "path, hint",
+    [
+        ("_orig_mod.blocks.0.attn1.to_q", "unwrapped model"),
+        ("module.blocks.0.attn1.to_q", "unwrapped model"),
+        ("base_model.model.proj_out", "unwrapped model"),
+        ("blocks.0.attn1.to_qkv", "no fused projections"),
+        ("pos_embed.proj", ": "),
+        ("blocks.0.attn1", ": "),
+    ],
+)
+def test_modules_the_original_cannot_merge_are_refused(tmp_path, path, hint):
+    state_dict = {f"{path}.lora_A.weight": torch.randn(2, 8), f"{path}.lora_B.weight": torch.randn(6, 2)}
+    with pytest.raises(ValueError, match=rf"not a Linear layer of Ruyi's transformer.*{hint}.*{re.escape(path)}"):
+        export(tmp_path / "out", state_dict)
+    assert not (tmp_path / "out").exists()
 
 
 A, B = "blocks.0.attn1.to_q.lora_A.weight", "blocks.0.attn1.to_q.lora_B.weight"
@@ -178,7 +230,19 @@ A, B = "blocks.0.attn1.to_q.lora_A.weight", "blocks.0.attn1.to_q.lora_B.weight"
         ),
         ({A: torch.randn(2, 8)}, None, r"modules without both lora_A and lora_B: \['blocks.0.attn1.to_q'\]"),
         ({A: torch.randn(2, 8, 3, 3), B: torch.randn(6, 2, 1, 1)}, None, r"lora_A \(2, 8, 3, 3\)"),
-        ({A: torch.randn(2, 8, 3, 3), B: torch.randn(6, 2, 3, 3)}, None, r"lora_B \(6, 2, 3, 3\)"),
+        ({A: torch.randn(2, 8, 1, 1), B: torch.randn(6, 2, 1, 1)}, None, r"lora_B \(6, 2, 1, 1\) \(a Linear's"),
+        ({A: torch.randn(2, 8), B: torch.randn(6, 2)}, {"r": 2, "lora_bias": True}, r"lora_bias=True"),
+        (
+            {A: torch.randn(2, 8), B: torch.randn(6, 2)},
+            {"r": 2, "init_lora_weights": "pissa"},
+            r"'pissa', which changed",
+        ),
+        (
+            {A: torch.randn(2, 8), B: torch.randn(6, 2)},
+            {"r": 2, "init_lora_weights": "olora"},
+            r"'olora', which changed",
+        ),
+        ({A: torch.randn(2, 8, device="meta"), B: torch.randn(6, 2)}, None, r"lora_A is on the meta device"),
         ({A: torch.randn(3, 8), B: torch.randn(6, 2)}, None, r"tensors of the wrong shape"),
         ({A: torch.full((2, 8), float("nan")), B: torch.randn(6, 2)}, None, r"NaN or infinite"),
         ({A: torch.randn(2, 8), B: torch.randn(6, 2)}, {"r": 4}, r"rank 2, config 4"),
@@ -193,7 +257,11 @@ A, B = "blocks.0.attn1.to_q.lora_A.weight", "blocks.0.attn1.to_q.lora_B.weight"
         "foreign",
         "incomplete",
         "3x3",
-        "3x3-both",
+        "pointwise-conv",
+        "lora-bias-config",
+        "pissa",
+        "olora",
+        "meta",
         "ranks",
         "nan",
         "config-rank",
@@ -208,6 +276,20 @@ def test_what_the_original_format_cannot_hold_is_refused_and_nothing_written(tmp
         else:  # `save_lora_weights` refuses an empty dict itself
             convert_lora_state_dict_to_original(state_dict, metadata)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_config_is_checked_without_a_prefix_too_and_arguments_by_type():
+    plain = {A: torch.randn(2, 8), B: torch.randn(6, 2)}
+    with pytest.raises(ValueError, match=r"Cannot write this LoRA in the original format: .*lora_alpha=nan"):
+        convert_lora_state_dict_to_original(plain, {"r": 2, "lora_alpha": float("nan")}, prefix=None)
+    with pytest.raises(ValueError, match=r"rank 2, config 4"):
+        convert_lora_state_dict_to_original(plain, {"r": 4}, prefix=None)
+    for init in (True, False, "gaussian"):  # leave the base weights alone
+        convert_lora_state_dict_to_original(plain, {"r": 2, "init_lora_weights": init})
+    with pytest.raises(TypeError, match=r"`metadata` must be a `LoraConfig`, a dict of its values or None, got str"):
+        convert_lora_state_dict_to_original(plain, "r=2")
+    with pytest.raises(TypeError, match=r"`state_dict` must be a dict of LoRA tensors, got list"):
+        convert_lora_state_dict_to_original(list(plain.items()))
 
 
 def test_the_file_is_written_whole_or_not_at_all(tmp_path):
@@ -225,5 +307,24 @@ def test_the_file_is_written_whole_or_not_at_all(tmp_path):
     assert os.listdir(tmp_path) == ["for_comfyui.safetensors"]
     with safe_open(path, "pt") as f:
         assert f.metadata() == {"format": "pt"}
+    # Another process of a multi-process run writes nothing; a file where the folder should be is refused.
+    RuyiImageToVideoPipeline.save_lora_weights(
+        str(tmp_path / "other"), state_dict, is_main_process=False, original_format=True
+    )
+    assert not (tmp_path / "other").exists()
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ValueError, match=r"`save_directory` .*a_file' is a file, not a folder"):
+        export(tmp_path / "a_file", state_dict)
+    # A custom `save_function` gets contiguous CPU-ready tensors, under a name with the final extension.
+    seen = []
+
+    def save(tensors, path):
+        seen.append((path, all(t.is_contiguous() for t in tensors.values())))
+        save_file(tensors, path)
+
+    transposed = {A: torch.randn(8, 2).t(), B: torch.randn(2, 6).t()}
+    export(tmp_path / "custom", transposed, save_function=save)
+    assert seen == [(str(tmp_path / "custom" / "pytorch_lora_weights.partial.safetensors"), True)]
+    assert os.listdir(tmp_path / "custom") == ["pytorch_lora_weights.safetensors"]
     with pytest.raises(TypeError, match="`original_format` must be a bool"):
         RuyiImageToVideoPipeline.save_lora_weights(str(tmp_path), state_dict, original_format="yes")
