@@ -572,9 +572,9 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
                 Replaces `safetensors.torch.save_file` (called as `save_function(state_dict, path)`).
             safe_serialization (`bool`, defaults to `True`):
                 Must be `True`: LoRA weights are always written as safetensors.
-            transformer_lora_adapter_metadata (`dict`, *optional*):
-                The adapter's `LoraConfig` as a dict (`pipe.transformer.peft_config[name].to_dict()`), stored in the
-                file's metadata so that loading restores `lora_alpha` (otherwise alpha defaults to the rank).
+            transformer_lora_adapter_metadata (`dict` or `peft.LoraConfig`, *optional*):
+                The adapter's `LoraConfig` (or it as a dict, `pipe.transformer.peft_config[name].to_dict()`), stored in
+                the file's metadata so that loading restores `lora_alpha` (otherwise alpha defaults to the rank).
             original_format (`bool`, defaults to `False`):
                 Write the original Ruyi format instead (`lora_unet__<module>.lora_down.weight` / `.lora_up.weight` /
                 `.alpha`, see [`~loaders.original_checkpoint.convert_lora_state_dict_to_original`]), which the
@@ -588,6 +588,11 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
             raise ValueError("You must pass `transformer_lora_layers`.")
         if weight_name is not None and not weight_name.endswith(".safetensors"):
             raise ValueError(f"`weight_name` must end with .safetensors, got {weight_name!r}.")
+        if transformer_lora_adapter_metadata is not None and not isinstance(transformer_lora_adapter_metadata, dict):
+            from peft import LoraConfig
+
+            if isinstance(transformer_lora_adapter_metadata, LoraConfig):
+                transformer_lora_adapter_metadata = transformer_lora_adapter_metadata.to_dict()
         if not isinstance(original_format, bool):
             raise TypeError(f"`original_format` must be a bool, got {type(original_format).__name__}.")
         if original_format:

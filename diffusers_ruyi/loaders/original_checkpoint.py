@@ -10,6 +10,7 @@ rules exist exactly once.
 
 import collections
 import collections.abc
+import dataclasses
 import json
 import math
 import os
@@ -1156,11 +1157,12 @@ _NOT_EXPORTABLE_LORA_KEYS = {
 
 # The modules of `RuyiTransformer3DModel` an original-format LoRA can adapt: its Linear layers, by path (full match;
 # the same in the original model, and each resolved by the original `merge_lora`'s name search; a test checks both
-# against the models). A name outside it would make the original's merge fail half-way, some weights already changed.
+# against the models). A name outside it would make the original's merge fail half-way, some weights already changed;
+# the layer count is not known here, so a block index past it (or a long skip on a block without one) is not caught.
 RUYI_LORA_MODULE_PATHS = re.compile(
-    r"blocks\.\d+\.(attn1|attn2|attn_clip)\.(to_q|to_k|to_v|to_out\.0)"
-    r"|blocks\.\d+\.(ff\.net\.0\.proj|ff\.net\.2|gate_clip\.proj|norm1\.linear|skip_linear)"
-    r"|clip_projection\.attn\.out_proj|norm_out\.linear|proj_out|text_embedder\.linear_[12]"
+    r"blocks\.(0|[1-9]\d*)\.(attn1|attn2|attn_clip)\.(to_q|to_k|to_v|to_out\.0)"
+    r"|blocks\.(0|[1-9]\d*)\.(ff\.net\.0\.proj|ff\.net\.2|gate_clip\.proj|norm1\.linear|skip_linear)"
+    r"|clip_projection\.(kv_proj|attn\.out_proj)|norm_out\.linear|proj_out|text_embedder\.linear_[12]"
     r"|time_extra_emb\.(extra_embedder|timestep_embedder)\.linear_[12]|time_extra_emb\.pooler\.[qkvc]_proj"
 )
 # Why a path may not be one of those: the state dict of a wrapped model, or fused projections.
@@ -1168,7 +1170,7 @@ _WRAPPER_PREFIXES = ("_orig_mod.", "module.", "base_model.model.")
 _FUSED_PROJECTIONS = re.compile(r".*\.(to_qkv|to_kv)")
 # `init_lora_weights` values that leave the base weights as they are. The others (PiSSA, OLoRA, CorDA, LoftQ, ...)
 # change them when the adapter is made, so the adapter alone, merged onto the published weights, is not the model.
-_BASE_PRESERVING_LORA_INITS = (True, False, "gaussian", "eva", "orthogonal")
+_BASE_PRESERVING_LORA_INITS = (True, False, "gaussian", "eva", "orthogonal", "mica")
 
 
 def convert_lora_state_dict_to_original(
@@ -1224,6 +1226,12 @@ def convert_lora_state_dict_to_original(
     config = dict(metadata or {})
     if key_prefix and any(str(key).startswith(key_prefix) for key in config):
         config = {key[len(key_prefix) :]: value for key, value in config.items() if key.startswith(key_prefix)}
+    lora_config = None
+    if config:
+        try:  # as diffusers turns a file's metadata into the adapter's config
+            lora_config = LoraConfig(**config)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"The LoRA config (metadata) is not a valid `LoraConfig`: {e}") from None
 
     foreign, malformed, unsupported, not_ruyi = [], [], [], []
     pairs: Dict[str, Dict[str, torch.Tensor]] = {}
@@ -1243,17 +1251,28 @@ def convert_lora_state_dict_to_original(
             not_ruyi.append(path)
         else:
             pairs.setdefault(path, {})[element] = value
-    if config.get("use_dora") is True:
-        unsupported.append("the config's use_dora=True (DoRA)")
-    if config.get("lora_bias") is True:
-        unsupported.append("the config's lora_bias=True (a LoRA bias)")
-    init = config.get("init_lora_weights", True)
-    if not any(init is value or (isinstance(init, str) and init == value) for value in _BASE_PRESERVING_LORA_INITS):
-        unsupported.append(
-            f"the config's init_lora_weights={init!r}, which changed the base weights when the adapter was made (the "
-            "original merges onto the published ones): convert the adapter first with PEFT's "
-            "`save_pretrained(..., path_initial_model_for_weight_conversion=...)`"
-        )
+    if lora_config is not None:
+        # PEFT's LoRA variants (DoRA, aLoRA, BD-LoRA, KaSA, ...) compute another delta than `lora_B @ lora_A`.
+        variants = [
+            f"{field.name}={getattr(lora_config, field.name)!r}"
+            for field in dataclasses.fields(lora_config)
+            if field.metadata.get("is_lora_variant") and getattr(lora_config, field.name) not in (None, False)
+        ]
+        if getattr(lora_config, "use_qalora", False):
+            variants.append("use_qalora=True")
+        if variants:
+            unsupported.append(f"a LoRA variant, which merges another delta than the original's: {variants}")
+        if lora_config.lora_bias:
+            unsupported.append("the config's lora_bias=True (a LoRA bias)")
+        init = lora_config.init_lora_weights
+        if not any(
+            init is value or (isinstance(init, str) and init == value) for value in _BASE_PRESERVING_LORA_INITS
+        ):
+            unsupported.append(
+                f"the config's init_lora_weights={init!r}, which changed the base weights when the adapter was made "
+                "(the original merges onto the published ones): convert the adapter first with PEFT's "
+                "`save_pretrained(..., path_initial_model_for_weight_conversion=...)`"
+            )
 
     incomplete, bad_shapes, bad_values = [], [], []
     for path, tensors in sorted(pairs.items()):
@@ -1300,15 +1319,10 @@ def convert_lora_state_dict_to_original(
         raise ValueError(f"Cannot {action}:\n- " + "\n- ".join(problems))
     if not pairs:
         raise ValueError("The LoRA state dict holds no `lora_A`/`lora_B` weights.")
-    lora_config = None
     if config:
         # The ranks and alphas must be the ones PEFT would build (and has built) the adapter with.
         tensors = {f"lora.{path}.{element}": value for path, pair in pairs.items() for element, value in pair.items()}
         check_lora_metadata({f"lora.{key}": value for key, value in config.items()}, tensors, "lora", action)
-        try:  # as diffusers turns a file's metadata into the adapter's config
-            lora_config = LoraConfig(**config)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"The LoRA config (metadata) is not a valid `LoraConfig`: {e}") from None
 
     from peft.utils.other import get_pattern_key  # PEFT's own rule for which pattern applies to a module
 

@@ -437,6 +437,7 @@ def test_error_bad_peft_keys(clean_pipe):
         (lambda t: t.long(), "lora_B.weight is torch.int64, not floating point"),
         (lambda t: t.fill_(float("nan")), "lora_B.weight holds NaN or infinite values"),
         (lambda t: t[:-1], r"proj_out: lora_B.weight \(127, 4\)"),
+        (lambda t: t.to("meta"), "lora_B.weight is on the meta device"),
     ],
 )
 def test_error_bad_peft_tensors_load_nothing(clean_pipe, change, message):
@@ -458,6 +459,7 @@ def test_error_bad_peft_tensors_load_nothing(clean_pipe, change, message):
         ("alpha", lambda t: torch.tensor(float("nan")), "alpha holds NaN or infinite values"),
         ("alpha", lambda t: torch.ones(2), "alpha holds 2 values, not one"),
         ("alpha", lambda t: torch.ones(0), "alpha holds 0 values, not one"),
+        ("lora_up.weight", lambda t: t.to("meta"), "lora_up is on the meta device"),
     ],
 )
 def test_error_bad_original_tensors_load_nothing(clean_pipe, element, value, message):

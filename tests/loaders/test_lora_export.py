@@ -146,6 +146,16 @@ def test_prefixed_keys_a_module_and_a_lora_config_are_taken(tmp_path):
     torch.testing.assert_close(written["lora_unet__proj_out.lora_up.weight"], layers.proj_out.lora_B.weight.detach())
 
 
+def test_a_lora_config_is_taken_as_metadata_in_the_diffusers_format_too(tmp_path):
+    config = LoraConfig(r=2, lora_alpha=5, target_modules=["to_q"])
+    RuyiImageToVideoPipeline.save_lora_weights(str(tmp_path), {A: torch.randn(2, 8), B: torch.randn(6, 2)}, None)
+    RuyiImageToVideoPipeline.save_lora_weights(
+        str(tmp_path), {A: torch.randn(2, 8), B: torch.randn(6, 2)}, transformer_lora_adapter_metadata=config
+    )
+    _, metadata = RuyiImageToVideoPipeline.lora_state_dict(str(tmp_path), return_lora_metadata=True)
+    assert metadata["transformer.lora_alpha"] == 5 and metadata["transformer.r"] == 2
+
+
 def test_every_linear_layer_and_nothing_else_is_exportable(pipe):
     """`RUYI_LORA_MODULE_PATHS` holds every Linear of the transformer (tiny golden and published configs) and no other
     module; on the tiny model it gives exactly the names of the original `LoRANetwork` file, which the original's
@@ -161,9 +171,15 @@ def test_every_linear_layer_and_nothing_else_is_exportable(pipe):
     config = convert_transformer_config(read_json(str(FIXTURES / "real_checkpoint" / "transformer_config.json")))
     with torch.device("meta"):
         published = RuyiTransformer3DModel.from_config(config)
-    for model in (pipe.transformer, published):
+        # CLIP features of another width than the cross-attention: the resampler then has its `kv_proj` Linear.
+        projected = RuyiTransformer3DModel.from_config({**pipe.transformer.config, "projection_dim": 24})
+    assert isinstance(projected.clip_projection.kv_proj, torch.nn.Linear)
+    for model in (pipe.transformer, published, projected):
         for path, module in model.named_modules():
-            assert bool(RUYI_LORA_MODULE_PATHS.fullmatch(path)) == isinstance(module, torch.nn.Linear), path
+            if isinstance(module, torch.nn.Linear):
+                assert RUYI_LORA_MODULE_PATHS.fullmatch(path), path
+            elif RUYI_LORA_MODULE_PATHS.fullmatch(path):  # only the place of an absent `kv_proj`
+                assert isinstance(module, torch.nn.Identity), path
 
     adapter = {}
     for path, module in pipe.transformer.named_modules():
@@ -183,6 +199,8 @@ def test_every_linear_layer_and_nothing_else_is_exportable(pipe):
         ("module.blocks.0.attn1.to_q", "unwrapped model"),
         ("base_model.model.proj_out", "unwrapped model"),
         ("blocks.0.attn1.to_qkv", "no fused projections"),
+        ("blocks.0.attn2.to_kv", "no fused projections"),
+        ("blocks.007.attn1.to_q", ": "),
         ("pos_embed.proj", ": "),
         ("blocks.0.attn1", ": "),
     ],
@@ -218,7 +236,17 @@ A, B = "blocks.0.attn1.to_q.lora_A.weight", "blocks.0.attn1.to_q.lora_B.weight"
             None,
             r"DoRA",
         ),
-        ({A: torch.randn(2, 8), B: torch.randn(6, 2)}, {"r": 2, "use_dora": True}, r"use_dora=True"),
+        ({A: torch.randn(2, 8), B: torch.randn(6, 2)}, {"r": 2, "use_dora": True}, r"a LoRA variant.*use_dora=True"),
+        (
+            {A: torch.randn(2, 8), B: torch.randn(6, 2)},
+            {"r": 2, "alora_invocation_tokens": [1, 2]},
+            r"a LoRA variant.*alora_invocation_tokens=\[1, 2\]",
+        ),
+        (
+            {A: torch.randn(2, 8), B: torch.randn(6, 2)},
+            {"r": 2, "use_qalora": True},
+            r"a LoRA variant.*use_qalora=True",
+        ),
         (
             {
                 "transformer." + A: torch.randn(2, 8),
@@ -254,6 +282,8 @@ A, B = "blocks.0.attn1.to_q.lora_A.weight", "blocks.0.attn1.to_q.lora_B.weight"
         "embedding",
         "dora",
         "dora-config",
+        "alora-config",
+        "qalora-config",
         "foreign",
         "incomplete",
         "3x3",
@@ -284,7 +314,7 @@ def test_the_config_is_checked_without_a_prefix_too_and_arguments_by_type():
         convert_lora_state_dict_to_original(plain, {"r": 2, "lora_alpha": float("nan")}, prefix=None)
     with pytest.raises(ValueError, match=r"rank 2, config 4"):
         convert_lora_state_dict_to_original(plain, {"r": 4}, prefix=None)
-    for init in (True, False, "gaussian"):  # leave the base weights alone
+    for init in (True, False, "gaussian", "eva", "orthogonal", "mica"):  # leave the base weights alone
         convert_lora_state_dict_to_original(plain, {"r": 2, "init_lora_weights": init})
     with pytest.raises(TypeError, match=r"`metadata` must be a `LoraConfig`, a dict of its values or None, got str"):
         convert_lora_state_dict_to_original(plain, "r=2")
