@@ -2,7 +2,7 @@
 
 import contextlib
 import os
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 from diffusers.hooks.group_offloading import _maybe_remove_and_reapply_group_offloading
@@ -29,6 +29,10 @@ from .original_checkpoint import (
     convert_original_lora_state_dict,
     is_original_lora_state_dict,
 )
+
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
 
 
 logger = logging.get_logger(__name__)
@@ -551,7 +555,7 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
         weight_name: Optional[str] = None,
         save_function: Optional[Callable] = None,
         safe_serialization: bool = True,
-        transformer_lora_adapter_metadata: Optional[Dict[str, Any]] = None,
+        transformer_lora_adapter_metadata: Optional[Union[Dict[str, Any], "LoraConfig"]] = None,
         original_format: bool = False,
     ) -> None:
         r"""

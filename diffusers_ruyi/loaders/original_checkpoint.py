@@ -15,9 +15,13 @@ import json
 import math
 import os
 import re
-from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
+
+
+if TYPE_CHECKING:  # peft is imported where a LoRA is converted: it is slow to import
+    from peft import LoraConfig
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1175,7 +1179,7 @@ _BASE_PRESERVING_LORA_INITS = (True, False, "gaussian", "eva", "orthogonal", "mi
 
 def convert_lora_state_dict_to_original(
     state_dict: Dict[str, torch.Tensor],
-    metadata: Optional[Union[Dict[str, Any], Any]] = None,
+    metadata: Optional[Union[Dict[str, Any], "LoraConfig"]] = None,
     prefix: Optional[str] = "transformer",
 ) -> Dict[str, torch.Tensor]:
     """Converts a diffusers/PEFT LoRA of the transformer into the original Ruyi format, all or nothing.
@@ -1206,7 +1210,8 @@ def convert_lora_state_dict_to_original(
     Raises:
         `TypeError`: when ``state_dict`` is not a mapping or ``metadata`` neither a mapping nor a `LoraConfig`.
         `ValueError`: listing every key that the original format cannot express (keys of other components, modules
-            that are not a Linear of Ruyi's transformer, LoRA biases, Embedding adapters, DoRA, malformed keys,
+            that are not a Linear of Ruyi's transformer, LoRA biases, Embedding adapters, PEFT's LoRA variants (DoRA,
+            aLoRA, ...), malformed keys,
             modules without both `lora_A` and `lora_B`, tensors whose shapes do not pair up, values that are not
             finite), a config that does not fit the tensors, or an `init_lora_weights` that changed the base weights.
     """
