@@ -102,9 +102,11 @@ MODULE_TESTS: dict[str, list[str]] = {
         "tests/loaders/test_lora_coverage.py",
         "tests/loaders/test_lora_original_exact.py",
         "tests/loaders/test_loader_mutants.py",
+        "tests/loaders/test_lora_export.py",
     ],
     "loaders/original_checkpoint.py": [
         "tests/loaders/test_loader_mutants.py",
+        "tests/loaders/test_lora_export.py",
         "tests/loaders/test_published_format.py",
         "tests/models/test_transformer_ruyi.py",
         "tests/models/test_autoencoder_kl_ruyi_slice.py",
