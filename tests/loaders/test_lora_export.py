@@ -308,6 +308,26 @@ def test_what_the_original_format_cannot_hold_is_refused_and_nothing_written(tmp
     assert not (tmp_path / "out").exists()
 
 
+def test_every_problem_is_listed_in_one_error():
+    # Modules in sorted order: an incomplete one, one with NaN values, one of the wrong shape.
+    state_dict = {
+        "blocks.0.attn1.to_k.lora_A.weight": torch.randn(2, 8),
+        "blocks.0.attn1.to_q.lora_A.weight": torch.full((2, 8), float("nan")),
+        "blocks.0.attn1.to_q.lora_B.weight": torch.randn(6, 2),
+        "blocks.0.attn1.to_v.lora_A.weight": torch.randn(3, 8),
+        "blocks.0.attn1.to_v.lora_B.weight": torch.randn(6, 2),
+    }
+    with pytest.raises(ValueError) as error:
+        convert_lora_state_dict_to_original(state_dict)
+    for part in ("both lora_A and lora_B: ['blocks.0.attn1.to_k']", "to_q: lora_A holds NaN", "to_v: lora_A (3, 8)"):
+        assert part in str(error.value)
+    # A bad alpha pattern does not hide a rank that does not fit the config.
+    with pytest.raises(ValueError, match=r"alpha_pattern\['x'\]='bad' is not a finite number.*rank 2, config 4"):
+        convert_lora_state_dict_to_original(
+            {A: torch.randn(2, 8), B: torch.randn(6, 2)}, {"r": 4, "alpha_pattern": {"x": "bad"}}
+        )
+
+
 def test_the_config_is_checked_without_a_prefix_too_and_arguments_by_type():
     plain = {A: torch.randn(2, 8), B: torch.randn(6, 2)}
     with pytest.raises(ValueError, match=r"Cannot write this LoRA in the original format: .*lora_alpha=nan"):
