@@ -154,6 +154,10 @@ def test_a_lora_config_is_taken_as_metadata_in_the_diffusers_format_too(tmp_path
     )
     _, metadata = RuyiImageToVideoPipeline.lora_state_dict(str(tmp_path), return_lora_metadata=True)
     assert metadata["transformer.lora_alpha"] == 5 and metadata["transformer.r"] == 2
+    RuyiImageToVideoPipeline.save_lora_weights(
+        str(tmp_path), {A: torch.randn(2, 8), B: torch.randn(6, 2)}, weight_name="b.safetensors"
+    )
+    assert sorted(os.listdir(tmp_path)) == ["b.safetensors", "pytorch_lora_weights.safetensors"]
 
 
 def test_every_linear_layer_and_nothing_else_is_exportable(pipe):
