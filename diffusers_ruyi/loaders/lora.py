@@ -28,6 +28,7 @@ from .original_checkpoint import (
     convert_lora_state_dict_to_original,
     convert_original_lora_state_dict,
     is_original_lora_state_dict,
+    raise_lora_problems,
 )
 
 
@@ -193,26 +194,21 @@ def _check_peft_lora_state_dict(
                     f"({module.out_features}, rank)"
                 )
 
-    problems = []
-    if foreign:
-        problems.append(
-            f"keys of components other than `{prefix}` (Ruyi only takes LoRAs for the transformer): {foreign}"
-        )
-    if malformed:
-        problems.append(
-            "keys that are not `<module>.{lora_A.weight,lora_B.weight,lora_B.bias}` (an Embedding's: "
-            f"`<module>.{{lora_embedding_A,lora_embedding_B}}`): {sorted(malformed)}"
-        )
-    if unknown:
-        problems.append(f"names that match no Linear/Conv/Embedding module of the transformer: {sorted(unknown)}")
-    if incomplete:
-        problems.append(f"modules without both lora_A and lora_B: {incomplete}")
-    if bad_shapes:
-        problems.append(f"tensors of the wrong shape: {bad_shapes}")
-    if bad_values:
-        problems.append(f"tensors that are not finite floating-point values: {bad_values}")
-    if problems:
-        raise ValueError("Cannot load this LoRA:\n- " + "\n- ".join(problems))
+    raise_lora_problems(
+        "Cannot load this LoRA",
+        [
+            (f"keys of components other than `{prefix}` (Ruyi only takes LoRAs for the transformer)", foreign),
+            (
+                "keys that are not `<module>.{lora_A.weight,lora_B.weight,lora_B.bias}` (an Embedding's: "
+                "`<module>.{lora_embedding_A,lora_embedding_B}`)",
+                sorted(malformed),
+            ),
+            ("names that match no Linear/Conv/Embedding module of the transformer", sorted(unknown)),
+            ("modules without both lora_A and lora_B", incomplete),
+            ("tensors of the wrong shape", bad_shapes),
+            ("tensors that are not finite floating-point values", bad_values),
+        ],
+    )
     if not state_dict:
         raise ValueError("The LoRA state dict is empty.")
     return {f"{prefix}.{key}": value for key, value in state_dict.items()}

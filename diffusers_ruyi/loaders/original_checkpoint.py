@@ -939,6 +939,14 @@ def _lora_tensor_problem(tensors: Dict[str, Any]) -> Optional[str]:
     return None
 
 
+def raise_lora_problems(heading: str, sections: Iterable[Tuple[str, Any]]) -> None:
+    """One `ValueError` for every problem found in a LoRA's keys, all or nothing: ``heading`` and a bullet
+    ``label: items`` for each section whose items are not empty; nothing when all are."""
+    problems = [f"{label}: {items}" for label, items in sections if items]
+    if problems:
+        raise ValueError(f"{heading}:\n- " + "\n- ".join(problems))
+
+
 def convert_original_lora_state_dict(
     state_dict: Dict[str, torch.Tensor],
     model: torch.nn.Module,
@@ -1046,25 +1054,18 @@ def convert_original_lora_state_dict(
         converted[f"{key_prefix}{path}.lora_A.weight"] = (down.float() * scale_down).to(down.dtype)
         converted[f"{key_prefix}{path}.lora_B.weight"] = (up.float() * scale_up).to(up.dtype)
 
-    problems = []
-    if text_encoder:
-        problems.append(f"text-encoder entries (Ruyi has no text encoder to apply them to): {sorted(text_encoder)}")
-    if unknown:
-        problems.append(f"names that match no Linear/Conv2d module of the transformer: {sorted(unknown)}")
-    if malformed:
-        problems.append(
-            f"keys that are not `lora_unet_<module>.{{lora_down.weight,lora_up.weight,alpha}}`: {sorted(malformed)}"
-        )
-    if twice:
-        problems.append(f"modules named twice, in two spellings: {sorted(twice)}")
-    if incomplete:
-        problems.append(f"modules without both lora_down and lora_up: {incomplete}")
-    if bad_shapes:
-        problems.append(f"tensors of the wrong shape: {bad_shapes}")
-    if bad_values:
-        problems.append(f"tensors that are not finite floating-point values: {bad_values}")
-    if problems:
-        raise ValueError("Cannot load this original-format Ruyi LoRA:\n- " + "\n- ".join(problems))
+    raise_lora_problems(
+        "Cannot load this original-format Ruyi LoRA",
+        [
+            ("text-encoder entries (Ruyi has no text encoder to apply them to)", sorted(text_encoder)),
+            ("names that match no Linear/Conv2d module of the transformer", sorted(unknown)),
+            ("keys that are not `lora_unet_<module>.{lora_down.weight,lora_up.weight,alpha}`", sorted(malformed)),
+            ("modules named twice, in two spellings", sorted(twice)),
+            ("modules without both lora_down and lora_up", incomplete),
+            ("tensors of the wrong shape", bad_shapes),
+            ("tensors that are not finite floating-point values", bad_values),
+        ],
+    )
     if not converted:
         raise ValueError("The original-format Ruyi LoRA holds no `lora_down`/`lora_up` weights.")
     if zero_alpha:
@@ -1296,32 +1297,26 @@ def convert_lora_state_dict_to_original(
                 "(out, rank))"
             )
 
-    problems = []
-    if foreign:
-        problems.append(f"keys of components other than `{prefix}` (Ruyi's LoRAs are the transformer's): {foreign}")
-    if not_ruyi:
-        hints = []
-        if any(path.startswith(_WRAPPER_PREFIXES) for path in not_ruyi):
-            hints.append(
-                "take the state dict of the unwrapped model: no `_orig_mod.`, `module.` or `base_model.model.`"
-            )
-        if any(_FUSED_PROJECTIONS.fullmatch(path) for path in not_ruyi):
-            hints.append("the original has no fused projections: call `unfuse_qkv_projections()` before adding LoRAs")
-        hint = f" ({'; '.join(hints)})" if hints else ""
-        problems.append(f"modules that are not a Linear layer of Ruyi's transformer{hint}: {sorted(set(not_ruyi))}")
-    if unsupported:
-        problems.append(f"what the original format cannot hold: {unsupported}")
-    if malformed:
-        problems.append(f"keys that are not `<module>.lora_A.weight` / `<module>.lora_B.weight`: {sorted(malformed)}")
-    if incomplete:
-        problems.append(f"modules without both lora_A and lora_B: {incomplete}")
-    if bad_shapes:
-        problems.append(f"tensors of the wrong shape: {bad_shapes}")
-    if bad_values:
-        problems.append(f"tensors that are not finite floating-point values: {bad_values}")
+    # Why a module is not one of Ruyi's, where that can be told.
+    hints = []
+    if any(path.startswith(_WRAPPER_PREFIXES) for path in not_ruyi):
+        hints.append("take the state dict of the unwrapped model: no `_orig_mod.`, `module.` or `base_model.model.`")
+    if any(_FUSED_PROJECTIONS.fullmatch(path) for path in not_ruyi):
+        hints.append("the original has no fused projections: call `unfuse_qkv_projections()` before adding LoRAs")
+    hint = f" ({'; '.join(hints)})" if hints else ""
     action = "write this LoRA in the original format"
-    if problems:
-        raise ValueError(f"Cannot {action}:\n- " + "\n- ".join(problems))
+    raise_lora_problems(
+        f"Cannot {action}",
+        [
+            (f"keys of components other than `{prefix}` (Ruyi's LoRAs are the transformer's)", foreign),
+            (f"modules that are not a Linear layer of Ruyi's transformer{hint}", sorted(set(not_ruyi))),
+            ("what the original format cannot hold", unsupported),
+            ("keys that are not `<module>.lora_A.weight` / `<module>.lora_B.weight`", sorted(malformed)),
+            ("modules without both lora_A and lora_B", incomplete),
+            ("tensors of the wrong shape", bad_shapes),
+            ("tensors that are not finite floating-point values", bad_values),
+        ],
+    )
     if not pairs:
         raise ValueError("The LoRA state dict holds no `lora_A`/`lora_B` weights.")
     if config:
