@@ -9,11 +9,9 @@ import torch
 from _helpers import (
     FIXTURES,
     ORIGINAL_LORA,
-    golden_transformer_inputs,
     linear_paths,
     quick_latents,
     run_transformer,
-    small_golden_inputs,
 )
 from peft import LoraConfig
 from peft.tuners.tuners_utils import BaseTunerLayer
@@ -26,16 +24,6 @@ from diffusers_ruyi.pipelines.pipeline_ruyi_i2v import RuyiImageToVideoPipeline
 
 
 ORIGINAL_MERGED = FIXTURES / "lora" / "ruyi_lora_merged_output.safetensors"
-
-
-@pytest.fixture(scope="module")
-def golden_inputs():
-    return golden_transformer_inputs()
-
-
-@pytest.fixture(scope="module")
-def small_inputs(golden_inputs):
-    return small_golden_inputs(golden_inputs)
 
 
 @pytest.fixture(scope="module")

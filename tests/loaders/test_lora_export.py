@@ -6,7 +6,7 @@ import re
 
 import pytest
 import torch
-from _helpers import FIXTURES, ORIGINAL_LORA, golden_transformer_inputs, run_transformer, small_golden_inputs
+from _helpers import FIXTURES, ORIGINAL_LORA, run_transformer
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from safetensors import safe_open
@@ -20,16 +20,6 @@ LORA = FIXTURES / "lora"
 PEFT_FILE = LORA / "ruyi_lora_peft.safetensors"  # tests/fixtures/lora/make_export_goldens.py
 EXPORTED_FILE = LORA / "ruyi_lora_exported.safetensors"
 MERGED = LORA / "ruyi_lora_exported_merged_output.safetensors"
-
-
-@pytest.fixture(scope="module")
-def golden_inputs():
-    return golden_transformer_inputs()
-
-
-@pytest.fixture(scope="module")
-def small_inputs(golden_inputs):
-    return small_golden_inputs(golden_inputs)
 
 
 def export(tmp_path, state_dict, metadata=None, **kwargs):
