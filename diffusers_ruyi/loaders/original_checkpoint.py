@@ -1248,7 +1248,7 @@ def convert_lora_state_dict_to_original(
             continue
         path, _, element = key[len(key_prefix) :].rpartition(".lora_")
         element = "lora_" + element
-        reason = next((why for suffix, why in _NOT_EXPORTABLE_LORA_KEYS.items() if element == suffix), None)
+        reason = _NOT_EXPORTABLE_LORA_KEYS.get(element)
         if reason is not None:
             unsupported.append(f"{key} ({reason})")
         elif not path or element not in ("lora_A.weight", "lora_B.weight"):
