@@ -10,12 +10,13 @@ rules exist exactly once.
 
 import collections
 import collections.abc
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import re
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import torch
 
@@ -128,6 +129,14 @@ def check_safetensors_file(path: str) -> None:
         _read_safetensors_header(f, path, _safetensors_size(path))
 
 
+def read_safetensors_shapes(path: str) -> Dict[str, Tuple[Tuple[int, ...], Optional[torch.dtype]]]:
+    """Each tensor's shape and dtype (None for a dtype this package does not read), from the header of a safetensors
+    file alone, checked as by `check_safetensors_file`."""
+    with open(path, "rb") as f:
+        _, entries = _read_safetensors_header(f, path, _safetensors_size(path))
+    return {name: (tuple(info["shape"]), _SAFETENSORS_DTYPES.get(info["dtype"])) for name, info in entries}
+
+
 def check_weight_files(folder: str) -> None:
     """Checks the header of every ``*.safetensors`` file in the component sub-folders of a diffusers-format pipeline
     folder, so that a truncated download is reported as such before anything is loaded (see
@@ -170,8 +179,11 @@ def check_model_folder(folder: str) -> None:
     )
 
 
-def read_safetensors(path: str, dtype: Optional[torch.dtype] = None) -> Dict[str, torch.Tensor]:
-    """Reads a safetensors file on CPU (never pickle), one tensor at a time, casting floating tensors to ``dtype``.
+def read_safetensors(
+    path: str, dtype: Optional[torch.dtype] = None, keys: Optional[Iterable[str]] = None
+) -> Dict[str, torch.Tensor]:
+    """Reads a safetensors file on CPU (never pickle), one tensor at a time, casting floating tensors to ``dtype``;
+    with ``keys``, only those tensors (the others are neither read nor checked).
 
     Tensors are read with plain file reads into their own memory instead of through a memory map: a map keeps
     every page it touched resident until it is closed, so mapping the file and then copying or casting from it
@@ -185,6 +197,9 @@ def read_safetensors(path: str, dtype: Optional[torch.dtype] = None) -> Dict[str
     file_size = _safetensors_size(path)
     with open(path, "rb") as f:
         base, entries = _read_safetensors_header(f, path, file_size)
+        if keys is not None:
+            wanted = set(keys)
+            entries = [(name, info) for name, info in entries if name in wanted]
         state_dict = {}
         staging = None  # reused buffer for casting: a cast then costs no second copy of any tensor
         for name, info in entries:
@@ -282,9 +297,15 @@ def resolve_dtype(dtype: Any = None, torch_dtype: Any = None) -> Union[None, tor
 HUB_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "subfolder")
 
 
-def local_folder(path_or_repo_id: Union[str, os.PathLike], hub_kwargs: Dict[str, Any]) -> str:
+def local_folder(
+    path_or_repo_id: Union[str, os.PathLike],
+    hub_kwargs: Dict[str, Any],
+    allow_patterns: Optional[List[str]] = None,
+    local: str = "a local folder",
+) -> str:
     """The local folder of ``path_or_repo_id`` (joined with ``hub_kwargs["subfolder"]``); a hub id is downloaded
-    first with ``snapshot_download`` (only that subfolder, honouring ``HF_HUB_OFFLINE``).
+    first with ``snapshot_download`` (only that subfolder, or only ``allow_patterns`` when given, honouring
+    ``HF_HUB_OFFLINE``). ``local`` names the alternative to the download in its error messages.
 
     Raises:
         `FileNotFoundError`: a local path that does not exist (a mistyped path is never sent to the hub), or a hub id
@@ -296,25 +317,39 @@ def local_folder(path_or_repo_id: Union[str, os.PathLike], hub_kwargs: Dict[str,
     if check_local_source(path):
         return os.path.join(path, subfolder)
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
 
     download_kwargs = {k: v for k, v in hub_kwargs.items() if k != "subfolder"}
-    if subfolder:
+    if allow_patterns is not None:
+        download_kwargs["allow_patterns"] = allow_patterns
+    elif subfolder:
         download_kwargs["allow_patterns"] = [f"{subfolder}/*"]
-    try:
+    # With `allow_patterns` (config files), the command fetches every config, a few kB, rather than the weights.
+    command = f"hf download {path}" + (" --include '*config.json'" if allow_patterns else "")
+    with hub_download_errors(path, hub_kwargs, command, local):
         return os.path.join(snapshot_download(path, **download_kwargs), subfolder)
+
+
+@contextlib.contextmanager
+def hub_download_errors(what: str, hub_kwargs: Dict[str, Any], command: str, local: str) -> Iterator[None]:
+    """Turns the hub client's "not in the cache" error for ``what`` (a repository or a file in one) into a
+    `FileNotFoundError` (downloading is off) or a `ConnectionError` (the Hub could not be reached), in one line that
+    names the ``command`` that downloads it and the ``local`` alternative."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        yield
     except LocalEntryNotFoundError as e:
         # `from None`: the hub client's own chain adds ~50 lines that say the same thing less clearly.
         if hub_kwargs.get("local_files_only") or _hub_offline():
             raise FileNotFoundError(
-                f"{path!r} is not in the local Hugging Face cache and downloading is off (HF_HUB_OFFLINE=1 or "
-                f"local_files_only): download it once online (`hf download {path}`), or pass a local folder."
+                f"{what!r} is not in the local Hugging Face cache and downloading is off (HF_HUB_OFFLINE=1 or "
+                f"local_files_only): download it once online (`{command}`), or pass {local}."
             ) from None
         cause = e.__cause__ or e.__context__
         reason = f"{type(cause).__name__}: {cause}" if cause is not None else str(e).splitlines()[0]
         raise ConnectionError(
-            f"{path!r} could not be downloaded and is not in the local Hugging Face cache: the Hub could not be "
-            f"reached ({reason}). Check the network connection, or pass a local folder."
+            f"{what!r} could not be downloaded and is not in the local Hugging Face cache: the Hub could not be "
+            f"reached ({reason}). Check the network connection, or pass {local}."
         ) from None
 
 
