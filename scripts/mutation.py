@@ -119,11 +119,12 @@ MODULE_TESTS: dict[str, list[str]] = {
     ],
     "loaders/model_loading.py": [
         "tests/loaders/test_loading_options.py",
+        "tests/loaders/test_from_single_file.py",
         "tests/pipelines/test_pipeline_realfmt.py",
         "tests/models/test_transformer_ruyi.py",
         "tests/models/test_autoencoder_kl_ruyi.py",
         "-k",
-        "options or missing or unexpected or original or bf16",
+        "options or missing or unexpected or original or bf16 or from_single_file",
     ],
     "loaders/original_pipeline.py": [
         "tests/loaders/test_loader_mutants.py",

@@ -25,6 +25,8 @@ original layout (the rules themselves are in `diffusers_ruyi.loaders.original_ch
 
 What this mixin adds is the package's one argument policy: ``dtype``/``torch_dtype`` checked the same way everywhere,
 safetensors only, a broken file or a mistyped path reported before anything loads, and a missing weight an error.
+It also gives both models `from_single_file` (one weights file and a config), which diffusers' `FromOriginalModelMixin`
+only offers its built-in classes; it builds the model as `from_pretrained` does, with the same rules.
 """
 
 import contextlib
@@ -32,22 +34,38 @@ import functools
 import inspect
 import logging
 import os
+import re
 import sys
-from typing import Any, Callable, Dict, Iterator, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple, Union
+from urllib.parse import unquote, urlparse
 
+import torch
 from diffusers import ModelMixin
 
 from .original_checkpoint import (
     ORIGINAL_KEY_RENAMES,
     ORIGINAL_LOADS_STRICTLY,
+    TRANSFORMER_SUBFOLDERS,
     check_loaded_keys,
     check_local_source,
     check_model_folder,
+    hub_download_errors,
+    local_folder,
     original_model_config,
+    read_safetensors,
+    read_safetensors_shapes,
     rename_original_keys,
     resolve_dtype,
     stored_temporal_table_dtype,
 )
+
+
+# `from_single_file` without `config`: the published checkpoint's config, and where each model's is in it (the
+# published transformer folder has been spelled both ways).
+PUBLISHED_REPO_ID = "IamCreateAI/Ruyi-Mini-7B"
+_CONFIG_SUBFOLDERS = {"transformer": TRANSFORMER_SUBFOLDERS, "vae": ("vae",)}
+_SINGLE_FILE_HUB_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision")
+_HUB_HOSTS = ("huggingface.co", "hf.co")
 
 
 class RuyiModelLoadingMixin:
@@ -155,6 +173,310 @@ class RuyiModelLoadingMixin:
             load, cls.__name__, pretrained_model_name_or_path, kwargs, allow_unexpected=not strict
         )
         return (model, info) if output_loading_info else model
+
+    @classmethod
+    def from_single_file(
+        cls,
+        pretrained_model_link_or_path_or_dict: Union[str, os.PathLike, Mapping[str, torch.Tensor]],
+        config: Union[str, os.PathLike, Mapping[str, Any], None] = None,
+        subfolder: Optional[str] = None,
+        dtype: Union[torch.dtype, str, None] = None,
+        torch_dtype: Union[torch.dtype, str, None] = None,
+        device: Union[str, torch.device, None] = None,
+        **kwargs,
+    ):
+        r"""
+        Loads the model from ONE weights file: the published `diffusion_pytorch_model.safetensors` of the original
+        layout (or of a diffusers-format folder), a local path or a Hugging Face Hub file URL, or a state dict. This
+        is diffusers' `from_single_file` for this package's models (diffusers' own only knows its built-in classes).
+
+        Parameters:
+            pretrained_model_link_or_path_or_dict (`str`, `os.PathLike` or `Mapping[str, torch.Tensor]`):
+                A local `.safetensors` file, a Hub file URL
+                (`https://huggingface.co/<repo_id>/blob/<revision>/<path>.safetensors`, or `resolve` for `blob`), or
+                a state dict (copied: the model never shares its tensors). Keys may be the original's or this
+                package's.
+            config (`str`, `os.PathLike` or `Mapping`, *optional*):
+                The model's config: a local folder or Hub repository id, either a model folder (its `config.json`)
+                or a checkpoint root in the original or diffusers layout (its `transformer/` or `transformers/`,
+                or `vae/`); a `config.json` file; or a config dict (`model.config`, or an original `config.json` as
+                loaded). Defaults to the published checkpoint, `IamCreateAI/Ruyi-Mini-7B`, whose config fits its
+                weights only.
+            subfolder (`str`, *optional*):
+                The sub-folder of a folder or repository `config` that holds the `config.json` (`""`: the folder
+                itself); found as above when not given.
+            dtype (`torch.dtype` or `str`, *optional*):
+                float32, float16 or bfloat16 (or the name); torch's default dtype (float32) when not given, whatever
+                the file stores, as `from_pretrained`. `torch_dtype` is an alias.
+            device (`str` or `torch.device`, *optional*):
+                The device the weights are moved to once read (they are read on the CPU); `"cpu"` when not given.
+            kwargs:
+                The Hub arguments `cache_dir`, `force_download`, `proxies`, `local_files_only`, `token` and
+                `revision` (the config's revision; a URL names its file's). For `device_map`, `quantization_config`
+                and diffusers' other loading options, load the folder with `from_pretrained`.
+
+        The result equals `from_pretrained` of the same weights and config, and the same rules apply: safetensors
+        only (a pickle `.bin`/`.ckpt` is refused); every argument, the config and the file's header (its names,
+        shapes and dtypes) are checked before any weight is read or downloaded; a weight of another shape or a
+        non-floating one is a `ValueError` that counts them and names the first ten, a missing weight one that lists
+        every one; tensors the model does not have are not read, and named in one warning (except the original's
+        fixed temporal tables, skipped without a word).
+
+        Examples:
+
+        ```py
+        >>> import torch
+        >>> from diffusers_ruyi import RuyiTransformer3DModel
+
+        >>> transformer = RuyiTransformer3DModel.from_single_file(
+        ...     "https://huggingface.co/IamCreateAI/Ruyi-Mini-7B/blob/main/transformer/diffusion_pytorch_model.safetensors",
+        ...     dtype=torch.bfloat16,
+        ... )
+        ```
+        """
+        name = cls.__name__
+        model_type = cls._original_model_type
+        unknown = sorted(set(kwargs) - set(_SINGLE_FILE_HUB_KWARGS))
+        if unknown:
+            raise TypeError(
+                f"{name}.from_single_file() got unsupported argument(s) {unknown}. Supported: `config`, `subfolder`, "
+                f"`dtype` (or `torch_dtype`), `device` and the Hub arguments {list(_SINGLE_FILE_HUB_KWARGS)}; for "
+                "`device_map`, `quantization_config` and diffusers' other loading options, use `from_pretrained` on "
+                "the folder."
+            )
+        torch_dtype = resolve_dtype(dtype, torch_dtype)
+        if isinstance(torch_dtype, dict):
+            raise ValueError(f"`dtype` of {name} is one dtype, not a dict per component, got {torch_dtype!r}.")
+        _check_config_arguments(config, subfolder)
+        device = _load_device(device)
+        source = pretrained_model_link_or_path_or_dict
+        if isinstance(source, Mapping):
+            state_dict, where = _checked_state_dict(source), "the given state dict"
+            local_path = hub_file = None
+        elif isinstance(source, (str, os.PathLike)):
+            state_dict, where = None, str(source)
+            local_path, hub_file = _single_file_location(where)
+        else:
+            raise TypeError(
+                "`pretrained_model_link_or_path_or_dict` must be a path, a Hub file URL or a state dict, got "
+                f"{type(source).__name__}."
+            )
+
+        # The config and the model without weights first: a bad config is found before any download.
+        model_config, config_source = cls._single_file_config(config, subfolder, kwargs)
+        model = _empty_model(cls, model_config, torch_dtype)
+        if hub_file is not None:
+            from huggingface_hub import hf_hub_download
+
+            repo_id, filename, revision = hub_file
+            hub_kwargs = {key: kwargs[key] for key in _SINGLE_FILE_HUB_KWARGS if key in kwargs and key != "revision"}
+            with hub_download_errors(where, kwargs, f"hf download {repo_id} {filename}", "a local file"):
+                local_path = hf_hub_download(repo_id, filename, revision=revision, **hub_kwargs)
+        if local_path is not None:
+            header = read_safetensors_shapes(local_path)
+        else:
+            header = {key: (tuple(tensor.shape), tensor.dtype) for key, tensor in state_dict.items()}
+
+        # Every check on the names, shapes and dtypes, before a weight is read.
+        what = f"{name} ({where})"
+        rename = ORIGINAL_KEY_RENAMES[model_type]
+        sources = {rename(key): key for key in header}  # model key -> key in the file
+        expected = {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
+        _check_single_file_tensors(what, config_source, header, sources, expected)
+        ignored = [re.compile(pattern) for pattern in cls._keys_to_ignore_on_load_unexpected or []]
+        check_loaded_keys(
+            [key for key in expected if key not in sources],
+            [key for key in sources if key not in expected and not any(p.search(key) for p in ignored)],
+            what,
+            allow_unexpected=not ORIGINAL_LOADS_STRICTLY[model_type],
+        )
+
+        # As `from_pretrained`: the model's dtype is `dtype`, else the default dtype it was built in.
+        target = torch_dtype or torch.get_default_dtype()
+        if local_path is not None:
+            stored = stored_temporal_table_dtype(None, [local_path], list(header))
+            # Only the weights the model has, cast while read: the peak is the loaded weights, not them and the file.
+            tensors = read_safetensors(local_path, dtype=target, keys=[sources[key] for key in expected])
+            weights = {key: tensors.pop(sources[key]) for key in expected}
+        else:
+            stored = stored_temporal_table_dtype(state_dict, [], state_dict)
+            # A copy (cast or not): the model must not share the caller's tensors.
+            weights = {key: state_dict[sources[key]].to(target, copy=True) for key in expected}
+        if model_type == "transformer" and model.config.get("temporal_embedding_dtype") is None and stored:
+            model.register_to_config(temporal_embedding_dtype=stored)
+        from diffusers.models.model_loading_utils import load_model_dict_into_meta
+
+        load_model_dict_into_meta(model, weights, dtype=torch_dtype, device_map={"": device}, keep_in_fp32_modules=[])
+        del weights
+        model.register_to_config(_name_or_path=where)
+        return model.eval()
+
+    @classmethod
+    def _single_file_config(
+        cls, config: Union[str, os.PathLike, Mapping[str, Any], None], subfolder: Optional[str], kwargs: Dict[str, Any]
+    ) -> Tuple[Dict[str, Any], str]:
+        """The config `from_single_file` builds the model from (converted when it is an original one), and where it
+        was found, for messages."""
+        if isinstance(config, Mapping):
+            found = "the given config dict"
+            # diffusers' note of the keys a saved file lacked: `from_config` would replace the values given here
+            # for those keys (one set after loading, as `temporal_embedding_dtype`) by the defaults.
+            loaded = {key: value for key, value in config.items() if key != "_use_default_values"}
+            converted = original_model_config(cls._original_model_type, loaded)
+            if converted is not None:
+                loaded = {"_class_name": cls.__name__, **converted}
+        elif config is not None and os.path.isfile(config):
+            found = f"{str(config)!r}"
+            loaded = cls.load_config(config)
+        else:
+            source = PUBLISHED_REPO_ID if config is None else str(config)
+            candidates = (subfolder,) if subfolder is not None else ("", *_CONFIG_SUBFOLDERS[cls._original_model_type])
+            patterns = [f"{c}/config.json" if c else "config.json" for c in candidates]
+            hub_kwargs = {key: kwargs[key] for key in _SINGLE_FILE_HUB_KWARGS if key in kwargs}
+            root = local_folder(source, hub_kwargs, allow_patterns=patterns, local="`config=` a local folder")
+            folder = next((c for c in candidates if os.path.isfile(os.path.join(root, c, "config.json"))), None)
+            if folder is None:
+                raise FileNotFoundError(
+                    f"{source!r} has no config.json for the {cls.__name__} in {[c or '.' for c in candidates]}; pass "
+                    "`config=` a model folder (or `subfolder=` where its config.json is)."
+                )
+            found = f"{source!r}" + (f", subfolder {folder!r}" if folder else "")
+            loaded = cls.load_config(os.path.join(root, folder))
+        if loaded.get("_class_name", cls.__name__) != cls.__name__:
+            raise ValueError(
+                f"The config from {found} is a {loaded['_class_name']!r} config, not a {cls.__name__} one; pass "
+                f"`config=` (or `subfolder=`) for the {cls.__name__}."
+            )
+        return loaded, found
+
+
+def _check_config_arguments(config: Any, subfolder: Any) -> None:
+    if config is not None and not isinstance(config, (str, os.PathLike, Mapping)):
+        raise TypeError(
+            f"`config` must be a folder, a config.json file, a Hub repository id or a config dict, got "
+            f"{type(config).__name__}."
+        )
+    if subfolder is None:
+        return
+    if not isinstance(subfolder, str):
+        raise TypeError(f"`subfolder` must be a str, got {type(subfolder).__name__}.")
+    if isinstance(config, Mapping):
+        raise ValueError("`subfolder` is where a folder's config.json is; `config` is a dict here, so leave it out.")
+    if os.path.isabs(subfolder) or ".." in subfolder.replace("\\", "/").split("/"):
+        raise ValueError(f"`subfolder` must be a relative path inside `config`, got {subfolder!r}.")
+
+
+def _load_device(device: Union[str, torch.device, None]) -> torch.device:
+    if device is None:
+        return torch.device("cpu")
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"`device` must be a str or torch.device, got {type(device).__name__}.")
+    try:
+        device = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"`device` {device!r} is not a device: {e}") from None
+    if device.type == "meta":
+        raise ValueError("`device='meta'` keeps no weights; load on a real device (or build the model on meta).")
+    try:
+        torch.empty(0, device=device)  # an absent device (CUDA without a GPU, index past the last) fails here
+    except (RuntimeError, AssertionError, ValueError) as e:
+        raise ValueError(f"`device` {str(device)!r} is not available here: {e}") from None
+    return device
+
+
+def _checked_state_dict(state_dict: Mapping[Any, Any]) -> Mapping[str, torch.Tensor]:
+    bad = [key for key, value in state_dict.items() if not isinstance(key, str) or not isinstance(value, torch.Tensor)]
+    if bad:
+        raise TypeError(f"A state dict maps str keys to tensors; these entries do not: {bad[:10]}.")
+    meta = [key for key, value in state_dict.items() if value.is_meta]
+    if meta:
+        raise ValueError(f"The state dict holds meta tensors, which carry no weights: {meta[:10]}.")
+    return state_dict
+
+
+def _single_file_location(source: str) -> Tuple[Optional[str], Optional[Tuple[str, str, Optional[str]]]]:
+    """(local path, None) for a local file, or (None, (repo id, file in it, revision)) for a Hub file URL
+    (`https://huggingface.co/<owner>/<name>/blob/<revision>/<path>`, `resolve` for `blob`, or without both as
+    diffusers accepts, for the main revision); checks that it names a safetensors file."""
+    if os.path.isdir(source):
+        raise ValueError(
+            f"{source!r} is a folder; `from_single_file` reads one weights file. Load a folder with `from_pretrained`."
+        )
+    local = os.path.isfile(source)
+    parsed = urlparse(source if "://" in source else f"https://{source}")
+    path = source if local else parsed.path  # without a URL's query (`?download=true`) or fragment
+    if path.endswith(".safetensors.index.json"):
+        raise ValueError(f"{source!r} is the index of a sharded checkpoint; load its folder with `from_pretrained`.")
+    if not path.endswith(".safetensors"):
+        raise ValueError(
+            f"{source!r} is not a .safetensors file; diffusers-ruyi loads model weights from safetensors only."
+        )
+    if local:
+        return source, None
+    from huggingface_hub import constants
+
+    host = (parsed.hostname or "").lower().removeprefix("www.")
+    if parsed.scheme not in ("http", "https") or host not in (*_HUB_HOSTS, urlparse(constants.ENDPOINT).hostname):
+        raise FileNotFoundError(
+            f"{source!r} is not an existing file, nor a Hugging Face Hub file URL; check the path."
+        )
+    parts = [unquote(part) for part in parsed.path.split("/") if part]
+    revision, rest = None, parts[2:]
+    if len(parts) > 2 and parts[2] in ("blob", "resolve"):
+        # A branch, tag or commit; `refs/pr/N` (and `refs/convert/...`) has its slashes unencoded in the Hub's links.
+        length = 3 if parts[3:5] in (["refs", "pr"], ["refs", "convert"]) else 1
+        revision, rest = "/".join(parts[3 : 3 + length]), parts[3 + length :]
+    if not rest or ".." in rest:
+        raise ValueError(
+            f"{source!r} is not a Hub file URL: expected https://huggingface.co/<owner>/<name>/blob/<revision>/<path>."
+        )
+    return None, (f"{parts[0]}/{parts[1]}", "/".join(rest), revision)
+
+
+def _check_single_file_tensors(
+    what: str,
+    config_source: str,
+    header: Dict[str, Tuple[Tuple[int, ...], Optional[torch.dtype]]],
+    sources: Dict[str, str],
+    expected: Dict[str, Tuple[int, ...]],
+) -> None:
+    """Raises a `ValueError` when the weights cannot be the model's: none of its names, another shape, or a dtype
+    that is not floating (which loading would cast silently)."""
+    if not any(key in sources for key in expected):
+        raise ValueError(
+            f"The {what} checkpoint holds none of the model's {len(expected)} weights (it has {len(header)} tensors, "
+            f"e.g. {sorted(header)[:3]}): it is not this model's file (the other model's, or a LoRA?)."
+        )
+    problems = []
+    for key, shape in expected.items():
+        if key not in sources:
+            continue
+        stored_shape, stored_dtype = header[sources[key]]
+        if stored_shape != shape:
+            problems.append(f"{sources[key]}: {stored_shape} in the file, {shape} in the model")
+        elif stored_dtype is None or not stored_dtype.is_floating_point:
+            problems.append(f"{sources[key]}: not a floating-point tensor ({stored_dtype or 'unsupported dtype'})")
+    if problems:
+        raise ValueError(
+            f"The {what} checkpoint does not fit the config ({config_source}): {len(problems)} weight(s) of another "
+            f"shape or dtype, e.g. {problems[:10]}. Pass `config=` the folder, Hub repository or dict whose "
+            "config.json this file was saved with."
+        )
+
+
+def _empty_model(cls, config: Dict[str, Any], dtype: Optional[torch.dtype]):
+    """The model built from ``config`` without weights, as `from_pretrained` builds it (under ``dtype``)."""
+    import accelerate
+    from diffusers.models.modeling_utils import no_init_weights
+
+    previous = torch.get_default_dtype()
+    if dtype is not None:
+        torch.set_default_dtype(dtype)
+    try:
+        with no_init_weights(), accelerate.init_empty_weights():
+            return cls.from_config(config)
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def load_checked_model(
