@@ -4,7 +4,7 @@ Writes a random checkpoint laid out like the published `transformer/` folder (th
 width, 16 heads x 176 = 2816, with fewer layers: >= 1 GB in bfloat16), then loads it in fresh processes:
 
 - ours, in the file's dtype (bfloat16) and in float32: `RuyiTransformer3DModel.from_pretrained(root,
-  subfolder="transformer", dtype=...)`;
+  subfolder="transformer", dtype=...)`, and `from_single_file` of its weights file (`config=root`);
 - with ``--reference``, the original loader in the same run (`HunyuanTransformer3DModel.from_pretrained_2d` then
   `.to(dtype)`, as `predict_i2v.py` does), through `benchmarks/original_driver.py` and the original's own venv.
 
@@ -72,7 +72,7 @@ def _sample_peak(field: str, stop: threading.Event, peak: list) -> None:
         time.sleep(0.002)
 
 
-def worker(root: str, dtype_name: str) -> None:
+def worker(root: str, dtype_name: str, loader: str) -> None:
     import torch
 
     from diffusers_ruyi import RuyiTransformer3DModel
@@ -82,7 +82,12 @@ def worker(root: str, dtype_name: str) -> None:
     sampler = threading.Thread(target=_sample_peak, args=("RssAnon", stop, anon_peak), daemon=True)
     sampler.start()
     start = time.perf_counter()
-    model = RuyiTransformer3DModel.from_pretrained(root, subfolder="transformer", dtype=getattr(torch, dtype_name))
+    dtype = getattr(torch, dtype_name)
+    if loader == "from_single_file":
+        weights_file = pathlib.Path(root) / "transformer" / "diffusion_pytorch_model.safetensors"
+        model = RuyiTransformer3DModel.from_single_file(weights_file, config=root, dtype=dtype)
+    else:
+        model = RuyiTransformer3DModel.from_pretrained(root, subfolder="transformer", dtype=dtype)
     seconds = time.perf_counter() - start
     # Weights mapped from the file are only read when first used: read each once, as a first forward pass would.
     for tensor in model.state_dict().values():
@@ -108,7 +113,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="reuse (or create) the random checkpoint here instead of a temp dir")
     parser.add_argument("--reference", help="a checkout of the original Ruyi-Models, to time its loader too")
     parser.add_argument("--reference-python", help="the interpreter of the original's venv")
-    parser.add_argument("--worker", nargs=2, metavar=("ROOT", "DTYPE"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=3, metavar=("ROOT", "DTYPE", "LOADER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(*args.worker)
@@ -124,8 +129,9 @@ def main() -> None:
         print(f"checkpoint: {root / 'transformer'} ({size:.0f} MB, bfloat16)\n")
         rows = []
         for dtype in ("bfloat16", "float32"):
-            cmd = [sys.executable, __file__, "--worker", str(root), dtype]
-            rows.append(("diffusers-ruyi", dtype, run_worker(cmd, what=f"loader ({dtype})")))
+            for loader in ("from_pretrained", "from_single_file"):
+                cmd = [sys.executable, __file__, "--worker", str(root), dtype, loader]
+                rows.append((f"diffusers-ruyi `{loader}`", dtype, run_worker(cmd, what=f"{loader} ({dtype})")))
             if args.reference:
                 cmd = [
                     args.reference_python,

@@ -150,6 +150,7 @@ def doc_env(tmp_path, monkeypatch):
 
     cache = tmp_path / "hf-cache"
     hub_cache_snapshot(cache, "user/ruyi-lora", LORA, "x.safetensors")  # the LoRA page's example repository
+    hub_cache_snapshot(cache, HUB_ID, TINY)  # file URLs into the published repository (`from_single_file`)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
     _lora_files()
     return tmp_path
