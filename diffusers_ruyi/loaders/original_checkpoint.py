@@ -260,8 +260,13 @@ SUPPORTED_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat1
 
 
 def _one_dtype(value: Any, name: str) -> Optional[torch.dtype]:
-    if value is None or value in ("auto", "default"):
+    if value is None:
         return None
+    if value == "auto":  # transformers' "the checkpoint's dtype"; diffusers falls back to float32 with a warning
+        raise ValueError(
+            f"`{name}='auto'` is not supported: the dtype is not guessed from the files. Pass torch.bfloat16 (the "
+            "published checkpoint's and `predict_i2v.py`'s) or torch.float32 (the default)."
+        )
     if isinstance(value, str):
         key = value[len("torch.") :] if value.startswith("torch.") else value
         key = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}.get(key, key)

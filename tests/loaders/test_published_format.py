@@ -254,10 +254,18 @@ def test_resolve_dtype(value, expected):
     assert resolve_dtype(torch_dtype=value) == expected
 
 
-@pytest.mark.parametrize("value", [torch.float8_e4m3fn, "float8", torch.int8, "bfloat17", 3])
+@pytest.mark.parametrize("value", [torch.float8_e4m3fn, "float8", torch.int8, "bfloat17", 3, "default"])
 def test_resolve_dtype_refuses(value):
     with pytest.raises(ValueError, match="must be one of"):
         resolve_dtype(value)
+
+
+def test_dtype_auto_is_refused_not_float32_in_silence():
+    # transformers reads "auto" as the checkpoint's dtype (bfloat16 here); float32 would double the memory unasked.
+    with pytest.raises(ValueError, match=r"`torch_dtype='auto'` is not supported: the dtype is not guessed"):
+        resolve_dtype(torch_dtype="auto")
+    with pytest.raises(ValueError, match=r"`dtype\['vae'\]='auto'` is not supported"):
+        resolve_dtype({"vae": "auto"})
 
 
 def test_resolve_dtype_conflict():
