@@ -34,6 +34,7 @@ import functools
 import inspect
 import logging
 import os
+import posixpath
 import re
 import sys
 from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple, Union
@@ -49,6 +50,7 @@ from .original_checkpoint import (
     check_loaded_keys,
     check_local_source,
     check_model_folder,
+    hf_download_command,
     hub_download_errors,
     local_folder,
     original_model_config,
@@ -209,18 +211,22 @@ class RuyiModelLoadingMixin:
                 float32, float16 or bfloat16 (or the name); torch's default dtype (float32) when not given, whatever
                 the file stores, as `from_pretrained`. `torch_dtype` is an alias.
             device (`str` or `torch.device`, *optional*):
-                The device the weights are moved to once read (they are read on the CPU); `"cpu"` when not given.
+                The device the weights are put on (a file is read on the CPU first; a state dict is copied straight
+                there); `"cpu"` when not given.
             kwargs:
-                The Hub arguments `cache_dir`, `force_download`, `proxies`, `local_files_only`, `token` and
-                `revision` (the config's revision; a URL names its file's). For `device_map`, `quantization_config`
+                The Hub arguments `cache_dir`, `force_download`, `proxies` (which huggingface_hub 1.0 and later
+                ignore, with a warning), `local_files_only`, `token` and `revision` (the config's revision; a URL
+                names its file's). For `device_map`, `quantization_config`
                 and diffusers' other loading options, load the folder with `from_pretrained`.
 
         The result equals `from_pretrained` of the same weights and config, and the same rules apply: safetensors
-        only (a pickle `.bin`/`.ckpt` is refused); every argument, the config and the file's header (its names,
-        shapes and dtypes) are checked before any weight is read or downloaded; a weight of another shape or a
-        non-floating one is a `ValueError` that counts them and names the first ten, a missing weight one that lists
-        every one; tensors the model does not have are not read, and named in one warning (except the original's
-        fixed temporal tables, skipped without a word).
+        only (a pickle `.bin`/`.ckpt` is refused); the arguments and the config are checked before anything is
+        downloaded, and the file's header (its names, shapes and dtypes) before any weight is read (a Hub file is
+        downloaded, or found in the cache, first); a weight of another shape or a non-floating one is a `ValueError`
+        that counts them and names the first ten, a missing weight one that lists every one; tensors the model does
+        not have are not read, and named in one warning (except the original's fixed temporal tables and the fused
+        projections a model saved after `fuse_qkv_projections()` holds, skipped without a word as by
+        `from_pretrained`).
 
         Examples:
 
@@ -254,7 +260,7 @@ class RuyiModelLoadingMixin:
             state_dict, where = _checked_state_dict(source), "the given state dict"
             local_path = hub_file = None
         elif isinstance(source, (str, os.PathLike)):
-            state_dict, where = None, str(source)
+            state_dict, where = None, os.fspath(source)
             local_path, hub_file = _single_file_location(where)
         else:
             raise TypeError(
@@ -270,7 +276,8 @@ class RuyiModelLoadingMixin:
 
             repo_id, filename, revision = hub_file
             hub_kwargs = {key: kwargs[key] for key in _SINGLE_FILE_HUB_KWARGS if key in kwargs and key != "revision"}
-            with hub_download_errors(where, kwargs, f"hf download {repo_id} {filename}", "a local file"):
+            command = hf_download_command(repo_id, filename, {**hub_kwargs, "revision": revision})
+            with hub_download_errors(where, kwargs, command, "a local file"):
                 local_path = hf_hub_download(repo_id, filename, revision=revision, **hub_kwargs)
         if local_path is not None:
             header = read_safetensors_shapes(local_path)
@@ -280,7 +287,12 @@ class RuyiModelLoadingMixin:
         # Every check on the names, shapes and dtypes, before a weight is read.
         what = f"{name} ({where})"
         rename = ORIGINAL_KEY_RENAMES[model_type]
-        sources = {rename(key): key for key in header}  # model key -> key in the file
+        # Model key -> key in the file. Where a file holds a key in both spellings, the original's wins, as in
+        # `from_pretrained` (which renames it over the other).
+        sources = {}
+        for key in header:
+            if key != rename(key) or key not in sources:
+                sources[rename(key)] = key
         expected = {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
         _check_single_file_tensors(what, config_source, header, sources, expected)
         ignored = [re.compile(pattern) for pattern in cls._keys_to_ignore_on_load_unexpected or []]
@@ -300,8 +312,8 @@ class RuyiModelLoadingMixin:
             weights = {key: tensors.pop(sources[key]) for key in expected}
         else:
             stored = stored_temporal_table_dtype(state_dict, [], state_dict)
-            # A copy (cast or not): the model must not share the caller's tensors.
-            weights = {key: state_dict[sources[key]].to(target, copy=True) for key in expected}
+            # A copy (cast or not) made where the weights go: the model must not share the caller's tensors.
+            weights = {key: state_dict[sources[key]].to(device, target, copy=True) for key in expected}
         if model_type == "transformer" and model.config.get("temporal_embedding_dtype") is None and stored:
             model.register_to_config(temporal_embedding_dtype=stored)
         from diffusers.models.model_loading_utils import load_model_dict_into_meta
@@ -326,10 +338,13 @@ class RuyiModelLoadingMixin:
             if converted is not None:
                 loaded = {"_class_name": cls.__name__, **converted}
         elif config is not None and os.path.isfile(config):
-            found = f"{str(config)!r}"
-            loaded = cls.load_config(config)
+            found = f"{os.fspath(config)!r}"
+            loaded = cls.load_config(os.fspath(config))
         else:
-            source = PUBLISHED_REPO_ID if config is None else str(config)
+            source = PUBLISHED_REPO_ID if config is None else os.fspath(config)
+            if subfolder is not None:  # "transformer/", "./transformer": one spelling, as the Hub's file filter needs
+                normalized = posixpath.normpath(subfolder.replace("\\", "/"))
+                subfolder = "" if normalized == "." else normalized
             candidates = (subfolder,) if subfolder is not None else ("", *_CONFIG_SUBFOLDERS[cls._original_model_type])
             patterns = [f"{c}/config.json" if c else "config.json" for c in candidates]
             hub_kwargs = {key: kwargs[key] for key in _SINGLE_FILE_HUB_KWARGS if key in kwargs}
@@ -379,7 +394,7 @@ def _load_device(device: Union[str, torch.device, None]) -> torch.device:
         raise ValueError("`device='meta'` keeps no weights; load on a real device (or build the model on meta).")
     try:
         torch.empty(0, device=device)  # an absent device (CUDA without a GPU, index past the last) fails here
-    except (RuntimeError, AssertionError, ValueError) as e:
+    except Exception as e:  # what each backend raises differs (RuntimeError, AssertionError, ModuleNotFoundError, ...)
         raise ValueError(f"`device` {str(device)!r} is not available here: {e}") from None
     return device
 
@@ -394,6 +409,12 @@ def _checked_state_dict(state_dict: Mapping[Any, Any]) -> Mapping[str, torch.Ten
     return state_dict
 
 
+def _hub_url_hosts() -> Tuple[str, ...]:
+    from huggingface_hub import constants
+
+    return (*_HUB_HOSTS, (urlparse(constants.ENDPOINT).hostname or "").lower())
+
+
 def _single_file_location(source: str) -> Tuple[Optional[str], Optional[Tuple[str, str, Optional[str]]]]:
     """(local path, None) for a local file, or (None, (repo id, file in it, revision)) for a Hub file URL
     (`https://huggingface.co/<owner>/<name>/blob/<revision>/<path>`, `resolve` for `blob`, or without both as
@@ -402,35 +423,38 @@ def _single_file_location(source: str) -> Tuple[Optional[str], Optional[Tuple[st
         raise ValueError(
             f"{source!r} is a folder; `from_single_file` reads one weights file. Load a folder with `from_pretrained`."
         )
-    local = os.path.isfile(source)
+    # A URL has a scheme, or starts with a Hub host (diffusers accepts "huggingface.co/..."); anything else is a path.
+    hosts = _hub_url_hosts()
     parsed = urlparse(source if "://" in source else f"https://{source}")
-    path = source if local else parsed.path  # without a URL's query (`?download=true`) or fragment
+    host = (parsed.hostname or "").lower().removeprefix("www.")
+    is_url = not os.path.isfile(source) and ("://" in source or (host in hosts and source.lower().startswith(host)))
+    path = parsed.path if is_url else source  # without a URL's query (`?download=true`) or fragment
     if path.endswith(".safetensors.index.json"):
         raise ValueError(f"{source!r} is the index of a sharded checkpoint; load its folder with `from_pretrained`.")
     if not path.endswith(".safetensors"):
         raise ValueError(
             f"{source!r} is not a .safetensors file; diffusers-ruyi loads model weights from safetensors only."
         )
-    if local:
+    if not is_url:
+        if not os.path.isfile(source):
+            raise FileNotFoundError(f"{source!r} is not an existing file (nor a Hugging Face Hub file URL).")
         return source, None
-    from huggingface_hub import constants
-
-    host = (parsed.hostname or "").lower().removeprefix("www.")
-    if parsed.scheme not in ("http", "https") or host not in (*_HUB_HOSTS, urlparse(constants.ENDPOINT).hostname):
-        raise FileNotFoundError(
-            f"{source!r} is not an existing file, nor a Hugging Face Hub file URL; check the path."
-        )
+    if parsed.scheme not in ("http", "https") or host not in hosts:
+        raise FileNotFoundError(f"{source!r} is not a Hugging Face Hub file URL (nor an existing file).")
     parts = [unquote(part) for part in parsed.path.split("/") if part]
+    if parts[:1] in (["datasets"], ["spaces"]):
+        raise ValueError(f"{source!r} is in a {parts[0][:-1]} repository; model weights are in model repositories.")
     revision, rest = None, parts[2:]
-    if len(parts) > 2 and parts[2] in ("blob", "resolve"):
+    if parts[2:3] in (["blob"], ["resolve"]):
         # A branch, tag or commit; `refs/pr/N` (and `refs/convert/...`) has its slashes unencoded in the Hub's links.
-        length = 3 if parts[3:5] in (["refs", "pr"], ["refs", "convert"]) else 1
+        length = 3 if parts[3:5] in (["refs", "pr"], ["refs", "convert"], ["refs", "heads"]) else 1
         revision, rest = "/".join(parts[3 : 3 + length]), parts[3 + length :]
-    if not rest or ".." in rest:
+    filename = "/".join(rest)
+    if not rest or parts[2] in ("tree", "raw", "commit") or ".." in filename.split("/"):
         raise ValueError(
             f"{source!r} is not a Hub file URL: expected https://huggingface.co/<owner>/<name>/blob/<revision>/<path>."
         )
-    return None, (f"{parts[0]}/{parts[1]}", "/".join(rest), revision)
+    return None, (f"{parts[0]}/{parts[1]}", filename, revision)
 
 
 def _check_single_file_tensors(

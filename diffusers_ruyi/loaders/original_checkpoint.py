@@ -329,9 +329,20 @@ def local_folder(
     elif subfolder:
         download_kwargs["allow_patterns"] = [f"{subfolder}/*"]
     # With `allow_patterns` (config files), the command fetches every config, a few kB, rather than the weights.
-    command = f"hf download {path}" + (" --include '*config.json'" if allow_patterns else "")
+    command = hf_download_command(path, "--include '*config.json'" if allow_patterns else "", hub_kwargs)
     with hub_download_errors(path, hub_kwargs, command, local):
         return os.path.join(snapshot_download(path, **download_kwargs), subfolder)
+
+
+def hf_download_command(repo_id: str, what: str, hub_kwargs: Dict[str, Any]) -> str:
+    """The `hf download` command that fetches ``what`` (files or options) of ``repo_id`` where loading looks for it:
+    the same revision and cache."""
+    command = " ".join(filter(None, ["hf download", repo_id, what]))
+    if hub_kwargs.get("revision"):
+        command += f" --revision {hub_kwargs['revision']}"
+    if hub_kwargs.get("cache_dir"):
+        command += f" --cache-dir {hub_kwargs['cache_dir']}"
+    return command
 
 
 @contextlib.contextmanager

@@ -19,6 +19,16 @@ WEIGHTS = "diffusion_pytorch_model.safetensors"
 WARNINGS = "diffusers_ruyi.loaders.original_checkpoint"  # where `check_loaded_keys` names unused tensors
 
 
+class _PathLike:
+    """An `os.PathLike` that is not a `pathlib.Path` (whose `str()` is not its path)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __fspath__(self):
+        return str(self.path)
+
+
 def assert_same_model(loaded, reference):
     expected = reference.state_dict()
     state = loaded.state_dict()
@@ -37,7 +47,7 @@ def checkpoint(request, tiny_checkpoint, tiny_realfmt_checkpoint):
     return tiny_checkpoint if request.param == "golden" else tiny_realfmt_checkpoint
 
 
-@pytest.mark.parametrize("dtype", [None, torch.bfloat16], ids=["default-dtype", "bfloat16"])
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16, torch.float16], ids=["default-dtype", "bfloat16", "float16"])
 @pytest.mark.parametrize("model_cls, subfolder", MODELS, ids=["transformer", "vae"])
 def test_a_file_loads_as_from_pretrained_loads_its_folder(checkpoint, model_cls, subfolder, dtype):
     reference = model_cls.from_pretrained(checkpoint, subfolder=subfolder, dtype=dtype)
@@ -55,7 +65,7 @@ def test_a_file_loads_as_from_pretrained_loads_its_folder(checkpoint, model_cls,
 def test_a_state_dict_loads_the_same_and_shares_nothing(checkpoint, model_cls, subfolder):
     state_dict = load_file(str(checkpoint / subfolder / WEIGHTS))
     before = {key: value.clone() for key, value in state_dict.items()}
-    for dtype in (None, "float16"):
+    for dtype in (None, "float16", "bfloat16"):
         loaded = model_cls.from_single_file(state_dict, config=checkpoint / subfolder, dtype=dtype)
         assert_same_model(loaded, model_cls.from_pretrained(checkpoint, subfolder=subfolder, dtype=dtype))
         assert loaded.config._name_or_path == "the given state dict"
@@ -67,23 +77,27 @@ def test_a_state_dict_loads_the_same_and_shares_nothing(checkpoint, model_cls, s
     assert all(torch.equal(state_dict[key], value) for key, value in before.items())
 
 
-def test_the_default_dtype_is_the_models_as_in_from_pretrained(tiny_realfmt_checkpoint, tmp_path):
+@pytest.mark.parametrize("as_state_dict", [False, True], ids=["file", "state-dict"])
+def test_the_default_dtype_is_the_models_as_in_from_pretrained(tiny_realfmt_checkpoint, tmp_path, as_state_dict):
+    # float64 weights that float32 cannot hold: loaded under a float64 default dtype, they must not round through it.
+    folder = tmp_path / "vae"
+    folder.mkdir()
+    shutil.copy(tiny_realfmt_checkpoint / "vae" / "config.json", folder / "config.json")
     weights = load_file(str(tiny_realfmt_checkpoint / "vae" / WEIGHTS))
-    save_file({key: value.double() for key, value in weights.items()}, str(tmp_path / "vae.safetensors"))
+    weights = {key: value.double() + 1e-12 for key, value in weights.items()}
+    save_file(weights, str(folder / WEIGHTS))
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
+        reference = AutoencoderKLRuyiCausal3D.from_pretrained(folder)
         loaded = AutoencoderKLRuyiCausal3D.from_single_file(
-            tmp_path / "vae.safetensors", config=tiny_realfmt_checkpoint
+            weights if as_state_dict else folder / WEIGHTS, config=folder
         )
     finally:
         torch.set_default_dtype(previous)
+    assert_same_model(loaded, reference)
     assert {p.dtype for p in loaded.parameters()} == {torch.float64}
-    # Not rounded through float32 on the way: the file's float64 values, as they are.
-    loaded_weights = loaded.state_dict()
-    for key, value in weights.items():
-        key = original_checkpoint.convert_vae_key(key)
-        assert key not in loaded_weights or torch.equal(loaded_weights[key], value.double())
+    assert not torch.equal(loaded.encoder.conv_in.weight, loaded.encoder.conv_in.weight.float().double())
 
 
 @pytest.mark.parametrize("as_state_dict", [False, True], ids=["file", "state-dict"])
@@ -131,6 +145,9 @@ def test_the_config_is_found_however_it_is_given(tiny_realfmt_checkpoint, tmp_pa
     ]
     for options in configs:
         assert_same_model(RuyiTransformer3DModel.from_single_file(path, **options), reference)
+    # Any `os.PathLike`, for the file and for the config.
+    loaded = RuyiTransformer3DModel.from_single_file(_PathLike(path), config=_PathLike(tiny_realfmt_checkpoint))
+    assert_same_model(loaded, reference)
     # A folder with a config.json of its own is a model folder, whatever its sub-folders.
     shutil.copy(tiny_realfmt_checkpoint / "vae" / "config.json", tmp_path / "root" / "config.json")
     with pytest.raises(ValueError, match=r"from '.*root' is a 'AutoencoderKL' config, not a RuyiTransformer3DModel"):
@@ -167,22 +184,30 @@ def test_a_hub_config_downloads_only_config_files(tiny_realfmt_checkpoint, monke
             ),
         )
     ]
+    # A sub-folder is looked up in one spelling, as the Hub's file filter matches it.
+    for subfolder in ("transformer/", "./transformer", "transformer"):
+        calls.clear()
+        RuyiTransformer3DModel.from_single_file(
+            tiny_realfmt_checkpoint / "transformer" / WEIGHTS, config="someone/ruyi", subfolder=subfolder
+        )
+        assert calls == [("someone/ruyi", dict(allow_patterns=["transformer/config.json"]))]
 
 
 def test_without_config_the_published_repository_is_used(tiny_realfmt_checkpoint, tmp_path):
     path = tiny_realfmt_checkpoint / "vae" / WEIGHTS
     missing = (
         r"'IamCreateAI/Ruyi-Mini-7B' is not in the local Hugging Face cache .* \(`hf download IamCreateAI/Ruyi-Mini-7B "
-        r"--include '\*config.json'`\), or pass `config=` a local folder\."
+        r"--include '\*config.json'{}`\), or pass `config=` a local folder\."
     )
-    with pytest.raises(FileNotFoundError, match=missing):
+    with pytest.raises(FileNotFoundError, match=missing.format("")):
         AutoencoderKLRuyiCausal3D.from_single_file(path, local_files_only=True)
     cache = tmp_path / "cache"
     hub_cache_snapshot(cache, "IamCreateAI/Ruyi-Mini-7B", tiny_realfmt_checkpoint)
     reference = AutoencoderKLRuyiCausal3D.from_pretrained(tiny_realfmt_checkpoint, subfolder="vae")
     loaded = AutoencoderKLRuyiCausal3D.from_single_file(path, cache_dir=str(cache), local_files_only=True)
     assert_same_model(loaded, reference)
-    with pytest.raises(FileNotFoundError, match=missing):  # a revision of the config the cache does not hold
+    # A revision of the config the cache does not hold: the command fetches it into that cache.
+    with pytest.raises(FileNotFoundError, match=missing.format(f" --revision v2 --cache-dir {cache}")):
         AutoencoderKLRuyiCausal3D.from_single_file(path, cache_dir=str(cache), local_files_only=True, revision="v2")
 
 
@@ -199,11 +224,13 @@ URL_PATH = "transformer/diffusion_pytorch_model.safetensors"
         (f"https://huggingface.co/someone/ruyi-files/blob/refs%2Fpr%2F1/{URL_PATH}", "refs/pr/1"),
         (f"https://huggingface.co/someone/ruyi-files/blob/refs/pr/1/{URL_PATH}", "refs/pr/1"),
         (f"https://huggingface.co/someone/ruyi-files/{URL_PATH}", None),  # diffusers' short form
+        (f"https://hub.example.org/someone/ruyi-files/blob/main/{URL_PATH}", "main"),  # HF_ENDPOINT's host
     ],
-    ids=["blob", "resolve-query", "no-scheme", "http-www-fragment", "encoded-pr", "pr", "short"],
+    ids=["blob", "resolve-query", "no-scheme", "http-www-fragment", "encoded-pr", "pr", "short", "endpoint"],
 )
 def test_a_hub_file_url(tiny_realfmt_checkpoint, monkeypatch, url, revision):
     calls = []
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "https://hub.example.org")
 
     def hf_hub_download(repo_id, filename, **kwargs):
         calls.append((repo_id, filename, kwargs))
@@ -223,7 +250,10 @@ def test_a_hub_file_that_cannot_be_downloaded(tiny_realfmt_checkpoint, tmp_path,
     hub_cache_snapshot(cache, "someone/ruyi-files", tiny_realfmt_checkpoint)
     url = f"https://huggingface.co/someone/ruyi-files/blob/v2/{URL_PATH}"
     options = dict(config=tiny_realfmt_checkpoint, cache_dir=str(cache))
-    with pytest.raises(FileNotFoundError, match=rf"\(`hf download someone/ruyi-files {URL_PATH}`\), or pass a local"):
+    command = (
+        rf"\(`hf download someone/ruyi-files {URL_PATH} --revision v2 --cache-dir {cache}`\), or pass a local file"
+    )
+    with pytest.raises(FileNotFoundError, match=command):
         RuyiTransformer3DModel.from_single_file(url, **options)  # HF_HUB_OFFLINE=1
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     with pytest.raises(FileNotFoundError, match=r"downloading is off \(HF_HUB_OFFLINE=1 or local_files_only\)"):
@@ -241,14 +271,40 @@ def test_a_hub_file_that_cannot_be_downloaded(tiny_realfmt_checkpoint, tmp_path,
             RuyiTransformer3DModel.from_single_file(url, **options)
 
 
-def test_weights_the_model_does_not_have_are_not_read_and_named_in_a_warning(tiny_realfmt_checkpoint, tmp_path):
+def test_weights_the_model_does_not_have_are_not_read_and_named_in_a_warning(
+    tiny_realfmt_checkpoint, tmp_path, monkeypatch
+):
+    read = []
+    original_read = model_loading.read_safetensors
+
+    def spy(path, dtype=None, keys=None):
+        read.append(set(keys))
+        return original_read(path, dtype=dtype, keys=keys)
+
+    monkeypatch.setattr(model_loading, "read_safetensors", spy)
     state_dict = load_file(str(tiny_realfmt_checkpoint / "vae" / WEIGHTS))
-    # A dtype this package does not read: fine, since it is not read.
-    save_file({**state_dict, "extra.meta": torch.zeros(4, dtype=torch.uint32)}, str(tmp_path / "extra.safetensors"))
+    # One a dtype this package does not read: fine, since it is not read.
+    extra = {"extra.meta": torch.zeros(4, dtype=torch.uint32), "extra.weight": torch.zeros(2)}
+    save_file({**state_dict, **extra}, str(tmp_path / "extra.safetensors"))
     for source in ({**state_dict, "extra.weight": torch.zeros(2)}, tmp_path / "extra.safetensors"):
         with logged(WARNINGS, logging.WARNING) as records:
             AutoencoderKLRuyiCausal3D.from_single_file(source, config=tiny_realfmt_checkpoint)
-        assert [r.getMessage() for r in records if "extra." in r.getMessage()]
+        assert len(records) == 1 and "extra.weight" in records[0].getMessage()
+    assert read == [set(state_dict)]  # the file's own keys, the model's weights only
+
+
+def test_a_key_in_both_spellings_loads_the_originals_as_from_pretrained(tiny_realfmt_checkpoint, tmp_path):
+    weights = load_file(str(tiny_realfmt_checkpoint / "vae" / WEIGHTS))
+    original_key = "decoder.mid_block.attentions.0.to_out.weight"
+    renamed = {original_checkpoint.convert_vae_key(original_key): torch.full_like(weights[original_key], 7.0)}
+    folder = tmp_path / "vae"
+    folder.mkdir()
+    shutil.copy(tiny_realfmt_checkpoint / "vae" / "config.json", folder / "config.json")
+    save_file({**weights, **renamed}, str(folder / WEIGHTS))
+    reference = AutoencoderKLRuyiCausal3D.from_pretrained(folder)
+    assert torch.equal(reference.decoder.mid_block.attentions[0].to_out[0].weight, weights[original_key])
+    for source in (folder / WEIGHTS, {**renamed, **weights}, {**weights, **renamed}):
+        assert_same_model(AutoencoderKLRuyiCausal3D.from_single_file(source, config=folder), reference)
 
 
 @pytest.fixture
@@ -268,8 +324,11 @@ def test_a_checkpoint_that_does_not_fit_is_refused_before_reading(
 ):
     path = tiny_realfmt_checkpoint / "transformer" / WEIGHTS
     published = json.loads((real_checkpoint_dir / "transformer_config.json").read_text())
-    with pytest.raises(ValueError, match=r"does not fit the config \(the given config dict\): 263 weight\(s\) of"):
+    with pytest.raises(
+        ValueError, match=r"does not fit the config \(the given config dict\): 263 weight\(s\) of"
+    ) as error:
         RuyiTransformer3DModel.from_single_file(path, config=published)
+    assert str(error.value).count(" in the model") == 10  # the first ten named
     state_dict = load_file(str(path))
     last = sorted(state_dict)[-1]  # every weight is checked, the last one too
     weights = {
@@ -285,9 +344,9 @@ def test_a_checkpoint_that_does_not_fit_is_refused_before_reading(
         assert f"{last}: (3,) in the file" in str(error.value)
         assert "pos_embed.proj.bias: (64,) in the file, (32,) in the model" in str(error.value)
         assert "proj_out.bias: not a floating-point tensor (torch.int64)" in str(error.value)
-    del state_dict["proj_out.weight"]
+    del state_dict["proj_out.weight"], state_dict["proj_out.bias"]
     save_file(state_dict, str(tmp_path / "partial.safetensors"))
-    with pytest.raises(ValueError, match=r"Missing keys \(1\): \['proj_out.weight'\]"):
+    with pytest.raises(ValueError, match=r"Missing keys \(2\): \['proj_out.bias', 'proj_out.weight'\]"):
         RuyiTransformer3DModel.from_single_file(tmp_path / "partial.safetensors", config=tiny_realfmt_checkpoint)
     with pytest.raises(ValueError, match=r"holds none of the model's \d+ weights .* not this model's file"):
         RuyiTransformer3DModel.from_single_file(
@@ -337,6 +396,7 @@ def test_bad_arguments_are_refused_before_anything_loads(tiny_realfmt_checkpoint
         ),
         (ValueError, r"`subfolder` must be a relative path inside `config`, got '\.\./vae'", dict(subfolder="../vae")),
         (ValueError, r"`subfolder` must be a relative path inside `config`", dict(subfolder=str(tmp_path))),
+        (ValueError, r"`subfolder` must be a relative path inside `config`", dict(subfolder="vae\\..\\..")),
         (TypeError, r"`device` must be a str or torch.device", dict(device=0.5)),
         (ValueError, r"`device` 'gpu' is not a device", dict(device="gpu")),
         (ValueError, r"`device='meta'` keeps no weights", dict(device="meta")),
@@ -359,8 +419,22 @@ def test_bad_arguments_are_refused_before_anything_loads(tiny_realfmt_checkpoint
             tmp_path / "model.safetensors.index.json",
         ),
         (ValueError, r"is a folder; `from_single_file` reads one weights file", tiny_realfmt_checkpoint),
-        (FileNotFoundError, r"is not an existing file, nor a Hugging Face Hub file URL", tmp_path / "no.safetensors"),
-        (FileNotFoundError, r"nor a Hugging Face Hub file URL", "https://example.com/a/b/blob/main/w.safetensors"),
+        (
+            FileNotFoundError,
+            r"is not an existing file \(nor a Hugging Face Hub file URL\)",
+            tmp_path / "no.safetensors",
+        ),
+        (FileNotFoundError, r"is not an existing file", "diffusion_pytorch_model.safetensors"),  # not a host
+        (FileNotFoundError, r"is not an existing file", "C:\\Ruyi\\transformer\\diffusion_pytorch_model.safetensors"),
+        (FileNotFoundError, r"is not an existing file", "run#2/diffusion_pytorch_model.safetensors"),
+        (FileNotFoundError, r"is not a Hugging Face Hub file URL", "https://example.com/a/b/blob/main/w.safetensors"),
+        (
+            ValueError,
+            r"is in a dataset repository; model weights are in model",
+            "https://huggingface.co/datasets/a/b/blob/main/w.safetensors",
+        ),
+        (ValueError, r"is not a Hub file URL", "https://huggingface.co/a/b/tree/main/w.safetensors"),
+        (ValueError, r"is not a Hub file URL", "https://huggingface.co/a/b/blob/main/sub/..%2Fw.safetensors"),
         (
             ValueError,
             r"is not a Hub file URL: expected https://huggingface.co/<owner>/<name>/blob/",
