@@ -426,8 +426,11 @@ def _single_file_location(source: str) -> Tuple[Optional[str], Optional[Tuple[st
     # A URL has a scheme, or starts with a Hub host (diffusers accepts "huggingface.co/..."); anything else is a path.
     hosts = _hub_url_hosts()
     parsed = urlparse(source if "://" in source else f"https://{source}")
-    host = (parsed.hostname or "").lower().removeprefix("www.")
-    is_url = not os.path.isfile(source) and ("://" in source or (host in hosts and source.lower().startswith(host)))
+    full_host = (parsed.hostname or "").lower()
+    host = full_host.removeprefix("www.")
+    is_url = not os.path.isfile(source) and (
+        "://" in source or (host in hosts and source.lower().startswith(full_host))
+    )
     path = parsed.path if is_url else source  # without a URL's query (`?download=true`) or fragment
     if path.endswith(".safetensors.index.json"):
         raise ValueError(f"{source!r} is the index of a sharded checkpoint; load its folder with `from_pretrained`.")

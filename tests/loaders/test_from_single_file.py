@@ -220,13 +220,24 @@ URL_PATH = "transformer/diffusion_pytorch_model.safetensors"
         (f"https://huggingface.co/someone/ruyi-files/blob/main/{URL_PATH}", "main"),
         (f"https://huggingface.co/someone/ruyi-files/resolve/main/{URL_PATH}?download=true", "main"),
         (f"hf.co/someone/ruyi-files/blob/main/{URL_PATH}", "main"),
+        (f"www.huggingface.co/someone/ruyi-files/blob/main/{URL_PATH}", "main"),
         (f"http://www.HuggingFace.co/someone/ruyi-files/blob/v1.0/{URL_PATH}#L1", "v1.0"),
         (f"https://huggingface.co/someone/ruyi-files/blob/refs%2Fpr%2F1/{URL_PATH}", "refs/pr/1"),
         (f"https://huggingface.co/someone/ruyi-files/blob/refs/pr/1/{URL_PATH}", "refs/pr/1"),
         (f"https://huggingface.co/someone/ruyi-files/{URL_PATH}", None),  # diffusers' short form
         (f"https://hub.example.org/someone/ruyi-files/blob/main/{URL_PATH}", "main"),  # HF_ENDPOINT's host
     ],
-    ids=["blob", "resolve-query", "no-scheme", "http-www-fragment", "encoded-pr", "pr", "short", "endpoint"],
+    ids=[
+        "blob",
+        "resolve-query",
+        "no-scheme",
+        "www-no-scheme",
+        "http-www-fragment",
+        "encoded-pr",
+        "pr",
+        "short",
+        "endpoint",
+    ],
 )
 def test_a_hub_file_url(tiny_realfmt_checkpoint, monkeypatch, url, revision):
     calls = []
