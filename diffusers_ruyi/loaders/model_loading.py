@@ -305,13 +305,12 @@ class RuyiModelLoadingMixin:
 
         # As `from_pretrained`: the model's dtype is `dtype`, else the default dtype it was built in.
         target = torch_dtype or torch.get_default_dtype()
+        stored = stored_temporal_table_dtype({key: dtype for key, (_, dtype) in header.items()}, [], header)
         if local_path is not None:
-            stored = stored_temporal_table_dtype(None, [local_path], list(header))
             # Only the weights the model has, cast while read: the peak is the loaded weights, not them and the file.
             tensors = read_safetensors(local_path, dtype=target, keys=[sources[key] for key in expected])
             weights = {key: tensors.pop(sources[key]) for key in expected}
         else:
-            stored = stored_temporal_table_dtype(state_dict, [], state_dict)
             # A copy (cast or not) made where the weights go: the model must not share the caller's tensors.
             weights = {key: state_dict[sources[key]].to(device, target, copy=True) for key in expected}
         if model_type == "transformer" and model.config.get("temporal_embedding_dtype") is None and stored:

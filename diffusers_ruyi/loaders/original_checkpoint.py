@@ -786,13 +786,15 @@ def stored_temporal_table_dtype(
     state_dict: Optional[Dict[str, Any]], files: Iterable[Any], keys: Iterable[str]
 ) -> Optional[str]:
     """The half-precision dtype (``"bfloat16"``, ``"float16"``) an original transformer checkpoint stores its fixed
-    temporal tables (``blocks.N.t_embed.pe``) in, or None (none stored, or in float32). Read from ``state_dict`` when
-    it is loaded, else from the safetensors headers of ``files`` (no tensor is read)."""
+    temporal tables (``blocks.N.t_embed.pe``) in, or None (none stored, or in float32). Read from ``state_dict`` (its
+    tensors, or only their dtypes) when it is loaded, else from the safetensors headers of ``files`` (no tensor is
+    read)."""
     key = next((k for k in keys if _TEMPORAL_TABLE_KEY.match(k)), None)
     if key is None:
         return None
     if state_dict is not None and key in state_dict:
-        return _STORED_TABLE_DTYPES.get(state_dict[key].dtype)
+        value = state_dict[key]
+        return _STORED_TABLE_DTYPES.get(value.dtype if isinstance(value, torch.Tensor) else value)
     from safetensors import safe_open
 
     for path in files:

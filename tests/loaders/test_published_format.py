@@ -462,6 +462,7 @@ def test_stored_temporal_table_dtype_from_a_state_dict_or_the_headers(tmp_path):
     assert stored_temporal_table_dtype({key: table.bfloat16()}, [], [key]) == "bfloat16"
     assert stored_temporal_table_dtype({key: table.half()}, [], [key]) == "float16"
     assert stored_temporal_table_dtype({key: table}, [], [key]) is None  # float32: exact, as computed
+    assert stored_temporal_table_dtype({key: torch.bfloat16}, [], [key]) == "bfloat16"  # a header's dtypes only
     assert stored_temporal_table_dtype({}, [], ["blocks.3.attn1.to_q.weight"]) is None  # no table stored
     # Shards are not loaded up front: the header of the one that holds a table says.
     save_file({"other": table}, str(tmp_path / "a.safetensors"))
