@@ -25,6 +25,7 @@ from typing import List, Optional, Tuple, Union
 import torch
 
 from .._validation import check_int
+from ._common import move_to
 
 
 @dataclass
@@ -100,7 +101,7 @@ class LongSkipStack:
         last = getattr(self, memo)
         if last is not None and last[0]() is tensor:
             return last[1]
-        moved = tensor.to(device)
+        moved = move_to(tensor, device)
         # The source is held weakly so that the memo never keeps an activation alive on the device.
         setattr(self, memo, (weakref.ref(tensor), moved))
         return moved

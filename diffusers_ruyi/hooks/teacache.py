@@ -224,7 +224,7 @@ class RuyiTeaCacheHeadHook(_BlockHook):
         if state.accumulated_distance < config.threshold:
             return False
         state.accumulated_distance = 0.0
-        self._store(state, modulated, hidden_states.clone())
+        self._store(state, modulated, hidden_states)
         return True
 
     def _modulated_input(self, module, args, kwargs, hidden_states: torch.Tensor) -> torch.Tensor:

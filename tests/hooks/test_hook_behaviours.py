@@ -42,6 +42,51 @@ def test_move_to_passes_none_through(device):
     assert move_to(tensor, torch.device("meta")).is_meta  # a device given: moved
 
 
+class _CudaStandIn:
+    """Records how it is moved: this machine has no CUDA tensor to move."""
+
+    is_cuda = True
+
+    def __init__(self):
+        self.calls = []
+
+    def to(self, device, **kwargs):
+        self.calls.append((device, kwargs))
+        return self
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda:0"])
+def test_move_to_copies_between_cuda_and_cpu_without_blocking(device):
+    # The hooks park activations on the CPU and read them back only on the device: a non-blocking copy (pinned host
+    # memory, ordered on the stream) gives the same values without stalling the host.
+    stand_in = _CudaStandIn()
+    assert move_to(stand_in, device) is stand_in
+    assert stand_in.calls == [(torch.device(device), {"non_blocking": True})]
+
+
+def test_move_to_copies_to_cuda_without_blocking_and_elsewhere_blocking(monkeypatch):
+    calls = []
+    real_to = torch.Tensor.to
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: calls.append((a, k)) or real_to(self, "cpu"))
+    move_to(torch.ones(2), "cuda")
+    move_to(torch.ones(2), "meta")
+    assert calls == [
+        ((torch.device("cuda"),), {"non_blocking": True}),
+        ((torch.device("meta"),), {"non_blocking": False}),
+    ]
+
+
+def test_skip_offload_moves_through_move_to(monkeypatch):
+    from diffusers_ruyi.hooks import RuyiSkipOffloadConfig, skip_offload
+
+    moved = []
+    monkeypatch.setattr(skip_offload, "move_to", lambda tensor, device: moved.append(device) or tensor)
+    stack = skip_offload.LongSkipStack(RuyiSkipOffloadConfig(group_size=1))
+    stack.push(torch.ones(1))
+    stack.pop(torch.device("cuda"))
+    assert moved == [torch.device("cpu"), torch.device("cuda")]
+
+
 def test_fp8_default_size_rule_is_the_originals():
     """Ruyi's rule at the published size: more than (lite) / at least (strong) 2816 * 2816 weight elements."""
     from diffusers_ruyi.hooks import select_fp8_modules
