@@ -97,11 +97,10 @@ def measure_phases(args) -> Tuple[Dict[str, int], Dict[str, int], Dict[str, Any]
         peaks["transformer"] = phase_peak(lambda: transformer(**inputs))
         # Long-skip offloading (the original's gpu_offload_steps): the parked activations go to the meta device,
         # which the tracker does not count, as it would not count the CPU's. The config refuses "meta" (real
-        # activations could not come back from it); fake ones can, so it is set after the config's checks.
+        # activations could not come back from it); fake ones can, so it is set on the model's checked copy.
         for group in (5, 1):
-            skip_offload = RuyiSkipOffloadConfig(group_size=group)
-            skip_offload.offload_device = torch.device("meta")
-            apply_ruyi_skip_offload(transformer, skip_offload)
+            apply_ruyi_skip_offload(transformer, RuyiSkipOffloadConfig(group_size=group))
+            transformer._skip_offload_config.offload_device = torch.device("meta")
             peaks[f"transformer_skip_offload_{group}"] = phase_peak(lambda: transformer(**inputs))
             if group == 1:
                 # diffusers' feed-forward chunking on top: one sample of the CFG batch at a time.

@@ -23,12 +23,20 @@ def check_int(
         raise ValueError(f"`{name}` must be <= {maximum:,}, got {value!r}.")
 
 
+# The largest frame side in pixels, over 3x the largest Ruyi makes (720p: 1280), so that a mistyped size is refused
+# here, not by the allocator after the models have run.
+MAX_FRAME_SIZE = 4096
+
+
 def check_frame_size(name: str, value) -> None:
-    """A frame's height or width in pixels: a positive multiple of 16 (8x VAE latents in patches of 2), a Python int."""
+    """A frame's height or width in pixels: a positive multiple of 16 (8x VAE latents in patches of 2) of at most
+    `MAX_FRAME_SIZE`, a Python int."""
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"`{name}` must be a positive multiple of 16, got {type(value).__name__} {value!r}.")
     if value <= 0 or value % 16:
         raise ValueError(f"`{name}` must be a positive multiple of 16, got {value!r}.")
+    if value > MAX_FRAME_SIZE:
+        raise ValueError(f"`{name}` must be at most {MAX_FRAME_SIZE} (Ruyi makes 360p to 720p videos), got {value!r}.")
 
 
 def check_real(
@@ -54,6 +62,17 @@ def check_real(
         else:
             bounds = f" <= {high:g}" if math.isfinite(high) else ""
         raise ValueError(f"`{name}` must be a finite number{bounds}{meaning}, got {value!r}.")
+
+
+def check_device_available(name: str, device) -> None:
+    """``device`` (a `torch.device`) exists on this machine: an absent one (CUDA without a GPU, an index past the
+    last) is a `ValueError` naming ``name`` here, not an error from inside torch after work was done."""
+    import torch
+
+    try:
+        torch.empty(0, device=device)
+    except Exception as error:  # each backend raises its own (RuntimeError, AssertionError, ModuleNotFoundError, ...)
+        raise ValueError(f"`{name}` {str(device)!r} is not available here: {error}") from None
 
 
 def check_bool(name: str, value) -> None:

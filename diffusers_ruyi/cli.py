@@ -52,6 +52,10 @@ MOTION_VALUES = ("1", "2", "3", "4", "auto")
 CAMERA_DIRECTIONS = ("static", "left", "right", "up", "down", "auto")
 MAX_FRAMES = 120  # the longest videos Ruyi-Mini-7B was trained on: the most frames of one segment
 MIN_BASE_RESOLUTION = 64  # a copy of `pipelines.controls.MIN_BASE_RESOLUTION`
+MAX_BASE_RESOLUTION = 2048  # a copy of `pipelines.controls.MAX_BASE_RESOLUTION`
+MAX_FRAME_SIZE = 4096  # a copy of `_validation.MAX_FRAME_SIZE`
+MAX_FPS = 240  # beyond it x264 writes files that players read back as 0 fps
+TEACACHE_SKIP_DEFAULTS = (3, 1)  # a copy of `RuyiTeaCacheConfig`'s skip_start_steps and skip_end_steps
 # The seeds `torch.Generator.manual_seed` takes (a signed or an unsigned 64-bit integer).
 SEED_RANGE = (-(2**63), 2**64 - 1)
 
@@ -97,7 +101,12 @@ def _int_at_least(minimum: int, expected: str, maximum: Optional[int] = None) ->
 
 
 _positive_int = _int_at_least(1, "a positive integer")
-_base_resolution = _int_at_least(MIN_BASE_RESOLUTION, f"an integer >= {MIN_BASE_RESOLUTION}")
+_base_resolution = _int_at_least(
+    MIN_BASE_RESOLUTION,
+    f"an integer from {MIN_BASE_RESOLUTION} to {MAX_BASE_RESOLUTION}",
+    maximum=MAX_BASE_RESOLUTION,
+)
+_frame_size = _int_at_least(1, f"a positive integer of at most {MAX_FRAME_SIZE}", maximum=MAX_FRAME_SIZE)
 _non_negative_int = _int_at_least(0, "an integer >= 0")
 
 
@@ -167,9 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--overwrite", action="store_true", help="Replace --output if it exists.")
     io.add_argument(
         "--fps",
-        type=_positive_int,
+        type=_int_at_least(1, f"an integer from 1 to {MAX_FPS}", maximum=MAX_FPS),
         default=None,
-        help="Frames per second of the mp4 (default 24; --extend: the video's).",
+        help=f"Frames per second of the mp4, 1 to {MAX_FPS} (default 24; --extend: the video's).",
     )
     io.add_argument(
         "--crf",
@@ -219,14 +228,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="Frames: 1 or a multiple of 8 up to --segment-frames; any number beyond, made in segments. With --extend: "
         "the frames to append (any number).",
     )
-    video.add_argument("--height", type=_positive_int, help="Height in pixels (multiple of 16); with --width.")
-    video.add_argument("--width", type=_positive_int, help="Width in pixels (multiple of 16); with --height.")
+    video.add_argument(
+        "--height",
+        type=_frame_size,
+        help=f"Height in pixels (multiple of 16, at most {MAX_FRAME_SIZE}); with --width.",
+    )
+    video.add_argument(
+        "--width", type=_frame_size, help=f"Width in pixels (multiple of 16, at most {MAX_FRAME_SIZE}); with --height."
+    )
     video.add_argument(
         "--base-resolution",
         type=_base_resolution,
         default=512,
-        help=f"Size when --height/--width are omitted: about its square in pixels (>= {MIN_BASE_RESOLUTION}; 384 to "
-        "896 work well).",
+        help=f"Size when --height/--width are omitted: about its square in pixels ({MIN_BASE_RESOLUTION} to "
+        f"{MAX_BASE_RESOLUTION}; 384 to 896 work well).",
     )
     video.add_argument(
         "--motion",
@@ -406,6 +421,18 @@ def check_output_path(flag: str, path: str, overwrite: bool, suffix: Optional[st
     problem = output_folder_problem(os.path.dirname(os.path.abspath(path)))
     if problem:
         raise CLIError(f"{flag} {path!r} {problem}")
+    # A name the file system cannot hold would fail at the final rename, after the whole run.
+    ancestor = _nearest_existing(os.path.dirname(os.path.abspath(path)))
+    try:
+        longest = os.pathconf(ancestor, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        longest = 255
+    for part in os.path.relpath(os.path.abspath(path), ancestor).split(os.sep):
+        if len(os.fsencode(part)) > longest:
+            raise CLIError(
+                f"{flag}: the name {part[:24]!r}... is {len(os.fsencode(part))} bytes long; this file system takes "
+                f"at most {longest}"
+            )
 
 
 def _env_flag(name: str) -> bool:
@@ -471,6 +498,8 @@ def check_args(args: argparse.Namespace) -> None:
     check_output_path("--output", args.output, args.overwrite, suffix=".mp4")
     if args.extend is not None:
         args.extend_info = check_video(args.extend)
+        if args.extend_info["fps"] is None and args.fps is None:
+            raise CLIError(f"--extend {args.extend!r}: its frame rate cannot be read; pass --fps")
     for flag, path in (("--image", args.image), ("--last-image", args.last_image)):
         if path is None:
             continue
@@ -485,8 +514,11 @@ def check_args(args: argparse.Namespace) -> None:
         if value is not None and value % 16:
             raise CLIError(f"{flag} must be a multiple of 16, got {value}")
     args.plan = plan_video(args)
-    if len(args.lora_weight) > len(args.lora):
-        raise CLIError("more --lora-weight values than --lora files")
+    if args.lora_weight and len(args.lora_weight) != len(args.lora):
+        raise CLIError(
+            f"{len(args.lora_weight)} --lora-weight values for {len(args.lora)} --lora files: give one per file, or "
+            "none (each 1.0)"
+        )
     for path in args.lora:
         check_lora_file(path)
     if args.cache == "none" and args.cache_threshold is not None:
@@ -508,6 +540,23 @@ def check_args(args: argparse.Namespace) -> None:
     ):
         if value is not None and args.enhance_a_video is None:
             raise CLIError(f"{flag} needs --enhance-a-video")
+    # Windows given explicitly that leave no step would turn the feature off without a word.
+    if args.enhance_skip_start is not None or args.enhance_skip_end is not None:
+        start, end = args.enhance_skip_start or 0, args.enhance_skip_end or 0
+        if start + end >= args.steps:
+            raise CLIError(
+                f"--enhance-skip-start {start} and --enhance-skip-end {end} leave none of the {args.steps} --steps to "
+                "enhance"
+            )
+    if args.cache_skip_start is not None or args.cache_skip_end is not None:
+        default_start, default_end = TEACACHE_SKIP_DEFAULTS
+        start = max(1, default_start if args.cache_skip_start is None else args.cache_skip_start)
+        end = max(1, default_end if args.cache_skip_end is None else args.cache_skip_end)
+        if start + end >= args.steps:
+            raise CLIError(
+                f"--cache-skip-start {start} and --cache-skip-end {end} (each at least 1) leave none of the "
+                f"{args.steps} --steps that TeaCache may skip"
+            )
     check_model(args.model)
     if args.device is not None and not _DEVICE_PATTERN.match(args.device):
         raise CLIError(f"--device {args.device!r} is not a device; use cpu, cuda, cuda:N, mps or xpu")
@@ -590,7 +639,9 @@ def check_video(path: str) -> Dict[str, Any]:
             f"--extend {path!r} is {width}x{height}: the continuation is written at the video's size, and H.264 "
             "(yuv420p) needs an even width and height"
         )
-    return {"frames": num_frames, "height": height, "width": width, "fps": meta.get("fps") or 24}
+    fps = meta.get("fps")
+    # None when the video's rate cannot be read (then --fps must say it); not replaced by a guess.
+    return {"frames": num_frames, "height": height, "width": width, "fps": fps if fps and fps > 0 else None}
 
 
 def plan_video(args: argparse.Namespace) -> list:
@@ -687,7 +738,8 @@ def _scheduler_before_loading(model: str):
 
 
 def check_steps(args: argparse.Namespace) -> None:
-    """`--steps` against `--scheduler` (DDIM takes at most its training steps), before the model loads."""
+    """`--steps` against `--scheduler` (at most the training steps, and what the sampler can schedule), before the
+    model loads."""
     import diffusers
 
     try:
@@ -706,10 +758,12 @@ def check_steps(args: argparse.Namespace) -> None:
             return e
         return None
 
+    most = scheduler.config.num_train_timesteps
+    if args.steps > most:  # refused for every sampler: a schedule of 10^9 steps would fill the memory first
+        raise CLIError(f"--steps {args.steps} is more than the schedule's {most} training steps: use at most {most}")
     error = refused(args.steps)
     if error is None:
         return
-    most = scheduler.config.num_train_timesteps
     fewer = args.steps > most
     fewest = None if fewer else next((n for n in range(args.steps + 1, most + 1) if refused(n) is None), None)
     hint = f"at most {most}" if fewer else f"at least {fewest}" if fewest else "other values"
@@ -962,7 +1016,10 @@ def merge_loras(pipe, paths: List[str], weights: List[float]) -> None:
         # In bfloat16 the same bits as the original. The adapter layers are dropped each time: the steps run on plain
         # weights, and the next LoRA does not load into merged layers (PEFT would unmerge them first, which does not
         # give the weights back exactly).
-        pipe.load_lora_weights(path, adapter_name=f"lora_{index}")
+        try:
+            pipe.load_lora_weights(path, adapter_name=f"lora_{index}")
+        except (ValueError, OSError, KeyError, RuntimeError) as error:
+            raise CLIError(f"--lora {path!r} could not be loaded: {_all_lines(error)}", EXIT_BAD_INPUT) from error
         pipe.fuse_lora(lora_scale=weight)
         pipe.unload_lora_weights()
 
@@ -973,7 +1030,7 @@ def _configure(pipe, args: argparse.Namespace, device, dtype, stage: _Stage) -> 
     if args.scheduler != "ddim":
         pipe.scheduler = getattr(diffusers, SCHEDULERS[args.scheduler]).from_config(pipe.scheduler.config)
     stage.name = "lora"
-    merge_loras(pipe, args.lora, args.lora_weight + [1.0] * (len(args.lora) - len(args.lora_weight)))
+    merge_loras(pipe, args.lora, args.lora_weight or [1.0] * len(args.lora))
     stage.name = "load"
     if args.cache == "first-block":
         from diffusers import FirstBlockCacheConfig
@@ -1119,6 +1176,7 @@ def _run(args: argparse.Namespace, progress: Progress, stage: _Stage) -> None:
         generator=_generator(args, device),
         output_type="np",
     ).frames[0]
+    check_finite_frames(frames, "the generated frames")
     _say_teacache_skips(pipe, args, progress)
     fps = args.fps or 24
 
@@ -1130,6 +1188,18 @@ def _run(args: argparse.Namespace, progress: Progress, stage: _Stage) -> None:
         f"wrote {args.output} ({len(frames)} frames, {frames.shape[2]}x{frames.shape[1]}, {fps} fps) in "
         f"{progress.elapsed():.1f} s total, {peak_memory(device)}"
     )
+
+
+def check_finite_frames(frames, what: str) -> None:
+    """Refuses to write frames holding NaN or infinite values: they would become a black or noisy video, exit 0."""
+    import numpy as np
+
+    if not np.isfinite(frames).all():
+        raise CLIError(
+            f"{what} hold NaN or infinite values (a --lora-weight or --enhance-a-video weight too large?); nothing "
+            "was written",
+            EXIT_FAILURE,
+        )
 
 
 def _say_teacache_skips(pipe, args: argparse.Namespace, progress: Progress, prefix: str = "") -> None:
@@ -1219,7 +1289,7 @@ def _run_segments(args: argparse.Namespace, pipe, device, progress: Progress, st
             size = out_size
         else:
             size = get_bucket_size(info["height"], info["width"], args.base_resolution)
-        fps = args.fps or info["fps"]
+        fps = args.fps or info["fps"]  # check_args made sure one of them is known
         context = collections.deque(maxlen=max(p.context_frames for p in plan))
     else:
         image = open_image(args.image, "--image")
@@ -1278,6 +1348,7 @@ def _run_segments(args: argparse.Namespace, pipe, device, progress: Progress, st
             stage.name = "generate"
             start = time.perf_counter()
             _, new = next(segments)
+            check_finite_frames(new, f"the generated frames of segment {segment.index + 1}")
             _say_teacache_skips(pipe, args, progress, prefix=f"segment {segment.index + 1}/{len(plan)}: ")
             stage.name = "write"
             if size != out_size:

@@ -10,6 +10,7 @@ options against them) before it imports torch.
 """
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -397,6 +398,10 @@ def _size(height, width, base_resolution, frame_height, frame_width) -> Tuple[in
         raise ValueError("Pass both `height` and `width`, or neither (then `base_resolution` picks them).")
     if height is None:
         return get_bucket_size(frame_height, frame_width, base_resolution)
+    # NumPy integers as Python ones, as the pipeline takes them (the check wants Python ints).
+    height, width = (
+        int(v) if isinstance(v, numbers.Integral) and not isinstance(v, bool) else v for v in (height, width)
+    )
     check_frame_size("height", height)
     check_frame_size("width", width)
     return height, width

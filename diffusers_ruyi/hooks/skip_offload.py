@@ -18,13 +18,14 @@ The first half of Ruyi's blocks hand their outputs to the second half through U-
 come back just before the block that merges them. Outputs are unchanged.
 """
 
+import dataclasses
 import weakref
 from dataclasses import dataclass
 from typing import List, Optional, Tuple, Union
 
 import torch
 
-from .._validation import check_int
+from .._validation import check_device_available, check_int
 from ._common import move_to
 
 
@@ -116,6 +117,8 @@ def apply_ruyi_skip_offload(module: torch.nn.Module, config: Optional[RuyiSkipOf
     Args:
         module (`torch.nn.Module`): The transformer.
         config ([`RuyiSkipOffloadConfig`], *optional*): The settings; one activation at a time to the CPU by default.
+            A checked copy is kept (later edits of `config` have no effect), and an `offload_device` this machine
+            does not have (`cuda` without a GPU) is a `ValueError` here.
 
     Example:
 
@@ -129,7 +132,10 @@ def apply_ruyi_skip_offload(module: torch.nn.Module, config: Optional[RuyiSkipOf
         raise TypeError(f"`config` must be a RuyiSkipOffloadConfig or None, got {type(config).__name__}.")
     if not hasattr(module, "_skip_offload_config"):
         raise ValueError(f"Long-skip offloading needs a RuyiTransformer3DModel, got {type(module).__name__}.")
-    module._skip_offload_config = config if config is not None else RuyiSkipOffloadConfig()
+    # A checked copy, as the caches take theirs: editing the caller's object afterwards changes nothing unchecked.
+    config = dataclasses.replace(config) if config is not None else RuyiSkipOffloadConfig()
+    check_device_available("offload_device", config.offload_device)  # here, not after the first blocks ran
+    module._skip_offload_config = config
 
 
 def remove_ruyi_skip_offload(module: torch.nn.Module) -> None:

@@ -19,7 +19,7 @@ from huggingface_hub.utils import validate_hf_hub_args
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
-from .._validation import check_real
+from .._validation import check_bool, check_real
 from .original_checkpoint import (
     _lora_target_modules,
     _lora_tensor_problem,
@@ -339,6 +339,11 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
         return_lora_metadata = kwargs.pop("return_lora_metadata", False)
         if kwargs:
             raise TypeError(f"Unexpected argument(s) for loading LoRA weights: {sorted(kwargs)}.")
+        if not isinstance(pretrained_model_name_or_path_or_dict, (str, os.PathLike, dict)):
+            raise TypeError(
+                "`pretrained_model_name_or_path_or_dict` must be a file, folder or hub id (str or os.PathLike) or a "
+                f"state dict, got {type(pretrained_model_name_or_path_or_dict).__name__}."
+            )
         if use_safetensors is False:
             raise ValueError(
                 "diffusers-ruyi loads LoRA weights from safetensors files only (`use_safetensors=False`)."
@@ -417,6 +422,8 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
                 lists the keys); nothing is loaded then.
         """
         low_cpu_mem_usage = kwargs.pop("low_cpu_mem_usage", _LOW_CPU_MEM_USAGE_DEFAULT_LORA)
+        check_bool("hotswap", hotswap)
+        check_bool("low_cpu_mem_usage", low_cpu_mem_usage)
         if isinstance(pretrained_model_name_or_path_or_dict, dict):
             pretrained_model_name_or_path_or_dict = pretrained_model_name_or_path_or_dict.copy()
 
@@ -438,22 +445,57 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
         adapter_weights: Optional[Union[float, Dict, List[float], List[Dict]]] = None,
     ) -> None:
         r"""
-        [`~loaders.lora_base.LoraBaseMixin.set_adapters`], with every weight checked to be a finite number first
-        (`fuse_lora(lora_scale=...)` refuses the same): a NaN weight would give a NaN video.
+        [`~loaders.lora_base.LoraBaseMixin.set_adapters`], with its arguments checked first: `adapter_names` are
+        loaded adapters, each named once; each weight is a finite number (`fuse_lora(lora_scale=...)` refuses the
+        same: a NaN weight would give a NaN video), `None`, or a dict `{"transformer": number}` (Ruyi has no other
+        LoRA component and no per-block weights).
         """
+        names = self._checked_adapter_names("adapter_names", adapter_names)
+        if len(set(names)) != len(names):
+            raise ValueError(f"`adapter_names` names an adapter twice: {names}.")
 
         def check(value: Any) -> None:
             if isinstance(value, dict):
-                for item in value.values():
-                    check(item)
-            elif isinstance(value, (list, tuple)):
-                for item in value:
-                    check(item)
+                unknown = sorted(repr(key) for key in value if key != self.transformer_name)
+                if unknown:
+                    raise ValueError(
+                        f"`adapter_weights` names no LoRA component of the pipeline: {', '.join(unknown)}; use "
+                        f"{{{self.transformer_name!r}: weight}} or a number."
+                    )
+                if value.get(self.transformer_name) is not None:
+                    check_real("adapter_weights", value[self.transformer_name])
             elif value is not None:
                 check_real("adapter_weights", value)
 
-        check(adapter_weights)
+        if isinstance(adapter_weights, (list, tuple)):
+            if len(adapter_weights) != len(names):
+                raise ValueError(
+                    f"`adapter_weights` has {len(adapter_weights)} entries for {len(names)} adapters; give one each."
+                )
+            for weight in adapter_weights:
+                check(weight)
+        else:
+            check(adapter_weights)
         return super().set_adapters(adapter_names, adapter_weights)
+
+    def delete_adapters(self, adapter_names: Union[List[str], str]) -> None:
+        r"""[`~loaders.lora_base.LoraBaseMixin.delete_adapters`]; names that are not loaded are refused (PEFT would
+        ignore them)."""
+        self._checked_adapter_names("adapter_names", adapter_names)
+        return super().delete_adapters(adapter_names)
+
+    def _checked_adapter_names(self, argument: str, adapter_names: Any) -> List[str]:
+        """``adapter_names`` (one name or a non-empty list of them) as a list, each one loaded."""
+        names = [adapter_names] if isinstance(adapter_names, str) else adapter_names
+        if not isinstance(names, (list, tuple)) or not all(isinstance(name, str) for name in names):
+            raise TypeError(f"`{argument}` must be an adapter name or a list of them, got {adapter_names!r}.")
+        if not names:
+            raise ValueError(f"`{argument}` is empty; name at least one adapter.")
+        loaded = set(getattr(getattr(self, self.transformer_name, None), "peft_config", None) or {})
+        unknown = sorted(set(names) - loaded)
+        if unknown:
+            raise ValueError(f"`{argument}` {unknown} are not loaded; the loaded adapters are {sorted(loaded)}.")
+        return list(names)
 
     @classmethod
     def load_lora_into_transformer(
@@ -593,8 +635,14 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
 
             if isinstance(transformer_lora_adapter_metadata, LoraConfig):
                 transformer_lora_adapter_metadata = transformer_lora_adapter_metadata.to_dict()
-        if not isinstance(original_format, bool):
-            raise TypeError(f"`original_format` must be a bool, got {type(original_format).__name__}.")
+        for flag, value in (("original_format", original_format), ("is_main_process", is_main_process)):
+            if not isinstance(value, bool):
+                raise TypeError(f"`{flag}` must be a bool, got {type(value).__name__}.")
+        if not isinstance(save_directory, (str, os.PathLike)):
+            raise TypeError(f"`save_directory` must be a str or os.PathLike, got {type(save_directory).__name__}.")
+        if os.path.exists(save_directory) and not os.path.isdir(save_directory):
+            # diffusers would log it and write nothing.
+            raise ValueError(f"`save_directory` {os.fspath(save_directory)!r} is a file, not a folder.")
         if original_format:
             if isinstance(transformer_lora_layers, torch.nn.Module):
                 transformer_lora_layers = transformer_lora_layers.state_dict()
@@ -608,8 +656,6 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
                     "No `transformer_lora_adapter_metadata`: the original-format file gets alpha = rank (scaling 1), "
                     "not the adapter's lora_alpha / r. Pass `pipe.transformer.peft_config[name].to_dict()`."
                 )
-            if os.path.isfile(save_directory):
-                raise ValueError(f"`save_directory` {str(save_directory)!r} is a file, not a folder.")
             os.makedirs(save_directory, exist_ok=True)
             path = os.path.join(save_directory, weight_name or LORA_WEIGHT_NAME_SAFE)
             # Written beside its final name (same file system, so the rename is atomic), with the same extension.
@@ -660,13 +706,10 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
         if kwargs:
             raise TypeError(f"Unexpected argument(s) for `fuse_lora`: {sorted(kwargs)}.")
         check_real("lora_scale", lora_scale)
+        check_bool("safe_fusing", safe_fusing)
+        self._check_components(components)
         if adapter_names is not None:
-            loaded = set(getattr(self.transformer, "peft_config", {}) or {})
-            unknown = sorted(set([adapter_names] if isinstance(adapter_names, str) else adapter_names) - loaded)
-            if unknown:
-                raise ValueError(
-                    f"`adapter_names` {unknown} are not loaded; the loaded adapters are {sorted(loaded)}."
-                )
+            self._checked_adapter_names("adapter_names", adapter_names)
         super().fuse_lora(
             components=components,
             lora_scale=lora_scale,
@@ -681,4 +724,16 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
         Args:
             components (`List[str]`, defaults to `["transformer"]`): The components to unfuse.
         """
+        self._check_components(components)
         super().unfuse_lora(components=components, **kwargs)
+
+    def _check_components(self, components: Any) -> None:
+        if not isinstance(components, (list, tuple)) or not all(isinstance(name, str) for name in components):
+            raise TypeError(
+                f"`components` must be a list of component names such as ['transformer'], got {components!r}."
+            )
+        unknown = sorted(set(components) - set(self._lora_loadable_modules))
+        if unknown:
+            raise ValueError(
+                f"`components` {unknown} carry no LoRA; the LoRA components are {self._lora_loadable_modules}."
+            )

@@ -43,6 +43,7 @@ from urllib.parse import unquote, urlparse
 import torch
 from diffusers import ModelMixin
 
+from .._validation import check_device_available
 from .original_checkpoint import (
     ORIGINAL_KEY_RENAMES,
     ORIGINAL_LOADS_STRICTLY,
@@ -108,10 +109,11 @@ class RuyiModelLoadingMixin:
         rename_original_keys(self._original_model_type, state_dict)
 
     def save_pretrained(self, save_directory: Union[str, os.PathLike], *args, **kwargs) -> None:
-        r"""[`~diffusers.ModelMixin.save_pretrained`]; `safe_serialization=False` (pickle weights, which
-        `from_pretrained` refuses to read) and a model carrying LoRA layers are refused before anything is
-        written."""
-        check_safe_serialization(super().save_pretrained, save_directory, *args, **kwargs)
+        r"""[`~diffusers.ModelMixin.save_pretrained`], with its arguments checked before anything is written:
+        `safe_serialization=False` (pickle weights, which `from_pretrained` refuses to read), a `save_directory` that
+        is a file, a bad `variant` or `max_shard_size`, an unknown keyword argument and a model carrying LoRA layers
+        are refused."""
+        check_save_arguments(super().save_pretrained, save_directory, *args, **kwargs)
         check_no_lora_layers(self, type(self).__name__)
         super().save_pretrained(save_directory, *args, **kwargs)
 
@@ -391,10 +393,7 @@ def _load_device(device: Union[str, torch.device, None]) -> torch.device:
         raise ValueError(f"`device` {device!r} is not a device: {e}") from None
     if device.type == "meta":
         raise ValueError("`device='meta'` keeps no weights; load on a real device (or build the model on meta).")
-    try:
-        torch.empty(0, device=device)  # an absent device (CUDA without a GPU, index past the last) fails here
-    except Exception as e:  # what each backend raises differs (RuntimeError, AssertionError, ModuleNotFoundError, ...)
-        raise ValueError(f"`device` {str(device)!r} is not available here: {e}") from None
+    check_device_available("device", device)
     return device
 
 
@@ -530,15 +529,69 @@ def load_checked_model(
     return model, info, output_loading_info
 
 
-def check_safe_serialization(save_pretrained: Callable, *args, **kwargs) -> None:
-    """Refuses a ``save_pretrained`` call that would write pickle weights (``safe_serialization=False``, by keyword or
-    position): diffusers-ruyi reads safetensors only, so the folder would not load back."""
-    bound = inspect.signature(save_pretrained).bind_partial(*args, **kwargs)
-    if not bound.arguments.get("safe_serialization", True):
+# What diffusers' `save_pretrained` reads from its `**kwargs` (for `push_to_hub`); any other name would be ignored.
+PUSH_TO_HUB_KWARGS = ("commit_message", "private", "create_pr", "token", "repo_id")
+
+
+def check_save_arguments(save_pretrained: Callable, *args, folders: Tuple[str, ...] = (), **kwargs) -> None:
+    """Checks a ``save_pretrained`` call before anything is written; diffusers would log some of these problems
+    and go on, leaving a folder that does not load.
+
+    Refused: pickle weights (``safe_serialization=False``, by keyword or position: diffusers-ruyi reads safetensors
+    only), a ``save_directory`` or one of its ``folders`` (the pipeline's component folders) that is a file, a
+    ``variant`` that is not a string, a ``max_shard_size`` that is not a positive size, a non-bool flag and an
+    unknown keyword argument.
+    """
+    try:
+        bound = inspect.signature(save_pretrained).bind(*args, **kwargs)
+    except TypeError as error:
+        raise TypeError(f"save_pretrained(): {error}.") from None
+    arguments = bound.arguments
+    if not arguments.get("safe_serialization", True):
         raise ValueError(
             "`safe_serialization` must be True: diffusers-ruyi loads weights from safetensors files only, so pickle "
             "weights would not load back."
         )
+    save_directory = arguments["save_directory"]
+    if not isinstance(save_directory, (str, os.PathLike)):
+        raise TypeError(f"`save_directory` must be a str or os.PathLike, got {type(save_directory).__name__}.")
+    for path in (save_directory, *(os.path.join(save_directory, folder) for folder in folders)):
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise ValueError(f"{os.fspath(path)!r} is a file; `save_pretrained` writes a folder there.")
+    variant = arguments.get("variant")
+    if variant is not None and not isinstance(variant, str):
+        raise TypeError(f"`variant` must be a str such as 'fp16' or None, got {type(variant).__name__}.")
+    for flag in ("is_main_process", "push_to_hub", "use_flashpack"):
+        if flag in arguments and not isinstance(arguments[flag], bool):
+            raise TypeError(f"`{flag}` must be a bool, got {type(arguments[flag]).__name__}.")
+    _check_max_shard_size(arguments.get("max_shard_size"))
+    unknown = sorted(set(arguments.get("kwargs", {})) - set(PUSH_TO_HUB_KWARGS))
+    if unknown:
+        raise TypeError(
+            f"save_pretrained() got unexpected keyword arguments {unknown}; besides its named arguments it takes "
+            f"{list(PUSH_TO_HUB_KWARGS)} (for `push_to_hub=True`)."
+        )
+
+
+def _check_max_shard_size(value: Any) -> None:
+    if value is None:  # the pipeline's default: each model's own
+        return
+    message = f"`max_shard_size` must be a positive int (bytes) or a size such as '5GB', got {value!r}."
+    if isinstance(value, str):
+        from huggingface_hub import split_torch_state_dict_into_shards
+
+        try:  # huggingface_hub's own parser, on nothing to split
+            split_torch_state_dict_into_shards({}, max_shard_size=value)
+        except ValueError:
+            raise ValueError(message) from None
+        number = re.fullmatch(r"\s*(\d+\.?\d*|\.\d+)\s*[KMGT]B\s*", value, re.IGNORECASE)
+        if number is None or float(number.group(1)) <= 0:  # the parser takes "-1GB" and "0MB"
+            raise ValueError(message)
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(message)
+    if value < 1:
+        raise ValueError(message)
 
 
 def check_no_lora_layers(model: Any, name: str) -> None:

@@ -317,8 +317,12 @@ def local_folder(
             that is not in the local cache while offline.
         `ConnectionError`: a hub id that is not cached while the Hub cannot be reached.
     """
+    if not isinstance(path_or_repo_id, (str, os.PathLike)):
+        raise TypeError(
+            f"Expected a local folder or a hub id (str or os.PathLike), got {type(path_or_repo_id).__name__}."
+        )
     subfolder = hub_kwargs.get("subfolder") or ""
-    path = str(path_or_repo_id)
+    path = os.fspath(path_or_repo_id)
     if check_local_source(path):
         return os.path.join(path, subfolder)
     from huggingface_hub import snapshot_download

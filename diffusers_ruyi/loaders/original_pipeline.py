@@ -25,6 +25,7 @@ import torch
 from diffusers.utils import is_transformers_version
 from tqdm.auto import tqdm
 
+from .._validation import check_device_available
 from .original_checkpoint import (
     TRANSFORMER_SUBFOLDERS,
     check_model_folder,
@@ -242,11 +243,23 @@ def load_original_pipeline_components(folder: str, **kwargs) -> Dict[str, Any]:
 
 
 def _single_device(device_map: Any) -> Any:
-    """The one device of a pipeline-level ``device_map`` (``"cuda"``, ``"cpu"``, ``torch.device``, an index)."""
-    if device_map is None or isinstance(device_map, (torch.device, int)):
-        return device_map
-    if isinstance(device_map, str) and device_map not in ("auto", "balanced", "balanced_low_0", "sequential"):
-        return torch.device(device_map)
+    """The one device of a pipeline-level ``device_map`` (``"cuda"``, ``"cpu"``, ``torch.device``, an index), checked
+    to exist before anything is read (torch would fail on the first weight moved there)."""
+    if device_map is None:
+        return None
+    device = None
+    if isinstance(device_map, torch.device):
+        device = device_map
+    elif isinstance(device_map, int) and not isinstance(device_map, bool):
+        device = torch.device("cuda", device_map)  # what accelerate reads an index as
+    elif isinstance(device_map, str) and device_map not in ("auto", "balanced", "balanced_low_0", "sequential"):
+        try:
+            device = torch.device(device_map)
+        except RuntimeError:
+            raise ValueError(f"`device_map={device_map!r}` is not a device; pass 'cuda', 'cuda:1' or 'cpu'.") from None
+    if device is not None:
+        check_device_available("device_map", device)
+        return device_map if isinstance(device_map, int) else device
     raise ValueError(
         f"`device_map={device_map!r}`: the original Ruyi layout loads every component on one device; pass a device "
         "('cuda', 'cuda:1', 'cpu'), or use `enable_model_cpu_offload()` to spread the work."

@@ -26,6 +26,8 @@ DEFAULT_NEGATIVE = "n.default"
 _FIELDS = ("emb1", "mask1", "emb2", "mask2")
 # The smallest `base_resolution` taken: its narrowest buckets are 32 px on the short side.
 MIN_BASE_RESOLUTION = 64
+# The largest base resolution: its widest buckets are twice as long (1024 px at 512), so at most `MAX_FRAME_SIZE`.
+MAX_BASE_RESOLUTION = 2048
 
 # Height/width buckets (in pixels) at a base resolution of 512, keyed by height / width. They are the buckets the
 # model was trained on; `get_bucket_size` rescales them to other base resolutions as the original script does.
@@ -60,14 +62,14 @@ def check_controls_left_at_default(
 
 
 def check_base_resolution(base_resolution) -> None:
-    """`base_resolution`: an integer (Python or NumPy) >= `MIN_BASE_RESOLUTION`."""
+    """`base_resolution`: an integer (Python or NumPy) from `MIN_BASE_RESOLUTION` to `MAX_BASE_RESOLUTION`."""
+    expected = f"an integer from {MIN_BASE_RESOLUTION} to {MAX_BASE_RESOLUTION}"
     if isinstance(base_resolution, bool) or not isinstance(base_resolution, numbers.Integral):
         raise TypeError(
-            f"`base_resolution` must be an integer >= {MIN_BASE_RESOLUTION}, got {type(base_resolution).__name__} "
-            f"{base_resolution!r}."
+            f"`base_resolution` must be {expected}, got {type(base_resolution).__name__} {base_resolution!r}."
         )
-    if base_resolution < MIN_BASE_RESOLUTION:
-        raise ValueError(f"`base_resolution` must be an integer >= {MIN_BASE_RESOLUTION}, got {base_resolution!r}.")
+    if not MIN_BASE_RESOLUTION <= base_resolution <= MAX_BASE_RESOLUTION:
+        raise ValueError(f"`base_resolution` must be {expected}, got {base_resolution!r}.")
 
 
 def get_bucket_size(image_height: int, image_width: int, base_resolution: int = 512) -> Tuple[int, int]:

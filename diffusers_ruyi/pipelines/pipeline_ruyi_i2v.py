@@ -36,9 +36,15 @@ from diffusers.video_processor import VideoProcessor
 from transformers import CLIPVisionModelWithProjection
 
 from .._images import image_to_rgb
-from .._validation import check_attention_kwargs, check_bool, check_frame_size, check_real
+from .._validation import (
+    check_attention_kwargs,
+    check_bool,
+    check_device_available,
+    check_frame_size,
+    check_real,
+)
 from ..loaders.lora import RuyiLoraLoaderMixin
-from ..loaders.model_loading import check_no_lora_layers, check_safe_serialization, modeling_logs_dropped
+from ..loaders.model_loading import check_no_lora_layers, check_save_arguments, modeling_logs_dropped
 from ..models.autoencoder_kl_ruyi import AutoencoderKLRuyiCausal3D, same_values
 from ..models.transformer_ruyi import RuyiTransformer3DModel
 from .controls import (
@@ -99,6 +105,36 @@ EXAMPLE_DOC_STRING = """
         >>> export_to_video(video, "ruyi.mp4", fps=24)
         ```
 """
+
+
+# What diffusers' `DiffusionPipeline.from_pretrained` reads from its `**kwargs` besides components (diffusers 0.42;
+# `dduf_file` gets diffusers' own error). Any other name would be logged as ignored.
+DIFFUSERS_LOADING_KWARGS = (
+    "cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "torch_dtype", "dtype",
+    "custom_pipeline", "custom_revision", "provider", "sess_options", "provider_options", "device_map", "max_memory",
+    "offload_folder", "offload_state_dict", "low_cpu_mem_usage", "variant", "use_safetensors", "use_onnx",
+    "load_connected_pipeline", "quantization_config", "use_flashpack", "disable_mmap", "trust_remote_code", "dduf_file",
+)  # fmt: skip
+
+
+def _check_offload_device(method: str, gpu_id: Any, device: Any, cpu_ok: bool) -> None:
+    """The device an offload method runs each model on, when given: present on this machine, and the CPU only where
+    ``cpu_ok``. Without `device` diffusers picks one itself, or says there is none."""
+    if device is None:
+        return
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"`device` of `{method}` must be a str or torch.device, got {type(device).__name__}.")
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"`device` of `{method}` is not a device: {device!r}; pass e.g. 'cuda'.") from None
+    if device.type == "meta" or (device.type == "cpu" and not cpu_ok):
+        raise ValueError(
+            f"`{method}` keeps the weights on the CPU and runs them on an accelerator: `device={str(device)!r}` is "
+            "not one; pass e.g. 'cuda'."
+        )
+    index = gpu_id if gpu_id is not None else device.index
+    check_device_available("device", torch.device(device.type, index) if index is not None else device)
 
 
 def _python_number(value: Any) -> Any:
@@ -359,6 +395,13 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                 "a Ruyi checkpoint in the original layout (transformer/, vae/, image_encoder/, scheduler/ and "
                 "embeddings.safetensors)."
             )
+        components, optional = cls._get_signature_keys(cls)
+        unknown = sorted(set(kwargs) - set(components) - set(optional) - set(DIFFUSERS_LOADING_KWARGS))
+        if unknown:  # diffusers would log "will be ignored" and load without them
+            raise TypeError(
+                f"from_pretrained() got unexpected keyword arguments {unknown}; it takes the components "
+                f"{sorted(components)}, `dtype` and diffusers' loading options {sorted(DIFFUSERS_LOADING_KWARGS)}."
+            )
         check_weight_files(path)
         if "image_encoder" not in kwargs and os.path.isdir(os.path.join(path, "image_encoder")):
             # A saved pipeline's CLIP tower is safetensors (the published .bin is the original layout's exception).
@@ -370,10 +413,12 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         return super().from_pretrained(path, **kwargs)
 
     def save_pretrained(self, save_directory: Union[str, os.PathLike], *args, **kwargs) -> None:
-        r"""[`~DiffusionPipeline.save_pretrained`]; `safe_serialization=False` (pickle weights, which
-        `from_pretrained` refuses to read) and components carrying LoRA layers (fuse and unload them first) are
-        refused before anything is written."""
-        check_safe_serialization(super().save_pretrained, save_directory, *args, **kwargs)
+        r"""[`~DiffusionPipeline.save_pretrained`], with its arguments checked before anything is written:
+        `safe_serialization=False` (pickle weights, which `from_pretrained` refuses to read), a `save_directory` or
+        component folder that is a file, a bad `variant` or `max_shard_size`, an unknown keyword argument and
+        components carrying LoRA layers (fuse and unload them first) are refused."""
+        folders = tuple(name for name, component in self.components.items() if component is not None)
+        check_save_arguments(super().save_pretrained, save_directory, *args, folders=folders, **kwargs)
         for name, component in self.components.items():
             check_no_lora_layers(component, name)
         super().save_pretrained(save_directory, *args, **kwargs)
@@ -391,6 +436,22 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             if isinstance(value, list) and len(value) == 2 and str(value[0]).startswith("diffusers_ruyi."):
                 index[key] = ["diffusers_ruyi", value[1]]
         return json.dumps(index, indent=2, sort_keys=True) + "\n"
+
+    def enable_model_cpu_offload(self, gpu_id: Optional[int] = None, device: Union[torch.device, str, None] = None):
+        r"""[`~DiffusionPipeline.enable_model_cpu_offload`]; an explicit `device` is checked first: one this machine
+        does not have is a `ValueError` here, not an error from torch. (`device="cpu"` runs the offload hooks without
+        moving anything, as in diffusers.)"""
+        _check_offload_device("enable_model_cpu_offload", gpu_id, device, cpu_ok=True)
+        super().enable_model_cpu_offload(gpu_id=gpu_id, device=device)
+
+    def enable_sequential_cpu_offload(
+        self, gpu_id: Optional[int] = None, device: Union[torch.device, str, None] = None
+    ):
+        r"""[`~DiffusionPipeline.enable_sequential_cpu_offload`]; an explicit `device` is checked first, as for
+        [`~RuyiImageToVideoPipeline.enable_model_cpu_offload`], and may not be the CPU (diffusers took
+        `device="cpu"`, and accelerate then failed in the next call)."""
+        _check_offload_device("enable_sequential_cpu_offload", gpu_id, device, cpu_ok=False)
+        super().enable_sequential_cpu_offload(gpu_id=gpu_id, device=device)
 
     def maybe_free_model_hooks(self) -> None:
         r"""
@@ -651,6 +712,13 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             ("num_videos_per_prompt", num_videos_per_prompt),
         ):
             self._check_count(name, value)
+        train_steps = getattr(getattr(self.scheduler, "config", None), "num_train_timesteps", None)
+        if isinstance(train_steps, int) and num_inference_steps > train_steps:
+            # Every sampler: one would build a schedule of that many steps (gigabytes for 10^9) before refusing.
+            raise ValueError(
+                f"`num_inference_steps` must be at most the scheduler's `num_train_timesteps` ({train_steps}), got "
+                f"{num_inference_steps}."
+            )
         if not isinstance(num_frames, int) or isinstance(num_frames, bool):
             raise TypeError(f"`num_frames` must be an integer, got {type(num_frames).__name__}.")
         frames_per_slice = self.vae.config.num_sample_frames_batch_size
@@ -737,6 +805,11 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         if callback_on_step_end is not None and callback_on_step_end_tensor_inputs is None:
             raise ValueError("`callback_on_step_end_tensor_inputs` must list the tensors to pass to the callback.")
         check_attention_kwargs(attention_kwargs)
+        if attention_kwargs and not getattr(self.transformer, "peft_config", None):
+            logger.warning(
+                f"`attention_kwargs={attention_kwargs}` scales loaded LoRAs, and the transformer has none: it changes "
+                "nothing."
+            )
         batch = len(images) * num_videos_per_prompt
         if isinstance(generator, list):
             wrong = [type(g).__name__ for g in generator if not isinstance(g, torch.Generator)]

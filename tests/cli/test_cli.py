@@ -117,7 +117,12 @@ def test_refuses_to_overwrite(tmp_path, capsys):
         (["--scheduler", "lms"], "invalid choice"),
         (["--dtype", "int8"], "invalid choice"),
         (["--lora", "missing.safetensors"], "--lora 'missing.safetensors' does not exist"),
-        (["--lora-weight", "0.5"], "more --lora-weight values than --lora files"),
+        (["--lora-weight", "0.5"], "1 --lora-weight values for 0 --lora files: give one per file, or none"),
+        # Too few was padded with 1.0: a user may have meant 0.5 for both.
+        (
+            ["--lora", "a.safetensors", "--lora", "b.safetensors", "--lora-weight", "0.5"],
+            "1 --lora-weight values for 2",
+        ),
         (["--device", "cuda"], "no CUDA GPU is available"),
         (["--offload", "model"], "needs a CUDA GPU"),
         (["--offload", "group"], "--offload group needs a CUDA GPU"),
@@ -129,7 +134,20 @@ def test_refuses_to_overwrite(tmp_path, capsys):
         (["--skip-offload", "two"], "expected an integer >= 0, got 'two'"),
         (["--lora-weight", "nan"], "--lora-weight: expected a finite number, got 'nan'"),
         (["--lora-weight=-inf"], "--lora-weight: expected a finite number, got '-inf'"),
-        (["--base-resolution", "63"], "--base-resolution: expected an integer >= 64, got '63'"),
+        (["--base-resolution", "63"], "--base-resolution: expected an integer from 64 to 2048, got '63'"),
+        (["--base-resolution", "2049"], "--base-resolution: expected an integer from 64 to 2048, got '2049'"),
+        # Sizes the allocator would refuse after the models were built.
+        (["--height", "4112"], "--height: expected a positive integer of at most 4096, got '4112'"),
+        (["--width", "1600000"], "--width: expected a positive integer of at most 4096"),
+        (["--fps", "241"], "--fps: expected an integer from 1 to 240, got '241'"),
+        # A name too long for the file system failed at the final rename, after the whole run.
+        (["--output", "x" * 300 + ".mp4"], "bytes long; this file system takes at most"),
+        # Explicit step windows that leave nothing to do.
+        (["--enhance-a-video", "1", "--enhance-skip-start", "1"], "leave none of the 1 --steps to enhance"),
+        (
+            ["--cache", "teacache", "--cache-skip-end", "0"],
+            "--cache-skip-start 3 and --cache-skip-end 1 (each at least",
+        ),
         (["--seed", str(2**64)], "--seed: expected an integer from -2**63 to 2**64 - 1"),
         (["--seed", str(-(2**63) - 1)], "--seed: expected an integer from -2**63 to 2**64 - 1"),
         (["--device", "meta"], "--device 'meta' is not a device"),
@@ -137,7 +155,9 @@ def test_refuses_to_overwrite(tmp_path, capsys):
         (["--cache-threshold", "0.2"], "--cache-threshold needs --cache"),
         (["--output", "/proc/ruyi-test.mp4"], "--output '/proc/ruyi-test.mp4' cannot be written"),
         # Checked against the scheduler's config before the model is built (the tiny model's DDIM: 1000 steps).
-        (["--steps", "1001"], "--steps 1001 does not work with --scheduler ddim (use at most 1000)"),
+        (["--steps", "1001"], "--steps 1001 is more than the schedule's 1000 training steps: use at most 1000"),
+        # Every sampler: Euler's schedule of 10^9 steps filled the memory before anything refused it.
+        (["--steps", "1000000000", "--scheduler", "euler"], "is more than the schedule's 1000 training steps"),
         (["--scheduler", "pndm", "--steps", "2"], "--steps 2 does not work with --scheduler pndm (use at least 4)"),
     ],
 )
@@ -278,9 +298,51 @@ def test_lora_that_does_not_fit_names_the_reason(tmp_path, capsys):
     )
     assert main(["--image", START, "--output", str(tmp_path / "v.mp4"), *FAST, "--lora", str(lora)]) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.startswith("ruyi-i2v: error: --lora could not be loaded: Cannot load this LoRA")
+    assert last.startswith(f"ruyi-i2v: error: --lora {str(lora)!r} could not be loaded: Cannot load this LoRA")
     assert "match no Linear/Conv/Embedding module" in last and "no_such" in last
     assert not (tmp_path / "v.mp4").exists()
+
+
+def test_non_finite_frames_are_not_written(tmp_path, capsys):
+    # A LoRA merged at 1e30 gives NaN frames: an all-black video with exit 0 before.
+    lora = ROOT / "tests" / "fixtures" / "lora" / "ruyi_lora_peft.safetensors"
+    out = tmp_path / "v.mp4"
+    code = main(["--image", START, "--output", str(out), *FAST, "--lora", str(lora), "--lora-weight", "1e30"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 1 and "the generated frames hold NaN or infinite values" in last and "nothing was written" in last
+    assert list(tmp_path.iterdir()) == []
+    # A segmented run checks each segment before it is appended.
+    code = main(
+        ["--image", START, "--output", str(out), *FAST, "--lora", str(lora), "--lora-weight", "1e30"]
+        + ["--num-frames", "17", "--segment-frames", "16", "--context-frames", "1"]
+    )
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 1 and "the generated frames of segment 1 hold NaN" in last
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_video_without_a_readable_frame_rate_needs_fps(tmp_path, capsys, monkeypatch):
+    # It was taken as 24 fps without a word.
+    import imageio_ffmpeg
+
+    video = tmp_path / "in.mp4"
+    video.write_bytes(b"")
+
+    def read_frames(path):
+        yield {"size": (48, 32), "fps": 0.0}
+
+    monkeypatch.setattr(imageio_ffmpeg, "read_frames", read_frames)
+    monkeypatch.setattr(imageio_ffmpeg, "count_frames_and_secs", lambda path: (8, 0.0))
+    assert cli.check_video(str(video))["fps"] is None
+    args = ["--extend", str(video), "--output", str(tmp_path / "out.mp4"), *FAST]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    assert f"--extend {str(video)!r}: its frame rate cannot be read; pass --fps" in capsys.readouterr().err
+    # With --fps it passes this check (and fails later on the empty file, which is not a video).
+    monkeypatch.setattr(cli, "check_video", lambda path: {"frames": 8, "height": 32, "width": 48, "fps": None})
+    parsed = cli.build_parser().parse_args([*args, "--fps", "12"])
+    cli.check_args(parsed)
 
 
 def test_height_needs_width(tmp_path, capsys):

@@ -164,6 +164,13 @@ def test_cli_copies_of_pipeline_constants_agree():
     assert cli.CAMERA_DIRECTIONS == controls.CAMERA_DIRECTIONS
     assert cli.MAX_FRAMES == MAX_TRAINED_FRAMES
     assert cli.MIN_BASE_RESOLUTION == controls.MIN_BASE_RESOLUTION
+    assert cli.MAX_BASE_RESOLUTION == controls.MAX_BASE_RESOLUTION
+    from diffusers_ruyi._validation import MAX_FRAME_SIZE
+    from diffusers_ruyi.hooks import RuyiTeaCacheConfig
+
+    assert cli.MAX_FRAME_SIZE == MAX_FRAME_SIZE
+    defaults = RuyiTeaCacheConfig()
+    assert cli.TEACACHE_SKIP_DEFAULTS == (defaults.skip_start_steps, defaults.skip_end_steps)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -174,6 +174,25 @@ def test_apply_skip_offload_refuses_other_configs(config):
     assert model._skip_offload_config == RuyiSkipOffloadConfig()
 
 
+def test_apply_skip_offload_keeps_a_checked_copy_and_needs_the_device():
+    # The caches copy and re-check their configs; so does skip offload: later edits of the caller's object (a bad
+    # group size, meta) would otherwise fail after the first blocks ran, and so would a device this machine lacks.
+    model = tiny_transformer()
+    config = RuyiSkipOffloadConfig(group_size=2)
+    apply_ruyi_skip_offload(model, config)
+    config.group_size = "two"
+    assert model._skip_offload_config == RuyiSkipOffloadConfig(group_size=2)
+    with pytest.raises(TypeError, match="`group_size` must be an integer"):
+        apply_ruyi_skip_offload(model, config)
+    config.group_size, config.offload_device = 1, "meta"
+    with pytest.raises(ValueError, match="`offload_device` cannot be 'meta'"):
+        apply_ruyi_skip_offload(model, config)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"^`offload_device` 'cuda' is not available here: "):
+            apply_ruyi_skip_offload(model, RuyiSkipOffloadConfig(offload_device="cuda"))
+    assert model._skip_offload_config == RuyiSkipOffloadConfig(group_size=2)
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # fp8
 # ------------------------------------------------------------------------------------------------------------------

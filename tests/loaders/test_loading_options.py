@@ -5,6 +5,8 @@ placed (`device_map`, `low_cpu_mem_usage=False`), and a torchao int8 weight-only
 transformer's Linear weights while it loads.
 """
 
+import os
+
 import pytest
 import torch
 from _helpers import hub_cache_snapshot, load_golden_case, logged, run_case
@@ -118,9 +120,66 @@ def test_pickle_weights_are_refused_before_anything_is_written(tiny_checkpoint, 
     assert (tmp_path / "vae" / "diffusion_pytorch_model.safetensors").is_file()
 
 
+def test_bad_save_arguments_are_refused_before_anything_is_written(tiny_checkpoint, tmp_path):
+    # diffusers logs some of these and goes on (a component folder that is a file is skipped, a misspelt keyword is
+    # dropped, a bad shard size fails after the first component is written): the folder would not load back.
+    pipe = RuyiImageToVideoPipeline.from_pretrained(tiny_checkpoint)
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "scheduler").write_text("")  # a component diffusers saves with `save_config`
+    (tmp_path / "a_file").write_text("")
+    out = tmp_path / "out"
+    for save, args, kwargs, error, match in [
+        (
+            pipe.save_pretrained,
+            (blocked,),
+            {},
+            ValueError,
+            r"blocked/scheduler' is a file; `save_pretrained` writes a folder",
+        ),
+        (pipe.save_pretrained, (tmp_path / "a_file",), {}, ValueError, r"a_file' is a file"),
+        (pipe.transformer.save_pretrained, (tmp_path / "a_file",), {}, ValueError, r"a_file' is a file"),
+        (pipe.save_pretrained, (out,), {"varaint": "fp16"}, TypeError, r"unexpected keyword arguments \['varaint'\]"),
+        (pipe.vae.save_pretrained, (out,), {"foo": 1}, TypeError, r"unexpected keyword arguments \['foo'\]; "),
+        (pipe.save_pretrained, (out,), {"variant": 16}, TypeError, "`variant` must be a str"),
+        (pipe.save_pretrained, (out,), {"max_shard_size": "abc"}, ValueError, "`max_shard_size` must be a positive"),
+        (pipe.save_pretrained, (out,), {"max_shard_size": "-1GB"}, ValueError, "`max_shard_size` must be a positive"),
+        (pipe.save_pretrained, (out,), {"max_shard_size": "0MB"}, ValueError, "`max_shard_size` must be a positive"),
+        (pipe.transformer.save_pretrained, (out,), {"max_shard_size": 0}, ValueError, "`max_shard_size`"),
+        (pipe.transformer.save_pretrained, (out,), {"max_shard_size": 1.5}, TypeError, "`max_shard_size`"),
+        (pipe.save_pretrained, (out,), {"push_to_hub": "no"}, TypeError, "`push_to_hub` must be a bool"),
+        (pipe.vae.save_pretrained, (out,), {"is_main_process": 1}, TypeError, "`is_main_process` must be a bool"),
+        (pipe.save_pretrained, (3,), {}, TypeError, "`save_directory` must be a str or os.PathLike, got int"),
+        (pipe.save_pretrained, (out, True, None, None, False, False, "extra"), {}, TypeError, "save_pretrained"),
+    ]:
+        with pytest.raises(error, match=match):
+            save(*args, **kwargs)
+        assert not out.exists() and sorted(os.listdir(blocked)) == ["scheduler"], (args, kwargs)
+    # The keywords diffusers reads for `push_to_hub` pass, and a size string too.
+    pipe.transformer.save_pretrained(out, commit_message="m", private=True, create_pr=False, max_shard_size="1GB")
+    assert (out / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_a_misspelt_loading_option_of_a_saved_folder_is_refused(tiny_checkpoint, tmp_path):
+    # diffusers logs "will be ignored" and loads in float32; the original layout refuses it too.
+    RuyiImageToVideoPipeline.from_pretrained(tiny_checkpoint).save_pretrained(tmp_path)
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['dtpye'\]; it takes the components"):
+        RuyiImageToVideoPipeline.from_pretrained(tmp_path, dtpye=torch.bfloat16)
+    with pytest.raises(TypeError, match=r"^Expected a local folder or a hub id \(str or os.PathLike\), got NoneType"):
+        RuyiImageToVideoPipeline.from_pretrained(None)
+    loaded = RuyiImageToVideoPipeline.from_pretrained(tmp_path, torch_dtype=torch.bfloat16, low_cpu_mem_usage=True)
+    assert loaded.transformer.dtype == torch.bfloat16
+
+
 def test_bad_loading_options_are_refused_before_loading(tiny_realfmt_checkpoint):
     with pytest.raises(ValueError, match=r"device_map='balanced'.*one device"):
         RuyiImageToVideoPipeline.from_pretrained(tiny_realfmt_checkpoint, device_map="balanced")
+    with pytest.raises(ValueError, match=r"`device_map='gpu'` is not a device; pass 'cuda'"):
+        RuyiImageToVideoPipeline.from_pretrained(tiny_realfmt_checkpoint, device_map="gpu")
+    if not torch.cuda.is_available():  # torch failed on the first weight moved there (an AssertionError)
+        for device_map in ("cuda", 0, torch.device("cuda:1")):
+            with pytest.raises(ValueError, match=r"^`device_map` 'cuda(:0|:1)?' is not available here: "):
+                RuyiImageToVideoPipeline.from_pretrained(tiny_realfmt_checkpoint, device_map=device_map)
     with pytest.raises(TypeError, match="must be a `diffusers.PipelineQuantizationConfig`.*got dict"):
         RuyiImageToVideoPipeline.from_pretrained(tiny_realfmt_checkpoint, quantization_config={"load_in_8bit": True})
     with pytest.raises(TypeError, match=r"Unsupported argument\(s\).*\['not_an_option'\]"):

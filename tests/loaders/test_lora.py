@@ -767,6 +767,29 @@ def test_adapter_names_and_weights_are_checked(clean_pipe, tmp_path):
         with pytest.raises(ValueError, match="`adapter_weights` must be a finite number"):
             clean_pipe.set_adapters("a", weights)
     clean_pipe.set_adapters("a", 0.5)
+    # diffusers logged and ignored some of these, or failed deep inside (IndexError, KeyError, a string iterated).
+    for call, error, match in [
+        (lambda: clean_pipe.set_adapters(["a", "a"], [0.1, 0.9]), ValueError, "names an adapter twice"),
+        (lambda: clean_pipe.set_adapters("a", {"unet": 0.5}), ValueError, r"names no LoRA component.*'unet'"),
+        (lambda: clean_pipe.set_adapters("a", {"transformer": {"blocks": 0.5}}), TypeError, "`adapter_weights`"),
+        (lambda: clean_pipe.set_adapters("a", [0.5, 0.5]), ValueError, "has 2 entries for 1 adapters"),
+        (lambda: clean_pipe.set_adapters([]), ValueError, "`adapter_names` is empty"),
+        (lambda: clean_pipe.set_adapters(5), TypeError, "`adapter_names` must be an adapter name or a list"),
+        (lambda: clean_pipe.set_adapters("zzz"), ValueError, r"\['zzz'\] are not loaded; the loaded adapters are"),
+        (lambda: clean_pipe.delete_adapters("zzz"), ValueError, r"\['zzz'\] are not loaded"),
+        (lambda: clean_pipe.fuse_lora(components="transformer"), TypeError, "`components` must be a list"),
+        (lambda: clean_pipe.fuse_lora(components=["unet"]), ValueError, r"\['unet'\] carry no LoRA"),
+        (lambda: clean_pipe.unfuse_lora(components=["vae"]), ValueError, r"\['vae'\] carry no LoRA"),
+        (lambda: clean_pipe.fuse_lora(safe_fusing="yes"), TypeError, "`safe_fusing` must be True or False"),
+        (lambda: clean_pipe.load_lora_weights(folder, hotswap="yes"), TypeError, "`hotswap` must be True or False"),
+        (lambda: clean_pipe.load_lora_weights(None), TypeError, "must be a file, folder or hub id .* got NoneType"),
+    ]:
+        with pytest.raises(error, match=match):
+            call()
+    assert clean_pipe.get_list_adapters() == {"transformer": ["a"]}
+    clean_pipe.set_adapters(["a"], [{"transformer": 0.25}])
+    clean_pipe.delete_adapters(["a"])
+    assert clean_pipe.get_list_adapters() == {}
 
 
 def test_lora_sources_are_checked_before_reading(clean_pipe, tmp_path):

@@ -138,7 +138,8 @@ def test_prefixed_keys_a_module_and_a_lora_config_are_taken(tmp_path):
 
 def test_a_lora_config_is_taken_as_metadata_in_the_diffusers_format_too(tmp_path):
     config = LoraConfig(r=2, lora_alpha=5, target_modules=["to_q"])
-    RuyiImageToVideoPipeline.save_lora_weights(str(tmp_path), {A: torch.randn(2, 8), B: torch.randn(6, 2)}, None)
+    with pytest.raises(TypeError, match="`is_main_process` must be a bool, got NoneType"):  # the 3rd argument
+        RuyiImageToVideoPipeline.save_lora_weights(str(tmp_path), {A: torch.randn(2, 8), B: torch.randn(6, 2)}, None)
     RuyiImageToVideoPipeline.save_lora_weights(
         str(tmp_path), {A: torch.randn(2, 8), B: torch.randn(6, 2)}, transformer_lora_adapter_metadata=config
     )
@@ -357,8 +358,15 @@ def test_the_file_is_written_whole_or_not_at_all(tmp_path):
     )
     assert not (tmp_path / "other").exists()
     (tmp_path / "a_file").write_text("")
-    with pytest.raises(ValueError, match=r"`save_directory` .*a_file' is a file, not a folder"):
-        export(tmp_path / "a_file", state_dict)
+    for original_format in (True, False):  # diffusers would log it and write nothing
+        with pytest.raises(ValueError, match=r"`save_directory` .*a_file' is a file, not a folder"):
+            RuyiImageToVideoPipeline.save_lora_weights(
+                str(tmp_path / "a_file"), state_dict, original_format=original_format
+            )
+    with pytest.raises(TypeError, match="`is_main_process` must be a bool, got str"):
+        export(tmp_path / "other", state_dict, is_main_process="yes")
+    with pytest.raises(TypeError, match="`save_directory` must be a str or os.PathLike, got NoneType"):
+        RuyiImageToVideoPipeline.save_lora_weights(None, state_dict)
     # A custom `save_function` gets contiguous CPU-ready tensors, under a name with the final extension.
     seen = []
 

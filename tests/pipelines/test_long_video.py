@@ -333,6 +333,13 @@ def test_long_video_bad_sizes(guarded_pipe, start_image, height, width, error, m
         generate_long_video(guarded_pipe, start_image, 32, segment_frames=16, height=height, width=width)
 
 
+def test_long_video_takes_numpy_integer_sizes(pipe, start_image):
+    # As the pipeline does: NumPy integers are integers.
+    options = {**FAST, "height": np.int64(32), "width": np.int32(48)}
+    frames = generate_long_video(pipe, start_image, 8, output_type="pil", **options).frames[0]
+    assert frames[0].size == (48, 32)
+
+
 def test_long_video_needs_one_start_image(guarded_pipe, start_image):
     for image in ([start_image, start_image], np.zeros((2, 32, 48, 3), dtype=np.uint8)):
         with pytest.raises(TypeError, match="`image` must be one start frame .*extend_video"):

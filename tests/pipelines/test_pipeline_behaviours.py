@@ -10,7 +10,7 @@ import json
 import diffusers
 import pytest
 import torch
-from _helpers import extra_expected, open_rgb, run_extra_case
+from _helpers import extra_expected, logged, open_rgb, run_extra_case
 
 from diffusers_ruyi.cli import SCHEDULERS
 from diffusers_ruyi.hooks import (
@@ -246,6 +246,15 @@ def test_properties_after_a_call(pipe, images):
          attention_kwargs=kwargs, output_type="latent")  # fmt: skip
     assert pipe.num_timesteps == 3 and pipe.guidance_scale == 2.5 and pipe.attention_kwargs is kwargs
     assert pipe.do_classifier_free_guidance and pipe.current_timestep is None
+    # Without a LoRA the scale changes nothing: said once per call, not silently ignored.
+    with logged("diffusers_ruyi.pipelines.pipeline_ruyi_i2v") as records:
+        pipe(image=images[0], num_frames=1, height=16, width=16, num_inference_steps=1, attention_kwargs=kwargs,
+             output_type="latent")  # fmt: skip
+        pipe(image=images[0], num_frames=1, height=16, width=16, num_inference_steps=1, output_type="latent")
+    said = [r.getMessage() for r in records if "scales loaded LoRAs" in r.getMessage()]
+    assert said == [
+        "`attention_kwargs={'scale': 1.0}` scales loaded LoRAs, and the transformer has none: it changes nothing."
+    ]
 
 
 def test_posterior_generator_leaves_the_seed_alone():

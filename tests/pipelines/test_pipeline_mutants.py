@@ -36,8 +36,12 @@ def test_smallest_base_resolution_is_64():
     # Kills `MIN_BASE_RESOLUTION = 64` -> 65 (pipelines/controls.py): 64 is taken (its narrowest bucket is 32 x 128
     # pixels), 63 is refused.
     assert get_bucket_size(256, 1024, 64) == (32, 128)
-    with pytest.raises(ValueError, match="`base_resolution` must be an integer >= 64, got 63"):
+    with pytest.raises(ValueError, match="`base_resolution` must be an integer from 64 to 2048, got 63"):
         get_bucket_size(256, 1024, 63)
+    # And the largest (`MAX_BASE_RESOLUTION`): its widest bucket is 4096 pixels, the largest frame side.
+    assert get_bucket_size(256, 1024, 2048) == (1024, 4096)
+    with pytest.raises(ValueError, match="`base_resolution` must be an integer from 64 to 2048, got 2049"):
+        get_bucket_size(256, 1024, 2049)
 
 
 @pytest.mark.parametrize("aspect_ratio", ["16:", ":9", "a:9", "16:b", "16:0", "0:9", "16x9", "-16:9", 169, None])

@@ -307,12 +307,30 @@ def test_a_schedule_the_sampler_cannot_make_is_refused_before_any_model_runs(gua
             _call(guarded_pipe, start_image, num_inference_steps=3)
     finally:
         guarded_pipe.scheduler = original
-    # Too many steps: the advice is the other way round.
+    # Too many steps, with every sampler: Euler would first build a schedule of 10^9 steps (gigabytes).
     train_steps = original.config.num_train_timesteps
+    for scheduler in (original, EulerDiscreteScheduler.from_config(original.config)):
+        guarded_pipe.scheduler = scheduler
+        try:
+            for steps in (train_steps + 1, 10**9):
+                with pytest.raises(
+                    ValueError,
+                    match=rf"`num_inference_steps` must be at most the scheduler's `num_train_timesteps` "
+                    rf"\({train_steps}\), got {steps}\.",
+                ):
+                    _call(guarded_pipe, start_image, num_inference_steps=steps)
+        finally:
+            guarded_pipe.scheduler = original
+
+
+def test_sizes_beyond_the_limits_are_refused_before_any_model_runs(guarded_pipe, start_image):
+    # The allocator would refuse them only after the image encoder and the VAE ran.
     with pytest.raises(
-        ValueError, match=rf"num_inference_steps={train_steps + 1} .*; use at most {train_steps} steps"
+        ValueError, match=r"`height` must be at most 4096 \(Ruyi makes 360p to 720p videos\), got 4112"
     ):
-        _call(guarded_pipe, start_image, num_inference_steps=train_steps + 1)
+        _call(guarded_pipe, start_image, height=4112, width=48)
+    with pytest.raises(ValueError, match="`base_resolution` must be an integer from 64 to 2048, got 2049"):
+        _call(guarded_pipe, start_image, height=None, width=None, base_resolution=2049)
 
 
 def test_numpy_numbers_are_taken_as_python_numbers(pipe, start_image):
@@ -335,7 +353,7 @@ def test_numpy_numbers_are_taken_as_python_numbers(pipe, start_image):
 
 
 def test_base_resolution_is_checked_when_height_and_width_are_given(guarded_pipe, start_image):
-    with pytest.raises(TypeError, match="`base_resolution` must be an integer >= "):
+    with pytest.raises(TypeError, match="`base_resolution` must be an integer from 64 to 2048, got str"):
         _call(guarded_pipe, start_image, base_resolution="junk")
 
 
@@ -680,6 +698,22 @@ def test_hub_id_offline_without_cache_fails_clearly(tmp_path, monkeypatch):
 def test_mistyped_local_path_is_not_sent_to_the_hub(path):
     with pytest.raises(FileNotFoundError, match="is not an existing folder"):
         RuyiImageToVideoPipeline.from_pretrained(path)
+
+
+def test_offload_devices_are_checked_first(pipe):
+    # Sequential offload to the CPU was taken and failed in accelerate at the next call; an absent device failed in
+    # torch with an AssertionError.
+    with pytest.raises(ValueError, match=r"`enable_sequential_cpu_offload` keeps the weights on the CPU .*'cpu'"):
+        pipe.enable_sequential_cpu_offload(device="cpu")
+    with pytest.raises(ValueError, match="`device` of `enable_model_cpu_offload` is not a device: 'gpu'"):
+        pipe.enable_model_cpu_offload(device="gpu")
+    with pytest.raises(TypeError, match="`device` of `enable_model_cpu_offload` must be a str or torch.device"):
+        pipe.enable_model_cpu_offload(device=0)
+    if not torch.cuda.is_available():
+        for method in (pipe.enable_model_cpu_offload, pipe.enable_sequential_cpu_offload):
+            with pytest.raises(ValueError, match=r"^`device` 'cuda:1' is not available here: "):
+                method(gpu_id=1, device="cuda")
+    assert not getattr(pipe, "_all_hooks", [])  # nothing was set up
 
 
 def test_model_cpu_offload_parks_the_vae_during_the_denoising_loop(tiny_checkpoint, start_image):
