@@ -217,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         type=_finite_float,
         default=[],
-        help="Weight of each --lora, in order (default 1.0).",
+        help="Weight of each --lora, in order: one per --lora, or none (each 1.0).",
     )
 
     video = parser.add_argument_group("video")
@@ -425,7 +425,7 @@ def check_output_path(flag: str, path: str, overwrite: bool, suffix: Optional[st
     ancestor = _nearest_existing(os.path.dirname(os.path.abspath(path)))
     try:
         longest = os.pathconf(ancestor, "PC_NAME_MAX")
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):  # no pathconf on Windows
         longest = 255
     for part in os.path.relpath(os.path.abspath(path), ancestor).split(os.sep):
         if len(os.fsencode(part)) > longest:
@@ -500,6 +500,13 @@ def check_args(args: argparse.Namespace) -> None:
         args.extend_info = check_video(args.extend)
         if args.extend_info["fps"] is None and args.fps is None:
             raise CLIError(f"--extend {args.extend!r}: its frame rate cannot be read; pass --fps")
+        height, width = args.extend_info["height"], args.extend_info["width"]
+        if args.height is None and height % 16 == 0 and width % 16 == 0 and max(height, width) > MAX_FRAME_SIZE:
+            # New frames are made at the video's own size then (see _run_segments).
+            raise CLIError(
+                f"--extend {args.extend!r} is {width}x{height}: new frames would be made at that size, above "
+                f"{MAX_FRAME_SIZE}; pass --height and --width"
+            )
     for flag, path in (("--image", args.image), ("--last-image", args.last_image)):
         if path is None:
             continue
@@ -549,12 +556,17 @@ def check_args(args: argparse.Namespace) -> None:
                 "enhance"
             )
     if args.cache_skip_start is not None or args.cache_skip_end is not None:
-        default_start, default_end = TEACACHE_SKIP_DEFAULTS
-        start = max(1, default_start if args.cache_skip_start is None else args.cache_skip_start)
-        end = max(1, default_end if args.cache_skip_end is None else args.cache_skip_end)
+        given = (args.cache_skip_start, args.cache_skip_end)
+        start, end = (
+            max(1, default if value is None else value) for value, default in zip(given, TEACACHE_SKIP_DEFAULTS)
+        )
         if start + end >= args.steps:
+            shown = [
+                f"{default} (default)" if value is None else str(value)
+                for value, default in zip(given, TEACACHE_SKIP_DEFAULTS)
+            ]
             raise CLIError(
-                f"--cache-skip-start {start} and --cache-skip-end {end} (each at least 1) leave none of the "
+                f"--cache-skip-start {shown[0]} and --cache-skip-end {shown[1]} (0 counts as 1) leave none of the "
                 f"{args.steps} --steps that TeaCache may skip"
             )
     check_model(args.model)
@@ -764,9 +776,8 @@ def check_steps(args: argparse.Namespace) -> None:
     error = refused(args.steps)
     if error is None:
         return
-    fewer = args.steps > most
-    fewest = None if fewer else next((n for n in range(args.steps + 1, most + 1) if refused(n) is None), None)
-    hint = f"at most {most}" if fewer else f"at least {fewest}" if fewest else "other values"
+    fewest = next((n for n in range(args.steps + 1, most + 1) if refused(n) is None), None)
+    hint = f"at least {fewest}" if fewest else "other values"
     raise CLIError(
         f"--steps {args.steps} does not work with --scheduler {args.scheduler} (use {hint}): {_one_line(error)}"
     )
@@ -1019,6 +1030,8 @@ def merge_loras(pipe, paths: List[str], weights: List[float]) -> None:
         try:
             pipe.load_lora_weights(path, adapter_name=f"lora_{index}")
         except (ValueError, OSError, KeyError, RuntimeError) as error:
+            if "OutOfMemoryError" in type(error).__name__:  # not the file's fault: explain() says what to try
+                raise
             raise CLIError(f"--lora {path!r} could not be loaded: {_all_lines(error)}", EXIT_BAD_INPUT) from error
         pipe.fuse_lora(lora_scale=weight)
         pipe.unload_lora_weights()

@@ -16,6 +16,7 @@ import torch
 
 from diffusers_ruyi import RuyiImageToVideoPipeline
 from diffusers_ruyi.cli import output_folder_problem
+from diffusers_ruyi.loaders.model_loading import check_max_shard_size
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -46,12 +47,10 @@ def main(argv=None) -> None:
     problem = output_folder_problem(parent)  # before loading: a bad --output must not cost a load of the checkpoint
     if problem:
         parser.error(f"--output {args.output!r} {problem}.")
-    from huggingface_hub import split_torch_state_dict_into_shards
-
-    try:  # diffusers' save_pretrained shards with this function: its parse of the size, before the load
-        split_torch_state_dict_into_shards({}, max_shard_size=args.max_shard_size)
-    except ValueError:
-        parser.error(f"--max-shard-size must be a size such as 5GB or 500MB, got {args.max_shard_size!r}.")
+    try:  # the check save_pretrained makes, before the load
+        check_max_shard_size(args.max_shard_size)
+    except (TypeError, ValueError):
+        parser.error(f"--max-shard-size must be a positive size such as 5GB or 500MB, got {args.max_shard_size!r}.")
     dtype = {"default": DTYPES[args.dtype], "vae": torch.float32}
     try:
         pipe = RuyiImageToVideoPipeline.from_pretrained(args.checkpoint, dtype=dtype)

@@ -476,7 +476,10 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
                 check(weight)
         else:
             check(adapter_weights)
-        return super().set_adapters(adapter_names, adapter_weights)
+        if isinstance(adapter_weights, tuple):  # diffusers expands lists only
+            adapter_weights = list(adapter_weights)
+        # PEFT keeps the names as its active adapters and edits them as a list later.
+        return super().set_adapters(adapter_names if isinstance(adapter_names, str) else names, adapter_weights)
 
     def delete_adapters(self, adapter_names: Union[List[str], str]) -> None:
         r"""[`~loaders.lora_base.LoraBaseMixin.delete_adapters`]; names that are not loaded are refused (PEFT would
@@ -635,9 +638,8 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
 
             if isinstance(transformer_lora_adapter_metadata, LoraConfig):
                 transformer_lora_adapter_metadata = transformer_lora_adapter_metadata.to_dict()
-        for flag, value in (("original_format", original_format), ("is_main_process", is_main_process)):
-            if not isinstance(value, bool):
-                raise TypeError(f"`{flag}` must be a bool, got {type(value).__name__}.")
+        check_bool("original_format", original_format)
+        check_bool("is_main_process", is_main_process)
         if not isinstance(save_directory, (str, os.PathLike)):
             raise TypeError(f"`save_directory` must be a str or os.PathLike, got {type(save_directory).__name__}.")
         if os.path.exists(save_directory) and not os.path.isdir(save_directory):
@@ -671,6 +673,8 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
                 if os.path.exists(partial):
                     os.remove(partial)
             logger.info(f"LoRA weights (original Ruyi format) saved in {path}")
+            return
+        if not is_main_process:  # diffusers' writer would save anyway
             return
         cls._save_lora_weights(
             save_directory=save_directory,

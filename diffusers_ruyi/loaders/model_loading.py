@@ -33,6 +33,7 @@ import contextlib
 import functools
 import inspect
 import logging
+import numbers
 import os
 import posixpath
 import re
@@ -43,7 +44,7 @@ from urllib.parse import unquote, urlparse
 import torch
 from diffusers import ModelMixin
 
-from .._validation import check_device_available
+from .._validation import check_bool, check_device_available
 from .original_checkpoint import (
     ORIGINAL_KEY_RENAMES,
     ORIGINAL_LOADS_STRICTLY,
@@ -533,7 +534,9 @@ def load_checked_model(
 PUSH_TO_HUB_KWARGS = ("commit_message", "private", "create_pr", "token", "repo_id")
 
 
-def check_save_arguments(save_pretrained: Callable, *args, folders: Tuple[str, ...] = (), **kwargs) -> None:
+def check_save_arguments(
+    save_pretrained: Callable, *args, folders: Optional[Tuple[str, ...]] = None, **kwargs
+) -> None:
     """Checks a ``save_pretrained`` call before anything is written; diffusers would log some of these problems
     and go on, leaving a folder that does not load.
 
@@ -555,16 +558,22 @@ def check_save_arguments(save_pretrained: Callable, *args, folders: Tuple[str, .
     save_directory = arguments["save_directory"]
     if not isinstance(save_directory, (str, os.PathLike)):
         raise TypeError(f"`save_directory` must be a str or os.PathLike, got {type(save_directory).__name__}.")
-    for path in (save_directory, *(os.path.join(save_directory, folder) for folder in folders)):
+    for path in (save_directory, *(os.path.join(save_directory, folder) for folder in folders or ())):
         if os.path.exists(path) and not os.path.isdir(path):
             raise ValueError(f"{os.fspath(path)!r} is a file; `save_pretrained` writes a folder there.")
+    # The config file written last would fail after every weight was written.
+    config = os.path.join(save_directory, "model_index.json" if folders is not None else "config.json")
+    if os.path.isdir(config):
+        raise ValueError(f"{os.fspath(config)!r} is a folder; `save_pretrained` writes a file there.")
     variant = arguments.get("variant")
     if variant is not None and not isinstance(variant, str):
         raise TypeError(f"`variant` must be a str such as 'fp16' or None, got {type(variant).__name__}.")
     for flag in ("is_main_process", "push_to_hub", "use_flashpack"):
-        if flag in arguments and not isinstance(arguments[flag], bool):
-            raise TypeError(f"`{flag}` must be a bool, got {type(arguments[flag]).__name__}.")
-    _check_max_shard_size(arguments.get("max_shard_size"))
+        if flag in arguments:
+            check_bool(flag, arguments[flag])
+    # A pipeline (which names its component folders) hands `None` on as "each model's default"; a model cannot.
+    if "max_shard_size" in arguments:
+        check_max_shard_size(arguments["max_shard_size"], allow_none=folders is not None)
     unknown = sorted(set(arguments.get("kwargs", {})) - set(PUSH_TO_HUB_KWARGS))
     if unknown:
         raise TypeError(
@@ -573,24 +582,25 @@ def check_save_arguments(save_pretrained: Callable, *args, folders: Tuple[str, .
         )
 
 
-def _check_max_shard_size(value: Any) -> None:
-    if value is None:  # the pipeline's default: each model's own
-        return
+def check_max_shard_size(value: Any, allow_none: bool = False) -> None:
+    """``max_shard_size`` as ``save_pretrained`` takes it: a positive number of bytes, or a size string read by
+    huggingface_hub's own parser (``"5GB"``, ``"500MB"``); ``None`` only where ``allow_none`` (the pipeline's default:
+    each model's own)."""
     message = f"`max_shard_size` must be a positive int (bytes) or a size such as '5GB', got {value!r}."
-    if isinstance(value, str):
-        from huggingface_hub import split_torch_state_dict_into_shards
-
-        try:  # huggingface_hub's own parser, on nothing to split
-            split_torch_state_dict_into_shards({}, max_shard_size=value)
-        except ValueError:
-            raise ValueError(message) from None
-        number = re.fullmatch(r"\s*(\d+\.?\d*|\.\d+)\s*[KMGT]B\s*", value, re.IGNORECASE)
-        if number is None or float(number.group(1)) <= 0:  # the parser takes "-1GB" and "0MB"
-            raise ValueError(message)
+    if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, str):
+        from huggingface_hub.serialization._base import parse_size_to_int
+
+        try:
+            size = parse_size_to_int(value)
+        except (ValueError, OverflowError):  # "abc", "nanMB", "infGB"
+            raise ValueError(message) from None
+    elif isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        size = int(value)
+    else:
         raise TypeError(message)
-    if value < 1:
+    if size < 1:  # "0MB", "-1GB", "0.0001KB"
         raise ValueError(message)
 
 

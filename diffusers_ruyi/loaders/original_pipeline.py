@@ -25,7 +25,7 @@ import torch
 from diffusers.utils import is_transformers_version
 from tqdm.auto import tqdm
 
-from .._validation import check_device_available
+from .._validation import check_bool, check_device_available
 from .original_checkpoint import (
     TRANSFORMER_SUBFOLDERS,
     check_model_folder,
@@ -175,6 +175,8 @@ def load_original_pipeline_components(folder: str, **kwargs) -> Dict[str, Any]:
     device_map = _single_device(kwargs.pop("device_map", None))
     quantization = _pipeline_quantization(kwargs.pop("quantization_config", None))
     model_kwargs = {key: kwargs.pop(key) for key in _MODEL_LOADING_KWARGS if key in kwargs}
+    if "low_cpu_mem_usage" in model_kwargs:
+        check_bool("low_cpu_mem_usage", model_kwargs["low_cpu_mem_usage"])
     if kwargs:
         raise TypeError(
             f"Unsupported argument(s) for loading the original Ruyi layout: {sorted(kwargs)}. Supported: `dtype`, "
@@ -247,11 +249,11 @@ def _single_device(device_map: Any) -> Any:
     to exist before anything is read (torch would fail on the first weight moved there)."""
     if device_map is None:
         return None
+    if isinstance(device_map, int) and not isinstance(device_map, bool):
+        return device_map  # an index on whichever accelerator accelerate finds: not probed here
     device = None
     if isinstance(device_map, torch.device):
         device = device_map
-    elif isinstance(device_map, int) and not isinstance(device_map, bool):
-        device = torch.device("cuda", device_map)  # what accelerate reads an index as
     elif isinstance(device_map, str) and device_map not in ("auto", "balanced", "balanced_low_0", "sequential"):
         try:
             device = torch.device(device_map)
@@ -259,7 +261,7 @@ def _single_device(device_map: Any) -> Any:
             raise ValueError(f"`device_map={device_map!r}` is not a device; pass 'cuda', 'cuda:1' or 'cpu'.") from None
     if device is not None:
         check_device_available("device_map", device)
-        return device_map if isinstance(device_map, int) else device
+        return device
     raise ValueError(
         f"`device_map={device_map!r}`: the original Ruyi layout loads every component on one device; pass a device "
         "('cuda', 'cuda:1', 'cpu'), or use `enable_model_cpu_offload()` to spread the work."

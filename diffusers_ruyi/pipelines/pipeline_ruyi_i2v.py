@@ -41,6 +41,7 @@ from .._validation import (
     check_bool,
     check_device_available,
     check_frame_size,
+    check_int,
     check_real,
 )
 from ..loaders.lora import RuyiLoraLoaderMixin
@@ -118,12 +119,21 @@ DIFFUSERS_LOADING_KWARGS = (
 
 
 def _check_offload_device(method: str, gpu_id: Any, device: Any, cpu_ok: bool) -> None:
-    """The device an offload method runs each model on, when given: present on this machine, and the CPU only where
-    ``cpu_ok``. Without `device` diffusers picks one itself, or says there is none."""
-    if device is None:
+    """The device an offload method runs each model on, as diffusers works it out (`device`, or its accelerator,
+    with `gpu_id` as the index): present on this machine, and the CPU only where ``cpu_ok``. Without either argument,
+    or with both naming an index, diffusers' own checks speak."""
+    if gpu_id is not None:
+        check_int("gpu_id", gpu_id, minimum=0)
+    if device is None and gpu_id is None:
         return
-    if not isinstance(device, (str, torch.device)):
-        raise TypeError(f"`device` of `{method}` must be a str or torch.device, got {type(device).__name__}.")
+    if device is None:
+        from diffusers.utils.torch_utils import get_device
+
+        device = get_device()
+        if device == "cpu":  # diffusers says there is no accelerator
+            return
+    if isinstance(device, bool) or not isinstance(device, (str, torch.device, int)):
+        raise TypeError(f"`device` of `{method}` must be a str, torch.device or int, got {type(device).__name__}.")
     try:
         device = torch.device(device)
     except RuntimeError:
@@ -133,6 +143,8 @@ def _check_offload_device(method: str, gpu_id: Any, device: Any, cpu_ok: bool) -
             f"`{method}` keeps the weights on the CPU and runs them on an accelerator: `device={str(device)!r}` is "
             "not one; pass e.g. 'cuda'."
         )
+    if gpu_id is not None and device.index is not None:
+        return  # diffusers refuses both at once, in its words
     index = gpu_id if gpu_id is not None else device.index
     check_device_available("device", torch.device(device.type, index) if index is not None else device)
 
@@ -520,6 +532,8 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                 raise ValueError(f"`{name}` is an empty image ({images.width}x{images.height}).")
             return [image_to_rgb(images, name)]
         if isinstance(images, torch.Tensor):
+            if images.is_meta:
+                raise ValueError(f"`{name}` is a tensor on the meta device, which holds no values.")
             if not images.is_floating_point():
                 raise TypeError(f"`{name}` as a tensor must be floating point (values in [0, 1]), got {images.dtype}.")
             if images.ndim not in (3, 4) or images.shape[-3] not in (1, 3, 4) or not images.numel():
@@ -714,7 +728,9 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             self._check_count(name, value)
         train_steps = getattr(getattr(self.scheduler, "config", None), "num_train_timesteps", None)
         if isinstance(train_steps, int) and num_inference_steps > train_steps:
-            # Every sampler: one would build a schedule of that many steps (gigabytes for 10^9) before refusing.
+            # Every sampler, a deliberate departure from diffusers (whose Euler and DPM++ take more): DDIM and PNDM
+            # cannot schedule more, and the others would first build a schedule of that many steps (gigabytes for
+            # 10^9) that only interpolates between training timesteps.
             raise ValueError(
                 f"`num_inference_steps` must be at most the scheduler's `num_train_timesteps` ({train_steps}), got "
                 f"{num_inference_steps}."
@@ -1154,6 +1170,9 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         VAE decode clamped, then, unless the VAE is the cache variant, `smooth_output`. Runs without gradients (call
         `vae.decode` and `smooth_output` yourself to train through them).
         """
+        if not isinstance(latents, torch.Tensor) or latents.dim() != 5:
+            shape = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+            raise TypeError(f"`latents` must be a 5D tensor (batch, channels, frames, height, width), got {shape}.")
         batch, _, num_latent_frames, latent_height, latent_width = latents.shape
         chunk = self.vae.config.num_latent_frames_batch_size
         ratio = self.vae_scale_factor_spatial

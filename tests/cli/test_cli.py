@@ -144,10 +144,13 @@ def test_refuses_to_overwrite(tmp_path, capsys):
         (["--output", "x" * 300 + ".mp4"], "bytes long; this file system takes at most"),
         # Explicit step windows that leave nothing to do.
         (["--enhance-a-video", "1", "--enhance-skip-start", "1"], "leave none of the 1 --steps to enhance"),
+        (["--cache", "teacache", "--cache-skip-end", "0"], "--cache-skip-start 3 (default) and --cache-skip-end 0 (0"),
+        # At the edge: as many steps as the windows take (with 0 counted as 1).
         (
-            ["--cache", "teacache", "--cache-skip-end", "0"],
-            "--cache-skip-start 3 and --cache-skip-end 1 (each at least",
+            ["--enhance-a-video", "1", "--enhance-skip-end", "1"],
+            "--enhance-skip-start 0 and --enhance-skip-end 1 leave",
         ),
+        (["--cache", "teacache", "--cache-skip-start", "0", "--cache-skip-end", "0", "--steps", "2"], "none of the 2"),
         (["--seed", str(2**64)], "--seed: expected an integer from -2**63 to 2**64 - 1"),
         (["--seed", str(-(2**63) - 1)], "--seed: expected an integer from -2**63 to 2**64 - 1"),
         (["--device", "meta"], "--device 'meta' is not a device"),
@@ -339,6 +342,13 @@ def test_a_video_without_a_readable_frame_rate_needs_fps(tmp_path, capsys, monke
         main(args)
     assert exit_info.value.code == 2
     assert f"--extend {str(video)!r}: its frame rate cannot be read; pass --fps" in capsys.readouterr().err
+    # A video above the largest frame size, generated at its own size, needs --height/--width.
+    monkeypatch.setattr(cli, "check_video", lambda path: {"frames": 8, "height": 32, "width": 4112, "fps": 24.0})
+    with pytest.raises(SystemExit):
+        main([*args[:4], "--model", "tiny-random"])
+    assert "is 4112x32: new frames would be made at that size, above 4096; pass --height and --width" in (
+        capsys.readouterr().err
+    )
     # With --fps it passes this check (and fails later on the empty file, which is not a video).
     monkeypatch.setattr(cli, "check_video", lambda path: {"frames": 8, "height": 32, "width": 48, "fps": None})
     parsed = cli.build_parser().parse_args([*args, "--fps", "12"])

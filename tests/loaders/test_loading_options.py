@@ -7,6 +7,7 @@ transformer's Linear weights while it loads.
 
 import os
 
+import numpy as np
 import pytest
 import torch
 from _helpers import hub_cache_snapshot, load_golden_case, logged, run_case
@@ -128,6 +129,9 @@ def test_bad_save_arguments_are_refused_before_anything_is_written(tiny_checkpoi
     blocked.mkdir()
     (blocked / "scheduler").write_text("")  # a component diffusers saves with `save_config`
     (tmp_path / "a_file").write_text("")
+    blocked_index = tmp_path / "blocked_index"
+    (blocked_index / "model_index.json").mkdir(parents=True)
+    (blocked_index / "config.json").mkdir()
     out = tmp_path / "out"
     for save, args, kwargs, error, match in [
         (
@@ -147,8 +151,19 @@ def test_bad_save_arguments_are_refused_before_anything_is_written(tiny_checkpoi
         (pipe.save_pretrained, (out,), {"max_shard_size": "0MB"}, ValueError, "`max_shard_size` must be a positive"),
         (pipe.transformer.save_pretrained, (out,), {"max_shard_size": 0}, ValueError, "`max_shard_size`"),
         (pipe.transformer.save_pretrained, (out,), {"max_shard_size": 1.5}, TypeError, "`max_shard_size`"),
-        (pipe.save_pretrained, (out,), {"push_to_hub": "no"}, TypeError, "`push_to_hub` must be a bool"),
-        (pipe.vae.save_pretrained, (out,), {"is_main_process": 1}, TypeError, "`is_main_process` must be a bool"),
+        (pipe.transformer.save_pretrained, (out,), {"max_shard_size": None}, TypeError, "`max_shard_size`"),
+        (pipe.save_pretrained, (out,), {"max_shard_size": "0.0001KB"}, ValueError, "`max_shard_size` must be a"),
+        (pipe.save_pretrained, (out,), {"max_shard_size": "infGB"}, ValueError, "`max_shard_size` must be a"),
+        (pipe.save_pretrained, (blocked_index,), {}, ValueError, r"model_index.json' is a folder; `save_pretrained`"),
+        (pipe.vae.save_pretrained, (blocked_index,), {}, ValueError, r"config.json' is a folder"),
+        (pipe.save_pretrained, (out,), {"push_to_hub": "no"}, TypeError, "`push_to_hub` must be True or False"),
+        (
+            pipe.vae.save_pretrained,
+            (out,),
+            {"is_main_process": 1},
+            TypeError,
+            "`is_main_process` must be True or False",
+        ),
         (pipe.save_pretrained, (3,), {}, TypeError, "`save_directory` must be a str or os.PathLike, got int"),
         (pipe.save_pretrained, (out, True, None, None, False, False, "extra"), {}, TypeError, "save_pretrained"),
     ]:
@@ -156,7 +171,9 @@ def test_bad_save_arguments_are_refused_before_anything_is_written(tiny_checkpoi
             save(*args, **kwargs)
         assert not out.exists() and sorted(os.listdir(blocked)) == ["scheduler"], (args, kwargs)
     # The keywords diffusers reads for `push_to_hub` pass, and a size string too.
-    pipe.transformer.save_pretrained(out, commit_message="m", private=True, create_pr=False, max_shard_size="1GB")
+    pipe.transformer.save_pretrained(
+        out, commit_message="m", private=True, create_pr=False, max_shard_size="1e3MB", is_main_process=np.bool_(True)
+    )
     assert (out / "diffusion_pytorch_model.safetensors").is_file()
 
 
@@ -174,10 +191,12 @@ def test_a_misspelt_loading_option_of_a_saved_folder_is_refused(tiny_checkpoint,
 def test_bad_loading_options_are_refused_before_loading(tiny_realfmt_checkpoint):
     with pytest.raises(ValueError, match=r"device_map='balanced'.*one device"):
         RuyiImageToVideoPipeline.from_pretrained(tiny_realfmt_checkpoint, device_map="balanced")
+    with pytest.raises(TypeError, match="`low_cpu_mem_usage` must be True or False, got str 'yes'"):
+        RuyiImageToVideoPipeline.from_pretrained(tiny_realfmt_checkpoint, low_cpu_mem_usage="yes")
     with pytest.raises(ValueError, match=r"`device_map='gpu'` is not a device; pass 'cuda'"):
         RuyiImageToVideoPipeline.from_pretrained(tiny_realfmt_checkpoint, device_map="gpu")
     if not torch.cuda.is_available():  # torch failed on the first weight moved there (an AssertionError)
-        for device_map in ("cuda", 0, torch.device("cuda:1")):
+        for device_map in ("cuda", torch.device("cuda:1")):
             with pytest.raises(ValueError, match=r"^`device_map` 'cuda(:0|:1)?' is not available here: "):
                 RuyiImageToVideoPipeline.from_pretrained(tiny_realfmt_checkpoint, device_map=device_map)
     with pytest.raises(TypeError, match="must be a `diffusers.PipelineQuantizationConfig`.*got dict"):

@@ -138,7 +138,7 @@ def test_prefixed_keys_a_module_and_a_lora_config_are_taken(tmp_path):
 
 def test_a_lora_config_is_taken_as_metadata_in_the_diffusers_format_too(tmp_path):
     config = LoraConfig(r=2, lora_alpha=5, target_modules=["to_q"])
-    with pytest.raises(TypeError, match="`is_main_process` must be a bool, got NoneType"):  # the 3rd argument
+    with pytest.raises(TypeError, match="`is_main_process` must be True or False, got NoneType"):  # the 3rd argument
         RuyiImageToVideoPipeline.save_lora_weights(str(tmp_path), {A: torch.randn(2, 8), B: torch.randn(6, 2)}, None)
     RuyiImageToVideoPipeline.save_lora_weights(
         str(tmp_path), {A: torch.randn(2, 8), B: torch.randn(6, 2)}, transformer_lora_adapter_metadata=config
@@ -357,13 +357,16 @@ def test_the_file_is_written_whole_or_not_at_all(tmp_path):
         str(tmp_path / "other"), state_dict, is_main_process=False, original_format=True
     )
     assert not (tmp_path / "other").exists()
+    # In the diffusers format too (diffusers' writer saved anyway).
+    RuyiImageToVideoPipeline.save_lora_weights(str(tmp_path / "other"), state_dict, is_main_process=False)
+    assert not (tmp_path / "other").exists()
     (tmp_path / "a_file").write_text("")
     for original_format in (True, False):  # diffusers would log it and write nothing
         with pytest.raises(ValueError, match=r"`save_directory` .*a_file' is a file, not a folder"):
             RuyiImageToVideoPipeline.save_lora_weights(
                 str(tmp_path / "a_file"), state_dict, original_format=original_format
             )
-    with pytest.raises(TypeError, match="`is_main_process` must be a bool, got str"):
+    with pytest.raises(TypeError, match="`is_main_process` must be True or False, got str"):
         export(tmp_path / "other", state_dict, is_main_process="yes")
     with pytest.raises(TypeError, match="`save_directory` must be a str or os.PathLike, got NoneType"):
         RuyiImageToVideoPipeline.save_lora_weights(None, state_dict)
@@ -378,5 +381,5 @@ def test_the_file_is_written_whole_or_not_at_all(tmp_path):
     export(tmp_path / "custom", transposed, save_function=save)
     assert seen == [(str(tmp_path / "custom" / "pytorch_lora_weights.partial.safetensors"), True)]
     assert os.listdir(tmp_path / "custom") == ["pytorch_lora_weights.safetensors"]
-    with pytest.raises(TypeError, match="`original_format` must be a bool"):
+    with pytest.raises(TypeError, match="`original_format` must be True or False"):
         RuyiImageToVideoPipeline.save_lora_weights(str(tmp_path), state_dict, original_format="yes")

@@ -104,6 +104,7 @@ def test_a_stacked_video_of_frames_matches_the_list_of_lists(pipe, images):
         (torch.zeros(3, 0, 0), ValueError, "`image` as a tensor must be .* no size 0"),
         (torch.zeros(0, 3, 32, 48), ValueError, "`image` as a tensor must be .* no size 0"),
         (PIL.Image.new("RGB", (0, 0)), ValueError, "`image` is an empty image"),
+        (torch.empty(3, 32, 48, device="meta"), ValueError, "`image` is a tensor on the meta device"),
     ],
 )
 def test_bad_images_fail_early_naming_the_argument(guarded_pipe, image, error, match):

@@ -1,6 +1,7 @@
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -309,7 +310,13 @@ def test_a_schedule_the_sampler_cannot_make_is_refused_before_any_model_runs(gua
         guarded_pipe.scheduler = original
     # Too many steps, with every sampler: Euler would first build a schedule of 10^9 steps (gigabytes).
     train_steps = original.config.num_train_timesteps
-    for scheduler in (original, EulerDiscreteScheduler.from_config(original.config)):
+    for cls in (type(original), EulerDiscreteScheduler):
+        scheduler = cls.from_config(original.config)
+
+        def must_not_schedule(*args, **kwargs):
+            raise AssertionError("a schedule was built before the step count was checked")
+
+        scheduler.set_timesteps = must_not_schedule
         guarded_pipe.scheduler = scheduler
         try:
             for steps in (train_steps + 1, 10**9):
@@ -707,12 +714,18 @@ def test_offload_devices_are_checked_first(pipe):
         pipe.enable_sequential_cpu_offload(device="cpu")
     with pytest.raises(ValueError, match="`device` of `enable_model_cpu_offload` is not a device: 'gpu'"):
         pipe.enable_model_cpu_offload(device="gpu")
-    with pytest.raises(TypeError, match="`device` of `enable_model_cpu_offload` must be a str or torch.device"):
-        pipe.enable_model_cpu_offload(device=0)
+    with pytest.raises(TypeError, match="`device` of `enable_model_cpu_offload` must be a str, torch.device or int"):
+        pipe.enable_model_cpu_offload(device=[0])
+    with pytest.raises(TypeError, match="`gpu_id` must be an integer, got str"):
+        pipe.enable_model_cpu_offload(gpu_id="0", device="cuda")
+    with pytest.raises(ValueError, match="Cannot pass both"):  # diffusers' own check, not a probe of cuda:0
+        pipe.enable_model_cpu_offload(gpu_id=0, device="cuda:1")
     if not torch.cuda.is_available():
         for method in (pipe.enable_model_cpu_offload, pipe.enable_sequential_cpu_offload):
             with pytest.raises(ValueError, match=r"^`device` 'cuda:1' is not available here: "):
                 method(gpu_id=1, device="cuda")
+            with pytest.raises(ValueError, match=r"^`device` 'cuda:3' is not available here: "):
+                method(device="cuda:3")
     assert not getattr(pipe, "_all_hooks", [])  # nothing was set up
 
 
@@ -795,6 +808,9 @@ def test_latent_output_decodes_to_the_video_by_the_documented_recipe(pipe, start
     # docs/pipeline.md: decode_latents (with the slice VAE's smooth_output), then the video processor. Outside
     # no_grad decode_latents recorded the VAE's graph and postprocess_video failed on it.
     latents = _call(pipe, start_image, num_inference_steps=2, output_type="latent").frames
+    for bad, shown in ((latents.numpy(), "ndarray"), (latents[0], str(tuple(latents[0].shape)))):
+        with pytest.raises(TypeError, match=rf"`latents` must be a 5D tensor .*got {re.escape(shown)}"):
+            pipe.decode_latents(bad)
     video = pipe.video_processor.postprocess_video(pipe.decode_latents(latents), output_type="np")
     expected = _call(pipe, start_image, num_inference_steps=2, output_type="np").frames
     assert np.array_equal(video, expected)

@@ -70,7 +70,13 @@ def test_python_m_entry_point():
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--max-shard-size", "5 gigs"], "--max-shard-size must be a size such as 5GB or 500MB, got '5 gigs'"),
+        (
+            ["--max-shard-size", "5 gigs"],
+            "--max-shard-size must be a positive size such as 5GB or 500MB, got '5 gigs'",
+        ),
+        # huggingface_hub parses these to 0 or less: save_pretrained failed after the whole load.
+        (["--max-shard-size", "0MB"], "--max-shard-size must be a positive size such as 5GB or 500MB, got '0MB'"),
+        (["--max-shard-size", "0.0001KB"], "got '0.0001KB'"),
         (["--checkpoint", "no/such/folder"], "--checkpoint 'no/such/folder' could not be loaded: "),
     ],
 )
