@@ -389,6 +389,8 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                     f"`dtype` names no component of the pipeline: {', '.join(unknown)}; use {sorted(components)} or "
                     "'default'."
                 )
+        # A misspelt option is refused before a download (`subfolder` gets the original layout's own answer).
+        cls._check_loading_kwargs(kwargs, allowed=("subfolder",))
         # Where the files come from is settled here (a local folder as it is, a hub id downloaded once); what
         # remains in kwargs is for loading the components.
         hub_kwargs = {k: kwargs.pop(k) for k in HUB_KWARGS if k != "subfolder" and k in kwargs}
@@ -407,13 +409,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                 "a Ruyi checkpoint in the original layout (transformer/, vae/, image_encoder/, scheduler/ and "
                 "embeddings.safetensors)."
             )
-        components, optional = cls._get_signature_keys(cls)
-        unknown = sorted(set(kwargs) - set(components) - set(optional) - set(DIFFUSERS_LOADING_KWARGS))
-        if unknown:  # diffusers would log "will be ignored" and load without them
-            raise TypeError(
-                f"from_pretrained() got unexpected keyword arguments {unknown}; it takes the components "
-                f"{sorted(components)}, `dtype` and diffusers' loading options {sorted(DIFFUSERS_LOADING_KWARGS)}."
-            )
+        cls._check_loading_kwargs(kwargs)
         check_weight_files(path)
         if "image_encoder" not in kwargs and os.path.isdir(os.path.join(path, "image_encoder")):
             # A saved pipeline's CLIP tower is safetensors (the published .bin is the original layout's exception).
@@ -423,6 +419,18 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         # dtype (a folder saved in bfloat16 gave a bfloat16 image encoder next to float32 models).
         kwargs["dtype"] = torch.float32 if dtype is None else dtype
         return super().from_pretrained(path, **kwargs)
+
+    @classmethod
+    def _check_loading_kwargs(cls, kwargs: Dict[str, Any], allowed: Tuple[str, ...] = ()) -> None:
+        """Refuses keywords `from_pretrained` does not read: diffusers would log "will be ignored" and load without
+        them (a misspelt `dtype` loads in float32)."""
+        components, optional = cls._get_signature_keys(cls)
+        unknown = sorted(set(kwargs) - set(components) - set(optional) - set(DIFFUSERS_LOADING_KWARGS) - set(allowed))
+        if unknown:
+            raise TypeError(
+                f"from_pretrained() got unexpected keyword arguments {unknown}; it takes the components "
+                f"{sorted(components)}, `dtype` and diffusers' loading options {sorted(DIFFUSERS_LOADING_KWARGS)}."
+            )
 
     def save_pretrained(self, save_directory: Union[str, os.PathLike], *args, **kwargs) -> None:
         r"""[`~DiffusionPipeline.save_pretrained`], with its arguments checked before anything is written:

@@ -201,8 +201,14 @@ def test_bad_loading_options_are_refused_before_loading(tiny_realfmt_checkpoint)
                 RuyiImageToVideoPipeline.from_pretrained(tiny_realfmt_checkpoint, device_map=device_map)
     with pytest.raises(TypeError, match="must be a `diffusers.PipelineQuantizationConfig`.*got dict"):
         RuyiImageToVideoPipeline.from_pretrained(tiny_realfmt_checkpoint, quantization_config={"load_in_8bit": True})
-    with pytest.raises(TypeError, match=r"Unsupported argument\(s\).*\['not_an_option'\]"):
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['not_an_option'\]"):
         RuyiImageToVideoPipeline.from_pretrained(tiny_realfmt_checkpoint, not_an_option=1)
+    # Before any download: a hub id that is not cached would otherwise be fetched first.
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['dtpye'\]"):
+        RuyiImageToVideoPipeline.from_pretrained("someone/not-cached-anywhere", dtpye=torch.bfloat16)
+    # A diffusers option the original layout does not take still gets its own answer.
+    with pytest.raises(TypeError, match=r"Unsupported argument\(s\).*\['custom_pipeline'\]"):
+        RuyiImageToVideoPipeline.from_pretrained(tiny_realfmt_checkpoint, custom_pipeline="x")
     with pytest.raises(ValueError, match="safetensors files only"):
         RuyiTransformer3DModel.from_pretrained(tiny_realfmt_checkpoint, subfolder="transformer", use_safetensors=False)
     with pytest.raises(
