@@ -65,7 +65,9 @@ def save_atomically(write, path: str) -> None:
 
 
 def main(argv=None):
-    parser = example_parser(__doc__, "docs/images/long_video_strip.png", model="tiny-random", num_frames=38, steps=2)
+    parser = example_parser(
+        __doc__, "docs/images/long_video_strip.png", model="tiny-random", num_frames=38, steps=2, long_video=True
+    )
     parser.add_argument("--video", help="Also write the video (mp4).")
     parser.add_argument("--segment-frames", type=int, default=16)
     parser.add_argument("--context-frames", type=int, default=5)

@@ -44,7 +44,7 @@ from peft.utils import get_peft_model_state_dict
 from tqdm.auto import tqdm
 
 from diffusers_ruyi._images import open_image
-from diffusers_ruyi.cli import CLIError, check_image, check_model, output_folder_problem
+from diffusers_ruyi.cli import MAX_FRAME_SIZE, CLIError, check_image, check_model, output_folder_problem
 from diffusers_ruyi.pipelines.controls import CAMERA_DIRECTIONS, MOTION_VALUES
 from diffusers_ruyi.pipelines.pipeline_ruyi_i2v import RuyiImageToVideoPipeline
 from diffusers_ruyi.tiny import build_tiny_random_pipeline
@@ -178,8 +178,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if args.num_frames < 1 or (args.num_frames != 1 and args.num_frames % 8 != 0):
         parser.error(f"--num_frames must be 1 or a multiple of 8, got {args.num_frames}.")
     for name in ("height", "width"):
-        if getattr(args, name) <= 0 or getattr(args, name) % 16 != 0:
-            parser.error(f"--{name} must be a positive multiple of 16.")
+        if getattr(args, name) <= 0 or getattr(args, name) % 16 != 0 or getattr(args, name) > MAX_FRAME_SIZE:
+            parser.error(f"--{name} must be a positive multiple of 16 of at most {MAX_FRAME_SIZE}.")
+    if not args.output_dir:
+        parser.error("--output_dir must name a folder, got ''.")
     if args.rank < 1:
         parser.error("--rank must be positive.")
     if not os.path.isdir(args.data_dir):

@@ -1565,6 +1565,11 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             frames = latents
         else:
             video = self.decode_latents(latents)
+            if not torch.isfinite(video).all():  # said once per call: postprocessing would make them black pixels
+                logger.warning(
+                    "The decoded video holds NaN or infinite values (a LoRA or Enhance-A-Video weight far too large?); "
+                    "they come out as black pixels."
+                )
             if video.dtype != torch.float32:
                 # The original maps the video to [0, 1] in the VAE's dtype (bfloat16 in its predict_i2v.py) and only
                 # then casts to float32; the same rounding here (the map back to [-1, 1] is exact in float32).

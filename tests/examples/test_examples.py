@@ -21,6 +21,29 @@ def test_example_writes_video(tmp_path, name, extra, size):
     assert len(frames) == 8 and frames[0].shape[:2] == size
 
 
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--num-frames", "7"], "--num-frames: expected 1 or a positive multiple of 8, got '7'"),
+        (["--steps", "0"], "--steps: expected a positive integer, got '0'"),
+        (["--image", "missing.png"], "--image 'missing.png' does not exist"),
+        (["--image", __file__], "is not a readable image"),
+        (["--output", "{tmp}/video.gif"], "--output must end with .mp4"),
+        (["--output", "{tmp}/folder.mp4"], "is a folder; give a file name"),
+        (["--model", "no/such/folder/x"], "--model"),
+    ],
+)
+def test_examples_check_their_arguments_before_loading(tmp_path, monkeypatch, capsys, extra, message):
+    # They failed after the model had loaded (or after generating, for --output), with a traceback.
+    example = load_example("image_to_video")
+    monkeypatch.setattr(example, "load_pipeline", lambda *a, **k: pytest.fail("the model was loaded"))
+    extra = [value.replace("{tmp}", str(tmp_path)) for value in extra]
+    (tmp_path / "folder.mp4").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        example.main([*SMALL, "--output", str(tmp_path / "v.mp4"), *extra])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_camera_grid(tmp_path):
     out = tmp_path / "grid.mp4"
     args = [*SMALL, "--output", str(out), "--height", "32", "--width", "48", "--cameras", "left", "right"]

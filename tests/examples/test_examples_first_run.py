@@ -27,7 +27,7 @@ def test_missing_output_folders_are_created(tmp_path, name):
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
-def test_bad_output_folder_fails_before_loading(tmp_path, monkeypatch, name):
+def test_bad_output_folder_fails_before_loading(tmp_path, monkeypatch, capsys, name):
     module = load_example(name)
 
     def must_not_load(*args, **kwargs):
@@ -35,8 +35,10 @@ def test_bad_output_folder_fails_before_loading(tmp_path, monkeypatch, name):
 
     monkeypatch.setattr(module, "load_pipeline", must_not_load)
     (tmp_path / "blocker").write_text("a file where a folder should be")
-    with pytest.raises((FileExistsError, NotADirectoryError)):
+    with pytest.raises(SystemExit) as exit_info:  # one line, as ruyi-i2v says it (it was an OSError's traceback)
         module.main([*SMALL, *SCRIPTS[name], "--output", str(tmp_path / "blocker" / "video.mp4")])
+    assert exit_info.value.code == 2
+    assert "blocker' is a file, not a folder" in capsys.readouterr().err
 
 
 def test_lora_inference_docstring_names_a_lora_that_fits_tiny_random():

@@ -184,6 +184,9 @@ def test_trains_on_the_tiny_random_model(script, video_dir, tmp_path):
     "extra, message",
     [
         (["--frame_stride", "0"], "--frame_stride must be an integer >= 1"),
+        # A size the allocator refused after the model loaded, and an empty --output_dir (os.makedirs('') failed).
+        (["--height", "4112"], "--height must be a positive multiple of 16 of at most 4096"),
+        (["--output_dir", ""], "--output_dir must name a folder, got ''"),
         (["--max_train_steps", "0"], "--max_train_steps must be an integer >= 1"),
         (["--train_batch_size", "0"], "--train_batch_size must be an integer >= 1"),
         (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps must be an integer >= 1"),

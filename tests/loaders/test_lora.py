@@ -554,6 +554,18 @@ def _generate(pipe, **kwargs):
     return quick_latents(pipe, image, **kwargs)
 
 
+def test_a_video_that_overflows_is_said_not_silently_black(clean_pipe):
+    # A LoRA at 1e30 overflows the transformer: the NaN frames became black pixels without a word.
+    clean_pipe.load_lora_weights(str(ORIGINAL_LORA), adapter_name="huge")
+    image = PIL.Image.new("RGB", (48, 32), (120, 80, 40))
+    args = dict(image=image, num_frames=1, height=32, width=48, num_inference_steps=1, output_type="np")
+    for weight, said in ((1.0, False), (1e30, True)):
+        clean_pipe.set_adapters("huge", weight)
+        with logged("diffusers_ruyi.pipelines.pipeline_ruyi_i2v") as records:
+            clean_pipe(**args, generator=torch.Generator().manual_seed(0))
+        assert any("holds NaN or infinite values" in r.getMessage() for r in records) == said, weight
+
+
 def test_pipeline_round_trip_and_scale(clean_pipe, tmp_path):
     pipe = clean_pipe
     base = _generate(pipe)
