@@ -508,13 +508,8 @@ def check_args(args: argparse.Namespace) -> None:
                 f"{MAX_FRAME_SIZE}; pass --height and --width"
             )
     for flag, path in (("--image", args.image), ("--last-image", args.last_image)):
-        if path is None:
-            continue
-        if not os.path.isfile(path):
-            raise CLIError(
-                f"{flag} {path!r} does not exist" if not os.path.exists(path) else f"{flag} {path!r} is a folder"
-            )
-        check_image(flag, path)
+        if path is not None:
+            check_image(flag, path)
     if (args.height is None) != (args.width is None):
         raise CLIError("pass both --height and --width, or neither")
     for flag, value in (("--height", args.height), ("--width", args.width)):
@@ -578,10 +573,16 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def check_image(flag: str, path: str) -> None:
-    """An image PIL can decode whole: `verify` finds a broken PNG, only a full decode a truncated JPEG."""
+    """An existing image file PIL can decode whole: `verify` finds a broken PNG, only a full decode a truncated
+    JPEG."""
     from PIL import Image, UnidentifiedImageError
 
     from ._images import image_mode_problem
+
+    if not os.path.isfile(path):
+        raise CLIError(
+            f"{flag} {path!r} does not exist" if not os.path.exists(path) else f"{flag} {path!r} is a folder"
+        )
 
     try:
         with Image.open(path) as im:

@@ -7,6 +7,8 @@ next to them. A copied example needs it too, or its functions pasted in.
 import argparse
 import os
 
+from diffusers_ruyi.cli import _positive_int
+
 
 def _frame_count(value: str) -> int:
     """An argparse type: 1 or a positive multiple of 8, as the pipeline takes."""
@@ -16,17 +18,6 @@ def _frame_count(value: str) -> int:
         number = 0
     if number != 1 and (number < 8 or number % 8):
         raise argparse.ArgumentTypeError(f"expected 1 or a positive multiple of 8, got {value!r}")
-    return number
-
-
-def _positive(value: str) -> int:
-    """An argparse type: a positive integer."""
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
     return number
 
 
@@ -46,10 +37,10 @@ def example_parser(
     parser.add_argument("--image", default="examples/assets/start.png", help="The start frame.")
     parser.add_argument("--output", default=output, help=f"The file to write ({os.path.splitext(output)[1]}).")
     if long_video:
-        parser.add_argument("--num-frames", type=_positive, default=num_frames, help="Frames of the video.")
+        parser.add_argument("--num-frames", type=_positive_int, default=num_frames, help="Frames of the video.")
     else:
         parser.add_argument("--num-frames", type=_frame_count, default=num_frames, help="1 or a multiple of 8.")
-    parser.add_argument("--steps", type=_positive, default=steps, help="Denoising steps.")
+    parser.add_argument("--steps", type=_positive_int, default=steps, help="Denoising steps.")
     return parser
 
 
@@ -65,12 +56,6 @@ def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace
         for flag in ("--image", "--last-image"):
             path = getattr(args, flag[2:].replace("-", "_"), None)
             if path is not None:
-                if not os.path.isfile(path):
-                    raise CLIError(
-                        f"{flag} {path!r} does not exist"
-                        if not os.path.exists(path)
-                        else f"{flag} {path!r} is a folder"
-                    )
                 check_image(flag, path)
         check_model(args.model)
     except CLIError as error:
