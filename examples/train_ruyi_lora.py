@@ -18,6 +18,7 @@ dataset layout, FSDP/DeepSpeed configurations and memory tips.
 
 import argparse
 import copy
+import difflib
 import functools
 import json
 import logging
@@ -61,6 +62,16 @@ LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 ORIGINAL_FORMAT_LORA = "ruyi_lora_original_format.safetensors"
 # A `--target_modules` entry that names a block: `blocks.7.attn1.to_q`.
 BLOCK_PREFIX = re.compile(r"^blocks\.(\d+)\.")
+# Each checkpoint's copy of the run's arguments, read when a run resumes from it.
+TRAINING_ARGS = "training_args.json"
+# What a checkpoint fixes: its LoRA's shape and scale, its optimizer's hyperparameters (restored with the optimizer
+# state, so new values would be ignored without a word) and the seed its data order and generators were drawn from.
+RESUME_FIXED_FLAGS = (
+    "rank", "lora_alpha", "target_modules", "learning_rate", "adam_beta1", "adam_beta2", "adam_weight_decay",
+    "adam_epsilon", "seed",
+)  # fmt: skip
+# The keys of a `metadata.jsonl` entry.
+METADATA_KEYS = ("file_name", "motion", "camera_direction")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -268,11 +279,18 @@ def _argument_problem(args: argparse.Namespace) -> Optional[str]:
     if args.validation_image is not None and args.validation_steps is None:
         return "--validation_image is used only with --validation_steps N (validation is off without it)."
     if args.report_to is not None:
-        from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+        from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
 
         trackers = ["all", *LOGGER_TYPE_TO_CLASS]
         if args.report_to not in trackers:
             return f"--report_to must be one of {', '.join(trackers)} or none, got {args.report_to!r}."
+        installed = [str(tracker) for tracker in get_available_trackers()]
+        if args.report_to != "all" and args.report_to not in installed:
+            # accelerate would only log a warning, and the run would record nothing.
+            return (
+                f"--report_to {args.report_to} needs its package installed (pip install {args.report_to}); "
+                f"installed here: {', '.join(installed) or 'none'}."
+            )
     resume = args.resume_from_checkpoint
     if resume not in (None, "latest") and not os.path.isdir(resume):
         return f"--resume_from_checkpoint {resume!r} is not a checkpoint folder (or 'latest')."
@@ -283,6 +301,18 @@ def _argument_problem(args: argparse.Namespace) -> Optional[str]:
                 f"--resume_from_checkpoint {resume!r} is not a checkpoint of this script (a checkpoint-<step> folder "
                 f"holding {LORA_WEIGHTS})."
             )
+    if resume is None and _checkpoints(args.output_dir):
+        # Its checkpoints would be overwritten step by step, and `latest` would then mix the two runs.
+        found = _checkpoints(args.output_dir)
+        return (
+            f"--output_dir {args.output_dir!r} holds another run's checkpoints ({', '.join(found)}): go on from them "
+            "with --resume_from_checkpoint latest, or choose another --output_dir."
+        )
+    checkpoint = _resume_checkpoint(args)
+    if checkpoint is not None:
+        problem = _resume_problem(args, checkpoint)
+        if problem:
+            return problem
     try:  # the module names do not depend on the model's sizes: the tiny architecture answers for the real one
         resolve_target_modules(_tiny_transformer_on_meta(), _any_block(args.target_modules))
     except ValueError as e:
@@ -292,12 +322,52 @@ def _argument_problem(args: argparse.Namespace) -> Optional[str]:
     if beyond:
         return f"--target_modules {beyond} name blocks the transformer does not have (blocks 0-{num_layers - 1})."
     try:  # the clips, their metadata and paired images, checked (not decoded) now rather than after loading the model
-        VideoFolderDataset(
+        dataset = VideoFolderDataset(
             args.data_dir, args.num_frames, args.height, args.width, args.frame_stride, _validation_dir(args)
         )
     except ValueError as e:
         return f"--data_dir: {e}"
+    if args.train_batch_size > len(dataset):
+        # The loader would make smaller batches than asked for without a word.
+        return f"--train_batch_size {args.train_batch_size} is more than the {len(dataset)} clip(s) in --data_dir."
     return None
+
+
+def _resume_checkpoint(args: argparse.Namespace) -> Optional[str]:
+    """The checkpoint folder the run resumes from: `--resume_from_checkpoint`, or for `latest` the newest
+    `checkpoint-<step>` in `--output_dir` (None when there is none: the run starts anew)."""
+    if args.resume_from_checkpoint != "latest":
+        return args.resume_from_checkpoint
+    found = _checkpoints(args.output_dir)
+    return os.path.join(args.output_dir, found[-1]) if found else None
+
+
+def _resume_problem(args: argparse.Namespace, checkpoint: str) -> Optional[str]:
+    """The flags in `RESUME_FIXED_FLAGS` this run sets otherwise than the run that wrote `checkpoint` (None when
+    they agree, or for a checkpoint without its run's arguments)."""
+    path = os.path.join(checkpoint, TRAINING_ARGS)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as e:
+        return f"--resume_from_checkpoint: {path} cannot be read ({e})."
+    if not isinstance(saved, dict):
+        return f"--resume_from_checkpoint: {path} is not a checkpoint's record of its arguments."
+
+    def comparable(name, value):  # the same modules in another order are the same LoRA
+        return sorted(set(str(value).split(","))) if name == "target_modules" and value is not None else value
+
+    changed = [n for n in RESUME_FIXED_FLAGS if n in saved and comparable(n, saved[n]) != comparable(n, vars(args)[n])]
+    if not changed:
+        return None
+    then = " ".join(f"--{n} {saved[n]}" for n in changed)
+    now = " ".join(f"--{n} {vars(args)[n]}" for n in changed)
+    return (
+        f"--resume_from_checkpoint {checkpoint!r} was trained with {then}; this run has {now}. Resume with the "
+        "checkpoint's values (its LoRA and optimizer state hold them), or start a new run in another --output_dir."
+    )
 
 
 def _validation_dir(args: argparse.Namespace) -> str:
@@ -444,7 +514,11 @@ class VideoFolderDataset(torch.utils.data.Dataset):
                 check_image("paired start image", path)
             except CLIError as e:
                 raise ValueError(str(e)) from None
+        span = (num_frames - 1) * frame_stride + 1
+        # Padded with their last frame to the window (a still image for a clip of one frame): `_train` says so.
+        self.short_clips = [path for path, count in zip(self.videos, self.frame_counts) if count < span]
         self.controls: Dict[str, Dict[str, Any]] = {}
+        self.ignored_keys: List[str] = []  # keys of other tools' metadata (a caption): `_train` says they are unread
         metadata_path = os.path.join(data_dir, "metadata.jsonl")
         if os.path.isfile(metadata_path):
             with open(metadata_path, encoding="utf-8") as f:
@@ -455,6 +529,17 @@ class VideoFolderDataset(torch.utils.data.Dataset):
                             name = os.path.normpath(entry.pop("file_name"))
                         except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
                             raise ValueError(f"{metadata_path}:{line_number} is not a valid entry: {e}") from e
+                        for key in entry:
+                            if key in METADATA_KEYS or key in self.ignored_keys:
+                                continue
+                            near = difflib.get_close_matches(key, METADATA_KEYS, n=1, cutoff=0.75)
+                            near = near or [k for k in METADATA_KEYS if len(key) >= 4 and key.lower() in k]
+                            if near:  # a misspelt control would leave the clip on the default without a word
+                                raise ValueError(
+                                    f"{metadata_path}:{line_number} has the key {key!r}: did you mean {near[0]!r}? "
+                                    f"The keys read are {', '.join(METADATA_KEYS)}."
+                                )
+                            self.ignored_keys.append(key)
                         if name in self.controls:  # which of the two was meant is anyone's guess
                             raise ValueError(f"{metadata_path}:{line_number} names {name!r} a second time.")
                         self.controls[name] = entry
@@ -818,6 +903,8 @@ def _train(argv: Optional[Sequence[str]]) -> str:
         # Called in every process.
         save_generator_states(generators, output_dir, accelerator.process_index)
         if accelerator.is_main_process:
+            with open(os.path.join(output_dir, TRAINING_ARGS), "w", encoding="utf-8") as f:
+                json.dump(vars(args), f, indent=2, sort_keys=True)
             for model in models:
                 if isinstance(unwrap(model), type(unwrap(transformer))):
                     RuyiImageToVideoPipeline.save_lora_weights(
@@ -862,13 +949,25 @@ def _train(argv: Optional[Sequence[str]]) -> str:
     dataset = VideoFolderDataset(
         args.data_dir, args.num_frames, args.height, args.width, args.frame_stride, _validation_dir(args), args.seed
     )
+    if dataset.short_clips:
+        span = (args.num_frames - 1) * args.frame_stride + 1
+        logger.warning(
+            f"{len(dataset.short_clips)} clip(s) have fewer than the {span} frames a window spans and are padded with "
+            f"their last frame: {', '.join(os.path.relpath(p, args.data_dir) for p in dataset.short_clips[:5])}"
+            f"{', ...' if len(dataset.short_clips) > 5 else ''}."
+        )
+    if dataset.ignored_keys:
+        logger.warning(
+            f"metadata.jsonl keys this script does not read, ignored: {', '.join(dataset.ignored_keys)} "
+            f"(it reads {', '.join(METADATA_KEYS)})."
+        )
     dataloader = torch.utils.data.DataLoader(
         dataset,
         batch_size=args.train_batch_size,
         shuffle=True,
         collate_fn=collate,
         num_workers=args.dataloader_num_workers,
-        drop_last=len(dataset) >= args.train_batch_size,
+        drop_last=True,  # (there are at least as many clips as a batch: checked with the arguments)
     )
     optimizer = torch.optim.AdamW(
         trainable,
@@ -908,11 +1007,7 @@ def _train(argv: Optional[Sequence[str]]) -> str:
 
     global_step = 0
     if args.resume_from_checkpoint:
-        if args.resume_from_checkpoint == "latest":
-            found = _checkpoints(args.output_dir)
-            path = os.path.join(args.output_dir, found[-1]) if found else None
-        else:
-            path = args.resume_from_checkpoint
+        path = _resume_checkpoint(args)
         if path is None:  # as diffusers' training scripts do
             logger.info(
                 f"--resume_from_checkpoint latest: no checkpoint-* folder in {args.output_dir!r}; starting anew."

@@ -220,6 +220,8 @@ def test_trains_on_the_tiny_random_model(script, video_dir, tmp_path):
         # The tiny checkpoint has 4 blocks: blocks.4 would have passed the check (made on block 3) and failed later.
         (["--target_modules", "to_q,blocks.4.attn1.to_q"], "['blocks.4.attn1.to_q'] name blocks the transformer does"),
         (["--num_train_epochs", "0"], "--num_train_epochs must be an integer >= 1"),
+        # Batches of 3 without a word.
+        (["--train_batch_size", "4"], "--train_batch_size 4 is more than the 3 clip(s) in --data_dir"),
         # Tracebacks after the model had loaded (or while it loaded), an empty --output_dir left behind:
         (["--pretrained_model_name_or_path", "./nope"], "--pretrained_model_name_or_path './nope' does not exist"),
         (["--output_dir", "/proc/ruyi-lora"], "--output_dir '/proc/ruyi-lora' cannot be written"),
@@ -256,6 +258,15 @@ def test_bad_arguments_stop_before_any_model_loads(script, video_dir, tmp_path, 
         (lambda d: None, "--data_dir: No videos"),
         (lambda d: (d / "metadata.jsonl").write_text('{"file_name": "a.mp4", "motion": 9}\n'), "motion must be"),
         (lambda d: (d / "metadata.jsonl").write_text('["a.mp4"]\n'), "is not a valid entry"),
+        # The clip trained on the default controls without a word.
+        (
+            lambda d: (d / "metadata.jsonl").write_text('{"file_name": "a.mp4", "motoin": 2}\n'),
+            "metadata.jsonl:1 has the key 'motoin': did you mean 'motion'?",
+        ),
+        (
+            lambda d: (d / "metadata.jsonl").write_text('{"file_name": "a.mp4", "camera": "left"}\n'),
+            "has the key 'camera': did you mean 'camera_direction'?",
+        ),
         (lambda d: (d / "out").write_text("a file"), "--output_dir"),
         (lambda d: (d / "broken.mp4").write_bytes(b"not a video"), "broken.mp4' is not a readable video"),
         # A paired start image was first read when the shuffle drew its clip, hours into a run.
@@ -406,12 +417,114 @@ def test_resume_reproduces_the_uninterrupted_run(script, video_dir, tmp_path):
     assert not all(torch.equal(at_checkpoint[k], expected[k]) for k in expected)
 
 
-def test_resume_with_another_lora_alpha_is_refused(script, video_dir, tmp_path):
-    script.main(_args(video_dir, tmp_path / "run", "--max_train_steps", "1", "--checkpointing_steps", "1"))
-    args = _args(video_dir, tmp_path / "run", "--max_train_steps", "2", "--resume_from_checkpoint", "latest")
-    args[args.index("--lora_alpha") + 1] = "4"
+@pytest.fixture(scope="module")
+def checkpointed_run(script, video_dir, tmp_path_factory):
+    """A run's output folder holding checkpoint-1 (the run's arguments are `_args`)."""
+    run = tmp_path_factory.mktemp("checkpointed") / "run"
+    script.main(_args(video_dir, run, "--max_train_steps", "1", "--checkpointing_steps", "1"))
+    return run
+
+
+def _with(args, flag, value):
+    """`args` with `flag` set to `value` (replaced, or added)."""
+    args = list(args)
+    if flag in args:
+        args[args.index(flag) + 1] = value
+        return args
+    return [*args, flag, value]
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        # Rescaled (alpha), or refused by PEFT after the model had loaded (rank, targets).
+        ("--lora_alpha", "4", "was trained with --lora_alpha 8.0; this run has --lora_alpha 4.0"),
+        ("--rank", "2", "was trained with --rank 4; this run has --rank 2"),
+        ("--target_modules", "to_q", "this run has --target_modules to_q"),
+        # Restored with the optimizer state: the new value was ignored without a word.
+        ("--learning_rate", "1e-3", "was trained with --learning_rate 0.01; this run has --learning_rate 0.001"),
+        ("--adam_weight_decay", "0", "--adam_weight_decay 0.01; this run has --adam_weight_decay 0.0"),
+        ("--seed", "1", "was trained with --seed 0; this run has --seed 1"),
+    ],
+)
+def test_resume_with_other_fixed_settings_stops_before_any_model_loads(
+    script, video_dir, checkpointed_run, capsys, monkeypatch, flag, value, message
+):
+    monkeypatch.setattr(script.RuyiImageToVideoPipeline, "from_pretrained", None)  # not called
+    args = _args(video_dir, checkpointed_run, "--max_train_steps", "2", "--resume_from_checkpoint", "latest")
+    with pytest.raises(SystemExit) as e:
+        script.main(_with(args, flag, value))
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "checkpoint-1" in err
+    assert script._checkpoints(str(checkpointed_run)) == ["checkpoint-1"]
+
+
+def test_resume_takes_the_same_targets_in_another_order_and_other_step_counts(script, video_dir, checkpointed_run):
+    args = _args(video_dir, checkpointed_run, "--max_train_steps", "5", "--resume_from_checkpoint", "checkpoint-1")
+    args = _with(args, "--target_modules", "proj_out,ff.net.2,to_out.0,to_v,to_k,to_q")
+    assert script.parse_args(args).resume_from_checkpoint == str(checkpointed_run / "checkpoint-1")
+
+
+def test_resume_from_a_checkpoint_without_its_arguments_still_refuses_another_alpha(
+    script, video_dir, checkpointed_run, tmp_path
+):
+    # A checkpoint written before the arguments were recorded: the LoRA's own metadata still holds its alpha.
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(checkpointed_run, run)
+    (run / "checkpoint-1" / script.TRAINING_ARGS).unlink()
+    args = _args(video_dir, run, "--max_train_steps", "2", "--resume_from_checkpoint", "latest")
     with pytest.raises(ValueError, match="trained with --lora_alpha 8, this run has 4"):
-        script.main(args)
+        script.main(_with(args, "--lora_alpha", "4"))
+
+
+def test_a_fresh_run_into_another_runs_checkpoints_is_refused(script, video_dir, checkpointed_run, capsys):
+    # It overwrote them step by step, and `latest` then mixed the two runs.
+    with pytest.raises(SystemExit) as e:
+        script.parse_args(_args(video_dir, checkpointed_run, "--max_train_steps", "2"))
+    assert e.value.code == 2
+    assert "holds another run's checkpoints (checkpoint-1): go on from them with --resume_from_checkpoint latest" in (
+        capsys.readouterr().err
+    )
+
+
+def test_a_tracker_that_is_not_installed_is_refused(script, video_dir, tmp_path, capsys, monkeypatch):
+    # accelerate only logged a warning, and the run recorded nothing.
+    import accelerate.tracking
+
+    monkeypatch.setattr(accelerate.tracking, "get_available_trackers", lambda: [accelerate.tracking.LoggerType.AIM])
+    with pytest.raises(SystemExit) as e:
+        script.parse_args(_args(video_dir, tmp_path / "out", "--report_to", "wandb"))
+    assert e.value.code == 2
+    assert "--report_to wandb needs its package installed (pip install wandb); installed here: aim" in (
+        capsys.readouterr().err
+    )
+    assert script.parse_args(_args(video_dir, tmp_path / "out", "--report_to", "aim")).report_to == "aim"
+    assert script.parse_args(_args(video_dir, tmp_path / "out", "--report_to", "all")).report_to == "all"
+
+
+def test_short_clips_and_unread_metadata_keys_are_reported(script, video_dir, tmp_path, caplog):
+    import shutil
+
+    import imageio.v2 as imageio
+
+    data = tmp_path / "data"
+    shutil.copytree(video_dir, data)
+    imageio.mimwrite(data / "still.mp4", [np.zeros((32, 48, 3), np.uint8)] * 3, fps=8, macro_block_size=16)
+    (data / "metadata.jsonl").write_text('{"file_name": "clip_1.mp4", "motion": 2, "text": "a cat"}\n')
+    dataset = script.VideoFolderDataset(str(data), 8, 32, 48)
+    assert dataset.short_clips == [str(data / "still.mp4")] and dataset.ignored_keys == ["text"]
+    # A stride makes a window span more frames: 8 frames every 2nd span 15, more than the 10 the clips have.
+    assert len(script.VideoFolderDataset(str(data), 8, 32, 48, frame_stride=2).short_clips) == 4
+    assert script.VideoFolderDataset(str(data), 1, 32, 48).short_clips == []
+    with caplog.at_level("WARNING"):
+        script.main(_args(data, tmp_path / "run", "--max_train_steps", "1"))
+    assert "1 clip(s) have fewer than the 8 frames a window spans and are padded with their last frame: still.mp4" in (
+        caplog.text
+    )
+    assert "metadata.jsonl keys this script does not read, ignored: text" in caplog.text
 
 
 def test_num_train_epochs_sets_the_steps(script, video_dir, tmp_path):
