@@ -500,6 +500,11 @@ def check_args(args: argparse.Namespace) -> None:
         args.extend_info = check_video(args.extend)
         if args.extend_info["fps"] is None and args.fps is None:
             raise CLIError(f"--extend {args.extend!r}: its frame rate cannot be read; pass --fps")
+        if args.fps is None and args.extend_info["fps"] > MAX_FPS:
+            # As for --fps: x264 writes files above it that players read back as 0 fps.
+            raise CLIError(
+                f"--extend {args.extend!r} is {args.extend_info['fps']:g} fps, above {MAX_FPS}; pass --fps"
+            )
         height, width = args.extend_info["height"], args.extend_info["width"]
         if args.height is None and height % 16 == 0 and width % 16 == 0 and max(height, width) > MAX_FRAME_SIZE:
             # New frames are made at the video's own size then (see _run_segments).

@@ -342,6 +342,14 @@ def test_a_video_without_a_readable_frame_rate_needs_fps(tmp_path, capsys, monke
         main(args)
     assert exit_info.value.code == 2
     assert f"--extend {str(video)!r}: its frame rate cannot be read; pass --fps" in capsys.readouterr().err
+    # A video above --fps's limit: its rate would have been written as it is.
+    monkeypatch.setattr(cli, "check_video", lambda path: {"frames": 8, "height": 32, "width": 48, "fps": 240.5})
+    with pytest.raises(SystemExit):
+        main(args)
+    assert f"--extend {str(video)!r} is 240.5 fps, above 240; pass --fps" in capsys.readouterr().err
+    cli.check_args(cli.build_parser().parse_args([*args, "--fps", "24"]))  # an explicit --fps replaces it
+    monkeypatch.setattr(cli, "check_video", lambda path: {"frames": 8, "height": 32, "width": 48, "fps": 240.0})
+    cli.check_args(cli.build_parser().parse_args(args))
     # A video above the largest frame size, generated at its own size, needs --height/--width.
     monkeypatch.setattr(cli, "check_video", lambda path: {"frames": 8, "height": 32, "width": 4112, "fps": 24.0})
     with pytest.raises(SystemExit):
