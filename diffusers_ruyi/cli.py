@@ -100,7 +100,8 @@ def _int_at_least(minimum: int, expected: str, maximum: Optional[int] = None) ->
     return parse
 
 
-_positive_int = _int_at_least(1, "a positive integer")
+# An argparse `type` for counts; the example scripts use it too.
+positive_int = _int_at_least(1, "a positive integer")
 _base_resolution = _int_at_least(
     MIN_BASE_RESOLUTION,
     f"an integer from {MIN_BASE_RESOLUTION} to {MAX_BASE_RESOLUTION}",
@@ -223,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     video = parser.add_argument_group("video")
     video.add_argument(
         "--num-frames",
-        type=_positive_int,
+        type=positive_int,
         default=24,
         help="Frames: 1 or a multiple of 8 up to --segment-frames; any number beyond, made in segments. With --extend: "
         "the frames to append (any number).",
@@ -259,21 +260,21 @@ def build_parser() -> argparse.ArgumentParser:
     long = parser.add_argument_group("long videos and continuation")
     long.add_argument(
         "--segment-frames",
-        type=_positive_int,
+        type=positive_int,
         default=MAX_FRAMES,
         help=f"Most frames of one segment, a multiple of 8 up to {MAX_FRAMES} (default {MAX_FRAMES}). Longer videos "
         "are made of segments, each continuing the last --context-frames frames of the one before.",
     )
     long.add_argument(
         "--context-frames",
-        type=_positive_int,
+        type=positive_int,
         default=5,
         help="Frames each segment (or --extend) continues from (default 5, the most Ruyi's authors state it "
         "supports; more frames carry the motion across the seam better).",
     )
 
     sampling = parser.add_argument_group("sampling")
-    sampling.add_argument("--steps", type=_positive_int, default=25, help="Denoising steps (default 25).")
+    sampling.add_argument("--steps", type=positive_int, default=25, help="Denoising steps (default 25).")
     sampling.add_argument(
         "--guidance-scale",
         type=_non_negative_float,
@@ -418,11 +419,12 @@ def check_output_path(flag: str, path: str, overwrite: bool, suffix: Optional[st
         raise CLIError(f"{flag} {path!r} is a folder; give a file name")
     if os.path.lexists(path) and not overwrite:
         raise CLIError(f"{flag} {path!r} exists; pass --overwrite to replace it")
-    problem = output_folder_problem(os.path.dirname(os.path.abspath(path)))
+    folder = os.path.dirname(os.path.abspath(path))
+    problem = output_folder_problem(folder)
     if problem:
         raise CLIError(f"{flag} {path!r} {problem}")
     # A name the file system cannot hold would fail at the final rename, after the whole run.
-    ancestor = _nearest_existing(os.path.dirname(os.path.abspath(path)))
+    ancestor = _nearest_existing(folder)
     try:
         longest = os.pathconf(ancestor, "PC_NAME_MAX")
     except (OSError, ValueError, AttributeError):  # no pathconf on Windows
@@ -502,9 +504,7 @@ def check_args(args: argparse.Namespace) -> None:
             raise CLIError(f"--extend {args.extend!r}: its frame rate cannot be read; pass --fps")
         if args.fps is None and args.extend_info["fps"] > MAX_FPS:
             # As for --fps: x264 writes files above it that players read back as 0 fps.
-            raise CLIError(
-                f"--extend {args.extend!r} is {args.extend_info['fps']:g} fps, above {MAX_FPS}; pass --fps"
-            )
+            raise CLIError(f"--extend {args.extend!r} is {args.extend_info['fps']:g} fps, above {MAX_FPS}; pass --fps")
         height, width = args.extend_info["height"], args.extend_info["width"]
         if args.height is None and height % 16 == 0 and width % 16 == 0 and max(height, width) > MAX_FRAME_SIZE:
             # New frames are made at the video's own size then (see _run_segments).

@@ -7,7 +7,7 @@ next to them. A copied example needs it too, or its functions pasted in.
 import argparse
 import os
 
-from diffusers_ruyi.cli import _positive_int
+from diffusers_ruyi.cli import positive_int
 
 
 def _frame_count(value: str) -> int:
@@ -37,10 +37,10 @@ def example_parser(
     parser.add_argument("--image", default="examples/assets/start.png", help="The start frame.")
     parser.add_argument("--output", default=output, help=f"The file to write ({os.path.splitext(output)[1]}).")
     if long_video:
-        parser.add_argument("--num-frames", type=_positive_int, default=num_frames, help="Frames of the video.")
+        parser.add_argument("--num-frames", type=positive_int, default=num_frames, help="Frames of the video.")
     else:
         parser.add_argument("--num-frames", type=_frame_count, default=num_frames, help="1 or a multiple of 8.")
-    parser.add_argument("--steps", type=_positive_int, default=steps, help="Denoising steps.")
+    parser.add_argument("--steps", type=positive_int, default=steps, help="Denoising steps.")
     return parser
 
 
