@@ -294,7 +294,12 @@ def test_bad_data_stops_before_any_model_loads(script, video_dir, tmp_path, caps
     assert message in capsys.readouterr().err
 
 
-def test_valid_tracker_names_and_none_are_taken(script, video_dir, tmp_path):
+def test_valid_tracker_names_and_none_are_taken(script, video_dir, tmp_path, monkeypatch):
+    import accelerate.tracking
+
+    # tensorboard comes with the `train` extra, not with `test`: whether it is installed here is not the point.
+    installed = [accelerate.tracking.LoggerType.TENSORBOARD]
+    monkeypatch.setattr(accelerate.tracking, "get_available_trackers", lambda: installed)
     assert script.parse_args(_args(video_dir, tmp_path / "out", "--report_to", "none")).report_to is None
     assert (
         script.parse_args(_args(video_dir, tmp_path / "out", "--report_to", "tensorboard")).report_to == "tensorboard"
