@@ -52,13 +52,22 @@ def _install(module) -> None:
 
 
 class _InstallAfterDiffusersImport:
-    """A `sys.meta_path` finder that finds nothing itself: wraps the real `diffusers` loader so that `_install` runs once the module is executed."""
+    """A `sys.meta_path` finder that finds nothing itself: wraps the real `diffusers` loader so that `_install` runs
+    once the module is executed. It stays in place until then: an availability probe (`importlib.util.find_spec`, as
+    peft and transformers make) asks for a spec that is never executed."""
 
     def find_spec(self, fullname, path, target=None):
         if fullname != "diffusers":
             return None
-        sys.meta_path.remove(self)  # one shot, and the real finders answer below
-        spec = importlib.util.find_spec(fullname)
+        # The real finders answer; this one steps aside meanwhile, or it would be asked again.
+        index = sys.meta_path.index(self) if self in sys.meta_path else None
+        if index is not None:
+            sys.meta_path.remove(self)
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            if index is not None:
+                sys.meta_path.insert(index, self)
         loader = getattr(spec, "loader", None)
         if loader is not None and hasattr(loader, "exec_module"):
             exec_module = loader.exec_module
@@ -67,6 +76,8 @@ class _InstallAfterDiffusersImport:
                 exec_module(module)
                 # diffusers replaces itself in `sys.modules` with its lazy module while executing.
                 _install(sys.modules.get(fullname, module))
+                if self in sys.meta_path:  # done
+                    sys.meta_path.remove(self)
 
             loader.exec_module = exec_module_and_install
         return spec

@@ -124,9 +124,13 @@ def test_diffusers_finds_the_pipeline_whatever_the_import_order(pipe, tmp_path):
     """In a fresh interpreter `import diffusers_ruyi` comes before diffusers is imported, unlike in this test session."""
     pipe.save_pretrained(tmp_path)
     code = (
-        "import sys, diffusers_ruyi\n"
+        "import importlib.util, sys, diffusers_ruyi\n"
+        "from diffusers_ruyi._registration import _InstallAfterDiffusersImport as Finder\n"
         "assert 'diffusers' not in sys.modules\n"
+        # An availability probe first, as peft and transformers make: it used up the one-shot registration.
+        "assert importlib.util.find_spec('diffusers') is not None\n"
         "from diffusers import DiffusionPipeline\n"
+        "assert not any(isinstance(finder, Finder) for finder in sys.meta_path)  # gone once diffusers is imported\n"
         f"print(type(DiffusionPipeline.from_pretrained({str(tmp_path)!r})).__name__)\n"
     )
     root = str(pathlib.Path(__file__).resolve().parents[2])
