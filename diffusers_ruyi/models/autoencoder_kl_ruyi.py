@@ -672,6 +672,8 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
         "use_tiling": False,
     }
     _supports_gradient_checkpointing = True
+    # What `device_map="auto"` keeps on one device (a residual block's skip, the mid-block's attention).
+    _no_split_modules = ["RuyiResidualBlock3D", "RuyiMidBlock3D"]
     _skip_keys = ["causal_cache"]
     _group_offload_block_modules = ["quant_conv", "post_quant_conv", "encoder", "decoder"]
 

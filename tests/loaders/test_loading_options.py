@@ -44,7 +44,8 @@ def test_published_layout_golden_with_loading_options(tiny_realfmt_checkpoint, g
 def test_models_load_the_same_weights_whatever_the_options(tiny_realfmt_checkpoint):
     for model_cls, subfolder in ((RuyiTransformer3DModel, "transformer"), (AutoencoderKLRuyiCausal3D, "vae")):
         default = model_cls.from_pretrained(tiny_realfmt_checkpoint, subfolder=subfolder).state_dict()
-        for options in ({"device_map": "cpu"}, {"low_cpu_mem_usage": False}):
+        # (`device_map="auto"` needs the model's `_no_split_modules`: the VAE had none.)
+        for options in ({"device_map": "cpu"}, {"device_map": "auto"}, {"low_cpu_mem_usage": False}):
             other = model_cls.from_pretrained(tiny_realfmt_checkpoint, subfolder=subfolder, **options).state_dict()
             assert other.keys() == default.keys()
             assert all(torch.equal(other[k], default[k]) for k in default), (model_cls.__name__, options)
