@@ -1344,7 +1344,10 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                 `{"scale": s}`: a finite number that scales the loaded LoRAs for this call (the only key).
             callback_on_step_end (`Callable`, `PipelineCallback`, or `MultiPipelineCallbacks`, *optional*):
                 Called at the end of each step as `callback_on_step_end(self, step, timestep, callback_kwargs)`;
-                may return replaced tensors (e.g. `{"latents": ...}`).
+                may return replaced tensors of the same shapes (e.g. `{"latents": ...}`). It may also set
+                `pipe._guidance_scale` for the steps after it (as diffusers' CogVideoX pipelines take it): whether the
+                negative branch runs is fixed by the call's `guidance_scale`, so a run with guidance can end with
+                `1.0` (the conditional prediction alone), and a run without cannot turn it on.
             callback_on_step_end_tensor_inputs (`List[str]`, defaults to `["latents"]`):
                 Tensors passed to the callback, a subset of `_callback_tensor_inputs`.
 
@@ -1408,6 +1411,9 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         return_dict = bool(return_dict)
 
         self._guidance_scale = guidance_scale
+        # Whether the negative branch runs is fixed for the call (the batch is doubled once, below); a callback that
+        # changes `_guidance_scale` changes the guidance of the later steps, as in diffusers' CogVideoX pipelines.
+        do_classifier_free_guidance = self.do_classifier_free_guidance
         self._attention_kwargs = attention_kwargs
         self._current_timestep = None
         self._interrupt = False
@@ -1432,7 +1438,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         ) = self.encode_prompt(
             motion, camera_direction, aspect_ratio, batch_size, device, transformer_dtype, **custom_embeds
         )
-        if self.do_classifier_free_guidance:
+        if do_classifier_free_guidance:
             prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds])
             prompt_attention_mask = torch.cat([negative_prompt_attention_mask, prompt_attention_mask])
             prompt_embeds_2 = torch.cat([negative_prompt_embeds_2, prompt_embeds_2])
@@ -1481,7 +1487,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         # With `enable_model_cpu_offload` the VAE's hook would keep it on the accelerator until the next model in the
         # sequence runs, and the transformer comes before it: through the whole denoising loop.
         self._offload_until_used(self.vae)
-        if self.do_classifier_free_guidance:
+        if do_classifier_free_guidance:
             # The negative branch sees no image: zero features and a zero mask.
             clip_embeds = torch.cat([torch.zeros_like(clip_embeds), clip_embeds])
             clip_mask = torch.cat([torch.zeros_like(clip_mask), clip_mask])
@@ -1505,7 +1511,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                 if self.interrupt:
                     continue
                 self._current_timestep = t
-                latent_model_input = torch.cat([latents] * 2) if self.do_classifier_free_guidance else latents
+                latent_model_input = torch.cat([latents] * 2) if do_classifier_free_guidance else latents
                 latent_model_input = self.scheduler.scale_model_input(latent_model_input, t).to(transformer_dtype)
                 timestep = t.expand(latent_model_input.shape[0]).to(transformer_dtype)
                 # CLIP guidance only in the last `clip_apply_ratio` of the steps (layout first, detail later).
@@ -1534,9 +1540,9 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                 # The second half of the channels is the learned variance, unused by these samplers.
                 noise_pred = noise_pred[:, :num_channels_latents].to(latents.dtype)
 
-                if self.do_classifier_free_guidance:
+                if do_classifier_free_guidance:
                     noise_pred_uncond, noise_pred_cond = noise_pred.chunk(2)
-                    noise_pred = noise_pred_uncond + guidance_scale * (noise_pred_cond - noise_pred_uncond)
+                    noise_pred = noise_pred_uncond + self.guidance_scale * (noise_pred_cond - noise_pred_uncond)
                     if guidance_rescale > 0.0:
                         noise_pred = rescale_noise_cfg(noise_pred, noise_pred_cond, guidance_rescale=guidance_rescale)
 

@@ -189,6 +189,40 @@ def test_callback_on_step_end_and_interrupt(pipe, start_image):
     assert steps == [0]
 
 
+def test_a_callback_sets_the_guidance_of_the_later_steps(pipe, start_image):
+    # The loop mixed with the call's argument (a callback's `_guidance_scale` did nothing, while `guidance_scale`
+    # reported it), and read `do_classifier_free_guidance` again every step (1 or below: a batch-size error).
+    def guidance_from_step_1(scale):
+        def callback(p, i, t, kwargs):
+            if i == 0:
+                p._guidance_scale = scale
+            return kwargs
+
+        out = _call(pipe, start_image, guidance_scale=7.0, callback_on_step_end=callback, output_type="latent")
+        assert pipe.guidance_scale == scale
+        return out.frames
+
+    unchanged = _call(pipe, start_image, guidance_scale=7.0, output_type="latent").frames
+    assert torch.equal(guidance_from_step_1(7.0), unchanged)
+    lower, middle = guidance_from_step_1(3.0), guidance_from_step_1(5.0)
+    assert (lower - unchanged).abs().max() > 1e-4
+    # The last step is affine in its guidance scale: 5 lands halfway between 3 and 7.
+    torch.testing.assert_close(middle, (lower + unchanged) / 2, atol=1e-5, rtol=0)
+    # Guidance off from step 1 on: the conditional prediction alone, in the same batch of two.
+    assert torch.isfinite(guidance_from_step_1(1.0)).all() and torch.isfinite(guidance_from_step_1(0.0)).all()
+
+    # A run without guidance cannot turn it on: no negative branch was prepared.
+    def turn_on(p, i, t, kwargs):
+        p._guidance_scale = 7.0
+        return kwargs
+
+    unguided = _call(pipe, start_image, guidance_scale=1.0, output_type="latent").frames
+    assert torch.equal(
+        _call(pipe, start_image, guidance_scale=1.0, callback_on_step_end=turn_on, output_type="latent").frames,
+        unguided,
+    )
+
+
 @pytest.mark.parametrize(
     "returned, error, match",
     [
