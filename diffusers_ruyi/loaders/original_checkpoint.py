@@ -307,23 +307,23 @@ def local_folder(
     hub_kwargs: Dict[str, Any],
     allow_patterns: Optional[List[str]] = None,
     local: str = "a local folder",
+    command_includes: Optional[List[str]] = None,
 ) -> str:
     """The local folder of ``path_or_repo_id`` (joined with ``hub_kwargs["subfolder"]``); a hub id is downloaded
     first with ``snapshot_download`` (only that subfolder, or only ``allow_patterns`` when given, honouring
-    ``HF_HUB_OFFLINE``). ``local`` names the alternative to the download in its error messages.
+    ``HF_HUB_OFFLINE``). ``local`` names the alternative to the download in its error messages, and
+    ``command_includes`` the files of the `hf download` command they name (default: the config files when
+    ``allow_patterns`` is given, else the whole repository; ``[]`` for the whole repository).
 
     Raises:
         `FileNotFoundError`: a local path that does not exist (a mistyped path is never sent to the hub), or a hub id
             that is not in the local cache while offline.
         `ConnectionError`: a hub id that is not cached while the Hub cannot be reached.
     """
-    if not isinstance(path_or_repo_id, (str, os.PathLike)):
-        raise TypeError(
-            f"Expected a local folder or a hub id (str or os.PathLike), got {type(path_or_repo_id).__name__}."
-        )
     subfolder = hub_kwargs.get("subfolder") or ""
+    is_local = check_local_source(path_or_repo_id)
     path = os.fspath(path_or_repo_id)
-    if check_local_source(path):
+    if is_local:
         return os.path.join(path, subfolder)
     from huggingface_hub import snapshot_download
 
@@ -332,8 +332,10 @@ def local_folder(
         download_kwargs["allow_patterns"] = allow_patterns
     elif subfolder:
         download_kwargs["allow_patterns"] = [f"{subfolder}/*"]
-    # With `allow_patterns` (config files), the command fetches every config, a few kB, rather than the weights.
-    command = hf_download_command(path, "--include '*config.json'" if allow_patterns else "", hub_kwargs)
+    if command_includes is None:
+        # With `allow_patterns` (config files), the command fetches every config, a few kB, rather than the weights.
+        command_includes = ["*config.json"] if allow_patterns else []
+    command = hf_download_command(path, " ".join(f"--include '{p}'" for p in command_includes), hub_kwargs)
     with hub_download_errors(path, hub_kwargs, command, local):
         return os.path.join(snapshot_download(path, **download_kwargs), subfolder)
 
@@ -377,10 +379,13 @@ def check_local_source(path: Union[str, os.PathLike]) -> bool:
     """True for an existing local folder, False for a hub repository id (``owner/name``).
 
     Raises:
+        `TypeError`: neither a `str` nor an `os.PathLike`.
         `FileNotFoundError`: anything else, a mistyped local path (never sent to the hub, whose validation error would
             not say "path").
     """
-    path = str(path)
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"Expected a local folder or a hub id (str or os.PathLike), got {type(path).__name__}.")
+    path = os.fspath(path)
     if os.path.isdir(path):
         return True
     from huggingface_hub.errors import HFValidationError
@@ -850,6 +855,26 @@ TRANSFORMER_SUBFOLDERS = ("transformer", "transformers")
 # `model_index.json` of the published checkpoint names the original pipeline class; its component entries name
 # stock diffusers classes (`HunyuanDiT2DModel`, `AutoencoderKL`) that cannot load these files.
 ORIGINAL_PIPELINE_CLASS_NAME = "RuyiInpaintPipeline"
+
+
+def original_layout_patterns(given: Iterable[str] = ()) -> List[str]:
+    """The files of the original hub layout that loading reads, less the weights of the components in ``given``
+    (passed in already built): a snapshot of a hub id fetches these and nothing else the repository holds. The small
+    files that tell the layout apart (`model_index.json`, `embeddings.safetensors`, the models' configs) always."""
+    given = set(given)
+    patterns = ["model_index.json", "embeddings.safetensors"]
+    for name, folders in (("transformer", TRANSFORMER_SUBFOLDERS), ("vae", ("vae",))):
+        for folder in folders:
+            patterns.append(f"{folder}/config.json")
+            if name not in given:
+                patterns += [f"{folder}/*.safetensors", f"{folder}/*.safetensors.index.json"]
+    if "scheduler" not in given:
+        patterns.append("scheduler/*")
+    if "image_encoder" not in given:
+        patterns.append("image_encoder/*")
+    elif "image_processor" not in given:
+        patterns.append("image_encoder/preprocessor_config.json")
+    return patterns
 
 
 def is_original_pipeline_folder(folder: str) -> bool:

@@ -351,9 +351,11 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         `model_index.json` but `transformer/` + `vae/` + `embeddings.safetensors`) is converted while it is read, the
         files read as the original `predict_i2v.py` does (see the loading docs); its two models load through
         diffusers' own loader, so `device_map` (one device), `quantization_config` (a `PipelineQuantizationConfig`),
-        `low_cpu_mem_usage` and `variant` work as for any diffusers pipeline. A hub id is downloaded with
-        `huggingface_hub.snapshot_download` first (honouring `HF_HUB_OFFLINE`, `cache_dir`, `revision`, `token`)
-        and then loaded the same way. A folder written by `save_pretrained` loads through
+        `low_cpu_mem_usage` and `variant` work as for any diffusers pipeline. A hub id is downloaded first (honouring
+        `HF_HUB_OFFLINE`, `cache_dir`, `revision`, `token`) and then loaded the same way: its `model_index.json`
+        tells the layout; in the original layout only the files loading reads are fetched, less the weights of the
+        components passed in; a diffusers-format repository is fetched by [`~DiffusionPipeline.download`], which
+        takes `variant` and the components passed in into account. A folder written by `save_pretrained` loads through
         [`~DiffusionPipeline.from_pretrained`] with all its arguments.
 
         Args:
@@ -368,7 +370,6 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             check_model_folder,
             check_weight_files,
             is_original_pipeline_folder,
-            local_folder,
             resolve_dtype,
         )
         from ..loaders.original_pipeline import check_clip_weight_keys, load_original_pipeline_components
@@ -394,8 +395,8 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         # Where the files come from is settled here (a local folder as it is, a hub id downloaded once); what
         # remains in kwargs is for loading the components.
         hub_kwargs = {k: kwargs.pop(k) for k in HUB_KWARGS if k != "subfolder" and k in kwargs}
-        path = local_folder(
-            pretrained_model_name_or_path, {k: v for k, v in hub_kwargs.items() if v not in (None, False)}
+        path = cls._local_snapshot(
+            pretrained_model_name_or_path, {k: v for k, v in hub_kwargs.items() if v not in (None, False)}, kwargs
         )
 
         if is_original_pipeline_folder(path):
@@ -419,6 +420,38 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         # dtype (a folder saved in bfloat16 gave a bfloat16 image encoder next to float32 models).
         kwargs["dtype"] = torch.float32 if dtype is None else dtype
         return super().from_pretrained(path, **kwargs)
+
+    @classmethod
+    def _local_snapshot(
+        cls, pretrained_model_name_or_path: Union[str, os.PathLike], hub_kwargs: Dict[str, Any], kwargs: Dict[str, Any]
+    ) -> str:
+        """The local folder to load: a local path as it is; for a hub id, a snapshot of the files the layout needs
+        (``kwargs``: the loading arguments, whose components passed in are not fetched)."""
+        from ..loaders.original_checkpoint import (
+            ORIGINAL_PIPELINE_CLASS_NAME,
+            check_local_source,
+            hf_download_command,
+            hub_download_errors,
+            local_folder,
+            original_layout_patterns,
+            read_json,
+        )
+
+        if check_local_source(pretrained_model_name_or_path):
+            return os.fspath(pretrained_model_name_or_path)
+        repo_id = os.fspath(pretrained_model_name_or_path)
+        # The layout first, from `model_index.json` alone (a repository without one is the original layout's).
+        index_folder = local_folder(repo_id, hub_kwargs, allow_patterns=["model_index.json"], command_includes=[])
+        index_file = os.path.join(index_folder, "model_index.json")
+        class_name = read_json(index_file).get("_class_name") if os.path.isfile(index_file) else None
+        if class_name is None or class_name == ORIGINAL_PIPELINE_CLASS_NAME:
+            patterns = original_layout_patterns(kwargs)
+            return local_folder(repo_id, hub_kwargs, allow_patterns=patterns, command_includes=[])
+        components, _ = cls._get_signature_keys(cls)
+        download_kwargs = {**hub_kwargs, **{k: kwargs[k] for k in ("variant", "use_safetensors") if k in kwargs}}
+        download_kwargs.update({name: kwargs[name] for name in components if name in kwargs})
+        with hub_download_errors(repo_id, hub_kwargs, hf_download_command(repo_id, "", hub_kwargs), "a local folder"):
+            return os.fspath(cls.download(repo_id, **download_kwargs))
 
     @classmethod
     def _check_loading_kwargs(cls, kwargs: Dict[str, Any], allowed: Tuple[str, ...] = ()) -> None:

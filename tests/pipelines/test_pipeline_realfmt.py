@@ -52,18 +52,70 @@ def test_smooth_output_is_applied(realfmt_pipe, golden_realfmt_dir, monkeypatch)
     assert (video - expected).abs().max().item() > 1e-3
 
 
-def test_hub_id_snapshot_loads_the_same(tiny_realfmt_checkpoint, monkeypatch):
-    # A hub id goes through snapshot_download and then loads the downloaded folder the same way.
+def _snapshot_of(source, tmp_path, calls):
+    """A stand-in for `snapshot_download` that copies the files of ``source`` its `allow_patterns` match (matched as
+    huggingface_hub matches them) into a snapshot folder of its own."""
+    import fnmatch
+    import itertools
+    import shutil
+
+    numbers = itertools.count(1)
+
+    def snapshot_download(repo_id, allow_patterns=None, **kwargs):
+        calls.append((repo_id, allow_patterns, kwargs))
+        snapshot = tmp_path / f"snapshot-{next(numbers)}"  # the last one: the folder loaded
+        for path in source.rglob("*"):
+            name = path.relative_to(source).as_posix()
+            if path.is_file() and (allow_patterns is None or any(fnmatch.fnmatch(name, p) for p in allow_patterns)):
+                (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(path, snapshot / name)
+        snapshot.mkdir(exist_ok=True)
+        return str(snapshot)
+
+    return snapshot_download
+
+
+def test_hub_id_fetches_only_what_loading_reads(tiny_realfmt_checkpoint, tmp_path, monkeypatch):
+    # The whole repository was downloaded (everything in it, and the weights of the components passed in); now its
+    # model_index.json first, then the files of the original layout: what loads from them is the checkpoint.
+    import shutil
+
+    from diffusers_ruyi.loaders.original_checkpoint import original_layout_patterns
+
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_realfmt_checkpoint, repo)
+    (repo / "assets").mkdir()
+    (repo / "assets" / "demo.mp4").write_bytes(b"the model card's media")
+    (repo / "transformer" / "diffusion_pytorch_model.bin").write_bytes(b"a pickle loading never reads")
     calls = []
-
-    def fake_snapshot_download(repo_id, **kwargs):
-        calls.append((repo_id, kwargs))
-        return str(tiny_realfmt_checkpoint)
-
-    monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot_download)
+    monkeypatch.setattr("huggingface_hub.snapshot_download", _snapshot_of(repo, tmp_path, calls))
     pipe = RuyiImageToVideoPipeline.from_pretrained("IamCreateAI/Ruyi-Mini-7B", revision="main")
-    assert calls == [("IamCreateAI/Ruyi-Mini-7B", {"revision": "main"})]
+    assert calls == [
+        ("IamCreateAI/Ruyi-Mini-7B", ["model_index.json"], {"revision": "main"}),
+        ("IamCreateAI/Ruyi-Mini-7B", original_layout_patterns(), {"revision": "main"}),
+    ]
+    snapshot = tmp_path / "snapshot-2"
+    fetched = sorted(p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file())
+    assert fetched == sorted(
+        p.relative_to(tiny_realfmt_checkpoint).as_posix() for p in tiny_realfmt_checkpoint.rglob("*") if p.is_file()
+    )
     assert type(pipe.scheduler) is DDIMScheduler
+    reference = load_pipe(tiny_realfmt_checkpoint)
+    for name in ("transformer", "vae", "image_encoder"):
+        expected = getattr(reference, name).state_dict()
+        assert all(torch.equal(v, expected[k]) for k, v in getattr(pipe, name).state_dict().items()), name
+
+    # A component passed in: its weights are not fetched (its config is: it tells the layout apart).
+    calls.clear()
+    again = RuyiImageToVideoPipeline.from_pretrained(
+        "IamCreateAI/Ruyi-Mini-7B", vae=pipe.vae, image_encoder=pipe.image_encoder
+    )
+    assert again.vae is pipe.vae
+    snapshot = tmp_path / "snapshot-4"
+    fetched = {p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file()}
+    assert "vae/config.json" in fetched and "vae/diffusion_pytorch_model.safetensors" not in fetched
+    assert "image_encoder/preprocessor_config.json" in fetched and "image_encoder/pytorch_model.bin" not in fetched
+    assert "transformer/diffusion_pytorch_model.safetensors" in fetched
 
 
 def test_dtype_bfloat16_keeps_vae_in_bfloat16(tiny_realfmt_checkpoint):

@@ -728,8 +728,40 @@ def test_hub_id_is_downloaded_then_converted(tiny_checkpoint, monkeypatch):
 
     monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot_download)
     pipe = RuyiImageToVideoPipeline.from_pretrained("IamCreateAI/Ruyi-Mini-7B", revision="main")
-    assert calls == [("IamCreateAI/Ruyi-Mini-7B", {"revision": "main"})]
+    # Its model_index.json (here none: the original layout), then the files of that layout.
+    assert [kwargs.pop("allow_patterns")[0] for _, kwargs in calls] == ["model_index.json"] * 2
+    assert calls == [("IamCreateAI/Ruyi-Mini-7B", {"revision": "main"})] * 2
     assert pipe.transformer.config.num_layers == 4
+
+
+def test_a_diffusers_format_hub_id_is_fetched_by_diffusers(pipe, tmp_path, monkeypatch):
+    # diffusers' `download` picks the files (the `variant`, no weights of the components passed in); the whole
+    # repository was downloaded.
+    from diffusers import DiffusionPipeline
+
+    pipe.save_pretrained(tmp_path / "saved")
+    index_calls, download_calls = [], []
+
+    def fake_snapshot_download(repo_id, **kwargs):
+        index_calls.append(kwargs)
+        return str(tmp_path / "saved")
+
+    def fake_download(cls, repo_id, **kwargs):
+        download_calls.append((cls, repo_id, kwargs))
+        return tmp_path / "saved"
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot_download)
+    monkeypatch.setattr(DiffusionPipeline, "download", classmethod(fake_download))
+    loaded = RuyiImageToVideoPipeline.from_pretrained("someone/ruyi-diffusers", revision="v1", vae=pipe.vae)
+    assert index_calls == [{"allow_patterns": ["model_index.json"], "revision": "v1"}]
+    assert download_calls == [
+        (RuyiImageToVideoPipeline, "someone/ruyi-diffusers", {"revision": "v1", "vae": pipe.vae})
+    ]
+    assert loaded.vae is pipe.vae and type(loaded.transformer) is RuyiTransformer3DModel
+    download_calls.clear()
+    with pytest.raises(ValueError, match="variant=fp16"):  # (not in the folder: the point is what `download` got)
+        RuyiImageToVideoPipeline.from_pretrained("someone/ruyi-diffusers", variant="fp16")
+    assert download_calls[0][2] == {"variant": "fp16"}
 
 
 def test_hub_id_offline_without_cache_fails_clearly(tmp_path, monkeypatch):
