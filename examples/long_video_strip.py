@@ -16,10 +16,13 @@ import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 import torch
-from _example_common import example_parser
+from _example_common import example_parser, parse_args
 from diffusers.utils import export_to_video, load_image
 
+from diffusers_ruyi._validation import check_frame_size
+from diffusers_ruyi.cli import CLIError, check_output_path, positive_int
 from diffusers_ruyi.long_video import iter_video_segments, plan_segments
+from diffusers_ruyi.pipelines.controls import CAMERA_DIRECTIONS
 from diffusers_ruyi.tiny import load_pipeline
 
 
@@ -69,22 +72,36 @@ def main(argv=None):
         __doc__, "docs/images/long_video_strip.png", model="tiny-random", num_frames=38, steps=2, long_video=True
     )
     parser.add_argument("--video", help="Also write the video (mp4).")
-    parser.add_argument("--segment-frames", type=int, default=16)
-    parser.add_argument("--context-frames", type=int, default=5)
+    parser.add_argument("--segment-frames", type=positive_int, default=16)
+    parser.add_argument("--context-frames", type=positive_int, default=5)
     parser.add_argument("--cameras", default="left,static,right", help="One per segment, or one for all.")
-    parser.add_argument("--height", type=int, default=32)
-    parser.add_argument("--width", type=int, default=48)
-    parser.add_argument("--every", type=int, default=1, help="Show every n-th new frame.")
+    parser.add_argument("--height", type=positive_int, default=32)
+    parser.add_argument("--width", type=positive_int, default=48)
+    parser.add_argument("--every", type=positive_int, default=1, help="Show every n-th new frame.")
     parser.add_argument("--seed", type=int, default=42)
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
+    # The plan, the size, the cameras and --video are checked here too, before the model loads.
+    cameras = args.cameras.split(",")
+    try:
+        plan = plan_segments(args.num_frames, args.context_frames, args.segment_frames)
+        check_frame_size("height", args.height)
+        check_frame_size("width", args.width)
+        if args.video:
+            check_output_path("--video", args.video, overwrite=True, suffix=".mp4")
+    except (ValueError, CLIError) as error:
+        parser.error(str(error))
+    unknown = [camera for camera in cameras if camera not in CAMERA_DIRECTIONS]
+    if unknown or len(cameras) not in (1, len(plan)):
+        parser.error(
+            f"--cameras: one of {', '.join(CAMERA_DIRECTIONS)} for all segments, or one per segment ({len(plan)}); "
+            f"got {args.cameras!r}"
+        )
 
     on_gpu = torch.cuda.is_available()
     pipe = load_pipeline(args.model, dtype=torch.bfloat16 if on_gpu else torch.float32)
     if on_gpu:
         pipe.enable_model_cpu_offload()
     pipe.set_progress_bar_config(disable=True)
-    cameras = args.cameras.split(",")
-    plan = plan_segments(args.num_frames, args.context_frames, args.segment_frames)
     segments = iter_video_segments(
         pipe,
         plan,

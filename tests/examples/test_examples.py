@@ -44,6 +44,56 @@ def test_examples_check_their_arguments_before_loading(tmp_path, monkeypatch, ca
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
+EXAMPLE_OUTPUTS = {
+    "image_to_video": ".mp4", "start_end_frames": ".mp4", "low_memory": ".mp4", "camera_control_grid": ".mp4",
+    "lora_inference": ".mp4", "long_video_strip": ".png",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLE_OUTPUTS))
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--image", "missing.png"], "--image 'missing.png' does not exist"),
+        (["--model", "no/such/folder/x"], "--model 'no/such/folder/x' does not exist"),
+        (["--output", "{tmp}/folder{suffix}"], "is a folder; give a file name"),
+        (["--output", "{tmp}/v.webp"], "--output must end with {suffix}"),
+    ],
+)
+def test_every_example_checks_the_shared_arguments_before_loading(tmp_path, monkeypatch, capsys, name, extra, message):
+    # long_video_strip.py did not: a missing image failed after loading the model, a bad --output after generating.
+    example = load_example(name)
+    monkeypatch.setattr(example, "load_pipeline", lambda *a, **k: pytest.fail("the model was loaded"))
+    suffix = EXAMPLE_OUTPUTS[name]
+    extra = [value.format(tmp=tmp_path, suffix=suffix) for value in extra]
+    (tmp_path / f"folder{suffix}").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        required = ["--lora", str(ORIGINAL_LORA)] if name == "lora_inference" else []
+        example.main(["--model", "tiny-random", "--output", str(tmp_path / f"v{suffix}"), *required, *extra])
+    assert exit_info.value.code == 2 and message.format(suffix=suffix) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--num-frames", "20"], "a video of at most `segment_frames`=32 frames is made in one call"),
+        (["--context-frames", "30"], "`context_frames`=30 leaves fewer than 8 new frames"),
+        (["--height", "40"], "`height` must be a positive multiple of 16, got 40"),
+        (["--cameras", "left,diagonal"], "--cameras: one of static, "),
+        (["--cameras", "left,right,up,down"], "or one per segment (2); got 'left,right,up,down'"),
+        (["--video", "{tmp}/v.gif"], "--video must end with .mp4"),
+    ],
+)
+def test_long_video_strip_checks_its_own_arguments_before_loading(tmp_path, monkeypatch, capsys, extra, message):
+    example = load_example("long_video_strip")
+    monkeypatch.setattr(example, "load_pipeline", lambda *a, **k: pytest.fail("the model was loaded"))
+    extra = [value.format(tmp=tmp_path) for value in extra]
+    args = ["--model", "tiny-random", "--output", str(tmp_path / "s.png"), "--num-frames", "40", "--segment-frames"]
+    with pytest.raises(SystemExit) as exit_info:
+        example.main([*args, "32", *extra])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_camera_grid(tmp_path):
     out = tmp_path / "grid.mp4"
     args = [*SMALL, "--output", str(out), "--height", "32", "--width", "48", "--cameras", "left", "right"]
