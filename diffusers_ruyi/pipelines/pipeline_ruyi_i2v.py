@@ -1604,10 +1604,10 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             frames = latents
         else:
             video = self.decode_latents(latents)
-            if not torch.isfinite(video).all():  # said once per call: postprocessing would make them black pixels
+            if not torch.isfinite(video).all():  # said once per call: "pil" output would show them as black pixels
                 logger.warning(
                     "The decoded video holds NaN or infinite values (a LoRA or Enhance-A-Video weight far too large?); "
-                    "they come out as black pixels."
+                    f"{'they come out as black pixels' if output_type == 'pil' else 'the frames hold them'}."
                 )
             if video.dtype != torch.float32:
                 # The original maps the video to [0, 1] in the VAE's dtype (bfloat16 in its predict_i2v.py) and only

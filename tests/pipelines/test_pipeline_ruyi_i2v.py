@@ -11,7 +11,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from _helpers import load_golden_case, run_case
+from _helpers import load_golden_case, logged, run_case
 from diffusers import (
     AutoModel,
     DDIMInverseScheduler,
@@ -187,6 +187,22 @@ def test_callback_on_step_end_and_interrupt(pipe, start_image):
 
     _call(pipe, start_image, num_inference_steps=4, callback_on_step_end=stop, output_type="latent")
     assert steps == [0]
+
+
+@pytest.mark.parametrize(
+    "output_type, said", [("np", "the frames hold them."), ("pt", "the frames hold them."), ("pil", "black pixels.")]
+)
+def test_a_decoded_video_holding_nan_is_named_in_a_warning(pipe, start_image, output_type, said):
+    # Huge (finite) latents decode to NaN: "np"/"pt" frames keep it, "pil" frames show black pixels.
+    with logged("diffusers_ruyi.pipelines.pipeline_ruyi_i2v") as records:
+        frames = _call(pipe, start_image, latents=torch.full((1, 16, 2, 4, 6), 1e30), output_type=output_type).frames
+    warnings = [r.getMessage() for r in records if "holds NaN or infinite values" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].endswith(said)
+    if output_type != "pil":
+        assert not np.isfinite(np.asarray(frames)).all()
+    with logged("diffusers_ruyi.pipelines.pipeline_ruyi_i2v") as records:
+        _call(pipe, start_image, output_type=output_type)
+    assert not any("holds NaN" in r.getMessage() for r in records)
 
 
 def test_a_callback_sets_the_guidance_of_the_later_steps(pipe, start_image):
