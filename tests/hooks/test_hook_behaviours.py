@@ -115,3 +115,13 @@ def test_enhance_a_video_removal_leaves_no_state_on_the_attentions():
     assert not any(hasattr(block.attn1, "_ruyi_enhance_a_video") for block in model.blocks)
     with torch.no_grad():
         assert torch.equal(model(timestep=torch.full((2,), 500.0), **inputs).sample, plain)
+
+
+def test_the_teacache_polynomial_changes_sign_where_the_docs_say():
+    # docs/memory_and_speed.md: negative below ~0.010 and above ~0.18 (the original's coefficients).
+    from diffusers_ruyi.hooks.teacache import RUYI_TEACACHE_COEFFICIENTS, _rescale
+
+    values = {x: _rescale(RUYI_TEACACHE_COEFFICIENTS, x) for x in (0.0, 0.0100, 0.0102, 0.18, 0.181, 0.2, 0.3)}
+    assert values[0.0] < 0 and values[0.0100] < 0 < values[0.0102]
+    assert values[0.18] > 0 > values[0.181]
+    assert round(values[0.2], 2) == -0.60 and round(values[0.3], 1) == -15.5
