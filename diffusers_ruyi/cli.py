@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from typing import Any, Callable, Dict, Iterator, List, NoReturn, Optional, Tuple
 
 
@@ -373,7 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     messages = parser.add_argument_group("messages")
     shown = messages.add_mutually_exclusive_group()
-    shown.add_argument("--quiet", "-q", action="store_true", help="No progress display (errors are still printed).")
+    shown.add_argument(
+        "--quiet", "-q", action="store_true", help="Print nothing but errors (no progress, no warnings)."
+    )
     shown.add_argument("--verbose", "-v", action="store_true", help="Tracebacks on errors, and library logging.")
     return parser
 
@@ -897,7 +900,18 @@ def _configure_messages(args: argparse.Namespace, progress: Progress) -> None:
             disable_progress_bars()
         except ImportError:  # pragma: no cover - older huggingface_hub
             pass
-    if args.verbose:
+    if args.quiet:  # (argparse keeps --quiet and --verbose apart)
+        # Nothing but errors: the libraries' warnings (and this package's, which go to the root logger) too.
+        diffusers_logging.set_verbosity_error()
+        transformers_logging.set_verbosity_error()
+        logger = logging.getLogger("diffusers_ruyi")
+        progress.at_close(functools.partial(logger.setLevel, logger.level))
+        logger.setLevel(logging.ERROR)
+        caught = warnings.catch_warnings()
+        caught.__enter__()
+        progress.at_close(functools.partial(caught.__exit__, None, None, None))
+        warnings.simplefilter("ignore")
+    elif args.verbose:
         diffusers_logging.set_verbosity_info()
         logger = logging.getLogger("diffusers_ruyi")
         progress.at_close(functools.partial(logger.setLevel, logger.level))

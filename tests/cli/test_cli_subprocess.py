@@ -287,6 +287,13 @@ def test_quiet_prints_nothing(tmp_path):
     proc = run_cli("--model", "tiny-random", "--image", START, "--output", str(output), *SMALL, "--quiet")
     assert proc.returncode == 0 and proc.stderr == "" and proc.stdout == ""
     assert output.is_file()
+    # Not even the libraries' warnings: a bfloat16 VAE made diffusers warn about its float32 modules.
+    proc = run_cli(*proc.args[3:], "--overwrite", "--vae-dtype", "bfloat16")
+    assert proc.returncode == 0 and proc.stderr == "" and proc.stdout == ""
+    # And of an error, only its line: the pipeline's NaN warning came first.
+    proc = run_cli(*proc.args[3:], "--enhance-a-video", "1e30")
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert len(proc.stderr.strip().splitlines()) == 1 and "hold NaN or infinite values" in proc.stderr
 
 
 @pytest.mark.slow
