@@ -234,6 +234,8 @@ def test_scale_zero_and_unload_restore_base(clean_pipe, small_inputs, base_small
     pipe.unload_lora_weights()
     assert not any(isinstance(m, BaseTunerLayer) for m in transformer.modules())
     torch.testing.assert_close(run_transformer(transformer, small_inputs), base_small_output, atol=0, rtol=0)
+    # docs/lora.md: PEFT left the base model frozen (requires_grad_(True) to fine-tune it whole).
+    assert not any(p.requires_grad for p in transformer.parameters())
 
 
 def test_two_adapters_with_weights(clean_pipe, small_inputs):
