@@ -550,6 +550,8 @@ def check_save_arguments(
     except TypeError as error:
         raise TypeError(f"save_pretrained(): {error}.") from None
     arguments = bound.arguments
+    if "safe_serialization" in arguments:  # "false" would be taken as True
+        check_bool("safe_serialization", arguments["safe_serialization"])
     if not arguments.get("safe_serialization", True):
         raise ValueError(
             "`safe_serialization` must be True: diffusers-ruyi loads weights from safetensors files only, so pickle "

@@ -158,6 +158,14 @@ def test_bad_save_arguments_are_refused_before_anything_is_written(tiny_checkpoi
         (pipe.save_pretrained, (blocked_index,), {}, ValueError, r"model_index.json' is a folder; `save_pretrained`"),
         (pipe.vae.save_pretrained, (blocked_index,), {}, ValueError, r"config.json' is a folder"),
         (pipe.save_pretrained, (out,), {"push_to_hub": "no"}, TypeError, "`push_to_hub` must be True or False"),
+        # "false" was taken as True.
+        (
+            pipe.transformer.save_pretrained,
+            (out,),
+            {"safe_serialization": "false"},
+            TypeError,
+            "`safe_serialization` must be True or False",
+        ),
         (
             pipe.vae.save_pretrained,
             (out,),
