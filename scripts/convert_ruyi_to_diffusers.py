@@ -43,6 +43,10 @@ def main(argv=None) -> None:
         folder = os.path.realpath(folder)
         if os.path.exists(folder) and (folder == output or folder.startswith(output.rstrip(os.sep) + os.sep)):
             parser.error(f"--output {args.output!r} is or holds {what}, which --overwrite would delete.")
+    checkpoint = os.path.realpath(args.checkpoint)
+    if os.path.exists(args.output) and os.path.isdir(checkpoint) and output.startswith(checkpoint + os.sep):
+        # Replacing it would delete a part of the checkpoint (its transformer/, say) before it is read again.
+        parser.error(f"--output {args.output!r} is inside --checkpoint, which --overwrite would damage.")
     parent = os.path.dirname(os.path.abspath(args.output))
     problem = output_folder_problem(parent)  # before loading: a bad --output must not cost a load of the checkpoint
     if problem:

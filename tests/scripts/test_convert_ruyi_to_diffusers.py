@@ -129,7 +129,7 @@ def test_a_failed_save_is_one_line_and_leaves_nothing(tiny_checkpoint, tmp_path,
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("target", ["cwd", "parent of cwd", "checkpoint"])
+@pytest.mark.parametrize("target", ["cwd", "parent of cwd", "checkpoint", "inside the checkpoint"])
 def test_overwrite_never_deletes_the_working_folder_or_the_checkpoint(tiny_checkpoint, tmp_path, monkeypatch, target):
     # `--output . --overwrite` emptied the working folder (the rename then failed).
     import shutil
@@ -140,8 +140,11 @@ def test_overwrite_never_deletes_the_working_folder_or_the_checkpoint(tiny_check
     work.mkdir()
     (work / "precious.txt").write_text("keep")
     monkeypatch.chdir(work)
-    output = {"cwd": ".", "parent of cwd": str(tmp_path), "checkpoint": str(checkpoint)}[target]
+    output = {"cwd": ".", "parent of cwd": str(tmp_path), "checkpoint": str(checkpoint)}.get(target)
+    # Inside: its transformer/ was replaced by a converted pipeline.
+    output = output or str(checkpoint / "transformer")
     with pytest.raises(SystemExit) as e:
         _converter().main(["--checkpoint", str(checkpoint), "--output", output, "--overwrite"])
     assert e.value.code == 2
-    assert (work / "precious.txt").read_text() == "keep" and (checkpoint / "transformer").is_dir()
+    assert (work / "precious.txt").read_text() == "keep" and (checkpoint / "transformer" / "config.json").is_file()
+    assert sorted(p.name for p in checkpoint.rglob("*")) == sorted(p.name for p in tiny_checkpoint.rglob("*"))
