@@ -268,3 +268,34 @@ def write_stored_tables_checkpoint(target, dtype: torch.dtype = torch.bfloat16) 
         weights[f"blocks.{index}.t_embed.pe"] = table.clone()
     save_file(weights, str(weights_file))
     return target
+
+
+def fake_snapshot_download(source, tmp_path, calls):
+    """A stand-in for `huggingface_hub.snapshot_download` serving the files of the folder ``source``: each call copies
+    those its `allow_patterns` match and its `ignore_patterns` do not (matched as huggingface_hub matches them) into a
+    snapshot folder of its own, `snapshot-<n>`, and records `(repo_id, allow_patterns, ignore_patterns, kwargs)`."""
+    import fnmatch
+    import itertools
+    import shutil
+
+    numbers = itertools.count(1)
+
+    def snapshot_download(repo_id, allow_patterns=None, ignore_patterns=None, **kwargs):
+        calls.append((repo_id, allow_patterns, ignore_patterns, kwargs))
+        snapshot = pathlib.Path(tmp_path) / f"snapshot-{next(numbers)}"
+        for path in pathlib.Path(source).rglob("*"):
+            name = path.relative_to(source).as_posix()
+            allowed = allow_patterns is None or any(fnmatch.fnmatch(name, p) for p in allow_patterns)
+            if path.is_file() and allowed and not any(fnmatch.fnmatch(name, p) for p in ignore_patterns or ()):
+                (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(path, snapshot / name)
+        snapshot.mkdir(exist_ok=True)
+        return str(snapshot)
+
+    return snapshot_download
+
+
+def files_under(folder) -> list:
+    """The files under ``folder``, as sorted relative posix paths."""
+    folder = pathlib.Path(folder)
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())

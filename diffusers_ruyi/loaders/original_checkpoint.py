@@ -308,6 +308,7 @@ def local_folder(
     allow_patterns: Optional[List[str]] = None,
     local: str = "a local folder",
     command_includes: Optional[List[str]] = None,
+    ignore_patterns: Optional[List[str]] = None,
 ) -> str:
     """The local folder of ``path_or_repo_id`` (joined with ``hub_kwargs["subfolder"]``); a hub id is downloaded
     first with ``snapshot_download`` (only that subfolder, or only ``allow_patterns`` when given, honouring
@@ -330,6 +331,8 @@ def local_folder(
     download_kwargs = {k: v for k, v in hub_kwargs.items() if k != "subfolder"}
     if allow_patterns is not None:
         download_kwargs["allow_patterns"] = allow_patterns
+    if ignore_patterns is not None:
+        download_kwargs["ignore_patterns"] = ignore_patterns
     elif subfolder:
         download_kwargs["allow_patterns"] = [f"{subfolder}/*"]
     if command_includes is None:
@@ -867,7 +870,8 @@ def original_layout_patterns(given: Iterable[str] = ()) -> List[str]:
         for folder in folders:
             patterns.append(f"{folder}/config.json")
             if name not in given:
-                patterns += [f"{folder}/*.safetensors", f"{folder}/*.safetensors.index.json"]
+                # (a variant's shard index is `...safetensors.index.fp16.json`)
+                patterns += [f"{folder}/*.safetensors", f"{folder}/*.safetensors.index*.json"]
     if "scheduler" not in given:
         patterns.append("scheduler/*")
     if "image_encoder" not in given:
@@ -875,6 +879,23 @@ def original_layout_patterns(given: Iterable[str] = ()) -> List[str]:
     elif "image_processor" not in given:
         patterns.append("image_encoder/preprocessor_config.json")
     return patterns
+
+
+# Weight formats diffusers-ruyi never reads (it loads safetensors), left out of a diffusers-format snapshot.
+PICKLE_AND_OTHER_WEIGHT_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data"]
+
+
+def diffusers_layout_patterns(index: Dict[str, Any], given: Iterable[str] = ()) -> List[str]:
+    """The files of a diffusers-format pipeline repository that loading reads: `model_index.json` and the folders of
+    the components it lists, less those in ``given`` (passed in already built). Every variant's files come along;
+    pair with `PICKLE_AND_OTHER_WEIGHT_PATTERNS` as ignore patterns."""
+    given = set(given)
+    folders = [
+        name
+        for name, entry in index.items()
+        if not name.startswith("_") and isinstance(entry, (list, tuple)) and entry[:1] != [None] and name not in given
+    ]
+    return ["model_index.json", *(f"{name}/*" for name in folders)]
 
 
 def is_original_pipeline_folder(folder: str) -> bool:

@@ -354,9 +354,9 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         `low_cpu_mem_usage` and `variant` work as for any diffusers pipeline. A hub id is downloaded first (honouring
         `HF_HUB_OFFLINE`, `cache_dir`, `revision`, `token`) and then loaded the same way: its `model_index.json`
         tells the layout; in the original layout only the files loading reads are fetched, less the weights of the
-        components passed in; a diffusers-format repository is fetched by [`~DiffusionPipeline.download`], which
-        takes `variant` and the components passed in into account. A folder written by `save_pretrained` loads through
-        [`~DiffusionPipeline.from_pretrained`] with all its arguments.
+        components passed in; of a diffusers-format repository, the folders of the components its
+        `model_index.json` lists (safetensors and configs), less those passed in. A folder written by
+        `save_pretrained` loads through [`~DiffusionPipeline.from_pretrained`] with all its arguments.
 
         Args:
             pretrained_model_name_or_path (`str` or `os.PathLike`): A local folder or a hub repository id.
@@ -429,9 +429,9 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         (``kwargs``: the loading arguments, whose components passed in are not fetched)."""
         from ..loaders.original_checkpoint import (
             ORIGINAL_PIPELINE_CLASS_NAME,
+            PICKLE_AND_OTHER_WEIGHT_PATTERNS,
             check_local_source,
-            hf_download_command,
-            hub_download_errors,
+            diffusers_layout_patterns,
             local_folder,
             original_layout_patterns,
             read_json,
@@ -443,15 +443,26 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         # The layout first, from `model_index.json` alone (a repository without one is the original layout's).
         index_folder = local_folder(repo_id, hub_kwargs, allow_patterns=["model_index.json"], command_includes=[])
         index_file = os.path.join(index_folder, "model_index.json")
-        class_name = read_json(index_file).get("_class_name") if os.path.isfile(index_file) else None
+        index = read_json(index_file) if os.path.isfile(index_file) else {}
+        class_name = index.get("_class_name")
         if class_name is None or class_name == ORIGINAL_PIPELINE_CLASS_NAME:
             patterns = original_layout_patterns(kwargs)
             return local_folder(repo_id, hub_kwargs, allow_patterns=patterns, command_includes=[])
-        components, _ = cls._get_signature_keys(cls)
-        download_kwargs = {**hub_kwargs, **{k: kwargs[k] for k in ("variant", "use_safetensors") if k in kwargs}}
-        download_kwargs.update({name: kwargs[name] for name in components if name in kwargs})
-        with hub_download_errors(repo_id, hub_kwargs, hf_download_command(repo_id, "", hub_kwargs), "a local folder"):
-            return os.fspath(cls.download(repo_id, **download_kwargs))
+        if class_name not in {klass.__name__ for klass in cls.__mro__}:
+            # Refused before its weights are downloaded (diffusers would fetch them all, then fail).
+            raise ValueError(
+                f"{repo_id!r} holds a {class_name!r} pipeline (its model_index.json), not a Ruyi checkpoint: neither "
+                f"the original layout ({ORIGINAL_PIPELINE_CLASS_NAME}) nor a saved {cls.__name__}."
+            )
+        # Not `DiffusionPipeline.download`: it refuses a model_index.json whose components come from a library
+        # other than diffusers or transformers (here `diffusers_ruyi`).
+        return local_folder(
+            repo_id,
+            hub_kwargs,
+            allow_patterns=diffusers_layout_patterns(index, kwargs),
+            ignore_patterns=PICKLE_AND_OTHER_WEIGHT_PATTERNS,
+            command_includes=[],
+        )
 
     @classmethod
     def _check_loading_kwargs(cls, kwargs: Dict[str, Any], allowed: Tuple[str, ...] = ()) -> None:

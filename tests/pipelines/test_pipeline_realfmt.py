@@ -10,6 +10,8 @@ import pytest
 import torch
 from _helpers import (
     GOLDEN_REALFMT,
+    fake_snapshot_download,
+    files_under,
     load_golden_case,
     load_pipe,
     load_video,
@@ -52,29 +54,6 @@ def test_smooth_output_is_applied(realfmt_pipe, golden_realfmt_dir, monkeypatch)
     assert (video - expected).abs().max().item() > 1e-3
 
 
-def _snapshot_of(source, tmp_path, calls):
-    """A stand-in for `snapshot_download` that copies the files of ``source`` its `allow_patterns` match (matched as
-    huggingface_hub matches them) into a snapshot folder of its own."""
-    import fnmatch
-    import itertools
-    import shutil
-
-    numbers = itertools.count(1)
-
-    def snapshot_download(repo_id, allow_patterns=None, **kwargs):
-        calls.append((repo_id, allow_patterns, kwargs))
-        snapshot = tmp_path / f"snapshot-{next(numbers)}"  # the last one: the folder loaded
-        for path in source.rglob("*"):
-            name = path.relative_to(source).as_posix()
-            if path.is_file() and (allow_patterns is None or any(fnmatch.fnmatch(name, p) for p in allow_patterns)):
-                (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(path, snapshot / name)
-        snapshot.mkdir(exist_ok=True)
-        return str(snapshot)
-
-    return snapshot_download
-
-
 def test_hub_id_fetches_only_what_loading_reads(tiny_realfmt_checkpoint, tmp_path, monkeypatch):
     # The whole repository was downloaded (everything in it, and the weights of the components passed in); now its
     # model_index.json first, then the files of the original layout: what loads from them is the checkpoint.
@@ -88,17 +67,13 @@ def test_hub_id_fetches_only_what_loading_reads(tiny_realfmt_checkpoint, tmp_pat
     (repo / "assets" / "demo.mp4").write_bytes(b"the model card's media")
     (repo / "transformer" / "diffusion_pytorch_model.bin").write_bytes(b"a pickle loading never reads")
     calls = []
-    monkeypatch.setattr("huggingface_hub.snapshot_download", _snapshot_of(repo, tmp_path, calls))
+    monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot_download(repo, tmp_path, calls))
     pipe = RuyiImageToVideoPipeline.from_pretrained("IamCreateAI/Ruyi-Mini-7B", revision="main")
     assert calls == [
-        ("IamCreateAI/Ruyi-Mini-7B", ["model_index.json"], {"revision": "main"}),
-        ("IamCreateAI/Ruyi-Mini-7B", original_layout_patterns(), {"revision": "main"}),
+        ("IamCreateAI/Ruyi-Mini-7B", ["model_index.json"], None, {"revision": "main"}),
+        ("IamCreateAI/Ruyi-Mini-7B", original_layout_patterns(), None, {"revision": "main"}),
     ]
-    snapshot = tmp_path / "snapshot-2"
-    fetched = sorted(p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file())
-    assert fetched == sorted(
-        p.relative_to(tiny_realfmt_checkpoint).as_posix() for p in tiny_realfmt_checkpoint.rglob("*") if p.is_file()
-    )
+    assert files_under(tmp_path / "snapshot-2") == files_under(tiny_realfmt_checkpoint)
     assert type(pipe.scheduler) is DDIMScheduler
     reference = load_pipe(tiny_realfmt_checkpoint)
     for name in ("transformer", "vae", "image_encoder"):
@@ -111,8 +86,7 @@ def test_hub_id_fetches_only_what_loading_reads(tiny_realfmt_checkpoint, tmp_pat
         "IamCreateAI/Ruyi-Mini-7B", vae=pipe.vae, image_encoder=pipe.image_encoder
     )
     assert again.vae is pipe.vae
-    snapshot = tmp_path / "snapshot-4"
-    fetched = {p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file()}
+    fetched = files_under(tmp_path / "snapshot-4")
     assert "vae/config.json" in fetched and "vae/diffusion_pytorch_model.safetensors" not in fetched
     assert "image_encoder/preprocessor_config.json" in fetched and "image_encoder/pytorch_model.bin" not in fetched
     assert "transformer/diffusion_pytorch_model.safetensors" in fetched
@@ -226,3 +200,23 @@ def test_stored_temporal_tables_are_added_as_the_original_reads_them(tmp_path):
     # Saved in the diffusers format, the setting stays.
     pipe.transformer.save_pretrained(tmp_path / "saved")
     assert json.loads((tmp_path / "saved" / "config.json").read_text())["temporal_embedding_dtype"] == "bfloat16"
+
+
+def test_hub_id_with_a_sharded_variant_fetches_its_index(tiny_realfmt_checkpoint, tmp_path, monkeypatch):
+    # A variant's shard index is `....safetensors.index.fp16.json`: it was left behind, and loading failed.
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_realfmt_checkpoint, repo)
+    reference = load_pipe(tiny_realfmt_checkpoint)
+    transformer = reference.transformer
+    for name, shard_size in (("transformer", "200KB"), ("vae", "10GB")):
+        (repo / name / "diffusion_pytorch_model.safetensors").unlink()
+        getattr(reference, name).save_pretrained(repo / name, variant="fp16", max_shard_size=shard_size)
+    assert len(list((repo / "transformer").glob("*.fp16-0000*-of-*.safetensors"))) > 1
+    calls = []
+    monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot_download(repo, tmp_path, calls))
+    pipe = RuyiImageToVideoPipeline.from_pretrained("IamCreateAI/Ruyi-Mini-7B", variant="fp16")
+    assert "transformer/diffusion_pytorch_model.safetensors.index.fp16.json" in files_under(tmp_path / "snapshot-2")
+    expected = transformer.state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in pipe.transformer.state_dict().items())

@@ -11,7 +11,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from _helpers import load_golden_case, logged, run_case
+from _helpers import fake_snapshot_download, files_under, load_golden_case, logged, run_case
 from diffusers import (
     AutoModel,
     DDIMInverseScheduler,
@@ -750,34 +750,33 @@ def test_hub_id_is_downloaded_then_converted(tiny_checkpoint, monkeypatch):
     assert pipe.transformer.config.num_layers == 4
 
 
-def test_a_diffusers_format_hub_id_is_fetched_by_diffusers(pipe, tmp_path, monkeypatch):
-    # diffusers' `download` picks the files (the `variant`, no weights of the components passed in); the whole
-    # repository was downloaded.
-    from diffusers import DiffusionPipeline
-
-    pipe.save_pretrained(tmp_path / "saved")
-    index_calls, download_calls = [], []
-
-    def fake_snapshot_download(repo_id, **kwargs):
-        index_calls.append(kwargs)
-        return str(tmp_path / "saved")
-
-    def fake_download(cls, repo_id, **kwargs):
-        download_calls.append((cls, repo_id, kwargs))
-        return tmp_path / "saved"
-
-    monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot_download)
-    monkeypatch.setattr(DiffusionPipeline, "download", classmethod(fake_download))
-    loaded = RuyiImageToVideoPipeline.from_pretrained("someone/ruyi-diffusers", revision="v1", vae=pipe.vae)
-    assert index_calls == [{"allow_patterns": ["model_index.json"], "revision": "v1"}]
-    assert download_calls == [
-        (RuyiImageToVideoPipeline, "someone/ruyi-diffusers", {"revision": "v1", "vae": pipe.vae})
-    ]
-    assert loaded.vae is pipe.vae and type(loaded.transformer) is RuyiTransformer3DModel
-    download_calls.clear()
-    with pytest.raises(ValueError, match="variant=fp16"):  # (not in the folder: the point is what `download` got)
-        RuyiImageToVideoPipeline.from_pretrained("someone/ruyi-diffusers", variant="fp16")
-    assert download_calls[0][2] == {"variant": "fp16"}
+def test_a_diffusers_format_hub_id_fetches_its_components(pipe, tmp_path, monkeypatch):
+    # Through `DiffusionPipeline.download` it failed: diffusers refuses components of the `diffusers_ruyi` library.
+    # Now the folders model_index.json lists, in safetensors, less the components passed in.
+    pipe.save_pretrained(tmp_path / "repo")
+    (tmp_path / "repo" / "transformer" / "diffusion_pytorch_model.bin").write_bytes(b"a pickle never read")
+    (tmp_path / "repo" / "assets").mkdir()
+    (tmp_path / "repo" / "assets" / "demo.mp4").write_bytes(b"media")
+    calls = []
+    monkeypatch.setattr(
+        "huggingface_hub.snapshot_download", fake_snapshot_download(tmp_path / "repo", tmp_path, calls)
+    )
+    loaded = RuyiImageToVideoPipeline.from_pretrained("someone/ruyi-diffusers", revision="v1")
+    assert [c[1][0] for c in calls] == ["model_index.json"] * 2 and calls[0][3] == calls[1][3] == {"revision": "v1"}
+    saved = [f for f in files_under(tmp_path / "repo") if not f.startswith("assets/") and not f.endswith(".bin")]
+    assert files_under(tmp_path / "snapshot-2") == saved
+    expected = pipe.transformer.state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in loaded.transformer.state_dict().items())
+    # A component passed in is not fetched.
+    again = RuyiImageToVideoPipeline.from_pretrained("someone/ruyi-diffusers", vae=pipe.vae)
+    assert again.vae is pipe.vae and not any(f.startswith("vae/") for f in files_under(tmp_path / "snapshot-4"))
+    # Another pipeline's repository is refused before its weights are fetched.
+    index = json.loads((tmp_path / "repo" / "model_index.json").read_text())
+    (tmp_path / "repo" / "model_index.json").write_text(json.dumps({**index, "_class_name": "WanPipeline"}))
+    calls.clear()
+    with pytest.raises(ValueError, match="holds a 'WanPipeline' pipeline .*, not a Ruyi checkpoint"):
+        RuyiImageToVideoPipeline.from_pretrained("someone/wan")
+    assert len(calls) == 1
 
 
 def test_hub_id_offline_without_cache_fails_clearly(tmp_path, monkeypatch):
