@@ -294,21 +294,24 @@ def _argument_problem(args: argparse.Namespace) -> Optional[str]:
     resume = args.resume_from_checkpoint
     if resume not in (None, "latest") and not os.path.isdir(resume):
         return f"--resume_from_checkpoint {resume!r} is not a checkpoint folder (or 'latest')."
-    if resume not in (None, "latest"):
-        step = os.path.basename(os.path.normpath(resume)).removeprefix("checkpoint-")
-        if not step.isdigit() or not os.path.isfile(os.path.join(resume, LORA_WEIGHTS)):
+    checkpoint = _resume_checkpoint(args)  # `latest` resolved: its newest checkpoint is checked as a named one
+    if checkpoint is not None:
+        step = os.path.basename(os.path.normpath(checkpoint)).removeprefix("checkpoint-")
+        if not step.isdigit() or not os.path.isfile(os.path.join(checkpoint, LORA_WEIGHTS)):
             return (
-                f"--resume_from_checkpoint {resume!r} is not a checkpoint of this script (a checkpoint-<step> folder "
-                f"holding {LORA_WEIGHTS})."
+                f"--resume_from_checkpoint {checkpoint!r} is not a checkpoint of this script (a checkpoint-<step> "
+                f"folder holding {LORA_WEIGHTS})."
             )
-    if resume is None and _checkpoints(args.output_dir):
-        # Its checkpoints would be overwritten step by step, and `latest` would then mix the two runs.
-        found = _checkpoints(args.output_dir)
+    found = _checkpoints(args.output_dir)
+    own = checkpoint is not None and os.path.realpath(os.path.dirname(os.path.normpath(checkpoint))) == (
+        os.path.realpath(args.output_dir)
+    )
+    if found and not own:
+        # They would be overwritten step by step, and `latest` would then mix the two runs.
         return (
             f"--output_dir {args.output_dir!r} holds another run's checkpoints ({', '.join(found)}): go on from them "
             "with --resume_from_checkpoint latest, or choose another --output_dir."
         )
-    checkpoint = _resume_checkpoint(args)
     if checkpoint is not None:
         problem = _resume_problem(args, checkpoint)
         if problem:
@@ -356,14 +359,18 @@ def _resume_problem(args: argparse.Namespace, checkpoint: str) -> Optional[str]:
     if not isinstance(saved, dict):
         return f"--resume_from_checkpoint: {path} is not a checkpoint's record of its arguments."
 
-    def comparable(name, value):  # the same modules in another order are the same LoRA
-        return sorted(set(str(value).split(","))) if name == "target_modules" and value is not None else value
+    def comparable(name, value):  # the same modules in another order (or spacing) are the same LoRA
+        if name == "target_modules" and value is not None:
+            return sorted({module.strip() for module in str(value).split(",") if module.strip()})
+        return value
+
+    def flags(values):
+        return " ".join(f"--{n} {values[n]}" if values[n] is not None else f"no --{n}" for n in changed)
 
     changed = [n for n in RESUME_FIXED_FLAGS if n in saved and comparable(n, saved[n]) != comparable(n, vars(args)[n])]
     if not changed:
         return None
-    then = " ".join(f"--{n} {saved[n]}" for n in changed)
-    now = " ".join(f"--{n} {vars(args)[n]}" for n in changed)
+    then, now = flags(saved), flags(vars(args))
     return (
         f"--resume_from_checkpoint {checkpoint!r} was trained with {then}; this run has {now}. Resume with the "
         "checkpoint's values (its LoRA and optimizer state hold them), or start a new run in another --output_dir."
@@ -532,8 +539,10 @@ class VideoFolderDataset(torch.utils.data.Dataset):
                         for key in entry:
                             if key in METADATA_KEYS or key in self.ignored_keys:
                                 continue
-                            near = difflib.get_close_matches(key, METADATA_KEYS, n=1, cutoff=0.75)
-                            near = near or [k for k in METADATA_KEYS if len(key) >= 4 and key.lower() in k]
+                            # A near spelling, or the start, of a key the entry lacks (`camera` for camera_direction).
+                            candidates = [k for k in METADATA_KEYS if k not in entry and k != "file_name"]
+                            near = difflib.get_close_matches(key, candidates, n=1, cutoff=0.75)
+                            near = near or [k for k in candidates if len(key) >= 4 and k.startswith(key.lower())]
                             if near:  # a misspelt control would leave the clip on the default without a word
                                 raise ValueError(
                                     f"{metadata_path}:{line_number} has the key {key!r}: did you mean {near[0]!r}? "

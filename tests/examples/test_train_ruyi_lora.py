@@ -450,6 +450,7 @@ def _with(args, flag, value):
         ("--learning_rate", "1e-3", "was trained with --learning_rate 0.01; this run has --learning_rate 0.001"),
         ("--adam_weight_decay", "0", "--adam_weight_decay 0.01; this run has --adam_weight_decay 0.0"),
         ("--seed", "1", "was trained with --seed 0; this run has --seed 1"),
+        ("--seed", None, "was trained with --seed 0; this run has no --seed."),
     ],
 )
 def test_resume_with_other_fixed_settings_stops_before_any_model_loads(
@@ -457,8 +458,9 @@ def test_resume_with_other_fixed_settings_stops_before_any_model_loads(
 ):
     monkeypatch.setattr(script.RuyiImageToVideoPipeline, "from_pretrained", None)  # not called
     args = _args(video_dir, checkpointed_run, "--max_train_steps", "2", "--resume_from_checkpoint", "latest")
+    args = _with(args, flag, value) if value is not None else [a for a in args if a not in (flag, "0")]
     with pytest.raises(SystemExit) as e:
-        script.main(_with(args, flag, value))
+        script.main(args)
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "checkpoint-1" in err
@@ -467,7 +469,31 @@ def test_resume_with_other_fixed_settings_stops_before_any_model_loads(
 
 def test_resume_takes_the_same_targets_in_another_order_and_other_step_counts(script, video_dir, checkpointed_run):
     args = _args(video_dir, checkpointed_run, "--max_train_steps", "5", "--resume_from_checkpoint", "checkpoint-1")
-    args = _with(args, "--target_modules", "proj_out,ff.net.2,to_out.0,to_v,to_k,to_q")
+    for targets in ("proj_out,ff.net.2,to_out.0,to_v,to_k,to_q", " to_q, to_k,to_v , to_out.0,ff.net.2,proj_out,"):
+        args = _with(args, "--target_modules", targets)
+        assert script.parse_args(args).resume_from_checkpoint == str(checkpointed_run / "checkpoint-1")
+
+
+def test_resume_refuses_an_incomplete_latest_and_another_folder_into_checkpoints(
+    script, video_dir, checkpointed_run, tmp_path, capsys
+):
+    import shutil
+
+    # `latest` is checked as a named checkpoint: an empty newest one failed after the model had loaded.
+    run = tmp_path / "run"
+    shutil.copytree(checkpointed_run, run)
+    (run / "checkpoint-3").mkdir()
+    with pytest.raises(SystemExit):
+        script.parse_args(_args(video_dir, run, "--resume_from_checkpoint", "latest"))
+    assert "checkpoint-3' is not a checkpoint of this script" in capsys.readouterr().err
+    # Resuming from another folder's checkpoint into one that holds checkpoints mixed the two runs' checkpoints.
+    (run / "checkpoint-3").rmdir()
+    with pytest.raises(SystemExit):
+        script.parse_args(_args(video_dir, run, "--resume_from_checkpoint", str(checkpointed_run / "checkpoint-1")))
+    assert "holds another run's checkpoints (checkpoint-1)" in capsys.readouterr().err
+    # Into an empty folder it goes on (the checkpoints it writes are its own).
+    other = tmp_path / "other"
+    args = _args(video_dir, other, "--resume_from_checkpoint", str(checkpointed_run / "checkpoint-1"))
     assert script.parse_args(args).resume_from_checkpoint == str(checkpointed_run / "checkpoint-1")
 
 
@@ -518,9 +544,14 @@ def test_short_clips_and_unread_metadata_keys_are_reported(script, video_dir, tm
     data = tmp_path / "data"
     shutil.copytree(video_dir, data)
     imageio.mimwrite(data / "still.mp4", [np.zeros((32, 48, 3), np.uint8)] * 3, fps=8, macro_block_size=16)
-    (data / "metadata.jsonl").write_text('{"file_name": "clip_1.mp4", "motion": 2, "text": "a cat"}\n')
+    # Keys of other tools are not taken for misspellings: `name` (inside file_name), `motion_score`, `direction`
+    # (inside camera_direction, not its start), a `motion` spelt otherwise next to `motion` itself. They are named.
+    entries = '{"file_name": "clip_1.mp4", "motion": 2, "text": "a cat", "name": "x", "motion_score": 1, "Motion": 1, '
+    entries += '"direction": "up"}'
+    (data / "metadata.jsonl").write_text(entries + "\n")
     dataset = script.VideoFolderDataset(str(data), 8, 32, 48)
-    assert dataset.short_clips == [str(data / "still.mp4")] and dataset.ignored_keys == ["text"]
+    assert dataset.short_clips == [str(data / "still.mp4")]
+    assert dataset.ignored_keys == ["text", "name", "motion_score", "Motion", "direction"]
     # A stride makes a window span more frames: 8 frames every 2nd span 15, more than the 10 the clips have.
     assert len(script.VideoFolderDataset(str(data), 8, 32, 48, frame_stride=2).short_clips) == 4
     assert script.VideoFolderDataset(str(data), 1, 32, 48).short_clips == []
@@ -529,7 +560,10 @@ def test_short_clips_and_unread_metadata_keys_are_reported(script, video_dir, tm
     assert "1 clip(s) have fewer than the 8 frames a window spans and are padded with their last frame: still.mp4" in (
         caplog.text
     )
-    assert "metadata.jsonl keys this script does not read, ignored: text" in caplog.text
+    assert (
+        "metadata.jsonl keys this script does not read, ignored: text, name, motion_score, Motion, direction"
+        in caplog.text
+    )
 
 
 def test_num_train_epochs_sets_the_steps(script, video_dir, tmp_path):
