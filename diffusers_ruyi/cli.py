@@ -877,6 +877,10 @@ def peak_memory(device) -> str:
     return f"peak memory {_format_size(rss)} (RSS)"
 
 
+def _show_no_warning(*args: Any, **kwargs: Any) -> None:
+    """`warnings.showwarning` under --quiet."""
+
+
 def _configure_messages(args: argparse.Namespace, progress: Progress) -> None:
     """Library logging and progress bars for ``--quiet`` / ``--verbose``. The settings are global to the process, so
     each one is put back when the run ends (`Progress.close`): `main` may run more than once in a process."""
@@ -907,10 +911,9 @@ def _configure_messages(args: argparse.Namespace, progress: Progress) -> None:
         logger = logging.getLogger("diffusers_ruyi")
         progress.at_close(functools.partial(logger.setLevel, logger.level))
         logger.setLevel(logging.ERROR)
-        caught = warnings.catch_warnings()
-        caught.__enter__()
-        progress.at_close(functools.partial(caught.__exit__, None, None, None))
-        warnings.simplefilter("ignore")
+        # Shown nowhere, rather than filtered: the filters that libraries add while they are imported stay.
+        progress.at_close(functools.partial(setattr, warnings, "showwarning", warnings.showwarning))
+        warnings.showwarning = _show_no_warning
     elif args.verbose:
         diffusers_logging.set_verbosity_info()
         logger = logging.getLogger("diffusers_ruyi")

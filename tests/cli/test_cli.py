@@ -545,3 +545,24 @@ def test_docs_table_lists_every_flag_and_no_other():
     table = [line for line in text.splitlines() if line.startswith("| `--")]
     documented = {flag for line in table for flag in re.findall(r"`(--[a-z0-9-]+)", line.split(" | ")[0])}
     assert flags == documented, (sorted(flags - documented), sorted(documented - flags))
+
+
+def test_quiet_hides_warnings_without_dropping_filters_added_meanwhile(tmp_path, monkeypatch):
+    # --quiet ran under `warnings.catch_warnings`, which threw away the filters libraries add while they are imported
+    # during the run (accelerate's, for one); now only the display is off, and put back after.
+    import warnings
+
+    shown, configure = warnings.showwarning, cli._configure
+
+    def configure_and_import(*args, **kwargs):
+        warnings.filterwarnings("ignore", message="a filter a library adds on import")
+        warnings.warn("a warning under --quiet")
+        return configure(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "_configure", configure_and_import)
+    with warnings.catch_warnings(record=True) as seen:  # (the test's own filters put back after)
+        warnings.simplefilter("always")
+        shown = warnings.showwarning
+        assert main(["--image", str(START), "--output", str(tmp_path / "q.mp4"), *FAST, "--quiet"]) == 0
+        assert warnings.showwarning is shown and not seen
+        assert any(f[1] is not None and f[1].pattern == "a filter a library adds on import" for f in warnings.filters)
