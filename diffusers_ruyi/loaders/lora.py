@@ -1,6 +1,7 @@
 """LoRA loading and saving for [`RuyiImageToVideoPipeline`] (diffusers/PEFT files and original Ruyi files)."""
 
 import contextlib
+import functools
 import os
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
@@ -275,6 +276,28 @@ def _set_scalings(transformer: torch.nn.Module, adapter_name: str, lora_config: 
             module.scaling[adapter_name] = alpha / rank
 
 
+def _on_uncompiled_transformer(method: Callable) -> Callable:
+    """Runs a [`~loaders.lora_base.LoraBaseMixin`] method on the model inside a `torch.compile` wrapper: diffusers'
+    methods act only on `ModelMixin` components and skipped an `OptimizedModule` without a word (LoRAs loaded into
+    it could not be scaled, disabled, fused or removed)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        name = self.transformer_name
+        transformer = getattr(self, name, None)
+        inner = getattr(transformer, "_orig_mod", None) if isinstance(transformer, torch.nn.Module) else None
+        if inner is None:
+            return method(self, *args, **kwargs)
+        # Not through `DiffusionPipeline.__setattr__`: the pipeline's config keeps naming the component as it was.
+        object.__setattr__(self, name, inner)
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            object.__setattr__(self, name, transformer)
+
+    return wrapper
+
+
 class RuyiLoraLoaderMixin(LoraBaseMixin):
     r"""
     Loads LoRA layers into [`RuyiTransformer3DModel`]. Specific to [`RuyiImageToVideoPipeline`].
@@ -288,7 +311,8 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
       `W + multiplier * alpha / rank * up @ down` (the adapter weight plays the multiplier).
 
     Everything else (`set_adapters`, `fuse_lora`, `unfuse_lora`, `unload_lora_weights`, `disable_lora`,
-    `delete_adapters`, `get_list_adapters`, ...) comes from [`~loaders.lora_base.LoraBaseMixin`].
+    `delete_adapters`, `get_list_adapters`, ...) comes from [`~loaders.lora_base.LoraBaseMixin`]; these also act on a
+    transformer wrapped by `torch.compile` (`pipe.transformer = torch.compile(pipe.transformer)`).
     """
 
     _lora_loadable_modules = ["transformer"]
@@ -439,6 +463,7 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
             hotswap=hotswap,
         )
 
+    @_on_uncompiled_transformer
     def set_adapters(
         self,
         adapter_names: Union[List[str], str],
@@ -481,6 +506,7 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
         # PEFT keeps the names as its active adapters and edits them as a list later.
         return super().set_adapters(adapter_names if isinstance(adapter_names, str) else names, adapter_weights)
 
+    @_on_uncompiled_transformer
     def delete_adapters(self, adapter_names: Union[List[str], str]) -> None:
         r"""[`~loaders.lora_base.LoraBaseMixin.delete_adapters`]; names that are not loaded are refused (PEFT would
         ignore them)."""
@@ -608,7 +634,8 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
                 The folder to write (created if needed).
             transformer_lora_layers (`Dict[str, torch.Tensor]` or `torch.nn.Module`):
                 The adapter's tensors, e.g. `peft.get_peft_model_state_dict(pipe.transformer)`; keys are written with
-                the `transformer.` prefix.
+                the `transformer.` prefix (keys that already have it, as `convert_original_lora_state_dict` gives
+                them, are written as they are).
             is_main_process (`bool`, defaults to `True`):
                 Whether this process writes the file (kept for API parity; pass `accelerator.is_main_process`).
             weight_name (`str`, *optional*):
@@ -676,6 +703,19 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
             return
         if not is_main_process:  # diffusers' writer would save anyway
             return
+        prefix = f"{cls.transformer_name}."
+        if isinstance(transformer_lora_layers, dict) and any(
+            key.startswith(prefix) for key in transformer_lora_layers
+        ):
+            # Already named as in a file (`convert_original_lora_state_dict`, `lora_state_dict`): written as they
+            # are, not as `transformer.transformer.`, which no loader would find.
+            unprefixed = sorted(key for key in transformer_lora_layers if not key.startswith(prefix))
+            if unprefixed:
+                raise ValueError(
+                    f"`transformer_lora_layers` mixes keys with and without the {prefix!r} prefix (e.g. "
+                    f"{unprefixed[0]!r}); give them all one way."
+                )
+            transformer_lora_layers = {key[len(prefix) :]: value for key, value in transformer_lora_layers.items()}
         cls._save_lora_weights(
             save_directory=save_directory,
             lora_layers={cls.transformer_name: transformer_lora_layers},
@@ -686,6 +726,7 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
             safe_serialization=True,
         )
 
+    @_on_uncompiled_transformer
     def fuse_lora(
         self,
         components: List[str] = ["transformer"],
@@ -721,6 +762,7 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
             adapter_names=adapter_names,
         )
 
+    @_on_uncompiled_transformer
     def unfuse_lora(self, components: List[str] = ["transformer"], **kwargs) -> None:
         r"""
         Reverses [`~RuyiLoraLoaderMixin.fuse_lora`]: subtracts the fused LoRA deltas from the transformer's weights.
@@ -730,6 +772,36 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
         """
         self._check_components(components)
         super().unfuse_lora(components=components, **kwargs)
+
+    @_on_uncompiled_transformer
+    def unload_lora_weights(self, *args, **kwargs) -> None:
+        r"""[`~loaders.lora_base.LoraBaseMixin.unload_lora_weights`]."""
+        return super().unload_lora_weights(*args, **kwargs)
+
+    @_on_uncompiled_transformer
+    def disable_lora(self) -> None:
+        r"""[`~loaders.lora_base.LoraBaseMixin.disable_lora`]."""
+        return super().disable_lora()
+
+    @_on_uncompiled_transformer
+    def enable_lora(self) -> None:
+        r"""[`~loaders.lora_base.LoraBaseMixin.enable_lora`]."""
+        return super().enable_lora()
+
+    @_on_uncompiled_transformer
+    def get_active_adapters(self) -> List[str]:
+        r"""[`~loaders.lora_base.LoraBaseMixin.get_active_adapters`]."""
+        return super().get_active_adapters()
+
+    @_on_uncompiled_transformer
+    def get_list_adapters(self) -> Dict[str, List[str]]:
+        r"""[`~loaders.lora_base.LoraBaseMixin.get_list_adapters`]."""
+        return super().get_list_adapters()
+
+    @_on_uncompiled_transformer
+    def set_lora_device(self, *args, **kwargs) -> None:
+        r"""[`~loaders.lora_base.LoraBaseMixin.set_lora_device`]."""
+        return super().set_lora_device(*args, **kwargs)
 
     def _check_components(self, components: Any) -> None:
         if not isinstance(components, (list, tuple)) or not all(isinstance(name, str) for name in components):

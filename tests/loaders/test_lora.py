@@ -824,3 +824,50 @@ def test_lora_sources_are_checked_before_reading(clean_pipe, tmp_path):
     with pytest.raises(ValueError, match=r"holds several safetensors files \['a.safetensors', 'b.safetensors'\]"):
         clean_pipe.load_lora_weights(folder)
     clean_pipe.load_lora_weights(folder, weight_name="b.safetensors", adapter_name="b")
+
+
+def test_adapter_methods_act_on_a_torch_compiled_transformer(clean_pipe):
+    # `pipe.transformer = torch.compile(pipe.transformer)`: the LoRA loaded into it (the loader looks inside the
+    # wrapper), but diffusers' methods skipped the OptimizedModule without a word: no adapters listed, set_adapters
+    # refused the name, disable/fuse/delete/unload left the LoRA active. (Nothing here runs the compiled model.)
+    pipe = clean_pipe
+    transformer = pipe.transformer
+    base = {k: v.clone() for k, v in transformer.state_dict().items()}
+    pipe.load_lora_weights(make_original_lora(transformer, ORIGINAL_PATHS, seed=4)[0], adapter_name="a")
+    pipe.transformer = torch.compile(transformer)
+    try:
+        layer = transformer.blocks[0].attn1.to_q
+        assert pipe.get_list_adapters() == {"transformer": ["a"]} and pipe.get_active_adapters() == ["a"]
+        full = layer.scaling["a"]
+        pipe.set_adapters("a", 0.5)
+        assert layer.scaling["a"] == pytest.approx(0.5 * full)
+        pipe.disable_lora()
+        assert layer.disable_adapters
+        pipe.enable_lora()
+        pipe.fuse_lora()
+        assert not torch.equal(layer.base_layer.weight, base["blocks.0.attn1.to_q.weight"])
+        pipe.unfuse_lora()
+        torch.testing.assert_close(layer.base_layer.weight, base["blocks.0.attn1.to_q.weight"])
+        pipe.unload_lora_weights()
+        assert not any(isinstance(m, BaseTunerLayer) for m in pipe.transformer.modules())
+        assert type(pipe.transformer).__name__ == "OptimizedModule"  # still the caller's wrapper
+    finally:
+        pipe.transformer = transformer
+
+
+def test_saving_keys_that_already_carry_the_transformer_prefix(clean_pipe, tmp_path):
+    # docs/lora.md: save `convert_original_lora_state_dict(...)`'s tensors. Its keys start with `transformer.`, and
+    # `save_lora_weights` added another: `transformer.transformer.blocks...`, which no loader found.
+    pipe = clean_pipe
+    converted = convert_original_lora_state_dict(make_original_lora(pipe.transformer, ORIGINAL_PATHS, seed=5)[0],
+                                                 pipe.transformer)  # fmt: skip
+    assert all(key.startswith("transformer.") for key in converted)
+    RuyiImageToVideoPipeline.save_lora_weights(tmp_path / "converted", transformer_lora_layers=converted)
+    assert load_file(tmp_path / "converted" / "pytorch_lora_weights.safetensors").keys() == converted.keys()
+    pipe.load_lora_weights(tmp_path / "converted", adapter_name="converted")
+    assert pipe.get_list_adapters() == {"transformer": ["converted"]}
+    mixed = dict(converted)
+    mixed["blocks.0.attn1.to_q.lora_A.weight"] = mixed.pop(next(iter(converted)))
+    with pytest.raises(ValueError, match="mixes keys with and without the 'transformer.' prefix"):
+        RuyiImageToVideoPipeline.save_lora_weights(tmp_path / "mixed", transformer_lora_layers=mixed)
+    assert not (tmp_path / "mixed").exists()
