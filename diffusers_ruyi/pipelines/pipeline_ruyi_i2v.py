@@ -870,6 +870,15 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                 f"`callback_on_step_end` must be callable (a function, PipelineCallback or MultiPipelineCallbacks), "
                 f"got {type(callback_on_step_end).__name__}."
             )
+        callbacks = getattr(callback_on_step_end, "callbacks", [callback_on_step_end])  # (MultiPipelineCallbacks)
+        cutoffs = [type(c).__name__ for c in callbacks if "CFGCutoff" in type(c).__name__]
+        if cutoffs:
+            # They cut the batch to its conditional half after their step, which the CLIP features, masks and
+            # inpaint latents (not callback tensors) cannot follow: refused now, not halfway through the steps.
+            raise ValueError(
+                f"`callback_on_step_end`: {cutoffs[0]} cuts the batch in half, which this pipeline cannot follow. To "
+                "end guidance at a step, use a callback that sets `pipe._guidance_scale = 1.0` there (docs: pipeline)."
+            )
         if callback_on_step_end is not None and callback_on_step_end_tensor_inputs is None:
             raise ValueError("`callback_on_step_end_tensor_inputs` must list the tensors to pass to the callback.")
         check_attention_kwargs(attention_kwargs)

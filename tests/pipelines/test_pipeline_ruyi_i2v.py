@@ -205,6 +205,17 @@ def test_a_decoded_video_holding_nan_is_named_in_a_warning(pipe, start_image, ou
     assert not any("holds NaN" in r.getMessage() for r in records)
 
 
+@pytest.mark.parametrize("multi", [False, True])
+def test_a_cfg_cutoff_callback_is_refused_before_any_step(guarded_pipe, start_image, multi):
+    # It was refused after its cutoff step (half the steps), with a shape error.
+    from diffusers.callbacks import MultiPipelineCallbacks, SDCFGCutoffCallback
+
+    callback = SDCFGCutoffCallback(cutoff_step_ratio=0.5)
+    callback = MultiPipelineCallbacks([callback]) if multi else callback
+    with pytest.raises(ValueError, match="SDCFGCutoffCallback cuts the batch in half.*`pipe._guidance_scale = 1.0`"):
+        _call(guarded_pipe, start_image, guidance_scale=7.0, callback_on_step_end=callback)
+
+
 def test_a_callback_sets_the_guidance_of_the_later_steps(pipe, start_image):
     # The loop mixed with the call's argument (a callback's `_guidance_scale` did nothing, while `guidance_scale`
     # reported it), and read `do_classifier_free_guidance` again every step (1 or below: a batch-size error).
