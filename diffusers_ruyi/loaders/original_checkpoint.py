@@ -165,7 +165,14 @@ def check_model_folder(folder: str) -> None:
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"Expected a model folder at {folder!r}, but it does not exist; check `subfolder`.")
     if not os.path.isfile(os.path.join(folder, "config.json")):
-        raise FileNotFoundError(f"{folder!r} has no config.json; it is not a model folder.")
+        # A pipeline folder given where a model's goes: say which `subfolder` holds one.
+        models = sorted(
+            name
+            for name in ("transformer", "transformers", "vae")
+            if os.path.isfile(os.path.join(folder, name, "config.json"))
+        )
+        hint = f" (it holds {', '.join(f'subfolder={m!r}' for m in models)})" if models else ""
+        raise FileNotFoundError(f"{folder!r} has no config.json; it is not a model folder{hint}.")
     if _check_safetensors_files(folder):
         return
     if any(name.endswith((".bin", ".pt", ".pth", ".ckpt")) for name in os.listdir(folder)):

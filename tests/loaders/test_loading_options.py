@@ -408,3 +408,12 @@ def test_a_saved_pipelines_image_encoder_must_be_safetensors(tiny_realfmt_checkp
     weights.unlink()
     with pytest.raises(ValueError, match="image_encoder' only has pickle weights"):
         RuyiImageToVideoPipeline.from_pretrained(tmp_path / "pipe")
+
+
+def test_a_pipeline_folder_given_to_a_model_names_its_subfolders(tiny_realfmt_checkpoint, tmp_path):
+    with pytest.raises(
+        FileNotFoundError, match=r"not a model folder \(it holds subfolder='transformer', subfolder='vae'\)"
+    ):
+        RuyiTransformer3DModel.from_pretrained(tiny_realfmt_checkpoint)
+    with pytest.raises(FileNotFoundError, match=r"it is not a model folder\.$"):
+        AutoencoderKLRuyiCausal3D.from_pretrained(tmp_path)
