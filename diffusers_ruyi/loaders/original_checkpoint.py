@@ -338,10 +338,10 @@ def local_folder(
     download_kwargs = {k: v for k, v in hub_kwargs.items() if k != "subfolder"}
     if allow_patterns is not None:
         download_kwargs["allow_patterns"] = allow_patterns
-    if ignore_patterns is not None:
-        download_kwargs["ignore_patterns"] = ignore_patterns
     elif subfolder:
         download_kwargs["allow_patterns"] = [f"{subfolder}/*"]
+    if ignore_patterns is not None:
+        download_kwargs["ignore_patterns"] = ignore_patterns
     if command_includes is None:
         # With `allow_patterns` (config files), the command fetches every config, a few kB, rather than the weights.
         command_includes = ["*config.json"] if allow_patterns else []

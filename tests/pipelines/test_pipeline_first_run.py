@@ -3,6 +3,7 @@ in the log, one dtype rule for both checkpoint layouts, and loading errors that 
 
 import io
 import logging
+import os
 
 import PIL.Image
 import pytest
@@ -280,3 +281,22 @@ def test_hub_failure_names_its_cause_however_it_is_chained(link, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", failing_download)
     with pytest.raises(ConnectionError, match=r"the Hub could not be reached \(OSError: no route to host\)"):
         local_folder("owner/name", {})
+
+
+@pytest.mark.parametrize(
+    "subfolder, allow, ignore, expected",
+    [
+        ("transformer", None, None, {"allow_patterns": ["transformer/*"]}),
+        # An explicit list wins over the subfolder's; ignore patterns go with either (they once displaced it).
+        ("transformer", ["transformer/config.json"], None, {"allow_patterns": ["transformer/config.json"]}),
+        ("transformer", None, ["*.bin"], {"allow_patterns": ["transformer/*"], "ignore_patterns": ["*.bin"]}),
+        ("", None, ["*.bin"], {"ignore_patterns": ["*.bin"]}),
+    ],
+)
+def test_local_folder_downloads_what_it_is_asked_for(tmp_path, monkeypatch, subfolder, allow, ignore, expected):
+    import huggingface_hub
+
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo, **kw: (calls.append(kw), str(tmp_path))[1])
+    folder = local_folder("owner/name", {"subfolder": subfolder}, allow_patterns=allow, ignore_patterns=ignore)
+    assert calls == [expected] and folder == os.path.join(str(tmp_path), subfolder)
