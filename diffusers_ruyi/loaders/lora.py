@@ -716,6 +716,17 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
                     f"{unprefixed[0]!r}); give them all one way."
                 )
             transformer_lora_layers = {key[len(prefix) :]: value for key, value in transformer_lora_layers.items()}
+        metadata = transformer_lora_adapter_metadata
+        if metadata and all(key.startswith(prefix) for key in metadata):
+            # `lora_state_dict(..., return_lora_metadata=True)` names the config's fields so too.
+            transformer_lora_adapter_metadata = {key[len(prefix) :]: value for key, value in metadata.items()}
+        if isinstance(transformer_lora_layers, dict) and any(
+            k.startswith("lora_unet_") for k in transformer_lora_layers
+        ):
+            raise ValueError(
+                "`transformer_lora_layers` holds original-format keys (`lora_unet_...`): convert them with "
+                "`convert_original_lora_state_dict(state_dict, pipe.transformer)` first, or pass `original_format=True`."
+            )
         cls._save_lora_weights(
             save_directory=save_directory,
             lora_layers={cls.transformer_name: transformer_lora_layers},

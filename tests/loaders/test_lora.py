@@ -871,3 +871,28 @@ def test_saving_keys_that_already_carry_the_transformer_prefix(clean_pipe, tmp_p
     with pytest.raises(ValueError, match="mixes keys with and without the 'transformer.' prefix"):
         RuyiImageToVideoPipeline.save_lora_weights(tmp_path / "mixed", transformer_lora_layers=mixed)
     assert not (tmp_path / "mixed").exists()
+
+
+def test_a_saved_lora_read_back_with_its_metadata_saves_again(clean_pipe, tmp_path):
+    # `lora_state_dict(..., return_lora_metadata=True)` names tensors and config fields `transformer.*`: the fields
+    # were written as `transformer.transformer.r`, and the file did not load (LoraConfig could not be built).
+    pipe = clean_pipe
+    pipe.transformer.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=["to_q"]), adapter_name="p")
+    RuyiImageToVideoPipeline.save_lora_weights(
+        tmp_path / "first",
+        transformer_lora_layers=get_peft_model_state_dict(pipe.transformer, adapter_name="p"),
+        transformer_lora_adapter_metadata=pipe.transformer.peft_config["p"].to_dict(),
+    )
+    pipe.delete_adapters("p")
+    tensors, metadata = RuyiImageToVideoPipeline.lora_state_dict(tmp_path / "first", return_lora_metadata=True)
+    assert all(key.startswith("transformer.") for key in [*tensors, *metadata])
+    RuyiImageToVideoPipeline.save_lora_weights(
+        tmp_path / "again", transformer_lora_layers=tensors, transformer_lora_adapter_metadata=metadata
+    )
+    pipe.load_lora_weights(tmp_path / "again", adapter_name="again")
+    assert pipe.transformer.peft_config["again"].lora_alpha == 8 and pipe.transformer.peft_config["again"].r == 4
+    # Original-format keys are not diffusers-format ones: they were written as `transformer.lora_unet_...`.
+    original = {"lora_unet__blocks_0_attn1_to_q.lora_down.weight": torch.zeros(4, 32)}
+    with pytest.raises(ValueError, match=r"original-format keys \(`lora_unet_...`\): convert them"):
+        RuyiImageToVideoPipeline.save_lora_weights(tmp_path / "unet", transformer_lora_layers=original)
+    assert not (tmp_path / "unet").exists()
