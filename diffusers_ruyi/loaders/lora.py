@@ -413,6 +413,7 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
         return (state_dict, metadata) if return_lora_metadata else state_dict
 
     @require_peft_backend
+    @_on_uncompiled_transformer  # (group offloading is re-applied to the pipeline's components: the model inside)
     def load_lora_weights(
         self,
         pretrained_model_name_or_path_or_dict: Union[str, os.PathLike, Dict[str, torch.Tensor]],

@@ -896,3 +896,36 @@ def test_a_saved_lora_read_back_with_its_metadata_saves_again(clean_pipe, tmp_pa
     with pytest.raises(ValueError, match=r"original-format keys \(`lora_unet_...`\): convert them"):
         RuyiImageToVideoPipeline.save_lora_weights(tmp_path / "unet", transformer_lora_layers=original)
     assert not (tmp_path / "unet").exists()
+
+
+def test_loading_into_a_compiled_group_offloaded_transformer_keeps_its_groups(clean_pipe):
+    # Loading re-applies group offloading to the pipeline's components: to the torch.compile wrapper it made the whole
+    # model one group (and a later delete_adapters stacked a second set of hooks). (The compiled model never runs.)
+    from diffusers.hooks import apply_group_offloading
+    from diffusers.hooks.group_offloading import _GROUP_OFFLOADING
+
+    def groups(model):
+        names = []
+        for name, module in model.named_modules():
+            registry = getattr(module, "_diffusers_hook", None)
+            if registry is not None and registry.get_hook(_GROUP_OFFLOADING) is not None:
+                names.append(name.removeprefix("_orig_mod."))
+        return names
+
+    pipe = clean_pipe
+    transformer = pipe.transformer
+    cpu = torch.device("cpu")
+    apply_group_offloading(transformer, cpu, offload_device=cpu, offload_type="block_level", num_blocks_per_group=1)
+    expected = groups(transformer)
+    assert len(expected) > 2
+    pipe.transformer = torch.compile(transformer)
+    try:
+        pipe.load_lora_weights(make_original_lora(transformer, ORIGINAL_PATHS, seed=4)[0], adapter_name="a")
+        assert groups(transformer) == expected
+        pipe.delete_adapters("a")
+        assert groups(transformer) == expected
+    finally:
+        pipe.transformer = transformer
+        from diffusers.hooks import HookRegistry
+
+        HookRegistry.check_if_exists_or_initialize(transformer).remove_hook(_GROUP_OFFLOADING, recurse=True)
