@@ -158,6 +158,29 @@ def _python_number(value: Any) -> Any:
     return value
 
 
+def _unsupported_callback(callback: Any) -> Optional[str]:
+    """Why one of diffusers' ready-made callbacks in ``callback`` (nested `MultiPipelineCallbacks` included) cannot
+    run with this pipeline, or None."""
+    from diffusers import callbacks as diffusers_callbacks
+
+    if isinstance(callback, MultiPipelineCallbacks):
+        return next(filter(None, (_unsupported_callback(c) for c in callback.callbacks)), None)
+    cutoffs = tuple(
+        getattr(diffusers_callbacks, name) for name in dir(diffusers_callbacks) if name.endswith("CFGCutoffCallback")
+    )
+    if isinstance(callback, cutoffs):
+        # It cuts the batch to its conditional half, which the CLIP features, masks and inpaint latents (not
+        # callback tensors) cannot follow.
+        return (
+            f"{type(callback).__name__} cuts the batch in half, which this pipeline cannot follow. To end guidance at "
+            "a step, use a callback that sets `pipe._guidance_scale = 1.0` there (docs: pipeline)."
+        )
+    ip_adapter_cutoff = getattr(diffusers_callbacks, "IPAdapterScaleCutoffCallback", ())
+    if isinstance(callback, ip_adapter_cutoff):
+        return f"{type(callback).__name__} sets an IP-Adapter scale, and this pipeline has no IP-Adapter."
+    return None
+
+
 class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
     r"""
     Image-to-video generation with Ruyi-Mini-7B: a start frame (and optionally an end frame) becomes a video, with
@@ -870,15 +893,10 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                 f"`callback_on_step_end` must be callable (a function, PipelineCallback or MultiPipelineCallbacks), "
                 f"got {type(callback_on_step_end).__name__}."
             )
-        callbacks = getattr(callback_on_step_end, "callbacks", [callback_on_step_end])  # (MultiPipelineCallbacks)
-        cutoffs = [type(c).__name__ for c in callbacks if "CFGCutoff" in type(c).__name__]
-        if cutoffs:
-            # They cut the batch to its conditional half after their step, which the CLIP features, masks and
-            # inpaint latents (not callback tensors) cannot follow: refused now, not halfway through the steps.
-            raise ValueError(
-                f"`callback_on_step_end`: {cutoffs[0]} cuts the batch in half, which this pipeline cannot follow. To "
-                "end guidance at a step, use a callback that sets `pipe._guidance_scale = 1.0` there (docs: pipeline)."
-            )
+        unsupported = _unsupported_callback(callback_on_step_end)
+        if unsupported:
+            # Refused now, not at their step, halfway through the run.
+            raise ValueError(f"`callback_on_step_end`: {unsupported}")
         if callback_on_step_end is not None and callback_on_step_end_tensor_inputs is None:
             raise ValueError("`callback_on_step_end_tensor_inputs` must list the tensors to pass to the callback.")
         check_attention_kwargs(attention_kwargs)

@@ -106,7 +106,7 @@ def test_refuses_to_overwrite(tmp_path, capsys):
     [
         (["--image", "missing.png"], "--image 'missing.png' does not exist"),
         # diffusers' load_image takes URLs: said so, not "does not exist".
-        (["--image", "https://example.com/a.png"], "is a URL; download the image and pass its file"),
+        (["--image", "HTTPS://example.com/a.png"], "is a URL; download the image and pass its file"),
         (["--image", __file__], "is not a readable image"),
         (["--last-image", "missing.png"], "--last-image 'missing.png' does not exist"),
         (["--height", "40", "--width", "48"], "--height must be a multiple of 16"),

@@ -205,15 +205,45 @@ def test_a_decoded_video_holding_nan_is_named_in_a_warning(pipe, start_image, ou
     assert not any("holds NaN" in r.getMessage() for r in records)
 
 
-@pytest.mark.parametrize("multi", [False, True])
-def test_a_cfg_cutoff_callback_is_refused_before_any_step(guarded_pipe, start_image, multi):
+@pytest.mark.parametrize("wrapping", ["plain", "multi", "nested multi", "subclass"])
+def test_a_cfg_cutoff_callback_is_refused_before_any_step(guarded_pipe, start_image, wrapping):
     # It was refused after its cutoff step (half the steps), with a shape error.
     from diffusers.callbacks import MultiPipelineCallbacks, SDCFGCutoffCallback
 
-    callback = SDCFGCutoffCallback(cutoff_step_ratio=0.5)
-    callback = MultiPipelineCallbacks([callback]) if multi else callback
-    with pytest.raises(ValueError, match="SDCFGCutoffCallback cuts the batch in half.*`pipe._guidance_scale = 1.0`"):
+    class StopGuidance(SDCFGCutoffCallback):
+        pass
+
+    callback = (StopGuidance if wrapping == "subclass" else SDCFGCutoffCallback)(cutoff_step_ratio=0.5)
+    if "multi" in wrapping:
+        callback = MultiPipelineCallbacks([callback])
+    if wrapping == "nested multi":
+        callback = MultiPipelineCallbacks([callback])
+    with pytest.raises(
+        ValueError, match="(CFGCutoffCallback|StopGuidance) cuts the batch in half.*`pipe._guidance_scale = 1.0`"
+    ):
         _call(guarded_pipe, start_image, guidance_scale=7.0, callback_on_step_end=callback)
+
+    from diffusers.callbacks import IPAdapterScaleCutoffCallback
+
+    with pytest.raises(ValueError, match="IPAdapterScaleCutoffCallback sets an IP-Adapter scale"):
+        _call(guarded_pipe, start_image, callback_on_step_end=IPAdapterScaleCutoffCallback(cutoff_step_ratio=0.5))
+
+
+def test_a_callback_named_like_a_cutoff_runs(pipe, start_image):
+    # A callback of the user's own is not judged by its name: one that does what the refusal says runs.
+    from diffusers.callbacks import PipelineCallback
+
+    class EndCFGCutoff(PipelineCallback):
+        tensor_inputs = ["latents"]
+
+        def callback_fn(self, pipeline, step_index, timestep, callback_kwargs):
+            pipeline._guidance_scale = 1.0
+            return callback_kwargs
+
+    callback = EndCFGCutoff(cutoff_step_ratio=0.5)
+    assert _call(
+        pipe, start_image, guidance_scale=7.0, callback_on_step_end=callback, output_type="latent"
+    ).frames.shape
 
 
 def test_a_callback_sets_the_guidance_of_the_later_steps(pipe, start_image):
