@@ -588,7 +588,8 @@ def check_image(flag: str, path: str) -> None:
     from ._images import image_mode_problem
 
     if not os.path.isfile(path):
-        if re.match(r"^https?://", path, re.IGNORECASE):  # diffusers' `load_image` takes URLs; this command reads files only
+        # diffusers' `load_image` takes URLs; this command reads files only.
+        if re.match(r"^https?://", path, re.IGNORECASE):
             raise CLIError(f"{flag} {path!r} is a URL; download the image and pass its file")
         raise CLIError(
             f"{flag} {path!r} does not exist" if not os.path.exists(path) else f"{flag} {path!r} is a folder"
