@@ -705,29 +705,27 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
         if not is_main_process:  # diffusers' writer would save anyway
             return
         prefix = f"{cls.transformer_name}."
-        if isinstance(transformer_lora_layers, dict) and any(
-            key.startswith(prefix) for key in transformer_lora_layers
-        ):
-            # Already named as in a file (`convert_original_lora_state_dict`, `lora_state_dict`): written as they
-            # are, not as `transformer.transformer.`, which no loader would find.
+        if isinstance(transformer_lora_layers, dict):
             unprefixed = sorted(key for key in transformer_lora_layers if not key.startswith(prefix))
-            if unprefixed:
+            if len(unprefixed) < len(transformer_lora_layers):
+                # Already named as in a file (`convert_original_lora_state_dict`, `lora_state_dict`): written as they
+                # are, not as `transformer.transformer.`, which no loader would find.
+                if unprefixed:
+                    raise ValueError(
+                        f"`transformer_lora_layers` mixes keys with and without the {prefix!r} prefix (e.g. "
+                        f"{unprefixed[0]!r}); give them all one way."
+                    )
+                transformer_lora_layers = {key[len(prefix) :]: value for key, value in transformer_lora_layers.items()}
+            if any(key.startswith("lora_unet_") for key in transformer_lora_layers):
                 raise ValueError(
-                    f"`transformer_lora_layers` mixes keys with and without the {prefix!r} prefix (e.g. "
-                    f"{unprefixed[0]!r}); give them all one way."
+                    "`transformer_lora_layers` holds original-format keys (`lora_unet_...`): convert them with "
+                    "`convert_original_lora_state_dict(state_dict, pipe.transformer)` first, or pass "
+                    "`original_format=True`."
                 )
-            transformer_lora_layers = {key[len(prefix) :]: value for key, value in transformer_lora_layers.items()}
         metadata = transformer_lora_adapter_metadata
         if metadata and all(key.startswith(prefix) for key in metadata):
             # `lora_state_dict(..., return_lora_metadata=True)` names the config's fields so too.
             transformer_lora_adapter_metadata = {key[len(prefix) :]: value for key, value in metadata.items()}
-        if isinstance(transformer_lora_layers, dict) and any(
-            k.startswith("lora_unet_") for k in transformer_lora_layers
-        ):
-            raise ValueError(
-                "`transformer_lora_layers` holds original-format keys (`lora_unet_...`): convert them with "
-                "`convert_original_lora_state_dict(state_dict, pipe.transformer)` first, or pass `original_format=True`."
-            )
         cls._save_lora_weights(
             save_directory=save_directory,
             lora_layers={cls.transformer_name: transformer_lora_layers},

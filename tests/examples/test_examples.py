@@ -21,6 +21,16 @@ def test_example_writes_video(tmp_path, name, extra, size):
     assert len(frames) == 8 and frames[0].shape[:2] == size
 
 
+def _refusal_before_loading(name, argv, monkeypatch, capsys) -> str:
+    """What example ``name`` prints when it stops with exit 2 on ``argv`` (failing the test if it loads a model)."""
+    example = load_example(name)
+    monkeypatch.setattr(example, "load_pipeline", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(SystemExit) as exit_info:
+        example.main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -35,13 +45,10 @@ def test_example_writes_video(tmp_path, name, extra, size):
 )
 def test_examples_check_their_arguments_before_loading(tmp_path, monkeypatch, capsys, extra, message):
     # They failed after the model had loaded (or after generating, for --output), with a traceback.
-    example = load_example("image_to_video")
-    monkeypatch.setattr(example, "load_pipeline", lambda *a, **k: pytest.fail("the model was loaded"))
     extra = [value.replace("{tmp}", str(tmp_path)) for value in extra]
     (tmp_path / "folder.mp4").mkdir()
-    with pytest.raises(SystemExit) as exit_info:
-        example.main([*SMALL, "--output", str(tmp_path / "v.mp4"), *extra])
-    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    argv = [*SMALL, "--output", str(tmp_path / "v.mp4"), *extra]
+    assert message in _refusal_before_loading("image_to_video", argv, monkeypatch, capsys)
 
 
 EXAMPLE_OUTPUTS = {
@@ -62,15 +69,12 @@ EXAMPLE_OUTPUTS = {
 )
 def test_every_example_checks_the_shared_arguments_before_loading(tmp_path, monkeypatch, capsys, name, extra, message):
     # long_video_strip.py did not: a missing image failed after loading the model, a bad --output after generating.
-    example = load_example(name)
-    monkeypatch.setattr(example, "load_pipeline", lambda *a, **k: pytest.fail("the model was loaded"))
     suffix = EXAMPLE_OUTPUTS[name]
     extra = [value.format(tmp=tmp_path, suffix=suffix) for value in extra]
     (tmp_path / f"folder{suffix}").mkdir()
-    with pytest.raises(SystemExit) as exit_info:
-        required = ["--lora", str(ORIGINAL_LORA)] if name == "lora_inference" else []
-        example.main(["--model", "tiny-random", "--output", str(tmp_path / f"v{suffix}"), *required, *extra])
-    assert exit_info.value.code == 2 and message.format(suffix=suffix) in capsys.readouterr().err
+    required = ["--lora", str(ORIGINAL_LORA)] if name == "lora_inference" else []
+    argv = ["--model", "tiny-random", "--output", str(tmp_path / f"v{suffix}"), *required, *extra]
+    assert message.format(suffix=suffix) in _refusal_before_loading(name, argv, monkeypatch, capsys)
 
 
 @pytest.mark.parametrize(
@@ -85,13 +89,9 @@ def test_every_example_checks_the_shared_arguments_before_loading(tmp_path, monk
     ],
 )
 def test_long_video_strip_checks_its_own_arguments_before_loading(tmp_path, monkeypatch, capsys, extra, message):
-    example = load_example("long_video_strip")
-    monkeypatch.setattr(example, "load_pipeline", lambda *a, **k: pytest.fail("the model was loaded"))
     extra = [value.format(tmp=tmp_path) for value in extra]
-    args = ["--model", "tiny-random", "--output", str(tmp_path / "s.png"), "--num-frames", "40", "--segment-frames"]
-    with pytest.raises(SystemExit) as exit_info:
-        example.main([*args, "32", *extra])
-    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    argv = ["--model", "tiny-random", "--output", str(tmp_path / "s.png"), "--num-frames", "40", "--segment-frames"]
+    assert message in _refusal_before_loading("long_video_strip", [*argv, "32", *extra], monkeypatch, capsys)
 
 
 def test_camera_grid(tmp_path):
