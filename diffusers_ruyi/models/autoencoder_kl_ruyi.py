@@ -1314,7 +1314,8 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
 
         Args:
             x (`torch.Tensor`): Videos ``(B, C, F, H, W)`` in ``[-1, 1]``, ``C = in_channels``, ``H`` and ``W`` at
-                least ``spatial_compression_ratio`` (8), in the VAE's dtype (any floating dtype under
+                least ``spatial_compression_ratio`` (8; other sizes are floored to a multiple of it, with a warning,
+                as in the original), in the VAE's dtype (any floating dtype under
                 `torch.autocast`); for the cache variant ``F`` is 1 or a multiple of ``num_sample_frames_batch_size``
                 (8). Anything else raises a `TypeError` or `ValueError` before any work.
             return_dict (`bool`, *optional*, defaults to `True`):
@@ -1326,6 +1327,15 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
         """
         self._check_input(x, "x", "in_channels", self.spatial_compression_ratio, self.encoder.conv_in)
         self.num_latent_frames(x.shape[2])  # validate before doing any work
+        ratio = self.spatial_compression_ratio
+        height, width = x.shape[-2:]
+        if height % ratio or width % ratio:
+            # The downsamplers floor odd sizes, as the original's do: say so rather than shrink the video silently.
+            logger.warning(
+                f"AutoencoderKLRuyiCausal3D.encode got frames of {height}x{width}, not multiples of {ratio}: the "
+                f"latents are {self._latent_size(height)}x{self._latent_size(width)}, so decoding them gives "
+                f"{self._latent_size(height) * ratio}x{self._latent_size(width) * ratio} frames (as in the original VAE)."
+            )
         _warn_once_on_amx_bfloat16(x, self.encoder.conv_in)
         if self.use_slicing and x.shape[0] > 1:
             moments = torch.cat([self._encode(x_slice) for x_slice in x.split(1)])

@@ -121,6 +121,22 @@ def test_smallest_sizes_run(request, variant):
     assert model.decode(_video(1, 16, 1, 1, 1)).sample.shape == (1, 3, 1, 8, 8)
 
 
+@pytest.mark.parametrize("variant", ["cache", "slice"])
+@torch.no_grad()
+def test_encode_warns_when_the_size_is_floored(request, variant, caplog):
+    # 20x36 is 2x4 latents, which decode to 16x32 frames: said, not done silently. A multiple of 8 says nothing.
+    model = request.getfixturevalue("vae" if variant == "cache" else "slice_vae")
+    with caplog.at_level("WARNING"):
+        latents = model.encode(_video(1, 3, 1, 20, 36)).latent_dist.mode()
+    assert latents.shape[-2:] == (2, 4)
+    assert model.decode(latents).sample.shape[-2:] == (16, 32)
+    assert "got frames of 20x36, not multiples of 8: the latents are 2x4, so decoding them gives 16x32" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        model.encode(_video(1, 3, 1, 16, 40))
+    assert "not multiples of" not in caplog.text
+
+
 @pytest.mark.parametrize("blocks", [2, 3, 5])
 @torch.no_grad()
 def test_smallest_encode_size_is_the_compression_ratio(blocks):
