@@ -158,6 +158,36 @@ def _python_number(value: Any) -> Any:
     return value
 
 
+# Arguments of diffusers' text-to-video pipelines that mean a text prompt; Ruyi has none.
+_TEXT_PROMPT_ARGUMENTS = ("prompt", "prompt_2", "negative_prompt", "negative_prompt_2")
+
+
+def _unexpected_call_arguments(kwargs: Dict[str, Any], parameters: Any) -> str:
+    """The message for arguments `__call__` does not take: each named, with the nearest spelling it does take (or,
+    for a text prompt, what steers Ruyi instead)."""
+    import difflib
+
+    known = [
+        name for name, parameter in parameters.items() if parameter.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+    ]
+    known = [name for name in known if name != "self"]
+    notes = []
+    for name in sorted(kwargs):
+        if name in _TEXT_PROMPT_ARGUMENTS:
+            notes.append(
+                f"`{name}`: Ruyi takes no text prompt; it is steered by its image(s), `motion` and `camera_direction` "
+                "(its text inputs hold the checkpoint's fixed embeddings, replaceable with `prompt_embeds`)"
+            )
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+        notes.append(f"`{name}`" + (f" (did you mean `{close[0]}`?)" if close else ""))
+    return (
+        f"RuyiImageToVideoPipeline.__call__() got unexpected keyword argument(s) {sorted(kwargs)}: "
+        + "; ".join(notes)
+        + "."
+    )
+
+
 def _unsupported_callback(callback: Any) -> Optional[str]:
     """Why one of diffusers' ready-made callbacks in ``callback`` (nested `MultiPipelineCallbacks` included) cannot
     run with this pipeline, or None."""
@@ -1336,6 +1366,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             Union[Callable[[int, int, Dict], None], PipelineCallback, MultiPipelineCallbacks]
         ] = None,
         callback_on_step_end_tensor_inputs: List[str] = ["latents"],
+        **kwargs: Any,
     ) -> Union[RuyiPipelineOutput, Tuple]:
         r"""
         Generates a video from a start frame (and optionally an end frame), or from several first (and last) frames.
@@ -1421,12 +1452,17 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                 `1.0` (the conditional prediction alone), and a run without cannot turn it on.
             callback_on_step_end_tensor_inputs (`List[str]`, defaults to `["latents"]`):
                 Tensors passed to the callback, a subset of `_callback_tensor_inputs`.
+            kwargs:
+                None are taken: any other argument is a `TypeError` that names it (a text `prompt` too, which Ruyi
+                does not have: it is steered by the image, `motion` and `camera_direction`).
 
         Examples:
 
         Returns:
             [`RuyiPipelineOutput`] or `tuple`: the generated frames.
         """
+        if kwargs:
+            raise TypeError(_unexpected_call_arguments(kwargs, inspect.signature(type(self).__call__).parameters))
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         # NumPy numbers (from `np.arange`, a config read with numpy, ...) mean what Python's do.

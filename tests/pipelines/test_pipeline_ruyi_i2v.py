@@ -425,6 +425,33 @@ def test_a_schedule_the_sampler_cannot_make_is_refused_before_any_model_runs(gua
             guarded_pipe.scheduler = original
 
 
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"prompt": "a cat"}, r"\['prompt'\]: `prompt`: Ruyi takes no text prompt; it is steered by its image\(s\)"),
+        ({"negative_prompt": "blurry"}, r"\['negative_prompt'\]: `negative_prompt`: Ruyi takes no text prompt"),
+        (
+            {"num_inference_step": 2},
+            r"\['num_inference_step'\]: `num_inference_step` \(did you mean `num_inference_steps`\?\)\.$",
+        ),
+        ({"frames": 8}, r"\['frames'\]: `frames` \(did you mean `num_frames`\?\)\.$"),
+        ({"fps": 8}, r"\['fps'\]: `fps`\.$"),
+        (
+            {"strength": 0.5, "prompt_2": "x"},
+            r"\['prompt_2', 'strength'\]: `prompt_2`: Ruyi takes no .*; `strength`\.$",
+        ),
+    ],
+)
+def test_arguments_the_pipeline_does_not_take_are_named_before_any_model_runs(
+    guarded_pipe, start_image, kwargs, match
+):
+    # A diffusers user's habits (a text prompt, another pipeline's argument, a typo): one TypeError that names them.
+    with pytest.raises(
+        TypeError, match=r"RuyiImageToVideoPipeline.__call__\(\) got unexpected keyword argument\(s\) " + match
+    ):
+        _call(guarded_pipe, start_image, **kwargs)
+
+
 def test_sizes_beyond_the_limits_are_refused_before_any_model_runs(guarded_pipe, start_image):
     # The allocator would refuse them only after the image encoder and the VAE ran.
     with pytest.raises(
