@@ -38,7 +38,7 @@ import os
 import posixpath
 import re
 import sys
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Union
 from urllib.parse import unquote, urlparse
 
 import torch
@@ -175,7 +175,12 @@ class RuyiModelLoadingMixin:
         strict = ORIGINAL_LOADS_STRICTLY[cls._original_model_type]
         load = functools.partial(super().from_pretrained, torch_dtype=dtype)
         model, info, output_loading_info = load_checked_model(
-            load, cls.__name__, pretrained_model_name_or_path, kwargs, allow_unexpected=not strict
+            load,
+            cls.__name__,
+            pretrained_model_name_or_path,
+            kwargs,
+            allow_unexpected=not strict,
+            model_subfolders=_CONFIG_SUBFOLDERS[cls._original_model_type],
         )
         return (model, info) if output_loading_info else model
 
@@ -511,16 +516,20 @@ def load_checked_model(
     pretrained_model_name_or_path: Union[str, os.PathLike],
     kwargs: Dict[str, Any],
     allow_unexpected: bool,
+    model_subfolders: Sequence[str] = ("transformer", "transformers", "vae"),
 ) -> Tuple[Any, Dict[str, Any], bool]:
     """diffusers' ``load`` (a model class's `from_pretrained`) with this package's rules: safetensors only
     (`use_safetensors=False` refused), a local folder's files checked first, and every missing (and, unless
     ``allow_unexpected``, unexpected) key one `ValueError` instead of diffusers' warning. Returns the model, its
-    loading info and whether the caller asked for that info (`output_loading_info`)."""
+    loading info and whether the caller asked for that info (`output_loading_info`). ``model_subfolders``: where a
+    pipeline folder keeps this model, named when such a folder is given instead of the model's."""
     if kwargs.get("use_safetensors") is False:
         raise ValueError("`use_safetensors=False`: diffusers-ruyi loads model weights from safetensors files only.")
     # (A DDUF archive is read by diffusers from its entries, not from a folder.)
     if not kwargs.get("dduf_entries") and check_local_source(pretrained_model_name_or_path):
-        check_model_folder(os.path.join(str(pretrained_model_name_or_path), kwargs.get("subfolder") or ""))
+        check_model_folder(
+            os.path.join(str(pretrained_model_name_or_path), kwargs.get("subfolder") or ""), model_subfolders
+        )
     output_loading_info = kwargs.pop("output_loading_info", False)
     kwargs["use_safetensors"] = True
     with modeling_logs_dropped(_is_key_report):

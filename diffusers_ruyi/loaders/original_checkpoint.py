@@ -16,7 +16,7 @@ import json
 import math
 import os
 import re
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -154,9 +154,10 @@ def _check_safetensors_files(folder: str) -> List[str]:
     return names
 
 
-def check_model_folder(folder: str) -> None:
+def check_model_folder(folder: str, model_subfolders: Sequence[str] = ("transformer", "transformers", "vae")) -> None:
     """Checks a local model folder before diffusers reads it: a ``config.json``, safetensors weights (not only a
-    pickle ``.bin``), and intact safetensors headers.
+    pickle ``.bin``), and intact safetensors headers. Where ``folder`` is a pipeline folder instead, the error names
+    those of ``model_subfolders`` (the folders that can hold the model being loaded) it holds.
 
     Raises:
         `FileNotFoundError`: no folder, or no ``config.json`` or weights in it.
@@ -166,11 +167,7 @@ def check_model_folder(folder: str) -> None:
         raise FileNotFoundError(f"Expected a model folder at {folder!r}, but it does not exist; check `subfolder`.")
     if not os.path.isfile(os.path.join(folder, "config.json")):
         # A pipeline folder given where a model's goes: say which `subfolder` holds one.
-        models = sorted(
-            name
-            for name in ("transformer", "transformers", "vae")
-            if os.path.isfile(os.path.join(folder, name, "config.json"))
-        )
+        models = sorted(name for name in model_subfolders if os.path.isfile(os.path.join(folder, name, "config.json")))
         hint = f" (it holds {', '.join(f'subfolder={m!r}' for m in models)})" if models else ""
         raise FileNotFoundError(f"{folder!r} has no config.json; it is not a model folder{hint}.")
     if _check_safetensors_files(folder):
