@@ -49,6 +49,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# Read by kineto when the profiler starts: detach CUPTI when the profile ends, so the rows timed after it are not
+# slowed by its callbacks.
+os.environ.setdefault("TEARDOWN_CUPTI", "1")
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)  # diffusers_ruyi from this checkout, installed or not (the GPU machine only has wheels)
@@ -101,10 +104,12 @@ VARIANTS = (
 COMPILED_VARIANTS = ("compile", "teacache_compile")
 # Everything the suite can run, in its default order: the rows the targets are about come first, so a tight time
 # budget cuts the least important ones. The original and the row with its memory settings come right after the
-# baseline: every same-run ratio against the original needs them.
+# baseline: every same-run ratio against the original needs them. The profile comes last: a profiler that leaves
+# CUPTI attached can slow every CUDA row after it (`TEARDOWN_CUPTI` below asks it not to), and it is cheap enough to
+# run in what the budget leaves.
 DEFAULT_ORDER = (
-    "baseline", "original", "model_offload", "teacache", "compile", "profile", "fbc", "fp8_lite", "fp8_strong",
-    "group_offload", "vae_decode", "rope", "teacache_compile",
+    "baseline", "original", "model_offload", "teacache", "compile", "fbc", "fp8_lite", "fp8_strong", "group_offload",
+    "vae_decode", "rope", "teacache_compile", "profile",
 )  # fmt: skip
 COLUMNS = (
     "variant", "s/step", "end-to-end s", "peak GB", "TFLOP/s", "MFU", "MFU vs matmul", "computed steps",
@@ -113,7 +118,8 @@ COLUMNS = (
 # Dense bf16 tensor-core peaks (no sparsity), TFLOP/s, by device-name fragment: the first that the name contains
 # (the PCIe and NVL H100s before the SXM one, whose name is plain "H100 80GB HBM3").
 SPEC_PEAK_TFLOPS = (
-    ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200", 989.4), ("H800", 989.4), ("A100", 312.0),
+    ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200 NVL", 835.0), ("H200", 989.4),
+    ("H800", 989.4), ("A100", 312.0),
     ("L40S", 362.0), ("4090", 165.2),
 )  # fmt: skip
 
@@ -412,9 +418,13 @@ def attention_shapes(config: Dict[str, Any], tokens: int) -> Dict[str, Tuple[int
     }
 
 
-def pick_sdpa_backend(device, dtype, config, tokens: int) -> Tuple[Any, str]:
-    """The fastest SDPA backend for the self-attention shape (CUDA); ``None`` (PyTorch's choice) elsewhere. A backend
-    is only a candidate when it runs every attention shape of the model alone and matches the math backend there."""
+SDPA_BACKENDS = ("CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION")
+
+
+def pick_sdpa_backend(device, dtype, config, tokens: int, backends=SDPA_BACKENDS) -> Tuple[Any, str]:
+    """The fastest of ``backends`` (`SDPBackend` names) for the self-attention shape (CUDA); ``None`` (PyTorch's
+    choice) elsewhere. A backend is only a candidate when it runs every attention shape of the model alone and matches
+    the math backend there."""
     import torch
 
     if device.type != "cuda":
@@ -439,7 +449,7 @@ def pick_sdpa_backend(device, dtype, config, tokens: int) -> Tuple[Any, str]:
         }
     timer = Timer(device)
     times, refused = {}, []
-    for backend in (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION):
+    for backend in (getattr(SDPBackend, name) for name in backends):
         try:
             with sdpa_kernel([backend]):
                 for name, qkv in cases.items():
@@ -466,6 +476,45 @@ def pick_sdpa_backend(device, dtype, config, tokens: int) -> Tuple[Any, str]:
     text = ", ".join(f"{b.name.lower()} {t * 1e3:.2f} ms" for b, t in sorted(times.items(), key=lambda kv: kv[1]))
     note = f"SDPA {best.name} (self-attention: {text}"
     return best, note + (f"; not usable: {'; '.join(refused)})" if refused else ")")
+
+
+def probe_sdpa_backend(args, device, dtype, config, tokens: int) -> Tuple[Any, str]:
+    """`pick_sdpa_backend`, on CUDA in a subprocess: a backend that breaks the CUDA context there (an illegal memory
+    access) or hangs costs that process, not the run. When the subprocess fails, flash and efficient attention, the
+    backends with the longest record at this head size, are picked from in this process instead."""
+    if device.type != "cuda":
+        return pick_sdpa_backend(device, dtype, config, tokens)
+    import tempfile
+
+    from torch.nn.attention import SDPBackend
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "sdpa_probe.json")
+        with open(path, "w") as f:
+            json.dump({"config": config, "tokens": tokens}, f)
+        cmd = [
+            sys.executable, os.path.abspath(__file__), "--sdpa-probe", "--configs", path, "--device", args.device,
+            "--dtype", args.dtype,
+        ]  # fmt: skip
+        try:
+            result = run_worker(cmd, what="SDPA backend probe", timeout=SDPA_PROBE_TIMEOUT_S)
+        except RuntimeError as e:
+            backend, note = pick_sdpa_backend(device, dtype, config, tokens, backends=SDPA_BACKENDS[1:])
+            why = " ".join(str(e).split())[:160]
+            return backend, f"{note}; the probe of every backend in a subprocess failed: {why}"
+    return (getattr(SDPBackend, result["backend"]) if result["backend"] else None), result["note"]
+
+
+def sdpa_probe_worker(args) -> None:
+    """``--sdpa-probe``: `pick_sdpa_backend` for the model described by ``--configs``, printed as the RESULT."""
+    import torch
+
+    with open(args.configs) as f:
+        described = json.load(f)
+    backend, note = pick_sdpa_backend(
+        torch.device(args.device), getattr(torch, args.dtype), described["config"], described["tokens"]
+    )
+    print_result({"backend": backend.name if backend is not None else None, "note": note})
 
 
 @contextlib.contextmanager
@@ -757,11 +806,14 @@ def measure_vae_decode(vae, cases, tile: int, device, dtype) -> List[Dict[str, A
             shape = (1, vae.config.latent_channels, vae.num_latent_frames(frames), height // ratio, width // ratio)
             latents = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device, dtype)
             with torch.no_grad():
-                vae.decode(latents[:, :, :1])  # warm-up (kernels, allocator)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()  # before the warm-up, so that the timed decode reuses its blocks
+                # Warm-up (kernels, allocator): the lone first latent and three 2-latent chunks, the middle one with
+                # context on both sides, cover the decoder's shapes at a fraction of a long decode's cost.
+                vae.decode(latents[:, :, : 7 if vae.config.compression_mode == "slice" else 1])
                 timer.sync()
                 peak_gb = None
                 if device.type == "cuda":
-                    torch.cuda.empty_cache()
                     torch.cuda.reset_peak_memory_stats()
                     resident = torch.cuda.memory_allocated()
                 t0 = time.perf_counter()
@@ -1049,16 +1101,21 @@ class _ReportedRows(list):
     def __init__(self, out_dir: Optional[str]):
         super().__init__()
         self.out_dir = out_dir
+        self.header = lambda: "device suite (partial: the run has not finished)"
 
     def append(self, row: Dict[str, Any]) -> None:
         super().append(row)
         print("ROW " + json.dumps(row, default=str), flush=True)
+        self.write()
+
+    def write(self) -> None:
+        """Saves the rows so far (and the header: device, versions, FLOPs) to ``OUT``."""
         if self.out_dir:
             os.makedirs(self.out_dir, exist_ok=True)
             with open(os.path.join(self.out_dir, "partial.json"), "w") as f:
-                json.dump(list(self), f, indent=1, default=str)
+                json.dump({"header": self.header(), "rows": list(self)}, f, indent=1, default=str)
             with open(os.path.join(self.out_dir, "table.md"), "w") as f:
-                f.write(format_table("device suite (partial: the run has not finished)", list(self)) + "\n")
+                f.write(format_table(self.header(), list(self)) + "\n")
 
     def __iadd__(self, more):
         for row in more:
@@ -1066,6 +1123,8 @@ class _ReportedRows(list):
         return self
 
 
+# The SDPA probe's subprocess: importing torch, CUDA's start and every backend on every attention shape.
+SDPA_PROBE_TIMEOUT_S = 120.0
 # Compilation time assumed for a compiled row before the `compile` row has measured it.
 COMPILE_ALLOWANCE_S = 90.0
 # Per row, what comes on top of a warm-up and a timed generation (seconds, full size, guessed generously): the
@@ -1131,11 +1190,24 @@ def run_suite(args) -> Tuple[str, List[Dict[str, Any]]]:
     else:
         name = "CPU"
         peaks["spec"] = args.peak_tflops
-    backend, backend_note = pick_sdpa_backend(device, dtype, config, tokens)
+    backend, backend_note = probe_sdpa_backend(args, device, dtype, config, tokens)
     image = Image.open(IMAGE).convert("RGB")
     n_params = sum(p.numel() for p in pipe.transformer.parameters())
 
+    def header(final: bool) -> str:
+        return (
+            f"device suite, preset {args.preset}{'' if final else ' (partial: the run has not finished)'}: {name}, "
+            f"torch {torch.__version__}, {args.dtype} (VAE {str(vae_dtype).replace('torch.', '')}), {args.frames}x"
+            f"{args.height}x{args.width}, {args.steps} steps, CFG 7 (batch 2), {tokens} video tokens, transformer "
+            f"{n_params / 1e9:.3f} B parameters, {flops_per_call / 1e12:.3f} TFLOP per transformer call "
+            f"({flops_per_call * args.steps / 1e15:.3f} PFLOP per generation), measured bf16/fp32 matmul "
+            f"{peaks['matmul']:.1f} TFLOP/s, spec peak {peaks['spec'] if peaks.get('spec') else 'unknown'} TFLOP/s, "
+            f"built in {build_s:.1f} s, suite {time.perf_counter() - started:.0f} s"
+        )
+
     rows: List[Dict[str, Any]] = _ReportedRows(args.out)
+    rows.header = lambda: header(final=False)  # in the partial files from now on, so that a killed run keeps it
+    rows.write()
     baseline_frames = None
     # The original builds the same models from the same configs, in its own layout.
     base_config = {
@@ -1163,6 +1235,8 @@ def run_suite(args) -> Tuple[str, List[Dict[str, Any]]]:
 
     # In the order asked for (the default puts what the issue's targets need first), each guarded by the budget.
     for name_ in args.variants:
+        if name_ == "original" and not args.reference:
+            continue  # no row at all: nothing was asked of the original
         with sdpa_context(backend):
             if over_budget(name_):
                 continue
@@ -1184,15 +1258,13 @@ def run_suite(args) -> Tuple[str, List[Dict[str, Any]]]:
                 rows.append({"variant": name_, "notes": ["skipped: needs a GPU"]})
                 continue
             if name_ == "original":
-                if not args.reference:
-                    continue
                 try:
                     with tempfile.TemporaryDirectory() as tmp:
-                        # Never past the budget, nor much past its own estimate (a hung original would take every
-                        # row after it).
+                        # Never past the budget, nor more than a minute past its own (generous) estimate: a hung
+                        # original would take every row after it.
                         timeout = args.budget_s - (time.perf_counter() - started)
                         if device.type == "cuda":
-                            timeout = min(timeout, 2 * expected_seconds(name_, rows) + 60)
+                            timeout = min(timeout, expected_seconds(name_, rows) + 60)
                         timeout = max(timeout, 1.0)
                         rows.append(measure_original(args, base_config, flops_per_call, peaks, tmp, timeout))
                 except Exception as e:
@@ -1212,20 +1284,14 @@ def run_suite(args) -> Tuple[str, List[Dict[str, Any]]]:
                 row["notes"].insert(0, backend_note)
             rows.append(row)
         if device.type == "cuda":
-            torch.cuda.empty_cache()
+            try:
+                torch.cuda.empty_cache()
+            except Exception as e:  # a broken CUDA context: the rows so far are saved, later ones will say why
+                rows.append({"variant": f"after {name_}", "notes": [f"error: {type(e).__name__}: {str(e)[:300]}"]})
     add_speedups(rows)
     add_original_ratios(rows)
 
-    header = (
-        f"device suite, preset {args.preset}: {name}, torch {torch.__version__}, {args.dtype} (VAE "
-        f"{str(vae_dtype).replace('torch.', '')}), {args.frames}x{args.height}x{args.width}, {args.steps} steps, "
-        f"CFG 7 (batch 2), {tokens} video tokens, transformer {n_params / 1e9:.3f} B parameters, "
-        f"{flops_per_call / 1e12:.3f} TFLOP per transformer call ({flops_per_call * args.steps / 1e15:.3f} PFLOP "
-        f"per generation), measured bf16/fp32 matmul {peaks['matmul']:.1f} TFLOP/s, spec peak "
-        f"{peaks['spec'] if peaks.get('spec') else 'unknown'} TFLOP/s, built in {build_s:.1f} s, suite "
-        f"{time.perf_counter() - started:.0f} s"
-    )
-    return format_table(header, rows), rows
+    return format_table(header(final=True), rows), rows
 
 
 def parse_args(argv=None):
@@ -1246,7 +1312,12 @@ def parse_args(argv=None):
     parser.add_argument("--reference", help="A checkout of the original Ruyi-Models: adds the 'original' row.")
     parser.add_argument("--reference-python", default=sys.executable, help="The original's interpreter.")
     parser.add_argument("--reference-pythonpath", help="Prepended to PYTHONPATH for the original's interpreter.")
+    parser.add_argument(
+        "--watchdog-s", type=float,
+        help="Stop with every thread's traceback after this many seconds (default: --budget-s + 100; 0: never).",
+    )  # fmt: skip
     parser.add_argument("--original-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--sdpa-probe", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--configs", help=argparse.SUPPRESS)
     for name in ("frames", "height", "width", "warmup-steps"):
         parser.add_argument(f"--{name}", type=int, help=argparse.SUPPRESS)
@@ -1263,6 +1334,16 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.original_worker:
         return original_worker(args)
+    if args.sdpa_probe:
+        return sdpa_probe_worker(args)
+    watchdog = args.budget_s + 100 if args.watchdog_s is None else args.watchdog_s
+    if watchdog > 0:
+        # Only the original has its own time limit: a hang anywhere else (streams, the compiler, the profiler) would
+        # otherwise run to the machine's hard stop. This exits with where every thread was, after the partial files
+        # (rows and header) were written row by row.
+        import faulthandler
+
+        faulthandler.dump_traceback_later(watchdog, exit=True)
     table, rows = run_suite(args)
     print(table, flush=True)
     if args.out:

@@ -36,8 +36,23 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _provide_pkg_resources() -> None:
+    """The original compares versions with `pkg_resources.parse_version`, which setuptools 82 and later no longer
+    ship: without it, stand in a module with that one function (`packaging`'s, which it wrapped)."""
+    import importlib.util
+
+    if importlib.util.find_spec("pkg_resources") is not None:
+        return
+    import types
+
+    from packaging.version import parse
+
+    sys.modules["pkg_resources"] = types.SimpleNamespace(parse_version=parse)
+
+
 def _import_original(path: str):
     sys.path.insert(0, os.path.abspath(path))
+    _provide_pkg_resources()
     import ruyi.models.autoencoder_magvit as vae_mod  # noqa: F401
     import ruyi.models.transformer3d as tr_mod  # noqa: F401
     import ruyi.pipeline.pipeline_ruyi_inpaint as pipe_mod  # noqa: F401

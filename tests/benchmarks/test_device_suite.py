@@ -53,6 +53,11 @@ def test_tiny_preset_prints_one_table(tmp_path):
     assert all("bfloat16" in row["notes"][0] for row in vae_rows), vae_rows
     assert (tmp_path / "profile.txt").read_text().strip()
     assert "| baseline |" in (tmp_path / "table.md").read_text()
+    # The partial record carries the header (device, versions, FLOPs), which a killed run would otherwise lose.
+    partial = json.loads((tmp_path / "partial.json").read_text())
+    assert partial["header"].startswith("device suite, preset tiny (partial: the run has not finished): CPU, torch ")
+    assert "TFLOP per transformer call" in partial["header"]
+    assert [row["variant"] for row in partial["rows"]] == [row["variant"] for row in rows]
 
 
 def test_flop_count_matches_a_hand_count():
@@ -205,10 +210,10 @@ def test_original_row_with_the_original_checkout(tmp_path):
 
 
 def test_rows_over_the_time_budget_are_skipped_not_run():
-    args = device_suite.parse_args(["--preset", "tiny", "--steps", "2", "--variants", "baseline", "fbc"])
+    args = device_suite.parse_args(["--preset", "tiny", "--steps", "2", "--variants", "baseline", "original", "fbc"])
     args.budget_s = 0.0
     _, rows = device_suite.run_suite(args)
-    assert [row["variant"] for row in rows] == ["baseline", "fbc"]
+    assert [row["variant"] for row in rows] == ["baseline", "fbc"]  # no original row at all without --reference
     assert rows[0]["notes"][0].startswith("skipped: time budget")  # the build already spent the zero budget
     assert rows[1]["notes"][0].startswith("skipped: time budget")
 
@@ -244,6 +249,65 @@ def test_the_rows_the_targets_need_fit_the_device_runs_budget():
         used += expected
         ran.append(name)
     assert ran[:5] == ["baseline", "original", "model_offload", "teacache", "compile"]
+    assert device_suite.DEFAULT_ORDER[-1] == "profile"  # a profiler can leave CUPTI attached, slowing later rows
+
+
+def test_the_sdpa_probe_runs_in_a_subprocess_on_cuda(monkeypatch, tmp_path):
+    # A backend that breaks the CUDA context (or hangs) in the probe must cost the probe's process, not the run; when
+    # that process fails, the run picks between flash and efficient attention itself.
+    import torch
+    from torch.nn.attention import SDPBackend
+
+    args = device_suite.parse_args(["--preset", "full"])
+    cuda, config = torch.device("cuda"), {"num_attention_heads": 2, "attention_head_dim": 8}
+    commands, picked = [], []
+
+    def worker(cmd, what, timeout):
+        commands.append((cmd, what, timeout))
+        described = json.loads(pathlib.Path(cmd[cmd.index("--configs") + 1]).read_text())
+        assert described == {"config": config, "tokens": 96}
+        return {"backend": "FLASH_ATTENTION", "note": "SDPA FLASH_ATTENTION (probed)"}
+
+    monkeypatch.setattr(device_suite, "run_worker", worker)
+    monkeypatch.setattr(device_suite, "pick_sdpa_backend", lambda *a, **k: picked.append(k) or (None, "in-process"))
+    assert device_suite.probe_sdpa_backend(args, cuda, torch.bfloat16, config, 96) == (
+        SDPBackend.FLASH_ATTENTION,
+        "SDPA FLASH_ATTENTION (probed)",
+    )
+    ((cmd, what, timeout),) = commands
+    assert "--sdpa-probe" in cmd and what == "SDPA backend probe" and timeout == device_suite.SDPA_PROBE_TIMEOUT_S
+    assert picked == []
+
+    def crashing(cmd, what, timeout):
+        raise RuntimeError("The SDPA backend probe failed (exit code -6): ...\nCUDA error: an illegal memory access")
+
+    monkeypatch.setattr(device_suite, "run_worker", crashing)
+    backend, note = device_suite.probe_sdpa_backend(args, cuda, torch.bfloat16, config, 96)
+    assert picked == [{"backends": ("FLASH_ATTENTION", "EFFICIENT_ATTENTION")}]
+    assert note.startswith("in-process; the probe of every backend in a subprocess failed: The SDPA backend probe")
+
+
+def test_the_sdpa_probe_worker_prints_its_pick(tmp_path):
+    path = tmp_path / "probe.json"
+    path.write_text(json.dumps({"config": {"num_attention_heads": 2, "attention_head_dim": 8}, "tokens": 96}))
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "device_suite.py"), "--sdpa-probe", "--configs", str(path)]
+    proc = subprocess.run(cmd + ["--device", "cpu", "--dtype", "float32"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines()[-1] == 'RESULT {"backend": null, "note": "PyTorch default (CPU)"}'
+
+
+@pytest.mark.parametrize(
+    "argv, expected", [([], 490.0), (["--watchdog-s", "30"], 30.0), (["--watchdog-s", "0"], None)]
+)
+def test_a_watchdog_stops_a_hung_run(monkeypatch, argv, expected):
+    # Only the original has its own time limit; the watchdog bounds the rest (default: the budget plus 100 s).
+    import faulthandler
+
+    armed = []
+    monkeypatch.setattr(faulthandler, "dump_traceback_later", lambda timeout, exit: armed.append((timeout, exit)))
+    monkeypatch.setattr(device_suite, "run_suite", lambda args: ("table", []))
+    device_suite.main(["--preset", "tiny", "--budget-s", "390", *argv])
+    assert armed == ([] if expected is None else [(expected, True)])
 
 
 @pytest.mark.parametrize(

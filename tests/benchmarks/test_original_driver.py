@@ -42,3 +42,23 @@ def test_posterior_noise_is_the_packages(monkeypatch):
     outside = DiagonalGaussianDistribution(moments).sample()
     torch.manual_seed(0)
     assert torch.equal(outside, unpatched(DiagonalGaussianDistribution(moments)))
+
+
+def test_a_missing_pkg_resources_is_stood_in_for(monkeypatch):
+    # setuptools 82 and later ship no `pkg_resources`, which the original imports to compare diffusers' version.
+    import sys
+
+    spec = importlib.util.spec_from_file_location("ruyi_original_driver", DRIVER)
+    driver = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(driver)
+    monkeypatch.setitem(sys.modules, "pkg_resources", None)  # what find_spec reports for a missing module
+    driver._provide_pkg_resources()
+    stand_in = sys.modules["pkg_resources"]
+    assert stand_in.parse_version("0.31.0") >= stand_in.parse_version("0.28.2")
+    assert stand_in.parse_version("0.9") < stand_in.parse_version("0.28.2")
+    # An installed one is left as it is.
+    real = object()
+    monkeypatch.setitem(sys.modules, "pkg_resources", real)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    driver._provide_pkg_resources()
+    assert sys.modules["pkg_resources"] is real
