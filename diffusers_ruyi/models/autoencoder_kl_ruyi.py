@@ -581,6 +581,11 @@ def _blend_into(a_strip: torch.Tensor, b: torch.Tensor, dim: int, extent: int) -
 _warned_amx_bfloat16 = False
 
 
+def _check_original_tiling_types(size: Any, overlap: Any) -> None:
+    check_int("tile_sample_min_size", size)
+    check_real("tile_overlap_factor", overlap)
+
+
 def _warn_once_on_amx_bfloat16(tensor: torch.Tensor, layer: nn.Module) -> None:
     """torch's oneDNN bfloat16 3D convolution on CPUs with AMX returns wrong values (or NaN) at random for some shapes
     (torch 2.13 and 2.14; docs/pipeline.md, known issues): says so once per process when `layer` is about to compute
@@ -792,7 +797,9 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
         # tiles, configured by `tile_sample_min_size`) or "package" (`enable_tiling`'s balanced tiles).
         self.use_tiling = bool(use_tiling)
         self.tiling_mode = "original" if use_tiling else "package"
-        self._check_original_tiling(tile_sample_min_size, tile_overlap_factor)
+        # Types only: like the original, which reads the values only when a video is large enough to be tiled, a
+        # config may hold ones that could never tile (`num_tiles` refuses them where they would be used).
+        _check_original_tiling_types(tile_sample_min_size, tile_overlap_factor)
         self.tile_sample_min_size = tile_sample_min_size
         self._original_tile_overlap_factor = tile_overlap_factor
         # Tiles are square by default; 256 px tiles keep decode memory at 512x512 well under a third of untiled.
@@ -895,6 +902,9 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
         changes; `original_tiling_is_aligned` and `tiled_output_size` tell). The package's tiling (`enable_tiling`)
         has no such sizes.
 
+        Values that can never tile (a tile under 8 px, an overlap that leaves no step between tiles) are refused
+        here; a config's are read as the original reads them, only for a video larger than a tile (`num_tiles`).
+
         Args:
             tile_sample_min_size (`int`, *optional*): Tile size in pixels, at least `spatial_compression_ratio` (8);
                 defaults to the config's (384).
@@ -918,7 +928,8 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
         if self.tiling_mode not in ("original", "package"):
             raise ValueError(f"`tiling_mode` must be 'original' or 'package', got {self.tiling_mode!r}.")
         if self.tiling_mode == "original":
-            self._check_original_tiling(self.tile_sample_min_size, self._original_tile_overlap_factor)
+            # The values are checked in `num_tiles`, where a video is large enough to be tiled.
+            _check_original_tiling_types(self.tile_sample_min_size, self._original_tile_overlap_factor)
             return
         ratio = self.spatial_compression_ratio
         tiles = {
@@ -939,8 +950,7 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
                 )
 
     def _check_original_tiling(self, size: int, overlap: float) -> None:
-        check_int("tile_sample_min_size", size)
-        check_real("tile_overlap_factor", overlap)
+        _check_original_tiling_types(size, overlap)
         if size < self.spatial_compression_ratio:
             raise ValueError(f"`tile_sample_min_size` must be at least {self.spatial_compression_ratio}, got {size}.")
         if not 0 <= overlap < 1:
@@ -1038,11 +1048,17 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
             return 1
         latent_h, latent_w = self._latent_size(height), self._latent_size(width)
         if self.tiling_mode == "original":
-            tile, step, _, _ = self._original_tile_geometry(decode)
+            tile = (
+                int(self.tile_sample_min_size / self.spatial_compression_ratio)
+                if decode
+                else self.tile_sample_min_size
+            )
             if decode:
                 height, width = latent_h, latent_w
             if height <= tile and width <= tile:
                 return 1
+            self._check_original_tiling(self.tile_sample_min_size, self._original_tile_overlap_factor)
+            tile, step, _, _ = self._original_tile_geometry(decode)
             # Decoding also decodes the lower-right corner tile once more.
             return len(range(0, height, step)) * len(range(0, width, step)) + int(decode)
         tile_h, tile_w, overlap_h, overlap_w = self._latent_tile_geometry()

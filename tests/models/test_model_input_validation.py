@@ -137,6 +137,38 @@ def test_encode_warns_when_the_size_is_floored(request, variant, caplog):
     assert "not multiples of" not in caplog.text
 
 
+@pytest.mark.parametrize(
+    "use_tiling, size, overlap", [(False, 24, 0.75), (False, 4, 0.25), (False, 64, 1.5), (True, 64, 0.95)]
+)
+@torch.no_grad()
+def test_original_tiling_values_in_a_config_are_checked_where_they_would_tile(slice_vae, use_tiling, size, overlap):
+    # The original reads them only for a video larger than a tile, so such a config loads and runs whatever fits;
+    # where they would tile (they never can: no step between tiles, or tiles under 8 px) it is refused before any
+    # layer runs, instead of the original's failure inside its tiler.
+    config = {
+        **slice_vae.config,
+        "use_tiling": use_tiling,
+        "tile_sample_min_size": size,
+        "tile_overlap_factor": overlap,
+    }
+    model = AutoencoderKLRuyiCausal3D.from_config(config).eval()
+    model.load_state_dict(slice_vae.state_dict())
+    video, latents = _video(1, 3, 1, 32, 32), _video(1, 16, 1, 4, 4)
+    assert torch.equal(model.encode(video).latent_dist.mode(), slice_vae.encode(video).latent_dist.mode())
+    assert torch.equal(model.decode(latents).sample, slice_vae.decode(latents).sample)
+    # Asked for by name, they are refused at once; switched on as the config's `use_tiling` does, where they tile.
+    with pytest.raises(ValueError, match=r"`tile_(sample_min_size|overlap_factor)` "):
+        model.enable_original_tiling()
+    model.use_tiling, model.tiling_mode = True, "original"
+    if size >= 32:
+        model.encode(video)  # still one tile: no check, as the original
+    large = _video(1, 3, 1, 8 * (size + 8), 16)
+    with no_layer_runs(model), pytest.raises(ValueError, match=r"`tile_(sample_min_size|overlap_factor)` "):
+        model.encode(large)
+    with no_layer_runs(model), pytest.raises(ValueError, match=r"`tile_(sample_min_size|overlap_factor)` "):
+        model.decode(_video(1, 16, 1, size + 8, 2))
+
+
 @pytest.mark.parametrize("blocks", [2, 3, 5])
 @torch.no_grad()
 def test_smallest_encode_size_is_the_compression_ratio(blocks):
