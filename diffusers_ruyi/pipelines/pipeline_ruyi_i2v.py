@@ -868,13 +868,20 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             )
         for k, starts in enumerate(images):
             ends = last_images[k] if last_images is not None else []
+            for name, frames in (("start frame(s) (`image`)", starts), ("end frame(s) (`last_image`)", ends)):
+                if len(frames) > num_frames:  # the original fails to place them
+                    raise ValueError(
+                        f"`num_frames`={num_frames} is too short for video {k}'s {len(frames)} {name}: they would not "
+                        f"all fit. Use `num_frames` >= {len(frames)}."
+                    )
             if len(starts) + len(ends) > num_frames:
-                what = f"{len(starts)} start frame(s) (`image`)"
-                what += f" and {len(ends)} end frame(s) (`last_image`)" if ends else ""
-                why = "the end frames would overwrite start frames" if ends else "they would not all fit"
-                raise ValueError(
-                    f"`num_frames`={num_frames} is too short for video {k}'s {what}: {why}. Use `num_frames` >= "
-                    f"{len(starts) + len(ends)}."
+                # The original places the end frames last, over the start frames they reach: so does this pipeline.
+                overlap = len(starts) + len(ends) - num_frames
+                logger.warning(
+                    f"Video {k}'s {len(starts)} start and {len(ends)} end frame(s) do not fit in `num_frames`="
+                    f"{num_frames}: the end frames replace the last {overlap} start frame(s), as in the original "
+                    f"(the first start frame stays the CLIP image). Use `num_frames` >= {len(starts) + len(ends)} to "
+                    "keep them all."
                 )
             if len(starts) > MAX_KNOWN_FRAMES or len(ends) > MAX_KNOWN_FRAMES:
                 logger.warning(

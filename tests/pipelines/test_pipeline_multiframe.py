@@ -142,8 +142,37 @@ def test_bad_multiframe_inputs_fail_early(guarded_pipe):
         _call(guarded_pipe, image=[[a, b]], last_image=[[a, "end.png"]])
     with pytest.raises(ValueError, match="as many images as `image` has videos \\(1\\), got 2.*last_image=\\[\\["):
         _call(guarded_pipe, image=[[a, b]], last_image=[a, b])
-    with pytest.raises(ValueError, match="too short for video 0's 6 start frame\\(s\\) \\(`image`\\) and 3 end"):
-        _call(guarded_pipe, image=[[a] * 6], last_image=[[b] * 3])
+    # More start (or end) frames than frames: the original fails to place them.
+    with pytest.raises(ValueError, match="too short for video 0's 9 start frame\\(s\\) \\(`image`\\): they would not"):
+        _call(guarded_pipe, image=[[a] * 9], last_image=[[b]])
+    with pytest.raises(ValueError, match="too short for video 0's 9 end frame\\(s\\) \\(`last_image`\\): .* >= 9\\.$"):
+        _call(guarded_pipe, image=[[a]], last_image=[[b] * 9])
+
+
+def test_end_frames_replace_the_start_frames_they_reach(pipe, caplog):
+    # As the original's get_image_to_video_latent: the end frames are placed last, over the start frames (one frame
+    # with a start and an end image is the end image, the start image still the CLIP image), with a warning.
+    import logging
+
+    starts = [_solid((200, 0, 0)), _solid((0, 200, 0)), _solid((0, 0, 200))]
+    ends = [_solid((90, 90, 90)), _solid((10, 20, 30))]
+    video, mask, clip_images = pipe.prepare_conditioning_video([starts], [ends], 4, 32, 48)
+    expected = [(200, 0, 0), (0, 200, 0), (90, 90, 90), (10, 20, 30)]
+    assert [tuple(video[0, :, k, 0, 0].tolist()) for k in range(4)] == [tuple(_pixel(c).tolist()) for c in expected]
+    assert mask[0, 0, :, 0, 0].tolist() == [0, 0, 0, 0]
+    assert clip_images[0].getpixel((0, 0)) == (200, 0, 0)
+    video, mask, clip_images = pipe.prepare_conditioning_video([starts[:1]], [ends[:1]], 1, 32, 48)
+    assert video[0, :, 0, 0, 0].tolist() == _pixel((90, 90, 90)).tolist() and mask.flatten().max() == 0
+    assert clip_images[0].getpixel((0, 0)) == (200, 0, 0)
+    logger = logging.getLogger("diffusers_ruyi.pipelines.pipeline_ruyi_i2v")
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger=logger.name):
+            frames = _call(pipe, image=[starts[:1]], last_image=[ends[:1]], num_frames=1, num_inference_steps=1)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert frames.shape == (1, 1, 3, 32, 48)
+    assert "the end frames replace the last 1 start frame(s), as in the original" in caplog.text
 
 
 def test_more_than_five_frames_warn(pipe, caplog):
