@@ -37,6 +37,7 @@ from transformers import CLIPVisionModelWithProjection
 
 from .._images import image_to_rgb
 from .._validation import (
+    MAX_FRAME_SIZE,
     check_attention_kwargs,
     check_bool,
     check_device_available,
@@ -160,6 +161,27 @@ def _python_number(value: Any) -> Any:
 
 # Arguments of diffusers' text-to-video pipelines that mean a text prompt; Ruyi has none.
 _TEXT_PROMPT_ARGUMENTS = ("prompt", "prompt_2", "negative_prompt", "negative_prompt_2")
+
+
+def _floor_frame_size(height: Any, width: Any) -> Tuple[Any, Any, Optional[Tuple[int, int]]]:
+    """A frame size that is not a multiple of 16, floored to one as the original pipeline floors it, with a warning:
+    ``(height, width, resize_to)``, ``resize_to`` the size asked for (None when nothing was floored). Anything the
+    checks refuse (not an int, above the limit) is passed on to them unchanged; a size below 16 is refused here."""
+    sizes = (height, width)
+    for name, value in (("height", height), ("width", width)):
+        if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 16:
+            raise ValueError(f"`{name}` must be at least 16 (a 16 px multiple, or floored to one), got {value}.")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 16 <= v <= MAX_FRAME_SIZE for v in sizes):
+        return height, width, None
+    if not (height % 16 or width % 16):
+        return height, width, None
+    floored = (height // 16 * 16, width // 16 * 16)
+    logger.warning(
+        f"`height`x`width` {height}x{width} is not a multiple of 16 (the transformer's 2x2 patches of 8x latents): "
+        f"the video is {floored[0]}x{floored[1]}, as in the original, whose frames are resized to {height}x{width} "
+        f"and then to {floored[0]}x{floored[1]} by nearest-neighbour sampling (pass multiples of 16 for one resize)."
+    )
+    return floored[0], floored[1], (height, width)
 
 
 def _unexpected_call_arguments(kwargs: Dict[str, Any], parameters: Any) -> str:
@@ -1095,6 +1117,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         num_frames: int,
         height: int,
         width: int,
+        resize_to: Optional[Tuple[int, int]] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor, List[PIL.Image.Image]]:
         r"""
         Builds the known-content video and its mask, as the original `get_image_to_video_latent` does with lists.
@@ -1104,6 +1127,10 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         resized on its own to `(width, height)` with PIL's default filter, as the original does. The mask is 0 on the
         given frames and 1 on the frames the model generates.
 
+        With ``resize_to`` (the `(height, width)` asked for, when it was floored to multiples of 16 as the original
+        floors it), the frames and the CLIP image are first resized to that size with PIL's filter, and the frames
+        then to `(height, width)` with nearest-neighbour sampling, as the original's image processor resizes them.
+
         Returns:
             `Tuple`: the video `(B, 3, F, H, W)` in [-1, 1], the mask `(B, 1, F, H, W)` in {0, 1}, and each video's
             first start frame, resized (the CLIP image).
@@ -1112,7 +1139,13 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         def frames_of(entry) -> torch.Tensor:  # (3, frames, H, W) in [-1, 1]
             entry = [entry] if isinstance(entry, PIL.Image.Image) else entry
             entry = [frame.convert("RGB") for frame in entry]
-            return self.video_processor.preprocess(entry, height=height, width=width).transpose(0, 1)
+            if resize_to is None:
+                return self.video_processor.preprocess(entry, height=height, width=width).transpose(0, 1)
+            # Not `preprocess` at `resize_to`: it would floor that size to a multiple of 8 before resizing.
+            processor = self.video_processor
+            frames = processor.numpy_to_pt(processor.pil_to_numpy([processor.resize(f, *resize_to) for f in entry]))
+            frames = torch.nn.functional.interpolate(frames, size=(height, width), mode="nearest")
+            return processor.normalize(frames).transpose(0, 1)
 
         videos, masks, clip_images = [], [], []
         for i, entry in enumerate(images):
@@ -1128,7 +1161,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             videos.append(video)
             masks.append(mask)
             first = entry if isinstance(entry, PIL.Image.Image) else entry[0]
-            clip_images.append(self.video_processor.resize(first.convert("RGB"), height, width))
+            clip_images.append(self.video_processor.resize(first.convert("RGB"), *(resize_to or (height, width))))
         return torch.stack(videos), torch.stack(masks), clip_images
 
     def prepare_mask_latents(
@@ -1398,9 +1431,11 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                 Frames to generate: 1 or a multiple of the VAE's encoder chunk (8 for Ruyi). Ruyi was trained on up to
                 120; more run, with a warning (`generate_long_video` makes longer videos in segments).
             height (`int`, *optional*):
-                Height in pixels, a multiple of 16. With `width`, overrides `base_resolution`.
+                Height in pixels, a multiple of 16. With `width`, overrides `base_resolution`. Another size of at
+                least 16 is floored to a multiple of 16, with a warning, as in the original: the frames are resized
+                to the size asked for, then to the floored one by nearest-neighbour sampling.
             width (`int`, *optional*):
-                Width in pixels, a multiple of 16.
+                Width in pixels, a multiple of 16 (or floored to one, as `height`).
             base_resolution (`int`, defaults to 512):
                 When `height`/`width` are omitted, the size is the training bucket closest to the image's aspect
                 ratio with about `base_resolution ** 2` pixels (384 to 896 work well).
@@ -1487,6 +1522,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         check_base_resolution(base_resolution)  # also when `height` and `width` are given, which leave it unused
         if height is None and width is None:
             height, width = get_bucket_size(images[0][0].height, images[0][0].width, base_resolution)
+        height, width, resize_to = _floor_frame_size(height, width)
         custom_embeds = {
             "prompt_embeds": prompt_embeds,
             "prompt_attention_mask": prompt_attention_mask,
@@ -1590,7 +1626,9 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         ).to(latents_dtype)
 
         # 5. Encode the start frames (CLIP) and the masked video with its mask (VAE).
-        video, mask, clip_images = self.prepare_conditioning_video(images, last_images, num_frames, height, width)
+        video, mask, clip_images = self.prepare_conditioning_video(
+            images, last_images, num_frames, height, width, resize_to=resize_to
+        )
         clip_embeds = self.encode_image(clip_images, device).to(transformer_dtype)
         clip_embeds = clip_embeds.repeat_interleave(num_videos_per_prompt, dim=0)
         clip_mask = torch.ones(batch_size, self.transformer.config.n_query, device=device, dtype=transformer_dtype)

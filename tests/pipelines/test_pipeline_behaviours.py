@@ -201,9 +201,14 @@ def test_batch_without_guidance_equals_single_runs(pipe, images):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def test_last_image_needs_two_frames(pipe, images):
-    with pytest.raises(ValueError, match="last_image"):
-        pipe(image=images[0], last_image=images[1], num_frames=1, height=16, width=16, num_inference_steps=1)
+def test_one_frame_with_an_end_image_is_the_end_image(pipe, images):
+    # As the original: the end image replaces the start frame, which stays the CLIP image (with a warning).
+    video, mask, clip_images = pipe.prepare_conditioning_video([images[0]], [images[1]], 1, 16, 16)
+    end, _, _ = pipe.prepare_conditioning_video([images[1]], None, 1, 16, 16)
+    assert torch.equal(video, end) and mask.max() == 0
+    assert clip_images[0].tobytes() == pipe.video_processor.resize(images[0].convert("RGB"), 16, 16).tobytes()
+    out = pipe(image=images[0], last_image=images[1], num_frames=1, height=16, width=16, num_inference_steps=1)
+    assert len(out.frames[0]) == 1
     # One frame without an end image is fine.
     out = pipe(image=images[0], num_frames=1, height=16, width=16, num_inference_steps=1, output_type="latent")
     assert out.frames.shape[2] == 1

@@ -46,6 +46,42 @@ def test_end_to_end_matches_original(realfmt_pipe, golden_realfmt_dir, case_name
     assert (video - expected).abs().max().item() <= 1e-4
 
 
+def test_a_size_that_is_no_multiple_of_16_is_floored_as_the_original_does(realfmt_pipe, golden_realfmt_dir, caplog):
+    # 36x44 asked for: the original resizes the frames to it (PIL), floors it to 32x32 and resizes them again (nearest
+    # neighbour), its CLIP image keeping 36x44. Made by the original (make_floored_size_golden.py).
+    import json
+    import logging
+
+    case = json.loads((golden_realfmt_dir / "floored_size_case.json").read_text())
+    expected = load_video(golden_realfmt_dir / "floored_size_video.safetensors")
+    start, end = (open_rgb(golden_realfmt_dir / case[k]) for k in ("start", "end"))
+    logger = logging.getLogger("diffusers_ruyi.pipelines.pipeline_ruyi_i2v")
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger=logger.name):
+            video = run_case(realfmt_pipe, case, start, end)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert tuple(video.shape) == tuple(case["video_shape"])
+    assert (video - expected).abs().max().item() <= 1e-4
+    assert "`height`x`width` 36x44 is not a multiple of 16" in caplog.text and "the video is 32x32" in caplog.text
+    # Resizing straight to 32x32 (one PIL resize) is another video: the two-step resize is pinned.
+    direct = run_case(realfmt_pipe, {**case, "h": 32, "w": 32}, start, end)
+    assert (direct - expected).abs().max().item() > 1e-3
+    # The CLIP image keeps the size asked for (the tiny CLIP barely tells it from a 32x32 one: pinned here).
+    _, _, clip_images = realfmt_pipe.prepare_conditioning_video([[start]], None, 8, 32, 32, resize_to=(36, 44))
+    assert clip_images[0].size == (44, 36)
+
+
+@pytest.mark.parametrize("height, width", [(8, 32), (32, 15)])
+def test_a_size_below_16_is_refused(guarded_pipe, start_image, height, width):
+    name, value = ("height", height) if height < 16 else ("width", width)
+    with pytest.raises(
+        ValueError, match=rf"`{name}` must be at least 16 \(a 16 px multiple, or floored to one\), got {value}\."
+    ):
+        guarded_pipe(image=start_image, num_frames=8, height=height, width=width)
+
+
 def test_smooth_output_is_applied(realfmt_pipe, golden_realfmt_dir, monkeypatch):
     # Without `smooth_output` the 16-frame case no longer matches the original: the branch is pinned.
     case, start, end, expected = load_golden_case(golden_realfmt_dir, "realfmt_cases.json", "rf_start_only")
