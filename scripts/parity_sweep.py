@@ -327,11 +327,9 @@ def draw_vae_case(seed: int) -> Dict[str, Any]:
         "tile_overlap_factor": r.choice([0.25, 0.5, 1 / 3, 0.125]),
     }
     spatial = 2 ** (stages - 1)
-    if slice_variant:  # any count, as the original takes
-        frames = r.choice([1, 2, 3, 4, 5, 8, 9, 12, 16, 17, 24, 25, 33])
-        latent_frames = r.choice([1, 2, 3, 4, 5, 6, 7, 9])
-    else:  # the counts its pipeline gives it
-        frames, latent_frames = r.choice([1, 8, 16, 24]), r.choice([1, 2, 4, 6])
+    # Any count, as the original takes in both variants.
+    frames = r.choice([1, 2, 3, 4, 5, 8, 9, 12, 16, 17, 24, 25, 33])
+    latent_frames = r.choice([1, 2, 3, 4, 5, 6, 7, 9])
     return {
         "seed": seed,
         "config": config,

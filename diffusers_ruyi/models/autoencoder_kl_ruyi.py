@@ -12,11 +12,12 @@ are grouped, so this port reproduces the original's grouping exactly, in both of
   and the next chunk as context, and their output is cropped back to the chunk before the up blocks. Convolutions
   pad with zeros and each spatio-temporal upsampler doubles the chunk's frames (trilinear). A lone latent frame
   decodes to one image (no temporal upsampling).
-* ``"cache"`` (``cache_compression_vae``). **Encoding** as above, in chunks of 8 frames (an image alone).
-  **Decoding** runs on chunks of 2 latent frames with causal temporal convolutions: the first chunk replicates its
-  first frame as padding, later chunks are prefixed with the last frames the same convolution saw in the previous
-  chunk (the *causal cache*, `RuyiCausalCache`, created per decode call and per tile, passed down as
-  ``causal_cache`` and cleared before the call returns).
+* ``"cache"`` (``cache_compression_vae``). **Encoding** as above (the original runs the same code for both).
+  **Decoding** runs on chunks of 2 latent frames (the last one holds what is left, possibly one) with causal temporal
+  convolutions: the first chunk replicates its first frame as padding, later chunks are prefixed with the last frames
+  the same convolution saw in the previous chunk (the *causal cache*, `RuyiCausalCache`, created per decode call and
+  per tile, passed down as ``causal_cache`` and cleared before the call returns); every latent frame gives 4 frames.
+  A lone latent frame decodes to one image, as in the slice variant.
 """
 
 import math
@@ -630,9 +631,8 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
     carry their own config; one saved before the variant keys existed loads as what it meant, the cache variant
     without tiling.
 
-    Frame counts: the cache variant encodes ``1`` or a multiple of ``num_sample_frames_batch_size`` (8) frames and
-    decodes ``1`` or a multiple of ``num_latent_frames_batch_size`` (2) latent frames (``4 * L`` frames out). The
-    slice variant takes any count, as the original does (`num_latent_frames` / `num_sample_frames` give the sizes).
+    Frame counts: both variants take any count of at least one frame, as the original does; `num_latent_frames` /
+    `num_sample_frames` give the sizes (the cache variant decodes ``L > 1`` latent frames to ``4 * L`` frames).
 
     Parameters:
         in_channels (`int`, defaults to 3): Channels of the input video.
@@ -1085,19 +1085,24 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
     # Frame-count rules
     # ------------------------------------------------------------------------------------------------------------
 
-    def _lone_first(self, num_frames: int) -> bool:
-        """Whether the first (latent) frame is encoded / decoded on its own: always for a single frame, and for every
-        odd count in the slice variant (decoded alone it gives one image: no temporal upsampling)."""
-        return num_frames == 1 or (self.config.compression_mode == "slice" and num_frames % 2 == 1)
+    def _lone_first(self, num_frames: int, decode: bool) -> bool:
+        """Whether the first (latent) frame is encoded / decoded on its own. Both variants encode it alone when the
+        frame count is odd; the slice variant decodes it alone when the latent count is odd, the cache variant only
+        when it is the only latent frame (decoded alone it gives one image: no temporal upsampling)."""
+        if decode and self.config.compression_mode == "cache":
+            return num_frames == 1
+        return num_frames % 2 == 1
 
-    def _chunks(self, num_frames: int, step: int) -> List[Tuple[int, int]]:
-        lone = self._lone_first(num_frames)
+    def _chunks(self, num_frames: int, step: int, decode: bool) -> List[Tuple[int, int]]:
+        """``[start, end)`` of every chunk: the lone first frame if any, then ``step`` frames at a time; the last
+        chunk keeps whatever is left (fewer frames)."""
+        lone = self._lone_first(num_frames, decode)
         return [(0, 1)] * lone + [(s, min(s + step, num_frames)) for s in range(int(lone), num_frames, step)]
 
     def _encoder_chunks(self, num_frames: int) -> List[Tuple[int, int, int, int]]:
         """``(frame_start, frame_end, latent_start, latent_end)`` of every slice the encoder runs on its own."""
         chunks, latent = [], 0
-        for start, end in self._chunks(num_frames, self.config.num_sample_frames_batch_size):
+        for start, end in self._chunks(num_frames, self.config.num_sample_frames_batch_size, decode=False):
             length = end - start
             for _ in range(self._temporal_stages):
                 length = (length - 1) // 2 + 1  # stride-2 conv, one zero frame of padding on each side
@@ -1106,38 +1111,56 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
         return chunks
 
     def num_latent_frames(self, num_frames: int) -> int:
-        """Latent frames produced by `encode` for ``num_frames`` video frames (raises if the count is invalid)."""
+        r"""
+        The number of latent frames `encode` produces for ``num_frames`` video frames.
+
+        Both variants encode the first frame alone when ``num_frames`` is odd, then independent slices of
+        ``num_sample_frames_batch_size`` (8) frames, the last slice with whatever is left; a slice of ``n`` frames
+        gives ``ceil(n / temporal_compression_ratio)`` latent frames. So with Ruyi's 4x, 8 frames give 2, 9 and 12
+        give 3, 13 gives 4 and 17 gives 5, as in the original.
+
+        Args:
+            num_frames (`int`): Video frames, at least 1.
+
+        Returns:
+            `int`: The latent frame count.
+
+        Raises:
+            `TypeError` or `ValueError`: ``num_frames`` is not an integer, or is below 1.
+        """
         check_int("num_frames", num_frames)
         num_frames = int(num_frames)  # a NumPy integer counts as Python's
-        chunk = self.config.num_sample_frames_batch_size
-        if self.config.compression_mode == "cache":
-            if num_frames != 1 and (num_frames <= 0 or num_frames % chunk != 0):
-                raise ValueError(
-                    f"AutoencoderKLRuyiCausal3D.encode got {num_frames} frames; valid frame counts are 1 (an image) or "
-                    f"a multiple of num_sample_frames_batch_size={chunk} ({chunk}, {2 * chunk}, {3 * chunk}, ...), "
-                    "as in the original Ruyi pipeline, which floors video_length to a multiple of 8."
-                )
-        elif num_frames < 1:
+        if num_frames < 1:
+            # The original fails here too (it concatenates no slices).
             raise ValueError(f"AutoencoderKLRuyiCausal3D.encode needs at least one frame, got {num_frames}.")
         return self._encoder_chunks(num_frames)[-1][3]
 
     def num_sample_frames(self, num_latent_frames: int) -> int:
-        """Frames produced by `decode` for ``num_latent_frames`` latent frames (raises if the count is invalid)."""
+        r"""
+        The number of video frames `decode` produces for ``num_latent_frames`` latent frames.
+
+        A lone latent frame decodes to one image. Otherwise every latent frame gives
+        ``temporal_compression_ratio`` (4) frames, except the first one of an odd count in the slice variant, which
+        is decoded alone to one image: the cache variant gives ``4 * L`` frames (3 -> 12, 5 -> 20), the slice variant
+        ``4 * L - 3`` for odd ``L`` (3 -> 9). The cache variant's last chunk may hold fewer than
+        ``num_latent_frames_batch_size`` (2) latent frames, as in the original.
+
+        Args:
+            num_latent_frames (`int`): Latent frames, at least 1.
+
+        Returns:
+            `int`: The decoded frame count.
+
+        Raises:
+            `TypeError` or `ValueError`: ``num_latent_frames`` is not an integer, or is below 1.
+        """
         check_int("num_latent_frames", num_latent_frames)
         num_latent_frames = int(num_latent_frames)
-        chunk = self.config.num_latent_frames_batch_size
-        if self.config.compression_mode == "cache":
-            if num_latent_frames != 1 and (num_latent_frames <= 0 or num_latent_frames % chunk != 0):
-                raise ValueError(
-                    f"AutoencoderKLRuyiCausal3D.decode got {num_latent_frames} latent frames; valid latent frame "
-                    f"counts are 1 (decodes to one image) or a multiple of num_latent_frames_batch_size={chunk} "
-                    f"({chunk}, {2 * chunk}, ...; decodes to {self.temporal_compression_ratio}x as many frames)."
-                )
-        elif num_latent_frames < 1:
+        if num_latent_frames < 1:
             raise ValueError(
                 f"AutoencoderKLRuyiCausal3D.decode needs at least one latent frame, got {num_latent_frames}."
             )
-        lone = self._lone_first(num_latent_frames)
+        lone = self._lone_first(num_latent_frames, decode=True)
         return int(lone) + (num_latent_frames - lone) * self.temporal_compression_ratio
 
     def _latent_size(self, pixels: int) -> int:
@@ -1332,8 +1355,8 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
             x (`torch.Tensor`): Videos ``(B, C, F, H, W)`` in ``[-1, 1]``, ``C = in_channels``, ``H`` and ``W`` at
                 least ``spatial_compression_ratio`` (8; other sizes are floored to a multiple of it, with a warning,
                 as in the original), in the VAE's dtype (any floating dtype under
-                `torch.autocast`); for the cache variant ``F`` is 1 or a multiple of ``num_sample_frames_batch_size``
-                (8). Anything else raises a `TypeError` or `ValueError` before any work.
+                `torch.autocast`); any ``F >= 1`` (see `num_latent_frames`). Anything else raises a `TypeError` or
+                `ValueError` before any work.
             return_dict (`bool`, *optional*, defaults to `True`):
                 Whether to return an [`~models.modeling_outputs.AutoencoderKLOutput`] instead of a tuple.
 
@@ -1376,8 +1399,8 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
     def _decode_slices(self, z: torch.Tensor, out: torch.Tensor, weight: Optional[torch.Tensor]) -> None:
         # post_quant_conv is pointwise and every latent frame is also context of its neighbours: run it once.
         z = self.post_quant_conv(z)
-        chunks = self._chunks(z.shape[2], self.config.num_latent_frames_batch_size)
-        lone = self._lone_first(z.shape[2])
+        chunks = self._chunks(z.shape[2], self.config.num_latent_frames_batch_size, decode=True)
+        lone = self._lone_first(z.shape[2], decode=True)
         position = 0
         for index, (start, end) in enumerate(chunks):
             if lone and index == 0:
@@ -1394,12 +1417,11 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
             del frames
 
     def _decode_cached(self, z: torch.Tensor, out: torch.Tensor, weight: Optional[torch.Tensor]) -> None:
+        # A lone latent frame is one image: chunk-local zero padding, no cache. Otherwise chunks of
+        # `num_latent_frames_batch_size`, the last one possibly shorter, carry the causal cache from one to the next.
         num_latent = z.shape[2]
-        if num_latent == 1:
-            chunks, causal_cache = [(0, 1)], None
-        else:
-            step = self.config.num_latent_frames_batch_size
-            chunks, causal_cache = [(s, s + step) for s in range(0, num_latent, step)], RuyiCausalCache()
+        chunks = self._chunks(num_latent, self.config.num_latent_frames_batch_size, decode=True)
+        causal_cache = None if num_latent == 1 else RuyiCausalCache()
         ratio = self.temporal_compression_ratio if num_latent > 1 else 1
         try:
             for start, end in chunks:
@@ -1451,9 +1473,8 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
 
         Args:
             z (`torch.Tensor`): Latents ``(B, latent_channels, L, h, w)`` in the VAE's dtype (any floating dtype
-                under `torch.autocast`); for the cache variant ``L`` is 1 or a multiple of
-                ``num_latent_frames_batch_size`` (2). Anything else raises a `TypeError` or `ValueError` before any
-                work.
+                under `torch.autocast`); any ``L >= 1`` (see `num_sample_frames`). Anything else raises a
+                `TypeError` or `ValueError` before any work.
             return_dict (`bool`, *optional*, defaults to `True`):
                 Whether to return a [`~models.autoencoders.vae.DecoderOutput`] instead of a tuple.
 

@@ -126,31 +126,71 @@ def test_defaults_are_the_published_vae():
 # ------------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("num_frames, num_latent", [(1, 1), (8, 2), (24, 6)])
+@pytest.mark.parametrize(
+    "num_frames, num_latent, num_decoded",
+    [(1, 1, 1), (2, 1, 1), (3, 2, 8), (5, 2, 8), (8, 2, 8), (9, 3, 12), (12, 3, 12), (13, 4, 16), (24, 6, 24)],
+)
 @torch.no_grad()
-def test_valid_frame_counts(vae, num_frames, num_latent):
+def test_frame_counts(vae, num_frames, num_latent, num_decoded):
+    # As the original cache VAE: any count encodes (the first frame alone when odd, then 8-frame slices, the last
+    # one shorter), and any latent count decodes, to one image for a lone latent and to 4 frames per latent otherwise.
     video = torch.rand(1, 3, num_frames, 32, 24) * 2 - 1
     latents = vae.encode(video).latent_dist.mode()
     assert latents.shape == (1, 16, num_latent, 4, 3)
     assert vae.num_latent_frames(num_frames) == num_latent
+    assert vae.num_sample_frames(num_latent) == num_decoded
     decoded = vae.decode(latents).sample
-    assert decoded.shape == (1, 3, num_frames, 32, 24)
+    assert decoded.shape == (1, 3, num_decoded, 32, 24)
 
 
-@pytest.mark.parametrize("num_frames", [2, 5, 9, 12, 17])
-def test_invalid_frame_count_raises(vae, num_frames):
-    video = torch.zeros(1, 3, num_frames, 16, 16)
-    with pytest.raises(
-        ValueError,
-        match=r"valid frame counts are 1 .* multiple of num_sample_frames_batch_size=8 \(8, 16, 24, \.\.\.\)",
-    ):
-        vae.encode(video)
+def test_frame_count_rules_of_the_cache_variant(vae):
+    assert [vae.num_latent_frames(f) for f in (1, 2, 3, 4, 5, 8, 9, 12, 13, 16, 17, 20, 24)] == [
+        1, 1, 2, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6,
+    ]  # fmt: skip
+    assert [vae.num_sample_frames(n) for n in range(1, 8)] == [1, 8, 12, 16, 20, 24, 28]
 
 
-@pytest.mark.parametrize("num_latent", [3, 5])
-def test_invalid_latent_frame_count_raises(vae, num_latent):
-    with pytest.raises(ValueError, match=r"valid latent frame counts are 1 .* num_latent_frames_batch_size=2"):
-        vae.decode(torch.zeros(1, 16, num_latent, 2, 2))
+def test_no_frames_are_refused(vae):
+    # The original fails on them too (its encoder concatenates no slices, its decoder convolves nothing).
+    with pytest.raises(ValueError, match=r"encode needs at least one frame, got 0"):
+        vae.encode(torch.zeros(1, 3, 0, 16, 16))
+    with pytest.raises(ValueError, match=r"decode needs at least one latent frame, got 0"):
+        vae.decode(torch.zeros(1, 16, 0, 2, 2))
+
+
+def _frame_count_cases(golden_dir):
+    return json.loads((golden_dir / "vae_cache_frame_counts.json").read_text())
+
+
+FRAME_COUNT_CASES = [
+    "encode_12_frames",
+    "encode_9_frames_batch2",
+    "encode_13_frames",
+    "decode_3_latents",
+    "decode_5_latents_batch2",
+    "tiled_16_half",
+]
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("name", FRAME_COUNT_CASES)
+def test_frame_counts_match_original(golden_dir, original_vae_copy, name):
+    # Goldens of the original cache VAE on counts that are not whole chunks (`make_cache_vae_frame_count_goldens.py`).
+    case = _frame_count_cases(golden_dir)[name]
+    config = json.loads((original_vae_copy / "config.json").read_text())
+    (original_vae_copy / "config.json").write_text(json.dumps({**config, **case["config"]}))
+    vae = AutoencoderKLRuyiCausal3D.from_pretrained(str(original_vae_copy)).eval()
+    assert vae.config.compression_mode == "cache" and vae.use_tiling == bool(case["config"])
+    tensors = load_file(str(golden_dir / "vae_cache_frame_counts.safetensors"))
+    for operation in case["operations"]:
+        source = tensors[f"{operation['key']}.input"]
+        if operation["op"] == "encode":
+            result = vae.encode(source).latent_dist.mean
+            assert vae.num_latent_frames(source.shape[2]) == result.shape[2]
+        else:
+            result = vae.decode(source).sample
+            assert vae.num_sample_frames(source.shape[2]) == result.shape[2]
+        assert _max_diff(result, tensors[f"{operation['key']}.output"]) <= TOLERANCE, operation
 
 
 # ------------------------------------------------------------------------------------------------------------------

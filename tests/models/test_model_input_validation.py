@@ -75,6 +75,7 @@ ENCODE_CASES = [
     ("height", lambda: _video(1, 3, 1, 4, 64), ValueError, r"`x` must be at least 8x8 pixels.*got 4x64"),
     ("width", lambda: _video(1, 3, 1, 16, 7), ValueError, r"`x` must be at least 8x8 pixels.*got 16x7"),
     ("batch", lambda: _video(0, 3, 1, 16, 16), ValueError, r"`x` must hold at least one sample"),
+    ("frames", lambda: _video(1, 3, 0, 16, 16), ValueError, r"encode needs at least one frame, got 0"),
 ]
 
 DECODE_CASES = [
@@ -87,6 +88,7 @@ DECODE_CASES = [
     ("height", lambda: _video(1, 16, 1, 0, 2), ValueError, r"`z` must be at least 1x1 latents.*got 0x2"),
     ("width", lambda: _video(1, 16, 1, 2, 0), ValueError, r"`z` must be at least 1x1 latents.*got 2x0"),
     ("batch", lambda: _video(0, 16, 1, 2, 2), ValueError, r"`z` must hold at least one sample"),
+    ("frames", lambda: _video(1, 16, 0, 2, 2), ValueError, r"decode needs at least one latent frame, got 0"),
 ]
 
 
