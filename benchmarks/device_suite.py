@@ -1344,7 +1344,11 @@ def main(argv=None) -> None:
         import faulthandler
 
         faulthandler.dump_traceback_later(watchdog, exit=True)
-    table, rows = run_suite(args)
+    try:
+        table, rows = run_suite(args)
+    finally:
+        if watchdog > 0:  # called in-process (a notebook), the suite must not stop its caller later
+            faulthandler.cancel_dump_traceback_later()
     print(table, flush=True)
     if args.out:
         os.makedirs(args.out, exist_ok=True)

@@ -33,10 +33,10 @@ def check_frame_size(name: str, value) -> None:
     `MAX_FRAME_SIZE`, a Python int."""
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"`{name}` must be a positive multiple of 16, got {type(value).__name__} {value!r}.")
+    if value > MAX_FRAME_SIZE:  # first: a size above it is refused whatever its multiple
+        raise ValueError(f"`{name}` must be at most {MAX_FRAME_SIZE} (Ruyi makes 360p to 720p videos), got {value!r}.")
     if value <= 0 or value % 16:
         raise ValueError(f"`{name}` must be a positive multiple of 16, got {value!r}.")
-    if value > MAX_FRAME_SIZE:
-        raise ValueError(f"`{name}` must be at most {MAX_FRAME_SIZE} (Ruyi makes 360p to 720p videos), got {value!r}.")
 
 
 def check_real(

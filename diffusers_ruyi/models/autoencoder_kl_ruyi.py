@@ -1368,8 +1368,11 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
         self.num_latent_frames(x.shape[2])  # validate before doing any work
         ratio = self.spatial_compression_ratio
         height, width = x.shape[-2:]
-        if height % ratio or width % ratio:
-            # The downsamplers floor odd sizes, as the original's do: say so rather than shrink the video silently.
+        said = self.__dict__.setdefault("_floored_sizes_said", set())
+        if (height % ratio or width % ratio) and (height, width) not in said:
+            # The downsamplers floor odd sizes, as the original's do: say so (once per size, as a training loop would
+            # repeat it) rather than shrink the video silently.
+            said.add((height, width))
             logger.warning(
                 f"AutoencoderKLRuyiCausal3D.encode got frames of {height}x{width}, not multiples of {ratio}: the "
                 f"latents are {self._latent_size(height)}x{self._latent_size(width)}, so decoding them gives "

@@ -241,7 +241,12 @@ class RuyiControlEmbeddings(ModelMixin, ConfigMixin):
         from ..loaders.model_loading import load_checked_model
 
         model, info, output_loading_info = load_checked_model(
-            super().from_pretrained, cls.__name__, pretrained_model_name_or_path, kwargs, allow_unexpected=False
+            super().from_pretrained,
+            cls.__name__,
+            pretrained_model_name_or_path,
+            kwargs,
+            allow_unexpected=False,
+            model_subfolders=("control_embeddings",),
         )
         what = f"{cls.__name__} ({pretrained_model_name_or_path})"
         problems = [(field, _value_problem(field, getattr(model, field))) for field in _FIELDS]

@@ -16,9 +16,10 @@ import contextlib
 import hashlib
 import inspect
 import json
+import logging as std_logging
 import math
 import os
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import PIL.Image
@@ -163,19 +164,46 @@ def _python_number(value: Any) -> Any:
 _TEXT_PROMPT_ARGUMENTS = ("prompt", "prompt_2", "negative_prompt", "negative_prompt_2")
 
 
+@contextlib.contextmanager
+def _warnings_held_until_valid() -> Iterator[None]:
+    """Holds this module's warnings while a call's inputs are checked and logs them (each once) only when the checks
+    pass: a refused call says only why it was refused."""
+    held = []
+
+    class _Hold(std_logging.Filter):
+        def filter(self, record: std_logging.LogRecord) -> bool:
+            held.append(record)
+            return False
+
+    hold = _Hold()
+    logger.addFilter(hold)
+    try:
+        yield
+    finally:
+        logger.removeFilter(hold)
+    said = set()
+    for record in held:  # only reached when the body returned
+        if record.getMessage() not in said:
+            said.add(record.getMessage())
+            logger.handle(record)
+
+
 def _floor_frame_size(height: Any, width: Any) -> Tuple[Any, Any, Optional[Tuple[int, int]]]:
     """A frame size that is not a multiple of 16, floored to one as the original pipeline floors it, with a warning:
-    ``(height, width, resize_to)``, ``resize_to`` the size asked for (None when nothing was floored). Anything the
+    ``(height, width, resize_to)``, ``resize_to`` the size asked for (None when nothing was floored). A side the
     checks refuse (not an int, above the limit) is passed on to them unchanged; a size below 16 is refused here."""
-    sizes = (height, width)
     for name, value in (("height", height), ("width", width)):
         if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 16:
             raise ValueError(f"`{name}` must be at least 16 (a 16 px multiple, or floored to one), got {value}.")
-    if not all(isinstance(v, int) and not isinstance(v, bool) and 16 <= v <= MAX_FRAME_SIZE for v in sizes):
+
+    def floor(value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool) and 16 <= value <= MAX_FRAME_SIZE:
+            return value // 16 * 16
+        return value
+
+    floored = (floor(height), floor(width))
+    if floored == (height, width):
         return height, width, None
-    if not (height % 16 or width % 16):
-        return height, width, None
-    floored = (height // 16 * 16, width // 16 * 16)
     logger.warning(
         f"`height`x`width` {height}x{width} is not a multiple of 16 (the transformer's 2x2 patches of 8x latents): "
         f"the video is {floored[0]}x{floored[1]}, as in the original, whose frames are resized to {height}x{width} "
@@ -1509,50 +1537,51 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         )
         guidance_scale, clip_apply_ratio = _python_number(guidance_scale), _python_number(clip_apply_ratio)
 
-        # 1. Check inputs; raise errors before any model runs.
-        missing = [name for name, component in self.components.items() if component is None]  # all are needed
-        if missing:
-            raise ValueError(f"The pipeline has no {missing}: load or assign them before calling it.")
-        images = self._as_frame_lists(image, "image")
-        last_images = None if last_image is None else self._as_frame_lists(last_image, "last_image")
-        check_base_resolution(base_resolution)  # also when `height` and `width` are given, which leave it unused
-        if height is None and width is None:
-            height, width = get_bucket_size(images[0][0].height, images[0][0].width, base_resolution)
-        height, width, resize_to = _floor_frame_size(height, width)
-        custom_embeds = {
-            "prompt_embeds": prompt_embeds,
-            "prompt_attention_mask": prompt_attention_mask,
-            "prompt_embeds_2": prompt_embeds_2,
-            "prompt_attention_mask_2": prompt_attention_mask_2,
-            "negative_prompt_embeds": negative_prompt_embeds,
-            "negative_prompt_attention_mask": negative_prompt_attention_mask,
-            "negative_prompt_embeds_2": negative_prompt_embeds_2,
-            "negative_prompt_attention_mask_2": negative_prompt_attention_mask_2,
-        }
-        self.check_inputs(
-            images,
-            last_images,
-            num_frames,
-            height,
-            width,
-            num_inference_steps,
-            guidance_scale,
-            clip_apply_ratio,
-            num_videos_per_prompt,
-            generator,
-            latents,
-            output_type,
-            latents_dtype,
-            (motion, camera_direction, aspect_ratio),
-            custom_embeds,
-            callback_on_step_end_tensor_inputs,
-            eta=eta,
-            guidance_rescale=guidance_rescale,
-            original_size=original_size,
-            crops_coords_top_left=crops_coords_top_left,
-            callback_on_step_end=callback_on_step_end,
-            attention_kwargs=attention_kwargs,
-        )
+        # 1. Check inputs; raise errors before any model runs. Warnings are said only once they all pass: a refused call says only why.
+        with _warnings_held_until_valid():
+            missing = [name for name, component in self.components.items() if component is None]  # all are needed
+            if missing:
+                raise ValueError(f"The pipeline has no {missing}: load or assign them before calling it.")
+            images = self._as_frame_lists(image, "image")
+            last_images = None if last_image is None else self._as_frame_lists(last_image, "last_image")
+            check_base_resolution(base_resolution)  # also when `height` and `width` are given, which leave it unused
+            if height is None and width is None:
+                height, width = get_bucket_size(images[0][0].height, images[0][0].width, base_resolution)
+            height, width, resize_to = _floor_frame_size(height, width)
+            custom_embeds = {
+                "prompt_embeds": prompt_embeds,
+                "prompt_attention_mask": prompt_attention_mask,
+                "prompt_embeds_2": prompt_embeds_2,
+                "prompt_attention_mask_2": prompt_attention_mask_2,
+                "negative_prompt_embeds": negative_prompt_embeds,
+                "negative_prompt_attention_mask": negative_prompt_attention_mask,
+                "negative_prompt_embeds_2": negative_prompt_embeds_2,
+                "negative_prompt_attention_mask_2": negative_prompt_attention_mask_2,
+            }
+            self.check_inputs(
+                images,
+                last_images,
+                num_frames,
+                height,
+                width,
+                num_inference_steps,
+                guidance_scale,
+                clip_apply_ratio,
+                num_videos_per_prompt,
+                generator,
+                latents,
+                output_type,
+                latents_dtype,
+                (motion, camera_direction, aspect_ratio),
+                custom_embeds,
+                callback_on_step_end_tensor_inputs,
+                eta=eta,
+                guidance_rescale=guidance_rescale,
+                original_size=original_size,
+                crops_coords_top_left=crops_coords_top_left,
+                callback_on_step_end=callback_on_step_end,
+                attention_kwargs=attention_kwargs,
+            )
         check_bool("return_dict", return_dict)  # a string such as "no" would be truthy
         return_dict = bool(return_dict)
 

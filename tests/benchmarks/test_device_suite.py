@@ -305,9 +305,10 @@ def test_a_watchdog_stops_a_hung_run(monkeypatch, argv, expected):
 
     armed = []
     monkeypatch.setattr(faulthandler, "dump_traceback_later", lambda timeout, exit: armed.append((timeout, exit)))
+    monkeypatch.setattr(faulthandler, "cancel_dump_traceback_later", lambda: armed.append("cancelled"))
     monkeypatch.setattr(device_suite, "run_suite", lambda args: ("table", []))
     device_suite.main(["--preset", "tiny", "--budget-s", "390", *argv])
-    assert armed == ([] if expected is None else [(expected, True)])
+    assert armed == ([] if expected is None else [(expected, True), "cancelled"])
 
 
 @pytest.mark.parametrize(

@@ -416,5 +416,10 @@ def test_a_pipeline_folder_given_to_a_model_names_its_subfolders(tiny_realfmt_ch
         RuyiTransformer3DModel.from_pretrained(tiny_realfmt_checkpoint)
     with pytest.raises(FileNotFoundError, match=r"not a model folder \(it holds subfolder='vae'\)\.$"):
         AutoencoderKLRuyiCausal3D.from_pretrained(tiny_realfmt_checkpoint)
+    from diffusers_ruyi.pipelines.controls import RuyiControlEmbeddings
+
+    _saved_pipeline(tiny_realfmt_checkpoint, tmp_path / "saved")
+    with pytest.raises(FileNotFoundError, match=r"\(it holds subfolder='control_embeddings'\)\.$"):
+        RuyiControlEmbeddings.from_pretrained(tmp_path / "saved")
     with pytest.raises(FileNotFoundError, match=r"it is not a model folder\.$"):
         AutoencoderKLRuyiCausal3D.from_pretrained(tmp_path)

@@ -186,3 +186,39 @@ def test_more_than_five_frames_warn(pipe, caplog):
     finally:
         logger.removeHandler(caplog.handler)
     assert "6 start and 0 end frame(s)" in caplog.text
+
+
+def _warnings_of(pipe, caplog, **kwargs):
+    """The pipeline module's warnings during a guarded call, and the error that ended it."""
+    import logging
+
+    name = "diffusers_ruyi.pipelines.pipeline_ruyi_i2v"
+    assert logging.getLogger(name).propagate  # caplog's handler sees its records once, at the root
+    caplog.clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger=name):
+            _call(pipe, **kwargs)
+    except Exception as e:  # the guarded pipe's models raise once the checks passed
+        return [r.getMessage() for r in caplog.records if r.name == name], e
+    raise AssertionError("the guarded call ran through")
+
+
+def test_warnings_are_said_once_and_only_when_the_checks_pass(guarded_pipe, caplog):
+    a, b = _solid((1, 1, 1)), _solid((2, 2, 2))
+    overlapping = dict(image=[[a] * 6, [a] * 6], last_image=[[b] * 3, [b] * 3], height=36, width=44)
+    said, error = _warnings_of(guarded_pipe, caplog, **overlapping)
+    assert type(error).__name__ == "ModelRanError"  # the checks passed
+    assert sum("do not fit in `num_frames`=8" in m for m in said) == 2  # one per video (they name it)
+    assert sum("is not a multiple of 16" in m for m in said) == 1
+    assert len(said) == len(set(said))
+    # Refused further on: only the reason, no warning about what would have run.
+    said, error = _warnings_of(guarded_pipe, caplog, **overlapping, guidance_scale=float("nan"))
+    assert isinstance(error, ValueError) and "guidance_scale" in str(error) and said == []
+
+
+def test_one_side_out_of_range_is_named_and_the_other_still_floored(guarded_pipe):
+    a = _solid((1, 1, 1))
+    with pytest.raises(ValueError, match=r"^`width` must be at most 4096 .*got 4100\.$"):
+        _call(guarded_pipe, image=a, height=40, width=4100)
+    with pytest.raises(ValueError, match=r"^`height` must be at most 4096 .*got 4100\.$"):
+        _call(guarded_pipe, image=a, height=4100, width=40)
