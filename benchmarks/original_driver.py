@@ -269,6 +269,23 @@ def _posterior_noise_as_package(pipe) -> None:
     DiagonalGaussianDistribution.sample = sample_with_package_noise
 
 
+def random_lora_weights(state: dict, alpha: float) -> dict:
+    """Random values for a LoRA state dict in the original's layout (``<module>.alpha``, ``.lora_down.weight``,
+    ``.lora_up.weight``): alphas of ``alpha``, ``alpha + 1`` and ``alpha + 2`` in turn, module by module, and weights
+    from the global RNG, in sorted key order."""
+    import torch
+
+    weights, modules = {}, 0
+    for key, value in sorted(state.items()):
+        if key.endswith(".alpha"):
+            # Counted per module: an index over all keys (an alpha and two weights each) gives every alpha the same.
+            weights[key] = torch.tensor(alpha + modules % 3)
+            modules += 1
+        else:
+            weights[key] = torch.randn_like(value) * 0.05
+    return weights
+
+
 def _random_lora(pipe, args) -> None:
     """Writes a random LoRA in the original format with the original's own `LoRANetwork` (every module it wraps, a
     different alpha per module) to `--lora-out`, and merges it with `merge_lora(..., --lora-weight)`, as
@@ -283,13 +300,7 @@ def _random_lora(pipe, args) -> None:
     adapted = copy.deepcopy(pipe.transformer)
     network = LoRANetwork(text_encoder=None, unet=adapted, lora_dim=args.lora_rank, alpha=args.lora_alpha)
     network.apply_to(None, adapted, apply_text_encoder=False, apply_unet=True)
-    weights = {}
-    for index, (key, value) in enumerate(sorted(network.state_dict().items())):
-        if key.endswith(".alpha"):
-            weights[key] = torch.tensor(args.lora_alpha + index % 3)
-        else:
-            weights[key] = torch.randn_like(value) * 0.05
-    network.load_state_dict(weights)
+    network.load_state_dict(random_lora_weights(network.state_dict(), args.lora_alpha))
     network.save_weights(args.lora_out, torch.float32, {"ss_network_dim": str(args.lora_rank)})
     merge_lora(pipe, args.lora_out, args.lora_weight)
 

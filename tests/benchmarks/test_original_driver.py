@@ -62,3 +62,19 @@ def test_a_missing_pkg_resources_is_stood_in_for(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
     driver._provide_pkg_resources()
     assert sys.modules["pkg_resources"] is real
+
+
+def test_random_lora_alphas_differ_from_module_to_module():
+    # The sweep's LoRA files are to test a different alpha per module; with three keys a module, an index over all
+    # keys gave every module the same one.
+    spec = importlib.util.spec_from_file_location("ruyi_original_driver", DRIVER)
+    driver = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(driver)
+    state = {}
+    for module in ("lora_unet_a", "lora_unet_b", "lora_unet_c", "lora_unet_d"):
+        state[f"{module}.alpha"] = torch.tensor(4.0)
+        state[f"{module}.lora_down.weight"] = torch.zeros(4, 8)
+        state[f"{module}.lora_up.weight"] = torch.zeros(8, 4)
+    weights = driver.random_lora_weights(state, 4)
+    assert [weights[f"lora_unet_{m}.alpha"].item() for m in "abcd"] == [4, 5, 6, 4]
+    assert weights.keys() == state.keys() and weights["lora_unet_a.lora_down.weight"].abs().sum() > 0
