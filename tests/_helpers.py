@@ -158,6 +158,22 @@ def quick_latents(pipe, image, **kwargs) -> torch.Tensor:
     ).frames
 
 
+def check_vae_operations(vae, operations, tensors, tolerance: float = 1e-4) -> None:
+    """Runs a VAE golden case's ``operations`` (``{"op": "encode" | "decode", "key": ...}``) on ``tensors[key +
+    ".input"]`` and checks each result (posterior mean, or decoded video) against ``tensors[key + ".output"]`` within
+    ``tolerance``, and its frame count against `num_latent_frames` / `num_sample_frames`."""
+    for operation in operations:
+        source, expected = tensors[f"{operation['key']}.input"], tensors[f"{operation['key']}.output"]
+        if operation["op"] == "encode":
+            result = vae.encode(source).latent_dist.mean
+            assert vae.num_latent_frames(source.shape[2]) == result.shape[2]
+        else:
+            result = vae.decode(source).sample
+            assert vae.num_sample_frames(source.shape[2]) == result.shape[2]
+        assert result.shape == expected.shape, (operation, result.shape, expected.shape)
+        assert (result - expected).abs().max().item() <= tolerance, operation
+
+
 def tiny_transformer(**overrides) -> RuyiTransformer3DModel:
     """The tiny golden transformer's architecture with fresh random weights (seed 0), in eval mode."""
     torch.manual_seed(0)

@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 import torch
+from _helpers import check_vae_operations
 from safetensors.torch import load_file, save_file
 
 from diffusers_ruyi.loaders.original_checkpoint import convert_vae_config, is_original_vae_config
@@ -182,15 +183,7 @@ def test_frame_counts_match_original(golden_dir, original_vae_copy, name):
     vae = AutoencoderKLRuyiCausal3D.from_pretrained(str(original_vae_copy)).eval()
     assert vae.config.compression_mode == "cache" and vae.use_tiling == bool(case["config"])
     tensors = load_file(str(golden_dir / "vae_cache_frame_counts.safetensors"))
-    for operation in case["operations"]:
-        source = tensors[f"{operation['key']}.input"]
-        if operation["op"] == "encode":
-            result = vae.encode(source).latent_dist.mean
-            assert vae.num_latent_frames(source.shape[2]) == result.shape[2]
-        else:
-            result = vae.decode(source).sample
-            assert vae.num_sample_frames(source.shape[2]) == result.shape[2]
-        assert _max_diff(result, tensors[f"{operation['key']}.output"]) <= TOLERANCE, operation
+    check_vae_operations(vae, case["operations"], tensors, TOLERANCE)
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import shutil
 
 import pytest
 import torch
+from _helpers import check_vae_operations
 from safetensors.torch import load_file, save_file
 
 from diffusers_ruyi import AutoencoderKLRuyiCausal3D
@@ -143,15 +144,7 @@ def test_variant_matches_original(golden_realfmt_dir, tmp_path, name):
     case = _variant_cases(golden_realfmt_dir)[name]
     tensors = load_file(str(golden_realfmt_dir / "vae_variants.safetensors"))
     vae = _variant_vae(golden_realfmt_dir, tmp_path, case)
-    for operation in case["operations"]:
-        source = tensors[f"{operation['key']}.input"]
-        if operation["op"] == "encode":
-            result = vae.encode(source).latent_dist.mean
-            assert vae.num_latent_frames(source.shape[2]) == result.shape[2]
-        else:
-            result = vae.decode(source).sample
-            assert vae.num_sample_frames(source.shape[2]) == result.shape[2]
-        assert _max_diff(result, tensors[f"{operation['key']}.output"]) <= TOLERANCE, operation
+    check_vae_operations(vae, case["operations"], tensors, TOLERANCE)
 
 
 def test_frame_counts_of_the_slice_variant(vae):
