@@ -1048,17 +1048,13 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
             return 1
         latent_h, latent_w = self._latent_size(height), self._latent_size(width)
         if self.tiling_mode == "original":
-            tile = (
-                int(self.tile_sample_min_size / self.spatial_compression_ratio)
-                if decode
-                else self.tile_sample_min_size
-            )
+            tile, step, _, _ = self._original_tile_geometry(decode)
             if decode:
                 height, width = latent_h, latent_w
             if height <= tile and width <= tile:
                 return 1
+            # Only here, as the original reads them: values that leave no step (or tiles under 8 px) cannot tile.
             self._check_original_tiling(self.tile_sample_min_size, self._original_tile_overlap_factor)
-            tile, step, _, _ = self._original_tile_geometry(decode)
             # Decoding also decodes the lower-right corner tile once more.
             return len(range(0, height, step)) * len(range(0, width, step)) + int(decode)
         tile_h, tile_w, overlap_h, overlap_w = self._latent_tile_geometry()
