@@ -105,8 +105,8 @@ COMPILED_VARIANTS = ("compile", "teacache_compile")
 # Everything the suite can run, in its default order: the rows the targets are about come first, so a tight time
 # budget cuts the least important ones. The original and the row with its memory settings come right after the
 # baseline: every same-run ratio against the original needs them. The profile comes last: a profiler that leaves
-# CUPTI attached can slow every CUDA row after it (`TEARDOWN_CUPTI`, set above, asks it not to), and it is cheap enough to
-# run in what the budget leaves.
+# CUPTI attached can slow every CUDA row after it (`TEARDOWN_CUPTI`, set above, asks it not to), and it is cheap
+# enough to run in what the budget leaves.
 DEFAULT_ORDER = (
     "baseline", "original", "model_offload", "teacache", "compile", "fbc", "fp8_lite", "fp8_strong", "group_offload",
     "vae_decode", "rope", "teacache_compile", "profile",
