@@ -891,8 +891,9 @@ PICKLE_AND_OTHER_WEIGHT_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.msgpa
 
 def diffusers_layout_patterns(index: Dict[str, Any], given: Iterable[str] = ()) -> List[str]:
     """The files of a diffusers-format pipeline repository that loading reads: `model_index.json` and the folders of
-    the components it lists, less those in ``given`` (passed in already built). Every variant's files come along;
-    pair with `PICKLE_AND_OTHER_WEIGHT_PATTERNS` as ignore patterns."""
+    the components it lists, less those in ``given`` (passed in already built). Every variant's files come along
+    (`diffusers_layout_files` picks them where the Hub can list the repository); pair with
+    `PICKLE_AND_OTHER_WEIGHT_PATTERNS` as ignore patterns."""
     given = set(given)
     folders = [
         name
@@ -900,6 +901,46 @@ def diffusers_layout_patterns(index: Dict[str, Any], given: Iterable[str] = ()) 
         if not name.startswith("_") and isinstance(entry, (list, tuple)) and entry[:1] != [None] and name not in given
     ]
     return ["model_index.json", *(f"{name}/*" for name in folders)]
+
+
+# What diffusers counts as a weight file; anything else in a component's folder (configs, tokenizer files) is fetched.
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack", ".h5", ".onnx", ".onnx_data", ".pb")
+
+
+def diffusers_layout_files(
+    repo_id: str, hub_kwargs: Dict[str, Any], index: Dict[str, Any], given: Iterable[str] = (), variant=None
+) -> Optional[List[str]]:
+    """The files of a diffusers-format pipeline repository on the Hub that loading reads, picked as diffusers'
+    `DiffusionPipeline.download` picks them: `model_index.json`, the files of the components' folders (less those
+    in ``given``) that are not weights, and of the weights the safetensors of ``variant`` (a component without
+    them: its plain ones) or, without ``variant``, the plain ones only. `None` where the Hub is not asked (offline or
+    ``local_files_only``): the cached snapshot is then read as it is.
+
+    Raises:
+        `ValueError`: ``variant`` given and no component has weight files of it (diffusers' own check), before any
+            weights are downloaded.
+    """
+    if hub_kwargs.get("local_files_only") or _hub_offline():
+        return None
+    import huggingface_hub
+    from diffusers.pipelines.pipeline_loading_utils import variant_compatible_siblings
+
+    folders = {pattern.split("/")[0] for pattern in diffusers_layout_patterns(index, given)[1:]}
+    try:
+        info = huggingface_hub.model_info(repo_id, revision=hub_kwargs.get("revision"), token=hub_kwargs.get("token"))
+    except Exception as error:  # e.g. the Hub went unreachable after `model_index.json` came from the cache
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.get_logger(__name__).warning(
+            f"Could not list the files of {repo_id!r} ({type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]}); "
+            "fetching its components' folders whole (every variant's weights), or reading them from the cache."
+        )
+        return None
+    names = [s.rfilename for s in info.siblings if len(s.rfilename.split("/")) == 2]
+    names = [name for name in names if name.split("/")[0] in folders]
+    weights, _ = variant_compatible_siblings(names, variant=variant, ignore_patterns=PICKLE_AND_OTHER_WEIGHT_PATTERNS)
+    kept = [name for name in names if name in weights or not name.endswith(_WEIGHT_SUFFIXES)]
+    return ["model_index.json", *sorted(kept)]
 
 
 def is_original_pipeline_folder(folder: str) -> bool:

@@ -534,6 +534,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             ORIGINAL_PIPELINE_CLASS_NAME,
             PICKLE_AND_OTHER_WEIGHT_PATTERNS,
             check_local_source,
+            diffusers_layout_files,
             diffusers_layout_patterns,
             local_folder,
             original_layout_patterns,
@@ -558,11 +559,12 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                 f"the original layout ({ORIGINAL_PIPELINE_CLASS_NAME}) nor a saved {cls.__name__}."
             )
         # Not `DiffusionPipeline.download`: it refuses a model_index.json whose components come from a library
-        # other than diffusers or transformers (here `diffusers_ruyi`).
+        # other than diffusers or transformers (here `diffusers_ruyi`). Its choice of files, one variant's, is kept.
+        files = diffusers_layout_files(repo_id, hub_kwargs, index, kwargs, kwargs.get("variant"))
         return local_folder(
             repo_id,
             hub_kwargs,
-            allow_patterns=diffusers_layout_patterns(index, kwargs),
+            allow_patterns=diffusers_layout_patterns(index, kwargs) if files is None else files,
             ignore_patterns=PICKLE_AND_OTHER_WEIGHT_PATTERNS,
             command_includes=[],
         )

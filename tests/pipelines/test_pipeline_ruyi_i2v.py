@@ -1,3 +1,4 @@
+import copy
 import json
 import os
 import pathlib
@@ -848,6 +849,58 @@ def test_a_diffusers_format_hub_id_fetches_its_components(pipe, tmp_path, monkey
     with pytest.raises(ValueError, match="holds a 'WanPipeline' pipeline .*, not a Ruyi checkpoint"):
         RuyiImageToVideoPipeline.from_pretrained("someone/wan")
     assert len(calls) == 1
+
+
+def test_a_diffusers_format_hub_id_fetches_one_variant(pipe, tmp_path, monkeypatch):
+    # Online, the repository is listed and only the weights of the variant asked for are fetched, as
+    # `DiffusionPipeline.download` picks them (a component without that variant: its plain weights).
+    repo = tmp_path / "repo"
+    pipe.save_pretrained(repo)
+    for name in ("transformer", "image_encoder"):  # copies: `pipe` is shared
+        copy.deepcopy(getattr(pipe, name)).half().save_pretrained(repo / name, variant="fp16")
+    calls, listed = [], []
+
+    def model_info(repo_id, revision=None, token=None):
+        listed.append((repo_id, revision))
+        return types.SimpleNamespace(siblings=[types.SimpleNamespace(rfilename=f) for f in files_under(repo)])
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot_download(repo, tmp_path, calls))
+    monkeypatch.setattr("huggingface_hub.model_info", model_info)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+
+    plain = RuyiImageToVideoPipeline.from_pretrained("someone/ruyi-diffusers", revision="v1")
+    assert listed == [("someone/ruyi-diffusers", "v1")]
+    assert files_under(tmp_path / "snapshot-2") == [f for f in files_under(repo) if ".fp16." not in f]
+    assert torch.equal(plain.transformer.proj_out.weight, pipe.transformer.proj_out.weight)
+
+    half = RuyiImageToVideoPipeline.from_pretrained("someone/ruyi-diffusers", variant="fp16", dtype=torch.float16)
+    weights = [f for f in files_under(tmp_path / "snapshot-4") if f.endswith(".safetensors")]
+    assert weights == [
+        "control_embeddings/diffusion_pytorch_model.safetensors",  # no fp16 file: the plain one
+        "image_encoder/model.fp16.safetensors",
+        "transformer/diffusion_pytorch_model.fp16.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+    ]
+    assert "scheduler/scheduler_config.json" in files_under(tmp_path / "snapshot-4")
+    assert torch.equal(half.transformer.proj_out.weight, pipe.transformer.proj_out.weight.half())
+
+    # A variant no component has is refused before any weights are fetched (diffusers' own check and message).
+    calls.clear()
+    with pytest.raises(ValueError, match="variant=bf16"):
+        RuyiImageToVideoPipeline.from_pretrained("someone/ruyi-diffusers", variant="bf16")
+    assert [c[1] for c in calls] == [["model_index.json"]]
+
+    # A repository that cannot be listed is fetched folder by folder, as offline, with a warning that says so.
+    def unlisted(repo_id, revision=None, token=None):
+        raise ConnectionError("no route to the Hub")
+
+    monkeypatch.setattr("huggingface_hub.model_info", unlisted)
+    calls.clear()
+    with logged("diffusers_ruyi.loaders.original_checkpoint") as records:
+        RuyiImageToVideoPipeline.from_pretrained("someone/ruyi-diffusers")
+    messages = [r.getMessage() for r in records]
+    assert any("Could not list the files of 'someone/ruyi-diffusers'" in m for m in messages)
+    assert "transformer/*" in calls[-1][1]
 
 
 def test_hub_id_offline_without_cache_fails_clearly(tmp_path, monkeypatch):
