@@ -885,6 +885,34 @@ def original_layout_patterns(given: Iterable[str] = ()) -> List[str]:
     return patterns
 
 
+def check_cached_original_snapshot(root: str, repo_id: str, hub_kwargs: Dict[str, Any], given: Iterable[str] = ()):
+    """Offline, the cached snapshot of an original-layout repository may lack a model's weights: a load that was
+    given the model (`vae=my_vae`) fetched only its config. Such a gap is named here, with the command that fills
+    it, rather than as a model folder without weights.
+
+    Raises:
+        `FileNotFoundError`: downloading is off and a model not in ``given`` has no weight files in ``root``.
+    """
+    if not (hub_kwargs.get("local_files_only") or _hub_offline()):
+        return
+    given = set(given)
+    missing = []
+    for name, candidates in (("transformer", TRANSFORMER_SUBFOLDERS), ("vae", ("vae",)), ("image_encoder", ())):
+        folder = find_original_subfolder(root, candidates or (name,))
+        if name in given or folder is None:  # (no folder at all: the layout check says so)
+            continue
+        if not any(file.endswith(_WEIGHT_SUFFIXES) for file in os.listdir(os.path.join(root, folder))):
+            missing.append(folder)
+    if missing:
+        command = hf_download_command(repo_id, " ".join(f"--include '{m}/*'" for m in missing), hub_kwargs)
+        raise FileNotFoundError(
+            f"{repo_id!r} is only partly in the local Hugging Face cache and downloading is off (HF_HUB_OFFLINE=1 or "
+            f"local_files_only): it has no weights for {', '.join(missing)} (a load given "
+            f"{' and '.join(f'`{m}=`' for m in missing)} fetches the config only). Download them once online "
+            f"(`{command}`), or pass {' and '.join(f'`{m}=`' for m in missing)} again."
+        )
+
+
 # Weight formats diffusers-ruyi never reads (it loads safetensors), left out of a diffusers-format snapshot.
 PICKLE_AND_OTHER_WEIGHT_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data"]
 

@@ -533,6 +533,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         from ..loaders.original_checkpoint import (
             ORIGINAL_PIPELINE_CLASS_NAME,
             PICKLE_AND_OTHER_WEIGHT_PATTERNS,
+            check_cached_original_snapshot,
             check_local_source,
             diffusers_layout_files,
             diffusers_layout_patterns,
@@ -551,7 +552,9 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         class_name = index.get("_class_name")
         if class_name is None or class_name == ORIGINAL_PIPELINE_CLASS_NAME:
             patterns = original_layout_patterns(kwargs)
-            return local_folder(repo_id, hub_kwargs, allow_patterns=patterns, command_includes=[])
+            root = local_folder(repo_id, hub_kwargs, allow_patterns=patterns, command_includes=[])
+            check_cached_original_snapshot(root, repo_id, hub_kwargs, kwargs)
+            return root
         if class_name not in {klass.__name__ for klass in cls.__mro__}:
             # Refused before its weights are downloaded (diffusers would fetch them all, then fail).
             raise ValueError(

@@ -910,6 +910,31 @@ def test_hub_id_offline_without_cache_fails_clearly(tmp_path, monkeypatch):
         RuyiImageToVideoPipeline.from_pretrained("IamCreateAI/Ruyi-Mini-7B", cache_dir=str(tmp_path))
 
 
+def test_hub_id_offline_with_a_partial_cache_names_what_is_missing(tiny_realfmt_checkpoint, tmp_path):
+    # A load given `vae=` (or `image_encoder=`) cached that model's config only; offline, a later load without it
+    # names the gap and the command that fills it, rather than a model folder without weights.
+    repo = tmp_path / "models--IamCreateAI--Ruyi-Mini-7B"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc")
+    snapshot = repo / "snapshots" / "abc"
+    shutil.copytree(tiny_realfmt_checkpoint, snapshot)
+    (snapshot / "vae" / "diffusion_pytorch_model.safetensors").unlink()
+    (snapshot / "image_encoder" / "pytorch_model.bin").unlink()
+    with pytest.raises(FileNotFoundError, match="only partly in the local Hugging Face cache") as error:
+        RuyiImageToVideoPipeline.from_pretrained("IamCreateAI/Ruyi-Mini-7B", cache_dir=str(tmp_path))
+    assert "no weights for vae, image_encoder" in str(error.value)
+    command = (
+        f"hf download IamCreateAI/Ruyi-Mini-7B --include 'vae/*' --include 'image_encoder/*' --cache-dir {tmp_path}"
+    )
+    assert f"(`{command}`)" in str(error.value)
+    # Given again, they are not needed: the rest loads from the cache.
+    local = RuyiImageToVideoPipeline.from_pretrained(tiny_realfmt_checkpoint)
+    pipe = RuyiImageToVideoPipeline.from_pretrained(
+        "IamCreateAI/Ruyi-Mini-7B", cache_dir=str(tmp_path), vae=local.vae, image_encoder=local.image_encoder
+    )
+    assert pipe.vae is local.vae and pipe.transformer.config.num_layers == local.transformer.config.num_layers
+
+
 @pytest.mark.parametrize("path", ["./no/such/folder", "no-such-folder", "/tmp/does/not/exist", "a/b/c"])
 def test_mistyped_local_path_is_not_sent_to_the_hub(path):
     with pytest.raises(FileNotFoundError, match="is not an existing folder"):
