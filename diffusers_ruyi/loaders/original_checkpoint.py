@@ -885,7 +885,13 @@ def original_layout_patterns(given: Iterable[str] = ()) -> List[str]:
     return patterns
 
 
-def check_cached_original_snapshot(root: str, repo_id: str, hub_kwargs: Dict[str, Any], given: Iterable[str] = ()):
+# The suffixes of weight files (of any format); anything else in a model's folder (configs, tokenizer files) is not.
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack", ".h5", ".onnx", ".onnx_data", ".pb")
+
+
+def check_cached_original_snapshot(
+    root: str, repo_id: str, hub_kwargs: Dict[str, Any], given: Iterable[str] = ()
+) -> None:
     """Offline, the cached snapshot of an original-layout repository may lack a model's weights: a load that was
     given the model (`vae=my_vae`) fetched only its config. Such a gap is named here, with the command that fills
     it, rather than as a model folder without weights.
@@ -897,8 +903,12 @@ def check_cached_original_snapshot(root: str, repo_id: str, hub_kwargs: Dict[str
         return
     given = set(given)
     missing = []
-    for name, candidates in (("transformer", TRANSFORMER_SUBFOLDERS), ("vae", ("vae",)), ("image_encoder", ())):
-        folder = find_original_subfolder(root, candidates or (name,))
+    for name, candidates in (
+        ("transformer", TRANSFORMER_SUBFOLDERS),
+        ("vae", ("vae",)),
+        ("image_encoder", ("image_encoder",)),
+    ):
+        folder = find_original_subfolder(root, candidates)
         if name in given or folder is None:  # (no folder at all: the layout check says so)
             continue
         if not any(file.endswith(_WEIGHT_SUFFIXES) for file in os.listdir(os.path.join(root, folder))):
@@ -908,7 +918,7 @@ def check_cached_original_snapshot(root: str, repo_id: str, hub_kwargs: Dict[str
         raise FileNotFoundError(
             f"{repo_id!r} is only partly in the local Hugging Face cache and downloading is off (HF_HUB_OFFLINE=1 or "
             f"local_files_only): it has no weights for {', '.join(missing)} (a load given "
-            f"{' and '.join(f'`{m}=`' for m in missing)} fetches the config only). Download them once online "
+            f"{' and '.join(f'`{m}=`' for m in missing)} fetches its config only). Download them once online "
             f"(`{command}`), or pass {' and '.join(f'`{m}=`' for m in missing)} again."
         )
 
@@ -931,12 +941,12 @@ def diffusers_layout_patterns(index: Dict[str, Any], given: Iterable[str] = ()) 
     return ["model_index.json", *(f"{name}/*" for name in folders)]
 
 
-# What diffusers counts as a weight file; anything else in a component's folder (configs, tokenizer files) is fetched.
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack", ".h5", ".onnx", ".onnx_data", ".pb")
-
-
 def diffusers_layout_files(
-    repo_id: str, hub_kwargs: Dict[str, Any], index: Dict[str, Any], given: Iterable[str] = (), variant=None
+    repo_id: str,
+    hub_kwargs: Dict[str, Any],
+    index: Dict[str, Any],
+    given: Iterable[str] = (),
+    variant: Optional[str] = None,
 ) -> Optional[List[str]]:
     """The files of a diffusers-format pipeline repository on the Hub that loading reads, picked as diffusers'
     `DiffusionPipeline.download` picks them: `model_index.json`, the files of the components' folders (less those
@@ -960,8 +970,9 @@ def diffusers_layout_files(
         from diffusers.utils import logging as diffusers_logging
 
         diffusers_logging.get_logger(__name__).warning(
-            f"Could not list the files of {repo_id!r} ({type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]}); "
-            "fetching its components' folders whole (every variant's weights), or reading them from the cache."
+            f"Could not list the files of {repo_id!r} ({type(error).__name__}: "
+            f"{(str(error).splitlines() or [''])[0][:200]}); fetching its components' folders whole (every variant's "
+            "weights), or reading them from the cache."
         )
         return None
     names = [s.rfilename for s in info.siblings if len(s.rfilename.split("/")) == 2]
