@@ -313,7 +313,7 @@ def _argument_problem(args: argparse.Namespace) -> Optional[str]:
             "with --resume_from_checkpoint latest, or choose another --output_dir."
         )
     if checkpoint is not None:
-        problem = _resume_problem(args, checkpoint)
+        problem = _resume_problem(args, checkpoint) or _resume_model_problem(args, checkpoint)
         if problem:
             return problem
     try:  # the module names do not depend on the model's sizes: the tiny architecture answers for the real one
@@ -374,6 +374,46 @@ def _resume_problem(args: argparse.Namespace, checkpoint: str) -> Optional[str]:
     return (
         f"--resume_from_checkpoint {checkpoint!r} was trained with {then}; this run has {now}. Resume with the "
         "checkpoint's values (its LoRA and optimizer state hold them), or start a new run in another --output_dir."
+    )
+
+
+def _resume_model_problem(args: argparse.Namespace, checkpoint: str) -> Optional[str]:
+    """Whether the checkpoint's LoRA fits this run's transformer, from the LoRA file's header and the model's local
+    config, before any model loads (accelerate would stop at the first tensor that does not fit, after loading the
+    model). None when it fits, or when the config is not on this machine (a Hub id)."""
+    from safetensors import safe_open
+
+    from diffusers_ruyi import RuyiTransformer3DModel
+    from diffusers_ruyi.loaders.original_checkpoint import original_model_config
+
+    config = _checkpoint_config(args.pretrained_model_name_or_path, "transformer")
+    if not config:
+        return None
+    try:
+        with torch.device("meta"):
+            model = RuyiTransformer3DModel.from_config(original_model_config("transformer", config) or config)
+    except (TypeError, ValueError):  # a malformed config: loading the model says what is wrong with it
+        return None
+    shapes = {
+        f"transformer.{n}": tuple(m.weight.shape) for n, m in model.named_modules() if type(m) is torch.nn.Linear
+    }
+    misfits = {}  # layer -> why
+    with safe_open(os.path.join(checkpoint, LORA_WEIGHTS), "pt") as f:
+        for key in sorted(f.keys()):
+            module, _, kind = key.rpartition(".lora_")
+            shape = f.get_slice(key).get_shape()
+            axis = {"A.weight": 1, "B.weight": 0}.get(kind)  # lora_A is (rank, in), lora_B (out, rank)
+            if module not in shapes:
+                misfits.setdefault(module, "no such layer")
+            elif axis is not None and shape[axis] != shapes[module][axis]:
+                misfits.setdefault(module, f"lora_{kind[0]} {list(shape)} for a {list(shapes[module])} layer")
+    if not misfits:
+        return None
+    shown = "; ".join(f"{module}: {why}" for module, why in list(misfits.items())[:3])
+    return (
+        f"--resume_from_checkpoint {checkpoint!r} holds a LoRA of another transformer than "
+        f"--pretrained_model_name_or_path {args.pretrained_model_name_or_path!r}: {len(misfits)} of its layers do "
+        f"not fit it ({shown}). Resume with the model it was trained on, or start a new run in another --output_dir."
     )
 
 

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shutil
 
 import numpy as np
 import PIL.Image
@@ -465,6 +466,33 @@ def test_resume_with_other_fixed_settings_stops_before_any_model_loads(
     err = capsys.readouterr().err
     assert message in err and "checkpoint-1" in err
     assert script._checkpoints(str(checkpointed_run)) == ["checkpoint-1"]
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        # Other widths: every adapted layer of the tiny model has another size.
+        ({"num_attention_heads": 4, "hidden_size": 64}, "blocks.0.attn1.to_k: lora_A [4, 32] for a [64, 64] layer"),
+        # Fewer blocks: the LoRA's layers of blocks 2-3 are not there (the widths fit).
+        ({"num_layers": 2}, "transformer.blocks.2.attn1.to_k: no such layer"),
+    ],
+)
+def test_resume_with_another_transformer_stops_before_any_model_loads(
+    script, video_dir, checkpointed_run, tmp_path, capsys, monkeypatch, changes, message
+):
+    other = tmp_path / "other-model"
+    shutil.copytree(TINY, other)
+    config = json.loads((other / "transformer" / "config.json").read_text())
+    (other / "transformer" / "config.json").write_text(json.dumps({**config, **changes}))
+    monkeypatch.setattr(script.RuyiImageToVideoPipeline, "from_pretrained", None)  # not called
+    args = _args(video_dir, checkpointed_run, "--max_train_steps", "2", "--resume_from_checkpoint", "latest")
+    with pytest.raises(SystemExit) as e:
+        script.main(_with(args, "--pretrained_model_name_or_path", str(other)))
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "holds a LoRA of another transformer than --pretrained_model_name_or_path" in err and message in err
+    # The model it was trained on (here a copy of it) passes the check.
+    assert script._resume_model_problem(script.parse_args(args), str(checkpointed_run / "checkpoint-1")) is None
 
 
 def test_resume_takes_the_same_targets_in_another_order_and_other_step_counts(script, video_dir, checkpointed_run):
