@@ -975,6 +975,8 @@ def diffusers_layout_files(
             "weights), or reading them from the cache."
         )
         return None
+    if info.siblings is None:  # no file list came back: as offline
+        return None
     names = [s.rfilename for s in info.siblings if len(s.rfilename.split("/")) == 2]
     names = [name for name in names if name.split("/")[0] in folders]
     weights, _ = variant_compatible_siblings(names, variant=variant, ignore_patterns=PICKLE_AND_OTHER_WEIGHT_PATTERNS)
