@@ -57,8 +57,9 @@ class SegmentPlan:
         context_frames (`int`): Leading frames that are the last frames of the video so far (0 for the first segment
             of a new video, which starts from the start image instead).
         new_frames (`int`): Frames appended to the video: `frames[context_frames : context_frames + new_frames]`.
-            Any frames after those (at most 7, in the last segment) are generated only to reach a valid frame count
-            and dropped.
+            Any frames after those (at most 7 per segment: in the last one, or with end frames in the one before it,
+            which gives the last one the frames it needs to end on them) are generated only to reach a valid frame
+            count and dropped.
         end_frames (`int`): End frames placed on the last frames of this segment (only in the last segment).
     """
 
@@ -205,13 +206,24 @@ def per_segment(value: Any, num_segments: int, name: str) -> List[Any]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _to_pil(frame):
-    """A frame as an RGB PIL image: uint8 arrays as they are, float arrays in [0, 1] rounded to uint8."""
+def _rgb(image, name: str):
+    """A PIL frame as 8-bit RGB, read as the pipeline reads its images (16-bit grayscale scaled, not clipped; 32-bit
+    integer or float images and empty ones refused), so that a bad frame is refused before any segment runs."""
+    from ._images import image_to_rgb
+
+    if not image.width or not image.height:
+        raise ValueError(f"`{name}` is an empty image ({image.width}x{image.height}).")
+    return image_to_rgb(image, name)
+
+
+def _to_pil(frame, name: str = "frame"):
+    """A frame as an RGB PIL image: PIL images as the pipeline reads them, uint8 arrays as they are, float arrays in
+    [0, 1] rounded to uint8."""
     import numpy as np
     import PIL.Image
 
     if isinstance(frame, PIL.Image.Image):
-        return frame.convert("RGB")
+        return _rgb(frame, name)
     if frame.dtype != np.uint8:
         frame = (np.clip(frame, 0.0, 1.0) * 255).round().astype(np.uint8)
     return PIL.Image.fromarray(frame)
@@ -228,7 +240,7 @@ def _as_float_frames(video) -> "Any":
         sizes = {f.size for f in video}
         if len(sizes) != 1:
             raise ValueError(f"The frames of `video` must have one size, got {sorted(sizes)}.")
-        return np.stack([np.asarray(f.convert("RGB"), dtype=np.float32) / 255 for f in video])
+        return np.stack([np.asarray(_rgb(f, f"video[{k}]"), dtype=np.float32) / 255 for k, f in enumerate(video)])
     if not isinstance(video, np.ndarray):
         raise TypeError(
             f"`video` must be a list of PIL images or a numpy array (F, H, W, 3), got {type(video).__name__}."
@@ -254,13 +266,13 @@ def _end_frames(last_image) -> List[Any]:
     if last_image is None:
         return []
     if isinstance(last_image, PIL.Image.Image):
-        return [last_image]
+        return [_rgb(last_image, "last_image")]
     if (
         isinstance(last_image, (list, tuple))
         and last_image
         and all(isinstance(f, PIL.Image.Image) for f in last_image)
     ):
-        return list(last_image)
+        return [_rgb(f, f"last_image[{k}]") for k, f in enumerate(last_image)]
     raise TypeError(
         "`last_image` must be a PIL.Image.Image or a non-empty list of them (the last frames of the video), got "
         f"{type(last_image).__name__}."
@@ -340,6 +352,13 @@ def iter_video_segments(
         )
     if plan[0].context_frames and image is not None:
         raise ValueError("The plan continues `context` frames, so `image` would be ignored: pass one or the other.")
+    if image is not None:
+        if not isinstance(image, PIL.Image.Image):  # a list would be a batch, of which one video would be kept
+            raise TypeError(
+                f"`image` must be one PIL.Image.Image, the start frame, got {type(image).__name__}; to start from "
+                "several frames, pass them as `context` to a continuation plan."
+            )
+        image = _rgb(image, "image")
     if not plan[0].context_frames and context is not None:
         raise ValueError(
             "The plan starts a new video from `image`, so `context` would be ignored: plan a continuation "
@@ -347,6 +366,7 @@ def iter_video_segments(
         )
     for k, frame in enumerate([] if context is None else context):
         if isinstance(frame, PIL.Image.Image):
+            _rgb(frame, f"context[{k}]")
             continue
         if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[-1] != 3:
             raise TypeError(f"`context[{k}]` must be a PIL image or an (H, W, 3) array, got {frame!r:.60}.")
@@ -358,7 +378,7 @@ def iter_video_segments(
             raise ValueError(f"`context[{k}]` must be uint8, or float with values in [0, 1], got {frame.dtype}.")
     motions, cameras = _check_common(plan, motion, camera_direction, generator, kwargs)
     history = max(p.context_frames for p in plan)
-    tail = [_to_pil(f) for f in ([] if context is None else list(context))[-history:]] if history else []
+    tail = [_to_pil(f, "context") for f in ([] if context is None else list(context))[-history:]] if history else []
     if plan[0].context_frames > len(tail):
         raise ValueError(
             f"The first segment continues {plan[0].context_frames} frames, but `context` has {len(tail)}: pass the "
@@ -448,7 +468,8 @@ def generate_long_video(
     Generates a video of any length from a start frame, in segments (see [`plan_segments`]).
 
     The first segment is the plain pipeline call of `segment_frames` frames (the same frames as `pipe(image=image,
-    num_frames=segment_frames, generator=...)` with the same seed); each later one continues the last
+    num_frames=segment_frames, generator=...)` with the same seed; with end frames, when the first segment is the one
+    before the last, it may be shorter, by a multiple of 8, see [`plan_segments`]); each later one continues the last
     `context_frames` frames. The result is held in memory; use [`iter_video_segments`] to write frames out as they
     come.
 

@@ -20,6 +20,7 @@ from diffusers_ruyi.long_video import (
 
 SIZE = dict(height=32, width=48)
 FAST = dict(num_inference_steps=1, **SIZE)
+_END = PIL.Image.new("RGB", (48, 32))
 
 
 def _seed(seed=0):
@@ -194,7 +195,8 @@ def test_per_segment_camera_and_end_frame(pipe, start_image, golden_dir):
     assert out.shape[0] == 32
     assert [c["camera_direction"] for c in recorder.calls] == cameras
     assert [c["last_image"] is not None for c in recorder.calls] == [False, False, True]
-    assert recorder.calls[-1]["last_image"] == [[end]]
+    ((given,),) = recorder.calls[-1]["last_image"]  # one video, one end frame: `end`, as 8-bit RGB
+    assert np.array_equal(np.asarray(given), np.asarray(end.convert("RGB")))
     same = generate_long_video(pipe, start_image, 32, segment_frames=16, last_image=end, motion=2,
                                camera_direction="left", generator=_seed(1), **FAST).frames[0]  # fmt: skip
     assert np.array_equal(out[:16], same[:16]) and np.abs(out[16:] - same[16:]).max() > 1e-3
@@ -244,6 +246,18 @@ def test_extend_in_several_segments_with_per_segment_motion(pipe, clip):
         (4, 16, 2),
         (4, 16, 3),
     ]
+
+
+def test_extend_reads_16_bit_frames_as_the_pipeline_does(pipe):
+    # 16-bit grayscale is scaled to 8 bits, as `pipe(image=...)` reads it: mid grey stays mid grey (not clipped to
+    # white), in the frames returned and in the context the new frames continue.
+    grey = PIL.Image.fromarray(np.full((32, 48), 128 * 257, dtype=np.uint16))
+    assert pipe._to_pil(grey, "image")[0].getpixel((0, 0)) == (128, 128, 128)
+    recorder = _Recorder(pipe)
+    video = extend_video(recorder, [grey] * 8, 3, **FAST).frames[0]
+    assert np.array_equal(video[:8], np.full((8, 32, 48, 3), 128 / 255, dtype=np.float32))
+    context = recorder.calls[0]["image"][0]
+    assert [frame.getpixel((0, 0)) for frame in context] == [(128, 128, 128)] * len(context)
 
 
 def test_extend_a_video_of_another_size(pipe):
@@ -296,6 +310,9 @@ _CUSTOM_EMBEDS = (
         (dict(output_type="pt"), ValueError, "`output_type` must be 'np' or 'pil'"),
         (dict(return_dict="no"), TypeError, "`return_dict` must be True or False, got str 'no'"),
         (dict(last_image="end.png"), TypeError, "`last_image` must be a PIL.Image.Image"),
+        # An end frame the pipeline refuses is refused before the first of the 3 segments runs, by its own name.
+        (dict(last_image=PIL.Image.new("F", (48, 32))), ValueError, "`last_image` is a 32-bit float image"),
+        (dict(last_image=[_END, PIL.Image.new("I", (48, 32))]), ValueError, "`last_image\\[1\\]` is a 32-bit"),
         (dict(height=32), ValueError, "Pass both `height` and `width`"),
         (dict(num_inference_steps=0), ValueError, "`num_inference_steps` must be a positive integer"),
         (dict(callback_on_segment_end=5), TypeError, "`callback_on_segment_end` must be callable"),
@@ -375,6 +392,7 @@ def test_long_video_takes_an_array_or_tensor_start_frame(pipe, start_image):
         # Only a batch of one 4-D video (`.frames` of output_type="np") is unwrapped; the error shows the shape given.
         (np.zeros((1, 1, 8, 32, 48, 3), dtype=np.uint8), ValueError, "got \\(1, 1, 8, 32, 48, 3\\)"),
         (np.zeros((2, 8, 32, 48, 3), dtype=np.uint8), ValueError, "got \\(2, 8, 32, 48, 3\\)"),
+        ([PIL.Image.new("F", (48, 32))] * 8, ValueError, "`video\\[0\\]` is a 32-bit float image"),
     ],
 )
 def test_extend_bad_video(guarded_pipe, video, error, match):
@@ -445,6 +463,16 @@ _FRAME = PIL.Image.new("RGB", (48, 32))
             TypeError,
             "`context\\[0\\]` must be a PIL",
         ),
+        (
+            plan_segments(8, continuation=True),
+            dict(context=[PIL.Image.new("F", (48, 32))] * 5),
+            ValueError,
+            "`context\\[0\\]` is a 32-bit float image",
+        ),
+        # A list is a batch to the pipeline, of which only the first video would be kept.
+        (plan_segments(8), dict(image=[_FRAME, _FRAME]), TypeError, "`image` must be one PIL.Image.Image"),
+        (plan_segments(8), dict(image=PIL.Image.new("I", (48, 32))), ValueError, "`image` is a 32-bit"),
+        (plan_segments(8), dict(image=_FRAME, last_image=PIL.Image.new("RGB", (0, 0))), ValueError, "empty image"),
     ],
 )
 def test_iter_refuses_what_it_would_ignore_or_change(guarded_pipe, plan, kwargs, error, match):
