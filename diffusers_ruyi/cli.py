@@ -1246,9 +1246,13 @@ def _say_teacache_skips(pipe, args: argparse.Namespace, progress: Progress, pref
     if args.cache != "teacache":
         return
     from .hooks import get_ruyi_teacache_skipped_steps
+    from .hooks.teacache import ruyi_teacache_call_count
 
     skipped = get_ruyi_teacache_skipped_steps(pipe.transformer)
-    progress.say(f"{prefix}TeaCache skipped {len(skipped)} of {args.steps} steps {skipped}")
+    calls = ruyi_teacache_call_count(pipe.transformer)
+    # PNDM calls the transformer more often than once a step: the skips are calls then.
+    total = f"{args.steps} steps" if calls == args.steps else f"{calls} transformer calls ({args.steps} steps)"
+    progress.say(f"{prefix}TeaCache skipped {len(skipped)} of {total} {skipped}")
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@
 from typing import Optional, Tuple
 
 import torch
-from diffusers.hooks.hooks import BaseState, StateManager
+from diffusers.hooks.hooks import BaseState, HookRegistry, StateManager
 
 
 _DEFAULT_CONTEXT = "default"
@@ -90,6 +90,23 @@ def check_no_context_parallel(block: torch.nn.Module, feature: str) -> None:
             f"{feature} does not support context parallelism (`enable_parallelism`): its statistics would be computed "
             "per rank, from part of the frames. Remove it, or run the transformer without context parallelism."
         )
+
+
+def remove_hook_keeping_later_ones(registry: HookRegistry, name: str, recurse: bool = False) -> None:
+    """`registry.remove_hook(name)`, after which a hook registered later that replaces the forward (`new_forward`,
+    as FasterCache's denoiser hook does) still runs. diffusers 0.42 hands the removed hook's forward to the next
+    hook's `forward`, which for such a hook is its own `new_forward` (it calls `original_forward`), so that hook would
+    silently stop running."""
+    order = getattr(registry, "_hook_order", [])
+    following = None
+    if name in order and order.index(name) + 1 < len(order):
+        following = registry._fn_refs[order.index(name) + 1]
+        if following.original_forward is None:  # a plain hook: diffusers' hand-over is right
+            following = None
+    own_forward = following.forward if following is not None else None
+    registry.remove_hook(name, recurse=recurse)
+    if following is not None and following.forward is not own_forward:
+        following.original_forward, following.forward = following.forward, own_forward
 
 
 def move_to(tensor: Optional[torch.Tensor], device: Optional[torch.device]) -> Optional[torch.Tensor]:

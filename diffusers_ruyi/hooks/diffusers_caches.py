@@ -35,6 +35,7 @@ from diffusers.hooks import (
 )
 
 from .._validation import check_int, check_real
+from ._common import remove_hook_keeping_later_ones
 
 
 _CURRENT_TIMESTEP_HOOK = "ruyi_current_timestep_hook"
@@ -109,7 +110,7 @@ def register_current_timestep_hook(module: torch.nn.Module, hook: CurrentTimeste
 
 
 def remove_current_timestep_hook(module: torch.nn.Module) -> None:
-    HookRegistry.check_if_exists_or_initialize(module).remove_hook(_CURRENT_TIMESTEP_HOOK, recurse=False)
+    remove_hook_keeping_later_ones(HookRegistry.check_if_exists_or_initialize(module), _CURRENT_TIMESTEP_HOOK)
 
 
 def hooked_layers(module: torch.nn.Module) -> Set[Tuple[str, str]]:

@@ -32,7 +32,13 @@ import torch
 from diffusers.hooks.hooks import HookRegistry, ModelHook
 
 from .._validation import check_int, check_real
-from ._common import RuyiStateManager, StepCounterState, check_no_context_parallel, resolve_step
+from ._common import (
+    RuyiStateManager,
+    StepCounterState,
+    check_no_context_parallel,
+    remove_hook_keeping_later_ones,
+    resolve_step,
+)
 
 
 _EAV_ROOT_HOOK = "ruyi_enhance_a_video_root_hook"
@@ -207,7 +213,7 @@ def apply_ruyi_enhance_a_video(module: torch.nn.Module, config: RuyiEnhanceAVide
 def remove_ruyi_enhance_a_video(module: torch.nn.Module) -> None:
     """Removes the hooks added by [`apply_ruyi_enhance_a_video`]."""
     registry = HookRegistry.check_if_exists_or_initialize(module)
-    registry.remove_hook(_EAV_ROOT_HOOK, recurse=False)
+    remove_hook_keeping_later_ones(registry, _EAV_ROOT_HOOK)
     registry.invalidate_child_registries_cache()
     for block in getattr(module, "blocks", []):
         attention = getattr(block, "attn1", None)

@@ -135,6 +135,9 @@ class _TeaCacheStats:
         self.computed_steps: Dict[str, List[int]] = {}
 
     def start(self, name: str) -> None:
+        # Re-inserted, so that the dicts' last key is the context that ran last.
+        self.skipped_steps.pop(name, None)
+        self.computed_steps.pop(name, None)
         self.skipped_steps[name] = []
         self.computed_steps[name] = []
 
@@ -313,6 +316,13 @@ def apply_ruyi_teacache(module: torch.nn.Module, config: RuyiTeaCacheConfig) -> 
     if not isinstance(blocks, torch.nn.ModuleList) or len(blocks) == 0 or not hasattr(module, "norm_out"):
         raise ValueError("TeaCache needs a Ruyi transformer with `blocks` (a ModuleList) and `norm_out`.")
     check_no_context_parallel(blocks[0], "TeaCache")
+    # One cache at a time, whichever way it was applied: `enable_cache` keeps its record in `_cache_config`.
+    enabled = getattr(module, "_cache_config", None)
+    if enabled is not None or _has_teacache(module):
+        what = type(enabled).__name__ if enabled is not None else "RuyiTeaCacheConfig"
+        raise ValueError(
+            f"A cache is already enabled ({what}); remove it first (`disable_cache()`) to apply TeaCache."
+        )
     state_manager = RuyiStateManager(RuyiTeaCacheState)
     stats = _TeaCacheStats()
     HookRegistry.check_if_exists_or_initialize(blocks[0]).register_hook(
@@ -326,6 +336,15 @@ def apply_ruyi_teacache(module: torch.nn.Module, config: RuyiTeaCacheConfig) -> 
         RuyiTeaCacheOutputHook(state_manager, config), _TEACACHE_OUTPUT_HOOK
     )
     HookRegistry.check_if_exists_or_initialize(module).invalidate_child_registries_cache()
+    if hasattr(
+        module, "_cache_config"
+    ):  # a CacheMixin model: `disable_cache()` removes it, `enable_cache` stacks none
+        module._cache_config = config
+
+
+def _has_teacache(module: torch.nn.Module) -> bool:
+    registry = getattr(module.blocks[0], "_diffusers_hook", None)
+    return registry is not None and registry.get_hook(_TEACACHE_HEAD_HOOK) is not None
 
 
 def remove_ruyi_teacache(module: torch.nn.Module) -> None:
@@ -334,6 +353,8 @@ def remove_ruyi_teacache(module: torch.nn.Module) -> None:
     for name in (_TEACACHE_HEAD_HOOK, _TEACACHE_BLOCK_HOOK, _TEACACHE_OUTPUT_HOOK):
         registry.remove_hook(name, recurse=True)
     registry.invalidate_child_registries_cache()
+    if isinstance(getattr(module, "_cache_config", None), RuyiTeaCacheConfig):  # `enable_cache`'s record of it
+        module._cache_config = None
 
 
 def get_ruyi_teacache_skipped_steps(module: torch.nn.Module, context: Optional[str] = None) -> List[int]:
@@ -353,6 +374,17 @@ def get_ruyi_teacache_skipped_steps(module: torch.nn.Module, context: Optional[s
     if context is None:
         context = list(hook.stats.skipped_steps)[-1]
     return list(hook.stats.skipped_steps.get(context, []))
+
+
+def ruyi_teacache_call_count(module: torch.nn.Module, context: Optional[str] = None) -> int:
+    """The transformer calls of the latest run that TeaCache saw, computed or skipped (more than the steps with
+    PNDM, which calls the transformer more than once in some steps); `context` as for
+    [`get_ruyi_teacache_skipped_steps`]."""
+    stats = _get_head_hook(module).stats
+    if not stats.skipped_steps:
+        return 0
+    context = list(stats.skipped_steps)[-1] if context is None else context
+    return len(stats.skipped_steps.get(context, [])) + len(stats.computed_steps.get(context, []))
 
 
 def _get_head_hook(module: torch.nn.Module) -> RuyiTeaCacheHeadHook:

@@ -129,6 +129,26 @@ def _check_no_fused_targets(state_dict: Dict[str, torch.Tensor], transformer: to
         )
 
 
+_FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+
+
+def _check_no_fp8_targets(state_dict: Dict[str, torch.Tensor], transformer: torch.nn.Module, prefix: str) -> None:
+    """Refuses adapters on layers stored in fp8 (`apply_fp8_mode`): PEFT makes an adapter in its layer's weight dtype,
+    so its values would be rounded to fp8 and the model would then fail to run or to fuse it."""
+    modules = dict(transformer.named_modules())
+    stored = set()
+    for key in state_dict:
+        path = key[len(prefix) + 1 :].split(".lora_")[0]
+        if getattr(getattr(modules.get(path), "weight", None), "dtype", None) in _FP8_DTYPES:
+            stored.add(path)
+    if stored:
+        raise ValueError(
+            f"The LoRA adapts {len(stored)} layers whose weights are stored in fp8 (`apply_fp8_mode`), e.g. "
+            f"{sorted(stored)[:3]}: their adapters would be made in fp8. Load LoRAs before `apply_fp8_mode` (it leaves "
+            "their layers in full precision), or fuse them first, as `ruyi-i2v` does."
+        )
+
+
 def _check_peft_lora_state_dict(
     state_dict: Dict[str, torch.Tensor], transformer: torch.nn.Module, prefix: str
 ) -> Dict[str, torch.Tensor]:
@@ -586,6 +606,7 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
                     "metadata) so that their ranks are known."
                 )
         _check_no_fused_targets(state_dict, transformer, cls.transformer_name)
+        _check_no_fp8_targets(state_dict, transformer, cls.transformer_name)
         if adapter_name is None:
             adapter_name = get_adapter_name(transformer)
         # The original merges its LoRAs in float32 (`merge_lora(..., dtype=torch.float32)`): its adapters are kept in

@@ -116,6 +116,7 @@ class RuyiModelLoadingMixin:
         are refused."""
         check_save_arguments(super().save_pretrained, save_directory, *args, **kwargs)
         check_no_lora_layers(self, type(self).__name__)
+        check_no_fp8_storage(self, type(self).__name__)
         super().save_pretrained(save_directory, *args, **kwargs)
 
     # diffusers reads the arguments a component's `save_pretrained` takes (`variant`, `max_shard_size`, ...) from
@@ -630,6 +631,21 @@ def check_no_lora_layers(model: Any, name: str) -> None:
             "under keys the model does not have, so the folder would not load back. To save the merged weights call "
             "`fuse_lora()` then `unload_lora_weights()` first; to save without the LoRA, `unload_lora_weights()`; to "
             "save the LoRA itself, `save_lora_weights()`."
+        )
+
+
+def check_no_fp8_storage(model: Any, name: str) -> None:
+    """Refuses saving a model whose weights are stored in fp8 (`apply_fp8_mode`): the folder would hold the
+    fp8-rounded values, which load back as plain full-precision weights, the model's own precision lost for good."""
+    if not hasattr(model, "named_parameters"):
+        return
+    fp8 = (torch.float8_e4m3fn, torch.float8_e5m2)
+    stored = [param_name for param_name, param in model.named_parameters() if param.dtype in fp8]
+    if stored:
+        raise ValueError(
+            f"The {name} stores {len(stored)} weights in fp8 (`apply_fp8_mode`, e.g. {stored[0]!r}): saved, they would "
+            "load back as full-precision weights rounded to fp8, with no fp8 mode. Save the model before applying "
+            "the fp8 mode (and apply it again after loading)."
         )
 
 

@@ -970,7 +970,8 @@ class RuyiTransformer3DModel(
         keys and values (cross-attentions: keys and values) with one matrix multiplication. Refused, before anything
         is fused, while LoRA adapters sit on those projections, merged or not: the fused projections copy the weights
         once, so they would leave unmerged adapters out and keep merged ones after `unfuse_lora`, `disable_lora` or
-        `unload_lora_weights`. Fuse the LoRA in for good first (`fuse_lora()` then `unload_lora_weights()`).
+        `unload_lora_weights`. Fuse the LoRA in for good first (`fuse_lora()` then `unload_lora_weights()`). Refused
+        too for projections stored in fp8 (`apply_fp8_mode`): fuse before applying it.
         """
         adapted = [
             f"{name}.{projection}"
@@ -984,6 +985,19 @@ class RuyiTransformer3DModel(
                 "which the fused projections would copy once and no longer follow. Call `fuse_lora()` then "
                 "`unload_lora_weights()` first (the LoRA stays merged in the weights), or `unload_lora_weights()` "
                 "alone to drop it."
+            )
+        fp8 = (torch.float8_e4m3fn, torch.float8_e5m2)
+        stored = [
+            f"{name}.{projection}"
+            for name, module in self.named_modules()
+            if isinstance(module, RuyiAttention) and not module.fused_projections
+            for projection in ("to_q", "to_k", "to_v")
+            if getattr(getattr(module, projection, None), "weight", torch.empty(0)).dtype in fp8
+        ]
+        if stored:  # concatenating fp8 weights fails deep inside torch, and the fused layer would have no fp8 hook
+            raise ValueError(
+                f"Cannot fuse the QKV projections: {len(stored)} of them are stored in fp8 (`apply_fp8_mode`, e.g. "
+                f"{stored[:3]}). Fuse them before applying the fp8 mode."
             )
         super().fuse_qkv_projections()
 

@@ -47,7 +47,12 @@ from .._validation import (
     check_real,
 )
 from ..loaders.lora import RuyiLoraLoaderMixin
-from ..loaders.model_loading import check_no_lora_layers, check_save_arguments, modeling_logs_dropped
+from ..loaders.model_loading import (
+    check_no_fp8_storage,
+    check_no_lora_layers,
+    check_save_arguments,
+    modeling_logs_dropped,
+)
 from ..models.autoencoder_kl_ruyi import AutoencoderKLRuyiCausal3D, same_values
 from ..models.transformer_ruyi import RuyiTransformer3DModel
 from .controls import (
@@ -593,6 +598,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         check_save_arguments(super().save_pretrained, save_directory, *args, folders=folders, **kwargs)
         for name, component in self.components.items():
             check_no_lora_layers(component, name)
+            check_no_fp8_storage(component, name)
         super().save_pretrained(save_directory, *args, **kwargs)
 
     save_pretrained.__signature__ = inspect.signature(DiffusionPipeline.save_pretrained)

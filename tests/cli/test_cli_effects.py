@@ -335,3 +335,15 @@ def test_options_that_need_another_are_refused(tmp_path, capsys, flags, message)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0]
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "scheduler, told", [("ddim", "TeaCache skipped 4 of 6 steps"), ("pndm", "of 15 transformer calls (6 steps)")]
+)
+def test_teacache_line_counts_transformer_calls_where_they_are_not_the_steps(
+    monkeypatch, tmp_path, tiny_checkpoint, capsys, scheduler, told
+):
+    # PNDM calls the transformer more often than once a step: "10 of 6 steps" was said before.
+    flags = ["--cache", "teacache", "--cache-threshold", "5", "--cache-skip-start", "1", "--cache-skip-end", "1"]
+    _cli(monkeypatch, tmp_path, tiny_checkpoint, *flags, "--steps", "6", "--scheduler", scheduler, quiet=False)
+    assert told in capsys.readouterr().err
