@@ -125,8 +125,18 @@ def autocast_reconciles(tensor, dtype) -> bool:
 def check_input_dtype(name: str, tensor, dtype, model: str) -> None:
     """``tensor`` must be floating point and in ``dtype``, the dtype the ``model`` computes in (its layerwise-casting
     dtype when it has one, which its `.dtype` does not say), unless autocast casts both."""
+    import torch
+
     if not tensor.is_floating_point():
         raise TypeError(f"`{name}` must be a floating-point tensor, got {tensor.dtype}.")
+    if autocast_enabled(tensor) and tensor.device.type == "cpu":
+        cast = torch.get_autocast_dtype("cpu")
+        if dtype in (torch.float16, torch.bfloat16) and dtype != cast:
+            # The layers' outputs come out in `cast`; the norms, whose weights are in `dtype`, then fail deep inside.
+            raise TypeError(
+                f"The {model} computes in {dtype} but `torch.autocast` casts to {cast}: on the CPU the two half "
+                f'precisions do not mix. Use `torch.autocast("cpu", dtype={dtype})`, or the {model} in float32.'
+            )
     if tensor.dtype != dtype and not autocast_reconciles(tensor, dtype):
         if autocast_enabled(tensor):
             hint = "`torch.autocast` does not cast float64"

@@ -619,6 +619,13 @@ def _check_tile_size(name: str, value, ratio: int) -> None:
         raise ValueError(f"Tile sizes must be multiples of {ratio} and at least {2 * ratio}: got `{name}`={value!r}.")
 
 
+def _check_size_arguments(height, width, decode) -> None:
+    """`num_tiles` / `tiled_output_size` arguments: positive integer sizes and a bool."""
+    check_int("height", height, minimum=1)
+    check_int("width", width, minimum=1)
+    check_bool("decode", decode)
+
+
 class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMixin, ConfigMixin):
     r"""
     The causal 3D VAE of Ruyi-Mini-7B: videos ``(B, 3, F, H, W)`` in ``[-1, 1]`` to latents ``(B, 16, F / 4, H / 8,
@@ -974,8 +981,13 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
 
     @property
     def original_tile_overlap_factor(self) -> float:
-        """The overlap of the original's tiling (`enable_original_tiling`), as a fraction of a tile."""
+        """The overlap of the original's tiling (`enable_original_tiling`), as a fraction of a tile: what `"original"`
+        mode uses in place of `tile_overlap_factor`. It may be set directly, checked when the VAE next tiles."""
         return self._original_tile_overlap_factor
+
+    @original_tile_overlap_factor.setter
+    def original_tile_overlap_factor(self, value: float) -> None:
+        self._original_tile_overlap_factor = value
 
     def original_tiling_is_aligned(self) -> bool:
         r"""
@@ -996,6 +1008,7 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
         `height` x `width` latents) returns with the current tiling. The untiled size (pixels / 8, latents * 8) but for
         the original's tiling at sizes where it is not aligned (see `enable_original_tiling`), as the original.
         """
+        _check_size_arguments(height, width, decode)
         ratio = self.spatial_compression_ratio
         if decode:
             untiled = (height * ratio, width * ratio)
@@ -1043,6 +1056,7 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
         decoder) once per chunk of frames. `encode`/`decode` tile exactly when this is above 1, and the pipeline
         sizes its VAE progress bars with it.
         """
+        _check_size_arguments(height, width, decode)
         self._check_tiling()
         if not self.use_tiling:
             return 1

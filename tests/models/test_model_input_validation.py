@@ -289,6 +289,56 @@ def test_enable_original_tiling_refuses_bad_arguments(slice_vae, args, error, ma
     assert after + (slice_vae.original_tile_overlap_factor,) == before
 
 
+@pytest.mark.parametrize("method", ["num_tiles", "tiled_output_size"])
+@pytest.mark.parametrize(
+    "args, error, match",
+    [
+        ((-40, 40), ValueError, "`height` must be >= 1, got -40"),
+        ((40, 0), ValueError, "`width` must be >= 1, got 0"),
+        ((40.5, 40), TypeError, "`height` must be an integer, got float"),
+        (("40", 40), TypeError, "`height` must be an integer, got str"),
+        ((40, 40, "no"), TypeError, "`decode` must be True or False"),
+    ],
+)
+def test_tile_helpers_take_positive_integer_sizes(slice_vae, method, args, error, match):
+    # They answered made-up tile counts and sizes (4 tiles at -40 px, a 5.0 px output) for such arguments.
+    with pytest.raises(error, match=match):
+        getattr(slice_vae, method)(*args)
+
+
+@pytest.mark.parametrize("model_dtype, cast", [(torch.float16, torch.bfloat16), (torch.bfloat16, torch.float16)])
+def test_half_precisions_do_not_mix_under_cpu_autocast(tiny_checkpoint, model_dtype, cast):
+    # A float16 model under bfloat16 autocast (or the reverse) failed on the CPU deep inside: the VAE in its group
+    # norms, the transformer in autocast's type promotion. Its own half precision, or float32, runs (below).
+    vae = AutoencoderKLRuyiCausal3D.from_pretrained(str(tiny_checkpoint / "vae"), dtype=model_dtype).eval()
+    transformer = tiny_transformer().to(model_dtype)
+    inputs = {
+        k: v.to(model_dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in _inputs().items()
+    }
+    video = torch.rand(1, 3, 8, 16, 16, dtype=model_dtype)
+    for model, run in ((vae, lambda: vae.encode(video)), (transformer, lambda: transformer(**inputs))):
+        with torch.no_grad(), torch.autocast("cpu", dtype=cast), no_layer_runs(model):
+            with pytest.raises(TypeError, match=f"computes in {model_dtype} but `torch.autocast` casts to {cast}"):
+                run()
+        with torch.no_grad(), torch.autocast("cpu", dtype=model_dtype):
+            run()
+
+
+def test_the_original_tiling_overlap_may_be_set_directly(tiny_realfmt_checkpoint):
+    # As the docs say of the attributes the current tiling mode uses; it was a read-only property.
+    vae = AutoencoderKLRuyiCausal3D.from_pretrained(tiny_realfmt_checkpoint, subfolder="vae").eval()
+    assert vae.tiling_mode == "original"
+    latents = torch.randn(1, vae.config.latent_channels, 2, 12, 12, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = vae.decode(latents).sample
+        vae.original_tile_overlap_factor = 0.125
+        assert not torch.equal(vae.decode(latents).sample, before)
+        vae.tile_overlap_factor = 0.5  # the package tiling's: "original" mode does not read it
+        vae.original_tile_overlap_factor = "0.25"
+        with no_layer_runs(vae), pytest.raises(TypeError, match="tile_overlap_factor"):
+            vae.decode(latents)
+
+
 def test_frame_count_helpers_take_integers_only(slice_vae):
     # True counted as 1 frame, 2.0 gave 8.0 frames, "8" a comparison error.
     for call, name in (
