@@ -15,7 +15,7 @@ from diffusers.loaders.lora_base import (
 )
 from diffusers.loaders.lora_pipeline import _LOW_CPU_MEM_USAGE_DEFAULT_LORA
 from diffusers.utils import convert_unet_state_dict_to_peft, logging
-from diffusers.utils.peft_utils import get_adapter_name, require_peft_backend
+from diffusers.utils.peft_utils import require_peft_backend
 from huggingface_hub.utils import validate_hf_hub_args
 from safetensors import SafetensorError
 from safetensors.torch import save_file
@@ -608,7 +608,10 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
         _check_no_fused_targets(state_dict, transformer, cls.transformer_name)
         _check_no_fp8_targets(state_dict, transformer, cls.transformer_name)
         if adapter_name is None:
-            adapter_name = get_adapter_name(transformer)
+            # The first `default_{i}` not taken (diffusers counts the adapters of one layer only, so LoRAs of other
+            # modules got a name already in use).
+            taken = set(getattr(transformer, "peft_config", None) or {})
+            adapter_name = next(f"default_{i}" for i in range(len(taken) + 1) if f"default_{i}" not in taken)
         # The original merges its LoRAs in float32 (`merge_lora(..., dtype=torch.float32)`): its adapters are kept in
         # float32, with the file's values, so that `fuse_lora` rounds the merged weight once, as the original does.
         # A hot-swap (or `enable_lora_hotswap`'s padded ranks) keeps the dtypes and shapes a compiled model was built on.
@@ -685,8 +688,12 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
         if transformer_lora_adapter_metadata is not None and not isinstance(transformer_lora_adapter_metadata, dict):
             from peft import LoraConfig
 
-            if isinstance(transformer_lora_adapter_metadata, LoraConfig):
-                transformer_lora_adapter_metadata = transformer_lora_adapter_metadata.to_dict()
+            if not isinstance(transformer_lora_adapter_metadata, LoraConfig):
+                raise TypeError(
+                    "`transformer_lora_adapter_metadata` must be a dict or a peft.LoraConfig, got "
+                    f"{type(transformer_lora_adapter_metadata).__name__}."
+                )
+            transformer_lora_adapter_metadata = transformer_lora_adapter_metadata.to_dict()
         check_bool("original_format", original_format)
         check_bool("is_main_process", is_main_process)
         if not isinstance(save_directory, (str, os.PathLike)):
@@ -747,6 +754,18 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
         if metadata and all(key.startswith(prefix) for key in metadata):
             # `lora_state_dict(..., return_lora_metadata=True)` names the config's fields so too.
             transformer_lora_adapter_metadata = {key[len(prefix) :]: value for key, value in metadata.items()}
+        if transformer_lora_adapter_metadata:
+            # Checked as loading checks it: a config that does not fit the tensors would write a file that does not
+            # load back.
+            tensors = transformer_lora_layers
+            if isinstance(tensors, torch.nn.Module):
+                tensors = tensors.state_dict()
+            check_lora_metadata(
+                {f"{prefix}{key}": value for key, value in transformer_lora_adapter_metadata.items()},
+                {f"{prefix}{key}": value for key, value in tensors.items()},
+                cls.transformer_name,
+                action="save this LoRA",
+            )
         cls._save_lora_weights(
             save_directory=save_directory,
             lora_layers={cls.transformer_name: transformer_lora_layers},
@@ -776,7 +795,8 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
         Args:
             components (`List[str]`, defaults to `["transformer"]`): The components to fuse.
             lora_scale (`float`, defaults to 1.0): Multiplies the deltas (the original `merge_lora` multiplier).
-            safe_fusing (`bool`, defaults to `False`): Check the fused weights for NaNs first and refuse if any.
+            safe_fusing (`bool`, defaults to `False`): Check the fused weights for NaNs and refuse if any (nothing
+                is left fused then).
             adapter_names (`List[str]`, *optional*): The adapters to fuse; all active ones by default.
         """
         if kwargs:
@@ -786,12 +806,26 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
         self._check_components(components)
         if adapter_names is not None:
             self._checked_adapter_names("adapter_names", adapter_names)
-        super().fuse_lora(
-            components=components,
-            lora_scale=lora_scale,
-            safe_fusing=safe_fusing,
-            adapter_names=adapter_names,
-        )
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        layers = [m for m in getattr(self, self.transformer_name).modules() if isinstance(m, BaseTunerLayer)]
+        merged_before = [list(layer.merged_adapters) for layer in layers]
+        try:
+            super().fuse_lora(
+                components=components,
+                lora_scale=lora_scale,
+                safe_fusing=safe_fusing,
+                adapter_names=adapter_names,
+            )
+        except ValueError:
+            # PEFT merges layer by layer: those merged before the refused one are unmerged again, so that nothing is
+            # left fused (a later `unload_lora_weights` would keep their deltas in the weights for good).
+            for layer, before in zip(layers, merged_before):
+                if list(layer.merged_adapters) != before:
+                    layer.unmerge()
+                    if before:
+                        layer.merge(adapter_names=before)
+            raise
 
     @_on_uncompiled_transformer
     def unfuse_lora(self, components: List[str] = ["transformer"], **kwargs) -> None:
@@ -801,8 +835,10 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
         Args:
             components (`List[str]`, defaults to `["transformer"]`): The components to unfuse.
         """
+        if kwargs:  # diffusers would ignore them: `adapter_names=` unfused every adapter
+            raise TypeError(f"Unexpected argument(s) for `unfuse_lora`: {sorted(kwargs)} (it unfuses every adapter).")
         self._check_components(components)
-        super().unfuse_lora(components=components, **kwargs)
+        super().unfuse_lora(components=components)
 
     @_on_uncompiled_transformer
     def unload_lora_weights(self, *args, **kwargs) -> None:

@@ -1333,6 +1333,12 @@ def check_lora_metadata(
                 wrong.append(f"{path} (rank {down.shape[0]}, config {expected})")
         if wrong:
             problems.append(f"tensors of another rank than the config's `r` / `rank_pattern`: {sorted(wrong)}")
+    # Layers PEFT would build from these flags but whose tensors the file lacks stay on the meta device, and every
+    # forward fails.
+    if config.get("use_dora"):
+        problems.append("use_dora=True (DoRA LoRAs are not supported for Ruyi)")
+    if config.get("lora_bias") and not any(key.endswith(".lora_B.bias") for key in state_dict):
+        problems.append("lora_bias=True, but there are no `lora_B.bias` tensors")
     if problems:
         raise ValueError(f"Cannot {action}: its LoRA config (the file's metadata) " + "; ".join(problems) + ".")
 

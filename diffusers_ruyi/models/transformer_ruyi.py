@@ -22,6 +22,7 @@ original checkpoint, so converting the original weights is (almost) the identity
 import functools
 import math
 import numbers
+import sys
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
@@ -49,7 +50,6 @@ from diffusers.models.normalization import AdaLayerNormContinuous, FP32LayerNorm
 from diffusers.models.transformers.hunyuan_transformer_2d import AdaLayerNormShift
 from diffusers.pipelines.hunyuandit.pipeline_hunyuandit import get_resize_crop_region_for_grid
 from diffusers.utils import logging
-from diffusers.utils.peft_utils import apply_lora_scale
 from diffusers.utils.torch_utils import maybe_allow_in_graph
 from torch import nn
 
@@ -728,13 +728,44 @@ class RuyiImageResampler(nn.Module):
 
 
 def _attention_kwargs_checked(forward):
-    """Checks `attention_kwargs` before diffusers' `apply_lora_scale` scales the LoRA layers with its "scale" (and
-    drops any other key without a word)."""
+    """Checks `attention_kwargs` before `_lora_scaled` scales the LoRA layers with its "scale" (and drops any other
+    key without a word)."""
 
     @functools.wraps(forward)
     def wrapper(self, *args, **kwargs):
         check_attention_kwargs(kwargs.get("attention_kwargs"))
         return forward(self, *args, **kwargs)
+
+    return wrapper
+
+
+def _lora_scaled(forward):
+    """diffusers' `apply_lora_scale("attention_kwargs")`, undone by restoring every LoRA layer's scalings as they were.
+    diffusers divides them back (rounding) and, for a scale of 0, resets them to the adapters' `alpha / r`: a weight
+    given with `set_adapters` was lost, and `unfuse_lora` of a fused adapter then took out another delta than it put
+    in."""
+
+    @functools.wraps(forward)
+    def wrapper(self, *args, **kwargs):
+        attention_kwargs = kwargs.get("attention_kwargs")
+        scale = 1.0
+        if attention_kwargs is not None:
+            kwargs["attention_kwargs"] = attention_kwargs = dict(attention_kwargs)  # the caller's dict is left as is
+            scale = attention_kwargs.pop("scale", 1.0)
+        tuners = sys.modules.get("peft.tuners.tuners_utils")  # no LoRA layer exists before peft is imported
+        layers = (
+            []
+            if scale == 1.0 or tuners is None
+            else [m for m in self.modules() if isinstance(m, tuners.BaseTunerLayer)]
+        )
+        saved = [dict(layer.scaling) for layer in layers]
+        for layer in layers:
+            layer.scale_layer(scale)
+        try:
+            return forward(self, *args, **kwargs)
+        finally:
+            for layer, scaling in zip(layers, saved):
+                layer.scaling.update(scaling)
 
     return wrapper
 
@@ -1001,6 +1032,49 @@ class RuyiTransformer3DModel(
             )
         super().fuse_qkv_projections()
 
+    def load_lora_adapter(self, pretrained_model_name_or_path_or_dict, prefix="transformer", hotswap=False, **kwargs):
+        r"""
+        [`~loaders.peft.PeftAdapterMixin.load_lora_adapter`], held to the rules of the pipeline's `load_lora_weights`
+        (which checks them before loading): an adapter on a `to_q`/`to_k`/`to_v` that `fuse_qkv_projections()`
+        replaced (it would never run) or on a layer stored in fp8 (`apply_fp8_mode`: it would be made in fp8) is
+        removed again and refused with a `ValueError`.
+        """
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        before = set(getattr(self, "peft_config", None) or {})
+        super().load_lora_adapter(pretrained_model_name_or_path_or_dict, prefix=prefix, hotswap=hotswap, **kwargs)
+        added = sorted(set(getattr(self, "peft_config", None) or {}) - before)
+        if not added:
+            return
+        fp8 = (torch.float8_e4m3fn, torch.float8_e5m2)
+        fused = [
+            f"{name}.{projection}"
+            for name, module in self.named_modules()
+            if isinstance(module, RuyiAttention) and module.fused_projections
+            for projection in module.lora_projections()
+        ]
+        stored = [
+            name
+            for name, module in self.named_modules()
+            if isinstance(module, BaseTunerLayer)
+            and any(adapter in getattr(module, "lora_A", {}) for adapter in added)
+            and module.get_base_layer().weight.dtype in fp8
+        ]
+        if fused or stored:
+            if before:
+                self.delete_adapters(added)
+            else:  # the PEFT wrappers go too: the model is as it was
+                self.unload_lora()
+            what = (
+                f"projections that `fuse_qkv_projections()` replaced ({fused[:3]}), whose adapters would never run"
+                if fused
+                else f"layers stored in fp8 (`apply_fp8_mode`, {stored[:3]}), where the adapters would be made in fp8"
+            )
+            raise ValueError(
+                f"The LoRA adapts {what}. It was not loaded: load LoRAs before fusing the projections or applying "
+                "the fp8 mode."
+            )
+
     def enable_cache(self, config) -> None:
         r"""
         Enables a caching technique: Ruyi's TeaCache or one of diffusers' caches.
@@ -1228,7 +1302,7 @@ class RuyiTransformer3DModel(
         return cos.to(device), sin.to(device)
 
     @_attention_kwargs_checked
-    @apply_lora_scale("attention_kwargs")
+    @_lora_scaled
     def forward(
         self,
         hidden_states: torch.Tensor,

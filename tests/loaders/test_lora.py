@@ -743,10 +743,16 @@ def _file_with_metadata(pipe, tmp_path, **config_changes):
     transformer = pipe.transformer
     add_random_adapter(transformer, "src", seed=5)
     metadata = {**transformer.peft_config["src"].to_dict(), **config_changes}
-    RuyiImageToVideoPipeline.save_lora_weights(
-        tmp_path,
-        transformer_lora_layers=get_peft_model_state_dict(transformer, adapter_name="src"),
-        transformer_lora_adapter_metadata=metadata,
+    # Written with diffusers' own writer, unchecked (`save_lora_weights` refuses a config that does not fit), as
+    # another tool could write it.
+    RuyiImageToVideoPipeline._save_lora_weights(
+        save_directory=tmp_path,
+        lora_layers={"transformer": get_peft_model_state_dict(transformer, adapter_name="src")},
+        lora_metadata={"transformer": metadata},
+        is_main_process=True,
+        weight_name="pytorch_lora_weights.safetensors",
+        save_function=None,
+        safe_serialization=True,
     )
     pipe.delete_adapters("src")
     return tmp_path
@@ -770,6 +776,40 @@ def test_a_lora_config_that_does_not_fit_its_tensors_is_refused(clean_pipe, tmp_
         clean_pipe.load_lora_weights(folder, adapter_name="bad")
     assert "bad" not in getattr(clean_pipe.transformer, "peft_config", {})
     clean_pipe.load_lora_weights(_file_with_metadata(clean_pipe, tmp_path / "ok"), adapter_name="good")  # unchanged
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({"r": 8}, r"Cannot save this LoRA: .*\(rank 4, config 8\)"),
+        # PEFT would build layers for these that the tensors do not fill: every forward then failed on the meta device.
+        ({"lora_bias": True}, r"lora_bias=True, but there are no `lora_B.bias` tensors"),
+        ({"use_dora": True}, r"use_dora=True \(DoRA LoRAs are not supported"),
+    ],
+)
+def test_save_and_load_refuse_a_lora_config_that_does_not_fit(clean_pipe, tmp_path, changes, match):
+    transformer = clean_pipe.transformer
+    add_random_adapter(transformer, "src", seed=5)
+    try:
+        layers = get_peft_model_state_dict(transformer, adapter_name="src")
+        metadata = {**transformer.peft_config["src"].to_dict(), **changes}
+        with pytest.raises(ValueError, match=match):
+            RuyiImageToVideoPipeline.save_lora_weights(
+                tmp_path / "out", transformer_lora_layers=layers, transformer_lora_adapter_metadata=metadata
+            )
+        assert not (tmp_path / "out").exists()
+        for bad in ("abc", 5):
+            with pytest.raises(
+                TypeError, match="`transformer_lora_adapter_metadata` must be a dict or a peft.LoraConfig"
+            ):
+                RuyiImageToVideoPipeline.save_lora_weights(
+                    tmp_path / "out", transformer_lora_layers=layers, transformer_lora_adapter_metadata=bad
+                )
+    finally:
+        clean_pipe.delete_adapters("src")
+    with pytest.raises(ValueError, match=match.replace("Cannot save", "Cannot load")):
+        clean_pipe.load_lora_weights(_file_with_metadata(clean_pipe, tmp_path / "file", **changes), adapter_name="bad")
+    assert "bad" not in getattr(transformer, "peft_config", {})
 
 
 def test_adapter_names_and_weights_are_checked(clean_pipe, tmp_path):

@@ -1,0 +1,93 @@
+"""LoRA state across calls: what each call leaves behind (scales, names, partial fuses, refused loads)."""
+
+import PIL.Image
+import pytest
+import torch
+from _helpers import FIXTURES
+
+from diffusers_ruyi.hooks import apply_fp8_mode
+from diffusers_ruyi.tiny import build_tiny_random_pipeline
+
+
+LORA = FIXTURES / "lora"
+ORIGINAL, PEFT, EXPORTED = (LORA / f"ruyi_lora_{k}.safetensors" for k in ("original", "peft", "exported"))
+
+
+@pytest.fixture
+def tiny_pipe():
+    pipe = build_tiny_random_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _latents(pipe, **kwargs):
+    return pipe(
+        PIL.Image.new("RGB", (32, 32), (120, 60, 200)), height=32, width=32, num_frames=8, num_inference_steps=2,
+        output_type="latent", generator=torch.Generator().manual_seed(0), **kwargs,
+    ).frames  # fmt: skip
+
+
+def test_a_call_at_scale_zero_keeps_the_adapter_weights(tiny_pipe):
+    # diffusers undid a scale of 0 by resetting every adapter to its alpha / r: a weight given with `set_adapters`
+    # was lost after one such call, and a fused adapter then unfused another delta than it had fused.
+    base = _latents(tiny_pipe)
+    tiny_pipe.load_lora_weights(ORIGINAL, adapter_name="a")
+    tiny_pipe.set_adapters("a", 0.5)
+    half = _latents(tiny_pipe)
+    # Scale 0: no LoRA (up to rounding: the attentions run unfused while they carry LoRA layers).
+    assert (_latents(tiny_pipe, attention_kwargs={"scale": 0.0}) - base).abs().max() < 1e-5
+    assert torch.equal(_latents(tiny_pipe), half)
+    assert torch.equal(
+        _latents(tiny_pipe, attention_kwargs={"scale": 0.3}), _latents(tiny_pipe, attention_kwargs={"scale": 0.3})
+    )
+    assert torch.equal(_latents(tiny_pipe), half)  # restored exactly, not divided back
+    tiny_pipe.fuse_lora()
+    _latents(tiny_pipe, attention_kwargs={"scale": 0.0})
+    tiny_pipe.unfuse_lora()
+    tiny_pipe.unload_lora_weights()
+    assert (_latents(tiny_pipe) - base).abs().max() < 1e-5
+
+
+def test_adapters_loaded_without_names_get_unused_default_names(tiny_pipe):
+    # diffusers counted the adapters of one layer only: LoRAs of other modules got a name in use ("default_1" twice).
+    for path in (PEFT, ORIGINAL, EXPORTED):
+        tiny_pipe.load_lora_weights(path)
+    assert sorted(tiny_pipe.get_list_adapters()["transformer"]) == ["default_0", "default_1", "default_2"]
+
+
+def test_unfuse_lora_refuses_arguments_it_would_ignore(tiny_pipe):
+    tiny_pipe.load_lora_weights(ORIGINAL, adapter_name="a")
+    tiny_pipe.fuse_lora()
+    with pytest.raises(TypeError, match=r"Unexpected argument\(s\) for `unfuse_lora`: \['adapter_names'\]"):
+        tiny_pipe.unfuse_lora(adapter_names=["a"])
+    assert any(getattr(m, "merged", False) for m in tiny_pipe.transformer.modules())  # nothing was unfused
+
+
+def test_a_refused_safe_fuse_leaves_nothing_fused(tiny_pipe):
+    base = _latents(tiny_pipe)
+    tiny_pipe.load_lora_weights(ORIGINAL, adapter_name="a")
+    last = [m for m in tiny_pipe.transformer.modules() if "a" in getattr(m, "lora_B", {})][-1]
+    with torch.no_grad():
+        last.lora_B["a"].weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaNs detected"):
+        tiny_pipe.fuse_lora(safe_fusing=True)
+    assert not any(getattr(m, "merged", False) for m in tiny_pipe.transformer.modules())
+    tiny_pipe.unload_lora_weights()
+    assert (_latents(tiny_pipe) - base).abs().max() < 1e-5  # no delta left in the weights
+
+
+@pytest.mark.parametrize("prepare", ["fuse_qkv", "fp8"])
+def test_the_transformers_own_load_lora_adapter_refuses_what_the_pipeline_refuses(tiny_pipe, prepare):
+    transformer = tiny_pipe.transformer
+    if prepare == "fuse_qkv":
+        transformer.fuse_qkv_projections()
+    else:
+        apply_fp8_mode(transformer, "extreme", min_numel=0)
+    before = _latents(tiny_pipe)
+    match = "replaced" if prepare == "fuse_qkv" else "stored in fp8"
+    with pytest.raises(ValueError, match=f"The LoRA adapts .*{match}.* It was not loaded"):
+        transformer.load_lora_adapter(PEFT, prefix="transformer", adapter_name="p")
+    assert not (getattr(transformer, "peft_config", None) or {})
+    assert not [name for name, module in transformer.named_modules() if hasattr(module, "base_layer")]
+    # (Up to round-off: PEFT leaves the weights frozen, `requires_grad=False`, and the CPU kernels then differ.)
+    assert (_latents(tiny_pipe) - before).abs().max() < 1e-5
