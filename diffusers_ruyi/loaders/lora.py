@@ -277,23 +277,48 @@ def _load_adapter_in_float32(
     set_peft_model_state_dict(transformer, {key[start:]: value for key, value in state_dict.items()}, adapter_name)
 
 
-def _set_scalings(transformer: torch.nn.Module, adapter_name: str, lora_config: Dict[str, Any]) -> None:
+def _set_scalings(
+    transformer: torch.nn.Module,
+    adapter_name: str,
+    lora_config: Dict[str, Any],
+    state_dict: Dict[str, torch.Tensor],
+    prefix: str,
+) -> None:
     # PEFT's hot-swap looks the rank/alpha patterns up by parameter name (`<module>.lora_A.<adapter>.weight`), which
-    # no module-path pattern matches, so every module would get the default `lora_alpha / r`. This sets each module's
-    # scaling from the patterns by module path, as adding the adapter does (in place when compiled: a tensor).
+    # no module-path pattern matches, so every module would get the default `lora_alpha / r`; and it leaves each
+    # layer's `lora_alpha` and the model's `peft_config` at the replaced file's values, which `set_adapters` (and a
+    # call at scale 0) scale from. This sets them all from the new file by module path, as adding the adapter does
+    # (the scaling in place when compiled: a tensor). The rank is the new tensors' (a padded hot-swap keeps its own).
     from peft.tuners.lora import LoraLayer
     from peft.utils.other import get_pattern_key
 
-    rank_pattern, alpha_pattern = lora_config["rank_pattern"], lora_config["alpha_pattern"]
+    ranks = {
+        key[len(prefix) + 1 : -len(".lora_A.weight")]: value.shape[0]
+        for key, value in state_dict.items()
+        if key.endswith(".lora_A.weight")
+    }
+    default_rank = lora_config.get("r") or max(ranks.values(), default=1)
+    rank_pattern, alpha_pattern = lora_config.get("rank_pattern") or {}, lora_config.get("alpha_pattern") or {}
+    default_alpha = lora_config.get("lora_alpha")
     for name, module in transformer.named_modules():
         if not isinstance(module, LoraLayer) or adapter_name not in module.scaling:
             continue
-        rank = rank_pattern.get(get_pattern_key(rank_pattern.keys(), name), lora_config["r"])
-        alpha = alpha_pattern.get(get_pattern_key(alpha_pattern.keys(), name), lora_config["lora_alpha"])
+        rank = ranks.get(name) or rank_pattern.get(get_pattern_key(rank_pattern.keys(), name), default_rank)
+        # Without a config, diffusers gives alpha = rank (a scaling of 1).
+        alpha = alpha_pattern.get(
+            get_pattern_key(alpha_pattern.keys(), name), rank if default_alpha is None else default_alpha
+        )
         if isinstance(module.scaling[adapter_name], torch.Tensor):
             module.scaling[adapter_name].fill_(alpha / rank)
         else:
             module.scaling[adapter_name] = alpha / rank
+        layer_rank = module.r[adapter_name]
+        module.lora_alpha[adapter_name] = alpha if layer_rank == rank else alpha * layer_rank / rank
+    config = getattr(transformer, "peft_config", {}).get(adapter_name)
+    if config is not None:
+        for field in ("lora_alpha", "alpha_pattern"):
+            if field in lora_config:
+                setattr(config, field, lora_config[field])
 
 
 def _on_uncompiled_transformer(method: Callable) -> Callable:
@@ -635,8 +660,13 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
             )
             if float32_adapter:
                 _load_adapter_in_float32(transformer, adapter_name, state_dict, prefix=cls.transformer_name)
-        if original and hotswap:
-            _set_scalings(transformer, adapter_name, lora_config)
+        if hotswap:
+            config = (
+                lora_config
+                if original
+                else {k[len(cls.transformer_name) + 1 :]: v for k, v in (metadata or {}).items()}
+            )
+            _set_scalings(transformer, adapter_name, config, state_dict, cls.transformer_name)
 
     @classmethod
     def save_lora_weights(

@@ -91,3 +91,29 @@ def test_the_transformers_own_load_lora_adapter_refuses_what_the_pipeline_refuse
     assert not [name for name, module in transformer.named_modules() if hasattr(module, "base_layer")]
     # (Up to round-off: PEFT leaves the weights frozen, `requires_grad=False`, and the CPU kernels then differ.)
     assert (_latents(tiny_pipe) - before).abs().max() < 1e-5
+
+
+def test_a_hot_swap_takes_the_new_files_alphas_in_either_format(tiny_pipe, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    # A diffusers/PEFT file with an `alpha_pattern`: PEFT's hot-swap gave every module the default alpha / r.
+    tiny_pipe.load_lora_weights(PEFT, adapter_name="slot")
+    before = _latents(tiny_pipe)
+    tiny_pipe.load_lora_weights(PEFT, adapter_name="slot", hotswap=True)
+    assert torch.equal(_latents(tiny_pipe), before)
+    tiny_pipe.unload_lora_weights()
+    # The same original-format LoRA with alpha 1, then hot-swapped to alpha 4: `set_adapters` (which scales from the
+    # layers' alphas) used to go back to alpha 1.
+    tensors = load_file(ORIGINAL)
+    for alpha in (1.0, 4.0):
+        changed = {k: torch.tensor(alpha) if k.endswith(".alpha") else v for k, v in tensors.items()}
+        save_file(changed, tmp_path / f"alpha{alpha:g}.safetensors")
+    tiny_pipe.load_lora_weights(tmp_path / "alpha4.safetensors", adapter_name="fresh")
+    fresh = _latents(tiny_pipe)
+    tiny_pipe.delete_adapters("fresh")
+    tiny_pipe.load_lora_weights(tmp_path / "alpha1.safetensors", adapter_name="slot")
+    tiny_pipe.load_lora_weights(tmp_path / "alpha4.safetensors", adapter_name="slot", hotswap=True)
+    assert torch.equal(_latents(tiny_pipe), fresh)
+    tiny_pipe.set_adapters("slot", 1.0)
+    assert torch.equal(_latents(tiny_pipe), fresh)
+    assert tiny_pipe.transformer.peft_config["slot"].lora_alpha == 4.0
