@@ -13,6 +13,7 @@ import shutil
 import tempfile
 
 import torch
+from safetensors import SafetensorError
 
 from diffusers_ruyi import RuyiImageToVideoPipeline
 from diffusers_ruyi.cli import output_folder_problem
@@ -72,10 +73,21 @@ def main(argv=None) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)
         pipe.save_pretrained(tmp, max_shard_size=args.max_shard_size)
+        replaced = None
         if os.path.exists(args.output):
-            shutil.rmtree(args.output)
-        os.replace(tmp, args.output)
-    except OSError as e:  # a full disk, a folder that appeared meanwhile: one line, and nothing left behind
+            # Moved aside, not deleted first: should the rename fail, the old output is put back whole.
+            replaced = tempfile.mkdtemp(prefix=".ruyi-convert-old-", dir=parent)
+            os.replace(args.output, os.path.join(replaced, "output"))
+        try:
+            os.replace(tmp, args.output)
+        except OSError:
+            if replaced is not None:
+                os.replace(os.path.join(replaced, "output"), args.output)
+                os.rmdir(replaced)
+            raise
+        if replaced is not None:
+            shutil.rmtree(replaced, ignore_errors=True)  # the new output is in place whatever is left of this
+    except (OSError, SafetensorError) as e:  # a full disk (safetensors' own error), a folder that appeared meanwhile
         shutil.rmtree(tmp, ignore_errors=True)
         raise SystemExit(f"{parser.prog}: error: --output {args.output!r} could not be written: {e}")
     except BaseException:

@@ -32,6 +32,7 @@ only offers its built-in classes; it builds the model as `from_pretrained` does,
 import contextlib
 import functools
 import inspect
+import json
 import logging
 import numbers
 import os
@@ -118,6 +119,7 @@ class RuyiModelLoadingMixin:
         check_no_lora_layers(self, type(self).__name__)
         check_no_fp8_storage(self, type(self).__name__)
         super().save_pretrained(save_directory, *args, **kwargs)
+        remove_stale_shard_indexes(save_directory)
 
     # diffusers reads the arguments a component's `save_pretrained` takes (`variant`, `max_shard_size`, ...) from
     # its signature when it saves a pipeline: they must show.
@@ -173,6 +175,7 @@ class RuyiModelLoadingMixin:
         dtype = resolve_dtype(kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None))
         if isinstance(dtype, dict):
             raise ValueError(f"`dtype` of {cls.__name__} is one dtype, not a dict per component, got {dtype!r}.")
+        check_model_loading_kwargs(cls, kwargs)
         strict = ORIGINAL_LOADS_STRICTLY[cls._original_model_type]
         load = functools.partial(super().from_pretrained, torch_dtype=dtype)
         model, info, output_loading_info = load_checked_model(
@@ -509,6 +512,56 @@ def _empty_model(cls, config: Dict[str, Any], dtype: Optional[torch.dtype]):
             return cls.from_config(config)
     finally:
         torch.set_default_dtype(previous)
+
+
+# What diffusers' `ModelMixin.from_pretrained` (and the `load_config` it calls, and a pipeline loading a component)
+# reads from its `**kwargs`; with the model's config keys (overrides), anything else would be ignored without a word.
+MODEL_LOADING_KWARGS = (
+    "cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "subfolder", "torch_dtype",
+    "dtype", "device_map", "max_memory", "offload_folder", "offload_state_dict", "low_cpu_mem_usage", "variant",
+    "use_safetensors", "quantization_config", "use_flashpack", "flashpack_kwargs", "disable_mmap",
+    "ignore_mismatched_sizes", "output_loading_info", "dduf_entries", "user_agent", "mirror", "local_dir",
+    "local_dir_use_symlinks", "provider", "provider_options", "sess_options", "return_unused_kwargs",
+)  # fmt: skip
+
+
+def check_model_loading_kwargs(cls: type, kwargs: Dict[str, Any]) -> None:
+    """Refuses `from_pretrained` keywords that are neither loading options nor config keys of ``cls``: diffusers
+    would ignore them (a misspelt `dtpye=` loaded in float32)."""
+    import difflib
+
+    known = set(MODEL_LOADING_KWARGS) | set(inspect.signature(cls.__init__).parameters) - {"self"}
+    unknown = sorted(key for key in kwargs if key not in known and not key.startswith("_"))
+    if unknown:
+        hints = [
+            f"{key!r} (did you mean {close[0]!r}?)"
+            if (close := difflib.get_close_matches(key, known, 1))
+            else repr(key)
+            for key in unknown
+        ]
+        raise TypeError(
+            f"{cls.__name__}.from_pretrained() got unexpected keyword arguments: {', '.join(hints)}; it takes "
+            "diffusers' loading options and the model's config keys (as overrides)."
+        )
+
+
+def remove_stale_shard_indexes(folder: Union[str, os.PathLike]) -> None:
+    """Removes a shard index (`*.index.json`, `*.index.<variant>.json`) whose shards are gone: diffusers deletes the
+    old shards when it saves a model unsharded into a folder that held a sharded save, but keeps their index, which
+    loading then follows to files that do not exist."""
+    if not os.path.isdir(folder):
+        return
+    for name in os.listdir(folder):
+        if ".index" not in name or not name.endswith(".json"):
+            continue
+        path = os.path.join(folder, name)
+        try:
+            with open(path, encoding="utf-8") as f:
+                shards = set(json.load(f).get("weight_map", {}).values())
+        except (OSError, ValueError, AttributeError):
+            continue
+        if shards and not all(os.path.isfile(os.path.join(folder, shard)) for shard in shards):
+            os.remove(path)
 
 
 def load_checked_model(

@@ -149,6 +149,25 @@ def _disk_size(path: str) -> str:
     return f"{total / 2**20:.0f} MB" if total < 2**30 else f"{total / 2**30:.1f} GB"
 
 
+def check_torch_archive(path: str) -> None:
+    """A CLIP `pytorch_model.bin` in torch's zip format (the published one): its central directory, at the end, is
+    read (not the data) so that a truncated download is named here, before anything loads, rather than by torch's
+    "failed finding central directory" after the other models. A file in torch's legacy format is left to torch."""
+    import zipfile
+
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":  # not a zip: torch's legacy format, left to torch
+            return
+    try:
+        with zipfile.ZipFile(path):
+            pass
+    except (zipfile.BadZipFile, OSError) as error:
+        raise ValueError(
+            f"{path!r} is not a complete PyTorch checkpoint ({error}); the download may be incomplete: download it "
+            "again."
+        ) from None
+
+
 def load_original_pipeline_components(folder: str, **kwargs) -> Dict[str, Any]:
     """Loads every pipeline component from a folder in the original Ruyi hub layout.
 
@@ -207,6 +226,8 @@ def load_original_pipeline_components(folder: str, **kwargs) -> Dict[str, Any]:
             check_model_folder(os.path.join(folder, sources[name]))
     if "image_encoder" not in given and os.path.isfile(os.path.join(folder, "image_encoder", "model.safetensors")):
         check_safetensors_file(os.path.join(folder, "image_encoder", "model.safetensors"))
+    elif "image_encoder" not in given and os.path.isfile(os.path.join(folder, "image_encoder", "pytorch_model.bin")):
+        check_torch_archive(os.path.join(folder, "image_encoder", "pytorch_model.bin"))
 
     def quantization_of(name: str, is_diffusers: bool) -> Dict[str, Any]:
         if quantization is None:

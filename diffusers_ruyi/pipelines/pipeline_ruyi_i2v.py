@@ -52,6 +52,7 @@ from ..loaders.model_loading import (
     check_no_lora_layers,
     check_save_arguments,
     modeling_logs_dropped,
+    remove_stale_shard_indexes,
 )
 from ..models.autoencoder_kl_ruyi import AutoencoderKLRuyiCausal3D, same_values
 from ..models.transformer_ruyi import RuyiTransformer3DModel
@@ -478,6 +479,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             check_model_folder,
             check_weight_files,
             is_original_pipeline_folder,
+            read_json,
             resolve_dtype,
         )
         from ..loaders.original_pipeline import check_clip_weight_keys, load_original_pipeline_components
@@ -520,6 +522,23 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             )
         cls._check_loading_kwargs(kwargs)
         check_weight_files(path)
+        # diffusers would read a missing component's folder as the pipeline's root and blame that, after loading
+        # the components before it.
+        index = read_json(os.path.join(path, "model_index.json"))
+        missing = sorted(
+            name
+            for name, entry in index.items()
+            if not name.startswith("_")
+            and isinstance(entry, (list, tuple))
+            and entry[:1] != [None]
+            and name not in kwargs
+            and not os.path.isdir(os.path.join(path, name))
+        )
+        if missing:
+            raise FileNotFoundError(
+                f"{pretrained_model_name_or_path!r} lacks the folder(s) of {missing}, which its model_index.json lists: "
+                "the folder is incomplete (pass those components in, or save the pipeline again)."
+            )
         if "image_encoder" not in kwargs and os.path.isdir(os.path.join(path, "image_encoder")):
             # A saved pipeline's CLIP tower is safetensors (the published .bin is the original layout's exception).
             check_model_folder(os.path.join(path, "image_encoder"))
@@ -600,6 +619,8 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             check_no_lora_layers(component, name)
             check_no_fp8_storage(component, name)
         super().save_pretrained(save_directory, *args, **kwargs)
+        for name in folders:  # (the models remove theirs; the control embeddings are saved by diffusers alone)
+            remove_stale_shard_indexes(os.path.join(save_directory, name))
 
     save_pretrained.__signature__ = inspect.signature(DiffusionPipeline.save_pretrained)
 

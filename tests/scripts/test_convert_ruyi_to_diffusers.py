@@ -129,6 +129,39 @@ def test_a_failed_save_is_one_line_and_leaves_nothing(tiny_checkpoint, tmp_path,
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_full_disk_in_safetensors_is_one_line_too(tiny_checkpoint, tmp_path, monkeypatch):
+    from safetensors import SafetensorError
+
+    def full(self, *args, **kwargs):  # what safetensors raises there: not an OSError
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(RuyiImageToVideoPipeline, "save_pretrained", full)
+    with pytest.raises(SystemExit, match=r"could not be written: Error while serializing: .*No space left"):
+        _converter().main(["--checkpoint", str(tiny_checkpoint), "--output", str(tmp_path / "out")])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_overwrite_keeps_the_old_output_whole(tiny_checkpoint, tmp_path, monkeypatch):
+    # The old output was deleted before the new one was moved in: a failure between them left neither.
+    import os
+
+    out = tmp_path / "out"
+    _converter().main(["--checkpoint", str(tiny_checkpoint), "--output", str(out)])
+    before = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
+    real_replace = os.replace
+
+    def refused(source, target):
+        if str(target) == str(out) and ".ruyi-convert-" in str(source) and "-old-" not in str(source):
+            raise OSError(1, "Operation not permitted")
+        return real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", refused)
+    with pytest.raises(SystemExit, match="could not be written: .*Operation not permitted"):
+        _converter().main(["--checkpoint", str(tiny_checkpoint), "--output", str(out), "--overwrite"])
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary folder left
+
+
 @pytest.mark.parametrize("target", ["cwd", "parent of cwd", "checkpoint", "inside the checkpoint"])
 def test_overwrite_never_deletes_the_working_folder_or_the_checkpoint(tiny_checkpoint, tmp_path, monkeypatch, target):
     # `--output . --overwrite` emptied the working folder (the rename then failed).
