@@ -336,9 +336,8 @@ def apply_ruyi_teacache(module: torch.nn.Module, config: RuyiTeaCacheConfig) -> 
         RuyiTeaCacheOutputHook(state_manager, config), _TEACACHE_OUTPUT_HOOK
     )
     HookRegistry.check_if_exists_or_initialize(module).invalidate_child_registries_cache()
-    if hasattr(
-        module, "_cache_config"
-    ):  # a CacheMixin model: `disable_cache()` removes it, `enable_cache` stacks none
+    # On a CacheMixin model it is then the model's cache: `disable_cache()` removes it, `enable_cache` stacks none.
+    if hasattr(module, "_cache_config"):
         module._cache_config = config
 
 
