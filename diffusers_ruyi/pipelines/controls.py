@@ -270,7 +270,8 @@ class RuyiControlEmbeddings(ModelMixin, ConfigMixin):
         if name not in self._index:
             raise KeyError(f"No control embedding named {name!r}; available: {self.names}.")
         i = self._index[name]
-        return tuple(getattr(self, field)[i : i + 1] for field in _FIELDS)
+        # Copies: an in-place edit by a caller (a step callback) must not change the stored embeddings.
+        return tuple(getattr(self, field)[i : i + 1].clone() for field in _FIELDS)
 
     def get_controls(
         self, motion: Union[int, str] = "auto", camera_direction: str = "auto", aspect_ratio: str = "16:9"

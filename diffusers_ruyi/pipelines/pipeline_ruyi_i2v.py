@@ -790,8 +790,9 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
     def _check_callback_outputs(self, outputs: Any, current: Dict[str, torch.Tensor]) -> Dict[str, Any]:
         """What `callback_on_step_end` returned: a dict of tensors to replace, named as in `_callback_tensor_inputs`
         (a misspelt name would be dropped without a word, and `None` fail on the next line), each a finite
-        floating-point tensor of the shape of the one it replaces (``current``): another would fail in the next step
-        under another argument's name, or turn the video to NaN."""
+        floating-point tensor of the shape, dtype and device of the one it replaces (``current``): another would fail
+        in the next step under another argument's name, run the rest of the call in another dtype, or turn the video
+        to NaN."""
         if not isinstance(outputs, dict):
             raise TypeError(
                 f"`callback_on_step_end` must return a dict (its `callback_kwargs`, changed or not), got "
@@ -815,6 +816,14 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                 raise ValueError(
                     f"`callback_on_step_end` returned `{name}` of shape {tuple(value.shape)}; it must keep the shape "
                     f"{expected}."
+                )
+            # (Another dtype failed in the next step under the transformer's argument names, or for `latents` ran
+            # the rest of the call in it.)
+            dtype, device = current[name].dtype, current[name].device
+            if value.dtype != dtype or value.device != device:
+                raise TypeError(
+                    f"`callback_on_step_end` returned `{name}` as {value.dtype} on {value.device}; it must keep the "
+                    f"dtype and device of the one it replaces: `.to({device.type!r}, {dtype})`."
                 )
             if not bool(torch.isfinite(value).all()):
                 raise ValueError(f"`callback_on_step_end` returned `{name}` holding NaN or infinite values.")

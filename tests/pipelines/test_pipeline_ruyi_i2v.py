@@ -295,6 +295,10 @@ def test_a_callback_sets_the_guidance_of_the_later_steps(pipe, start_image):
         (lambda k: {"latents": 3}, TypeError, r"returned `latents` as int; it must be a floating-point tensor"),
         (lambda k: {"latents": k["latents"].long()}, TypeError, r"returned `latents` as torch.int64"),
         (lambda k: {"latents": k["latents"] * float("nan")}, ValueError, r"`latents` holding NaN or infinite"),
+        # Another dtype ran the rest of the call in it (`latents`), or failed in the next step under the
+        # transformer's argument names.
+        (lambda k: {"latents": k["latents"].bfloat16()}, TypeError, r"returned `latents` as torch.bfloat16 on cpu"),
+        (lambda k: {"latents": k["latents"].double()}, TypeError, r"keep the dtype and device .*torch.float32\)"),
     ],
 )
 def test_what_a_callback_returns_is_checked(pipe, start_image, returned, error, match):
@@ -306,6 +310,19 @@ def test_what_a_callback_returns_is_checked(pipe, start_image, returned, error, 
         _call(pipe, start_image, num_inference_steps=2, callback_on_step_end=callback, output_type="latent")
     # Returned as they came, or replaced by a tensor of the same shape, they go on.
     _call(pipe, start_image, num_inference_steps=2, callback_on_step_end=lambda p, i, t, k: k, output_type="latent")
+
+
+def test_a_callback_editing_the_control_embeddings_in_place_leaves_the_stored_ones(pipe, start_image):
+    # Without guidance nothing copied them: `mul_` on the callback's `prompt_embeds` changed every later call.
+    stored = pipe.control_embeddings.emb1.clone()
+
+    def damp(p, i, t, kwargs):
+        kwargs["prompt_embeds"].mul_(0.5)
+        return kwargs
+
+    _call(pipe, start_image, num_inference_steps=2, guidance_scale=1.0, output_type="latent",
+          callback_on_step_end=damp, callback_on_step_end_tensor_inputs=["prompt_embeds"])  # fmt: skip
+    assert torch.equal(pipe.control_embeddings.emb1, stored)
 
 
 @pytest.mark.parametrize(
