@@ -145,3 +145,28 @@ def check_input_dtype(name: str, tensor, dtype, model: str) -> None:
         raise TypeError(
             f"`{name}` is {tensor.dtype} but the {model} computes in {dtype}: pass `{name}.to({dtype})` ({hint})."
         )
+
+
+def schedule_problem(scheduler, steps: int) -> Optional[str]:
+    """Why ``scheduler`` cannot run a schedule of ``steps`` steps (None when it can), found by running every step on a
+    copy of it with a one-element zero sample (milliseconds; the global random state is left as it was). Ruyi's
+    scheduler config (`timestep_spacing="leading"`, `steps_offset=1`) takes DDIM and PNDM past their last training
+    timestep at 1,000 steps and DPM++ at 999 and 1,000: an IndexError mid-run, or NaN at the end. A scheduler whose
+    `step` takes other arguments is not judged."""
+    import copy
+
+    import torch
+
+    dry = copy.deepcopy(scheduler)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            dry.set_timesteps(steps, device="cpu")
+            sample = torch.zeros(1)
+            for t in dry.timesteps:
+                model_input = dry.scale_model_input(sample, t)
+                sample = dry.step(torch.zeros_like(model_input), t, sample, return_dict=False)[0]
+    except (IndexError, ValueError) as error:
+        return f"{type(error).__name__}: {error}"
+    except Exception:  # another scheduler API: not this check's to judge
+        return None
+    return None if bool(torch.isfinite(sample).all()) else "its last steps return NaN"

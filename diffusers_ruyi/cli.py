@@ -766,6 +766,8 @@ def check_steps(args: argparse.Namespace) -> None:
     model loads."""
     import diffusers
 
+    from ._validation import schedule_problem
+
     try:
         scheduler = _scheduler_before_loading(args.model)
     except (OSError, ValueError, KeyError, AttributeError):
@@ -780,7 +782,8 @@ def check_steps(args: argparse.Namespace) -> None:
             scheduler.set_timesteps(steps)
         except (ValueError, IndexError) as e:
             return e
-        return None
+        problem = schedule_problem(scheduler, steps)  # it would fail mid-run, after the model has loaded
+        return None if problem is None else ValueError(f"its schedule fails when run ({problem})")
 
     most = scheduler.config.num_train_timesteps
     if args.steps > most:  # refused for every sampler: a schedule of 10^9 steps would fill the memory first
@@ -789,7 +792,8 @@ def check_steps(args: argparse.Namespace) -> None:
     if error is None:
         return
     fewest = next((n for n in range(args.steps + 1, most + 1) if refused(n) is None), None)
-    hint = f"at least {fewest}" if fewest else "other values"
+    most_ok = None if fewest else next((n for n in range(args.steps - 1, 0, -1) if refused(n) is None), None)
+    hint = f"at least {fewest}" if fewest else f"at most {most_ok}" if most_ok else "other values"
     raise CLIError(
         f"--steps {args.steps} does not work with --scheduler {args.scheduler} (use {hint}): {_one_line(error)}"
     )

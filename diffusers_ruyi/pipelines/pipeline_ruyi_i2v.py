@@ -45,6 +45,7 @@ from .._validation import (
     check_frame_size,
     check_int,
     check_real,
+    schedule_problem,
 )
 from ..loaders.lora import RuyiLoraLoaderMixin
 from ..loaders.model_loading import (
@@ -1670,6 +1671,15 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                 f"{type(self.scheduler).__name__} cannot make a schedule of num_inference_steps={num_inference_steps} "
                 f"({error}); use {f'at most {train_steps}' if too_many else 'more'} steps."
             ) from error
+        problem = schedule_problem(self.scheduler, num_inference_steps)
+        if problem is not None:  # it would fail mid-run, or end in NaN
+            most = next(
+                (n for n in range(num_inference_steps - 1, 0, -1) if schedule_problem(self.scheduler, n) is None), None
+            )
+            raise ValueError(
+                f"{type(self.scheduler).__name__} cannot run num_inference_steps={num_inference_steps} with its config "
+                f"(`timestep_spacing`, `steps_offset`): {problem}. Use at most {most} steps."
+            )
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
 

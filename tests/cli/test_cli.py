@@ -164,6 +164,13 @@ def test_refuses_to_overwrite(tmp_path, capsys):
         # Every sampler: Euler's schedule of 10^9 steps filled the memory before anything refused it.
         (["--steps", "1000000000", "--scheduler", "euler"], "is more than the schedule's 1000 training steps"),
         (["--scheduler", "pndm", "--steps", "2"], "--steps 2 does not work with --scheduler pndm (use at least 4)"),
+        # Allowed by the count, but the "leading" schedule passes the last training timestep: an IndexError mid-run
+        # (DDIM, PNDM at 1000; DPM++ at 1000), or a NaN video (DPM++ at 999), after the model had loaded.
+        (
+            ["--steps", "1000"],
+            "--steps 1000 does not work with --scheduler ddim (use at most 999): its schedule fails",
+        ),
+        (["--steps", "999", "--scheduler", "dpm++"], "(use at most 998): its schedule fails when run (its last steps"),
     ],
 )
 def test_bad_arguments_exit_2_without_output(tmp_path, capsys, monkeypatch, extra, message):

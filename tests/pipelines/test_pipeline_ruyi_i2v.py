@@ -312,6 +312,34 @@ def test_what_a_callback_returns_is_checked(pipe, start_image, returned, error, 
     _call(pipe, start_image, num_inference_steps=2, callback_on_step_end=lambda p, i, t, k: k, output_type="latent")
 
 
+@pytest.mark.parametrize(
+    "scheduler_cls, steps, match",
+    [
+        (DDIMScheduler, 1000, r"IndexError: index 1000 is out of bounds.*Use at most 999 steps"),
+        (DPMSolverMultistepScheduler, 999, r"its last steps return NaN\. Use at most 998 steps"),
+    ],
+)
+def test_a_schedule_that_would_fail_mid_run_is_refused_before_any_model(
+    guarded_pipe, start_image, scheduler_cls, steps, match
+):
+    from diffusers_ruyi._validation import schedule_problem
+
+    original = guarded_pipe.scheduler
+    guarded_pipe.scheduler = scheduler_cls.from_config(original.config)
+    try:
+        with pytest.raises(
+            ValueError, match=f"{scheduler_cls.__name__} cannot run num_inference_steps={steps}.*{match}"
+        ):
+            _call(guarded_pipe, start_image, num_inference_steps=steps)
+        assert (
+            schedule_problem(guarded_pipe.scheduler, steps - 1) is None or scheduler_cls is DPMSolverMultistepScheduler
+        )
+    finally:
+        guarded_pipe.scheduler = original
+    # Euler interpolates between sigmas: all 1000 steps run.
+    assert schedule_problem(EulerDiscreteScheduler.from_config(original.config), 1000) is None
+
+
 def test_a_callback_editing_the_control_embeddings_in_place_leaves_the_stored_ones(pipe, start_image):
     # Without guidance nothing copied them: `mul_` on the callback's `prompt_embeds` changed every later call.
     stored = pipe.control_embeddings.emb1.clone()
