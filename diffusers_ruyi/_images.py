@@ -59,6 +59,17 @@ def image_to_rgb(image: PIL.Image.Image, name: str) -> PIL.Image.Image:
     return image.convert("RGB")
 
 
+def checked_image_to_rgb(image: PIL.Image.Image, name: str) -> PIL.Image.Image:
+    """An image given as an argument, as 8-bit RGB (`image_to_rgb`); an empty one (0 pixels on a side) is refused too.
+
+    Raises:
+        `ValueError`: an empty image, or a 32-bit integer or float one.
+    """
+    if not image.width or not image.height:
+        raise ValueError(f"`{name}` is an empty image ({image.width}x{image.height}).")
+    return image_to_rgb(image, name)
+
+
 def open_image(path: str, name: str) -> PIL.Image.Image:
     """An image file as 8-bit RGB, turned upright per its EXIF orientation (as `diffusers.utils.load_image`)."""
     with PIL.Image.open(path) as image:

@@ -207,23 +207,18 @@ def per_segment(value: Any, num_segments: int, name: str) -> List[Any]:
 
 
 def _rgb(image, name: str):
-    """A PIL frame as 8-bit RGB, read as the pipeline reads its images (16-bit grayscale scaled, not clipped; 32-bit
-    integer or float images and empty ones refused), so that a bad frame is refused before any segment runs."""
-    from ._images import image_to_rgb
+    # A PIL frame read as the pipeline reads its images, so that a bad one is refused before any segment runs.
+    from ._images import checked_image_to_rgb
 
-    if not image.width or not image.height:
-        raise ValueError(f"`{name}` is an empty image ({image.width}x{image.height}).")
-    return image_to_rgb(image, name)
+    return checked_image_to_rgb(image, name)
 
 
-def _to_pil(frame, name: str = "frame"):
-    """A frame as an RGB PIL image: PIL images as the pipeline reads them, uint8 arrays as they are, float arrays in
-    [0, 1] rounded to uint8."""
+def _to_pil(frame):
+    """An RGB frame array as a PIL image: uint8 as it is, float in [0, 1] rounded to uint8 (PIL frames given as
+    arguments are read with `_rgb`)."""
     import numpy as np
     import PIL.Image
 
-    if isinstance(frame, PIL.Image.Image):
-        return _rgb(frame, name)
     if frame.dtype != np.uint8:
         frame = (np.clip(frame, 0.0, 1.0) * 255).round().astype(np.uint8)
     return PIL.Image.fromarray(frame)
@@ -364,9 +359,10 @@ def iter_video_segments(
             "The plan starts a new video from `image`, so `context` would be ignored: plan a continuation "
             "(`plan_segments(..., continuation=True)`) or drop `context`."
         )
-    for k, frame in enumerate([] if context is None else context):
+    frames = [] if context is None else list(context)  # checked, PIL frames read as RGB once
+    for k, frame in enumerate(frames):
         if isinstance(frame, PIL.Image.Image):
-            _rgb(frame, f"context[{k}]")
+            frames[k] = _rgb(frame, f"context[{k}]")
             continue
         if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[-1] != 3:
             raise TypeError(f"`context[{k}]` must be a PIL image or an (H, W, 3) array, got {frame!r:.60}.")
@@ -378,7 +374,7 @@ def iter_video_segments(
             raise ValueError(f"`context[{k}]` must be uint8, or float with values in [0, 1], got {frame.dtype}.")
     motions, cameras = _check_common(plan, motion, camera_direction, generator, kwargs)
     history = max(p.context_frames for p in plan)
-    tail = [_to_pil(f, "context") for f in ([] if context is None else list(context))[-history:]] if history else []
+    tail = [f if isinstance(f, PIL.Image.Image) else _to_pil(f) for f in frames[-history:]] if history else []
     if plan[0].context_frames > len(tail):
         raise ValueError(
             f"The first segment continues {plan[0].context_frames} frames, but `context` has {len(tail)}: pass the "

@@ -36,7 +36,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 from transformers import CLIPVisionModelWithProjection
 
-from .._images import image_to_rgb
+from .._images import checked_image_to_rgb
 from .._validation import (
     MAX_FRAME_SIZE,
     check_attention_kwargs,
@@ -716,9 +716,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         a numpy array `(H, W, C)` or `(N, H, W, C)`, uint8 or float in [0, 1]; a float tensor `(C, H, W)` or `(N, C,
         H, W)` in [0, 1] (or [-1, 1], which diffusers also accepts, told apart by a negative value)."""
         if isinstance(images, PIL.Image.Image):
-            if not images.width or not images.height:
-                raise ValueError(f"`{name}` is an empty image ({images.width}x{images.height}).")
-            return [image_to_rgb(images, name)]
+            return [checked_image_to_rgb(images, name)]
         if isinstance(images, torch.Tensor):
             if images.is_meta:
                 raise ValueError(f"`{name}` is a tensor on the meta device, which holds no values.")
