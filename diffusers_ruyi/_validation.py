@@ -147,6 +147,13 @@ def check_input_dtype(name: str, tensor, dtype, model: str) -> None:
         )
 
 
+def is_fp8_dtype(dtype) -> bool:
+    """Whether ``dtype`` is one of the float8 formats `apply_fp8_mode` stores weights in."""
+    import torch
+
+    return dtype in (torch.float8_e4m3fn, torch.float8_e5m2)
+
+
 def schedule_problem(scheduler, steps: int) -> Optional[str]:
     """Why ``scheduler`` cannot run a schedule of ``steps`` steps (None when it can), found by running every step on a
     copy of it with a one-element zero sample (milliseconds; the global random state is left as it was). Ruyi's

@@ -27,7 +27,7 @@ from diffusers.hooks.layerwise_casting import (
 )
 from torch import nn
 
-from .._validation import check_bool, check_int
+from .._validation import check_bool, check_int, is_fp8_dtype
 
 
 FP8_MODES = ("none", "lite", "strong", "extreme")
@@ -153,7 +153,7 @@ def apply_fp8_mode(
     for name, dtype in (("fp8_dtype", fp8_dtype), ("compute_dtype", compute_dtype)):
         if not isinstance(dtype, torch.dtype) and not (name == "compute_dtype" and dtype is None):
             raise TypeError(f"`{name}` must be a torch.dtype, got {type(dtype).__name__} {dtype!r}.")
-    if fp8_dtype not in (torch.float8_e4m3fn, torch.float8_e5m2):
+    if not is_fp8_dtype(fp8_dtype):
         raise ValueError(f"`fp8_dtype` must be torch.float8_e4m3fn or torch.float8_e5m2, got {fp8_dtype}.")
     if compute_dtype is not None and (not compute_dtype.is_floating_point or compute_dtype.itemsize < 2):
         raise ValueError(

@@ -20,7 +20,7 @@ from huggingface_hub.utils import validate_hf_hub_args
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
-from .._validation import check_bool, check_real
+from .._validation import check_bool, check_real, is_fp8_dtype
 from .original_checkpoint import (
     _lora_target_modules,
     _lora_tensor_problem,
@@ -129,9 +129,6 @@ def _check_no_fused_targets(state_dict: Dict[str, torch.Tensor], transformer: to
         )
 
 
-_FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
-
-
 def _check_no_fp8_targets(state_dict: Dict[str, torch.Tensor], transformer: torch.nn.Module, prefix: str) -> None:
     """Refuses adapters on layers stored in fp8 (`apply_fp8_mode`): PEFT makes an adapter in its layer's weight dtype,
     so its values would be rounded to fp8 and the model would then fail to run or to fuse it."""
@@ -139,7 +136,7 @@ def _check_no_fp8_targets(state_dict: Dict[str, torch.Tensor], transformer: torc
     stored = set()
     for key in state_dict:
         path = key[len(prefix) + 1 :].split(".lora_")[0]
-        if getattr(getattr(modules.get(path), "weight", None), "dtype", None) in _FP8_DTYPES:
+        if is_fp8_dtype(getattr(getattr(modules.get(path), "weight", None), "dtype", None)):
             stored.add(path)
     if stored:
         raise ValueError(

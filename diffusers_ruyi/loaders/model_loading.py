@@ -45,7 +45,7 @@ from urllib.parse import unquote, urlparse
 import torch
 from diffusers import ModelMixin
 
-from .._validation import check_bool, check_device_available
+from .._validation import check_bool, check_device_available, is_fp8_dtype
 from .original_checkpoint import (
     ORIGINAL_KEY_RENAMES,
     ORIGINAL_LOADS_STRICTLY,
@@ -692,8 +692,7 @@ def check_no_fp8_storage(model: Any, name: str) -> None:
     fp8-rounded values, which load back as plain full-precision weights, the model's own precision lost for good."""
     if not hasattr(model, "named_parameters"):
         return
-    fp8 = (torch.float8_e4m3fn, torch.float8_e5m2)
-    stored = [param_name for param_name, param in model.named_parameters() if param.dtype in fp8]
+    stored = [param_name for param_name, param in model.named_parameters() if is_fp8_dtype(param.dtype)]
     if stored:
         raise ValueError(
             f"The {name} stores {len(stored)} weights in fp8 (`apply_fp8_mode`, e.g. {stored[0]!r}): saved, they would "

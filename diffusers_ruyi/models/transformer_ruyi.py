@@ -60,6 +60,7 @@ from .._validation import (
     check_real,
     check_tensor,
     compute_dtype,
+    is_fp8_dtype,
 )
 from ..hooks.diffusers_caches import (
     check_cache_config,
@@ -1017,13 +1018,12 @@ class RuyiTransformer3DModel(
                 "`unload_lora_weights()` first (the LoRA stays merged in the weights), or `unload_lora_weights()` "
                 "alone to drop it."
             )
-        fp8 = (torch.float8_e4m3fn, torch.float8_e5m2)
         stored = [
             f"{name}.{projection}"
             for name, module in self.named_modules()
             if isinstance(module, RuyiAttention) and not module.fused_projections
             for projection in ("to_q", "to_k", "to_v")
-            if getattr(getattr(module, projection, None), "weight", torch.empty(0)).dtype in fp8
+            if is_fp8_dtype(getattr(getattr(module, projection, None), "weight", torch.empty(0)).dtype)
         ]
         if stored:  # concatenating fp8 weights fails deep inside torch, and the fused layer would have no fp8 hook
             raise ValueError(
@@ -1046,7 +1046,6 @@ class RuyiTransformer3DModel(
         added = sorted(set(getattr(self, "peft_config", None) or {}) - before)
         if not added:
             return
-        fp8 = (torch.float8_e4m3fn, torch.float8_e5m2)
         fused = [
             f"{name}.{projection}"
             for name, module in self.named_modules()
@@ -1058,7 +1057,7 @@ class RuyiTransformer3DModel(
             for name, module in self.named_modules()
             if isinstance(module, BaseTunerLayer)
             and any(adapter in getattr(module, "lora_A", {}) for adapter in added)
-            and module.get_base_layer().weight.dtype in fp8
+            and is_fp8_dtype(module.get_base_layer().weight.dtype)
         ]
         if fused or stored:
             if before:
