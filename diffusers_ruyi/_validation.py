@@ -154,12 +154,7 @@ def is_fp8_dtype(dtype) -> bool:
     return dtype in (torch.float8_e4m3fn, torch.float8_e5m2)
 
 
-def schedule_problem(scheduler, steps: int) -> Optional[str]:
-    """Why ``scheduler`` cannot run a schedule of ``steps`` steps (None when it can), found by running every step on a
-    copy of it with a one-element zero sample (milliseconds; the global random state is left as it was). Ruyi's
-    scheduler config (`timestep_spacing="leading"`, `steps_offset=1`) takes DDIM and PNDM past their last training
-    timestep at 1,000 steps and DPM++ at 999 and 1,000: an IndexError mid-run, or NaN at the end. A scheduler whose
-    `step` takes other arguments is not judged."""
+def _dry_run(scheduler, steps: int) -> Optional[str]:
     import copy
 
     import torch
@@ -168,7 +163,8 @@ def schedule_problem(scheduler, steps: int) -> Optional[str]:
     try:
         with torch.random.fork_rng(devices=[]):
             dry.set_timesteps(steps, device="cpu")
-            sample = torch.zeros(1)
+            # Shaped like Ruyi's latents (batch, channels, frames, height, width): DDPM reads `sample.shape[1]`.
+            sample = torch.zeros(1, 1, 1, 1, 1)
             for t in dry.timesteps:
                 model_input = dry.scale_model_input(sample, t)
                 sample = dry.step(torch.zeros_like(model_input), t, sample, return_dict=False)[0]
@@ -177,3 +173,17 @@ def schedule_problem(scheduler, steps: int) -> Optional[str]:
     except Exception:  # another scheduler API: not this check's to judge
         return None
     return None if bool(torch.isfinite(sample).all()) else "its last steps return NaN"
+
+
+def schedule_problem(scheduler, steps: int) -> Optional[str]:
+    """Why ``scheduler`` cannot run a schedule of ``steps`` steps (None when it can), found by running every step on a
+    copy of it with a one-element zero sample (milliseconds; the global random state is left as it was). Ruyi's
+    scheduler config (`timestep_spacing="leading"`, `steps_offset=1`) takes DDIM and PNDM past their last training
+    timestep at 1,000 steps and DPM++ at 999 and 1,000: an IndexError mid-run, or NaN at the end. A scheduler whose
+    `step` takes other arguments, or that fails this stand-in run at a few steps too (so the count is not what
+    fails), is not judged."""
+    problem = _dry_run(scheduler, steps)
+    if problem is None:
+        return None
+    controls = [n for n in (25, 10, 4) if n != steps]
+    return problem if any(_dry_run(scheduler, n) is None for n in controls) else None

@@ -28,7 +28,10 @@ def main(argv=None) -> None:
     parser.add_argument("--checkpoint", required=True, help="Folder in the original layout, or a hub id.")
     parser.add_argument("--output", required=True, help="Folder to write (must not exist unless --overwrite).")
     parser.add_argument(
-        "--dtype", choices=sorted(DTYPES), default="float32", help="Weights dtype (VAE stays float32)."
+        "--dtype",
+        choices=sorted(DTYPES),
+        default="float32",
+        help="Dtype of the transformer, image encoder and control embeddings (the VAE stays float32).",
     )
     parser.add_argument("--max-shard-size", default="5GB", help="Shard size of the saved weights.")
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing output folder.")

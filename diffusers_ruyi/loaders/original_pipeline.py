@@ -55,7 +55,8 @@ def _component_dtype(dtype, name: str):
 
 def load_control_embeddings(path: str):
     """Reads the original ``embeddings.safetensors`` (bfloat16 in the published file) into a
-    [`RuyiControlEmbeddings`] component (float32 buffers; the pipeline casts them to the transformer's dtype)."""
+    [`RuyiControlEmbeddings`] component (float32 buffers until cast; the pipeline casts them to the transformer's
+    dtype where they are used)."""
     from ..pipelines.controls import RuyiControlEmbeddings
 
     return RuyiControlEmbeddings.from_flat_dict(read_safetensors(path))
@@ -242,6 +243,10 @@ def load_original_pipeline_components(folder: str, **kwargs) -> Dict[str, Any]:
         path = os.path.join(folder, source)
         if name == "control_embeddings":
             embeddings = load_control_embeddings(path)
+            # As for a diffusers-format folder: the float buffers take the dtype asked for (the masks stay integers).
+            embeddings_dtype = _component_dtype(dtype, name)
+            if embeddings_dtype is not None:
+                embeddings = embeddings.to(embeddings_dtype)
             return embeddings if device_map is None else embeddings.to(device_map)
         if name == "scheduler":
             return load_original_scheduler(path)

@@ -1676,7 +1676,8 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             )
             raise ValueError(
                 f"{type(self.scheduler).__name__} cannot run num_inference_steps={num_inference_steps} with its config "
-                f"(`timestep_spacing`, `steps_offset`): {problem}. Use at most {most} steps."
+                f"(`timestep_spacing`, `steps_offset`): {problem}. "
+                + (f"Use at most {most} steps." if most else "Use more steps.")
             )
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)

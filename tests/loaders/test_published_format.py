@@ -287,6 +287,20 @@ def test_transformer_dtype_string_on_both_layouts(tiny_realfmt_checkpoint, tmp_p
 
 
 @pytest.mark.parametrize(
+    "dtype, expected",
+    [(None, torch.float32), (torch.bfloat16, torch.bfloat16), ({"default": "fp16", "vae": "fp32"}, torch.float16)],
+)
+def test_control_embeddings_take_the_dtype_on_both_layouts(tiny_realfmt_checkpoint, tmp_path, dtype, expected):
+    # The original layout ignored `dtype` for them; a converted folder honoured it. Both now agree.
+    pipe = RuyiImageToVideoPipeline.from_pretrained(tiny_realfmt_checkpoint, dtype=dtype)
+    pipe.control_embeddings.save_pretrained(tmp_path / "c")
+    converted = type(pipe.control_embeddings).from_pretrained(tmp_path / "c", dtype=dtype and expected)
+    for embeddings in (pipe.control_embeddings, converted):
+        assert embeddings.emb1.dtype == embeddings.emb2.dtype == expected
+        assert embeddings.mask1.dtype == embeddings.mask2.dtype == torch.long
+
+
+@pytest.mark.parametrize(
     "which, key, value",
     [
         ("vae", "cache_compression_vae", "false"),  # a string: would read as true and build the other VAE

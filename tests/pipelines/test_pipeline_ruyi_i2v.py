@@ -12,11 +12,12 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from _helpers import fake_snapshot_download, files_under, load_golden_case, logged, run_case
+from _helpers import TINY_REALFMT_CHECKPOINT, fake_snapshot_download, files_under, load_golden_case, logged, run_case
 from diffusers import (
     AutoModel,
     DDIMInverseScheduler,
     DDIMScheduler,
+    DDPMScheduler,
     DiffusionPipeline,
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
@@ -317,6 +318,7 @@ def test_what_a_callback_returns_is_checked(pipe, start_image, returned, error, 
     [
         (DDIMScheduler, 1000, r"IndexError: index 1000 is out of bounds.*Use at most 999 steps"),
         (DPMSolverMultistepScheduler, 999, r"its last steps return NaN\. Use at most 998 steps"),
+        (DDPMScheduler, 1000, r"IndexError: index 1000 is out of bounds.*Use at most 999 steps"),
     ],
 )
 def test_a_schedule_that_would_fail_mid_run_is_refused_before_any_model(
@@ -338,6 +340,51 @@ def test_a_schedule_that_would_fail_mid_run_is_refused_before_any_model(
         guarded_pipe.scheduler = original
     # Euler interpolates between sigmas: all 1000 steps run.
     assert schedule_problem(EulerDiscreteScheduler.from_config(original.config), 1000) is None
+
+
+_ACCEPTED_SCHEDULERS = (
+    "DDIMScheduler DDPMScheduler DDPMParallelScheduler EulerDiscreteScheduler EulerAncestralDiscreteScheduler "
+    "DPMSolverMultistepScheduler DPMSolverSinglestepScheduler PNDMScheduler HeunDiscreteScheduler "
+    "KDPM2DiscreteScheduler KDPM2AncestralDiscreteScheduler DEISMultistepScheduler UniPCMultistepScheduler "
+    "SASolverScheduler LCMScheduler TCDScheduler CogVideoXDDIMScheduler"
+).split()
+
+
+@pytest.mark.parametrize("name", _ACCEPTED_SCHEDULERS)
+def test_the_dry_run_passes_every_accepted_scheduler_on_the_published_config(name):
+    # DDPM read `sample.shape[1]` of a one-element 1-D stand-in: every call was refused, "use at most None steps".
+    import diffusers
+
+    from diffusers_ruyi._validation import schedule_problem
+
+    config = json.loads((TINY_REALFMT_CHECKPOINT / "scheduler" / "scheduler_config.json").read_text())
+    scheduler = getattr(diffusers, name).from_config(config)
+    for steps in (2, 25, 50):
+        assert schedule_problem(scheduler, steps) is None, (name, steps)
+
+
+def test_ddpm_from_the_published_config_runs(pipe, start_image):
+    original = pipe.scheduler
+    config = json.loads((TINY_REALFMT_CHECKPOINT / "scheduler" / "scheduler_config.json").read_text())
+    pipe.scheduler = DDPMScheduler.from_config({**config, "prediction_type": original.config.prediction_type})
+    try:
+        video = _call(pipe, start_image, num_inference_steps=2, output_type="latent").frames
+    finally:
+        pipe.scheduler = original
+    assert torch.isfinite(video).all()
+
+
+def test_a_scheduler_the_dry_run_cannot_judge_is_left_to_run():
+    # One that fails the stand-in run at every count fails on the stand-in, not on the count: not refused.
+    from diffusers_ruyi._validation import schedule_problem
+
+    scheduler = DDIMScheduler()
+
+    def step(*args, **kwargs):
+        raise IndexError("a scheduler that needs real latents")
+
+    scheduler.step = step
+    assert schedule_problem(scheduler, 25) is None
 
 
 def test_a_callback_editing_the_control_embeddings_in_place_leaves_the_stored_ones(pipe, start_image):
