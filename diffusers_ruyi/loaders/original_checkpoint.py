@@ -1043,9 +1043,10 @@ def is_original_lora_state_dict(state_dict: Dict[str, Any]) -> bool:
 
 def _flat_original_name(name: str) -> str:
     """A module name as the original's `merge_lora` resolves it: what follows the last ``lora_unet_`` (the whole name
-    without one), leading ``_`` dropped. ``lora_unet__blocks_0_attn1_to_q`` (how `LoRANetwork` names it),
-    ``lora_unet_blocks_0_attn1_to_q`` and ``blocks_0_attn1_to_q`` are one module."""
-    return name.split(ORIGINAL_LORA_PREFIX + "_")[-1].lstrip("_")
+    without one), split at ``_`` with empty parts skipped, as its name walk skips them. ``lora_unet__blocks_0_attn1_to_q``
+    (how `LoRANetwork` names it), ``lora_unet_blocks_0_attn1_to_q``, ``blocks_0__attn1_to_q`` and
+    ``blocks_0_attn1_to_q`` are one module."""
+    return "_".join(part for part in name.split(ORIGINAL_LORA_PREFIX + "_")[-1].split("_") if part)
 
 
 def _original_module_path(path: str) -> str:
@@ -1123,7 +1124,8 @@ def _lora_tensor_problem(tensors: Dict[str, Any]) -> Optional[str]:
             return f"{label} is {getattr(tensor, 'dtype', type(tensor).__name__)}, not floating point"
         if tensor.device.type == "meta":
             return f"{label} is on the meta device (it holds no values)"
-        if not bool(torch.isfinite(tensor).all()):
+        # One-byte (float8) tensors have no `isfinite`; the original merges such files, cast to float32 first.
+        if not bool(torch.isfinite(tensor.float() if tensor.element_size() == 1 else tensor).all()):
             return f"{label} holds NaN or infinite values"
     return None
 
@@ -1168,7 +1170,8 @@ def convert_original_lora_state_dict(
     Raises:
         `ValueError`: listing every key that cannot be used: text-encoder entries (Ruyi has no text encoder), names
             that match no Linear/Conv2d module, malformed keys, modules without both `lora_down` and `lora_up`, shapes
-            that do not fit the module, and convolutions other than 1x1 (the original cannot merge those either).
+            that do not fit the module, and convolutions other than 1x1 (the original's merge adds a 1x1 delta to every
+            kernel position of a larger one, which no LoRA layer can represent; it fails on larger LoRA kernels).
     """
     module_map = {_flat_original_name(name): path for name, path in original_lora_module_map(model).items()}
     modules = _lora_target_modules(model)
@@ -1189,7 +1192,7 @@ def convert_original_lora_state_dict(
         else:
             grouped.setdefault(name, {})[element] = value
 
-    incomplete, bad_shapes, zero_alpha, bad_values = [], [], [], []
+    incomplete, bad_shapes, zero_alpha, bad_values, empty = [], [], [], [], []
     converted: Dict[str, torch.Tensor] = {}
     ranks: Dict[str, int] = {}
     alphas: Dict[str, float] = {}
@@ -1216,6 +1219,11 @@ def convert_original_lora_state_dict(
             bad_values.append(f"{name}: {problem}")
             continue
         rank = down.shape[0]
+        if rank == 0 and up.ndim >= 2 and up.shape[1] == 0:
+            # An empty product: the original adds a zero delta (its alpha would divide by the rank: it fails with
+            # one). There is nothing to load, and PEFT has no rank-0 layer.
+            empty.append(name)
+            continue
         if isinstance(module, torch.nn.Conv2d):
             expected_down = (rank, module.in_channels, 1, 1)
             expected_up = (module.out_channels, rank, 1, 1)
@@ -1256,12 +1264,20 @@ def convert_original_lora_state_dict(
         ],
     )
     if not converted:
+        if empty:
+            raise ValueError(
+                f"Every module of this original-format Ruyi LoRA has rank 0, so it changes nothing: {empty}"
+            )
         raise ValueError("The original-format Ruyi LoRA holds no `lora_down`/`lora_up` weights.")
-    if zero_alpha:
-        from diffusers.utils import logging as diffusers_logging
+    from diffusers.utils import logging as diffusers_logging
 
+    if zero_alpha:
         diffusers_logging.get_logger(__name__).warning(
             f"These LoRA modules have alpha=0, so (as in the original merge) they change nothing: {zero_alpha}"
+        )
+    if empty:
+        diffusers_logging.get_logger(__name__).warning(
+            f"These LoRA modules have rank 0, so (as in the original merge) they change nothing and are skipped: {empty}"
         )
     if not return_metadata:
         return converted

@@ -1042,7 +1042,12 @@ class RuyiTransformer3DModel(
         from peft.tuners.tuners_utils import BaseTunerLayer
 
         before = set(getattr(self, "peft_config", None) or {})
-        super().load_lora_adapter(pretrained_model_name_or_path_or_dict, prefix=prefix, hotswap=hotswap, **kwargs)
+        try:
+            super().load_lora_adapter(pretrained_model_name_or_path_or_dict, prefix=prefix, hotswap=hotswap, **kwargs)
+        except Exception:
+            if not hotswap:
+                self._remove_partial_adapters(before)
+            raise
         added = sorted(set(getattr(self, "peft_config", None) or {}) - before)
         if not added:
             return
@@ -1073,6 +1078,32 @@ class RuyiTransformer3DModel(
                 f"The LoRA adapts {what}. It was not loaded: load LoRAs before fusing the projections or applying "
                 "the fp8 mode."
             )
+
+    def _remove_partial_adapters(self, keep: set) -> None:
+        # PEFT wraps layer after layer: a load that fails part-way (diffusers cleans up only when the model already
+        # had adapters) left the layers wrapped so far with the new adapter active, with uninitialised weights under
+        # `low_cpu_mem_usage`. Every adapter the model did not have before goes again; with none before, the wrappers.
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        layers = [module for module in self.modules() if isinstance(module, BaseTunerLayer)]
+        stray = {
+            name
+            for module in layers
+            for table in ("lora_A", "lora_embedding_A")
+            for name in getattr(module, table, {})
+            if name not in keep
+        }
+        stray |= set(getattr(self, "peft_config", None) or {}) - keep
+        if not stray:
+            return
+        if not keep:
+            self.unload_lora()
+            return
+        for module in layers:
+            for name in stray:
+                module.delete_adapter(name)
+        for name in stray:
+            self.peft_config.pop(name, None)
 
     def enable_cache(self, config) -> None:
         r"""

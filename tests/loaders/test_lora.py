@@ -694,8 +694,15 @@ def test_integer_alphas_load_as_the_original_merges_them(clean_pipe, small_input
 
 @pytest.mark.parametrize(
     "rename",
-    [lambda name: name.replace("lora_unet__", "lora_unet_"), lambda name: name.replace("lora_unet__", "")],
-    ids=["single-underscore", "no-prefix"],
+    [
+        lambda name: name.replace("lora_unet__", "lora_unet_"),
+        lambda name: name.replace("lora_unet__", ""),
+        # The original's name walk skips the empty parts of a doubled `_` anywhere in the name.
+        lambda key: (
+            "lora_unet___" + key.split(".")[0][len("lora_unet__") :].replace("_", "__") + key[key.index(".") :]
+        ),
+    ],
+    ids=["single-underscore", "no-prefix", "doubled-underscores"],
 )
 def test_module_names_the_original_merge_resolves(clean_pipe, small_inputs, rename):
     # The original's `merge_lora` takes what follows `lora_unet_` (or the whole name) and walks the modules.
@@ -711,6 +718,80 @@ def test_module_names_the_original_merge_resolves(clean_pipe, small_inputs, rena
     with pytest.raises(ValueError, match="modules named twice, in two spellings"):
         pipe.load_lora_weights(twice)
     _assert_nothing_loaded(pipe)
+
+
+def test_float8_files_load_as_the_original_merges_them(clean_pipe, small_inputs):
+    # `isfinite` has no float8 kernel: a float8_e4m3fn file failed with a NotImplementedError. The original casts the
+    # tensors to float32 and merges them, so the file gives what its float32 upcast gives.
+    pipe, transformer = clean_pipe, clean_pipe.transformer
+    lora, _ = make_original_lora(transformer, ORIGINAL_PATHS)
+    for dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+        stored = {k: v if k.endswith(".alpha") else v.to(dtype) for k, v in lora.items()}
+        pipe.load_lora_weights({k: v.float() for k, v in stored.items()}, adapter_name="upcast")
+        expected = run_transformer(transformer, small_inputs)
+        pipe.unload_lora_weights()
+        pipe.load_lora_weights(stored, adapter_name="float8")
+        torch.testing.assert_close(run_transformer(transformer, small_inputs), expected, atol=0, rtol=0)
+        pipe.unload_lora_weights()
+    bad = {**stored, next(k for k in stored if k.endswith("lora_up.weight")): torch.full((4, 4), float("nan"))}
+    with pytest.raises(ValueError, match="holds NaN or infinite values"):
+        pipe.load_lora_weights({k: v.to(torch.float8_e5m2) for k, v in bad.items()})
+    _assert_nothing_loaded(pipe)
+
+
+def test_rank_zero_modules_are_skipped_as_the_original_adds_nothing(clean_pipe, small_inputs):
+    # PEFT has no rank-0 layer: the load failed inside it. The original merges an empty product, a zero delta.
+    pipe, transformer = clean_pipe, clean_pipe.transformer
+    lora, expected = _original_lora_and_its_output(pipe, small_inputs)
+    extra = "lora_unet__blocks_0_attn1_to_k"
+    in_features = transformer.blocks[0].attn1.to_k.in_features
+    out_features = transformer.blocks[0].attn1.to_k.out_features
+    empty = {
+        f"{extra}.lora_down.weight": torch.zeros(0, in_features),
+        f"{extra}.lora_up.weight": torch.zeros(out_features, 0),
+    }
+    with logged("diffusers_ruyi.loaders.original_checkpoint") as records:
+        pipe.load_lora_weights({**lora, **empty}, adapter_name="with_empty")
+    assert any("have rank 0" in r.getMessage() and extra in r.getMessage() for r in records)
+    torch.testing.assert_close(run_transformer(transformer, small_inputs), expected, atol=0, rtol=0)
+    pipe.unload_lora_weights()
+    with pytest.raises(ValueError, match="has rank 0, so it changes nothing"):
+        pipe.load_lora_weights(empty)
+    _assert_nothing_loaded(pipe)
+
+
+@pytest.mark.parametrize("had_adapter", [False, True])
+def test_a_load_that_fails_inside_peft_leaves_no_half_adapter(clean_pipe, small_inputs, monkeypatch, had_adapter):
+    # PEFT wraps one layer after another: a failure part-way left the layers wrapped so far active, with uninitialised
+    # weights (diffusers cleans up only when the model had adapters before).
+    from peft.tuners.lora.layer import LoraLayer
+
+    pipe, transformer = clean_pipe, clean_pipe.transformer
+    kept, lora = (
+        make_original_lora(transformer, ORIGINAL_PATHS[:3], seed=1)[0],
+        make_original_lora(transformer, ORIGINAL_PATHS)[0],
+    )
+    if had_adapter:
+        pipe.load_lora_weights(kept, adapter_name="kept")
+    before = run_transformer(transformer, small_inputs)
+    update_layer, calls = LoraLayer.update_layer, []
+
+    def failing(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("out of memory, say")
+        return update_layer(self, *args, **kwargs)
+
+    monkeypatch.setattr(LoraLayer, "update_layer", failing)
+    with pytest.raises(RuntimeError, match="out of memory, say"):
+        pipe.load_lora_weights(lora, adapter_name="broken")
+    monkeypatch.undo()
+    assert len(calls) == 4
+    assert list(getattr(transformer, "peft_config", {})) == (["kept"] if had_adapter else [])
+    adapters = {n for m in transformer.modules() if isinstance(m, BaseTunerLayer) for n in m.lora_A}
+    assert adapters == ({"kept"} if had_adapter else set())
+    torch.testing.assert_close(run_transformer(transformer, small_inputs), before, atol=0, rtol=0)
+    pipe.unload_lora_weights()
 
 
 @pytest.mark.parametrize("key", ["blocks.0.attn1.to_q.lora_magnitude_vector", "blocks.0.attn1.to_q.dora_scale"])
