@@ -213,6 +213,23 @@ def _rgb(image, name: str):
     return checked_image_to_rgb(image, name)
 
 
+def _one_start_frame(pipe, image):
+    """One start frame, in any form the pipeline takes for one image (an array or tensor goes through its converter),
+    as a PIL image. A list, or an array of several frames, would be a batch of which one video would be kept."""
+    import numpy as np
+    import PIL.Image
+    import torch
+
+    frames = pipe._to_pil(image, "image") if isinstance(image, (np.ndarray, torch.Tensor)) else None
+    if not isinstance(image, PIL.Image.Image) and (frames is None or len(frames) != 1):
+        raise TypeError(
+            "`image` must be one start frame (a PIL.Image.Image, an (H, W, C) array or a (C, H, W) tensor), got "
+            f"{type(image).__name__}; to start from several frames, continue them (`extend_video`, or `context` "
+            "in a continuation plan)."
+        )
+    return frames[0] if frames else image
+
+
 def _to_pil(frame):
     """An RGB frame array as a PIL image: uint8 as it is, float in [0, 1] rounded to uint8 (PIL frames given as
     arguments are read with `_rgb`)."""
@@ -321,7 +338,8 @@ def iter_video_segments(
         pipe ([`RuyiImageToVideoPipeline`]): The pipeline.
         plan (`List[SegmentPlan]`): From [`plan_segments`].
         height (`int`), width (`int`): The size of every segment, multiples of 16.
-        image (`PIL.Image.Image`, *optional*): The start frame, for a plan whose first segment has no context.
+        image (`PIL.Image.Image`, `np.ndarray` or `torch.Tensor`, *optional*): The start frame, for a plan whose
+            first segment has no context (one image, in any form the pipeline takes for one).
         context (`Sequence`, *optional*): The frames the video continues (PIL images, uint8 arrays, or float arrays
             in [0, 1]); only the last ones are used.
         last_image (`PIL.Image.Image` or `List[PIL.Image.Image]`, *optional*): The end frame(s) of the last segment.
@@ -348,12 +366,7 @@ def iter_video_segments(
     if plan[0].context_frames and image is not None:
         raise ValueError("The plan continues `context` frames, so `image` would be ignored: pass one or the other.")
     if image is not None:
-        if not isinstance(image, PIL.Image.Image):  # a list would be a batch, of which one video would be kept
-            raise TypeError(
-                f"`image` must be one PIL.Image.Image, the start frame, got {type(image).__name__}; to start from "
-                "several frames, pass them as `context` to a continuation plan."
-            )
-        image = _rgb(image, "image")
+        image = _rgb(_one_start_frame(pipe, image), "image")
     if not plan[0].context_frames and context is not None:
         raise ValueError(
             "The plan starts a new video from `image`, so `context` would be ignored: plan a continuation "
@@ -494,17 +507,8 @@ def generate_long_video(
         [`RuyiPipelineOutput`] or `tuple`: `frames` holds one video, `(1, num_frames, H, W, 3)` for `"np"`.
     """
     import numpy as np
-    import PIL.Image
-    import torch
 
-    # One start frame, in any form the pipeline takes for one image (an array or tensor goes through its converter).
-    frames = pipe._to_pil(image, "image") if isinstance(image, (np.ndarray, torch.Tensor)) else None
-    if not isinstance(image, PIL.Image.Image) and (frames is None or len(frames) != 1):
-        raise TypeError(
-            "`image` must be one start frame (a PIL.Image.Image, an (H, W, C) array or a (C, H, W) tensor), got "
-            f"{type(image).__name__}; to start from several frames, continue them with `extend_video`."
-        )
-    image = frames[0] if frames else image
+    image = _one_start_frame(pipe, image)
     _check_output_arguments(output_type, callback_on_segment_end, return_dict)
     ends = _end_frames(last_image)
     plan = plan_segments(num_frames, context_frames, segment_frames, end_frames=len(ends))

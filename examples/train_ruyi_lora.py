@@ -17,7 +17,6 @@ dataset layout, FSDP/DeepSpeed configurations and memory tips.
 """
 
 import argparse
-import copy
 import difflib
 import functools
 import json
@@ -611,8 +610,15 @@ class VideoFolderDataset(torch.utils.data.Dataset):
 
     @staticmethod
     def _paired_image(video_path: str) -> Optional[str]:
-        stem = os.path.splitext(video_path)[0]
-        return next((stem + ext for ext in IMAGE_EXTENSIONS if os.path.isfile(stem + ext)), None)
+        # The extension in any case, as videos are found (cameras write `.JPG`); the stem as it is.
+        folder, stem = os.path.split(os.path.splitext(video_path)[0])
+        found = [
+            (IMAGE_EXTENSIONS.index(ext.lower()), name)
+            for name in os.listdir(folder or ".")
+            for base, ext in [os.path.splitext(name)]
+            if base == stem and ext.lower() in IMAGE_EXTENSIONS and os.path.isfile(os.path.join(folder, name))
+        ]
+        return os.path.join(folder, min(found)[1]) if found else None
 
     def set_epoch(self, epoch: int) -> None:
         """Called by accelerate's data loader at the start of every pass."""
@@ -901,13 +907,10 @@ def _train(argv: Optional[Sequence[str]]) -> str:
         )
     pipe.set_progress_bar_config(disable=True)
     if args.validation_steps:  # the sampler's limits are known now: fail before training, not at the first validation
-        try:
-            copy.deepcopy(pipe.scheduler).set_timesteps(args.validation_num_inference_steps)
-        except (ValueError, IndexError) as e:
-            raise ValueError(
-                f"--validation_num_inference_steps {args.validation_num_inference_steps}: "
-                f"{type(pipe.scheduler).__name__} cannot make that schedule ({e})."
-            ) from None
+        try:  # the check of the pipeline's call: a schedule it can make, and run to the end
+            pipe.check_num_inference_steps(args.validation_num_inference_steps)
+        except ValueError as e:
+            raise ValueError(f"--validation_num_inference_steps {args.validation_num_inference_steps}: {e}") from None
     transformer = pipe.transformer
     for model in (pipe.vae, pipe.image_encoder, transformer):
         model.requires_grad_(False)

@@ -2,6 +2,7 @@
 
 import contextlib
 import functools
+import math
 import os
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
@@ -140,9 +141,10 @@ def _check_no_fp8_targets(state_dict: Dict[str, torch.Tensor], transformer: torc
             stored.add(path)
     if stored:
         raise ValueError(
-            f"The LoRA adapts {len(stored)} layers whose weights are stored in fp8 (`apply_fp8_mode`), e.g. "
-            f"{sorted(stored)[:3]}: their adapters would be made in fp8. Load LoRAs before `apply_fp8_mode` (it leaves "
-            "their layers in full precision), or fuse them first, as `ruyi-i2v` does."
+            f"The LoRA adapts {len(stored)} layers whose weights are stored in fp8 (`apply_fp8_mode` or "
+            f"`enable_layerwise_casting`), e.g. {sorted(stored)[:3]}: their adapters would be made in fp8. Load LoRAs "
+            "before `apply_fp8_mode` (it leaves their layers in full precision) or layerwise casting, or fuse them "
+            "first, as `ruyi-i2v` does."
         )
 
 
@@ -297,6 +299,11 @@ def _set_scalings(
     default_rank = lora_config.get("r") or max(ranks.values(), default=1)
     rank_pattern, alpha_pattern = lora_config.get("rank_pattern") or {}, lora_config.get("alpha_pattern") or {}
     default_alpha = lora_config.get("lora_alpha")
+    use_rslora = bool(lora_config.get("use_rslora", False))  # PEFT's rank-stabilised scaling: alpha / sqrt(r)
+
+    def norm(rank: int) -> float:
+        return math.sqrt(rank) if use_rslora else rank
+
     for name, module in transformer.named_modules():
         if not isinstance(module, LoraLayer) or adapter_name not in module.scaling:
             continue
@@ -306,13 +313,15 @@ def _set_scalings(
             get_pattern_key(alpha_pattern.keys(), name), rank if default_alpha is None else default_alpha
         )
         if isinstance(module.scaling[adapter_name], torch.Tensor):
-            module.scaling[adapter_name].fill_(alpha / rank)
+            module.scaling[adapter_name].fill_(alpha / norm(rank))
         else:
-            module.scaling[adapter_name] = alpha / rank
+            module.scaling[adapter_name] = alpha / norm(rank)
         layer_rank = module.r[adapter_name]
-        module.lora_alpha[adapter_name] = alpha if layer_rank == rank else alpha * layer_rank / rank
+        module.lora_alpha[adapter_name] = alpha if layer_rank == rank else alpha * norm(layer_rank) / norm(rank)
+        module.use_rslora[adapter_name] = use_rslora
     config = getattr(transformer, "peft_config", {}).get(adapter_name)
     if config is not None:
+        config.use_rslora = use_rslora
         for field in ("lora_alpha", "alpha_pattern"):
             if field in lora_config:
                 setattr(config, field, lora_config[field])

@@ -522,7 +522,20 @@ MODEL_LOADING_KWARGS = (
     "use_safetensors", "quantization_config", "use_flashpack", "flashpack_kwargs", "disable_mmap",
     "ignore_mismatched_sizes", "output_loading_info", "dduf_entries", "user_agent", "mirror", "local_dir",
     "local_dir_use_symlinks", "provider", "provider_options", "sess_options", "return_unused_kwargs",
+    "parallel_config",
 )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=None)
+def _installed_diffusers_loading_kwargs() -> frozenset:
+    # What the installed diffusers' `ModelMixin.from_pretrained` pops: a newer release's options are not refused.
+    from diffusers.models.modeling_utils import ModelMixin
+
+    try:
+        source = inspect.getsource(ModelMixin.from_pretrained)
+    except (OSError, TypeError):  # no source shipped
+        return frozenset()
+    return frozenset(re.findall(r"kwargs\.pop\(\s*[\"'](\w+)[\"']", source))
 
 
 def check_model_loading_kwargs(cls: type, kwargs: Dict[str, Any]) -> None:
@@ -530,7 +543,8 @@ def check_model_loading_kwargs(cls: type, kwargs: Dict[str, Any]) -> None:
     would ignore them (a misspelt `dtpye=` loaded in float32)."""
     import difflib
 
-    known = set(MODEL_LOADING_KWARGS) | set(inspect.signature(cls.__init__).parameters) - {"self"}
+    known = set(MODEL_LOADING_KWARGS) | _installed_diffusers_loading_kwargs()
+    known |= set(inspect.signature(cls.__init__).parameters) - {"self"}
     unknown = sorted(key for key in kwargs if key not in known and not key.startswith("_"))
     if unknown:
         hints = [
@@ -695,7 +709,8 @@ def check_no_fp8_storage(model: Any, name: str) -> None:
     stored = [param_name for param_name, param in model.named_parameters() if is_fp8_dtype(param.dtype)]
     if stored:
         raise ValueError(
-            f"The {name} stores {len(stored)} weights in fp8 (`apply_fp8_mode`, e.g. {stored[0]!r}): saved, they would "
+            f"The {name} stores {len(stored)} weights in fp8 (`apply_fp8_mode` or `enable_layerwise_casting`, e.g. "
+            f"{stored[0]!r}): saved, they would "
             "load back as full-precision weights rounded to fp8, with no fp8 mode. Save the model before applying "
             "the fp8 mode (and apply it again after loading)."
         )

@@ -759,14 +759,23 @@ def _lora_scaled(forward):
             if scale == 1.0 or tuners is None
             else [m for m in self.modules() if isinstance(m, tuners.BaseTunerLayer)]
         )
-        saved = [dict(layer.scaling) for layer in layers]
+        # After `enable_lora_hotswap` the scalings are tensors that `scale_layer` changes in place: saved as copies
+        # and put back in place (a compiled graph holds those very tensors).
+        saved = [
+            {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in layer.scaling.items()} for layer in layers
+        ]
         for layer in layers:
             layer.scale_layer(scale)
         try:
             return forward(self, *args, **kwargs)
         finally:
             for layer, scaling in zip(layers, saved):
-                layer.scaling.update(scaling)
+                for key, value in scaling.items():
+                    current = layer.scaling.get(key)
+                    if isinstance(value, torch.Tensor) and isinstance(current, torch.Tensor):
+                        current.copy_(value)
+                    else:
+                        layer.scaling[key] = value
 
     return wrapper
 
@@ -1027,7 +1036,7 @@ class RuyiTransformer3DModel(
         ]
         if stored:  # concatenating fp8 weights fails deep inside torch, and the fused layer would have no fp8 hook
             raise ValueError(
-                f"Cannot fuse the QKV projections: {len(stored)} of them are stored in fp8 (`apply_fp8_mode`, e.g. "
+                f"Cannot fuse the QKV projections: {len(stored)} of them are stored in fp8 (`apply_fp8_mode` or `enable_layerwise_casting`, e.g. "
                 f"{stored[:3]}). Fuse them before applying the fp8 mode."
             )
         super().fuse_qkv_projections()
@@ -1072,7 +1081,7 @@ class RuyiTransformer3DModel(
             what = (
                 f"projections that `fuse_qkv_projections()` replaced ({fused[:3]}), whose adapters would never run"
                 if fused
-                else f"layers stored in fp8 (`apply_fp8_mode`, {stored[:3]}), where the adapters would be made in fp8"
+                else f"layers stored in fp8 ({stored[:3]}), where the adapters would be made in fp8"
             )
             raise ValueError(
                 f"The LoRA adapts {what}. It was not loaded: load LoRAs before fusing the projections or applying "

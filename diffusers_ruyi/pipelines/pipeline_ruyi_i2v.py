@@ -13,6 +13,7 @@
 # limitations under the License.
 
 import contextlib
+import copy
 import hashlib
 import inspect
 import json
@@ -786,12 +787,46 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                 videos.append(self._to_pil(entry, f"{name}[{k}]"))
         return videos
 
+    def check_num_inference_steps(self, num_inference_steps: int) -> None:
+        r"""
+        Checks that the pipeline's scheduler can make and run a schedule of `num_inference_steps` steps, as a call
+        does before any model runs (a training script's validation steps, say, can be checked before training).
+
+        With Ruyi's scheduler config (`timestep_spacing="leading"`, `steps_offset=1`), DDIM, DDPM and PNDM pass their
+        last training timestep at 1,000 steps and DPM++ ends in NaN at 999: the schedule is run once on a copy of
+        the scheduler with a one-element sample (milliseconds; the global random state is kept).
+
+        Raises:
+            `TypeError` or `ValueError`: naming the number of steps that works.
+        """
+        self._check_count("num_inference_steps", num_inference_steps)
+        try:
+            copy.deepcopy(self.scheduler).set_timesteps(num_inference_steps, device="cpu")
+        except (ValueError, IndexError) as error:  # PNDM's warm-up, for one, needs at least 4 steps
+            train_steps = getattr(self.scheduler.config, "num_train_timesteps", None)
+            too_many = isinstance(train_steps, int) and num_inference_steps > train_steps
+            raise ValueError(
+                f"{type(self.scheduler).__name__} cannot make a schedule of num_inference_steps={num_inference_steps} "
+                f"({error}); use {f'at most {train_steps}' if too_many else 'more'} steps."
+            ) from error
+        problem = schedule_problem(self.scheduler, num_inference_steps)
+        if problem is not None:  # it would fail mid-run, or end in NaN
+            most = next(
+                (n for n in range(num_inference_steps - 1, 0, -1) if schedule_problem(self.scheduler, n) is None), None
+            )
+            raise ValueError(
+                f"{type(self.scheduler).__name__} cannot run num_inference_steps={num_inference_steps} with its config "
+                f"(`timestep_spacing`, `steps_offset`): {problem}. "
+                + (f"Use at most {most} steps." if most else "Use more steps.")
+            )
+
     def _check_callback_outputs(self, outputs: Any, current: Dict[str, torch.Tensor]) -> Dict[str, Any]:
         """What `callback_on_step_end` returned: a dict of tensors to replace, named as in `_callback_tensor_inputs`
         (a misspelt name would be dropped without a word, and `None` fail on the next line), each a finite
-        floating-point tensor of the shape, dtype and device of the one it replaces (``current``): another would fail
-        in the next step under another argument's name, run the rest of the call in another dtype, or turn the video
-        to NaN."""
+        floating-point tensor of the shape of the one it replaces (``current``), finite: another would fail in the
+        next step under another argument's name, or turn the video to NaN. Each is cast to the dtype and device of the
+        one it replaces, as a `latents` argument is cast (arithmetic with a float32 tensor promotes bfloat16 latents:
+        the rest of the call would have run in float32, or failed in the transformer)."""
         if not isinstance(outputs, dict):
             raise TypeError(
                 f"`callback_on_step_end` must return a dict (its `callback_kwargs`, changed or not), got "
@@ -803,6 +838,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                 f"`callback_on_step_end` returned {unknown}, which the pipeline does not take; it takes "
                 f"{self._callback_tensor_inputs}."
             )
+        checked = {}
         for name, value in outputs.items():
             expected = tuple(current[name].shape)
             if not isinstance(value, torch.Tensor) or not value.is_floating_point():
@@ -816,17 +852,11 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                     f"`callback_on_step_end` returned `{name}` of shape {tuple(value.shape)}; it must keep the shape "
                     f"{expected}."
                 )
-            # (Another dtype failed in the next step under the transformer's argument names, or for `latents` ran
-            # the rest of the call in it.)
-            dtype, device = current[name].dtype, current[name].device
-            if value.dtype != dtype or value.device != device:
-                raise TypeError(
-                    f"`callback_on_step_end` returned `{name}` as {value.dtype} on {value.device}; it must keep the "
-                    f"dtype and device of the one it replaces: `.to({device.type!r}, {dtype})`."
-                )
+            value = value.to(device=current[name].device, dtype=current[name].dtype)
             if not bool(torch.isfinite(value).all()):
                 raise ValueError(f"`callback_on_step_end` returned `{name}` holding NaN or infinite values.")
-        return dict(outputs)
+            checked[name] = value
+        return checked
 
     @staticmethod
     def _check_count(name: str, value) -> None:
@@ -1660,25 +1690,8 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             prompt_attention_mask_2 = torch.cat([negative_prompt_attention_mask_2, prompt_attention_mask_2])
 
         # 3. Prepare timesteps.
-        try:
-            self.scheduler.set_timesteps(num_inference_steps, device=device)
-        except (ValueError, IndexError) as error:  # PNDM's warm-up, for one, needs at least 4 steps
-            train_steps = getattr(self.scheduler.config, "num_train_timesteps", None)
-            too_many = isinstance(train_steps, int) and num_inference_steps > train_steps
-            raise ValueError(
-                f"{type(self.scheduler).__name__} cannot make a schedule of num_inference_steps={num_inference_steps} "
-                f"({error}); use {f'at most {train_steps}' if too_many else 'more'} steps."
-            ) from error
-        problem = schedule_problem(self.scheduler, num_inference_steps)
-        if problem is not None:  # it would fail mid-run, or end in NaN
-            most = next(
-                (n for n in range(num_inference_steps - 1, 0, -1) if schedule_problem(self.scheduler, n) is None), None
-            )
-            raise ValueError(
-                f"{type(self.scheduler).__name__} cannot run num_inference_steps={num_inference_steps} with its config "
-                f"(`timestep_spacing`, `steps_offset`): {problem}. "
-                + (f"Use at most {most} steps." if most else "Use more steps.")
-            )
+        self.check_num_inference_steps(num_inference_steps)
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
 

@@ -86,16 +86,26 @@ def test_metadata_naming_no_clip_is_refused(script, video_dir, tmp_path):
         script.VideoFolderDataset(str(folder), num_frames=8, height=32, width=48)
 
 
-def test_a_schedule_only_the_loaded_sampler_refuses_stops_before_training(script, video_dir, tmp_path):
+@pytest.mark.parametrize(
+    "sampler, steps, match",
+    [
+        ("PNDMScheduler", "3", r"PNDMScheduler cannot make"),
+        # It makes 1000 steps but fails on the last one: the first validation, hours into a run, stopped it.
+        ("DDIMScheduler", "1000", r"DDIMScheduler cannot run num_inference_steps=1000 .*Use at most 999 steps"),
+    ],
+)
+def test_a_schedule_only_the_loaded_sampler_refuses_stops_before_training(
+    script, video_dir, tmp_path, sampler, steps, match
+):
     # PNDM cannot make 3 steps, which only the loaded scheduler tells (the argument check knows the step limit).
-    from diffusers import PNDMScheduler
+    import diffusers
 
     pipe = load_pipe(TINY, dtype=torch.float32)
-    pipe.scheduler = PNDMScheduler.from_config(pipe.scheduler.config)
-    pipe.save_pretrained(tmp_path / "pndm")
-    args = _args(video_dir, tmp_path / "run", "--validation_steps", "1", "--validation_num_inference_steps", "3")
-    args[args.index(str(TINY))] = str(tmp_path / "pndm")
-    with pytest.raises(ValueError, match=r"--validation_num_inference_steps 3: PNDMScheduler cannot make"):
+    pipe.scheduler = getattr(diffusers, sampler).from_config(pipe.scheduler.config)
+    pipe.save_pretrained(tmp_path / "sampler")
+    args = _args(video_dir, tmp_path / "run", "--validation_steps", "1", "--validation_num_inference_steps", steps)
+    args[args.index(str(TINY))] = str(tmp_path / "sampler")
+    with pytest.raises(ValueError, match=f"--validation_num_inference_steps {steps}: {match}"):
         script.main(args)
     assert not any(name.startswith("checkpoint-") for name in os.listdir(tmp_path / "run"))
 
@@ -375,6 +385,19 @@ def test_a_window_is_read_without_decoding_the_rest(script, video_dir, monkeypat
         expected += [expected[-1]] * (num_frames - len(expected))  # a short clip ends on its last frame
         assert len(frames) == num_frames and all(np.array_equal(a, b) for a, b in zip(frames, expected))
         assert len(decoded) <= min(start + span + 1, 10)
+
+
+def test_paired_images_are_found_whatever_the_case_of_their_extension(script, video_dir, tmp_path):
+    # Videos were found in any case but images only as `.png`: a camera's `clip.JPG` was ignored without a word.
+    folder = tmp_path / "clips"
+    shutil.copytree(video_dir, folder)
+    os.replace(folder / "clip_2.png", folder / "clip_2.PNG")
+    os.replace(folder / "clip_0.mp4", folder / "CLIP_0.MP4")
+    shutil.copy(folder / "clip_2.PNG", folder / "CLIP_0.Jpg")  # any decodable image: it is read by content
+    shutil.copy(folder / "clip_2.PNG", folder / "clip_0.png")  # another stem: not CLIP_0's
+    dataset = script.VideoFolderDataset(str(folder), num_frames=8, height=32, width=48)
+    paired = {os.path.basename(v): i and os.path.basename(i) for v, i in zip(dataset.videos, dataset.start_images)}
+    assert paired["clip_2.mp4"] == "clip_2.PNG" and paired["CLIP_0.MP4"] == "CLIP_0.Jpg"
 
 
 def test_a_paired_image_trains_on_the_window_it_starts(script, video_dir, monkeypatch):

@@ -117,3 +117,50 @@ def test_a_hot_swap_takes_the_new_files_alphas_in_either_format(tiny_pipe, tmp_p
     tiny_pipe.set_adapters("slot", 1.0)
     assert torch.equal(_latents(tiny_pipe), fresh)
     assert tiny_pipe.transformer.peft_config["slot"].lora_alpha == 4.0
+
+
+def _peft_file(directory, seed, **config):
+    """A diffusers-format LoRA file with its config, of a random adapter on the attention projections."""
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    transformer = build_tiny_random_pipeline().transformer
+    torch.manual_seed(seed)
+    options = dict(r=4, lora_alpha=8, target_modules=["to_q", "to_k", "to_v"], init_lora_weights=False)
+    transformer.add_adapter(LoraConfig(**{**options, **config}))
+    type(build_tiny_random_pipeline()).save_lora_weights(
+        directory,
+        transformer_lora_layers=get_peft_model_state_dict(transformer),
+        transformer_lora_adapter_metadata=transformer.peft_config["default"].to_dict(),
+    )
+    return directory / "pytorch_lora_weights.safetensors"
+
+
+def test_a_call_scale_is_undone_on_hotswap_ready_scalings(tiny_pipe, tmp_path):
+    # `enable_lora_hotswap` makes the scalings tensors, which `scale_layer` changes in place: a shallow copy of them
+    # restored the scaled tensor, so the scale of one call stayed for every later call (compounded per step).
+    tiny_pipe.enable_lora_hotswap(target_rank=8)
+    tiny_pipe.load_lora_weights(_peft_file(tmp_path, seed=0), adapter_name="slot")
+    reference = _latents(tiny_pipe)
+    _latents(tiny_pipe, attention_kwargs={"scale": 0.5})
+    assert torch.equal(_latents(tiny_pipe), reference)
+
+
+@pytest.mark.parametrize("prepared", [False, True], ids=["same-rank", "enable_lora_hotswap"])
+def test_hotswapping_an_rslora_file_scales_as_loading_it(tiny_pipe, tmp_path, prepared):
+    # The hot-swap set every module's scaling to alpha / r, where a rank-stabilised adapter has alpha / sqrt(r).
+    rank = 2 if prepared else 4
+    first = _peft_file(tmp_path / "a", seed=0, use_rslora=True)  # PEFT swaps only between rslora configs
+    second = _peft_file(tmp_path / "b", seed=1, r=rank, lora_alpha=8, use_rslora=True)
+    fresh = build_tiny_random_pipeline()
+    fresh.set_progress_bar_config(disable=True)
+    fresh.load_lora_weights(second, adapter_name="slot")
+    expected = _latents(fresh)
+    if prepared:
+        tiny_pipe.enable_lora_hotswap(target_rank=8)
+    tiny_pipe.load_lora_weights(first, adapter_name="slot")
+    tiny_pipe.load_lora_weights(second, adapter_name="slot", hotswap=True)
+    torch.testing.assert_close(_latents(tiny_pipe), expected, atol=1e-6, rtol=0)
+    tiny_pipe.set_adapters("slot", 1.0)  # from the layers' `lora_alpha`, as PEFT recomputes it
+    torch.testing.assert_close(_latents(tiny_pipe), expected, atol=1e-6, rtol=0)
+    assert tiny_pipe.transformer.peft_config["slot"].use_rslora

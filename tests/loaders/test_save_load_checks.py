@@ -46,6 +46,28 @@ def test_model_config_overrides_and_loading_options_are_still_taken(saved):
     assert model.dtype == torch.float32
 
 
+def test_every_option_of_the_installed_diffusers_is_taken(saved, monkeypatch):
+    # `parallel_config` (context parallelism) was missing from the list and refused.
+    import inspect
+    import re
+
+    from diffusers.models.modeling_utils import ModelMixin
+
+    from diffusers_ruyi.loaders import model_loading
+
+    popped = set(re.findall(r"kwargs\.pop\(\s*\"(\w+)\"", inspect.getsource(ModelMixin.from_pretrained)))
+    assert "parallel_config" in popped and popped <= set(model_loading.MODEL_LOADING_KWARGS)
+    model = RuyiTransformer3DModel.from_pretrained(saved, subfolder="transformer", parallel_config=None)
+    assert model._parallel_config is None
+    # An option only a newer diffusers pops is read from its source rather than refused.
+    model_loading._installed_diffusers_loading_kwargs.cache_clear()
+    monkeypatch.setattr(inspect, "getsource", lambda obj: 'x = kwargs.pop("a_newer_option", None)')
+    try:
+        assert "a_newer_option" in model_loading._installed_diffusers_loading_kwargs()
+    finally:
+        model_loading._installed_diffusers_loading_kwargs.cache_clear()
+
+
 def test_saving_unsharded_over_a_sharded_save_leaves_no_stale_index(saved, tmp_path):
     # diffusers removes the old shards but kept their index, which loading then followed to missing files.
     model = RuyiTransformer3DModel.from_pretrained(saved, subfolder="transformer")

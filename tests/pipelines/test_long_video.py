@@ -470,7 +470,8 @@ _FRAME = PIL.Image.new("RGB", (48, 32))
             "`context\\[0\\]` is a 32-bit float image",
         ),
         # A list is a batch to the pipeline, of which only the first video would be kept.
-        (plan_segments(8), dict(image=[_FRAME, _FRAME]), TypeError, "`image` must be one PIL.Image.Image"),
+        (plan_segments(8), dict(image=[_FRAME, _FRAME]), TypeError, "`image` must be one start frame"),
+        (plan_segments(8), dict(image=np.zeros((2, 32, 48, 3), np.uint8)), TypeError, "`image` must be one start"),
         (plan_segments(8), dict(image=PIL.Image.new("I", (48, 32))), ValueError, "`image` is a 32-bit"),
         (plan_segments(8), dict(image=_FRAME, last_image=PIL.Image.new("RGB", (0, 0))), ValueError, "empty image"),
     ],
@@ -478,3 +479,19 @@ _FRAME = PIL.Image.new("RGB", (48, 32))
 def test_iter_refuses_what_it_would_ignore_or_change(guarded_pipe, plan, kwargs, error, match):
     with pytest.raises(error, match=match):
         next(iter_video_segments(guarded_pipe, plan, 32, 48, **kwargs))
+
+
+def test_iter_takes_one_start_frame_in_any_form_the_pipeline_takes(pipe):
+    # It refused arrays and tensors, which `generate_long_video` and the pipeline take for one image.
+    rgb = np.random.default_rng(0).integers(0, 256, (32, 48, 3), dtype=np.uint8)
+
+    def frames(image):
+        segments = iter_video_segments(
+            pipe, plan_segments(8), 32, 48, image=image, generator=torch.Generator().manual_seed(0),
+            num_inference_steps=1,
+        )  # fmt: skip
+        return next(segments)[1]
+
+    expected = frames(PIL.Image.fromarray(rgb))
+    for image in (rgb, rgb.astype(np.float32) / 255, torch.from_numpy(rgb).permute(2, 0, 1).float() / 255):
+        np.testing.assert_array_equal(frames(image), expected)

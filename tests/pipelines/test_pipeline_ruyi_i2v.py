@@ -296,10 +296,8 @@ def test_a_callback_sets_the_guidance_of_the_later_steps(pipe, start_image):
         (lambda k: {"latents": 3}, TypeError, r"returned `latents` as int; it must be a floating-point tensor"),
         (lambda k: {"latents": k["latents"].long()}, TypeError, r"returned `latents` as torch.int64"),
         (lambda k: {"latents": k["latents"] * float("nan")}, ValueError, r"`latents` holding NaN or infinite"),
-        # Another dtype ran the rest of the call in it (`latents`), or failed in the next step under the
-        # transformer's argument names.
-        (lambda k: {"latents": k["latents"].bfloat16()}, TypeError, r"returned `latents` as torch.bfloat16 on cpu"),
-        (lambda k: {"latents": k["latents"].double()}, TypeError, r"keep the dtype and device .*torch.float32\)"),
+        # Finite in float64, infinite in the pipeline's float32.
+        (lambda k: {"latents": k["latents"].double() * 1e300}, ValueError, r"`latents` holding NaN or infinite"),
     ],
 )
 def test_what_a_callback_returns_is_checked(pipe, start_image, returned, error, match):
@@ -311,6 +309,25 @@ def test_what_a_callback_returns_is_checked(pipe, start_image, returned, error, 
         _call(pipe, start_image, num_inference_steps=2, callback_on_step_end=callback, output_type="latent")
     # Returned as they came, or replaced by a tensor of the same shape, they go on.
     _call(pipe, start_image, num_inference_steps=2, callback_on_step_end=lambda p, i, t, k: k, output_type="latent")
+
+
+@pytest.mark.parametrize("name", ["latents", "prompt_embeds", "inpaint_latents"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_a_callback_tensor_of_another_float_dtype_is_cast_back(pipe, start_image, name, dtype):
+    # Arithmetic with a float32 tensor promotes bfloat16 latents: another dtype ran the rest of the call in it
+    # (`latents`) or failed in the next step under the transformer's argument names. It is cast, as `latents=` is.
+    def callback(cast_back: bool):
+        def edit(p, i, t, kwargs):
+            value = (kwargs[name] * 0.5).to(dtype)
+            return {name: value.float() if cast_back else value}
+
+        return edit
+
+    args = dict(num_inference_steps=2, output_type="latent", callback_on_step_end_tensor_inputs=[name])
+    expected = _call(pipe, start_image, callback_on_step_end=callback(True), **args)
+    got = _call(pipe, start_image, callback_on_step_end=callback(False), **args)
+    assert got.frames.dtype == torch.float32
+    torch.testing.assert_close(got.frames, expected.frames, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize(
@@ -350,6 +367,7 @@ _ACCEPTED_SCHEDULERS = (
 ).split()
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # numpy's, from inside diffusers' SA-Solver
 @pytest.mark.parametrize("name", _ACCEPTED_SCHEDULERS)
 def test_the_dry_run_passes_every_accepted_scheduler_on_the_published_config(name):
     # DDPM read `sample.shape[1]` of a one-element 1-D stand-in: every call was refused, "use at most None steps".
@@ -372,6 +390,17 @@ def test_ddpm_from_the_published_config_runs(pipe, start_image):
     finally:
         pipe.scheduler = original
     assert torch.isfinite(video).all()
+
+
+def test_check_num_inference_steps_checks_without_changing_the_scheduler(pipe):
+    pipe.scheduler.set_timesteps(7)
+    before = pipe.scheduler.timesteps.clone()
+    pipe.check_num_inference_steps(999)
+    with pytest.raises(ValueError, match=r"DDIMScheduler cannot run num_inference_steps=1000 .*Use at most 999"):
+        pipe.check_num_inference_steps(1000)
+    with pytest.raises(TypeError, match=r"`num_inference_steps` must be a positive integer, got float 2.0"):
+        pipe.check_num_inference_steps(2.0)
+    assert torch.equal(pipe.scheduler.timesteps, before)
 
 
 def test_a_scheduler_the_dry_run_cannot_judge_is_left_to_run():
