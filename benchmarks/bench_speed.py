@@ -79,7 +79,8 @@ def worker(args) -> None:
 
     dtype = getattr(torch, args.dtype)
     device = torch.device(args.device)
-    pipe = RuyiImageToVideoPipeline.from_pretrained(args.checkpoint, dtype={"default": dtype, "vae": torch.float32})
+    # Every model in `dtype`, as the original's driver (and predict_i2v.py) runs them.
+    pipe = RuyiImageToVideoPipeline.from_pretrained(args.checkpoint, dtype=dtype)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     transformer = pipe.transformer
@@ -305,7 +306,8 @@ def main() -> None:
                     result = run_worker([
                         args.reference_python, os.path.join(HERE, "original_driver.py"), "--reference",
                         args.reference, "run-pipeline", "--checkpoint", checkpoint, "--motion", "2", "--cam", "left",
-                        "--time-denoiser", "--save", out, "--posterior-noise-as-package", *common,
+                        "--time-denoiser", "--save", out, "--posterior-noise-as-package", "--warmup",
+                        str(args.warmup), *common,
                         *(extra if variant == "original_teacache" else []),
                     ])  # fmt: skip
                     result["seconds_per_step"] = result.get("denoise_seconds_per_step")

@@ -219,7 +219,9 @@ def main() -> None:
     parser.add_argument("--reference", default=None, help="Path of an original Ruyi-Models checkout.")
     parser.add_argument("--reference-python", default=None, help="Interpreter that can import the original.")
     parser.add_argument("--modes", default="untiled,tiled", help="Comma list of untiled/tiled/original-tiled.")
-    parser.add_argument("--reference-modes", default="untiled,tiled", help="Modes also run with the original.")
+    parser.add_argument(
+        "--reference-modes", default=None, help="Modes also run with the original (default: every one of --modes)."
+    )
     parser.add_argument("--keep", default=None, help="Keep the temporary folder at this path.")
     # Internal: worker mode.
     parser.add_argument("--_worker", action="store_true", help=argparse.SUPPRESS)
@@ -268,7 +270,7 @@ def main() -> None:
     for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
         tiling = {"tiled": ["--tiling"], "original-tiled": ["--tiling", "--original-tiling"]}.get(mode, [])
         impls = [("ours", sys.executable, dict(os.environ))]
-        if args.reference and mode in args.reference_modes.split(","):
+        if args.reference and mode in (args.reference_modes or args.modes).split(","):
             env = dict(os.environ, PYTHONPATH=os.path.abspath(args.reference))
             impls.append(("original", args.reference_python, env))
         for impl, python, env in impls:

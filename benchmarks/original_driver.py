@@ -186,15 +186,9 @@ def run_pipeline(args) -> dict:
 
         pipe.transformer.forward = timed_forward
 
-    timings = []
-    for _ in range(args.repeats):
-        denoise_times.clear()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
+    def generate():
         with torch.no_grad(), torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32):
-            out = pipe(
+            return pipe(
                 prompt_embeds=pick("emb1"),
                 prompt_attention_mask=pick("mask1"),
                 prompt_embeds_2=pick("emb2"),
@@ -215,6 +209,19 @@ def run_pipeline(args) -> dict:
                 clip_apply_ratio=args.clip_apply_ratio,
                 guidance_rescale=args.guidance_rescale,
             ).videos
+
+    # Untimed calls first, as the package's side of a benchmark gets them: the first call pays one-off costs.
+    for _ in range(args.warmup):
+        generate()
+    skipped_before = pipe.transformer.tea_cache.skip_count if args.teacache else 0
+    timings = []
+    for _ in range(args.repeats):
+        denoise_times.clear()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        out = generate()
         if device.type == "cuda":
             torch.cuda.synchronize()
         timings.append(time.perf_counter() - t0)
@@ -226,8 +233,8 @@ def run_pipeline(args) -> dict:
     if args.time_denoiser:
         result["denoise_seconds_per_step"] = sum(denoise_times) / max(1, len(denoise_times))
     if args.teacache:
-        # Counted over all repeats; the original never resets it.
-        result["teacache_skip_count"] = pipe.transformer.tea_cache.skip_count
+        # Counted over all timed repeats; the original never resets it.
+        result["teacache_skip_count"] = pipe.transformer.tea_cache.skip_count - skipped_before
     if args.save:
         video = torch.from_numpy(np.asarray(out)) if not isinstance(out, torch.Tensor) else out
         save_file({"video": video.float().contiguous()}, args.save)
@@ -301,7 +308,7 @@ def _random_lora(pipe, args) -> None:
     network = LoRANetwork(text_encoder=None, unet=adapted, lora_dim=args.lora_rank, alpha=args.lora_alpha)
     network.apply_to(None, adapted, apply_text_encoder=False, apply_unet=True)
     network.load_state_dict(random_lora_weights(network.state_dict(), args.lora_alpha))
-    network.save_weights(args.lora_out, torch.float32, {"ss_network_dim": str(args.lora_rank)})
+    network.save_weights(args.lora_out, getattr(torch, args.lora_dtype), {"ss_network_dim": str(args.lora_rank)})
     merge_lora(pipe, args.lora_out, args.lora_weight)
 
 
@@ -473,6 +480,7 @@ def main() -> None:
     run.add_argument("--dtype", default="float32")
     run.add_argument("--device", default="cpu")
     run.add_argument("--repeats", type=int, default=1)
+    run.add_argument("--warmup", type=int, default=0, help="Untimed calls before the timed ones.")
     run.add_argument("--teacache", action="store_true")
     run.add_argument("--teacache-threshold", type=float, default=0.1)
     run.add_argument("--teacache-skip-start", type=int, default=3)
@@ -482,6 +490,7 @@ def main() -> None:
     run.add_argument("--lora-alpha", type=float, default=2.0)
     run.add_argument("--lora-weight", type=float, default=1.0, help="The multiplier merge_lora gets.")
     run.add_argument("--lora-seed", type=int, default=0)
+    run.add_argument("--lora-dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     run.add_argument("--offload-steps", type=int, default=None)
     run.add_argument("--time-denoiser", action="store_true", help="Also report the mean transformer call time.")
     run.add_argument("--enhance-a-video", action="store_true")

@@ -107,6 +107,25 @@ def compute_dtype(layer):
     return hook.compute_dtype if hook is not None else layer.weight.dtype
 
 
+def check_casting_hooks_fit(model, dtype, name: str) -> None:
+    """Refuses a model cast with `.to(dtype)` after `apply_fp8_mode` / `enable_layerwise_casting`: the cast reaches
+    every weight, but the hooks keep up-casting their layers to the old compute dtype, so the layers' outputs and the
+    rest of the model no longer meet (torch fails in a matrix product, naming neither)."""
+    for module in model.modules():  # the hooks share one compute dtype: the first one found tells
+        registry = getattr(module, "_diffusers_hook", None)
+        hook = registry.get_hook("layerwise_casting") if registry is not None else None
+        if hook is None:
+            continue
+        if hook.compute_dtype != dtype:
+            raise TypeError(
+                f"The {name}'s layers stored in {hook.storage_dtype} (`apply_fp8_mode` or `enable_layerwise_casting`) "
+                f"compute in {hook.compute_dtype}, but the rest of it is in {dtype}: it was cast after the storage "
+                f"was set, which the layers' hooks do not follow. Cast it back (`.to({hook.compute_dtype})`), or "
+                "reload it and set the storage after choosing the dtype."
+            )
+        return
+
+
 def autocast_enabled(tensor) -> bool:
     import torch
 

@@ -127,6 +127,8 @@ def draw_case(seed: int) -> Dict[str, Any]:
         # The transformer file's storage dtype (the published one is bfloat16): with the tables stored too, a float32
         # run must add them rounded, as the original does. Drawn from seed 27000 on, so earlier seeds keep their cases.
         "weights_dtype": "bfloat16" if seed >= 27000 and r.random() < 0.3 else "float32",
+        # The LoRA file's dtype (`LoRANetwork.save_weights` takes one; the original merges in float32). From 47000 on.
+        "lora_dtype": r.choice(["float32", "float16", "bfloat16"]) if seed >= 47000 else "float32",
     }
 
 
@@ -215,7 +217,7 @@ def run_original(case: Dict[str, Any], folder: str, images: list, args) -> Optio
         lora = case["lora"]
         command += ["--lora-out", os.path.join(folder, "lora.safetensors"), "--lora-rank", str(lora["rank"])]
         command += ["--lora-alpha", str(lora["alpha"]), "--lora-weight", str(lora["weight"])]
-        command += ["--lora-seed", str(case["seed"])]
+        command += ["--lora-seed", str(case["seed"]), "--lora-dtype", case.get("lora_dtype", "float32")]
     if case["teacache"]:
         tea = case["teacache"]
         command += ["--teacache", "--teacache-threshold", str(tea["threshold"])]
@@ -457,6 +459,8 @@ def describe(case: Dict[str, Any]) -> str:
         f"tiles {vae['tile_sample_min_size']}/{vae['tile_overlap_factor']:.3g}" if vae["use_tiling"] else "untiled"
     )
     extras = [name for name in ("lora", "teacache", "enhance") if case[name]]
+    if case["lora"] and case.get("lora_dtype", "float32") != "float32":
+        extras[0] = f"lora({case['lora_dtype']})"
     return (
         f"{case['template']} {t['num_layers']}x{t['num_attention_heads']}x{t['attention_head_dim']} {case['frames']}f "
         f"{case['height']}x{case['width']} {len(case['images']) - case['end_frames']}+{case['end_frames']} frames "

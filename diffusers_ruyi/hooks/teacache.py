@@ -316,6 +316,15 @@ def apply_ruyi_teacache(module: torch.nn.Module, config: RuyiTeaCacheConfig) -> 
     if not isinstance(blocks, torch.nn.ModuleList) or len(blocks) == 0 or not hasattr(module, "norm_out"):
         raise ValueError("TeaCache needs a Ruyi transformer with `blocks` (a ModuleList) and `norm_out`.")
     check_no_context_parallel(blocks[0], "TeaCache")
+    registry = getattr(blocks[0], "_diffusers_hook", None)
+    if registry is not None and registry.get_hook("group_offloading") is not None:
+        # Hooks added later run first: TeaCache would read `blocks[0].norm1` before the offloading hook loads the
+        # block (empty weights when offloaded to disk, a device mismatch on an accelerator).
+        raise ValueError(
+            "TeaCache must be enabled before block-level group offloading (`enable_group_offload(..., "
+            'offload_type="block_level")`), as `ruyi-i2v` does: it reads the first block\'s norm before the block '
+            "runs, which the offloading hook would not have loaded yet. Enable the cache first, then the offload."
+        )
     # One cache at a time, whichever way it was applied: `enable_cache` keeps its record in `_cache_config`.
     enabled = getattr(module, "_cache_config", None)
     if enabled is not None or _has_teacache(module):

@@ -54,7 +54,9 @@ from diffusers.utils.torch_utils import maybe_allow_in_graph
 from torch import nn
 
 from .._validation import (
+    autocast_enabled,
     check_attention_kwargs,
+    check_casting_hooks_fit,
     check_input_dtype,
     check_int,
     check_real,
@@ -1036,8 +1038,8 @@ class RuyiTransformer3DModel(
         ]
         if stored:  # concatenating fp8 weights fails deep inside torch, and the fused layer would have no fp8 hook
             raise ValueError(
-                f"Cannot fuse the QKV projections: {len(stored)} of them are stored in fp8 (`apply_fp8_mode` or `enable_layerwise_casting`, e.g. "
-                f"{stored[:3]}). Fuse them before applying the fp8 mode."
+                f"Cannot fuse the QKV projections: {len(stored)} of them are stored in fp8 (`apply_fp8_mode` or "
+                f"`enable_layerwise_casting`, e.g. {stored[:3]}). Fuse them before applying the fp8 mode."
             )
         super().fuse_qkv_projections()
 
@@ -1202,6 +1204,8 @@ class RuyiTransformer3DModel(
                 check_tensor(name, tensor)
         # The inputs that meet a weight as they come (the masks, sizes and style ids are indices or are embedded).
         dtype = compute_dtype(self.pos_embed.proj)
+        if not autocast_enabled(hidden_states):
+            check_casting_hooks_fit(self, dtype, "transformer")
         check_input_dtype("hidden_states", hidden_states, dtype, "transformer")
         for name in (
             "inpaint_latents",

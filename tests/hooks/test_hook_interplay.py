@@ -142,3 +142,24 @@ def test_saving_weights_stored_in_fp8_is_refused_before_anything_is_written(tiny
     with pytest.raises(ValueError, match=r"The transformer stores \d+ weights in fp8"):
         tiny_pipe.save_pretrained(tmp_path / "pipe")
     assert not (tmp_path / "model").exists() and not (tmp_path / "pipe").exists()
+
+
+@pytest.mark.parametrize("storage", ["fp8_mode", "layerwise_casting"])
+def test_a_model_cast_after_its_storage_was_set_is_refused_at_the_call(storage):
+    # The cast reaches every weight, but the hooks keep up-casting their layers to the old compute dtype: torch then
+    # failed in a matrix product ("mat1 and mat2 must have the same dtype"), naming neither.
+    model, inputs = tiny_transformer().to(torch.bfloat16), transformer_inputs()
+    inputs = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in inputs.items()}
+    if storage == "fp8_mode":
+        apply_fp8_mode(model, "strong", min_numel=0)
+    else:
+        model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
+    timestep = torch.full((inputs["hidden_states"].shape[0],), 500.0)
+    with torch.no_grad():
+        expected = model(timestep=timestep, **inputs).sample
+        model.to(torch.float16)
+        half = {k: v.half() if v.is_floating_point() else v for k, v in inputs.items()}
+        with pytest.raises(TypeError, match=r"compute in torch.bfloat16, but the rest of it is in torch.float16"):
+            model(timestep=timestep, **half)
+        model.to(torch.bfloat16)  # cast back: the stored weights were rounded to float16 and back, the fp8 ones kept
+        assert torch.isfinite(model(timestep=timestep, **inputs).sample).all() and expected.dtype == torch.bfloat16

@@ -479,6 +479,27 @@ def test_group_offload_identical(offload_type):
     assert all(torch.equal(a, b) for a, b in zip(baseline, offloaded))
 
 
+def test_teacache_goes_before_block_level_group_offload(tmp_path):
+    # Added after the offload, TeaCache read `blocks[0].norm1` before the offloading hook loaded the block: from a
+    # disk offload, empty weights (another video, no step skipped); on an accelerator, a device mismatch.
+    inputs, steps = transformer_inputs(), [999, 800, 600, 400]
+    config = RuyiTeaCacheConfig(threshold=0.3, skip_start_steps=1, skip_end_steps=1)
+    alone = tiny_transformer()
+    alone.enable_cache(config)
+    expected = _denoise(alone, inputs, steps, latent_drift=0.01)
+    assert get_ruyi_teacache_skipped_steps(alone)
+    offload = dict(offload_device=torch.device("cpu"), offload_type="block_level", num_blocks_per_group=1)
+    model = tiny_transformer()
+    model.enable_group_offload(torch.device("cpu"), offload_to_disk_path=str(tmp_path / "a"), **offload)
+    with pytest.raises(ValueError, match="TeaCache must be enabled before block-level group offloading"):
+        model.enable_cache(config)
+    model = tiny_transformer()
+    model.enable_cache(config)
+    model.enable_group_offload(torch.device("cpu"), offload_to_disk_path=str(tmp_path / "b"), **offload)
+    got = _denoise(model, inputs, steps, latent_drift=0.01)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+
+
 @pytest.mark.parametrize("group_size", [1, 2, 5])
 def test_skip_offload_identical(monkeypatch, group_size):
     model, inputs = tiny_transformer(num_layers=8), transformer_inputs()
