@@ -112,7 +112,7 @@ def check_casting_hooks_fit(model, dtype, name: str) -> None:
     every weight, but the hooks keep up-casting their layers to the old compute dtype, so the layers' outputs and the
     rest of the model no longer meet (torch fails in a matrix product, naming neither)."""
     for module in model.modules():  # the hooks share one compute dtype: the first one found tells
-        registry = getattr(module, "_diffusers_hook", None)
+        registry = module.__dict__.get("_diffusers_hook")  # a plain attribute; `getattr` would raise and catch
         hook = registry.get_hook("layerwise_casting") if registry is not None else None
         if hook is None:
             continue

@@ -26,7 +26,7 @@ import os
 import random
 import re
 import shutil
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import PIL.Image
@@ -554,7 +554,7 @@ class VideoFolderDataset(torch.utils.data.Dataset):
         if not self.videos:
             raise ValueError(f"No videos ({', '.join(VIDEO_EXTENSIONS)}) found under {data_dir!r}.")
         self.frame_counts = [count_video_frames(path) for path in self.videos]
-        self.start_images = [self._paired_image(path) for path in self.videos]
+        self.start_images = self._paired_images(self.videos)
         for path in filter(None, self.start_images):
             try:  # the CLI's check: decoded whole, and of a mode that reads as RGB
                 check_image("paired start image", path)
@@ -609,16 +609,23 @@ class VideoFolderDataset(torch.utils.data.Dataset):
         return len(self.videos)
 
     @staticmethod
-    def _paired_image(video_path: str) -> Optional[str]:
-        # The extension in any case, as videos are found (cameras write `.JPG`); the stem as it is.
-        folder, stem = os.path.split(os.path.splitext(video_path)[0])
-        found = [
-            (IMAGE_EXTENSIONS.index(ext.lower()), name)
-            for name in os.listdir(folder or ".")
-            for base, ext in [os.path.splitext(name)]
-            if base == stem and ext.lower() in IMAGE_EXTENSIONS and os.path.isfile(os.path.join(folder, name))
-        ]
-        return os.path.join(folder, min(found)[1]) if found else None
+    def _paired_images(videos: List[str]) -> List[Optional[str]]:
+        """Each video's start image: the file of the same stem with an image extension in any case, as videos are
+        found (cameras write `.JPG`); the first of IMAGE_EXTENSIONS when there are several. Each folder is listed
+        once (a folder of 50,000 clips and their images must not be listed per clip)."""
+        found: Dict[Tuple[str, str], Tuple[int, str]] = {}
+        for folder in sorted({os.path.dirname(path) for path in videos}):
+            for name in sorted(os.listdir(folder or ".")):
+                stem, ext = os.path.splitext(name)
+                if ext.lower() in IMAGE_EXTENSIONS and os.path.isfile(os.path.join(folder, name)):
+                    candidate = (IMAGE_EXTENSIONS.index(ext.lower()), name)
+                    found[(folder, stem)] = min(found.get((folder, stem), candidate), candidate)
+        pairs = []
+        for path in videos:
+            folder, stem = os.path.split(os.path.splitext(path)[0])
+            match = found.get((folder, stem))
+            pairs.append(os.path.join(folder, match[1]) if match else None)
+        return pairs
 
     def set_epoch(self, epoch: int) -> None:
         """Called by accelerate's data loader at the start of every pass."""

@@ -177,5 +177,6 @@ def apply_fp8_mode(
         )
     for name in names:
         apply_layerwise_casting_hook(modules[name], fp8_dtype, compute_dtype, non_blocking)
+    model.__dict__.pop("_casting_hooks_checked", None)  # the Ruyi transformer checks its dtypes at the next call
     _disable_peft_input_autocast(model)
     return names

@@ -163,3 +163,19 @@ def test_a_model_cast_after_its_storage_was_set_is_refused_at_the_call(storage):
             model(timestep=timestep, **half)
         model.to(torch.bfloat16)  # cast back: the stored weights were rounded to float16 and back, the fp8 ones kept
         assert torch.isfinite(model(timestep=timestep, **inputs).sample).all() and expected.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("storage", ["fp8_mode", "layerwise_casting"])
+def test_storage_set_after_a_call_with_another_compute_dtype_is_refused(storage):
+    # The dtype check runs once per cast or storage change: setting the storage must make the next call check again.
+    model, inputs = tiny_transformer().to(torch.bfloat16), transformer_inputs()
+    inputs = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in inputs.items()}
+    timestep = torch.full((inputs["hidden_states"].shape[0],), 500.0)
+    with torch.no_grad():
+        model(timestep=timestep, **inputs)
+        if storage == "fp8_mode":
+            apply_fp8_mode(model, "strong", min_numel=0, compute_dtype=torch.float16)
+        else:
+            model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.float16)
+        with pytest.raises(TypeError, match=r"compute in torch.float16, but the rest of it is in torch.bfloat16"):
+            model(timestep=timestep, **inputs)
