@@ -75,6 +75,24 @@ def open_image(path: str, name: str) -> PIL.Image.Image:
     with PIL.Image.open(path) as image:
         image.load()
         if _is_sixteen_bit(image):  # decided on the file's own format, which a transposed copy no longer carries
+            # The 8-bit copy has no EXIF: its orientation is read first and applied to the copy.
+            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
             image = image_to_rgb(image, name)
-        image = PIL.ImageOps.exif_transpose(image)
+            if orientation in _ORIENTATION_TRANSPOSE:
+                image = image.transpose(_ORIENTATION_TRANSPOSE[orientation])
+        else:
+            image = PIL.ImageOps.exif_transpose(image)
     return image_to_rgb(image, name)
+
+
+_EXIF_ORIENTATION = 0x0112
+# EXIF orientations 2-8 and the transpose that turns each upright (1 is upright already).
+_ORIENTATION_TRANSPOSE = {
+    2: PIL.Image.Transpose.FLIP_LEFT_RIGHT,
+    3: PIL.Image.Transpose.ROTATE_180,
+    4: PIL.Image.Transpose.FLIP_TOP_BOTTOM,
+    5: PIL.Image.Transpose.TRANSPOSE,
+    6: PIL.Image.Transpose.ROTATE_270,
+    7: PIL.Image.Transpose.TRANSVERSE,
+    8: PIL.Image.Transpose.ROTATE_90,
+}

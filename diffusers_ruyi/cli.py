@@ -24,7 +24,7 @@ import tempfile
 import time
 import traceback
 import warnings
-from typing import Any, Callable, Dict, Iterator, List, NoReturn, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NoReturn, Optional, Tuple, Union
 
 
 PROG = "ruyi-i2v"
@@ -83,6 +83,18 @@ class _ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # One line instead of argparse's multi-line usage dump; `--help` still shows the usage.
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _fps(value: str) -> Union[int, float]:
+    """An argparse type for --fps: a finite number from 1 to MAX_FPS (29.97 as NTSC videos have; whole rates stay
+    integers)."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and 1 <= number <= MAX_FPS):
+        raise argparse.ArgumentTypeError(f"expected a number from 1 to {MAX_FPS} (such as 24 or 29.97), got {value!r}")
+    return int(number) if number.is_integer() else number
 
 
 def _int_at_least(minimum: int, expected: str, maximum: Optional[int] = None) -> Callable[[str], int]:
@@ -178,9 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--overwrite", action="store_true", help="Replace --output if it exists.")
     io.add_argument(
         "--fps",
-        type=_int_at_least(1, f"an integer from 1 to {MAX_FPS}", maximum=MAX_FPS),
+        type=_fps,
         default=None,
-        help=f"Frames per second of the mp4, 1 to {MAX_FPS} (default 24; --extend: the video's).",
+        help=f"Frames per second of the mp4, 1 to {MAX_FPS}, fractional rates such as 29.97 too (default 24; "
+        "--extend: the video's).",
     )
     io.add_argument(
         "--crf",

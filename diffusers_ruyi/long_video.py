@@ -138,7 +138,8 @@ def plan_segments(
         raise ValueError(f"{end_frames} end frames do not fit in a segment of {step} new frames.")
     if continuation and available_context is not None and available_context < context_frames:
         raise ValueError(
-            f"`context_frames`={context_frames}, but the video to continue has only {available_context} frame(s)."
+            f"`context_frames`={context_frames}, but the video to continue has only {available_context} frame(s): "
+            f"use `context_frames` of at most {available_context}."
         )
 
     news, contexts = [], []
@@ -246,9 +247,22 @@ def _as_float_frames(video) -> "Any":
     import numpy as np
     import PIL.Image
 
+    if isinstance(video, (list, tuple)) and video and all(isinstance(f, np.ndarray) for f in video):
+        # A list of (H, W, 3) frames, as `list(imageio.imiter(path))` or `export_to_video` take them.
+        shapes = {f.shape for f in video}
+        dtypes = {f.dtype for f in video}
+        if len(shapes) != 1 or len(dtypes) != 1:
+            raise ValueError(
+                f"The frames of `video` must have one shape and dtype, got {sorted(map(str, shapes))} and "
+                f"{sorted(map(str, dtypes))}."
+            )
+        video = np.stack(video)
     if isinstance(video, (list, tuple)):
         if not video or not all(isinstance(f, PIL.Image.Image) for f in video):
-            raise TypeError("`video` must be a non-empty list of PIL images or an array of frames (F, H, W, 3).")
+            raise TypeError(
+                "`video` must be a non-empty list of PIL images or of (H, W, 3) arrays, or an array of frames "
+                "(F, H, W, 3)."
+            )
         sizes = {f.size for f in video}
         if len(sizes) != 1:
             raise ValueError(f"The frames of `video` must have one size, got {sorted(sizes)}.")
@@ -272,23 +286,34 @@ def _as_float_frames(video) -> "Any":
     return video.astype(np.float32, copy=False)
 
 
-def _end_frames(last_image) -> List[Any]:
+def _end_frames(pipe, last_image) -> List[Any]:
+    """The end frames of the video as RGB PIL images: one image or a non-empty list of them, each a PIL image or one
+    frame as an array or tensor (taken as the pipeline takes one image)."""
+    import numpy as np
     import PIL.Image
+    import torch
+
+    def one(frame, name: str):
+        if isinstance(frame, PIL.Image.Image):
+            return _rgb(frame, name)
+        if isinstance(frame, (np.ndarray, torch.Tensor)):
+            frames = pipe._to_pil(frame, name)
+            if len(frames) == 1:
+                return _rgb(frames[0], name)
+        raise TypeError(
+            f"`{name}` must be one end frame: a PIL.Image.Image, an (H, W, C) array or a (C, H, W) tensor (several "
+            f"end frames go in a list), got {type(frame).__name__}"
+            + (f" of shape {tuple(frame.shape)}" if isinstance(frame, (np.ndarray, torch.Tensor)) else "")
+            + "."
+        )
 
     if last_image is None:
         return []
-    if isinstance(last_image, PIL.Image.Image):
-        return [_rgb(last_image, "last_image")]
-    if (
-        isinstance(last_image, (list, tuple))
-        and last_image
-        and all(isinstance(f, PIL.Image.Image) for f in last_image)
-    ):
-        return [_rgb(f, f"last_image[{k}]") for k, f in enumerate(last_image)]
-    raise TypeError(
-        "`last_image` must be a PIL.Image.Image or a non-empty list of them (the last frames of the video), got "
-        f"{type(last_image).__name__}."
-    )
+    if isinstance(last_image, (list, tuple)):
+        if not last_image:
+            raise TypeError("`last_image` must be one end frame or a non-empty list of them, got an empty list.")
+        return [one(frame, f"last_image[{k}]") for k, frame in enumerate(last_image)]
+    return [one(last_image, "last_image")]
 
 
 def _check_common(plan: List[SegmentPlan], motion, camera_direction, generator, kwargs: Dict[str, Any]):
@@ -342,7 +367,8 @@ def iter_video_segments(
             first segment has no context (one image, in any form the pipeline takes for one).
         context (`Sequence`, *optional*): The frames the video continues (PIL images, uint8 arrays, or float arrays
             in [0, 1]); only the last ones are used.
-        last_image (`PIL.Image.Image` or `List[PIL.Image.Image]`, *optional*): The end frame(s) of the last segment.
+        last_image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them, *optional*): The end frame(s)
+            of the last segment, each one image in any form the pipeline takes for one.
         motion, camera_direction: One value for every segment, or a list with one per segment.
         generator (`torch.Generator`, *optional*): One generator, used by every segment in turn.
         kwargs: Further arguments of the pipeline's `__call__` (steps, guidance scale, ...), the same for every
@@ -357,7 +383,7 @@ def iter_video_segments(
 
     if not isinstance(plan, (list, tuple)) or not plan or not all(isinstance(p, SegmentPlan) for p in plan):
         raise TypeError(f"`plan` must be a non-empty list of SegmentPlan (from `plan_segments`), got {plan!r:.80}.")
-    ends = _end_frames(last_image)
+    ends = _end_frames(pipe, last_image)
     if len(ends) != plan[-1].end_frames:
         raise ValueError(
             f"`last_image` gives {len(ends)} end frame(s), but the plan's last segment keeps {plan[-1].end_frames}: "
@@ -487,7 +513,8 @@ def generate_long_video(
         image (`PIL.Image.Image`, `np.ndarray` or `torch.Tensor`): The start frame (an array or tensor as the
             pipeline's `image` takes one image).
         num_frames (`int`): Frames of the video: any number above `segment_frames`, else 1 or a multiple of 8.
-        last_image (`PIL.Image.Image` or `List[PIL.Image.Image]`, *optional*): The last frame(s) of the video.
+        last_image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them, *optional*): The last
+            frame(s) of the video, each one image in any form the pipeline takes for one.
         context_frames (`int`, defaults to 5): Frames each segment continues from.
         segment_frames (`int`, defaults to 120): The most frames of one segment, a multiple of 8.
         height (`int`, *optional*), width (`int`, *optional*): The size; by default the bucket closest to the
@@ -510,7 +537,7 @@ def generate_long_video(
 
     image = _one_start_frame(pipe, image)
     _check_output_arguments(output_type, callback_on_segment_end, return_dict)
-    ends = _end_frames(last_image)
+    ends = _end_frames(pipe, last_image)
     plan = plan_segments(num_frames, context_frames, segment_frames, end_frames=len(ends))
     height, width = _size(height, width, base_resolution, image.height, image.width)
     segments = iter_video_segments(
@@ -548,10 +575,12 @@ def extend_video(
 
     Args:
         pipe ([`RuyiImageToVideoPipeline`]): The pipeline.
-        video (`List[PIL.Image.Image]` or `np.ndarray`): The video to continue: PIL frames, or an array `(frames,
-            H, W, 3)` of uint8 or of floats in [0, 1] (such as `pipe(..., output_type="np").frames[0]`).
+        video (`List[PIL.Image.Image]`, `List[np.ndarray]` or `np.ndarray`): The video to continue: PIL frames, or
+            an array `(frames, H, W, 3)` (or a list of `(H, W, 3)` frames) of uint8 or of floats in [0, 1] (such as
+            `pipe(..., output_type="np").frames[0]`).
         num_frames (`int`): Frames to append (any number).
-        last_image (`PIL.Image.Image` or `List[PIL.Image.Image]`, *optional*): The last frame(s) of the result.
+        last_image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them, *optional*): The last
+            frame(s) of the result, each one image in any form the pipeline takes for one.
         context_frames (`int`, defaults to 5): Frames of the video each segment continues from.
         segment_frames (`int`, defaults to 120): The most frames of one segment, a multiple of 8.
         height (`int`, *optional*), width (`int`, *optional*): The size the new frames are generated at. By default
@@ -573,7 +602,7 @@ def extend_video(
 
     _check_output_arguments(output_type, callback_on_segment_end, return_dict)
     frames = _as_float_frames(video)
-    ends = _end_frames(last_image)
+    ends = _end_frames(pipe, last_image)
     plan = plan_segments(
         num_frames,
         context_frames,

@@ -45,6 +45,13 @@ def test_cli_writes_a_playable_mp4(tmp_path):
     assert b"crf=23.0" in out.read_bytes()
 
 
+def test_cli_writes_a_fractional_frame_rate(tmp_path):
+    # An integer was required, though --extend writes a 29.97 fps video's own rate.
+    out = tmp_path / "ntsc.mp4"
+    assert main(["--image", START, "--output", str(out), "--fps", "29.97", *FAST]) == 0
+    assert _read_video(out)[1] == pytest.approx(29.97, abs=0.01)
+
+
 def test_crf_sets_the_mp4_quality(tmp_path):
     # The original's ComfyUI workflows save at CRF 19.
     out = tmp_path / "video.mp4"
@@ -141,7 +148,9 @@ def test_refuses_to_overwrite(tmp_path, capsys):
         # Sizes the allocator would refuse after the models were built.
         (["--height", "4112"], "--height: expected a positive integer of at most 4096, got '4112'"),
         (["--width", "1600000"], "--width: expected a positive integer of at most 4096"),
-        (["--fps", "241"], "--fps: expected an integer from 1 to 240, got '241'"),
+        (["--fps", "241"], "--fps: expected a number from 1 to 240 (such as 24 or 29.97), got '241'"),
+        (["--fps", "0.5"], "--fps: expected a number from 1 to 240"),
+        (["--fps", "nan"], "--fps: expected a number from 1 to 240"),
         # A name too long for the file system failed at the final rename, after the whole run.
         (["--output", "x" * 300 + ".mp4"], "bytes long; this file system takes at most"),
         # Explicit step windows that leave nothing to do.

@@ -221,7 +221,7 @@ def _cli(*argv):
         (["--extend", str(ROOT / "README.md")], "is not a readable video"),
         (
             ["--extend", "{video}", "--context-frames", "12"],
-            "--context-frames=12, but the video to continue has only 9",
+            "--context-frames=12, but the video to continue has only 9 frame(s): use --context-frames of at most 9",
         ),
         (["--image", START, "--num-frames", "50"], "--num-frames must be 1 or a multiple of 8, got 50"),
         (["--image", START, "--num-frames", "1000000000000"], "--num-frames must be <= 1,000,000"),

@@ -92,7 +92,10 @@ def test_one_segment_continuation_with_an_end_frame_picks_the_nearest_context():
         (dict(num_frames=200, end_frames=-1), "`end_frames` must be >= 0, got -1"),
         (dict(num_frames=200, segment_frames=0), "`segment_frames` must be >= 8, got 0"),
         (dict(num_frames=200, context_frames=115), "use at most 112 context frames"),
-        (dict(num_frames=10, continuation=True, available_context=3), "but the video to continue has only 3"),
+        (
+            dict(num_frames=10, continuation=True, available_context=3),
+            "but the video to continue has only 3 frame\\(s\\): use `context_frames` of at most 3",
+        ),
         (dict(num_frames=2, continuation=True, end_frames=3), "leave no room for 3 end frame"),
         (dict(num_frames=1, end_frames=1), "`num_frames`=1 leaves no room for 1 end frame"),
         (dict(num_frames=8, end_frames=8), "`num_frames`=8 leaves no room for 8 end frame"),
@@ -200,6 +203,12 @@ def test_per_segment_camera_and_end_frame(pipe, start_image, golden_dir):
     same = generate_long_video(pipe, start_image, 32, segment_frames=16, last_image=end, motion=2,
                                camera_direction="left", generator=_seed(1), **FAST).frames[0]  # fmt: skip
     assert np.array_equal(out[:16], same[:16]) and np.abs(out[16:] - same[16:]).max() > 1e-3
+    # The end frame as an array, a tensor or a list of one, as the pipeline takes it (only PIL was taken).
+    rgb = np.asarray(end.convert("RGB"))
+    for given in (rgb, torch.from_numpy(rgb).permute(2, 0, 1).float() / 255, [rgb]):
+        again = generate_long_video(pipe, start_image, 32, segment_frames=16, last_image=given, motion=2,
+                                    camera_direction=cameras, generator=_seed(1), **FAST).frames[0]  # fmt: skip
+        assert np.array_equal(again, out)
 
 
 def test_output_type_pil(pipe, start_image):
@@ -235,6 +244,9 @@ def test_extend_accepts_uint8_and_pil_frames(pipe, clip):
     from_pil = extend_video(pipe, [PIL.Image.fromarray(f) for f in as_uint8], 3, generator=_seed(5), **FAST)
     assert np.array_equal(from_uint8[:16], as_uint8 / np.float32(255))
     assert np.array_equal(from_uint8, from_pil.frames[0])
+    # A list of array frames, as `list(imageio.imiter(path))` gives them (it was refused).
+    from_list = extend_video(pipe, list(as_uint8), 3, generator=_seed(5), **FAST)
+    assert np.array_equal(from_uint8, from_list.frames[0])
 
 
 def test_extend_in_several_segments_with_per_segment_motion(pipe, clip):
@@ -309,7 +321,13 @@ _CUSTOM_EMBEDS = (
         (dict(latents=torch.zeros(1)), TypeError, "\\['latents'\\] cannot be passed here"),
         (dict(output_type="pt"), ValueError, "`output_type` must be 'np' or 'pil'"),
         (dict(return_dict="no"), TypeError, "`return_dict` must be True or False, got str 'no'"),
-        (dict(last_image="end.png"), TypeError, "`last_image` must be a PIL.Image.Image"),
+        (dict(last_image="end.png"), TypeError, "`last_image` must be one end frame"),
+        (
+            dict(last_image=np.zeros((2, 32, 48, 3), np.uint8)),
+            TypeError,
+            "one end frame.* of shape \\(2, 32, 48, 3\\)",
+        ),
+        (dict(last_image=[]), TypeError, "`last_image` must be one end frame or a non-empty list"),
         # An end frame the pipeline refuses is refused before the first of the 3 segments runs, by its own name.
         (dict(last_image=PIL.Image.new("F", (48, 32))), ValueError, "`last_image` is a 32-bit float image"),
         (dict(last_image=[_END, PIL.Image.new("I", (48, 32))]), ValueError, "`last_image\\[1\\]` is a 32-bit"),
@@ -393,6 +411,7 @@ def test_long_video_takes_an_array_or_tensor_start_frame(pipe, start_image):
         (np.zeros((1, 1, 8, 32, 48, 3), dtype=np.uint8), ValueError, "got \\(1, 1, 8, 32, 48, 3\\)"),
         (np.zeros((2, 8, 32, 48, 3), dtype=np.uint8), ValueError, "got \\(2, 8, 32, 48, 3\\)"),
         ([PIL.Image.new("F", (48, 32))] * 8, ValueError, "`video\\[0\\]` is a 32-bit float image"),
+        ([np.zeros((32, 48, 3), np.uint8), np.zeros((32, 40, 3), np.uint8)], ValueError, "one shape and dtype"),
     ],
 )
 def test_extend_bad_video(guarded_pipe, video, error, match):
