@@ -1087,10 +1087,7 @@ class RuyiTransformer3DModel(
             and is_fp8_dtype(module.get_base_layer().weight.dtype)
         ]
         if fused or stored:
-            if before:
-                self.delete_adapters(added)
-            else:  # the PEFT wrappers go too: the model is as it was
-                self.unload_lora()
+            self._remove_partial_adapters(before)
             what = (
                 f"projections that `fuse_qkv_projections()` replaced ({fused[:3]}), whose adapters would never run"
                 if fused
@@ -1102,15 +1099,16 @@ class RuyiTransformer3DModel(
             )
 
     def _remove_partial_adapters(self, keep: set) -> None:
-        # PEFT wraps layer after layer: a load that fails part-way (diffusers cleans up only when the model already
-        # had adapters) left the layers wrapped so far with the new adapter active, with uninitialised weights under
-        # `low_cpu_mem_usage`. Every adapter the model did not have before goes again; with none before, the wrappers.
+        # Every adapter the model did not have before goes again; with none before, the PEFT wrappers too, so the
+        # model is as it was. PEFT wraps layer after layer: a load that fails part-way (diffusers cleans up only when
+        # the model already had adapters) left the layers wrapped so far with the new adapter active, with
+        # uninitialised weights under `low_cpu_mem_usage`, and with no entry in `peft_config`.
         from peft.tuners.tuners_utils import BaseTunerLayer
 
-        layers = [module for module in self.modules() if isinstance(module, BaseTunerLayer)]
         stray = {
             name
-            for module in layers
+            for module in self.modules()
+            if isinstance(module, BaseTunerLayer)
             for table in ("lora_A", "lora_embedding_A")
             for name in getattr(module, table, {})
             if name not in keep
@@ -1118,14 +1116,10 @@ class RuyiTransformer3DModel(
         stray |= set(getattr(self, "peft_config", None) or {}) - keep
         if not stray:
             return
-        if not keep:
+        if keep:
+            self.delete_adapters(sorted(stray))
+        else:
             self.unload_lora()
-            return
-        for module in layers:
-            for name in stray:
-                module.delete_adapter(name)
-        for name in stray:
-            self.peft_config.pop(name, None)
 
     def enable_cache(self, config) -> None:
         r"""
