@@ -93,6 +93,21 @@ def test_the_transformers_own_load_lora_adapter_refuses_what_the_pipeline_refuse
     assert (_latents(tiny_pipe) - before).abs().max() < 1e-5
 
 
+def test_a_refused_load_lora_adapter_keeps_the_adapters_loaded_before(tiny_pipe):
+    # With adapters before, only the refused one goes (diffusers' `delete_adapters`), not every PEFT wrapper.
+    from peft import LoraConfig
+
+    transformer = tiny_pipe.transformer
+    transformer.add_adapter(LoraConfig(r=2, target_modules=["proj_out"], init_lora_weights=False), "kept")
+    apply_fp8_mode(transformer, "extreme", min_numel=0)  # leaves the adapted layer in full precision
+    before = _latents(tiny_pipe)
+    with pytest.raises(ValueError, match="The LoRA adapts .*stored in fp8.* It was not loaded"):
+        transformer.load_lora_adapter(PEFT, prefix="transformer", adapter_name="p")
+    assert list(transformer.peft_config) == ["kept"]
+    assert {n for m in transformer.modules() for n in getattr(m, "lora_A", {})} == {"kept"}
+    assert torch.equal(_latents(tiny_pipe), before)
+
+
 def test_a_hot_swap_takes_the_new_files_alphas_in_either_format(tiny_pipe, tmp_path):
     from safetensors.torch import load_file, save_file
 
