@@ -1043,11 +1043,6 @@ class RuyiTransformer3DModel(
             )
         super().fuse_qkv_projections()
 
-    def _apply(self, fn, recurse=True):
-        # `.to()`, `.half()`, `.cuda()`...: a cast after the layers' storage was set is checked at the next call.
-        self.__dict__.pop("_casting_hooks_checked", None)
-        return super()._apply(fn, recurse)
-
     def enable_layerwise_casting(self, *args, **kwargs) -> None:
         r"""[`~diffusers.ModelMixin.enable_layerwise_casting`]; the next call checks that the model's dtype is the
         compute dtype the hooks up-cast to."""
@@ -1209,11 +1204,11 @@ class RuyiTransformer3DModel(
                 check_tensor(name, tensor)
         # The inputs that meet a weight as they come (the masks, sizes and style ids are indices or are embedded).
         dtype = compute_dtype(self.pos_embed.proj)
-        if not autocast_enabled(hidden_states) and not self.__dict__.get("_casting_hooks_checked"):
-            # Once per cast or storage change (`_apply`, `enable_layerwise_casting`, `apply_fp8_mode` forget it):
-            # the walk over every module costs milliseconds.
+        if not autocast_enabled(hidden_states) and self.__dict__.get("_casting_hooks_checked") != dtype:
+            # Once per model dtype (a cast changes it) and storage change (`enable_layerwise_casting` and
+            # `apply_fp8_mode` forget it): the walk over every module costs milliseconds.
             check_casting_hooks_fit(self, dtype, "transformer")
-            self.__dict__["_casting_hooks_checked"] = True
+            self.__dict__["_casting_hooks_checked"] = dtype
         check_input_dtype("hidden_states", hidden_states, dtype, "transformer")
         for name in (
             "inpaint_latents",
