@@ -214,21 +214,31 @@ def _rgb(image, name: str):
     return checked_image_to_rgb(image, name)
 
 
-def _one_start_frame(pipe, image):
-    """One start frame, in any form the pipeline takes for one image (an array or tensor goes through its converter),
-    as a PIL image. A list, or an array of several frames, would be a batch of which one video would be kept."""
+def _one_frame(pipe, frame, name: str, kind: str, several: str):
+    """One ``kind`` ("start", "end") frame, in any form the pipeline takes for one image (an array or tensor goes
+    through its converter), as a PIL image. A list, or an array of several frames, would be a batch of which one
+    video would be kept: refused, with ``several`` saying how to give more than one."""
     import numpy as np
     import PIL.Image
     import torch
 
-    frames = pipe._to_pil(image, "image") if isinstance(image, (np.ndarray, torch.Tensor)) else None
-    if not isinstance(image, PIL.Image.Image) and (frames is None or len(frames) != 1):
-        raise TypeError(
-            "`image` must be one start frame (a PIL.Image.Image, an (H, W, C) array or a (C, H, W) tensor), got "
-            f"{type(image).__name__}; to start from several frames, continue them (`extend_video`, or `context` "
-            "in a continuation plan)."
-        )
-    return frames[0] if frames else image
+    if isinstance(frame, PIL.Image.Image):
+        return frame
+    if isinstance(frame, (np.ndarray, torch.Tensor)):
+        frames = pipe._to_pil(frame, name)
+        if len(frames) == 1:
+            return frames[0]
+    raise TypeError(
+        f"`{name}` must be one {kind} frame (a PIL.Image.Image, an (H, W, C) array or a (C, H, W) tensor), got "
+        f"{type(frame).__name__}"
+        + (f" of shape {tuple(frame.shape)}" if isinstance(frame, (np.ndarray, torch.Tensor)) else "")
+        + f"; {several}."
+    )
+
+
+def _one_start_frame(pipe, image):
+    several = "to start from several frames, continue them (`extend_video`, or `context` in a continuation plan)"
+    return _one_frame(pipe, image, "image", "start", several)
 
 
 def _to_pil(frame):
@@ -289,23 +299,9 @@ def _as_float_frames(video) -> "Any":
 def _end_frames(pipe, last_image) -> List[Any]:
     """The end frames of the video as RGB PIL images: one image or a non-empty list of them, each a PIL image or one
     frame as an array or tensor (taken as the pipeline takes one image)."""
-    import numpy as np
-    import PIL.Image
-    import torch
 
     def one(frame, name: str):
-        if isinstance(frame, PIL.Image.Image):
-            return _rgb(frame, name)
-        if isinstance(frame, (np.ndarray, torch.Tensor)):
-            frames = pipe._to_pil(frame, name)
-            if len(frames) == 1:
-                return _rgb(frames[0], name)
-        raise TypeError(
-            f"`{name}` must be one end frame: a PIL.Image.Image, an (H, W, C) array or a (C, H, W) tensor (several "
-            f"end frames go in a list), got {type(frame).__name__}"
-            + (f" of shape {tuple(frame.shape)}" if isinstance(frame, (np.ndarray, torch.Tensor)) else "")
-            + "."
-        )
+        return _rgb(_one_frame(pipe, frame, name, "end", "several end frames go in a list"), name)
 
     if last_image is None:
         return []
