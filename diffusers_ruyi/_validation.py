@@ -100,10 +100,15 @@ def check_attention_kwargs(attention_kwargs) -> None:
         check_real("attention_kwargs['scale']", attention_kwargs["scale"])
 
 
+def diffusers_hook(module, name: str):
+    """The diffusers hook ``name`` registered on ``module`` itself (not below it), or None."""
+    registry = getattr(module, "_diffusers_hook", None)
+    return registry.get_hook(name) if registry is not None else None
+
+
 def compute_dtype(layer):
     """The dtype ``layer`` computes in: its layerwise-casting hook's (`enable_layerwise_casting`), else its weight's."""
-    registry = getattr(layer, "_diffusers_hook", None)
-    hook = registry.get_hook("layerwise_casting") if registry is not None else None
+    hook = diffusers_hook(layer, "layerwise_casting")
     return hook.compute_dtype if hook is not None else layer.weight.dtype
 
 
@@ -112,8 +117,7 @@ def check_casting_hooks_fit(model, dtype, name: str) -> None:
     every weight, but the hooks keep up-casting their layers to the old compute dtype, so the layers' outputs and the
     rest of the model no longer meet (torch fails in a matrix product, naming neither)."""
     for module in model.modules():  # the hooks share one compute dtype: the first one found tells
-        registry = module.__dict__.get("_diffusers_hook")  # a plain attribute; `getattr` would raise and catch
-        hook = registry.get_hook("layerwise_casting") if registry is not None else None
+        hook = diffusers_hook(module, "layerwise_casting")
         if hook is None:
             continue
         if hook.compute_dtype != dtype:

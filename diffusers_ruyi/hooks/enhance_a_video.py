@@ -31,7 +31,7 @@ from typing import Optional
 import torch
 from diffusers.hooks.hooks import HookRegistry, ModelHook
 
-from .._validation import check_int, check_real
+from .._validation import check_int, check_real, diffusers_hook
 from ._common import (
     RuyiStateManager,
     StepCounterState,
@@ -223,5 +223,4 @@ def remove_ruyi_enhance_a_video(module: torch.nn.Module) -> None:
 
 def is_ruyi_enhance_a_video_enabled(module: torch.nn.Module) -> bool:
     """Whether [`apply_ruyi_enhance_a_video`] hooks are attached to `module`."""
-    registry = getattr(module, "_diffusers_hook", None)
-    return registry is not None and registry.get_hook(_EAV_ROOT_HOOK) is not None
+    return diffusers_hook(module, _EAV_ROOT_HOOK) is not None

@@ -33,7 +33,7 @@ from diffusers.hooks.hooks import HookRegistry, ModelHook
 from diffusers.utils import logging
 from diffusers.utils.torch_utils import unwrap_module
 
-from .._validation import check_bool, check_int, check_real
+from .._validation import check_bool, check_int, check_real, diffusers_hook
 from ._common import RuyiStateManager, StepCounterState, check_no_context_parallel, move_to, resolve_step
 
 
@@ -316,8 +316,7 @@ def apply_ruyi_teacache(module: torch.nn.Module, config: RuyiTeaCacheConfig) -> 
     if not isinstance(blocks, torch.nn.ModuleList) or len(blocks) == 0 or not hasattr(module, "norm_out"):
         raise ValueError("TeaCache needs a Ruyi transformer with `blocks` (a ModuleList) and `norm_out`.")
     check_no_context_parallel(blocks[0], "TeaCache")
-    registry = getattr(blocks[0], "_diffusers_hook", None)
-    if registry is not None and registry.get_hook("group_offloading") is not None:
+    if diffusers_hook(blocks[0], "group_offloading") is not None:
         # Hooks added later run first: TeaCache would read `blocks[0].norm1` before the offloading hook loads the
         # block (empty weights when offloaded to disk, a device mismatch on an accelerator).
         raise ValueError(
@@ -351,8 +350,7 @@ def apply_ruyi_teacache(module: torch.nn.Module, config: RuyiTeaCacheConfig) -> 
 
 
 def _has_teacache(module: torch.nn.Module) -> bool:
-    registry = getattr(module.blocks[0], "_diffusers_hook", None)
-    return registry is not None and registry.get_hook(_TEACACHE_HEAD_HOOK) is not None
+    return diffusers_hook(module.blocks[0], _TEACACHE_HEAD_HOOK) is not None
 
 
 def remove_ruyi_teacache(module: torch.nn.Module) -> None:
@@ -397,8 +395,7 @@ def ruyi_teacache_call_count(module: torch.nn.Module, context: Optional[str] = N
 
 def _get_head_hook(module: torch.nn.Module) -> RuyiTeaCacheHeadHook:
     blocks = getattr(module, "blocks", None)
-    registry = getattr(blocks[0], "_diffusers_hook", None) if blocks is not None and len(blocks) else None
-    hook = registry.get_hook(_TEACACHE_HEAD_HOOK) if registry is not None else None
+    hook = diffusers_hook(blocks[0], _TEACACHE_HEAD_HOOK) if blocks is not None and len(blocks) else None
     if hook is None:
         raise ValueError("TeaCache is not enabled on this model.")
     return hook

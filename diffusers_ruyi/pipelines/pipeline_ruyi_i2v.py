@@ -46,6 +46,7 @@ from .._validation import (
     check_frame_size,
     check_int,
     check_real,
+    diffusers_hook,
     schedule_problem,
 )
 from ..loaders.lora import RuyiLoraLoaderMixin
@@ -1010,8 +1011,7 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
             raise ValueError(
                 f"`guidance_scale` must be a finite number >= 0 (1 or below turns guidance off), got {guidance_scale!r}."
             )
-        registry = getattr(self.transformer, "_diffusers_hook", None)
-        if guidance_scale <= 1 and registry is not None and registry.get_hook(_FASTER_CACHE_DENOISER_HOOK) is not None:
+        if guidance_scale <= 1 and diffusers_hook(self.transformer, _FASTER_CACHE_DENOISER_HOOK) is not None:
             raise ValueError(
                 f"FasterCache (enabled on the transformer) needs classifier-free guidance, `guidance_scale` > 1, got "
                 f"{guidance_scale!r}; or call `pipe.transformer.disable_cache()` first."
