@@ -716,7 +716,8 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
     def _to_pil(self, images, name: str) -> List[PIL.Image.Image]:
         """One image, or a stack of them, as RGB PIL images, through the video processor's converters: a PIL image;
         a numpy array `(H, W, C)` or `(N, H, W, C)`, uint8 or float in [0, 1]; a float tensor `(C, H, W)` or `(N, C,
-        H, W)` in [0, 1] (or [-1, 1], which diffusers also accepts, told apart by a negative value)."""
+        H, W)` in [0, 1] (or [-1, 1], which diffusers also accepts, told apart by a negative value). A 2-D array or
+        tensor `(H, W)` is one grayscale image (diffusers' `is_valid_image` takes it as one)."""
         if isinstance(images, PIL.Image.Image):
             return [checked_image_to_rgb(images, name)]
         if isinstance(images, torch.Tensor):
@@ -724,9 +725,12 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                 raise ValueError(f"`{name}` is a tensor on the meta device, which holds no values.")
             if not images.is_floating_point():
                 raise TypeError(f"`{name}` as a tensor must be floating point (values in [0, 1]), got {images.dtype}.")
+            if images.ndim == 2:
+                images = images[None]
             if images.ndim not in (3, 4) or images.shape[-3] not in (1, 3, 4) or not images.numel():
                 raise ValueError(
-                    f"`{name}` as a tensor must be (C, H, W) or (N, C, H, W), no size 0, got {tuple(images.shape)}."
+                    f"`{name}` as a tensor must be (C, H, W) or (N, C, H, W) with C 1, 3 or 4, or (H, W) for one "
+                    f"grayscale image, no size 0, got {tuple(images.shape)}."
                 )
             if not torch.isfinite(images).all():
                 raise ValueError(f"`{name}` holds NaN or infinite values.")
@@ -736,9 +740,12 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
                 images = images / 2 + 0.5
             images = self.video_processor.pt_to_numpy(images.reshape(-1, *images.shape[-3:]))
         elif isinstance(images, np.ndarray):
+            if images.ndim == 2:
+                images = images[..., None]
             if images.ndim not in (3, 4) or images.shape[-1] not in (1, 3, 4) or not images.size:
                 raise ValueError(
-                    f"`{name}` as an array must be (H, W, C) or (N, H, W, C), no size 0, got {images.shape}."
+                    f"`{name}` as an array must be (H, W, C) or (N, H, W, C) with C 1, 3 or 4, or (H, W) for one "
+                    f"grayscale image, no size 0, got {images.shape}."
                 )
             if images.dtype == np.uint8:
                 images = images.astype(np.float32) / 255
@@ -1508,8 +1515,9 @@ class RuyiImageToVideoPipeline(DiffusionPipeline, RuyiLoraLoaderMixin):
         Args:
             image (`PipelineImageInput` or `List[List[...]]`):
                 The start frame: a PIL image, a numpy array `(H, W, C)` (uint8, or float in [0, 1]) or a float
-                tensor `(C, H, W)` in [0, 1] (or [-1, 1]), as diffusers' image processors take them (a 16-bit
-                grayscale PIL image is scaled to 8 bits; 32-bit modes `I` and `F` are refused). A batch (a flat
+                tensor `(C, H, W)` in [0, 1] (or [-1, 1]), as diffusers' image processors take them (a 2-D `(H,
+                W)` array or tensor is a grayscale image; a 16-bit grayscale PIL image is scaled to 8 bits; 32-bit
+                modes `I` and `F` are refused). A batch (a flat
                 list, an array `(N, H, W, C)` or a tensor `(N, C, H, W)`) gives one video per image. A list of lists
                 (or of `(N, ...)` arrays/tensors) gives each video several first frames, kept as they are
                 (`image=[[f0, f1, f2]]`: one video whose first three frames are `f0, f1, f2`), as the original does

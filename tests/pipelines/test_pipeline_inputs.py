@@ -92,7 +92,9 @@ def test_a_stacked_video_of_frames_matches_the_list_of_lists(pipe, images):
         ([np.zeros((32, 48, 3), np.uint8), None], TypeError, "`image\\[1\\]` must be a PIL image"),
         (np.zeros((32, 48, 3), np.int64), TypeError, "`image` as an array must be uint8 or float"),
         (torch.zeros(3, 32, 48, dtype=torch.uint8), TypeError, "`image` as a tensor must be floating point"),
-        (np.zeros((32, 48), np.uint8), ValueError, "`image` as an array must be \\(H, W, C\\)"),
+        (np.zeros((32, 48, 2), np.uint8), ValueError, "`image` as an array must be \\(H, W, C\\) .* C 1, 3 or 4"),
+        (np.zeros(48, np.uint8), ValueError, "`image` as an array must be .* or \\(H, W\\) for one grayscale"),
+        (torch.zeros(48), ValueError, "`image` as a tensor must be .* or \\(H, W\\) for one grayscale"),
         (torch.zeros(32, 48, 3), ValueError, "`image` as a tensor must be \\(C, H, W\\)"),
         (np.full((32, 48, 3), 2.0), ValueError, "`image` as a float array must hold values in \\[0, 1\\]"),
         (torch.full((3, 32, 48), -2.0), ValueError, "`image` as a tensor must hold values in \\[0, 1\\]"),
@@ -179,6 +181,10 @@ def test_grey_and_rgba_arrays_and_tensors_become_rgb_frames(pipe, images):
         for given in (array, tensor):
             (frame,) = pipe._as_frame_lists(given, "image")[0]
             assert frame.mode == "RGB" and np.array_equal(np.asarray(frame), expected)
+    # A 2-D (H, W) array or tensor is one grayscale image, as diffusers' `is_valid_image` has it.
+    for given in (grey[..., 0], torch.from_numpy(grey[..., 0].copy()).float() / 255):
+        (frame,) = pipe._as_frame_lists(given, "image")[0]
+        assert frame.mode == "RGB" and np.array_equal(np.asarray(frame), np.repeat(grey, 3, axis=-1))
 
 
 def test_a_16_bit_grayscale_image_is_scaled_not_clipped(pipe):
