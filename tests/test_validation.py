@@ -25,8 +25,11 @@ def test_check_int():
 
 
 def test_check_frame_size():
-    for value in (16, 32, 512, 1024):
+    for value in (16, 32, 512, 1024, 4096):  # 4096 (`MAX_FRAME_SIZE`, the widest bucket) is allowed
         check_frame_size("height", value)
+    for value in (4112, 4100):  # above it: refused whatever the multiple, before the multiple-of-16 check
+        with pytest.raises(ValueError, match=rf"^`height` must be at most 4096 \(.*\), got {value}\.$"):
+            check_frame_size("height", value)
     for value in (0, -16, 8, 520):
         with pytest.raises(ValueError, match=rf"^`height` must be a positive multiple of 16, got {value}\.$"):
             check_frame_size("height", value)
