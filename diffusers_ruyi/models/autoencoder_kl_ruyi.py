@@ -169,12 +169,19 @@ class RuyiResidualBlock3D(nn.Module):
         self.shortcut = nn.Conv3d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, hidden_states: torch.Tensor, causal_cache: Optional[RuyiCausalCache] = None) -> torch.Tensor:
+        residual = _silu_(self.norm1(hidden_states), self.nonlinearity)
+        residual = self.conv1(residual, causal_cache)
+        residual = _silu_(self.norm2(residual), self.nonlinearity)
+        residual = self.conv2(residual, causal_cache)
+        # The shortcut last, so that its 1x1x1 convolution's output (as large as the block's) is not held through
+        # both convolutions; at inference the sum goes into the second convolution's fresh output instead of another
+        # block-sized buffer. Same order, same bits; a mixed-dtype sum (under autocast) keeps its promotion.
         shortcut = self.shortcut(hidden_states)
-        hidden_states = _silu_(self.norm1(hidden_states), self.nonlinearity)
-        hidden_states = self.conv1(hidden_states, causal_cache)
-        hidden_states = _silu_(self.norm2(hidden_states), self.nonlinearity)
-        hidden_states = self.conv2(hidden_states, causal_cache)
-        return hidden_states + shortcut
+        if (torch.is_grad_enabled() and (residual.requires_grad or shortcut.requires_grad)) or (
+            residual.dtype != shortcut.dtype
+        ):
+            return residual + shortcut
+        return residual.add_(shortcut)
 
 
 class RuyiDownsampler3D(nn.Module):

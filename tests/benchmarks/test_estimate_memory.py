@@ -161,3 +161,31 @@ def test_the_original_runs_without_this_package_s_pythonpath(monkeypatch):
         "peaks": {},
     }
     assert seen["env"] is not None and "PYTHONPATH" not in seen["env"]
+
+
+def test_vae_residual_block_adds_its_shortcut_without_another_buffer():
+    # At inference the 1x1x1 shortcut is computed last and added into the second convolution's output: no
+    # block-sized buffer is held through both convolutions, and the sum needs none. Same bits as the plain order.
+    from diffusers_ruyi.models.autoencoder_kl_ruyi import RuyiResidualBlock3D
+
+    torch.manual_seed(0)
+    block = RuyiResidualBlock3D(4, 8, "silu", norm_num_groups=2, norm_eps=1e-6).eval()
+    hidden_states = torch.randn(1, 4, 3, 16, 16)
+
+    def plain_order():
+        shortcut = block.shortcut(hidden_states)
+        residual = block.nonlinearity(block.norm1(hidden_states))
+        residual = block.conv2(block.nonlinearity(block.norm2(block.conv1(residual))))
+        return residual + shortcut
+
+    with torch.no_grad():
+        assert torch.equal(block(hidden_states), plain_order())
+        block_bytes = 8 * 3 * 16 * 16 * 4
+        assert estimate_memory.phase_peak(lambda: block(hidden_states)) <= estimate_memory.phase_peak(plain_order) - (
+            block_bytes
+        )
+    # Under autocast the Identity shortcut of a same-width block stays float32 while the convolutions give bfloat16:
+    # the sum is promoted, as the plain `+` does, not rounded into the bfloat16 output.
+    same_width = RuyiResidualBlock3D(4, 4, "silu", norm_num_groups=2, norm_eps=1e-6).eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert same_width(hidden_states).dtype == torch.float32
