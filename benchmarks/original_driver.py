@@ -157,9 +157,6 @@ def run_pipeline(args) -> dict:
     # Lists, as predict_i2v.py passes them; several --image flags are several start frames of one video.
     start = [Image.open(path).convert("RGB") for path in args.image]
     end = [Image.open(path).convert("RGB") for path in args.end_image] if args.end_image else None
-    video, mask, clip_image = get_image_to_video_latent(
-        start, end, video_length=args.frames, sample_size=(args.h, args.w)
-    )
     if args.lora_out:
         _random_lora(pipe, args)
     pipe.transformer.tea_cache.initialize(
@@ -187,6 +184,10 @@ def run_pipeline(args) -> dict:
         pipe.transformer.forward = timed_forward
 
     def generate():
+        # Inside the timed call: the package's pipeline resizes and stacks its frames in its own call too.
+        video, mask, clip_image = get_image_to_video_latent(
+            start, end, video_length=args.frames, sample_size=(args.h, args.w)
+        )
         with torch.no_grad(), torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32):
             return pipe(
                 prompt_embeds=pick("emb1"),
