@@ -271,3 +271,59 @@ def test_import_notices_are_hidden_only_while_importing_and_only_when_not_verbos
     finally:
         for logger, level in zip(loggers, saved):
             logger.setLevel(level)
+
+
+_START = str(pathlib.Path(__file__).resolve().parents[2] / "examples" / "assets" / "start.png")
+
+
+@pytest.mark.parametrize("offload", ["model", "sequential", "group"])
+def test_every_offload_mode_is_refused_before_torch_without_gpu_device_nodes(offload, monkeypatch, tmp_path):
+    # Kills `args.offload != "none"` -> `> "none"` in check_args (cli.py): on a machine without GPU device nodes the
+    # cheap check (no torch import) refuses every offload mode, not only the ones that sort after "none".
+    monkeypatch.setattr(cli, "_no_gpu_device_nodes", lambda: True)
+    common = ["--image", _START, "--output", str(tmp_path / "out.mp4"), "--model", "tiny-random"]
+    with pytest.raises(cli.CLIError, match=f"--offload {offload} needs a CUDA GPU"):
+        cli.check_args(cli.build_parser().parse_args([*common, "--offload", offload]))
+    cli.check_args(cli.build_parser().parse_args([*common, "--offload", "none"]))
+
+
+def test_lora_folder_with_one_safetensors_file_is_taken(tmp_path):
+    # Kills `len(files) > 1` -> `<= 1` in check_lora_file (cli.py): a folder holding one .safetensors file is that
+    # file; several are refused, unless one is diffusers' `pytorch_lora_weights.safetensors`.
+    import shutil
+
+    from _helpers import ORIGINAL_LORA
+
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copy(ORIGINAL_LORA, one / "my_lora.safetensors")
+    cli.check_lora_file(str(one))
+    several = tmp_path / "several"
+    several.mkdir()
+    for name in ("a.safetensors", "b.safetensors"):
+        shutil.copy(ORIGINAL_LORA, several / name)
+    with pytest.raises(cli.CLIError, match=r"holds several \.safetensors files \['a.safetensors', 'b.safetensors'\]"):
+        cli.check_lora_file(str(several))
+    shutil.copy(ORIGINAL_LORA, several / "pytorch_lora_weights.safetensors")
+    cli.check_lora_file(str(several))
+
+
+@pytest.mark.parametrize("device, resets", [("cpu", False), ("mps", False), ("xpu", False), ("cuda", True)])
+def test_peak_memory_is_reset_on_cuda_only(device, resets, monkeypatch):
+    # Kills `device.type == "cuda"` -> `>= "cuda"` in _run (cli.py): `torch.cuda.reset_peak_memory_stats` is for a
+    # CUDA device; on mps or xpu (names after "cuda") it must not be called.
+    class Loaded(Exception):
+        pass
+
+    def load(*args, **kwargs):
+        raise Loaded
+
+    reset = []
+    monkeypatch.setattr(cli, "check_args_with_torch", lambda args: None)
+    monkeypatch.setattr(cli, "check_steps", lambda args: None)
+    monkeypatch.setattr(cli, "_load", load)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: reset.append(device))
+    args = cli.build_parser().parse_args(["--image", "start.png", "--output", "out.mp4", "--device", device])
+    with pytest.raises(Loaded):
+        cli._run(args, cli.Progress(quiet=True), cli._Stage())
+    assert reset == ([torch.device(device)] if resets else [])

@@ -299,3 +299,24 @@ def test_lora_load_into_transformer_defaults_as_diffusers_loaders():
     theirs = inspect.signature(HunyuanVideoLoraLoaderMixin.load_lora_into_transformer).parameters
     for name in ("low_cpu_mem_usage", "hotswap", "adapter_name", "metadata"):
         assert ours[name].default == theirs[name].default, name
+
+
+def test_original_lora_on_a_1x1_convolution_is_converted():
+    # Kills `expected_up = (module.out_channels, rank, 1, 1)` -> `(..., 1, 2)` in convert_original_lora_state_dict
+    # (loaders/original_checkpoint.py): with `patch_size=1` the patch embedding is a 1x1 Conv2d, whose LoRA (down
+    # (rank, in, 1, 1), up (out, rank, 1, 1)) loads; another kernel shape of `up` is refused.
+    from _helpers import tiny_transformer
+
+    from diffusers_ruyi.loaders.original_checkpoint import convert_original_lora_state_dict
+
+    transformer = tiny_transformer(patch_size=1)
+    conv = transformer.pos_embed.proj
+    assert tuple(conv.kernel_size) == (1, 1)
+    down, up = torch.randn(2, conv.in_channels, 1, 1), torch.randn(conv.out_channels, 2, 1, 1)
+    lora = {"lora_unet__pos_embed_proj.lora_down.weight": down, "lora_unet__pos_embed_proj.lora_up.weight": up}
+    converted = convert_original_lora_state_dict(lora, transformer)
+    assert torch.equal(converted["transformer.pos_embed.proj.lora_A.weight"], down)  # no alpha: factor 1
+    assert torch.equal(converted["transformer.pos_embed.proj.lora_B.weight"], up)
+    lora["lora_unet__pos_embed_proj.lora_up.weight"] = torch.randn(conv.out_channels, 2, 1, 2)
+    with pytest.raises(ValueError, match=r"pos_embed.proj needs \(2, 48, 1, 1\) and \(32, 2, 1, 1\)"):
+        convert_original_lora_state_dict(lora, transformer)
