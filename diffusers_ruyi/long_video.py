@@ -229,8 +229,8 @@ def _one_frame(pipe, frame, name: str, kind: str, several: str):
         if len(frames) == 1:
             return frames[0]
     raise TypeError(
-        f"`{name}` must be one {kind} frame (a PIL.Image.Image, an (H, W, C) or (H, W) array, or a (C, H, W) or (H, W) tensor), got "
-        f"{type(frame).__name__}"
+        f"`{name}` must be one {kind} frame (a PIL.Image.Image, an (H, W, C) or (H, W) array, or a (C, H, W) or "
+        f"(H, W) tensor), got {type(frame).__name__}"
         + (f" of shape {tuple(frame.shape)}" if isinstance(frame, (np.ndarray, torch.Tensor)) else "")
         + f"; {several}."
     )
