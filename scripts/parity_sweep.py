@@ -20,7 +20,8 @@ hooks).
 One line per case: `ok` (max abs difference <= 1e-4 in float32), `DIFF`, or where the original fails, whether this
 package refuses the case early with a `ValueError` as it should (`refused`) or not; `nan-original` marks the one
 documented difference the cases can draw (the original's Enhance-A-Video returns NaN on a single frame, this package
-does not).
+does not). An original that cannot even be imported (its environment, not the case) is an `ERROR`, never a failure on
+the case; a LoRA case whose original fails before it writes the LoRA is `skipped` (there is no LoRA to load).
 
     python scripts/parity_sweep.py --reference /path/to/Ruyi-Models --python /path/to/ref-venv/bin/python --seeds 0:50
 
@@ -226,7 +227,14 @@ def run_original(case: Dict[str, Any], folder: str, images: list, args) -> Optio
         enhance = case["enhance"]
         command += ["--enhance-a-video", "--enhance-weight", str(enhance["weight"])]
         command += ["--enhance-skip-start", str(enhance["skip_start"]), "--enhance-skip-end", str(enhance["skip_end"])]
-    return _run_driver(command)[1]
+    done, error = _run_driver(command)
+    if error is not None and " in _import_original\n" in done.stderr:
+        # Its environment, not the case: nothing to judge (see `run_case`).
+        return f"{IMPORT_FAILED}{error}"
+    return error
+
+
+IMPORT_FAILED = "the original could not be imported: "
 
 
 def _run_driver(command: list) -> Tuple[subprocess.CompletedProcess, Optional[str]]:
@@ -488,6 +496,12 @@ def run_case(seed: int, work: str, args) -> str:
         start = time.perf_counter()
         original_error = run_original(case, folder, images, args)
         original_seconds = time.perf_counter() - start
+        if original_error is not None and original_error.startswith(IMPORT_FAILED):
+            return f"{seed} ERROR ({original_error}) | {describe(case)}"
+        lora_written = os.path.exists(os.path.join(folder, "lora.safetensors"))
+        if original_error is not None and case["lora"] and not lora_written:
+            # The original writes the case's LoRA once its pipeline is built: without it there is nothing to load.
+            return f"{seed} skipped (the original failed before writing the LoRA: {original_error}) | {describe(case)}"
     start = time.perf_counter()
     try:
         with torch.no_grad():

@@ -112,3 +112,38 @@ def test_a_vae_case_runs_on_this_packages_side(tmp_path):
     with safe_open(str(tmp_path / "vae_3" / "diffusion_pytorch_model.safetensors"), "pt") as f:
         keys = list(f.keys())
     assert "encoder.mid_block.attentions.0.to_out.weight" in keys and not any(".to_out.0." in k for k in keys)
+
+
+def _run_sweep_against(reference: pathlib.Path, seeds: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    command = [sys.executable, str(SCRIPT), "--seeds", seeds]
+    command += ["--reference", str(reference), "--python", sys.executable]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_an_original_that_cannot_be_imported_is_an_error_not_a_refusal(tmp_path):
+    # A broken environment for the original (here: no checkout) says nothing about the case: the sweep must not
+    # count it as the original failing on the case (which turns this package's refusals into "refused" verdicts).
+    done = _run_sweep_against(tmp_path, "76:77")
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].startswith("76 ERROR (the original could not be imported: ModuleNotFoundError"), done.stdout
+    assert lines[-1] == "summary: 1 ERROR" and done.returncode != 0
+
+
+def test_a_lora_case_whose_original_fails_before_writing_the_lora_is_skipped(tmp_path):
+    # Seed 1 draws a LoRA, which the original writes once its pipeline is built. An original that fails while
+    # loading leaves no LoRA to load on this package's side: skipped with the original's error, not a crash.
+    for module in ("models/autoencoder_magvit", "models/transformer3d", "pipeline/pipeline_ruyi_inpaint"):
+        path = tmp_path / "ruyi" / f"{module}.py"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+    (tmp_path / "ruyi" / "models" / "autoencoder_magvit.py").write_text(
+        "class AutoencoderKLMagvit:\n"
+        "    @classmethod\n"
+        "    def from_pretrained(cls, *args, **kwargs):\n"
+        "        raise RuntimeError('cannot load this VAE')\n"
+    )
+    done = _run_sweep_against(tmp_path, "1:2")
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].startswith("1 skipped (the original failed before writing the LoRA: RuntimeError: cannot load")
+    assert lines[-1] == "summary: 1 skipped" and done.returncode == 0, done.stderr[-2000:]
