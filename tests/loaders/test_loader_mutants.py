@@ -320,3 +320,17 @@ def test_original_lora_on_a_1x1_convolution_is_converted():
     lora["lora_unet__pos_embed_proj.lora_up.weight"] = torch.randn(conv.out_channels, 2, 1, 2)
     with pytest.raises(ValueError, match=r"pos_embed.proj needs \(2, 48, 1, 1\) and \(32, 2, 1, 1\)"):
         convert_original_lora_state_dict(lora, transformer)
+
+
+def test_lora_load_into_transformer_is_a_classmethod():
+    # Kills the removed `@classmethod` on load_lora_into_transformer (loaders/lora.py): as in diffusers' loaders, it is
+    # called on the pipeline class with any transformer (a training script's model), not only through an instance.
+    from _helpers import FIXTURES
+
+    from diffusers_ruyi import RuyiImageToVideoPipeline
+    from diffusers_ruyi.tiny import build_tiny_random_pipeline
+
+    transformer = build_tiny_random_pipeline().transformer
+    state_dict = RuyiImageToVideoPipeline.lora_state_dict(FIXTURES / "lora" / "ruyi_lora_peft.safetensors")
+    RuyiImageToVideoPipeline.load_lora_into_transformer(state_dict, transformer=transformer, adapter_name="a")
+    assert list(transformer.peft_config) == ["a"]

@@ -249,6 +249,13 @@ def test_extend_accepts_uint8_and_pil_frames(pipe, clip):
     assert np.array_equal(from_uint8, from_list.frames[0])
 
 
+def test_extend_takes_the_frames_of_an_np_output_as_they_are(pipe, clip):
+    # `pipe(...).frames` of output_type="np" is a batch of one video, (1, F, H, W, 3): that video, whatever its frame
+    # count (the batch axis is dropped, not the frame axis).
+    out = extend_video(pipe, clip[None], 3, generator=_seed(5), **FAST).frames[0]
+    assert np.array_equal(out, extend_video(pipe, clip, 3, generator=_seed(5), **FAST).frames[0])
+
+
 def test_extend_in_several_segments_with_per_segment_motion(pipe, clip):
     recorder = _Recorder(pipe)
     out = extend_video(recorder, clip, 30, segment_frames=16, context_frames=4, motion=[1, 2, 3], **FAST)

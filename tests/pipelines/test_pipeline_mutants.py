@@ -178,3 +178,14 @@ def test_call_defaults_are_predict_i2v_settings():
         "crops_coords_top_left": (0, 0), "num_videos_per_prompt": 1, "last_image": None,
     }  # fmt: skip
     assert {name: parameters[name].default for name in expected} == expected
+
+
+def test_a_bfloat16_decode_keeps_its_values(pipe, start_image, monkeypatch):
+    # Kills `(video / 2 + 0.5)` -> `(video / 3 + 0.5)` in __call__ (pipeline_ruyi_i2v.py): a VAE decoding in bfloat16
+    # gives frames mapped to [0, 1] in bfloat16 (as the original), with the values of the decode, not only values that
+    # are bfloat16 numbers.
+    decoded = torch.linspace(-1, 1, 3 * 8 * 32 * 48).reshape(1, 3, 8, 32, 48).bfloat16()
+    monkeypatch.setattr(pipe, "decode_latents", lambda latents: decoded.clone())
+    video = pipe(image=start_image, num_frames=8, height=32, width=48, num_inference_steps=1, output_type="pt").frames
+    expected = (decoded / 2 + 0.5).clamp(0, 1).float().permute(0, 2, 1, 3, 4)
+    assert video.dtype == torch.float32 and torch.equal(video, expected)
