@@ -327,3 +327,53 @@ def test_peak_memory_is_reset_on_cuda_only(device, resets, monkeypatch):
     with pytest.raises(Loaded):
         cli._run(args, cli.Progress(quiet=True), cli._Stage())
     assert reset == ([torch.device(device)] if resets else [])
+
+
+def test_too_long_output_name_is_shown_cut_to_24_characters(tmp_path):
+    # Kills `part[:24]` -> `part[:25]` in check_output_path (cli.py): the error names the start of the too-long file
+    # name (24 characters), its length in bytes and the file system's limit.
+    import os
+
+    name = "abcdefghijklmnopqrstuvwxyz" * 12 + ".mp4"
+    longest = os.pathconf(str(tmp_path), "PC_NAME_MAX")
+    assert len(name) > longest
+    with pytest.raises(cli.CLIError) as error:
+        cli.check_output_path("--output", str(tmp_path / name), overwrite=False)
+    assert str(error.value) == (
+        f"--output: the name 'abcdefghijklmnopqrstuvwx'... is {len(name)} bytes long; this file system takes "
+        f"at most {longest}"
+    )
+
+
+@pytest.mark.parametrize("device", ["mps", "xpu"])
+def test_available_mps_or_xpu_device_is_accepted(device, monkeypatch):
+    # Kills `module is None or not module.is_available()` -> `module is not None or ...` in check_args_with_torch
+    # (cli.py): an mps or xpu device that torch reports available is taken; only a missing one is refused.
+    module = torch.backends.mps if device == "mps" else torch.xpu
+    monkeypatch.setattr(module, "is_available", lambda: True)
+    args = cli.build_parser().parse_args(["--image", "start.png", "--output", "out.mp4", "--device", device])
+    cli.check_args_with_torch(args)
+    monkeypatch.setattr(module, "is_available", lambda: False)
+    with pytest.raises(cli.CLIError, match=f"--device {device} is not available on this machine"):
+        cli.check_args_with_torch(args)
+
+
+def test_npu_device_without_torch_npu_is_refused_cleanly(monkeypatch):
+    # Without torch_npu, torch has no `npu` module: `--device npu` is refused with the CLI's message, not an
+    # AttributeError from `None.is_available()` (the other half of the mutant above).
+    monkeypatch.delattr(torch, "npu", raising=False)
+    args = cli.build_parser().parse_args(["--image", "start.png", "--output", "out.mp4", "--device", "npu"])
+    with pytest.raises(cli.CLIError, match="--device npu is not available on this machine"):
+        cli.check_args_with_torch(args)
+
+
+def test_two_segment_progress_lines_name_each_segments_motion_and_camera(tmp_path, capsys):
+    # Kills `len(args.motion) > 1` -> `> 2` in _run_segments (cli.py): with one value per segment (here two), each
+    # segment's progress line names its own motion and camera, not the first segment's.
+    out = tmp_path / "two.mp4"
+    argv = ["--image", _START, "--output", str(out), "--num-frames", "24", "--segment-frames", "16"]
+    fast = ["--model", "tiny-random", "--height", "32", "--width", "48", "--steps", "1"]
+    assert cli.main([*argv, *fast, "--motion", "1,3", "--camera", "left,right"]) == 0
+    err = capsys.readouterr().err
+    assert "segment 1/2: 16 frames from --image, 16 new (camera left, motion 1)" in err
+    assert "segment 2/2: 16 frames continuing 5 frames, 8 new (camera right, motion 3)" in err
