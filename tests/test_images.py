@@ -24,3 +24,15 @@ def test_images_are_turned_upright_per_their_exif_orientation(tmp_path, mode, or
     got = open_image(str(path), "--image")
     assert got.mode == "RGB" and got.size == expected.size
     np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+
+
+def test_16_bit_values_are_scaled_to_8_bits_not_wrapped():
+    # Kills `pixels / 257` -> `pixels * 257` (_images.py): 65535 -> 255, and the values between them are rounded to
+    # the nearest 8-bit step. Multiples of 257 (the EXIF test's pixels) give the same bytes either way; these do not.
+    from diffusers_ruyi._images import image_to_rgb
+
+    stored = PIL.Image.fromarray(np.array([[0, 1000, 32768, 65535]], dtype=np.uint16))
+    assert stored.mode in ("I;16", "I")
+    got = np.asarray(image_to_rgb(stored, "image"))
+    np.testing.assert_array_equal(got[0, :, 0], [0, 4, 128, 255])
+    assert got.shape == (1, 4, 3) and (got == got[..., :1]).all()

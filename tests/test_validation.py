@@ -74,3 +74,20 @@ def test_check_bool_and_tensor():
     check_tensor("x", torch.zeros(1))
     with pytest.raises(TypeError, match=r"^`x` must be a torch.Tensor, got ndarray\.$"):
         check_tensor("x", np.zeros(1))
+
+
+def test_a_count_below_every_control_is_still_judged():
+    # Kills `n != steps` -> `n < steps` in `schedule_problem`: a count that fails the dry run is compared with every
+    # control count (25, 10, 4), not only the smaller ones, so a failure at 3 steps where 25 and 10 run is reported.
+    from diffusers import DDIMScheduler
+
+    from diffusers_ruyi._validation import schedule_problem
+
+    class FailsUnderFourSteps(DDIMScheduler):
+        def step(self, *args, **kwargs):
+            if len(self.timesteps) < 4:
+                raise IndexError("too few steps")
+            return super().step(*args, **kwargs)
+
+    assert schedule_problem(FailsUnderFourSteps(), 3) == "IndexError: too few steps"
+    assert schedule_problem(FailsUnderFourSteps(), 25) is None

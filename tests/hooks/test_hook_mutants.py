@@ -268,3 +268,18 @@ def test_teacache_offloads_its_residual_only_when_asked(monkeypatch):
                 model(hidden_states, torch.full((1,), 500.0 - step), **inputs)
         model.disable_cache()
         assert asked and (None in asked) == (not offload), (offload, asked)
+
+
+def test_teacache_applied_twice_to_a_model_without_cache_mixin_is_refused():
+    # Kills `module.blocks[0]` -> `module.blocks[-1]` in `_has_teacache` (hooks/teacache.py): on a model without
+    # `enable_cache`'s record (`_cache_config`) the head hook on the first block is what tells TeaCache is on; the
+    # last block holds only a pass-through hook, and a second set of hooks would be stacked on the blocks.
+    from diffusers_ruyi.hooks.teacache import apply_ruyi_teacache
+
+    transformer = tiny_transformer()
+    assert len(transformer.blocks) > 1
+    model = torch.nn.Module()  # no CacheMixin: no `_cache_config`
+    model.blocks, model.norm_out = transformer.blocks, transformer.norm_out
+    apply_ruyi_teacache(model, RuyiTeaCacheConfig())
+    with pytest.raises(ValueError, match=r"A cache is already enabled \(RuyiTeaCacheConfig\)"):
+        apply_ruyi_teacache(model, RuyiTeaCacheConfig())
