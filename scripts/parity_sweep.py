@@ -201,8 +201,9 @@ def write_checkpoint(case: Dict[str, Any], folder: str) -> None:
         json.dump(vae_config, f, indent=2)
 
 
-def run_original(case: Dict[str, Any], folder: str, images: list, args) -> Optional[str]:
-    """Runs the original on the case; returns None, or its error's last line."""
+def run_original(case: Dict[str, Any], folder: str, images: list, args) -> Tuple[Optional[str], bool]:
+    """Runs the original on the case; returns None or its error's last line, and whether it failed to import the
+    original at all (its environment, not the case: nothing to judge)."""
     starts, ends = images[: len(images) - case["end_frames"]], images[len(images) - case["end_frames"] :]
     command = [args.python, DRIVER, "--reference", args.reference, "run-pipeline", "--checkpoint", folder]
     for path in starts:
@@ -228,13 +229,7 @@ def run_original(case: Dict[str, Any], folder: str, images: list, args) -> Optio
         command += ["--enhance-a-video", "--enhance-weight", str(enhance["weight"])]
         command += ["--enhance-skip-start", str(enhance["skip_start"]), "--enhance-skip-end", str(enhance["skip_end"])]
     done, error = _run_driver(command)
-    if error is not None and " in _import_original\n" in done.stderr:
-        # Its environment, not the case: nothing to judge (see `run_case`).
-        return f"{IMPORT_FAILED}{error}"
-    return error
-
-
-IMPORT_FAILED = "the original could not be imported: "
+    return error, error is not None and " in _import_original\n" in done.stderr
 
 
 def _run_driver(command: list) -> Tuple[subprocess.CompletedProcess, Optional[str]]:
@@ -494,10 +489,10 @@ def run_case(seed: int, work: str, args) -> str:
         original_error = None
     else:
         start = time.perf_counter()
-        original_error = run_original(case, folder, images, args)
+        original_error, import_failed = run_original(case, folder, images, args)
         original_seconds = time.perf_counter() - start
-        if original_error is not None and original_error.startswith(IMPORT_FAILED):
-            return f"{seed} ERROR ({original_error}) | {describe(case)}"
+        if import_failed:
+            return f"{seed} ERROR (the original could not be imported: {original_error}) | {describe(case)}"
         lora_written = os.path.exists(os.path.join(folder, "lora.safetensors"))
         if original_error is not None and case["lora"] and not lora_written:
             # The original writes the case's LoRA once its pipeline is built: without it there is nothing to load.
