@@ -1170,8 +1170,9 @@ def convert_original_lora_state_dict(
     Raises:
         `ValueError`: listing every key that cannot be used: text-encoder entries (Ruyi has no text encoder), names
             that match no Linear/Conv2d module, malformed keys, modules without both `lora_down` and `lora_up`, shapes
-            that do not fit the module, and convolutions other than 1x1 (the original's merge adds a 1x1 delta to every
-            kernel position of a larger one, which no LoRA layer can represent; it fails on larger LoRA kernels).
+            that do not fit the module (a convolution's LoRA is 1x1 whatever its kernel: the original's merge adds the
+            1x1 delta to every kernel position, which `lora_A` does with `lora_down` at every position; it fails on
+            larger LoRA kernels).
     """
     module_map = {_flat_original_name(name): path for name, path in original_lora_module_map(model).items()}
     modules = _lora_target_modules(model)
@@ -1225,11 +1226,9 @@ def convert_original_lora_state_dict(
             empty.append(name)
             continue
         if isinstance(module, torch.nn.Conv2d):
+            # Whatever the kernel: the original's merge adds its 1x1 delta to every kernel position.
             expected_down = (rank, module.in_channels, 1, 1)
             expected_up = (module.out_channels, rank, 1, 1)
-            if tuple(module.kernel_size) != (1, 1):
-                bad_shapes.append(f"{name}: LoRA on a {tuple(module.kernel_size)} convolution (only 1x1 is supported)")
-                continue
         else:
             expected_down = (rank, module.in_features)
             expected_up = (module.out_features, rank)
@@ -1248,6 +1247,10 @@ def convert_original_lora_state_dict(
             scale_down, scale_up = 1.0, 1.0
         else:
             scale_down, scale_up = _lora_alpha_scales(alpha_value / rank)
+        if isinstance(module, torch.nn.Conv2d) and tuple(module.kernel_size) != (1, 1):
+            # PEFT's `lora_A` has the layer's kernel: `down` at every position sums the patch before projecting it,
+            # i.e. applies the original's broadcast delta `(up @ down)[..., None, None]`, in the adapter and when fused.
+            down = down.expand(-1, -1, *module.kernel_size).contiguous()
         converted[f"{key_prefix}{path}.lora_A.weight"] = (down.float() * scale_down).to(down.dtype)
         converted[f"{key_prefix}{path}.lora_B.weight"] = (up.float() * scale_up).to(up.dtype)
 

@@ -134,6 +134,40 @@ def test_bfloat16_fuse_equals_the_original_merge_bit_for_bit(clean_bf16_pipe, mu
     assert not differing, f"{len(differing)} of {len(parts)} fused weights differ from the original merge"
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_1x1_lora_on_the_2x2_patch_convolution_merges_as_the_original(dtype):
+    """The original's merge adds a 1x1 delta `(up @ down)[..., None, None]` to every position of the 2x2 patch kernel
+    (checked against its `merge_lora`); `lora_A` with `lora_down` at every position computes the same, fused (bit for
+    bit) and as an adapter."""
+    pipe = load_pipe(TINY_CHECKPOINT, dtype=dtype)
+    conv = pipe.transformer.pos_embed.proj
+    assert tuple(conv.kernel_size) == (2, 2)
+    gen = torch.Generator().manual_seed(3)
+    down = torch.randn(3, conv.in_channels, 1, 1, generator=gen) * 0.3
+    up = torch.randn(conv.out_channels, 3, 1, 1, generator=gen) * 0.3
+    name = "lora_unet__pos_embed_proj"
+    lora = {f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up, f"{name}.alpha": torch.tensor(2.0)}
+    base = conv.weight.detach().clone()
+    merged = base.clone()
+    merged += (
+        0.7 * (2.0 / 3) * torch.mm(up.squeeze(3).squeeze(2), down.squeeze(3).squeeze(2)).unsqueeze(2).unsqueeze(3)
+    )
+    inputs = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in small_golden_inputs().items()}
+
+    pipe.load_lora_weights(lora, adapter_name="patch")
+    conv = pipe.transformer.pos_embed.proj  # now PEFT's wrapper
+    assert torch.equal(conv.lora_A["patch"].weight, down.expand(-1, -1, 2, 2))
+    pipe.set_adapters("patch", 0.7)
+    adapter = run_transformer(pipe.transformer, inputs)
+    pipe.set_adapters("patch", 1.0)
+    pipe.fuse_lora(lora_scale=0.7)
+    assert torch.equal(conv.base_layer.weight, merged.to(dtype))
+    if dtype == torch.float32:  # (in bfloat16 the fused weights are rounded: only the merge is compared)
+        torch.testing.assert_close(run_transformer(pipe.transformer, inputs), adapter, atol=1e-5, rtol=0)
+        unchanged = load_pipe(TINY_CHECKPOINT)
+        assert (run_transformer(unchanged.transformer, inputs) - adapter).abs().max() > 1e-3
+
+
 def test_hotswap_into_an_original_lora_slot(clean_bf16_pipe, bf16_inputs):
     """A hot-swap keeps the slot's float32 tensors and sets every module's own alpha / rank."""
     pipe = clean_bf16_pipe
