@@ -91,3 +91,16 @@ def test_a_count_below_every_control_is_still_judged():
 
     assert schedule_problem(FailsUnderFourSteps(), 3) == "IndexError: too few steps"
     assert schedule_problem(FailsUnderFourSteps(), 25) is None
+
+
+def test_the_half_precision_mix_check_is_for_cpu_autocast_only(monkeypatch):
+    # Kills `tensor.device.type == "cpu"` -> `>= "cpu"` in check_input_dtype (_validation.py): under another device's
+    # autocast ("cuda", "xpu", ...; here "meta", with autocast reported on) the CPU autocast dtype says nothing, so a
+    # float16 model under it is not refused for the CPU's bfloat16.
+    from diffusers_ruyi import _validation
+
+    monkeypatch.setattr(_validation, "autocast_enabled", lambda tensor: True)
+    assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+    _validation.check_input_dtype("sample", torch.empty(1, device="meta", dtype=torch.float16), torch.float16, "VAE")
+    with pytest.raises(TypeError, match="on the CPU the two half precisions do not mix"):
+        _validation.check_input_dtype("sample", torch.empty(1, dtype=torch.float16), torch.float16, "VAE")

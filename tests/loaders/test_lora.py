@@ -653,6 +653,9 @@ def test_an_embedding_adapter_round_trips(clean_pipe, small_inputs, tmp_path):
     bad = {k: (v[:, :-1] if k.endswith("lora_embedding_A") else v) for k, v in state.items()}
     with pytest.raises(ValueError, match=r"it needs lora_embedding_A \(rank, "):
         pipe.load_lora_weights(bad)
+    bad = {k: (v.new_ones(()) if k.endswith("lora_embedding_A") else v) for k, v in state.items()}
+    with pytest.raises(ValueError, match=r"lora_embedding_A \(\), .*it needs lora_embedding_A \(rank, "):
+        pipe.load_lora_weights(bad)  # a 0-d tensor has no rank to read
     # Without its config, diffusers would guess an Embedding's rank from the `lora_B` keys alone.
     with pytest.raises(ValueError, match=r"adapts Embedding layers .* and carries no LoRA config"):
         pipe.load_lora_weights(dict(state))
@@ -941,6 +944,11 @@ def test_lora_sources_are_checked_before_reading(clean_pipe, tmp_path):
         clean_pipe.load_lora_weights("loras/nope.safetensors")
     folder = _file_with_metadata(clean_pipe, tmp_path / "two")
     (folder / "pytorch_lora_weights.safetensors").rename(folder / "a.safetensors")
+    clean_pipe.load_lora_weights(folder, adapter_name="a")  # one file of any name is the LoRA
+    # Hub options as diffusers takes them, through huggingface_hub's checks: its retired ones are ignored with a warning.
+    with pytest.warns(UserWarning, match="resume_download"):
+        state_dict = clean_pipe.lora_state_dict(folder, resume_download=True)
+    assert state_dict.keys() == load_file(folder / "a.safetensors").keys()
     (folder / "b.safetensors").write_bytes((folder / "a.safetensors").read_bytes())
     with pytest.raises(ValueError, match=r"holds several safetensors files \['a.safetensors', 'b.safetensors'\]"):
         clean_pipe.load_lora_weights(folder)

@@ -435,7 +435,9 @@ def test_control_embeddings_of_another_transformer_are_refused_at_load(
     pipe = RuyiImageToVideoPipeline.from_pretrained(tiny_realfmt_checkpoint)
     other = RuyiTransformer3DModel.from_config({**pipe.transformer.config, "text_len": 9})
     pipe.transformer = other
-    with pytest.raises(ValueError, match="they belong to another checkpoint"):
+    c = other.config  # each stream's shape is named, the transformer's beside the file's
+    takes = f"the transformer takes (9, {c.cross_attention_dim}) and ({c.text_len_t5}, {c.cross_attention_dim_t5})"
+    with pytest.raises(ValueError, match=re.escape(takes) + ".*they belong to another checkpoint"):
         pipe(image=__import__("PIL.Image").Image.new("RGB", (32, 32)), num_frames=1, height=32, width=32)
 
 
