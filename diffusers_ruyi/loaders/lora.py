@@ -825,7 +825,9 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
         Merges the active LoRA deltas into the transformer's weights (faster inference; undo with `unfuse_lora`).
 
         An original-format adapter fused with `lora_scale=w` gives the weights of the original `merge_lora(...,
-        multiplier=w)`, in bfloat16 bit for bit (float32 product, one rounding). To merge several LoRAs as the original
+        multiplier=w)`, in bfloat16 bit for bit (float32 product, one rounding; an Embedding adapter's product is
+        PEFT's, float32 round-off apart). `lora_scale` scales every adapter, Embedding adapters included (PEFT's
+        `scale_layer` skips those). To merge several LoRAs as the original
         does, fuse and `unload_lora_weights()` one file at a time: loading into fused layers makes PEFT unmerge them.
 
         Args:
@@ -846,21 +848,39 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
 
         layers = [m for m in getattr(self, self.transformer_name).modules() if isinstance(m, BaseTunerLayer)]
         merged_before = [list(layer.merged_adapters) for layer in layers]
+        scalings_before = [
+            {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in getattr(layer, "scaling", {}).items()}
+            for layer in layers
+        ]
+        # `lora_scale` is applied here as diffusers applies it (PEFT's `scale_layer`: each active adapter's scaling
+        # times the scale, kept after the merge so that `unfuse_lora` subtracts the same delta), but to every LoRA
+        # layer: `scale_layer` skips Embedding adapters (it looks in `lora_A` only), which fused at scale 1.
+        if lora_scale != 1.0:
+            for layer in layers:
+                for name in layer.active_adapters:
+                    if name in getattr(layer, "scaling", {}):
+                        layer.scaling[name] *= lora_scale
         try:
             super().fuse_lora(
                 components=components,
-                lora_scale=lora_scale,
+                lora_scale=1.0,
                 safe_fusing=safe_fusing,
                 adapter_names=adapter_names,
             )
         except ValueError:
             # PEFT merges layer by layer: those merged before the refused one are unmerged again, so that nothing is
-            # left fused (a later `unload_lora_weights` would keep their deltas in the weights for good).
-            for layer, before in zip(layers, merged_before):
+            # left fused (a later `unload_lora_weights` would keep their deltas in the weights for good), and the
+            # scalings are put back.
+            for layer, before, scalings in zip(layers, merged_before, scalings_before):
                 if list(layer.merged_adapters) != before:
                     layer.unmerge()
-                    if before:
-                        layer.merge(adapter_names=before)
+                for name, value in scalings.items():
+                    if isinstance(value, torch.Tensor):  # (a compiled hot-swap slot: the tensor in place)
+                        layer.scaling[name].copy_(value)
+                    else:
+                        layer.scaling[name] = value
+                if list(layer.merged_adapters) != before and before:
+                    layer.merge(adapter_names=before)
             raise
 
     @_on_uncompiled_transformer

@@ -1025,7 +1025,7 @@ _ORIGINAL_LORA_ELEMENTS = ("lora_down.weight", "lora_up.weight", "alpha")
 
 # diffusers-ruyi module path (regex, full match) -> original module path (`re.sub` template): the inverse of the
 # module renames in `TRANSFORMER_KEY_RENAMES`. Empty while the transformer keeps every original module name; a rename
-# of a module that holds a Linear/Conv2d weight needs its inverse here (`original_lora_module_map` checks this).
+# of a module that holds a Linear/Conv2d/Embedding weight needs its inverse here (`original_lora_module_map` checks this).
 LORA_MODULE_PATHS_TO_ORIGINAL: Dict[str, str] = {}
 
 
@@ -1056,7 +1056,9 @@ def _original_module_path(path: str) -> str:
     return path
 
 
-def _lora_target_modules(model: torch.nn.Module, types: tuple = (torch.nn.Linear, torch.nn.Conv2d)) -> Dict[str, Any]:
+def _lora_target_modules(
+    model: torch.nn.Module, types: tuple = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Embedding)
+) -> Dict[str, Any]:
     """Every module of ``types`` in ``model`` by path; a module already wrapped by PEFT counts as its base layer."""
     try:
         from peft.tuners.tuners_utils import BaseTunerLayer
@@ -1079,7 +1081,7 @@ def _lora_target_modules(model: torch.nn.Module, types: tuple = (torch.nn.Linear
 def original_lora_module_map(model: torch.nn.Module) -> Dict[str, str]:
     """Maps each flattened original LoRA module name to the path of the module in ``model``.
 
-    For every ``nn.Linear``/``nn.Conv2d`` of ``model`` (``RuyiTransformer3DModel``) the original dotted path is
+    For every ``nn.Linear``/``nn.Conv2d``/``nn.Embedding`` of ``model`` (``RuyiTransformer3DModel``) the original dotted path is
     recovered (``LORA_MODULE_PATHS_TO_ORIGINAL``; identity while no module was renamed) and flattened the way the
     original ``LoRANetwork`` names it: ``lora_unet__blocks_0_attn1_to_q`` -> ``blocks.0.attn1.to_q``.
 
@@ -1148,7 +1150,9 @@ def convert_original_lora_state_dict(
 
     Each ``<name>.lora_down.weight`` / ``<name>.lora_up.weight`` pair becomes ``<prefix>.<module path>.lora_A.weight``
     / ``.lora_B.weight``, so that ``scaling * lora_B @ lora_A`` is the original merge delta ``alpha / rank * up @ down``
-    (a factor of 1 without ``alpha``); an adapter weight (``set_adapters(name, w)``) or ``fuse_lora(lora_scale=w)``
+    (a factor of 1 without ``alpha``; an ``nn.Embedding``'s pair becomes ``lora_embedding_A = up.T`` and
+    ``lora_embedding_B = down.T``, PEFT's transposed layout; a convolution's ``lora_A`` has ``lora_down`` at each kernel
+    position); an adapter weight (``set_adapters(name, w)``) or ``fuse_lora(lora_scale=w)``
     then plays the role of the original ``multiplier``. Where that factor lives depends on ``return_metadata``:
 
     - ``False``: folded into the two matrices, so the tensors stand alone (PEFT's default ``lora_alpha = rank``,
@@ -1169,7 +1173,7 @@ def convert_original_lora_state_dict(
 
     Raises:
         `ValueError`: listing every key that cannot be used: text-encoder entries (Ruyi has no text encoder), names
-            that match no Linear/Conv2d module, malformed keys, modules without both `lora_down` and `lora_up`, shapes
+            that match no Linear/Conv2d/Embedding module, malformed keys, modules without both `lora_down` and `lora_up`, shapes
             that do not fit the module (a convolution's LoRA is 1x1 whatever its kernel: the original's merge adds the
             1x1 delta to every kernel position, which `lora_A` does with `lora_down` at every position; it fails on
             larger LoRA kernels).
@@ -1229,6 +1233,9 @@ def convert_original_lora_state_dict(
             # Whatever the kernel: the original's merge adds its 1x1 delta to every kernel position.
             expected_down = (rank, module.in_channels, 1, 1)
             expected_up = (module.out_channels, rank, 1, 1)
+        elif isinstance(module, torch.nn.Embedding):  # its weight is (num_embeddings, embedding_dim)
+            expected_down = (rank, module.embedding_dim)
+            expected_up = (module.num_embeddings, rank)
         else:
             expected_down = (rank, module.in_features)
             expected_up = (module.out_features, rank)
@@ -1251,14 +1258,21 @@ def convert_original_lora_state_dict(
             # PEFT's `lora_A` has the layer's kernel: `down` at every position sums the patch before projecting it,
             # i.e. applies the original's broadcast delta `(up @ down)[..., None, None]`, in the adapter and when fused.
             down = down.expand(-1, -1, *module.kernel_size).contiguous()
-        converted[f"{key_prefix}{path}.lora_A.weight"] = (down.float() * scale_down).to(down.dtype)
-        converted[f"{key_prefix}{path}.lora_B.weight"] = (up.float() * scale_up).to(up.dtype)
+        down, up = (down.float() * scale_down).to(down.dtype), (up.float() * scale_up).to(up.dtype)
+        if isinstance(module, torch.nn.Embedding):
+            # PEFT's Embedding delta is `(lora_embedding_B @ lora_embedding_A).T`, A (rank, num_embeddings) and B
+            # (embedding_dim, rank): the original's `up @ down` with A = up.T, B = down.T.
+            converted[f"{key_prefix}{path}.lora_embedding_A"] = up.T.contiguous()
+            converted[f"{key_prefix}{path}.lora_embedding_B"] = down.T.contiguous()
+        else:
+            converted[f"{key_prefix}{path}.lora_A.weight"] = down
+            converted[f"{key_prefix}{path}.lora_B.weight"] = up
 
     raise_lora_problems(
         "Cannot load this original-format Ruyi LoRA",
         [
             ("text-encoder entries (Ruyi has no text encoder to apply them to)", sorted(text_encoder)),
-            ("names that match no Linear/Conv2d module of the transformer", sorted(unknown)),
+            ("names that match no Linear/Conv2d/Embedding module of the transformer", sorted(unknown)),
             ("keys that are not `lora_unet_<module>.{lora_down.weight,lora_up.weight,alpha}`", sorted(malformed)),
             ("modules named twice, in two spellings", sorted(twice)),
             ("modules without both lora_down and lora_up", incomplete),
@@ -1366,11 +1380,12 @@ def check_lora_metadata(
 # LoRA (PEFT -> original kohya-style files)
 # ----------------------------------------------------------------------------------------------------------------
 
-# Keys a diffusers/PEFT LoRA may hold that the original format has no place for, and why.
+# Keys a diffusers/PEFT LoRA may hold that this writer has no original-format place for, and why. (The original's merge
+# also takes an Embedding's `up @ down`, which loading converts; writing one back is not implemented.)
 _NOT_EXPORTABLE_LORA_KEYS = {
     "lora_B.bias": "a LoRA bias (`lora_bias=True`)",
-    "lora_embedding_A": "an Embedding adapter",
-    "lora_embedding_B": "an Embedding adapter",
+    "lora_embedding_A": "an Embedding adapter (only Linear layers are written)",
+    "lora_embedding_B": "an Embedding adapter (only Linear layers are written)",
     "lora_magnitude_vector": "DoRA",
 }
 

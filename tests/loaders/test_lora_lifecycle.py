@@ -69,9 +69,12 @@ def test_a_refused_safe_fuse_leaves_nothing_fused(tiny_pipe):
     last = [m for m in tiny_pipe.transformer.modules() if "a" in getattr(m, "lora_B", {})][-1]
     with torch.no_grad():
         last.lora_B["a"].weight[0, 0] = float("nan")
+    scalings = {name: dict(m.scaling) for name, m in tiny_pipe.transformer.named_modules() if hasattr(m, "scaling")}
     with pytest.raises(ValueError, match="NaNs detected"):
-        tiny_pipe.fuse_lora(safe_fusing=True)
+        tiny_pipe.fuse_lora(lora_scale=0.5, safe_fusing=True)
     assert not any(getattr(m, "merged", False) for m in tiny_pipe.transformer.modules())
+    # The adapters are as they were, at their own scale (`lora_scale` scales them only for the merge).
+    assert {name: dict(tiny_pipe.transformer.get_submodule(name).scaling) for name in scalings} == scalings
     tiny_pipe.unload_lora_weights()
     assert (_latents(tiny_pipe) - base).abs().max() < 1e-5  # no delta left in the weights
 

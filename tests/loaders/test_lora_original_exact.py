@@ -168,6 +168,47 @@ def test_a_1x1_lora_on_the_2x2_patch_convolution_merges_as_the_original(dtype):
         assert (run_transformer(unchanged.transformer, inputs) - adapter).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_lora_on_the_style_embedding_merges_as_the_original(dtype):
+    """The original's merge adds `up @ down` to any weight its name walk reaches, the `nn.Embedding` of the style id
+    too (checked against its `merge_lora`): it becomes PEFT's Embedding adapter, `lora_embedding_A = up.T` and
+    `lora_embedding_B = down.T`. Fused, the delta is PEFT's `(B @ A).T`, the same products summed by another kernel:
+    float32 round-off apart (one bfloat16 step at most), at the `lora_scale` given (PEFT's `scale_layer` skips
+    Embedding adapters, which fused at scale 1)."""
+    pipe = load_pipe(TINY_CHECKPOINT, dtype=dtype)
+    embedding = pipe.transformer.time_extra_emb.style_embedder
+    assert isinstance(embedding, torch.nn.Embedding)
+    gen = torch.Generator().manual_seed(4)
+    for rank, multiplier in ((3, 0.7), (1, -1.3), (5, 1.0)):
+        down = torch.randn(rank, embedding.embedding_dim, generator=gen)
+        up = torch.randn(embedding.num_embeddings, rank, generator=gen)
+        name = "lora_unet__time_extra_emb_style_embedder"
+        lora = {f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up, f"{name}.alpha": torch.tensor(2.0)}
+        base = embedding.weight.detach().clone()
+        merged = original_merge(base, up, down, 2.0 / rank, multiplier)
+        inputs = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in small_golden_inputs().items()}
+
+        pipe.load_lora_weights(lora, adapter_name="style")
+        layer = pipe.transformer.time_extra_emb.style_embedder  # now PEFT's wrapper
+        assert torch.equal(layer.lora_embedding_A["style"], up.T)
+        pipe.set_adapters("style", multiplier)
+        adapter = run_transformer(pipe.transformer, inputs)
+        pipe.set_adapters("style", 1.0)
+        pipe.fuse_lora(lora_scale=multiplier)
+        if dtype == torch.float32:
+            torch.testing.assert_close(layer.base_layer.weight.data, merged, atol=1e-6, rtol=1e-6)
+        else:
+            torch.testing.assert_close(layer.base_layer.weight.data, merged, atol=0, rtol=2**-7)
+        if dtype == torch.float32:
+            torch.testing.assert_close(run_transformer(pipe.transformer, inputs), adapter, atol=1e-5, rtol=0)
+        pipe.unfuse_lora()
+        pipe.unload_lora_weights()
+        embedding = pipe.transformer.time_extra_emb.style_embedder
+        embedding.weight.data.copy_(base)
+    unchanged = run_transformer(pipe.transformer, inputs)
+    assert (unchanged.float() - adapter.float()).abs().max() > 1e-3
+
+
 def test_hotswap_into_an_original_lora_slot(clean_bf16_pipe, bf16_inputs):
     """A hot-swap keeps the slot's float32 tensors and sets every module's own alpha / rank."""
     pipe = clean_bf16_pipe
