@@ -127,6 +127,7 @@ MODULE_TESTS: dict[str, list[str]] = {
         "original or conversion or missing or unexpected or wrong_shape or lora or matches or dtype or hub or mistyped",
     ],
     "loaders/model_loading.py": [
+        "tests/loaders/test_save_load_checks.py",  # stale shard indexes, unknown loading options
         "tests/loaders/test_loading_options.py",
         "tests/loaders/test_from_single_file.py",
         "tests/pipelines/test_pipeline_realfmt.py",
@@ -136,6 +137,7 @@ MODULE_TESTS: dict[str, list[str]] = {
         "options or missing or unexpected or original or bf16 or from_single_file",
     ],
     "loaders/original_pipeline.py": [
+        "tests/loaders/test_save_load_checks.py",  # a truncated CLIP `.bin` is named before any model loads
         "tests/loaders/test_loader_mutants.py",
         "tests/loaders/test_published_format.py",
         "tests/loaders/test_loading_options.py",

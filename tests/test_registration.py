@@ -27,7 +27,8 @@ def test_the_import_finder_leaves_other_modules_alone():
     finder = _InstallAfterDiffusersImport()
     sys.meta_path.insert(0, finder)
     try:
-        for name in ("aaa_module", "numpy", "zzz_module", "diffusers_ruyi"):
+        # (real modules on either side of "diffusers": "accelerate" and "PIL" sort before it, "numpy" after)
+        for name in ("aaa_module", "accelerate", "PIL", "numpy", "zzz_module", "diffusers_ruyi"):
             assert finder.find_spec(name, None) is None
             assert finder in sys.meta_path
     finally:

@@ -283,3 +283,18 @@ def test_teacache_applied_twice_to_a_model_without_cache_mixin_is_refused():
     apply_ruyi_teacache(model, RuyiTeaCacheConfig())
     with pytest.raises(ValueError, match=r"A cache is already enabled \(RuyiTeaCacheConfig\)"):
         apply_ruyi_teacache(model, RuyiTeaCacheConfig())
+
+
+def test_a_reset_step_counter_starts_again_at_step_zero():
+    # Kills `self.call_count = 0` -> `-1` in StepCounterState.reset (hooks/_common.py): without the pipeline's cache
+    # context, a hook counts the steps itself, and a new run (the hooks are reset) starts at step 0 again.
+    from diffusers_ruyi.hooks._common import StepCounterState, resolve_step
+
+    class NoContext:
+        def step_info(self):
+            return None, None
+
+    state = StepCounterState()
+    assert [resolve_step(state, NoContext(), 10) for _ in range(3)] == [(0, 10), (1, 10), (2, 10)]
+    state.reset()
+    assert resolve_step(state, NoContext(), 10) == (0, 10)

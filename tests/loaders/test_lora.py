@@ -749,13 +749,16 @@ def test_rank_zero_modules_are_skipped_as_the_original_adds_nothing(clean_pipe, 
     extra = "lora_unet__blocks_0_attn1_to_k"
     in_features = transformer.blocks[0].attn1.to_k.in_features
     out_features = transformer.blocks[0].attn1.to_k.out_features
+    conv, patch = "lora_unet__pos_embed_proj", transformer.pos_embed.proj  # a convolution's: 4-d tensors
     empty = {
         f"{extra}.lora_down.weight": torch.zeros(0, in_features),
         f"{extra}.lora_up.weight": torch.zeros(out_features, 0),
+        f"{conv}.lora_down.weight": torch.zeros(0, patch.in_channels, 1, 1),
+        f"{conv}.lora_up.weight": torch.zeros(patch.out_channels, 0, 1, 1),
     }
     with logged("diffusers_ruyi.loaders.original_checkpoint") as records:
         pipe.load_lora_weights({**lora, **empty}, adapter_name="with_empty")
-    assert any("have rank 0" in r.getMessage() and extra in r.getMessage() for r in records)
+    assert any("have rank 0" in r.getMessage() and extra in r.getMessage() and conv in r.getMessage() for r in records)
     torch.testing.assert_close(run_transformer(transformer, small_inputs), expected, atol=0, rtol=0)
     pipe.unload_lora_weights()
     with pytest.raises(ValueError, match="has rank 0, so it changes nothing"):

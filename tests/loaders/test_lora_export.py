@@ -254,6 +254,7 @@ A, B = "blocks.0.attn1.to_q.lora_A.weight", "blocks.0.attn1.to_q.lora_B.weight"
         ({A: torch.randn(2, 8)}, None, r"modules without both lora_A and lora_B: \['blocks.0.attn1.to_q'\]"),
         ({A: torch.randn(2, 8, 3, 3), B: torch.randn(6, 2, 1, 1)}, None, r"lora_A \(2, 8, 3, 3\)"),
         ({A: torch.randn(2, 8, 1, 1), B: torch.randn(6, 2, 1, 1)}, None, r"lora_B \(6, 2, 1, 1\) \(a Linear's"),
+        ({A: torch.randn(2), B: torch.randn(6, 2)}, None, r"lora_A \(2,\), lora_B \(6, 2\) \(a Linear's"),
         ({A: torch.randn(2, 8), B: torch.randn(6, 2)}, {"r": 2, "lora_bias": True}, r"lora_bias=True"),
         (
             {A: torch.randn(2, 8), B: torch.randn(6, 2)},
@@ -283,6 +284,7 @@ A, B = "blocks.0.attn1.to_q.lora_A.weight", "blocks.0.attn1.to_q.lora_B.weight"
         "incomplete",
         "3x3",
         "pointwise-conv",
+        "one-dimensional",
         "lora-bias-config",
         "pissa",
         "olora",

@@ -119,3 +119,23 @@ def test_a_truncated_published_clip_bin_is_named_before_any_model_loads(
     legacy = tmp_path / "legacy.bin"  # torch's pre-zip format is left to torch
     legacy.write_bytes(b"\x80\x02\x8a\x0alegacy pickle")
     check_torch_archive(str(legacy))
+
+
+def test_a_stale_shard_index_is_found_whatever_the_listing_order(tmp_path, monkeypatch):
+    # Kills `continue` -> `break` and the dropped `not` of `not name.endswith(".json")` in remove_stale_shard_indexes
+    # (loaders/model_loading.py): every file of the folder is looked at, in any order, and only a JSON shard index
+    # whose shards are gone is removed (a variant's index whose shards exist stays).
+    from diffusers_ruyi.loaders import model_loading
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "notes.index.txt").write_text("not an index")
+    (tmp_path / "kept.safetensors").write_bytes(b"")
+    (tmp_path / "kept.safetensors.index.fp16.json").write_text(json.dumps({"weight_map": {"w": "kept.safetensors"}}))
+    (tmp_path / "old.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": "old-1.safetensors"}}))
+    listing = sorted(path.name for path in tmp_path.iterdir())  # the stale index last
+    listing.remove("old.safetensors.index.json")
+    listing.append("old.safetensors.index.json")
+    monkeypatch.setattr(model_loading.os, "listdir", lambda folder: list(listing))
+    model_loading.remove_stale_shard_indexes(tmp_path)
+    monkeypatch.undo()  # (`Path.iterdir` lists with `os.listdir` too)
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(listing[:-1])

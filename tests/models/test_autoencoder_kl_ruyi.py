@@ -351,14 +351,21 @@ def test_tiling_strides_are_validated(vae):
 
 
 @torch.no_grad()
-def test_slicing_matches_batched(vae):
+def test_slicing_matches_batched(vae, monkeypatch):
     generator = torch.Generator().manual_seed(0)
     video = torch.rand(2, 3, 8, 32, 24, generator=generator) * 2 - 1
     latents = torch.randn(2, 16, 2, 4, 3, generator=generator)
     encoded, decoded = vae.encode(video).latent_dist.mean, vae.decode(latents).sample
+    batches = []  # the batch sizes the encoder and the decoder see
+    for name in ("_encode", "_decode"):
+        run = getattr(vae, name)
+        monkeypatch.setattr(vae, name, lambda x, run=run: batches.append(x.shape[0]) or run(x))
     try:
         vae.enable_slicing()
         encoded_sliced, decoded_sliced = vae.encode(video).latent_dist.mean, vae.decode(latents).sample
+        assert batches == [1, 1, 1, 1]  # one video at a time: what slicing saves
+        vae.encode(video[:1]), vae.decode(latents[:1])
+        assert batches[4:] == [1, 1]
     finally:
         vae.disable_slicing()
     # Identical up to float round-off (batched vs per-sample convolution kernels; measured ~8e-6).
