@@ -1380,12 +1380,9 @@ def check_lora_metadata(
 # LoRA (PEFT -> original kohya-style files)
 # ----------------------------------------------------------------------------------------------------------------
 
-# Keys a diffusers/PEFT LoRA may hold that this writer has no original-format place for, and why. (The original's merge
-# also takes an Embedding's `up @ down`, which loading converts; writing one back is not implemented.)
+# Keys a diffusers/PEFT LoRA may hold that the original format has no place for, and why.
 _NOT_EXPORTABLE_LORA_KEYS = {
     "lora_B.bias": "a LoRA bias (`lora_bias=True`)",
-    "lora_embedding_A": "an Embedding adapter (only Linear layers are written)",
-    "lora_embedding_B": "an Embedding adapter (only Linear layers are written)",
     "lora_magnitude_vector": "DoRA",
 }
 
@@ -1399,6 +1396,11 @@ RUYI_LORA_MODULE_PATHS = re.compile(
     r"|clip_projection\.(kv_proj|attn\.out_proj)|norm_out\.linear|proj_out|text_embedder\.linear_[12]"
     r"|time_extra_emb\.(extra_embedder|timestep_embedder)\.linear_[12]|time_extra_emb\.pooler\.[qkvc]_proj"
 )
+# Its Embedding, whose weight the original merges the same way (`up @ down`, of PEFT's transposed A and B).
+RUYI_LORA_EMBEDDING_PATHS = re.compile(r"time_extra_emb\.style_embedder")
+# A module's two keys after its path: a Linear's, and an Embedding's (PEFT keeps those as parameters).
+_LINEAR_LORA_ELEMENTS = ("lora_A.weight", "lora_B.weight")
+_EMBEDDING_LORA_ELEMENTS = ("lora_embedding_A", "lora_embedding_B")
 # Why a path may not be one of those: the state dict of a wrapped model, or fused projections.
 _WRAPPER_PREFIXES = ("_orig_mod.", "module.", "base_model.model.")
 _FUSED_PROJECTIONS = re.compile(r".*\.(to_qkv|to_kv)")
@@ -1420,8 +1422,10 @@ def convert_lora_state_dict_to_original(
     ``.alpha``, chosen so that the original merge ``W += multiplier * alpha / rank * up @ down`` adds PEFT's delta
     ``scaling * lora_B @ lora_A``: ``alpha`` is ``lora_alpha`` (``lora_alpha * sqrt(rank)`` with ``use_rslora``),
     per module from the config's ``alpha_pattern`` as PEFT resolves it, or the rank when there is no config (diffusers
-    then loads the file with scaling 1). No model is needed: module paths are checked against the architecture's
-    Linear layers (`RUYI_LORA_MODULE_PATHS`), not against a checkpoint's layer count. (diffusers'
+    then loads the file with scaling 1). The style embedding's Embedding adapter (``lora_embedding_A`` /
+    ``lora_embedding_B``, whose delta is ``(B @ A).T``) becomes ``lora_up = A.T`` / ``lora_down = B.T``. No model is
+    needed: module paths are checked against the architecture's Linear layers (`RUYI_LORA_MODULE_PATHS`) and its
+    Embedding (`RUYI_LORA_EMBEDDING_PATHS`), not against a checkpoint's layer count. (diffusers'
     `convert_state_dict_to_kohya` writes ``alpha = rank`` whatever the config, and other module names.)
 
     Args:
@@ -1440,7 +1444,7 @@ def convert_lora_state_dict_to_original(
     Raises:
         `TypeError`: when ``state_dict`` is not a mapping or ``metadata`` neither a mapping nor a `LoraConfig`.
         `ValueError`: listing every key that the original format cannot express (keys of other components, modules
-            that are not a Linear of Ruyi's transformer, LoRA biases, Embedding adapters, PEFT's LoRA variants (DoRA,
+            that are not a Linear of Ruyi's transformer or its style embedding, LoRA biases, PEFT's LoRA variants (DoRA,
             aLoRA, ...), malformed keys,
             modules without both `lora_A` and `lora_B`, tensors whose shapes do not pair up, values that are not
             finite), a config that does not fit the tensors, or an `init_lora_weights` that changed the base weights.
@@ -1480,9 +1484,11 @@ def convert_lora_state_dict_to_original(
         reason = _NOT_EXPORTABLE_LORA_KEYS.get(element)
         if reason is not None:
             unsupported.append(f"{key} ({reason})")
-        elif not path or element not in ("lora_A.weight", "lora_B.weight"):
+        elif not path or element not in _LINEAR_LORA_ELEMENTS + _EMBEDDING_LORA_ELEMENTS:
             malformed.append(key)
-        elif not RUYI_LORA_MODULE_PATHS.fullmatch(path):
+        elif not (
+            RUYI_LORA_EMBEDDING_PATHS if element in _EMBEDDING_LORA_ELEMENTS else RUYI_LORA_MODULE_PATHS
+        ).fullmatch(path):
             not_ruyi.append(path)
         else:
             pairs.setdefault(path, {})[element] = value
@@ -1511,20 +1517,22 @@ def convert_lora_state_dict_to_original(
 
     incomplete, bad_shapes, bad_values = [], [], []
     for path, tensors in sorted(pairs.items()):
-        if set(tensors) != {"lora_A.weight", "lora_B.weight"}:
+        elements = _EMBEDDING_LORA_ELEMENTS if RUYI_LORA_EMBEDDING_PATHS.fullmatch(path) else _LINEAR_LORA_ELEMENTS
+        if set(tensors) != set(elements):
             incomplete.append(path)
             continue
-        down, up = tensors["lora_A.weight"], tensors["lora_B.weight"]
+        down, up = (tensors[element] for element in elements)
         problem = _lora_tensor_problem({"lora_A": down, "lora_B": up})
         if problem is not None:
             bad_values.append(f"{path}: {problem}")
             continue
-        # A Linear's A (rank, in) and B (out, rank).
+        # A Linear's A (rank, in) and B (out, rank); an Embedding's A (rank, num_embeddings), B (embedding_dim, rank).
         if not down.ndim == up.ndim == 2 or down.shape[0] != up.shape[1]:
-            bad_shapes.append(
-                f"{path}: lora_A {tuple(down.shape)}, lora_B {tuple(up.shape)} (a Linear's are (rank, in) and "
-                "(out, rank))"
-            )
+            shapes = "(rank, in) and (out, rank)"
+            if elements == _EMBEDDING_LORA_ELEMENTS:
+                shapes = "(rank, num_embeddings) and (embedding_dim, rank)"
+            kind = "an Embedding" if elements == _EMBEDDING_LORA_ELEMENTS else "a Linear"
+            bad_shapes.append(f"{path}: lora_A {tuple(down.shape)}, lora_B {tuple(up.shape)} ({kind}'s are {shapes})")
 
     # Why a module is not one of Ruyi's, where that can be told.
     hints = []
@@ -1538,7 +1546,11 @@ def convert_lora_state_dict_to_original(
         f"Cannot {action}",
         [
             (f"keys of components other than `{prefix}` (Ruyi's LoRAs are the transformer's)", foreign),
-            (f"modules that are not a Linear layer of Ruyi's transformer{hint}", sorted(set(not_ruyi))),
+            (
+                f"modules that are not a Linear layer (or, for `lora_embedding_A/B`, the style embedding) of Ruyi's "
+                f"transformer{hint}",
+                sorted(set(not_ruyi)),
+            ),
             ("what the original format cannot hold", unsupported),
             ("keys that are not `<module>.lora_A.weight` / `<module>.lora_B.weight`", sorted(malformed)),
             ("modules without both lora_A and lora_B", incomplete),
@@ -1557,7 +1569,11 @@ def convert_lora_state_dict_to_original(
 
     converted: Dict[str, torch.Tensor] = {}
     for path, tensors in sorted(pairs.items()):
-        rank = tensors["lora_A.weight"].shape[0]
+        if "lora_embedding_A" in tensors:  # the original's `up @ down` is PEFT's `(B @ A).T`: up = A.T, down = B.T
+            down, up = tensors["lora_embedding_B"].T.contiguous(), tensors["lora_embedding_A"].T.contiguous()
+        else:
+            down, up = tensors["lora_A.weight"], tensors["lora_B.weight"]
+        rank = down.shape[0]
         if lora_config is None:
             alpha = float(rank)  # diffusers loads a file without a config with scaling 1
         else:
@@ -1566,7 +1582,7 @@ def convert_lora_state_dict_to_original(
             if lora_config.use_rslora:  # PEFT scales by alpha / sqrt(rank), the original by alpha / rank
                 alpha *= math.sqrt(rank)
         name = f"{ORIGINAL_LORA_PREFIX}__{_original_module_path(path).replace('.', '_')}"
-        converted[f"{name}.lora_down.weight"] = tensors["lora_A.weight"]
-        converted[f"{name}.lora_up.weight"] = tensors["lora_B.weight"]
+        converted[f"{name}.lora_down.weight"] = down
+        converted[f"{name}.lora_up.weight"] = up
         converted[f"{name}.alpha"] = torch.tensor(alpha, dtype=torch.float32)
     return converted

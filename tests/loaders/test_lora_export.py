@@ -93,6 +93,29 @@ def test_an_exported_adapter_changes_the_model_as_the_adapter_does(clean_pipe, s
     torch.testing.assert_close(output, expected, atol=2e-6, rtol=0)
 
 
+def test_an_exported_style_embedding_adapter_changes_the_model_as_the_adapter_does(clean_pipe, small_inputs, tmp_path):
+    # PEFT's Embedding adapter (delta `(B @ A).T`) is the original's `up @ down` with up = A.T, down = B.T, which the
+    # original merges into the embedding's weight like any other; loading converts it back.
+    pipe, transformer = clean_pipe, clean_pipe.transformer
+    base = run_transformer(transformer, small_inputs)
+    config = LoraConfig(r=3, lora_alpha=2, target_modules=["style_embedder", "to_q"])
+    state_dict, metadata = random_adapter(transformer, config, "trained", seed=5)
+    expected = run_transformer(transformer, small_inputs)
+    transformer.delete_adapters("trained")
+    written = load_file(export(tmp_path, state_dict, metadata))
+    name, path = "lora_unet__time_extra_emb_style_embedder", "time_extra_emb.style_embedder"
+    assert torch.equal(written[f"{name}.lora_up.weight"], state_dict[f"{path}.lora_embedding_A"].T)
+    assert torch.equal(written[f"{name}.lora_down.weight"], state_dict[f"{path}.lora_embedding_B"].T)
+    assert written[f"{name}.alpha"].item() == 2
+    pipe.load_lora_weights(str(tmp_path / "pytorch_lora_weights.safetensors"), adapter_name="exported")
+    assert (expected - base).abs().max() > 1e-3
+    torch.testing.assert_close(run_transformer(transformer, small_inputs), expected, atol=2e-6, rtol=0)
+    # Its shapes are an Embedding's, checked as such.
+    state_dict[f"{path}.lora_embedding_B"] = state_dict[f"{path}.lora_embedding_B"][:, :2]
+    with pytest.raises(ValueError, match=r"style_embedder: lora_A \(3, 1\), lora_B \(32, 2\) \(an Embedding's are"):
+        export(tmp_path / "bad", state_dict, metadata)
+
+
 def test_without_a_config_the_scaling_is_one(clean_pipe, small_inputs, tmp_path, monkeypatch):
     # diffusers loads a LoRA file without metadata with alpha = rank per module; the export says so with its alphas.
     pipe, transformer = clean_pipe, clean_pipe.transformer
@@ -202,7 +225,7 @@ def test_every_linear_layer_and_nothing_else_is_exportable(pipe):
 )
 def test_modules_the_original_cannot_merge_are_refused(tmp_path, path, hint):
     state_dict = {f"{path}.lora_A.weight": torch.randn(2, 8), f"{path}.lora_B.weight": torch.randn(6, 2)}
-    with pytest.raises(ValueError, match=rf"not a Linear layer of Ruyi's transformer.*{hint}.*{re.escape(path)}"):
+    with pytest.raises(ValueError, match=rf"not a Linear layer .*of Ruyi's transformer.*{hint}.*{re.escape(path)}"):
         export(tmp_path / "out", state_dict)
     assert not (tmp_path / "out").exists()
 
@@ -220,11 +243,11 @@ A, B = "blocks.0.attn1.to_q.lora_A.weight", "blocks.0.attn1.to_q.lora_B.weight"
         ),
         (
             {
-                "style_embedder.lora_embedding_A": torch.randn(2, 3),
-                "style_embedder.lora_embedding_B": torch.randn(4, 2),
+                "blocks.0.attn1.to_q.lora_embedding_A": torch.randn(2, 3),
+                "blocks.0.attn1.to_q.lora_embedding_B": torch.randn(4, 2),
             },
             None,
-            r"an Embedding adapter",
+            r"the style embedding\) of Ruyi's transformer: \['blocks.0.attn1.to_q'\]",
         ),
         (
             {A: torch.randn(2, 8), B: torch.randn(6, 2), "blocks.0.attn1.to_q.lora_magnitude_vector": torch.randn(6)},
