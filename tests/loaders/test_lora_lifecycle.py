@@ -79,6 +79,23 @@ def test_a_refused_safe_fuse_leaves_nothing_fused(tiny_pipe):
     assert (_latents(tiny_pipe) - base).abs().max() < 1e-5  # no delta left in the weights
 
 
+def test_a_refused_safe_fuse_keeps_what_was_fused_before(tiny_pipe):
+    # A layer with "a" fused and "b" merged on top before a later layer's NaN: rolling back unmerges both, then fuses
+    # "a" again (the weights are those of the first fuse).
+    tiny_pipe.load_lora_weights(ORIGINAL, adapter_name="a")
+    tiny_pipe.load_lora_weights(ORIGINAL, adapter_name="b")
+    tiny_pipe.set_adapters(["a", "b"], [1.0, 0.5])
+    tiny_pipe.fuse_lora(adapter_names=["a"])
+    layers = [m for m in tiny_pipe.transformer.modules() if "b" in getattr(m, "lora_B", {})]
+    fused = {id(m): m.base_layer.weight.detach().clone() for m in layers}
+    with torch.no_grad():
+        layers[-1].lora_B["b"].weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaNs detected"):
+        tiny_pipe.fuse_lora(adapter_names=["b"], safe_fusing=True)
+    assert all(m.merged_adapters == ["a"] for m in layers)
+    assert all(torch.allclose(m.base_layer.weight, fused[id(m)], atol=1e-6, rtol=0) for m in layers)
+
+
 @pytest.mark.parametrize("prepare", ["fuse_qkv", "fp8"])
 def test_the_transformers_own_load_lora_adapter_refuses_what_the_pipeline_refuses(tiny_pipe, prepare):
     transformer = tiny_pipe.transformer

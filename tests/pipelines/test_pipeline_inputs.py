@@ -91,6 +91,7 @@ def test_a_stacked_video_of_frames_matches_the_list_of_lists(pipe, images):
         ("start.png", TypeError, "`image` must be a PIL image, a numpy array, a torch tensor.*load_image"),
         ([np.zeros((32, 48, 3), np.uint8), None], TypeError, "`image\\[1\\]` must be a PIL image"),
         (np.zeros((32, 48, 3), np.int64), TypeError, "`image` as an array must be uint8 or float"),
+        (np.ones((32, 48, 3), bool), TypeError, "`image` as an array must be uint8 or float .*got bool"),  # not a mask
         (torch.zeros(3, 32, 48, dtype=torch.uint8), TypeError, "`image` as a tensor must be floating point"),
         (np.zeros((32, 48, 2), np.uint8), ValueError, "`image` as an array must be \\(H, W, C\\) .* C 1, 3 or 4"),
         (np.zeros(48, np.uint8), ValueError, "`image` as an array must be .* or \\(H, W\\) for one grayscale"),

@@ -936,10 +936,13 @@ def test_hub_id_is_downloaded_then_converted(tiny_checkpoint, monkeypatch):
         return str(tiny_checkpoint)
 
     monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot_download)
-    pipe = RuyiImageToVideoPipeline.from_pretrained("IamCreateAI/Ruyi-Mini-7B", revision="main")
-    # Its model_index.json (here none: the original layout), then the files of that layout.
+    pipe = RuyiImageToVideoPipeline.from_pretrained(
+        "IamCreateAI/Ruyi-Mini-7B", revision="main", force_download=True, local_files_only=False, proxies=None
+    )
+    # Its model_index.json (here none: the original layout), then the files of that layout, with the hub options
+    # given (the defaults, `False` and `None`, left to huggingface_hub).
     assert [kwargs.pop("allow_patterns")[0] for _, kwargs in calls] == ["model_index.json"] * 2
-    assert calls == [("IamCreateAI/Ruyi-Mini-7B", {"revision": "main"})] * 2
+    assert calls == [("IamCreateAI/Ruyi-Mini-7B", {"revision": "main", "force_download": True})] * 2
     assert pipe.transformer.config.num_layers == 4
 
 
