@@ -50,6 +50,8 @@ def test_control_names_refuse_malformed_aspect_ratios(aspect_ratio):
     from diffusers_ruyi.pipelines.controls import control_name
 
     assert control_name(2, "left", "16:9") == "p.16x9movie2left"
+    # a side of 1 is positive too (the boundary of the check on either side)
+    assert (control_name(2, "left", "3:1"), control_name(2, "left", "1:3")) == ("p.3x1movie2left", "p.1x3movie2left")
     if isinstance(aspect_ratio, str):
         with pytest.raises(ValueError, match="`aspect_ratio` must be a tag like"):
             control_name(2, "left", aspect_ratio)
