@@ -827,8 +827,8 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
         An original-format adapter fused with `lora_scale=w` gives the weights of the original `merge_lora(...,
         multiplier=w)`, in bfloat16 bit for bit (float32 product, one rounding; an Embedding adapter's product is
         PEFT's, float32 round-off apart). `lora_scale` scales every adapter, Embedding adapters included (PEFT's
-        `scale_layer` skips those). To merge several LoRAs as the original
-        does, fuse and `unload_lora_weights()` one file at a time: loading into fused layers makes PEFT unmerge them.
+        `scale_layer` skips those). To merge several LoRAs as the original does, fuse and `unload_lora_weights()` one
+        file at a time: loading into fused layers makes PEFT unmerge them.
 
         Args:
             components (`List[str]`, defaults to `["transformer"]`): The components to fuse.
@@ -872,14 +872,15 @@ class RuyiLoraLoaderMixin(LoraBaseMixin):
             # left fused (a later `unload_lora_weights` would keep their deltas in the weights for good), and the
             # scalings are put back.
             for layer, before, scalings in zip(layers, merged_before, scalings_before):
-                if list(layer.merged_adapters) != before:
+                changed = list(layer.merged_adapters) != before
+                if changed:
                     layer.unmerge()
                 for name, value in scalings.items():
                     if isinstance(value, torch.Tensor):  # (a compiled hot-swap slot: the tensor in place)
                         layer.scaling[name].copy_(value)
                     else:
                         layer.scaling[name] = value
-                if list(layer.merged_adapters) != before and before:
+                if changed and before:  # fused again with the scalings they were fused with
                     layer.merge(adapter_names=before)
             raise
 

@@ -1025,7 +1025,8 @@ _ORIGINAL_LORA_ELEMENTS = ("lora_down.weight", "lora_up.weight", "alpha")
 
 # diffusers-ruyi module path (regex, full match) -> original module path (`re.sub` template): the inverse of the
 # module renames in `TRANSFORMER_KEY_RENAMES`. Empty while the transformer keeps every original module name; a rename
-# of a module that holds a Linear/Conv2d/Embedding weight needs its inverse here (`original_lora_module_map` checks this).
+# of a module that holds a Linear/Conv2d/Embedding weight needs its inverse here (`original_lora_module_map` checks
+# this).
 LORA_MODULE_PATHS_TO_ORIGINAL: Dict[str, str] = {}
 
 
@@ -1081,9 +1082,9 @@ def _lora_target_modules(
 def original_lora_module_map(model: torch.nn.Module) -> Dict[str, str]:
     """Maps each flattened original LoRA module name to the path of the module in ``model``.
 
-    For every ``nn.Linear``/``nn.Conv2d``/``nn.Embedding`` of ``model`` (``RuyiTransformer3DModel``) the original dotted path is
-    recovered (``LORA_MODULE_PATHS_TO_ORIGINAL``; identity while no module was renamed) and flattened the way the
-    original ``LoRANetwork`` names it: ``lora_unet__blocks_0_attn1_to_q`` -> ``blocks.0.attn1.to_q``.
+    For every ``nn.Linear``/``nn.Conv2d``/``nn.Embedding`` of ``model`` (``RuyiTransformer3DModel``) the original
+    dotted path is recovered (``LORA_MODULE_PATHS_TO_ORIGINAL``; identity while no module was renamed) and flattened
+    the way the original ``LoRANetwork`` names it: ``lora_unet__blocks_0_attn1_to_q`` -> ``blocks.0.attn1.to_q``.
 
     Raises:
         `ValueError`: when two modules flatten to the same name (the "_" joining would be ambiguous), or when a module
@@ -1173,10 +1174,10 @@ def convert_original_lora_state_dict(
 
     Raises:
         `ValueError`: listing every key that cannot be used: text-encoder entries (Ruyi has no text encoder), names
-            that match no Linear/Conv2d/Embedding module, malformed keys, modules without both `lora_down` and `lora_up`, shapes
-            that do not fit the module (a convolution's LoRA is 1x1 whatever its kernel: the original's merge adds the
-            1x1 delta to every kernel position, which `lora_A` does with `lora_down` at every position; it fails on
-            larger LoRA kernels).
+            that match no Linear/Conv2d/Embedding module, malformed keys, modules without both `lora_down` and
+            `lora_up`, shapes that do not fit the module (a convolution's LoRA is 1x1 whatever its kernel: the
+            original's merge adds the 1x1 delta to every kernel position, which `lora_A` does with `lora_down` at every
+            position; it fails on larger LoRA kernels).
     """
     module_map = {_flat_original_name(name): path for name, path in original_lora_module_map(model).items()}
     modules = _lora_target_modules(model)
@@ -1444,8 +1445,8 @@ def convert_lora_state_dict_to_original(
     Raises:
         `TypeError`: when ``state_dict`` is not a mapping or ``metadata`` neither a mapping nor a `LoraConfig`.
         `ValueError`: listing every key that the original format cannot express (keys of other components, modules
-            that are not a Linear of Ruyi's transformer or its style embedding, LoRA biases, PEFT's LoRA variants (DoRA,
-            aLoRA, ...), malformed keys,
+            that are not a Linear of Ruyi's transformer or its style embedding, LoRA biases, PEFT's LoRA variants
+            (DoRA, aLoRA, ...), malformed keys,
             modules without both `lora_A` and `lora_B`, tensors whose shapes do not pair up, values that are not
             finite), a config that does not fit the tensors, or an `init_lora_weights` that changed the base weights.
     """
@@ -1528,11 +1529,11 @@ def convert_lora_state_dict_to_original(
             continue
         # A Linear's A (rank, in) and B (out, rank); an Embedding's A (rank, num_embeddings), B (embedding_dim, rank).
         if not down.ndim == up.ndim == 2 or down.shape[0] != up.shape[1]:
-            shapes = "(rank, in) and (out, rank)"
             if elements == _EMBEDDING_LORA_ELEMENTS:
-                shapes = "(rank, num_embeddings) and (embedding_dim, rank)"
-            kind = "an Embedding" if elements == _EMBEDDING_LORA_ELEMENTS else "a Linear"
-            bad_shapes.append(f"{path}: lora_A {tuple(down.shape)}, lora_B {tuple(up.shape)} ({kind}'s are {shapes})")
+                shapes = "an Embedding's are (rank, num_embeddings) and (embedding_dim, rank)"
+            else:
+                shapes = "a Linear's are (rank, in) and (out, rank)"
+            bad_shapes.append(f"{path}: lora_A {tuple(down.shape)}, lora_B {tuple(up.shape)} ({shapes})")
 
     # Why a module is not one of Ruyi's, where that can be told.
     hints = []
