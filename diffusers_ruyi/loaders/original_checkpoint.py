@@ -1399,6 +1399,9 @@ RUYI_LORA_MODULE_PATHS = re.compile(
 )
 # Its Embedding, whose weight the original merges the same way (`up @ down`, of PEFT's transposed A and B).
 RUYI_LORA_EMBEDDING_PATHS = re.compile(r"time_extra_emb\.style_embedder")
+# Its convolution (the 2x2 patch embedding), to which the original adds one 1x1 delta at every kernel position: PEFT's
+# `lora_A` (rank, in, 2, 2) is written as `lora_down` (rank, in, 1, 1) when it is the same at every position.
+RUYI_LORA_CONV_PATHS = re.compile(r"pos_embed\.proj")
 # A module's two keys after its path: a Linear's, and an Embedding's (PEFT keeps those as parameters).
 _LINEAR_LORA_ELEMENTS = ("lora_A.weight", "lora_B.weight")
 _EMBEDDING_LORA_ELEMENTS = ("lora_embedding_A", "lora_embedding_B")
@@ -1424,10 +1427,13 @@ def convert_lora_state_dict_to_original(
     ``scaling * lora_B @ lora_A``: ``alpha`` is ``lora_alpha`` (``lora_alpha * sqrt(rank)`` with ``use_rslora``),
     per module from the config's ``alpha_pattern`` as PEFT resolves it, or the rank when there is no config (diffusers
     then loads the file with scaling 1). The style embedding's Embedding adapter (``lora_embedding_A`` /
-    ``lora_embedding_B``, whose delta is ``(B @ A).T``) becomes ``lora_up = A.T`` / ``lora_down = B.T``. No model is
-    needed: module paths are checked against the architecture's Linear layers (`RUYI_LORA_MODULE_PATHS`) and its
-    Embedding (`RUYI_LORA_EMBEDDING_PATHS`), not against a checkpoint's layer count. (diffusers'
-    `convert_state_dict_to_kohya` writes ``alpha = rank`` whatever the config, and other module names.)
+    ``lora_embedding_B``, whose delta is ``(B @ A).T``) becomes ``lora_up = A.T`` / ``lora_down = B.T``. The patch
+    convolution's adapter (``pos_embed.proj``) is written when its ``lora_A`` is the same at every kernel position, as
+    after loading an original file: the original adds its 1x1 delta at every position. No model is needed: module
+    paths are checked against the architecture's Linear layers (`RUYI_LORA_MODULE_PATHS`), its Embedding
+    (`RUYI_LORA_EMBEDDING_PATHS`) and its convolution (`RUYI_LORA_CONV_PATHS`), not against a checkpoint's layer
+    count. (diffusers' `convert_state_dict_to_kohya` writes ``alpha = rank`` whatever the config, and other module
+    names.)
 
     Args:
         state_dict (`Dict[str, torch.Tensor]`):
@@ -1445,10 +1451,11 @@ def convert_lora_state_dict_to_original(
     Raises:
         `TypeError`: when ``state_dict`` is not a mapping or ``metadata`` neither a mapping nor a `LoraConfig`.
         `ValueError`: listing every key that the original format cannot express (keys of other components, modules
-            that are not a Linear of Ruyi's transformer or its style embedding, LoRA biases, PEFT's LoRA variants
-            (DoRA, aLoRA, ...), malformed keys,
-            modules without both `lora_A` and `lora_B`, tensors whose shapes do not pair up, values that are not
-            finite), a config that does not fit the tensors, or an `init_lora_weights` that changed the base weights.
+            that are not a Linear of Ruyi's transformer, its style embedding or its patch convolution, a patch
+            convolution's adapter that differs between kernel positions, LoRA biases, PEFT's LoRA variants (DoRA,
+            aLoRA, ...), malformed keys, modules without both `lora_A` and `lora_B`, tensors whose shapes do not pair
+            up, values that are not finite), a config that does not fit the tensors, or an `init_lora_weights` that
+            changed the base weights.
     """
     from peft import LoraConfig
 
@@ -1488,8 +1495,10 @@ def convert_lora_state_dict_to_original(
         elif not path or element not in _LINEAR_LORA_ELEMENTS + _EMBEDDING_LORA_ELEMENTS:
             malformed.append(key)
         elif not (
-            RUYI_LORA_EMBEDDING_PATHS if element in _EMBEDDING_LORA_ELEMENTS else RUYI_LORA_MODULE_PATHS
-        ).fullmatch(path):
+            RUYI_LORA_EMBEDDING_PATHS.fullmatch(path)
+            if element in _EMBEDDING_LORA_ELEMENTS
+            else RUYI_LORA_MODULE_PATHS.fullmatch(path) or RUYI_LORA_CONV_PATHS.fullmatch(path)
+        ):
             not_ruyi.append(path)
         else:
             pairs.setdefault(path, {})[element] = value
@@ -1527,8 +1536,19 @@ def convert_lora_state_dict_to_original(
         if problem is not None:
             bad_values.append(f"{path}: {problem}")
             continue
-        # A Linear's A (rank, in) and B (out, rank); an Embedding's A (rank, num_embeddings), B (embedding_dim, rank).
-        if not down.ndim == up.ndim == 2 or down.shape[0] != up.shape[1]:
+        # A Linear's A (rank, in) and B (out, rank); an Embedding's A (rank, num_embeddings), B (embedding_dim, rank);
+        # a convolution's A (rank, in, kh, kw) and B (out, rank, 1, 1).
+        if RUYI_LORA_CONV_PATHS.fullmatch(path):
+            if not (down.ndim == up.ndim == 4 and down.shape[0] == up.shape[1] and tuple(up.shape[2:]) == (1, 1)):
+                shapes = "a convolution's are (rank, in, kh, kw) and (out, rank, 1, 1)"
+                bad_shapes.append(f"{path}: lora_A {tuple(down.shape)}, lora_B {tuple(up.shape)} ({shapes})")
+            elif not torch.equal(down, down[..., :1, :1].expand_as(down)):
+                # e.g. trained with PEFT: its delta differs between kernel positions, the original's cannot.
+                unsupported.append(
+                    f"{path} (its lora_A differs between the {tuple(down.shape[2:])} kernel positions; the original "
+                    "format holds one 1x1 delta that it adds at every position)"
+                )
+        elif not down.ndim == up.ndim == 2 or down.shape[0] != up.shape[1]:
             if elements == _EMBEDDING_LORA_ELEMENTS:
                 shapes = "an Embedding's are (rank, num_embeddings) and (embedding_dim, rank)"
             else:
@@ -1548,8 +1568,8 @@ def convert_lora_state_dict_to_original(
         [
             (f"keys of components other than `{prefix}` (Ruyi's LoRAs are the transformer's)", foreign),
             (
-                f"modules that are not a Linear layer (or, for `lora_embedding_A/B`, the style embedding) of Ruyi's "
-                f"transformer{hint}",
+                f"modules that are not a Linear layer (or the patch convolution `pos_embed.proj`, or, for "
+                f"`lora_embedding_A/B`, the style embedding) of Ruyi's transformer{hint}",
                 sorted(set(not_ruyi)),
             ),
             ("what the original format cannot hold", unsupported),
@@ -1574,6 +1594,8 @@ def convert_lora_state_dict_to_original(
             down, up = tensors["lora_embedding_B"].T.contiguous(), tensors["lora_embedding_A"].T.contiguous()
         else:
             down, up = tensors["lora_A.weight"], tensors["lora_B.weight"]
+            if down.ndim == 4:  # the same at every kernel position (checked above): one position is the 1x1 kernel
+                down = down[..., :1, :1].contiguous()
         rank = down.shape[0]
         if lora_config is None:
             alpha = float(rank)  # diffusers loads a file without a config with scaling 1

@@ -116,6 +116,57 @@ def test_an_exported_style_embedding_adapter_changes_the_model_as_the_adapter_do
         export(tmp_path / "bad", state_dict, metadata)
 
 
+def test_a_patch_convolution_adapter_from_an_original_file_is_written_back(clean_pipe, small_inputs, tmp_path):
+    # Loading spreads the file's 1x1 `lora_down` over the 2x2 patch kernel (the original adds its delta at every
+    # position); the export writes that one position back, so the file round-trips and merges as it did.
+    pipe, transformer = clean_pipe, clean_pipe.transformer
+    conv = transformer.pos_embed.proj
+    gen = torch.Generator().manual_seed(8)
+    name, q = "lora_unet__pos_embed_proj", "lora_unet__blocks_0_attn1_to_q"
+    lora = {
+        f"{name}.lora_down.weight": torch.randn(3, conv.in_channels, 1, 1, generator=gen),
+        f"{name}.lora_up.weight": torch.randn(conv.out_channels, 3, 1, 1, generator=gen),
+        f"{name}.alpha": torch.tensor(1.5),
+        f"{q}.lora_down.weight": torch.randn(2, transformer.blocks[0].attn1.to_q.in_features, generator=gen),
+        f"{q}.lora_up.weight": torch.randn(transformer.blocks[0].attn1.to_q.out_features, 2, generator=gen),
+        f"{q}.alpha": torch.tensor(2.0),
+    }
+    pipe.load_lora_weights(dict(lora), adapter_name="original")
+    expected = run_transformer(transformer, small_inputs)
+    state_dict = get_peft_model_state_dict(transformer, adapter_name="original")
+    assert state_dict["pos_embed.proj.lora_A.weight"].shape[2:] == (2, 2)
+    written = load_file(export(tmp_path, state_dict, transformer.peft_config["original"].to_dict()))
+    assert sorted(written) == sorted(lora)
+    for key, value in lora.items():
+        assert written[key].shape == value.shape and torch.equal(written[key], value), key
+    transformer.delete_adapters("original")
+    pipe.load_lora_weights(str(tmp_path / "pytorch_lora_weights.safetensors"), adapter_name="exported")
+    torch.testing.assert_close(run_transformer(transformer, small_inputs), expected, atol=1e-6, rtol=0)
+
+
+def test_a_patch_convolution_adapter_the_original_cannot_merge_is_refused(tmp_path):
+    path = "pos_embed.proj"
+    down, up = torch.randn(2, 48, 2, 2), torch.randn(32, 2, 1, 1)  # e.g. trained with PEFT: a full 2x2 kernel
+    with pytest.raises(ValueError, match=r"pos_embed.proj \(its lora_A differs between the \(2, 2\) kernel positions"):
+        export(tmp_path / "a", {f"{path}.lora_A.weight": down, f"{path}.lora_B.weight": up})
+    down[..., 1, 0] = down[..., 0, 0]
+    down[..., 1, 1] = down[..., 0, 0]
+    down[..., 0, 1] = down[..., 0, 0]
+    down[0, 5, 1, 1] += 1e-3  # one value at one position is enough
+    with pytest.raises(ValueError, match=r"differs between the \(2, 2\) kernel positions"):
+        export(tmp_path / "b", {f"{path}.lora_A.weight": down, f"{path}.lora_B.weight": up})
+    down[0, 5, 1, 1] = down[0, 5, 0, 0]
+    written = load_file(export(tmp_path / "c", {f"{path}.lora_A.weight": down, f"{path}.lora_B.weight": up}))
+    assert torch.equal(written["lora_unet__pos_embed_proj.lora_down.weight"], down[..., :1, :1])
+    shapes = r"pos_embed.proj: lora_A \(2, 48, 2, 2\), lora_B \(32, 2, 2, 2\) \(a convolution's are"
+    with pytest.raises(ValueError, match=shapes):
+        export(tmp_path / "d", {f"{path}.lora_A.weight": down, f"{path}.lora_B.weight": torch.randn(32, 2, 2, 2)})
+    for bad in (torch.randn(2, 48), torch.randn(3, 48, 2, 2)):  # a Linear's A; another rank than B's
+        with pytest.raises(ValueError, match=r"tensors of the wrong shape.*a convolution's are"):
+            export(tmp_path / "e", {f"{path}.lora_A.weight": bad, f"{path}.lora_B.weight": up})
+    assert sorted(os.listdir(tmp_path)) == ["c"]
+
+
 def test_without_a_config_the_scaling_is_one(clean_pipe, small_inputs, tmp_path, monkeypatch):
     # diffusers loads a LoRA file without metadata with alpha = rank per module; the export says so with its alphas.
     pipe, transformer = clean_pipe, clean_pipe.transformer
@@ -219,7 +270,8 @@ def test_every_linear_layer_and_nothing_else_is_exportable(pipe):
         ("blocks.0.attn1.to_qkv", "no fused projections"),
         ("blocks.0.attn2.to_kv", "no fused projections"),
         ("blocks.007.attn1.to_q", ": "),
-        ("pos_embed.proj", ": "),
+        ("pos_embed", ": "),
+        ("blocks.0.attn1.norm_q", ": "),
         ("blocks.0.attn1", ": "),
     ],
 )
