@@ -23,7 +23,7 @@ synchronised on CUDA; "pipeline s" includes image encoding, VAE encode/decode. P
 and `original_teacache`: with `baseline` and `teacache`), so exact features show 0 and caches show their error.
 
 Presets: `small` = the golden tiny checkpoint; `medium` = a random 512-wide, 8-layer transformer (CPU scale);
-`full` = the full Ruyi-Mini-7B transformer geometry (the defaults of `RuyiTransformer3DModel`: 40 layers, 32 heads x 88)
+`full` = the full Ruyi-Mini-7B transformer geometry (the defaults of `RuyiTransformer3DModel`: 40 layers, 16 heads x 176)
 with a full-width CLIP vision tower (2 layers) and a guessed full-size VAE, at 512x512x24 and 768x768x48, 25 steps.
 A `full` checkpoint is ~28 GB in float32 on disk (written once into --workdir).
 """

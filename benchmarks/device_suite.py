@@ -25,7 +25,8 @@ weights, image, seed and settings:
 * ``model_offload``: ``enable_model_cpu_offload`` plus the long skips offloaded in groups of 5: the original's
   ``predict_i2v.py`` memory setting, so its peak and speed compare with the ``original`` row's. Here and in the
   ``original`` row, s/step and MFU leave out the first transformer call, which moves the weights to the GPU.
-* ``vae_decode``: the VAE alone, decoding random latents, at 512x512x24 untiled and 768x768x120 tiled.
+* ``vae_decode``: the VAE alone, decoding random latents: at 512x512x24 untiled and with the original's tiling (the
+  published config's), and at 768x768x120 with this package's tiling.
 * ``original``: the original implementation (``--reference``), built the same way in its own interpreter, with its
   ``predict_i2v.py`` settings (bf16, ``enable_model_cpu_offload``, ``gpu_offload_steps=5``, autocast); it runs second,
   so that the budget never cuts it, and its notes give how much faster ``model_offload`` and ``baseline`` are.

@@ -219,12 +219,13 @@ def compose(weights: Dict[str, int], peaks: Dict[str, int]) -> List[Dict[str, An
     row(
         "transformer group offload (block level, streams) + VAE tiling",
         group_offload("transformer"),
-        "device_suite.py's group_offload row: 2 transformer blocks on the GPU during its calls, VAE and CLIP resident",
+        "2 transformer blocks on the GPU during its calls, VAE and CLIP resident",
     )
     row(
         "transformer group offload (block level, streams) + skip offload (1) + VAE tiling",
         group_offload("transformer_skip_offload_1"),
-        "the same with the long skips parked on the CPU one by one (ruyi-i2v --offload group --skip-offload 1)",
+        "the same with the long skips parked on the CPU one by one (ruyi-i2v --offload group --skip-offload 1): "
+        "device_suite.py's group_offload row",
     )
     row(
         "the same + `transformer.enable_forward_chunking()`",

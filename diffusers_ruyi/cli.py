@@ -241,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_int,
         default=24,
         help="Frames: 1 or a multiple of 8 up to --segment-frames; any number beyond, made in segments. With --extend: "
-        "the frames to append (any number).",
+        "the frames to append, any number (default 24; the pipeline's own default is 120).",
     )
     video.add_argument(
         "--height",
@@ -1383,6 +1383,7 @@ def _run_segments(args: argparse.Namespace, pipe, device, progress: Progress, st
                         written += 1
                 finally:
                     reader.close()
+        total = written + new_total  # the output's frames: those copied and the new ones
         segments = iter_video_segments(
             pipe,
             plan,
@@ -1417,7 +1418,7 @@ def _run_segments(args: argparse.Namespace, pipe, device, progress: Progress, st
             written += len(new)
             progress.say(
                 f"segment {segment.index + 1}/{len(plan)} done in {time.perf_counter() - start:.1f} s "
-                f"({written} frames written, {new_total} new in all)"
+                f"({written} of {total} frames written)"
             )
     progress.say(
         f"wrote {args.output} ({written} frames, {out_size[1]}x{out_size[0]}, {fps:g} fps) in "

@@ -820,7 +820,7 @@ class RuyiTransformer3DModel(
         temporal_embedding_dtype (`str`, *optional*): The dtype (`"bfloat16"` or `"float16"`) an original checkpoint
             stored its fixed temporal tables (`t_embed.pe`) in, set by `from_pretrained` when it finds them. The
             original adds the stored, rounded values, so the table is rounded the same way; in a bfloat16 run that
-            changes nothing, in float32 it keeps parity with the original (1e-3 otherwise). `None`: exact.
+            changes nothing, in float32 it keeps parity with the original (about 1.5e-3 otherwise). `None`: exact.
     """
 
     _original_model_type = "transformer"

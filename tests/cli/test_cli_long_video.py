@@ -81,6 +81,9 @@ def test_long_video_in_three_segments(tmp_path, capsys):
         "segment 1/3: 16 frames from --image, 16 new (camera left, motion auto)",
         "segment 2/3: 16 frames continuing 5 frames, 11 new (camera static, motion auto)",
         "segment 3/3: 16 frames continuing 5 frames, 5 new (camera right, motion auto)",
+        "(16 of 32 frames written)",
+        "(27 of 32 frames written)",
+        "(32 of 32 frames written)",
         "wrote " + str(out) + " (32 frames, 48x32, 24 fps)",
     ):
         assert line in err
@@ -129,10 +132,11 @@ def test_long_video_frames_are_those_of_the_python_api(tmp_path, monkeypatch):
     assert np.array_equal(np.stack(written), (expected * 255).astype(np.uint8))
 
 
-def test_extend_appends_frames_after_the_input(tmp_path, input_video, monkeypatch):
+def test_extend_appends_frames_after_the_input(tmp_path, input_video, monkeypatch, capsys):
     written = _capture(monkeypatch)
     out = tmp_path / "out.mp4"
-    assert main(["--extend", str(input_video), "--output", str(out), "--num-frames", "11", *FAST]) == 0
+    assert main(["--extend", str(input_video), "--output", str(out), "--num-frames", "11", *FAST[:-1]]) == 0
+    assert "(20 of 20 frames written)" in capsys.readouterr().err  # the copied frames count too
     original, _ = _read(input_video)
     assert len(written) == 9 + 11
     assert all(np.array_equal(a, b) for a, b in zip(written[:9], original))  # decoded input frames, unchanged
