@@ -1061,3 +1061,23 @@ def test_loading_into_a_compiled_group_offloaded_transformer_keeps_its_groups(cl
         from diffusers.hooks import HookRegistry
 
         HookRegistry.check_if_exists_or_initialize(transformer).remove_hook(_GROUP_OFFLOADING, recurse=True)
+
+
+def test_a_peft_lora_mixing_older_diffusers_keys_is_refused(clean_pipe):
+    # Older diffusers' `.lora.down` / `.lora.up` keys are converted only in a file without any PEFT `lora_A` key: a file
+    # mixing both namings is refused, naming the older keys, rather than loaded half-converted.
+    pipe = clean_pipe
+    modules = linear_paths(pipe.transformer)
+    q, k = modules["blocks.0.attn1.to_q"], modules["blocks.0.attn1.to_k"]
+    mixed = {
+        "transformer.blocks.0.attn1.to_q.lora_A.weight": torch.randn(2, q.in_features),
+        "transformer.blocks.0.attn1.to_q.lora_B.weight": torch.randn(q.out_features, 2),
+        "transformer.blocks.0.attn1.to_k.lora.down.weight": torch.randn(2, k.in_features),
+        "transformer.blocks.0.attn1.to_k.lora.up.weight": torch.randn(k.out_features, 2),
+    }
+    with pytest.raises(ValueError, match="Cannot load this LoRA") as error:
+        pipe.load_lora_weights(mixed, adapter_name="mixed")
+    message = str(error.value)
+    assert "keys that are not `<module>.{lora_A.weight,lora_B.weight,lora_B.bias}`" in message
+    assert "blocks.0.attn1.to_k.lora.down.weight" in message and "blocks.0.attn1.to_k.lora.up.weight" in message
+    _assert_nothing_loaded(pipe)

@@ -1172,3 +1172,13 @@ def test_latent_output_decodes_to_the_video_by_the_documented_recipe(pipe, start
     video = pipe.video_processor.postprocess_video(pipe.decode_latents(latents), output_type="np")
     expected = _call(pipe, start_image, num_inference_steps=2, output_type="np").frames
     assert np.array_equal(video, expected)
+
+
+def test_saved_model_index_is_written_like_diffusers_configs(pipe, tmp_path):
+    # model_index.json is written as diffusers writes every config (two-space indent, sorted keys, a final newline):
+    # the same text as the components' config files, so that saved folders diff cleanly against diffusers' own.
+    pipe.save_pretrained(tmp_path)
+    for name in ("model_index.json", "scheduler/scheduler_config.json", "transformer/config.json"):
+        text = (tmp_path / name).read_text()
+        assert text == json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n", name
+    assert pipe.to_json_string() == (tmp_path / "model_index.json").read_text()
