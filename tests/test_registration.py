@@ -34,3 +34,29 @@ def test_the_import_finder_leaves_other_modules_alone():
     finally:
         if finder in sys.meta_path:
             sys.meta_path.remove(finder)
+
+
+def test_the_import_finder_hands_back_a_loader_without_exec_module_as_found(monkeypatch):
+    # A legacy (PEP 302) loader with only `load_module`, from a finder placed by another package: there is no
+    # `exec_module` to wrap, so the spec goes back untouched rather than failing the import of diffusers.
+    import importlib.machinery
+    import sys
+
+    from diffusers_ruyi._registration import _InstallAfterDiffusersImport
+
+    class LegacyLoader:
+        def load_module(self, fullname):  # pragma: no cover - never imported here
+            raise AssertionError
+
+    loader = LegacyLoader()
+
+    class LegacyFinder:
+        def find_spec(self, fullname, path, target=None):
+            return importlib.machinery.ModuleSpec(fullname, loader) if fullname == "diffusers" else None
+
+    finder = _InstallAfterDiffusersImport()
+    monkeypatch.delitem(sys.modules, "diffusers")  # else `find_spec` answers with the imported module's spec
+    monkeypatch.setattr(sys, "meta_path", [finder, LegacyFinder(), *sys.meta_path])
+    spec = finder.find_spec("diffusers", None)
+    assert spec.loader is loader and not hasattr(loader, "exec_module")
+    assert sys.meta_path[0] is finder  # still in place for the real import

@@ -423,3 +423,12 @@ def test_a_pipeline_folder_given_to_a_model_names_its_subfolders(tiny_realfmt_ch
         RuyiControlEmbeddings.from_pretrained(tmp_path / "saved")
     with pytest.raises(FileNotFoundError, match=r"it is not a model folder\.$"):
         AutoencoderKLRuyiCausal3D.from_pretrained(tmp_path)
+
+
+def test_a_pipeline_saves_with_max_shard_size_none_as_each_models_default(tiny_checkpoint, tmp_path):
+    # `None` is diffusers' default for a pipeline: each model's own shard size. Only a model refuses it (see
+    # test_bad_save_arguments_are_refused_before_anything_is_written).
+    pipe = RuyiImageToVideoPipeline.from_pretrained(tiny_checkpoint)
+    pipe.save_pretrained(tmp_path, max_shard_size=None)
+    assert (tmp_path / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
+    assert type(DiffusionPipeline.from_pretrained(tmp_path)) is RuyiImageToVideoPipeline

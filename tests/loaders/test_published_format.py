@@ -485,3 +485,13 @@ def test_stored_temporal_table_dtype_from_a_state_dict_or_the_headers(tmp_path):
     save_file({key: table.half()}, str(tmp_path / "b.safetensors"))
     files = [str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors")]
     assert stored_temporal_table_dtype(None, files, ["other", key]) == "float16"
+
+
+def test_disk_size_of_exactly_one_gib_is_in_gb(tmp_path):
+    exact, below = tmp_path / "exact.bin", tmp_path / "below.bin"
+    with open(exact, "wb") as f:  # sparse: sizes without disk use
+        f.truncate(2**30)
+    with open(below, "wb") as f:
+        f.truncate(2**30 - 2**20)
+    assert _disk_size(str(exact)) == "1.0 GB"  # not "1024 MB"
+    assert _disk_size(str(below)) == "1023 MB"
