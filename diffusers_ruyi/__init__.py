@@ -12,6 +12,7 @@ and transformers takes.
 import importlib
 from typing import TYPE_CHECKING, Any, Dict, List
 
+from ._logging import filter_false_diffusers_warnings
 from ._registration import register_with_diffusers
 
 
@@ -42,6 +43,7 @@ __all__ = [
 
 
 register_with_diffusers()
+filter_false_diffusers_warnings()
 
 
 def __getattr__(name: str) -> Any:

@@ -187,6 +187,7 @@ MODULE_TESTS: dict[str, list[str]] = {
         "-k",
         "loads_like_any_diffusers or whatever_the_import_order or registering or finder",
     ],
+    "_logging.py": ["tests/test_logging.py"],
 }
 
 # cosmic-ray operators left out (regular expressions on the operator name): replacements nobody would write by
