@@ -2,12 +2,14 @@
 
 import json
 import math
+import re
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from diffusers_ruyi.loaders.original_checkpoint import convert_vae_config, read_safetensors
+from diffusers_ruyi.pipelines.pipeline_ruyi_i2v import RuyiImageToVideoPipeline
 
 
 def test_original_format_reader_takes_a_file_whose_header_fills_it(tmp_path):
@@ -334,3 +336,17 @@ def test_lora_load_into_transformer_is_a_classmethod():
     state_dict = RuyiImageToVideoPipeline.lora_state_dict(FIXTURES / "lora" / "ruyi_lora_peft.safetensors")
     RuyiImageToVideoPipeline.load_lora_into_transformer(state_dict, transformer=transformer, adapter_name="a")
     assert list(transformer.peft_config) == ["a"]
+
+
+def test_saving_mixed_prefix_lora_keys_names_the_first_unprefixed_key(tmp_path):
+    # The refusal's example is the first key (sorted) without the prefix, and nothing is written.
+    layers = {
+        "transformer.blocks.0.attn1.to_q.lora_A.weight": torch.zeros(4, 32),
+        "blocks.1.attn1.to_q.lora_B.weight": torch.zeros(32, 4),
+        "blocks.0.attn1.to_q.lora_B.weight": torch.zeros(32, 4),
+    }
+    with pytest.raises(ValueError, match="mixes keys with and without the 'transformer.' prefix") as raised:
+        RuyiImageToVideoPipeline.save_lora_weights(tmp_path / "mixed", transformer_lora_layers=layers)
+    assert re.search(r"\(e\.g\. 'blocks\.0\.attn1\.to_q\.lora_B\.weight'\)", str(raised.value))
+    assert "blocks.1." not in str(raised.value)
+    assert not (tmp_path / "mixed").exists()

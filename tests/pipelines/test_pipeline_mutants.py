@@ -191,3 +191,10 @@ def test_a_bfloat16_decode_keeps_its_values(pipe, start_image, monkeypatch):
     video = pipe(image=start_image, num_frames=8, height=32, width=48, num_inference_steps=1, output_type="pt").frames
     expected = (decoded / 2 + 0.5).clamp(0, 1).float().permute(0, 2, 1, 3, 4)
     assert video.dtype == torch.float32 and torch.equal(video, expected)
+
+
+@pytest.mark.parametrize("corner", [(-1, 0), (0, -0.5)])
+def test_a_negative_crop_corner_is_refused_before_any_model(guarded_pipe, start_image, corner):
+    with pytest.raises(ValueError, match=r"`crops_coords_top_left` must be a finite number >= 0, got -"):
+        guarded_pipe(image=start_image, num_frames=8, height=32, width=48, num_inference_steps=1,
+                     crops_coords_top_left=corner, generator=torch.Generator("cpu").manual_seed(0), output_type="pt")  # fmt: skip
