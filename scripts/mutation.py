@@ -187,7 +187,13 @@ MODULE_TESTS: dict[str, list[str]] = {
         "-k",
         "loads_like_any_diffusers or whatever_the_import_order or registering or finder",
     ],
-    "_logging.py": ["tests/test_logging.py"],
+    "_logging.py": [
+        "tests/test_logging.py",
+        "tests/pipelines/test_pipeline_realfmt.py",
+        "tests/loaders/test_loading_options.py",
+        "-k",
+        "logging or float16_upcasts or diffusers_warning or keeps_diffusers_warning",
+    ],
 }
 
 # cosmic-ray operators left out (regular expressions on the operator name): replacements nobody would write by

@@ -29,22 +29,21 @@ It also gives both models `from_single_file` (one weights file and a config), wh
 only offers its built-in classes; it builds the model as `from_pretrained` does, with the same rules.
 """
 
-import contextlib
 import functools
 import inspect
 import json
-import logging
 import numbers
 import os
 import posixpath
 import re
 import sys
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 from urllib.parse import unquote, urlparse
 
 import torch
 from diffusers import ModelMixin
 
+from .._logging import modeling_logs_dropped
 from .._validation import check_bool, check_device_available, is_fp8_dtype
 from .original_checkpoint import (
     ORIGINAL_KEY_RENAMES,
@@ -714,28 +713,6 @@ def check_no_fp8_storage(model: Any, name: str) -> None:
             "load back as full-precision weights rounded to fp8, with no fp8 mode. Save the model before applying "
             "the fp8 mode (and apply it again after loading)."
         )
-
-
-class _DropRecords(logging.Filter):
-    def __init__(self, drop: Callable[[str], bool]) -> None:
-        super().__init__()
-        self.drop = drop
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not self.drop(record.getMessage())
-
-
-@contextlib.contextmanager
-def modeling_logs_dropped(drop: Callable[[str], bool]) -> Iterator[None]:
-    """Drops, while the block runs, the records of diffusers' `modeling_utils` logger whose message ``drop`` accepts:
-    reports that the package makes itself, or that are not the user's doing."""
-    diffusers_logger = logging.getLogger("diffusers.models.modeling_utils")
-    record_filter = _DropRecords(drop)
-    diffusers_logger.addFilter(record_filter)
-    try:
-        yield
-    finally:
-        diffusers_logger.removeFilter(record_filter)
 
 
 def _is_key_report(message: str) -> bool:

@@ -38,6 +38,7 @@ from diffusers.video_processor import VideoProcessor
 from transformers import CLIPVisionModelWithProjection
 
 from .._images import checked_image_to_rgb
+from .._logging import modeling_logs_dropped
 from .._validation import (
     MAX_FRAME_SIZE,
     check_attention_kwargs,
@@ -54,7 +55,6 @@ from ..loaders.model_loading import (
     check_no_fp8_storage,
     check_no_lora_layers,
     check_save_arguments,
-    modeling_logs_dropped,
     remove_stale_shard_indexes,
 )
 from ..models.autoencoder_kl_ruyi import AutoencoderKLRuyiCausal3D, same_values
