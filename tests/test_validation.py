@@ -93,6 +93,23 @@ def test_a_count_below_every_control_is_still_judged():
     assert schedule_problem(FailsUnderFourSteps(), 25) is None
 
 
+def test_ruyis_default_count_is_a_control():
+    # Kills `(25, 10, 4)` -> `(26, 10, 4)` in `schedule_problem`: Ruyi's default, 25 steps, is one of the controls, so
+    # a scheduler that runs only 11 to 25 steps has its failure at 30 reported as the count's fault.
+    from diffusers import DDIMScheduler
+
+    from diffusers_ruyi._validation import schedule_problem
+
+    class RunsElevenToTwentyFiveSteps(DDIMScheduler):
+        def step(self, *args, **kwargs):
+            if not 11 <= len(self.timesteps) <= 25:
+                raise IndexError("unsupported count")
+            return super().step(*args, **kwargs)
+
+    assert schedule_problem(RunsElevenToTwentyFiveSteps(), 30) == "IndexError: unsupported count"
+    assert schedule_problem(RunsElevenToTwentyFiveSteps(), 25) is None
+
+
 def test_the_half_precision_mix_check_is_for_cpu_autocast_only(monkeypatch):
     # Kills `tensor.device.type == "cpu"` -> `>= "cpu"` in check_input_dtype (_validation.py): under another device's
     # autocast ("cuda", "xpu", ...; here "meta", with autocast reported on) the CPU autocast dtype says nothing, so a

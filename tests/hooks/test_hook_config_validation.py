@@ -59,6 +59,7 @@ def _hooked(model: torch.nn.Module) -> list:
         ({"skip_end_steps": -3}, ValueError, r"`skip_end_steps` must be >= 0"),
         ({"num_inference_steps": 2.5}, TypeError, r"`num_inference_steps` must be an integer or None"),
         ({"num_inference_steps": True}, TypeError, r"`num_inference_steps` must be an integer or None"),
+        ({"num_inference_steps": 0}, ValueError, r"`num_inference_steps` must be >= 1, got 0"),
         ({"offload_to_cpu": "no"}, TypeError, r"`offload_to_cpu` must be True or False"),
         ({"offload_to_cpu": 0}, TypeError, r"`offload_to_cpu` must be True or False"),
     ],

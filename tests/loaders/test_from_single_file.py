@@ -125,6 +125,20 @@ def test_stored_temporal_tables_set_the_dtype_they_were_stored_in(tmp_path, as_s
         )
 
 
+def test_a_stored_temporal_table_sets_no_dtype_on_the_vae(tiny_realfmt_checkpoint):
+    # Kills `model_type == "transformer"` -> `>= "transformer"` in `from_single_file`: "vae" sorts after
+    # "transformer", and a VAE file that also holds a bfloat16 `blocks.N.t_embed.pe` (a tensor the VAE lacks, only
+    # named as unused) must not get the transformer-only `temporal_embedding_dtype` in its config.
+    state_dict = load_file(str(tiny_realfmt_checkpoint / "vae" / WEIGHTS))
+    state_dict["blocks.0.t_embed.pe"] = torch.zeros(1, 4, 8, dtype=torch.bfloat16)
+    with logged(WARNINGS, logging.WARNING) as records:
+        loaded = AutoencoderKLRuyiCausal3D.from_single_file(state_dict, config=tiny_realfmt_checkpoint)
+    assert len(records) == 1 and "blocks.0.t_embed.pe" in records[0].getMessage()
+    assert "temporal_embedding_dtype" not in loaded.config
+    reference = AutoencoderKLRuyiCausal3D.from_pretrained(tiny_realfmt_checkpoint, subfolder="vae")
+    assert loaded.config.keys() - {"_name_or_path"} == reference.config.keys() - {"_name_or_path"}
+
+
 def test_the_config_is_found_however_it_is_given(tiny_realfmt_checkpoint, tmp_path):
     path = tiny_realfmt_checkpoint / "transformer" / WEIGHTS
     reference = RuyiTransformer3DModel.from_pretrained(tiny_realfmt_checkpoint, subfolder="transformer")
