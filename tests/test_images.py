@@ -26,6 +26,22 @@ def test_images_are_turned_upright_per_their_exif_orientation(tmp_path, mode, or
     np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
 
 
+def test_a_16_bit_png_opened_as_mode_i_by_older_pillow_is_scaled(tmp_path, monkeypatch):
+    # Kills `if _is_sixteen_bit(image)` -> `if not ...` in `open_image`: Pillow < 10.3 opens a 16-bit grey PNG as mode
+    # "I", and only the opened file's format says it is 16-bit (the upright copy has none). Older Pillow is imitated
+    # through its PNG mode table.
+    import PIL.PngImagePlugin
+
+    path = tmp_path / "grey16.png"
+    PIL.Image.fromarray(np.full((4, 6), 128 * 257, dtype=np.uint16)).save(path)
+    monkeypatch.setitem(PIL.PngImagePlugin._MODES, (16, 0), ("I", "I;16B"))
+    with PIL.Image.open(path) as opened:
+        assert (opened.mode, opened.format) == ("I", "PNG")
+    got = open_image(str(path), "--image")
+    assert got.mode == "RGB" and got.size == (6, 4)
+    np.testing.assert_array_equal(np.asarray(got), np.full((4, 6, 3), 128, dtype=np.uint8))
+
+
 def test_16_bit_values_are_scaled_to_8_bits_not_wrapped():
     # Kills `pixels / 257` -> `pixels * 257` (_images.py): 65535 -> 255, and the values between them are rounded to
     # the nearest 8-bit step. Multiples of 257 (the EXIF test's pixels) give the same bytes either way; these do not.

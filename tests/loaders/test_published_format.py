@@ -413,6 +413,40 @@ def test_diffusers_folder_missing_a_clip_weight_is_refused(tiny_realfmt_checkpoi
         RuyiImageToVideoPipeline.from_pretrained(folder)
 
 
+def test_the_clip_weight_check_takes_the_models_ignored_keys_in_any_container(
+    tiny_realfmt_checkpoint, tmp_path, monkeypatch
+):
+    # Kills `getattr(..., "_keys_to_ignore_on_load_missing", None) or []` -> `and []` in `check_clip_weight_keys`:
+    # transformers 4.x leaves the attribute None (no pattern, not a TypeError), and patterns a model declares cover
+    # the weights they name.
+    import transformers
+
+    from diffusers_ruyi.loaders.original_pipeline import check_clip_weight_keys
+
+    key = "vision_model.encoder.layers.0.layer_norm1.bias"
+    source = tiny_realfmt_checkpoint / "image_encoder"
+    state = torch.load(source / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    del state[key]
+    folder = tmp_path / "image_encoder"
+    folder.mkdir()
+    shutil.copy(source / "config.json", folder / "config.json")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"))
+
+    def clip_class(ignored):
+        class CLIP(transformers.CLIPVisionModelWithProjection):
+            def __init__(self, config):
+                super().__init__(config)
+                self._keys_to_ignore_on_load_missing = ignored
+
+        return CLIP
+
+    monkeypatch.setattr(transformers, "CLIPVisionModelWithProjection", clip_class(None))
+    with pytest.raises(ValueError, match=f"lacks these weights: \\['{re.escape(key)}'\\]"):
+        check_clip_weight_keys(str(folder))
+    monkeypatch.setattr(transformers, "CLIPVisionModelWithProjection", clip_class({re.escape(key)}))
+    check_clip_weight_keys(str(folder))
+
+
 @pytest.mark.parametrize("field, width", [("emb1", 48), ("emb2", None)])
 def test_control_embeddings_of_another_transformer_are_refused_at_load(
     tiny_realfmt_checkpoint, tmp_path, field, width

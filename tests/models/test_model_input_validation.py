@@ -461,6 +461,11 @@ def _inputs():
     return {**transformer_inputs(), "timestep": torch.tensor([500.0, 500.0])}
 
 
+def _one_longer(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` with one more element in its last dimension."""
+    return torch.cat([tensor, tensor[..., :1]], dim=-1)
+
+
 TRANSFORMER_CASES = [
     (
         "encoder_hidden_states",
@@ -555,6 +560,31 @@ TRANSFORMER_CASES = [
         lambda i: i["clip_encoder_hidden_states"].bfloat16(),
         TypeError,
         r"`clip_encoder_hidden_states` is torch.bfloat16 .* pass `clip_encoder_hidden_states.to\(torch.float32\)`",
+    ),
+    # One longer than the config says is refused by name too, not only one shorter.
+    (
+        "encoder_hidden_states",
+        lambda i: _one_longer(i["encoder_hidden_states"]),
+        ValueError,
+        r"`encoder_hidden_states` must have shape .* got \(2, 8, 33\)",
+    ),
+    (
+        "text_embedding_mask",
+        lambda i: _one_longer(i["text_embedding_mask"]),
+        ValueError,
+        r"`text_embedding_mask` must have shape \(batch, text_len=8\), got \(2, 9\)",
+    ),
+    (
+        "image_meta_size",
+        lambda i: _one_longer(i["image_meta_size"]),
+        ValueError,
+        r"`image_meta_size` must have shape \(batch, 6\), got \(2, 7\)",
+    ),
+    (
+        "clip_attention_mask",
+        lambda i: _one_longer(i["clip_attention_mask"]),
+        ValueError,
+        r"`clip_attention_mask` must have shape \(batch, n_query=16\), got \(2, 17\)",
     ),
     ("attention_kwargs", lambda i: {"scal": 1.0}, ValueError, r"`attention_kwargs` takes only 'scale'.*got 'scal'"),
     ("attention_kwargs", lambda i: {"scale": "x"}, TypeError, r"`attention_kwargs\['scale'\]` must be a number"),

@@ -204,7 +204,7 @@ def test_per_segment_camera_and_end_frame(pipe, start_image, golden_dir):
                                camera_direction="left", generator=_seed(1), **FAST).frames[0]  # fmt: skip
     assert np.array_equal(out[:16], same[:16]) and np.abs(out[16:] - same[16:]).max() > 1e-3
     # The end frame as an array, a tensor or a list of one, as the pipeline takes it (only PIL was taken).
-    rgb = np.asarray(end.convert("RGB"))
+    rgb = np.array(end.convert("RGB"))  # writable, as torch.from_numpy wants
     for given in (rgb, torch.from_numpy(rgb).permute(2, 0, 1).float() / 255, [rgb]):
         again = generate_long_video(pipe, start_image, 32, segment_frames=16, last_image=given, motion=2,
                                     camera_direction=cameras, generator=_seed(1), **FAST).frames[0]  # fmt: skip
@@ -284,6 +284,24 @@ def test_extend_a_video_of_another_size(pipe):
     out = extend_video(pipe, video, 3, base_resolution=64, num_inference_steps=1).frames[0]
     assert out.shape == (12, 36, 40, 3)
     assert np.array_equal(out[:9], video) and 0 <= out.min() and out.max() <= 1
+
+
+def test_new_frames_smaller_than_the_video_are_resized_to_it(pipe, monkeypatch):
+    # Kills `(height, width) == (video_height, video_width)` -> `<=` in `extend_video`: frames generated at 32x48 for
+    # a 48x64 video are resized up to it (the test above covers new frames larger than the video).
+    seen = []
+
+    def fake_segments(pipe, plan, height, width, **kwargs):
+        seen.append((height, width))
+        for segment in plan:  # no compute: grey frames of the generated size
+            yield segment, np.full((segment.new_frames, height, width, 3), 0.5, dtype=np.float32)
+
+    monkeypatch.setattr(long_video, "iter_video_segments", fake_segments)
+    video = np.zeros((9, 48, 64, 3), dtype=np.float32)
+    out = extend_video(pipe, video, 3, height=32, width=48, num_inference_steps=1).frames[0]
+    assert seen == [(32, 48)]
+    assert out.shape == (12, 48, 64, 3)
+    np.testing.assert_allclose(out[9:], 0.5, atol=1e-6)
 
 
 @pytest.mark.parametrize(
