@@ -47,6 +47,19 @@ def test_tiny_pipeline_is_built_from_those_configs():
     assert {key: pipe.scheduler.config[key] for key in TINY_SCHEDULER_CONFIG} == TINY_SCHEDULER_CONFIG
 
 
+def test_tiny_control_embeddings_have_the_golden_checkpoints_entries():
+    # Kills `range(5)` -> `range(6)` in `build_tiny_random_pipeline`: the tiny pipeline holds the entries of the tiny
+    # golden checkpoint's embeddings.safetensors (the defaults, motions 0-4 x every camera direction), not entries for
+    # a motion 5 that no `motion` selects.
+    from safetensors import safe_open
+
+    with safe_open(str(TINY_CHECKPOINT / "embeddings.safetensors"), "pt") as f:
+        golden = sorted({key.rpartition(".")[0] for key in f.keys()})
+    embeddings = build_tiny_random_pipeline().control_embeddings
+    assert sorted(embeddings.config.names) == golden
+    assert embeddings.emb1.shape[0] == len(golden)
+
+
 def test_another_sampler_takes_the_tiny_schedulers_values_as_from_a_loaded_checkpoint():
     # diffusers' `from_config` gives a sampler its own defaults for keys the source config only defaulted.
     loaded = diffusers.DDIMScheduler.from_pretrained(TINY_CHECKPOINT, subfolder="scheduler")

@@ -149,6 +149,29 @@ def test_original_vae_config_refuses_an_empty_ch_mult(tiny_checkpoint):
         convert_vae_config({**config, "ch_mult": []})
 
 
+def test_original_layout_passes_a_device_map_to_every_model_and_none_without_one(tiny_realfmt_checkpoint, monkeypatch):
+    # Kills `placement = {} if device_map is None else {...}` -> `is not None` in
+    # `load_original_pipeline_components`: a `device_map` reaches the VAE's, the transformer's and the CLIP encoder's
+    # loading (on the CPU diffusers' `hf_device_map` shows it), and without one none is passed.
+    from diffusers_ruyi.loaders import original_pipeline
+
+    clip_options = []
+    load_clip = original_pipeline.load_clip_image_encoder
+
+    def spy(path, dtype=None, **kwargs):
+        clip_options.append(kwargs)
+        return load_clip(path, dtype, **kwargs)
+
+    monkeypatch.setattr(original_pipeline, "load_clip_image_encoder", spy)
+    placed = RuyiImageToVideoPipeline.from_pretrained(tiny_realfmt_checkpoint, device_map="cpu")
+    assert placed.transformer.hf_device_map == {"": torch.device("cpu")}
+    assert placed.vae.hf_device_map == {"": torch.device("cpu")}
+    default = RuyiImageToVideoPipeline.from_pretrained(tiny_realfmt_checkpoint)
+    assert getattr(default.transformer, "hf_device_map", None) is None
+    assert getattr(default.vae, "hf_device_map", None) is None
+    assert clip_options == [{"device_map": torch.device("cpu")}, {}]
+
+
 def test_original_layout_moves_the_control_embeddings_to_the_device_map(tiny_realfmt_checkpoint, monkeypatch):
     # Kills `embeddings if device_map is None else embeddings.to(device_map)` -> `if not device_map is None` in
     # load_original_pipeline (loaders/original_pipeline.py): with a `device_map`, the control embeddings go to that

@@ -552,6 +552,13 @@ TRANSFORMER_CASES = [
         TypeError,
         r"`hidden_states` is torch.float64 but the transformer computes in torch.float32",
     ),
+    # The message names the (frames, height, width) of `hidden_states`, not its channels too.
+    (
+        "inpaint_latents",
+        lambda i: i["inpaint_latents"][:, :, :3],
+        ValueError,
+        r"^`inpaint_latents` must have shape \(batch, channels, 4, 4, 6\) like `hidden_states`, got \(2, 32, 3, 4, 6\)\.$",
+    ),
     ("inpaint_latents", lambda i: i["inpaint_latents"].half(), TypeError, r"`inpaint_latents` is torch.float16"),
     ("encoder_hidden_states", lambda i: i["encoder_hidden_states"].double(), TypeError, r"`encoder_hidden_states` is"),
     ("encoder_hidden_states_t5", lambda i: i["encoder_hidden_states_t5"].half(), TypeError, r"_t5` is torch.float16"),
