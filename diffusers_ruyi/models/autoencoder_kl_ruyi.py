@@ -116,11 +116,14 @@ class RuyiCausalConv3d(nn.Conv3d):
             # PyTorch sends a CPU conv3d whose batch x channels x frames x height is at most 20480 (a rule made for
             # 2D inputs) to its reference kernel instead of oneDNN: 2-5x slower at the VAE's chunks of a few frames,
             # which the original's longer padded chunks escape. Same convolution, called on oneDNN directly; not under
-            # CPU autocast, which only intercepts `F.conv3d` (the convolution must run in the autocast dtype).
+            # CPU autocast, which only intercepts `F.conv3d` (the convolution must run in the autocast dtype), and not
+            # on the channels-last tensors after the mid-block attention: there `F.conv3d` picks the original's kernel,
+            # and its round-off with it (the medium published pipeline 3.4e-5 from the original's, against 7.9e-5).
             if (
                 torch.backends.mkldnn.is_available()
                 and torch.backends.mkldnn.enabled
                 and not torch.is_autocast_enabled("cpu")
+                and hidden_states.is_contiguous()
             ):
                 return torch.mkldnn_convolution(
                     hidden_states, self.weight, self.bias, padding, self.stride, self.dilation, self.groups
@@ -142,7 +145,7 @@ class RuyiCausalConv3d(nn.Conv3d):
         hidden_states = torch.cat([previous.to(hidden_states.dtype), hidden_states], dim=2)
         if channels_last:
             # The original pads (or prefixes) in the input's layout, and the convolution's kernel depends on it: a
-            # channels-last input (reduced precision, see `_original_layout`) stays channels last.
+            # channels-last input (after the mid-block attention, see `_ORIGINAL_LAYOUT`) stays channels last.
             hidden_states = hidden_states.contiguous(memory_format=torch.channels_last_3d)
         # Clone: a slice would keep the whole concatenated chunk alive until the next chunk.
         causal_cache.write(hidden_states[:, :, -self.temporal_context :].clone())
@@ -521,26 +524,21 @@ def _blend_weights(spans: List[Tuple[int, int]], index: int, scale: int, device,
     return weight.to(dtype)
 
 
-def _original_layout(dtype: torch.dtype) -> torch.memory_format:
-    """The memory layout the mid-block attention hands on, in reduced precision: the original's.
-
-    The original's attention returns a channels-last view of its tokens, and every group norm and convolution after
-    it keeps that layout and picks its kernels by it. In bfloat16 that decides the numbers: with it, the VAE and so
-    the pipeline give the original's bfloat16 output bit for bit (on the same torch build); with a contiguous tensor
-    the encoder was 2e-3 apart. In float32 the layout changes only round-off, and the contiguous one has half of it
-    (a float32 decode 1.0e-5 from float64 against 2.3e-5 channels last, measured on the CPU), so float32 stays
-    contiguous, as verified by the goldens and the sweeps. Channels last in float32 too was tried against the
-    original and came no closer (its float32 differences come from the convolution kernels, see `_conv`).
-    """
-    return torch.contiguous_format if dtype == torch.float32 else torch.channels_last_3d
+# The memory layout the mid-block attention hands on: the original's, in every dtype. The original's attention
+# returns a channels-last view of its tokens, and every group norm and convolution after it keeps that layout and picks
+# its kernels by it. In bfloat16 that decides the numbers: with it, the VAE and so the pipeline give the original's
+# bfloat16 output bit for bit (on the same torch build); with a contiguous tensor the encoder was 2e-3 apart. In
+# float32 it decides the round-off: the channels-last group norm accumulates differently, and on a deep decoder of
+# large values the original's float32 decode was 1.6e-4 from its own float64 run. A contiguous float32 decode had a
+# seventh of that round-off, and so was 1.8e-4 from the original; channels last, it is 1.5e-5 (`parity_sweep.py
+# --vae`, seed 61007), and as close or closer on most other cases (the convolutions then run as `F.conv3d` picks).
+_ORIGINAL_LAYOUT = torch.channels_last_3d
 
 
 def _hand_on(hidden_states: torch.Tensor) -> torch.Tensor:
-    """The mid-block attention's output `(b, c, t, h, w)` in `_original_layout`: in reduced precision exactly the
-    original's view of `(b, t, h, w, c)` tokens, its strides included (kernels also read the strides of size-1 dims,
-    so a view that only looks channels last is not enough), else contiguous."""
-    if _original_layout(hidden_states.dtype) == torch.contiguous_format:
-        return hidden_states.contiguous()
+    """The mid-block attention's output `(b, c, t, h, w)` in `_ORIGINAL_LAYOUT`: exactly the original's view of
+    `(b, t, h, w, c)` tokens, its strides included (kernels also read the strides of size-1 dims, so a view that only
+    looks channels last is not enough)."""
     batch_size, channels, num_frames, height, width = hidden_states.shape
     tokens = hidden_states.new_empty(batch_size, num_frames, height, width, channels)
     return tokens.permute(0, 4, 1, 2, 3).copy_(hidden_states)
@@ -1205,8 +1203,8 @@ class AutoencoderKLRuyiCausal3D(RuyiModelLoadingMixin, ModelMixin, AutoencoderMi
     def _new_output(self, like: torch.Tensor, shape: Tuple[int, ...]) -> torch.Tensor:
         """An uninitialised encode/decode output. With mid-block attention the original's encoder and decoder carry its
         channels-last layout to their outputs, and what consumes them (the pipeline's `smooth_output`, a second
-        encode) picks its kernels by layout: see `_original_layout`."""
-        layout = _original_layout(like.dtype) if self.config.mid_block_add_attention else torch.contiguous_format
+        encode) picks its kernels by layout: see `_ORIGINAL_LAYOUT`."""
+        layout = _ORIGINAL_LAYOUT if self.config.mid_block_add_attention else torch.contiguous_format
         return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=layout)
 
     def _tile_like_original(
