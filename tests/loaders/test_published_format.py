@@ -397,19 +397,26 @@ def test_control_embeddings_with_bad_values_are_refused(tiny_realfmt_checkpoint,
         RuyiControlEmbeddings.from_flat_dict(flat)
 
 
-def test_diffusers_folder_missing_a_clip_weight_is_refused(tiny_realfmt_checkpoint, tmp_path):
-    # transformers would initialise the weight at random and only log it; the pipeline lists it instead.
+CLIP_KEY = "vision_model.encoder.layers.0.layer_norm1.bias"
+
+
+def _drop_clip_weight(folder) -> None:
+    """Deletes `CLIP_KEY` from the CLIP weights of a pipeline saved to ``folder``."""
     from safetensors.torch import load_file
 
+    weights = folder / "image_encoder" / "model.safetensors"
+    tensors = load_file(str(weights))
+    del tensors[CLIP_KEY]
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+
+
+def test_diffusers_folder_missing_a_clip_weight_is_refused(tiny_realfmt_checkpoint, tmp_path):
+    # transformers would initialise the weight at random and only log it; the pipeline lists it instead.
     folder = tmp_path / "saved"
     RuyiImageToVideoPipeline.from_pretrained(tiny_realfmt_checkpoint).save_pretrained(folder)
     RuyiImageToVideoPipeline.from_pretrained(folder)  # intact: loads
-    weights = folder / "image_encoder" / "model.safetensors"
-    tensors = load_file(str(weights))
-    key = "vision_model.encoder.layers.0.layer_norm1.bias"
-    del tensors[key]
-    save_file(tensors, str(weights), metadata={"format": "pt"})
-    with pytest.raises(ValueError, match=f"CLIP image encoder .* lacks these weights: \\['{re.escape(key)}'\\]"):
+    _drop_clip_weight(folder)
+    with pytest.raises(ValueError, match=f"CLIP image encoder .* lacks these weights: \\['{re.escape(CLIP_KEY)}'\\]"):
         RuyiImageToVideoPipeline.from_pretrained(folder)
 
 
@@ -423,14 +430,10 @@ def test_the_clip_weight_check_takes_the_models_ignored_keys_in_any_container(
 
     from diffusers_ruyi.loaders.original_pipeline import check_clip_weight_keys
 
-    key = "vision_model.encoder.layers.0.layer_norm1.bias"
-    source = tiny_realfmt_checkpoint / "image_encoder"
-    state = torch.load(source / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    del state[key]
-    folder = tmp_path / "image_encoder"
-    folder.mkdir()
-    shutil.copy(source / "config.json", folder / "config.json")
-    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"))
+    saved = tmp_path / "saved"
+    RuyiImageToVideoPipeline.from_pretrained(tiny_realfmt_checkpoint).save_pretrained(saved)
+    _drop_clip_weight(saved)
+    folder = saved / "image_encoder"
 
     def clip_class(ignored):
         class CLIP(transformers.CLIPVisionModelWithProjection):
@@ -441,9 +444,9 @@ def test_the_clip_weight_check_takes_the_models_ignored_keys_in_any_container(
         return CLIP
 
     monkeypatch.setattr(transformers, "CLIPVisionModelWithProjection", clip_class(None))
-    with pytest.raises(ValueError, match=f"lacks these weights: \\['{re.escape(key)}'\\]"):
+    with pytest.raises(ValueError, match=f"lacks these weights: \\['{re.escape(CLIP_KEY)}'\\]"):
         check_clip_weight_keys(str(folder))
-    monkeypatch.setattr(transformers, "CLIPVisionModelWithProjection", clip_class({re.escape(key)}))
+    monkeypatch.setattr(transformers, "CLIPVisionModelWithProjection", clip_class({re.escape(CLIP_KEY)}))
     check_clip_weight_keys(str(folder))
 
 
