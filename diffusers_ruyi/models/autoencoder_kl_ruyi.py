@@ -525,8 +525,9 @@ def _blend_weights(spans: List[Tuple[int, int]], index: int, scale: int, device,
 
 
 # The memory layout the mid-block attention hands on: the original's, in every dtype. The original's attention
-# returns a channels-last view of its tokens, and every group norm and convolution after it keeps that layout and picks
-# its kernels by it. In bfloat16 that decides the numbers: with it, the VAE and so the pipeline give the original's
+# returns a channels-last view of its tokens, and the group norms and convolutions after it pick their kernels by that
+# layout and keep it where oneDNN runs (always in bfloat16; in float32, at the smallest sizes, PyTorch's reference
+# convolution returns a contiguous tensor, in the original as here). In bfloat16 that decides the numbers: with it, the VAE and so the pipeline give the original's
 # bfloat16 output bit for bit (on the same torch build); with a contiguous tensor the encoder was 2e-3 apart. In
 # float32 it decides the round-off: the channels-last group norm accumulates differently, and on a deep decoder of
 # large values the original's float32 decode was 1.6e-4 from its own float64 run. A contiguous float32 decode had a
